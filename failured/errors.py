@@ -1,0 +1,58 @@
+"""Errors failured raises on purpose: each carries what a person needs to fix it."""
+
+
+class FailuredError(Exception):
+    """Base of every error failured raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(FailuredError):
+    """Bad input from a caller (CLI flag, API argument): nothing was written."""
+
+    exit_code = 2
+
+
+class ConfigError(FailuredError):
+    """A configuration file, key or value that cannot be used.
+
+    ``path`` is the file, ``key`` the dotted key path inside it (or ``None``
+    for the whole file), ``reason`` says what is wrong and how to fix it.
+    """
+
+    exit_code = 1
+
+    def __init__(self, path, key, reason):
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+class ConfigErrors(FailuredError):
+    """Several configuration errors found in one validation pass."""
+
+    exit_code = 1
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class StoreError(FailuredError):
+    """The database cannot be opened or is of a version this failured cannot use."""
+
+
+class TaskNotFound(InputError):
+    """No task has the id that was asked for."""
+
+    def __init__(self, task_id):
+        self.task_id = task_id
+        super().__init__(f"task {task_id} not found")
+
+
+class RefusedError(FailuredError):
+    """A manual action refused because of the task's state (the message says why)."""
+
+    exit_code = 1
