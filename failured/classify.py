@@ -1,0 +1,145 @@
+"""Why did a task fail? Tag, then exception type, then patterns (one RE2 Set pass).
+
+Within each stage the category with the lowest priority number wins; nothing
+matched is ``unknown``. Matching is linear in the message length whatever the
+patterns are: no operator-written pattern can make the daemon hang.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import re2
+
+from .errors import ConfigError, ConfigErrors
+from .fingerprint import fingerprint
+from .rules import re2_options
+
+_TAG = re.compile(r"^\s*\[([A-Za-z][\w-]*)\]\s*")
+# "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
+_TYPE_PREFIX = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Z]\w*[a-z]\w*)\s*:(?:\s|$)")
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclass(frozen=True)
+class Classification:
+    category: str
+    label: str
+    action: str
+    matched_by: str  # tag | exception_type | pattern | none
+    pattern: str | None  # the tag, exception type or pattern that matched
+    fingerprint: str
+    template: str
+    error_type: str | None
+    message: str
+    suggestion: str
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def unpack(message, error_type=None):
+    """The seed's structured errors: a JSON object with error_type / error_message, or plain text."""
+    text = message.strip()
+    start = text.find("{")
+    if 0 <= start <= 80 and text.endswith("}"):
+        try:
+            data = json.loads(text[start:])
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error_message"), str):
+            embedded_type = data.get("error_type")
+            if isinstance(embedded_type, str) and embedded_type.strip():
+                error_type = error_type or embedded_type.strip()
+            return data["error_message"], error_type
+    return message, error_type
+
+
+def exception_type_in(message):
+    """The exception class named at the start of the message, or on a traceback's last line."""
+    text = message
+    if _TRACEBACK in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else ""
+    match = _TYPE_PREFIX.match(text)
+    return match.group(1) if match else None
+
+
+class Classifier:
+    """A compiled ruleset: build once per configuration snapshot, share between threads."""
+
+    def __init__(self, ruleset, lang="zh"):
+        self.ruleset = ruleset
+        self.lang = lang
+        self._by_tag = {}
+        self._by_type = {}  # last dotted part, lower-case -> [(priority, full name or None, category)]
+        self._pattern_owner = []  # Set index -> (priority, pattern text, category)
+        self._set = re2.Set.SearchSet(re2_options())
+        for category in ruleset.categories:
+            self._index(category)
+        try:
+            self._set.Compile()
+        except re2.error:
+            raise ConfigErrors([ConfigError(ruleset.files[0] if ruleset.files else "patterns", None,
+                                            "RE2 ran out of memory compiling all patterns together: "
+                                            "remove or simplify some patterns")]) from None
+
+    def _index(self, category):
+        for tag in category.tags:
+            self._by_tag.setdefault(tag.upper(), category)
+        for name in category.exception_types:
+            last = name.rsplit(".", 1)[-1].lower()
+            full = name.lower() if "." in name else None
+            self._by_type.setdefault(last, []).append((category.priority, full, category))
+        for pattern in category.patterns:
+            index = self._set.Add(pattern.text)
+            assert index == len(self._pattern_owner)
+            self._pattern_owner.append((category.priority, pattern.text, category))
+
+    def classify(self, message, error_type=None, task_type=None):
+        """Classify one error; ``task_type`` is accepted for symmetry and future per-type rules."""
+        message, error_type = unpack(message or "", error_type)
+        found = self._by_tag_stage(message)
+        if found is None:
+            error_type = error_type or exception_type_in(message)
+            found = self._by_type_stage(error_type)
+        if found is None:
+            text = f"{error_type}: {message}" if error_type else message
+            found = self._by_pattern_stage(text)
+        category, matched_by, matched = found or (self.ruleset.unknown, "none", None)
+        template, digest = fingerprint(message)
+        return Classification(
+            category=category.name, label=category.label_in(self.lang), action=category.action,
+            matched_by=matched_by, pattern=matched, fingerprint=digest, template=template,
+            error_type=error_type, message=message, suggestion=category.suggestion_in(self.lang),
+        )
+
+    def _by_tag_stage(self, message):
+        match = _TAG.match(message)
+        if match:
+            category = self._by_tag.get(match.group(1).upper())
+            if category is not None:
+                return category, "tag", match.group(1).upper()
+        return None
+
+    def _by_type_stage(self, error_type):
+        if not error_type:
+            return None
+        given = error_type.strip().lower()
+        candidates = [
+            (priority, category)
+            for priority, full, category in self._by_type.get(given.rsplit(".", 1)[-1], ())
+            if full is None or full == given or "." not in given
+        ]
+        if not candidates:
+            return None
+        priority, category = min(candidates, key=lambda pair: pair[0])
+        return category, "exception_type", error_type.strip()
+
+    def _by_pattern_stage(self, text):
+        hits = self._set.Match(text) if self._pattern_owner else []
+        if not hits:
+            return None
+        priority, pattern, category = min((self._pattern_owner[i] + (i,) for i in hits),
+                                          key=lambda owner: (owner[0], owner[3]))[:3]
+        return category, "pattern", pattern

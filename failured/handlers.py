@@ -1,0 +1,389 @@
+"""How a retry runs: a command, an HTTP request or a Python function, turned into an Outcome.
+
+``run_handler`` never raises: every failure (bad template, missing variable,
+spawn error, timeout, HTTP status, exception) comes back as ``Outcome(ok=False)``.
+"""
+
+import ctypes
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from failured.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BYTES = 4096
+MAX_BODY_CHARS = 500
+KINDS = ("command", "http", "python")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_FIELDS = {
+    "command": ("kind", "argv", "cwd", "env", "timeout"),
+    "http": ("kind", "method", "url", "headers", "timeout"),
+    "python": ("kind", "target", "timeout"),
+}
+_TASK_FIELDS = ("task_id", "ref", "task_type", "attempt")
+_PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]\Z")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A validated handler from ``config/failured.toml`` (or from ``failured exec``)."""
+
+    kind: str
+    argv: tuple = ()
+    cwd: str | None = None
+    env: tuple = ()
+    method: str = "POST"
+    url: str = ""
+    headers: tuple = ()
+    target: str = ""
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler gets to know about the task it retries."""
+
+    id: int
+    task_type: str
+    ref: str | None
+    payload: dict
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one retry; ``error`` is at most MAX_ERROR_BYTES (its tail)."""
+
+    ok: bool
+    error: str | None = None
+    error_type: str | None = None
+    duration: float = 0.0
+    pid: int | None = None
+
+
+class _Unusable(Exception):
+    """The handler cannot even start; becomes an Outcome, never leaves this module."""
+
+    def __init__(self, error, error_type):
+        super().__init__(error)
+        self.error, self.error_type = error, error_type
+
+
+def expand_env(value: str) -> str:
+    """Replace each ``${NAME}`` with ``os.environ[NAME]``; raise KeyError(NAME) if unset."""
+
+    def sub(match):
+        name = match.group(1)
+        if name not in os.environ:
+            raise KeyError(name)
+        return os.environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+# --- configuration ---------------------------------------------------------
+
+
+def parse_handler(table: dict, path, key: str) -> HandlerSpec:
+    """Validate one ``[...handler]`` TOML table; raise ConfigError naming ``key.<field>``."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, key, "must be a table with kind = \"command\", \"http\" or \"python\"")
+    kind = table.get("kind")
+    if kind not in KINDS:
+        got = "missing" if kind is None else f"is {kind!r}"
+        raise ConfigError(path, f"{key}.kind", f"{got}; set kind = \"command\", \"http\" or \"python\"")
+    for name in table:
+        if name not in _FIELDS[kind]:
+            allowed = ", ".join(_FIELDS[kind])
+            raise ConfigError(path, f"{key}.{name}", f"unknown key for a {kind} handler; allowed: {allowed}")
+    timeout = table.get("timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds, e.g. timeout = 60")
+    fields = {"kind": kind, "timeout": float(timeout)}
+    parse = {"command": _parse_command, "http": _parse_http, "python": _parse_python}[kind]
+    fields.update(parse(table, path, key))
+    return HandlerSpec(**fields)
+
+
+def _parse_command(table, path, key):
+    argv = table.get("argv")
+    if not isinstance(argv, list) or not argv:
+        raise ConfigError(path, f"{key}.argv", 'missing or empty; set argv = ["program", "arg", ...]')
+    for i, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise ConfigError(path, f"{key}.argv[{i}]", "must be a string; quote it")
+        try:
+            list(_placeholders(arg))
+        except ValueError as exc:
+            raise ConfigError(path, f"{key}.argv[{i}]", str(exc)) from None
+    cwd = table.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ConfigError(path, f"{key}.cwd", "must be a directory path string")
+    env = _string_table(table.get("env", {}), path, f"{key}.env")
+    return {"argv": tuple(argv), "cwd": cwd, "env": env}
+
+
+def _parse_http(table, path, key):
+    url = table.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(path, f"{key}.url", 'missing or not http(s); set url = "https://host/path"')
+    method = table.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise ConfigError(path, f"{key}.method", f"must be one of {', '.join(HTTP_METHODS)}")
+    headers = _string_table(table.get("headers", {}), path, f"{key}.headers")
+    return {"url": url, "method": method.upper(), "headers": headers}
+
+
+def _parse_python(table, path, key):
+    target = table.get("target")
+    if not isinstance(target, str) or not _TARGET.match(target):
+        raise ConfigError(path, f"{key}.target", 'missing or malformed; set target = "package.module:function"')
+    return {"target": target}
+
+
+def _string_table(value, path, key):
+    if not isinstance(value, dict):
+        raise ConfigError(path, key, 'must be a table of strings, e.g. { NAME = "value" }')
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ConfigError(path, f"{key}.{name}", "must be a string; quote it")
+    return tuple(value.items())
+
+
+# --- running ---------------------------------------------------------------
+
+
+def run_handler(spec: HandlerSpec, task: TaskContext, *, on_start=None) -> Outcome:
+    """Run one retry of ``task`` with ``spec``; never raises."""
+    started = time.monotonic()
+    try:
+        runner = {"command": _run_command, "http": _run_http, "python": _run_python}[spec.kind]
+        outcome = runner(spec, task, on_start)
+    except _Unusable as exc:
+        outcome = Outcome(False, exc.error, exc.error_type)
+    except Exception as exc:  # a bug here must not kill the executor thread
+        log.exception("task %s: handler %s crashed", task.id, spec.kind)
+        outcome = Outcome(False, f"handler crashed: {exc!r}", type(exc).__name__)
+    error = None if outcome.error is None else _tail(outcome.error, MAX_ERROR_BYTES)
+    return Outcome(outcome.ok, error, outcome.error_type, time.monotonic() - started, outcome.pid)
+
+
+def _placeholders(template):
+    """Yield (literal, field) pairs; field is a task field name, ("payload", key) or None.
+
+    Parsed ourselves rather than with str.format_map so that ``{payload.__class__}``
+    and friends can never reach attribute or index lookups on real objects.
+    """
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            yield literal, None
+        elif spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} may not have a conversion or format spec")
+        elif field in _TASK_FIELDS:
+            yield literal, field
+        elif match := _PAYLOAD_FIELD.match(field):
+            yield literal, ("payload", match.group(1))
+        else:
+            raise ValueError(
+                f"unsupported placeholder {{{field}}}; use {{payload[KEY]}}, {{task_id}}, {{ref}}, "
+                "{task_type} or {attempt} (write {{ and }} for literal braces)"
+            )
+
+
+def _render(template, task):
+    values = {"task_id": task.id, "ref": task.ref or "", "task_type": task.task_type, "attempt": task.attempt}
+    out = []
+    for literal, field in _placeholders(template):
+        out.append(literal)
+        if isinstance(field, tuple):
+            if field[1] not in task.payload:
+                raise KeyError(f"payload has no key {field[1]!r}")
+            value = task.payload[field[1]]
+            out.append(value if isinstance(value, str) else json.dumps(value))
+        elif field is not None:
+            out.append(str(values[field]))
+    return "".join(out)
+
+
+def _command_argv_env(spec, task):
+    argv = []
+    for i, template in enumerate(spec.argv):
+        try:
+            argv.append(_render(template, task))
+        except KeyError as exc:
+            raise _Unusable(f"argv[{i}]: {exc.args[0]}", "KeyError") from None
+        except ValueError as exc:
+            raise _Unusable(f"argv[{i}]: {exc}", "ValueError") from None
+    env = dict(os.environ)
+    for name, value in spec.env:
+        try:
+            env[name] = expand_env(value)
+        except KeyError as exc:  # name the variable, never the values
+            raise _Unusable(f"env {name}: environment variable {exc.args[0]!r} is not set", "KeyError") from None
+    if not argv:
+        raise _Unusable("argv is empty", "ValueError")
+    return argv, env
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # libc is already in the process
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up once here: the forked child should do as little as possible
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid):
+    # A daemon killed with -9 cannot clean up; without this its handler keeps running
+    # while the restarted daemon re-runs the same task, so the work happens twice.
+    # PDEATHSIG fires when the spawning *thread* exits: fine, run_handler waits in it.
+    # (preexec_fn is discouraged with threads; this one only makes two syscalls.)
+    def preexec():
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent_pid:  # the daemon died before prctl took effect
+                os._exit(1)
+
+    return preexec
+
+
+def _run_command(spec, task, on_start):
+    argv, env = _command_argv_env(spec, task)
+    # Output goes to files, not pipes: memory stays bounded, and a grandchild that
+    # keeps the descriptors open cannot make us wait past the child's exit.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            where = f" in cwd {spec.cwd!r}" if spec.cwd else ""
+            raise _Unusable(f"cannot run {argv[0]!r}{where}: {exc}", type(exc).__name__) from None
+        _notify_start(on_start, proc.pid, task)
+        try:
+            code = proc.wait(timeout=spec.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return Outcome(False, f"timed out after {spec.timeout:g}s", "TimeoutExpired", pid=proc.pid)
+        if code == 0:
+            return Outcome(True, pid=proc.pid)
+        status = f"exit {code}" if code > 0 else f"signal {-code}"
+        output = _file_tail(err) or _file_tail(out)
+        return Outcome(False, f"{status}: {output}", status, pid=proc.pid)
+
+
+def _notify_start(on_start, pid, task):
+    if on_start is None:
+        return
+    try:
+        on_start(pid)
+    except Exception:  # the child already runs; failing to record its pid must not orphan it
+        log.exception("task %s: on_start(%s) failed; handler keeps running", task.id, pid)
+
+
+def _kill_group(proc):
+    # The child leads its own session (start_new_session), so its pid is the group id;
+    # killing the group also takes the grandchildren a shell script may have started.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _file_tail(f):
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - MAX_ERROR_BYTES))
+    return _tail(f.read().decode("utf-8", "replace").strip(), MAX_ERROR_BYTES - 32)
+
+
+def _tail(text, limit):
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[-limit:].decode("utf-8", "ignore")
+
+
+def _run_http(spec, task, on_start):
+    headers = {}
+    for name, value in spec.headers:
+        try:
+            headers[name] = expand_env(value)
+        except KeyError as exc:
+            raise _Unusable(f"header {name}: environment variable {exc.args[0]!r} is not set", "KeyError") from None
+    body = {"task_id": task.id, "task_type": task.task_type, "ref": task.ref, "payload": task.payload,
+            "attempt": task.attempt}  # fmt: skip
+    query = spec.url.partition("?")[2]
+    # Short values ("1", "no") would garble the text if masked; secrets are longer.
+    secrets = [v for v in (*headers.values(), query) if len(v) >= 4]
+    try:
+        with requests.request(spec.method, spec.url, json=body, headers=headers, timeout=spec.timeout,
+                              stream=True) as resp:  # fmt: skip
+            status = resp.status_code
+            if 200 <= status < 300:
+                return Outcome(True)
+            excerpt = next(resp.iter_content(4 * MAX_BODY_CHARS), b"").decode("utf-8", "replace")
+    except requests.RequestException as exc:
+        return Outcome(False, _mask(str(exc), secrets), type(exc).__name__)
+    excerpt = _mask(excerpt, secrets)[:MAX_BODY_CHARS].strip()  # mask first: a cut secret still leaks
+    return Outcome(False, f"HTTP {status}: {excerpt}", f"HTTP {status}")
+
+
+def _mask(text, secrets):
+    """Hide header values and query strings: error text ends up in the database and in alerts."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return re.sub(r"\?[^\s'\"()<>]*=[^\s'\"()<>]*", "?***", text)
+
+
+def _run_python(spec, task, on_start):
+    # The timeout is enforced by running the function in a daemon thread and giving up
+    # on it: a thread cannot be killed, so after a timeout it is abandoned (and may still
+    # finish its work later), but the executor slot is freed and the retry counts as failed.
+    # Importing happens in that thread too, since module code can hang as well.
+    result = {}
+    worker = threading.Thread(target=_call_target, args=(spec.target, task.payload, result),
+                              name=f"handler-task-{task.id}", daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(spec.timeout)
+    if worker.is_alive():
+        log.warning("task %s: python handler %s abandoned after %gs", task.id, spec.target, spec.timeout)
+        return Outcome(False, f"timed out after {spec.timeout:g}s (thread abandoned)", "TimeoutExpired")
+    return result["outcome"]
+
+
+def _call_target(target, payload, result):
+    try:
+        module_name, _, func_name = target.partition(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+    except Exception as exc:
+        result["outcome"] = Outcome(False, f"cannot import {target!r}: {type(exc).__name__}: {exc}",
+                                    type(exc).__name__)  # fmt: skip
+        return
+    try:
+        func(**payload)
+        result["outcome"] = Outcome(True)
+    except BaseException as exc:  # SystemExit from a handler must not end the worker silently
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        result["outcome"] = Outcome(False, str(exc) or name, name)

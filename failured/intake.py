@@ -1,0 +1,128 @@
+"""Recording failures and successes: the one way tasks enter the store."""
+
+import json
+import threading
+import time
+
+from .clock import SystemClock
+from .errors import InputError
+from .settings import load_settings
+from .store import NEW, SuccessCount, Task, TaskEvent, open_store
+
+MAX_ERROR_BYTES = 64 * 1024
+MAX_TASK_TYPE_CHARS = 200
+SOURCES = ("python", "cli", "exec", "http")
+
+_default_stores = {}
+_default_lock = threading.Lock()
+
+
+def clean_text(value):
+    """Any str/bytes -> valid UTF-8 text: bad bytes and lone surrogates become U+FFFD."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def bound_error(text, limit=MAX_ERROR_BYTES):
+    """Cut text over ``limit`` UTF-8 bytes, keeping head and tail (a traceback's last line matters)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    keep = (limit - 64) // 2
+    marker = f"\n…[failured: {len(data) - 2 * keep} bytes cut]…\n"
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[-keep:].decode("utf-8", "ignore")
+    return head + marker + tail
+
+
+def check_task_type(task_type):
+    task_type = clean_text(task_type if task_type is not None else "").strip()
+    if not task_type:
+        raise InputError("task type is empty: give the kind of task that failed, e.g. --type tracking_update")
+    if len(task_type) > MAX_TASK_TYPE_CHARS:
+        raise InputError(f"task type is {len(task_type)} characters long: at most {MAX_TASK_TYPE_CHARS}")
+    return task_type
+
+
+def parse_payload(payload):
+    """A dict, a JSON object text, or None -> JSON text (or None). Anything else is an InputError."""
+    if payload is None:
+        return None
+    if isinstance(payload, (str, bytes)):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise InputError(f"payload is not valid JSON ({exc}): give a JSON object such as '{{\"order_id\": 1}}'") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it, e.g. '{{\"value\": ...}}'")
+    try:
+        return json.dumps(payload, ensure_ascii=False, default=str)
+    except ValueError as exc:  # circular references
+        raise InputError(f"payload cannot be stored as JSON: {exc}") from None
+
+
+def record_failure(store, task_type, error, *, error_type=None, payload=None, ref=None,
+                   source="python", handler=None, clock=None):
+    """Write one task row and its first event in one transaction; returns the task id."""
+    task_type = check_task_type(task_type)
+    if source not in SOURCES:
+        raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+    message = bound_error(clean_text(error if error is not None else ""))
+    error_type = clean_text(error_type).strip() or None if error_type is not None else None
+    ref = clean_text(ref) if ref is not None else None
+    payload_json = parse_payload(payload)
+    handler_json = json.dumps(handler) if handler is not None else None
+    now = (clock or SystemClock()).now()
+    with store.transaction():
+        task_id = Task.insert(
+            task_type=task_type, ref=ref, source=source, status=NEW, error_type=error_type,
+            error_message=message, payload=payload_json, handler=handler_json,
+            created_at=now, updated_at=now,
+        ).execute()
+        TaskEvent.insert(task=task_id, at=now, event="reported", status=NEW,
+                         error_message=message).execute()
+    return task_id
+
+
+def record_success(store, task_type, count=1, *, clock=None):
+    """Add ``count`` successful runs of ``task_type`` to this hour's tally."""
+    task_type = check_task_type(task_type)
+    if not isinstance(count, int) or count < 1:
+        raise InputError(f"success count must be a whole number >= 1, not {count!r}")
+    now = (clock or SystemClock()).now()
+    hour = time.strftime("%Y-%m-%d %H:00:00", time.gmtime(now))
+    with store.transaction():
+        (SuccessCount.insert(task_type=task_type, hour=hour, count=count)
+         .on_conflict(conflict_target=[SuccessCount.task_type, SuccessCount.hour],
+                      update={SuccessCount.count: SuccessCount.count + count})
+         .execute())
+
+
+def default_store():
+    """The store named by the environment (FAILURE_DB), opened once per process."""
+    path = load_settings().db
+    with _default_lock:
+        store = _default_stores.get(path)
+        if store is None:
+            store = _default_stores[path] = open_store(path)
+        return store
+
+
+def report_failure(task_type, error, *, error_type=None, payload=None, ref=None, source="python"):
+    """Record a failed task in the database named by FAILURE_DB; returns its id.
+
+    The running daemon classifies and acts on it within about a second.
+    """
+    return record_failure(default_store(), task_type, error, error_type=error_type,
+                          payload=payload, ref=ref, source=source)
+
+
+def report_success(task_type, count=1):
+    """Record successful runs of a task type (the failure-rate threshold's denominator)."""
+    record_success(default_store(), task_type, count)

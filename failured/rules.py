@@ -1,0 +1,313 @@
+"""Pattern files (``config/patterns/*.toml``) -> a validated, frozen ruleset of categories.
+
+Files merge in name order: a category named again extends its lists
+(``patterns``, ``exception_types``, ``tags``) and overrides the settings it
+names; ``replace = true`` replaces the lists instead. Every problem is
+collected with its file and key, so one run of ``check-config`` shows them all.
+"""
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import re2
+
+from .errors import ConfigError, ConfigErrors
+
+ACTIONS = ("retry", "notify_admin", "notify_user")
+UNKNOWN = "unknown"
+LIST_KEYS = ("patterns", "exception_types", "tags")
+SCALAR_KEYS = ("label", "label_en", "action", "priority", "suggestion", "suggestion_en")
+CATEGORY_KEYS = {"name", "replace", "retry", *LIST_KEYS, *SCALAR_KEYS}
+RETRY_KEYS = {"delays", "max_attempts", "jitter"}
+MAX_PATTERN_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Delays in seconds between attempts; past the list the last one doubles."""
+
+    delays: tuple
+    max_attempts: int | None = None  # None: FAILURE_MAX_RECOVERY_ATTEMPTS
+    jitter: float = 0.0  # fraction of each delay, spread both ways
+
+
+@dataclass(frozen=True)
+class Pattern:
+    text: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    label: str
+    label_en: str
+    action: str
+    priority: int
+    retry: RetryPolicy | None = None
+    exception_types: tuple = ()
+    tags: tuple = ()
+    patterns: tuple = ()  # of Pattern
+    suggestion: str = ""
+    suggestion_en: str = ""
+    files: tuple = ()
+
+    def label_in(self, lang):
+        return self.label_en if lang == "en" and self.label_en else self.label
+
+    def suggestion_in(self, lang):
+        return self.suggestion_en if lang == "en" and self.suggestion_en else self.suggestion
+
+
+DEFAULT_UNKNOWN = Category(
+    name=UNKNOWN, label="未知错误", label_en="Unknown error", action="notify_admin",
+    priority=1_000_000, suggestion="查看错误详情，必要时为其添加匹配规则",
+    suggestion_en="Read the error and add a pattern for it if it recurs",
+)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Categories in priority order (lowest number first) plus the ``unknown`` fallback."""
+
+    categories: tuple
+    unknown: Category = DEFAULT_UNKNOWN
+    files: tuple = ()
+    by_name: dict = field(default_factory=dict, compare=False)
+
+    def category(self, name):
+        return self.unknown if name == UNKNOWN else self.by_name.get(name)
+
+
+def re2_options():
+    """Case-insensitive, UTF-8, and silent: RE2 must not write parse errors to our stderr."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    options.max_mem = 64 << 20  # room for a few thousand patterns in one Set
+    return options
+
+
+def pattern_problem(text):
+    """Why RE2 refuses ``text`` as a pattern, or None when it is usable."""
+    if not text.strip():
+        return "is empty: it would match every message"
+    if len(text) > MAX_PATTERN_CHARS:
+        return f"is {len(text)} characters long: at most {MAX_PATTERN_CHARS}"
+    try:
+        compiled = re2.compile(text, options=re2_options())
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        return f"RE2 cannot compile it: {reason} (RE2 has no lookaround or backreferences)"
+    if compiled.search("") is not None:
+        return "matches the empty string, so it would match every message"
+    return None
+
+
+def _read_toml(path, errors):
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(ConfigError(path, None, f"TOML syntax error: {exc}"))
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(ConfigError(path, None, f"cannot read file: {exc}"))
+    return None
+
+
+def _check_type(value, expected, path, key, errors, what):
+    if isinstance(value, bool) and expected is not bool:
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        errors.append(ConfigError(path, key, f"must be {what}, not {type(value).__name__} {value!r}"))
+    return ok
+
+
+def parse_retry(table, path, key, errors):
+    """Validate a retry table; returns a dict of the keys it names (merging happens later)."""
+    if not _check_type(table, dict, path, key, errors, "a table such as { delays = [30, 60], max_attempts = 3 }"):
+        return {}
+    out = {}
+    for name in sorted(set(table) - RETRY_KEYS):
+        errors.append(ConfigError(path, f"{key}.{name}", f"unknown key: use one of {', '.join(sorted(RETRY_KEYS))}"))
+    if "delays" in table:
+        delays = table["delays"]
+        if _check_type(delays, list, path, f"{key}.delays", errors, "a list of seconds"):
+            if not delays:
+                errors.append(ConfigError(path, f"{key}.delays", "is empty: give at least one delay in seconds"))
+            for i, delay in enumerate(delays):
+                if not _check_type(delay, (int, float), path, f"{key}.delays[{i}]", errors, "a number of seconds"):
+                    continue
+                if delay < 0:
+                    errors.append(ConfigError(path, f"{key}.delays[{i}]", f"is {delay}: a delay cannot be negative"))
+            out["delays"] = tuple(float(d) for d in delays if isinstance(d, (int, float)) and not isinstance(d, bool))
+    if "max_attempts" in table:
+        value = table["max_attempts"]
+        if _check_type(value, int, path, f"{key}.max_attempts", errors, "a whole number"):
+            if value < 1:
+                errors.append(ConfigError(path, f"{key}.max_attempts", f"is {value}: must be at least 1"))
+            out["max_attempts"] = value
+    if "jitter" in table:
+        value = table["jitter"]
+        if _check_type(value, (int, float), path, f"{key}.jitter", errors, "a fraction between 0 and 1"):
+            if not 0 <= value <= 1:
+                errors.append(ConfigError(path, f"{key}.jitter", f"is {value}: must be between 0 and 1"))
+            out["jitter"] = float(value)
+    return out
+
+
+def _parse_category(table, path, key, errors):
+    """One ``[[category]]`` table -> a dict of the settings it names, validated."""
+    for name in sorted(set(table) - CATEGORY_KEYS):
+        errors.append(ConfigError(path, f"{key}.{name}", f"unknown key: use one of {', '.join(sorted(CATEGORY_KEYS))}"))
+    out = {"file": str(path)}
+    for name in ("label", "label_en", "suggestion", "suggestion_en"):
+        if name in table and _check_type(table[name], str, path, f"{key}.{name}", errors, "a string"):
+            out[name] = table[name]
+    if "action" in table and _check_type(table["action"], str, path, f"{key}.action", errors, "a string"):
+        if table["action"] not in ACTIONS:
+            errors.append(ConfigError(path, f"{key}.action", f"unknown action {table['action']!r}: use one of {', '.join(ACTIONS)}"))
+        else:
+            out["action"] = table["action"]
+    if "priority" in table and _check_type(table["priority"], int, path, f"{key}.priority", errors, "a whole number"):
+        out["priority"] = table["priority"]
+    if "replace" in table and _check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
+        out["replace"] = table["replace"]
+    if "retry" in table:
+        out["retry"] = parse_retry(table["retry"], path, f"{key}.retry", errors)
+    for name in LIST_KEYS:
+        if name in table and _check_type(table[name], list, path, f"{key}.{name}", errors, "a list of strings"):
+            items = []
+            for i, item in enumerate(table[name]):
+                if not _check_type(item, str, path, f"{key}.{name}[{i}]", errors, "a string"):
+                    continue
+                if name == "patterns":
+                    problem = pattern_problem(item)
+                    if problem:
+                        errors.append(ConfigError(path, f"{key}.{name}[{i}]", f"pattern {item!r} {problem}"))
+                        continue
+                    items.append(Pattern(item, str(path)))
+                elif name == "tags":
+                    items.append(item.strip().strip("[]").upper())
+                else:
+                    items.append(item.strip())
+            out[name] = items
+    return out
+
+
+def _merge(base, update):
+    """Merge one file's settings for a category into what earlier files said."""
+    merged = dict(base)
+    replace = update.get("replace", False)
+    for name, value in update.items():
+        if name in ("replace", "file"):
+            continue
+        if name in LIST_KEYS:
+            merged[name] = list(value) if replace else _extend_unique(base.get(name, []), value)
+        elif name == "retry":
+            merged["retry"] = {**base.get("retry", {}), **value}
+        else:
+            merged[name] = value
+    merged["files"] = base.get("files", []) + [update["file"]]
+    return merged
+
+
+def _extend_unique(items, more):
+    seen = set(items)
+    return list(items) + [item for item in more if not (item in seen or seen.add(item))]
+
+
+def _build_category(name, settings, errors):
+    path = settings["files"][-1]
+    where = f'category "{name}"'
+    for required in ("action", "priority"):
+        if required not in settings and name != UNKNOWN:
+            errors.append(ConfigError(path, f"{where}.{required}", f"missing: a new category needs {required}"))
+    if name == UNKNOWN:
+        for listed in LIST_KEYS:
+            if settings.get(listed):
+                errors.append(ConfigError(path, f"{where}.{listed}", "unknown is what matches nothing: it cannot have patterns, tags or exception types"))
+    action = settings.get("action", DEFAULT_UNKNOWN.action if name == UNKNOWN else "notify_admin")
+    retry = None
+    retry_settings = settings.get("retry")
+    if action == "retry":
+        if not retry_settings or "delays" not in retry_settings:
+            errors.append(ConfigError(path, f"{where}.retry.delays", 'missing: action "retry" needs retry = { delays = [...] }'))
+        else:
+            retry = RetryPolicy(**retry_settings)
+    return Category(
+        name=name,
+        label=settings.get("label", DEFAULT_UNKNOWN.label if name == UNKNOWN else name),
+        label_en=settings.get("label_en", DEFAULT_UNKNOWN.label_en if name == UNKNOWN else name),
+        action=action,
+        priority=settings.get("priority", DEFAULT_UNKNOWN.priority),
+        retry=retry,
+        exception_types=tuple(settings.get("exception_types", ())),
+        tags=tuple(settings.get("tags", ())),
+        patterns=tuple(settings.get("patterns", ())),
+        suggestion=settings.get("suggestion", DEFAULT_UNKNOWN.suggestion if name == UNKNOWN else ""),
+        suggestion_en=settings.get("suggestion_en", DEFAULT_UNKNOWN.suggestion_en if name == UNKNOWN else ""),
+        files=tuple(dict.fromkeys(settings["files"])),
+    )
+
+
+def _check_ambiguity(categories, errors):
+    seen_priority, seen_tag = {}, {}
+    for category in categories:
+        where = f'category "{category.name}"'
+        other = seen_priority.setdefault(category.priority, category)
+        if other is not category:
+            errors.append(ConfigError(category.files[-1], f"{where}.priority",
+                                      f"priority {category.priority} is also used by \"{other.name}\": "
+                                      "give each category its own priority so the order is clear"))
+        for tag in category.tags:
+            other = seen_tag.setdefault(tag, category)
+            if other is not category:
+                errors.append(ConfigError(category.files[-1], f"{where}.tags",
+                                          f"tag [{tag}] is also a tag of \"{other.name}\": a tag must name one category"))
+
+
+def pattern_files(config_dir):
+    """The pattern files of a config directory, in the order they merge."""
+    return sorted(Path(config_dir, "patterns").glob("*.toml"))
+
+
+def load_ruleset(config_dir):
+    """Read and validate ``config_dir/patterns/*.toml``; raise ConfigErrors listing every problem."""
+    errors = []
+    files = pattern_files(config_dir)
+    if not files:
+        raise ConfigErrors([ConfigError(Path(config_dir, "patterns"), None,
+                                        "no pattern files (*.toml): run 'failured init DIR' for a starter set")])
+    merged = {}
+    for path in files:
+        document = _read_toml(path, errors)
+        if document is None:
+            continue
+        for name in sorted(set(document) - {"category"}):
+            errors.append(ConfigError(path, name, "unknown top-level key: a pattern file holds [[category]] tables"))
+        tables = document.get("category", [])
+        if not _check_type(tables, list, path, "category", errors, "an array of tables ([[category]])"):
+            continue
+        for i, table in enumerate(tables):
+            key = f"category[{i}]"
+            if not _check_type(table, dict, path, key, errors, "a table"):
+                continue
+            name = table.get("name")
+            if not isinstance(name, str) or not name.strip():
+                errors.append(ConfigError(path, f"{key}.name", "missing: every [[category]] needs a name"))
+                continue
+            key = f'category "{name}"'
+            settings = _parse_category(table, path, key, errors)
+            merged[name] = _merge(merged.get(name, {"files": []}), settings)
+    categories = [_build_category(name, settings, errors) for name, settings in merged.items()]
+    unknown = next((c for c in categories if c.name == UNKNOWN), DEFAULT_UNKNOWN)
+    categories = sorted((c for c in categories if c.name != UNKNOWN), key=lambda c: c.priority)
+    _check_ambiguity(categories, errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return Ruleset(categories=tuple(categories), unknown=unknown, files=tuple(str(f) for f in files),
+                   by_name={c.name: c for c in categories})

@@ -1,0 +1,121 @@
+"""Process-wide settings from the environment (and a ``.env`` file), validated once at start."""
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_DB = "data/failured.db"
+DEFAULT_CONFIG_DIR = "config"
+DEFAULT_LOG_DIR = "logs"
+DEFAULT_REPORT_DIR = "reports"
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+LANGUAGES = ("zh", "en")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``FAILURE_*`` variable, with its default; the README lists them."""
+
+    db: Path = Path(DEFAULT_DB)
+    config_dir: Path = Path(DEFAULT_CONFIG_DIR)
+    log_dir: Path = Path(DEFAULT_LOG_DIR)
+    report_dir: Path = Path(DEFAULT_REPORT_DIR)
+    recovery_enabled: bool = True
+    notification_enabled: bool = True
+    scan_interval_minutes: float = 30.0
+    analysis_interval_hours: float = 6.0
+    analysis_days: int = 7
+    max_recovery_attempts: int = 3
+    retry_concurrency: int = 4
+    retention_days: int = 90
+    report_retention_days: int = 30
+    shutdown_grace_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    lang: str = "zh"
+    log_level: str = "INFO"
+
+
+# env name -> (field, parser name); the parser checks the value and its range
+_VARIABLES = {
+    "FAILURE_DB": ("db", "path"),
+    "FAILURE_CONFIG_DIR": ("config_dir", "path"),
+    "FAILURE_LOG_DIR": ("log_dir", "path"),
+    "FAILURE_REPORT_DIR": ("report_dir", "path"),
+    "FAILURE_RECOVERY_ENABLED": ("recovery_enabled", "bool"),
+    "FAILURE_NOTIFICATION_ENABLED": ("notification_enabled", "bool"),
+    "FAILURE_SCAN_INTERVAL_MINUTES": ("scan_interval_minutes", "positive_float"),
+    "FAILURE_ANALYSIS_INTERVAL_HOURS": ("analysis_interval_hours", "positive_float"),
+    "FAILURE_ANALYSIS_DAYS": ("analysis_days", "positive_int"),
+    "FAILURE_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", "positive_int"),
+    "FAILURE_RETRY_CONCURRENCY": ("retry_concurrency", "positive_int"),
+    "FAILURE_RETENTION_DAYS": ("retention_days", "positive_int"),
+    "FAILURE_REPORT_RETENTION_DAYS": ("report_retention_days", "positive_int"),
+    "FAILURE_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", "non_negative_float"),
+    "FAILURE_POLL_SECONDS": ("poll_seconds", "positive_float"),
+    "FAILURE_LANG": ("lang", "lang"),
+    "FAILURE_LOG_LEVEL": ("log_level", "log_level"),
+}
+
+
+def _parse(kind, name, raw):
+    value = raw.strip()
+    if kind == "path":
+        if not value:
+            raise InputError(f"{name} is empty: set it to a path or unset it")
+        return Path(value)
+    if kind == "bool":
+        if value.lower() in TRUE_WORDS:
+            return True
+        if value.lower() in FALSE_WORDS:
+            return False
+        raise InputError(f"{name}={raw!r} is not a boolean: use true or false")
+    if kind in ("positive_int", "positive_float", "non_negative_float"):
+        number_type = int if kind == "positive_int" else float
+        try:
+            number = number_type(value)
+        except ValueError:
+            raise InputError(f"{name}={raw!r} is not a number") from None
+        if number < 0 or (number == 0 and kind != "non_negative_float"):
+            raise InputError(f"{name}={raw!r} must be greater than 0")
+        return number
+    if kind == "lang":
+        if value.lower() not in LANGUAGES:
+            raise InputError(f"{name}={raw!r} is not a language: use zh or en")
+        return value.lower()
+    if kind == "log_level":
+        if value.upper() not in LOG_LEVELS:
+            raise InputError(f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+    raise AssertionError(kind)
+
+
+def load_settings(environ=None, dotenv_path=".env"):
+    """Build the settings from ``environ`` (default: the process environment plus ``.env``).
+
+    Variables already in the environment win over the ``.env`` file, as with
+    systemd's ``EnvironmentFile=`` followed by ``Environment=``.
+    """
+    if environ is None:
+        environ = dict(os.environ)
+        if dotenv_path and Path(dotenv_path).is_file():
+            from dotenv import dotenv_values
+
+            for key, value in dotenv_values(dotenv_path).items():
+                if value is not None:
+                    environ.setdefault(key, value)
+    values = {}
+    for name, (field, kind) in _VARIABLES.items():
+        if name in environ:
+            values[field] = _parse(kind, name, environ[name])
+    return Settings(**values)
+
+
+def describe_variables():
+    """(variable, default) pairs, for ``failured init`` and the README."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+    return [(name, defaults[field]) for name, (field, _) in _VARIABLES.items()]

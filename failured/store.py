@@ -1,0 +1,260 @@
+"""The SQLite store: peewee models, the one place for pragmas and transactions, migrations, views.
+
+Times are UTC, stored as SQLite's own text form ('YYYY-MM-DD HH:MM:SS.mmm') so
+``sqlite3`` shows and compares them directly; in Python they are epoch floats.
+"""
+
+import sqlite3
+from pathlib import Path
+
+import peewee as pw
+
+from .clock import from_db_time, to_db_time
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+
+# Task statuses. "new" waits for the daemon; the last five are final.
+NEW, SCHEDULED, RUNNING = "new", "scheduled", "running"
+RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = "recovered", "notified", "exhausted", "manual", "resolved"
+FINAL_STATUSES = (RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED)
+
+# Writers wait this long for the lock before SQLite gives up; several
+# reporting processes plus the daemon must never see "database is locked".
+BUSY_TIMEOUT_SECONDS = 30
+
+PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "normal"),
+    ("foreign_keys", 1),
+    ("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),
+)
+
+
+class UtcTimeField(pw.Field):
+    """Epoch seconds in Python, SQLite datetime text in the file."""
+
+    field_type = "DATETIME"
+
+    def db_value(self, value):
+        return to_db_time(value) if isinstance(value, (int, float)) else value
+
+    def python_value(self, value):
+        return from_db_time(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = None  # bound to the Store's database at open time
+        legacy_table_names = False
+
+
+class Task(BaseModel):
+    task_type = pw.TextField()
+    ref = pw.TextField(null=True)
+    source = pw.TextField()
+    status = pw.TextField(default=NEW)
+    category = pw.TextField(null=True)
+    matched_by = pw.TextField(null=True)
+    matched_pattern = pw.TextField(null=True)
+    error_type = pw.TextField(null=True)
+    error_message = pw.TextField()
+    error_template = pw.TextField(null=True)
+    fingerprint = pw.TextField(null=True)
+    payload = pw.TextField(null=True)  # JSON object
+    handler = pw.TextField(null=True)  # JSON: a task's own handler (failured exec)
+    attempts = pw.IntegerField(default=0)  # retries started so far
+    max_attempts = pw.IntegerField(null=True)
+    next_retry_at = UtcTimeField(null=True)
+    lease_owner = pw.TextField(null=True)
+    lease_until = UtcTimeField(null=True)
+    handler_pid = pw.IntegerField(null=True)
+    note = pw.TextField(null=True)
+    created_at = UtcTimeField()
+    updated_at = UtcTimeField()
+    finished_at = UtcTimeField(null=True)
+
+    class Meta:
+        table_name = "tasks"
+        indexes = (
+            (("status", "next_retry_at"), False),
+            (("created_at",), False),
+            (("category", "created_at"), False),
+            (("task_type", "created_at"), False),
+            (("fingerprint",), False),
+        )
+
+
+class TaskEvent(BaseModel):
+    task = pw.ForeignKeyField(Task, backref="events", on_delete="CASCADE", column_name="task_id")
+    at = UtcTimeField()
+    event = pw.TextField()
+    status = pw.TextField()
+    category = pw.TextField(null=True)
+    attempt = pw.IntegerField(null=True)
+    delay_seconds = pw.FloatField(null=True)
+    error_message = pw.TextField(null=True)
+    detail = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "task_events"
+        indexes = ((("task", "id"), False), (("at",), False))
+
+
+class Notification(BaseModel):
+    task = pw.ForeignKeyField(Task, null=True, on_delete="SET NULL", column_name="task_id")
+    created_at = UtcTimeField()
+    audience = pw.TextField()  # admin | user
+    kind = pw.TextField()  # task | exhausted | manual | breaker | config | threshold | digest
+    category = pw.TextField(null=True)
+    task_type = pw.TextField(null=True)
+    fingerprint = pw.TextField(null=True)
+    title = pw.TextField()
+    body = pw.TextField()
+    status = pw.TextField(default="pending")  # pending | sent | merged | suppressed | failed
+    channel = pw.TextField(null=True)
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = UtcTimeField(null=True)
+    sent_at = UtcTimeField(null=True)
+    merged_into = pw.IntegerField(null=True)
+    last_error = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "notifications"
+        indexes = ((("status", "next_attempt_at"), False), (("created_at",), False))
+
+
+class SuccessCount(BaseModel):
+    """Successful runs per task type and hour, for the failure-rate threshold."""
+
+    task_type = pw.TextField()
+    hour = pw.TextField()  # 'YYYY-MM-DD HH:00:00' UTC
+    count = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "success_counts"
+        primary_key = pw.CompositeKey("task_type", "hour")
+
+
+class Breaker(BaseModel):
+    """Circuit breaker state per task type (survives restarts)."""
+
+    task_type = pw.TextField(primary_key=True)
+    state = pw.TextField(default="closed")  # closed | open | half_open
+    consecutive_failures = pw.IntegerField(default=0)
+    open_until = UtcTimeField(null=True)
+    updated_at = UtcTimeField()
+
+    class Meta:
+        table_name = "breakers"
+
+
+class DaemonState(BaseModel):
+    """Small key/value facts: heartbeat, last scan, active config, last report cut-off."""
+
+    key = pw.TextField(primary_key=True)
+    value = pw.TextField()
+    updated_at = UtcTimeField()
+
+    class Meta:
+        table_name = "daemon_state"
+
+
+MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState)
+
+VIEWS = {
+    "pending_retries": """
+        SELECT id, task_type, ref, category, attempts, max_attempts, next_retry_at,
+               substr(error_message, 1, 120) AS error
+        FROM tasks WHERE status = 'scheduled' ORDER BY next_retry_at""",
+    "failures_last_24h": """
+        SELECT category, task_type, count(*) AS failures,
+               sum(status = 'recovered') AS recovered, max(created_at) AS last_seen
+        FROM tasks WHERE created_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 day')
+        GROUP BY category, task_type ORDER BY failures DESC""",
+    "open_tasks": """
+        SELECT id, task_type, ref, status, category, attempts, next_retry_at, created_at,
+               substr(error_message, 1, 120) AS error
+        FROM tasks WHERE status IN ('new', 'scheduled', 'running') ORDER BY id""",
+    "task_history": """
+        SELECT e.task_id, e.at, e.event, e.status, e.category, e.attempt, e.delay_seconds,
+               substr(e.error_message, 1, 120) AS error
+        FROM task_events e ORDER BY e.task_id, e.id""",
+}
+
+# version -> SQL statements that bring a database from version-1 up to it.
+# A fresh database is created at SCHEMA_VERSION directly from the models.
+MIGRATIONS = {}
+
+
+class Store:
+    """One SQLite file. Models are bound to it when it opens."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.db = pw.SqliteDatabase(
+            str(self.path),
+            pragmas=PRAGMAS,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            lock_type="IMMEDIATE",  # take the write lock at BEGIN: no deadlock on upgrade
+            check_same_thread=False,
+        )
+        self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+
+    def open(self):
+        """Create or migrate the schema; returns self."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db.connect(reuse_if_open=True)
+            self._migrate()
+        except (pw.DatabaseError, sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        return self
+
+    def close(self):
+        if not self.db.is_closed():
+            self.db.close()
+
+    def transaction(self):
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+        return self.db.atomic()
+
+    def schema_version(self):
+        return self.db.execute_sql("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self):
+        with self.db.atomic():
+            version = self.schema_version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.path} has schema version {version}, newer than this "
+                    f"failured ({SCHEMA_VERSION}): upgrade failured or use another FAILURE_DB"
+                )
+            if version == 0:
+                self.db.create_tables(MODELS, safe=True)
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        self.db.execute_sql(statement)
+            if version != SCHEMA_VERSION:
+                self._create_views()
+                self.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _create_views(self):
+        for name, select in VIEWS.items():
+            self.db.execute_sql(f"DROP VIEW IF EXISTS {name}")
+            self.db.execute_sql(f"CREATE VIEW {name} AS {select}")
+
+    # -- small key/value state -------------------------------------------
+
+    def set_state(self, key, value, now):
+        DaemonState.replace(key=key, value=value, updated_at=now).execute()
+
+    def get_state(self, key, default=None):
+        row = DaemonState.get_or_none(DaemonState.key == key)
+        return row.value if row else default
+
+
+def open_store(path):
+    """Open (creating or migrating) the database at ``path``."""
+    return Store(path).open()
