@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import requests
 
-from failured.errors import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096
 MAX_BODY_CHARS = 500
-KINDS = ("command", "http", "python")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _FIELDS = {
     "command": ("kind", "argv", "cwd", "env", "timeout"),
@@ -78,26 +77,16 @@ class Outcome:
 
 
 class _Unusable(Exception):
-    """The handler cannot even start; becomes an Outcome, never leaves this module."""
-
-    def __init__(self, error, error_type):
-        super().__init__(error)
-        self.error, self.error_type = error, error_type
+    """``(error, error_type)``: the handler cannot even start; never leaves this module."""
 
 
 def expand_env(value: str) -> str:
     """Replace each ``${NAME}`` with ``os.environ[NAME]``; raise KeyError(NAME) if unset."""
 
     def sub(match):
-        name = match.group(1)
-        if name not in os.environ:
-            raise KeyError(name)
-        return os.environ[name]
+        return os.environ[match.group(1)]  # KeyError(NAME) when unset
 
     return _ENV_REF.sub(sub, value)
-
-
-# --- configuration ---------------------------------------------------------
 
 
 def parse_handler(table: dict, path, key: str) -> HandlerSpec:
@@ -105,7 +94,7 @@ def parse_handler(table: dict, path, key: str) -> HandlerSpec:
     if not isinstance(table, dict):
         raise ConfigError(path, key, "must be a table with kind = \"command\", \"http\" or \"python\"")
     kind = table.get("kind")
-    if kind not in KINDS:
+    if kind not in _FIELDS:
         got = "missing" if kind is None else f"is {kind!r}"
         raise ConfigError(path, f"{key}.kind", f"{got}; set kind = \"command\", \"http\" or \"python\"")
     for name in table:
@@ -153,7 +142,8 @@ def _parse_http(table, path, key):
 def _parse_python(table, path, key):
     target = table.get("target")
     if not isinstance(target, str) or not _TARGET.match(target):
-        raise ConfigError(path, f"{key}.target", 'missing or malformed; set target = "package.module:function"')
+        got = "missing" if target is None else f"is {target!r}"
+        raise ConfigError(path, f"{key}.target", f'{got}; set target = "package.module:function" (note the colon)')
     return {"target": target}
 
 
@@ -166,17 +156,16 @@ def _string_table(value, path, key):
     return tuple(value.items())
 
 
-# --- running ---------------------------------------------------------------
-
-
 def run_handler(spec: HandlerSpec, task: TaskContext, *, on_start=None) -> Outcome:
     """Run one retry of ``task`` with ``spec``; never raises."""
     started = time.monotonic()
+    runner = {"command": _run_command, "http": _run_http, "python": _run_python}.get(spec.kind)
     try:
-        runner = {"command": _run_command, "http": _run_http, "python": _run_python}[spec.kind]
+        if runner is None:
+            raise _Unusable(f"unknown handler kind {spec.kind!r}", "ValueError")
         outcome = runner(spec, task, on_start)
     except _Unusable as exc:
-        outcome = Outcome(False, exc.error, exc.error_type)
+        outcome = Outcome(False, *exc.args)
     except Exception as exc:  # a bug here must not kill the executor thread
         log.exception("task %s: handler %s crashed", task.id, spec.kind)
         outcome = Outcome(False, f"handler crashed: {exc!r}", type(exc).__name__)
@@ -206,30 +195,23 @@ def _placeholders(template):
             )
 
 
-def _render(template, task):
+def _render(where, template, task):
+    """One argument with its placeholders filled in; non-string payload values as JSON."""
     values = {"task_id": task.id, "ref": task.ref or "", "task_type": task.task_type, "attempt": task.attempt}
     out = []
-    for literal, field in _placeholders(template):
-        out.append(literal)
-        if isinstance(field, tuple):
-            if field[1] not in task.payload:
-                raise KeyError(f"payload has no key {field[1]!r}")
-            value = task.payload[field[1]]
-            out.append(value if isinstance(value, str) else json.dumps(value))
-        elif field is not None:
-            out.append(str(values[field]))
+    try:
+        for literal, field in _placeholders(template):
+            if isinstance(field, tuple) and field[1] not in task.payload:
+                raise _Unusable(f"{where}: payload has no key {field[1]!r}", "KeyError")
+            value = task.payload[field[1]] if isinstance(field, tuple) else values.get(field, "")
+            out += [literal, value if isinstance(value, str) else json.dumps(value)]
+    except ValueError as exc:
+        raise _Unusable(f"{where}: {exc}", "ValueError") from None
     return "".join(out)
 
 
 def _command_argv_env(spec, task):
-    argv = []
-    for i, template in enumerate(spec.argv):
-        try:
-            argv.append(_render(template, task))
-        except KeyError as exc:
-            raise _Unusable(f"argv[{i}]: {exc.args[0]}", "KeyError") from None
-        except ValueError as exc:
-            raise _Unusable(f"argv[{i}]: {exc}", "ValueError") from None
+    argv = [_render(f"argv[{i}]", template, task) for i, template in enumerate(spec.argv)]
     env = dict(os.environ)
     for name, value in spec.env:
         try:
@@ -241,16 +223,10 @@ def _command_argv_env(spec, task):
     return argv, env
 
 
-def _load_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # libc is already in the process
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()  # looked up once here: the forked child should do as little as possible
+try:  # looked up once here: the forked child should do as little as possible
+    _PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _PRCTL = None
 _PR_SET_PDEATHSIG = 1
 
 
@@ -281,36 +257,25 @@ def _run_command(spec, task, on_start):
         except (OSError, subprocess.SubprocessError) as exc:
             where = f" in cwd {spec.cwd!r}" if spec.cwd else ""
             raise _Unusable(f"cannot run {argv[0]!r}{where}: {exc}", type(exc).__name__) from None
-        _notify_start(on_start, proc.pid, task)
+        try:
+            if on_start is not None:
+                on_start(proc.pid)
+        except Exception:  # the child already runs; failing to record its pid must not orphan it
+            log.exception("task %s: on_start(%s) failed; handler keeps running", task.id, proc.pid)
         try:
             code = proc.wait(timeout=spec.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            # The child leads its own session, so its pid is the process group id: killing
+            # the group also takes the grandchildren a script started. Not reaped yet, so
+            # the id cannot have been reused.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return Outcome(False, f"timed out after {spec.timeout:g}s", "TimeoutExpired", pid=proc.pid)
         if code == 0:
             return Outcome(True, pid=proc.pid)
         status = f"exit {code}" if code > 0 else f"signal {-code}"
         output = _file_tail(err) or _file_tail(out)
         return Outcome(False, f"{status}: {output}", status, pid=proc.pid)
-
-
-def _notify_start(on_start, pid, task):
-    if on_start is None:
-        return
-    try:
-        on_start(pid)
-    except Exception:  # the child already runs; failing to record its pid must not orphan it
-        log.exception("task %s: on_start(%s) failed; handler keeps running", task.id, pid)
-
-
-def _kill_group(proc):
-    # The child leads its own session (start_new_session), so its pid is the group id;
-    # killing the group also takes the grandchildren a shell script may have started.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _file_tail(f):
@@ -373,17 +338,18 @@ def _run_python(spec, task, on_start):
 
 
 def _call_target(target, payload, result):
+    # BaseException: a SystemExit from handler code must become an Outcome, not a silent thread death.
     try:
         module_name, _, func_name = target.partition(":")
         func = getattr(importlib.import_module(module_name), func_name)
-    except Exception as exc:
-        result["outcome"] = Outcome(False, f"cannot import {target!r}: {type(exc).__name__}: {exc}",
-                                    type(exc).__name__)  # fmt: skip
+    except BaseException as exc:
+        name = type(exc).__name__
+        result["outcome"] = Outcome(False, f"cannot import {target!r}: {name}: {exc}", name)
         return
     try:
         func(**payload)
         result["outcome"] = Outcome(True)
-    except BaseException as exc:  # SystemExit from a handler must not end the worker silently
+    except BaseException as exc:
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         result["outcome"] = Outcome(False, str(exc) or name, name)

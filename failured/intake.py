@@ -1,6 +1,7 @@
 """Recording failures and successes: the one way tasks enter the store."""
 
 import json
+import re
 import threading
 import time
 
@@ -11,6 +12,7 @@ from .store import NEW, SuccessCount, Task, TaskEvent, open_store
 
 MAX_ERROR_BYTES = 64 * 1024
 MAX_TASK_TYPE_CHARS = 200
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SOURCES = ("python", "cli", "exec", "http")
 
 _default_stores = {}
@@ -26,7 +28,11 @@ def clean_text(value):
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        pass
+    try:  # undecodable bytes smuggled in as surrogates (os.fsdecode, sys.argv)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def bound_error(text, limit=MAX_ERROR_BYTES):

@@ -105,7 +105,7 @@ def pattern_problem(text):
     return None
 
 
-def _read_toml(path, errors):
+def read_toml(path, errors):
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -116,7 +116,7 @@ def _read_toml(path, errors):
     return None
 
 
-def _check_type(value, expected, path, key, errors, what):
+def check_type(value, expected, path, key, errors, what):
     if isinstance(value, bool) and expected is not bool:
         ok = False
     else:
@@ -128,31 +128,31 @@ def _check_type(value, expected, path, key, errors, what):
 
 def parse_retry(table, path, key, errors):
     """Validate a retry table; returns a dict of the keys it names (merging happens later)."""
-    if not _check_type(table, dict, path, key, errors, "a table such as { delays = [30, 60], max_attempts = 3 }"):
+    if not check_type(table, dict, path, key, errors, "a table such as { delays = [30, 60], max_attempts = 3 }"):
         return {}
     out = {}
     for name in sorted(set(table) - RETRY_KEYS):
         errors.append(ConfigError(path, f"{key}.{name}", f"unknown key: use one of {', '.join(sorted(RETRY_KEYS))}"))
     if "delays" in table:
         delays = table["delays"]
-        if _check_type(delays, list, path, f"{key}.delays", errors, "a list of seconds"):
+        if check_type(delays, list, path, f"{key}.delays", errors, "a list of seconds"):
             if not delays:
                 errors.append(ConfigError(path, f"{key}.delays", "is empty: give at least one delay in seconds"))
             for i, delay in enumerate(delays):
-                if not _check_type(delay, (int, float), path, f"{key}.delays[{i}]", errors, "a number of seconds"):
+                if not check_type(delay, (int, float), path, f"{key}.delays[{i}]", errors, "a number of seconds"):
                     continue
                 if delay < 0:
                     errors.append(ConfigError(path, f"{key}.delays[{i}]", f"is {delay}: a delay cannot be negative"))
             out["delays"] = tuple(float(d) for d in delays if isinstance(d, (int, float)) and not isinstance(d, bool))
     if "max_attempts" in table:
         value = table["max_attempts"]
-        if _check_type(value, int, path, f"{key}.max_attempts", errors, "a whole number"):
+        if check_type(value, int, path, f"{key}.max_attempts", errors, "a whole number"):
             if value < 1:
                 errors.append(ConfigError(path, f"{key}.max_attempts", f"is {value}: must be at least 1"))
             out["max_attempts"] = value
     if "jitter" in table:
         value = table["jitter"]
-        if _check_type(value, (int, float), path, f"{key}.jitter", errors, "a fraction between 0 and 1"):
+        if check_type(value, (int, float), path, f"{key}.jitter", errors, "a fraction between 0 and 1"):
             if not 0 <= value <= 1:
                 errors.append(ConfigError(path, f"{key}.jitter", f"is {value}: must be between 0 and 1"))
             out["jitter"] = float(value)
@@ -165,24 +165,24 @@ def _parse_category(table, path, key, errors):
         errors.append(ConfigError(path, f"{key}.{name}", f"unknown key: use one of {', '.join(sorted(CATEGORY_KEYS))}"))
     out = {"file": str(path)}
     for name in ("label", "label_en", "suggestion", "suggestion_en"):
-        if name in table and _check_type(table[name], str, path, f"{key}.{name}", errors, "a string"):
+        if name in table and check_type(table[name], str, path, f"{key}.{name}", errors, "a string"):
             out[name] = table[name]
-    if "action" in table and _check_type(table["action"], str, path, f"{key}.action", errors, "a string"):
+    if "action" in table and check_type(table["action"], str, path, f"{key}.action", errors, "a string"):
         if table["action"] not in ACTIONS:
             errors.append(ConfigError(path, f"{key}.action", f"unknown action {table['action']!r}: use one of {', '.join(ACTIONS)}"))
         else:
             out["action"] = table["action"]
-    if "priority" in table and _check_type(table["priority"], int, path, f"{key}.priority", errors, "a whole number"):
+    if "priority" in table and check_type(table["priority"], int, path, f"{key}.priority", errors, "a whole number"):
         out["priority"] = table["priority"]
-    if "replace" in table and _check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
+    if "replace" in table and check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
         out["replace"] = table["replace"]
     if "retry" in table:
         out["retry"] = parse_retry(table["retry"], path, f"{key}.retry", errors)
     for name in LIST_KEYS:
-        if name in table and _check_type(table[name], list, path, f"{key}.{name}", errors, "a list of strings"):
+        if name in table and check_type(table[name], list, path, f"{key}.{name}", errors, "a list of strings"):
             items = []
             for i, item in enumerate(table[name]):
-                if not _check_type(item, str, path, f"{key}.{name}[{i}]", errors, "a string"):
+                if not check_type(item, str, path, f"{key}.{name}[{i}]", errors, "a string"):
                     continue
                 if name == "patterns":
                     problem = pattern_problem(item)
@@ -284,17 +284,17 @@ def load_ruleset(config_dir):
                                         "no pattern files (*.toml): run 'failured init DIR' for a starter set")])
     merged = {}
     for path in files:
-        document = _read_toml(path, errors)
+        document = read_toml(path, errors)
         if document is None:
             continue
         for name in sorted(set(document) - {"category"}):
             errors.append(ConfigError(path, name, "unknown top-level key: a pattern file holds [[category]] tables"))
         tables = document.get("category", [])
-        if not _check_type(tables, list, path, "category", errors, "an array of tables ([[category]])"):
+        if not check_type(tables, list, path, "category", errors, "an array of tables ([[category]])"):
             continue
         for i, table in enumerate(tables):
             key = f"category[{i}]"
-            if not _check_type(table, dict, path, key, errors, "a table"):
+            if not check_type(table, dict, path, key, errors, "a table"):
                 continue
             name = table.get("name")
             if not isinstance(name, str) or not name.strip():

@@ -1,0 +1,157 @@
+"""The ``failured`` command: parse arguments, build settings, call one function, print, exit.
+
+Exit codes: 0 ok, 1 a check failed or the action was refused, 2 bad usage or input.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from . import commands
+from .config import load_config
+from .errors import ConfigErrors, FailuredError
+from .settings import load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _print_json(data):
+    print(json.dumps(data, ensure_ascii=False, indent=None, default=str))
+
+
+def cmd_report(args, settings):
+    task_id = commands.report(settings, args.type, args.error, error_type=args.error_type,
+                              payload=args.payload, ref=args.ref)
+    if args.json:
+        _print_json({"task_id": task_id, "status": "new"})
+    else:
+        print(task_id)
+    return EXIT_OK
+
+
+def cmd_classify(args, settings):
+    snapshot = load_config(args.config or settings.config_dir, settings.lang)
+    classifier = snapshot.classifier
+    if args.message == "-":
+        for line in sys.stdin:
+            message = line.rstrip("\n")
+            if message:
+                result = classifier.classify(message, args.error_type, args.type)
+                _print_json(result.to_dict()) if args.json else print(f"{result.category}\t{message}")
+        return EXIT_OK
+    result = classifier.classify(args.message, args.error_type, args.type)
+    if args.json:
+        _print_json(result.to_dict())
+        return EXIT_OK
+    matched = f"{result.matched_by} {result.pattern!r}" if result.pattern else result.matched_by
+    print(f"category:    {result.category} ({result.label})\n"
+          f"action:      {result.action}\n"
+          f"matched by:  {matched}\n"
+          f"error type:  {result.error_type or '-'}\n"
+          f"fingerprint: {result.fingerprint}\n"
+          f"template:    {result.template}\n"
+          f"suggestion:  {result.suggestion or '-'}")
+    return EXIT_OK
+
+
+def cmd_check_config(args, settings):
+    config_dir = Path(args.dir or settings.config_dir)
+    try:
+        snapshot = load_config(config_dir, settings.lang)
+    except ConfigErrors as exc:
+        if args.json:
+            _print_json({"ok": False, "errors": [{"file": e.path, "key": e.key, "reason": e.reason}
+                                                 for e in exc.errors]})
+        else:
+            print(f"{config_dir}: {len(exc.errors)} problem(s)", file=sys.stderr)
+            for error in exc.errors:
+                print(f"  {error}", file=sys.stderr)
+        return EXIT_FAILED
+    summary = commands.config_summary(snapshot)
+    if args.json:
+        _print_json({"ok": True, **summary})
+        return EXIT_OK
+    print(f"{config_dir}: ok, {len(summary['files'])} files")
+    for category in summary["categories"]:
+        retry = category["retry"] or "-"
+        print(f"  {category['priority']:>5}  {category['name']:<28} {category['action']:<13} "
+              f"{category['patterns']:>4} patterns {category['exception_types']:>3} types "
+              f"{category['tags']:>2} tags  retry {retry}")
+    for name, handler in summary["task_types"].items():
+        print(f"  task type {name}: handler {handler or '-'}")
+    return EXIT_OK
+
+
+def cmd_init(args, settings):
+    target = Path(args.dir)
+    source = commands.shipped_config_dir()
+    if target.exists() and any(target.iterdir()) and not args.force:
+        print(f"{target} is not empty: pass --force to overwrite the shipped files in it", file=sys.stderr)
+        return EXIT_USAGE
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    print(f"wrote a starter config to {target} (from {source}); check it with 'failured check-config {target}'")
+    return EXIT_OK
+
+
+def build_parser():
+    parser = _Parser(prog="failured", description="Classify, retry and notify failed tasks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("report", help="record a failed task")
+    p.add_argument("--type", required=True, help="task type, e.g. tracking_update")
+    p.add_argument("--error", required=True, help="the error message")
+    p.add_argument("--error-type", help="exception type name, e.g. ConnectTimeout")
+    p.add_argument("--payload", help="JSON object the handler needs to retry the task")
+    p.add_argument("--ref", help="your own reference (order id, job id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("classify", help="explain how one message is classified ('-': one per line from stdin)")
+    p.add_argument("message")
+    p.add_argument("--error-type")
+    p.add_argument("--type")
+    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("check-config", help="validate a config directory")
+    p.add_argument("dir", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("init", help="write a starter config directory")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_init)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return args.func(args, settings)
+    except ConfigErrors as exc:
+        print(f"failured {args.command}: configuration error:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except FailuredError as exc:
+        print(f"failured {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,143 @@
+"""The config directory as one validated snapshot: pattern rules plus ``failured.toml``.
+
+A snapshot is immutable; a reload builds a new one and the daemon swaps one
+reference, so a half-written file is never seen by a running classification.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .classify import Classifier
+from .errors import ConfigError, ConfigErrors
+from .handlers import parse_handler
+from .rules import check_type, read_toml, load_ruleset, parse_retry, pattern_files
+
+MAIN_FILE = "failured.toml"
+TOP_KEYS = {"breaker", "task_types"}
+BREAKER_KEYS = {"failures", "cooldown_seconds"}
+TASK_TYPE_KEYS = {"handler", "retry", "retry_by_category"}
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """Open a task type's breaker after ``failures`` consecutive failed retries."""
+
+    failures: int = 5
+    cooldown_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class TaskTypeConfig:
+    name: str
+    handler: object = None  # handlers.HandlerSpec
+    retry: dict = field(default_factory=dict)  # overrides for every category
+    retry_by_category: dict = field(default_factory=dict)  # category -> overrides
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ruleset: object
+    classifier: Classifier
+    task_types: dict
+    breaker: BreakerConfig
+    files: tuple
+    digest: str
+
+    def task_type(self, name):
+        return self.task_types.get(name) or TaskTypeConfig(name)
+
+
+def config_files(config_dir):
+    main = Path(config_dir, MAIN_FILE)
+    return ([main] if main.is_file() else []) + pattern_files(config_dir)
+
+
+def content_digest(files):
+    """A hash of the files' names and bytes: an unchanged directory is not reloaded."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode())
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()[:16]
+
+
+def _parse_breaker(table, path, errors):
+    if not check_type(table, dict, path, "breaker", errors, "a table"):
+        return BreakerConfig()
+    for name in sorted(set(table) - BREAKER_KEYS):
+        errors.append(ConfigError(path, f"breaker.{name}", f"unknown key: use one of {', '.join(sorted(BREAKER_KEYS))}"))
+    values = {}
+    if "failures" in table and check_type(table["failures"], int, path, "breaker.failures", errors, "a whole number"):
+        if table["failures"] < 1:
+            errors.append(ConfigError(path, "breaker.failures", "must be at least 1"))
+        values["failures"] = table["failures"]
+    if "cooldown_seconds" in table and check_type(table["cooldown_seconds"], (int, float), path,
+                                                   "breaker.cooldown_seconds", errors, "a number of seconds"):
+        if table["cooldown_seconds"] <= 0:
+            errors.append(ConfigError(path, "breaker.cooldown_seconds", "must be greater than 0"))
+        values["cooldown_seconds"] = float(table["cooldown_seconds"])
+    return BreakerConfig(**values)
+
+
+def _parse_task_type(name, table, path, errors):
+    key = f"task_types.{name}"
+    if not check_type(table, dict, path, key, errors, "a table"):
+        return TaskTypeConfig(name)
+    for unknown in sorted(set(table) - TASK_TYPE_KEYS):
+        errors.append(ConfigError(path, f"{key}.{unknown}", f"unknown key: use one of {', '.join(sorted(TASK_TYPE_KEYS))}"))
+    handler = None
+    if "handler" in table:
+        try:
+            handler = parse_handler(table["handler"], path, f"{key}.handler")
+        except ConfigError as exc:
+            errors.append(exc)
+    retry = parse_retry(table["retry"], path, f"{key}.retry", errors) if "retry" in table else {}
+    by_category = {}
+    overrides = table.get("retry_by_category", {})
+    if check_type(overrides, dict, path, f"{key}.retry_by_category", errors, "a table of category = { delays = [...] }"):
+        for category, policy in overrides.items():
+            by_category[category] = parse_retry(policy, path, f"{key}.retry_by_category.{category}", errors)
+    return TaskTypeConfig(name, handler, retry, by_category)
+
+
+def _check_categories_named(task_types, ruleset, path, errors):
+    for config in task_types.values():
+        for category in config.retry_by_category:
+            if ruleset.category(category) is None:
+                errors.append(ConfigError(path, f"task_types.{config.name}.retry_by_category.{category}",
+                                          f"no category named {category!r}: use one of "
+                                          f"{', '.join(c.name for c in ruleset.categories)}"))
+
+
+def load_config(config_dir, lang="zh"):
+    """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem."""
+    config_dir = Path(config_dir)
+    if not config_dir.is_dir():
+        raise ConfigErrors([ConfigError(config_dir, None, "not a directory: create it with 'failured init DIR'")])
+    errors = []
+    ruleset = classifier = None
+    try:
+        ruleset = load_ruleset(config_dir)
+        classifier = Classifier(ruleset, lang)
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    main = config_dir / MAIN_FILE
+    document = read_toml(main, errors) if main.is_file() else {}
+    document = document or {}
+    for name in sorted(set(document) - TOP_KEYS):
+        errors.append(ConfigError(main, name, f"unknown top-level key: use one of {', '.join(sorted(TOP_KEYS))}"))
+    breaker = _parse_breaker(document.get("breaker", {}), main, errors)
+    task_types = {}
+    if check_type(document.get("task_types", {}), dict, main, "task_types", errors, "a table"):
+        for name, table in document.get("task_types", {}).items():
+            task_types[name] = _parse_task_type(name, table, main, errors)
+    if ruleset is not None:
+        _check_categories_named(task_types, ruleset, main, errors)
+    if errors:
+        raise ConfigErrors(errors)
+    files = config_files(config_dir)
+    return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), content_digest(files))

@@ -1,0 +1,126 @@
+"""Hot reload: watch the config directory, debounce, validate it whole, swap or keep the last good.
+
+Editors save by writing a temp file and renaming it; watching the directory
+(not the files) and reloading after a quiet moment sees every way a file can
+change, and never a half-written one.
+"""
+
+import logging
+import threading
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .alertlog import append_line
+from .clock import SystemClock
+from .config import config_files, content_digest, load_config
+from .errors import ConfigErrors
+
+log = logging.getLogger("failured.config")
+
+DEBOUNCE_SECONDS = 0.3
+
+
+class _Poke(FileSystemEventHandler):
+    def __init__(self, changed):
+        self._changed = changed
+
+    def on_any_event(self, event):
+        if event.event_type not in ("opened", "closed_no_write"):
+            self._changed.set()
+
+
+class ConfigWatcher:
+    """Keeps ``current`` (the active Snapshot) in step with the directory.
+
+    ``on_reload(snapshot)`` runs after a good change is swapped in;
+    ``on_reject(errors)`` after a bad one was refused (the old snapshot stays).
+    """
+
+    def __init__(self, config_dir, lang="zh", on_reload=None, on_reject=None, clock=None,
+                 debounce=DEBOUNCE_SECONDS, log_dir=None):
+        self.config_dir = config_dir
+        self.log_dir = log_dir
+        self.lang = lang
+        self.on_reload = on_reload or (lambda snapshot: None)
+        self.on_reject = on_reject or (lambda errors: None)
+        self.clock = clock or SystemClock()
+        self.debounce = debounce
+        self.current = load_config(config_dir, lang)  # the first load must succeed
+        self.loaded_at = self.clock.now()
+        self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._observer = None
+        self._thread = None
+
+    def start(self):
+        self._observer = Observer()
+        self._observer.schedule(_Poke(self._changed), str(self.config_dir), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+        self._thread = threading.Thread(target=self._loop, name="config-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        self._changed.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    def request_reload(self):
+        """Reload soon, as on SIGHUP (safe to call from a signal handler)."""
+        self._changed.set()
+
+    def _loop(self):
+        while not self._stopping.is_set():
+            self._changed.wait()
+            # Debounce: wait until the directory has been quiet for a moment.
+            while self._changed.is_set() and not self._stopping.is_set():
+                self._changed.clear()
+                self._stopping.wait(self.debounce)
+            if not self._stopping.is_set():
+                self.reload()
+
+    def reload(self, force=False):
+        """Validate the directory and swap it in; returns True when a new snapshot is active."""
+        if not force and content_digest(config_files(self.config_dir)) == self.current.digest:
+            return False
+        try:
+            snapshot = load_config(self.config_dir, self.lang)
+        except ConfigErrors as exc:
+            self.last_rejected = (self.clock.now(), exc.errors)
+            log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",
+                      self.config_dir, len(exc.errors), exc)
+            self._alert(exc.errors)
+            self._call(self.on_reject, exc.errors)
+            return False
+        except Exception:  # never let a reload bug take the watcher down
+            log.exception("config %s: reload failed, keeping the last good one", self.config_dir)
+            return False
+        self.current = snapshot
+        self.loaded_at = self.clock.now()
+        log.info("config %s reloaded: %d categories, %d files", self.config_dir,
+                 len(snapshot.ruleset.categories), len(snapshot.files))
+        self._call(self.on_reload, snapshot)
+        return True
+
+    def _alert(self, errors):
+        if self.log_dir is None:
+            return
+        problems = [{"file": e.path, "key": e.key, "reason": e.reason} for e in errors]
+        append_line(self.log_dir, "admin", {
+            "kind": "config_rejected", "config_dir": str(self.config_dir),
+            "message": f"config reload rejected ({len(errors)} problem(s)); the last good config stays active",
+            "errors": problems,
+        }, self.clock.now())
+
+    def _call(self, callback, argument):
+        try:
+            callback(argument)
+        except Exception:
+            log.exception("config reload callback failed")

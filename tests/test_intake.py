@@ -1,0 +1,96 @@
+import json
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from failured.errors import InputError
+from failured.intake import MAX_ERROR_BYTES, record_failure, record_success
+from failured.store import SuccessCount, Task, TaskEvent, open_store
+
+
+def test_report_writes_one_task_and_its_first_event(store, clock):
+    task_id = record_failure(store, "tracking_update", "connection timeout", error_type="ConnectTimeout",
+                             payload={"order_id": 7}, ref="order-7", clock=clock)
+    task = Task.get_by_id(task_id)
+    assert (task.task_type, task.status, task.error_type, task.ref) == ("tracking_update", "new", "ConnectTimeout", "order-7")
+    assert json.loads(task.payload) == {"order_id": 7}
+    events = list(TaskEvent.select().where(TaskEvent.task == task_id))
+    assert [(e.event, e.status) for e in events] == [("reported", "new")]
+
+
+def test_long_error_is_cut_with_a_visible_marker_keeping_head_and_tail(store):
+    message = "HEAD " + "x" * 200_000 + " TAIL"
+    task = Task.get_by_id(record_failure(store, "t", message))
+    assert len(task.error_message.encode()) <= MAX_ERROR_BYTES
+    assert task.error_message.startswith("HEAD ") and task.error_message.endswith(" TAIL")
+    assert "bytes cut" in task.error_message
+
+
+def test_non_utf8_bytes_are_replaced_not_fatal(store):
+    task = Task.get_by_id(record_failure(store, "t", b"bad \xff\xfe bytes"))
+    assert task.error_message == "bad \ufffd\ufffd bytes"
+    task = Task.get_by_id(record_failure(store, "t", "surrogate \udcff here"))
+    assert "\ufffd" in task.error_message
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ("[1, 2]", "must be a JSON object"),
+    ("{not json", "not valid JSON"),
+    (42, "must be a JSON object"),
+])
+def test_bad_payload_is_refused_and_nothing_is_written(store, payload, reason):
+    with pytest.raises(InputError, match=reason):
+        record_failure(store, "t", "boom", payload=payload)
+    assert Task.select().count() == 0
+
+
+@pytest.mark.parametrize("task_type", ["", "   ", None])
+def test_empty_task_type_is_refused(store, task_type):
+    with pytest.raises(InputError, match="task type is empty"):
+        record_failure(store, task_type, "boom")
+    assert Task.select().count() == 0
+
+
+def test_successes_are_tallied_per_type_and_hour(store, clock):
+    record_success(store, "sync", clock=clock)
+    record_success(store, "sync", 4, clock=clock)
+    clock.advance(3600)
+    record_success(store, "sync", clock=clock)
+    counts = sorted(r.count for r in SuccessCount.select())
+    assert counts == [1, 5]
+
+
+def _writer(path, worker, count):
+    store = open_store(path)
+    for i in range(count):
+        record_failure(store, f"type{worker}", f"error {worker}-{i}")
+    store.close()
+
+
+def _reader(path, stop):
+    con = sqlite3.connect(path, timeout=30)
+    while not stop.is_set():
+        con.execute("SELECT count(*) FROM tasks").fetchone()
+    con.close()
+
+
+def test_eight_writer_processes_and_a_reader_lose_nothing(tmp_path):
+    path = tmp_path / "c.db"
+    open_store(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    reader = ctx.Process(target=_reader, args=(path, stop))
+    reader.start()
+    writers = [ctx.Process(target=_writer, args=(path, w, 500)) for w in range(8)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(120)
+    stop.set()
+    reader.join(10)
+    assert [p.exitcode for p in writers] == [0] * 8
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 4000
+    assert con.execute("SELECT count(*) FROM task_events").fetchone()[0] == 4000
+    assert con.execute("SELECT count(DISTINCT error_message) FROM tasks").fetchone()[0] == 4000
