@@ -170,8 +170,7 @@ def _parse_category(table, path, key, errors):
     if "action" in table and check_type(table["action"], str, path, f"{key}.action", errors, "a string"):
         if table["action"] not in ACTIONS:
             errors.append(ConfigError(path, f"{key}.action", f"unknown action {table['action']!r}: use one of {', '.join(ACTIONS)}"))
-        else:
-            out["action"] = table["action"]
+        out["action"] = table["action"]  # kept even when wrong: it is not also "missing"
     if "priority" in table and check_type(table["priority"], int, path, f"{key}.priority", errors, "a whole number"):
         out["priority"] = table["priority"]
     if "replace" in table and check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
