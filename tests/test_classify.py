@@ -1,0 +1,97 @@
+"""Classification stages, priority and fingerprints on a small, known ruleset."""
+
+import json
+
+import pytest
+
+from failured.config import load_config
+from failured.fingerprint import fingerprint, template_of
+
+
+@pytest.fixture
+def classifier(config_dir):
+    return load_config(config_dir).classifier
+
+
+@pytest.mark.parametrize("message, error_type, category, matched_by, matched", [
+    ("[NETWORK] Connection timeout: API服务器连接超时", None, "recoverable_network", "tag", "NETWORK"),
+    ("[data] Validation failed: 快递单号格式不正确", None, "unrecoverable_data", "tag", "DATA"),
+    ("[NOPE] malformed json in body", None, "unrecoverable_data", "pattern", "malformed.*json"),
+    ("something", "requests.exceptions.ReadTimeout", "recoverable_network", "exception_type", "requests.exceptions.ReadTimeout"),
+    ("something", "ReadTimeout", "recoverable_network", "exception_type", "ReadTimeout"),
+    ("something", "other.lib.ReadTimeout", "unknown", "none", None),
+    ("json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)", None, "unrecoverable_data", "exception_type", "json.decoder.JSONDecodeError"),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nConnectTimeout: boom", None, "recoverable_network", "exception_type", "ConnectTimeout"),
+    ("数据库连接超时", None, "recoverable_network", "pattern", "连接.*超时"),
+    ("CONNECTION REFUSED by peer", None, "recoverable_network", "pattern", "connection.*refused"),
+    ("order not found after validation failed", None, "unrecoverable_data", "pattern", "validation.*failed"),
+    ("订单不存在", None, "unrecoverable_business", "pattern", "不存在"),
+    ("the weather is nice", None, "unknown", "none", None),
+    ("", None, "unknown", "none", None),
+])
+def test_stages_and_priority(classifier, message, error_type, category, matched_by, matched):
+    result = classifier.classify(message, error_type)
+    assert (result.category, result.matched_by, result.pattern) == (category, matched_by, matched)
+
+
+def test_tag_beats_exception_type_beats_pattern(classifier):
+    assert classifier.classify("[BUSINESS] malformed json", "ConnectTimeout").category == "unrecoverable_business"
+    assert classifier.classify("malformed json", "ConnectTimeout").category == "recoverable_network"
+
+
+def test_structured_json_error_is_unpacked(classifier):
+    text = json.dumps({"error_type": "ConnectTimeout", "error_message": "upstream gone", "context": {"a": 1}})
+    result = classifier.classify(text)
+    assert (result.category, result.error_type, result.message) == ("recoverable_network", "ConnectTimeout", "upstream gone")
+    result = classifier.classify("Exception: " + json.dumps({"error_type": "X", "error_message": "malformed json!"}))
+    assert result.category == "unrecoverable_data"
+
+
+def test_result_carries_label_action_and_suggestion_in_the_language(config_dir):
+    zh = load_config(config_dir, "zh").classifier.classify("connection timeout")
+    en = load_config(config_dir, "en").classifier.classify("connection timeout")
+    assert (zh.label, zh.action, zh.suggestion) == ("可恢复网络错误", "retry", "检查网络")
+    assert (en.label, en.suggestion) == ("Recoverable network error", "Check the network")
+
+
+def test_pathological_pattern_and_input_stay_linear(tmp_path):
+    from conftest import write_config
+    import time
+
+    directory = write_config(tmp_path / "c", """
+[[category]]
+name = "evil"
+action = "notify_admin"
+priority = 1
+patterns = ['(a+)+$', '(x+x+)+y']
+""")
+    classifier = load_config(directory).classifier
+    start = time.perf_counter()
+    result = classifier.classify("x" * 50_000 + "!" + "a" * 50_000)
+    assert time.perf_counter() - start < 1.0  # Python's re would take longer than the universe exists
+    assert result.category == "evil"
+
+
+@pytest.mark.parametrize("a, b", [
+    ("order 12345 not found", "order 987 not found"),
+    ("订单12345不存在", "订单6789不存在"),
+    ("connect to 10.0.0.5:5432 failed", "connect to 192.168.1.20:6432 failed"),
+    ("GET https://api.a.com/x?id=1 timed out", "GET https://api.b.cn/y/z timed out"),
+    ("tracking number SF1234567890 invalid", "tracking number YT9876543210 invalid"),
+    ("request 550e8400-e29b-41d4-a716-446655440000 failed", "request 6ba7b810-9dad-11d1-80b4-00c04fd430c8 failed"),
+    ("open /var/lib/app/a.json: permission denied", "open /srv/data/b/c.json: permission denied"),
+    ("object at 0x7f3a2c1d0e50 broke", "object at 0x55aa00 broke"),
+    ("key 'order_id' missing", 'key "user" missing'),
+    ("host db1.internal.lan unreachable", "host cache.prod.example.com unreachable"),
+])
+def test_same_error_with_other_values_has_the_same_fingerprint(a, b):
+    assert fingerprint(a) == fingerprint(b)
+
+
+def test_different_errors_have_different_fingerprints():
+    assert fingerprint("order 1 not found")[1] != fingerprint("order 1 cancelled")[1]
+
+
+def test_template_keeps_the_words_and_marks_the_values():
+    assert template_of("订单12345不存在") == "订单<num>不存在"
+    assert template_of("open /var/lib/x.json: permission denied") == "open <path>: permission denied"

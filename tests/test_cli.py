@@ -1,0 +1,88 @@
+"""The real ``failured`` command in subprocesses."""
+
+import json
+import sqlite3
+
+from conftest import REPO, run_cli
+
+
+def env_for(tmp_path, config_dir=None):
+    env = {"FAILURE_DB": str(tmp_path / "db.sqlite"), "FAILURE_LOG_DIR": str(tmp_path / "logs")}
+    if config_dir:
+        env["FAILURE_CONFIG_DIR"] = str(config_dir)
+    return env
+
+
+def test_report_records_a_task_and_prints_its_id(tmp_path):
+    result = run_cli("report", "--type", "tracking_update", "--error", "connection timeout",
+                     "--payload", '{"order_id": 5}', "--ref", "o-5", "--json", env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr
+    task_id = json.loads(result.stdout)["task_id"]
+    row = sqlite3.connect(tmp_path / "db.sqlite").execute(
+        "SELECT task_type, ref, payload, source FROM tasks WHERE id=?", (task_id,)).fetchone()
+    assert row == ("tracking_update", "o-5", '{"order_id": 5}', "cli")
+
+
+def test_report_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    for args, expected in [
+        (("--type", "t", "--error", "x", "--payload", "[1]"), "payload must be a JSON object"),
+        (("--type", "", "--error", "x"), "task type is empty"),
+        (("--type", "t", "--error", "x", "--colour", "red"), "unrecognized arguments: --colour red"),
+    ]:
+        result = run_cli("report", *args, env=env_for(tmp_path))
+        assert result.returncode == 2
+        assert expected in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    db = tmp_path / "db.sqlite"
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_classify_explains_one_message(tmp_path, config_dir):
+    result = run_cli("classify", "数据库连接超时", env=env_for(tmp_path, config_dir))
+    assert result.returncode == 0, result.stderr
+    assert "recoverable_network (可恢复网络错误)" in result.stdout
+    assert "pattern '连接.*超时'" in result.stdout
+
+
+def test_classify_stdin_writes_one_json_object_per_line(tmp_path, config_dir):
+    result = run_cli("classify", "--json", "-", input="connection refused\nmalformed json\n\nhello\n",
+                     env=env_for(tmp_path, config_dir))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["category"] for r in rows] == ["recoverable_network", "unrecoverable_data", "unknown"]
+    assert all(len(r["fingerprint"]) == 16 for r in rows)
+
+
+def test_check_config_summary_and_errors(tmp_path, config_dir):
+    good = run_cli("check-config", str(config_dir), env=env_for(tmp_path))
+    assert good.returncode == 0 and "recoverable_network" in good.stdout
+    (config_dir / "patterns" / "20-bad.toml").write_text('[[category]]\nname = "x"\naction = "y"\npriority = 2\n')
+    bad = run_cli("check-config", str(config_dir), env=env_for(tmp_path))
+    assert bad.returncode == 1
+    assert "20-bad.toml: category \"x\".action: unknown action 'y'" in bad.stderr
+
+
+def test_init_writes_a_starter_config_that_passes_check(tmp_path):
+    target = tmp_path / "etc-failured"
+    result = run_cli("init", str(target), env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (target / "failured.toml").is_file()
+    assert sorted(p.name for p in (target / "patterns").iterdir()) == sorted(
+        p.name for p in (REPO / "config" / "patterns").iterdir())
+    assert run_cli("check-config", str(target), env=env_for(tmp_path)).returncode == 0
+    again = run_cli("init", str(target), env=env_for(tmp_path))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_python_dash_m_and_dotenv_are_honoured(tmp_path):
+    (tmp_path / ".env").write_text(f"FAILURE_DB={tmp_path / 'from-dotenv.db'}\n")
+    result = run_cli("report", "--type", "t", "--error", "e", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-dotenv.db").exists()
+
+
+def test_bad_environment_value_is_a_clear_error(tmp_path):
+    result = run_cli("report", "--type", "t", "--error", "e",
+                     env={**env_for(tmp_path), "FAILURE_RETRY_CONCURRENCY": "lots"})
+    assert result.returncode == 2
+    assert "FAILURE_RETRY_CONCURRENCY='lots' is not a number" in result.stderr
