@@ -12,7 +12,10 @@ from pathlib import Path
 
 from . import commands
 from .config import load_config
-from .errors import ConfigErrors, FailuredError
+from .clock import iso
+from .errors import ConfigErrors, FailuredError, InputError
+from .manual import parse_duration
+from .notify import messages
 from .settings import load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,6 +107,78 @@ def cmd_init(args, settings):
     return EXIT_OK
 
 
+def cmd_run(args, settings):
+    from .daemon import run
+
+    return run(settings)
+
+
+def cmd_exec(args, settings):
+    from .execwrap import run_wrapped
+    from .intake import parse_payload, check_task_type
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise InputError("no command given: failured exec --type T -- CMD ARGS...")
+    check_task_type(args.type)
+    parse_payload(args.payload)  # refuse bad input before running anything
+    status, task_id = commands.with_store(settings, run_wrapped, argv, args.type, payload=args.payload,
+                                          ref=args.ref, timeout=args.timeout)
+    if task_id is not None:
+        print(f"failured exec: {argv[0]} exited {status}; recorded as task {task_id}", file=sys.stderr)
+    return status
+
+
+def cmd_recover(args, settings):
+    task = commands.recover(settings, args.id, args.force)
+    _print_json(_task_line(task)) if args.json else print(
+        f"task {task.id} {task.task_type}: retry scheduled now (attempt {task.attempts + 1})")
+    return EXIT_OK
+
+
+def cmd_requeue(args, settings):
+    since = parse_duration(args.since) if args.since else None
+    requeued, skipped = commands.requeue(settings, dry_run=args.dry_run, category=args.category,
+                                         task_type=args.type, statuses=args.status, since_seconds=since)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "requeued": [_task_line(t) for t in requeued],
+                     "skipped": [{**_task_line(t), "reason": why} for t, why in skipped]})
+        return EXIT_OK
+    verb = "would requeue" if args.dry_run else "requeued"
+    for task in requeued:
+        print(f"{verb} {task.id}\t{task.task_type}\t{task.status}\t{task.category}\t{messages.shorten(task.error_message, 80)}")
+    for task, why in skipped:
+        print(f"skipped {task.id}\t{task.task_type}: {why}")
+    print(f"{len(requeued)} task(s) {verb}, {len(skipped)} skipped")
+    return EXIT_OK
+
+
+def cmd_resolve(args, settings):
+    task = commands.resolve(settings, args.id, args.note)
+    _print_json(_task_line(task)) if args.json else print(f"task {task.id} resolved")
+    return EXIT_OK
+
+
+def cmd_show(args, settings):
+    data = commands.show(settings, args.id)
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    print(f"task {data['id']} {data['task_type']} ref={data['ref'] or '-'}: {data['status']} "
+          f"({data['category'] or 'unclassified'}), {data['attempts']} retries")
+    print(f"error: {data['error_message']}")
+    for event in data["events"]:
+        extra = f" attempt {event['attempt']}" if event["attempt"] else ""
+        extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
+        error = f": {messages.shorten(event['error'], 120)}" if event["error"] and event["event"] != "reported" else ""
+        print(f"  {iso(event['at'])}  {event['event']:<16} {event['status']:<10}{extra}{error}")
+    return EXIT_OK
+
+
+def _task_line(task):
+    return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
+
+
 def build_parser():
     parser = _Parser(prog="failured", description="Classify, retry and notify failed tasks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -129,6 +204,43 @@ def build_parser():
     p.add_argument("dir", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("run", help="run the daemon (until SIGTERM)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("exec", help="run a command; record its failure (or success) for the daemon")
+    p.add_argument("--type", required=True)
+    p.add_argument("--payload")
+    p.add_argument("--ref")
+    p.add_argument("--timeout", type=float, default=3600.0, help="timeout of the retries the daemon runs")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("recover", help="retry one task now (the seed's manual_recovery_task)")
+    p.add_argument("id", type=int)
+    p.add_argument("--force", action="store_true", help="retry even if unrecoverable or out of attempts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("requeue", help="retry many finished tasks at once")
+    p.add_argument("--category")
+    p.add_argument("--type")
+    p.add_argument("--status", action="append", help="notified, exhausted, manual or resolved (repeatable)")
+    p.add_argument("--since", help="only tasks created within this long, e.g. 2h, 30m, 7d")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_requeue)
+
+    p = sub.add_parser("resolve", help="close a task by hand")
+    p.add_argument("id", type=int)
+    p.add_argument("--note")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser("show", help="a task and its full history")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("init", help="write a starter config directory")
     p.add_argument("dir")

@@ -3,18 +3,44 @@
 import sys
 from pathlib import Path
 
+from . import manual
+from .clock import SystemClock
+from .config import load_config
 from .errors import FailuredError
 from .intake import record_failure
 from .store import open_store
 
 
-def report(settings, task_type, error, **fields):
-    """Record one failure in the configured database; returns the task id."""
+def with_store(settings, function, *args, **kwargs):
+    """Open the configured database, call ``function(store, ...)``, close it."""
     store = open_store(settings.db)
     try:
-        return record_failure(store, task_type, error, source="cli", **fields)
+        return function(store, *args, **kwargs)
     finally:
         store.close()
+
+
+def report(settings, task_type, error, **fields):
+    """Record one failure in the configured database; returns the task id."""
+    return with_store(settings, record_failure, task_type, error, source="cli", **fields)
+
+
+def recover(settings, task_id, force=False):
+    snapshot = load_config(settings.config_dir, settings.lang)
+    return with_store(settings, manual.recover, snapshot, task_id, SystemClock().now(), force)
+
+
+def requeue(settings, dry_run=False, **filters):
+    snapshot = load_config(settings.config_dir, settings.lang)
+    return with_store(settings, manual.requeue, snapshot, SystemClock().now(), dry_run, **filters)
+
+
+def resolve(settings, task_id, note=None):
+    return with_store(settings, manual.resolve, task_id, SystemClock().now(), note)
+
+
+def show(settings, task_id):
+    return with_store(settings, lambda store: manual.show(task_id))
 
 
 def describe_handler(handler):

@@ -1,0 +1,231 @@
+"""``failured run``: the one long-running process and its few threads.
+
+main thread: schedule jobs (scan, analysis, housekeeping), signals, heartbeat, systemd watchdog
+intake:      notices new tasks (and tasks requeued by the CLI) within ``poll_seconds``
+retry-timer: waits on the heap; a bounded pool runs the retries
+config:      watchdog observer + debounced reload
+"""
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+
+import schedule
+
+from . import housekeeping
+from .breaker import Breakers
+from .clock import SystemClock
+from .engine import Engine
+from .errors import StoreError
+from .notify import messages
+from .notify.outbox import enqueue
+from .queue import RetryQueue, Runner
+from .sdnotify import Notifier
+from .store import open_store
+from .watcher import ConfigWatcher
+
+log = logging.getLogger("failured.daemon")
+
+HEARTBEAT_SECONDS = 5.0
+
+
+class Daemon:
+    def __init__(self, settings, clock=None, notifier=None):
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier.from_env()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{int(self.clock.now())}"
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.wake = threading.Event()
+        self.scheduler = schedule.Scheduler()
+        self.waiting_orphans = set()
+        self._lock_file = None
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self):
+        s = self.settings
+        self.store = open_store(s.db)
+        self._take_lock()
+        self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
+                                     clock=self.clock, log_dir=s.log_dir)
+        snapshot = self.watcher.current
+        self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner)
+        self.breakers = Breakers(snapshot.breaker)
+        self.breakers.load()
+        self.queue = RetryQueue()
+        queued, waiting = self.engine.take_back_leases(orphans_only=True)
+        self.waiting_orphans.update(waiting)
+        for item in self.engine.scheduled() + queued:
+            self.queue.push(*item)
+        self.runner = Runner(self.engine, self.queue, self.breakers, self.clock, s.retry_concurrency,
+                             enabled=s.recovery_enabled)
+        self.runner.start()
+        self.watcher.start()
+        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        self._intake_thread.start()
+        self._schedule_jobs()
+        log.info("failured running: db %s, config %s (%d categories), %d retries pending%s",
+                 s.db, s.config_dir, len(snapshot.ruleset.categories), len(self.queue),
+                 "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")
+        self.notifier.ready(self._status_line())
+        return self
+
+    def _take_lock(self):
+        path = f"{self.settings.db}.lock"
+        self._lock_file = open(path, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            other = self._lock_file.read().strip() or "?"
+            raise StoreError(f"another failured daemon (pid {other}) is running on {self.settings.db}: "
+                             "stop it first, or set FAILURE_DB to another database") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def _schedule_jobs(self):
+        s = self.settings
+        self.scheduler.every(s.scan_interval_minutes * 60).seconds.do(self._guarded, self.scan)
+        self.scheduler.every(s.analysis_interval_hours * 3600).seconds.do(self._guarded, self.analyze)
+        self.scheduler.every(1).days.do(self._guarded, self.housekeep)
+
+    def _guarded(self, job):
+        # schedule does not catch exceptions: one failing job must not stop the loop.
+        try:
+            job()
+        except Exception:
+            log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
+
+    # -- loops ----------------------------------------------------------------
+
+    def run_forever(self):
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        watchdog_every = self.notifier.watchdog_interval
+        next_heartbeat = next_watchdog = 0.0
+        while not self.stopping.is_set():
+            now = self.clock.now()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.notifier.reloading()
+                self.watcher.reload(force=True)
+                self.notifier.reloaded()
+            self.scheduler.run_pending()
+            if now >= next_heartbeat:
+                self._heartbeat(now)
+                next_heartbeat = now + HEARTBEAT_SECONDS
+            if watchdog_every and now >= next_watchdog and self.healthy():
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_every
+            self.stopping.wait(min(0.5, HEARTBEAT_SECONDS))
+        self.stop()
+
+    def _on_stop_signal(self, signum, frame):
+        self.stopping.set()
+
+    def _intake_loop(self):
+        while not self.stopping.is_set():
+            try:
+                self.intake_once()
+            except Exception:
+                log.exception("intake: unexpected error; going on")
+            self.wake.wait(self.settings.poll_seconds)
+            self.wake.clear()
+
+    def intake_once(self):
+        """Act on new tasks, and queue scheduled ones the heap does not know (requeued by the CLI)."""
+        for item in self.engine.handle_new():
+            self.queue.push(*item)
+        horizon = self.clock.now() + self.settings.poll_seconds
+        for task_id, due, task_type in self.engine.scheduled(due_before=horizon):
+            if not self.queue.contains(task_id):
+                self.queue.push(task_id, due, task_type)
+        if self.waiting_orphans:
+            self._recheck_orphans()
+
+    def _recheck_orphans(self):
+        queued, waiting = self.engine.take_back_leases(orphans_only=True)
+        self.waiting_orphans = set(waiting)
+        for item in queued:
+            self.queue.push(*item)
+
+    def healthy(self):
+        return self.runner.alive() and self._intake_thread.is_alive()
+
+    def _heartbeat(self, now):
+        self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+        self.notifier.status(self._status_line())
+
+    def _status_line(self):
+        return f"{len(self.queue)} retries pending, {self.runner.running if hasattr(self, 'runner') else 0} running"
+
+    # -- scheduled jobs --------------------------------------------------------
+
+    def scan(self):
+        """Reconcile: unhandled rows, expired leases, scheduled rows missing from the heap."""
+        now = self.clock.now()
+        handled = self.engine.handle_new(limit=1_000_000)
+        taken_back, _ = self.engine.take_back_leases()
+        missing = [item for item in self.engine.scheduled() if not self.queue.contains(item[0])]
+        for item in handled + taken_back + missing:
+            self.queue.push(*item)
+        self.store.set_state("last_scan", f"{now:.3f}", now)
+        log.info("scan: %d new handled, %d leases taken back, %d retries re-queued",
+                 len(handled), len(taken_back), len(missing))
+        return {"handled": len(handled), "taken_back": len(taken_back), "requeued": len(missing)}
+
+    def analyze(self):
+        now = self.clock.now()
+        self.store.set_state("last_analysis", f"{now:.3f}", now)
+        log.info("analysis slot at %s", now)
+
+    def housekeep(self):
+        housekeeping.purge(self.store, self.clock.now(), self.settings.retention_days)
+
+    # -- config callbacks -------------------------------------------------------
+
+    def _on_reload(self, snapshot):
+        self.breakers.config = snapshot.breaker
+        self.engine.forget_manual_notices(snapshot)
+
+    def _on_reject(self, errors):
+        now = self.clock.now()
+        lines = "\n".join(f"- {e}" for e in errors)
+        title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if self.settings.lang == "zh"
+                 else "[failured] Config reload rejected; the last good config stays active")
+        with self.store.transaction():
+            enqueue(now, "admin", "config", title, f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+
+    # -- stop -----------------------------------------------------------------
+
+    def stop(self):
+        log.info("stopping: no new retries; waiting up to %gs for running ones",
+                 self.settings.shutdown_grace_seconds)
+        self.notifier.stopping()
+        self.stopping.set()
+        self.wake.set()
+        still_running = self.runner.stop(self.settings.shutdown_grace_seconds)
+        if still_running:
+            released = self.engine.release_own_leases()
+            log.warning("stopped %d retries still running after the grace period; rescheduled", len(released))
+        self.watcher.stop()
+        self._intake_thread.join(timeout=5)
+        self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+        log.info("stopped")
+
+
+def run(settings):
+    """Start the daemon and block until SIGTERM/SIGINT; returns the exit status."""
+    daemon = Daemon(settings).start()
+    daemon.run_forever()
+    return 0
+

@@ -1,0 +1,299 @@
+"""The task life cycle in the store: classify and decide, claim with a lease, finish, take back.
+
+Every transition is one transaction: a conditional update of the task (so two
+actors never both move it), its ``task_events`` row, and any notification row.
+"""
+
+import json
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+
+from . import policy
+from .handlers import HandlerSpec
+from .notify import messages
+from .notify.outbox import enqueue
+from .store import (EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RUNNING, SCHEDULED, Task, TaskEvent)
+
+log = logging.getLogger("failured.engine")
+
+EXEC_HANDLER_TIMEOUT = 3600.0
+NEW_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A retry this daemon holds the lease for."""
+
+    task: Task
+    handler: HandlerSpec
+    attempt: int
+
+
+def add_event(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
+    TaskEvent.insert(task=task_id, at=now, event=event, status=status, category=category, attempt=attempt,
+                     delay_seconds=delay, error_message=error,
+                     detail=json.dumps(detail, ensure_ascii=False) if detail else None).execute()
+
+
+def pid_alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Engine:
+    """Moves tasks through their states. ``config()`` returns the active snapshot."""
+
+    def __init__(self, store, settings, clock, config, owner, rng=random):
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.config = config
+        self.owner = owner
+        self.rng = rng
+
+    # -- deciding -----------------------------------------------------------
+
+    def handler_for(self, task, snapshot):
+        if task.handler:
+            own = json.loads(task.handler)
+            return HandlerSpec(kind="command", argv=tuple(own["argv"]),
+                               timeout=float(own.get("timeout", EXEC_HANDLER_TIMEOUT)), cwd=own.get("cwd"))
+        return snapshot.task_type(task.task_type).handler
+
+    def handle_new(self, limit=NEW_BATCH):
+        """Classify and act on tasks nobody has handled yet; returns [(id, due, type)] to queue."""
+        queued = []
+        for task in Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit):
+            try:
+                due = self._decide(task, NEW, "classified")
+            except _Moved:
+                continue
+            except Exception:
+                log.exception("task %s %s: could not be classified; left new for the next scan", task.id, task.task_type)
+                continue
+            if due is not None:
+                queued.append((task.id, due, task.task_type))
+        return queued
+
+    def _decide(self, task, expected_status, event, new_error=None, error_type=None):
+        """Classify the task's (new) error, decide, and apply it in one transaction; returns due time or None."""
+        snapshot = self.config()
+        error = new_error if new_error is not None else task.error_message
+        result = snapshot.classifier.classify(error, error_type or (None if new_error else task.error_type),
+                                              task.task_type)
+        category = snapshot.ruleset.category(result.category)
+        retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
+                                               self.settings.max_recovery_attempts)
+        has_handler = self.handler_for(task, snapshot) is not None
+        decision = policy.decide(category, retry_policy, task.attempts, has_handler, task.max_attempts, self.rng)
+        now = self.clock.now()
+        fields = dict(category=result.category, matched_by=result.matched_by, matched_pattern=result.pattern,
+                      error_template=result.template, fingerprint=result.fingerprint, updated_at=now,
+                      lease_owner=None, lease_until=None, handler_pid=None, next_retry_at=None)
+        if new_error is not None:
+            fields.update(error_message=new_error, error_type=error_type)
+        with self.store.transaction():
+            if new_error is not None:
+                add_event(task.id, now, event, RUNNING, result.category, task.attempts, error=new_error,
+                          error_type=error_type)
+            due = self._apply(task, expected_status, decision, category, result, fields, now)
+        if due is not None or decision.action != policy.RETRY:
+            log.info("task %s %s: %s (%s)", task.id, task.task_type, self._describe(decision), result.category)
+        return due
+
+    def _apply(self, task, expected_status, decision, category, result, fields, now):
+        lang = self.settings.lang
+        matched = {"matched_by": result.matched_by, "pattern": result.pattern}
+        if decision.action == policy.RETRY:
+            due = now + decision.delay
+            fields.update(status=SCHEDULED, next_retry_at=due, max_attempts=decision.limit)
+        else:
+            due = None
+            status = {policy.EXHAUSTED: EXHAUSTED, policy.MANUAL: MANUAL}.get(decision.action, NOTIFIED)
+            fields.update(status=status, finished_at=now, max_attempts=decision.limit or task.max_attempts)
+        updated = Task.update(**fields).where(Task.id == task.id, Task.status == expected_status).execute()
+        if not updated:
+            raise _Moved()
+        task_now = Task(**{**task.__data__, **fields})
+        if decision.action == policy.RETRY:
+            add_event(task.id, now, "retry_scheduled", SCHEDULED, result.category, decision.attempt,
+                      decision.delay, **matched)
+        elif decision.action == policy.MANUAL:
+            add_event(task.id, now, "manual", MANUAL, result.category, **matched)
+            self._notify_manual_once(task.task_type, now)
+        else:
+            audience = "user" if decision.action == policy.NOTIFY_USER else "admin"
+            kind = "exhausted" if decision.action == policy.EXHAUSTED else "task"
+            add_event(task.id, now, "exhausted" if kind == "exhausted" else "notified", fields["status"],
+                      result.category, task.attempts, audience=audience, **matched)
+            title, body = messages.task_message(lang, kind, audience, task_now, category, now,
+                                                attempts=task.attempts if kind == "exhausted" else None,
+                                                limit=decision.limit or None)
+            enqueue(now, audience, kind, title, body, task=task_now, category=result.category)
+        return due
+
+    def _notify_manual_once(self, task_type, now):
+        key = f"manual_notified:{task_type}"
+        if self.store.get_state(key) is None:
+            self.store.set_state(key, "1", now)
+            title, body = messages.manual_message(self.settings.lang, task_type)
+            enqueue(now, "admin", "manual", title, body, task_type=task_type)
+
+    def forget_manual_notices(self, snapshot):
+        """A handler appeared for a task type: its next manual task alerts again."""
+        for name, config in snapshot.task_types.items():
+            if config.handler is not None:
+                self.store.db.execute_sql("DELETE FROM daemon_state WHERE key = ?", (f"manual_notified:{name}",))
+
+    @staticmethod
+    def _describe(decision):
+        if decision.action == policy.RETRY:
+            return f"retry {decision.attempt}/{decision.limit} in {decision.delay:g}s"
+        if decision.action == policy.EXHAUSTED:
+            return f"exhausted after {decision.attempt}/{decision.limit} retries"
+        return decision.action
+
+    # -- running ------------------------------------------------------------
+
+    def claim(self, task_id):
+        """Take a due scheduled task: running, lease, attempts + 1 — or None if it is not ours to run."""
+        snapshot = self.config()
+        task = Task.get_or_none(Task.id == task_id)
+        if task is None or task.status != SCHEDULED:
+            return None
+        handler = self.handler_for(task, snapshot)
+        now = self.clock.now()
+        if handler is None or task.next_retry_at is None or task.next_retry_at > now + 0.001:
+            return None
+        lease_until = now + policy.lease_seconds(handler.timeout)
+        attempt = task.attempts + 1
+        with self.store.transaction():
+            updated = (Task.update(status=RUNNING, attempts=attempt, lease_owner=self.owner, lease_until=lease_until,
+                                   updated_at=now, handler_pid=None)
+                       .where(Task.id == task_id, Task.status == SCHEDULED, Task.next_retry_at == task.next_retry_at)
+                       .execute())
+            if not updated:
+                return None
+            add_event(task_id, now, "retry_started", RUNNING, task.category, attempt)
+        task.status, task.attempts = RUNNING, attempt
+        return Claimed(task, handler, attempt)
+
+    def record_pid(self, task_id, pid):
+        Task.update(handler_pid=pid).where(Task.id == task_id, Task.lease_owner == self.owner).execute()
+
+    def finish(self, claimed, outcome):
+        """Record a retry's outcome; returns the next due time when another retry is scheduled."""
+        task = claimed.task
+        now = self.clock.now()
+        if outcome.ok:
+            with self.store.transaction():
+                updated = (Task.update(status=RECOVERED, finished_at=now, updated_at=now, lease_owner=None,
+                                       lease_until=None, handler_pid=None, next_retry_at=None)
+                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == self.owner)
+                           .execute())
+                if updated:
+                    add_event(task.id, now, "recovered", RECOVERED, task.category, claimed.attempt,
+                              duration=round(outcome.duration, 3))
+            log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed.attempt)
+            return None
+        task.lease_owner = self.owner
+        try:
+            return self._decide(task, RUNNING, "retry_failed", new_error=outcome.error or "retry failed",
+                                error_type=outcome.error_type)
+        except _Moved:
+            return None
+
+    def postpone(self, task_id, until, reason):
+        """Move a due retry later without running it (breaker open); it stays scheduled."""
+        now = self.clock.now()
+        with self.store.transaction():
+            updated = (Task.update(next_retry_at=until, updated_at=now)
+                       .where(Task.id == task_id, Task.status == SCHEDULED).execute())
+            if updated:
+                add_event(task_id, now, "postponed", SCHEDULED, delay=until - now, reason=reason)
+        return bool(updated)
+
+    # -- taking back --------------------------------------------------------
+
+    def take_back_leases(self, orphans_only=False):
+        """Running tasks whose daemon is gone: back to scheduled, due now — unless the handler still runs.
+
+        At start (``orphans_only``) every lease not ours is orphaned: we hold the
+        daemon lock, so its owner is dead. Later, only expired leases count.
+        """
+        now = self.clock.now()
+        query = Task.select().where(Task.status == RUNNING)
+        query = query.where(Task.lease_owner != self.owner) if orphans_only else query.where(Task.lease_until < now)
+        queued, waiting = [], []
+        for task in query:
+            if pid_alive(task.handler_pid) and (task.lease_until or 0) > now:
+                waiting.append(task.id)  # never run a task twice at the same time
+                continue
+            with self.store.transaction():
+                updated = (Task.update(status=SCHEDULED, next_retry_at=now, lease_owner=None, lease_until=None,
+                                       handler_pid=None, updated_at=now)
+                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == task.lease_owner)
+                           .execute())
+                if updated:
+                    add_event(task.id, now, "lease_expired", SCHEDULED, task.category, task.attempts,
+                              owner=task.lease_owner)
+            if updated:
+                log.warning("task %s %s: retry %s was interrupted (owner %s); rescheduled now",
+                            task.id, task.task_type, task.attempts, task.lease_owner)
+                queued.append((task.id, now, task.task_type))
+        return queued, waiting
+
+    def release_own_leases(self):
+        """At shutdown: stop our still-running handlers and put their tasks back, due now.
+
+        The interrupted attempt is not counted: the daemon stopped, the task did not fail.
+        """
+        now = self.clock.now()
+        released = []
+        for task in Task.select().where(Task.status == RUNNING, Task.lease_owner == self.owner):
+            if pid_alive(task.handler_pid):
+                try:
+                    os.killpg(task.handler_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            with self.store.transaction():
+                updated = (Task.update(status=SCHEDULED, next_retry_at=now, attempts=Task.attempts - 1,
+                                       lease_owner=None, lease_until=None, handler_pid=None, updated_at=now)
+                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == self.owner)
+                           .execute())
+                if updated:
+                    add_event(task.id, now, "interrupted", SCHEDULED, task.category, task.attempts - 1,
+                              reason="daemon stopping")
+                    released.append(task.id)
+        return released
+
+    def scheduled(self, due_before=None):
+        """[(id, due, type)] of scheduled tasks, for rebuilding the heap."""
+        query = Task.select(Task.id, Task.next_retry_at, Task.task_type).where(Task.status == SCHEDULED)
+        if due_before is not None:
+            query = query.where(Task.next_retry_at <= due_before)
+        return list(query.tuples())
+
+    def breaker_changed(self, task, state, failures, cooldown):
+        """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
+        now = self.clock.now()
+        title, body = messages.breaker_message(self.settings.lang, task.task_type, state == "open", failures, cooldown)
+        with self.store.transaction():
+            add_event(task.id, now, f"breaker_{state}", Task.get_by_id(task.id).status, task.category,
+                      task.attempts, task_type=task.task_type)
+            enqueue(now, "admin", "breaker", title, body, task_type=task.task_type)
+        log.warning("task type %s: breaker %s", task.task_type, state)
+
+
+class _Moved(Exception):
+    """The task changed under us (resolved by hand, taken back): leave it alone."""

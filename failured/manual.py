@@ -1,0 +1,141 @@
+"""Manual control: recover, requeue, resolve, show. They write the store; a running daemon notices.
+
+The seed's ``manual_recovery_task(task_id, force_retry)`` is :func:`recover`.
+"""
+
+import json
+import re
+
+from .clock import to_db_time
+from .engine import add_event
+from .errors import InputError, RefusedError, TaskNotFound
+from .store import (EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, TaskEvent)
+
+REQUEUE_DEFAULT_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text):
+    """'90s', '30m', '2h', '7d' -> seconds."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise InputError(f"duration {text!r} is not understood: use a number and s, m, h or d, e.g. 2h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _get(task_id):
+    task = Task.get_or_none(Task.id == task_id)
+    if task is None:
+        raise TaskNotFound(task_id)
+    return task
+
+
+def refusal(task, force, has_handler):
+    """Why ``recover`` without/with --force must not retry this task now, or None."""
+    if task.status == RUNNING:
+        return f"task {task.id} is running a retry right now: wait for it to finish"
+    if not has_handler:
+        return (f"task {task.id}: task type {task.task_type!r} has no handler: configure one in "
+                "failured.toml under [task_types.<type>.handler]")
+    if force:
+        return None
+    reasons = {
+        RECOVERED: "is already recovered",
+        RESOLVED: "was resolved by hand",
+        NOTIFIED: f"failed with an unrecoverable error ({task.category}): fix the cause, then use --force",
+        EXHAUSTED: f"used all {task.attempts} of its retries: use --force to retry anyway",
+        NEW: "has not been classified yet: the daemon acts on it within a second",
+        MANUAL: None,
+        SCHEDULED: None,
+    }
+    reason = reasons.get(task.status)
+    return f"task {task.id} {reason}" if reason else None
+
+
+def _schedule_now(store, task, now, event, force, note=None):
+    # A forced retry may go past the attempt limit by exactly one.
+    limit = max(task.max_attempts or 0, task.attempts + 1) if force else task.max_attempts
+    with store.transaction():
+        updated = (Task.update(status=SCHEDULED, next_retry_at=now, max_attempts=limit, finished_at=None,
+                               updated_at=now)
+                   .where(Task.id == task.id, Task.status == task.status).execute())
+        if not updated:
+            raise RefusedError(f"task {task.id} changed while being requeued: try again")
+        add_event(task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
+                  **({"note": note} if note else {}))
+
+
+def recover(store, snapshot, task_id, now, force=False):
+    """Retry one task now; refuses (RefusedError, with the reason) what should not be retried."""
+    task = _get(task_id)
+    has_handler = bool(task.handler) or snapshot.task_type(task.task_type).handler is not None
+    reason = refusal(task, force, has_handler)
+    if reason:
+        raise RefusedError(reason)
+    _schedule_now(store, task, now, "recover_requested", force)
+    return Task.get_by_id(task_id)
+
+
+def select_for_requeue(category=None, task_type=None, statuses=None, since_seconds=None, now=None):
+    query = Task.select().where(Task.status.in_(statuses or REQUEUE_DEFAULT_STATUSES))
+    if category:
+        query = query.where(Task.category == category)
+    if task_type:
+        query = query.where(Task.task_type == task_type)
+    if since_seconds is not None:
+        query = query.where(Task.created_at >= to_db_time(now - since_seconds))
+    return list(query.order_by(Task.id))
+
+
+def requeue(store, snapshot, now, dry_run=False, **filters):
+    """Retry many finished tasks at once (e.g. every config error after a key was fixed).
+
+    Returns (requeued, skipped): skipped pairs a task with why (no handler).
+    """
+    statuses = filters.pop("statuses", None)
+    for status in statuses or ():
+        if status in (RUNNING, NEW, RECOVERED, SCHEDULED):
+            raise InputError(f"--status {status}: only notified, exhausted, manual or resolved tasks can be requeued")
+    tasks = select_for_requeue(statuses=statuses, now=now, **filters)
+    requeued, skipped = [], []
+    for task in tasks:
+        if not (task.handler or snapshot.task_type(task.task_type).handler is not None):
+            skipped.append((task, f"task type {task.task_type!r} has no handler"))
+            continue
+        if not dry_run:
+            _schedule_now(store, task, now, "requeued", force=True)
+        requeued.append(task)
+    return requeued, skipped
+
+
+def resolve(store, task_id, now, note=None):
+    """Close a task by hand."""
+    task = _get(task_id)
+    if task.status == RUNNING:
+        raise RefusedError(f"task {task_id} is running a retry right now: resolve it when it finishes")
+    if task.status == RESOLVED:
+        raise RefusedError(f"task {task_id} is already resolved")
+    with store.transaction():
+        updated = (Task.update(status=RESOLVED, finished_at=now, next_retry_at=None, updated_at=now, note=note)
+                   .where(Task.id == task_id, Task.status == task.status).execute())
+        if not updated:
+            raise RefusedError(f"task {task_id} changed while being resolved: try again")
+        add_event(task_id, now, "resolved", RESOLVED, task.category, task.attempts,
+                  **({"note": note} if note else {}))
+    return Task.get_by_id(task_id)
+
+
+def show(task_id):
+    """The task with its full history, as plain data."""
+    task = _get(task_id)
+    data = {name: getattr(task, name) for name in task._meta.sorted_field_names}
+    data["payload"] = json.loads(task.payload) if task.payload else None
+    data["handler"] = json.loads(task.handler) if task.handler else None
+    data["events"] = [
+        {"at": e.at, "event": e.event, "status": e.status, "category": e.category, "attempt": e.attempt,
+         "delay_seconds": e.delay_seconds, "error": e.error_message,
+         "detail": json.loads(e.detail) if e.detail else None}
+        for e in TaskEvent.select().where(TaskEvent.task == task_id).order_by(TaskEvent.id)
+    ]
+    return data

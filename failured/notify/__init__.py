@@ -1,0 +1,1 @@
+"""Notifications: texts, the durable outbox, and (later) delivery to channels."""
