@@ -83,3 +83,117 @@ def run_cli(*args, env=None, cwd=None, input=None, timeout=60):
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "failured", *args], env=full_env, cwd=cwd,
                           input=input, capture_output=True, text=True, timeout=timeout)
+
+
+class DaemonProcess:
+    """A real ``failured run`` subprocess with its own database, config and NOTIFY_SOCKET."""
+
+    def __init__(self, workdir, env):
+        import socket
+
+        self.workdir = Path(workdir)
+        self.env = env
+        self.db = env["FAILURE_DB"]
+        self.notify_path = str(self.workdir / f"notify-{os.getpid()}-{id(self)}.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.messages = []
+        self.proc = None
+        self.stderr_path = self.workdir / "daemon.stderr"
+
+    def start(self, ready_timeout=20):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
+        full_env.update(self.env, NOTIFY_SOCKET=self.notify_path)
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "failured", "run"], env=full_env,
+                                     cwd=self.workdir, stderr=self._stderr)
+        self.wait_message("READY=1", ready_timeout)
+        return self
+
+    def wait_message(self, text, timeout=10):
+        import time
+
+        deadline = time.monotonic() + timeout
+        self.notify.settimeout(0.1)
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+                continue
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+        raise AssertionError(f"no {text!r} from the daemon within {timeout}s; got {self.messages}")
+
+    def stderr(self):
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def cli(self, *args, **kwargs):
+        return run_cli(*args, env=self.env, cwd=self.workdir, **kwargs)
+
+    def query(self, sql, *params):
+        import sqlite3
+
+        con = sqlite3.connect(self.db, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def wait_for(self, sql, predicate, timeout=15, *params):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.query(sql, *params)
+            if predicate(rows):
+                return rows
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting on {sql!r}: last {rows}\n{self.stderr()}")
+
+    def stop(self, sig=None, timeout=30):
+        import signal as signals
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig or signals.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_stderr", None):
+            self._stderr.close()
+        return self.proc.returncode if self.proc else None
+
+    def close(self):
+        self.stop()
+        self.notify.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Build daemons over one work dir: ``daemon_factory(main_toml, **env)``."""
+    made = []
+
+    def make(main="", patterns=SMALL_PATTERNS, **env):
+        config = write_config(tmp_path / "config", patterns, main)
+        base = {
+            "FAILURE_DB": str(tmp_path / "data" / "failured.db"),
+            "FAILURE_CONFIG_DIR": str(config),
+            "FAILURE_LOG_DIR": str(tmp_path / "logs"),
+            "FAILURE_REPORT_DIR": str(tmp_path / "reports"),
+            "FAILURE_POLL_SECONDS": "0.05",
+            "FAILURE_LOG_LEVEL": "INFO",
+        }
+        base.update({k: str(v) for k, v in env.items()})
+        daemon = DaemonProcess(tmp_path, base)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()

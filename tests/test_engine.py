@@ -1,0 +1,206 @@
+"""The life cycle in a real SQLite file with an injected clock: no sleeps."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SMALL_PATTERNS, write_config
+from failured.config import load_config
+from failured.engine import Engine
+from failured.errors import RefusedError
+from failured.handlers import Outcome
+from failured.intake import record_failure
+from failured.manual import recover, requeue, resolve
+from failured.settings import Settings
+from failured.store import Notification, Task, TaskEvent
+
+HANDLER = """
+[task_types.sync.handler]
+kind = "command"
+argv = ["true"]
+timeout = 10
+"""
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    return load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+
+
+@pytest.fixture
+def engine(store, clock, snapshot):
+    return Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+
+
+def events(task_id):
+    return [e.event for e in TaskEvent.select().where(TaskEvent.task == task_id).order_by(TaskEvent.id)]
+
+
+def test_recoverable_task_is_scheduled_by_its_policy(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    [(queued_id, due, task_type)] = engine.handle_new()
+    assert (queued_id, task_type) == (task_id, "sync") and due == pytest.approx(clock.now() + 0.05)
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.category, task.matched_by, task.max_attempts) == ("scheduled", "recoverable_network", "pattern", 3)
+    assert events(task_id) == ["reported", "retry_scheduled"]
+
+
+def test_claim_only_when_due_and_only_once(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert engine.claim(task_id) is None  # not due yet
+    clock.advance(0.05)
+    claimed = engine.claim(task_id)
+    assert claimed is not None and claimed.attempt == 1
+    assert engine.claim(task_id) is None  # running: nobody runs it twice
+    task = Task.get_by_id(task_id)
+    assert task.status == "running" and task.lease_owner == "test:1:0"
+    assert task.lease_until == pytest.approx(clock.now() + 2 * 10 + 30)
+
+
+def run_retry(engine, clock, task_id, outcome):
+    clock.advance(100)
+    claimed = engine.claim(task_id)
+    assert claimed is not None
+    return engine.finish(claimed, outcome)
+
+
+def test_fails_twice_then_recovers_on_attempt_three(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert run_retry(engine, clock, task_id, Outcome(False, "connection timeout again")) == pytest.approx(clock.now() + 0.1)
+    assert run_retry(engine, clock, task_id, Outcome(False, "connection refused")) == pytest.approx(clock.now() + 0.2)
+    assert run_retry(engine, clock, task_id, Outcome(True)) is None
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.attempts) == ("recovered", 3)
+    assert events(task_id)[-2:] == ["retry_started", "recovered"]
+
+
+def test_error_turning_into_a_data_error_stops_retrying_and_tells_admins(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert run_retry(engine, clock, task_id, Outcome(False, "malformed json in response")) is None
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.category, task.error_message) == ("notified", "unrecoverable_data", "malformed json in response")
+    [note] = Notification.select()
+    assert (note.audience, note.kind, note.task_id, note.status) == ("admin", "task", task_id, "pending")
+    assert "failured show" in note.body
+
+
+def test_attempts_used_up_is_exhausted_with_an_admin_notice(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    for _ in range(3):
+        run_retry(engine, clock, task_id, Outcome(False, "connection timeout"))
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.attempts) == ("exhausted", 3)
+    [note] = Notification.select()
+    assert (note.audience, note.kind) == ("admin", "exhausted") and "3/3" in note.body
+
+
+def test_business_error_goes_to_users_with_the_suggestion(engine, store, clock):
+    record_failure(store, "sync", "订单不存在", clock=clock)
+    engine.handle_new()
+    [note] = Notification.select()
+    assert note.audience == "user" and "检查订单号" in note.body and "failured show" not in note.body
+
+
+def test_unknown_goes_to_admins(engine, store, clock):
+    task_id = record_failure(store, "sync", "the moon is in the wrong phase", clock=clock)
+    engine.handle_new()
+    assert Task.get_by_id(task_id).category == "unknown"
+    assert Notification.get().audience == "admin"
+
+
+def test_no_handler_is_manual_with_one_notice_per_task_type(engine, store, clock, snapshot):
+    ids = [record_failure(store, "nohandler", "connection timeout", clock=clock) for _ in range(3)]
+    engine.handle_new()
+    assert {Task.get_by_id(i).status for i in ids} == {"manual"}
+    assert [n.kind for n in Notification.select()] == ["manual"]
+    engine.forget_manual_notices(load_config(write_config(
+        snapshot.files[0].rsplit("/", 1)[0], SMALL_PATTERNS, HANDLER.replace("sync", "nohandler"))))
+    record_failure(store, "nohandler", "connection timeout", clock=clock)
+    # a handler appeared and went again: the next manual task alerts once more
+    engine.handle_new()
+    assert [n.kind for n in Notification.select()] == ["manual", "manual"]
+
+
+def test_expired_lease_goes_back_to_scheduled(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    engine.claim(task_id)
+    assert engine.take_back_leases() == ([], [])
+    clock.advance(51)
+    queued, _ = engine.take_back_leases()
+    assert [q[0] for q in queued] == [task_id]
+    assert Task.get_by_id(task_id).status == "scheduled"
+    assert "lease_expired" in events(task_id)
+
+
+def test_orphans_of_a_dead_daemon_are_taken_back_at_once_unless_their_handler_lives(engine, store, clock, snapshot):
+    dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
+    a = record_failure(store, "sync", "connection timeout", clock=clock)
+    b = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    dead.claim(a)
+    dead.claim(b)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead.record_pid(b, sleeper.pid)
+        queued, waiting = engine.take_back_leases(orphans_only=True)
+        assert [q[0] for q in queued] == [a] and waiting == [b]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    queued, waiting = engine.take_back_leases(orphans_only=True)
+    assert [q[0] for q in queued] == [b] and waiting == []
+
+
+def test_recover_refuses_with_reasons_and_force_overrides(engine, store, clock, snapshot):
+    data = record_failure(store, "sync", "malformed json", clock=clock)
+    engine.handle_new()
+    with pytest.raises(RefusedError, match="unrecoverable error .*use --force"):
+        recover(store, snapshot, data, clock.now())
+    task = recover(store, snapshot, data, clock.now(), force=True)
+    assert task.status == "scheduled" and task.next_retry_at == clock.now()
+    no_handler = record_failure(store, "nohandler", "malformed json", clock=clock)
+    engine.handle_new()
+    with pytest.raises(RefusedError, match="has no handler"):
+        recover(store, snapshot, no_handler, clock.now(), force=True)
+
+
+def test_forced_retry_of_an_exhausted_task_runs_once_more(engine, store, clock, snapshot):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    for _ in range(3):
+        run_retry(engine, clock, task_id, Outcome(False, "connection timeout"))
+    with pytest.raises(RefusedError, match="used all 3 of its retries"):
+        recover(store, snapshot, task_id, clock.now())
+    recover(store, snapshot, task_id, clock.now(), force=True)
+    run_retry(engine, clock, task_id, Outcome(False, "connection timeout"))
+    assert Task.get_by_id(task_id).status == "exhausted" and Task.get_by_id(task_id).attempts == 4
+
+
+def test_requeue_dry_run_lists_and_real_run_schedules(engine, store, clock, snapshot):
+    ids = [record_failure(store, "sync", "malformed json", clock=clock) for _ in range(2)]
+    other = record_failure(store, "sync", "订单不存在", clock=clock)
+    engine.handle_new()
+    listed, _ = requeue(store, snapshot, clock.now(), dry_run=True, category="unrecoverable_data")
+    assert [t.id for t in listed] == ids and Task.get_by_id(ids[0]).status == "notified"
+    done, _ = requeue(store, snapshot, clock.now(), category="unrecoverable_data")
+    assert {Task.get_by_id(i).status for i in ids} == {"scheduled"}
+    assert Task.get_by_id(other).status == "notified"
+
+
+def test_resolve_closes_and_a_resolved_task_is_not_moved_by_the_daemon(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    resolve(store, task_id, clock.now(), note="fixed by hand")
+    clock.advance(10)
+    assert engine.claim(task_id) is None
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.note) == ("resolved", "fixed by hand")
