@@ -15,7 +15,7 @@ from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
 from .rules import re2_options
 
-_TAG = re.compile(r"^\s*\[([A-Za-z][\w-]*)\]\s*")
+_TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
 _TYPE_PREFIX = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Z]\w*[a-z]\w*)\s*:(?:\s|$)")
 _TRACEBACK = "Traceback (most recent call last)"

@@ -15,7 +15,8 @@ from . import policy
 from .handlers import HandlerSpec
 from .notify import messages
 from .notify.outbox import enqueue
-from .store import (EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RUNNING, SCHEDULED, Task, TaskEvent)
+from .clock import from_db_time, to_db_time
+from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RUNNING, SCHEDULED, Task, UtcTimeField
 
 log = logging.getLogger("failured.engine")
 
@@ -32,10 +33,33 @@ class Claimed:
     attempt: int
 
 
+_INSERT_EVENT = ("INSERT INTO task_events (task_id, at, event, status, category, attempt, delay_seconds,"
+                 " error_message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_TASK_COLUMNS = [field.column_name for field in Task._meta.sorted_fields]
+_SELECT_TASK = f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE id = ?"
+_TIME_COLUMNS = {f.column_name for f in Task._meta.sorted_fields if isinstance(f, UtcTimeField)}
+_CLAIM = ("UPDATE tasks SET status = 'running', attempts = ?, lease_owner = ?, lease_until = ?, updated_at = ?,"
+          " handler_pid = NULL WHERE id = ? AND status = 'scheduled' AND next_retry_at = ?")
+_RECOVERED = ("UPDATE tasks SET status = 'recovered', finished_at = ?, updated_at = ?, lease_owner = NULL,"
+              " lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
+              " WHERE id = ? AND status = 'running' AND lease_owner = ?")
+
+
 def add_event(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
-    TaskEvent.insert(task=task_id, at=now, event=event, status=status, category=category, attempt=attempt,
-                     delay_seconds=delay, error_message=error,
-                     detail=json.dumps(detail, ensure_ascii=False) if detail else None).execute()
+    # Plain SQL: this runs several times per retry, and peewee's query building would dominate.
+    Task._meta.database.execute_sql(_INSERT_EVENT, (
+        task_id, to_db_time(now), event, status, category, attempt, delay, error,
+        json.dumps(detail, ensure_ascii=False) if detail else None))
+
+
+def load_task(task_id):
+    """One task by id, through plain SQL (hot path), or None."""
+    row = Task._meta.database.execute_sql(_SELECT_TASK, (task_id,)).fetchone()
+    if row is None:
+        return None
+    values = {column: (from_db_time(value) if column in _TIME_COLUMNS else value)
+              for column, value in zip(_TASK_COLUMNS, row)}
+    return Task(**values)
 
 
 def pid_alive(pid):
@@ -168,7 +192,7 @@ class Engine:
     def claim(self, task_id):
         """Take a due scheduled task: running, lease, attempts + 1 — or None if it is not ours to run."""
         snapshot = self.config()
-        task = Task.get_or_none(Task.id == task_id)
+        task = load_task(task_id)
         if task is None or task.status != SCHEDULED:
             return None
         handler = self.handler_for(task, snapshot)
@@ -178,10 +202,9 @@ class Engine:
         lease_until = now + policy.lease_seconds(handler.timeout)
         attempt = task.attempts + 1
         with self.store.transaction():
-            updated = (Task.update(status=RUNNING, attempts=attempt, lease_owner=self.owner, lease_until=lease_until,
-                                   updated_at=now, handler_pid=None)
-                       .where(Task.id == task_id, Task.status == SCHEDULED, Task.next_retry_at == task.next_retry_at)
-                       .execute())
+            updated = self.store.db.execute_sql(_CLAIM, (
+                attempt, self.owner, to_db_time(lease_until), to_db_time(now), task_id,
+                to_db_time(task.next_retry_at))).rowcount
             if not updated:
                 return None
             add_event(task_id, now, "retry_started", RUNNING, task.category, attempt)
@@ -197,10 +220,8 @@ class Engine:
         now = self.clock.now()
         if outcome.ok:
             with self.store.transaction():
-                updated = (Task.update(status=RECOVERED, finished_at=now, updated_at=now, lease_owner=None,
-                                       lease_until=None, handler_pid=None, next_retry_at=None)
-                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == self.owner)
-                           .execute())
+                stamp = to_db_time(now)
+                updated = self.store.db.execute_sql(_RECOVERED, (stamp, stamp, task.id, self.owner)).rowcount
                 if updated:
                     add_event(task.id, now, "recovered", RECOVERED, task.category, claimed.attempt,
                               duration=round(outcome.duration, 3))

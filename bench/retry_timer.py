@@ -1,0 +1,86 @@
+"""100,000 pending retries due over 60 seconds, no-op handler: lateness, throughput, peak RSS."""
+
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, emit, percentile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import noop_handler  # noqa: E402
+from failured.clock import to_db_time  # noqa: E402
+from failured.daemon import Daemon  # noqa: E402
+from failured.settings import Settings  # noqa: E402
+from failured.store import open_store  # noqa: E402
+
+COUNT = 100_000
+SPREAD_SECONDS = 60.0
+LEAD_SECONDS = 3.0  # time to start the daemon before the first retry is due
+
+
+def make_config(directory):
+    shutil.copytree(REPO / "config" / "patterns", directory / "patterns")
+    (directory / "failured.toml").write_text(
+        '[breaker]\nfailures = 1000000\n\n[task_types.bench.handler]\nkind = "python"\n'
+        'target = "noop_handler:run"\ntimeout = 10\n', encoding="utf-8")
+
+
+def make_tasks(db, start):
+    store = open_store(db)
+    step = SPREAD_SECONDS / COUNT
+    rows = []
+    for i in range(COUNT):
+        due = start + i * step
+        created = to_db_time(start - 10)
+        rows.append(("bench", "python", "scheduled", "recoverable_network", "connection timeout",
+                     f'{{"due": {due!r}}}', 0, 5, to_db_time(due), created, created))
+    with store.transaction():
+        store.db.cursor().executemany(
+            "INSERT INTO tasks (task_type, source, status, category, error_message, payload, attempts,"
+            " max_attempts, next_retry_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    store.close()
+
+
+def main():
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        make_config(directory / "config")
+        start = time.time() + LEAD_SECONDS + 5
+        # Made in a child process, so this one's peak RSS is the daemon's alone.
+        subprocess.run([sys.executable, __file__, "--make", str(directory / "bench.db"), repr(start)], check=True)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        settings = Settings(db=directory / "bench.db", config_dir=directory / "config", log_dir=directory / "logs",
+                            report_dir=directory / "reports", log_level="WARNING")
+        print(f"retry_timer: {COUNT:,} retries due over {SPREAD_SECONDS:g}s, python no-op handler, "
+              f"concurrency {settings.retry_concurrency}")
+        daemon = Daemon(settings).start()
+        deadline = start + SPREAD_SECONDS + 60
+        while len(noop_handler.LATENESS) < COUNT and time.time() < deadline:
+            daemon.scheduler.run_pending()
+            time.sleep(0.2)
+        finished = time.time()
+        daemon.stop()
+        lateness_ms = [x * 1000 for x in noop_handler.LATENESS]
+        ran = len(lateness_ms)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        emit("retry_timer", {
+            "retries run": ran,
+            "retries/s": round(ran / (finished - start)),
+            "lateness p50 ms": round(percentile(lateness_ms, 0.50), 1),
+            "lateness p99 ms": round(percentile(lateness_ms, 0.99), 1),
+            "lateness max ms": round(max(lateness_ms), 1),
+            "peak RSS MB": round(rss_mb, 1),
+            "RSS before daemon MB": round(rss_before / 1024, 1),
+        }, "p99 lateness <= 50 ms, RSS <= 100 MB")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--make"]:
+        make_tasks(Path(sys.argv[2]), float(sys.argv[3]))
+    else:
+        main()

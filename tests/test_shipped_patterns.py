@@ -1,0 +1,232 @@
+"""The shipped pattern files against a corpus of real-world error messages.
+
+``tests/data/messages.tsv`` holds messages worded as real libraries and services
+word them (requests/urllib3, socket errno texts, PostgreSQL, MySQL, SQLite,
+Redis, AWS/GCP/Azure, OpenAI, DingTalk/WeCom/WeChat robots, courier APIs such as
+Kuaidi100 and TrackingMore, Chinese application messages), each with the
+category the shipped rules must give it. Newlines inside a message are written
+as a literal backslash-n.
+"""
+
+import csv
+import re
+import shutil
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import re2
+
+from failured.classify import Classifier
+from failured.rules import load_ruleset, pattern_problem, re2_options
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config"
+CORPUS = REPO / "tests" / "data" / "messages.tsv"
+
+CATEGORIES = {
+    # name: (label, label_en, action, retry delays, max_attempts)
+    "recoverable_network": ("可恢复网络错误", "Recoverable network error", "retry", (30, 60, 120, 240), 5),
+    "recoverable_system": ("可恢复系统错误", "Recoverable system error", "retry", (300, 600, 1200), 3),
+    "recoverable_temporary": ("可恢复临时错误", "Recoverable temporary error", "retry", (180, 360, 720), 3),
+    "unrecoverable_data": ("不可恢复数据错误", "Unrecoverable data error", "notify_admin", None, None),
+    "unrecoverable_config": ("不可恢复配置错误", "Unrecoverable configuration error", "notify_admin", None, None),
+    "unrecoverable_business": ("不可恢复业务错误", "Unrecoverable business error", "notify_user", None, None),
+}
+# Most specific first: see the comment at the top of each pattern file for why.
+PRIORITY_ORDER = [
+    "unrecoverable_config",
+    "unrecoverable_data",
+    "unrecoverable_business",
+    "recoverable_system",
+    "recoverable_temporary",
+    "recoverable_network",
+]
+
+# The seed's regexes, each with messages it matches; the shipped files may use a
+# bounded equivalent, but every one of these must still land in the seed's category.
+SEED = {
+    "recoverable_network": {
+        r"connection.*timeout": ["connection timeout", "Connection to api.example.com timeout"],
+        r"network.*unreachable": ["network unreachable", "Network is unreachable"],
+        r"connection.*refused": ["connection refused", "Connection was refused by the server"],
+        r"dns.*resolution.*failed": ["dns resolution failed", "DNS name resolution failed for api.example.com"],
+        r"socket.*timeout": ["socket timeout", "socket read timeout after 10s"],
+        r"read.*timeout": ["read timeout", "read operation timeout"],
+    },
+    "recoverable_system": {
+        r"memory.*error": ["memory error", "MemoryError"],
+        r"disk.*space": ["disk space", "not enough disk space"],
+        r"no.*space.*left": ["no space left", "No space left on device"],
+        r"resource.*temporarily.*unavailable": ["resource temporarily unavailable", "[Errno 11] Resource temporarily unavailable"],
+        r"too.*many.*open.*files": ["too many open files", "socket: too many open files"],
+        r"permission.*denied": ["permission denied", "Permission denied: '/var/log/app.log'"],
+    },
+    "unrecoverable_data": {
+        r"invalid.*data.*format": ["invalid data format", "invalid input data: bad format"],
+        r"malformed.*json": ["malformed json", "Malformed JSON in request body"],
+        r"parse.*error": ["parse error", "XML parse error at line 3"],
+        r"validation.*failed": ["validation failed", "Validation failed: 快递单号格式不正确"],
+        r"constraint.*violation": ["constraint violation", "unique constraint violation on orders"],
+        r"null.*value.*in.*column": ["null value in column", 'null value in column "courier" violates not-null constraint'],
+    },
+}
+SEED_EXAMPLES = {
+    "recoverable_network": ["connection timeout", "network unreachable"],
+    "recoverable_system": ["memory error", "disk space", "permission denied"],
+    "recoverable_temporary": ["database connection failed", "rate limit exceeded"],
+    "unrecoverable_data": ["invalid data format", "malformed json"],
+    "unrecoverable_config": ["api key invalid", "authentication failed"],
+    "unrecoverable_business": ["resource not found", "courier not supported"],
+}
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def read_corpus():
+    with open(CORPUS, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        assert header == ["category", "error_type", "message"]
+        rows = []
+        for line_number, fields in enumerate(reader, start=2):
+            assert len(fields) == 3, f"line {line_number}: expected 3 tab-separated fields, got {len(fields)}"
+            category, error_type, message = fields
+            rows.append((line_number, category, error_type or None, message.replace("\\n", "\n")))
+    return rows
+
+
+ROWS = read_corpus()
+
+
+def row_id(row):
+    line_number, category, _, message = row
+    words = re.sub(r"\s+", " ", message)[:48]
+    return f"L{line_number}-{category}-{words}"
+
+
+@pytest.fixture(scope="module")
+def ruleset():
+    return load_ruleset(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def classifier(ruleset):
+    return Classifier(ruleset)
+
+
+def describe(result):
+    return f"{result.category} by {result.matched_by} {result.pattern!r}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row_id(row) for row in ROWS])
+def test_corpus_message_gets_its_category(classifier, row):
+    line_number, category, error_type, message = row
+    result = classifier.classify(message, error_type=error_type)
+    assert result.category == category, f"line {line_number}: {message!r} -> {describe(result)}"
+
+
+def test_corpus_accuracy_is_100_percent(classifier):
+    wrong = []
+    for line_number, category, error_type, message in ROWS:
+        result = classifier.classify(message, error_type=error_type)
+        if result.category != category:
+            wrong.append(f"line {line_number}: want {category}, got {describe(result)}: {message[:100]!r}")
+    accuracy = 1 - len(wrong) / len(ROWS)
+    assert not wrong, f"accuracy {accuracy:.1%} on {len(ROWS)} messages:\n" + "\n".join(wrong)
+
+
+def test_corpus_covers_every_category_in_both_languages():
+    assert len(ROWS) >= 400
+    known = set(CATEGORIES) | {"unknown"}
+    assert {category for _, category, _, _ in ROWS} == known
+    per_category = Counter(category for _, category, _, _ in ROWS)
+    for name in CATEGORIES:
+        assert per_category[name] >= 40, f"{name}: only {per_category[name]} messages"
+        chinese = [m for _, c, _, m in ROWS if c == name and CJK.search(m)]
+        english = [m for _, c, _, m in ROWS if c == name and not CJK.search(m)]
+        assert len(chinese) >= 8 and len(english) >= 30, f"{name}: {len(chinese)} Chinese, {len(english)} English"
+    assert per_category["unknown"] >= 10
+
+
+def test_shipped_categories_keep_the_seed_settings(ruleset):
+    by_name = {category.name: category for category in ruleset.categories}
+    assert set(by_name) == set(CATEGORIES)
+    for name, (label, label_en, action, delays, max_attempts) in CATEGORIES.items():
+        category = by_name[name]
+        assert (category.label, category.label_en, category.action) == (label, label_en, action)
+        if delays is None:
+            assert category.retry is None
+        else:
+            assert category.retry.delays == delays
+            assert category.retry.max_attempts == max_attempts
+        assert category.suggestion and category.suggestion_en
+        assert category.patterns and category.tags and category.exception_types
+    assert [category.name for category in ruleset.categories] == PRIORITY_ORDER
+    assert ruleset.unknown.name == "unknown"
+    assert ruleset.unknown.priority > max(category.priority for category in ruleset.categories)
+
+
+def shipped_patterns():
+    for path in sorted((CONFIG / "patterns").glob("*.toml")):
+        with open(path, "rb") as handle:
+            for table in tomllib.load(handle).get("category", []):
+                for pattern in table.get("patterns", []):
+                    yield path.name, table["name"], pattern
+
+
+def test_every_shipped_pattern_compiles_with_re2():
+    patterns = list(shipped_patterns())
+    assert len(patterns) > 100
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    for file_name, category, pattern in patterns:
+        re2.compile(pattern, options=options)  # raises re2.error with RE2's reason
+        assert pattern_problem(pattern) is None, f"{file_name} {category}: {pattern!r}"
+        assert re2.compile(pattern, options=re2_options()).search("") is None
+
+
+@pytest.mark.parametrize("category, seed_regex", [
+    (category, regex) for category, regexes in SEED.items() for regex in regexes
+])
+def test_seed_regex_is_covered(classifier, category, seed_regex):
+    for example in SEED[category][seed_regex]:
+        assert re.search(seed_regex, example, re.IGNORECASE), f"bad example {example!r} for {seed_regex!r}"
+        result = classifier.classify(example)
+        assert (result.category, result.matched_by) == (category, "pattern"), f"{example!r} -> {describe(result)}"
+
+
+@pytest.mark.parametrize("category, example", [
+    (category, example) for category, examples in SEED_EXAMPLES.items() for example in examples
+])
+def test_seed_example_errors(classifier, category, example):
+    assert classifier.classify(example).category == category
+
+
+@pytest.mark.parametrize("message, category", [
+    ("[NETWORK] Connection timeout: API服务器连接超时，请检查网络连接", "recoverable_network"),
+    ("[DATA] Validation failed: 快递单号格式不正确，应为10-20位数字或字母", "unrecoverable_data"),
+    ("[business] 订单不存在", "unrecoverable_business"),
+    ("[RATE_LIMIT] courier API said slow down", "recoverable_temporary"),
+])
+def test_shipped_tags(classifier, message, category):
+    result = classifier.classify(message)
+    assert (result.category, result.matched_by) == (category, "tag")
+
+
+def test_local_file_extends_and_replace_replaces(tmp_path):
+    shutil.copytree(CONFIG / "patterns", tmp_path / "patterns")
+    message = "包裹被海关扣留"
+    assert Classifier(load_ruleset(tmp_path)).classify(message).category == "unknown"
+    local = tmp_path / "patterns" / "50-local.toml"
+    local.write_text('[[category]]\nname = "unrecoverable_business"\npatterns = [\'海关扣留\']\n', encoding="utf-8")
+    classifier = Classifier(load_ruleset(tmp_path))
+    assert classifier.classify(message).category == "unrecoverable_business"
+    assert classifier.classify("订单不存在").category == "unrecoverable_business"  # shipped list kept
+    local.write_text('[[category]]\nname = "unrecoverable_business"\nreplace = true\npatterns = [\'海关扣留\']\n',
+                     encoding="utf-8")
+    classifier = Classifier(load_ruleset(tmp_path))
+    assert classifier.classify(message).category == "unrecoverable_business"
+    assert classifier.classify("订单不存在").category == "unknown"  # shipped list replaced
