@@ -11,10 +11,13 @@ from pathlib import Path
 from .classify import Classifier
 from .errors import ConfigError, ConfigErrors
 from .handlers import parse_handler
+from .notify.channels import LogChannel, parse_channel
+from .notify.routing import LOG_CHANNEL, parse_routes
+from .thresholds import Thresholds
 from .rules import check_type, read_toml, load_ruleset, parse_retry, pattern_files
 
 MAIN_FILE = "failured.toml"
-TOP_KEYS = {"breaker", "task_types"}
+TOP_KEYS = {"breaker", "task_types", "channels", "routes", "notify", "thresholds"}
 BREAKER_KEYS = {"failures", "cooldown_seconds"}
 TASK_TYPE_KEYS = {"handler", "retry", "retry_by_category"}
 
@@ -25,6 +28,19 @@ class BreakerConfig:
 
     failures: int = 5
     cooldown_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """How the dispatcher delivers: dedup window, retry horizon, digest size."""
+
+    dedup_window_seconds: float = 600.0
+    max_retry_hours: float = 24.0
+    digest_entries: int = 5
+    digest_interval_seconds: float = 10.0
+
+
+NOTIFY_KEYS = {f for f in NotifyConfig.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,10 @@ class Snapshot:
     breaker: BreakerConfig
     files: tuple
     digest: str
+    channels: dict = field(default_factory=dict)  # name -> notify.channels.Channel (log included)
+    routes: tuple = ()
+    notify: NotifyConfig = NotifyConfig()
+    thresholds: object = None  # thresholds.Thresholds
 
     def task_type(self, name):
         return self.task_types.get(name) or TaskTypeConfig(name)
@@ -83,6 +103,40 @@ def _parse_breaker(table, path, errors):
     return BreakerConfig(**values)
 
 
+def _parse_numbers(table, dataclass_type, path, key, errors):
+    """A table of positive numbers onto a dataclass of defaults (notify, thresholds)."""
+    if not check_type(table, dict, path, key, errors, "a table"):
+        return dataclass_type()
+    allowed = dataclass_type.__dataclass_fields__
+    values = {}
+    for name, value in table.items():
+        if name not in allowed:
+            errors.append(ConfigError(path, f"{key}.{name}", f"unknown key: use one of {', '.join(sorted(allowed))}"))
+            continue
+        expected = int if allowed[name].type in (int, "int") else (int, float)
+        if check_type(value, expected, path, f"{key}.{name}", errors, "a positive number"):
+            if value <= 0:
+                errors.append(ConfigError(path, f"{key}.{name}", f"is {value}: must be greater than 0"))
+            values[name] = value
+    return dataclass_type(**values)
+
+
+def _parse_channels(tables, path, errors, log_dir):
+    channels = {LOG_CHANNEL: LogChannel(LOG_CHANNEL, log_dir)}
+    if not check_type(tables, dict, path, "channels", errors, "a table of [channels.NAME] tables"):
+        return channels
+    for name, table in tables.items():
+        if name == LOG_CHANNEL:
+            errors.append(ConfigError(path, f"channels.{name}", "the log channel is built in and always on: "
+                                                               "give your channel another name"))
+            continue
+        try:
+            channels[name] = parse_channel(name, table, path, f"channels.{name}")
+        except ConfigError as exc:
+            errors.append(exc)
+    return channels
+
+
 def _parse_task_type(name, table, path, errors):
     key = f"task_types.{name}"
     if not check_type(table, dict, path, key, errors, "a table"):
@@ -113,7 +167,7 @@ def _check_categories_named(task_types, ruleset, path, errors):
                                           f"{', '.join(c.name for c in ruleset.categories)}"))
 
 
-def load_config(config_dir, lang="zh"):
+def load_config(config_dir, lang="zh", log_dir="logs"):
     """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem."""
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
@@ -137,7 +191,13 @@ def load_config(config_dir, lang="zh"):
             task_types[name] = _parse_task_type(name, table, main, errors)
     if ruleset is not None:
         _check_categories_named(task_types, ruleset, main, errors)
+    channels = _parse_channels(document.get("channels", {}), main, errors, log_dir)
+    category_names = None if ruleset is None else {c.name for c in ruleset.categories} | {"unknown"}
+    routes = parse_routes(document.get("routes", []), channels, category_names, main, errors)
+    notify = _parse_numbers(document.get("notify", {}), NotifyConfig, main, "notify", errors)
+    thresholds = _parse_numbers(document.get("thresholds", {}), Thresholds, main, "thresholds", errors)
     if errors:
         raise ConfigErrors(errors)
     files = config_files(config_dir)
-    return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), content_digest(files))
+    return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), content_digest(files),
+                    channels, routes, notify, thresholds)

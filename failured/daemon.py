@@ -21,7 +21,9 @@ from .clock import SystemClock
 from .engine import Engine
 from .errors import StoreError
 from .notify import messages
+from .notify.dispatcher import Dispatcher
 from .notify.outbox import enqueue
+from .thresholds import alert_breaches
 from .queue import RetryQueue, Runner
 from .sdnotify import Notifier
 from .store import open_store
@@ -30,6 +32,7 @@ from .watcher import ConfigWatcher
 log = logging.getLogger("failured.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+THRESHOLD_CHECK_SECONDS = 60
 
 
 class Daemon:
@@ -65,6 +68,7 @@ class Daemon:
         self.runner = Runner(self.engine, self.queue, self.breakers, self.clock, s.retry_concurrency,
                              enabled=s.recovery_enabled)
         self.runner.start()
+        self.dispatcher = Dispatcher(self.store, s, self.clock, lambda: self.watcher.current).start()
         self.watcher.start()
         self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         self._intake_thread.start()
@@ -94,6 +98,7 @@ class Daemon:
         self.scheduler.every(s.scan_interval_minutes * 60).seconds.do(self._guarded, self.scan)
         self.scheduler.every(s.analysis_interval_hours * 3600).seconds.do(self._guarded, self.analyze)
         self.scheduler.every(1).days.do(self._guarded, self.housekeep)
+        self.scheduler.every(THRESHOLD_CHECK_SECONDS).seconds.do(self._guarded, self.check_thresholds)
 
     def _guarded(self, job):
         # schedule does not catch exceptions: one failing job must not stop the loop.
@@ -141,8 +146,11 @@ class Daemon:
 
     def intake_once(self):
         """Act on new tasks, and queue scheduled ones the heap does not know (requeued by the CLI)."""
-        for item in self.engine.handle_new():
+        handled = self.engine.handle_new()
+        for item in handled:
             self.queue.push(*item)
+        if handled or self.engine.notified_since_wake():
+            self.dispatcher.wake()
         horizon = self.clock.now() + self.settings.poll_seconds
         for task_id, due, task_type in self.engine.scheduled(due_before=horizon):
             if not self.queue.contains(task_id):
@@ -157,7 +165,7 @@ class Daemon:
             self.queue.push(*item)
 
     def healthy(self):
-        return self.runner.alive() and self._intake_thread.is_alive()
+        return self.runner.alive() and self._intake_thread.is_alive() and self.dispatcher.alive()
 
     def _heartbeat(self, now):
         self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
@@ -186,6 +194,15 @@ class Daemon:
         self.store.set_state("last_analysis", f"{now:.3f}", now)
         log.info("analysis slot at %s", now)
 
+    def check_thresholds(self):
+        """Alert the admins about each breached threshold, once per window."""
+        snapshot = self.watcher.current
+        now = self.clock.now()
+        breaches = alert_breaches(self.store, snapshot, now, self.settings.lang)
+        if breaches:
+            self.dispatcher.wake()
+        return breaches
+
     def housekeep(self):
         housekeeping.purge(self.store, self.clock.now(), self.settings.retention_days)
 
@@ -193,6 +210,7 @@ class Daemon:
 
     def _on_reload(self, snapshot):
         self.breakers.config = snapshot.breaker
+        self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
 
     def _on_reject(self, errors):
@@ -201,7 +219,7 @@ class Daemon:
         title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if self.settings.lang == "zh"
                  else "[failured] Config reload rejected; the last good config stays active")
         with self.store.transaction():
-            enqueue(now, "admin", "config", title, f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+            enqueue(self.watcher.current, now, "admin", "config", title, f"**{title}**\n\n{messages.shorten(lines, 3000)}")
 
     # -- stop -----------------------------------------------------------------
 
@@ -215,6 +233,7 @@ class Daemon:
         if still_running:
             released = self.engine.release_own_leases()
             log.warning("stopped %d retries still running after the grace period; rescheduled", len(released))
+        self.dispatcher.stop()
         self.watcher.stop()
         self._intake_thread.join(timeout=5)
         self.store.close()

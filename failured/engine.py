@@ -84,6 +84,7 @@ class Engine:
         self.config = config
         self.owner = owner
         self.rng = rng
+        self._notified = False  # a notification row was written since the dispatcher was last woken
 
     # -- deciding -----------------------------------------------------------
 
@@ -163,7 +164,8 @@ class Engine:
             title, body = messages.task_message(lang, kind, audience, task_now, category, now,
                                                 attempts=task.attempts if kind == "exhausted" else None,
                                                 limit=decision.limit or None)
-            enqueue(now, audience, kind, title, body, task=task_now, category=result.category)
+            enqueue(self.config(), now, audience, kind, title, body, task=task_now, category=result.category)
+            self._notified = True
         return due
 
     def _notify_manual_once(self, task_type, now):
@@ -171,7 +173,12 @@ class Engine:
         if self.store.get_state(key) is None:
             self.store.set_state(key, "1", now)
             title, body = messages.manual_message(self.settings.lang, task_type)
-            enqueue(now, "admin", "manual", title, body, task_type=task_type)
+            enqueue(self.config(), now, "admin", "manual", title, body, task_type=task_type)
+
+    def notified_since_wake(self):
+        """True once after notifications were queued (retry outcomes, breakers), so intake wakes the dispatcher."""
+        notified, self._notified = self._notified, False
+        return notified
 
     def forget_manual_notices(self, snapshot):
         """A handler appeared for a task type: its next manual task alerts again."""
@@ -312,7 +319,7 @@ class Engine:
         with self.store.transaction():
             add_event(task.id, now, f"breaker_{state}", Task.get_by_id(task.id).status, task.category,
                       task.attempts, task_type=task.task_type)
-            enqueue(now, "admin", "breaker", title, body, task_type=task.task_type)
+            enqueue(self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
         log.warning("task type %s: breaker %s", task.task_type, state)
 
 

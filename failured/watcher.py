@@ -46,7 +46,7 @@ class ConfigWatcher:
         self.on_reject = on_reject or (lambda errors: None)
         self.clock = clock or SystemClock()
         self.debounce = debounce
-        self.current = load_config(config_dir, lang)  # the first load must succeed
+        self.current = load_config(config_dir, lang, log_dir or "logs")  # the first load must succeed
         self.loaded_at = self.clock.now()
         self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
         self._changed = threading.Event()
@@ -91,7 +91,7 @@ class ConfigWatcher:
         if not force and content_digest(config_files(self.config_dir)) == self.current.digest:
             return False
         try:
-            snapshot = load_config(self.config_dir, self.lang)
+            snapshot = load_config(self.config_dir, self.lang, self.log_dir or "logs")
         except ConfigErrors as exc:
             self.last_rejected = (self.clock.now(), exc.errors)
             log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",

@@ -13,6 +13,18 @@ TEXTS = {
         "breaker_closed_title": "[failured] 熔断恢复: {task_type} 重试已恢复",
         "category": "分类", "task_type": "任务类型", "task": "任务", "error": "错误",
         "attempts": "已重试", "suggestion": "建议", "time": "时间", "inspect": "查看",
+        "threshold_title": "[failured] 告警阈值：{what} = {value}（阈值 {limit:g}）",
+        "threshold_body": "最近 {minutes:g} 分钟内超过阈值；同一告警每个窗口只发送一次。",
+        "thresholds": {
+            "failure_rate_percent": "{key} 失败率 %", "consecutive_recovery_failures": "{key} 连续恢复失败次数",
+            "notification_delay_minutes": "通道 {key} 通知延迟（分钟）", "unknown_errors": "未知错误数",
+            "recovery_rate_percent": "自动恢复成功率 %", "recent_failures": "最近失败任务数",
+        },
+        "repeat": "同类错误 ×{count}（{minutes:g} 分钟内）",
+        "digest_title": "[failured] 汇总：{count} 条通知",
+        "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
+        "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
+        "see_rest": "查看全部",
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
     },
     "en": {
@@ -23,6 +35,30 @@ TEXTS = {
         "breaker_closed_title": "[failured] Breaker closed: {task_type} retries resumed",
         "category": "Category", "task_type": "Task type", "task": "Task", "error": "Error",
         "attempts": "Retries", "suggestion": "Suggestion", "time": "Time", "inspect": "Inspect",
+        "threshold_title": "[failured] 告警阈值：{what} = {value}（阈值 {limit:g}）",
+        "threshold_body": "最近 {minutes:g} 分钟内超过阈值；同一告警每个窗口只发送一次。",
+        "thresholds": {
+            "failure_rate_percent": "{key} 失败率 %", "consecutive_recovery_failures": "{key} 连续恢复失败次数",
+            "notification_delay_minutes": "通道 {key} 通知延迟（分钟）", "unknown_errors": "未知错误数",
+            "recovery_rate_percent": "自动恢复成功率 %", "recent_failures": "最近失败任务数",
+        },
+        "repeat": "同类错误 ×{count}（{minutes:g} 分钟内）",
+        "digest_title": "[failured] 汇总：{count} 条通知",
+        "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
+        "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
+        "see_rest": "查看全部",
+        "threshold_title": "[failured] Alert threshold: {what} = {value} (limit {limit:g})",
+        "threshold_body": "Breached within the last {minutes:g} minutes; the same alert is sent once per window.",
+        "thresholds": {
+            "failure_rate_percent": "{key} failure rate %", "consecutive_recovery_failures": "{key} failed recoveries in a row",
+            "notification_delay_minutes": "channel {key} notification delay (min)", "unknown_errors": "unknown errors",
+            "recovery_rate_percent": "automatic recovery rate %", "recent_failures": "recent failures",
+        },
+        "repeat": "Same error ×{count} (within {minutes:g} min)",
+        "digest_title": "[failured] Digest: {count} notifications",
+        "digest_intro": "Too many notifications at once; merged into one digest (robots take at most 20 a minute).",
+        "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
+        "see_rest": "See them all",
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
     },
 }
@@ -69,3 +105,40 @@ def breaker_message(lang, task_type, opened, failures=0, cooldown=0):
     key = "breaker_open_title" if opened else "breaker_closed_title"
     title = words[key].format(task_type=task_type, failures=failures, cooldown=f"{cooldown:g}")
     return title, f"**{title}**"
+
+
+def repeat_message(lang, rows, window_seconds):
+    """The first of several same-error notifications, with their count."""
+    words = TEXTS[lang]
+    note = words["repeat"].format(count=len(rows), minutes=window_seconds / 60)
+    first = rows[0]
+    return f"{first.title} ({note})", f"{first.body}\n- {note}"
+
+
+def _counts(values):
+    counts = {}
+    for value in values:
+        counts[value or "-"] = counts.get(value or "-", 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def digest_message(lang, rows, entries, db_path, digest_id):
+    """One summary of many notifications: counts by category and task type, the first few, where the rest are."""
+    words = TEXTS[lang]
+    title = words["digest_title"].format(count=len(rows))
+    lines = [f"**{title}**", "", words["digest_intro"], "", f"**{words['by_category']}**"]
+    lines += [f"- {name}: {count}" for name, count in _counts(row.category for row in rows)]
+    lines += ["", f"**{words['by_task_type']}**"]
+    lines += [f"- {name}: {count}" for name, count in _counts(row.task_type for row in rows)]
+    lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
+    lines += [f"- {shorten(row.title, 120)}" for row in rows[:entries]]
+    lines += ["", f"{words['see_rest']}: `sqlite3 {db_path} \"SELECT task_id, title FROM notifications "
+                  f"WHERE merged_into = {digest_id}\"`"]
+    return title, "\n".join(lines)
+
+
+def threshold_message(lang, check, window_minutes):
+    words = TEXTS[lang]
+    what = words["thresholds"][check.name].format(key=check.key)
+    title = words["threshold_title"].format(what=what, value=check.value, limit=check.limit)
+    return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)

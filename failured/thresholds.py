@@ -1,0 +1,97 @@
+"""The spec's alert thresholds and health check, evaluated in SQL over a recent window.
+
+A rate with nothing to divide by is "unknown", never a fake 0 % or 100 %.
+"""
+
+from dataclasses import asdict, dataclass
+
+from .clock import from_db_time, to_db_time
+
+RECOVERABLE_PREFIX = "recoverable_"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    failure_rate_percent: float = 20.0  # failures / (failures + successes) per task type
+    consecutive_recovery_failures: int = 5  # failed retries in a row, per task type
+    notification_delay_minutes: float = 10.0  # oldest pending notification
+    unknown_errors: int = 10  # unknown failures in the window
+    recovery_rate_percent: float = 80.0  # health check: recovered / finished recoverable
+    recent_failures: int = 50  # health check: failures in the window
+    window_minutes: float = 60.0  # the window, and how often one breach may alert again
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    key: str  # task type, channel or "all"
+    value: object  # a number, or "unknown"
+    limit: float
+    breached: bool
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _scalar(db, sql, *params):
+    return db.execute_sql(sql, params).fetchone()[0]
+
+
+def evaluate(store, now, limits):
+    """Every threshold's current value against its limit."""
+    db = store.db
+    since = to_db_time(now - limits.window_minutes * 60)
+    since_hour = since[:13] + ":00:00"
+    checks = []
+    failures = dict(db.execute_sql(
+        "SELECT task_type, count(*) FROM tasks WHERE created_at >= ? GROUP BY task_type", (since,)).fetchall())
+    successes = dict(db.execute_sql(
+        "SELECT task_type, sum(count) FROM success_counts WHERE hour >= ? GROUP BY task_type", (since_hour,)).fetchall())
+    for task_type, failed in sorted(failures.items()):
+        ok = successes.get(task_type)
+        rate = "unknown" if ok is None else round(100.0 * failed / (failed + ok), 1)
+        checks.append(Check("failure_rate_percent", task_type, rate, limits.failure_rate_percent,
+                            rate != "unknown" and rate > limits.failure_rate_percent))
+    for task_type, streak in db.execute_sql("SELECT task_type, consecutive_failures FROM breakers").fetchall():
+        checks.append(Check("consecutive_recovery_failures", task_type, streak, limits.consecutive_recovery_failures,
+                            streak >= limits.consecutive_recovery_failures))
+    for channel, oldest in db.execute_sql(
+            "SELECT channel, min(created_at) FROM notifications WHERE status = 'pending' GROUP BY channel").fetchall():
+        minutes = round((now - from_db_time(oldest)) / 60, 1)
+        checks.append(Check("notification_delay_minutes", channel or "-", minutes, limits.notification_delay_minutes,
+                            minutes > limits.notification_delay_minutes))
+    unknown = _scalar(db, "SELECT count(*) FROM tasks WHERE created_at >= ? AND category = 'unknown'", since)
+    checks.append(Check("unknown_errors", "all", unknown, limits.unknown_errors, unknown > limits.unknown_errors))
+    recovered, finished = db.execute_sql(
+        "SELECT coalesce(sum(status = 'recovered'), 0), count(*) FROM tasks WHERE finished_at >= ?"
+        " AND category LIKE ? AND status IN ('recovered', 'exhausted', 'notified')",
+        (since, RECOVERABLE_PREFIX + "%")).fetchone()
+    rate = "unknown" if not finished else round(100.0 * recovered / finished, 1)
+    checks.append(Check("recovery_rate_percent", "all", rate, limits.recovery_rate_percent,
+                        rate != "unknown" and rate < limits.recovery_rate_percent))
+    recent = sum(failures.values())
+    checks.append(Check("recent_failures", "all", recent, limits.recent_failures, recent > limits.recent_failures))
+    return checks
+
+
+def alert_breaches(store, snapshot, now, lang):
+    """Queue one admin notification per breached threshold and key, at most once per window."""
+    from .notify import messages
+    from .notify.outbox import enqueue
+
+    limits = snapshot.thresholds
+    alerted = []
+    for check in evaluate(store, now, limits):
+        if not check.breached:
+            continue
+        state_key = f"threshold:{check.name}:{check.key}"
+        last = store.get_state(state_key)
+        if last is not None and now - float(last) < limits.window_minutes * 60:
+            continue
+        title, body = messages.threshold_message(lang, check, limits.window_minutes)
+        with store.transaction():
+            enqueue(snapshot, now, "admin", "threshold", title, body,
+                    task_type=None if check.key in ("all", "-") else check.key)
+            store.set_state(state_key, f"{now:.3f}", now)
+        alerted.append(check)
+    return alerted
