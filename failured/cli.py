@@ -44,7 +44,7 @@ def cmd_report(args, settings):
 
 
 def cmd_classify(args, settings):
-    snapshot = load_config(args.config or settings.config_dir, settings.lang)
+    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
     classifier = snapshot.classifier
     if args.message == "-":
         for line in sys.stdin:
@@ -71,7 +71,7 @@ def cmd_classify(args, settings):
 def cmd_check_config(args, settings):
     config_dir = Path(args.dir or settings.config_dir)
     try:
-        snapshot = load_config(config_dir, settings.lang)
+        snapshot = load_config(config_dir, settings.lang, settings.log_dir)
     except ConfigErrors as exc:
         if args.json:
             _print_json({"ok": False, "errors": [{"file": e.path, "key": e.key, "reason": e.reason}
@@ -175,6 +175,31 @@ def cmd_show(args, settings):
     return EXIT_OK
 
 
+def cmd_notify_test(args, settings):
+    from .notify.channels import Message
+
+    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
+    channel = snapshot.channels.get(args.channel)
+    if channel is None:
+        raise InputError(f"no channel named {args.channel!r}: configured are {', '.join(sorted(snapshot.channels))}")
+    title = "[failured] 测试消息 / test message"
+    message = Message(title=title, body=f"**{title}**\n\n{channel.describe()}", audience=args.audience,
+                      kind="test", record={"test": True})
+    result = channel.send(message)
+    data = {"channel": args.channel, "describe": channel.describe(), "ok": result.ok, "answer": result.answer,
+            "error": result.error, "retry_after": result.retry_after, "misconfigured": result.misconfigured}
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"{args.channel} ({channel.describe()}): {'sent' if result.ok else 'NOT sent'}")
+        for key in ("answer", "error", "retry_after"):
+            if data[key]:
+                print(f"  {key}: {data[key]}")
+        if result.misconfigured:
+            print("  the channel rejected the message: check its token, key, secret or keyword")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
 def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
 
@@ -241,6 +266,13 @@ def build_parser():
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("notify-test", help="send a test message through one channel and print its answer")
+    p.add_argument("channel")
+    p.add_argument("--audience", choices=("admin", "user"), default="admin")
+    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_notify_test)
 
     p = sub.add_parser("init", help="write a starter config directory")
     p.add_argument("dir")
