@@ -131,7 +131,7 @@ def _parse_channels(tables, path, errors, log_dir):
                                                                "give your channel another name"))
             continue
         try:
-            channels[name] = parse_channel(name, table, path, f"channels.{name}")
+            channels[name] = parse_channel(name, table, path, f"channels.{name}", log_dir=log_dir)
         except ConfigError as exc:
             errors.append(exc)
     return channels

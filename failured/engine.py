@@ -98,7 +98,9 @@ class Engine:
     def handle_new(self, limit=NEW_BATCH):
         """Classify and act on tasks nobody has handled yet; returns [(id, due, type)] to queue."""
         queued = []
-        for task in Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit):
+        # Read the batch first: a statement still open on this connection would pin an old
+        # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
+        for task in list(Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit)):
             try:
                 due = self._decide(task, NEW, "classified")
             except _Moved:
@@ -263,7 +265,7 @@ class Engine:
         query = Task.select().where(Task.status == RUNNING)
         query = query.where(Task.lease_owner != self.owner) if orphans_only else query.where(Task.lease_until < now)
         queued, waiting = [], []
-        for task in query:
+        for task in list(query):
             if pid_alive(task.handler_pid) and (task.lease_until or 0) > now:
                 waiting.append(task.id)  # never run a task twice at the same time
                 continue
@@ -288,7 +290,7 @@ class Engine:
         """
         now = self.clock.now()
         released = []
-        for task in Task.select().where(Task.status == RUNNING, Task.lease_owner == self.owner):
+        for task in list(Task.select().where(Task.status == RUNNING, Task.lease_owner == self.owner)):
             if pid_alive(task.handler_pid):
                 try:
                     os.killpg(task.handler_pid, signal.SIGKILL)

@@ -18,7 +18,6 @@ import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parsedate_to_datetime
 
@@ -38,7 +37,7 @@ WECOM_MAX_MARKDOWN_BYTES = 4096  # beyond: errcode 40058 "markdown.content excee
 WECOM_MAX_TEXT_BYTES = 2048
 TRUNCATED = "\n…(truncated)"
 THROTTLED_SECONDS = 60.0
-MAX_ANSWER_CHARS = 500
+MAX_TEXT_CHARS = 1000  # of an error or answer
 MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
 DINGTALK_THROTTLED = {130101}  # send too fast, exceed 20 times per minute
 DINGTALK_REJECTED = {310000, 300001, 300005, 400013}  # sign/keyword/ip/timestamp; bad or dead token
@@ -160,12 +159,16 @@ def _tail(value):
     return f"…{resolved[-4:]}" if len(resolved) >= 16 else "…"
 
 
+def _clip(text):
+    return text if text is None or len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+
+
 def _host(url):
     parts = urllib.parse.urlsplit(_shown(url))
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
-def _retry_after(header):
+def _retry_after(header, now):
     """Seconds from a Retry-After header (seconds or an HTTP date); THROTTLED_SECONDS if absent or unreadable."""
     if not header:
         return THROTTLED_SECONDS
@@ -174,7 +177,7 @@ def _retry_after(header):
     except ValueError:
         pass
     try:
-        return max(0.0, (parsedate_to_datetime(header) - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, parsedate_to_datetime(header).timestamp() - now)
     except (TypeError, ValueError):
         return THROTTLED_SECONDS
 
@@ -203,8 +206,9 @@ class Channel:
         except Exception as exc:  # a bug here must not stop the dispatcher
             result = SendResult(False, error=f"{self.kind} channel crashed: {type(exc).__name__}: {exc}")
             log.error("channel %s: %s", self.name, mask(result.error, secrets))
-        return SendResult(result.ok, result.retry_after, result.misconfigured,
-                          mask(result.error, secrets), mask(result.answer, secrets))  # fmt: skip
+        # Mask before cutting: a secret cut in half would no longer be recognised.
+        error, answer = (_clip(mask(text, secrets)) for text in (result.error, result.answer))
+        return SendResult(result.ok, result.retry_after, result.misconfigured, error, answer)
 
     def describe(self) -> str:
         """A one-line description without secrets."""
@@ -236,9 +240,9 @@ class Channel:
         """Turn a DingTalk or WeCom answer (HTTP 200 with errcode/errmsg) into a SendResult."""
         if isinstance(resp, SendResult):
             return resp
-        text = resp.text[:MAX_ANSWER_CHARS].strip()
+        text = resp.text.strip()
         if resp.status_code == 429:
-            return SendResult(False, retry_after=_retry_after(resp.headers.get("Retry-After")),
+            return SendResult(False, retry_after=_retry_after(resp.headers.get("Retry-After"), self.clock.now()),
                               error=f"HTTP 429: {text}", answer=text)  # fmt: skip
         if resp.status_code != 200:
             return SendResult(False, error=f"HTTP {resp.status_code}: {text}", answer=text)
@@ -367,7 +371,7 @@ class WeComChannel(Channel):
 
     def describe(self):
         mentions = len(self.mentioned_mobile_list) + len(self.mentioned_list)
-        return f"wecom robot {_tail(self.key)} at {_host(self.url)}" + (f", @{mentions}" if mentions else "")
+        return f"wecom robot {_tail(self.key)} at {_host(self.url)}" + (f", @{mentions} mentions" if mentions else "")
 
     def _send(self, message):
         url = _resolve(self.url)
@@ -385,6 +389,7 @@ class WeComChannel(Channel):
     def payloads(self, message):
         """(markdown message, text message with mentions or None)."""
         users = "".join(f"<@{u}>" for u in _resolve(list(self.mentioned_list)))  # markdown's own @userid syntax
+        users = f"\n{users}" if users else ""
         content = cut_utf8(_with_title(message), WECOM_MAX_MARKDOWN_BYTES - len(users.encode("utf-8"))) + users
         markdown = {"msgtype": "markdown", "markdown": {"content": content}}
         if not self.mentioned_mobile_list:
@@ -430,10 +435,10 @@ class WebhookChannel(Channel):
                                  allow_redirects=False)  # fmt: skip
         except requests.RequestException as exc:
             return SendResult(False, error=f"{type(exc).__name__}: {exc}")
-        text = resp.text[:MAX_ANSWER_CHARS].strip()
+        text = resp.text.strip()
         if 200 <= resp.status_code < 300:
             return SendResult(True, answer=f"HTTP {resp.status_code}: {text}".strip())
-        retry = _retry_after(resp.headers.get("Retry-After")) if resp.status_code == 429 else None
+        retry = _retry_after(resp.headers.get("Retry-After"), self.clock.now()) if resp.status_code == 429 else None
         return SendResult(False, retry_after=retry, error=f"HTTP {resp.status_code}: {text}", answer=text)
 
 
@@ -477,10 +482,12 @@ class EmailChannel(Channel):
         username = _resolve(self.username) if self.username else None
         password = _resolve(self.password) if self.password else ""
         try:
-            smtp_class = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
-            with smtp_class(host, self.port, timeout=self.timeout) as smtp:
+            context = ssl.create_default_context()  # verifies the certificate; smtplib's default does not
+            connect = smtplib.SMTP_SSL(host, self.port, timeout=self.timeout, context=context) if self.use_ssl \
+                else smtplib.SMTP(host, self.port, timeout=self.timeout)
+            with connect as smtp:
                 if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=context)
                 if username:
                     smtp.login(username, password)
                 refused = smtp.send_message(mail)
@@ -537,7 +544,7 @@ class PythonChannel(Channel):
             return
         try:
             answer = func(notification)
-            result["result"] = SendResult(True, answer=None if answer is None else repr(answer)[:MAX_ANSWER_CHARS])
+            result["result"] = SendResult(True, answer=None if answer is None else repr(answer))
         except BaseException as exc:
             result["result"] = SendResult(False, error=f"{type(exc).__name__}: {exc}")
 
@@ -552,6 +559,9 @@ _TOML_FIELDS = {
     "email": ("host", "port", "starttls", "ssl", "username", "password", "sender", "to", "timeout"),
     "python": ("target", "timeout"),
 }
+
+
+_EXAMPLES = {"port": 587, "timeout": 5, "rate_per_minute": 20}
 
 
 class _Table:
@@ -596,7 +606,8 @@ class _Table:
         kind = "integer" if integer else "number"
         wrong = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
         if wrong or not 0 < value < float("inf") or (high is not None and value > high):
-            self.fail(field, f"must be a positive {kind}" + (f" up to {high}" if high else "") + f", e.g. {field} = 10")
+            limit = f" up to {high}" if high else ""
+            self.fail(field, f"must be a positive {kind}{limit}, e.g. {field} = {_EXAMPLES.get(field, 20)}")
         return value
 
     def url(self, field, default=None, required=False):
@@ -618,7 +629,8 @@ def parse_channel(name: str, table: dict, path, key: str, *, log_dir=None, clock
     allowed = ("kind", "rate_per_minute", *_TOML_FIELDS[kind])
     for field in table:
         if field not in allowed:
-            raise ConfigError(path, f"{key}.{field}", f"unknown key for a {kind} channel; allowed: {', '.join(allowed)}")
+            reason = f"unknown key for a {kind} channel; allowed: {', '.join(allowed)}"
+            raise ConfigError(path, f"{key}.{field}", reason)
     t = _Table(table, path, key)
     kw = {"rate_per_minute": t.number("rate_per_minute", None), "clock": clock}
     if "timeout" in _TOML_FIELDS[kind] and "timeout" in table:
