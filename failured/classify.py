@@ -17,7 +17,13 @@ from .rules import re2_options
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
-_TYPE_PREFIX = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Z]\w*[a-z]\w*)\s*:(?:\s|$)")
+# "pkg.mod.SomeError: message", also Ruby "Mod::Error:" and PHP "Ns\\Error:".
+_TYPE_PREFIX = re.compile(r"^\s*((?:[A-Za-z_]\w*(?:\.|::|\\))*[A-Z]\w*[a-z]\w*)\s*:(?:\s|$)")
+_NAME_PARTS = re.compile(r"\.|::|\\")
+# Stack frames name files, functions and source lines: words like "json" or "timeout"
+# there are noise, not the cause. Python "File ..." frames (and their source line),
+# Java/Node "at ..." frames, Go "file.go:12" lines and goroutine headers.
+_FRAME = re.compile(r'^\s+File "|^\s+at \S|^\s*\.\.\. \d+ more|^goroutine \d+ \[|\.go:\d+|^Traceback \(most recent')
 _TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -55,6 +61,19 @@ def unpack(message, error_type=None):
     return message, error_type
 
 
+def without_frames(message):
+    """The message minus stack-frame lines (and each Python frame's source line)."""
+    kept, skip_source = [], False
+    for line in message.splitlines():
+        if skip_source and line.startswith("    "):
+            skip_source = False
+            continue
+        skip_source = line.lstrip().startswith('File "')
+        if not _FRAME.search(line):
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def exception_type_in(message):
     """The exception class named at the start of the message, or on a traceback's last line."""
     text = message
@@ -88,8 +107,8 @@ class Classifier:
         for tag in category.tags:
             self._by_tag.setdefault(tag.upper(), category)
         for name in category.exception_types:
-            last = name.rsplit(".", 1)[-1].lower()
-            full = name.lower() if "." in name else None
+            last = _NAME_PARTS.split(name)[-1].lower()
+            full = name.lower() if last != name.lower() else None
             self._by_type.setdefault(last, []).append((category.priority, full, category))
         for pattern in category.patterns:
             index = self._set.Add(pattern.text)
@@ -104,8 +123,7 @@ class Classifier:
             error_type = error_type or exception_type_in(message)
             found = self._by_type_stage(error_type)
         if found is None:
-            text = f"{error_type}: {message}" if error_type else message
-            found = self._by_pattern_stage(text)
+            found = self._patterns_of(message, error_type)
         category, matched_by, matched = found or (self.ruleset.unknown, "none", None)
         template, digest = fingerprint(message)
         return Classification(
@@ -126,15 +144,27 @@ class Classifier:
         if not error_type:
             return None
         given = error_type.strip().lower()
-        candidates = [
-            (priority, category)
-            for priority, full, category in self._by_type.get(given.rsplit(".", 1)[-1], ())
-            if full is None or full == given or "." not in given
-        ]
+        last = _NAME_PARTS.split(given)[-1]
+        if "::" in given or "\\" in given:
+            # Ruby/PHP namespaces reuse short names (Mysql2::Error::ConnectionError is a
+            # database error): only a listed full name decides, else the patterns do.
+            candidates = [(p, c) for p, full, c in self._by_type.get(last, ()) if full == given]
+        else:
+            candidates = [(p, c) for p, full, c in self._by_type.get(last, ())
+                          if full is None or full == given or given == last]
         if not candidates:
             return None
         priority, category = min(candidates, key=lambda pair: pair[0])
         return category, "exception_type", error_type.strip()
+
+    def _patterns_of(self, message, error_type):
+        """Patterns on the message without its stack frames; on the whole text only if that finds nothing."""
+        prefix = f"{error_type}: " if error_type else ""
+        core = without_frames(message) if "\n" in message else message
+        found = self._by_pattern_stage(prefix + core)
+        if found is None and core != message:
+            found = self._by_pattern_stage(prefix + message)
+        return found
 
     def _by_pattern_stage(self, text):
         hits = self._set.Match(text) if self._pattern_owner else []

@@ -95,3 +95,30 @@ def test_different_errors_have_different_fingerprints():
 def test_template_keeps_the_words_and_marks_the_values():
     assert template_of("订单12345不存在") == "订单<num>不存在"
     assert template_of("open /var/lib/x.json: permission denied") == "open <path>: permission denied"
+
+
+def test_stack_frames_do_not_decide_the_category(classifier):
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app/malformed_json_connection_timeout.py", line 12, in run\n'
+        "    check(validation_failed=True)\n"
+        "RuntimeError: 订单不存在"
+    )
+    result = classifier.classify(traceback)
+    assert (result.category, result.pattern) == ("unrecoverable_business", "不存在")
+
+
+def test_frames_are_used_when_nothing_else_matches(classifier):
+    text = "Exception in thread main\n\tat com.shop.MalformedJsonHandler.run(Handler.java:10)"
+    assert classifier.classify(text).category == "unrecoverable_data"
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("ActiveRecord::RecordNotFound: Couldn't find Order", "ActiveRecord::RecordNotFound"),
+    ("Illuminate\\Database\\QueryException: SQLSTATE[HY000]", "Illuminate\\Database\\QueryException"),
+    ("FATAL: too many clients", None),
+])
+def test_exception_type_is_read_from_ruby_php_and_python_prefixes(message, expected):
+    from failured.classify import exception_type_in
+
+    assert exception_type_in(message) == expected
