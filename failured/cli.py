@@ -5,12 +5,11 @@ Exit codes: 0 ok, 1 a check failed or the action was refused, 2 bad usage or inp
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
 
-from . import commands
+from . import commands, logmask
 from .config import load_config
 from .clock import iso
 from .errors import ConfigErrors, FailuredError, InputError
@@ -286,8 +285,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logmask.setup(settings.log_level)
         return args.func(args, settings)
     except ConfigErrors as exc:
         print(f"failured {args.command}: configuration error:", file=sys.stderr)

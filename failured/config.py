@@ -5,13 +5,14 @@ reference, so a half-written file is never seen by a running classification.
 """
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .classify import Classifier
 from .errors import ConfigError, ConfigErrors
-from .handlers import parse_handler
-from .notify.channels import LogChannel, parse_channel
+from .handlers import ENV_REF, parse_handler
+from .notify.channels import LogChannel, parse_channel, secret_values
 from .notify.routing import LOG_CHANNEL, parse_routes
 from .thresholds import Thresholds
 from .rules import check_type, read_toml, load_ruleset, parse_retry, pattern_files
@@ -63,6 +64,7 @@ class Snapshot:
     routes: tuple = ()
     notify: NotifyConfig = NotifyConfig()
     thresholds: object = None  # thresholds.Thresholds
+    secrets: tuple = ()  # values of the ${NAME}s the files use, and channel secrets: masked everywhere
 
     def task_type(self, name):
         return self.task_types.get(name) or TaskTypeConfig(name)
@@ -71,6 +73,18 @@ class Snapshot:
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
     return ([main] if main.is_file() else []) + pattern_files(config_dir)
+
+
+def referenced_secrets(files, environ=os.environ):
+    """Values of the environment variables the files name as ``${NAME}``."""
+    values = []
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        values += [environ[name] for name in ENV_REF.findall(text) if len(environ.get(name, "")) >= 4]
+    return values
 
 
 def content_digest(files):
@@ -199,5 +213,6 @@ def load_config(config_dir, lang="zh", log_dir="logs"):
     if errors:
         raise ConfigErrors(errors)
     files = config_files(config_dir)
+    secrets = tuple(dict.fromkeys([*referenced_secrets(files), *secret_values(channels.values())]))
     return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), content_digest(files),
-                    channels, routes, notify, thresholds)
+                    channels, routes, notify, thresholds, secrets)

@@ -15,7 +15,7 @@ import threading
 
 import schedule
 
-from . import housekeeping
+from . import housekeeping, logmask
 from .breaker import Breakers
 from .clock import SystemClock
 from .engine import Engine
@@ -57,6 +57,7 @@ class Daemon:
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
                                      clock=self.clock, log_dir=s.log_dir)
         snapshot = self.watcher.current
+        logmask.use_secrets(lambda: self.watcher.current.secrets)
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner)
         self.breakers = Breakers(snapshot.breaker)
         self.breakers.load()

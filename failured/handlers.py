@@ -35,7 +35,7 @@ _FIELDS = {
 }
 _TASK_FIELDS = ("task_id", "ref", "task_type", "attempt")
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]\Z")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
@@ -86,7 +86,7 @@ def expand_env(value: str) -> str:
     def sub(match):
         return os.environ[match.group(1)]  # KeyError(NAME) when unset
 
-    return _ENV_REF.sub(sub, value)
+    return ENV_REF.sub(sub, value)
 
 
 def parse_handler(table: dict, path, key: str) -> HandlerSpec:

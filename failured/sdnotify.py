@@ -5,6 +5,8 @@ import os
 import socket
 import time
 
+SEND_TIMEOUT_SECONDS = 0.5
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +66,9 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # A receiver that stops reading fills its queue; a blocking send would then
+                # hang the main thread (and with it the watchdog and shutdown).
+                sock.settimeout(SEND_TIMEOUT_SECONDS)
                 sock.sendto(message.encode(), self.address)
         except OSError as exc:
             # systemd restarting (or a stale socket) must never take the daemon down.

@@ -98,6 +98,10 @@ class DaemonProcess:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
         self.messages = []
+        self._closed = False
+        import threading
+
+        threading.Thread(target=self._drain, daemon=True).start()
         self.proc = None
         self.stderr_path = self.workdir / "daemon.stderr"
 
@@ -110,21 +114,28 @@ class DaemonProcess:
         self.wait_message("READY=1", ready_timeout)
         return self
 
+    def _drain(self):
+        # Read datagrams as they come, as systemd does: a full queue would block the daemon.
+        self.notify.settimeout(0.2)
+        while not self._closed:
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except OSError:
+                continue
+
     def wait_message(self, text, timeout=10):
         import time
 
         deadline = time.monotonic() + timeout
-        self.notify.settimeout(0.1)
         while time.monotonic() < deadline:
             if any(text in m for m in self.messages):
                 return True
-            try:
-                self.messages.append(self.notify.recv(4096).decode())
-                continue
-            except OSError:
-                pass
             if self.proc.poll() is not None:
+                time.sleep(0.3)  # the last datagrams may still be on their way to the reader
+                if any(text in m for m in self.messages):
+                    return True
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+            time.sleep(0.02)
         raise AssertionError(f"no {text!r} from the daemon within {timeout}s; got {self.messages}")
 
     def stderr(self):
@@ -163,6 +174,7 @@ class DaemonProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                _dump_threads(self.proc.pid, self.stderr_path)
                 self.proc.kill()
                 self.proc.wait()
         if getattr(self, "_stderr", None):
@@ -171,7 +183,17 @@ class DaemonProcess:
 
     def close(self):
         self.stop()
-        self.notify.close()
+        self._closed = True
+
+
+def _dump_threads(pid, path):
+    """Where a daemon that would not stop is stuck (py-spy, when installed), for the failure report."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if Path(spy).exists():
+        with open(path, "ab") as out:
+            subprocess.run([spy, "dump", "--pid", str(pid)], stdout=out, stderr=out, timeout=30)
 
 
 @pytest.fixture

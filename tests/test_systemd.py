@@ -146,3 +146,24 @@ def test_unit_exposure_score_is_at_most_2():
     match = re.search(r"Overall exposure level for failured\.service: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_daemon(tmp_path):
+    import socket as sockets
+    import time
+
+    from failured.sdnotify import Notifier
+
+    path = str(tmp_path / "full.sock")
+    receiver = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    receiver.bind(path)
+    try:
+        notifier = Notifier(path)
+        started = time.monotonic()
+        for _ in range(14):  # more than the kernel queues for a datagram socket (10 by default)
+            notifier.status("x" * 100)
+        notifier.stopping()
+        assert time.monotonic() - started < 5 * 0.5 + 1.5  # each send beyond the queue gives up after its timeout
+        assert receiver.recv(4096) == b"STATUS=" + b"x" * 100
+    finally:
+        receiver.close()

@@ -26,7 +26,7 @@ import requests
 from .. import alertlog
 from ..clock import SystemClock
 from ..errors import ConfigError
-from ..handlers import expand_env
+from ..handlers import ENV_REF, expand_env
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DINGTALK_REJECTED = {310000, 300001, 300005, 400013}  # sign/keyword/ip/timestam
 WECOM_THROTTLED = {45009}  # api freq out of limit
 WECOM_REJECTED = {93000}  # invalid webhook url (the key)
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # the syntax handlers.expand_env resolves
+
 _SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|key|sign|secret|token|password)=)[^&\s'\"<>()]+")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
@@ -219,10 +219,10 @@ class Channel:
         found = []
         for field in self.fields:
             for text in _strings(getattr(self, field)):
-                found += [os.environ[n] for n in _ENV_REF.findall(text) if os.environ.get(n)]
+                found += [os.environ[n] for n in ENV_REF.findall(text) if os.environ.get(n)]
                 if field in self.secret_fields:
                     found.append(_shown(text))
-        return [s for s in dict.fromkeys(found) if len(s) >= MIN_SECRET_CHARS and not _ENV_REF.search(s)]
+        return [s for s in dict.fromkeys(found) if len(s) >= MIN_SECRET_CHARS and not ENV_REF.search(s)]
 
     def _send(self, message):
         raise NotImplementedError

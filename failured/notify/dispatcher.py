@@ -98,15 +98,18 @@ class Lane:
         self.misconfigured = None
         if now < self.paused_until:
             return self.paused_until - now
-        rows = list(Notification.select().where(Notification.channel == self.name, Notification.status == PENDING,
-                                                Notification.next_attempt_at <= now)
-                    .order_by(Notification.id).limit(BATCH))
+        rows = self._due_rows(now, BATCH)
         if not rows:
             return IDLE_SECONDS
         if channel.rate_per_minute is None:
             return self._send_each(channel, [[row] for row in rows], now)
         groups = self._hold_repeats(rows, now, snapshot.notify.dedup_window_seconds)
         return self._send_within_budget(channel, groups, now, snapshot)
+
+    def _due_rows(self, now, limit=None):
+        query = (Notification.select().where(Notification.channel == self.name, Notification.status == PENDING,
+                                             Notification.next_attempt_at <= now).order_by(Notification.id))
+        return list(query.limit(limit) if limit else query)
 
     # -- shaping ------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class Lane:
         if now - self.last_digest < interval:
             return self.last_digest + interval - now
         self.last_digest = now
-        rows = [row for group in groups for row in group]
+        rows = self._due_rows(now)  # everything waiting, not just this pass's batch
         digest = self.dispatcher.make_digest(self.name, rows, now, snapshot)
         return self._send_each(channel, [[digest]], now)
 

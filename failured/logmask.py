@@ -1,0 +1,32 @@
+"""Log lines never carry secrets: the formatter masks every secret the config uses.
+
+Masking at the formatter catches everything — our lines, tracebacks, and
+third-party debug output such as urllib3 printing a robot URL with its token.
+"""
+
+import logging
+import sys
+
+from .notify.channels import mask
+
+_secrets = lambda: ()  # noqa: E731 - replaced by the daemon with its snapshot's secrets
+
+
+def use_secrets(provider):
+    """``provider()`` returns the secret strings in force (read on every line: reloads take effect)."""
+    global _secrets
+    _secrets = provider
+
+
+class MaskingFormatter(logging.Formatter):
+    def format(self, record):
+        return mask(super().format(record), _secrets())
+
+
+def setup(level):
+    """Log to stderr (journald under systemd), secrets masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

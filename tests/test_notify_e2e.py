@@ -1,0 +1,133 @@
+"""Notifications end to end: a real daemon, real local robots that check signatures and enforce limits."""
+
+import json
+import random
+import sqlite3
+import time
+
+import pytest
+
+from robots import robot_server  # noqa: F401 - fixture
+from failured.intake import record_failure
+from failured.store import open_store
+
+TOKEN, SECRET = "robot-token-0123456789abcdef", "SECa1b2c3d4e5f6a7b8c9d0e1f2"
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+         "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform"]
+
+
+def dingtalk_config(url, secret="${DINGTALK_SECRET}", extra=""):
+    return (f'[channels.ops]\nkind = "dingtalk"\nurl = "{url}"\naccess_token = "${{DINGTALK_ACCESS_TOKEN}}"\n'
+            f'secret = "{secret}"\n\n[[routes]]\nchannels = ["ops"]\n{extra}')
+
+
+def robot_env(secret=SECRET):
+    return {"DINGTALK_ACCESS_TOKEN": TOKEN, "DINGTALK_SECRET": secret}
+
+
+def distinct_error(i):
+    # distinct templates (words, not numbers), so each is its own error and digests do the work
+    words = [WORDS[(i // 21 ** n) % 21] for n in range(4)]
+    return f"validation failed: field {'_'.join(words)} is required"
+
+
+def states(daemon, channel="ops"):
+    return dict(daemon.query("SELECT status, count(*) FROM notifications WHERE channel = ? GROUP BY status", channel))
+
+
+def test_burst_of_10000_never_exceeds_20_a_minute_and_ends_sent_or_merged(daemon_factory, robot_server):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    store = open_store(daemon.db)
+    first = time.time()
+    for i in range(10_000):
+        record_failure(store, "tracking_update", distinct_error(i))
+        lag = first + 10 * (i + 1) / 10_000 - time.time()
+        if lag > 0:
+            time.sleep(lag)
+    store.close()
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE status = 'pending' OR "
+                    "(SELECT count(*) FROM tasks WHERE status = 'new') > 0", lambda r: r[0][0] == 0, 90)
+    started = time.time()
+    assert daemon.stop() == 0
+    assert time.time() - started < 10
+    assert robot.max_in_any_window(60) <= 20
+    assert robot.received and robot.received[0].at - first < 5
+    final = states(daemon)
+    assert set(final) <= {"sent", "merged"} and final["merged"] >= 9_000
+    # every merged row points at a digest that was sent
+    unsent = daemon.query("SELECT count(*) FROM notifications n JOIN notifications d ON d.id = n.merged_into "
+                          "WHERE n.status = 'merged' AND d.status != 'sent'")[0][0]
+    assert unsent == 0
+    assert daemon.query("SELECT count(*) FROM notifications WHERE channel = 'log' AND status = 'sent'")[0][0] == 10_000
+    digest = [a for a in robot.received if "汇总" in a.payload["markdown"]["title"]]
+    assert digest and "unrecoverable_data" in digest[0].payload["markdown"]["text"]
+
+
+def test_outage_then_back_everything_arrives_once(daemon_factory, robot_server):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    robot.down("refuse")
+    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    ids = [json.loads(daemon.cli("report", "--type", "sync", "--error", distinct_error(i), "--json").stdout)["task_id"]
+           for i in range(5)]
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND attempts >= 1",
+                    lambda r: r[0][0] >= 1, 15)
+    robot.up()
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND status = 'pending'",
+                    lambda r: r[0][0] == 0, 30)
+    texts = " ".join(a.payload["markdown"]["text"] for a in robot.received)
+    for task_id in ids:
+        assert texts.count(f"#{task_id} ") + texts.count(f"#{task_id}\n") >= 1 or f"#{task_id}" in texts
+    assert len(robot.received) == 5  # each once: nothing lost, nothing duplicated
+
+
+def test_restart_in_the_middle_of_a_backlog_resumes(daemon_factory, robot_server):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    robot.down("502")
+    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    for i in range(8):
+        daemon.cli("report", "--type", "sync", "--error", distinct_error(i))
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops'", lambda r: r[0][0] == 8, 15)
+    assert daemon.stop() == 0
+    assert states(daemon).get("pending") == 8
+    robot.up()
+    restarted = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    restarted.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND status = 'pending'",
+                       lambda r: r[0][0] == 0, 40)
+    assert states(restarted) == {"sent": 8}
+    assert len(robot.received) == 8
+
+
+def test_wrong_secret_alerts_the_admins_and_does_not_hammer(daemon_factory, robot_server, tmp_path):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env(secret="SECwrong-wrong-wrong-wrong")).start()
+    for i in range(6):
+        daemon.cli("report", "--type", "sync", "--error", distinct_error(i))
+    deadline = time.time() + 10
+    log = tmp_path / "logs" / "admin_alerts.log"
+    while time.time() < deadline and not (log.exists() and "channel_misconfigured" in log.read_text()):
+        time.sleep(0.1)
+    alert = [json.loads(line) for line in log.read_text().splitlines() if "channel_misconfigured" in line]
+    assert len(alert) == 1 and "310000" in alert[0]["error"] and "sign not match" in alert[0]["error"]
+    time.sleep(1.5)
+    assert len(robot.answers) <= 2  # paused after the rejection, not once per notification
+    assert "SECwrong-wrong-wrong-wrong" not in log.read_text()
+
+
+def test_secrets_never_appear_in_logs_database_or_stderr(daemon_factory, robot_server, tmp_path):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    robot.down("502")
+    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env(), FAILURE_LOG_LEVEL="DEBUG").start()
+    daemon.cli("report", "--type", "sync", "--error", "malformed json")
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND attempts >= 1",
+                    lambda r: r[0][0] >= 1, 15)
+    robot.up()
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND status = 'sent'",
+                    lambda r: r[0][0] == 1, 30)
+    daemon.stop()
+    dump = "\n".join(sqlite3.connect(daemon.db).iterdump())
+    files = [p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*")]
+    for secret in (TOKEN, SECRET):
+        assert secret not in dump
+        assert secret not in daemon.stderr()
+        assert all(secret not in text for text in files)
