@@ -204,3 +204,20 @@ def test_resolve_closes_and_a_resolved_task_is_not_moved_by_the_daemon(engine, s
     assert engine.claim(task_id) is None
     task = Task.get_by_id(task_id)
     assert (task.status, task.note) == ("resolved", "fixed by hand")
+
+
+def test_messages_are_chinese_by_default_and_english_with_failure_lang_en(store, clock, tmp_path):
+    snapshot_en = load_config(write_config(tmp_path / "en", SMALL_PATTERNS, HANDLER), "en")
+    engine_en = Engine(store, Settings(lang="en"), clock, lambda: snapshot_en, owner="en")
+    task_id = record_failure(store, "sync", "订单不存在", ref="order-9", clock=clock)
+    engine_en.handle_new()
+    note = Notification.get(Notification.task == task_id)
+    assert note.title == f"[failured] Unrecoverable business error: sync #{task_id}"
+    for words in ("Category: Unrecoverable business error", "Task: #%d (ref order-9)" % task_id,
+                  "Suggestion: Check the order number", "Error: 订单不存在"):
+        assert words in note.body
+    zh = Engine(store, Settings(), clock, lambda: load_config(tmp_path / "en"), owner="zh")
+    zh_id = record_failure(store, "sync", "malformed json", clock=clock)
+    zh.handle_new()
+    body = Notification.get(Notification.task == zh_id).body
+    assert "分类: 不可恢复数据错误" in body and f"查看: `failured show {zh_id}`" in body

@@ -130,7 +130,7 @@ class Lane:
     def _send_within_budget(self, channel, groups, now, snapshot):
         while self.sent_times and self.sent_times[0] <= now - WINDOW_SECONDS:
             self.sent_times.popleft()
-        available = int(channel.rate_per_minute) - len(self.sent_times)
+        available = max(1, int(channel.rate_per_minute)) - len(self.sent_times)
         if available <= 0:
             return self.sent_times[0] + WINDOW_SECONDS - now
         if len(groups) <= available:

@@ -1,0 +1,100 @@
+"""The spec's alert thresholds over a known history, with an injected clock."""
+
+import pytest
+
+from conftest import SMALL_PATTERNS, write_config
+from failured.config import load_config
+from failured.engine import Engine
+from failured.handlers import Outcome
+from failured.intake import record_failure, record_success
+from failured.settings import Settings
+from failured.store import Notification
+from failured.thresholds import Thresholds, alert_breaches, evaluate
+
+HANDLER = '[task_types.sync.handler]\nkind = "command"\nargv = ["true"]\n'
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    return load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+
+
+def by_name(checks):
+    return {(c.name, c.key): c for c in checks}
+
+
+def test_failure_rate_per_task_type_and_unknown_without_successes(store, clock):
+    for _ in range(3):
+        record_failure(store, "sync", "x", clock=clock)
+    record_success(store, "sync", 7, clock=clock)
+    record_failure(store, "never_succeeds", "x", clock=clock)
+    checks = by_name(evaluate(store, clock.now(), Thresholds()))
+    assert checks[("failure_rate_percent", "sync")].value == 30.0
+    assert checks[("failure_rate_percent", "sync")].breached
+    assert checks[("failure_rate_percent", "never_succeeds")].value == "unknown"
+    assert not checks[("failure_rate_percent", "never_succeeds")].breached
+
+
+def test_counts_only_the_window(store, clock):
+    for _ in range(60):
+        record_failure(store, "sync", "x", clock=clock)
+    clock.advance(3601)
+    record_failure(store, "sync", "the moon", clock=clock)
+    checks = by_name(evaluate(store, clock.now(), Thresholds()))
+    assert checks[("recent_failures", "all")].value == 1
+
+
+def test_unknown_recent_and_recovery_rate(store, clock, snapshot):
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="t")
+    for i in range(12):
+        record_failure(store, "sync", f"the moon {i}", clock=clock)
+    ids = [record_failure(store, "sync", "connection timeout", clock=clock) for _ in range(5)]
+    engine.handle_new()
+    for task_id in ids:
+        for attempt in range(3):
+            clock.advance(1)
+            claimed = engine.claim(task_id)
+            if claimed is None:
+                break
+            engine.finish(claimed, Outcome(task_id == ids[0], None if task_id == ids[0] else "connection timeout"))
+    checks = by_name(evaluate(store, clock.now(), Thresholds(recent_failures=10)))
+    assert checks[("unknown_errors", "all")].value == 12 and checks[("unknown_errors", "all")].breached
+    assert checks[("recent_failures", "all")].breached
+    assert checks[("recovery_rate_percent", "all")].value == 20.0
+    assert checks[("recovery_rate_percent", "all")].breached
+
+
+def test_recovery_rate_is_unknown_when_nothing_finished(store, clock):
+    checks = by_name(evaluate(store, clock.now(), Thresholds()))
+    assert checks[("recovery_rate_percent", "all")].value == "unknown"
+    assert not checks[("recovery_rate_percent", "all")].breached
+
+
+def test_notification_delay_per_channel(store, clock, snapshot):
+    from failured.notify.outbox import enqueue
+
+    enqueue(snapshot, clock.now(), "admin", "task", "t", "b")
+    clock.advance(11 * 60)
+    checks = by_name(evaluate(store, clock.now(), Thresholds()))
+    assert checks[("notification_delay_minutes", "log")].value == 11.0
+    assert checks[("notification_delay_minutes", "log")].breached
+
+
+def test_each_breach_alerts_once_per_window(store, clock, snapshot):
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="t")
+    for i in range(11):
+        record_failure(store, "sync", f"the moon {i}", clock=clock)
+    engine.handle_new()
+    first = alert_breaches(store, snapshot, clock.now(), "en")
+    assert [c.name for c in first] == ["unknown_errors"]
+    [row] = Notification.select().where(Notification.kind == "threshold")
+    assert row.audience == "admin" and "unknown errors = 11 (limit 10)" in row.title
+    clock.advance(600)
+    assert alert_breaches(store, snapshot, clock.now(), "en") == []
+    clock.advance(3000)
+    Notification.update(status="sent").execute()  # delivered meanwhile: no delay alert
+    record_failure(store, "sync", "the moon again", clock=clock)
+    for i in range(11):
+        record_failure(store, "sync", f"the moon {i}", clock=clock)
+    engine.handle_new()
+    assert [c.name for c in alert_breaches(store, snapshot, clock.now(), "zh")] == ["unknown_errors"]
