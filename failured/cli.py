@@ -199,8 +199,55 @@ def cmd_notify_test(args, settings):
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_scan(args, settings):
+    path, report = commands.scan_report(settings)
+    if args.json:
+        _print_json(report)
+    else:
+        stats = report["stats"]
+        print(f"{path}: {report['total_processed']} processed, {stats['recovered']} recovered, "
+              f"{stats['notified']} notified, {len(stats['errors'])} errors")
+    return EXIT_OK
+
+
+def cmd_analyze(args, settings):
+    days = args.days or settings.analysis_days
+    path, report = commands.analyze(settings, days, write=args.write)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['analysis_period']}: {report['total_failures']} failures")
+        for name, count in report["category_distribution"].items():
+            print(f"  {name:<28} {count:>8}")
+        for line in report["insights"]:
+            print(f"- {line}")
+        for template in report["unknown_templates"]:
+            print(f"unknown ×{template['count']}: {template['template']}\n  pattern: {template['suggested_pattern']}")
+    if path:
+        print(f"wrote {path} and {path.with_suffix('.html')}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_status(args, settings):
+    from .status import render
+
+    data = commands.status(settings)
+    _print_json(data) if args.json else print(render(data))
+    return EXIT_OK if data["healthy"] else EXIT_FAILED
+
+
 def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def build_parser():
@@ -272,6 +319,20 @@ def build_parser():
     p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_notify_test)
+
+    p = sub.add_parser("scan", help="write a processing report of what was handled since the last one")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("analyze", help="the failure-pattern analysis report")
+    p.add_argument("--days", type=_positive_int, help="period in days (default FAILURE_ANALYSIS_DAYS)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--write", action="store_true", help="also write the JSON and HTML report files")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("status", help="health and figures; exit 1 when unhealthy")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("init", help="write a starter config directory")
     p.add_argument("dir")

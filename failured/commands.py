@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from . import manual
+from . import manual, reports
 from .clock import SystemClock
 from .config import load_config
 from .errors import FailuredError
@@ -80,3 +80,43 @@ def shipped_config_dir():
         if (candidate / "patterns").is_dir():
             return candidate
     raise FailuredError("the shipped config directory was not installed: reinstall failured")
+
+
+def scan_report(settings):
+    """Write a processing report of what was handled since the previous one; returns (path, report)."""
+    def write(store):
+        now = SystemClock().now()
+        report = reports.processing_report(store, now, settings.lang)
+        return reports.write_report(settings.report_dir, reports.PROCESSING, report, now), report
+    return with_store(settings, write)
+
+
+def analyze(settings, days, write=False):
+    """The analysis report over ``days``; written as JSON and HTML when asked. Returns (path or None, report)."""
+    from .analysis import analysis_report
+    from .report_html import render_html
+
+    snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir)
+
+    def run(store):
+        now = SystemClock().now()
+        report = analysis_report(store, snapshot, now, days, settings.lang)
+        path = None
+        if write:
+            path = reports.write_report(settings.report_dir, reports.ANALYSIS, report, now,
+                                        render_html(report, settings.lang))
+            store.set_state("last_analysis", f"{now:.3f}", now)
+        return path, report
+    return with_store(settings, run)
+
+
+def status(settings):
+    """``failured status`` data; a broken config still gives a status (without thresholds)."""
+    from . import status as status_module
+    from .errors import ConfigErrors
+
+    try:
+        snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir)
+    except ConfigErrors:
+        snapshot = None
+    return with_store(settings, lambda store: status_module.collect(store, snapshot, SystemClock().now()))

@@ -7,6 +7,7 @@ config:      watchdog observer + debounced reload
 """
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -15,9 +16,10 @@ import threading
 
 import schedule
 
-from . import housekeeping, logmask
+from . import housekeeping, logmask, reports
+from .analysis import analysis_report
 from .breaker import Breakers
-from .clock import SystemClock
+from .clock import SystemClock, iso
 from .engine import Engine
 from .errors import StoreError
 from .notify import messages
@@ -25,6 +27,7 @@ from .notify.dispatcher import Dispatcher
 from .notify.outbox import enqueue
 from .thresholds import alert_breaches
 from .queue import RetryQueue, Runner
+from .report_html import render_html
 from .sdnotify import Notifier
 from .store import open_store
 from .watcher import ConfigWatcher
@@ -58,6 +61,7 @@ class Daemon:
                                      clock=self.clock, log_dir=s.log_dir)
         snapshot = self.watcher.current
         logmask.use_secrets(lambda: self.watcher.current.secrets)
+        self._record_config(snapshot)
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner)
         self.breakers = Breakers(snapshot.breaker)
         self.breakers.load()
@@ -178,22 +182,28 @@ class Daemon:
     # -- scheduled jobs --------------------------------------------------------
 
     def scan(self):
-        """Reconcile: unhandled rows, expired leases, scheduled rows missing from the heap."""
+        """Reconcile (unhandled rows, expired leases, scheduled rows missing from the heap), then report."""
         now = self.clock.now()
         handled = self.engine.handle_new(limit=1_000_000)
         taken_back, _ = self.engine.take_back_leases()
         missing = [item for item in self.engine.scheduled() if not self.queue.contains(item[0])]
         for item in handled + taken_back + missing:
             self.queue.push(*item)
+        report = reports.processing_report(self.store, now, self.settings.lang)
+        path = reports.write_report(self.settings.report_dir, reports.PROCESSING, report, now)
         self.store.set_state("last_scan", f"{now:.3f}", now)
-        log.info("scan: %d new handled, %d leases taken back, %d retries re-queued",
-                 len(handled), len(taken_back), len(missing))
-        return {"handled": len(handled), "taken_back": len(taken_back), "requeued": len(missing)}
+        log.info("scan: %d new handled, %d leases taken back, %d retries re-queued; report %s",
+                 len(handled), len(taken_back), len(missing), path)
+        return path
 
     def analyze(self):
         now = self.clock.now()
+        s = self.settings
+        report = analysis_report(self.store, self.watcher.current, now, s.analysis_days, s.lang)
+        path = reports.write_report(s.report_dir, reports.ANALYSIS, report, now, render_html(report, s.lang))
         self.store.set_state("last_analysis", f"{now:.3f}", now)
-        log.info("analysis slot at %s", now)
+        log.info("analysis: %d failures over %d days; report %s", report["total_failures"], s.analysis_days, path)
+        return path
 
     def check_thresholds(self):
         """Alert the admins about each breached threshold, once per window."""
@@ -205,17 +215,27 @@ class Daemon:
         return breaches
 
     def housekeep(self):
-        housekeeping.purge(self.store, self.clock.now(), self.settings.retention_days)
+        now = self.clock.now()
+        housekeeping.purge(self.store, now, self.settings.retention_days)
+        reports.purge_reports(self.settings.report_dir, now, self.settings.report_retention_days)
 
     # -- config callbacks -------------------------------------------------------
 
+    def _record_config(self, snapshot):
+        now = self.clock.now()
+        self.store.set_state("config", json.dumps({"dir": str(self.settings.config_dir), "files": list(snapshot.files),
+                                                   "digest": snapshot.digest, "loaded_at": iso(now)}), now)
+
     def _on_reload(self, snapshot):
+        self._record_config(snapshot)
         self.breakers.config = snapshot.breaker
         self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
 
     def _on_reject(self, errors):
         now = self.clock.now()
+        self.store.set_state("config_rejected", json.dumps({"at": iso(now), "errors": [str(e) for e in errors]},
+                                                           ensure_ascii=False), now)
         lines = "\n".join(f"- {e}" for e in errors)
         title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if self.settings.lang == "zh"
                  else "[failured] Config reload rejected; the last good config stays active")

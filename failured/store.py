@@ -78,7 +78,8 @@ class Task(BaseModel):
         table_name = "tasks"
         indexes = (
             (("status", "next_retry_at"), False),
-            (("created_at",), False),
+            # Covering index for reports: a period's aggregates never touch the wide rows.
+            (("created_at", "category", "task_type", "status", "fingerprint", "attempts", "finished_at"), False),
             (("category", "created_at"), False),
             (("task_type", "created_at"), False),
             (("fingerprint",), False),

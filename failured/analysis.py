@@ -1,0 +1,241 @@
+"""The failure-pattern analysis report: the seed's fields and what an operator needs to act.
+
+Everything is aggregated in SQL over indexed columns; Python only shapes the
+few hundred rows that come back, so a million failures analyse in seconds.
+"""
+
+import time
+
+from .clock import iso, to_db_time
+from .suggest import suggest
+from .thresholds import evaluate
+
+TOP_FINGERPRINTS = 10
+TOP_UNKNOWN = 20
+SAMPLES = 3
+OTHER_SAMPLES = 200  # per category, to check a suggested pattern steals nothing
+RECOVERABLE = "recoverable_"
+DAY = 86400
+
+WORDS = {
+    "zh": {
+        "period": "{days}天",
+        "main": "主要失败原因是{category}，占比{share:.1f}%",
+        "recoverable": "有{share:.1f}%的失败是可自动恢复的",
+        "advice": "建议{suggestion}",
+        "rate_low": "自动恢复成功率为{rate:.1f}%，低于{limit:g}%的目标",
+        "change": "失败数比上一周期{direction}{change:.1f}%",
+        "up": "增加", "down": "减少",
+        "unknown": "有{count}类未知错误（共{total}次），报告中附有可直接使用的匹配规则建议",
+        "none": "最近{days}天没有失败任务",
+    },
+    "en": {
+        "period": "{days} days",
+        "main": "The main failure cause is {category}, {share:.1f}% of failures",
+        "recoverable": "{share:.1f}% of failures are automatically recoverable",
+        "advice": "Advice: {suggestion}",
+        "rate_low": "Automatic recovery rate is {rate:.1f}%, below the {limit:g}% target",
+        "change": "Failures {direction} {change:.1f}% against the previous period",
+        "up": "rose", "down": "fell",
+        "unknown": "{count} kinds of unknown error ({total} failures); the report suggests a pattern for each",
+        "none": "No failures in the last {days} days",
+    },
+}
+
+
+def _rows(db, sql, *params):
+    return db.execute_sql(sql, params).fetchall()
+
+
+def _rate(part, whole):
+    return round(100.0 * part / whole, 1) if whole else "unknown"
+
+
+def _scan(db, start, end):
+    """One index-only pass over the period: counts per day, category, task type, status and error."""
+    return _rows(db, """
+        SELECT substr(created_at, 1, 10), coalesce(category, 'unclassified'), task_type, status, fingerprint,
+               count(*), sum(attempts), min(created_at), max(created_at), max(id)
+        FROM tasks WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2, 3, 4, 5""", start, end)
+
+
+def _sum_by(rows, key):
+    totals = {}
+    for row in rows:
+        name = key(row)
+        totals[name] = totals.get(name, 0) + row[5]
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _recovery(db, rows, start, end):
+    by_category = {}
+    for _, category, _, status, _, count, attempts, *_ in rows:
+        if not category.startswith(RECOVERABLE) or status not in ("recovered", "exhausted", "manual"):
+            continue
+        entry = by_category.setdefault(category, {"recovered": 0, "finished": 0, "attempts": 0})
+        entry["finished"] += count
+        if status == "recovered":
+            entry["recovered"] += count
+            entry["attempts"] += attempts or 0
+    recovered = sum(e["recovered"] for e in by_category.values())
+    finished = sum(e["finished"] for e in by_category.values())
+    attempts = sum(e["attempts"] for e in by_category.values())
+    mean, p90 = _time_to_recovery(db, start, end)
+    return {
+        "rate_percent": _rate(recovered, finished),
+        "by_category": {c: {"recovered": e["recovered"], "finished": e["finished"],
+                            "rate_percent": _rate(e["recovered"], e["finished"])}
+                        for c, e in sorted(by_category.items())},
+        "mean_seconds_to_recovery": mean,
+        "p90_seconds_to_recovery": p90,
+        "retries_per_recovery": round(attempts / recovered, 2) if recovered else None,
+    }
+
+
+def _time_to_recovery(db, start, end):
+    """Mean (exact) and p90 (to the second, from a histogram: no sort of every duration)."""
+    histogram = _rows(db, """
+        SELECT CAST(round((julianday(finished_at) - julianday(created_at)) * 86400.0) AS INTEGER) AS s,
+               count(*), sum((julianday(finished_at) - julianday(created_at)) * 86400.0)
+        FROM tasks WHERE created_at >= ? AND created_at < ? AND status = 'recovered' GROUP BY 1 ORDER BY 1""",
+                      start, end)
+    total = sum(count for _, count, _ in histogram)
+    if not total:
+        return None, None
+    mean = sum(seconds for _, _, seconds in histogram) / total
+    rank, seen = 0.9 * total, 0
+    for seconds, count, _ in histogram:
+        seen += count
+        if seen >= rank:
+            return round(mean, 1), float(seconds)
+    return round(mean, 1), float(histogram[-1][0])
+
+
+def _daily(rows, start_epoch, end_epoch):
+    found = {}
+    for row in rows:
+        day, category, count = row[0], row[1], row[5]
+        by_category = found.setdefault(day, {})
+        by_category[category] = by_category.get(category, 0) + count
+    days = []
+    day = start_epoch - start_epoch % DAY
+    while day < end_epoch:
+        name = time.strftime("%Y-%m-%d", time.gmtime(day))
+        by_category = dict(sorted(found.get(name, {}).items()))
+        days.append({"date": name, "total": sum(by_category.values()), "by_category": by_category})
+        day += DAY
+    return days
+
+
+def _by_fingerprint(rows, only_category=None):
+    """fingerprint -> [count, category with most, first seen, last seen, newest task id]."""
+    errors = {}
+    for _, category, _, _, fp, count, _, first, last, newest in rows:
+        if fp is None or (only_category and category != only_category):
+            continue
+        entry = errors.setdefault(fp, {"count": 0, "categories": {}, "first": first, "last": last, "sample": newest})
+        entry["count"] += count
+        entry["categories"][category] = entry["categories"].get(category, 0) + count
+        entry["first"], entry["last"] = min(entry["first"], first), max(entry["last"], last)
+        entry["sample"] = max(entry["sample"], newest)
+    return sorted(errors.items(), key=lambda item: (-item[1]["count"], item[0]))
+
+
+def _template(db, fingerprint):
+    row = db.execute_sql("SELECT error_template FROM tasks WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
+                         (fingerprint,)).fetchone()
+    return row[0] if row else None
+
+
+def _seen(text):
+    return text[:19].replace(" ", "T") + "Z"
+
+
+def _top_fingerprints(db, rows):
+    return [{"fingerprint": fp, "template": _template(db, fp),
+             "category": max(e["categories"].items(), key=lambda item: item[1])[0], "count": e["count"],
+             "first_seen": _seen(e["first"]), "last_seen": _seen(e["last"]), "sample_task_id": e["sample"]}
+            for fp, e in _by_fingerprint(rows)[:TOP_FINGERPRINTS]]
+
+
+def _unknown_templates(db, rows, categories, start, end):
+    groups = _by_fingerprint(rows, "unknown")[:TOP_UNKNOWN]
+    if not groups:
+        return []
+    others = [row[0] for category in categories if category not in ("unknown", "unclassified")
+              for row in _rows(db, "SELECT error_message FROM tasks WHERE category = ? AND created_at >= ? "
+                                   "AND created_at < ? ORDER BY created_at DESC LIMIT ?",
+                               category, start, end, OTHER_SAMPLES)]
+    templates = []
+    for fingerprint, entry in groups:
+        template = _template(db, fingerprint)
+        samples = [row[0] for row in _rows(db, "SELECT error_message FROM tasks WHERE fingerprint = ? "
+                                               "ORDER BY id DESC LIMIT ?", fingerprint, SAMPLES)]
+        pattern, verified = suggest(template, samples, others)
+        templates.append({"fingerprint": fingerprint, "template": template, "count": entry["count"],
+                          "samples": samples, "suggested_pattern": pattern, "pattern_verified": verified})
+    return templates
+
+
+def _insights(lang, days, total, categories, snapshot, recovery, previous_total, unknown, limits):
+    words = WORDS[lang]
+    if not total:
+        return [words["none"].format(days=days)]
+    top, top_count = next(iter(categories.items()))
+    insights = [words["main"].format(category=top, share=100.0 * top_count / total)]
+    recoverable = sum(n for c, n in categories.items() if c.startswith(RECOVERABLE))
+    insights.append(words["recoverable"].format(share=100.0 * recoverable / total))
+    for name, count in list(categories.items())[:2]:
+        category = snapshot.ruleset.category(name)
+        if category is not None and category.suggestion_in(lang) and count / total >= 0.2:
+            suggestion = category.suggestion_in(lang)
+            insights.append(words["advice"].format(suggestion=suggestion.removeprefix("建议")))
+    rate = recovery["rate_percent"]
+    if rate != "unknown" and rate < limits.recovery_rate_percent:
+        insights.append(words["rate_low"].format(rate=rate, limit=limits.recovery_rate_percent))
+    if previous_total:
+        change = 100.0 * (total - previous_total) / previous_total
+        if abs(change) >= 10:
+            insights.append(words["change"].format(direction=words["up" if change > 0 else "down"], change=abs(change)))
+    if unknown:
+        insights.append(words["unknown"].format(count=len(unknown), total=sum(u["count"] for u in unknown)))
+    return insights
+
+
+def analysis_report(store, snapshot, now, days=7, lang="zh"):
+    """The analysis report over the ``days`` before ``now`` (and the same span before, for the change)."""
+    db = store.db
+    start_epoch = now - days * DAY
+    start, end, before = to_db_time(start_epoch), to_db_time(now), to_db_time(start_epoch - days * DAY)
+    rows = _scan(db, start, end)
+    categories = _sum_by(rows, lambda row: row[1])
+    total = sum(categories.values())
+    previous = dict(_rows(db, """SELECT coalesce(category, 'unclassified'), count(*) FROM tasks
+                                 WHERE created_at >= ? AND created_at < ? GROUP BY 1""", before, start))
+    previous_total = sum(previous.values())
+    recovery = _recovery(db, rows, start, end)
+    unknown = _unknown_templates(db, rows, categories, start, end)
+    labels = {name: (snapshot.ruleset.category(name).label_in(lang) if snapshot.ruleset.category(name) else name)
+              for name in categories}
+    return {
+        "success": True,
+        "analysis_period": WORDS[lang]["period"].format(days=days),
+        "period_start": iso(start_epoch),
+        "period_end": iso(now),
+        "generated_at": iso(now),
+        "total_failures": total,
+        "category_distribution": categories,
+        "category_labels": labels,
+        "task_type_failures": _sum_by(rows, lambda row: row[2]),
+        "insights": _insights(lang, days, total, categories, snapshot, recovery, previous_total, unknown,
+                              snapshot.thresholds),
+        "daily_failures": _daily(rows, start_epoch, now),
+        "recovery": recovery,
+        "top_fingerprints": _top_fingerprints(db, rows),
+        "previous_period": {"total_failures": previous_total,
+                            "change_percent": (round(100.0 * (total - previous_total) / previous_total, 1)
+                                               if previous_total else "unknown"),
+                            "category_distribution": dict(sorted(previous.items(), key=lambda i: (-i[1], i[0])))},
+        "thresholds": [check.to_dict() for check in evaluate(store, now, snapshot.thresholds)],
+        "unknown_templates": unknown,
+    }

@@ -1,0 +1,160 @@
+"""Report files: the processing report after each scan, writing and expiring report files.
+
+The processing report has exactly the seed's fields. It covers every task
+event since the previous report (a watermark on ``task_events.id``), so the
+immediate handling between scans is reported too, not only the scan's own work.
+"""
+
+import calendar
+import json
+import os
+import time
+from pathlib import Path
+
+from .clock import iso, to_db_time
+
+PROCESSING, ANALYSIS = "failure_processing", "failure_analysis"
+WATERMARK_KEY = "processing_report_event_id"
+# The events that end a decision about a task, and what the seed calls them.
+DECISIONS = ("retry_scheduled", "recovered", "notified", "exhausted", "manual", "lease_expired")
+STUCK_NEW_SECONDS = 60
+
+WORDS = {
+    "zh": {
+        "done": "失败任务处理完成",
+        "retry_scheduled": "任务将在{delay}秒后重试",
+        "recovered": "任务已在第{attempt}次重试后恢复",
+        "notified_admin": "已通知管理员",
+        "notified_user": "已通知用户",
+        "exhausted": "重试{attempt}次后仍失败，已通知管理员",
+        "manual": "没有配置重试处理器，需要人工处理",
+        "lease_expired": "中断的重试已重新排期",
+        "stuck": "任务 {task_id} 超过 {seconds} 秒仍未被分类",
+    },
+    "en": {
+        "done": "Failed task processing finished",
+        "retry_scheduled": "Task will be retried in {delay}s",
+        "recovered": "Task recovered on retry {attempt}",
+        "notified_admin": "Admins notified",
+        "notified_user": "User notified",
+        "exhausted": "Still failing after {attempt} retries; admins notified",
+        "manual": "No retry handler configured; needs a person",
+        "lease_expired": "Interrupted retry rescheduled",
+        "stuck": "task {task_id} not classified after {seconds}s",
+    },
+}
+
+
+def _number(value):
+    """30.0 -> 30, 0.25 -> 0.25: delays read as the seed shows them."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else round(value, 3)
+
+
+def _result(lang, task_id, event, category, delay, attempt, detail):
+    words = WORDS[lang]
+    audience = (json.loads(detail) if detail else {}).get("audience", "admin")
+    action, success, retry_delay = "auto_recovery", True, None
+    if event == "retry_scheduled":
+        retry_delay = _number(delay)
+        message = words["retry_scheduled"].format(delay=retry_delay)
+    elif event == "recovered":
+        message = words["recovered"].format(attempt=attempt)
+    elif event == "notified":
+        action = "notify_user" if audience == "user" else "notify_admin"
+        message = words[f"notified_{'user' if audience == 'user' else 'admin'}"]
+    elif event == "exhausted":
+        action, success = "notify_admin", False
+        message = words["exhausted"].format(attempt=attempt)
+    elif event == "manual":
+        action, success = "manual", False
+        message = words["manual"]
+    else:  # lease_expired
+        retry_delay = 0
+        message = words["lease_expired"]
+    return {"task_id": task_id, "category": category, "action_taken": action, "success": success,
+            "message": message, "retry_delay": retry_delay}
+
+
+def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
+    """The seed's processing report over the events since the previous one."""
+    db = store.db
+    since = int(store.get_state(WATERMARK_KEY, "0"))
+    upto = db.execute_sql("SELECT coalesce(max(id), 0) FROM task_events").fetchone()[0]
+    marks = ",".join("?" * len(DECISIONS))
+    latest = db.execute_sql(f"""
+        SELECT task_id, event, category, delay_seconds, attempt, detail FROM (
+            SELECT task_id, event, category, delay_seconds, attempt, detail,
+                   row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
+            FROM task_events WHERE id > ? AND id <= ? AND event IN ({marks}))
+        WHERE newest = 1 ORDER BY task_id""", (since, upto, *DECISIONS)).fetchall()
+    counts = dict(db.execute_sql(f"""
+        SELECT event, count(DISTINCT task_id) FROM task_events
+        WHERE id > ? AND id <= ? AND event IN ({marks}) GROUP BY event""", (since, upto, *DECISIONS)).fetchall())
+    scanned = db.execute_sql("SELECT count(DISTINCT task_id) FROM task_events WHERE id > ? AND id <= ?",
+                             (since, upto)).fetchone()[0]
+    stuck = db.execute_sql("SELECT id FROM tasks WHERE status = 'new' AND created_at < ? ORDER BY id LIMIT 100",
+                           (to_db_time(now - STUCK_NEW_SECONDS),)).fetchall()
+    errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=row[0], seconds=STUCK_NEW_SECONDS)
+                                  for row in stuck]
+    results = [_result(lang, *row) for row in latest]
+    if advance:
+        store.set_state(WATERMARK_KEY, str(upto), now)
+    return {
+        "success": not errors,
+        "message": WORDS[lang]["done"],
+        "total_processed": len(results),
+        "stats": {
+            "scanned": scanned,
+            "analyzed": sum(counts.get(e, 0) for e in ("retry_scheduled", "notified", "exhausted", "manual")),
+            "recovered": counts.get("recovered", 0),
+            "notified": sum(counts.get(e, 0) for e in ("notified", "exhausted", "manual")),
+            "errors": errors,
+        },
+        "results": results,
+        "processed_at": iso(now),
+    }
+
+
+def report_path(report_dir, kind, now):
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(now))
+    return Path(report_dir) / kind / f"{kind}_{stamp}.json"
+
+
+def write_report(report_dir, kind, report, now, html=None):
+    """Write the JSON (and its HTML view) atomically; returns the JSON path."""
+    path = report_path(report_dir, kind, now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    if html is not None:
+        _write_atomic(path.with_suffix(".html"), html)
+    return path
+
+
+def _write_atomic(path, text):
+    # A reader (or a `tail`) never sees half a report: write aside, then rename.
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _stamp_of(path, kind):
+    """The UTC time in a report's file name (not its mtime: a copied file keeps its age)."""
+    try:
+        return calendar.timegm(time.strptime(path.stem[len(kind) + 1:], "%Y%m%d_%H%M%S"))
+    except ValueError:
+        return None
+
+
+def purge_reports(report_dir, now, retention_days):
+    """Delete report files older than the retention; returns how many went."""
+    cutoff = now - retention_days * 86400
+    removed = 0
+    for kind in (PROCESSING, ANALYSIS):
+        for path in Path(report_dir, kind).glob(f"{kind}_*.*"):
+            stamp = _stamp_of(path, kind)
+            if stamp is not None and stamp < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

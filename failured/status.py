@@ -1,0 +1,107 @@
+"""``failured status``: what the daemon is doing, read from the store (works from any process).
+
+Healthy means: the daemon's heartbeat is fresh and no alert threshold is breached.
+"""
+
+import json
+
+from .clock import from_db_time, iso
+from .store import Breaker, DaemonState
+from .thresholds import evaluate
+
+STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
+NEXT_RETRIES = 5
+
+
+def _state(key):
+    row = DaemonState.get_or_none(DaemonState.key == key)
+    return row
+
+
+def _when(epoch):
+    return iso(epoch) if epoch is not None else None
+
+
+def _float_state(key):
+    row = _state(key)
+    return float(row.value.split()[0]) if row else None
+
+
+def daemon_status(now):
+    beat = _float_state("heartbeat")
+    age = None if beat is None else round(now - beat, 1)
+    return {"alive": age is not None and age <= STALE_HEARTBEAT_SECONDS, "heartbeat_age_seconds": age,
+            "heartbeat": _when(beat), "last_scan": _when(_float_state("last_scan")),
+            "last_analysis": _when(_float_state("last_analysis"))}
+
+
+def config_status():
+    active, rejected = _state("config"), _state("config_rejected")
+    return {"active": json.loads(active.value) if active else None,
+            "last_rejected": json.loads(rejected.value) if rejected else None}
+
+
+def collect(store, snapshot, now):
+    """Everything ``failured status`` shows, as plain data."""
+    db = store.db
+    tasks = {}
+    for status, category, count in db.execute_sql(
+            "SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2").fetchall():
+        tasks.setdefault(status, {})[category] = count
+    next_retries = [{"task_id": i, "task_type": t, "category": c, "due": _when(from_db_time(d))}
+                    for i, t, c, d in db.execute_sql(
+                        "SELECT id, task_type, category, next_retry_at FROM tasks WHERE status = 'scheduled' "
+                        "ORDER BY next_retry_at LIMIT ?", (NEXT_RETRIES,)).fetchall()]
+    channels = {}
+    for channel, pending, oldest in db.execute_sql(
+            "SELECT channel, count(*), min(created_at) FROM notifications WHERE status = 'pending' "
+            "GROUP BY channel").fetchall():
+        channels[channel] = {"pending": pending, "oldest_pending": _when(from_db_time(oldest)), "last_error": None}
+    for channel, error in db.execute_sql(
+            "SELECT channel, last_error FROM notifications WHERE id IN (SELECT max(id) FROM notifications "
+            "WHERE last_error IS NOT NULL GROUP BY channel)").fetchall():
+        channels.setdefault(channel, {"pending": 0, "oldest_pending": None})["last_error"] = error
+    breakers = [{"task_type": b.task_type, "state": b.state, "consecutive_failures": b.consecutive_failures,
+                 "open_until": _when(b.open_until)} for b in Breaker.select().where(Breaker.state != "closed")]
+    thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
+    daemon = daemon_status(now)
+    breached = [t for t in thresholds if t["breached"]]
+    return {
+        "healthy": daemon["alive"] and not breached,
+        "daemon": daemon,
+        "tasks": {"total": sum(sum(c.values()) for c in tasks.values()), "by_status": tasks},
+        "next_retries": next_retries,
+        "breakers_open": breakers,
+        "notifications": channels,
+        "config": config_status(),
+        "thresholds_breached": breached,
+    }
+
+
+def render(status):
+    """A few lines for a person at a terminal."""
+    daemon = status["daemon"]
+    lines = [f"failured: {'healthy' if status['healthy'] else 'UNHEALTHY'}",
+             f"daemon: {'alive' if daemon['alive'] else 'NOT running (heartbeat ' + str(daemon['heartbeat']) + ')'}"
+             f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}",
+             f"tasks: {status['tasks']['total']}"]
+    for state, categories in sorted(status["tasks"]["by_status"].items()):
+        detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
+        lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")
+    for retry in status["next_retries"]:
+        lines.append(f"next retry: task {retry['task_id']} {retry['task_type']} at {retry['due']}")
+    for breaker in status["breakers_open"]:
+        lines.append(f"breaker {breaker['state']}: {breaker['task_type']} until {breaker['open_until']}")
+    for channel, info in sorted(status["notifications"].items()):
+        lines.append(f"channel {channel}: {info['pending']} pending"
+                     + (f", oldest {info['oldest_pending']}" if info["oldest_pending"] else "")
+                     + (f", last error: {info['last_error']}" if info["last_error"] else ""))
+    config = status["config"]
+    if config["active"]:
+        lines.append(f"config: {len(config['active']['files'])} files, loaded {config['active']['loaded_at']}")
+    if config["last_rejected"]:
+        rejected = config["last_rejected"]
+        lines.append(f"config last rejected {rejected['at']}: {rejected['errors'][0]}")
+    for check in status["thresholds_breached"]:
+        lines.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
+    return "\n".join(lines)
