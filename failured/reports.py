@@ -89,11 +89,13 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
                    row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
             FROM task_events WHERE id > ? AND id <= ? AND event IN ({marks}))
         WHERE newest = 1 ORDER BY task_id""", (since, upto, *DECISIONS)).fetchall()
-    counts = dict(db.execute_sql(f"""
-        SELECT event, count(DISTINCT task_id) FROM task_events
-        WHERE id > ? AND id <= ? AND event IN ({marks}) GROUP BY event""", (since, upto, *DECISIONS)).fetchall())
-    scanned = db.execute_sql("SELECT count(DISTINCT task_id) FROM task_events WHERE id > ? AND id <= ?",
-                             (since, upto)).fetchone()[0]
+    scanned, analyzed, recovered, notified = db.execute_sql("""
+        SELECT count(DISTINCT task_id),
+               count(DISTINCT CASE WHEN event IN ('retry_scheduled', 'notified', 'exhausted', 'manual')
+                                   THEN task_id END),
+               count(DISTINCT CASE WHEN event = 'recovered' THEN task_id END),
+               count(DISTINCT CASE WHEN event IN ('notified', 'exhausted', 'manual') THEN task_id END)
+        FROM task_events WHERE id > ? AND id <= ?""", (since, upto)).fetchone()
     stuck = db.execute_sql("SELECT id FROM tasks WHERE status = 'new' AND created_at < ? ORDER BY id LIMIT 100",
                            (to_db_time(now - STUCK_NEW_SECONDS),)).fetchall()
     errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=row[0], seconds=STUCK_NEW_SECONDS)
@@ -105,13 +107,8 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
         "success": not errors,
         "message": WORDS[lang]["done"],
         "total_processed": len(results),
-        "stats": {
-            "scanned": scanned,
-            "analyzed": sum(counts.get(e, 0) for e in ("retry_scheduled", "notified", "exhausted", "manual")),
-            "recovered": counts.get("recovered", 0),
-            "notified": sum(counts.get(e, 0) for e in ("notified", "exhausted", "manual")),
-            "errors": errors,
-        },
+        "stats": {"scanned": scanned, "analyzed": analyzed, "recovered": recovered, "notified": notified,
+                  "errors": errors},
         "results": results,
         "processed_at": iso(now),
     }

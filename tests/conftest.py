@@ -149,7 +149,9 @@ class DaemonProcess:
 
         con = sqlite3.connect(self.db, timeout=30)
         try:
-            return con.execute(sql, params).fetchall()
+            rows = con.execute(sql, params).fetchall()
+            con.commit()
+            return rows
         finally:
             con.close()
 

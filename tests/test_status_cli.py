@@ -1,0 +1,73 @@
+"""status, scan and analyze from the command line, and the daemon's scheduled reports."""
+
+import json
+import time
+
+from conftest import run_cli
+
+
+def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory, tmp_path):
+    daemon = daemon_factory().start()
+    daemon.cli("report", "--type", "sync", "--error", "malformed json")
+    daemon.wait_for("SELECT count(*) FROM tasks WHERE status = 'notified'", lambda r: r[0][0] == 1)
+    result = daemon.cli("status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = json.loads(result.stdout)
+    assert status["healthy"] and status["daemon"]["alive"]
+    assert status["tasks"]["by_status"] == {"notified": {"unrecoverable_data": 1}}
+    assert status["config"]["active"]["files"] and status["config"]["last_rejected"] is None
+    assert "log" in status["notifications"] or status["notifications"] == {}
+    daemon.stop()
+    daemon.query("UPDATE daemon_state SET value = '1000.0' WHERE key = 'heartbeat'")
+    stale = daemon.cli("status")
+    assert stale.returncode == 1 and "NOT running" in stale.stdout
+
+
+def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path):
+    daemon = daemon_factory().start()
+    (tmp_path / "config" / "patterns" / "50-bad.toml").write_text('[[category]]\nname = "x"\naction = "nope"\npriority = 1\n')
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 1)
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert "unknown action 'nope'" in status["config"]["last_rejected"]["errors"][0]
+    rows = daemon.wait_for("SELECT title FROM notifications WHERE kind = 'config'", lambda r: len(r) >= 1)
+    assert "配置" in rows[0][0]
+
+
+def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
+    daemon = daemon_factory().start()
+    for i in range(12):
+        daemon.cli("report", "--type", "sync", "--error", f"the moon is wrong {i}")
+    daemon.wait_for("SELECT count(*) FROM tasks WHERE category = 'unknown'", lambda r: r[0][0] == 12)
+    result = daemon.cli("status")
+    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+
+
+def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factory, tmp_path):
+    daemon = daemon_factory(FAILURE_SCAN_INTERVAL_MINUTES="0.01", FAILURE_ANALYSIS_INTERVAL_HOURS="0.0003").start()
+    daemon.cli("report", "--type", "sync", "--error", "订单不存在")
+    deadline = time.time() + 10
+    while time.time() < deadline and not list((tmp_path / "reports" / "failure_analysis").glob("*.html")):
+        time.sleep(0.1)
+    processing = sorted((tmp_path / "reports" / "failure_processing").glob("*.json"))
+    assert processing, daemon.stderr()
+    results = [r for p in processing for r in json.loads(p.read_text())["results"]]
+    assert [(r["task_id"], r["action_taken"]) for r in results] == [(1, "notify_user")]
+    analysis = sorted((tmp_path / "reports" / "failure_analysis").glob("*.json"))
+    assert json.loads(analysis[-1].read_text())["category_distribution"] == {"unrecoverable_business": 1}
+    assert analysis[-1].with_suffix(".html").exists()
+
+
+def test_scan_and_analyze_commands(tmp_path, config_dir):
+    env = {"FAILURE_DB": str(tmp_path / "db.sqlite"), "FAILURE_CONFIG_DIR": str(config_dir),
+           "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
+    run_cli("report", "--type", "t", "--error", "x", env=env)
+    scan = run_cli("scan", "--json", env=env)
+    assert scan.returncode == 0 and json.loads(scan.stdout)["message"] == "失败任务处理完成"
+    assert list((tmp_path / "reports" / "failure_processing").glob("failure_processing_*.json"))
+    analyze = run_cli("analyze", "--days", "3", "--json", env=env)
+    assert json.loads(analyze.stdout)["analysis_period"] == "3天"
+    written = run_cli("analyze", "--write", env={**env, "FAILURE_LANG": "en"})
+    assert written.returncode == 0 and "7 days" in written.stdout
+    assert list((tmp_path / "reports" / "failure_analysis").glob("*.html"))
+    bad = run_cli("analyze", "--days", "0", env=env)
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr
