@@ -43,8 +43,9 @@ def build(path, now):
             status = "notified"
         finished = created + rng.random() * 600 if status in ("recovered", "exhausted", "notified") else None
         stamp = to_db_time(created)
+        due = to_db_time(now + rng.random() * 3600) if status == "scheduled" else None
         batch.append((rng.choice(TASK_TYPES), "python", status, category, "pattern", message, template, fp,
-                      rng.randint(0, 3), stamp, stamp, to_db_time(finished)))
+                      rng.randint(0, 3), stamp, stamp, to_db_time(finished), due))
         if len(batch) == 50_000:
             _insert(store, batch)
             batch = []
@@ -57,7 +58,8 @@ def _insert(store, rows):
     with store.transaction():
         store.db.cursor().executemany(
             "INSERT INTO tasks (task_type, source, status, category, matched_by, error_message, error_template,"
-            " fingerprint, attempts, created_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            " fingerprint, attempts, created_at, updated_at, finished_at, next_retry_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
 def main():

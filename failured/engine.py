@@ -312,7 +312,8 @@ class Engine:
         query = Task.select(Task.id, Task.next_retry_at, Task.task_type).where(Task.status == SCHEDULED)
         if due_before is not None:
             query = query.where(Task.next_retry_at <= due_before)
-        return list(query.tuples())
+        now = self.clock.now()  # a scheduled row without a due time (edited by hand) is due now
+        return [(task_id, now if due is None else due, task_type) for task_id, due, task_type in query.tuples()]
 
     def breaker_changed(self, task, state, failures, cooldown):
         """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
