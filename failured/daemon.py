@@ -18,11 +18,14 @@ import schedule
 
 from . import housekeeping, logmask, reports
 from .analysis import analysis_report
+from .api import ApiServer, check_exposure, parse_address
+from .backend import Backend
 from .breaker import Breakers
 from .clock import SystemClock, iso
 from .engine import Engine
 from .errors import StoreError
 from .notify import messages
+from .metrics import Metrics
 from .notify.dispatcher import Dispatcher
 from .notify.outbox import enqueue
 from .thresholds import alert_breaches
@@ -60,9 +63,12 @@ class Daemon:
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
                                      clock=self.clock, log_dir=s.log_dir)
         snapshot = self.watcher.current
-        logmask.use_secrets(lambda: self.watcher.current.secrets)
+        logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
+        http_address = self._check_http(s)
         self._record_config(snapshot)
-        self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner)
+        self.metrics = Metrics()
+        self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
+                             metrics=self.metrics)
         self.breakers = Breakers(snapshot.breaker)
         self.breakers.load()
         self.queue = RetryQueue()
@@ -73,8 +79,17 @@ class Daemon:
         self.runner = Runner(self.engine, self.queue, self.breakers, self.clock, s.retry_concurrency,
                              enabled=s.recovery_enabled)
         self.runner.start()
-        self.dispatcher = Dispatcher(self.store, s, self.clock, lambda: self.watcher.current).start()
+        self.dispatcher = Dispatcher(self.store, s, self.clock, lambda: self.watcher.current,
+                                     metrics=self.metrics).start()
+        self.metrics.bind(self.store, lambda: len(self.queue), self.clock)
         self.watcher.start()
+        self.api = None
+        if http_address is not None:
+            backend = Backend(self.store, s, lambda: self.watcher.current, wake=self.wake.set,
+                              health=self.loops, metrics_registry=self.metrics, clock=self.clock)
+            self.api = ApiServer(*http_address, backend, token=s.api_token).start()
+            log.info("HTTP API on %s:%d%s", http_address[0] or "*", self.api.port,
+                     "" if s.api_token else " (loopback only: no FAILURE_API_TOKEN)")
         self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         self._intake_thread.start()
         self._schedule_jobs()
@@ -83,6 +98,14 @@ class Daemon:
                  "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")
         self.notifier.ready(self._status_line())
         return self
+
+    @staticmethod
+    def _check_http(settings):
+        """The API's (host, port), or None when off; refuses a non-loopback address without a token."""
+        address = parse_address(settings.http_addr)
+        if address is not None:
+            check_exposure(address[0], settings.api_token)
+        return address
 
     def _take_lock(self):
         path = f"{self.settings.db}.lock"
@@ -169,8 +192,16 @@ class Daemon:
         for item in queued:
             self.queue.push(*item)
 
+    def loops(self):
+        """(all alive, {loop: alive}) for /healthz and the systemd watchdog."""
+        loops = {"intake": self._intake_thread.is_alive(), "retry-timer": self.runner.alive(),
+                 "dispatcher": self.dispatcher.alive(), "config-watcher": self.watcher.alive()}
+        if self.api is not None:
+            loops["http-api"] = self.api.alive()
+        return all(loops.values()), loops
+
     def healthy(self):
-        return self.runner.alive() and self._intake_thread.is_alive() and self.dispatcher.alive()
+        return self.loops()[0]
 
     def _heartbeat(self, now):
         self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
@@ -227,12 +258,14 @@ class Daemon:
                                                    "digest": snapshot.digest, "loaded_at": iso(now)}), now)
 
     def _on_reload(self, snapshot):
+        self.metrics.reloads.labels("applied").inc()
         self._record_config(snapshot)
         self.breakers.config = snapshot.breaker
         self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
 
     def _on_reject(self, errors):
+        self.metrics.reloads.labels("rejected").inc()
         now = self.clock.now()
         self.store.set_state("config_rejected", json.dumps({"at": iso(now), "errors": [str(e) for e in errors]},
                                                            ensure_ascii=False), now)
@@ -254,6 +287,8 @@ class Daemon:
         if still_running:
             released = self.engine.release_own_leases()
             log.warning("stopped %d retries still running after the grace period; rescheduled", len(released))
+        if self.api is not None:
+            self.api.stop()
         self.dispatcher.stop()
         self.watcher.stop()
         self._intake_thread.join(timeout=5)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import policy
 from .handlers import HandlerSpec
+from .metrics import Metrics
 from .notify import messages
 from .notify.outbox import enqueue
 from .clock import from_db_time, to_db_time
@@ -77,8 +78,9 @@ def pid_alive(pid):
 class Engine:
     """Moves tasks through their states. ``config()`` returns the active snapshot."""
 
-    def __init__(self, store, settings, clock, config, owner, rng=random):
+    def __init__(self, store, settings, clock, config, owner, rng=random, metrics=None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.clock = clock
         self.config = config
@@ -134,6 +136,8 @@ class Engine:
                 add_event(task.id, now, event, RUNNING, result.category, task.attempts, error=new_error,
                           error_type=error_type)
             due = self._apply(task, expected_status, decision, category, result, fields, now)
+        if event == "classified":
+            self.metrics.classified(result.category, task.task_type)
         if due is not None or decision.action != policy.RETRY:
             log.info("task %s %s: %s (%s)", task.id, task.task_type, self._describe(decision), result.category)
         return due
@@ -218,6 +222,7 @@ class Engine:
                 return None
             add_event(task_id, now, "retry_started", RUNNING, task.category, attempt)
         task.status, task.attempts = RUNNING, attempt
+        self.metrics.lateness.observe(max(0.0, now - task.next_retry_at))
         return Claimed(task, handler, attempt)
 
     def record_pid(self, task_id, pid):
@@ -227,7 +232,9 @@ class Engine:
         """Record a retry's outcome; returns the next due time when another retry is scheduled."""
         task = claimed.task
         now = self.clock.now()
+        self.metrics.retries.labels("recovered" if outcome.ok else "failed").inc()
         if outcome.ok:
+            self.metrics.recoveries.labels(task.category or "unknown").inc()
             with self.store.transaction():
                 stamp = to_db_time(now)
                 updated = self.store.db.execute_sql(_RECOVERED, (stamp, stamp, task.id, self.owner)).rowcount

@@ -1,7 +1,7 @@
 """Process-wide settings from the environment (and a ``.env`` file), validated once at start."""
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import InputError
@@ -10,6 +10,7 @@ DEFAULT_DB = "data/failured.db"
 DEFAULT_CONFIG_DIR = "config"
 DEFAULT_LOG_DIR = "logs"
 DEFAULT_REPORT_DIR = "reports"
+DEFAULT_HTTP_ADDR = "127.0.0.1:8649"
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -38,6 +39,8 @@ class Settings:
     poll_seconds: float = 0.5
     lang: str = "zh"
     log_level: str = "INFO"
+    http_addr: str = DEFAULT_HTTP_ADDR
+    api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
 
 # env name -> (field, parser name); the parser checks the value and its range
@@ -59,11 +62,17 @@ _VARIABLES = {
     "FAILURE_POLL_SECONDS": ("poll_seconds", "positive_float"),
     "FAILURE_LANG": ("lang", "lang"),
     "FAILURE_LOG_LEVEL": ("log_level", "log_level"),
+    "FAILURE_HTTP_ADDR": ("http_addr", "text"),
+    "FAILURE_API_TOKEN": ("api_token", "secret"),
 }
 
 
 def _parse(kind, name, raw):
     value = raw.strip()
+    if kind == "text":
+        return value
+    if kind == "secret":
+        return value or None
     if kind == "path":
         if not value:
             raise InputError(f"{name} is empty: set it to a path or unset it")

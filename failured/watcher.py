@@ -72,6 +72,9 @@ class ConfigWatcher:
         if self._thread is not None:
             self._thread.join(timeout=2)
 
+    def alive(self):
+        return self._thread is not None and self._thread.is_alive()
+
     def request_reload(self):
         """Reload soon, as on SIGHUP (safe to call from a signal handler)."""
         self._changed.set()

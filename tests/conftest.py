@@ -212,6 +212,7 @@ def daemon_factory(tmp_path):
             "FAILURE_REPORT_DIR": str(tmp_path / "reports"),
             "FAILURE_POLL_SECONDS": "0.05",
             "FAILURE_LOG_LEVEL": "INFO",
+            "FAILURE_HTTP_ADDR": "off",  # tests that use the API pick a free port
         }
         base.update({k: str(v) for k, v in env.items()})
         daemon = DaemonProcess(tmp_path, base)

@@ -12,6 +12,7 @@ import threading
 from collections import deque
 
 from ..alertlog import append_line
+from ..metrics import Metrics
 from ..store import Notification
 from . import messages
 from .channels import Message, mask, secret_values
@@ -141,26 +142,37 @@ class Lane:
         self.last_digest = now
         rows = self._due_rows(now)  # everything waiting, not just this pass's batch
         digest = self.dispatcher.make_digest(self.name, rows, now, snapshot)
-        return self._send_each(channel, [[digest]], now)
+        return self._send_each(channel, [[digest]], now, stands_for=rows)
 
     # -- sending ------------------------------------------------------------
 
-    def _send_each(self, channel, groups, now):
-        sent = []
+    def _send_each(self, channel, groups, now, stands_for=None):
+        """Send one message per group (a group of same-error rows becomes one "×N" message).
+
+        ``stands_for``: the rows a digest replaces, for the latency figures.
+        """
+        sent, covered = [], []
         for group in groups:
             row = group[0] if len(group) == 1 else self.dispatcher.make_repeat(self.name, group, now)
             result = channel.send(self.dispatcher.message_for(row))
             now = self.dispatcher.clock.now()
-            if result.ok:
-                sent.append(row.id)
-                self._remember(channel, row, now)
-                continue
-            if sent:
-                _update(sent, status=SENT, sent_at=now)
-            return self._failed_send(channel, row, result, now)
-        if sent:
-            _update(sent, status=SENT, sent_at=now)
+            if not result.ok:
+                self._sent(sent, covered, now)
+                return self._failed_send(channel, row, result, now)
+            sent.append(row.id)
+            covered.extend(stands_for or group)
+            self._remember(channel, row, now)
+        self._sent(sent, covered, now)
         return 0.0
+
+    def _sent(self, ids, covered, now):
+        if not ids:
+            return
+        _update(ids, status=SENT, sent_at=now)
+        metrics = self.dispatcher.metrics
+        metrics.notifications.labels(self.name, SENT).inc(len(ids))
+        for row in covered:  # from each notification's creation to the message that carried it
+            metrics.notify_latency.labels(self.name).observe(max(0.0, now - row.created_at))
 
     def _remember(self, channel, row, now):
         if channel.rate_per_minute is not None:
@@ -193,29 +205,33 @@ class Lane:
     # -- end states -----------------------------------------------------------
 
     def _expire(self, now, horizon):
+        failed = self.dispatcher.metrics.notifications.labels(self.name, FAILED)
         stale = (Notification.update(status=FAILED, last_error=Notification.last_error.concat(
                     f" (gave up after {horizon / 3600:g} h)"))
                  .where(Notification.channel == self.name, Notification.status == PENDING,
                         Notification.created_at < now - horizon, Notification.last_error.is_null(False)))
-        stale.execute()
-        (Notification.update(status=FAILED, last_error=f"not delivered within {horizon / 3600:g} h")
-         .where(Notification.channel == self.name, Notification.status == PENDING,
-                Notification.created_at < now - horizon).execute())
+        failed.inc(stale.execute())
+        failed.inc(Notification.update(status=FAILED, last_error=f"not delivered within {horizon / 3600:g} h")
+                   .where(Notification.channel == self.name, Notification.status == PENDING,
+                          Notification.created_at < now - horizon).execute())
 
     def _suppress_all(self):
-        Notification.update(status=SUPPRESSED, last_error="FAILURE_NOTIFICATION_ENABLED=false").where(
+        count = Notification.update(status=SUPPRESSED, last_error="FAILURE_NOTIFICATION_ENABLED=false").where(
             Notification.channel == self.name, Notification.status == PENDING).execute()
+        self.dispatcher.metrics.notifications.labels(self.name, SUPPRESSED).inc(count)
 
     def _fail_all(self, reason):
-        Notification.update(status=FAILED, last_error=reason).where(
+        count = Notification.update(status=FAILED, last_error=reason).where(
             Notification.channel == self.name, Notification.status == PENDING).execute()
+        self.dispatcher.metrics.notifications.labels(self.name, FAILED).inc(count)
 
 
 class Dispatcher:
     """Starts a lane per configured channel (and for rows of channels since removed)."""
 
-    def __init__(self, store, settings, clock, config):
+    def __init__(self, store, settings, clock, config, metrics=None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.clock = clock
         self.config = config
@@ -280,6 +296,7 @@ class Dispatcher:
             title, body = text(row_id)
             Notification.update(title=title, body=body).where(Notification.id == row_id).execute()
             _update([row.id for row in rows], status=MERGED, merged_into=row_id)
+        self.metrics.notifications.labels(channel_name, MERGED).inc(len(rows))
         return Notification.get_by_id(row_id)
 
     def alert_misconfigured(self, name, channel, error, now):

@@ -1,0 +1,389 @@
+"""The HTTP API inside the daemon: a small JSON router over a Backend, on the standard library's threading server.
+
+/v1/ needs ``Authorization: Bearer $FAILURE_API_TOKEN`` when a token is set (and without one the
+server only listens on loopback). /healthz and /metrics are open: health checks and Prometheus
+scrapers on the host use them, and they show loop states and counters, never task data.
+"""
+
+import hmac
+import importlib.resources
+import ipaddress
+import json
+import logging
+import re
+import socket
+import socketserver
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from .errors import InputError, RefusedError, TaskNotFound
+
+log = logging.getLogger("failured.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_SUCCESS_COUNT = 1_000_000_000  # far above any real batch, far below SQLite's integer limit
+IDLE_TIMEOUT_SECONDS = 30  # a keep-alive connection silent this long is closed
+LINGER_SECONDS, LINGER_BYTES = 2.0, 16 * MAX_BODY_BYTES  # draining a refused body before closing
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[^:]*)$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+FAILURE_FIELDS = {"task_type": str, "error": str, "error_type": str, "payload": dict, "ref": str}
+SUCCESS_FIELDS = {"task_type": str, "count": int}
+RECOVER_FIELDS = {"force": bool}
+_TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false"}
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, a short code and what to do about it."""
+
+    def __init__(self, status, code, detail, field=None, headers=()):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.field, self.headers = status, code, detail, field, headers
+
+
+def parse_address(text, name="FAILURE_HTTP_ADDR"):
+    """'127.0.0.1:8649', '[::1]:8649', ':8649' (every IPv4 interface) -> (host, port); 'off' or '' -> None."""
+    value = (text or "").strip()
+    if value.lower() in ("", "off"):
+        return None
+    match = _ADDRESS.match(value)
+    if not match:
+        raise InputError(f"{name}={text!r} is not host:port: use e.g. 127.0.0.1:8649, [::1]:8649 or off")
+    port = match.group("port")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InputError(f"{name}={text!r}: the port must be a number from 1 to 65535")
+    host = match.group("v6") if match.group("v6") is not None else match.group("host")
+    if match.group("v6") is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise InputError(f"{name}={text!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif host and not _HOSTNAME.match(host):
+        raise InputError(f"{name}={text!r}: {host!r} is not a host name or IPv4 address")
+    return host, int(port)
+
+
+def is_loopback(host):
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def check_exposure(host, token, port=None):
+    """Refuse (InputError) to listen beyond loopback without a token."""
+    if token or is_loopback(host):
+        return
+    where = f"{host or '0.0.0.0'}" + (f":{port}" if port else "")
+    raise InputError(f"FAILURE_HTTP_ADDR={where} is not loopback and FAILURE_API_TOKEN is not set: set a token "
+                     "(e.g. `openssl rand -hex 32`) or listen on 127.0.0.1")
+
+
+def check_fields(body, types, required=()):
+    """The body's fields, checked against ``types`` (null counts as absent); unknown fields are errors."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", f"the body must be a JSON object, not {_json_type(body)}")
+    unknown = sorted(set(body) - set(types))
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown field{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(map(repr, unknown))}: allowed are {', '.join(types)}", field=unknown[0])
+    for name in required:
+        if body.get(name) is None:
+            raise ApiError(400, "bad_request", f"field {name!r} is required", field=name)
+    for name, value in body.items():
+        wanted = types[name]
+        if value is not None and (not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))):
+            raise ApiError(400, "bad_request", f"field {name!r} must be {_TYPE_NAMES[wanted]}, "
+                           f"not {_json_type(value)}", field=name)
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def _json_type(value):
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is too large")
+    return value
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def server_bind(self):
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall start-up.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class ApiServer:
+    """The HTTP API on one address, served from a thread named ``http-api`` (one more thread per connection)."""
+
+    def __init__(self, host, port, backend, token=None):
+        self.host, self.backend, self.token = host, backend, token or None
+        self._requested_port = port
+        self._server = self._thread = None
+
+    def start(self):
+        server_class = _Server6 if ":" in self.host else _Server
+        self._server = server_class((self.host, self._requested_port), _Handler)
+        self._server.api = self
+        self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="http-api", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self):
+        return self._server.server_address[1]
+
+    def alive(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+
+    # -- the endpoints: (handler, match) -> (status, JSON-able data) ---------------
+
+    def post_failure(self, handler, match):
+        fields = check_fields(handler.json_body(), FAILURE_FIELDS, required=("task_type", "error"))
+        if not fields["task_type"].strip():
+            raise ApiError(400, "bad_request", "field 'task_type' must not be empty", field="task_type")
+        return 201, self.backend.report_failure(fields.pop("task_type"), fields.pop("error"), **fields)
+
+    def post_success(self, handler, match):
+        fields = check_fields(handler.json_body(), SUCCESS_FIELDS, required=("task_type",))
+        count = fields.get("count", 1)
+        if not 1 <= count <= MAX_SUCCESS_COUNT:
+            raise ApiError(400, "bad_request", f"field 'count' must be from 1 to {MAX_SUCCESS_COUNT}", field="count")
+        return 200, self.backend.report_success(fields["task_type"], count)
+
+    def get_task(self, handler, match):
+        return 200, self.backend.task(int(match.group(1)))
+
+    def post_recover(self, handler, match):
+        fields = check_fields(handler.json_body(optional=True), RECOVER_FIELDS)
+        return 200, self.backend.recover(int(match.group(1)), fields.get("force", False))
+
+    def get_status(self, handler, match):
+        return 200, self.backend.status()
+
+    def get_openapi(self, handler, match):
+        return 200, (self.openapi, "application/json")
+
+    def get_health(self, handler, match):
+        ok, loops = self.backend.health()
+        if ok:
+            return 200, {"ok": True, "loops": loops}
+        dead = ", ".join(name for name, alive in loops.items() if not alive) or "unknown"
+        return 503, {"ok": False, "error": "unhealthy", "detail": f"not alive: {dead}", "loops": loops}
+
+    def get_metrics(self, handler, match):
+        return 200, self.backend.metrics()
+
+
+# path pattern -> {method: ApiServer method name}
+ROUTES = [(re.compile(path), methods) for path, methods in (
+    (r"/v1/failures", {"POST": "post_failure"}),
+    (r"/v1/successes", {"POST": "post_success"}),
+    (r"/v1/tasks/(\d{1,18})", {"GET": "get_task"}),
+    (r"/v1/tasks/(\d{1,18})/recover", {"POST": "post_recover"}),
+    (r"/v1/status", {"GET": "get_status"}),
+    (r"/v1/openapi\.json", {"GET": "get_openapi"}),
+    (r"/healthz", {"GET": "get_health"}),
+    (r"/metrics", {"GET": "get_metrics"}),
+)]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
+    timeout = IDLE_TIMEOUT_SECONDS
+
+    def _handle(self):
+        self._body_read = False
+        api = self.server.api
+        try:
+            path = urlsplit(self.path).path
+            if path.startswith("/v1/"):
+                self._authorize(api.token)
+            for pattern, methods in ROUTES:
+                match = pattern.fullmatch(path)
+                if match:
+                    break
+            else:
+                raise ApiError(404, "not_found", f"no such path: {path}")
+            if self.command not in methods:
+                allow = ", ".join(methods)
+                raise ApiError(405, "method_not_allowed", f"{self.command} {path}: use {allow}",
+                               headers=(("Allow", allow),))
+            status, data = getattr(api, methods[self.command])(self, match)
+        except ApiError as exc:
+            status, data = exc.status, {"error": exc.code, "detail": exc.detail}
+            if exc.field:
+                data["field"] = exc.field
+            return self._send(status, data, exc.headers)
+        except TaskNotFound as exc:
+            status, data = 404, {"error": "not_found", "detail": str(exc)}
+        except InputError as exc:
+            status, data = 400, {"error": "bad_request", "detail": str(exc)}
+        except RefusedError as exc:
+            status, data = 409, {"error": "conflict", "detail": str(exc)}
+        except Exception:
+            log.exception("HTTP %s %s failed", self.command, self.path)
+            status, data = 500, {"error": "internal", "detail": "see the daemon log"}
+        self._send(status, data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+    def _authorize(self, token):
+        if token is None:
+            return
+        header = self.headers.get("Authorization")
+        if header is None:
+            raise ApiError(401, "unauthorized", "missing token: send Authorization: Bearer $FAILURE_API_TOKEN",
+                           headers=(("WWW-Authenticate", 'Bearer realm="failured"'),))
+        scheme, _, given = header.strip().partition(" ")
+        # Header text is latin-1 as received: back to the client's bytes, compared in constant time.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("latin-1", "replace"),
+                                                                 token.encode("utf-8")):
+            raise ApiError(401, "unauthorized", "wrong token",
+                           headers=(("WWW-Authenticate", 'Bearer realm="failured", error="invalid_token"'),))
+
+    def json_body(self, optional=False):
+        """The request body as parsed JSON; an empty optional body is {}."""
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(411, "length_required", "chunked bodies are not accepted: send a Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None and optional:
+            self._body_read = True
+            return {}
+        if length is None:
+            raise ApiError(411, "length_required", "a Content-Length header is required")
+        if not (length.strip().isascii() and length.strip().isdigit()):
+            raise ApiError(400, "bad_request", f"Content-Length {length!r} is not a number")
+        length = int(length)
+        if length > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", f"the body is {length} bytes: at most {MAX_BODY_BYTES}")
+        if length == 0 and optional:
+            self._body_read = True
+            return {}
+        content_type = self.headers.get("Content-Type", "")
+        media, _, parameters = content_type.partition(";")
+        charset = parameters.strip().lower().replace(" ", "")
+        if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type {content_type or '(none)'!r}: send application/json (UTF-8)")
+        body = self.rfile.read(length)
+        self._body_read = True
+        if len(body) < length:
+            self.close_connection = True
+            raise ApiError(400, "bad_request", f"the body ended after {len(body)} of {length} bytes")
+        try:
+            text = body.decode("utf-8")
+            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+            if "\\u" in text:  # lone surrogates are valid JSON escapes but not storable text
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeError as exc:
+            raise ApiError(400, "bad_request", f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        except ValueError as exc:
+            raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_request", "the body is nested too deeply") from None
+        return value
+
+    def _send(self, status, data, headers=()):
+        if isinstance(data, tuple):  # (bytes, content type) as it is
+            body, content_type = data
+        else:
+            body, content_type = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"), "application/json"
+        linger = not self._discard_unread_body()
+        if linger:
+            self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        if linger:
+            self._linger()
+
+    def _discard_unread_body(self):
+        """Read a body the answer did not need, so the connection can go on; False when it cannot be."""
+        if self._body_read or self.headers.get("Content-Length") is None and "Transfer-Encoding" not in self.headers:
+            return True
+        length = self.headers.get("Content-Length", "").strip()
+        if "Transfer-Encoding" in self.headers or not (length.isascii() and length.isdigit()):
+            return False
+        if int(length) > MAX_BODY_BYTES:
+            return False
+        self._body_read = len(self.rfile.read(int(length))) == int(length)
+        return self._body_read
+
+    def _linger(self):
+        # The client may still be sending a body we refused: closing now would reset the connection
+        # and could destroy our answer before it is read. Drop what comes, briefly (nginx's lingering close).
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(LINGER_SECONDS)
+            deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
+    def version_string(self):
+        return "failured"
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors the standard library answers itself (bad request line, headers too long, unknown method)."""
+        self.close_connection = True
+        self._body_read = True
+        try:
+            slug = HTTPStatus(code).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            slug = "error"
+        body = json.dumps({"error": slug, "detail": message or explain or slug}).encode("utf-8")
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        # The request line and status only: headers (Authorization) are never logged.
+        log.debug("%s %s", self.address_string(), format % args)

@@ -1,0 +1,48 @@
+"""What the HTTP API does, over the daemon's store and live state. Thin: it reuses intake, manual, status."""
+
+from . import manual
+from . import status as status_module
+from .clock import SystemClock
+from .intake import record_failure, record_success
+
+
+class Backend:
+    """``config()`` returns the active snapshot; ``wake()`` makes the daemon act now."""
+
+    def __init__(self, store, settings, config, wake=lambda: None, health=lambda: (True, {}),
+                 metrics_registry=None, clock=None):
+        self.store = store
+        self.settings = settings
+        self.config = config
+        self.wake = wake
+        self.health = health
+        self.metrics_registry = metrics_registry
+        self.clock = clock or SystemClock()
+
+    def report_failure(self, task_type, error, *, error_type=None, payload=None, ref=None):
+        task_id = record_failure(self.store, task_type, error, error_type=error_type, payload=payload, ref=ref,
+                                 source="http", clock=self.clock)
+        self.wake()
+        classification = self.config().classifier.classify(error, error_type, task_type)
+        return {"task_id": task_id, "status": "new", "classification": classification.to_dict()}
+
+    def report_success(self, task_type, count=1):
+        record_success(self.store, task_type, count, clock=self.clock)
+        return {"task_type": task_type, "count": count}
+
+    def task(self, task_id):
+        return manual.show(task_id)
+
+    def recover(self, task_id, force=False):
+        task = manual.recover(self.store, self.config(), task_id, self.clock.now(), force)
+        self.wake()
+        return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
+                "attempts": task.attempts, "next_retry_at": task.next_retry_at}
+
+    def status(self):
+        return status_module.collect(self.store, self.config(), self.clock.now())
+
+    def metrics(self):
+        if self.metrics_registry is None:
+            return b"", "text/plain; version=0.0.4; charset=utf-8"
+        return self.metrics_registry.exposition()

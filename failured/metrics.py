@@ -1,0 +1,85 @@
+"""Prometheus metrics: counters the daemon bumps as things happen, gauges read at scrape time.
+
+Names follow Prometheus conventions: the ``failured_`` prefix, ``_total`` for
+counters, seconds for times. Gauges that mirror the database (backlog, open
+breakers) are collected on scrape, so they are true even after a restart.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .clock import from_db_time
+
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
+
+
+class Metrics:
+    """One registry per daemon (tests build their own)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.failures = Counter("failured_failures_total", "Failures classified, by category and task type",
+                                ["category", "task_type"], registry=r)
+        self.unknown = Counter("failured_unknown_classifications_total", "Failures no pattern matched", registry=r)
+        self.retries = Counter("failured_retries_total", "Retries run, by outcome (recovered, failed)",
+                               ["outcome"], registry=r)
+        self.recoveries = Counter("failured_recoveries_total", "Tasks recovered by a retry, by category",
+                                  ["category"], registry=r)
+        self.lateness = Histogram("failured_retry_lateness_seconds", "How late a retry started after its due time",
+                                  buckets=LATENESS_BUCKETS, registry=r)
+        self.notifications = Counter("failured_notifications_total", "Notification rows ended, by channel and state",
+                                     ["channel", "state"], registry=r)
+        self.notify_latency = Histogram("failured_notification_latency_seconds",
+                                        "From a notification's creation to its delivery, by channel", ["channel"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.reloads = Counter("failured_config_reloads_total", "Config reloads, by result (applied, rejected)",
+                               ["result"], registry=r)
+        self.queue_depth = lambda: 0  # set by the daemon: retries waiting in the heap
+        self._store = None
+        self._clock = None
+        r.register(_StoreCollector(self))
+
+    def bind(self, store, queue_depth, clock):
+        self._store, self.queue_depth, self._clock = store, queue_depth, clock
+
+    def classified(self, category, task_type):
+        self.failures.labels(category, task_type).inc()
+        if category == "unknown":
+            self.unknown.inc()
+
+    def exposition(self):
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StoreCollector:
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        depth = GaugeMetricFamily("failured_retry_queue_depth", "Retries waiting in the heap")
+        depth.add_metric([], self.metrics.queue_depth())
+        yield depth
+        store = self.metrics._store
+        if store is None:
+            return
+        backlog = GaugeMetricFamily("failured_notification_backlog", "Pending notification rows, by channel",
+                                    labels=["channel"])
+        oldest = GaugeMetricFamily("failured_notification_oldest_pending_seconds",
+                                   "Age of the oldest pending notification, by channel", labels=["channel"])
+        rows = store.db.execute_sql("SELECT channel, count(*), min(created_at) FROM notifications "
+                                    "WHERE status = 'pending' GROUP BY channel").fetchall()
+        now = self.metrics._clock.now()
+        for channel, count, first in rows:
+            backlog.add_metric([channel or "-"], count)
+            oldest.add_metric([channel or "-"], max(0.0, now - from_db_time(first)))
+        yield backlog
+        yield oldest
+        breakers = GaugeMetricFamily("failured_breakers_open", "Task types whose circuit breaker is not closed")
+        breakers.add_metric([], store.db.execute_sql(
+            "SELECT count(*) FROM breakers WHERE state != 'closed'").fetchone()[0])
+        yield breakers

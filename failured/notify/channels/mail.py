@@ -1,0 +1,72 @@
+"""Email over SMTP with the standard library (STARTTLS or TLS, login from ${ENV})."""
+
+import logging
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+
+from .base import Channel, SendResult, _resolve, _shown
+
+log = logging.getLogger(__name__)
+
+
+class EmailChannel(Channel):
+    """Plain-text mail over SMTP (STARTTLS or implicit TLS; login only with a username)."""
+
+    kind = "email"
+    default_rate = 60
+    fields = ("host", "username", "password", "sender", "to")
+    secret_fields = ("password",)
+
+    def __init__(self, name, host, sender, to, port=None, starttls=True, use_ssl=False, username=None,
+                 password=None, **kw):  # fmt: skip
+        kw.setdefault("timeout", 10.0)
+        super().__init__(name, **kw)
+        self.host, self.sender, self.to = host, sender, tuple(to)
+        self.port = port or (465 if use_ssl else 587 if starttls else 25)
+        self.starttls, self.use_ssl, self.username, self.password = starttls, use_ssl, username, password
+
+    @classmethod
+    def parse(cls, name, t, **kw):
+        use_ssl, starttls = t.boolean("ssl", False), t.boolean("starttls", True)
+        if use_ssl and "starttls" in t.values:
+            t.fail("starttls", "cannot be combined with ssl = true (implicit TLS); remove one of them")
+        to = t.strings("to")
+        if not to:
+            t.fail("to", 'missing or empty; set to = ["ops@example.com"]')
+        return cls(name, t.string("host", required=True), t.string("sender", required=True), to,
+                   t.number("port", None, integer=True, high=65535), starttls and not use_ssl, use_ssl,
+                   t.string("username"), t.string("password"), **kw)  # fmt: skip
+
+    def describe(self):
+        return f"email via {_shown(self.host)}:{self.port} to {', '.join(_shown(a) for a in self.to)}"
+
+    def _send(self, message):
+        host, sender, to = _resolve(self.host), _resolve(self.sender), _resolve(list(self.to))
+        mail = EmailMessage()
+        mail["Subject"], mail["From"], mail["To"] = message.title, sender, ", ".join(to)
+        mail["Date"], mail["Message-ID"] = formatdate(self.clock.now(), usegmt=True), make_msgid(domain="failured")
+        mail.set_content(message.body, charset="utf-8")
+        username = _resolve(self.username) if self.username else None
+        password = _resolve(self.password) if self.password else ""
+        try:
+            context = ssl.create_default_context()  # verifies the certificate; smtplib's default does not
+            connect = smtplib.SMTP_SSL(host, self.port, timeout=self.timeout, context=context) if self.use_ssl \
+                else smtplib.SMTP(host, self.port, timeout=self.timeout)
+            with connect as smtp:
+                if self.starttls:
+                    smtp.starttls(context=context)
+                if username:
+                    smtp.login(username, password)
+                refused = smtp.send_message(mail)
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError, smtplib.SMTPSenderRefused,
+                smtplib.SMTPRecipientsRefused) as exc:  # fmt: skip
+            return SendResult(False, misconfigured=True, error=f"{type(exc).__name__}: {exc}")
+        except (smtplib.SMTPException, OSError) as exc:
+            return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+        answer = f"accepted for {len(to) - len(refused)} of {len(to)} recipients"
+        return SendResult(True, answer=answer + (f"; refused: {', '.join(refused)}" if refused else ""))
+
+
