@@ -19,7 +19,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .errors import InputError, RefusedError, TaskNotFound
+from .errors import FailuredError, InputError, RefusedError, TaskNotFound
 
 log = logging.getLogger("failured.api")
 
@@ -146,10 +146,15 @@ class ApiServer:
 
     def start(self):
         server_class = _Server6 if ":" in self.host else _Server
-        self._server = server_class((self.host, self._requested_port), _Handler)
+        try:
+            self._server = server_class((self.host, self._requested_port), _Handler)
+        except OSError as exc:
+            raise FailuredError(f"cannot listen on {self.host or '*'}:{self._requested_port} (FAILURE_HTTP_ADDR): "
+                                f"{exc.strerror or exc}: stop what uses it, or set FAILURE_HTTP_ADDR to another "
+                                "address or off") from None
         self._server.api = self
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http-api", daemon=True)
         self._thread.start()
         return self
@@ -222,6 +227,7 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
     timeout = IDLE_TIMEOUT_SECONDS
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall between them
 
     def _handle(self):
         self._body_read = False
@@ -230,32 +236,29 @@ class _Handler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             if path.startswith("/v1/"):
                 self._authorize(api.token)
-            for pattern, methods in ROUTES:
-                match = pattern.fullmatch(path)
-                if match:
-                    break
-            else:
+            match, methods = next(((m, methods) for pattern, methods in ROUTES if (m := pattern.fullmatch(path))),
+                                  (None, None))
+            if match is None:
                 raise ApiError(404, "not_found", f"no such path: {path}")
             if self.command not in methods:
                 allow = ", ".join(methods)
                 raise ApiError(405, "method_not_allowed", f"{self.command} {path}: use {allow}",
                                headers=(("Allow", allow),))
             status, data = getattr(api, methods[self.command])(self, match)
+            return self._send(status, data)
         except ApiError as exc:
-            status, data = exc.status, {"error": exc.code, "detail": exc.detail}
-            if exc.field:
-                data["field"] = exc.field
-            return self._send(status, data, exc.headers)
+            error = exc
         except TaskNotFound as exc:
-            status, data = 404, {"error": "not_found", "detail": str(exc)}
+            error = ApiError(404, "not_found", str(exc))
         except InputError as exc:
-            status, data = 400, {"error": "bad_request", "detail": str(exc)}
+            error = ApiError(400, "bad_request", str(exc))
         except RefusedError as exc:
-            status, data = 409, {"error": "conflict", "detail": str(exc)}
+            error = ApiError(409, "conflict", str(exc))
         except Exception:
             log.exception("HTTP %s %s failed", self.command, self.path)
-            status, data = 500, {"error": "internal", "detail": "see the daemon log"}
-        self._send(status, data)
+            error = ApiError(500, "internal", "see the daemon log")
+        data = {"error": error.code, "detail": error.detail, **({"field": error.field} if error.field else {})}
+        self._send(error.status, data, error.headers)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
@@ -273,22 +276,23 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "unauthorized", "wrong token",
                            headers=(("WWW-Authenticate", 'Bearer realm="failured", error="invalid_token"'),))
 
+    def _length(self):
+        """The Content-Length as a number, or None when there is none."""
+        length = self.headers.get("Content-Length")
+        if length is not None and not (length.strip().isascii() and length.strip().isdigit()):
+            raise ApiError(400, "bad_request", f"Content-Length {length!r} is not a number")
+        return None if length is None else int(length)
+
     def json_body(self, optional=False):
         """The request body as parsed JSON; an empty optional body is {}."""
         if "Transfer-Encoding" in self.headers:
             raise ApiError(411, "length_required", "chunked bodies are not accepted: send a Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None and optional:
-            self._body_read = True
-            return {}
-        if length is None:
+        length = self._length()
+        if length is None and not optional:
             raise ApiError(411, "length_required", "a Content-Length header is required")
-        if not (length.strip().isascii() and length.strip().isdigit()):
-            raise ApiError(400, "bad_request", f"Content-Length {length!r} is not a number")
-        length = int(length)
-        if length > MAX_BODY_BYTES:
+        if length is not None and length > MAX_BODY_BYTES:
             raise ApiError(413, "payload_too_large", f"the body is {length} bytes: at most {MAX_BODY_BYTES}")
-        if length == 0 and optional:
+        if not length and optional:
             self._body_read = True
             return {}
         content_type = self.headers.get("Content-Type", "")
@@ -305,25 +309,27 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             text = body.decode("utf-8")
             value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-            if "\\u" in text:  # lone surrogates are valid JSON escapes but not storable text
+            if "\\u" in text:  # a lone surrogate is a valid JSON escape but not storable text
                 json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeError as exc:
+        except UnicodeDecodeError as exc:
             raise ApiError(400, "bad_request", f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        except UnicodeEncodeError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON text: it escapes a lone surrogate "
+                           "(\\ud800-\\udfff)") from None
         except ValueError as exc:
             raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, "bad_request", "the body is nested too deeply") from None
         return value
 
-    def _send(self, status, data, headers=()):
+    def _send(self, status, data, headers=(), reason=None):
         if isinstance(data, tuple):  # (bytes, content type) as it is
             body, content_type = data
         else:
             body, content_type = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"), "application/json"
         linger = not self._discard_unread_body()
-        if linger:
-            self.close_connection = True
-        self.send_response(status)
+        self.close_connection = self.close_connection or linger
+        self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers:
@@ -338,28 +344,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_unread_body(self):
         """Read a body the answer did not need, so the connection can go on; False when it cannot be."""
-        if self._body_read or self.headers.get("Content-Length") is None and "Transfer-Encoding" not in self.headers:
+        if self._body_read:
             return True
-        length = self.headers.get("Content-Length", "").strip()
-        if "Transfer-Encoding" in self.headers or not (length.isascii() and length.isdigit()):
+        try:
+            length = self._length() or 0
+        except ApiError:
             return False
-        if int(length) > MAX_BODY_BYTES:
+        if "Transfer-Encoding" in self.headers or length > MAX_BODY_BYTES:
             return False
-        self._body_read = len(self.rfile.read(int(length))) == int(length)
-        return self._body_read
+        return len(self.rfile.read(length)) == length
 
     def _linger(self):
-        # The client may still be sending a body we refused: closing now would reset the connection
+        # The client may still be sending the body we refused: closing at once would reset the connection
         # and could destroy our answer before it is read. Drop what comes, briefly (nginx's lingering close).
         try:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
             self.connection.settimeout(LINGER_SECONDS)
             deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
-            while left > 0 and time.monotonic() < deadline:
-                chunk = self.connection.recv(65536)
-                if not chunk:
-                    break
+            while left > 0 and time.monotonic() < deadline and (chunk := self.connection.recv(65536)):
                 left -= len(chunk)
         except OSError:
             pass
@@ -369,20 +372,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None):
         """Errors the standard library answers itself (bad request line, headers too long, unknown method)."""
-        self.close_connection = True
-        self._body_read = True
+        self.close_connection, self._body_read = True, True
         try:
             slug = HTTPStatus(code).phrase.lower().replace(" ", "_").replace("-", "_")
         except ValueError:
             slug = "error"
-        body = json.dumps({"error": slug, "detail": message or explain or slug}).encode("utf-8")
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
+        self._send(code, {"error": slug, "detail": message or explain or slug}, reason=message)
 
     def log_message(self, format, *args):
         # The request line and status only: headers (Authorization) are never logged.

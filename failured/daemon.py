@@ -104,7 +104,7 @@ class Daemon:
         """The API's (host, port), or None when off; refuses a non-loopback address without a token."""
         address = parse_address(settings.http_addr)
         if address is not None:
-            check_exposure(address[0], settings.api_token)
+            check_exposure(address[0], settings.api_token, address[1])
         return address
 
     def _take_lock(self):

@@ -23,6 +23,7 @@ log = logging.getLogger("failured.engine")
 
 EXEC_HANDLER_TIMEOUT = 3600.0
 NEW_BATCH = 500
+DECIDE_PER_TRANSACTION = 50
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,21 @@ def add_event(task_id, now, event, status, category=None, attempt=None, delay=No
     Task._meta.database.execute_sql(_INSERT_EVENT, (
         task_id, to_db_time(now), event, status, category, attempt, delay, error,
         json.dumps(detail, ensure_ascii=False) if detail else None))
+
+
+_UPDATE_SQL = {}
+
+
+def update_task(task_id, expected_status, fields):
+    """``UPDATE tasks SET fields WHERE id AND status`` in plain SQL (a hot path); True when it applied."""
+    columns = tuple(sorted(fields))
+    sql = _UPDATE_SQL.get(columns)
+    if sql is None:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        sql = _UPDATE_SQL[columns] = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
+    values = [to_db_time(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
+              for c in columns]
+    return Task._meta.database.execute_sql(sql, (*values, task_id, expected_status)).rowcount == 1
 
 
 def load_task(task_id):
@@ -102,16 +118,22 @@ class Engine:
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
-        for task in list(Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit)):
-            try:
-                due = self._decide(task, NEW, "classified")
-            except _Moved:
-                continue
-            except Exception:
-                log.exception("task %s %s: could not be classified; left new for the next scan", task.id, task.task_type)
-                continue
-            if due is not None:
-                queued.append((task.id, due, task.task_type))
+        tasks = list(Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit))
+        for start in range(0, len(tasks), DECIDE_PER_TRANSACTION):
+            # One commit for a few tasks (each its own savepoint): commits, not classifying,
+            # are what a burst of failures costs.
+            with self.store.transaction():
+                for task in tasks[start:start + DECIDE_PER_TRANSACTION]:
+                    try:
+                        due = self._decide(task, NEW, "classified")
+                    except _Moved:
+                        continue
+                    except Exception:
+                        log.exception("task %s %s: could not be classified; left new for the next scan",
+                                      task.id, task.task_type)
+                        continue
+                    if due is not None:
+                        queued.append((task.id, due, task.task_type))
         return queued
 
     def _decide(self, task, expected_status, event, new_error=None, error_type=None):
@@ -152,8 +174,7 @@ class Engine:
             due = None
             status = {policy.EXHAUSTED: EXHAUSTED, policy.MANUAL: MANUAL}.get(decision.action, NOTIFIED)
             fields.update(status=status, finished_at=now, max_attempts=decision.limit or task.max_attempts)
-        updated = Task.update(**fields).where(Task.id == task.id, Task.status == expected_status).execute()
-        if not updated:
+        if not update_task(task.id, expected_status, fields):
             raise _Moved()
         task_now = Task(**{**task.__data__, **fields})
         if decision.action == policy.RETRY:

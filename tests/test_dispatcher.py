@@ -193,3 +193,21 @@ def test_rows_of_a_removed_channel_fail_with_the_reason(dispatcher, snapshot, cl
     lane(dispatcher, "gone", clock).process()
     row = Notification.get(Notification.channel == "gone")
     assert row.status == "failed" and "no longer configured" in row.last_error
+
+
+def test_log_files_survive_logrotate_move_and_copytruncate(dispatcher, snapshot, clock, tmp_path):
+    import os
+
+    log_lane = lane(dispatcher, "log", clock)
+    path = tmp_path / "logs" / "admin_alerts.log"
+    notify(snapshot, clock, 1)
+    log_lane.process()
+    os.rename(path, tmp_path / "logs" / "admin_alerts.log.1")  # logrotate's default: move, then a new file
+    notify(snapshot, clock, 1)
+    log_lane.process()
+    assert len(path.read_text().splitlines()) == 1
+    assert len((tmp_path / "logs" / "admin_alerts.log.1").read_text().splitlines()) == 1
+    path.write_text("")  # copytruncate
+    notify(snapshot, clock, 1)
+    log_lane.process()
+    assert len(path.read_text().splitlines()) == 1 and path.read_text().startswith("{")
