@@ -86,3 +86,12 @@ def test_bad_environment_value_is_a_clear_error(tmp_path):
                      env={**env_for(tmp_path), "FAILURE_RETRY_CONCURRENCY": "lots"})
     assert result.returncode == 2
     assert "FAILURE_RETRY_CONCURRENCY='lots' is not a number" in result.stderr
+
+
+def test_re2_prints_nothing_of_its_own_for_a_bad_pattern(tmp_path, config_dir):
+    (config_dir / "patterns" / "20-bad.toml").write_text(
+        '[[category]]\nname = "x"\naction = "notify_user"\npriority = 2\npatterns = ["a(?=b)", "(unclosed"]\n')
+    result = run_cli("check-config", str(config_dir), env=env_for(tmp_path))
+    assert result.returncode == 1
+    assert "invalid perl operator" in result.stderr and "missing )" in result.stderr
+    assert "re2.cc" not in result.stderr and "absl" not in result.stderr and "E0000" not in result.stderr
