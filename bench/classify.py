@@ -77,7 +77,7 @@ def main():
     messages = realistic_mix(random.Random(42))
     patterns = sum(len(c.patterns) for c in snapshot.ruleset.categories)
     print(f"classify: {len(messages):,} messages, {patterns} patterns in {len(snapshot.ruleset.categories)} categories")
-    ours = rate(snapshot.classifier.classify, messages)
+    ours = rate(snapshot.classifier.classify_uncached, messages)  # the matching itself, not the cache
     seed = rate(baseline(snapshot), messages)
     emit("classify", {"failured msgs/s": round(ours), "seed re loop msgs/s": round(seed),
                       "ratio": round(ours / seed, 1)}, ">= 10x the seed loop")
