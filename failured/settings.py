@@ -1,7 +1,7 @@
 """Process-wide settings from the environment (and a ``.env`` file), validated once at start."""
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -43,7 +43,7 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
 
-# env name -> (field, parser name); the parser checks the value and its range
+# env name -> (Settings attribute, parser name); the parser checks the value and its range
 _VARIABLES = {
     "FAILURE_DB": ("db", "path"),
     "FAILURE_CONFIG_DIR": ("config_dir", "path"),
@@ -118,13 +118,8 @@ def load_settings(environ=None, dotenv_path=".env"):
                 if value is not None:
                     environ.setdefault(key, value)
     values = {}
-    for name, (field, kind) in _VARIABLES.items():
+    for name, (attribute, kind) in _VARIABLES.items():
         if name in environ:
-            values[field] = _parse(kind, name, environ[name])
+            values[attribute] = _parse(kind, name, environ[name])
     return Settings(**values)
 
-
-def describe_variables():
-    """(variable, default) pairs, for ``failured init`` and the README."""
-    defaults = {f.name: f.default for f in fields(Settings)}
-    return [(name, defaults[field]) for name, (field, _) in _VARIABLES.items()]

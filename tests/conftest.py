@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from failured.clock import ManualClock
+from robots import hook_server, robot_server, smtp_server  # noqa: F401 - fixtures for every test file
 from failured.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,18 @@ patterns = ['not found', '不存在']
 suggestion = "检查订单号"
 suggestion_en = "Check the order number"
 """
+
+
+def wait_for(condition, timeout=5.0):
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass; returns its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 def write_config(directory, patterns=SMALL_PATTERNS, main=""):

@@ -6,7 +6,7 @@ import textwrap
 import urllib.parse
 
 import pytest
-from robots import DINGTALK_DOC, HookServer, hook_server, robot_server, smtp_server  # noqa: F401  (fixtures)
+from robots import DINGTALK_DOC, HookServer
 
 from failured.clock import ManualClock
 from failured.errors import ConfigError

@@ -1,9 +1,7 @@
 """kill -9 in the middle of retries: nothing is lost, no task's handler ever overlaps itself."""
 
-import json
 import os
 import signal
-import sys
 import time
 
 from test_daemon import command_handler, report

@@ -1,6 +1,5 @@
 """The life cycle in a real SQLite file with an injected clock: no sleeps."""
 
-import os
 import subprocess
 import sys
 

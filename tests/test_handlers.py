@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from conftest import wait_for
 from failured.errors import ConfigError
 from failured.handlers import (
     HandlerSpec,
@@ -54,15 +55,6 @@ def gone(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
-
-
-def wait_until(condition, deadline=3.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # --- command ---------------------------------------------------------------
@@ -143,7 +135,7 @@ def test_timeout_kills_the_whole_process_group(script, tmp_path):
     assert time.monotonic() - started < 3
     child, grandchild = map(int, pidfile.read_text().split())
     assert child == outcome.pid
-    assert wait_until(lambda: gone(child) and gone(grandchild))
+    assert wait_for(lambda: gone(child) and gone(grandchild))
 
 
 @linux_only
@@ -160,12 +152,12 @@ def test_child_dies_when_the_daemon_is_killed(script, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(daemon, env=env)
     try:
-        assert wait_until(lambda: pidfile.exists() and pidfile.read_text(), deadline=5)
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=5)
         child = int(pidfile.read_text())
         assert not gone(child)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert wait_until(lambda: gone(child))
+        assert wait_for(lambda: gone(child))
     finally:
         proc.kill()
         proc.wait()

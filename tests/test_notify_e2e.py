@@ -1,13 +1,10 @@
 """Notifications end to end: a real daemon, real local robots that check signatures and enforce limits."""
 
 import json
-import random
 import sqlite3
 import time
 
-import pytest
 
-from robots import robot_server  # noqa: F401 - fixture
 from failured.intake import record_failure
 from failured.store import open_store
 

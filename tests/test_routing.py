@@ -3,7 +3,6 @@
 import pytest
 
 from conftest import SMALL_PATTERNS, run_cli, write_config
-from robots import robot_server  # noqa: F401 - fixture
 from failured.config import load_config
 from failured.errors import ConfigErrors
 from failured.notify.routing import Route, channels_for

@@ -6,16 +6,8 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from failured.watcher import ConfigWatcher
-
-
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture

@@ -35,18 +35,6 @@ TEXTS = {
         "breaker_closed_title": "[failured] Breaker closed: {task_type} retries resumed",
         "category": "Category", "task_type": "Task type", "task": "Task", "error": "Error",
         "attempts": "Retries", "suggestion": "Suggestion", "time": "Time", "inspect": "Inspect",
-        "threshold_title": "[failured] 告警阈值：{what} = {value}（阈值 {limit:g}）",
-        "threshold_body": "最近 {minutes:g} 分钟内超过阈值；同一告警每个窗口只发送一次。",
-        "thresholds": {
-            "failure_rate_percent": "{key} 失败率 %", "consecutive_recovery_failures": "{key} 连续恢复失败次数",
-            "notification_delay_minutes": "通道 {key} 通知延迟（分钟）", "unknown_errors": "未知错误数",
-            "recovery_rate_percent": "自动恢复成功率 %", "recent_failures": "最近失败任务数",
-        },
-        "repeat": "同类错误 ×{count}（{minutes:g} 分钟内）",
-        "digest_title": "[failured] 汇总：{count} 条通知",
-        "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
-        "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
-        "see_rest": "查看全部",
         "threshold_title": "[failured] Alert threshold: {what} = {value} (limit {limit:g})",
         "threshold_body": "Breached within the last {minutes:g} minutes; the same alert is sent once per window.",
         "thresholds": {
