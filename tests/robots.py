@@ -274,8 +274,13 @@ class HookServer(_HttpFake):
 
     @staticmethod
     def signature_ok(secret, arrival):
-        """What a receiver does: recompute the HMAC of the raw body and compare in constant time."""
-        expected = "sha256=" + hmac.new(secret.encode(), arrival.raw, hashlib.sha256).hexdigest()
+        """What a receiver does: recompute the HMAC of "{timestamp}.{raw body}", compare in constant time,
+        and refuse a timestamp more than 5 minutes off (a replayed request)."""
+        timestamp = arrival.headers.get("X-Failured-Timestamp", "")
+        if not timestamp.isdigit() or abs(arrival.at - int(timestamp)) > 300:
+            return False
+        signed = timestamp.encode() + b"." + arrival.raw
+        expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
         return hmac.compare_digest(arrival.headers.get("X-Failured-Signature", ""), expected)
 
 

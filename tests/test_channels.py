@@ -256,8 +256,8 @@ def test_errors_are_masked_before_they_are_cut(env, hook_server):
 
 
 def test_webhook_signature_is_verifiable_by_the_receiver(env, hook_server):
-    hook = hook_server()
     clock = ManualClock()
+    hook = hook_server(clock=clock.now)
     channel = make("webhook", clock=clock, url=hook.url, secret="${DINGTALK_SECRET}", headers={"X-Env": "prod"})
     assert channel.send(message(ref="order-7")).ok
     [arrival] = hook.received
@@ -265,6 +265,9 @@ def test_webhook_signature_is_verifiable_by_the_receiver(env, hook_server):
                                "kind": "task", "task_id": 7, "category": "unrecoverable_data", "ref": "order-7"}  # fmt: skip
     assert HookServer.signature_ok(SECRET, arrival)
     assert arrival.headers["X-Failured-Timestamp"] == str(int(clock.now())) and arrival.headers["X-Env"] == "prod"
+    clock.advance(600)
+    replayed = type(arrival)(clock.now(), arrival.payload, arrival.query, arrival.headers, arrival.raw)
+    assert not HookServer.signature_ok(SECRET, replayed)  # the signed timestamp is stale
     arrival.raw = arrival.raw.replace(b'"admin"', b'"user"')
     assert not HookServer.signature_ok(SECRET, arrival)
 

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class WebhookChannel(Channel):
-    """A generic JSON POST, signed with ``X-Failured-Signature: sha256=<hex HMAC of the body>``."""
+    """A generic JSON POST, signed with ``X-Failured-Signature: sha256=<hex HMAC of "{timestamp}.{body}">``."""
 
     kind = "webhook"
     default_rate = 60
@@ -42,9 +42,11 @@ class WebhookChannel(Channel):
         body = json.dumps(notification_dict(message), ensure_ascii=False, default=str).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8", **_resolve(self.headers)}
         if self.secret:
-            signature = hmac.new(_resolve(self.secret).encode("utf-8"), body, hashlib.sha256).hexdigest()
-            headers.update({"X-Failured-Signature": f"sha256={signature}",
-                            "X-Failured-Timestamp": str(int(self.clock.now()))})  # fmt: skip
+            # The timestamp is signed with the body, so a captured request cannot be replayed later.
+            timestamp = str(int(self.clock.now()))
+            signed = timestamp.encode("ascii") + b"." + body
+            signature = hmac.new(_resolve(self.secret).encode("utf-8"), signed, hashlib.sha256).hexdigest()
+            headers.update({"X-Failured-Signature": f"sha256={signature}", "X-Failured-Timestamp": timestamp})
         try:
             resp = requests.post(_resolve(self.url), data=body, headers=headers, timeout=self.timeout,
                                  allow_redirects=False)  # fmt: skip
