@@ -552,8 +552,8 @@ def wait_status(client, task_id, predicate, timeout=5):
 def test_daemon_acts_on_a_posted_failure_at_once(remote):
     started = time.monotonic()
     task_id = remote.report("sync", "validation failed: bad id").data["task_id"]
-    task = wait_status(remote, task_id, lambda s: s != "new", timeout=1)
-    assert time.monotonic() - started < 1  # the poll interval is 30 s: only the API's wake-up explains this
+    task = wait_status(remote, task_id, lambda s: s != "new", timeout=5)
+    assert time.monotonic() - started < 5  # the poll interval is 30 s: only the API's wake-up explains this
     assert task["status"] == "notified"
     assert task["category"] == "unrecoverable_data"
 
