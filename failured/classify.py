@@ -27,6 +27,7 @@ _NAME_PARTS = re.compile(r"\.|::|\\")
 _FRAME = re.compile(r'^\s+File "|^\s+at \S|^\s*\.\.\. \d+ more|^goroutine \d+ \[|\.go:\d+|^Traceback \(most recent')
 _TRACEBACK = "Traceback (most recent call last)"
 CACHE_SIZE = 4096
+CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes ~16 MB
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,21 @@ class Classifier:
         self._set = re2.Set.SearchSet(re2_options())
         for category in ruleset.categories:
             self._index(category)
-        # The API classifies a failure for its answer and the engine again a moment later,
-        # and error storms repeat messages: a small cache halves the work. Results are frozen.
-        self.classify = functools.lru_cache(maxsize=CACHE_SIZE)(self.classify_uncached)
         try:
             self._set.Compile()
         except re2.error:
             raise ConfigErrors([ConfigError(ruleset.files[0] if ruleset.files else "patterns", None,
                                             "RE2 ran out of memory compiling all patterns together: "
                                             "remove or simplify some patterns")]) from None
+        # The API classifies a failure for its answer and the engine again a moment later,
+        # and error storms repeat messages: a small cache halves the work. Results are frozen.
+        self._cached = functools.lru_cache(maxsize=CACHE_SIZE)(self.classify_uncached)
+
+    def classify(self, message, error_type=None, task_type=None):
+        """Classify one error (cached for messages short enough that the cache stays small)."""
+        if message is not None and len(message) > CACHE_MAX_CHARS:
+            return self.classify_uncached(message, error_type, task_type)
+        return self._cached(message, error_type, task_type)
 
     def _index(self, category):
         for tag in category.tags:
