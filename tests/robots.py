@@ -410,7 +410,8 @@ class SmtpServer:
         self.close()
 
 
-def _factory(cls):
+def _servers(cls):
+    """Yield a factory of started ``cls`` servers; close every one it made afterwards."""
     made = []
 
     def make(*args, **kwargs):
@@ -418,30 +419,23 @@ def _factory(cls):
         made.append(server)
         return server
 
-    return made, make
+    yield make
+    for server in made:
+        server.close()
 
 
 @pytest.fixture
 def robot_server():
     """``robot_server(kind="dingtalk"|"wecom", token_or_key=..., secret=None, keyword=None,
     limit_per_minute=20, clock=time.time)`` -> a started RobotServer, closed after the test."""
-    made, make = _factory(RobotServer)
-    yield make
-    for server in made:
-        server.close()
+    yield from _servers(RobotServer)
 
 
 @pytest.fixture
 def hook_server():
-    made, make = _factory(HookServer)
-    yield make
-    for server in made:
-        server.close()
+    yield from _servers(HookServer)
 
 
 @pytest.fixture
 def smtp_server():
-    made, make = _factory(SmtpServer)
-    yield make
-    for server in made:
-        server.close()
+    yield from _servers(SmtpServer)

@@ -193,7 +193,7 @@ def test_recovery_disabled_classifies_and_notifies_but_does_not_retry(daemon_fac
     assert not (tmp_path / "c5").exists()
 
 
-def test_reaction_report_to_zero_delay_retry_under_a_second(daemon_factory, tmp_path):
+def test_reaction_report_to_zero_delay_retry_is_prompt(daemon_factory, tmp_path):
     patterns = open(__file__.replace("test_daemon.py", "conftest.py")).read().split('SMALL_PATTERNS = """')[1].split('"""')[0]
     patterns = patterns.replace("delays = [0.05, 0.1, 0.2]", "delays = [0]")
     script = tmp_path / "stamp.py"
