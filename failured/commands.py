@@ -6,7 +6,7 @@ from pathlib import Path
 from . import manual, reports
 from .clock import SystemClock
 from .config import load_config
-from .errors import FailuredError
+from .errors import ConfigErrors, FailuredError
 from .intake import record_failure
 from .store import open_store
 
@@ -113,7 +113,6 @@ def analyze(settings, days, write=False):
 def status(settings):
     """``failured status`` data; a broken config still gives a status (without thresholds)."""
     from . import status as status_module
-    from .errors import ConfigErrors
 
     try:
         snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir)

@@ -208,7 +208,7 @@ class Daemon:
         self.notifier.status(self._status_line())
 
     def _status_line(self):
-        return f"{len(self.queue)} retries pending, {self.runner.running if hasattr(self, 'runner') else 0} running"
+        return f"{len(self.queue)} retries pending, {self.runner.running} running"
 
     # -- scheduled jobs --------------------------------------------------------
 

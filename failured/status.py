@@ -6,39 +6,34 @@ Healthy means: the daemon's heartbeat is fresh and no alert threshold is breache
 import json
 
 from .clock import from_db_time, iso
-from .store import Breaker, DaemonState
+from .store import Breaker
 from .thresholds import evaluate
 
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
 NEXT_RETRIES = 5
 
 
-def _state(key):
-    row = DaemonState.get_or_none(DaemonState.key == key)
-    return row
-
-
 def _when(epoch):
     return iso(epoch) if epoch is not None else None
 
 
-def _float_state(key):
-    row = _state(key)
-    return float(row.value.split()[0]) if row else None
+def _epoch_state(store, key):
+    value = store.get_state(key)  # "1795626134.585" (the heartbeat adds " pid=N")
+    return float(value.split()[0]) if value else None
 
 
-def daemon_status(now):
-    beat = _float_state("heartbeat")
+def daemon_status(store, now):
+    beat = _epoch_state(store, "heartbeat")
     age = None if beat is None else round(now - beat, 1)
     return {"alive": age is not None and age <= STALE_HEARTBEAT_SECONDS, "heartbeat_age_seconds": age,
-            "heartbeat": _when(beat), "last_scan": _when(_float_state("last_scan")),
-            "last_analysis": _when(_float_state("last_analysis"))}
+            "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
+            "last_analysis": _when(_epoch_state(store, "last_analysis"))}
 
 
-def config_status():
-    active, rejected = _state("config"), _state("config_rejected")
-    return {"active": json.loads(active.value) if active else None,
-            "last_rejected": json.loads(rejected.value) if rejected else None}
+def config_status(store):
+    active, rejected = store.get_state("config"), store.get_state("config_rejected")
+    return {"active": json.loads(active) if active else None,
+            "last_rejected": json.loads(rejected) if rejected else None}
 
 
 def collect(store, snapshot, now):
@@ -64,7 +59,7 @@ def collect(store, snapshot, now):
     breakers = [{"task_type": b.task_type, "state": b.state, "consecutive_failures": b.consecutive_failures,
                  "open_until": _when(b.open_until)} for b in Breaker.select().where(Breaker.state != "closed")]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
-    daemon = daemon_status(now)
+    daemon = daemon_status(store, now)
     breached = [t for t in thresholds if t["breached"]]
     return {
         "healthy": daemon["alive"] and not breached,
@@ -73,7 +68,7 @@ def collect(store, snapshot, now):
         "next_retries": next_retries,
         "breakers_open": breakers,
         "notifications": channels,
-        "config": config_status(),
+        "config": config_status(store),
         "thresholds_breached": breached,
     }
 

@@ -6,6 +6,8 @@ A rate with nothing to divide by is "unknown", never a fake 0 % or 100 %.
 from dataclasses import asdict, dataclass
 
 from .clock import from_db_time, to_db_time
+from .notify import messages
+from .notify.outbox import enqueue
 
 RECOVERABLE_PREFIX = "recoverable_"
 
@@ -76,9 +78,6 @@ def evaluate(store, now, limits):
 
 def alert_breaches(store, snapshot, now, lang):
     """Queue one admin notification per breached threshold and key, at most once per window."""
-    from .notify import messages
-    from .notify.outbox import enqueue
-
     limits = snapshot.thresholds
     alerted = []
     for check in evaluate(store, now, limits):

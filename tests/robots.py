@@ -78,7 +78,25 @@ class Arrival:
     raw: bytes = b""
 
 
-class _HttpFake:
+class _Served:
+    """A server in a thread, usable as ``with Server(...) as server:``."""
+
+    _server = None
+
+    def _stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _HttpFake(_Served):
     """A ThreadingHTTPServer in a thread that can go down (refuse, 502, hang) and come back on its port."""
 
     def __init__(self):
@@ -139,18 +157,6 @@ class _HttpFake:
     def close(self):
         self._release.set()
         self._stop()
-
-    def _stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
 
     def handle(self, path, headers, raw):
         raise NotImplementedError
@@ -305,7 +311,7 @@ class Mail:
         return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
-class SmtpServer:
+class SmtpServer(_Served):
     """Enough SMTP for smtplib: EHLO/HELO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT; no TLS.
 
     ``users`` ({name: password}) requires AUTH; ``refuse`` is a set of rejected recipients;
@@ -398,16 +404,7 @@ class SmtpServer:
         return f"535 5.7.8 Authentication credentials invalid{quoted}"
 
     def close(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
+        self._stop()
 
 
 def _servers(cls):
