@@ -54,7 +54,7 @@ def unpack(message, error_type=None):
     if 0 <= start <= 80 and text.endswith("}"):
         try:
             data = json.loads(text[start:])
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile reporter can nest JSON 20,000 deep
             data = None
         if isinstance(data, dict) and isinstance(data.get("error_message"), str):
             embedded_type = data.get("error_type")

@@ -56,3 +56,15 @@ class RefusedError(FailuredError):
     """A manual action refused because of the task's state (the message says why)."""
 
     exit_code = 1
+
+
+class StoreFullError(StoreError):
+    """The disk (or filesystem) holding the database is full: nothing was written.
+
+    Reporters get a one-line error (CLI exit 1, API 507); the daemon stays up,
+    stops taking new work and carries on by itself when space returns.
+    """
+
+    def __init__(self, path, detail="database or disk is full"):
+        self.path = str(path)
+        super().__init__(f"disk full: cannot write {self.path} ({detail}): free space on its filesystem")
