@@ -5,12 +5,13 @@ Times are UTC, stored as SQLite's own text form ('YYYY-MM-DD HH:MM:SS.mmm') so
 """
 
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import peewee as pw
 
 from .clock import from_db_time, to_db_time
-from .errors import StoreError
+from .errors import InputError, StoreError, StoreFullError
 
 SCHEMA_VERSION = 1
 
@@ -188,8 +189,45 @@ VIEWS = {
 MIGRATIONS = {}
 
 
+class MissingStoreError(InputError):
+    """A command that only reads was pointed at a database that does not exist."""
+
+    def __init__(self, path):
+        super().__init__(f"no database at {path}; is FAILURE_DB right? "
+                         "(commands that only read never create one)")
+
+
+def _causes(exc):
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def translate_error(path, exc):
+    """The StoreError a database failure means for a person, or None when it is not one we name.
+
+    A full disk makes SQLite roll back by itself, and the rollback that follows then
+    fails with "cannot rollback - no transaction is active": the cause is further down.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, StoreError):
+            return cause
+        text = str(cause).lower()
+        if "database or disk is full" in text or "disk i/o error" in text and "full" in text:
+            return StoreFullError(path)
+        if "readonly database" in text or "read-only" in text and "database" in text:
+            return StoreError(f"database {path} is read-only ({cause}): "
+                              "check the permissions of the file and of its directory")
+    return None
+
+
 class Store:
     """One SQLite file. Models are bound to it when it opens."""
+
+    created = False  # True when open() made a new database file
 
     def __init__(self, path):
         self.path = Path(path)
@@ -202,23 +240,43 @@ class Store:
         )
         self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
 
-    def open(self):
-        """Create or migrate the schema; returns self."""
+    def open(self, create=True):
+        """Create (only when ``create``) or migrate the schema; returns self."""
+        if not self.path.exists():
+            if not create:
+                raise MissingStoreError(self.path)
+            self.created = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db.connect(reuse_if_open=True)
             self._migrate()
+        except StoreError:
+            raise
         except (pw.DatabaseError, sqlite3.DatabaseError, OSError) as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+            known = translate_error(self.path, exc)
+            if known is not None:
+                raise known from None
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
         return self
 
     def close(self):
         if not self.db.is_closed():
             self.db.close()
 
+    @contextmanager
     def transaction(self):
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        return self.db.atomic()
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error).
+
+        A full disk or a read-only file comes out as a StoreError that says so.
+        """
+        try:
+            with self.db.atomic():
+                yield
+        except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
+            known = translate_error(self.path, exc)
+            if known is None:
+                raise
+            raise known from None
 
     def schema_version(self):
         return self.db.execute_sql("PRAGMA user_version").fetchone()[0]
@@ -226,6 +284,9 @@ class Store:
     def _migrate(self):
         with self.db.atomic():
             version = self.schema_version()
+            if version < 0:
+                raise StoreError(f"database {self.path} has schema version {version}, which no failured "
+                                 "writes: it was edited by hand; restore it from a backup")
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"database {self.path} has schema version {version}, newer than this "
@@ -249,13 +310,18 @@ class Store:
     # -- small key/value state -------------------------------------------
 
     def set_state(self, key, value, now):
-        DaemonState.replace(key=key, value=value, updated_at=now).execute()
+        with self.transaction():
+            DaemonState.replace(key=key, value=value, updated_at=now).execute()
+
+    def delete_state(self, key):
+        with self.transaction():
+            DaemonState.delete().where(DaemonState.key == key).execute()
 
     def get_state(self, key, default=None):
         row = DaemonState.get_or_none(DaemonState.key == key)
         return row.value if row else default
 
 
-def open_store(path):
-    """Open (creating or migrating) the database at ``path``."""
-    return Store(path).open()
+def open_store(path, create=True):
+    """Open (creating when ``create``, migrating) the database at ``path``; ``store.created`` says if it is new."""
+    return Store(path).open(create)
