@@ -9,14 +9,19 @@ import logging
 import os
 import random
 import signal
+import threading
 from dataclasses import dataclass
 
 from . import policy
+from .classify import Classification
+from .fingerprint import fingerprint
 from .handlers import HandlerSpec
 from .metrics import Metrics
 from .notify import messages
 from .notify.outbox import enqueue
+from .secrets import known_secrets, masked
 from .clock import from_db_time, to_db_time
+from .errors import StoreError
 from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RUNNING, SCHEDULED, Task, UtcTimeField
 
 log = logging.getLogger("failured.engine")
@@ -24,6 +29,19 @@ log = logging.getLogger("failured.engine")
 EXEC_HANDLER_TIMEOUT = 3600.0
 NEW_BATCH = 500
 DECIDE_PER_TRANSACTION = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What deciding a task came to, worked out before the write lock is taken."""
+
+    task: Task
+    result: object  # classify.Classification
+    category: object  # rules.Category
+    decision: policy.Decision
+    fields: dict
+    new_error: str | None
+    error_type: str | None
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,8 @@ class Engine:
         self.config = config
         self.owner = owner
         self.rng = rng
-        self._notified = False  # a notification row was written since the dispatcher was last woken
+        self._notified = threading.Event()  # a notification row was written since the dispatcher was last woken
+        self._unwritable = set()  # new tasks whose decision could not be written (logged once each)
 
     # -- deciding -----------------------------------------------------------
 
@@ -118,51 +137,91 @@ class Engine:
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
-        tasks = list(Task.select().where(Task.status == NEW).order_by(Task.id).limit(limit))
+        query = Task.select().where(Task.status == NEW)
+        if self._unwritable:
+            query = query.where(Task.id.not_in(list(self._unwritable)))
+        tasks = list(query.order_by(Task.id).limit(limit))
         for start in range(0, len(tasks), DECIDE_PER_TRANSACTION):
+            # Classify before BEGIN: CPU work never runs while the write lock is held.
+            plans = [self._plan(task, NEW) for task in tasks[start:start + DECIDE_PER_TRANSACTION]]
             # One commit for a few tasks (each its own savepoint): commits, not classifying,
             # are what a burst of failures costs.
             with self.store.transaction():
-                for task in tasks[start:start + DECIDE_PER_TRANSACTION]:
-                    try:
-                        due = self._decide(task, NEW, "classified")
-                    except _Moved:
-                        continue
-                    except Exception:
-                        log.exception("task %s %s: could not be classified; left new for the next scan",
-                                      task.id, task.task_type)
-                        continue
+                for plan in plans:
+                    due = self._write_guarded(plan)
                     if due is not None:
-                        queued.append((task.id, due, task.task_type))
+                        queued.append((plan.task.id, due, plan.task.task_type))
+            for plan in plans:
+                self._after_write(plan, "classified")
         return queued
+
+    def _write_guarded(self, plan):
+        """Write one plan in its own savepoint; a task that cannot be written is set aside, not retried forever."""
+        try:
+            with self.store.transaction():
+                return self._write(plan, NEW, "classified")
+        except _Moved:
+            return None
+        except StoreError:
+            raise  # disk full, read-only: the whole batch waits, the daemon says so
+        except Exception:
+            log.exception("task %s %s: could not be written; set aside until restart", plan.task.id,
+                          plan.task.task_type)
+            self._unwritable.add(plan.task.id)
+            return None
 
     def _decide(self, task, expected_status, event, new_error=None, error_type=None):
         """Classify the task's (new) error, decide, and apply it in one transaction; returns due time or None."""
+        plan = self._plan(task, expected_status, new_error, error_type)
+        with self.store.transaction():
+            due = self._write(plan, expected_status, event)
+        self._after_write(plan, event)
+        return due
+
+    def _plan(self, task, expected_status, new_error=None, error_type=None):
+        """Classify and decide without touching the store. Never raises: what cannot be
+        decided is decided as ``unknown``, with the reason, so it never blocks other tasks."""
         snapshot = self.config()
-        error = new_error if new_error is not None else task.error_message
-        result = snapshot.classifier.classify(error, error_type or (None if new_error else task.error_type),
-                                              task.task_type)
-        category = snapshot.ruleset.category(result.category)
-        retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
-                                               self.settings.max_recovery_attempts)
-        has_handler = self.handler_for(task, snapshot) is not None
-        decision = policy.decide(category, retry_policy, task.attempts, has_handler, task.max_attempts, self.rng)
-        now = self.clock.now()
+        secrets = known_secrets(snapshot, self.settings)
+        error = masked(new_error if new_error is not None else task.error_message, secrets) or ""
+        error_type = error_type if new_error is not None else (error_type or task.error_type)
+        try:
+            result = snapshot.classifier.classify(error, error_type, task.task_type)
+            category = snapshot.ruleset.category(result.category)
+            retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
+                                                   self.settings.max_recovery_attempts)
+            has_handler = self.handler_for(task, snapshot) is not None
+            decision = policy.decide(category, retry_policy, task.attempts, has_handler, task.max_attempts, self.rng)
+        except Exception as exc:
+            log.exception("task %s %s: could not be classified; decided as unknown", task.id, task.task_type)
+            result = _unclassifiable(snapshot, self.settings.lang, error, error_type, exc)
+            category = snapshot.ruleset.unknown
+            decision = policy.Decision(policy.NOTIFY_ADMIN)
         fields = dict(category=result.category, matched_by=result.matched_by, matched_pattern=result.pattern,
-                      error_template=result.template, fingerprint=result.fingerprint, updated_at=now,
+                      error_template=result.template, fingerprint=result.fingerprint,
                       lease_owner=None, lease_until=None, handler_pid=None, next_retry_at=None)
         if new_error is not None:
-            fields.update(error_message=new_error, error_type=error_type)
-        with self.store.transaction():
-            if new_error is not None:
-                add_event(task.id, now, event, RUNNING, result.category, task.attempts, error=new_error,
-                          error_type=error_type)
-            due = self._apply(task, expected_status, decision, category, result, fields, now)
+            fields.update(error_message=error, error_type=error_type)
+        elif error != task.error_message:
+            fields.update(error_message=error)  # a secret the reporter could not mask
+        return Plan(task, result, category, decision, fields, error if new_error is not None else None,
+                    error_type)
+
+    def _write(self, plan, expected_status, event):
+        """The plan's task update, events and notifications; the caller holds the transaction."""
+        now = self.clock.now()
+        plan.fields["updated_at"] = now
+        if plan.new_error is not None:
+            add_event(plan.task.id, now, event, RUNNING, plan.result.category, plan.task.attempts,
+                      error=plan.new_error, error_type=plan.error_type)
+        return self._apply(plan.task, expected_status, plan.decision, plan.category, plan.result, plan.fields, now)
+
+    def _after_write(self, plan, event):
+        decision, result, task = plan.decision, plan.result, plan.task
         if event == "classified":
             self.metrics.classified(result.category, task.task_type)
-        if due is not None or decision.action != policy.RETRY:
+        if decision.action != policy.RETRY or plan.fields.get("status") == SCHEDULED:
             log.info("task %s %s: %s (%s)", task.id, task.task_type, self._describe(decision), result.category)
-        return due
 
     def _apply(self, task, expected_status, decision, category, result, fields, now):
         lang = self.settings.lang
@@ -192,7 +251,7 @@ class Engine:
                                                 attempts=task.attempts if kind == "exhausted" else None,
                                                 limit=decision.limit or None)
             enqueue(self.config(), now, audience, kind, title, body, task=task_now, category=result.category)
-            self._notified = True
+            self._notified.set()
         return due
 
     def _notify_manual_once(self, task_type, now):
@@ -204,7 +263,9 @@ class Engine:
 
     def notified_since_wake(self):
         """True once after notifications were queued (retry outcomes, breakers), so intake wakes the dispatcher."""
-        notified, self._notified = self._notified, False
+        notified = self._notified.is_set()
+        if notified:
+            self._notified.clear()
         return notified
 
     def forget_manual_notices(self, snapshot):
@@ -352,6 +413,19 @@ class Engine:
                       task.attempts, task_type=task.task_type)
             enqueue(self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
         log.warning("task type %s: breaker %s", task.task_type, state)
+
+
+def _unclassifiable(snapshot, lang, message, error_type, exc):
+    """The ``unknown`` result for a message the classifier failed on, naming why."""
+    try:
+        template, digest = fingerprint(message[:4096])
+    except Exception:
+        template, digest = "", ""
+    unknown = snapshot.ruleset.unknown
+    return Classification(
+        category=unknown.name, label=unknown.label_in(lang), action=unknown.action, matched_by="none",
+        pattern=f"classifier failed: {type(exc).__name__}", fingerprint=digest, template=template,
+        error_type=error_type, message=message, suggestion=unknown.suggestion_in(lang))
 
 
 class _Moved(Exception):
