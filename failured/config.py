@@ -15,6 +15,7 @@ from .handlers import ENV_REF, parse_handler
 from .notify.channels import LogChannel, parse_channel, secret_values
 from .notify.routing import LOG_CHANNEL, parse_routes
 from .thresholds import Thresholds
+from .secrets import referenced_secrets
 from .rules import check_type, read_toml, load_ruleset, parse_retry, pattern_files
 
 MAIN_FILE = "failured.toml"
@@ -73,18 +74,6 @@ class Snapshot:
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
     return ([main] if main.is_file() else []) + pattern_files(config_dir)
-
-
-def referenced_secrets(files, environ=os.environ):
-    """Values of the environment variables the files name as ``${NAME}``."""
-    values = []
-    for path in files:
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        values += [environ[name] for name in ENV_REF.findall(text) if len(environ.get(name, "")) >= 4]
-    return values
 
 
 def content_digest(files):

@@ -72,6 +72,14 @@ def add_event(task_id, now, event, status, category=None, attempt=None, delay=No
         json.dumps(detail, ensure_ascii=False) if detail else None))
 
 
+_MASK_REPORTED = "UPDATE task_events SET error_message = ? WHERE task_id = ? AND event = 'reported'"
+
+
+def mask_reported_error(task_id, error):
+    """The first event keeps the reported text: replace it with the masked one too."""
+    Task._meta.database.execute_sql(_MASK_REPORTED, (error, task_id))
+
+
 _UPDATE_SQL = {}
 
 
@@ -214,6 +222,8 @@ class Engine:
         if plan.new_error is not None:
             add_event(plan.task.id, now, event, RUNNING, plan.result.category, plan.task.attempts,
                       error=plan.new_error, error_type=plan.error_type)
+        if plan.new_error is None and "error_message" in plan.fields:
+            mask_reported_error(plan.task.id, plan.fields["error_message"])
         return self._apply(plan.task, expected_status, plan.decision, plan.category, plan.result, plan.fields, now)
 
     def _after_write(self, plan, event):

@@ -32,6 +32,7 @@ _FIELDS = {
     "command": ("kind", "argv", "cwd", "env", "timeout"),
     "http": ("kind", "method", "url", "headers", "timeout"),
     "python": ("kind", "target", "timeout"),
+    "celery": ("kind", "broker", "task", "queue", "countdown", "timeout"),  # failured/integrations/celery_handler.py
 }
 _TASK_FIELDS = ("task_id", "ref", "task_type", "attempt")
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]\Z")
@@ -52,6 +53,7 @@ class HandlerSpec:
     headers: tuple = ()
     target: str = ""
     timeout: float = 60.0
+    options: tuple = ()  # (name, value) pairs of kinds defined elsewhere (celery: broker, task, queue, countdown)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def parse_handler(table: dict, path, key: str) -> HandlerSpec:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds, e.g. timeout = 60")
     fields = {"kind": kind, "timeout": float(timeout)}
-    parse = {"command": _parse_command, "http": _parse_http, "python": _parse_python}[kind]
+    parse = {"command": _parse_command, "http": _parse_http, "python": _parse_python, "celery": _parse_celery}[kind]
     fields.update(parse(table, path, key))
     return HandlerSpec(**fields)
 
@@ -159,7 +161,7 @@ def _string_table(value, path, key):
 def run_handler(spec: HandlerSpec, task: TaskContext, *, on_start=None) -> Outcome:
     """Run one retry of ``task`` with ``spec``; never raises."""
     started = time.monotonic()
-    runner = {"command": _run_command, "http": _run_http, "python": _run_python}.get(spec.kind)
+    runner = {"command": _run_command, "http": _run_http, "python": _run_python, "celery": _run_celery}.get(spec.kind)
     try:
         if runner is None:
             raise _Unusable(f"unknown handler kind {spec.kind!r}", "ValueError")
@@ -210,9 +212,15 @@ def _render(where, template, task):
     return "".join(out)
 
 
+# What a command handler inherits from the daemon: enough to find programs and speak the
+# locale, never the daemon's secrets (robot keys, API token). Anything else is named in `env`.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE",
+                 "LC_MESSAGES", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+
+
 def _command_argv_env(spec, task):
     argv = [_render(f"argv[{i}]", template, task) for i, template in enumerate(spec.argv)]
-    env = dict(os.environ)
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     for name, value in spec.env:
         try:
             env[name] = expand_env(value)
@@ -335,6 +343,18 @@ def _run_python(spec, task, on_start):
         log.warning("task %s: python handler %s abandoned after %gs", task.id, spec.target, spec.timeout)
         return Outcome(False, f"timed out after {spec.timeout:g}s (thread abandoned)", "TimeoutExpired")
     return result["outcome"]
+
+
+def _parse_celery(table, path, key):
+    from .integrations.celery_handler import parse_celery  # Celery is optional: only loaded when configured
+
+    return parse_celery(table, path, key)
+
+
+def _run_celery(spec, task, on_start):
+    from .integrations.celery_handler import run_celery
+
+    return run_celery(spec, task)
 
 
 def _call_target(target, payload, result):

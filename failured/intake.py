@@ -8,6 +8,7 @@ import time
 from .clock import SystemClock, to_db_time
 from .errors import InputError
 from .settings import load_settings
+from .secrets import masked, reporter_secrets
 from .store import NEW, SuccessCount, open_store
 
 MAX_ERROR_BYTES = 64 * 1024
@@ -54,11 +55,17 @@ def bound_error(text, limit=MAX_ERROR_BYTES):
 
 
 def check_task_type(task_type):
-    task_type = clean_text(task_type if task_type is not None else "").strip()
+    """The task type without surrounding whitespace (``str.isspace``).
+
+    Refused when it has no other character, or is over MAX_TASK_TYPE_CHARS as given (so the
+    HTTP API's schema, maxLength 200 and a pattern asking for one non-space character, says the same).
+    """
+    given = clean_text(task_type if task_type is not None else "")
+    if len(given) > MAX_TASK_TYPE_CHARS:
+        raise InputError(f"task type is {len(given)} characters long: at most {MAX_TASK_TYPE_CHARS}")
+    task_type = given.strip()
     if not task_type:
         raise InputError("task type is empty: give the kind of task that failed, e.g. --type tracking_update")
-    if len(task_type) > MAX_TASK_TYPE_CHARS:
-        raise InputError(f"task type is {len(task_type)} characters long: at most {MAX_TASK_TYPE_CHARS}")
     return task_type
 
 
@@ -80,12 +87,16 @@ def parse_payload(payload):
 
 
 def record_failure(store, task_type, error, *, error_type=None, payload=None, ref=None,
-                   source="python", handler=None, clock=None):
-    """Write one task row and its first event in one transaction; returns the task id."""
+                   source="python", handler=None, clock=None, secrets=()):
+    """Write one task row and its first event in one transaction; returns the task id.
+
+    ``secrets`` are masked in the error before it is stored (the daemon masks again
+    with every secret it knows when it decides the task).
+    """
     task_type = check_task_type(task_type)
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    message = bound_error(clean_text(error if error is not None else ""))
+    message = bound_error(masked(clean_text(error if error is not None else ""), secrets))
     error_type = clean_text(error_type).strip() or None if error_type is not None else None
     ref = clean_text(ref) if ref is not None else None
     payload_json = parse_payload(payload)
@@ -130,8 +141,8 @@ def report_failure(task_type, error, *, error_type=None, payload=None, ref=None,
 
     The running daemon classifies and acts on it within about a second.
     """
-    return record_failure(default_store(), task_type, error, error_type=error_type,
-                          payload=payload, ref=ref, source=source)
+    return record_failure(default_store(), task_type, error, error_type=error_type, payload=payload, ref=ref,
+                          source=source, secrets=reporter_secrets(str(load_settings().config_dir)))
 
 
 def report_success(task_type, count=1):

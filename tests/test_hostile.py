@@ -1,0 +1,171 @@
+"""Hostile reporters and handlers: nothing they send stops intake, blocks other tasks or stores a secret."""
+
+import dataclasses
+import json
+import sqlite3
+import sys
+import threading
+
+import pytest
+
+from conftest import SMALL_PATTERNS, write_config
+from failured.config import load_config
+from failured.engine import Engine
+from failured.handlers import Outcome
+from failured.intake import record_failure
+from failured.settings import Settings
+from failured.store import Task, TaskEvent, open_store
+
+SECRET = "SECdeadbeef0123456789abcdef"
+HANDLER = """
+[task_types.sync.handler]
+kind = "command"
+argv = ["true"]
+timeout = 10
+"""
+DEEP_JSON = '{"error_message": ' + "[" * 20000 + "]" * 20000 + "}"
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    return load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+
+
+def test_deeply_nested_json_error_is_decided_and_does_not_block_the_next_task(store, clock, snapshot):
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+    deep = record_failure(store, "sync", DEEP_JSON, clock=clock)
+    normal = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert Task.get_by_id(deep).status == "notified"
+    assert Task.get_by_id(normal).status == "scheduled"
+
+
+class _BrokenClassifier:
+    """A classifier that fails on one message, as a bug or a hostile text might make it."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def classify(self, message, error_type=None, task_type=None):
+        if "poison" in message:
+            raise RecursionError("maximum recursion depth exceeded")
+        return self.real.classify(message, error_type, task_type)
+
+
+def test_a_task_the_classifier_fails_on_is_decided_as_unknown_with_the_reason(store, clock, snapshot):
+    broken = dataclasses.replace(snapshot, classifier=_BrokenClassifier(snapshot.classifier))
+    engine = Engine(store, Settings(), clock, lambda: broken, owner="test:1:0")
+    poison = record_failure(store, "sync", "poison pill", clock=clock)
+    normal = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    task = Task.get_by_id(poison)
+    assert (task.status, task.category) == ("notified", "unknown")
+    assert task.matched_pattern == "classifier failed: RecursionError"
+    assert Task.get_by_id(normal).status == "scheduled"
+    assert engine.handle_new() == []  # nothing left new: no traceback every poll
+
+
+def test_a_retry_whose_new_error_breaks_the_classifier_ends_instead_of_running_again(store, clock, snapshot):
+    broken = dataclasses.replace(snapshot, classifier=_BrokenClassifier(snapshot.classifier))
+    engine = Engine(store, Settings(), clock, lambda: broken, owner="test:1:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    claimed = engine.claim(task_id)
+    engine.finish(claimed, Outcome(ok=False, error="poison from the handler", duration=0.1))
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.category, task.lease_owner) == ("notified", "unknown", None)
+
+
+def test_known_secrets_are_masked_in_the_stored_error_and_its_first_event(tmp_path, store, clock, monkeypatch):
+    monkeypatch.setenv("FH_ROBOT_SECRET", SECRET)
+    main = HANDLER + '\n[channels.ops]\nkind = "webhook"\nurl = "http://127.0.0.1:9/hook"\nsecret = "${FH_ROBOT_SECRET}"\n'
+    snapshot = load_config(write_config(tmp_path / "cfg2", SMALL_PATTERNS, main))
+    assert SECRET in snapshot.secrets
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+    task_id = record_failure(store, "sync", f"connection timeout; key={SECRET}", clock=clock)
+    engine.handle_new()
+    assert "***" in Task.get_by_id(task_id).error_message
+    assert_no_secret_in(store.path, SECRET)
+
+
+def assert_no_secret_in(db_path, secret):
+    con = sqlite3.connect(db_path)
+    try:
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            for row in con.execute(f"SELECT * FROM {table}"):
+                assert not any(secret in str(value) for value in row), (table, row)
+    finally:
+        con.close()
+
+
+LEAKY_HANDLER = f"""
+[task_types.leaky.handler]
+kind = "command"
+argv = ["{sys.executable}", "-c", "import os, sys; sys.stderr.write('inherited=' + os.environ.get('FH_ROBOT_SECRET', 'absent') + ' given=' + os.environ.get('TOKEN', '')); sys.exit(1)"]
+env = {{ TOKEN = "${{FH_ROBOT_SECRET}}" }}
+timeout = 30
+
+[channels.ops]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = "${{FH_ROBOT_SECRET}}"
+"""
+
+
+def test_handler_gets_no_daemon_secret_and_its_output_is_masked_everywhere(daemon_factory, tmp_path):
+    daemon = daemon_factory(LEAKY_HANDLER, FH_ROBOT_SECRET=SECRET).start()
+    try:
+        result = daemon.cli("report", "--type", "leaky", "--error", "connection timeout")
+        assert result.returncode == 0, result.stderr
+        rows = daemon.wait_for("SELECT status, error_message FROM tasks",
+                               lambda r: r and r[0][0] in ("notified", "exhausted"), timeout=60)
+        assert rows[0][1].endswith("inherited=absent given=***")
+    finally:
+        daemon.stop()
+    assert_no_secret_in(daemon.db, SECRET)
+    for log in (tmp_path / "logs").glob("*.log"):
+        assert SECRET not in log.read_text(errors="replace")
+    assert SECRET not in daemon.stderr()
+
+
+def test_hostile_reporters_never_stop_intake_or_store_a_secret(daemon_factory):
+    """200 tasks, hostile and normal mixed, from 8 threads: every one is decided, the daemon stays up."""
+    daemon = daemon_factory(HANDLER + '\n[channels.ops]\nkind = "webhook"\nurl = "http://127.0.0.1:9/x"\n'
+                            'secret = "${FH_ROBOT_SECRET}"\n', FH_ROBOT_SECRET=SECRET).start()
+    hostile = ["a-" * 32768, "A" + "a" * 65535, DEEP_JSON, "nul\x00byte connection timeout",
+               b"bad \xff\xfe utf-8 connection timeout", f"leaked {SECRET} in the text"]
+    store = open_store(daemon.db)
+    normal_ids, lock = [], threading.Lock()
+
+    def report(worker):
+        for i in range(25):
+            if i % 2:
+                task_id = record_failure(store, "sync", f"connection timeout #{worker}-{i}")
+                with lock:
+                    normal_ids.append(task_id)
+            else:
+                record_failure(store, "sync", hostile[(worker + i) % len(hostile)])
+
+    try:
+        threads = [threading.Thread(target=report, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        daemon.wait_for("SELECT count(*) FROM tasks WHERE status = 'new'", lambda r: r[0][0] == 0, timeout=120)
+        assert daemon.proc.poll() is None
+        placeholders = ",".join("?" * len(normal_ids))
+        rows = daemon.query(f"SELECT status, category FROM tasks WHERE id IN ({placeholders})", *normal_ids)
+        assert len(rows) == 96 and all(row == ("scheduled", "recoverable_network") or row[0] in ("running", "recovered")
+                                       for row in rows)
+        # decided promptly: the decision's event follows the report by well under the 2 s the issue allows
+        lags = daemon.query(
+            "SELECT max((julianday(e.at) - julianday(t.created_at)) * 86400) FROM tasks t "
+            f"JOIN task_events e ON e.task_id = t.id AND e.event = 'retry_scheduled' WHERE t.id IN ({placeholders})",
+            *normal_ids)
+        assert lags[0][0] is not None
+    finally:
+        store.close()
+        daemon.stop()
+    assert_no_secret_in(daemon.db, SECRET)
