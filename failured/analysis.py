@@ -7,14 +7,17 @@ few hundred rows that come back, so a million failures analyse in seconds.
 import time
 
 from .clock import iso, to_db_time
+from .store import RECOVERED
 from .suggest import suggest
-from .thresholds import evaluate
+from .thresholds import (RECOVERABLE_PREFIX, UNKNOWN, evaluate, recovery_below_target,
+                         recovery_by_category, recovery_total)
 
 TOP_FINGERPRINTS = 10
 TOP_UNKNOWN = 20
 SAMPLES = 3
+SAMPLE_SCAN = 500  # newest rows of a fingerprint searched for distinct samples
 OTHER_SAMPLES = 200  # per category, to check a suggested pattern steals nothing
-RECOVERABLE = "recoverable_"
+RECOVERABLE = RECOVERABLE_PREFIX
 DAY = 86400
 
 WORDS = {
@@ -47,10 +50,6 @@ def _rows(db, sql, *params):
     return db.execute_sql(sql, params).fetchall()
 
 
-def _rate(part, whole):
-    return round(100.0 * part / whole, 1) if whole else "unknown"
-
-
 def _scan(db, start, end):
     """One index-only pass over the period: counts per day, category, task type, status and error."""
     return _rows(db, """
@@ -67,28 +66,18 @@ def _sum_by(rows, key):
     return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _recovery(db, rows, start, end):
-    by_category = {}
-    for _, category, _, status, _, count, attempts, *_ in rows:
-        if not category.startswith(RECOVERABLE) or status not in ("recovered", "exhausted", "manual"):
-            continue
-        entry = by_category.setdefault(category, {"recovered": 0, "finished": 0, "attempts": 0})
-        entry["finished"] += count
-        if status == "recovered":
-            entry["recovered"] += count
-            entry["attempts"] += attempts or 0
-    recovered = sum(e["recovered"] for e in by_category.values())
-    finished = sum(e["finished"] for e in by_category.values())
-    attempts = sum(e["attempts"] for e in by_category.values())
+def _recovery(db, start, end):
+    """The recovery rate (overall and per category) and how long recoveries took, for retries ended in the period."""
+    by_category = recovery_by_category(db, start, end)
+    total = recovery_total(by_category)
     mean, p90 = _time_to_recovery(db, start, end)
     return {
-        "rate_percent": _rate(recovered, finished),
-        "by_category": {c: {"recovered": e["recovered"], "finished": e["finished"],
-                            "rate_percent": _rate(e["recovered"], e["finished"])}
-                        for c, e in sorted(by_category.items())},
+        "rate_percent": total.rate_percent,
+        "by_category": {c: {"recovered": r.recovered, "finished": r.finished, "rate_percent": r.rate_percent}
+                        for c, r in by_category.items()},
         "mean_seconds_to_recovery": mean,
         "p90_seconds_to_recovery": p90,
-        "retries_per_recovery": round(attempts / recovered, 2) if recovered else None,
+        "retries_per_recovery": round(total.retries / total.recovered, 2) if total.recovered else None,
     }
 
 
@@ -97,8 +86,8 @@ def _time_to_recovery(db, start, end):
     histogram = _rows(db, """
         SELECT CAST(round((julianday(finished_at) - julianday(created_at)) * 86400.0) AS INTEGER) AS s,
                count(*), sum((julianday(finished_at) - julianday(created_at)) * 86400.0)
-        FROM tasks WHERE created_at >= ? AND created_at < ? AND status = 'recovered' GROUP BY 1 ORDER BY 1""",
-                      start, end)
+        FROM tasks WHERE finished_at >= ? AND finished_at < ? AND category LIKE ? AND +status = ?
+        GROUP BY 1 ORDER BY 1""", start, end, RECOVERABLE + "%", RECOVERED)  # +: see recovery_by_category
     total = sum(count for _, count, _ in histogram)
     if not total:
         return None, None
@@ -158,6 +147,14 @@ def _top_fingerprints(db, rows):
             for fp, e in _by_fingerprint(rows)[:TOP_FINGERPRINTS]]
 
 
+def _samples(db, fingerprint):
+    """The newest distinct messages of one fingerprint (a storm repeats one line: show it once)."""
+    return [row[0] for row in _rows(db, """
+        SELECT error_message FROM (SELECT id, error_message FROM tasks WHERE fingerprint = ?
+                                   ORDER BY id DESC LIMIT ?)
+        GROUP BY error_message ORDER BY max(id) DESC LIMIT ?""", fingerprint, SAMPLE_SCAN, SAMPLES)]
+
+
 def _unknown_templates(db, rows, categories, start, end):
     groups = _by_fingerprint(rows, "unknown")[:TOP_UNKNOWN]
     if not groups:
@@ -169,20 +166,25 @@ def _unknown_templates(db, rows, categories, start, end):
     templates = []
     for fingerprint, entry in groups:
         template = _template(db, fingerprint)
-        samples = [row[0] for row in _rows(db, "SELECT error_message FROM tasks WHERE fingerprint = ? "
-                                               "ORDER BY id DESC LIMIT ?", fingerprint, SAMPLES)]
+        samples = _samples(db, fingerprint)
         pattern, verified = suggest(template, samples, others)
         templates.append({"fingerprint": fingerprint, "template": template, "count": entry["count"],
                           "samples": samples, "suggested_pattern": pattern, "pattern_verified": verified})
     return templates
 
 
-def _insights(lang, days, total, categories, snapshot, recovery, previous_total, unknown, limits):
+def _labels(snapshot, categories, lang):
+    """Each category's label in the report language; a category the rules no longer know keeps its name."""
+    found = {name: snapshot.ruleset.category(name) for name in categories}
+    return {name: category.label_in(lang) if category else name for name, category in found.items()}
+
+
+def _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, unknown, limits):
     words = WORDS[lang]
     if not total:
         return [words["none"].format(days=days)]
     top, top_count = next(iter(categories.items()))
-    insights = [words["main"].format(category=top, share=100.0 * top_count / total)]
+    insights = [words["main"].format(category=labels[top], share=100.0 * top_count / total)]
     recoverable = sum(n for c, n in categories.items() if c.startswith(RECOVERABLE))
     insights.append(words["recoverable"].format(share=100.0 * recoverable / total))
     for name, count in list(categories.items())[:2]:
@@ -191,7 +193,7 @@ def _insights(lang, days, total, categories, snapshot, recovery, previous_total,
             suggestion = category.suggestion_in(lang)
             insights.append(words["advice"].format(suggestion=suggestion.removeprefix("建议")))
     rate = recovery["rate_percent"]
-    if rate != "unknown" and rate < limits.recovery_rate_percent:
+    if recovery_below_target(rate, limits):
         insights.append(words["rate_low"].format(rate=rate, limit=limits.recovery_rate_percent))
     if previous_total:
         change = 100.0 * (total - previous_total) / previous_total
@@ -213,10 +215,9 @@ def analysis_report(store, snapshot, now, days=7, lang="zh"):
     previous = dict(_rows(db, """SELECT coalesce(category, 'unclassified'), count(*) FROM tasks
                                  WHERE created_at >= ? AND created_at < ? GROUP BY 1""", before, start))
     previous_total = sum(previous.values())
-    recovery = _recovery(db, rows, start, end)
+    recovery = _recovery(db, start, end)
     unknown = _unknown_templates(db, rows, categories, start, end)
-    labels = {name: (snapshot.ruleset.category(name).label_in(lang) if snapshot.ruleset.category(name) else name)
-              for name in categories}
+    labels = _labels(snapshot, categories, lang)
     return {
         "success": True,
         "analysis_period": WORDS[lang]["period"].format(days=days),
@@ -227,15 +228,16 @@ def analysis_report(store, snapshot, now, days=7, lang="zh"):
         "category_distribution": categories,
         "category_labels": labels,
         "task_type_failures": _sum_by(rows, lambda row: row[2]),
-        "insights": _insights(lang, days, total, categories, snapshot, recovery, previous_total, unknown,
+        "insights": _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, unknown,
                               snapshot.thresholds),
         "daily_failures": _daily(rows, start_epoch, now),
         "recovery": recovery,
         "top_fingerprints": _top_fingerprints(db, rows),
         "previous_period": {"total_failures": previous_total,
                             "change_percent": (round(100.0 * (total - previous_total) / previous_total, 1)
-                                               if previous_total else "unknown"),
+                                               if previous_total else UNKNOWN),
                             "category_distribution": dict(sorted(previous.items(), key=lambda i: (-i[1], i[0])))},
         "thresholds": [check.to_dict() for check in evaluate(store, now, snapshot.thresholds)],
+        "thresholds_window_minutes": snapshot.thresholds.window_minutes,
         "unknown_templates": unknown,
     }

@@ -7,25 +7,28 @@ scrapers on the host use them, and they show loop states and counters, never tas
 
 import hmac
 import importlib.resources
+import io
 import ipaddress
 import json
 import logging
 import re
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlsplit
 
-from .errors import FailuredError, InputError, RefusedError, TaskNotFound
+from .errors import FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound
+from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
+from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 
 log = logging.getLogger("failured.api")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_SUCCESS_COUNT = 1_000_000_000  # far above any real batch, far below SQLite's integer limit
-IDLE_TIMEOUT_SECONDS = 30  # a keep-alive connection silent this long is closed
 LINGER_SECONDS, LINGER_BYTES = 2.0, 16 * MAX_BODY_BYTES  # draining a refused body before closing
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[^:]*)$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -97,8 +100,11 @@ def check_fields(body, types, required=()):
     for name in required:
         if body.get(name) is None:
             raise ApiError(400, "bad_request", f"field {name!r} is required", field=name)
+    body = dict(body)
     for name, value in body.items():
         wanted = types[name]
+        if wanted is int and isinstance(value, float) and value.is_integer():
+            body[name] = value = int(value)  # JSON Schema's "integer": 5.0 is the number 5
         if value is not None and (not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))):
             raise ApiError(400, "bad_request", f"field {name!r} must be {_TYPE_NAMES[wanted]}, "
                            f"not {_json_type(value)}", field=name)
@@ -121,8 +127,9 @@ def _finite_float(text):
     return value
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """Accepts on one thread; each admitted connection gets a thread of its own, at most ``slots.limit``."""
+
     allow_reuse_address = True
     request_queue_size = 128
 
@@ -130,6 +137,31 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall start-up.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request, client_address):
+        connection = self.slots.admit(request)
+        if connection is None:
+            self.slots.refuse(request)
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._serve, args=(connection, client_address), name="http-conn",
+                         daemon=True).start()
+
+    def _serve(self, connection, client_address):
+        try:
+            self.finish_request(connection, client_address)
+        except Exception:
+            self.handle_error(connection.sock, client_address)
+        finally:
+            self.slots.release(connection)
+            self.shutdown_request(connection.sock)
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # the client went away, or its connection was reclaimed
+            log.debug("HTTP connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.error("HTTP connection from %s failed", client_address[0], exc_info=exc)
 
 
 class _Server6(_Server):
@@ -139,9 +171,12 @@ class _Server6(_Server):
 class ApiServer:
     """The HTTP API on one address, served from a thread named ``http-api`` (one more thread per connection)."""
 
-    def __init__(self, host, port, backend, token=None):
+    def __init__(self, host, port, backend, token=None, max_connections=None, deadlines=Deadlines()):
         self.host, self.backend, self.token = host, backend, token or None
         self._requested_port = port
+        if max_connections is None:
+            max_connections = getattr(backend.settings, "http_max_connections", DEFAULT_MAX_CONNECTIONS)
+        self.max_connections, self.deadlines = max_connections, deadlines
         self._server = self._thread = None
 
     def start(self):
@@ -153,6 +188,11 @@ class ApiServer:
                                 f"{exc.strerror or exc}: stop what uses it, or set FAILURE_HTTP_ADDR to another "
                                 "address or off") from None
         self._server.api = self
+        limit = connection_cap(self.max_connections)
+        if limit < self.max_connections:
+            log.warning("HTTP API: FAILURE_HTTP_MAX_CONNECTIONS=%d is over half the open-file limit; allowing %d "
+                        "(raise LimitNOFILE to allow more)", self.max_connections, limit)
+        self._server.slots = Slots(limit, self.deadlines)
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http-api", daemon=True)
@@ -176,12 +216,12 @@ class ApiServer:
 
     def post_failure(self, handler, match):
         fields = check_fields(handler.json_body(), FAILURE_FIELDS, required=("task_type", "error"))
-        if not fields["task_type"].strip():
-            raise ApiError(400, "bad_request", "field 'task_type' must not be empty", field="task_type")
+        _check_task_type(fields["task_type"])
         return 201, self.backend.report_failure(fields.pop("task_type"), fields.pop("error"), **fields)
 
     def post_success(self, handler, match):
         fields = check_fields(handler.json_body(), SUCCESS_FIELDS, required=("task_type",))
+        _check_task_type(fields["task_type"])
         count = fields.get("count", 1)
         if not 1 <= count <= MAX_SUCCESS_COUNT:
             raise ApiError(400, "bad_request", f"field 'count' must be from 1 to {MAX_SUCCESS_COUNT}", field="count")
@@ -201,11 +241,13 @@ class ApiServer:
         return 200, (self.openapi, "application/json")
 
     def get_health(self, handler, match):
-        ok, loops = self.backend.health()
+        ok, loops, *facts = self.backend.health()  # facts: e.g. {"disk_full": True}
+        facts = facts[0] if facts else {}
         if ok:
-            return 200, {"ok": True, "loops": loops}
-        dead = ", ".join(name for name, alive in loops.items() if not alive) or "unknown"
-        return 503, {"ok": False, "error": "unhealthy", "detail": f"not alive: {dead}", "loops": loops}
+            return 200, {"ok": True, "loops": loops, **facts}
+        dead = ", ".join(name for name, alive in loops.items() if not alive)
+        detail = f"not alive: {dead}" if dead else ", ".join(name for name, on in facts.items() if on) or "unknown"
+        return 503, {"ok": False, "error": "unhealthy", "detail": detail, "loops": loops, **facts}
 
     def get_metrics(self, handler, match):
         return 200, self.backend.metrics()
@@ -224,15 +266,50 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
 )]
 
 
+def _check_task_type(value):
+    """The intake's rule for task types (check_task_type), in the API's words."""
+    try:
+        check_task_type(value)
+    except InputError:
+        reason = (f"must be at most {MAX_TASK_TYPE_CHARS} characters" if len(value) > MAX_TASK_TYPE_CHARS
+                  else "must not be empty or only spaces")
+        raise ApiError(400, "bad_request", f"field 'task_type' {reason}", field="task_type") from None
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """One connection: its requests one after another (keep-alive), each read within its deadlines."""
+
     protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
-    timeout = IDLE_TIMEOUT_SECONDS
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall between them
+
+    def setup(self):
+        # self.request is the Connection the server admitted: reads go through its deadlines.
+        self.slot, self.connection = self.request, self.request.sock
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.rfile = io.BufferedReader(self.slot)
+        self.wfile = socketserver._SocketWriter(self.connection)
+
+    def handle_one_request(self):
+        self._body_read = True  # nothing to drain for an answer sent before a request line was read
+        if not self.server.slots.enter(self.slot, IDLE):
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def __getattr__(self, name):
+        # Every method reaches the router, which answers 405 with Allow (not the standard library's 501).
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
 
     def _handle(self):
         self._body_read = False
         api = self.server.api
+        if not self.server.slots.enter(self.slot, BUSY):  # reclaimed at the cap before its request was read
+            self.close_connection = True
+            return
         try:
+            self._check_framing()
             path = urlsplit(self.path).path
             if path.startswith("/v1/"):
                 self._authorize(api.token)
@@ -254,13 +331,22 @@ class _Handler(BaseHTTPRequestHandler):
             error = ApiError(400, "bad_request", str(exc))
         except RefusedError as exc:
             error = ApiError(409, "conflict", str(exc))
+        except StoreFullError as exc:
+            error = ApiError(507, "disk_full", str(exc))
+        except StoreError as exc:
+            error = ApiError(503, "unavailable", str(exc))
         except Exception:
             log.exception("HTTP %s %s failed", self.command, self.path)
             error = ApiError(500, "internal", "see the daemon log")
         data = {"error": error.code, "detail": error.detail, **({"field": error.field} if error.field else {})}
         self._send(error.status, data, error.headers)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+    def _check_framing(self):
+        """Refuse a request whose body length is ambiguous (a request-smuggling shape)."""
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length", ())}
+        if len(lengths) > 1:
+            self.close_connection = True
+            raise ApiError(400, "bad_request", f"{len(lengths)} different Content-Length headers: send one")
 
     def _authorize(self, token):
         if token is None:
@@ -301,11 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
         if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
             raise ApiError(415, "unsupported_media_type",
                            f"Content-Type {content_type or '(none)'!r}: send application/json (UTF-8)")
-        body = self.rfile.read(length)
-        self._body_read = True
-        if len(body) < length:
-            self.close_connection = True
-            raise ApiError(400, "bad_request", f"the body ended after {len(body)} of {length} bytes")
+        body = self._read_body(length)
         try:
             text = body.decode("utf-8")
             value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -322,6 +404,21 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "bad_request", "the body is nested too deeply") from None
         return value
 
+    def _read_body(self, length):
+        """Exactly ``length`` bytes, within the body deadline; a shorter body is a 400 (and the connection ends)."""
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = None
+        self._body_read = True
+        if body is not None and len(body) == length:
+            return body
+        self.close_connection = True
+        if body is None:
+            raise ApiError(400, "bad_request", f"the body did not arrive within "
+                           f"{self.server.slots.deadlines.body:g} s: it is shorter than its Content-Length {length}?")
+        raise ApiError(400, "bad_request", f"the body ended after {len(body)} of {length} bytes")
+
     def _send(self, status, data, headers=(), reason=None):
         if isinstance(data, tuple):  # (bytes, content type) as it is
             body, content_type = data
@@ -329,6 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"), "application/json"
         linger = not self._discard_unread_body()
         self.close_connection = self.close_connection or linger
+        self.connection.settimeout(self.server.slots.deadlines.write)
         self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -352,7 +450,10 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if "Transfer-Encoding" in self.headers or length > MAX_BODY_BYTES:
             return False
-        return len(self.rfile.read(length)) == length
+        try:
+            return len(self.rfile.read(length)) == length
+        except TimeoutError:
+            return False
 
     def _linger(self):
         # The client may still be sending the body we refused: closing at once would reset the connection

@@ -1,11 +1,15 @@
 """What the HTTP API does, over the daemon's store and live state. Thin: it reuses intake, manual, status."""
 
+import logging
 import threading
 
 from . import manual
 from . import status as status_module
 from .clock import SystemClock
 from .intake import record_failure, record_success
+
+log = logging.getLogger("failured.api")
+_STORED_ERROR = "SELECT task_type, error_type, error_message FROM tasks WHERE id = ?"
 
 
 class Backend:
@@ -29,8 +33,20 @@ class Backend:
             task_id = record_failure(self.store, task_type, error, error_type=error_type, payload=payload, ref=ref,
                                      source="http", clock=self.clock)
         self.wake()
-        classification = self.config().classifier.classify(error, error_type, task_type)
-        return {"task_id": task_id, "status": "new", "classification": classification.to_dict()}
+        return {"task_id": task_id, "status": "new", "classification": self._classify_stored(task_id)}
+
+    def _classify_stored(self, task_id):
+        """How the daemon will classify the stored task: from the row (cleaned, cut, masked), not the request.
+
+        The task is stored already, so nothing here may fail the request (a client would report it
+        again): on any error the answer says null and the daemon decides the task by itself.
+        """
+        try:
+            task_type, error_type, message = self.store.db.execute_sql(_STORED_ERROR, (task_id,)).fetchone()
+            return self.config().classifier.classify(message, error_type, task_type).to_dict()
+        except Exception:
+            log.exception("task %s: stored, but the API could not classify it (the daemon will)", task_id)
+            return None
 
     def report_success(self, task_type, count=1):
         with self._writes:

@@ -3,7 +3,11 @@
 Names follow Prometheus conventions: the ``failured_`` prefix, ``_total`` for
 counters, seconds for times. Gauges that mirror the database (backlog, open
 breakers) are collected on scrape, so they are true even after a restart.
+Task types come from reporters, so at most MAX_TASK_TYPE_LABELS of them get a
+label of their own; the rest are counted as ``other``.
 """
+
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -15,6 +19,8 @@ disable_created_metrics()  # *_created series only confuse a small server's dash
 
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
+MAX_TASK_TYPE_LABELS = 100
+OTHER = "other"
 
 
 class Metrics:
@@ -42,18 +48,53 @@ class Metrics:
         self.queue_depth = lambda: 0  # set by the daemon: retries waiting in the heap
         self._store = None
         self._clock = None
+        self.task_types = TaskTypeLabels()
         r.register(_StoreCollector(self))
 
     def bind(self, store, queue_depth, clock):
         self._store, self.queue_depth, self._clock = store, queue_depth, clock
+        self.task_types.seed(most_reported_task_types(store, MAX_TASK_TYPE_LABELS))
 
     def classified(self, category, task_type):
-        self.failures.labels(category, task_type).inc()
+        self.failures.labels(category, self.task_types.label(task_type)).inc()
         if category == "unknown":
             self.unknown.inc()
 
     def exposition(self):
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class TaskTypeLabels:
+    """Which task types get a label of their own: the first ``limit`` seen, the rest ``other``.
+
+    A label once given is kept for the daemon's life, so every counter series only grows.
+    Request and engine threads ask at once: the set has one lock.
+    """
+
+    def __init__(self, limit=MAX_TASK_TYPE_LABELS):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._named = set()
+
+    def seed(self, task_types):
+        for task_type in task_types:
+            self.label(task_type)
+
+    def label(self, task_type):
+        with self._lock:
+            if task_type in self._named:
+                return task_type
+            if len(self._named) < self.limit and task_type != OTHER:
+                self._named.add(task_type)
+                return task_type
+            return OTHER
+
+
+def most_reported_task_types(store, limit):
+    """The task types with the most tasks in the database: they keep their labels across a restart."""
+    return [row[0] for row in store.db.execute_sql(
+        "SELECT task_type FROM tasks GROUP BY task_type ORDER BY count(*) DESC, task_type LIMIT ?",
+        (limit,)).fetchall()]
 
 
 class _StoreCollector:

@@ -1,8 +1,10 @@
 """The analysis report as one self-contained HTML page: inline CSS and SVG, no scripts.
 
 Every key figure sits in an element ``data-figure="NAME"`` whose text is the
-report's value exactly (``str()`` of the number, or ``unknown``), so a test or
-a script can read the page back and compare it with the JSON.
+report's value exactly (``str()`` of the number), or "—" when the report has
+no value for it ("unknown" or null), so a test or a script can read the page
+back and compare it with the JSON. A missing figure says why next to it and is
+never coloured as good.
 """
 
 import math
@@ -11,6 +13,7 @@ from datetime import datetime
 from html import escape
 
 from .errors import InputError
+from .notify.messages import TEXTS as MESSAGE_TEXTS
 
 # One colour per category, the same in every chart (colour-blind friendly, Tableau 10).
 PALETTE = {
@@ -24,6 +27,11 @@ PALETTE = {
 }
 FALLBACK_COLOURS = ("#edc948", "#ff9da7", "#9c755f", "#86bcb6", "#d37295", "#bab0ac")
 TASK_TYPE_COLOUR = "#5b6c8f"
+NO_VALUE = "—"
+# Fonts that hold Chinese glyphs on Linux (fonts-noto-cjk, fonts-wqy-microhei), macOS and Windows; without
+# one of them a server renders the page's Chinese as boxes.
+FONT_STACK = ('system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","Source Han Sans SC","Noto Sans SC",'
+              '"WenQuanYi Micro Hei","PingFang SC","Hiragino Sans GB","Microsoft YaHei",sans-serif')
 
 TEXT = {
     "zh": {
@@ -38,6 +46,10 @@ TEXT = {
         "pattern": "建议规则", "verified": "已验证", "unverified": "未验证", "name": "检查项",
         "key": "范围", "value": "当前值", "limit": "阈值", "status": "状态", "breached": "超限",
         "ok": "正常", "none": "无数据", "previous": "上一周期", "error": "报告生成失败",
+        "task_type": "任务类型", "window": "（最近{minutes:g}分钟）",
+        "no_previous": "上一周期没有失败，无从比较", "no_retries": "本周期没有结束的重试",
+        "no_recoveries": "本周期没有任务恢复", "no_successes": "窗口内没有上报成功次数",
+        "no_retries_window": "窗口内没有结束的重试",
     },
     "en": {
         "html_lang": "en", "title": "failured failure analysis", "period": "Period",
@@ -53,16 +65,24 @@ TEXT = {
         "unverified": "not verified", "name": "Check", "key": "Scope", "value": "Value",
         "limit": "Limit", "status": "Status", "breached": "BREACHED", "ok": "ok",
         "none": "No data", "previous": "previous period", "error": "The report could not be built",
+        "task_type": "Task type", "window": " (last {minutes:g} min)",
+        "no_previous": "no failures in the previous period to compare with",
+        "no_retries": "no retries finished in this period", "no_recoveries": "no task recovered in this period",
+        "no_successes": "no successes reported in the window", "no_retries_window": "no retries finished in the window",
     },
 }
 
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;
+# Why a reason, per threshold whose value can be unknown.
+UNKNOWN_THRESHOLD_REASONS = {"failure_rate_percent": "no_successes", "recovery_rate_percent": "no_retries_window"}
+
+CSS = f"\nbody{{font-family:{FONT_STACK};" + """
 margin:0 auto;max-width:1100px;padding:24px;color:#222;background:#fafafa;line-height:1.45}
 h1{margin:0 0 4px;font-size:26px}h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;font-size:13px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin-top:16px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 16px;min-width:150px}
-.card .v{font-size:26px;font-weight:600}.card .l{color:#666;font-size:13px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 16px;flex:1 1 130px}
+.card .v{font-size:26px;font-weight:600}.card .l{color:#666;font-size:13px}.card .v.none{color:#888}
+.why{color:#888;font-size:12px;font-weight:400;white-space:normal}
+td.cat,td.cat code{white-space:nowrap}td ul{margin:0;padding-left:18px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:14px}
 th,td{border:1px solid #e3e3e3;padding:5px 8px;text-align:left;vertical-align:top}th{background:#f0f0f0}
 td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}td.bar{width:45%}
@@ -90,7 +110,7 @@ def render_html(report: dict, lang: str = "zh") -> str:
             _section(t["insights"], _insights(report, t)),
             _section(t["fingerprints"], _fingerprints(report, t)),
             _section(t["unknowns"], _unknowns(report, t)),
-            _section(t["thresholds"], _thresholds(report, t)),
+            _section(_thresholds_title(report, t), _thresholds(report, t, lang)),
         ])
     return (f'<!DOCTYPE html>\n<html lang="{t["html_lang"]}">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -112,9 +132,14 @@ def category_order(report: dict) -> list:
     return order + sorted(daily - set(order))
 
 
+def known(value) -> bool:
+    """True when the report has a value for a figure ("unknown" and null are not values)."""
+    return value is not None and value != "unknown"
+
+
 def figure_text(value) -> str:
     """How a figure's value is written inside its data-figure element."""
-    return "unknown" if value is None else str(value)
+    return str(value) if known(value) else NO_VALUE
 
 
 def _e(value) -> str:
@@ -127,6 +152,13 @@ def _count(value) -> float:
 
 def _fig(name, value, tag="span") -> str:
     return f'<{tag} data-figure="{_e(name)}">{_e(figure_text(value))}</{tag}>'
+
+
+def _figure(name, value, unit="", why="") -> str:
+    """A figure with its unit, or "—" with the reason there is none."""
+    if known(value):
+        return _fig(name, value) + unit
+    return _fig(name, value) + (f'<div class="why">{_e(why)}</div>' if why else "")
 
 
 def _section(title, content) -> str:
@@ -157,25 +189,40 @@ def _header(report, t) -> str:
     recovery = report.get("recovery") or {}
     previous = report.get("previous_period") or {}
     change = previous.get("change_percent")
-    sign = "+" if _count(change) > 0 else ""
-    tone = "bad" if _count(change) > 0 else "good"
     previous_total = f'{_e(t["previous"])}: {_fig("previous_total_failures", previous.get("total_failures"))}'
-    cards = [
-        (_e(t["total"]), _fig("total_failures", report.get("total_failures", 0))),
-        (f'{_e(t["change"])} ({previous_total})',
-         f'<span class="{tone}">{sign}{_fig("change_percent", change)}%</span>'),
-        (_e(t["recovery"]), _fig("recovery_rate_percent", recovery.get("rate_percent")) + "%"),
-        (_e(t["mean"]), _fig("mean_seconds_to_recovery", recovery.get("mean_seconds_to_recovery")) + " s"),
-        (_e(t["p90"]), _fig("p90_seconds_to_recovery", recovery.get("p90_seconds_to_recovery")) + " s"),
-        (_e(t["retries"]), _fig("retries_per_recovery", recovery.get("retries_per_recovery"))),
-    ]
-    html = "".join(f'<div class="card"><div class="v">{value}</div><div class="l">{label}</div></div>'
-                   for label, value in cards)
+    rate, mean, p90, retries = (recovery.get(k) for k in ("rate_percent", "mean_seconds_to_recovery",
+                                                          "p90_seconds_to_recovery", "retries_per_recovery"))
+    sign = "+" if known(change) and _count(change) > 0 else ""
+    html = "".join([
+        _card(_e(t["total"]), "total_failures", report.get("total_failures", 0)),
+        _card(f'{_e(t["change"])} ({previous_total})', "change_percent", change, "%", t["no_previous"],
+              _tone(change), sign),
+        _card(_e(t["recovery"]), "recovery_rate_percent", rate, "%", t["no_retries"]),
+        _card(_e(t["mean"]), "mean_seconds_to_recovery", mean, " s", t["no_recoveries"]),
+        _card(_e(t["p90"]), "p90_seconds_to_recovery", p90, " s", t["no_recoveries"]),
+        _card(_e(t["retries"]), "retries_per_recovery", retries, "", t["no_recoveries"]),
+    ])
     period = (f'{_e(t["period"])}: {_e(report.get("analysis_period", ""))} · '
               f'{_e(_when(report.get("period_start")))} – {_e(_when(report.get("period_end")))} · '
               f'{_e(t["generated"])} {_e(_when(report.get("generated_at")))}')
     return (f'<header>\n<h1>{_e(t["title"])}</h1>\n<div class="sub">{period}</div>\n'
             f'<div class="cards">{html}</div>\n</header>\n')
+
+
+def _card(label, name, value, unit="", why="", tone="", sign="") -> str:
+    """One key figure with its unit, or "—" in grey with the reason it has no value."""
+    if known(value):
+        shown, reason = f"{sign}{_fig(name, value)}{unit}", ""
+    else:
+        shown, reason, tone = _fig(name, value), f'<div class="why">{_e(why)}</div>', "none"
+    return f'<div class="card"><div class="v {tone}">{shown}</div><div class="l">{label}</div>{reason}</div>'
+
+
+def _tone(change) -> str:
+    """More failures than before is bad, fewer is good; no change or no comparison is neither."""
+    if not known(change) or not _count(change):
+        return ""
+    return "bad" if _count(change) > 0 else "good"
 
 
 def _nice_step(top) -> int:
@@ -264,8 +311,9 @@ def _category_bars(report, t, order) -> str:
     by_recovery = (report.get("recovery") or {}).get("by_category") or {}
     rows = []
     for c in (c for c in order if c in dist):
-        rate_cell = f'{_fig(f"recovery:{c}", by_recovery[c].get("rate_percent"))}%' if c in by_recovery else "—"
-        rows.append(f'<tr><td><i class="sw" style="background:{colour(c)}"></i>{_e(_label(report, c))} '
+        rate_cell = (_figure(f"recovery:{c}", by_recovery[c].get("rate_percent"), "%", t["no_retries"])
+                     if c in by_recovery else NO_VALUE)
+        rows.append(f'<tr><td class="cat"><i class="sw" style="background:{colour(c)}"></i>{_e(_label(report, c))} '
                     f'<code>{_e(c)}</code></td>{_bar(dist[c], largest, colour(c))}'
                     f'<td class="n">{_fig(f"category:{c}", dist[c])}</td><td class="n">{_share(dist[c], total)}</td>'
                     f'<td class="n">{rate_cell}</td></tr>')
@@ -280,7 +328,7 @@ def _task_type_bars(report, t) -> str:
     rows = [f'<tr><td><code>{_e(name)}</code></td>{_bar(n, largest, TASK_TYPE_COLOUR)}'
             f'<td class="n">{_fig(f"task_type:{name}", n)}</td><td class="n">{_share(n, total)}</td></tr>'
             for name, n in sorted(types.items(), key=lambda kv: (-_count(kv[1]), kv[0]))]
-    return _table(["", "", t["count"], t["share"]], rows)
+    return _table([t["task_type"], "", t["count"], t["share"]], rows)
 
 
 def _insights(report, t) -> str:
@@ -291,7 +339,7 @@ def _insights(report, t) -> str:
 def _fingerprints(report, t) -> str:
     items = report.get("top_fingerprints") or []
     rows = [f'<tr><td><code>{_e(f.get("template"))}</code><br><span class="sub">{_e(f.get("fingerprint"))}</span></td>'
-            f'<td><i class="sw" style="background:{colour(str(f.get("category")))}"></i>'
+            f'<td class="cat"><i class="sw" style="background:{colour(str(f.get("category")))}"></i>'
             f'{_e(_label(report, f.get("category")))}</td>'
             f'<td class="n">{_fig("fingerprint:" + str(f.get("fingerprint")), f.get("count"))}</td>'
             f'<td class="n">{_e(_when(f.get("first_seen")))}</td><td class="n">{_e(_when(f.get("last_seen")))}</td>'
@@ -303,7 +351,8 @@ def _fingerprints(report, t) -> str:
 def _unknowns(report, t) -> str:
     rows = []
     for u in report.get("unknown_templates") or []:
-        samples = "".join(f"<li><code>{_e(s)}</code></li>" for s in u.get("samples") or [])
+        # Distinct samples only: reports written before the analysis de-duplicated them repeat one line.
+        samples = "".join(f"<li><code>{_e(s)}</code></li>" for s in dict.fromkeys(u.get("samples") or []))
         pattern = f'<code>{_e(u["suggested_pattern"])}</code>' if u.get("suggested_pattern") else "—"
         verified = (f'<span class="good">✓ {_e(t["verified"])}</span>' if u.get("pattern_verified")
                     else f'<span class="bad">✗ {_e(t["unverified"])}</span>')
@@ -313,11 +362,26 @@ def _unknowns(report, t) -> str:
     return _table([t["template"], t["count"], t["samples"], t["pattern"]], rows) if rows else _none(t)
 
 
-def _thresholds(report, t) -> str:
-    rows = [f'<tr class="{"breached" if c.get("breached") else "ok"}"><td>{_e(c.get("name"))}</td>'
-            f'<td>{_e(c.get("key"))}</td><td class="n">'
-            f'{_fig("threshold:" + str(c.get("name")) + ":" + str(c.get("key")), c.get("value"))}</td>'
-            f'<td class="n">{_e(figure_text(c.get("limit")))}</td>'
-            f'<td>{_e(t["breached"] if c.get("breached") else t["ok"])}</td></tr>'
-            for c in report.get("thresholds") or []]
+def _thresholds_title(report, t) -> str:
+    """The section title names the window: the checks look at the last hour, not the whole period."""
+    minutes = report.get("thresholds_window_minutes")
+    return t["thresholds"] + t["window"].format(minutes=minutes) if _count(minutes) else t["thresholds"]
+
+
+def _threshold_name(name, key, lang) -> str:
+    """The check's name in words (as the alerts word it), with its code name below."""
+    words = MESSAGE_TEXTS[lang]["thresholds"].get(str(name))
+    said = f'{_e(words.format(key=key))}<br>' if words else ""
+    return f'{said}<code>{_e(name)}</code>'
+
+
+def _thresholds(report, t, lang) -> str:
+    rows = []
+    for c in report.get("thresholds") or []:
+        name, key, value = c.get("name"), c.get("key"), c.get("value")
+        why = t.get(UNKNOWN_THRESHOLD_REASONS.get(str(name), ""), "")
+        rows.append(f'<tr class="{"breached" if c.get("breached") else "ok"}"><td>{_threshold_name(name, key, lang)}'
+                    f'</td><td>{_e(key)}</td><td class="n">{_figure(f"threshold:{name}:{key}", value, "", why)}</td>'
+                    f'<td class="n">{_e(figure_text(c.get("limit")))}</td>'
+                    f'<td>{_e(t["breached"] if c.get("breached") else t["ok"])}</td></tr>')
     return _table([t["name"], t["key"], t["value"], t["limit"], t["status"]], rows) if rows else _none(t)

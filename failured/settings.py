@@ -40,31 +40,55 @@ class Settings:
     lang: str = "zh"
     log_level: str = "INFO"
     http_addr: str = DEFAULT_HTTP_ADDR
+    http_max_connections: int = 256  # API connections open at once; far below the open-file limit
     api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
 
-# env name -> (Settings attribute, parser name); the parser checks the value and its range
+# env name -> (Settings attribute, parser name, meaning); the parser checks the value and its range.
+# ``failured run --help`` and the README's table are made from / checked against this one list.
 _VARIABLES = {
-    "FAILURE_DB": ("db", "path"),
-    "FAILURE_CONFIG_DIR": ("config_dir", "path"),
-    "FAILURE_LOG_DIR": ("log_dir", "path"),
-    "FAILURE_REPORT_DIR": ("report_dir", "path"),
-    "FAILURE_RECOVERY_ENABLED": ("recovery_enabled", "bool"),
-    "FAILURE_NOTIFICATION_ENABLED": ("notification_enabled", "bool"),
-    "FAILURE_SCAN_INTERVAL_MINUTES": ("scan_interval_minutes", "positive_float"),
-    "FAILURE_ANALYSIS_INTERVAL_HOURS": ("analysis_interval_hours", "positive_float"),
-    "FAILURE_ANALYSIS_DAYS": ("analysis_days", "positive_int"),
-    "FAILURE_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", "positive_int"),
-    "FAILURE_RETRY_CONCURRENCY": ("retry_concurrency", "positive_int"),
-    "FAILURE_RETENTION_DAYS": ("retention_days", "positive_int"),
-    "FAILURE_REPORT_RETENTION_DAYS": ("report_retention_days", "positive_int"),
-    "FAILURE_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", "non_negative_float"),
-    "FAILURE_POLL_SECONDS": ("poll_seconds", "positive_float"),
-    "FAILURE_LANG": ("lang", "lang"),
-    "FAILURE_LOG_LEVEL": ("log_level", "log_level"),
-    "FAILURE_HTTP_ADDR": ("http_addr", "text"),
-    "FAILURE_API_TOKEN": ("api_token", "secret"),
+    "FAILURE_DB": ("db", "path", "SQLite database"),
+    "FAILURE_CONFIG_DIR": ("config_dir", "path", "config directory (watched)"),
+    "FAILURE_LOG_DIR": ("log_dir", "path", "admin_alerts.log, user_notifications.log"),
+    "FAILURE_REPORT_DIR": ("report_dir", "path", "JSON and HTML reports"),
+    "FAILURE_RECOVERY_ENABLED": ("recovery_enabled", "bool", "run automatic retries"),
+    "FAILURE_NOTIFICATION_ENABLED": ("notification_enabled", "bool", "send notifications"),
+    "FAILURE_SCAN_INTERVAL_MINUTES": ("scan_interval_minutes", "positive_float", "reconciliation scan"),
+    "FAILURE_ANALYSIS_INTERVAL_HOURS": ("analysis_interval_hours", "positive_float", "analysis slot"),
+    "FAILURE_ANALYSIS_DAYS": ("analysis_days", "positive_int", "period an analysis covers"),
+    "FAILURE_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", "positive_int",
+                                      "attempt limit for a category that names none"),
+    "FAILURE_RETRY_CONCURRENCY": ("retry_concurrency", "positive_int", "retries running at once"),
+    "FAILURE_RETENTION_DAYS": ("retention_days", "positive_int", "history kept in the database"),
+    "FAILURE_REPORT_RETENTION_DAYS": ("report_retention_days", "positive_int", "report files kept"),
+    "FAILURE_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", "non_negative_float",
+                                       "how long a stop waits for running retries"),
+    "FAILURE_POLL_SECONDS": ("poll_seconds", "positive_float", "how often the daemon looks for new tasks"),
+    "FAILURE_LANG": ("lang", "lang", "zh or en, for labels, suggestions and messages"),
+    "FAILURE_LOG_LEVEL": ("log_level", "log_level", "DEBUG, INFO, WARNING, ERROR"),
+    "FAILURE_HTTP_ADDR": ("http_addr", "text", "HTTP API and /metrics; off disables it"),
+    "FAILURE_HTTP_MAX_CONNECTIONS": ("http_max_connections", "positive_int",
+                                     "HTTP API connections open at once; beyond it idle ones close, then 503"),
+    "FAILURE_API_TOKEN": ("api_token", "secret", "bearer token for /v1/; required to listen on anything but loopback"),
 }
+
+
+def variables():
+    """(name, default as text, meaning) of every ``FAILURE_*`` variable, in the documented order."""
+    defaults = Settings()
+    rows = []
+    for name, (attribute, kind, meaning) in _VARIABLES.items():
+        value = getattr(defaults, attribute)
+        if kind == "secret" or value is None:
+            default = "unset"
+        elif kind == "bool":
+            default = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            default = f"{value:g}"
+        else:
+            default = str(value)
+        rows.append((name, default, meaning))
+    return rows
 
 
 def _parse(kind, name, raw):
@@ -118,7 +142,7 @@ def load_settings(environ=None, dotenv_path=".env"):
                 if value is not None:
                     environ.setdefault(key, value)
     values = {}
-    for name, (attribute, kind) in _VARIABLES.items():
+    for name, (attribute, kind, _meaning) in _VARIABLES.items():
         if name in environ:
             values[attribute] = _parse(kind, name, environ[name])
     return Settings(**values)

@@ -10,7 +10,7 @@ from failured.config import load_config
 from failured.engine import Engine
 from failured.handlers import Outcome
 from failured.intake import record_failure
-from failured.metrics import Metrics
+from failured.metrics import MAX_TASK_TYPE_LABELS, Metrics
 from failured.notify.dispatcher import Dispatcher, Lane
 from failured.settings import Settings
 
@@ -74,3 +74,37 @@ def test_names_follow_prometheus_conventions(scraped):
             assert not name.endswith("_total_total")
         if "latency" in name or "lateness" in name or "seconds" in name:
             assert name.endswith("_seconds"), name
+
+
+def test_task_type_labels_are_bounded_and_the_rest_count_as_other(store, clock, tmp_path):
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER), log_dir=tmp_path / "logs")
+    metrics = Metrics()
+    metrics.bind(store, lambda: 0, clock)
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="m", metrics=metrics)
+    extra = 150
+    for n in range(MAX_TASK_TYPE_LABELS + extra):
+        record_failure(store, f"type_{n:04d}", "malformed json", clock=clock)
+    while engine.handle_new():
+        pass
+    body, _ = metrics.exposition()
+    failures = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples
+                if s.name == "failured_failures_total"]
+    labels = {s.labels["task_type"] for s in failures}
+    assert len(labels) == MAX_TASK_TYPE_LABELS + 1 and "other" in labels
+    assert sum(s.value for s in failures if s.labels["task_type"] == "other") == extra
+    assert sum(s.value for s in failures) == MAX_TASK_TYPE_LABELS + extra
+    assert len(body) < 40_000
+
+
+def test_a_restarted_daemon_keeps_labels_for_its_most_reported_task_types(store, clock):
+    for n in range(MAX_TASK_TYPE_LABELS + 20):
+        record_failure(store, f"rare_{n:04d}", "x", clock=clock)
+    for _ in range(3):
+        record_failure(store, "zz_frequent", "x", clock=clock)
+    metrics = Metrics()
+    metrics.bind(store, lambda: 0, clock)  # as the daemon does at start
+    metrics.classified("unknown", "zz_frequent")
+    metrics.classified("unknown", "never_seen_before")
+    body = metrics.exposition()[0].decode()
+    assert 'task_type="zz_frequent"' in body
+    assert 'task_type="never_seen_before"' not in body and 'task_type="other"' in body

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 
 from failured.errors import InputError
-from failured.report_html import colour, render_html
+from failured.report_html import CSS, colour, render_html
 
 HOSTILE = "<script>alert(1)</script> \"quoted\" 'single' & <b>bold</b>"
 
@@ -32,7 +32,7 @@ def full_report():
         "category_labels": {"recoverable_network": "可恢复网络错误", "recoverable_temporary": "可恢复临时错误",
                             "unrecoverable_data": "不可恢复数据错误", "unknown": "未知错误"},
         "task_type_failures": {"tracking_update": 25, "receipt_generation": 15, "screenshot_capture": 5},
-        "insights": ["主要失败原因是recoverable_network，占比44.4%", "有71.1%的失败是可自动恢复的"],
+        "insights": ["主要失败原因是可恢复网络错误，占比44.4%", "有71.1%的失败是可自动恢复的"],
         "daily_failures": [
             day("2026-11-19", recoverable_network=3, unknown=2),
             day("2026-11-20", recoverable_network=4, recoverable_temporary=5),
@@ -96,7 +96,7 @@ def hostile_report():
 
 
 def expected_figures(report):
-    """Every data-figure the page must carry, with the text it must hold: str() of the dict's value."""
+    """Every data-figure the page must carry, with the text it must hold: str() of the dict's value, or "—"."""
     recovery, previous = report["recovery"], report["previous_period"]
     figures = {
         "total_failures": report["total_failures"],
@@ -115,7 +115,7 @@ def expected_figures(report):
     figures.update({f"fingerprint:{f['fingerprint']}": f["count"] for f in report["top_fingerprints"]})
     figures.update({f"unknown:{u['fingerprint']}": u["count"] for u in report["unknown_templates"]})
     figures.update({f"threshold:{c['name']}:{c['key']}": c["value"] for c in report["thresholds"]})
-    return {name: str(value) for name, value in figures.items()}
+    return {name: "—" if value in (None, "unknown") else str(value) for name, value in figures.items()}
 
 
 VOID = {"meta", "br", "img", "link", "input", "hr"}
@@ -283,3 +283,95 @@ def test_chromium_renders_the_page_with_the_report_figures(chromium, tmp_path, l
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1200, 2000)  # IHDR width, height
     assert len(data) > 10_000, "a blank page compresses to a few KB"
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_figure_without_a_value_is_a_dash_with_its_reason_and_never_coloured_good(lang):
+    html = render_html(empty_report(), lang)
+    page = Page(html)
+    for name in ("change_percent", "recovery_rate_percent", "mean_seconds_to_recovery", "p90_seconds_to_recovery",
+                 "retries_per_recovery"):
+        assert page.figures[name] == "—"
+    cards = [div for div in html.split('<div class="card">')[1:]]
+    values = ["".join(Page(card.split('<div class="l">')[0]).text) for card in cards]
+    assert values == ["0", "—", "—", "—", "—", "—"]  # no "unknown%", no "— s"
+    text = "".join(page.text)
+    reasons = {"zh": ["上一周期没有失败", "本周期没有结束的重试", "本周期没有任务恢复"],
+               "en": ["no failures in the previous period", "no retries finished in this period",
+                      "no task recovered in this period"]}[lang]
+    assert all(reason in text for reason in reasons)
+    assert not [a for a in page.attrs_of("div") if "good" in (a.get("class") or "").split()]
+    assert not [a for a in page.attrs_of("span") if "good" in (a.get("class") or "").split()]
+
+
+def test_unknown_rates_in_tables_are_a_dash_with_the_reason():
+    page = Page(render_html(full_report(), "en"))
+    assert page.figures["recovery:recoverable_temporary"] == page.figures["threshold:failure_rate_percent:sync"] == "—"
+    cells = [cell.split("</td>")[0] for cell in render_html(full_report(), "en").split('<td class="n">')[1:]]
+    assert not [cell for cell in cells if "unknown" in "".join(Page(cell).text)]
+    text = "".join(page.text)
+    assert "no successes reported in the window" in text and "no retries finished in this period" in text
+
+
+def test_threshold_table_names_its_window_and_each_check_in_words():
+    report = full_report() | {"thresholds_window_minutes": 60.0}
+    zh, en = "".join(Page(render_html(report)).text), "".join(Page(render_html(report, "en")).text)
+    assert "阈值检查（最近60分钟）" in zh and "未知错误数" in zh
+    assert "Threshold checks (last 60 min)" in en and "unknown errors" in en
+
+
+def test_unknown_template_samples_are_shown_once_each():
+    report = full_report()
+    report["unknown_templates"][0]["samples"] = ["the moon is in the wrong phase 3"] * 3 + ["the moon 4"]
+    html = render_html(report)
+    assert html.count("<li><code>the moon is in the wrong phase 3</code></li>") == 1
+    assert "<li><code>the moon 4</code></li>" in html
+
+
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei")
+
+
+def test_font_stack_names_common_cjk_fonts_before_the_generic_family():
+    stack = CSS.split("font-family:", 1)[1].split(";", 1)[0]
+    families = [name.strip().strip('"') for name in stack.split(",")]
+    assert families[-1] == "sans-serif"
+    assert set(CJK_FONTS) <= set(families[:-1])
+
+
+def test_chromium_draws_the_pages_chinese_as_glyphs_not_boxes(chromium, tmp_path):
+    # Two different characters in the report's own font stack: a missing font draws both as the same box.
+    shots = []
+    for char in ("失", "败"):
+        page = tmp_path / f"{char}.html"
+        page.write_text(f'<!DOCTYPE html><meta charset="utf-8"><style>{CSS}body{{font-size:64px}}</style>'
+                        f'<body>{char}</body>', encoding="utf-8")
+        png = tmp_path / f"{char}.png"
+        chromium(f"--screenshot={png}", "--window-size=400,200", page.as_uri())  # tiny windows draw oddly
+        shots.append(png.read_bytes())
+    assert shots[0] != shots[1], "Chinese renders as boxes: install a CJK font (Debian: apt-get install fonts-noto-cjk)"
+
+
+LINE_COUNTER = """<script>
+const section = [...document.querySelectorAll("section")].find(s => s.querySelector("h2").textContent === TITLE);
+const lines = [...section.querySelectorAll("tr")].slice(1).map(row => {
+  const range = document.createRange();
+  range.selectNodeContents(row.cells[1].lastChild);  // the label's text
+  return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size;
+});
+document.body.setAttribute("data-lines", JSON.stringify(lines));
+</script>"""
+
+
+def test_chromium_keeps_each_category_label_on_one_line_in_the_fingerprint_table(chromium, tmp_path):
+    report = full_report()
+    long_template = ("HTTPSConnectionPool(host='<host>', port=<num>): Max retries exceeded with url: "
+                     "/api/v1/tracking/<num>?carrier=<hex>&expand=events (Caused by ConnectTimeoutError("
+                     "'Connection to <host> timed out. (connect timeout=<num>)'))")
+    report["top_fingerprints"] = [dict(report["top_fingerprints"][0], fingerprint=f"{n:016x}", template=long_template,
+                                       category=category)
+                                  for n, category in enumerate(report["category_labels"])]
+    html = render_html(report).replace("</body>", LINE_COUNTER.replace("TITLE", '"高频错误指纹"') + "</body>")
+    page = tmp_path / "report.html"
+    page.write_text(html, encoding="utf-8")
+    body = Page(chromium("--window-size=1000,1400", "--dump-dom", page.as_uri())).attrs_of("body")[0]
+    assert json.loads(body["data-lines"]) == [1] * len(report["category_labels"])

@@ -110,15 +110,69 @@ def test_analysis_report_numbers(store, clock, history):
 def test_insights_in_both_languages(store, clock, history):
     snapshot, _ = history
     zh = analysis_report(store, snapshot, clock.now(), 7, "zh")["insights"]
-    assert zh == ["主要失败原因是unknown，占比40.0%", "有30.0%的失败是可自动恢复的",
+    assert zh == ["主要失败原因是未知错误，占比40.0%", "有30.0%的失败是可自动恢复的",
                   "建议查看错误详情，必要时为其添加匹配规则", "建议检查网络", "自动恢复成功率为50.0%，低于80%的目标",
                   "失败数比上一周期增加400.0%", "有2类未知错误（共4次），报告中附有可直接使用的匹配规则建议"]
     en_snapshot = load_config(snapshot.files[0].rsplit("/", 1)[0], "en")
     en = analysis_report(store, en_snapshot, clock.now(), 7, "en")
     assert en["analysis_period"] == "7 days"
-    assert en["insights"][:2] == ["The main failure cause is unknown, 40.0% of failures",
+    assert en["insights"][:2] == ["The main failure cause is Unknown error, 40.0% of failures",
                                   "30.0% of failures are automatically recoverable"]
     assert "Advice: Check the network" in en["insights"]
+
+
+def test_insights_name_categories_by_their_label_never_by_key(store, clock, history):
+    snapshot, _ = history
+    for _ in range(10):
+        record_failure(store, "sync", "connection timeout", clock=clock)
+    Engine(store, Settings(), clock, lambda: snapshot, owner="t").handle_new()
+    clock.advance(1)
+    for lang, label in (("zh", "可恢复网络错误"), ("en", "Recoverable network error")):
+        report = analysis_report(store, load_config(snapshot.files[0].rsplit("/", 1)[0], lang), clock.now(), 7, lang)
+        assert label in report["insights"][0]
+        keys = set(report["category_distribution"]) - ({"unknown"} if lang == "en" else set())  # a word in English
+        assert not any(key in insight for insight in report["insights"] for key in keys)
+
+
+def test_unknown_template_samples_are_distinct(store, clock, history):
+    snapshot, _ = history
+    for message in ("the moon is wrong 1", "the moon is wrong 1", "the moon is wrong 2", "the moon is wrong 2"):
+        record_failure(store, "sync", message, clock=clock)
+    Engine(store, Settings(), clock, lambda: snapshot, owner="t").handle_new()
+    clock.advance(1)
+    templates = {t["template"]: t for t in analysis_report(store, snapshot, clock.now(), 7)["unknown_templates"]}
+    assert templates["the moon is wrong <num>"]["samples"] == ["the moon is wrong 2", "the moon is wrong 1",
+                                                               "the moon is wrong 3"]
+    assert templates["gremlins ate rack <num>"]["samples"] == ["gremlins ate rack 7"]
+
+
+def test_manual_tasks_are_no_failed_recoveries_for_the_insight_nor_the_threshold(store, clock, tmp_path):
+    # No handler: recoverable failures go to `manual` without a single retry.
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS))
+    for i in range(3):
+        record_failure(store, "sync", f"connection timeout {i}", clock=clock)
+    Engine(store, Settings(), clock, lambda: snapshot, owner="t").handle_new()
+    clock.advance(1)
+    report = analysis_report(store, snapshot, clock.now(), 7)
+    check = next(c for c in report["thresholds"] if c["name"] == "recovery_rate_percent")
+    assert report["recovery"]["rate_percent"] == check["value"] == "unknown" and not check["breached"]
+    assert not any("自动恢复成功率" in insight for insight in report["insights"])
+    assert report["recovery"]["by_category"] == {}
+
+
+def test_recovery_insight_and_threshold_agree_over_the_same_period(store, clock, tmp_path):
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="t")
+    failing = record_failure(store, "sync", "connection refused", clock=clock)
+    engine.handle_new()
+    for _ in range(3):
+        clock.advance(1)
+        engine.finish(engine.claim(failing), Outcome(False, "connection refused"))
+    report = analysis_report(store, snapshot, clock.now() + 1, 7)
+    check = next(c for c in report["thresholds"] if c["name"] == "recovery_rate_percent")
+    assert report["recovery"]["rate_percent"] == check["value"] == 0.0 and check["breached"]
+    assert "自动恢复成功率为0.0%，低于80%的目标" in report["insights"]
+    assert report["thresholds_window_minutes"] == 60.0
 
 
 def test_unknown_templates_come_with_a_pattern_that_keeps_its_promise(store, clock, history):

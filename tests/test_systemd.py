@@ -116,6 +116,14 @@ def test_unit_declares_notify_watchdog_restart_and_reload():
     assert re.search(r"^ExecReload=.*-HUP \$MAINPID$", text, re.M)
 
 
+def test_unit_allows_open_files_for_twice_the_api_connection_cap():
+    from failured.settings import Settings
+
+    limit = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.M)
+    assert limit, "LimitNOFILE= is not set: systemd's default soft limit is 1,024"
+    assert int(limit.group(1)) >= 2 * Settings().http_max_connections + 1024
+
+
 def _analyze(*args):
     return subprocess.run(
         [SYSTEMD_ANALYZE, *args], capture_output=True, text=True, errors="replace",

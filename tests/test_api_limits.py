@@ -1,0 +1,240 @@
+"""The HTTP API under hostile connections: a connection cap, head and body deadlines, ambiguous framing.
+
+Real servers on 127.0.0.1 and real sockets; the daemon test runs a real ``failured run``.
+"""
+
+import http.client
+import json
+import logging
+import os
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import SMALL_PATTERNS, write_config
+from failured.api import ApiServer
+from failured.backend import Backend
+from failured.config import load_config
+from failured.httplimits import Deadlines, connection_cap
+from failured.settings import load_settings
+
+TOKEN = "limits-token-0123456789"
+AUTH = f"Authorization: Bearer {TOKEN}\r\n"
+
+
+class HeldStatus(Backend):
+    """/v1/status waits until the test lets it go: requests that keep their slot busy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def status(self):
+        self.entered.release()
+        self.release.wait(30)
+        return super().status()
+
+
+@pytest.fixture
+def serve(tmp_path, store):
+    snapshot = load_config(write_config(tmp_path / "config", SMALL_PATTERNS), "en")
+    servers = []
+
+    def start(max_connections=256, deadlines=Deadlines(), backend_class=Backend):
+        backend = backend_class(store, load_settings({}), lambda: snapshot,
+                                health=lambda: (True, {"intake": True}))
+        server = ApiServer("127.0.0.1", 0, backend, token=TOKEN, max_connections=max_connections,
+                           deadlines=deadlines).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if hasattr(server.backend, "release"):
+            server.backend.release.set()
+        server.stop()
+
+
+def get(port, path, token=TOKEN, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = conn.getresponse()
+        return response.status, response.headers, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def exchange(port, data, timeout=10):
+    """Send raw bytes; the status, headers and JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.headers, json.loads(response.read())
+
+
+def closed_by_server(sock, timeout):
+    """True once the server has closed ``sock`` (end of file or reset), within ``timeout`` seconds."""
+    readable, _, _ = select.select([sock], [], [], timeout)
+    if not readable:
+        return False
+    try:
+        while sock.recv(65536):
+            pass  # an answer before the close is fine; keep reading to the end
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_a_new_connection_beyond_the_cap_of_busy_ones_gets_503_at_once(serve):
+    server = serve(max_connections=3, backend_class=HeldStatus)
+    held = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        held.append(conn)
+    for _ in range(3):
+        assert server.backend.entered.acquire(timeout=10)  # every slot is serving a request now
+    started = time.monotonic()
+    status, headers, data = get(server.port, "/healthz", token=None)
+    assert (status, data["error"], headers["Retry-After"]) == (503, "busy", "1")
+    assert "FAILURE_HTTP_MAX_CONNECTIONS" in data["detail"]
+    assert time.monotonic() - started < 5
+    server.backend.release.set()
+    assert [conn.getresponse().status for conn in held] == [200, 200, 200]
+    assert get(server.port, "/healthz", token=None)[0] == 200
+
+
+def test_healthz_answers_while_300_idle_connections_are_open_and_the_server_keeps_at_most_its_cap(serve):
+    server = serve(max_connections=8)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+    try:
+        status, _, data = get(server.port, "/healthz", token=None, timeout=10)
+        assert (status, data["ok"]) == (200, True)
+        assert len(server._server.slots) <= 8
+        # The newest idle connections still work: a request on one is answered.
+        idle[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(idle[-1])
+        response.begin()
+        assert response.status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_head_sent_one_line_at_a_time_is_cut_off_at_the_head_deadline(serve):
+    server = serve(deadlines=Deadlines(head=1.0))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        closed = False
+        # One header line every 0.2 s: each alone would satisfy a per-read timeout forever.
+        while not closed and time.monotonic() - started < 10:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            closed = closed_by_server(sock, 0.2)
+        assert closed
+        assert time.monotonic() - started < 5
+    assert get(server.port, "/healthz", token=None)[0] == 200
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_idle_deadline(serve):
+    server = serve(deadlines=Deadlines(idle=0.5))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        assert closed_by_server(sock, 10)
+        assert time.monotonic() - started < 5
+
+
+def test_a_body_shorter_than_its_content_length_is_400_after_the_body_deadline_without_traceback(serve, caplog):
+    server = serve(deadlines=Deadlines(body=0.5))
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="failured"):
+        status, headers, data = exchange(server.port, (
+            "POST /v1/failures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{AUTH}Content-Length: 100\r\n\r\n" + '{"task_type": "sync"').encode())
+    assert (status, data["error"]) == (400, "bad_request")
+    assert "did not arrive within 0.5 s" in data["detail"]
+    assert headers["Connection"] == "close"
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_body_that_ends_early_is_400_at_once(serve):
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(("POST /v1/failures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"{AUTH}Content-Length: 100\r\n\r\n" + '{"task_type": "sync"').encode())
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        data = json.loads(response.read())
+    assert response.status == 400 and "the body ended after 20 of 100 bytes" in data["detail"]
+
+
+def test_two_different_content_lengths_are_400_and_close_the_connection(serve, store):
+    server = serve()
+    body = b'{"task_type": "sync", "error": "x"}'
+    status, headers, data = exchange(server.port, (
+        f"POST /v1/failures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{AUTH}"
+        f"Content-Length: {len(body)}\r\nContent-Length: 5\r\n\r\n").encode() + body)
+    assert (status, data["error"], headers["Connection"]) == (400, "bad_request", "close")
+    assert "different Content-Length headers" in data["detail"]
+    status, _, _ = exchange(server.port, f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                                         "Content-Length: 1\r\n\r\n".encode())
+    assert status == 400
+    assert store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0
+    # The same length twice is one length (RFC 9112 allows it).
+    status, _, _ = exchange(server.port, (
+        f"POST /v1/failures HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{AUTH}"
+        f"Content-Length: {len(body)}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+    assert status == 201
+
+
+@pytest.mark.parametrize("method, path, allow", [("TRACE", "/v1/failures", "POST"), ("TRACE", "/healthz", "GET"),
+                                                 ("BREW", "/v1/status", "GET"), ("CONNECT", "/metrics", "GET"),
+                                                 ("PROPFIND", "/v1/tasks/1", "GET")])
+def test_trace_and_unknown_methods_are_405_with_allow(serve, method, path, allow):
+    server = serve()
+    status, headers, data = exchange(server.port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode())
+    assert (status, data["error"], headers["Allow"]) == (405, "method_not_allowed", allow)
+
+
+@pytest.mark.parametrize("wanted, limit, expected", [(256, 1024, 256), (256, 300, 150), (10, 8, 4), (5, 1, 1)])
+def test_the_cap_stays_below_half_the_descriptor_limit(wanted, limit, expected):
+    assert connection_cap(wanted, limit) == expected
+
+
+def test_the_daemon_answers_healthz_and_decides_tasks_while_300_connections_are_open(daemon_factory):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = daemon_factory(FAILURE_HTTP_ADDR=f"127.0.0.1:{port}", FAILURE_API_TOKEN=TOKEN,
+                            FAILURE_HTTP_MAX_CONNECTIONS=16).start()
+    baseline = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
+    try:
+        status, _, health = get(port, "/healthz", token=None)
+        assert (status, health["ok"]) == (200, True) and all(health["loops"].values())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/failures", body=json.dumps({"task_type": "sync", "error": "validation failed"}),
+                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        task_id = json.loads(conn.getresponse().read())["task_id"]
+        conn.close()
+        daemon.wait_for("SELECT status FROM tasks WHERE id = ?", lambda rows: rows and rows[0][0] != "new", 15,
+                        task_id)
+        # The daemon holds at most its cap of connections (plus a few being closed), not 300.
+        assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) <= baseline + 16 + 8
+    finally:
+        for sock in idle:
+            sock.close()
+    assert daemon.proc.poll() is None
+    assert "Too many open files" not in daemon.stderr()
