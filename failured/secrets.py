@@ -7,9 +7,9 @@ into the database, the API, reports or notifications.
 
 import functools
 import os
-from pathlib import Path
 
 from .notify.channels.base import ENV_REF, mask
+from .rules import read_config_bytes
 
 MIN_SECRET_CHARS = 4
 
@@ -30,7 +30,7 @@ def referenced_secrets(files, environ=os.environ):
     values = []
     for path in files:
         try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            text = read_config_bytes(path).decode("utf-8", "replace")
         except OSError:
             continue
         values += [environ[name] for name in ENV_REF.findall(text)

@@ -43,7 +43,9 @@ class ConfigWatcher:
         self.log_dir = log_dir
         self.lang = lang
         self.on_reload = on_reload or (lambda snapshot: None)
-        self.on_reject = on_reject or (lambda errors: None)
+        # Standalone, the watcher writes the rejection to admin_alerts.log itself; the daemon's
+        # callback queues it in the outbox instead, whose log channel writes it (once).
+        self.on_reject = on_reject or self._alert
         self.clock = clock or SystemClock()
         self.debounce = debounce
         self.current = load_config(config_dir, lang, log_dir or "logs")  # the first load must succeed
@@ -99,7 +101,6 @@ class ConfigWatcher:
             self.last_rejected = (self.clock.now(), exc.errors)
             log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",
                       self.config_dir, len(exc.errors), exc)
-            self._alert(exc.errors)
             self._call(self.on_reject, exc.errors)
             return False
         except Exception:  # never let a reload bug take the watcher down

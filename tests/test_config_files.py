@@ -1,0 +1,51 @@
+"""Only regular config files of a sane size are read: a FIFO or a huge file is an error naming it, never a hang."""
+
+import os
+
+import pytest
+
+from conftest import run_cli, wait_for, write_config
+from failured.config import load_config
+from failured.errors import ConfigErrors
+from failured.rules import MAX_CONFIG_FILE_BYTES
+
+NEW_FILE = '[[category]]\nname = "recoverable_network"\npatterns = ["gateway.*timeout"]\n'
+
+
+@pytest.mark.parametrize("name", ["patterns/50-pipe.toml", "failured.toml"])
+def test_a_fifo_in_the_config_directory_is_an_error_naming_it(config_dir, name):
+    os.mkfifo(config_dir / name)
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(config_dir)
+    [error] = [e for e in caught.value.errors if e.path.endswith(name.split("/")[-1])]
+    assert "not a regular file" in error.reason
+
+
+def test_check_config_reports_a_fifo_instead_of_hanging(config_dir):
+    os.mkfifo(config_dir / "patterns" / "50-pipe.toml")
+    result = run_cli("check-config", str(config_dir), timeout=60)
+    assert result.returncode == 1
+    assert "50-pipe.toml" in result.stdout + result.stderr and "not a regular file" in result.stdout + result.stderr
+
+
+def test_an_oversized_config_file_is_refused(config_dir):
+    path = config_dir / "patterns" / "50-huge.toml"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("# padding\n" * (MAX_CONFIG_FILE_BYTES // 10 + 1))
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(config_dir)
+    assert any("50-huge.toml" in e.path and "bytes" in e.reason for e in caught.value.errors)
+
+
+def test_a_running_daemon_survives_a_fifo_and_takes_the_next_good_edit(daemon_factory, tmp_path):
+    daemon = daemon_factory().start()
+    try:
+        config = tmp_path / "config"
+        os.mkfifo(config / "patterns" / "50-pipe.toml")
+        assert wait_for(lambda: "not a regular file" in daemon.stderr(), timeout=30)
+        os.unlink(config / "patterns" / "50-pipe.toml")
+        (config / "patterns" / "60-local.toml").write_text(NEW_FILE, encoding="utf-8")
+        assert wait_for(lambda: "reloaded" in daemon.stderr().split("not a regular file")[-1], timeout=30)
+        assert daemon.stop() == 0  # SIGTERM still works: nothing blocked
+    finally:
+        daemon.stop()
