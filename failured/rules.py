@@ -6,6 +6,8 @@ names; ``replace = true`` replaces the lists instead. Every problem is
 collected with its file and key, so one run of ``check-config`` shows them all.
 """
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,10 +107,41 @@ def pattern_problem(text):
     return None
 
 
+MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024  # 25 times the shipped config: a bigger file is a mistake
+
+
+class NotARegularFile(OSError):
+    """A config path that is a FIFO, a device or a directory, or too large: never read it."""
+
+
+def read_config_bytes(path, limit=MAX_CONFIG_FILE_BYTES):
+    """The bytes of a regular file of at most ``limit`` bytes; NotARegularFile otherwise.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO dropped into the
+    config directory would otherwise block the reader (and the daemon) forever.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(f"not a regular file (a FIFO, device or directory): "
+                                  "only regular files are read; remove it or move it out of the config directory")
+        if info.st_size > limit:
+            raise NotARegularFile(f"{info.st_size:,} bytes, more than the {limit:,} a config file may have")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise NotARegularFile(f"more than the {limit:,} bytes a config file may have")
+        return data
+    finally:
+        os.close(fd)
+
+
 def read_toml(path, errors):
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_config_bytes(path).decode("utf-8"))
+    except NotARegularFile as exc:
+        errors.append(ConfigError(path, None, str(exc)))
     except tomllib.TOMLDecodeError as exc:
         errors.append(ConfigError(path, None, f"TOML syntax error: {exc}"))
     except (OSError, UnicodeDecodeError) as exc:
