@@ -2,11 +2,15 @@
 
 closed --N failures in a row--> open --cool-down over--> half_open (one probe)
 half_open --probe ok--> closed;  half_open --probe failed--> open again
+
+The cool-down runs on the monotonic clock; the table keeps the wall-clock time it
+ends, for people and for the next start.
 """
 
 import threading
 from dataclasses import dataclass
 
+from .clock import SystemClock
 from .store import Breaker
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -23,33 +27,46 @@ class _State:
 class Breakers:
     """In-memory state for speed, mirrored to the ``breakers`` table so a restart keeps it."""
 
-    def __init__(self, config, persist=True):
+    def __init__(self, config, persist=True, clock=None):
         self.config = config  # config.BreakerConfig; replaced on reload
         self.persist = persist
-        self._states = {}
+        self.clock = clock or SystemClock()
+        self._states = {}  # task type -> _State, open_until in monotonic seconds; under _lock
         self._lock = threading.Lock()
 
     def load(self):
         """Read the persisted states (at start)."""
         for row in Breaker.select():
-            self._states[row.task_type] = _State(row.state, row.consecutive_failures, row.open_until or 0.0,
-                                                 probing=False)
+            open_until = self._monotonic(row.open_until) if row.open_until else 0.0
+            self._states[row.task_type] = _State(row.state, row.consecutive_failures, open_until, probing=False)
 
-    def allow(self, task_type, now):
-        """(True, None) to run a retry now, or (False, until) to postpone it."""
+    def _monotonic(self, wall):
+        return self.clock.monotonic() + (wall - self.clock.now())
+
+    def _wall(self, monotonic):
+        return self.clock.now() + (monotonic - self.clock.monotonic())
+
+    def allow(self, task_type):
+        """(True, None) to run a retry now, or (False, until) to postpone it (``until`` on the wall clock)."""
+        now = self.clock.monotonic()
         with self._lock:
             state = self._states.get(task_type)
             if state is None or state.state == CLOSED:
                 return True, None
             if state.state == OPEN and now < state.open_until:
-                return False, state.open_until
+                return False, self._wall(state.open_until)
             if state.probing:
-                return False, now + min(1.0, self.config.cooldown_seconds)
+                return False, self._wall(now + min(1.0, self.config.cooldown_seconds))
             state.state, state.probing = HALF_OPEN, True
             return True, None
 
-    def record(self, task_type, ok, now):
-        """Count a retry's outcome; returns "open", "closed" or None when the state changed."""
+    def record(self, task_type, ok):
+        """Count a retry's outcome; returns "open", "closed" or None when the state changed.
+
+        The row is written under the lock: two pool threads never store their
+        snapshots in the reverse order of the changes.
+        """
+        now = self.clock.monotonic()
         with self._lock:
             state = self._states.setdefault(task_type, _State())
             was = state.state
@@ -63,10 +80,10 @@ class Breakers:
                 if was == HALF_OPEN or state.failures >= self.config.failures:
                     state.state, state.open_until = OPEN, now + self.config.cooldown_seconds
             changed = state.state if state.state != was else None
-            snapshot = (state.state, state.failures, state.open_until)
-        if self.persist:
-            Breaker.replace(task_type=task_type, state=snapshot[0], consecutive_failures=snapshot[1],
-                            open_until=snapshot[2] or None, updated_at=now).execute()
+            if self.persist:
+                open_until = self._wall(state.open_until) if state.state != CLOSED and state.open_until else None
+                Breaker.replace(task_type=task_type, state=state.state, consecutive_failures=state.failures,
+                                open_until=open_until, updated_at=self.clock.now()).execute()
         return changed
 
     def release(self, task_type):
@@ -76,6 +93,7 @@ class Breakers:
             if state is not None:
                 state.probing = False
 
-    def open_types(self, now):
+    def open_types(self):
+        """{task type: wall-clock end of its cool-down} of the breakers not closed."""
         with self._lock:
-            return {t: s.open_until for t, s in self._states.items() if s.state != CLOSED}
+            return {t: self._wall(s.open_until) for t, s in self._states.items() if s.state != CLOSED}

@@ -1,4 +1,9 @@
-"""Time, passed in: the real clock for the daemon, a manual one for tests and benchmarks."""
+"""Time, passed in: the real clock for the daemon, a manual one for tests and benchmarks.
+
+``now()`` is the wall clock, for what is stored and shown. ``monotonic()`` never
+jumps: waiting, rate windows and lease timing within one run use it, so setting
+the system clock back or forward neither stalls nor hurries the daemon.
+"""
 
 import threading
 import time
@@ -11,28 +16,56 @@ class SystemClock:
     def now(self):
         return time.time()
 
+    def monotonic(self):
+        return time.monotonic()
+
     def sleep(self, seconds):
         time.sleep(max(0.0, seconds))
 
 
 class ManualClock:
-    """A clock that moves only when told to; ``sleep`` advances it instantly."""
+    """A clock that moves only when told to; ``sleep`` advances it instantly.
+
+    ``advance`` moves both clocks (time passes); ``jump`` moves only the wall
+    clock, as an administrator or NTP setting the system time would.
+    """
 
     def __init__(self, start=1_700_000_000.0):
         self._now = float(start)
+        self._mono = 1000.0
         self._lock = threading.Lock()
 
     def now(self):
         with self._lock:
             return self._now
 
+    def monotonic(self):
+        with self._lock:
+            return self._mono
+
     def advance(self, seconds):
+        with self._lock:
+            self._now += seconds
+            self._mono += seconds
+            return self._now
+
+    def jump(self, seconds):
         with self._lock:
             self._now += seconds
             return self._now
 
     def sleep(self, seconds):
         self.advance(max(0.0, seconds))
+
+
+class JumpingClock(SystemClock):
+    """The real clocks, with the wall clock set ``offset`` seconds off (tests of clock jumps)."""
+
+    def __init__(self, offset=0.0):
+        self.offset = offset
+
+    def now(self):
+        return time.time() + self.offset
 
 
 def to_db_time(epoch):

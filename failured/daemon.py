@@ -23,7 +23,7 @@ from .backend import Backend
 from .breaker import Breakers
 from .clock import SystemClock, iso
 from .engine import Engine
-from .errors import StoreError
+from .errors import StoreError, StoreFullError
 from .notify import messages
 from .metrics import Metrics
 from .notify.dispatcher import Dispatcher
@@ -39,6 +39,7 @@ log = logging.getLogger("failured.daemon")
 
 HEARTBEAT_SECONDS = 5.0
 THRESHOLD_CHECK_SECONDS = 60
+DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
 
 
 class Daemon:
@@ -53,6 +54,7 @@ class Daemon:
         self.scheduler = schedule.Scheduler()
         self.waiting_orphans = set()
         self._lock_file = None
+        self.disk = DiskState()
 
     # -- start ----------------------------------------------------------------
 
@@ -69,15 +71,15 @@ class Daemon:
         self.metrics = Metrics()
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
                              metrics=self.metrics)
-        self.breakers = Breakers(snapshot.breaker)
+        self.breakers = Breakers(snapshot.breaker, clock=self.clock)
         self.breakers.load()
-        self.queue = RetryQueue()
+        self.queue = RetryQueue(self.clock)
         queued, waiting = self.engine.take_back_leases(orphans_only=True)
         self.waiting_orphans.update(waiting)
         for item in self.engine.scheduled() + queued:
             self.queue.push(*item)
         self.runner = Runner(self.engine, self.queue, self.breakers, self.clock, s.retry_concurrency,
-                             enabled=s.recovery_enabled)
+                             enabled=s.recovery_enabled, paused=self.disk.is_full)
         self.runner.start()
         self.dispatcher = Dispatcher(self.store, s, self.clock, lambda: self.watcher.current,
                                      metrics=self.metrics).start()
@@ -144,7 +146,7 @@ class Daemon:
         watchdog_every = self.notifier.watchdog_interval
         next_heartbeat = next_watchdog = 0.0
         while not self.stopping.is_set():
-            now = self.clock.now()
+            now = self.clock.monotonic()  # pacing only: a wall-clock jump must not stall the watchdog
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.notifier.reloading()
@@ -152,7 +154,7 @@ class Daemon:
                 self.notifier.reloaded()
             self.scheduler.run_pending()
             if now >= next_heartbeat:
-                self._heartbeat(now)
+                self._heartbeat()
                 next_heartbeat = now + HEARTBEAT_SECONDS
             if watchdog_every and now >= next_watchdog and self.healthy():
                 self.notifier.watchdog()
@@ -165,11 +167,16 @@ class Daemon:
 
     def _intake_loop(self):
         while not self.stopping.is_set():
+            poll = self.settings.poll_seconds
             try:
                 self.intake_once()
+                self._disk_ok()
+            except StoreFullError as exc:
+                self._disk_full(exc)
+                poll = max(poll, DISK_FULL_POLL_SECONDS)
             except Exception:
                 log.exception("intake: unexpected error; going on")
-            self.wake.wait(self.settings.poll_seconds)
+            self.wake.wait(poll)
             self.wake.clear()
 
     def intake_once(self):
@@ -181,8 +188,9 @@ class Daemon:
             self.dispatcher.wake()
         horizon = self.clock.now() + self.settings.poll_seconds
         for task_id, due, task_type in self.engine.scheduled(due_before=horizon):
-            if not self.queue.contains(task_id):
-                self.queue.push(task_id, due, task_type)
+            # push() ignores a known id at the same due time and moves one whose due time
+            # changed: `recover` on a scheduled task sets it to now, and it runs now.
+            self.queue.push(task_id, due, task_type)
         if self.waiting_orphans:
             self._recheck_orphans()
 
@@ -193,22 +201,46 @@ class Daemon:
             self.queue.push(*item)
 
     def loops(self):
-        """(all alive, {loop: alive}) for /healthz and the systemd watchdog."""
+        """(healthy, {loop: alive}, facts) for /healthz; the systemd watchdog pings while the loops live."""
         loops = {"intake": self._intake_thread.is_alive(), "retry-timer": self.runner.alive(),
                  "dispatcher": self.dispatcher.alive(), "config-watcher": self.watcher.alive()}
         if self.api is not None:
             loops["http-api"] = self.api.alive()
-        return all(loops.values()), loops
+        full = self.disk.is_full()
+        return all(loops.values()) and not full, loops, {"disk_full": full}
 
     def healthy(self):
-        return self.loops()[0]
+        """The loops are alive (a full disk is unhealthy for /healthz, but no reason for systemd to kill us)."""
+        return all(self.loops()[1].values())
 
-    def _heartbeat(self, now):
-        self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+    def _heartbeat(self):
+        now = self.clock.now()
+        try:
+            self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+            self._disk_ok()
+        except StoreFullError as exc:
+            self._disk_full(exc)
+        except StoreError as exc:
+            log.error("heartbeat not written: %s", exc)
         self.notifier.status(self._status_line())
 
     def _status_line(self):
+        if self.disk.is_full():
+            return f"DISK FULL: not taking new work ({self.disk.reason}); {len(self.queue)} retries waiting"
         return f"{len(self.queue)} retries pending, {self.runner.running} running"
+
+    def _disk_full(self, exc):
+        if self.disk.set_full(str(exc)):
+            log.error("%s: new work waits until space returns", exc)
+            self.notifier.status(self._status_line())
+            self.dispatcher.alert_direct(*messages.disk_full_message(self.settings.lang, str(exc)))
+
+    def _disk_ok(self):
+        if self.disk.set_ok():
+            log.warning("disk space is back: taking new work again")
+            self.notifier.status(self._status_line())
+            self.queue.wake()
+            self.wake.set()
 
     # -- scheduled jobs --------------------------------------------------------
 
@@ -216,7 +248,7 @@ class Daemon:
         """Reconcile (unhandled rows, expired leases, scheduled rows missing from the heap), then report."""
         now = self.clock.now()
         handled = self.engine.handle_new(limit=1_000_000)
-        taken_back, _ = self.engine.take_back_leases()
+        taken_back, _ = self.engine.take_back_leases(running_here=self.runner.running_ids())
         missing = [item for item in self.engine.scheduled() if not self.queue.contains(item[0])]
         for item in handled + taken_back + missing:
             self.queue.push(*item)
@@ -260,6 +292,7 @@ class Daemon:
     def _on_reload(self, snapshot):
         self.metrics.reloads.labels("applied").inc()
         self._record_config(snapshot)
+        self.store.delete_state("config_rejected")  # a good config is active again
         self.breakers.config = snapshot.breaker
         self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
@@ -292,10 +325,39 @@ class Daemon:
         self.dispatcher.stop()
         self.watcher.stop()
         self._intake_thread.join(timeout=5)
+        try:
+            self.store.delete_state("heartbeat")  # `status` says "not running" at once, not in 15 s
+        except StoreError as exc:
+            log.warning("heartbeat not cleared: %s", exc)
         self.store.close()
         if self._lock_file is not None:
             self._lock_file.close()
         log.info("stopped")
+
+
+class DiskState:
+    """Whether the database's disk is full, shared by the intake, heartbeat, runner and /healthz."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._full = False
+        self.reason = None
+
+    def is_full(self):
+        with self._lock:
+            return self._full
+
+    def set_full(self, reason):
+        """Record a full disk; True when it was not full before (say so once per outage)."""
+        with self._lock:
+            changed, self._full, self.reason = not self._full, True, reason
+            return changed
+
+    def set_ok(self):
+        """Record a write that worked; True when the disk was full before."""
+        with self._lock:
+            changed, self._full, self.reason = self._full, False, None
+            return changed
 
 
 def run(settings):

@@ -294,15 +294,24 @@ class Engine:
 
     # -- running ------------------------------------------------------------
 
-    def claim(self, task_id):
-        """Take a due scheduled task: running, lease, attempts + 1 — or None if it is not ours to run."""
+    def claim(self, task_id, expected_due=None):
+        """Take a due scheduled task: running, lease, attempts + 1 — or None if it is not ours to run.
+
+        ``expected_due`` is the due time the retry heap waited for (on the monotonic clock):
+        the task is due when the table still says that time, whatever the wall clock says now.
+        Without it, the wall clock decides.
+        """
         snapshot = self.config()
         task = load_task(task_id)
-        if task is None or task.status != SCHEDULED:
+        if task is None or task.status != SCHEDULED or task.next_retry_at is None:
             return None
         handler = self.handler_for(task, snapshot)
         now = self.clock.now()
-        if handler is None or task.next_retry_at is None or task.next_retry_at > now + 0.001:
+        if expected_due is not None:
+            due = abs(task.next_retry_at - expected_due) < 0.001
+        else:
+            due = task.next_retry_at <= now + 0.001
+        if handler is None or not due:
             return None
         lease_until = now + policy.lease_seconds(handler.timeout)
         attempt = task.attempts + 1
@@ -354,17 +363,21 @@ class Engine:
 
     # -- taking back --------------------------------------------------------
 
-    def take_back_leases(self, orphans_only=False):
+    def take_back_leases(self, orphans_only=False, running_here=frozenset()):
         """Running tasks whose daemon is gone: back to scheduled, due now — unless the handler still runs.
 
         At start (``orphans_only``) every lease not ours is orphaned: we hold the
-        daemon lock, so its owner is dead. Later, only expired leases count.
+        daemon lock, so its owner is dead. Later, only expired leases count, and
+        never one of ``running_here``: a retry this process runs now is alive,
+        however far the wall clock has jumped.
         """
         now = self.clock.now()
         query = Task.select().where(Task.status == RUNNING)
         query = query.where(Task.lease_owner != self.owner) if orphans_only else query.where(Task.lease_until < now)
         queued, waiting = [], []
         for task in list(query):
+            if task.lease_owner == self.owner and task.id in running_here:
+                continue
             if pid_alive(task.handler_pid) and (task.lease_until or 0) > now:
                 waiting.append(task.id)  # never run a task twice at the same time
                 continue

@@ -1,46 +1,76 @@
 """The circuit breaker with an injected clock."""
 
+import threading
+
 from failured.breaker import Breakers
 from failured.config import BreakerConfig
 from failured.store import Breaker
 
 
 def test_opens_after_n_failures_postpones_probes_once_and_closes(store, clock):
-    breakers = Breakers(BreakerConfig(failures=3, cooldown_seconds=300))
+    breakers = Breakers(BreakerConfig(failures=3, cooldown_seconds=300), clock=clock)
     now = clock.now()
-    assert breakers.record("sync", False, now) is None
-    assert breakers.record("sync", False, now) is None
-    assert breakers.record("sync", False, now) == "open"
-    assert breakers.allow("sync", now + 10) == (False, now + 300)
-    assert breakers.allow("other", now + 10) == (True, None)  # per task type
-    clock.advance(300)
-    assert breakers.allow("sync", clock.now()) == (True, None)  # the probe
-    allowed, until = breakers.allow("sync", clock.now())
+    assert breakers.record("sync", False) is None
+    assert breakers.record("sync", False) is None
+    assert breakers.record("sync", False) == "open"
+    clock.advance(10)
+    assert breakers.allow("sync") == (False, now + 300)
+    assert breakers.allow("other") == (True, None)  # per task type
+    clock.advance(290)
+    assert breakers.allow("sync") == (True, None)  # the probe
+    allowed, until = breakers.allow("sync")
     assert not allowed and until > clock.now()  # one probe at a time
-    assert breakers.record("sync", True, clock.now()) == "closed"
-    assert breakers.allow("sync", clock.now()) == (True, None)
+    assert breakers.record("sync", True) == "closed"
+    assert breakers.allow("sync") == (True, None)
 
 
 def test_failed_probe_opens_again_for_a_new_cooldown(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60))
-    assert breakers.record("sync", False, clock.now()) == "open"
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    assert breakers.record("sync", False) == "open"
     clock.advance(61)
-    assert breakers.allow("sync", clock.now())[0]
-    assert breakers.record("sync", False, clock.now()) == "open"
-    assert breakers.allow("sync", clock.now() + 1) == (False, clock.now() + 60)
+    assert breakers.allow("sync")[0]
+    assert breakers.record("sync", False) == "open"
+    assert breakers.allow("sync") == (False, clock.now() + 60)
 
 
 def test_state_survives_a_restart(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60))
-    breakers.record("sync", False, clock.now())
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    breakers.record("sync", False)
     assert Breaker.get_by_id("sync").state == "open"
-    again = Breakers(BreakerConfig(failures=1, cooldown_seconds=60))
+    assert Breaker.get_by_id("sync").open_until == clock.now() + 60  # stored on the wall clock
+    again = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
     again.load()
-    assert again.allow("sync", clock.now() + 1)[0] is False
+    clock.advance(1)
+    assert again.allow("sync")[0] is False
 
 
 def test_success_resets_the_count(store, clock):
-    breakers = Breakers(BreakerConfig(failures=2, cooldown_seconds=60))
-    breakers.record("sync", False, clock.now())
-    breakers.record("sync", True, clock.now())
-    assert breakers.record("sync", False, clock.now()) is None
+    breakers = Breakers(BreakerConfig(failures=2, cooldown_seconds=60), clock=clock)
+    breakers.record("sync", False)
+    breakers.record("sync", True)
+    assert breakers.record("sync", False) is None
+
+
+def test_wall_clock_jumps_neither_shorten_nor_stretch_the_cooldown(store, clock):
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    breakers.record("sync", False)
+    clock.jump(3600)  # the system clock set an hour forward
+    assert breakers.allow("sync")[0] is False
+    clock.jump(-7200)  # and an hour back
+    clock.advance(61)
+    assert breakers.allow("sync")[0] is True
+
+
+def test_concurrent_records_leave_the_last_state_in_the_table(store, clock):
+    breakers = Breakers(BreakerConfig(failures=1_000_000, cooldown_seconds=60), clock=clock)
+
+    def fail_many():
+        for _ in range(200):
+            breakers.record("sync", False)
+
+    threads = [threading.Thread(target=fail_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Breaker.get_by_id("sync").consecutive_failures == 800

@@ -1,0 +1,228 @@
+"""Celery integration, worker side: ``install(app)`` reports failed tasks to failured.
+
+* A task that fails for good (Celery's ``task_failure``: after its own retries are
+  used up; ``Retry``, ``Ignore`` and ``Reject`` never get there) is reported with
+  task type = the task's name, the traceback's last frames and error line, error type
+  = the exception's qualified name, payload = ``{"args", "kwargs", "celery_task_id",
+  "queue"}`` made JSON-safe, ref = the Celery task id.
+* A run that failured itself started (its message carries ``protocol`` headers) is
+  not a new failure: its success or failure is published back through the broker
+  to the queue the daemon waits on (see ``celery_handler``).
+* Successful runs are counted and sent in batches (the failure-rate denominator).
+
+Celery is imported here, so this module needs ``pip install 'failured[celery]'``.
+"""
+
+import fnmatch
+import json
+import logging
+import math
+import os
+import socket
+import traceback
+from pathlib import Path
+
+from celery import shared_task, signals
+
+from ..intake import bound_error
+from ..settings import load_settings
+from . import protocol
+from .reporter import Reporter
+from .spool import Spool
+from .targets import HttpTarget, StoreTarget
+
+log = logging.getLogger(__name__)
+
+TRACEBACK_FRAMES = 8
+MAX_ERROR_BYTES = 64 * 1024  # failured's intake limit
+MAX_REPR_CHARS = 2000
+MAX_PAYLOAD_BYTES = 512 * 1024  # well under the API's 1 MiB body limit
+MANUAL_TASK = "failured.manual_recovery_task"
+
+_installed = None  # the CeleryIntegration of this process, for manual_recovery_task
+
+
+def default_spool_dir():
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "failured" / "celery-spool"
+
+
+def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=None, exclude=None,
+            timeout=2.0, flush_interval=5.0, count_successes=True):
+    """Report ``app``'s failed tasks to failured; returns the installed integration.
+
+    Where failured is: ``api_url`` (default ``$FAILURE_API_URL``) with ``token``
+    (default ``$FAILURE_API_TOKEN``), else the store ``db`` (default ``$FAILURE_DB``,
+    for workers on the daemon's machine). ``include``/``exclude``: task names or
+    glob patterns (``"shop.tasks.*"``). ``timeout``: the most one report may hold up
+    the worker. Undeliverable reports wait in ``spool_dir`` (default
+    ``$FAILURE_SPOOL_DIR`` or ``~/.local/state/failured/celery-spool``).
+    """
+    global _installed
+    api_url = api_url or os.environ.get("FAILURE_API_URL")
+    if api_url:
+        target = HttpTarget(api_url, token if token is not None else os.environ.get("FAILURE_API_TOKEN"), timeout)
+    else:
+        target = StoreTarget(db or load_settings().db, timeout)
+    spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir())
+    reporter = Reporter(target, spool, flush_interval=flush_interval)
+    integration = CeleryIntegration(app, reporter, TaskFilter(include, exclude), count_successes)
+    integration.connect()
+    _installed = integration
+    return integration
+
+
+class TaskFilter:
+    """Which task names are reported: ``include`` (all when empty) minus ``exclude``."""
+
+    def __init__(self, include=None, exclude=None):
+        self.include = tuple(include or ())
+        self.exclude = tuple(exclude or ()) + (MANUAL_TASK,)
+        self._cache = {}
+
+    def __call__(self, name):
+        verdict = self._cache.get(name)
+        if verdict is None:
+            included = not self.include or any(fnmatch.fnmatchcase(name, p) for p in self.include)
+            verdict = self._cache[name] = included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        return verdict
+
+
+class CeleryIntegration:
+    """The signal receivers of one installed app."""
+
+    def __init__(self, app, reporter, wanted, count_successes=True):
+        self.app = app
+        self.reporter = reporter
+        self.wanted = wanted
+        self.count_successes = count_successes
+        self.hostname = socket.gethostname()
+
+    def connect(self):
+        # weak=False: the receivers are bound methods of this object, which nothing else keeps.
+        signals.task_failure.connect(self.on_failure, weak=False)
+        signals.task_success.connect(self.on_success, weak=False)
+        signals.worker_process_shutdown.connect(self.on_shutdown, weak=False)
+        signals.worker_shutdown.connect(self.on_shutdown, weak=False)
+
+    def disconnect(self):
+        signals.task_failure.disconnect(self.on_failure)
+        signals.task_success.disconnect(self.on_success)
+        signals.worker_process_shutdown.disconnect(self.on_shutdown)
+        signals.worker_shutdown.disconnect(self.on_shutdown)
+
+    def _ours(self, task):
+        return task is not None and getattr(task, "app", None) is self.app
+
+    def on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
+                   einfo=None, **_):
+        if not self._ours(sender):
+            return
+        try:
+            rerun = protocol.failured_headers(sender.request)
+            error, error_type = error_text(exception, traceback, einfo), qualified_name(type(exception))
+            if rerun is not None:  # failured's own retry: answer it, it is not a new failure
+                self.reply(rerun, False, error, error_type, task_id)
+            elif self.wanted(sender.name):
+                self.reporter.report_failure(failure_record(sender, task_id, error, error_type, args, kwargs))
+        except Exception:  # a receiver must never break the worker
+            log.exception("failured: reporting the failure of %s %s failed", getattr(sender, "name", "?"), task_id)
+
+    def on_success(self, sender=None, result=None, **_):
+        if not self._ours(sender):
+            return
+        try:
+            rerun = protocol.failured_headers(sender.request)
+            if rerun is not None:
+                self.reply(rerun, True, None, None, sender.request.id)
+            elif self.count_successes and self.wanted(sender.name):
+                self.reporter.count_success(sender.name)
+        except Exception:
+            log.exception("failured: recording the success of %s failed", getattr(sender, "name", "?"))
+
+    def on_shutdown(self, **_):
+        self.reporter.close()
+
+    def reply(self, rerun, ok, error, error_type, celery_task_id):
+        """Publish a re-run's outcome to the reply queue the daemon is waiting on."""
+        task_id, attempt, reply_to = rerun
+        body = protocol.reply_body(task_id, attempt, ok, error, error_type, celery_task_id, self.hostname)
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(body, exchange="", routing_key=reply_to, serializer="json", retry=True,
+                             retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
+                                           "interval_max": 1})
+        log.info("failured task %s attempt %s: %s", task_id, attempt, "succeeded" if ok else f"failed: {error_type}")
+
+
+def qualified_name(cls):
+    module = getattr(cls, "__module__", "builtins")
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def error_text(exception, tb=None, einfo=None):
+    """The traceback's last frames and the error line, as Python prints them, within the intake limit."""
+    if tb is None and einfo is not None:
+        tb = getattr(einfo, "tb", None)
+    if tb is not None:
+        lines = traceback.format_exception(type(exception), exception, tb, limit=-TRACEBACK_FRAMES, chain=False)
+        text = "".join(lines).rstrip()
+    else:
+        text = "".join(traceback.format_exception_only(type(exception), exception)).rstrip()
+    return bound_error(text, MAX_ERROR_BYTES)
+
+
+def failure_record(task, celery_task_id, error, error_type, args, kwargs):
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
+               "celery_task_id": celery_task_id, "queue": delivery.get("routing_key")}
+    if len(json.dumps(payload, ensure_ascii=False)) > MAX_PAYLOAD_BYTES:
+        payload["args"] = _marked(payload["args"])
+        payload["kwargs"] = _marked(payload["kwargs"])
+    return {"kind": "failure", "task_type": task.name, "error": error, "error_type": error_type,
+            "payload": payload, "ref": celery_task_id}
+
+
+def json_safe(value):
+    """``value`` as JSON data; what JSON cannot hold faithfully becomes ``{"__failured_repr__": repr}``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _marked(value)
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: json_safe(v) for k, v in value.items()}
+    return _marked(value)
+
+
+def _marked(value):
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not lose the report
+        text = f"<{type(value).__name__}: repr failed: {exc!r}>"
+    return {protocol.REPR_MARK: text[:MAX_REPR_CHARS]}
+
+
+@shared_task(name=MANUAL_TASK)
+def manual_recovery_task(task_id, force_retry=False):
+    """Retry failured task ``task_id`` now: ``failured recover ID [--force]`` as a Celery task.
+
+    Through the API when ``install`` was given one, else through the store (``FAILURE_DB``).
+    A refusal (recovered, unrecoverable, out of attempts without ``force_retry``) raises
+    ``RefusedError`` with the reason.
+    """
+    target = _installed.reporter.target if _installed is not None else None
+    if isinstance(target, HttpTarget):
+        return target.recover(task_id, force_retry)
+    # Only needed here; imported late because it pulls in the whole config machinery.
+    from .. import manual
+    from ..clock import SystemClock
+    from ..config import load_config
+
+    settings = load_settings()
+    if not isinstance(target, StoreTarget):
+        target = StoreTarget(settings.db, timeout=30.0)
+    snapshot = load_config(settings.config_dir, settings.lang)
+    task = manual.recover(target.store(), snapshot, int(task_id), SystemClock().now(), bool(force_retry))
+    return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
+            "attempts": task.attempts, "next_retry_at": task.next_retry_at}

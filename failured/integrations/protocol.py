@@ -1,0 +1,43 @@
+"""What a failured-driven Celery re-run carries, and what its worker answers.
+
+Shared by the daemon side (``celery_handler``, which sends the task) and the
+worker side (``celery``, which reports the outcome), so neither imports the other.
+
+The daemon sends the task with three message headers; the worker, seeing them,
+publishes one JSON reply to the named queue through the same broker instead of
+reporting a new failure. No result backend is involved.
+"""
+
+import uuid
+
+TASK_ID = "failured_task_id"
+ATTEMPT = "failured_attempt"
+REPLY_TO = "failured_reply_to"
+REPLY_PREFIX = "failured.reply"
+# Payload values that were not JSON when reported are stored as {REPR_MARK: repr(value)}.
+REPR_MARK = "__failured_repr__"
+
+
+def reply_queue_name(task_id, attempt):
+    """A queue of its own per attempt: a late answer to an earlier attempt cannot be mistaken."""
+    return f"{REPLY_PREFIX}.{task_id}.{attempt}.{uuid.uuid4().hex[:12]}"
+
+
+def headers(task_id, attempt, reply_to):
+    return {TASK_ID: int(task_id), ATTEMPT: int(attempt), REPLY_TO: reply_to}
+
+
+def reply_body(task_id, attempt, ok, error=None, error_type=None, celery_task_id=None, hostname=None):
+    return {"task_id": task_id, "attempt": attempt, "ok": bool(ok), "error": error, "error_type": error_type,
+            "celery_task_id": celery_task_id, "hostname": hostname}
+
+
+def failured_headers(request):
+    """(task id, attempt, reply queue) from a Celery task request, or None for an ordinary run."""
+    reply_to = getattr(request, REPLY_TO, None) or (getattr(request, "headers", None) or {}).get(REPLY_TO)
+    if not reply_to:
+        return None
+    custom = getattr(request, "headers", None) or {}
+    task_id = getattr(request, TASK_ID, None) or custom.get(TASK_ID)
+    attempt = getattr(request, ATTEMPT, None) or custom.get(ATTEMPT)
+    return task_id, attempt, reply_to

@@ -1,0 +1,340 @@
+"""Celery integration end to end: a real ``celery worker``, a real ``failured run``, real brokers.
+
+Redis (127.0.0.1:6379) and RabbitMQ (127.0.0.1:5672, guest/guest); a broker that
+does not answer skips its tests with the reason. One daemon and one worker per
+broker are shared by the tests of this module; each test uses keys of its own.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+celery = pytest.importorskip("celery", reason="Celery is not installed: pip install -e '.[test]'")
+
+from conftest import REPO, DaemonProcess  # noqa: E402
+
+BROKERS = {
+    "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379/0"),
+    "rabbitmq": ("127.0.0.1", 5672, "amqp://guest:guest@127.0.0.1:5672//"),
+}
+TOKEN = "celery-test-token-0123456789"
+
+# The worker's app, written into the test's directory: the real one-line install plus test tasks.
+WORKER_APP = '''
+import os, pathlib, time
+from celery import Celery
+from celery.utils.log import get_task_logger
+from failured.integrations import celery as failured_celery
+
+app = Celery("t", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.update(task_default_queue=os.environ["T_QUEUE"], broker_connection_retry_on_startup=True,
+                worker_prefetch_multiplier=1)
+failured_celery.install(app, include=["t.*"], timeout=2.0, flush_interval=0.3)
+log = get_task_logger(__name__)
+STATE = pathlib.Path(os.environ["T_STATE_DIR"])
+
+
+def run_number(key):
+    with open(STATE / (key + ".runs"), "a") as f:
+        f.write("run\\n")
+    n = len((STATE / (key + ".runs")).read_text().splitlines())
+    log.warning("RUN %s %s", key, n)
+    return n
+
+
+@app.task(name="t.flaky")
+def flaky(key, fail_times):
+    n = run_number(key)
+    if n <= fail_times:
+        raise ConnectionRefusedError(111, "Connection refused (run %d)" % n)
+    return n
+
+
+@app.task(name="t.bad_data")
+def bad_data(key):
+    run_number(key)
+    raise ValueError("invalid literal for int() with base 10: 'abc'")
+
+
+@app.task(name="t.autoretry", autoretry_for=(ConnectionRefusedError,), max_retries=2, default_retry_delay=0)
+def autoretry(key):
+    run_number(key)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+@app.task(name="t.bulk")
+def bulk(key):
+    run_number(key)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+@app.task(name="t.hang_once")
+def hang_once(key):
+    n = run_number(key)
+    if n == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    if n == 2:  # the first failured-driven run: the test kills the worker now
+        (STATE / (key + ".hanging")).write_text(str(os.getpid()))
+        time.sleep(600)
+    return n
+'''
+
+FAILURED_TOML = '''
+[task_types."t.flaky".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.flaky".retry]
+delays = [0.1]
+max_attempts = 5
+
+[task_types."t.hang_once".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 3
+[task_types."t.hang_once".retry]
+delays = [0.1]
+max_attempts = 5
+'''
+
+
+def broker_answers(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    if not condition():
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Worker:
+    """A real ``celery worker`` (solo pool: kill -9 takes the task with it)."""
+
+    def __init__(self, workdir, env, queue):
+        self.workdir, self.env, self.queue = workdir, env, queue
+        self.proc = None
+        self.logs = []
+
+    def start(self):
+        self.launch()
+        self.wait_ready()
+
+    def launch(self):
+        logfile = self.workdir / f"worker-{len(self.logs)}.log"
+        self.logs.append(logfile)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tapp", "worker", "--pool=solo", "--loglevel=INFO",
+             "-Q", self.queue, "-n", f"{self.queue}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "--logfile", str(logfile)],
+            cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "worker.err", "ab"))
+
+    def wait_ready(self):
+        logfile = self.logs[-1]
+        wait_until(lambda: logfile.exists() and " ready." in logfile.read_text(errors="replace"), 60,
+                   f"the celery worker to be ready ({logfile})")
+
+    def log_text(self):
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Setup:
+    """One broker's daemon, worker and sending app."""
+
+    def __init__(self, root, broker_url):
+        self.root = root
+        self.queue = f"failured-test-{uuid.uuid4().hex[:8]}"
+        self.state = root / "state"
+        self.spool = root / "spool"
+        self.state.mkdir()
+        (root / "tapp.py").write_text(WORKER_APP)
+        config = root / "config"
+        shutil.copytree(REPO / "config" / "patterns", config / "patterns")
+        (config / "failured.toml").write_text(textwrap.dedent(FAILURED_TOML))
+        port = free_port()
+        self.daemon = DaemonProcess(root, {
+            "FAILURE_DB": str(root / "data" / "failured.db"), "FAILURE_CONFIG_DIR": str(config),
+            "FAILURE_LOG_DIR": str(root / "logs"), "FAILURE_REPORT_DIR": str(root / "reports"),
+            "FAILURE_POLL_SECONDS": "0.05", "FAILURE_LOG_LEVEL": "INFO", "FAILURE_LANG": "en",
+            "FAILURE_HTTP_ADDR": f"127.0.0.1:{port}", "FAILURE_API_TOKEN": TOKEN, "CELERY_BROKER_URL": broker_url,
+        })
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
+        env.update(CELERY_BROKER_URL=broker_url, FAILURE_API_URL=f"http://127.0.0.1:{port}",
+                   FAILURE_API_TOKEN=TOKEN, FAILURE_SPOOL_DIR=str(self.spool), T_STATE_DIR=str(self.state),
+                   T_QUEUE=self.queue, PYTHONPATH=os.pathsep.join([str(root), str(REPO)]))
+        self.worker = Worker(root, env, self.queue)
+        self.app = celery.Celery("sender", broker=broker_url, set_as_current=False)
+
+    def send(self, name, *args):
+        return self.app.send_task(name, args=list(args), queue=self.queue).id
+
+    def runs(self, key):
+        path = self.state / f"{key}.runs"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def tasks(self, task_type):
+        return self.daemon.query("SELECT id, status, ref, attempts FROM tasks WHERE task_type = ? ORDER BY id",
+                                 task_type)
+
+    def task_by_ref(self, ref, statuses, timeout=60):
+        rows = self.daemon.wait_for("SELECT id, status, attempts FROM tasks WHERE ref = ?",
+                                    lambda rows: rows and rows[0][1] in statuses, timeout, ref)
+        return rows[0]
+
+    def close(self):
+        self.worker.stop()
+        self.daemon.close()
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(self.queue)
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="module")
+def setups(tmp_path_factory):
+    """Start a broker's daemon and worker on first use; all are stopped at the module's end."""
+    started = {}
+
+    def get(broker):
+        if broker not in started:
+            host, port, url = BROKERS[broker]
+            if not broker_answers(host, port):
+                pytest.skip(f"{broker} does not answer on {host}:{port}: start it to run the Celery tests")
+            s = started[broker] = Setup(tmp_path_factory.mktemp(f"celery-{broker}"), url)
+            s.worker.launch()  # both start at once: imports are most of their start-up time
+            s.daemon.start(ready_timeout=60)
+            s.worker.wait_ready()
+        return started[broker]
+
+    yield get
+    for s in started.values():
+        s.close()
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def any_broker(request, setups):
+    return setups(request.param)
+
+
+@pytest.fixture
+def setup(setups):
+    # Broker-independent behaviour is proven once, on Redis, to keep the suite fast.
+    return setups("redis")
+
+
+def test_network_error_twice_then_success_is_retried_through_the_broker_and_recovered(any_broker):
+    setup = any_broker
+    key = uuid.uuid4().hex
+    ref = setup.send("t.flaky", key, 2)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered",))
+    assert attempts == 2
+    assert setup.runs(key) == 3
+    assert setup.worker.log_text().count(f"RUN {key} ") == 3
+    errors = setup.daemon.query("SELECT error_message FROM task_events WHERE task_id = ? AND event = 'retry_failed'",
+                                task_id)
+    assert len(errors) == 1 and "Connection refused (run 2)" in errors[0][0]  # the re-run's own error
+    row = setup.daemon.query("SELECT category, payload, error_type FROM tasks WHERE id = ?", task_id)[0]
+    assert row[0] == "recoverable_network"
+    assert json.loads(row[1]) == {"args": [key, 2], "kwargs": {}, "celery_task_id": ref, "queue": setup.queue}
+    assert row[2] == "ConnectionRefusedError"
+
+
+def test_manual_recovery_task_retries_a_finished_task_through_the_worker(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.flaky", key, 1)
+    task_id, _, attempts = setup.task_by_ref(ref, ("recovered",))
+    setup.app.send_task("failured.manual_recovery_task", kwargs={"task_id": task_id, "force_retry": True},
+                        queue=setup.queue)
+    setup.daemon.wait_for("SELECT status, attempts FROM tasks WHERE id = ?",
+                          lambda rows: rows[0] == ("recovered", attempts + 1), 60, task_id)
+    assert setup.runs(key) == 3
+    events = [r[0] for r in setup.daemon.query("SELECT event FROM task_events WHERE task_id = ?", task_id)]
+    assert "recover_requested" in events
+
+
+def test_data_error_is_reported_once_not_retried_and_admins_are_told(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.bad_data", key)
+    task_id, status, attempts = setup.task_by_ref(ref, ("notified",))
+    assert attempts == 0 and setup.runs(key) == 1
+    assert len(setup.daemon.query("SELECT id FROM tasks WHERE ref = ?", ref)) == 1
+    alerts = Path(setup.daemon.env["FAILURE_LOG_DIR"]) / "admin_alerts.log"
+    wait_until(lambda: alerts.exists() and any(json.loads(line).get("task_id") == task_id
+                                               for line in alerts.read_text().splitlines()), 30,
+               "the admin alert")
+    error = setup.daemon.query("SELECT error_message FROM tasks WHERE id = ?", task_id)[0][0]
+    assert error.startswith("Traceback (most recent call last)") and error.rstrip().endswith(
+        "ValueError: invalid literal for int() with base 10: 'abc'")
+
+
+def test_celery_autoretry_reaches_failured_only_when_used_up(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.autoretry", key)
+    setup.daemon.wait_for("SELECT id FROM tasks WHERE ref = ?", bool, 60, ref)
+    # Reported after Celery's own three runs, and once.
+    assert setup.runs(key) == 3
+    assert len(setup.daemon.query("SELECT id FROM tasks WHERE ref = ?", ref)) == 1
+
+
+def test_reports_made_while_failured_is_down_are_spooled_and_delivered_once_after_restart(setup):
+    setup.daemon.stop()
+    keys = [uuid.uuid4().hex for _ in range(100)]
+    refs = {setup.send("t.bulk", key) for key in keys}
+    wait_until(lambda: all(setup.runs(k) == 1 for k in keys), 120, "100 failed runs")
+    wait_until(lambda: len(list(setup.spool.glob("*.json"))) >= 100, 30, "100 spooled reports")
+    setup.daemon.start(ready_timeout=60)
+    wait_until(lambda: not list(setup.spool.glob("*.json")), 60, "the spool to drain")
+    rows = setup.daemon.query("SELECT ref FROM tasks WHERE task_type = 't.bulk'")
+    assert sorted(r[0] for r in rows) == sorted(refs)  # none lost, none doubled
+
+
+def test_worker_killed_during_a_failured_retry_times_out_and_the_task_still_ends_final(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.hang_once", key)
+    hanging = setup.state / f"{key}.hanging"
+    wait_until(hanging.exists, 60, "the failured-driven run to start")
+    setup.worker.kill()
+    setup.worker.start()
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert status == "recovered" and attempts >= 2
+    errors = [r[0] for r in setup.daemon.query(
+        "SELECT error_message FROM task_events WHERE task_id = ? AND event = 'retry_failed'", task_id)]
+    assert any("no answer from Celery task t.hang_once" in e and "within 3s" in e for e in errors)
