@@ -40,6 +40,9 @@ log = logging.getLogger("failured.daemon")
 HEARTBEAT_SECONDS = 5.0
 THRESHOLD_CHECK_SECONDS = 60
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
+# Below this much free space SQLite's next page or WAL frame may not fit: treat the disk as
+# full before a write fails half-way, and only as free again once there is room for work.
+DISK_FLOOR_BYTES = 256 * 1024
 
 
 class Daemon:
@@ -169,6 +172,8 @@ class Daemon:
         while not self.stopping.is_set():
             poll = self.settings.poll_seconds
             try:
+                if self.disk.is_full():
+                    self._check_free_space()  # still full: wait, do not fail a write per poll
                 self.intake_once()
                 self._disk_ok()
             except StoreFullError as exc:
@@ -216,6 +221,7 @@ class Daemon:
     def _heartbeat(self):
         now = self.clock.now()
         try:
+            self._check_free_space()
             self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
             self._disk_ok()
         except StoreFullError as exc:
@@ -223,6 +229,16 @@ class Daemon:
         except StoreError as exc:
             log.error("heartbeat not written: %s", exc)
         self.notifier.status(self._status_line())
+
+    def _check_free_space(self):
+        """StoreFullError when the database's filesystem has less than DISK_FLOOR_BYTES free."""
+        try:
+            info = os.statvfs(os.path.dirname(os.path.abspath(self.settings.db)))
+        except OSError:
+            return
+        free = info.f_bavail * info.f_frsize
+        if free < DISK_FLOOR_BYTES:
+            raise StoreFullError(self.settings.db, f"{free:,} bytes free on its filesystem")
 
     def _status_line(self):
         if self.disk.is_full():

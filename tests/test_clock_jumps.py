@@ -1,0 +1,78 @@
+"""Wall-clock jumps: waiting and lease timing within one run follow the monotonic clock."""
+
+import threading
+
+import pytest
+
+from conftest import SMALL_PATTERNS, write_config
+from failured.breaker import Breakers
+from failured.config import BreakerConfig, load_config
+from failured.engine import Engine
+from failured.handlers import Outcome
+from failured.intake import record_failure
+from failured.queue import RetryQueue, Runner
+from failured.settings import Settings
+from failured.store import Task
+
+HANDLER = """
+[task_types.sync.handler]
+kind = "command"
+argv = ["true"]
+timeout = 10
+"""
+
+
+@pytest.fixture
+def engine(store, clock, tmp_path):
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+    return Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+
+
+def test_a_retry_runs_when_the_heap_says_due_even_after_the_wall_clock_went_back(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    queue = RetryQueue(clock)
+    for item in engine.handle_new():
+        queue.push(*item)
+    clock.jump(-40)
+    clock.advance(1)
+    [(popped, due, _)] = queue.pop_due(clock.monotonic(), 10)
+    claimed = engine.claim(popped, expected_due=due)
+    assert claimed is not None and Task.get_by_id(task_id).status == "running"
+
+
+def test_a_live_retry_is_not_taken_back_when_the_wall_clock_jumps_forward(engine, store, clock):
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    assert engine.claim(task_id) is not None
+    clock.jump(3600)  # its lease looks an hour expired on the wall clock
+    taken, _ = engine.take_back_leases(running_here=frozenset({task_id}))
+    assert taken == [] and Task.get_by_id(task_id).status == "running"
+    taken, _ = engine.take_back_leases()  # not running here (crashed pool thread): taken back
+    assert [t for t, _, _ in taken] == [task_id]
+
+
+def test_the_runner_waits_on_the_monotonic_clock(engine, store, clock):
+    """With a manual clock the runner's waits return at once; a backward jump must not hold a due retry."""
+    queue = RetryQueue(clock)
+    breakers = Breakers(BreakerConfig(), persist=False, clock=clock)
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    for item in engine.handle_new():
+        queue.push(*item)
+    clock.jump(-40)
+    clock.advance(1)
+    done = threading.Event()
+    original = engine.finish
+
+    def finish(claimed, outcome):
+        result = original(claimed, Outcome(ok=True))
+        done.set()
+        return result
+
+    engine.finish = finish
+    runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
+    try:
+        assert done.wait(60), "the due retry never ran"
+    finally:
+        runner.stop(5)
+    assert Task.get_by_id(task_id).status == "recovered"

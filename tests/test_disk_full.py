@@ -1,0 +1,30 @@
+"""A full disk under the database: reporters get one line, the daemon stays up, says so, and resumes by itself."""
+
+import json
+
+from test_api_store import fill, small_disk  # noqa: F401 - the real tmpfs fixture
+
+
+def test_daemon_survives_a_full_disk_says_so_and_resumes_when_space_returns(daemon_factory, small_disk, tmp_path):
+    daemon = daemon_factory(FAILURE_DB=str(small_disk / "failured.db")).start()
+    try:
+        assert daemon.cli("report", "--type", "sync", "--error", "connection timeout").returncode == 0
+        daemon.wait_for("SELECT count(*) FROM tasks WHERE status != 'new'", lambda r: r[0][0] == 1)
+        filler = fill(small_disk)
+        result = daemon.cli("report", "--type", "sync", "--error", "connection timeout " + "x" * 60000)
+        assert result.returncode == 1, result.stderr
+        assert "disk full" in result.stderr and "Traceback" not in result.stderr
+        daemon.wait_message("DISK FULL", timeout=60)
+        alerts = tmp_path / "logs" / "admin_alerts.log"
+        from conftest import wait_for
+        assert wait_for(lambda: alerts.exists() and "磁盘已满" in alerts.read_text(encoding="utf-8"), timeout=60)
+        for line in alerts.read_text(encoding="utf-8").splitlines():
+            json.loads(line)  # whole lines only
+        assert daemon.proc.poll() is None
+        filler.unlink()
+        assert wait_for(lambda: any("retries pending" in m for m in daemon.messages[-3:]), timeout=60)
+        assert daemon.cli("report", "--type", "sync", "--error", "connection refused").returncode == 0
+        daemon.wait_for("SELECT count(*) FROM tasks WHERE status != 'new'", lambda r: r[0][0] == 2, timeout=60)
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode == 0
