@@ -130,3 +130,14 @@ def threshold_message(lang, check, window_minutes):
     what = words["thresholds"][check.name].format(key=check.key)
     title = words["threshold_title"].format(what=what, value=check.value, limit=check.limit)
     return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)
+
+
+def disk_full_message(lang, reason):
+    """The alert sent straight to the admin channels when the database's disk is full (no outbox row can be written)."""
+    if lang == "zh":
+        title = "[failured] 磁盘已满：暂停接收新任务"
+        body = f"**{title}**\n\n{shorten(reason)}\n\n释放磁盘空间后 failured 会自动恢复，无需重启。"
+    else:
+        title = "[failured] Disk full: new work paused"
+        body = f"**{title}**\n\n{shorten(reason)}\n\nfailured carries on by itself once space is freed; no restart needed."
+    return title, body
