@@ -10,17 +10,14 @@ import time
 
 from common import REPO, emit
 
+from failured import corpus
 from failured.config import load_config
 
 COUNT = 100_000
 
 
 def corpus_messages():
-    path = REPO / "tests" / "data" / "messages.tsv"
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [line.split("\t")[2].replace("\\n", "\n") for line in lines if line.count("\t") >= 2]
+    return [message for _, _, _, message in corpus.read_corpus()]
 
 
 def realistic_mix(rng):

@@ -1,8 +1,10 @@
-"""Why did a task fail? Tag, then exception type, then patterns (one RE2 Set pass).
+"""Why did a task fail? Tag, exception type, patterns, code tables, then the learned model.
 
-Within each stage the category with the lowest priority number wins; nothing
-matched is ``unknown``. Matching is linear in the message length whatever the
-patterns are: no operator-written pattern can make the daemon hang.
+Within each rule stage the category with the lowest priority number (or the
+lowest-numbered code table) wins. When every rule stage says nothing, the
+model may answer, but only above its confidence threshold; otherwise the task
+is ``unknown``. Matching is linear in the message length whatever the patterns
+are: no operator-written pattern can make the daemon hang.
 """
 
 import functools
@@ -12,9 +14,11 @@ from dataclasses import asdict, dataclass
 
 import re2
 
+from . import corpus, model as learner
+from .codes import CodeMatcher, describe as describe_code
 from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
-from .rules import re2_options
+from .rules import UNKNOWN, re2_options
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
@@ -32,6 +36,11 @@ _FRAME = re.compile(r'^\s+File "|^\s+at \S|^\s*\.\.\. \d+ more|^goroutine \d+ \[
 _TRACEBACK = "Traceback (most recent call last)"
 CACHE_SIZE = 4096
 CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes ~16 MB
+# Rule stages after the tag, in order. Patterns come before code tables: a pattern
+# is written for a wording and is more specific than the code the same message
+# carries (measured with bench/generalize.py; see the README).
+RULE_STAGES = ("exception_type", "pattern", "code")
+MIN_CONFIDENCE = 0.7  # default of [model] min_confidence
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,14 @@ class Classification:
     category: str
     label: str
     action: str
-    matched_by: str  # tag | exception_type | pattern | none
-    pattern: str | None  # the tag, exception type or pattern that matched
+    matched_by: str  # tag | exception_type | pattern | code | model | none
+    pattern: str | None  # the tag, exception type, pattern or "table code" that matched; for model, "confidence 0.93"
     fingerprint: str
     template: str
     error_type: str | None
     message: str
     suggestion: str
+    confidence: float | None = None  # the model's probability when matched_by is "model"
 
     def to_dict(self):
         return asdict(self)
@@ -94,12 +104,40 @@ def exception_type_in(message):
     return name if _LOWER.search(_NAME_PARTS.split(name)[-1], 1) else None
 
 
+def model_text(message, error_type=None):
+    """What the learned model reads: the unpacked message without its stack frames, after its type."""
+    message, error_type = unpack(message or "", error_type)
+    error_type = error_type or exception_type_in(message)
+    core = without_frames(message) if "\n" in message else message
+    return f"{error_type}: {core}" if error_type else core
+
+
+@functools.lru_cache(maxsize=4)
+def learned_fallback(category_names, labels=()):
+    """The model trained on the shipped corpus plus ``labels`` for these categories (cached per process).
+
+    ``category_names``: a frozenset of the ruleset's categories; examples of other
+    categories are left out (a ruleset without them cannot answer them).
+    ``labels``: a tuple of ``(category, error_type or None, message)``, the operators'
+    own corrections, which weigh like any corpus example.
+    """
+    allowed = set(category_names) | {UNKNOWN}
+    rows = [(c, e, m) for c, e, _, m in corpus.read_corpus()] + list(labels)
+    examples = [(c, model_text(m, e)) for c, e, m in rows if c in allowed]
+    return learner.train(examples)
+
+
 class Classifier:
     """A compiled ruleset: build once per configuration snapshot, share between threads."""
 
-    def __init__(self, ruleset, lang="zh"):
+    def __init__(self, ruleset, lang="zh", code_tables=(), model=None, min_confidence=MIN_CONFIDENCE,
+                 stages=RULE_STAGES):
         self.ruleset = ruleset
         self.lang = lang
+        self.codes = CodeMatcher(code_tables)
+        self.model = model
+        self.min_confidence = min_confidence
+        self.stages = stages
         self._by_tag = {}
         self._by_type = {}  # last dotted part, lower-case -> [(priority, full name or None, category)]
         self._pattern_owner = []  # Set index -> (priority, pattern text, category)
@@ -109,9 +147,9 @@ class Classifier:
         try:
             self._set.Compile()
         except re2.error:
-            raise ConfigErrors([ConfigError(ruleset.files[0] if ruleset.files else "patterns", None,
-                                            "RE2 ran out of memory compiling all patterns together: "
-                                            "remove or simplify some patterns")]) from None
+            raise ConfigErrors([ConfigError(_file_that_overflows(ruleset), None,
+                                            "RE2 ran out of memory compiling all patterns together "
+                                            "once this file was added: remove or simplify some patterns")]) from None
         # The API classifies a failure for its answer and the engine again a moment later,
         # and error storms repeat messages: a small cache halves the work. Results are frozen.
         self._cached = functools.lru_cache(maxsize=CACHE_SIZE)(self.classify_uncached)
@@ -140,16 +178,51 @@ class Classifier:
         found = self._by_tag_stage(message)
         if found is None:
             error_type = error_type or exception_type_in(message)
-            found = self._by_type_stage(error_type)
+            found = self.rules_only(message, error_type)
+        confidence = None
         if found is None:
-            found = self._patterns_of(message, error_type)
+            found, confidence = self._by_model(message, error_type)
         category, matched_by, matched = found or (self.ruleset.unknown, "none", None)
         template, digest = fingerprint(message)
         return Classification(
             category=category.name, label=category.label_in(self.lang), action=category.action,
             matched_by=matched_by, pattern=matched, fingerprint=digest, template=template,
             error_type=error_type, message=message, suggestion=category.suggestion_in(self.lang),
+            confidence=confidence,
         )
+
+    def rules_only(self, message, error_type):
+        """The first rule stage (after the tag) that decides, as (category, matched_by, what), or None."""
+        for stage in self.stages:
+            if stage == "exception_type":
+                found = self._by_type_stage(error_type)
+            elif stage == "pattern":
+                found = self._patterns_of(message, error_type)
+            else:
+                found = self._by_code_stage(message, error_type)
+            if found is not None:
+                return found
+        return None
+
+    def _by_code_stage(self, message, error_type):
+        core = without_frames(message) if "\n" in message else message
+        hit = self.codes.match(f"{error_type}: {core}" if error_type else core)
+        if hit is None:
+            return None
+        table, code, name = hit
+        category = self.ruleset.category(name)
+        return (category, "code", describe_code(table, code)) if category is not None else None
+
+    def _by_model(self, message, error_type):
+        """The model's answer when it is confident enough, else (None, None): the task stays unknown."""
+        if self.model is None:
+            return None, None
+        prediction = self.model.predict(model_text(message, error_type))
+        category = self.ruleset.category(prediction.category)
+        if category is None or category is self.ruleset.unknown or prediction.confidence < self.min_confidence:
+            return None, None
+        confidence = round(prediction.confidence, 3)
+        return (category, "model", f"confidence {confidence:.2f}"), confidence
 
     def _by_tag_stage(self, message):
         match = _TAG.match(message)
@@ -192,3 +265,26 @@ class Classifier:
         priority, pattern, category = min((self._pattern_owner[i] + (i,) for i in hits),
                                           key=lambda owner: (owner[0], owner[3]))[:3]
         return category, "pattern", pattern
+
+
+def _file_that_overflows(ruleset):
+    """The pattern file whose patterns, added to those of the files before it, exceed RE2's memory.
+
+    Files are added in their merge order and the set recompiled each time (RE2
+    cannot recompile a Set): quadratic, but it runs only when compiling failed.
+    """
+    files = list(ruleset.files) or ["patterns"]
+    by_file = {}
+    for category in ruleset.categories:
+        for pattern in category.patterns:
+            by_file.setdefault(pattern.file, []).append(pattern.text)
+    for end, path in enumerate(files, start=1):
+        trial = re2.Set.SearchSet(re2_options())
+        for earlier in files[:end]:
+            for text in by_file.get(earlier, ()):
+                trial.Add(text)
+        try:
+            trial.Compile()
+        except re2.error:
+            return path
+    return files[-1]

@@ -1,31 +1,25 @@
 """The ``failured`` command: parse arguments, build settings, call one function, print, exit.
 
-Exit codes: 0 ok, 1 a check failed or the action was refused, 2 bad usage or input.
+Exit codes: 0 ok, 1 a check failed or the action was refused, 2 bad usage or input,
+141 the reader of the output went away (``failured ... | head``), as for a tool SIGPIPE ended.
 """
 
-import argparse
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 
 from . import commands, logmask
-from .config import load_config
+from .cliparser import build_parser
+from .config import load_config, unset_variable_problems
 from .clock import iso
-from .errors import ConfigErrors, FailuredError, InputError
+from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
 from .notify import messages
 from .settings import load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit status 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(EXIT_USAGE)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports for a tool that SIGPIPE ended
 
 
 def _print_json(data):
@@ -71,6 +65,9 @@ def cmd_check_config(args, settings):
     config_dir = Path(args.dir or settings.config_dir)
     try:
         snapshot = load_config(config_dir, settings.lang, settings.log_dir)
+        problems = unset_variable_problems(snapshot, config_dir)
+        if problems:
+            raise ConfigErrors(problems)
     except ConfigErrors as exc:
         if args.json:
             _print_json({"ok": False, "errors": [{"file": e.path, "key": e.key, "reason": e.reason}
@@ -96,19 +93,18 @@ def cmd_check_config(args, settings):
 
 
 def cmd_init(args, settings):
-    target = Path(args.dir)
-    source = commands.shipped_config_dir()
-    if target.exists() and any(target.iterdir()) and not args.force:
-        print(f"{target} is not empty: pass --force to overwrite the shipped files in it", file=sys.stderr)
-        return EXIT_USAGE
-    shutil.copytree(source, target, dirs_exist_ok=True)
-    print(f"wrote a starter config to {target} (from {source}); check it with 'failured check-config {target}'")
+    from .shipped import write_shipped_config
+
+    names = write_shipped_config(args.dir, force=args.force)
+    print(f"wrote the shipped configuration ({len(names)} files) to {args.dir}; "
+          f"check it with 'failured check-config {args.dir}'")
     return EXIT_OK
 
 
 def cmd_run(args, settings):
     from .daemon import run
 
+    commands.check_writable_dirs(settings)
     return run(settings)
 
 
@@ -122,7 +118,7 @@ def cmd_exec(args, settings):
     check_task_type(args.type)
     parse_payload(args.payload)  # refuse bad input before running anything
     status, task_id = commands.with_store(settings, run_wrapped, argv, args.type, payload=args.payload,
-                                          ref=args.ref, timeout=args.timeout)
+                                          ref=args.ref, timeout=args.timeout, create=True)
     if task_id is not None:
         print(f"failured exec: {argv[0]} exited {status}; recorded as task {task_id}", file=sys.stderr)
     return status
@@ -166,11 +162,16 @@ def cmd_show(args, settings):
     print(f"task {data['id']} {data['task_type']} ref={data['ref'] or '-'}: {data['status']} "
           f"({data['category'] or 'unclassified'}), {data['attempts']} retries")
     print(f"error: {data['error_message']}")
+    width = max((len(event["event"]) for event in data["events"]), default=0)
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
         extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
         error = f": {messages.shorten(event['error'], 120)}" if event["error"] and event["event"] != "reported" else ""
-        print(f"  {iso(event['at'])}  {event['event']:<16} {event['status']:<10}{extra}{error}")
+        print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
+    if "advice" in data:
+        print(f"why manual: {data['advice']['why']}")
+        for step in data["advice"]["what_to_do"]:
+            print(f"to do: {step}")
     return EXIT_OK
 
 
@@ -178,6 +179,8 @@ def cmd_notify_test(args, settings):
     from .notify.channels import Message
 
     snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
+    # Before any channel runs: at DEBUG, urllib3 logs the robot URL with its token.
+    logmask.use_secrets(lambda: snapshot.secrets + ((settings.api_token,) if settings.api_token else ()))
     channel = snapshot.channels.get(args.channel)
     if channel is None:
         raise InputError(f"no channel named {args.channel!r}: configured are {', '.join(sorted(snapshot.channels))}")
@@ -240,119 +243,48 @@ def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def build_parser():
-    parser = _Parser(prog="failured", description="Classify, retry and notify failed tasks.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("report", help="record a failed task")
-    p.add_argument("--type", required=True, help="task type, e.g. tracking_update")
-    p.add_argument("--error", required=True, help="the error message")
-    p.add_argument("--error-type", help="exception type name, e.g. ConnectTimeout")
-    p.add_argument("--payload", help="JSON object the handler needs to retry the task")
-    p.add_argument("--ref", help="your own reference (order id, job id)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("classify", help="explain how one message is classified ('-': one per line from stdin)")
-    p.add_argument("message")
-    p.add_argument("--error-type")
-    p.add_argument("--type")
-    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_classify)
-
-    p = sub.add_parser("check-config", help="validate a config directory")
-    p.add_argument("dir", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_check_config)
-
-    p = sub.add_parser("run", help="run the daemon (until SIGTERM)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("exec", help="run a command; record its failure (or success) for the daemon")
-    p.add_argument("--type", required=True)
-    p.add_argument("--payload")
-    p.add_argument("--ref")
-    p.add_argument("--timeout", type=float, default=3600.0, help="timeout of the retries the daemon runs")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_exec)
-
-    p = sub.add_parser("recover", help="retry one task now (the seed's manual_recovery_task)")
-    p.add_argument("id", type=int)
-    p.add_argument("--force", action="store_true", help="retry even if unrecoverable or out of attempts")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_recover)
-
-    p = sub.add_parser("requeue", help="retry many finished tasks at once")
-    p.add_argument("--category")
-    p.add_argument("--type")
-    p.add_argument("--status", action="append", help="notified, exhausted, manual or resolved (repeatable)")
-    p.add_argument("--since", help="only tasks created within this long, e.g. 2h, 30m, 7d")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_requeue)
-
-    p = sub.add_parser("resolve", help="close a task by hand")
-    p.add_argument("id", type=int)
-    p.add_argument("--note")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_resolve)
-
-    p = sub.add_parser("show", help="a task and its full history")
-    p.add_argument("id", type=int)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("notify-test", help="send a test message through one channel and print its answer")
-    p.add_argument("channel")
-    p.add_argument("--audience", choices=("admin", "user"), default="admin")
-    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_notify_test)
-
-    p = sub.add_parser("scan", help="write a processing report of what was handled since the last one")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_scan)
-
-    p = sub.add_parser("analyze", help="the failure-pattern analysis report")
-    p.add_argument("--days", type=_positive_int, help="period in days (default FAILURE_ANALYSIS_DAYS)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--write", action="store_true", help="also write the JSON and HTML report files")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("status", help="health and figures; exit 1 when unhealthy")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("init", help="write a starter config directory")
-    p.add_argument("dir")
-    p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_init)
-    return parser
+COMMANDS = {
+    "report": cmd_report, "exec": cmd_exec, "classify": cmd_classify, "show": cmd_show, "recover": cmd_recover,
+    "requeue": cmd_requeue, "resolve": cmd_resolve, "status": cmd_status, "scan": cmd_scan,
+    "analyze": cmd_analyze, "check-config": cmd_check_config, "notify-test": cmd_notify_test,
+    "init": cmd_init, "run": cmd_run,
+}
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        status = _run_command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe():
+    """The reader of our output went away (``failured ... | head``): stop quietly, as Unix tools do.
+
+    Exit status 141 (128 + SIGPIPE) is what the shell reports for a tool killed by
+    SIGPIPE, so ``set -o pipefail`` scripts see the same as with ``grep`` or ``cat``.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
+    return EXIT_BROKEN_PIPE
+
+
+def _run_command(args):
     try:
         settings = load_settings()
         logmask.setup(settings.log_level)
-        return args.func(args, settings)
+        return COMMANDS[args.command](args, settings)
     except ConfigErrors as exc:
         print(f"failured {args.command}: configuration error:", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
         return EXIT_FAILED
+    except StoreFullError as exc:
+        print(f"failured: {exc}", file=sys.stderr)
+        return exc.exit_code
     except FailuredError as exc:
         print(f"failured {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

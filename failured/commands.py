@@ -1,28 +1,61 @@
-"""What the CLI (and later the HTTP API) does, as plain functions over settings."""
+"""What the CLI does, as plain functions over settings.
 
+Only the commands that record something new (``report``, ``exec``) may create
+the database; every other command refuses a missing one, because a mistyped
+``FAILURE_DB`` or another working directory would otherwise give an empty
+database that no daemon watches.
+"""
+
+import os
 import sys
 from pathlib import Path
 
 from . import manual, reports
 from .clock import SystemClock
 from .config import load_config
-from .errors import ConfigErrors, FailuredError
-from .intake import record_failure
+from .errors import ConfigErrors, FailuredError, InputError
+from .intake import check_task_type, parse_payload, record_failure
 from .store import open_store
 
 
-def with_store(settings, function, *args, **kwargs):
-    """Open the configured database, call ``function(store, ...)``, close it."""
-    store = open_store(settings.db)
+def with_store(settings, function, *args, create=False, **kwargs):
+    """Open the configured database, call ``function(store, ...)``, close it.
+
+    A missing database is an error (MissingStoreError, exit 2) unless ``create``;
+    a database created here is announced once on stderr, naming its path.
+    """
+    missing_dirs = _missing_parents(settings.db) if create else []
+    store = open_store(settings.db, create=create)
+    if store.created:
+        _announce_created(settings.db, missing_dirs)
     try:
         return function(store, *args, **kwargs)
     finally:
         store.close()
 
 
+def _missing_parents(path):
+    """The directories above ``path`` that do not exist yet, outermost first."""
+    missing = []
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing[::-1]
+
+
+def _announce_created(path, missing_dirs):
+    made = f" (and its directory {missing_dirs[0]})" if missing_dirs else ""
+    print(f"failured: created a new database at {Path(path).absolute()}{made}: "
+          "if a daemon should see this task, check FAILURE_DB", file=sys.stderr)
+
+
 def report(settings, task_type, error, **fields):
     """Record one failure in the configured database; returns the task id."""
-    return with_store(settings, record_failure, task_type, error, source="cli", **fields)
+    # Refuse bad input before the database is opened (or created): nothing is written.
+    check_task_type(task_type)
+    parse_payload(fields.get("payload"))
+    return with_store(settings, record_failure, task_type, error, source="cli", create=True, **fields)
 
 
 def recover(settings, task_id, force=False):
@@ -40,7 +73,48 @@ def resolve(settings, task_id, note=None):
 
 
 def show(settings, task_id):
-    return with_store(settings, lambda store: manual.show(task_id))
+    """The task and its history; a task in ``manual`` also says why and what to do."""
+    data = with_store(settings, lambda store: manual.show(task_id))
+    if data["status"] == "manual":
+        data["advice"] = manual_advice(data, _handler_configured(settings, data["task_type"]))
+    return data
+
+
+def _handler_configured(settings, task_type):
+    """Whether the config now names a handler for ``task_type`` (None when the config cannot be read)."""
+    try:
+        snapshot = load_config(settings.config_dir, settings.lang)
+    except FailuredError:
+        return None
+    return snapshot.task_type(task_type).handler is not None
+
+
+def manual_advice(task, handler_now):
+    """Why a task waits in ``manual`` and the commands that move it on."""
+    task_id, task_type = task["id"], task["task_type"]
+    why = (f"its error can recover, but task type {task_type!r} had no handler to retry it with "
+           "when it was classified")
+    if handler_now:
+        todo = [f"a handler is configured now: failured recover {task_id}",
+                f"or retry every such task: failured requeue --type {task_type} --status manual"]
+    else:
+        todo = [f"configure [task_types.{task_type}.handler] in failured.toml, "
+                f"then: failured requeue --type {task_type} --status manual",
+                f"or, when it was dealt with by hand: failured resolve {task_id} --note '...'"]
+    return {"why": why, "what_to_do": todo}
+
+
+def check_writable_dirs(settings):
+    """``failured run`` refuses to start when it cannot write its log or report directory (exit 2)."""
+    for variable, directory in (("FAILURE_LOG_DIR", settings.log_dir), ("FAILURE_REPORT_DIR", settings.report_dir)):
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            probe = Path(directory) / f".failured-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"cannot write to {variable}={directory} ({exc.strerror or exc}): "
+                             "fix its permissions or point the variable at a writable directory") from None
 
 
 def describe_handler(handler):
@@ -71,15 +145,6 @@ def config_summary(snapshot):
         "categories": categories,
         "task_types": {name: describe_handler(t.handler) for name, t in snapshot.task_types.items()},
     }
-
-
-def shipped_config_dir():
-    """The starter config: the checkout's config/, or the copy pip installed under share/."""
-    for candidate in (Path(__file__).resolve().parent.parent / "config",
-                      Path(sys.prefix) / "share" / "failured" / "config"):
-        if (candidate / "patterns").is_dir():
-            return candidate
-    raise FailuredError("the shipped config directory was not installed: reinstall failured")
 
 
 def scan_report(settings):

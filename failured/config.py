@@ -9,17 +9,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .classify import Classifier
+from .classify import Classifier, learned_fallback
+from .codes import code_files, load_code_tables
+from .model import parse_settings as parse_model_settings
 from .errors import ConfigError, ConfigErrors
-from .handlers import ENV_REF, parse_handler
+from .handlers import parse_handler, unset_variables
 from .notify.channels import LogChannel, parse_channel, secret_values
 from .notify.routing import LOG_CHANNEL, parse_routes
 from .thresholds import Thresholds
 from .secrets import referenced_secrets
-from .rules import check_type, read_toml, load_ruleset, parse_retry, pattern_files
+from .rules import check_type, load_ruleset, parse_retry, pattern_files, read_config_bytes, read_toml
 
 MAIN_FILE = "failured.toml"
-TOP_KEYS = {"breaker", "task_types", "channels", "routes", "notify", "thresholds"}
+TOP_KEYS = {"breaker", "task_types", "channels", "routes", "notify", "thresholds", "model"}
 BREAKER_KEYS = {"failures", "cooldown_seconds"}
 TASK_TYPE_KEYS = {"handler", "retry", "retry_by_category"}
 
@@ -73,7 +75,7 @@ class Snapshot:
 
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
-    return ([main] if main.is_file() else []) + pattern_files(config_dir)
+    return ([main] if main.exists() else []) + pattern_files(config_dir) + code_files(config_dir)
 
 
 def content_digest(files):
@@ -82,7 +84,7 @@ def content_digest(files):
     for path in files:
         digest.update(str(path).encode())
         try:
-            digest.update(Path(path).read_bytes())
+            digest.update(read_config_bytes(path))
         except OSError:
             digest.update(b"<unreadable>")
     return digest.hexdigest()[:16]
@@ -161,6 +163,20 @@ def _parse_task_type(name, table, path, errors):
     return TaskTypeConfig(name, handler, retry, by_category)
 
 
+def unset_variable_problems(snapshot, config_dir, environ=os.environ):
+    """ConfigErrors for each ``${NAME}`` a task type's handler uses that this environment does not set.
+
+    Not fatal to the daemon (only that handler's retries fail, each saying which variable);
+    ``check-config`` reports them, to be run with the service's environment.
+    """
+    main = Path(config_dir, MAIN_FILE)
+    return [ConfigError(main, f"task_types.{name}.handler.{field}",
+                        f"${{{variable}}} is not set in this environment: set it where the daemon runs "
+                        "(systemd EnvironmentFile=), and run check-config with that environment")
+            for name, task_type in snapshot.task_types.items() if task_type.handler is not None
+            for field, variable in unset_variables(task_type.handler, environ)]
+
+
 def _check_categories_named(task_types, ruleset, path, errors):
     for config in task_types.values():
         for category in config.retry_by_category:
@@ -170,21 +186,29 @@ def _check_categories_named(task_types, ruleset, path, errors):
                                           f"{', '.join(c.name for c in ruleset.categories)}"))
 
 
-def load_config(config_dir, lang="zh", log_dir="logs"):
-    """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem."""
+def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
+    """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem.
+
+    ``labels``: operators' labelled examples ``[(category, error_type or None, message), ...]``,
+    trained on with the shipped corpus (the model is trained here, in the caller's thread).
+    """
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
         raise ConfigErrors([ConfigError(config_dir, None, "not a directory: create it with 'failured init DIR'")])
     errors = []
     ruleset = classifier = None
+    main = config_dir / MAIN_FILE
+    document = read_toml(main, errors) if main.exists() else {}
+    document = document or {}
+    model_settings = parse_model_settings(document.get("model", {}), main, errors)
     try:
         ruleset = load_ruleset(config_dir)
-        classifier = Classifier(ruleset, lang)
+        names = frozenset(c.name for c in ruleset.categories)
+        tables = load_code_tables(config_dir, names)
+        model = learned_fallback(names, tuple(map(tuple, labels))) if model_settings.enabled else None
+        classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
-    main = config_dir / MAIN_FILE
-    document = read_toml(main, errors) if main.is_file() else {}
-    document = document or {}
     for name in sorted(set(document) - TOP_KEYS):
         errors.append(ConfigError(main, name, f"unknown top-level key: use one of {', '.join(sorted(TOP_KEYS))}"))
     breaker = _parse_breaker(document.get("breaker", {}), main, errors)

@@ -78,6 +78,15 @@ class Outcome:
     pid: int | None = None
 
 
+def unset_variables(spec, environ=os.environ):
+    """[(field, NAME)] of the ``${NAME}``s a handler uses that are not set in ``environ``."""
+    fields = [(f"env.{name}", value) for name, value in spec.env]
+    fields += [(f"headers.{name}", value) for name, value in spec.headers]
+    fields += [("url", spec.url)] + [(f"{name}", value) for name, value in spec.options if isinstance(value, str)]
+    return [(field, name) for field, value in fields for name in ENV_REF.findall(value or "")
+            if name not in environ]
+
+
 class _Unusable(Exception):
     """``(error, error_type)``: the handler cannot even start; never leaves this module."""
 

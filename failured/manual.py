@@ -1,7 +1,4 @@
-"""Manual control: recover, requeue, resolve, show. They write the store; a running daemon notices.
-
-The seed's ``manual_recovery_task(task_id, force_retry)`` is :func:`recover`.
-"""
+"""Manual control: recover, requeue, resolve, show. They write the store; a running daemon notices."""
 
 import json
 import re

@@ -1,16 +1,19 @@
 """``failured status``: what the daemon is doing, read from the store (works from any process).
 
-Healthy means: the daemon's heartbeat is fresh and no alert threshold is breached.
+Healthy means: the daemon's heartbeat is fresh, every notification channel
+delivered its last message, no rejected config reload stands, and no alert
+threshold is breached. Each way of being unhealthy is one line in ``problems``.
 """
 
 import json
 
 from .clock import from_db_time, iso
-from .store import Breaker
+from .store import Breaker, DaemonState
 from .thresholds import evaluate
 
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
 NEXT_RETRIES = 5
+CHANNEL_KEY_PREFIX = "channel:"  # daemon_state rows the dispatcher writes: {"ok", "error", "at"}
 
 
 def _when(epoch):
@@ -23,11 +26,44 @@ def _epoch_state(store, key):
 
 
 def daemon_status(store, now):
+    """Alive while the heartbeat is fresh; a daemon that stopped cleanly has deleted its heartbeat."""
     beat = _epoch_state(store, "heartbeat")
     age = None if beat is None else round(now - beat, 1)
     return {"alive": age is not None and age <= STALE_HEARTBEAT_SECONDS, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
             "last_analysis": _when(_epoch_state(store, "last_analysis"))}
+
+
+def channel_health(store):
+    """Each channel's last delivery outcome, as the dispatcher records it: {name: {ok, error, at}}."""
+    rows = DaemonState.select().where(DaemonState.key.startswith(CHANNEL_KEY_PREFIX))
+    health = {}
+    for row in rows:
+        try:
+            outcome = json.loads(row.value)
+        except ValueError:
+            outcome = {"ok": False, "error": f"unreadable state {row.value!r}", "at": None}
+        health[row.key[len(CHANNEL_KEY_PREFIX):]] = outcome
+    return health
+
+
+def problems(daemon, health, config, breached):
+    """Why the system is unhealthy, one short line each (empty when healthy)."""
+    found = []
+    if not daemon["alive"]:
+        found.append("daemon not running" if daemon["heartbeat"] is None
+                     else f"daemon not running: last heartbeat {daemon['heartbeat']}")
+    for name, outcome in sorted(health.items()):
+        if not outcome.get("ok"):
+            found.append(f"channel {name} cannot deliver since {outcome.get('at') or '?'}: {outcome.get('error')}")
+    if config["last_rejected"]:
+        rejected = config["last_rejected"]
+        first = (rejected.get("errors") or ["?"])[0]
+        found.append(f"config reload rejected at {rejected.get('at')}: {first} "
+                     "(the previous configuration is still in force)")
+    for check in breached:
+        found.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
+    return found
 
 
 def config_status(store):
@@ -56,19 +92,26 @@ def collect(store, snapshot, now):
             "SELECT channel, last_error FROM notifications WHERE id IN (SELECT max(id) FROM notifications "
             "WHERE last_error IS NOT NULL GROUP BY channel)").fetchall():
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None})["last_error"] = error
+    health = channel_health(store)
+    for channel, outcome in health.items():
+        channels.setdefault(channel, {"pending": 0, "oldest_pending": None, "last_error": None})["delivering"] = \
+            bool(outcome.get("ok"))
     breakers = [{"task_type": b.task_type, "state": b.state, "consecutive_failures": b.consecutive_failures,
                  "open_until": _when(b.open_until)} for b in Breaker.select().where(Breaker.state != "closed")]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
     daemon = daemon_status(store, now)
     breached = [t for t in thresholds if t["breached"]]
+    config = config_status(store)
+    found = problems(daemon, health, config, breached)
     return {
-        "healthy": daemon["alive"] and not breached,
+        "healthy": not found,
+        "problems": found,
         "daemon": daemon,
         "tasks": {"total": sum(sum(c.values()) for c in tasks.values()), "by_status": tasks},
         "next_retries": next_retries,
         "breakers_open": breakers,
         "notifications": channels,
-        "config": config_status(store),
+        "config": config,
         "thresholds_breached": breached,
     }
 
@@ -76,10 +119,11 @@ def collect(store, snapshot, now):
 def render(status):
     """A few lines for a person at a terminal."""
     daemon = status["daemon"]
-    lines = [f"failured: {'healthy' if status['healthy'] else 'UNHEALTHY'}",
-             f"daemon: {'alive' if daemon['alive'] else 'NOT running (heartbeat ' + str(daemon['heartbeat']) + ')'}"
-             f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}",
-             f"tasks: {status['tasks']['total']}"]
+    lines = [f"failured: {'healthy' if status['healthy'] else 'UNHEALTHY'}"]
+    lines += [f"  problem: {problem}" for problem in status["problems"]]
+    lines += [f"daemon: {_daemon_words(daemon)}"
+              f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}",
+              f"tasks: {status['tasks']['total']}"]
     for state, categories in sorted(status["tasks"]["by_status"].items()):
         detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
         lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")
@@ -88,15 +132,19 @@ def render(status):
     for breaker in status["breakers_open"]:
         lines.append(f"breaker {breaker['state']}: {breaker['task_type']} until {breaker['open_until']}")
     for channel, info in sorted(status["notifications"].items()):
-        lines.append(f"channel {channel}: {info['pending']} pending"
+        delivering = {True: "delivering, ", False: "NOT delivering, "}.get(info.get("delivering"), "")
+        lines.append(f"channel {channel}: {delivering}{info['pending']} pending"
                      + (f", oldest {info['oldest_pending']}" if info["oldest_pending"] else "")
                      + (f", last error: {info['last_error']}" if info["last_error"] else ""))
     config = status["config"]
     if config["active"]:
         lines.append(f"config: {len(config['active']['files'])} files, loaded {config['active']['loaded_at']}")
-    if config["last_rejected"]:
-        rejected = config["last_rejected"]
-        lines.append(f"config last rejected {rejected['at']}: {rejected['errors'][0]}")
-    for check in status["thresholds_breached"]:
-        lines.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
     return "\n".join(lines)
+
+
+def _daemon_words(daemon):
+    if daemon["alive"]:
+        return f"alive (heartbeat {daemon['heartbeat_age_seconds']:g}s ago)"
+    if daemon["heartbeat"] is None:
+        return "NOT running (no heartbeat: stopped cleanly, or never started on this database)"
+    return f"NOT running (last heartbeat {daemon['heartbeat']}, {daemon['heartbeat_age_seconds']:g}s ago)"

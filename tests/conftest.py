@@ -1,8 +1,12 @@
 """Shared fixtures: real SQLite files and real config directories in tmp_path."""
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 
 from failured.clock import ManualClock
 from robots import hook_server, robot_server, smtp_server  # noqa: F401 - fixtures for every test file
+from failured.shipped import write_shipped_config
 from failured.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +81,31 @@ def write_config(directory, patterns=SMALL_PATTERNS, main=""):
 @pytest.fixture
 def config_dir(tmp_path):
     return write_config(tmp_path / "config")
+
+
+def copy_shipped_config(target):
+    """A copy of the configuration failured ships in ``target``, as ``failured init`` writes it.
+
+    Never the checkout's config/ as it stands: a local override such as
+    config/patterns/50-local.toml, which the README suggests creating, is not
+    shipped and must not change what a test sees (failured.shipped decides).
+    """
+    write_shipped_config(target)
+    return Path(target)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_config_copy():
+    """One copy of the shipped configuration per test process, for module-level use; treat it as read-only."""
+    target = Path(tempfile.mkdtemp(prefix="failured-shipped-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    return copy_shipped_config(target / "config")
+
+
+@pytest.fixture
+def shipped_config(tmp_path):
+    """A writable copy of the shipped configuration directory, free of local overrides."""
+    return copy_shipped_config(tmp_path / "shipped-config")
 
 
 @pytest.fixture

@@ -252,6 +252,18 @@ def test_errors_are_masked_before_they_are_cut(env, hook_server):
     assert result.error == "HTTP 500: " + "x" * 985 + "***"
 
 
+def test_a_channel_never_sends_its_own_secrets(env, hook_server, robot_server):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    leaky = message(body=f"handler printed DINGTALK_SECRET={SECRET} and {TOKEN}", task_ref=SECRET)
+    assert make("dingtalk", url=robot.url, access_token="${DINGTALK_ACCESS_TOKEN}", secret="${DINGTALK_SECRET}").send(
+        leaky).ok
+    hook = hook_server()
+    assert make("webhook", url=hook.url, secret="${DINGTALK_SECRET}").send(leaky).ok
+    assert SECRET.encode() not in robot.received[0].raw and TOKEN.encode() not in robot.received[0].raw
+    assert SECRET.encode() not in hook.received[0].raw and b"***" in hook.received[0].raw
+    # (another channel's secrets are masked by the dispatcher, which knows them all)
+
+
 # Webhook
 
 

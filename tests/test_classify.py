@@ -10,7 +10,15 @@ from failured.fingerprint import fingerprint, template_of
 
 @pytest.fixture
 def classifier(config_dir):
+    """The rule stages alone: the learned fallback is off (tests/test_model.py covers it)."""
+    (config_dir / "failured.toml").write_text("[model]\nenabled = false\n", encoding="utf-8")
     return load_config(config_dir).classifier
+
+
+def test_what_no_rule_decides_goes_to_the_model_when_it_is_sure(config_dir):
+    result = load_config(config_dir).classifier.classify("something", "other.lib.ReadTimeout")
+    assert (result.category, result.matched_by) == ("recoverable_network", "model")
+    assert result.confidence >= 0.7
 
 
 @pytest.mark.parametrize("message, error_type, category, matched_by, matched", [

@@ -3,7 +3,7 @@
 import json
 import sqlite3
 
-from conftest import REPO, run_cli
+from conftest import run_cli, shipped_config_files
 
 
 def env_for(tmp_path, config_dir=None):
@@ -67,8 +67,8 @@ def test_init_writes_a_starter_config_that_passes_check(tmp_path):
     result = run_cli("init", str(target), env=env_for(tmp_path))
     assert result.returncode == 0, result.stderr
     assert (target / "failured.toml").is_file()
-    assert sorted(p.name for p in (target / "patterns").iterdir()) == sorted(
-        p.name for p in (REPO / "config" / "patterns").iterdir())
+    written = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert written == sorted(shipped_config_files())
     assert run_cli("check-config", str(target), env=env_for(tmp_path)).returncode == 0
     again = run_cli("init", str(target), env=env_for(tmp_path))
     assert again.returncode == 2 and "--force" in again.stderr

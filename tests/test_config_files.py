@@ -49,3 +49,13 @@ def test_a_running_daemon_survives_a_fifo_and_takes_the_next_good_edit(daemon_fa
         assert daemon.stop() == 0  # SIGTERM still works: nothing blocked
     finally:
         daemon.stop()
+
+
+def test_check_config_flags_a_handler_variable_that_is_not_set(tmp_path):
+    main = '[task_types.sync.handler]\nkind = "command"\nargv = ["true"]\nenv = { TOKEN = "${FH_NEVER_SET}" }\n'
+    config = write_config(tmp_path / "config", main=main)
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 1
+    assert "task_types.sync.handler.env.TOKEN" in result.stderr and "${FH_NEVER_SET} is not set" in result.stderr
+    result = run_cli("check-config", str(config), env={"FH_NEVER_SET": "x"})
+    assert result.returncode == 0, result.stderr

@@ -2,72 +2,82 @@
 
 import os
 import signal
-import time
 
-from test_daemon import command_handler, report
+from conftest import wait_for
+from failured.intake import record_failure
+from failured.store import open_store
+from test_daemon import command_handler
 
+# Each run holds an exclusive flock on its task's lock file for its whole life
+# (the kernel drops it when the process dies, kill -9 included), so a second
+# run of the same task while the first lives is seen for certain, at any speed.
+# Runs wait on the barrier file: until it exists, a started run stays running.
 HANDLER = """
-import os, sys, time
-log, task = sys.argv[1], sys.argv[2]
-start = time.time()
-time.sleep(0.4)
-end = time.time()
+import fcntl, os, sys, time
+barrier, log, task = sys.argv[1], sys.argv[2], sys.argv[3]
+lock = open(f"{log}.{task}.lock", "w")
+try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    with open(log, "a") as f:
+        f.write(f"overlap {os.getpid()} {task}\\n")
+    sys.exit(1)
 with open(log, "a") as f:
-    f.write(f"{os.getpid()},{task},{start},{end}\\n")
+    f.write(f"start {os.getpid()} {task}\\n")
+while not os.path.exists(barrier):
+    time.sleep(0.02)
+time.sleep(0.2)  # stay alive a moment, so that a second run started too early would meet the lock
+with open(log, "a") as f:
+    f.write(f"end {os.getpid()} {task}\\n")
 """
 
+CONCURRENCY = 4
 
-def intervals(log):
-    spans = {}
-    for line in log.read_text().splitlines():
-        pid, task, start, end = line.split(",")
-        spans.setdefault(int(task), []).append((float(start), float(end), int(pid)))
-    return spans
+
+def runs(log):
+    """(what, pid, task id) for every line the handler runs wrote."""
+    if not log.exists():
+        return []
+    return [(what, int(pid), int(task)) for what, pid, task in (line.split() for line in log.read_text().splitlines())]
 
 
 def test_kill_9_mid_run_then_restart_loses_nothing_and_never_overlaps(daemon_factory, tmp_path):
     script = tmp_path / "handler.py"
     script.write_text(HANDLER)
-    log = tmp_path / "runs.log"
-    started_log = tmp_path / "started.log"
-    # the handler notes its start too, so an interrupted run (never finished) still shows up
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(
-        "import os, sys, time, runpy\n"
-        f"open({str(started_log)!r}, 'a').write(f'{{os.getpid()}},{{sys.argv[2]}},{{time.time()}}\\n')\n"
-        f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
-        f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
-    main = command_handler("slow", wrapper, str(log), "{task_id}", timeout=5)
-    daemon = daemon_factory(main, FAILURE_RETRY_CONCURRENCY=4).start()
-    ids = [report(daemon, "slow", "connection timeout") for _ in range(12)]
-    daemon.wait_for("SELECT count(*) FROM tasks WHERE status='running'", lambda r: r[0][0] >= 3, 10)
-    running_pids = [int(line.split(",")[0]) for line in started_log.read_text().splitlines()]
+    log, barrier = tmp_path / "runs.log", tmp_path / "barrier"
+    # a timeout far above any wait here: no run is cut short, and the lease (2 x 60 + 30 s) cannot run out
+    main = command_handler("slow", script, str(barrier), str(log), "{task_id}", timeout=60)
+    daemon = daemon_factory(main, FAILURE_RETRY_CONCURRENCY=CONCURRENCY).start()
+    store = open_store(daemon.db)
+    ids = [record_failure(store, "slow", "connection timeout") for _ in range(12)]
+    store.close()
+
+    # every retry slot holds a run waiting on the barrier: they are running, whatever the machine's speed
+    assert wait_for(lambda: len(runs(log)) >= CONCURRENCY, 30), runs(log)
+    held = runs(log)
+    assert [what for what, _, _ in held] == ["start"] * CONCURRENCY
+    leases = dict(daemon.query("SELECT id, lease_until FROM tasks WHERE status='running'"))
+    assert sorted(leases) == sorted(task for _, _, task in held)
+
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait()
     # handlers die with the daemon (PR_SET_PDEATHSIG): none outlives it
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(_alive(p) for p in running_pids):
-        time.sleep(0.05)
-    assert not [p for p in running_pids if _alive(p)]
-    interrupted = daemon.query("SELECT count(*) FROM tasks WHERE status='running'")[0][0]
-    assert interrupted >= 1
+    pids = [pid for _, pid, _ in held]
+    assert wait_for(lambda: not any(_alive(p) for p in pids), 10), [p for p in pids if _alive(p)]
+    assert daemon.query("SELECT count(*) FROM tasks WHERE status='running'")[0][0] == CONCURRENCY
 
-    restarted = daemon_factory(main, FAILURE_RETRY_CONCURRENCY=4).start()
-    started = time.monotonic()
+    barrier.touch()
+    restarted = daemon_factory(main, FAILURE_RETRY_CONCURRENCY=CONCURRENCY).start()
     rows = restarted.wait_for(
         "SELECT id, status FROM tasks ORDER BY id",
-        lambda r: len(r) == 12 and all(s == "recovered" for _, s in r), 30)
-    # interrupted retries re-ran promptly, not after their 40 s lease
-    assert time.monotonic() - started < 10
+        lambda r: len(r) == 12 and all(s == "recovered" for _, s in r), 60)
     assert [i for i, _ in rows] == ids
-    spans = intervals(log)
-    assert set(spans) == set(ids)
-    for task_id, runs in spans.items():
-        runs.sort()
-        for (s1, e1, _), (s2, e2, _) in zip(runs, runs[1:]):
-            assert s2 >= e1, f"task {task_id}: handler runs overlap {runs}"
-    lost = [r for r in restarted.query("SELECT task_id, event FROM task_events WHERE event='lease_expired'")]
-    assert len(lost) == interrupted
+    assert not [line for line in runs(log) if line[0] == "overlap"]
+    assert {task for what, _, task in runs(log) if what == "end"} == set(ids)
+    # the interrupted runs were taken back at start, before their leases ran out
+    taken_back = restarted.query("SELECT task_id, at FROM task_events WHERE event='lease_expired'")
+    assert sorted(task for task, _ in taken_back) == sorted(leases)
+    assert all(at < leases[task] for task, at in taken_back), (taken_back, leases)
 
 
 def _alive(pid):

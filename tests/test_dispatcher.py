@@ -1,13 +1,16 @@
 """Delivery rules with an injected clock: rate windows, digests, dedup, retries, end states."""
 
+import dataclasses
 import itertools
 import json
 import sys
+import threading
 
 import pytest
 
-from conftest import SMALL_PATTERNS, write_config
+from conftest import SMALL_PATTERNS, wait_for, write_config
 from failured.config import load_config
+from failured.notify.channels import PythonChannel
 from failured.notify.dispatcher import Dispatcher, Lane
 from failured.notify.outbox import enqueue
 from failured.settings import Settings
@@ -211,3 +214,240 @@ def test_log_files_survive_logrotate_move_and_copytruncate(dispatcher, snapshot,
     notify(snapshot, clock, 1)
     log_lane.process()
     assert len(path.read_text().splitlines()) == 1 and path.read_text().startswith("{")
+
+
+# -- storms, the monotonic clock, masking, direct alerts, threads ---------------------------------------
+
+ROBOT_TOKEN = "robot-token-0123456789abcdef"
+STORM_CONFIG = """
+[channels.ops]
+kind = "dingtalk"
+url = "{url}"
+access_token = "{token}"
+
+[[routes]]
+channels = ["ops"]
+
+[notify]
+dedup_window_seconds = 600
+digest_interval_seconds = 10
+"""
+
+
+def pending(channel):
+    return statuses(channel).get("pending", 0)
+
+
+def test_a_storm_after_a_few_failures_settles_within_a_minute(store, clock, tmp_path, robot_server):
+    robot = robot_server("dingtalk", ROBOT_TOKEN, clock=clock.now)
+    main = STORM_CONFIG.format(url=robot.url, token=ROBOT_TOKEN)
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, main), log_dir=tmp_path / "logs")
+    dispatcher = Dispatcher(store, Settings(db=store.path, log_dir=tmp_path / "logs"), clock, lambda: snapshot)
+    ops = lane(dispatcher, "ops", clock)
+    early = [f"early{i}" for i in range(5)]
+    for fingerprint in early:
+        notify(snapshot, clock, 1, fingerprint=fingerprint)
+    ops.process()
+    assert len(robot.received) == 5  # within budget: one by one, and remembered for the dedup window
+    for _ in range(20):  # a 40 s storm: new errors, and repeats of the five just sent
+        clock.advance(2)
+        notify(snapshot, clock, 30)
+        for fingerprint in early:
+            notify(snapshot, clock, 1, fingerprint=fingerprint)
+        ops.process()
+    storm_end = clock.now()
+    while pending("ops") and clock.now() - storm_end < 120:
+        clock.advance(1)
+        ops.process()
+    assert pending("ops") == 0 and clock.now() - storm_end < 60
+    assert statuses("ops") == {"sent": len(robot.received), "merged": 700}
+    assert robot.max_in_any_window(60) <= 20 and all(code == 0 for code, _ in robot.answers)
+    carriers = {row.merged_into for row in Notification.select().where(Notification.status == "merged")}
+    assert {Notification.get_by_id(i).status for i in carriers} == {"sent"}
+
+
+class SteppingClock:
+    """Wall and monotonic seconds that move together, except when someone sets the wall clock (a jump)."""
+
+    def __init__(self):
+        self.wall, self.mono = 1_700_000_000.0, 5_000.0
+
+    def now(self):
+        return self.wall
+
+    def monotonic(self):
+        return self.mono
+
+    def advance(self, seconds):
+        self.wall += seconds
+        self.mono += seconds
+
+    def jump(self, seconds):
+        self.wall += seconds
+
+
+@pytest.fixture
+def stepping(store, snapshot, tmp_path):
+    clock = SteppingClock()
+    settings = Settings(db=store.path, log_dir=tmp_path / "logs")
+    return clock, Dispatcher(store, settings, clock, lambda: snapshot)
+
+
+def test_a_backoff_is_not_stretched_by_the_wall_clock_going_back(stepping, snapshot, recorder):
+    clock, dispatcher = stepping
+    robot = lane(dispatcher, "robot", clock)
+    recorder.FAIL.append("gateway down")
+    notify(snapshot, clock, 1)
+    assert robot.process() == 5.0
+    recorder.FAIL.clear()
+    clock.jump(-40)  # NTP steps the clock back
+    clock.advance(5)
+    robot.process()
+    assert statuses("robot") == {"sent": 1}
+
+
+def test_a_wall_jump_forward_does_not_release_held_repeats_early(stepping, snapshot, recorder):
+    clock, dispatcher = stepping
+    robot = lane(dispatcher, "robot", clock)
+    notify(snapshot, clock, 1, fingerprint="same")
+    robot.process()
+    clock.advance(60)
+    notify(snapshot, clock, 2, fingerprint="same")
+    robot.process()
+    assert len(recorder.SENT) == 1  # held for the dedup window
+    clock.jump(3600)
+    clock.advance(10)
+    robot.process()
+    assert len(recorder.SENT) == 1  # 70 s of real time passed, not an hour
+    clock.advance(531)
+    robot.process()
+    assert len(recorder.SENT) == 2 and "×2" in recorder.SENT[1]["title"]
+
+
+def test_the_rate_window_is_not_stretched_by_the_wall_clock_going_back(stepping, snapshot, recorder):
+    clock, dispatcher = stepping
+    robot = lane(dispatcher, "robot", clock)
+    notify(snapshot, clock, 20)
+    robot.process()
+    assert len(recorder.SENT) == 20
+    clock.jump(-300)
+    clock.advance(61)
+    notify(snapshot, clock, 1)
+    robot.process()
+    assert len(recorder.SENT) == 21
+
+
+def test_every_known_secret_is_masked_in_what_a_robot_receives(store, clock, tmp_path, robot_server, monkeypatch):
+    secret, api_token = "SECa1b2c3d4e5f6a7b8c9d0e1f2", "api-token-7f3e9a1c5b2d"
+    monkeypatch.setenv("DINGTALK_SECRET", secret)
+    monkeypatch.setenv("DINGTALK_ACCESS_TOKEN", ROBOT_TOKEN)
+    robot = robot_server("dingtalk", ROBOT_TOKEN, secret)
+    main = (f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "${{DINGTALK_ACCESS_TOKEN}}"\n'
+            'secret = "${DINGTALK_SECRET}"\n\n[[routes]]\nchannels = ["ops"]\n')
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, main), log_dir=tmp_path / "logs")
+    settings = Settings(db=store.path, log_dir=tmp_path / "logs", api_token=api_token)
+    dispatcher = Dispatcher(store, settings, clock, lambda: snapshot)
+    leak = f"handler said: secret={secret} token {api_token} robot {ROBOT_TOKEN}"
+    enqueue(snapshot, clock.now(), "admin", "task", f"title {api_token}", leak, category="unrecoverable_data",
+            task_type="sync", fingerprint="leak")
+    lane(dispatcher, "ops", clock).process()
+    lane(dispatcher, "log", clock).process()
+    [arrival] = robot.received
+    sent = arrival.raw.decode("utf-8") + (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8")
+    for value in (secret, api_token, ROBOT_TOKEN):
+        assert value not in sent
+    assert "***" in arrival.payload["markdown"]["text"]
+
+
+def test_alert_direct_reaches_the_admin_channels_without_outbox_rows(dispatcher, recorder, tmp_path):
+    dispatcher.start()
+    try:
+        assert sorted(dispatcher.alert_direct("[failured] disk full", "cannot write the database")) == ["log", "robot"]
+        assert dispatcher.alert_direct("[failured] disk full", "again") == []  # once per dedup window
+        assert wait_for(lambda: [m["title"] for m in recorder.SENT] == ["[failured] disk full"])
+        log_file = tmp_path / "logs" / "admin_alerts.log"
+        assert wait_for(lambda: log_file.exists() and "disk full" in log_file.read_text(encoding="utf-8"))
+        assert Notification.select().count() == 0
+    finally:
+        dispatcher.stop()
+
+
+def test_alert_direct_never_raises(dispatcher):
+    dispatcher.config = lambda: 1 / 0  # a broken snapshot provider
+    assert dispatcher.alert_direct("t", "b") == []
+
+
+def test_a_rejected_channel_is_alerted_once_when_lanes_race(dispatcher, snapshot, clock, tmp_path):
+    channel = snapshot.channels["robot"]
+    barrier = threading.Barrier(8)
+
+    def alert():
+        barrier.wait()
+        dispatcher.alert_misconfigured("robot", channel, "errcode 310000", clock.now())
+
+    threads = [threading.Thread(target=alert) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+
+
+def _with_extra_channels(snapshot, count):
+    extra = {f"extra{i}": PythonChannel(f"extra{i}", "recorder_mod:send") for i in range(count)}
+    return dataclasses.replace(snapshot, channels={**snapshot.channels, **extra})
+
+
+def _hammer(errors, stop, work):
+    def run():
+        try:
+            while not stop.is_set():
+                work()
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever a thread raised
+            errors.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_lanes_reloaded_while_alive_and_wake_iterate(dispatcher, snapshot, recorder):
+    current = [snapshot]
+    dispatcher.config = lambda: current[0]
+    dispatcher.start()
+    errors, stop = [], threading.Event()
+    readers = [_hammer(errors, stop, dispatcher.alive), _hammer(errors, stop, dispatcher.wake)]
+    try:
+        for count in range(1, 80):
+            current[0] = _with_extra_channels(snapshot, count)
+            dispatcher.sync_lanes()
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        dispatcher.stop()
+    assert errors == [] and len(dispatcher.lanes) == 81
+
+
+def test_stop_while_lanes_are_reloaded_leaves_no_lane_running(dispatcher, snapshot, recorder):
+    current = [snapshot]
+    dispatcher.config = lambda: current[0]
+    dispatcher.start()
+    errors, stop, counter = [], threading.Event(), itertools.count(1)
+
+    def reload():
+        count = next(counter)
+        if count > 300:  # bounded: the test ends even if stop() itself fails
+            stop.set()
+        current[0] = _with_extra_channels(snapshot, count)
+        dispatcher.sync_lanes()
+
+    reloader = _hammer(errors, stop, reload)
+    try:
+        assert wait_for(lambda: len(dispatcher.lanes) > 20)
+        dispatcher.stop()
+    finally:
+        stop.set()
+        reloader.join()
+    assert errors == []
+    assert wait_for(lambda: not any(lane.alive() for lane in dispatcher.lanes.values()), 15)

@@ -106,7 +106,13 @@ def test_wrong_secret_alerts_the_admins_and_does_not_hammer(daemon_factory, robo
         time.sleep(0.1)
     alert = [json.loads(line) for line in log.read_text().splitlines() if "channel_misconfigured" in line]
     assert len(alert) == 1 and "310000" in alert[0]["error"] and "sign not match" in alert[0]["error"]
-    time.sleep(1.5)
+    # One more report after the alert wakes every lane again; once the log channel has written it,
+    # the robot's lane has had its chances too (no fixed sleep: the signal is the 7th log row).
+    daemon.cli("report", "--type", "sync", "--error", distinct_error(6))
+    daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'log' AND status = 'sent'",
+                    lambda r: r[0][0] == 7, 15)
+    daemon.wait_for("SELECT value FROM daemon_state WHERE key = 'channel:ops'",
+                    lambda r: r and json.loads(r[0][0])["ok"] is False, 15)
     assert len(robot.answers) <= 2  # paused after the rejection, not once per notification
     assert "SECwrong-wrong-wrong-wrong" not in log.read_text()
 

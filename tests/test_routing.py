@@ -46,10 +46,8 @@ def test_bad_notification_config_names_key_and_reason(tmp_path, main, key, reaso
     assert any(e.key == key and reason in e.reason for e in info.value.errors), [str(e) for e in info.value.errors]
 
 
-def test_shipped_config_validates_and_routes_to_log_only(tmp_path):
-    from conftest import REPO
-
-    snapshot = load_config(REPO / "config")
+def test_shipped_config_validates_and_routes_to_log_only(shipped_config):
+    snapshot = load_config(shipped_config)
     assert set(snapshot.channels) == {"log"} and snapshot.routes == ()
     assert snapshot.thresholds.failure_rate_percent == 20
 

@@ -7,7 +7,7 @@ secret needs no restart), and every error or answer is masked before it leaves.
 
 from ...errors import ConfigError
 from .base import (MIN_SECRET_CHARS, TRUNCATED, Channel, Message, SendResult, cut_utf8, mask,  # noqa: F401
-                   notification_dict, secret_values)
+                   masked_message, notification_dict, secret_values)
 from .function import PythonChannel
 from .logfile import LogChannel
 from .mail import EmailChannel

@@ -78,6 +78,13 @@ def cut_utf8(text, limit, marker=TRUNCATED):
     return data[:room].decode("utf-8", "ignore") + marker  # "ignore" drops only a cut last character
 
 
+def masked_message(message, secrets):
+    """``message`` with every secret masked in its title, body and record texts (what leaves must not leak)."""
+    record = {k: mask(v, secrets) if isinstance(v, str) else v for k, v in message.record.items()}
+    return Message(mask(message.title, secrets), mask(message.body, secrets), message.audience, message.kind,
+                   record)
+
+
 def notification_dict(message):
     """The JSON object webhooks and Python channels get: title, body, audience, kind and the record."""
     own = {"title": message.title, "body": message.body, "audience": message.audience, "kind": message.kind}
@@ -170,7 +177,7 @@ class Channel:
         """Deliver one message; every outcome comes back as a SendResult."""
         secrets = self.secret_values()
         try:
-            result = self._send(message)
+            result = self._send(masked_message(message, secrets))
         except _Misconfigured as exc:
             result = SendResult(False, misconfigured=True, error=str(exc))
         except Exception as exc:  # a bug here must not stop the dispatcher

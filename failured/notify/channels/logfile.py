@@ -34,7 +34,12 @@ class LogChannel(Channel):
             return SendResult(False, error=f"unknown audience {message.audience!r}")
         record = {k: v for k, v in message.record.items() if k != "time"}
         record.update(kind=message.kind, audience=message.audience, title=message.title, body=message.body)
-        path = alertlog.append_line(_resolve(self.log_dir), message.audience, record, self.clock.now())
+        log_dir = _resolve(self.log_dir)
+        try:
+            path = alertlog.append_line(log_dir, message.audience, record, self.clock.now())
+        except OSError as exc:  # a full or read-only disk: a failed delivery, retried, not a crash
+            where = exc.filename or f"{log_dir}/{alertlog.FILES[message.audience]}"
+            return SendResult(False, error=f"cannot write {where}: {exc.strerror or exc}")
         return SendResult(True, answer=f"appended to {path}")
 
 

@@ -1,0 +1,194 @@
+"""The ``failured`` command line: every subcommand, its arguments (each described) and examples.
+
+Only the grammar lives here; ``cli.py`` runs the chosen command.
+"""
+
+import argparse
+import sys
+import textwrap
+
+from . import __version__
+from .settings import variables
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _examples(*lines):
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _environment_help():
+    rows = variables()
+    width = max(len(name) for name, _, _ in rows)
+    return ("environment (also read from ./.env; the environment wins):\n"
+            + "\n".join(f"  {name:<{width}}  {meaning} (default {default})" for name, default, meaning in rows))
+
+
+JSON_HELP = "print JSON instead of text (for scripts)"
+
+
+def _add(sub, name, help, examples, description=None):
+    # The raw formatter keeps the examples' lines as written; so the description is wrapped here.
+    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 78), epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _report(sub):
+    p = _add(sub, "report", "record a failed task for the daemon", _examples(
+        "failured report --type tracking_update --error 'Read timed out' --payload '{\"order_id\": 42}'",
+        "failured report --type nightly_sync --error \"$(tail -1 sync.log)\" --json"))
+    p.add_argument("--type", required=True, help="task type, e.g. tracking_update (names the handler that retries it)")
+    p.add_argument("--error", required=True, help="the error message or traceback")
+    p.add_argument("--error-type", help="exception type name, e.g. requests.exceptions.ReadTimeout")
+    p.add_argument("--payload", help="JSON object the handler needs to retry the task")
+    p.add_argument("--ref", help="your own reference (order id, job id), shown in messages")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _classify(sub):
+    p = _add(sub, "classify", "explain how a message is classified (nothing is recorded)", _examples(
+        "failured classify 'psycopg2.OperationalError: FATAL: sorry, too many clients already'",
+        "failured classify --json - < errors.txt     # one JSON object per input line"))
+    p.add_argument("message", help="the error message; '-' reads one message per line from stdin")
+    p.add_argument("--error-type", help="exception type name, as a reporter would give it")
+    p.add_argument("--type", help="task type, for categories or overrides that depend on it")
+    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _check_config(sub):
+    p = _add(sub, "check-config", "validate a config directory (exit 1 listing every problem)", _examples(
+        "failured check-config", "failured check-config /etc/failured --json"))
+    p.add_argument("dir", nargs="?", help="config directory (default: FAILURE_CONFIG_DIR)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _run(sub):
+    _add(sub, "run", "run the daemon in the foreground (until SIGTERM or Ctrl-C)",
+         _examples("failured run", "FAILURE_DB=/var/lib/failured/failured.db FAILURE_LOG_LEVEL=DEBUG failured run")
+         + "\n\n" + _environment_help(),
+         description="Run the daemon: take in failed tasks, classify them, retry what can recover and "
+                     "notify people about the rest. It takes no arguments: it is configured by the "
+                     "environment below and by the config directory.")
+
+
+def _exec(sub):
+    p = _add(sub, "exec", "run a command; record its failure (or success) for the daemon", _examples(
+        "failured exec --type nightly_sync -- /usr/local/bin/sync --full",
+        "failured exec --type backup --ref \"$(date +%F)\" -- sh -c 'pg_dump shop > /backup/shop.sql'"),
+        description="Run a command with its output passed through. On a non-zero exit record a failure "
+                    "(the tail of stderr as the error) that the daemon retries by running the same "
+                    "command again; exit with the command's status.")
+    p.add_argument("--type", required=True, help="task type to record the failure or success under")
+    p.add_argument("--payload", help="JSON object stored with the failure")
+    p.add_argument("--ref", help="your own reference (job id, date), shown in messages")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds the daemon lets each retry of the command run (default 3600)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                   help="the command and its arguments, after '--' so its options stay its own")
+
+
+def _recover(sub):
+    p = _add(sub, "recover", "retry one task now", _examples(
+        "failured recover 123", "failured recover 123 --force    # even if unrecoverable or out of attempts"))
+    p.add_argument("id", type=int, help="task id (as printed by report, or in a notification)")
+    p.add_argument("--force", action="store_true", help="retry even if unrecoverable or out of attempts")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _requeue(sub):
+    p = _add(sub, "requeue", "retry many finished tasks at once", _examples(
+        "failured requeue --category unrecoverable_config --since 2h --dry-run",
+        "failured requeue --type tracking_update --status manual"))
+    p.add_argument("--category", help="only tasks of this category, e.g. unrecoverable_config")
+    p.add_argument("--type", help="only tasks of this task type")
+    p.add_argument("--status", action="append",
+                   help="notified, exhausted, manual or resolved (repeatable; default the first three)")
+    p.add_argument("--since", help="only tasks created within this long, e.g. 90s, 30m, 2h, 7d")
+    p.add_argument("--dry-run", action="store_true", help="list what would be retried, change nothing")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _resolve(sub):
+    p = _add(sub, "resolve", "close a task by hand", _examples(
+        "failured resolve 123", "failured resolve 123 --note 'refunded by hand'"))
+    p.add_argument("id", type=int, help="task id")
+    p.add_argument("--note", help="why, kept in the task's history")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _show(sub):
+    p = _add(sub, "show", "a task and its full history", _examples("failured show 123", "failured show 123 --json"))
+    p.add_argument("id", type=int, help="task id")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _notify_test(sub):
+    p = _add(sub, "notify-test", "send a test message through one channel and print its answer", _examples(
+        "failured notify-test ops_dingtalk", "failured notify-test cs_wecom --audience user --json"))
+    p.add_argument("channel", help="channel name, a [channels.NAME] table of failured.toml (or 'log')")
+    p.add_argument("--audience", choices=("admin", "user"), default="admin",
+                   help="who the test message is addressed to (default admin)")
+    p.add_argument("--config", help="config directory (default: FAILURE_CONFIG_DIR)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _scan(sub):
+    p = _add(sub, "scan", "write a processing report of what was handled since the last one", _examples(
+        "failured scan", "failured scan --json | jq .stats"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _analyze(sub):
+    p = _add(sub, "analyze", "the failure-pattern analysis report", _examples(
+        "failured analyze --days 1", "failured analyze --write    # also the JSON and HTML files in FAILURE_REPORT_DIR"))
+    p.add_argument("--days", type=positive_int, help="period in days (default FAILURE_ANALYSIS_DAYS)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--write", action="store_true", help="also write the JSON and HTML report files")
+
+
+def _status(sub):
+    p = _add(sub, "status", "health and figures; exit 1 when unhealthy", _examples(
+        "failured status", "failured status || echo 'failured needs attention'"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _init(sub):
+    p = _add(sub, "init", "write the shipped configuration into a directory, as a starting point", _examples(
+        "failured init /etc/failured", "failured init ./config --force    # restore the shipped files"))
+    p.add_argument("dir", help="directory to write failured.toml and patterns/ into")
+    p.add_argument("--force", action="store_true", help="overwrite the shipped files in a directory that is not empty")
+
+
+SUBCOMMANDS = (_report, _exec, _classify, _show, _recover, _requeue, _resolve, _status, _scan, _analyze,
+               _check_config, _notify_test, _init, _run)
+
+
+def build_parser():
+    parser = Parser(prog="failured", description="Classify, retry and notify failed tasks.",
+                    epilog=_examples("failured run", "failured report --type T --error MSG", "failured status",
+                                     "failured COMMAND --help"),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"failured {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser

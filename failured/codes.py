@@ -1,0 +1,286 @@
+"""Code tables (``config/codes/*.toml``): the codes an error carries, mapped to categories.
+
+Most real errors carry a code from a finite, documented table: an HTTP status,
+an SMTP reply, an errno, a SQLSTATE, a gRPC status, a vendor's errcode. Each
+table file names the *kind* of code it holds (which fixed extractor finds
+candidates in a message), a ``priority`` (the lowest-numbered table that
+recognises a code wins), ``codes`` (code -> category), optionally ``aliases``
+(another spelling the extractor finds -> one of its codes: errno numbers for
+names) and ``texts`` (a literal phrase searched in the message -> one of its
+codes: reason phrases, strerror texts and their translations). Files merge by table name in file-name order, so an operator's
+``config/codes/50-local.toml`` extends or overrides a shipped table.
+
+Every extractor is a fixed regular expression without nested repetition, and
+the operator-written parts (``texts``, ``when``) run on RE2: a code lookup is
+linear in the message length.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import re2
+
+from .errors import ConfigError, ConfigErrors
+from .rules import check_type, pattern_problem, re2_options, read_toml
+
+TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace"}
+MAX_SCAN_CHARS = 4000  # codes sit near the start of a message or its last lines
+
+
+def _camel_to_upper_snake(name):
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
+
+
+_HTTP = re.compile(
+    r"HTTP/\d(?:\.\d)?\s+(\d{3})\b"
+    r"|\b(?:status(?:[ _-]?code)?|statuscode|http(?:[ _-]?(?:status|error|code))?|response[ _-]?code"
+    r"|error[ _-]?code|error|code)[\"']?\s*[:=]?\s*[\"'(\[]?\s*(\d{3})(?![\d.])"
+    r"|\b(?:returned|received|got|with|resulted in)\s+(?:an?\s+)?[`'\"]?(?:http\s+)?(?:status\s+)?(?:code\s+)?(\d{3})(?![\d.])"
+    r"|\b(\d{3})\s+(?:Client|Server)\s+Error\b"
+    r"|^\s*\[?(\d{3})\]?[\s:]",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SMTP_ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![.\d])")
+_SMTP_REPLY = re.compile(r"(?:^|[\s(\[:;,'\"])([245]\d\d)(?=[ -,]|$)", re.MULTILINE)
+_ERRNO = re.compile(
+    r"\[Errno\s+(-?\d+)\]|\berrno\s*[=:]?\s*(-?\d+)|\bos error (\d+)|\b[A-Z]\w*Error\((-?\d+),"
+    r"|\[(WinError\s+\d+)\]|\b(E[A-Z][A-Z0-9_]{1,18}|WSAE[A-Z]{2,18})\b"
+)
+_SQLSTATE = re.compile(r"\bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b|\bSQL state\s*[:=]?\s*\[?([0-9A-Z]{5})\b",
+                       re.IGNORECASE)
+_GRPC = re.compile(
+    r"\bcode\s*=\s*([A-Z][A-Za-z]{3,})\b|StatusCode\.([A-Z_]{5,})\b|StatusCode=\"([A-Za-z]{5,})\""
+    r"|\b\d{1,2} ([A-Z][A-Z_]{4,})\b|(?:StatusRuntimeException|StatusException|RpcException|RpcError)\W{1,3}([A-Z][A-Z_]{4,})\b"
+    r"|\"status\"\s*:\s*\"([A-Z][A-Z_]{4,})\"|^([A-Z][A-Z_]{4,}):",
+    re.MULTILINE,
+)
+_TOKEN = re.compile(r"[A-Za-z][\w.\-]*\w")
+
+
+def _groups(pattern, text):
+    for match in pattern.finditer(text):
+        value = next((g for g in match.groups() if g), None)
+        if value:
+            yield value
+
+
+def extract_http(text):
+    return _groups(_HTTP, text)
+
+
+def extract_smtp(text):
+    yield from _groups(_SMTP_ENHANCED, text)  # an enhanced code says more than its reply code
+    yield from _groups(_SMTP_REPLY, text)
+
+
+def extract_errno(text):
+    for value in _groups(_ERRNO, text):
+        yield re.sub(r"\s+", " ", value)
+
+
+def extract_sqlstate(text):
+    for value in _groups(_SQLSTATE, text):
+        value = value.upper()
+        yield value
+        yield value[:2]  # the class: "08" connection exception, "23" integrity...
+
+
+def extract_grpc(text):
+    for match in _GRPC.finditer(text):
+        value = next((g for g in match.groups() if g), None)
+        if value:
+            yield value if value.isupper() else _camel_to_upper_snake(value)
+
+
+def extract_tokens(text):
+    for token in _TOKEN.findall(text):
+        yield token
+        if "." in token:  # "Throttling.User" is also a "Throttling"
+            yield token.split(".", 1)[0]
+
+
+EXTRACTORS = {
+    "http": extract_http,
+    "smtp": extract_smtp,
+    "errno": extract_errno,
+    "sqlstate": extract_sqlstate,
+    "grpc": extract_grpc,
+    "token": extract_tokens,
+    "keyed": None,  # built per table from its ``keys``
+}
+
+
+def keyed_extractor(keys):
+    """Values written after one of ``keys``: JSON, key=value, key: value, and XML (CDATA too)."""
+    names = "|".join(re.escape(k) for k in keys)
+    pattern = re.compile(rf"(?<![\w.])[\"']?(?:{names})[\"']?\s*[:=]\s*[\"']?(-?[\w.\-]+)"
+                         rf"|<(?:{names})>(?:<!\[CDATA\[)?\s*(-?[\w.\-]+)")
+    return lambda text: _groups(pattern, text)
+
+
+@dataclass(frozen=True)
+class CodeTable:
+    """One merged table: where its codes are found and what each means."""
+
+    name: str
+    kind: str
+    priority: int
+    codes: dict  # code -> category name
+    aliases: dict = field(default_factory=dict)  # other spelling -> code
+    texts: dict = field(default_factory=dict)  # literal phrase -> code
+    keys: tuple = ()
+    when: str | None = None
+    files: tuple = ()
+
+
+def _parse_table(document, path, errors):
+    """One file's settings, validated; None when unusable."""
+    for name in sorted(set(document) - TABLE_KEYS):
+        errors.append(ConfigError(path, name, f"unknown key: use one of {', '.join(sorted(TABLE_KEYS))}"))
+    out = {"file": str(path), "name": document.get("name", Path(path).stem.split("-", 1)[-1])}
+    if not check_type(out["name"], str, path, "name", errors, "a string"):
+        return None
+    if "kind" in document and check_type(document["kind"], str, path, "kind", errors, "a string"):
+        if document["kind"] not in EXTRACTORS:
+            errors.append(ConfigError(path, "kind", f"unknown kind {document['kind']!r}: use one of "
+                                                    f"{', '.join(EXTRACTORS)}"))
+        out["kind"] = document["kind"]
+    if "priority" in document and check_type(document["priority"], int, path, "priority", errors, "a whole number"):
+        out["priority"] = document["priority"]
+    if "replace" in document and check_type(document["replace"], bool, path, "replace", errors, "true or false"):
+        out["replace"] = document["replace"]
+    if "keys" in document and check_type(document["keys"], list, path, "keys", errors, "a list of strings"):
+        keys = [k for i, k in enumerate(document["keys"])
+                if check_type(k, str, path, f"keys[{i}]", errors, "a string") and k.strip()]
+        if not keys:
+            errors.append(ConfigError(path, "keys", "is empty: name the keys the codes follow, e.g. [\"errcode\"]"))
+        out["keys"] = keys
+    if "when" in document and check_type(document["when"], str, path, "when", errors, "an RE2 pattern"):
+        problem = pattern_problem(document["when"])
+        if problem:
+            errors.append(ConfigError(path, "when", f"pattern {document['when']!r} {problem}"))
+        out["when"] = document["when"]
+    for section in ("codes", "aliases", "texts"):
+        table = document.get(section, {})
+        if not check_type(table, dict, path, section, errors, "a table of \"code\" = \"...\""):
+            continue
+        values = {}
+        for key, value in table.items():
+            if not check_type(value, str, path, f"{section}.{key}", errors, "a string"):
+                continue
+            if not key.strip():
+                errors.append(ConfigError(path, f"{section}.{key!r}", "is empty: it would match everything"))
+                continue
+            values[str(key)] = value
+        out[section] = values
+    return out
+
+
+def _merge(base, update):
+    merged = dict(base)
+    for name, value in update.items():
+        if name in ("codes", "aliases", "texts"):
+            merged[name] = dict(value) if update.get("replace") else {**base.get(name, {}), **value}
+        elif name not in ("file", "replace"):
+            merged[name] = value
+    merged["files"] = base.get("files", []) + [update["file"]]
+    return merged
+
+
+def _build_table(settings, category_names, errors):
+    path = settings["files"][-1]
+    where = f'table "{settings["name"]}"'
+    for required in ("kind", "priority"):
+        if required not in settings:
+            errors.append(ConfigError(path, f"{where}.{required}", f"missing: a code table needs {required}"))
+    if settings.get("kind") == "keyed" and not settings.get("keys"):
+        errors.append(ConfigError(path, f"{where}.keys", 'missing: kind "keyed" needs keys = ["errcode", ...]'))
+    codes = settings.get("codes", {})
+    for code, category in codes.items():
+        if category_names is not None and category not in category_names:
+            errors.append(ConfigError(path, f"{where}.codes.{code}", f"no category named {category!r}: use one of "
+                                                                     f"{', '.join(sorted(category_names))}"))
+    for section in ("aliases", "texts"):
+        for text, code in settings.get(section, {}).items():
+            if code not in codes:
+                errors.append(ConfigError(path, f"{where}.{section}.{text}", f"code {code!r} is not in the table's codes"))
+    return CodeTable(name=settings["name"], kind=settings.get("kind", "token"), priority=settings.get("priority", 0),
+                     codes=codes, aliases=settings.get("aliases", {}), texts=settings.get("texts", {}),
+                     keys=tuple(settings.get("keys", ())),
+                     when=settings.get("when"), files=tuple(dict.fromkeys(settings["files"])))
+
+
+def code_files(config_dir):
+    """The code table files of a config directory, in the order they merge."""
+    return sorted(Path(config_dir, "codes").glob("*.toml"))
+
+
+def load_code_tables(config_dir, category_names=None):
+    """Read and validate ``config_dir/codes/*.toml`` (none is fine); raise ConfigErrors listing every problem."""
+    errors, merged = [], {}
+    for path in code_files(config_dir):
+        document = read_toml(path, errors)
+        if document is None:
+            continue
+        settings = _parse_table(document, path, errors)
+        if settings is not None:
+            merged[settings["name"]] = _merge(merged.get(settings["name"], {"files": []}), settings)
+    tables = [_build_table(settings, category_names, errors) for settings in merged.values()]
+    if errors:
+        raise ConfigErrors(errors)
+    return tuple(sorted(tables, key=lambda t: (t.priority, t.name)))
+
+
+class CodeMatcher:
+    """The compiled code stage of a snapshot: which table recognises a code in a message, first."""
+
+    def __init__(self, tables):
+        self.tables = tables
+        self._extract = [keyed_extractor(t.keys) if t.kind == "keyed" else EXTRACTORS[t.kind] for t in tables]
+        self._when = [re2.compile(t.when, options=re2_options()) if t.when else None for t in tables]
+        self._texts = [self._compile_texts(t) for t in tables]
+
+    @staticmethod
+    def _compile_texts(table):
+        if not table.texts:
+            return None
+        parts = []
+        for text in sorted(table.texts, key=len, reverse=True):  # the longest phrase first
+            literal = re2.escape(text)
+            if re.match(r"\w", text, re.ASCII):
+                literal = r"\b" + literal
+            if re.search(r"\w$", text, re.ASCII):
+                literal += r"\b"
+            parts.append(literal)
+        lowered = {text.lower(): code for text, code in table.texts.items()}
+        try:
+            return re2.compile("|".join(parts), options=re2_options()), lowered
+        except re2.error:
+            raise ConfigErrors([ConfigError(table.files[-1], "texts", "RE2 ran out of memory compiling the texts: "
+                                                                      "split the table")]) from None
+
+    def match(self, text):
+        """``(table, code, category)`` of the first table that knows a code in ``text``, or None."""
+        text = text[:MAX_SCAN_CHARS] if len(text) <= 2 * MAX_SCAN_CHARS else text[:MAX_SCAN_CHARS] + text[-MAX_SCAN_CHARS:]
+        for table, extract, when, texts in zip(self.tables, self._extract, self._when, self._texts):
+            if when is not None and when.search(text) is None:
+                continue
+            for code in extract(text):
+                code = table.aliases.get(code, code)
+                category = table.codes.get(code)
+                if category is not None:
+                    return table, code, category
+            if texts is not None:
+                found = texts[0].search(text)
+                if found is not None:
+                    code = texts[1][found.group(0).lower()]
+                    return table, code, table.codes[code]
+        return None
+
+
+def describe(table, code):
+    """How the classifier names a code hit in ``pattern``: ``http 503``, ``errno ENOSPC``."""
+    return f"{table.name} {code}"
+
+

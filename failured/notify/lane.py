@@ -1,0 +1,373 @@
+"""One channel's delivery lane: a thread that sends its outbox rows, never over the channel's rate.
+
+Per pass: hand over direct alerts (they need no database); expire rows past the
+retry horizon; hold repeats of an error already sent within the dedup window;
+group same-error rows into one "×N" message; and when more is waiting than the
+channel's budget allows, merge everything waiting into one digest — a chat
+group wants one summary of a storm, not 20 messages a minute of it. During a
+storm (up to a minute after its last over-budget digest) held repeats ride
+with the next digest instead of waiting out the dedup window.
+
+Time: what is stored (``sent_at``, ``next_attempt_at``) is wall-clock; every
+wait the lane keeps in memory (rate window, pauses, digest interval, dedup
+memory, storm) runs on the monotonic clock, so a wall-clock jump neither
+stalls nor rushes delivery.
+"""
+
+import logging
+import queue
+import threading
+from collections import deque
+
+from ..errors import StoreError, StoreFullError
+from ..store import Notification
+from .channels import mask
+from .health import ChannelHealth
+from .outbox import FAILED, PENDING, SENT, SUPPRESSED
+from .routing import LOG_CHANNEL
+
+log = logging.getLogger("failured.notify")
+
+WINDOW_SECONDS = 60.0
+BATCH = 2000
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 600.0
+IDLE_SECONDS = 0.5
+STORE_RETRY_SECONDS = 5.0  # the database cannot be written (disk full): look again this often
+JUMP_SECONDS = 2.0  # a wall clock that moved this much more (or less) than the monotonic one jumped
+NEVER = float("-inf")
+
+
+def backoff(attempts):
+    """Seconds before the next try after ``attempts`` failed sends: 5, 10, 20 … capped at 10 minutes."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
+
+
+def hold_key(row):
+    """What makes two rows "the same error": fingerprint and task type (task notices only)."""
+    if row.fingerprint and row.kind in ("task", "exhausted"):
+        return (row.fingerprint, row.task_type)
+    return None
+
+
+class Lane:
+    """Delivery state of one channel. Everything here belongs to the lane's own thread, except:
+    ``wake`` and ``stopping`` (set by the dispatcher) and ``direct`` (a thread-safe queue)."""
+
+    def __init__(self, name, dispatcher):
+        self.name = name
+        self.dispatcher = dispatcher
+        self.sent_times = deque()  # monotonic times of sends within the last minute
+        self.recent = {}  # hold_key -> monotonic time it was last sent
+        self.paused_until = NEVER
+        self.misconfigured = None  # (channel object, reason) until the config changes
+        self.last_digest = NEVER
+        self.storm_until = NEVER
+        self.unrecorded = {}  # row id -> wall time: sent, but the database could not be told (disk full)
+        self.health = ChannelHealth(dispatcher.store, name)
+        self.direct = queue.SimpleQueue()  # Messages from Dispatcher.alert_direct
+        self.wake = threading.Event()
+        self.thread = None
+        self.stopping = False
+        self._offset = None  # wall minus monotonic at the last pass, to notice wall-clock jumps
+        self._last_pass = None  # wall time of the last pass
+        self._store_full = False
+
+    # -- the loop ---------------------------------------------------------------
+
+    def start(self, now):
+        self._load_history(now)
+        self.thread = threading.Thread(target=self._loop, name=f"notify-{self.name}", daemon=True)
+        self.thread.start()
+
+    def alive(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def hand(self, message):
+        """Queue a message that has no outbox row (see Dispatcher.alert_direct); sent on the next pass."""
+        self.direct.put(message)
+        self.wake.set()
+
+    def _loop(self):
+        while not self.stopping:
+            delay = self._pass()
+            self.wake.wait(min(delay, IDLE_SECONDS))
+            self.wake.clear()
+
+    def _pass(self):
+        """One guarded pass: nothing a pass raises stops the lane."""
+        try:
+            delay = self.process()
+            self._store_full = False
+            return delay
+        except StoreFullError as exc:
+            if not self._store_full:  # said once per episode, not once per pass
+                log.error("channel %s: %s; delivery waits for space", self.name, exc)
+            self._store_full = True
+            return STORE_RETRY_SECONDS
+        except Exception:
+            log.exception("channel %s: unexpected error in delivery; going on", self.name)
+            return 1.0
+
+    def _load_history(self, now):
+        """Rebuild the rate window, dedup memory, storm and health from what an earlier run stored."""
+        d = self.dispatcher
+        self.health.load()
+        mono = d.monotonic()
+        window = d.config().notify.dedup_window_seconds
+        for row in (Notification.select(Notification.sent_at, Notification.fingerprint, Notification.task_type,
+                                        Notification.kind)
+                    .where(Notification.channel == self.name, Notification.status == SENT,
+                           Notification.sent_at >= now - max(window, WINDOW_SECONDS))
+                    .order_by(Notification.sent_at)):
+            at = mono - (now - row.sent_at)  # the same moment on the monotonic clock
+            if row.sent_at >= now - WINDOW_SECONDS:
+                self.sent_times.append(at)
+                if row.kind == "digest":
+                    self.last_digest, self.storm_until = at, at + WINDOW_SECONDS
+            if row.fingerprint:
+                self.recent[(row.fingerprint, row.task_type)] = at
+
+    def process(self):
+        """One pass; returns seconds until this lane has something to do again."""
+        d = self.dispatcher
+        snapshot = d.config()
+        channel = snapshot.channels.get(self.name)
+        self._send_direct(channel)
+        if self.unrecorded:
+            self._record_unrecorded()
+        now, mono = d.clock.now(), d.monotonic()
+        self._follow_wall_jump(now, mono)
+        if channel is None:
+            self._fail_all(f"channel {self.name!r} is no longer configured")
+            self.health.forget()
+            return IDLE_SECONDS
+        self._expire(now, snapshot.notify.max_retry_hours * 3600)
+        if not d.settings.notification_enabled and self.name != LOG_CHANNEL:
+            self._suppress_all()
+            return IDLE_SECONDS
+        if self.misconfigured and self.misconfigured[0] is channel:
+            return IDLE_SECONDS
+        self.misconfigured = None
+        if mono < self.paused_until:
+            return self.paused_until - mono
+        rows = self._due_rows(now, BATCH)
+        if not rows:
+            return IDLE_SECONDS
+        if channel.rate_per_minute is None:
+            return self._send_each(channel, [[row] for row in rows])
+        return self._shape(channel, rows, now, mono, snapshot)
+
+    def _due_rows(self, now, limit=None):
+        query = (Notification.select().where(Notification.channel == self.name, Notification.status == PENDING,
+                                             Notification.next_attempt_at <= now).order_by(Notification.id))
+        return list(query.limit(limit) if limit else query)
+
+    def _waiting_rows(self):
+        """Every pending row of this channel, held repeats included: what a digest stands for."""
+        return list(Notification.select().where(Notification.channel == self.name, Notification.status == PENDING)
+                    .order_by(Notification.id))
+
+    def _write(self, ids, **fields):
+        """Update rows by id in one transaction (a full disk comes out as StoreFullError)."""
+        ids = list(ids)
+        with self.dispatcher.store.transaction():
+            for start in range(0, len(ids), 500):
+                Notification.update(**fields).where(Notification.id.in_(ids[start:start + 500])).execute()
+
+    # -- shaping ------------------------------------------------------------
+
+    def _shape(self, channel, rows, now, mono, snapshot):
+        """Send within the budget: one by one (same errors as "×N"), or everything waiting as one digest."""
+        notify = snapshot.notify
+        groups, held = self._hold_repeats(rows, mono, notify.dedup_window_seconds)
+        room = self._room(channel, mono)
+        storm = mono < self.storm_until
+        slot = self.last_digest + notify.digest_interval_seconds
+        if len(groups) <= room and not (storm and held):
+            self._postpone(held, now, mono, None)
+            return self._send_each(channel, groups) if groups else IDLE_SECONDS
+        if room <= 0 or mono < slot:
+            self._postpone(held, now, mono, slot if storm else None)
+            window_wait = self.sent_times[0] + WINDOW_SECONDS - mono if room <= 0 else 0.0
+            return max(slot - mono, window_wait)
+        if len(groups) > room:
+            self.storm_until = mono + WINDOW_SECONDS
+        self.last_digest = mono
+        waiting = self._waiting_rows()  # everything waiting, held repeats too, not just this pass's batch
+        digest = self.dispatcher.make_digest(self.name, waiting, now, snapshot)
+        return self._send_each(channel, [[digest]], stands_for=waiting)
+
+    def _hold_repeats(self, rows, mono, window):
+        """(groups of same-error rows, {release time: rows held}) for errors sent within the dedup window."""
+        groups, held = {}, {}
+        for row in rows:
+            key = hold_key(row)
+            last = self.recent.get(key) if key else None
+            if last is not None and mono - last < window:
+                held.setdefault(last + window, []).append(row.id)
+                continue
+            groups.setdefault(key or row.id, []).append(row)
+        return list(groups.values()), held
+
+    def _postpone(self, held, now, mono, slot):
+        """Hold rows until their dedup window ends, or in a storm only until the next digest ``slot``."""
+        for until, ids in held.items():
+            until = until if slot is None else min(until, slot)
+            self._write(ids, next_attempt_at=now + max(0.0, until - mono))
+
+    def _room(self, channel, mono):
+        """How many messages the channel's rate allows right now."""
+        while self.sent_times and self.sent_times[0] <= mono - WINDOW_SECONDS:
+            self.sent_times.popleft()
+        return max(1, int(channel.rate_per_minute)) - len(self.sent_times)
+
+    # -- sending ------------------------------------------------------------
+
+    def _send_each(self, channel, groups, stands_for=None):
+        """Send one message per group (a group of same-error rows becomes one "×N" message).
+
+        ``stands_for``: the rows a digest replaces, for the latency figures.
+        """
+        d = self.dispatcher
+        sent, covered = [], []
+        now = d.clock.now()
+        for group in groups:
+            try:
+                row = group[0] if len(group) == 1 else d.make_repeat(self.name, group, now)
+            except StoreError:
+                self._sent(sent, covered, now)  # what already went out must not go out again
+                raise
+            result = channel.send(d.message_for(row))
+            now, mono = d.clock.now(), d.monotonic()
+            if not result.ok:
+                self._sent(sent, covered, now)
+                return self._failed_send(channel, row, result, now, mono)
+            sent.append(row.id)
+            covered.extend(stands_for or group)
+            self._remember(channel, row, mono)
+            self.health.record(True, None, now, mono)
+        self._sent(sent, covered, now)
+        return 0.0
+
+    def _sent(self, ids, covered, now):
+        if not ids:
+            return
+        try:
+            self._write(ids, status=SENT, sent_at=now)
+        except StoreError:
+            # Sent, but not recorded: remember it, or the next pass would send it again.
+            self.unrecorded.update((row_id, now) for row_id in ids)
+            raise
+        metrics = self.dispatcher.metrics
+        metrics.notifications.labels(self.name, SENT).inc(len(ids))
+        for row in covered:  # from each notification's creation to the message that carried it
+            metrics.notify_latency.labels(self.name).observe(max(0.0, now - row.created_at))
+
+    def _record_unrecorded(self):
+        """Mark as sent what was sent while the disk was full; raises StoreFullError while it still is."""
+        by_time = {}
+        for row_id, at in self.unrecorded.items():
+            by_time.setdefault(at, []).append(row_id)
+        for at, ids in by_time.items():
+            self._write(ids, status=SENT, sent_at=at)
+            for row_id in ids:
+                del self.unrecorded[row_id]
+            self.dispatcher.metrics.notifications.labels(self.name, SENT).inc(len(ids))
+
+    def _remember(self, channel, row, mono):
+        if channel.rate_per_minute is not None:
+            self.sent_times.append(mono)
+        if row.fingerprint:
+            self.recent[(row.fingerprint, row.task_type)] = mono
+
+    def _failed_send(self, channel, row, result, now, mono):
+        d = self.dispatcher
+        error = mask(result.error or "send failed", d.secrets())
+        if result.retry_after:
+            # Throttled by the robot itself: wait it out; neither the row's failure nor the channel's.
+            self.paused_until = mono + result.retry_after
+            self._write([row.id], next_attempt_at=now + result.retry_after, last_error=error)
+            log.warning("channel %s: throttled, waiting %gs: %s", self.name, result.retry_after, error)
+            return result.retry_after
+        self.health.record(False, error, now, mono)
+        if result.misconfigured:
+            self.misconfigured = (channel, error)
+            self._write([row.id], last_error=error)
+            d.alert_misconfigured(self.name, channel, error, now)
+            return IDLE_SECONDS
+        attempts = row.attempts + 1
+        wait = backoff(attempts)
+        self.paused_until = mono + wait  # a down server is not hammered once per row
+        self._write([row.id], attempts=attempts, next_attempt_at=now + wait, last_error=error)
+        log.warning("channel %s: notification %s not sent (try %d, next in %gs): %s",
+                    self.name, row.id, attempts, wait, error)
+        return wait
+
+    def _send_direct(self, channel):
+        """Send the direct alerts waiting in memory, within the rate; no database involved."""
+        d = self.dispatcher
+        while not self.direct.empty():
+            if channel is None or (self.misconfigured and self.misconfigured[0] is channel):
+                self.direct.get_nowait()  # this channel cannot deliver: the other admin channels carry it
+                continue
+            mono = d.monotonic()
+            if channel.rate_per_minute is not None and self._room(channel, mono) <= 0:
+                return  # stays queued until the window has room
+            message = self.direct.get_nowait()
+            result = channel.send(message)
+            if channel.rate_per_minute is not None:
+                self.sent_times.append(d.monotonic())
+            if result.ok:
+                log.info("channel %s: direct alert sent: %s", self.name, message.title)
+            else:
+                log.error("channel %s: direct alert not sent: %s", self.name, mask(result.error, d.secrets()))
+            self.health.record(result.ok, mask(result.error, d.secrets()), d.clock.now(), d.monotonic())
+
+    # -- wall-clock jumps -------------------------------------------------------
+
+    def _follow_wall_jump(self, now, mono):
+        """Move the rows this lane postponed by as much as the wall clock jumped, so their wait stays the same.
+
+        Rows written after the jump (by intake) already carry the new wall time and stay as they are.
+        """
+        offset, before, last_pass = now - mono, self._offset, self._last_pass
+        self._offset, self._last_pass = offset, now
+        if before is None or abs(offset - before) < JUMP_SECONDS:
+            return
+        jump = offset - before
+        moved = {}  # rows that were postponed (in the future) at the last pass
+        for row in (Notification.select(Notification.id, Notification.next_attempt_at)
+                    .where(Notification.channel == self.name, Notification.status == PENDING,
+                           Notification.next_attempt_at > last_pass, Notification.created_at <= last_pass)):
+            moved.setdefault(row.next_attempt_at + jump, []).append(row.id)
+        for when, ids in moved.items():
+            self._write(ids, next_attempt_at=when)
+        log.warning("channel %s: the wall clock jumped %+.0fs; %d postponed notifications keep their wait",
+                    self.name, jump, sum(len(ids) for ids in moved.values()))
+
+    # -- end states -----------------------------------------------------------
+
+    def _expire(self, now, horizon):
+        failed = self.dispatcher.metrics.notifications.labels(self.name, FAILED)
+        with self.dispatcher.store.transaction():
+            stale = (Notification.update(status=FAILED, last_error=Notification.last_error.concat(
+                        f" (gave up after {horizon / 3600:g} h)"))
+                     .where(Notification.channel == self.name, Notification.status == PENDING,
+                            Notification.created_at < now - horizon, Notification.last_error.is_null(False)))
+            gave_up = stale.execute()
+            never = (Notification.update(status=FAILED, last_error=f"not delivered within {horizon / 3600:g} h")
+                     .where(Notification.channel == self.name, Notification.status == PENDING,
+                            Notification.created_at < now - horizon).execute())
+        failed.inc(gave_up + never)
+
+    def _suppress_all(self):
+        with self.dispatcher.store.transaction():
+            count = Notification.update(status=SUPPRESSED, last_error="FAILURE_NOTIFICATION_ENABLED=false").where(
+                Notification.channel == self.name, Notification.status == PENDING).execute()
+        self.dispatcher.metrics.notifications.labels(self.name, SUPPRESSED).inc(count)
+
+    def _fail_all(self, reason):
+        with self.dispatcher.store.transaction():
+            count = Notification.update(status=FAILED, last_error=reason).where(
+                Notification.channel == self.name, Notification.status == PENDING).execute()
+        self.dispatcher.metrics.notifications.labels(self.name, FAILED).inc(count)

@@ -1,0 +1,97 @@
+"""``failured status`` is unhealthy while a channel cannot deliver or a rejected reload stands;
+``failured run`` refuses directories it cannot write."""
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli
+from failured.store import open_store
+
+
+@pytest.fixture
+def env(tmp_path, config_dir):
+    store = open_store(tmp_path / "failured.db")
+    store.close()
+    return {"FAILURE_DB": str(tmp_path / "failured.db"), "FAILURE_CONFIG_DIR": str(config_dir)}
+
+
+def _set(env, key, value):
+    store = open_store(env["FAILURE_DB"], create=False)
+    try:
+        if value is None:
+            store.delete_state(key)
+        else:
+            store.set_state(key, value, time.time())
+    finally:
+        store.close()
+
+
+def _beat(env):
+    _set(env, "heartbeat", f"{time.time():.3f} pid=1")
+
+
+def test_a_live_daemon_with_nothing_wrong_is_healthy(env):
+    _beat(env)
+    result = run_cli("status", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failured: healthy" in result.stdout and "daemon: alive" in result.stdout
+
+
+def test_a_channel_that_cannot_deliver_is_unhealthy_until_it_delivers_again(env):
+    _beat(env)
+    _set(env, "channel:log", json.dumps({"ok": False, "at": "2026-01-02T03:04:05Z",
+                                         "error": "OSError: [Errno 30] Read-only file system"}))
+    result = run_cli("status", env=env)
+    assert result.returncode == 1
+    assert "problem: channel log cannot deliver since 2026-01-02T03:04:05Z: OSError: [Errno 30]" in result.stdout
+    assert "channel log: NOT delivering" in result.stdout
+    data = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert not data["healthy"] and data["notifications"]["log"]["delivering"] is False
+    _set(env, "channel:log", json.dumps({"ok": True, "at": "2026-01-02T03:05:00Z", "error": None}))
+    assert run_cli("status", env=env).returncode == 0
+
+
+def test_a_rejected_reload_is_unhealthy_until_a_good_config_is_applied(env):
+    _beat(env)
+    _set(env, "config_rejected", json.dumps({"at": "2026-01-02T03:04:05Z",
+                                             "errors": ["patterns/50-bad.toml: category \"x\".action: unknown action"]}))
+    result = run_cli("status", env=env)
+    assert result.returncode == 1
+    assert "problem: config reload rejected at 2026-01-02T03:04:05Z: patterns/50-bad.toml" in result.stdout
+    _set(env, "config_rejected", None)  # the daemon deletes it when a good config is applied
+    assert run_cli("status", env=env).returncode == 0
+
+
+def test_no_heartbeat_after_a_clean_stop_means_not_running(env):
+    _beat(env)
+    assert "daemon: alive" in run_cli("status", env=env).stdout
+    _set(env, "heartbeat", None)  # a clean stop deletes it
+    result = run_cli("status", env=env)
+    assert result.returncode == 1
+    assert "alive" not in result.stdout and "daemon: NOT running (no heartbeat" in result.stdout
+    assert "problem: daemon not running" in result.stdout
+
+
+@pytest.mark.parametrize("variable", ["FAILURE_LOG_DIR", "FAILURE_REPORT_DIR"])
+def test_run_refuses_a_log_or_report_directory_it_cannot_write(tmp_path, config_dir, variable):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {"FAILURE_DB": str(tmp_path / "failured.db"), "FAILURE_CONFIG_DIR": str(config_dir),
+           "FAILURE_LOG_DIR": str(tmp_path / "logs"), "FAILURE_REPORT_DIR": str(tmp_path / "reports"),
+           "FAILURE_HTTP_ADDR": "off", variable: str(blocker / "sub")}
+    result = run_cli("run", env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot write to {variable}={blocker / 'sub'}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "failured.db").exists()
+
+
+def test_a_real_daemon_stopped_cleanly_is_not_running_at_once(daemon_factory):
+    daemon = daemon_factory().start()
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'heartbeat'", lambda rows: rows[0][0] == 1)
+    assert "daemon: alive" in daemon.cli("status").stdout
+    assert daemon.stop() == 0
+    result = daemon.cli("status")
+    assert result.returncode == 1 and "daemon: NOT running (no heartbeat" in result.stdout, result.stdout

@@ -1,0 +1,51 @@
+"""``failured init`` writes the shipped configuration, never the local files beside it in a checkout."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A git checkout of failured whose config/ holds a local override, as the README suggests making."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "failured", root / "failured", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", root / "config")
+    for local in root.glob("config/patterns/*local*"):
+        local.unlink()  # whatever sits in the real checkout is not ours to copy
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "config"], check=True)
+    (root / "config" / "patterns" / "50-local.toml").write_text('[[category]]\nname = "recoverable_network"\n'
+                                                              'patterns = ["only here"]\n')
+    (root / "config" / "failured.local-notes").write_text("not shipped")
+    return root
+
+
+def test_init_in_a_checkout_writes_only_the_tracked_files(checkout, tmp_path):
+    target = tmp_path / "etc"
+    result = subprocess.run([sys.executable, "-m", "failured", "init", str(target)], cwd=checkout,
+                            env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    written = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    tracked = sorted(str(p.relative_to(checkout / "config")) for p in (checkout / "config").rglob("*")
+                     if p.is_file() and "local" not in p.name)
+    assert written == tracked
+    assert "patterns/50-local.toml" not in written and "failured.toml" in written
+    assert run_cli("check-config", str(target)).returncode == 0
+
+
+def test_init_refuses_a_directory_with_files_unless_forced(tmp_path):
+    target = tmp_path / "etc"
+    target.mkdir()
+    (target / "mine.toml").write_text("")
+    refused = run_cli("init", str(target))
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    forced = run_cli("init", str(target), "--force")
+    assert forced.returncode == 0 and (target / "mine.toml").exists() and (target / "failured.toml").exists()

@@ -1,0 +1,29 @@
+"""The CLI knows the configured secrets before any channel runs: nothing it logs carries one."""
+
+from conftest import SMALL_PATTERNS, run_cli, write_config
+
+TOKEN = "tok-0123456789abcdef-secret"
+SECRET = "SECabcdef0123456789"
+
+
+def test_notify_test_at_debug_never_prints_the_webhook_token(tmp_path, robot_server):
+    robot = robot_server("dingtalk", TOKEN, SECRET)
+    main = f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "${{TOK}}"\nsecret = "${{SEC}}"\n'
+    config = write_config(tmp_path / "c", SMALL_PATTERNS, main)
+    env = {"FAILURE_CONFIG_DIR": str(config), "TOK": TOKEN, "SEC": SECRET, "FAILURE_LOG_LEVEL": "DEBUG"}
+    result = run_cli("notify-test", "ops", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(robot.received) == 1
+    assert "DEBUG" in result.stderr  # urllib3 did log the request line
+    assert TOKEN not in result.stdout + result.stderr and SECRET not in result.stdout + result.stderr
+    assert "***" in result.stderr
+
+
+def test_notify_test_at_debug_never_prints_a_token_carried_in_the_webhook_path(tmp_path, hook_server):
+    token_path = "/services/T000/B000/XoXoHookSecret1234"
+    hook = hook_server(path=token_path)
+    config = write_config(tmp_path / "c", SMALL_PATTERNS, f'[channels.hook]\nkind = "webhook"\nurl = "{hook.url}"\n')
+    result = run_cli("notify-test", "hook", env={"FAILURE_CONFIG_DIR": str(config), "FAILURE_LOG_LEVEL": "DEBUG"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DEBUG" in result.stderr and "POST" in result.stderr  # urllib3 logged the request line
+    assert "XoXoHookSecret1234" not in result.stderr

@@ -1,0 +1,107 @@
+"""Which commands may create a database, and what the CLI says when the database cannot be written."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import run_cli
+
+READ_ONLY_COMMANDS = [("status",), ("status", "--json"), ("show", "1"), ("scan",), ("analyze",),
+                      ("recover", "1"), ("resolve", "1"), ("requeue", "--dry-run")]
+
+
+@pytest.mark.parametrize("args", READ_ONLY_COMMANDS, ids=" ".join)
+def test_commands_that_only_read_refuse_a_missing_database_and_create_nothing(tmp_path, config_dir, args):
+    db = tmp_path / "typo" / "failured.db"
+    result = run_cli(*args, env={"FAILURE_DB": str(db), "FAILURE_CONFIG_DIR": str(config_dir),
+                                 "FAILURE_REPORT_DIR": str(tmp_path / "reports")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"no database at {db}; is FAILURE_DB right?" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_report_says_once_that_it_created_a_new_database_and_its_directory(tmp_path):
+    db = tmp_path / "new-dir" / "failured.db"
+    env = {"FAILURE_DB": str(db)}
+    first = run_cli("report", "--type", "t", "--error", "boom", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("created a new database") == 1
+    assert str(db) in first.stderr and f"its directory {db.parent}" in first.stderr
+    second = run_cli("report", "--type", "t", "--error", "boom", env=env)
+    assert second.returncode == 0 and second.stderr == ""
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+
+
+def test_exec_says_when_it_created_a_new_database(tmp_path):
+    db = tmp_path / "failured.db"
+    result = run_cli("exec", "--type", "t", "--", sys.executable, "-c", "raise SystemExit(3)",
+                     env={"FAILURE_DB": str(db)})
+    assert result.returncode == 3
+    assert f"created a new database at {db}" in result.stderr
+
+
+def test_bad_report_input_creates_no_database(tmp_path):
+    db = tmp_path / "failured.db"
+    result = run_cli("report", "--type", "t", "--error", "x", "--payload", "[1]", env={"FAILURE_DB": str(db)})
+    assert result.returncode == 2 and not db.exists()
+    assert "created" not in result.stderr
+
+
+@contextmanager
+def tiny_filesystem(path, size="512k"):
+    """A real tmpfs of ``size`` at ``path`` (root only); skips the test where mounting is refused."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(directory):
+    """Write until the filesystem is full."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tmp_path):
+    with tiny_filesystem(tmp_path / "mnt") as mnt:
+        env = {"FAILURE_DB": str(mnt / "failured.db")}
+        assert run_cli("report", "--type", "t", "--error", "first", env=env).returncode == 0
+        # An open connection keeps the -wal and -shm files, as a running daemon does.
+        daemon_like = sqlite3.connect(mnt / "failured.db")
+        daemon_like.execute("SELECT count(*) FROM tasks").fetchone()
+        _fill(mnt)
+        result = run_cli("report", "--type", "t", "--error", "x" * 60000, env=env)
+        daemon_like.close()
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("failured: disk full: cannot write "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_read_only_database_is_one_line_and_exit_1(tmp_path):
+    with tiny_filesystem(tmp_path / "mnt") as mnt:
+        env = {"FAILURE_DB": str(mnt / "failured.db")}
+        assert run_cli("report", "--type", "t", "--error", "first", env=env).returncode == 0
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {remount.stderr.strip()}")
+        for args in (("report", "--type", "t", "--error", "second"), ("status",)):
+            result = run_cli(*args, env=env)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.startswith(f"failured {args[0]}: ") and str(mnt / "failured.db") in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,0 +1,129 @@
+"""Code tables: each shipped table with real messages, operator extension, and check-config errors."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from failured.classify import Classifier
+from failured.codes import load_code_tables
+from failured.errors import ConfigErrors
+from failured.rules import load_ruleset
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config"
+
+
+@pytest.fixture(scope="module")
+def codes_only():
+    ruleset = load_ruleset(CONFIG)
+    tables = load_code_tables(CONFIG, frozenset(c.name for c in ruleset.categories))
+    return Classifier(ruleset, code_tables=tables, stages=("code",))
+
+
+@pytest.mark.parametrize("message, table, category", [
+    # HTTP in its spellings
+    ("HTTP/1.1 503 Service Unavailable", "http 503", "recoverable_temporary"),
+    ("AxiosError: Request failed with status code 429", "http 429", "recoverable_temporary"),
+    ("oss: service returned error: StatusCode=403, ErrorCode=Forbidden", "http 403", "unrecoverable_config"),
+    ('{"status": 502, "error": "upstream"}', "http 502", "recoverable_temporary"),
+    ("Client error: `GET https://api.example.com/v1/orders/42` resulted in a `404 Not Found` response", "http 404", "unrecoverable_business"),
+    ("422 Client Error: Unprocessable Entity for url: https://api.example.com/v1/orders", "http 422", "unrecoverable_data"),
+    ("upstream said Gateway Timeout", "http 504", "recoverable_temporary"),
+    # SMTP reply and enhanced codes
+    ("(535, b'5.7.8 Username and Password not accepted. Learn more at')", "smtp 5.7.8", "unrecoverable_config"),
+    ("451 4.7.1 Greylisting in action, please come back later", "smtp 4.7.1", "recoverable_temporary"),
+    ("552 5.2.2 <user@example.com>: Recipient mailbox full", "smtp 5.2.2", "unrecoverable_business"),
+    ("smtplib.SMTPRecipientsRefused: {'x@example.com': (550, b'No such user here')}", "smtp 550", "unrecoverable_business"),
+    # errno names, numbers, WinError and localized texts (glibc zh_CN, Windows zh-CN)
+    ("OSError: [Errno 28] 设备上没有空间: '/data/x.csv'", "errno ENOSPC", "recoverable_system"),
+    ("fwrite(): write of 8192 bytes failed with errno=28", "errno ENOSPC", "recoverable_system"),
+    ("Errno::ECONNREFUSED: Failed to open TCP connection", "errno ECONNREFUSED", "recoverable_network"),
+    ("ssh: connect to host 10.0.0.9 port 22: 没有到主机的路由", "errno EHOSTUNREACH", "recoverable_network"),
+    ("[WinError 10061] 由于目标计算机积极拒绝，无法连接。", "errno WSAECONNREFUSED", "recoverable_network"),
+    ("FileNotFoundError: [WinError 3] 系统找不到指定的路径。", "errno ERROR_PATH_NOT_FOUND", "unrecoverable_config"),
+    ("socket.gaierror: [Errno -3] 域名解析暂时失败", "errno EAI_AGAIN", "recoverable_network"),
+    # SQLSTATE: exact code, then class
+    ("ERROR: duplicate key value violates unique constraint (SQLSTATE 23505)", "sqlstate 23", "unrecoverable_data"),
+    ("SQLSTATE[40001]: Serialization failure: 1213 Deadlock found", "sqlstate 40001", "recoverable_temporary"),
+    ("SQLSTATE[08006] [7] could not connect to server", "sqlstate 08", "recoverable_temporary"),
+    ("failed SASL auth (FATAL: password authentication failed (SQLSTATE 28P01))", "sqlstate 28", "unrecoverable_config"),
+    # gRPC in Go, Python, Java, Node and .NET spellings
+    ("rpc error: code = DeadlineExceeded desc = context deadline exceeded", "grpc DEADLINE_EXCEEDED", "recoverable_network"),
+    ("grpc._channel._InactiveRpcError: status = StatusCode.UNAUTHENTICATED", "grpc UNAUTHENTICATED", "unrecoverable_config"),
+    ("io.grpc.StatusRuntimeException: FAILED_PRECONDITION: order shipped", "grpc FAILED_PRECONDITION", "unrecoverable_business"),
+    ("Error: 3 INVALID_ARGUMENT: order_id must be set", "grpc INVALID_ARGUMENT", "unrecoverable_data"),
+    ('Grpc.Core.RpcException: Status(StatusCode="Unavailable", Detail="failed to connect")', "grpc UNAVAILABLE", "recoverable_network"),
+    # vendors
+    ('{"errcode":45011,"errmsg":"api minute-quota reach limit mustslower retry next minute"}', "errcode 45011", "recoverable_temporary"),
+    ('{"errcode":43101,"errmsg":"user refuse to accept the msg"}', "errcode 43101", "unrecoverable_business"),
+    ('{"errcode":310000,"errmsg":"sign not match"}', "errcode 310000", "unrecoverable_config"),
+    ('{"sub_code":"ACQ.TRADE_HAS_CLOSE","sub_msg":"交易已经关闭"}', "payments ACQ.TRADE_HAS_CLOSE", "unrecoverable_business"),
+    ("<err_code><![CDATA[NOTENOUGH]]></err_code>", "payments NOTENOUGH", "unrecoverable_business"),
+    ('StripeCardError: Your card has expired. {"code":"expired_card"}', "payments expired_card", "unrecoverable_business"),
+    ("An error occurred (ThrottlingException) when calling the Converse operation", "cloud ThrottlingException", "recoverable_temporary"),
+    ("isv.BUSINESS_LIMIT_CONTROL: 触发号码天级流控Permits:10", "cloud isv.BUSINESS_LIMIT_CONTROL", "unrecoverable_business"),
+    # a used-up LLM balance is business even on a 429; a per-minute limit is temporary
+    ("Error code: 429 - {'error': {'type': 'insufficient_quota', 'code': 'insufficient_quota'}}", "llm insufficient_quota", "unrecoverable_business"),
+    ("Error code: 429 - {'error': {'code': 'rate_limit_exceeded'}}", "llm rate_limit_exceeded", "recoverable_temporary"),
+    ('{"meta":{"code":4017,"message":"Tracking does not exist."}}', "courier 4017", "unrecoverable_business"),
+])
+def test_shipped_table_reads_a_real_message(codes_only, message, table, category):
+    result = codes_only.classify(message)
+    assert (result.matched_by, result.pattern, result.category) == ("code", table, category)
+
+
+@pytest.mark.parametrize("message", [
+    "exit status 1", "job 5 finished with status 3", "HTTP 503 from the api",  # no mail words: not SMTP
+    "Process finished with exit code 1", "SQLSTATE[HY000]: General error",
+])
+def test_no_code_is_read_where_none_is_meant(codes_only, message):
+    result = codes_only.classify(message)
+    assert result.matched_by != "code" or result.pattern.startswith("http"), result
+
+
+def test_an_operator_file_extends_a_shipped_table(tmp_path, codes_only):
+    shutil.copytree(CONFIG / "patterns", tmp_path / "patterns")
+    shutil.copytree(CONFIG / "codes", tmp_path / "codes")
+    (tmp_path / "codes" / "95-local.toml").write_text(
+        'name = "errcode"\n[codes]\n"93000" = "unrecoverable_config"\n', encoding="utf-8")
+    ruleset = load_ruleset(tmp_path)
+    tables = load_code_tables(tmp_path, frozenset(c.name for c in ruleset.categories))
+    classifier = Classifier(ruleset, code_tables=tables, stages=("code",))
+    assert classifier.classify('{"errcode":93000,"errmsg":"invalid webhook url"}').category == "unrecoverable_config"
+    assert classifier.classify('{"errcode":45011,"errmsg":"x"}').category == "recoverable_temporary"  # shipped kept
+
+
+def _problems(tmp_path, text):
+    (tmp_path / "codes").mkdir(exist_ok=True)
+    (tmp_path / "codes" / "50-bad.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_code_tables(tmp_path, frozenset({"recoverable_network"}))
+    return [(Path(e.path).name, e.key, e.reason) for e in caught.value.errors]
+
+
+def test_bad_table_files_are_reported_with_file_key_and_reason(tmp_path):
+    problems = _problems(tmp_path, 'kind = "morse"\npriority = "high"\ncolour = 1\n'
+                                   '[codes]\n"1" = "no_such_category"\n[texts]\n"beep" = "2"\n')
+    keys = {key for _, key, _ in problems}
+    assert {"kind", "priority", "colour", 'table "bad".codes.1', 'table "bad".texts.beep'} <= keys
+    assert all(name == "50-bad.toml" for name, _, _ in problems)
+    assert any("no category named 'no_such_category'" in reason for _, _, reason in problems)
+
+
+def test_keyed_table_needs_keys_and_when_must_compile(tmp_path):
+    problems = _problems(tmp_path, 'kind = "keyed"\npriority = 5\nwhen = "(?=x)"\n[codes]\n"1" = "recoverable_network"\n')
+    reasons = " ".join(reason for _, _, reason in problems)
+    assert "RE2 cannot compile it" in reasons and 'kind "keyed" needs keys' in reasons
+
+
+def test_check_config_reports_a_bad_code_table(tmp_path):
+    from conftest import run_cli
+
+    shutil.copytree(CONFIG / "patterns", tmp_path / "patterns")
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "50-bad.toml").write_text('kind = "http"\npriority = 1\n[codes]\n"503" = "nope"\n',
+                                                    encoding="utf-8")
+    result = run_cli("check-config", str(tmp_path))
+    assert result.returncode == 1
+    assert "50-bad.toml" in result.stdout + result.stderr and "no category named 'nope'" in result.stdout + result.stderr

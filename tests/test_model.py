@@ -1,0 +1,126 @@
+"""The learned fallback: its threshold, the labels hook, and retraining on reload without a gap."""
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for, write_config
+from failured import model as learner
+from failured.classify import Classifier, learned_fallback
+from failured.config import load_config
+from failured.errors import ConfigErrors
+from failured.rules import load_ruleset
+from failured.watcher import ConfigWatcher
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOY = [("recoverable_network", "socket reset by peer while reading"),
+       ("recoverable_network", "peer reset the socket"),
+       ("unrecoverable_business", "the parcel was returned to sender"),
+       ("unrecoverable_business", "parcel returned to the sender by the courier")] * 3
+
+
+def test_model_predicts_with_a_probability():
+    trained = learner.train(TOY)
+    network = trained.predict("socket reset by the peer")
+    assert network.category == "recoverable_network" and 0.5 < network.confidence <= 1
+    assert abs(sum(trained.probabilities("anything at all")) - 1) < 1e-9
+
+
+def test_model_needs_two_categories():
+    assert learner.train(TOY[:2]) is None
+
+
+def _classifier(config_dir, min_confidence, examples=TOY):
+    return Classifier(load_ruleset(config_dir), model=learner.train(examples), min_confidence=min_confidence)
+
+
+def test_model_acts_only_above_the_threshold(config_dir):
+    message = "parcel returned to sender"  # no pattern of the small ruleset matches
+    confident = _classifier(config_dir, 0.5).classify(message)
+    assert (confident.category, confident.matched_by) == ("unrecoverable_business", "model")
+    assert confident.pattern == f"confidence {confident.confidence:.2f}" and confident.confidence >= 0.5
+    assert confident.to_dict()["confidence"] == confident.confidence
+    doubtful = _classifier(config_dir, 0.9).classify("lorem ipsum dolor")  # nothing like either category
+    assert (doubtful.category, doubtful.matched_by, doubtful.confidence) == ("unknown", "none", None)
+
+
+def test_rules_decide_before_the_model(config_dir):
+    result = _classifier(config_dir, 0.01).classify("connection refused by peer")
+    assert result.matched_by == "pattern"
+
+
+def test_model_settings_in_failured_toml(tmp_path):
+    directory = write_config(tmp_path / "c", main="[model]\nmin_confidence = 0.95\n")
+    assert load_config(directory).classifier.min_confidence == 0.95
+    directory = write_config(tmp_path / "d", main="[model]\nenabled = false\n")
+    assert load_config(directory).classifier.model is None
+    bad = write_config(tmp_path / "e", main="[model]\nmin_confidence = 2\nsize = 3\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(bad)
+    assert {e.key for e in caught.value.errors} == {"model.min_confidence", "model.size"}
+
+
+def test_labels_passed_to_load_config_are_trained_on(tmp_path):
+    directory = write_config(tmp_path / "c", main="[model]\nmin_confidence = 0.5\n")
+    message = "zq-7 flux capacitor misaligned"
+    labels = [("unrecoverable_data", None, f"zq-7 flux capacitor misaligned on unit {i}") for i in range(40)]
+    before = load_config(directory).classifier.classify(message)
+    after = load_config(directory, labels=labels).classifier.classify(message)
+    assert before.category != "unrecoverable_data"
+    assert (after.category, after.matched_by) == ("unrecoverable_data", "model")
+
+
+def test_training_is_cached_per_category_set_and_labels():
+    names = frozenset({"recoverable_network", "unrecoverable_data"})
+    assert learned_fallback(names) is learned_fallback(names)
+    assert learned_fallback(names, (("unrecoverable_data", None, "x y z"),)) is not learned_fallback(names)
+
+
+def test_reload_retrains_without_a_gap_in_classification(tmp_path):
+    """While a reload builds (and trains) the next snapshot, classification goes on with the last good one."""
+    directory = tmp_path / "config"
+    shutil.copytree(REPO / "config", directory)
+    watcher = ConfigWatcher(directory, debounce=0.05).start()
+    stop, answers, failures = threading.Event(), [], []
+
+    def classify_all_the_time():
+        while not stop.is_set():
+            try:
+                answers.append(watcher.current.classifier.classify("订单12345不存在").category)
+            except Exception as exc:  # any gap would show up here
+                failures.append(exc)
+
+    worker = threading.Thread(target=classify_all_the_time)
+    worker.start()
+    try:
+        first = watcher.current
+        assert first.classifier.model is not None
+        (directory / "failured.toml").write_text(
+            (directory / "failured.toml").read_text(encoding="utf-8") + "\n[model]\nmin_confidence = 0.9\n",
+            encoding="utf-8")
+        assert wait_for(lambda: watcher.current is not first, timeout=60)
+        assert watcher.current.classifier.min_confidence == 0.9
+        assert watcher.current.classifier.model is not None
+        count = len(answers)
+        assert wait_for(lambda: len(answers) > count + 10, timeout=10)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        watcher.stop()
+    assert not failures and set(answers) == {"unrecoverable_business"}
+
+
+def test_re2_overflow_blames_the_file_that_made_it_too_large(tmp_path):
+    directory = tmp_path / "c"
+    (directory / "patterns").mkdir(parents=True)
+    (directory / "patterns" / "10-small.toml").write_text(
+        '[[category]]\nname = "a"\naction = "notify_admin"\npriority = 1\npatterns = [\'small\']\n', encoding="utf-8")
+    huge = ", ".join(f"'x{i}[^z]{{1,1000}}y[^q]{{1,1000}}z'" for i in range(100))  # each fine, together too big
+    (directory / "patterns" / "20-huge.toml").write_text(
+        f'[[category]]\nname = "b"\naction = "notify_admin"\npriority = 2\npatterns = [{huge}]\n', encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(directory)
+    assert [Path(e.path).name for e in caught.value.errors] == ["20-huge.toml"]
