@@ -36,6 +36,8 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 FAILURE_FIELDS = {"task_type": str, "error": str, "error_type": str, "payload": dict, "ref": str}
 SUCCESS_FIELDS = {"task_type": str, "count": int}
 RECOVER_FIELDS = {"force": bool}
+LABEL_FIELDS = {"category": str, "note": str}
+MAX_NOTE_CHARS = 2000
 _TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false"}
 
 
@@ -234,6 +236,13 @@ class ApiServer:
         fields = check_fields(handler.json_body(optional=True), RECOVER_FIELDS)
         return 200, self.backend.recover(int(match.group(1)), fields.get("force", False))
 
+    def post_label(self, handler, match):
+        fields = check_fields(handler.json_body(), LABEL_FIELDS, required=("category",))
+        if len(fields["category"]) > 200 or len(fields.get("note") or "") > MAX_NOTE_CHARS:
+            raise ApiError(400, "bad_request", f"category is at most 200 characters, note at most {MAX_NOTE_CHARS}",
+                           field="note" if len(fields["category"]) <= 200 else "category")
+        return 200, self.backend.label(int(match.group(1)), fields["category"], fields.get("note"))
+
     def get_status(self, handler, match):
         return 200, self.backend.status()
 
@@ -259,6 +268,7 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
     (r"/v1/successes", {"POST": "post_success"}),
     (r"/v1/tasks/(\d{1,18})", {"GET": "get_task"}),
     (r"/v1/tasks/(\d{1,18})/recover", {"POST": "post_recover"}),
+    (r"/v1/tasks/(\d{1,18})/label", {"POST": "post_label"}),
     (r"/v1/status", {"GET": "get_status"}),
     (r"/v1/openapi\.json", {"GET": "get_openapi"}),
     (r"/healthz", {"GET": "get_health"}),

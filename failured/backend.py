@@ -1,11 +1,13 @@
 """What the HTTP API does, over the daemon's store and live state. Thin: it reuses intake, manual, status."""
 
 import logging
+import os
 import threading
 
 from . import manual
 from . import status as status_module
 from .clock import SystemClock
+from .engine import Engine
 from .intake import record_failure, record_success
 
 log = logging.getLogger("failured.api")
@@ -58,6 +60,14 @@ class Backend:
 
     def recover(self, task_id, force=False):
         task = manual.recover(self.store, self.config(), task_id, self.clock.now(), force)
+        self.wake()
+        return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
+                "attempts": task.attempts, "next_retry_at": task.next_retry_at}
+
+    def label(self, task_id, category, note=None):
+        engine = Engine(self.store, self.settings, self.clock, self.config, owner=f"api:{os.getpid()}")
+        with self._writes:
+            task = engine.relabel(task_id, category, note)
         self.wake()
         return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
                 "attempts": task.attempts, "next_retry_at": task.next_retry_at}

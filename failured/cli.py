@@ -154,6 +154,27 @@ def cmd_resolve(args, settings):
     return EXIT_OK
 
 
+def cmd_label(args, settings):
+    task = commands.label(settings, args.id, args.category, args.note)
+    if args.json:
+        _print_json(_task_line(task))
+    else:
+        print(f"task {task.id} labelled {args.category}: now {task.status}"
+              + (f", next retry at {iso(task.next_retry_at)}" if task.next_retry_at else ""))
+    return EXIT_OK
+
+
+def cmd_labels(args, settings):
+    lines = commands.export_labels(settings)
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"{len(lines) - 1} label(s) written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_show(args, settings):
     data = commands.show(settings, args.id)
     if args.json:
@@ -245,7 +266,7 @@ def _task_line(task):
 
 COMMANDS = {
     "report": cmd_report, "exec": cmd_exec, "classify": cmd_classify, "show": cmd_show, "recover": cmd_recover,
-    "requeue": cmd_requeue, "resolve": cmd_resolve, "status": cmd_status, "scan": cmd_scan,
+    "requeue": cmd_requeue, "resolve": cmd_resolve, "label": cmd_label, "labels": cmd_labels, "status": cmd_status, "scan": cmd_scan,
     "analyze": cmd_analyze, "check-config": cmd_check_config, "notify-test": cmd_notify_test,
     "init": cmd_init, "run": cmd_run,
 }

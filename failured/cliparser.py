@@ -135,6 +135,23 @@ def _resolve(sub):
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def _label(sub):
+    p = _add(sub, "label", "say which category a task really belongs to; its course follows and the model learns it",
+             _examples("failured label 123 unrecoverable_data --note 'the payload was truncated'",
+                       "failured label 124 recoverable_network    # it was retried too little: schedule it"))
+    p.add_argument("id", type=int, help="task id")
+    p.add_argument("category", help="the right category name, e.g. recoverable_network (see check-config)")
+    p.add_argument("--note", help="why, kept with the label")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _labels(sub):
+    p = _add(sub, "labels", "operators' labels: export them in the corpus format", _examples(
+        "failured labels export > labels.tsv", "failured labels export --output config/labels.tsv"))
+    p.add_argument("action", choices=("export",), help="export: write every label as a tab-separated corpus")
+    p.add_argument("--output", help="file to write (default: standard output)")
+
+
 def _show(sub):
     p = _add(sub, "show", "a task and its full history", _examples("failured show 123", "failured show 123 --json"))
     p.add_argument("id", type=int, help="task id")
@@ -178,7 +195,7 @@ def _init(sub):
     p.add_argument("--force", action="store_true", help="overwrite the shipped files in a directory that is not empty")
 
 
-SUBCOMMANDS = (_report, _exec, _classify, _show, _recover, _requeue, _resolve, _status, _scan, _analyze,
+SUBCOMMANDS = (_report, _exec, _classify, _show, _recover, _requeue, _resolve, _label, _labels, _status, _scan, _analyze,
                _check_config, _notify_test, _init, _run)
 
 

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import manual, reports
+from . import labels, manual, reports
+from .engine import Engine
 from .clock import SystemClock
 from .config import load_config
 from .errors import ConfigErrors, FailuredError, InputError
@@ -70,6 +71,21 @@ def requeue(settings, dry_run=False, **filters):
 
 def resolve(settings, task_id, note=None):
     return with_store(settings, manual.resolve, task_id, SystemClock().now(), note)
+
+
+def label(settings, task_id, category, note=None):
+    """Label a task's category (recorded, course re-decided); returns the task as it is now."""
+    snapshot = load_config(settings.config_dir, settings.lang)
+
+    def relabel(store):
+        engine = Engine(store, settings, SystemClock(), lambda: snapshot, owner=f"cli:{os.getpid()}")
+        return engine.relabel(task_id, category, note)
+    return with_store(settings, relabel)
+
+
+def export_labels(settings):
+    """The corpus lines of every label."""
+    return with_store(settings, labels.export_lines)
 
 
 def show(settings, task_id):

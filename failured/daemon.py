@@ -65,8 +65,9 @@ class Daemon:
         s = self.settings
         self.store = open_store(s.db)
         self._take_lock()
+        self._labels_seen = self.store.label_count()
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
-                                     clock=self.clock, log_dir=s.log_dir)
+                                     clock=self.clock, log_dir=s.log_dir, labels=self.store.labelled_examples)
         snapshot = self.watcher.current
         logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
         http_address = self._check_http(s)
@@ -224,11 +225,19 @@ class Daemon:
             self._check_free_space()
             self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
             self._disk_ok()
+            self._retrain_on_new_labels()
         except StoreFullError as exc:
             self._disk_full(exc)
         except StoreError as exc:
             log.error("heartbeat not written: %s", exc)
         self.notifier.status(self._status_line())
+
+    def _retrain_on_new_labels(self):
+        """An operator labelled a task (CLI or API): the next snapshot's model learns it."""
+        count = self.store.label_count()
+        if count != self._labels_seen:
+            self._labels_seen = count
+            self.watcher.retrain()
 
     def _check_free_space(self):
         """StoreFullError when the database's filesystem has less than DISK_FLOOR_BYTES free."""

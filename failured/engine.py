@@ -21,8 +21,8 @@ from .notify import messages
 from .notify.outbox import enqueue
 from .secrets import known_secrets, masked
 from .clock import from_db_time, to_db_time
-from .errors import StoreError
-from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RUNNING, SCHEDULED, Task, UtcTimeField
+from .errors import InputError, RefusedError, StoreError, TaskNotFound
+from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, UtcTimeField
 
 log = logging.getLogger("failured.engine")
 
@@ -292,6 +292,47 @@ class Engine:
             return f"exhausted after {decision.attempt}/{decision.limit} retries"
         return decision.action
 
+    # -- operators' labels ---------------------------------------------------
+
+    def relabel(self, task_id, category_name, note=None):
+        """Record an operator's label and set the task's course by that category; returns the task.
+
+        A wrongly retried data error stops (and the admins hear of it); a wrongly notified
+        network error is scheduled. A recovered or resolved task keeps its state: the label
+        only teaches the model.
+        """
+        snapshot = self.config()
+        category = snapshot.ruleset.category(category_name)
+        if category is None:
+            names = ", ".join(c.name for c in (*snapshot.ruleset.categories, snapshot.ruleset.unknown))
+            raise InputError(f"no category {category_name!r}: use one of {names}")
+        task = load_task(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        if task.status == RUNNING:
+            raise RefusedError(f"task {task_id} is running a retry right now: label it when it finishes")
+        now = self.clock.now()
+        try:
+            with self.store.transaction():
+                self.store.add_label(task, category.name, now, note)
+                add_event(task.id, now, "labelled", task.status, category.name, task.attempts,
+                          previous=task.category, **({"note": note} if note else {}))
+                if task.status not in (RECOVERED, RESOLVED) and category.name != task.category:
+                    self._apply_label(task, category, snapshot, now)
+        except _Moved:
+            raise RefusedError(f"task {task_id} changed while being labelled: try again") from None
+        return load_task(task_id)
+
+    def _apply_label(self, task, category, snapshot, now):
+        result = _labelled(task, category, self.settings.lang)
+        retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
+                                               self.settings.max_recovery_attempts)
+        decision = policy.decide(category, retry_policy, task.attempts, self.handler_for(task, snapshot) is not None,
+                                 None, self.rng)
+        fields = dict(category=category.name, matched_by="label", matched_pattern=None, updated_at=now,
+                      next_retry_at=None, finished_at=None)
+        self._apply(task, task.status, decision, category, result, fields, now)
+
     # -- running ------------------------------------------------------------
 
     def claim(self, task_id, expected_due=None):
@@ -449,6 +490,14 @@ def _unclassifiable(snapshot, lang, message, error_type, exc):
         category=unknown.name, label=unknown.label_in(lang), action=unknown.action, matched_by="none",
         pattern=f"classifier failed: {type(exc).__name__}", fingerprint=digest, template=template,
         error_type=error_type, message=message, suggestion=unknown.suggestion_in(lang))
+
+
+def _labelled(task, category, lang):
+    """The classification an operator's label stands for."""
+    return Classification(
+        category=category.name, label=category.label_in(lang), action=category.action, matched_by="label",
+        pattern=None, fingerprint=task.fingerprint or "", template=task.error_template or "",
+        error_type=task.error_type, message=task.error_message, suggestion=category.suggestion_in(lang))
 
 
 class _Moved(Exception):

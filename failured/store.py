@@ -13,7 +13,7 @@ import peewee as pw
 from .clock import from_db_time, to_db_time
 from .errors import InputError, StoreError, StoreFullError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Task statuses. "new" waits for the daemon; the last five are final.
 NEW, SCHEDULED, RUNNING = "new", "scheduled", "running"
@@ -84,6 +84,8 @@ class Task(BaseModel):
             (("category", "created_at"), False),
             (("task_type", "created_at"), False),
             (("fingerprint",), False),
+            # Recovery rate over tasks that finished in a window (reports and thresholds).
+            (("finished_at", "category", "status", "attempts", "created_at"), False),
         )
 
 
@@ -162,7 +164,23 @@ class DaemonState(BaseModel):
         table_name = "daemon_state"
 
 
-MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState)
+class Label(BaseModel):
+    """An operator's word on why a task failed: corrects its course and teaches the model."""
+
+    task = pw.ForeignKeyField(Task, null=True, on_delete="SET NULL", column_name="task_id")
+    labelled_at = UtcTimeField()
+    category = pw.TextField()  # what the operator says it is
+    decided = pw.TextField(null=True)  # what failured had decided
+    error_type = pw.TextField(null=True)
+    message = pw.TextField()  # the error text, kept when the task itself is purged
+    note = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "labels"
+        indexes = ((("labelled_at",), False),)
+
+
+MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState, Label)
 
 VIEWS = {
     "pending_retries": """
@@ -184,9 +202,13 @@ VIEWS = {
         FROM task_events e ORDER BY e.task_id, e.id""",
 }
 
-# version -> SQL statements that bring a database from version-1 up to it.
-# A fresh database is created at SCHEMA_VERSION directly from the models.
-MIGRATIONS = {}
+# version -> SQL statements (or callables taking the database) that bring a database from
+# version-1 up to it. A fresh database is created at SCHEMA_VERSION directly from the models.
+MIGRATIONS = {
+    2: [lambda db: db.create_tables([Label], safe=True),
+        'CREATE INDEX IF NOT EXISTS "tasks_finished_at_category_status_attempts_created_at" '
+        'ON "tasks" ("finished_at", "category", "status", "attempts", "created_at")'],
+}
 
 
 class MissingStoreError(InputError):
@@ -297,7 +319,7 @@ class Store:
             else:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[step]:
-                        self.db.execute_sql(statement)
+                        statement(self.db) if callable(statement) else self.db.execute_sql(statement)
             if version != SCHEMA_VERSION:
                 self._create_views()
                 self.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -312,6 +334,29 @@ class Store:
     def set_state(self, key, value, now):
         with self.transaction():
             DaemonState.replace(key=key, value=value, updated_at=now).execute()
+
+    def states(self, prefix):
+        """{key: value} of the state rows whose key starts with ``prefix``."""
+        rows = DaemonState.select().where(DaemonState.key.startswith(prefix))
+        return {row.key: row.value for row in rows}
+
+    # -- operators' labels ------------------------------------------------
+
+    def add_label(self, task, category, now, note=None):
+        """Record a label for ``task`` (call inside a transaction with the course change)."""
+        return Label.create(task=task.id, labelled_at=now, category=category, decided=task.category,
+                            error_type=task.error_type, message=task.error_message, note=note)
+
+    def labelled_examples(self):
+        """[(category, error_type, message)] of every label, oldest first: the model's extra training."""
+        return list(Label.select(Label.category, Label.error_type, Label.message).order_by(Label.id).tuples())
+
+    def label_count(self):
+        return Label.select().count()
+
+    def labels(self):
+        """Every label with its task id, oldest first, as dicts (for export)."""
+        return list(Label.select().order_by(Label.id).dicts())
 
     def delete_state(self, key):
         with self.transaction():

@@ -38,8 +38,9 @@ class ConfigWatcher:
     """
 
     def __init__(self, config_dir, lang="zh", on_reload=None, on_reject=None, clock=None,
-                 debounce=DEBOUNCE_SECONDS, log_dir=None):
+                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: ()):
         self.config_dir = config_dir
+        self.labels = labels  # operators' labelled examples, read at each load: the model trains on them
         self.log_dir = log_dir
         self.lang = lang
         self.on_reload = on_reload or (lambda snapshot: None)
@@ -48,10 +49,11 @@ class ConfigWatcher:
         self.on_reject = on_reject or self._alert
         self.clock = clock or SystemClock()
         self.debounce = debounce
-        self.current = load_config(config_dir, lang, log_dir or "logs")  # the first load must succeed
+        self.current = self._load()  # the first load must succeed
         self.loaded_at = self.clock.now()
         self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
         self._changed = threading.Event()
+        self._retrain = threading.Event()  # new labels: reload even though no file changed
         self._stopping = threading.Event()
         self._observer = None
         self._thread = None
@@ -81,6 +83,14 @@ class ConfigWatcher:
         """Reload soon, as on SIGHUP (safe to call from a signal handler)."""
         self._changed.set()
 
+    def retrain(self):
+        """Rebuild the snapshot soon even if no file changed: the labels did (the model learns them)."""
+        self._retrain.set()
+        self._changed.set()
+
+    def _load(self):
+        return load_config(self.config_dir, self.lang, self.log_dir or "logs", labels=self.labels())
+
     def _loop(self):
         while not self._stopping.is_set():
             self._changed.wait()
@@ -89,14 +99,16 @@ class ConfigWatcher:
                 self._changed.clear()
                 self._stopping.wait(self.debounce)
             if not self._stopping.is_set():
-                self.reload()
+                force = self._retrain.is_set()
+                self._retrain.clear()
+                self.reload(force=force)
 
     def reload(self, force=False):
         """Validate the directory and swap it in; returns True when a new snapshot is active."""
         if not force and content_digest(config_files(self.config_dir)) == self.current.digest:
             return False
         try:
-            snapshot = load_config(self.config_dir, self.lang, self.log_dir or "logs")
+            snapshot = self._load()
         except ConfigErrors as exc:
             self.last_rejected = (self.clock.now(), exc.errors)
             log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import SMALL_PATTERNS
+from conftest import SMALL_PATTERNS, wait_for
 from failured.intake import record_failure
 from failured.store import open_store
 
@@ -137,15 +137,24 @@ def test_bad_handlers_become_clear_errors_and_the_daemon_lives_on(daemon_factory
 
 
 def test_sigterm_lets_the_running_retry_finish_and_exits_0(daemon_factory, tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text("import time, sys\ntime.sleep(1.0)\nopen(sys.argv[1], 'w').write('done')\n")
-    daemon = daemon_factory(command_handler("slow", script, str(tmp_path / "done"))).start()
+    # the handler runs until the barrier file appears, and the test makes it appear only once
+    # the daemon has said it is stopping: the retry is running through the stop at any speed
+    script = tmp_path / "held.py"
+    script.write_text("import os, sys, time\nopen(sys.argv[1], 'w').close()\n"
+                      "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.02)\n"
+                      "open(sys.argv[3], 'w').write('done')\n")
+    started, barrier, done = tmp_path / "started", tmp_path / "barrier", tmp_path / "done"
+    daemon = daemon_factory(command_handler("slow", script, str(started), str(barrier), str(done), timeout=120),
+                            FAILURE_SHUTDOWN_GRACE_SECONDS=120).start()
     task_id = report(daemon, "slow", "connection timeout")
-    daemon.wait_for("SELECT status FROM tasks WHERE id=?", lambda r: r[0][0] == "running", 10, task_id)
-    assert daemon.stop(signal.SIGTERM) == 0
-    assert (tmp_path / "done").read_text() == "done"
+    assert wait_for(started.exists, 30)
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.wait_message("STOPPING=1", 30)
+    assert daemon.proc.poll() is None  # still waiting for its running retry
+    barrier.touch()
+    assert daemon.stop() == 0
+    assert done.read_text() == "done"
     assert daemon.query("SELECT status FROM tasks WHERE id=?", task_id)[0][0] == "recovered"
-    assert any("STOPPING=1" in m for m in daemon.messages) or daemon.wait_message("STOPPING=1", 2)
 
 
 def test_sigterm_after_the_grace_period_reschedules_what_still_runs(daemon_factory, tmp_path):
