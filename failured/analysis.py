@@ -240,4 +240,7 @@ def analysis_report(store, snapshot, now, days=7, lang="zh"):
         "thresholds": [check.to_dict() for check in evaluate(store, now, snapshot.thresholds)],
         "thresholds_window_minutes": snapshot.thresholds.window_minutes,
         "unknown_templates": unknown,
+        # Where operators corrected failured: the rules' weak spots, by category pair.
+        "label_disagreements": [{"decided": decided, "labelled": labelled, "count": count}
+                                for decided, labelled, count in store.label_disagreements(start_epoch, now)],
     }

@@ -39,7 +39,8 @@ TEXT = {
         "generated": "生成于", "total": "失败总数", "change": "较上一周期", "recovery": "自动恢复率",
         "mean": "平均恢复耗时", "p90": "P90 恢复耗时", "retries": "每次恢复的重试次数",
         "daily": "每日失败（按类别）", "categories": "类别分布", "task_types": "任务类型",
-        "insights": "结论与建议", "fingerprints": "高频错误指纹", "unknowns": "未识别的错误模板",
+        "insights": "结论与建议", "fingerprints": "高频错误指纹", "unknowns": "未识别的错误模板", "disagreements": "人工标注与自动分类不一致",
+        "decided": "failured 的判断", "labelled": "人工标注",
         "thresholds": "阈值检查", "failures": "失败数", "date": "日期 (UTC)", "count": "次数",
         "share": "占比", "category": "类别", "template": "模板", "first_seen": "首次出现",
         "last_seen": "最近出现", "sample_task": "示例任务", "samples": "样例",
@@ -58,6 +59,8 @@ TEXT = {
         "retries": "Retries per recovery", "daily": "Failures per day by category",
         "categories": "Categories", "task_types": "Task types", "insights": "Insights",
         "fingerprints": "Top error fingerprints", "unknowns": "Unrecognised error templates",
+        "disagreements": "Where operators' labels differ from failured", "decided": "failured decided",
+        "labelled": "operators said",
         "thresholds": "Threshold checks", "failures": "failures", "date": "date (UTC)",
         "count": "Count", "share": "Share", "category": "Category", "template": "Template",
         "first_seen": "First seen", "last_seen": "Last seen", "sample_task": "Sample task",
@@ -110,6 +113,7 @@ def render_html(report: dict, lang: str = "zh") -> str:
             _section(t["insights"], _insights(report, t)),
             _section(t["fingerprints"], _fingerprints(report, t)),
             _section(t["unknowns"], _unknowns(report, t)),
+            _section(t["disagreements"], _disagreements(report, t)),
             _section(_thresholds_title(report, t), _thresholds(report, t, lang)),
         ])
     return (f'<!DOCTYPE html>\n<html lang="{t["html_lang"]}">\n<head>\n<meta charset="utf-8">\n'
@@ -360,6 +364,14 @@ def _unknowns(report, t) -> str:
                     f'</span></td><td class="n">{_fig("unknown:" + str(u.get("fingerprint")), u.get("count"))}</td>'
                     f'<td><ul>{samples}</ul></td><td>{pattern}<br>{verified}</td></tr>')
     return _table([t["template"], t["count"], t["samples"], t["pattern"]], rows) if rows else _none(t)
+
+
+def _disagreements(report, t) -> str:
+    rows = [f'<tr><td class="cat">{_e(_label(report, d.get("decided")))}</td>'
+            f'<td class="cat">{_e(_label(report, d.get("labelled")))}</td>'
+            f'<td class="n">{_fig("labels:" + str(d.get("decided")) + ">" + str(d.get("labelled")), d.get("count"))}'
+            f'</td></tr>' for d in report.get("label_disagreements") or []]
+    return _table([t["decided"], t["labelled"], t["count"]], rows) if rows else _none(t)
 
 
 def _thresholds_title(report, t) -> str:

@@ -351,6 +351,15 @@ class Store:
         """[(category, error_type, message)] of every label, oldest first: the model's extra training."""
         return list(Label.select(Label.category, Label.error_type, Label.message).order_by(Label.id).tuples())
 
+    def label_disagreements(self, start, end):
+        """[(decided, labelled, count)] of labels given in [start, end) that said otherwise, most first."""
+        query = (Label.select(Label.decided, Label.category, pw.fn.COUNT(Label.id))
+                 .where(Label.labelled_at >= start, Label.labelled_at < end,
+                        (Label.decided.is_null()) | (Label.decided != Label.category))
+                 .group_by(Label.decided, Label.category)
+                 .order_by(pw.fn.COUNT(Label.id).desc(), Label.decided, Label.category))
+        return [(decided or "unclassified", labelled, count) for decided, labelled, count in query.tuples()]
+
     def label_count(self):
         return Label.select().count()
 

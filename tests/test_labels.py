@@ -139,3 +139,20 @@ def test_the_api_labels_a_task(daemon_factory):
         assert status == 400 and "no category 'nope'" in data["detail"]
     finally:
         daemon.stop()
+
+
+def test_the_analysis_report_shows_where_labels_differ_by_category_pair(engine, store, clock, tmp_path):
+    from failured.analysis import analysis_report
+    from failured.report_html import render_html
+
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+    for error in ("connection timeout a", "connection timeout b", "validation failed"):
+        record_failure(store, "sync", error, clock=clock)
+    engine.handle_new()
+    engine.relabel(1, "unrecoverable_data")
+    engine.relabel(2, "unrecoverable_data")
+    engine.relabel(3, "unrecoverable_data")  # agrees with failured: not a disagreement
+    report = analysis_report(store, snapshot, clock.now() + 1, 7, "en")
+    assert report["label_disagreements"] == [
+        {"decided": "recoverable_network", "labelled": "unrecoverable_data", "count": 2}]
+    assert 'data-figure="labels:recoverable_network&gt;unrecoverable_data">2<' in render_html(report, "en")
