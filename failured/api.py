@@ -21,7 +21,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlsplit
 
-from .errors import FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound
+from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound,
+                     UnknownCategory)
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 
@@ -337,6 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
             error = exc
         except TaskNotFound as exc:
             error = ApiError(404, "not_found", str(exc))
+        except UnknownCategory as exc:  # valid request, but not in the active configuration
+            error = ApiError(409, "unknown_category", str(exc))
         except InputError as exc:
             error = ApiError(400, "bad_request", str(exc))
         except RefusedError as exc:

@@ -8,6 +8,7 @@ from . import manual
 from . import status as status_module
 from .clock import SystemClock
 from .engine import Engine
+from .secrets import known_secrets
 from .intake import record_failure, record_success
 
 log = logging.getLogger("failured.api")
@@ -33,7 +34,8 @@ class Backend:
     def report_failure(self, task_type, error, *, error_type=None, payload=None, ref=None):
         with self._writes:
             task_id = record_failure(self.store, task_type, error, error_type=error_type, payload=payload, ref=ref,
-                                     source="http", clock=self.clock)
+                                     source="http", clock=self.clock,
+                                     secrets=known_secrets(self.config(), self.settings))
         self.wake()
         return {"task_id": task_id, "status": "new", "classification": self._classify_stored(task_id)}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import labels, manual, reports
 from .engine import Engine
+from .secrets import reporter_secrets
 from .clock import SystemClock
 from .config import load_config
 from .errors import ConfigErrors, FailuredError, InputError
@@ -56,7 +57,8 @@ def report(settings, task_type, error, **fields):
     # Refuse bad input before the database is opened (or created): nothing is written.
     check_task_type(task_type)
     parse_payload(fields.get("payload"))
-    return with_store(settings, record_failure, task_type, error, source="cli", create=True, **fields)
+    return with_store(settings, record_failure, task_type, error, source="cli", create=True,
+                      secrets=reporter_secrets(str(settings.config_dir)), **fields)
 
 
 def recover(settings, task_id, force=False):

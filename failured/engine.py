@@ -21,7 +21,7 @@ from .notify import messages
 from .notify.outbox import enqueue
 from .secrets import known_secrets, masked
 from .clock import from_db_time, to_db_time
-from .errors import InputError, RefusedError, StoreError, TaskNotFound
+from .errors import RefusedError, StoreError, TaskNotFound, UnknownCategory
 from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, UtcTimeField
 
 log = logging.getLogger("failured.engine")
@@ -304,8 +304,8 @@ class Engine:
         snapshot = self.config()
         category = snapshot.ruleset.category(category_name)
         if category is None:
-            names = ", ".join(c.name for c in (*snapshot.ruleset.categories, snapshot.ruleset.unknown))
-            raise InputError(f"no category {category_name!r}: use one of {names}")
+            raise UnknownCategory(category_name, [c.name for c in (*snapshot.ruleset.categories,
+                                                                     snapshot.ruleset.unknown)])
         task = load_task(task_id)
         if task is None:
             raise TaskNotFound(task_id)

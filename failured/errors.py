@@ -68,3 +68,11 @@ class StoreFullError(StoreError):
     def __init__(self, path, detail="database or disk is full"):
         self.path = str(path)
         super().__init__(f"disk full: cannot write {self.path} ({detail}): free space on its filesystem")
+
+
+class UnknownCategory(InputError):
+    """A category name the active configuration does not have (a label, a filter)."""
+
+    def __init__(self, name, known):
+        self.name = name
+        super().__init__(f"no category {name!r}: use one of {', '.join(known)}")

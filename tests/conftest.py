@@ -14,7 +14,7 @@ import pytest
 
 from failured.clock import ManualClock
 from robots import hook_server, robot_server, smtp_server  # noqa: F401 - fixtures for every test file
-from failured.shipped import write_shipped_config
+from failured import shipped
 from failured.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +56,16 @@ suggestion_en = "Check the order number"
 """
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``pytest -n auto`` (the README's test command): two workers per core.
+
+    Most tests wait on a daemon, a subprocess or a socket rather than compute, so
+    twice the cores keeps the cores busy; every test works in its own tmp_path with
+    ports the kernel picks, so workers never share a file or a port.
+    """
+    return 2 * len(os.sched_getaffinity(0))
+
+
 def wait_for(condition, timeout=5.0):
     """Poll ``condition`` until it is true or ``timeout`` seconds pass; returns its last value."""
     import time
@@ -83,6 +93,11 @@ def config_dir(tmp_path):
     return write_config(tmp_path / "config")
 
 
+def shipped_config_files():
+    """Names, relative to the config directory, of the files failured ships (sorted)."""
+    return tuple(shipped.shipped_config_files())
+
+
 def copy_shipped_config(target):
     """A copy of the configuration failured ships in ``target``, as ``failured init`` writes it.
 
@@ -90,7 +105,7 @@ def copy_shipped_config(target):
     config/patterns/50-local.toml, which the README suggests creating, is not
     shipped and must not change what a test sees (failured.shipped decides).
     """
-    write_shipped_config(target)
+    shipped.write_shipped_config(target)
     return Path(target)
 
 

@@ -129,8 +129,6 @@ def test_a_deeply_nested_json_error_is_201_and_the_task_is_decided(attacked):
                     data["task_id"])
 
 
-# LEAD (issue 9 item 2, masking at intake): goes green when every known secret is masked before it is stored.
-@pytest.mark.xfail(reason="LEAD: masking of known secrets at intake (issue 9 item 2) not in yet", strict=False)
 def test_no_secret_is_stored(attacked):
     daemon, _ = attacked
     tables = [row[0] for row in daemon.query("SELECT name FROM sqlite_master WHERE type = 'table'")]

@@ -136,7 +136,7 @@ def test_the_api_labels_a_task(daemon_factory):
         assert status == 200 and data["task_id"] == 1, data
         assert daemon.query("SELECT category, note FROM labels") == [("unrecoverable_data", "bad payload")]
         status, data = post({"category": "nope"})
-        assert status == 400 and "no category 'nope'" in data["detail"]
+        assert status == 409 and data["error"] == "unknown_category" and "no category 'nope'" in data["detail"]
     finally:
         daemon.stop()
 
