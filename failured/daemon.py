@@ -32,7 +32,7 @@ from .thresholds import alert_breaches
 from .queue import RetryQueue, Runner
 from .report_html import render_html
 from .sdnotify import Notifier
-from .store import open_store
+from .store import DISK_FLOOR_BYTES, open_store
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -40,9 +40,6 @@ log = logging.getLogger("failured.daemon")
 HEARTBEAT_SECONDS = 5.0
 THRESHOLD_CHECK_SECONDS = 60
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
-# Below this much free space SQLite's next page or WAL frame may not fit: treat the disk as
-# full before a write fails half-way, and only as free again once there is room for work.
-DISK_FLOOR_BYTES = 256 * 1024
 
 
 class Daemon:
@@ -241,12 +238,8 @@ class Daemon:
 
     def _check_free_space(self):
         """StoreFullError when the database's filesystem has less than DISK_FLOOR_BYTES free."""
-        try:
-            info = os.statvfs(os.path.dirname(os.path.abspath(self.settings.db)))
-        except OSError:
-            return
-        free = info.f_bavail * info.f_frsize
-        if free < DISK_FLOOR_BYTES:
+        free = self.store.free_bytes()
+        if free is not None and free < DISK_FLOOR_BYTES:
             raise StoreFullError(self.settings.db, f"{free:,} bytes free on its filesystem")
 
     def _status_line(self):

@@ -1,14 +1,15 @@
 """``failured status``: what the daemon is doing, read from the store (works from any process).
 
-Healthy means: the daemon's heartbeat is fresh, every notification channel
-delivered its last message, no rejected config reload stands, and no alert
-threshold is breached. Each way of being unhealthy is one line in ``problems``.
+Healthy means: the daemon's heartbeat is fresh, the database's disk has room,
+every notification channel delivered its last message, no rejected config
+reload stands, and no alert threshold is breached. Each way of being unhealthy
+is one line in ``problems``.
 """
 
 import json
 
 from .clock import from_db_time, iso
-from .store import Breaker, DaemonState
+from .store import DISK_FLOOR_BYTES, Breaker
 from .thresholds import evaluate
 
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
@@ -34,22 +35,32 @@ def daemon_status(store, now):
             "last_analysis": _when(_epoch_state(store, "last_analysis"))}
 
 
-def channel_health(store):
-    """Each channel's last delivery outcome, as the dispatcher records it: {name: {ok, error, at}}."""
-    rows = DaemonState.select().where(DaemonState.key.startswith(CHANNEL_KEY_PREFIX))
+def channel_health(store, configured=None):
+    """Each channel's last delivery outcome, as the dispatcher records it: {name: {ok, error, at}}.
+
+    ``configured``: the channel names in force; a row left by a channel since removed is ignored.
+    """
     health = {}
-    for row in rows:
+    for key, value in store.states(CHANNEL_KEY_PREFIX).items():
+        name = key[len(CHANNEL_KEY_PREFIX):]
+        if configured is not None and name not in configured:
+            continue
         try:
-            outcome = json.loads(row.value)
+            outcome = json.loads(value)
         except ValueError:
-            outcome = {"ok": False, "error": f"unreadable state {row.value!r}", "at": None}
-        health[row.key[len(CHANNEL_KEY_PREFIX):]] = outcome
+            outcome = {"ok": False, "error": f"unreadable state {value!r}", "at": None}
+        health[name] = outcome
     return health
 
 
-def problems(daemon, health, config, breached):
+
+
+
+def problems(daemon, health, config, breached, free=None):
     """Why the system is unhealthy, one short line each (empty when healthy)."""
     found = []
+    if free is not None and free < DISK_FLOOR_BYTES:
+        found.append(f"disk full: {free:,} bytes free where the database is; new work waits until space is freed")
     if not daemon["alive"]:
         found.append("daemon not running" if daemon["heartbeat"] is None
                      else f"daemon not running: last heartbeat {daemon['heartbeat']}")
@@ -92,7 +103,7 @@ def collect(store, snapshot, now):
             "SELECT channel, last_error FROM notifications WHERE id IN (SELECT max(id) FROM notifications "
             "WHERE last_error IS NOT NULL GROUP BY channel)").fetchall():
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None})["last_error"] = error
-    health = channel_health(store)
+    health = channel_health(store, set(snapshot.channels) if snapshot else None)
     for channel, outcome in health.items():
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None, "last_error": None})["delivering"] = \
             bool(outcome.get("ok"))
@@ -102,9 +113,11 @@ def collect(store, snapshot, now):
     daemon = daemon_status(store, now)
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
-    found = problems(daemon, health, config, breached)
+    free = store.free_bytes()
+    found = problems(daemon, health, config, breached, free)
     return {
         "healthy": not found,
+        "disk_free_bytes": free,
         "problems": found,
         "daemon": daemon,
         "tasks": {"total": sum(sum(c.values()) for c in tasks.values()), "by_status": tasks},

@@ -4,6 +4,7 @@ Times are UTC, stored as SQLite's own text form ('YYYY-MM-DD HH:MM:SS.mmm') so
 ``sqlite3`` shows and compares them directly; in Python they are epoch floats.
 """
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,10 @@ SCHEMA_VERSION = 2
 NEW, SCHEDULED, RUNNING = "new", "scheduled", "running"
 RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = "recovered", "notified", "exhausted", "manual", "resolved"
 FINAL_STATUSES = (RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED)
+
+# Below this much free space SQLite's next page or WAL frame may not fit: the daemon treats
+# the disk as full before a write fails half-way, and `status` says so.
+DISK_FLOOR_BYTES = 256 * 1024
 
 # Writers wait this long for the lock before SQLite gives up; several
 # reporting processes plus the daemon must never see "database is locked".
@@ -334,6 +339,14 @@ class Store:
     def set_state(self, key, value, now):
         with self.transaction():
             DaemonState.replace(key=key, value=value, updated_at=now).execute()
+
+    def free_bytes(self):
+        """Free bytes on the database's filesystem (None where it cannot be told)."""
+        try:
+            info = os.statvfs(self.path.absolute().parent)
+        except OSError:
+            return None
+        return info.f_bavail * info.f_frsize
 
     def states(self, prefix):
         """{key: value} of the state rows whose key starts with ``prefix``."""

@@ -21,6 +21,8 @@ def test_daemon_survives_a_full_disk_says_so_and_resumes_when_space_returns(daem
         for line in alerts.read_text(encoding="utf-8").splitlines():
             json.loads(line)  # whole lines only
         assert daemon.proc.poll() is None
+        status = daemon.cli("status")
+        assert status.returncode == 1 and "problem: disk full" in status.stdout, status.stdout + status.stderr
         filler.unlink()
         assert wait_for(lambda: any("retries pending" in m for m in daemon.messages[-3:]), timeout=60)
         assert daemon.cli("report", "--type", "sync", "--error", "connection refused").returncode == 0
