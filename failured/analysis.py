@@ -1,4 +1,4 @@
-"""The failure-pattern analysis report: the seed's fields and what an operator needs to act.
+"""The failure-pattern analysis report: the classic fields and what an operator needs to act.
 
 Everything is aggregated in SQL over indexed columns; Python only shapes the
 few hundred rows that come back, so a million failures analyse in seconds.

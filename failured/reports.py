@@ -1,6 +1,6 @@
 """Report files: the processing report after each scan, writing and expiring report files.
 
-The processing report has exactly the seed's fields. It covers every task
+The processing report has the classic fields (success, message, stats, results). It covers every task
 event since the previous report (a watermark on ``task_events.id``), so the
 immediate handling between scans is reported too, not only the scan's own work.
 """
@@ -15,7 +15,7 @@ from .clock import iso, to_db_time
 
 PROCESSING, ANALYSIS = "failure_processing", "failure_analysis"
 WATERMARK_KEY = "processing_report_event_id"
-# The events that end a decision about a task, and what the seed calls them.
+# The events that end a decision about a task, and what the processing report calls them.
 DECISIONS = ("retry_scheduled", "recovered", "notified", "exhausted", "manual", "lease_expired")
 STUCK_NEW_SECONDS = 60
 
@@ -46,7 +46,7 @@ WORDS = {
 
 
 def _number(value):
-    """30.0 -> 30, 0.25 -> 0.25: delays read as the seed shows them."""
+    """30.0 -> 30, 0.25 -> 0.25: delays read as people write them."""
     if value is None:
         return None
     return int(value) if float(value).is_integer() else round(value, 3)
@@ -78,7 +78,7 @@ def _result(lang, task_id, event, category, delay, attempt, detail):
 
 
 def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
-    """The seed's processing report over the events since the previous one."""
+    """The processing report over the events since the previous one."""
     db = store.db
     since = int(store.get_state(WATERMARK_KEY, "0"))
     upto = db.execute_sql("SELECT coalesce(max(id), 0) FROM task_events").fetchone()[0]
