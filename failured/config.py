@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import modelcache
 from .classify import Classifier, learned_fallback
 from .codes import code_files, load_code_tables
 from .model import parse_settings as parse_model_settings
@@ -205,7 +206,9 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
         ruleset = load_ruleset(config_dir)
         names = frozenset(c.name for c in ruleset.categories)
         tables = load_code_tables(config_dir, names)
-        model = learned_fallback(names, tuple(map(tuple, labels))) if model_settings.enabled else None
+        labels = tuple(map(tuple, labels))
+        model = (modelcache.trained(names, labels, lambda: learned_fallback(names, labels))
+                 if model_settings.enabled else None)
         classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence)
     except ConfigErrors as exc:
         errors.extend(exc.errors)

@@ -1,0 +1,90 @@
+"""The trained fallback model kept on disk, so a process that loads the config does not train again.
+
+Training on the shipped corpus costs one to two CPU-seconds; every ``failured
+run``, ``check-config`` or ``classify`` used to pay it. The cache key covers
+everything the model depends on (this Python, the model's code, the corpus,
+the category set and the labels), so a stale model is never used. Values are
+stored with ``marshal`` (plain data, no code runs on load) in a directory only
+its owner can write; any problem with the cache just means training again.
+"""
+
+import hashlib
+import logging
+import marshal
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import corpus, model
+
+log = logging.getLogger("failured.model")
+
+CACHE_ENV = "FAILURE_MODEL_CACHE"  # a directory, or "off"
+KEEP_FILES = 8  # older models (other label sets) are removed beyond this many
+
+
+def cache_dir(environ=os.environ):
+    """FAILURE_MODEL_CACHE, else systemd's CacheDirectory=, else the user's cache directory; None when off."""
+    chosen = environ.get(CACHE_ENV, "").strip()
+    if chosen.lower() == "off":
+        return None
+    if chosen:
+        return Path(chosen)
+    if environ.get("CACHE_DIRECTORY"):
+        return Path(environ["CACHE_DIRECTORY"].split(":")[0])
+    base = environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "failured"
+
+
+def cache_key(category_names, labels):
+    digest = hashlib.sha256(sys.version.encode())
+    for module in ("model.py", "classify.py", "corpus.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    digest.update(corpus.PATH.read_bytes())
+    digest.update(repr(sorted(category_names)).encode())
+    digest.update(repr(tuple(labels)).encode())
+    return digest.hexdigest()[:24]
+
+
+def trained(category_names, labels, train):
+    """The model for these categories and labels: from the cache, or ``train()`` and cached."""
+    directory = cache_dir()
+    if directory is None:
+        return train()
+    try:
+        path = directory / f"model-{cache_key(category_names, labels)}.marshal"
+        found = _load(path)
+    except (OSError, ValueError, EOFError, TypeError):
+        found, path = None, None
+    if found is not None:
+        return found
+    fitted = train()
+    if fitted is not None and path is not None:
+        _store(directory, path, fitted)
+    return fitted
+
+
+def _load(path):
+    if not path.exists():
+        return None
+    classes, log_likelihood, log_prior, size = marshal.loads(path.read_bytes())
+    return model.TextModel(tuple(classes), log_likelihood, list(log_prior), size)
+
+
+def _store(directory, path, fitted):
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = marshal.dumps((fitted.classes, fitted._log_likelihood, list(fitted._log_prior), fitted.size))
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".model-", delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+        _prune(directory)
+    except (OSError, ValueError) as exc:
+        log.debug("model cache %s not written: %s", directory, exc)
+
+
+def _prune(directory):
+    models = sorted(directory.glob("model-*.marshal"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in models[KEEP_FILES:]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,50 @@
+"""The trained model is kept on disk between processes, keyed by everything it depends on."""
+
+from failured import modelcache
+from failured.classify import learned_fallback
+
+NAMES = frozenset({"recoverable_network", "unrecoverable_data", "unrecoverable_business"})
+
+
+def train_counting(calls):
+    def train():
+        calls.append(1)
+        return learned_fallback(NAMES, ())
+    return train
+
+
+def test_a_second_load_reads_the_cache_instead_of_training(tmp_path, monkeypatch):
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    first = modelcache.trained(NAMES, (), train_counting(calls))
+    second = modelcache.trained(NAMES, (), train_counting(calls))
+    assert calls == [1]
+    text = "connection timed out while talking to the courier"
+    assert second.predict(text) == first.predict(text)
+    assert oct((tmp_path / "cache").stat().st_mode & 0o777) == "0o700"
+
+
+def test_other_labels_are_another_model(tmp_path, monkeypatch):
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    modelcache.trained(NAMES, (), train_counting(calls))
+    modelcache.trained(NAMES, (("unrecoverable_data", None, "bad thing"),), train_counting(calls))
+    assert calls == [1, 1]
+
+
+def test_a_damaged_cache_file_means_training_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    modelcache.trained(NAMES, (), train_counting(calls))
+    [path] = (tmp_path / "cache").glob("model-*.marshal")
+    path.write_bytes(b"\x00garbage")
+    assert modelcache.trained(NAMES, (), train_counting(calls)) is not None
+    assert calls == [1, 1]
+
+
+def test_off_always_trains(monkeypatch):
+    monkeypatch.setenv(modelcache.CACHE_ENV, "off")
+    calls = []
+    modelcache.trained(NAMES, (), train_counting(calls))
+    modelcache.trained(NAMES, (), train_counting(calls))
+    assert calls == [1, 1]
