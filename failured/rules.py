@@ -124,7 +124,7 @@ def read_config_bytes(path, limit=MAX_CONFIG_FILE_BYTES):
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotARegularFile(f"not a regular file (a FIFO, device or directory): "
+            raise NotARegularFile("not a regular file (a FIFO, device or directory): "
                                   "only regular files are read; remove it or move it out of the config directory")
         if info.st_size > limit:
             raise NotARegularFile(f"{info.st_size:,} bytes, more than the {limit:,} a config file may have")

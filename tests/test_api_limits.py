@@ -188,7 +188,7 @@ def test_two_different_content_lengths_are_400_and_close_the_connection(serve, s
         f"Content-Length: {len(body)}\r\nContent-Length: 5\r\n\r\n").encode() + body)
     assert (status, data["error"], headers["Connection"]) == (400, "bad_request", "close")
     assert "different Content-Length headers" in data["detail"]
-    status, _, _ = exchange(server.port, f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+    status, _, _ = exchange(server.port, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
                                          "Content-Length: 1\r\n\r\n".encode())
     assert status == 400
     assert store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0

@@ -1,7 +1,6 @@
 """Hostile reporters and handlers: nothing they send stops intake, blocks other tasks or stores a secret."""
 
 import dataclasses
-import json
 import sqlite3
 import sys
 import threading
@@ -14,7 +13,7 @@ from failured.engine import Engine
 from failured.handlers import Outcome
 from failured.intake import record_failure
 from failured.settings import Settings
-from failured.store import Task, TaskEvent, open_store
+from failured.store import Task, open_store
 
 SECRET = "SECdeadbeef0123456789abcdef"
 HANDLER = """

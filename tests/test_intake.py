@@ -82,7 +82,7 @@ def test_eight_writer_processes_and_a_reader_lose_nothing(tmp_path):
     stop = ctx.Event()
     reader = ctx.Process(target=_reader, args=(path, stop))
     reader.start()
-    writers = [ctx.Process(target=_writer, args=(path, w, 500)) for w in range(8)]
+    writers = [ctx.Process(target=_writer, args=(path, w, 100)) for w in range(8)]
     for process in writers:
         process.start()
     for process in writers:
@@ -91,6 +91,6 @@ def test_eight_writer_processes_and_a_reader_lose_nothing(tmp_path):
     reader.join(10)
     assert [p.exitcode for p in writers] == [0] * 8
     con = sqlite3.connect(path)
-    assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 4000
-    assert con.execute("SELECT count(*) FROM task_events").fetchone()[0] == 4000
-    assert con.execute("SELECT count(DISTINCT error_message) FROM tasks").fetchone()[0] == 4000
+    assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 800
+    assert con.execute("SELECT count(*) FROM task_events").fetchone()[0] == 800
+    assert con.execute("SELECT count(DISTINCT error_message) FROM tasks").fetchone()[0] == 800

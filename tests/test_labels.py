@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import SMALL_PATTERNS, run_cli, write_config
+from conftest import SMALL_PATTERNS, write_config
 from failured.config import load_config
 from failured.engine import Engine
 from failured.errors import InputError, RefusedError
