@@ -66,6 +66,31 @@ def pytest_xdist_auto_num_workers(config):
     return 2 * len(os.sched_getaffinity(0))
 
 
+# A task type "sync" whose retries always succeed at once (engine-level tests never run it).
+SYNC_HANDLER = """
+[task_types.sync.handler]
+kind = "command"
+argv = ["true"]
+timeout = 10
+"""
+
+
+@pytest.fixture
+def sync_snapshot(tmp_path):
+    """The small ruleset plus the "sync" handler, loaded."""
+    from failured.config import load_config
+
+    return load_config(write_config(tmp_path / "sync-config", SMALL_PATTERNS, SYNC_HANDLER))
+
+
+@pytest.fixture
+def sync_engine(store, clock, sync_snapshot):
+    """An Engine over the real store, the manual clock and ``sync_snapshot``."""
+    from failured.engine import Engine
+    from failured.settings import Settings
+
+    return Engine(store, Settings(), clock, lambda: sync_snapshot, owner="test:1:0")
+
 def wait_for(condition, timeout=5.0):
     """Poll ``condition`` until it is true or ``timeout`` seconds pass; returns its last value."""
     import time

@@ -4,28 +4,20 @@ import threading
 
 import pytest
 
-from conftest import SMALL_PATTERNS, write_config
+from conftest import SYNC_HANDLER
 from failured.breaker import Breakers
-from failured.config import BreakerConfig, load_config
-from failured.engine import Engine
+from failured.config import BreakerConfig
 from failured.handlers import Outcome
 from failured.intake import record_failure
 from failured.queue import RetryQueue, Runner
-from failured.settings import Settings
 from failured.store import Task
 
-HANDLER = """
-[task_types.sync.handler]
-kind = "command"
-argv = ["true"]
-timeout = 10
-"""
+HANDLER = SYNC_HANDLER
 
 
 @pytest.fixture
-def engine(store, clock, tmp_path):
-    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
-    return Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+def engine(sync_engine):
+    return sync_engine
 
 
 def test_a_retry_runs_when_the_heap_says_due_even_after_the_wall_clock_went_back(engine, store, clock):

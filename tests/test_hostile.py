@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import SMALL_PATTERNS, write_config
+from conftest import SMALL_PATTERNS, SYNC_HANDLER, write_config
 from failured.config import load_config
 from failured.engine import Engine
 from failured.handlers import Outcome
@@ -16,12 +16,7 @@ from failured.settings import Settings
 from failured.store import Task, open_store
 
 SECRET = "SECdeadbeef0123456789abcdef"
-HANDLER = """
-[task_types.sync.handler]
-kind = "command"
-argv = ["true"]
-timeout = 10
-"""
+HANDLER = SYNC_HANDLER
 DEEP_JSON = '{"error_message": ' + "[" * 20000 + "]" * 20000 + "}"
 
 
