@@ -19,12 +19,15 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound,
                      UnknownCategory)
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
+from .listing import build_filter
+from .manual import parse_duration
+from .web import Console
 
 log = logging.getLogger("failured.api")
 
@@ -39,7 +42,12 @@ SUCCESS_FIELDS = {"task_type": str, "count": int}
 RECOVER_FIELDS = {"force": bool}
 LABEL_FIELDS = {"category": str, "note": str}
 MAX_NOTE_CHARS = 2000
-_TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false", list: "an array"}
+LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": False, "grep": False, "limit": False,
+                   "cursor": False}  # name -> repeatable
+REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool}
+RESOLVE_FIELDS = {"task_ids": list, "note": str}
+MAX_RESOLVE_IDS = 1000
 
 
 class ApiError(Exception):
@@ -197,6 +205,7 @@ class ApiServer:
                         "(raise LimitNOFILE to allow more)", self.max_connections, limit)
         self._server.slots = Slots(limit, self.deadlines)
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
+        self.console = Console(self.backend, self.token)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http-api", daemon=True)
         self._thread.start()
@@ -244,6 +253,33 @@ class ApiServer:
                            field="note" if len(fields["category"]) <= 200 else "category")
         return 200, self.backend.label(int(match.group(1)), fields["category"], fields.get("note"))
 
+    def get_tasks(self, handler, match):
+        return 200, self.backend.tasks(build_filter(**_list_query(urlsplit(handler.path).query)))
+
+    def post_requeue(self, handler, match):
+        fields = check_fields(handler.json_body(), REQUEUE_FIELDS)
+        statuses = _strings(fields, "status") or None
+        since = parse_duration(fields["since"]) if fields.get("since") else None
+        requeued, skipped = self.backend.requeue(fields.get("dry_run", False), category=fields.get("category"),
+                                                 task_type=fields.get("type"), statuses=statuses, since_seconds=since)
+        return 200, {"dry_run": fields.get("dry_run", False), "requeued": [_task_line(t) for t in requeued],
+                     "skipped": [{**_task_line(t), "reason": why} for t, why in skipped]}
+
+    def post_resolve(self, handler, match):
+        fields = check_fields(handler.json_body(), RESOLVE_FIELDS, required=("task_ids",))
+        ids = fields["task_ids"]
+        if not 1 <= len(ids) <= MAX_RESOLVE_IDS or not all(type(i) is int and 1 <= i < 10**18 for i in ids):
+            raise ApiError(400, "bad_request", f"field 'task_ids' must hold 1 to {MAX_RESOLVE_IDS} task ids "
+                           "(whole numbers from 1)", field="task_ids")
+        if len(fields.get("note") or "") > MAX_NOTE_CHARS:
+            raise ApiError(400, "bad_request", f"note is at most {MAX_NOTE_CHARS} characters", field="note")
+        resolved, refused = self.backend.resolve(list(dict.fromkeys(ids)), fields.get("note"))
+        return 200, {"resolved": [_task_line(t) for t in resolved],
+                     "refused": [{"task_id": i, "reason": why} for i, why in refused]}
+
+    def console_page(self, handler, match):
+        return self.console.handle(handler, match.group(1) or "/")
+
     def get_status(self, handler, match):
         return 200, self.backend.status()
 
@@ -267,6 +303,9 @@ class ApiServer:
 ROUTES = [(re.compile(path), methods) for path, methods in (
     (r"/v1/failures", {"POST": "post_failure"}),
     (r"/v1/successes", {"POST": "post_success"}),
+    (r"/v1/tasks", {"GET": "get_tasks"}),
+    (r"/v1/tasks/requeue", {"POST": "post_requeue"}),
+    (r"/v1/tasks/resolve", {"POST": "post_resolve"}),
     (r"/v1/tasks/(\d{1,18})", {"GET": "get_task"}),
     (r"/v1/tasks/(\d{1,18})/recover", {"POST": "post_recover"}),
     (r"/v1/tasks/(\d{1,18})/label", {"POST": "post_label"}),
@@ -274,7 +313,37 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
     (r"/v1/openapi\.json", {"GET": "get_openapi"}),
     (r"/healthz", {"GET": "get_health"}),
     (r"/metrics", {"GET": "get_metrics"}),
+    (r"/ui(/.*)?", {"GET": "console_page", "POST": "console_page"}),
 )]
+
+
+def _list_query(query):
+    """GET /v1/tasks's query string as build_filter's arguments; unknown or repeated single parameters are errors."""
+    values = parse_qs(query, keep_blank_values=True, max_num_fields=200)
+    unknown = sorted(set(values) - set(LIST_PARAMETERS))
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown parameter {unknown[0][:40]!r}: allowed are "
+                       f"{', '.join(LIST_PARAMETERS)}", field=unknown[0][:40])
+    arguments = {}
+    for name, repeatable in LIST_PARAMETERS.items():
+        given = values.get(name, [])
+        if len(given) > 1 and not repeatable:
+            raise ApiError(400, "bad_request", f"parameter {name!r} is given {len(given)} times: give it once",
+                           field=name)
+        key = {"status": "statuses", "category": "categories", "type": "task_types"}.get(name, name)
+        arguments[key] = tuple(given) if repeatable else (given[0] if given else None)
+    return arguments
+
+
+def _strings(fields, name):
+    values = fields.get(name) or []
+    if not all(isinstance(v, str) for v in values):
+        raise ApiError(400, "bad_request", f"field {name!r} must be an array of strings", field=name)
+    return values
+
+
+def _task_line(task):
+    return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
 
 
 def _check_task_type(value):
@@ -332,8 +401,8 @@ class _Handler(BaseHTTPRequestHandler):
                 allow = ", ".join(methods)
                 raise ApiError(405, "method_not_allowed", f"{self.command} {path}: use {allow}",
                                headers=(("Allow", allow),))
-            status, data = getattr(api, methods[self.command])(self, match)
-            return self._send(status, data)
+            status, data, *headers = getattr(api, methods[self.command])(self, match)  # headers: the console's
+            return self._send(status, data, *headers)
         except ApiError as exc:
             error = exc
         except TaskNotFound as exc:

@@ -4,10 +4,11 @@ import logging
 import os
 import threading
 
-from . import manual
+from . import listing, manual
 from . import status as status_module
 from .clock import SystemClock
 from .engine import Engine
+from .errors import RefusedError, TaskNotFound
 from .secrets import known_secrets
 from .intake import record_failure, record_success
 
@@ -76,6 +77,32 @@ class Backend:
 
     def status(self):
         return status_module.collect(self.store, self.config(), self.clock.now())
+
+    # -- listing and bulk actions (H10, issue 16) ---------------------------
+
+    def tasks(self, task_filter):
+        """One page of tasks, newest first: {"tasks": [...], "next_cursor": id text or null}."""
+        rows, cursor = listing.list_page(task_filter, self.clock.now())
+        return {"tasks": rows, "next_cursor": cursor}
+
+    def requeue(self, dry_run=False, **filters):
+        """``failured requeue`` over the API: (requeued tasks, [(task, why skipped)])."""
+        with self._writes:
+            result = manual.requeue(self.store, self.config(), self.clock.now(), dry_run, **filters)
+        if not dry_run:
+            self.wake()
+        return result
+
+    def resolve(self, task_ids, note=None):
+        """Resolve each task; ([resolved tasks], [(task id, why refused)]) — one refusal stops no other."""
+        resolved, refused = [], []
+        for task_id in task_ids:
+            try:
+                with self._writes:
+                    resolved.append(manual.resolve(self.store, task_id, self.clock.now(), note))
+            except (RefusedError, TaskNotFound) as exc:
+                refused.append((task_id, str(exc)))
+        return resolved, refused
 
     def metrics(self):
         if self.metrics_registry is None:

@@ -38,9 +38,12 @@ CACHE_SIZE = 4096
 CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes ~16 MB
 # Rule stages after the tag, in order. Patterns come before code tables: a pattern
 # is written for a wording and is more specific than the code the same message
-# carries (measured with bench/generalize.py; see the README).
-RULE_STAGES = ("exception_type", "pattern", "code")
+# carries (measured with bench/generalize.py; see the README). "spelled" runs the
+# patterns once more over the message with its identifiers spelled out as words
+# ("ACCESS_TOO_FREQUENT", "TooManyConnectionsError"): only when nothing else decided.
+RULE_STAGES = ("exception_type", "pattern", "code", "spelled")
 MIN_CONFIDENCE = 0.7  # default of [model] min_confidence
+SPELL_MAX_CHARS = 4000  # identifiers that say what failed sit near the start
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class Classifier:
                 found = self._by_type_stage(error_type)
             elif stage == "pattern":
                 found = self._patterns_of(message, error_type)
+            elif stage == "spelled":
+                found = self._spelled_patterns_of(message, error_type)
             else:
                 found = self._by_code_stage(message, error_type)
             if found is not None:
@@ -257,6 +262,13 @@ class Classifier:
         if found is None and core != message:
             found = self._by_pattern_stage(prefix + message)
         return found
+
+    def _spelled_patterns_of(self, message, error_type):
+        """Patterns over the message (type first) with CamelCase/snake_case identifiers spelled out as words."""
+        core = without_frames(message) if "\n" in message else message
+        text = f"{error_type}: {core}" if error_type else core
+        spelled = learner.spell_identifiers(text[:SPELL_MAX_CHARS])
+        return self._by_pattern_stage(spelled) if spelled != text[:SPELL_MAX_CHARS] else None
 
     def _by_pattern_stage(self, text):
         hits = self._set.Match(text) if self._pattern_owner else []

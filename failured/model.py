@@ -29,6 +29,14 @@ _ASCII_WORD = re.compile(r"[a-z][a-z0-9_]+")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _LONG_NUMBER = re.compile(r"\d{6,}")
 _HEX = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{12,}\b")
+# Identifiers carry the words that generalize: "TooManyConnectionsError",
+# "ACCESS_TOO_FREQUENT", "RateLimitExceeded.EndpointRPMExceeded" say what a
+# plain sentence would. Their parts become words too (the whole token stays).
+# Single quantifiers only: linear on any input.
+_TOKEN = re.compile(r"[A-Za-z0-9_.$-]+")
+_SEPARATOR = re.compile(r"[_.$-]")
+_CAMEL_STEP = re.compile(r"[a-z][A-Z]")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
 def normalize(text):
@@ -38,10 +46,33 @@ def normalize(text):
     return _LONG_NUMBER.sub(" 000000 ", text)
 
 
+def identifier_words(text):
+    """The words inside the identifiers of ``text`` (CamelCase, snake_case, dotted), lower-case."""
+    words = []
+    for token in _TOKEN.findall(text[:MAX_CHARS]):
+        if _SEPARATOR.search(token) or _CAMEL_STEP.search(token):
+            words.extend(part.lower() for part in _CAMEL.findall(token))
+    return words
+
+
+def _spelled(match):
+    token = match.group(0)
+    if _SEPARATOR.search(token) or _CAMEL_STEP.search(token):
+        return " ".join(part.lower() for part in _CAMEL.findall(token))
+    return token
+
+
+def spell_identifiers(text):
+    """``text`` with each CamelCase, snake_case or dotted identifier replaced by its words, lower-case."""
+    return _TOKEN.sub(_spelled, text)
+
+
 def features(text):
     """Hashed feature ids of one message (a set: presence, not counts)."""
+    parts = identifier_words(text)
     text = normalize(text)
-    grams = set()
+    grams = set("w:" + w for w in parts)
+    grams.update("b:" + a + " " + b for a, b in zip(parts, parts[1:]))
     words = _WORD.findall(text)
     grams.update("w:" + w for w in words)
     grams.update("b:" + a + " " + b for a, b in zip(words, words[1:]))

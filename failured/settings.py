@@ -41,6 +41,7 @@ class Settings:
     log_level: str = "INFO"
     http_addr: str = DEFAULT_HTTP_ADDR
     http_max_connections: int = 256  # API connections open at once; far below the open-file limit
+    console_pattern_writes: bool = True  # the console may save pattern files into the config directory
     model_cache: str = ""  # empty: systemd's CacheDirectory, else ~/.cache/failured (read by modelcache)
     api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
@@ -70,6 +71,8 @@ _VARIABLES = {
     "FAILURE_HTTP_ADDR": ("http_addr", "text", "HTTP API and /metrics; off disables it"),
     "FAILURE_HTTP_MAX_CONNECTIONS": ("http_max_connections", "positive_int",
                                      "HTTP API connections open at once; beyond it idle ones close, then 503"),
+    "FAILURE_CONSOLE_PATTERN_WRITES": ("console_pattern_writes", "bool",
+                                       "the web console may save pattern files into the config directory"),
     "FAILURE_MODEL_CACHE": ("model_cache", "text", "where the trained model is kept between runs; off: train each time"),
     "FAILURE_API_TOKEN": ("api_token", "secret", "bearer token for /v1/; required to listen on anything but loopback"),
 }

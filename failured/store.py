@@ -392,3 +392,98 @@ class Store:
 def open_store(path, create=True):
     """Open (creating when ``create``, migrating) the database at ``path``; ``store.created`` says if it is new."""
     return Store(path).open(create)
+
+
+# -- listing and the console's questions (the operator's views of the store) ---------
+
+LIST_LIMIT_MAX = 500
+MAX_GREP_CHARS = 200
+LIST_COLUMNS = (Task.id, Task.task_type, Task.ref, Task.status, Task.category, Task.matched_by, Task.error_type,
+                Task.attempts, Task.max_attempts, Task.next_retry_at, Task.created_at, Task.updated_at,
+                pw.fn.substr(Task.error_message, 1, 300).alias("error"))
+
+
+def like_literal(text):
+    r"""``text`` as a LIKE operand that matches it literally anywhere (``%``, ``_`` and ``\`` escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_tasks(statuses=(), categories=(), task_types=(), since_at=None, grep=None, before_id=None, limit=50):
+    """Tasks newest first (by id, a stable order), at most ``limit``; ``before_id`` is the page cursor.
+
+    ``grep`` is a literal, case-insensitive (ASCII) substring of the error text: SQL LIKE with its
+    wildcards escaped, so a user's text is never a pattern and costs at most one scan.
+    """
+    query = Task.select(*LIST_COLUMNS)
+    if statuses:
+        query = query.where(Task.status.in_(list(statuses)))
+    if categories:
+        query = query.where(Task.category.in_(list(categories)))
+    if task_types:
+        query = query.where(Task.task_type.in_(list(task_types)))
+    if since_at is not None:
+        query = query.where(Task.created_at >= since_at)
+    if grep:
+        query = query.where(pw.SQL("error_message LIKE ? ESCAPE '\\'", (like_literal(grep[:MAX_GREP_CHARS]),)))
+    if before_id is not None:
+        query = query.where(Task.id < before_id)
+    limit = max(1, min(int(limit), LIST_LIMIT_MAX + 1))  # one more tells a caller another page exists
+    return list(query.order_by(Task.id.desc()).limit(limit).dicts())
+
+
+def failures_by_period(start, width):
+    """[(period, category, count)] of tasks created since ``start`` (epoch), per hour (width 13) or day (10)."""
+    period = pw.fn.substr(Task.created_at, 1, width)
+    category = pw.fn.coalesce(Task.category, "unclassified")
+    return list(Task.select(period, category, pw.fn.COUNT(Task.id)).where(Task.created_at >= start)
+                .group_by(period, category).tuples())
+
+
+def unknown_groups(start, limit=20):
+    """[(fingerprint, count, newest id)] of ``unknown`` tasks created since ``start``, most frequent first."""
+    count = pw.fn.COUNT(Task.id)
+    return list(Task.select(Task.fingerprint, count, pw.fn.MAX(Task.id))
+                .where(Task.category == "unknown", Task.created_at >= start)
+                .group_by(Task.fingerprint).order_by(count.desc(), Task.fingerprint).limit(limit).tuples())
+
+
+def fingerprint_samples(fingerprint, limit=3, scan=500):
+    """(template, [distinct newest messages]) of one fingerprint."""
+    rows = list(Task.select(Task.error_template, Task.error_message).where(Task.fingerprint == fingerprint)
+                .order_by(Task.id.desc()).limit(scan).tuples())
+    samples = list(dict.fromkeys(message for _, message in rows))[:limit]
+    return (rows[0][0] if rows else None), samples
+
+
+def recent_messages(start, unknown, limit):
+    """[(id, task_type, category, error text)] created since ``start``, newest first: the
+    ``unknown`` ones, or (``unknown`` False) the classified ones."""
+    query = Task.select(Task.id, Task.task_type, Task.category, Task.error_message).where(Task.created_at >= start)
+    query = query.where(Task.category == "unknown") if unknown else query.where(
+        Task.category.is_null(False), Task.category != "unknown")
+    return list(query.order_by(Task.id.desc()).limit(limit).tuples())
+
+
+def outbox_counts():
+    """[(channel, status, count)] of the notification outbox."""
+    return list(Notification.select(Notification.channel, Notification.status, pw.fn.COUNT(Notification.id))
+                .group_by(Notification.channel, Notification.status).tuples())
+
+
+def outbox_rows(statuses, channel=None, limit=100):
+    """Notifications in ``statuses`` (newest first), optionally of one channel, as dicts."""
+    query = Notification.select(Notification.id, Notification.task, Notification.created_at, Notification.channel,
+                                Notification.status, Notification.kind, Notification.title, Notification.attempts,
+                                Notification.next_attempt_at, Notification.last_error)
+    query = query.where(Notification.status.in_(list(statuses)))
+    if channel:
+        query = query.where(Notification.channel == channel)
+    return list(query.order_by(Notification.id.desc()).limit(limit).dicts())
+
+
+def send_again(store, notification_id, now):
+    """A failed notification back to pending, due now, its tries counted afresh; False when it is not failed."""
+    with store.transaction():
+        return bool(Notification.update(status="pending", attempts=0, next_attempt_at=now)
+                    .where(Notification.id == notification_id, Notification.status == "failed").execute())

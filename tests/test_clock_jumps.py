@@ -4,7 +4,6 @@ import threading
 
 import pytest
 
-from conftest import SYNC_HANDLER
 from failured.breaker import Breakers
 from failured.config import BreakerConfig
 from failured.handlers import Outcome
@@ -12,7 +11,6 @@ from failured.intake import record_failure
 from failured.queue import RetryQueue, Runner
 from failured.store import Task
 
-HANDLER = SYNC_HANDLER
 
 
 @pytest.fixture
