@@ -25,8 +25,7 @@ from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreF
                      UnknownCategory)
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
-from .listing import build_filter
-from .manual import parse_duration
+from .listing import build_filter, since_seconds
 from .web import Console
 
 log = logging.getLogger("failured.api")
@@ -48,6 +47,7 @@ LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": Fals
 REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool}
 RESOLVE_FIELDS = {"task_ids": list, "note": str}
 MAX_RESOLVE_IDS = 1000
+REQUEUE_STATUSES = ("notified", "exhausted", "manual", "resolved")
 
 
 class ApiError(Exception):
@@ -259,7 +259,11 @@ class ApiServer:
     def post_requeue(self, handler, match):
         fields = check_fields(handler.json_body(), REQUEUE_FIELDS)
         statuses = _strings(fields, "status") or None
-        since = parse_duration(fields["since"]) if fields.get("since") else None
+        for status in statuses or ():
+            if status not in REQUEUE_STATUSES:
+                raise ApiError(400, "bad_request", f"status {status[:40]!r} cannot be requeued: use "
+                               f"{', '.join(REQUEUE_STATUSES)}", field="status")
+        since = since_seconds(fields.get("since"))
         requeued, skipped = self.backend.requeue(fields.get("dry_run", False), category=fields.get("category"),
                                                  task_type=fields.get("type"), statuses=statuses, since_seconds=since)
         return 200, {"dry_run": fields.get("dry_run", False), "requeued": [_task_line(t) for t in requeued],
@@ -267,7 +271,7 @@ class ApiServer:
 
     def post_resolve(self, handler, match):
         fields = check_fields(handler.json_body(), RESOLVE_FIELDS, required=("task_ids",))
-        ids = fields["task_ids"]
+        ids = [int(i) if isinstance(i, float) and i.is_integer() else i for i in fields["task_ids"]]  # 5.0 is 5
         if not 1 <= len(ids) <= MAX_RESOLVE_IDS or not all(type(i) is int and 1 <= i < 10**18 for i in ids):
             raise ApiError(400, "bad_request", f"field 'task_ids' must hold 1 to {MAX_RESOLVE_IDS} task ids "
                            "(whole numbers from 1)", field="task_ids")

@@ -175,6 +175,22 @@ def cmd_labels(args, settings):
     return EXIT_OK
 
 
+def cmd_list(args, settings):
+    from .listing import build_filter
+
+    task_filter = build_filter(args.status, args.category, args.type, args.since, args.grep, args.limit, args.cursor)
+    rows, cursor = commands.list_tasks(settings, task_filter)
+    if args.json:
+        _print_json({"tasks": rows, "next_cursor": cursor})
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['id']}\t{iso(row['created_at'])}\t{row['task_type']}\t{row['status']}\t{row['category'] or '-'}"
+              f"\t{row['attempts']}\t{messages.shorten(row['error'], 80)}")
+    if cursor:
+        print(f"more: failured list ... --cursor {cursor}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_show(args, settings):
     data = commands.show(settings, args.id)
     if args.json:
@@ -265,7 +281,7 @@ def _task_line(task):
 
 
 COMMANDS = {
-    "report": cmd_report, "exec": cmd_exec, "classify": cmd_classify, "show": cmd_show, "recover": cmd_recover,
+    "report": cmd_report, "exec": cmd_exec, "classify": cmd_classify, "list": cmd_list, "show": cmd_show, "recover": cmd_recover,
     "requeue": cmd_requeue, "resolve": cmd_resolve, "label": cmd_label, "labels": cmd_labels, "status": cmd_status, "scan": cmd_scan,
     "analyze": cmd_analyze, "check-config": cmd_check_config, "notify-test": cmd_notify_test,
     "init": cmd_init, "run": cmd_run,

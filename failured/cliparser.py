@@ -152,6 +152,20 @@ def _labels(sub):
     p.add_argument("--output", help="file to write (default: standard output)")
 
 
+def _list(sub):
+    p = _add(sub, "list", "list tasks, newest first, with filters", _examples(
+        "failured list --status notified --since 2h", "failured list --category unknown --grep 'timed out' --json",
+        "failured list --limit 100 --cursor 4711    # the page after the one that printed cursor 4711"))
+    p.add_argument("--status", action="append", help="only tasks in this status (repeatable)")
+    p.add_argument("--category", action="append", help="only tasks of this category (repeatable)")
+    p.add_argument("--type", action="append", help="only tasks of this task type (repeatable)")
+    p.add_argument("--since", help="only tasks created within this long, e.g. 90s, 30m, 2h, 7d")
+    p.add_argument("--grep", help="only tasks whose error text contains this text (literal, case-insensitive ASCII)")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many tasks (1-500, default 50)")
+    p.add_argument("--cursor", help="continue below this task id (the next_cursor a previous page gave)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
 def _show(sub):
     p = _add(sub, "show", "a task and its full history", _examples("failured show 123", "failured show 123 --json"))
     p.add_argument("id", type=int, help="task id")
@@ -195,7 +209,7 @@ def _init(sub):
     p.add_argument("--force", action="store_true", help="overwrite the shipped files in a directory that is not empty")
 
 
-SUBCOMMANDS = (_report, _exec, _classify, _show, _recover, _requeue, _resolve, _label, _labels, _status, _scan, _analyze,
+SUBCOMMANDS = (_report, _exec, _classify, _list, _show, _recover, _requeue, _resolve, _label, _labels, _status, _scan, _analyze,
                _check_config, _notify_test, _init, _run)
 
 

@@ -7,8 +7,11 @@ candidates in a message), a ``priority`` (the lowest-numbered table that
 recognises a code wins), ``codes`` (code -> category), optionally ``aliases``
 (another spelling the extractor finds -> one of its codes: errno numbers for
 names) and ``texts`` (a literal phrase searched in the message -> one of its
-codes: reason phrases, strerror texts and their translations). Files merge by table name in file-name order, so an operator's
-``config/codes/50-local.toml`` extends or overrides a shipped table.
+codes: reason phrases, strerror texts and their translations). Files merge
+by table name in file-name order, so an operator's
+``config/codes/50-local.toml`` extends or overrides a shipped table. A table
+marked ``early`` (a vendor's exact codes, decisive phrases) is looked up before
+the exception type and the patterns; the others after the patterns.
 
 Every extractor is a fixed regular expression without nested repetition, and
 the operator-written parts (``texts``, ``when``) run on RE2: a code lookup is
@@ -24,7 +27,7 @@ import re2
 from .errors import ConfigError, ConfigErrors
 from .rules import check_type, pattern_problem, re2_options, read_toml
 
-TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace"}
+TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
 MAX_SCAN_CHARS = 4000  # codes sit near the start of a message or its last lines
 
 
@@ -132,6 +135,7 @@ class CodeTable:
     keys: tuple = ()
     when: str | None = None
     files: tuple = ()
+    early: bool = False  # looked up before the patterns: a vendor's exact code beats generic wording
 
 
 def _parse_table(document, path, errors):
@@ -150,6 +154,8 @@ def _parse_table(document, path, errors):
         out["priority"] = document["priority"]
     if "replace" in document and check_type(document["replace"], bool, path, "replace", errors, "true or false"):
         out["replace"] = document["replace"]
+    if "early" in document and check_type(document["early"], bool, path, "early", errors, "true or false"):
+        out["early"] = document["early"]
     if "keys" in document and check_type(document["keys"], list, path, "keys", errors, "a list of strings"):
         keys = [k for i, k in enumerate(document["keys"])
                 if check_type(k, str, path, f"keys[{i}]", errors, "a string") and k.strip()]
@@ -208,7 +214,8 @@ def _build_table(settings, category_names, errors):
     return CodeTable(name=settings["name"], kind=settings.get("kind", "token"), priority=settings.get("priority", 0),
                      codes=codes, aliases=settings.get("aliases", {}), texts=settings.get("texts", {}),
                      keys=tuple(settings.get("keys", ())),
-                     when=settings.get("when"), files=tuple(dict.fromkeys(settings["files"])))
+                     when=settings.get("when"), files=tuple(dict.fromkeys(settings["files"])),
+                     early=settings.get("early", False))
 
 
 def code_files(config_dir):
@@ -260,10 +267,16 @@ class CodeMatcher:
             raise ConfigErrors([ConfigError(table.files[-1], "texts", "RE2 ran out of memory compiling the texts: "
                                                                       "split the table")]) from None
 
-    def match(self, text):
-        """``(table, code, category)`` of the first table that knows a code in ``text``, or None."""
+    def match(self, text, early=None):
+        """``(table, code, category)`` of the first table that knows a code in ``text``, or None.
+
+        ``early``: True looks only in the tables marked ``early``, False only in
+        the others, None in all.
+        """
         text = text[:MAX_SCAN_CHARS] if len(text) <= 2 * MAX_SCAN_CHARS else text[:MAX_SCAN_CHARS] + text[-MAX_SCAN_CHARS:]
         for table, extract, when, texts in zip(self.tables, self._extract, self._when, self._texts):
+            if early is not None and table.early != early:
+                continue
             if when is not None and when.search(text) is None:
                 continue
             for code in extract(text):

@@ -85,6 +85,13 @@ def label(settings, task_id, category, note=None):
     return with_store(settings, relabel)
 
 
+def list_tasks(settings, task_filter):
+    """One page of tasks, newest first: (rows, next cursor or None)."""
+    from .listing import list_page
+
+    return with_store(settings, lambda store: list_page(task_filter, SystemClock().now()))
+
+
 def export_labels(settings):
     """The corpus lines of every label."""
     return with_store(settings, labels.export_lines)

@@ -1,8 +1,9 @@
 """``failured run``: the one long-running process and its few threads.
 
 main thread: schedule jobs (scan, analysis, housekeeping), signals, heartbeat, systemd watchdog
-intake:      notices new tasks (and tasks requeued by the CLI) within ``poll_seconds``
-retry-timer: waits on the heap; a bounded pool runs the retries
+intake:      decides new tasks within INTAKE_TICK_SECONDS of their commit; every ``poll_seconds``
+             also queues tasks requeued by the CLI
+retry-timer: waits on the heap, claims and records retries in batches; a bounded pool runs them
 config:      watchdog observer + debounced reload
 """
 
@@ -12,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 
 import schedule
@@ -38,6 +40,10 @@ from .watcher import ConfigWatcher
 log = logging.getLogger("failured.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+# How often the intake asks SQLite whether another connection committed (PRAGMA data_version:
+# no I/O). A report is decided within this of its commit, without any signal from the reporter.
+INTAKE_TICK_SECONDS = 0.01
+GIL_SWITCH_SECONDS = 0.0005
 THRESHOLD_CHECK_SECONDS = 60
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
 
@@ -167,28 +173,39 @@ class Daemon:
         self.stopping.set()
 
     def _intake_loop(self):
+        next_sweep = 0.0  # monotonic time of the next full intake_once
+        seen = None  # the data_version the last look saw
         while not self.stopping.is_set():
-            poll = self.settings.poll_seconds
+            wait = INTAKE_TICK_SECONDS
             try:
                 if self.disk.is_full():
                     self._check_free_space()  # still full: wait, do not fail a write per poll
-                self.intake_once()
+                version = self.store.data_version()
+                if self.clock.monotonic() >= next_sweep or self.wake.is_set():
+                    self.wake.clear()
+                    self.intake_once()
+                    next_sweep = self.clock.monotonic() + self.settings.poll_seconds
+                elif version != seen:
+                    self.intake_new()
+                seen = version
                 self._disk_ok()
             except StoreFullError as exc:
                 self._disk_full(exc)
-                poll = max(poll, DISK_FULL_POLL_SECONDS)
+                wait = DISK_FULL_POLL_SECONDS
+                next_sweep = 0.0
             except Exception:
                 log.exception("intake: unexpected error; going on")
-            self.wake.wait(poll)
-            self.wake.clear()
+                wait = self.settings.poll_seconds
+            self.wake.wait(wait)
+
+    def intake_new(self):
+        """Decide every new task, batch after batch, queueing each retry as its batch is written."""
+        if self.engine.drain_new(self.queue.push) or self.engine.notified_since_wake():
+            self.dispatcher.wake()
 
     def intake_once(self):
         """Act on new tasks, and queue scheduled ones the heap does not know (requeued by the CLI)."""
-        handled = self.engine.handle_new()
-        for item in handled:
-            self.queue.push(*item)
-        if handled or self.engine.notified_since_wake():
-            self.dispatcher.wake()
+        self.intake_new()
         horizon = self.clock.now() + self.settings.poll_seconds
         for task_id, due, task_type in self.engine.scheduled(due_before=horizon):
             # push() ignores a known id at the same due time and moves one whose due time
@@ -380,6 +397,9 @@ class DiskState:
 
 def run(settings):
     """Start the daemon and block until SIGTERM/SIGINT; returns the exit status."""
+    # While the intake classifies a flood, every hand-over of a retry between threads waits for
+    # the GIL; at the default 5 ms switch interval the retries queue up behind the CPU work.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     daemon = Daemon(settings).start()
     daemon.run_forever()
     return 0

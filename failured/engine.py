@@ -4,13 +4,17 @@ Every transition is one transaction: a conditional update of the task (so two
 actors never both move it), its ``task_events`` row, and any notification row.
 """
 
+import functools
 import json
 import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from . import policy
 from .classify import Classification
@@ -22,6 +26,7 @@ from .notify.outbox import enqueue
 from .secrets import known_secrets, masked
 from .clock import from_db_time, to_db_time
 from .errors import RefusedError, StoreError, TaskNotFound, UnknownCategory
+from .store import translate_error
 from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, UtcTimeField
 
 log = logging.getLogger("failured.engine")
@@ -42,6 +47,7 @@ class Plan:
     fields: dict
     new_error: str | None
     error_type: str | None
+    decided_at: float | None = None  # when classifying it ended: a flood's due times spread as it was decided
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,9 @@ _INSERT_EVENT = ("INSERT INTO task_events (task_id, at, event, status, category,
                  " error_message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _TASK_COLUMNS = [field.column_name for field in Task._meta.sorted_fields]
 _SELECT_TASK = f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE id = ?"
+_SELECT_NEW = f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE status = 'new'{{}} ORDER BY id LIMIT ?"
 _TIME_COLUMNS = {f.column_name for f in Task._meta.sorted_fields if isinstance(f, UtcTimeField)}
+_SELECT_SCHEDULED = "SELECT id, next_retry_at, task_type FROM tasks WHERE status = 'scheduled'"
 _CLAIM = ("UPDATE tasks SET status = 'running', attempts = ?, lease_owner = ?, lease_until = ?, updated_at = ?,"
           " handler_pid = NULL WHERE id = ? AND status = 'scheduled' AND next_retry_at = ?")
 _RECOVERED = ("UPDATE tasks SET status = 'recovered', finished_at = ?, updated_at = ?, lease_owner = NULL,"
@@ -65,11 +73,27 @@ _RECOVERED = ("UPDATE tasks SET status = 'recovered', finished_at = ?, updated_a
               " WHERE id = ? AND status = 'running' AND lease_owner = ?")
 
 
+# The same few instants are written several times per transaction (updated_at, the event's
+# time, finished_at); formatting them was the daemon's largest single cost in a flood.
+_stamp = functools.lru_cache(maxsize=1024)(to_db_time)
+
+
 def add_event(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
     # Plain SQL: this runs several times per retry, and peewee's query building would dominate.
-    Task._meta.database.execute_sql(_INSERT_EVENT, (
-        task_id, to_db_time(now), event, status, category, attempt, delay, error,
-        json.dumps(detail, ensure_ascii=False) if detail else None))
+    Task._meta.database.execute_sql(_INSERT_EVENT, event_row(task_id, now, event, status, category, attempt, delay,
+                                                             error, **detail))
+
+
+def event_row(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
+    """The parameters of the task_events row ``add_event`` writes (to write many at once)."""
+    return (task_id, _stamp(now), event, status, category, attempt, delay, error,
+            json.dumps(detail, ensure_ascii=False) if detail else None)
+
+
+def add_events(rows):
+    """Insert many ``event_row``s in one statement (inside the caller's transaction)."""
+    if rows:
+        Task._meta.database.connection().executemany(_INSERT_EVENT, rows)
 
 
 _MASK_REPORTED = "UPDATE task_events SET error_message = ? WHERE task_id = ? AND event = 'reported'"
@@ -85,24 +109,48 @@ _UPDATE_SQL = {}
 
 def update_task(task_id, expected_status, fields):
     """``UPDATE tasks SET fields WHERE id AND status`` in plain SQL (a hot path); True when it applied."""
+    return Task._meta.database.execute_sql(*update_statement(task_id, expected_status, fields)).rowcount == 1
+
+
+def update_statement(task_id, expected_status, fields):
+    """(sql, parameters) of ``update_task``, to be run later (prepared before the write lock)."""
     columns = tuple(sorted(fields))
     sql = _UPDATE_SQL.get(columns)
     if sql is None:
         assignments = ", ".join(f"{column} = ?" for column in columns)
         sql = _UPDATE_SQL[columns] = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
-    values = [to_db_time(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
+    values = [_stamp(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
               for c in columns]
-    return Task._meta.database.execute_sql(sql, (*values, task_id, expected_status)).rowcount == 1
+    return sql, (*values, task_id, expected_status)
 
 
 def load_task(task_id):
     """One task by id, through plain SQL (hot path), or None."""
     row = Task._meta.database.execute_sql(_SELECT_TASK, (task_id,)).fetchone()
-    if row is None:
-        return None
-    values = {column: (from_db_time(value) if column in _TIME_COLUMNS else value)
+    return None if row is None else _task_of(row)
+
+
+def load_new_tasks(limit, skip=()):
+    """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``."""
+    where = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+    rows = Task._meta.database.execute_sql(_SELECT_NEW.format(where), (*skip, limit)).fetchall()
+    return [_task_of(row) for row in rows]
+
+
+def _task_of(row):
+    values = {column: (_epoch(value) if column in _TIME_COLUMNS else value)
               for column, value in zip(_TASK_COLUMNS, row)}
     return Task(**values)
+
+
+def _epoch(text):
+    """``from_db_time`` through the C parser: strptime cost more than the rest of loading a task."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return from_db_time(text)  # edited by hand: the strict parser says what is wrong
 
 
 def pid_alive(pid):
@@ -129,6 +177,10 @@ class Engine:
         self.owner = owner
         self.rng = rng
         self._notified = threading.Event()  # a notification row was written since the dispatcher was last woken
+        # The intake and the retry timer write from two threads of this process. Taking turns on a
+        # Python lock hands the write lock over at once; through SQLite's busy handler the waiter
+        # sleeps 1-100 ms and is not woken when the lock frees.
+        self._writes = threading.RLock()
         self._unwritable = set()  # new tasks whose decision could not be written (logged once each)
 
     # -- deciding -----------------------------------------------------------
@@ -142,31 +194,83 @@ class Engine:
 
     def handle_new(self, limit=NEW_BATCH):
         """Classify and act on tasks nobody has handled yet; returns [(id, due, type)] to queue."""
+        return self._handle_batch(limit)[0]
+
+    def drain_new(self, push, batch=NEW_BATCH):
+        """Decide new tasks batch after batch until one comes back short; ``push(id, due, type)``
+        each retry as soon as its batch is written. Returns how many tasks were decided.
+
+        A flood is decided as fast as it comes in, not one batch per poll.
+        """
+        decided = 0
+        while True:
+            queued, read = self._handle_batch(batch)
+            for item in queued:
+                push(*item)
+            decided += read
+            if read < batch:
+                return decided
+
+    def _handle_batch(self, limit):
+        """(retries to queue, tasks read) for one batch of new tasks."""
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
-        query = Task.select().where(Task.status == NEW)
-        if self._unwritable:
-            query = query.where(Task.id.not_in(list(self._unwritable)))
-        tasks = list(query.order_by(Task.id).limit(limit))
+        tasks = load_new_tasks(limit, tuple(self._unwritable))
         for start in range(0, len(tasks), DECIDE_PER_TRANSACTION):
             # Classify before BEGIN: CPU work never runs while the write lock is held.
             plans = [self._plan(task, NEW) for task in tasks[start:start + DECIDE_PER_TRANSACTION]]
-            # One commit for a few tasks (each its own savepoint): commits, not classifying,
-            # are what a burst of failures costs.
-            with self.store.transaction():
-                for plan in plans:
+            retries = [(plan, self._retry_statements(plan)) for plan in plans if _plain_retry(plan)]
+            others = [plan for plan in plans if not _plain_retry(plan)]
+            # One commit for a few tasks: commits, not classifying, are what a burst of failures
+            # costs; and the statements are ready before BEGIN, so the lock is held briefly.
+            with self._writes, self.store.eager_transaction():
+                queued += self._write_retries(retries)
+                for plan in others:
                     due = self._write_guarded(plan)
                     if due is not None:
                         queued.append((plan.task.id, due, plan.task.task_type))
             for plan in plans:
                 self._after_write(plan, "classified")
+        return queued, len(tasks)
+
+    def _retry_statements(self, plan):
+        """(update, event row, due) that schedule a plain retry of a new task, as ``_write`` would."""
+        now, decision, result = plan.decided_at, plan.decision, plan.result
+        due = now + decision.delay
+        plan.fields.update(updated_at=now, next_retry_at=due, max_attempts=decision.limit)
+        update = update_statement(plan.task.id, NEW, {**plan.fields, "status": SCHEDULED})
+        event = event_row(plan.task.id, now, "retry_scheduled", SCHEDULED, result.category, decision.attempt,
+                          decision.delay, matched_by=result.matched_by, pattern=result.pattern)
+        return update, event, due
+
+    def _write_retries(self, retries):
+        """Run prepared retry decisions; [(id, due, type)] of those written. A task that moved
+        meanwhile is left alone; one whose row cannot be written is set aside, as in ``_write_guarded``."""
+        connection = self.store.db.connection()
+        queued, events = [], []
+        for plan, ((sql, params), event, due) in retries:
+            try:
+                if connection.execute(sql, params).rowcount != 1:
+                    continue  # resolved by hand meanwhile
+            except sqlite3.DatabaseError as exc:  # a failed statement changed nothing (SQLite statements are atomic)
+                known = translate_error(self.store.path, exc)
+                if known is not None:
+                    raise known from None
+                log.exception("task %s %s: could not be written; set aside until restart", plan.task.id,
+                              plan.task.task_type)
+                self._unwritable.add(plan.task.id)
+                continue
+            plan.fields["status"] = SCHEDULED
+            events.append(event)
+            queued.append((plan.task.id, due, plan.task.task_type))
+        add_events(events)
         return queued
 
     def _write_guarded(self, plan):
         """Write one plan in its own savepoint; a task that cannot be written is set aside, not retried forever."""
         try:
-            with self.store.transaction():
+            with self._savepoint():
                 return self._write(plan, NEW, "classified")
         except _Moved:
             return None
@@ -178,10 +282,30 @@ class Engine:
             self._unwritable.add(plan.task.id)
             return None
 
+    @contextmanager
+    def _savepoint(self):
+        """``store.transaction()`` nested in one, in plain SQL: peewee's savepoint (a uuid name,
+        several objects) cost a fifth of writing a decision. Store errors come out as StoreErrors."""
+        connection = self.store.db.connection()
+        connection.execute("SAVEPOINT decide")
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                connection.execute("ROLLBACK TO decide")
+                connection.execute("RELEASE decide")
+            except sqlite3.DatabaseError:
+                pass  # SQLite already rolled the whole transaction back (disk full): the outer one says so
+            known = translate_error(self.store.path, exc) if isinstance(exc, sqlite3.DatabaseError) else None
+            if known is not None:
+                raise known from None
+            raise
+        connection.execute("RELEASE decide")
+
     def _decide(self, task, expected_status, event, new_error=None, error_type=None):
         """Classify the task's (new) error, decide, and apply it in one transaction; returns due time or None."""
         plan = self._plan(task, expected_status, new_error, error_type)
-        with self.store.transaction():
+        with self._writes, self.store.eager_transaction():
             due = self._write(plan, expected_status, event)
         self._after_write(plan, event)
         return due
@@ -213,7 +337,7 @@ class Engine:
         elif error != task.error_message:
             fields.update(error_message=error)  # a secret the reporter could not mask
         return Plan(task, result, category, decision, fields, error if new_error is not None else None,
-                    error_type)
+                    error_type, self.clock.now())
 
     def _write(self, plan, expected_status, event):
         """The plan's task update, events and notifications; the caller holds the transaction."""
@@ -245,7 +369,6 @@ class Engine:
             fields.update(status=status, finished_at=now, max_attempts=decision.limit or task.max_attempts)
         if not update_task(task.id, expected_status, fields):
             raise _Moved()
-        task_now = Task(**{**task.__data__, **fields})
         if decision.action == policy.RETRY:
             add_event(task.id, now, "retry_scheduled", SCHEDULED, result.category, decision.attempt,
                       decision.delay, **matched)
@@ -255,6 +378,7 @@ class Engine:
         else:
             audience = "user" if decision.action == policy.NOTIFY_USER else "admin"
             kind = "exhausted" if decision.action == policy.EXHAUSTED else "task"
+            task_now = Task(**{**task.__data__, **fields})
             add_event(task.id, now, "exhausted" if kind == "exhausted" else "notified", fields["status"],
                       result.category, task.attempts, audience=audience, **matched)
             title, body = messages.task_message(lang, kind, audience, task_now, category, now,
@@ -342,49 +466,84 @@ class Engine:
         the task is due when the table still says that time, whatever the wall clock says now.
         Without it, the wall clock decides.
         """
+        claimed = self.claim_due([(task_id, expected_due)])
+        return claimed[0] if claimed else None
+
+    def claim_due(self, items):
+        """``claim`` each (task id, expected due) in one transaction; the [Claimed] that were ours to run."""
         snapshot = self.config()
-        task = load_task(task_id)
-        if task is None or task.status != SCHEDULED or task.next_retry_at is None:
-            return None
-        handler = self.handler_for(task, snapshot)
         now = self.clock.now()
-        if expected_due is not None:
-            due = abs(task.next_retry_at - expected_due) < 0.001
-        else:
-            due = task.next_retry_at <= now + 0.001
-        if handler is None or not due:
-            return None
-        lease_until = now + policy.lease_seconds(handler.timeout)
-        attempt = task.attempts + 1
-        with self.store.transaction():
-            updated = self.store.db.execute_sql(_CLAIM, (
-                attempt, self.owner, to_db_time(lease_until), to_db_time(now), task_id,
-                to_db_time(task.next_retry_at))).rowcount
-            if not updated:
-                return None
-            add_event(task_id, now, "retry_started", RUNNING, task.category, attempt)
-        task.status, task.attempts = RUNNING, attempt
-        self.metrics.lateness.observe(max(0.0, now - task.next_retry_at))
-        return Claimed(task, handler, attempt)
+        candidates = []
+        for task_id, expected_due in items:
+            task = load_task(task_id)
+            if task is None or task.status != SCHEDULED or task.next_retry_at is None:
+                continue
+            handler = self.handler_for(task, snapshot)
+            if expected_due is not None:
+                due = abs(task.next_retry_at - expected_due) < 0.001
+            else:
+                due = task.next_retry_at <= now + 0.001
+            if handler is not None and due:
+                candidates.append((task, handler))
+        if not candidates:
+            return []
+        # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
+        now = self.clock.now()
+        prepared = [(Claimed(task, handler, task.attempts + 1),
+                     (task.attempts + 1, self.owner, _stamp(now + policy.lease_seconds(handler.timeout)), _stamp(now),
+                      task.id, _stamp(task.next_retry_at)),
+                     event_row(task.id, now, "retry_started", RUNNING, task.category, task.attempts + 1))
+                    for task, handler in candidates]
+        claimed, events = [], []
+        with self._writes, self.store.eager_transaction():
+            connection = self.store.db.connection()
+            for item, params, event in prepared:
+                if connection.execute(_CLAIM, params).rowcount:
+                    claimed.append(item)
+                    events.append(event)
+            add_events(events)
+        for item in claimed:
+            item.task.status, item.task.attempts = RUNNING, item.attempt
+            self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
+        return claimed
 
     def record_pid(self, task_id, pid):
         Task.update(handler_pid=pid).where(Task.id == task_id, Task.lease_owner == self.owner).execute()
 
     def finish(self, claimed, outcome):
         """Record a retry's outcome; returns the next due time when another retry is scheduled."""
-        task = claimed.task
+        return self.finish_all([(claimed, outcome)])[0]
+
+    def finish_all(self, results):
+        """Record the outcomes of many retries, [(Claimed, Outcome)]; returns each one's next due time or None.
+
+        The successes share one transaction (each still its own conditional update and event);
+        a failure is classified and decided on its own, as when it was first reported.
+        """
+        recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
+        for claimed, outcome in results:
+            self.metrics.retries.labels("recovered" if outcome.ok else "failed").inc()
+        if recovered:
+            self._record_recovered(recovered)
+        return [None if outcome.ok else self._retry_failed(claimed, outcome) for claimed, outcome in results]
+
+    def _record_recovered(self, recovered):
         now = self.clock.now()
-        self.metrics.retries.labels("recovered" if outcome.ok else "failed").inc()
-        if outcome.ok:
+        stamp = _stamp(now)
+        prepared = [((stamp, stamp, claimed.task.id, self.owner),
+                     event_row(claimed.task.id, now, "recovered", RECOVERED, claimed.task.category, claimed.attempt,
+                               duration=round(outcome.duration, 3)))
+                    for claimed, outcome in recovered]
+        with self._writes, self.store.eager_transaction():
+            connection = self.store.db.connection()
+            add_events([event for params, event in prepared if connection.execute(_RECOVERED, params).rowcount])
+        for claimed, _ in recovered:
+            task = claimed.task
             self.metrics.recoveries.labels(task.category or "unknown").inc()
-            with self.store.transaction():
-                stamp = to_db_time(now)
-                updated = self.store.db.execute_sql(_RECOVERED, (stamp, stamp, task.id, self.owner)).rowcount
-                if updated:
-                    add_event(task.id, now, "recovered", RECOVERED, task.category, claimed.attempt,
-                              duration=round(outcome.duration, 3))
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed.attempt)
-            return None
+
+    def _retry_failed(self, claimed, outcome):
+        task = claimed.task
         task.lease_owner = self.owner
         try:
             return self._decide(task, RUNNING, "retry_failed", new_error=outcome.error or "retry failed",
@@ -462,11 +621,13 @@ class Engine:
 
     def scheduled(self, due_before=None):
         """[(id, due, type)] of scheduled tasks, for rebuilding the heap."""
-        query = Task.select(Task.id, Task.next_retry_at, Task.task_type).where(Task.status == SCHEDULED)
+        # Plain SQL: in a flood thousands of rows are due at once, and the intake asks every poll.
+        sql, params = _SELECT_SCHEDULED, ()
         if due_before is not None:
-            query = query.where(Task.next_retry_at <= due_before)
+            sql, params = sql + " AND next_retry_at <= ?", (to_db_time(due_before),)
         now = self.clock.now()  # a scheduled row without a due time (edited by hand) is due now
-        return [(task_id, now if due is None else due, task_type) for task_id, due, task_type in query.tuples()]
+        return [(task_id, now if due is None else _epoch(due), task_type)
+                for task_id, due, task_type in self.store.db.execute_sql(sql, params).fetchall()]
 
     def breaker_changed(self, task, state, failures, cooldown):
         """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
@@ -498,6 +659,12 @@ def _labelled(task, category, lang):
         category=category.name, label=category.label_in(lang), action=category.action, matched_by="label",
         pattern=None, fingerprint=task.fingerprint or "", template=task.error_template or "",
         error_type=task.error_type, message=task.error_message, suggestion=category.suggestion_in(lang))
+
+
+def _plain_retry(plan):
+    """A new task simply scheduled for a retry: the flood's common case, written by prepared statements."""
+    return (plan.decision.action == policy.RETRY and plan.new_error is None and "error_message" not in plan.fields
+            and plan.decided_at is not None)
 
 
 class _Moved(Exception):

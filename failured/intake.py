@@ -103,7 +103,7 @@ def record_failure(store, task_type, error, *, error_type=None, payload=None, re
     handler_json = json.dumps(handler) if handler is not None else None
     now = (clock or SystemClock()).now()
     created = to_db_time(now)
-    with store.transaction():
+    with store.eager_transaction():  # beside a busy daemon: see eager_transaction
         # Plain SQL on the hot path: peewee's query building costs more than SQLite itself here.
         task_id = store.db.execute_sql(_INSERT_TASK, (
             task_type, ref, source, NEW, error_type, message, payload_json, handler_json, created, created,

@@ -1,6 +1,7 @@
 """The learned fallback: a small text classifier for what no rule decides.
 
-Pure Python, no dependency: word unigrams and bigrams plus character n-grams
+Pure Python, no dependency: word unigrams and bigrams (also of the words inside
+CamelCase, snake_case and dotted identifiers) plus character n-grams
 (3-5 inside ASCII words, 1-3 over Chinese runs), hashed into a fixed number of
 buckets, and a multinomial naive Bayes over them. Under cross-validation
 grouped by source it scores as well as scikit-learn's logistic regression on
@@ -90,6 +91,7 @@ def features(text):
 class Prediction:
     category: str
     confidence: float
+    unknown: float = 0.0  # the probability the model puts on "unknown" (0 when it has no such class)
 
 
 class TextModel:
@@ -115,7 +117,8 @@ class TextModel:
         """The most likely category and its confidence."""
         probs = self.probabilities(text)
         best = max(range(len(probs)), key=probs.__getitem__)
-        return Prediction(self.classes[best], probs[best])
+        unknown = probs[self.classes.index("unknown")] if "unknown" in self.classes else 0.0
+        return Prediction(self.classes[best], probs[best], unknown)
 
 
 def _softmax(scores):
@@ -162,7 +165,7 @@ class ModelSettings:
     """``[model]`` in failured.toml: whether the learned fallback runs, and when it may decide."""
 
     enabled: bool = True
-    min_confidence: float = 0.7  # below it the task stays unknown and the admins hear about it
+    min_confidence: float = 0.5  # below it the task stays unknown and the admins hear about it
 
 
 MODEL_KEYS = ("enabled", "min_confidence")

@@ -12,10 +12,11 @@ import heapq
 import json
 import itertools
 import logging
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .handlers import TaskContext, run_handler
+from .handlers import Outcome, TaskContext, run_handler
 
 log = logging.getLogger("failured.queue")
 
@@ -34,6 +35,7 @@ class RetryQueue:
         self._due = {}  # task id -> its current due time (wall clock, as stored)
         self._order = itertools.count()
         self._changed = threading.Condition(threading.Lock())
+        self._woken = False  # wake() came while nobody waited: the next wait returns at once
 
     def __len__(self):
         return len(self._due)
@@ -62,17 +64,21 @@ class RetryQueue:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
-    def wait_until_due(self, now, longest):
-        """Block until the earliest entry is due (``now()`` in the heap's time), an earlier push, or ``longest`` s."""
+    def wait_until_due(self, now, longest, due_counts=True):
+        """Block until the earliest entry is due (``now()`` in the heap's time), an earlier push,
+        a ``wake()``, or ``longest`` s. With ``due_counts`` false (no room to run one) only a wake ends it early."""
         with self._changed:
-            deadline = self._next_deadline()
-            delay = longest if deadline is None else min(deadline - now(), longest)
-            if delay > 0:
-                self._changed.wait(timeout=delay)
+            if not self._woken:
+                deadline = self._next_deadline() if due_counts else None
+                delay = longest if deadline is None else min(deadline - now(), longest)
+                if delay > 0:
+                    self._changed.wait(timeout=delay)
+            self._woken = False
 
     def wake(self):
-        """Wake the waiting thread now (stopping, or enabling retries)."""
+        """Wake the waiting thread now (stopping, enabling retries, a retry finished), or its next wait."""
         with self._changed:
+            self._woken = True
             self._changed.notify_all()
 
     def pop_due(self, now, limit):
@@ -98,7 +104,14 @@ class RetryQueue:
 
 
 class Runner:
-    """Waits for the earliest due retry and runs it in a bounded pool."""
+    """Waits for the earliest due retries, claims them together and runs them in a bounded pool.
+
+    This thread is the retries' one writer: claims and outcomes are written here in
+    batches (one transaction each), the pool threads only run handlers. Up to twice
+    ``concurrency`` retries are claimed at once, so the next ones are ready when a
+    handler ends; a claimed retry waits at most one handler timeout before it starts,
+    well inside its lease (twice the timeout plus 30 s).
+    """
 
     def __init__(self, engine, queue, breakers, clock, concurrency, enabled=True, paused=lambda: False):
         self.engine = engine
@@ -108,11 +121,12 @@ class Runner:
         self.clock = clock
         self.enabled = enabled
         self.concurrency = concurrency
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.claim_limit = 2 * concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="retry")
+        self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
         self._stopping = threading.Event()
         self._thread = None
-        self._running = set()  # task ids whose retry runs here now
+        self._running = set()  # task ids claimed (or being claimed) here and not yet finished
         self._running_lock = threading.Lock()
         self.last_loop = clock.monotonic()
 
@@ -125,25 +139,24 @@ class Runner:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, grace):
-        """Take no new retries; wait up to ``grace`` seconds for the running ones."""
+        """Take no new retries; wait up to ``grace`` seconds for the running ones (and record them)."""
         self._stopping.set()
         self.queue.wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        acquired = 0
         deadline = self.clock.monotonic() + grace
-        while acquired < self.concurrency:
-            if not self._slots.acquire(timeout=max(0.0, deadline - self.clock.monotonic())):
-                break
-            acquired += 1
+        while self.running and self.clock.monotonic() < deadline:
+            self._finish_done(wait=min(0.2, max(0.0, deadline - self.clock.monotonic())))
         self._pool.shutdown(wait=False, cancel_futures=True)
-        return self.concurrency - acquired  # retries still running (left to their leases)
+        return self.running  # retries still running (left to their leases)
 
     def _loop(self):
         while not self._stopping.is_set():
             self.last_loop = self.clock.monotonic()
             try:
+                self._finish_done()
                 self._wait_until_due()
+                self._finish_done()
                 if self._stopping.is_set() or not self.enabled or self.paused():
                     continue
                 self._start_due()
@@ -153,63 +166,89 @@ class Runner:
 
     def _wait_until_due(self):
         if self.enabled and not self.paused():
-            self.queue.wait_until_due(self.clock.monotonic, 1.0)
+            self.queue.wait_until_due(self.clock.monotonic, 1.0, due_counts=self.running < self.claim_limit)
         else:
             self._stopping.wait(1.0)
 
     def _start_due(self):
-        while not self._stopping.is_set():
-            if not self._slots.acquire(timeout=0.2):
-                return
-            popped = self.queue.pop_due(self.clock.monotonic(), 1)
-            if not popped:
-                self._slots.release()
-                return
-            task_id, due, task_type = popped[0]
-            allowed, until = self.breakers.allow(task_type)
-            if not allowed:
-                self._slots.release()
-                if self.engine.postpone(task_id, until, "breaker open"):
-                    self.queue.push(task_id, until, task_type)
-                continue
-            self._started(task_id)
-            self._pool.submit(self._run_one, task_id, due, task_type)
-
-    def _run_one(self, task_id, due, task_type):
+        room = self.claim_limit - self.running
+        if room <= 0:
+            return
+        allowed = []
+        for task_id, due, task_type in self.queue.pop_due(self.clock.monotonic(), room):
+            ok, until = self.breakers.allow(task_type)
+            if ok:
+                allowed.append((task_id, due, task_type))
+            elif self.engine.postpone(task_id, until, "breaker open"):
+                self.queue.push(task_id, until, task_type)
+        if not allowed:
+            return
+        self._started([task_id for task_id, _, _ in allowed])  # before the claim commits: see running_ids
         try:
-            claimed = self.engine.claim(task_id, expected_due=due)
-            if claimed is None:
+            claimed = self.engine.claim_due([(task_id, due) for task_id, due, _ in allowed])
+        except Exception:
+            self._finished([task_id for task_id, _, _ in allowed])
+            raise
+        ours = {item.task.id for item in claimed}
+        for task_id, _, task_type in allowed:
+            if task_id not in ours:
+                self._finished([task_id])
                 self.breakers.release(task_type)  # a probe that did not run is no probe
-                return
-            task = claimed.task
+        for item in claimed:
+            self._pool.submit(self._run, item)
+
+    def _run(self, claimed):
+        task = claimed.task
+        try:
             context = TaskContext(id=task.id, task_type=task.task_type, ref=task.ref,
                                   payload=_payload(task.payload), attempt=claimed.attempt)
             outcome = run_handler(claimed.handler, context,
                                   on_start=lambda pid: self.engine.record_pid(task.id, pid))
-            due = self.engine.finish(claimed, outcome)
-            change = self.breakers.record(task_type, outcome.ok)
+        except Exception as exc:  # a payload that is not JSON: the retry fails, the loop goes on
+            outcome = Outcome(False, f"cannot run the retry: {exc}", type(exc).__name__)
+        self._outcomes.put((claimed, outcome))
+        self.queue.wake()
+
+    def _finish_done(self, wait=0.0):
+        """Record every outcome that came back, in one go; then queue the retries they scheduled."""
+        results = self._outcomes.take(wait)
+        if not results:
+            return
+        try:
+            dues = self.engine.finish_all(results)
+        except Exception:
+            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
+            log.exception("tasks %s: outcome not recorded inside failured; the scan will take them back", ids)
+            self._finished([claimed.task.id for claimed, _ in results])
+            return
+        for (claimed, outcome), due in zip(results, dues):
+            self._after_finish(claimed, outcome, due)
+
+    def _after_finish(self, claimed, outcome, due):
+        task = claimed.task
+        try:
+            change = self.breakers.record(task.task_type, outcome.ok)
             if change:
                 self.engine.breaker_changed(task, change, self.breakers.config.failures,
                                             self.breakers.config.cooldown_seconds)
             if due is not None:
-                self.queue.push(task_id, due, task_type)
+                self.queue.push(task.id, due, task.task_type)
         except Exception:
-            log.exception("task %s %s: retry failed inside failured; the scan will take it back", task_id, task_type)
+            log.exception("task %s %s: breaker not updated after its retry", task.id, task.task_type)
         finally:
-            self._finished(task_id)
-            self._slots.release()
+            self._finished([task.id])
 
-    def _started(self, task_id):
+    def _started(self, task_ids):
         with self._running_lock:
-            self._running.add(task_id)
+            self._running.update(task_ids)
 
-    def _finished(self, task_id):
+    def _finished(self, task_ids):
         with self._running_lock:
-            self._running.discard(task_id)
+            self._running.difference_update(task_ids)
 
     @property
     def running(self):
-        """How many retries run now."""
+        """How many retries run now (claimed here, outcome not yet recorded)."""
         with self._running_lock:
             return len(self._running)
 
@@ -217,6 +256,26 @@ class Runner:
         """The task ids whose retries run in this process now (their leases are alive whatever the clock says)."""
         with self._running_lock:
             return frozenset(self._running)
+
+
+class _Outcomes:
+    """The outcomes the pool threads hand to the retry timer; ``take`` empties it."""
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+
+    def put(self, item):
+        self._queue.put(item)
+
+    def take(self, wait=0.0):
+        """Everything there now; with ``wait``, block up to that long for the first."""
+        items = []
+        try:
+            items.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            while True:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            return items
 
 
 def _payload(text):

@@ -52,14 +52,14 @@ def test_the_runner_waits_on_the_monotonic_clock(engine, store, clock):
     clock.jump(-40)
     clock.advance(1)
     done = threading.Event()
-    original = engine.finish
+    original = engine.finish_all
 
-    def finish(claimed, outcome):
-        result = original(claimed, Outcome(ok=True))
+    def finish_all(results):
+        result = original([(claimed, Outcome(ok=True)) for claimed, _ in results])
         done.set()
         return result
 
-    engine.finish = finish
+    engine.finish_all = finish_all
     runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
     try:
         assert done.wait(60), "the due retry never ran"

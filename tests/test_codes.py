@@ -67,6 +67,41 @@ def codes_only():
     ("Error code: 429 - {'error': {'type': 'insufficient_quota', 'code': 'insufficient_quota'}}", "llm insufficient_quota", "unrecoverable_business"),
     ("Error code: 429 - {'error': {'code': 'rate_limit_exceeded'}}", "llm rate_limit_exceeded", "recoverable_temporary"),
     ('{"meta":{"code":4017,"message":"Tracking does not exist."}}', "courier 4017", "unrecoverable_business"),
+    # databases whose codes name the failure whatever the client (early tables)
+    ("cx_Oracle.DatabaseError: ORA-01653: unable to extend table APP.ORDERS by 1024 in tablespace USERS",
+     "oracle ORA-01653", "recoverable_system"),
+    ("oracledb.exceptions.DatabaseError: ORA-01017: invalid username/password; logon denied", "oracle ORA-01017",
+     "unrecoverable_config"),
+    ("Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts. "
+     "(TOO_MANY_PARTS)", "clickhouse TOO_MANY_PARTS", "recoverable_temporary"),
+    ("Code: 62. DB::Exception: Syntax error: failed at position 8 ('FORM'): FORM orders. (SYNTAX_ERROR)",
+     "clickhouse SYNTAX_ERROR", "unrecoverable_config"),
+    # maps, AI and LLM platforms, e-commerce open platforms, push services, chat bots, SMS
+    ('{"status":"0","info":"DAILY_QUERY_OVER_LIMIT","infocode":"10003"}', "amap 10003", "unrecoverable_business"),
+    ('{"status":"0","info":"ACCESS_TOO_FREQUENT","infocode":"10004"}', "amap 10004", "recoverable_temporary"),
+    ('{"error_code":18,"error_msg":"Open api qps request limit reached"}', "baidu-ai 18", "recoverable_temporary"),
+    ('{"error_code":17,"error_msg":"Open api daily request limit reached"}', "baidu-ai 17", "unrecoverable_business"),
+    ('{"error":{"code":"AccountOverdueError","message":"The request failed because your account has an overdue '
+     'balance.","type":"Forbidden"}}', "volcengine-ark AccountOverdueError", "unrecoverable_business"),
+    ('{"error":{"code":"RateLimitExceeded.EndpointRPMExceeded","message":"The Requests Per Minute (RPM) limit '
+     'has been exceeded.","type":"TooManyRequests"}}', "volcengine-ark RateLimitExceeded", "recoverable_temporary"),
+    ('{"error_response":{"code":7,"msg":"App Call Limited","sub_code":"accesscontrol.limited-by-app-access-count"}}',
+     "open-platforms 7", "recoverable_temporary"),
+    ('{"error_response":{"code":15,"msg":"Remote service error","sub_code":"isv.trade-not-exist"}}',
+     "open-platforms isv.trade-not-exist", "unrecoverable_business"),
+    ('APNs rejected the notification: 410 {"reason":"Unregistered"}', "push Unregistered", "unrecoverable_business"),
+    ("FirebaseMessagingError: messaging/registration-token-not-registered: Requested entity was not found.",
+     "push registration-token-not-registered", "unrecoverable_business"),
+    ("Error: An API error occurred: not_in_channel", "chat-bots not_in_channel", "unrecoverable_config"),
+    ("TelegramError: 403: Forbidden: bot was blocked by the user", "chat-bots telegram-blocked",
+     "unrecoverable_business"),
+    ('{"message-count":"1","messages":[{"status":"9","error-text":"Partner quota exceeded"}]}', "sms-vonage 9",
+     "unrecoverable_business"),
+    # phrases that outrank a status code: a used-up plan on a 403, a rate limit on a 403
+    ("openai.PermissionDeniedError: Error code: 403 - {'error': {'message': 'organization exceeded current quota, "
+     "please check your plan and billing details'}}", "phrases plan-or-balance-used-up", "unrecoverable_business"),
+    ("HTTP Error 403: API rate limit exceeded for installation ID 12770951.", "phrases rate-limit",
+     "recoverable_temporary"),
 ])
 def test_shipped_table_reads_a_real_message(codes_only, message, table, category):
     result = codes_only.classify(message)
@@ -127,3 +162,25 @@ def test_check_config_reports_a_bad_code_table(tmp_path):
     result = run_cli("check-config", str(tmp_path))
     assert result.returncode == 1
     assert "50-bad.toml" in result.stdout + result.stderr and "no category named 'nope'" in result.stdout + result.stderr
+
+
+def test_an_early_table_decides_before_the_exception_type_and_the_patterns():
+    # The generic 403 pattern (configuration) and the exception type would say config; the
+    # vendor's own wording says the recipient blocked the bot, which is business.
+    ruleset = load_ruleset(CONFIG)
+    tables = load_code_tables(CONFIG, frozenset(c.name for c in ruleset.categories))
+    message = "TelegramError: 403: Forbidden: bot was blocked by the user"
+    result = Classifier(ruleset, code_tables=tables).classify(message)
+    assert (result.category, result.matched_by, result.pattern) == (
+        "unrecoverable_business", "code", "chat-bots telegram-blocked")
+    late = Classifier(ruleset, code_tables=tables, stages=("exception_type", "pattern", "code"))
+    assert late.classify(message).category == "unrecoverable_config"
+
+
+def test_early_must_be_true_or_false(tmp_path):
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "50-local.toml").write_text(
+        'kind = "token"\npriority = 5\nearly = "yes"\n[codes]\n"X" = "unrecoverable_config"\n', encoding="utf-8")
+    with pytest.raises(ConfigErrors) as raised:
+        load_code_tables(tmp_path, {"unrecoverable_config"})
+    assert "early" in str(raised.value) and "true or false" in str(raised.value)

@@ -124,3 +124,17 @@ def test_re2_overflow_blames_the_file_that_made_it_too_large(tmp_path):
     with pytest.raises(ConfigErrors) as caught:
         load_config(directory)
     assert [Path(e.path).name for e in caught.value.errors] == ["20-huge.toml"]
+
+
+def test_identifiers_are_read_as_words():
+    assert learner.identifier_words("asyncpg.exceptions.TooManyConnectionsError: sorry") == [
+        "asyncpg", "exceptions", "too", "many", "connections", "error"]
+    assert learner.spell_identifiers('{"info":"ACCESS_TOO_FREQUENT"} HTTPServerError plain') == (
+        '{"info":"access too frequent"} http server error plain')
+
+
+def test_prediction_carries_the_probability_of_unknown():
+    trained = learner.train(TOY + [("unknown", "something odd happened")] * 3)
+    prediction = trained.predict("something odd happened")
+    assert prediction.category == "unknown" and prediction.unknown == prediction.confidence
+    assert learner.train(TOY).predict("socket reset").unknown == 0.0

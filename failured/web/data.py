@@ -1,0 +1,64 @@
+"""What each console page shows, gathered from the store and the live configuration as plain data."""
+
+import time
+
+from .. import store as store_module
+from ..clock import to_db_time
+from ..suggest import suggest
+from ..thresholds import recovery_by_category, recovery_total
+
+HOUR, DAY = 3600, 86400
+UNKNOWN_TEMPLATES = 20
+OTHER_SAMPLES = 1000  # classified messages a suggested pattern must not match
+
+
+def periods(now, count, seconds, width):
+    """The last ``count`` period names (oldest first) as the store groups them: 'YYYY-MM-DD HH' or 'YYYY-MM-DD'."""
+    fmt = "%Y-%m-%d %H" if width == 13 else "%Y-%m-%d"
+    start = now - now % seconds - (count - 1) * seconds
+    return [time.strftime(fmt, time.gmtime(start + i * seconds)) for i in range(count)], start
+
+
+def failure_series(now, count, seconds, width):
+    """report_html's daily_failures shape for the last ``count`` hours or days."""
+    names, start = periods(now, count, seconds, width)
+    found = {}
+    for period, category, n in store_module.failures_by_period(start, width):
+        found.setdefault(period, {})[category] = n
+    return [{"date": name, "total": sum(found.get(name, {}).values()), "by_category": dict(sorted(found.get(name, {}).items()))}
+            for name in names]
+
+
+def recovery_rate(store, now, days=7):
+    """The recovery rate over retries that ended in the last ``days`` (None when none ended)."""
+    by_category = recovery_by_category(store.db, to_db_time(now - days * DAY), to_db_time(now))
+    return recovery_total(by_category).rate_percent
+
+
+def unknown_templates(now, days):
+    """The most frequent unknown templates of the last ``days``: count, samples and a verified pattern."""
+    start = now - days * DAY
+    groups = store_module.unknown_groups(start, UNKNOWN_TEMPLATES)
+    if not groups:
+        return []
+    others = [row[3] for row in store_module.recent_messages(start, False, OTHER_SAMPLES)]
+    found = []
+    for fingerprint, count, newest in groups:
+        template, samples = store_module.fingerprint_samples(fingerprint)
+        pattern, verified = suggest(template or "", samples, others) if template else (None, False)
+        found.append({"fingerprint": fingerprint, "count": count, "newest": newest, "template": template,
+                      "samples": samples, "pattern": pattern, "verified": verified})
+    return found
+
+
+def outbox_counts():
+    """{channel: {status: count}} of the notification outbox."""
+    counts = {}
+    for name, status, n in store_module.outbox_counts():
+        counts.setdefault(name or "-", {})[status] = n
+    return counts
+
+
+def outbox(channel=None):
+    """The outbox counts and its failed and pending rows (newest first)."""
+    return outbox_counts(), store_module.outbox_rows(("failed", "pending"), channel, limit=100)

@@ -1,0 +1,94 @@
+"""The pattern workbench: what an RE2 pattern would match among recent tasks, and saving it as a pattern file.
+
+A pattern is checked with the classifier's own RE2 options; a file is validated by loading
+a copy of the whole config directory with it (failured.config.load_config) before it is
+written, so the daemon's hot reload never sees a file the console made that it would reject.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import re2
+
+from .. import store as store_module
+from ..config import load_config
+from ..errors import ConfigErrors, InputError, RefusedError
+from ..rules import UNKNOWN, pattern_problem, re2_options
+
+DAY = 86400
+SCANNED = 5000  # newest unknown and classified messages a preview looks at
+SHOWN = 20
+MAX_DAYS = 90
+
+
+def check_days(text, default=7):
+    try:
+        days = int(text) if text else default
+    except ValueError:
+        raise InputError(f"days {str(text)[:20]!r} is not a whole number") from None
+    if not 1 <= days <= MAX_DAYS:
+        raise InputError(f"days must be from 1 to {MAX_DAYS}")
+    return days
+
+
+def preview(pattern, category, days, now):
+    """{"problem"} for an unusable pattern, else the unknown tasks it matches and the classified ones it takes."""
+    problem = pattern_problem(pattern)
+    if problem:
+        return {"problem": f"pattern {problem}"}
+    compiled = re2.compile(pattern, options=re2_options())
+    start = now - days * DAY
+    unknown = store_module.recent_messages(start, True, SCANNED)
+    classified = store_module.recent_messages(start, False, SCANNED)
+    matched = [row for row in unknown if compiled.search(row[3])]
+    stolen = [row for row in classified if row[2] != category and compiled.search(row[3])]
+    return {"problem": None, "matched": matched[:SHOWN], "matched_count": len(matched), "unknown_count": len(unknown),
+            "stolen": stolen[:SHOWN], "stolen_count": len(stolen), "classified_count": len(classified)}
+
+
+def file_text(category, pattern, now):
+    # A JSON string is a valid TOML basic string (the same escapes), whatever the pattern holds.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return (f"# Written by the failured console at {stamp}.\n[[category]]\nname = {json.dumps(category)}\n"
+            f"patterns = [{json.dumps(pattern, ensure_ascii=False)}]\n")
+
+
+def save(config_dir, category, pattern, now, lang="zh", log_dir="logs"):
+    """Write ``pattern`` for ``category`` as a new file in ``config_dir/patterns``; returns its path.
+
+    InputError for a pattern RE2 refuses or an unknown category, ConfigErrors when the
+    directory with the new file would not load.
+    """
+    problem = pattern_problem(pattern)
+    if problem:
+        raise InputError(f"pattern {problem}")
+    if category == UNKNOWN:
+        raise InputError("unknown is what matches nothing: choose another category")
+    config_dir = Path(config_dir)
+    name = f"60-console-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}.toml"
+    text = file_text(category, pattern, now)
+    _validate(config_dir, name, text, category, lang, log_dir)
+    target = config_dir / "patterns" / name
+    partial = target.with_name(f".{name}.partial")  # not *.toml: the loader never reads a half-written file
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, target)
+    return target
+
+
+def _validate(config_dir, name, text, category, lang, log_dir):
+    with tempfile.TemporaryDirectory(prefix="failured-console-") as scratch:
+        trial = Path(scratch) / "config"
+        shutil.copytree(config_dir, trial, symlinks=False, ignore=shutil.ignore_patterns(".*"))
+        (trial / "patterns").mkdir(exist_ok=True)
+        (trial / "patterns" / name).write_text(text, encoding="utf-8")
+        try:
+            snapshot = load_config(trial, lang, log_dir)
+        except ConfigErrors as exc:
+            raise RefusedError("; ".join(str(e).replace(str(trial), str(config_dir)) for e in exc.errors)) from None
+        if category not in snapshot.ruleset.by_name:
+            raise InputError(f"no category named {category!r} in the configuration")

@@ -1,0 +1,195 @@
+"""The web console over HTTP, without a browser: login, session cookie, CSRF, CSP, escaping, the workbench."""
+
+import http.client
+import re
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from conftest import write_config
+from failured.api import ApiServer
+from failured.backend import Backend
+from failured.config import load_config
+from failured.intake import record_failure
+from failured.settings import load_settings
+from failured.store import Task
+
+TOKEN = "console-token-0123456789"
+XSS = "<script>alert(1)</script><img src=x onerror=alert(1)>"
+
+
+class Client:
+    """Plain HTTP/1.1 with one cookie jar slot: answers are (status, headers, text); redirects are not followed."""
+
+    def __init__(self, port):
+        self.port, self.cookie = port, None
+
+    def request(self, method, path, form=None, headers=None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        body = urlencode(form).encode() if form is not None else None
+        sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+        if self.cookie:
+            sent["Cookie"] = f"failured_session={self.cookie}"
+        connection.request(method, path, body, sent)
+        answer = connection.getresponse()
+        text = answer.read().decode("utf-8")
+        cookie = answer.getheader("Set-Cookie") or ""
+        if match := re.match(r"failured_session=([^;]*)", cookie):
+            self.cookie = match.group(1) or None
+        connection.close()
+        return answer.status, answer, text
+
+    def csrf(self, path="/ui/"):
+        return re.search(r'name="csrf" value="([^"]+)"', self.request("GET", path)[2]).group(1)
+
+
+def make_server(tmp_path, store, token=TOKEN, **env):
+    config = write_config(tmp_path / "config")
+    settings = load_settings({"FAILURE_CONFIG_DIR": str(config), "FAILURE_LOG_DIR": str(tmp_path / "logs"), **env})
+    snapshot = load_config(config, settings.lang)
+    return ApiServer("127.0.0.1", 0, Backend(store, settings, lambda: snapshot), token=token).start()
+
+
+@pytest.fixture
+def console(tmp_path, store):
+    server = make_server(tmp_path, store)
+    client = Client(server.port)
+    yield client, store, tmp_path / "config"
+    server.stop()
+
+
+def logged_in(client):
+    status, answer, _ = client.request("POST", "/ui/login", {"token": TOKEN})
+    assert status == 303 and answer.getheader("Location") == "/ui/"
+    return client
+
+
+def test_pages_need_the_token_and_the_cookie_is_httponly_and_strict(console):
+    client, _, _ = console
+    status, answer, _ = client.request("GET", "/ui/tasks")
+    assert status == 303 and answer.getheader("Location") == "/ui/login"
+    assert client.request("POST", "/ui/login", {"token": "wrong"})[0] == 401 and client.cookie is None
+    status, answer, _ = client.request("POST", "/ui/login", {"token": TOKEN})
+    cookie = answer.getheader("Set-Cookie")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert client.request("GET", "/ui/tasks")[0] == 200
+
+
+def test_every_page_has_a_strict_csp_and_no_inline_script(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "connection timeout", source="cli")
+    logged_in(client)
+    for path in ("/ui/", "/ui/tasks", f"/ui/tasks/{task_id}", "/ui/unknown?pattern=timeout", "/ui/notifications"):
+        status, answer, text = client.request("GET", path)
+        assert status == 200, path
+        policy = answer.getheader("Content-Security-Policy")
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe" not in policy
+        assert answer.getheader("X-Frame-Options") == "DENY"
+        assert re.findall(r"<script[^>]*>", text) == ['<script src="/ui/static/console.js" defer>']
+        assert " style=" not in text and "<style" not in text
+    status, answer, text = client.request("GET", "/ui/static/console.js")
+    assert status == 200 and answer.getheader("Content-Type").startswith("text/javascript")
+
+
+def test_values_from_a_failure_are_escaped(console):
+    client, store, _ = console
+    task_id = record_failure(store, XSS, XSS, source="cli", payload='{"x": "</pre><script>alert(2)</script>"}')
+    logged_in(client)
+    for path in ("/ui/tasks", f"/ui/tasks/{task_id}", f"/ui/tasks?grep={XSS[:8]}"):
+        text = client.request("GET", path)[2]
+        assert "<img src=x" not in text and "<script>alert" not in text and "&lt;img src=x" in text
+
+
+def test_a_post_needs_the_sessions_csrf_token_and_its_own_origin(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "x", source="cli")
+    Task.update(status="notified", category="unrecoverable_data").where(Task.id == task_id).execute()
+    logged_in(client)
+    assert client.request("POST", f"/ui/tasks/{task_id}/resolve", {"note": "n"})[0] == 403
+    assert client.request("POST", f"/ui/tasks/{task_id}/resolve", {"note": "n", "csrf": "forged"})[0] == 403
+    csrf = client.csrf()
+    assert client.request("POST", f"/ui/tasks/{task_id}/resolve", {"csrf": csrf},
+                          {"Origin": "http://evil.example"})[0] == 403
+    assert Task.get_by_id(task_id).status == "notified"
+    status, answer, _ = client.request("POST", f"/ui/tasks/{task_id}/resolve", {"note": "n", "csrf": csrf})
+    assert status == 303 and answer.getheader("Location") == f"/ui/tasks/{task_id}"
+    assert Task.get_by_id(task_id).status == "resolved"
+
+
+def test_without_a_token_a_session_starts_by_itself(tmp_path, store):
+    server = make_server(tmp_path, store, token=None, FAILURE_LANG="en")
+    try:
+        client = Client(server.port)
+        status, _, text = client.request("GET", "/ui/")
+        assert status == 200 and client.cookie and "Overview" in text
+        assert client.request("POST", "/ui/logout", {})[0] == 403  # still no POST without the token
+    finally:
+        server.stop()
+
+
+def seed_unknown(store, count=3):
+    made = []
+    for i in range(count):
+        task_id = record_failure(store, "sync", f"frobnicator exploded in bay {i}", source="cli")
+        Task.update(status="notified", category="unknown", fingerprint="fp-frob",
+                    error_template="frobnicator exploded in bay <num>").where(Task.id == task_id).execute()
+        made.append(task_id)
+    stolen = record_failure(store, "sync", "frobnicator connection timeout", source="cli")
+    Task.update(status="scheduled", category="recoverable_network").where(Task.id == stolen).execute()
+    return made, stolen
+
+
+def test_workbench_previews_and_saves_a_valid_pattern_file(console):
+    client, store, config = console
+    made, stolen = seed_unknown(store)
+    logged_in(client)
+    text = client.request("GET", "/ui/unknown?" + urlencode({"pattern": "frobnicator", "category": "unrecoverable_data"}))[2]
+    assert re.search(r'id="matched-count">3<', text) and re.search(r'id="stolen-count">1<', text)
+    assert "frobnicator exploded in bay &lt;num&gt;" in text  # the template, with its samples
+    bad = client.request("GET", "/ui/unknown?" + urlencode({"pattern": "a(?=b)"}))[2]
+    assert 'id="bench-problem"' in bad and "RE2" in bad
+    csrf = client.csrf()
+    status, _, _ = client.request("POST", "/ui/unknown/save", {"csrf": csrf, "pattern": r"frobnicator\s+exploded",
+                                                               "category": "unrecoverable_data", "days": "7"})
+    assert status == 303
+    saved = list((config / "patterns").glob("60-console-*.toml"))
+    assert len(saved) == 1
+    snapshot = load_config(config, "en")
+    assert snapshot.classifier.classify("frobnicator exploded in bay 7", None, "sync").category == "unrecoverable_data"
+
+
+def test_workbench_refuses_what_the_loader_would_refuse(console):
+    client, store, config = console
+    logged_in(client)
+    csrf = client.csrf()
+    for pattern, category in (("x(?=y)", "unrecoverable_data"), ("fine", "no_such_category"), ("fine", "unknown")):
+        client.request("POST", "/ui/unknown/save", {"csrf": csrf, "pattern": pattern, "category": category})
+        page = client.request("GET", "/ui/unknown")[2]
+        assert 'class="flash bad"' in page, (pattern, category)
+    assert not list((config / "patterns").glob("60-console-*"))
+
+
+def test_pattern_writes_can_be_switched_off(tmp_path, store):
+    server = make_server(tmp_path, store, FAILURE_CONSOLE_PATTERN_WRITES="false")
+    try:
+        client = logged_in(Client(server.port))
+        page = client.request("GET", "/ui/unknown?pattern=frob")[2]
+        assert 'id="save"' not in page
+        client.request("POST", "/ui/unknown/save", {"csrf": client.csrf(), "pattern": "frob",
+                                                    "category": "unrecoverable_data"})
+        assert not list(Path(tmp_path, "config", "patterns").glob("60-console-*"))
+    finally:
+        server.stop()
+
+
+def test_send_again_puts_a_failed_notification_back_to_pending(console):
+    client, store, _ = console
+    store.db.execute_sql("INSERT INTO notifications (created_at, audience, kind, title, body, status, channel, "
+                         "attempts, last_error) VALUES ('2026-01-01 00:00:00.000', 'admin', 'task', 't', 'b', "
+                         "'failed', 'ops', 5, 'HTTP 500')")
+    logged_in(client)
+    page = client.request("GET", "/ui/notifications")[2]
+    assert "HTTP 500" in page
+    assert client.request("POST", "/ui/notifications/1/resend", {"csrf": client.csrf()})[0] == 303
+    assert store.db.execute_sql("SELECT status, attempts FROM notifications").fetchall() == [("pending", 0)]

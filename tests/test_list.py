@@ -1,0 +1,182 @@
+"""Listing tasks: the store query, `failured list`, GET /v1/tasks, and the API's bulk requeue and resolve."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import run_cli, write_config
+from failured.api import ApiServer
+from failured.backend import Backend
+from failured.clock import ManualClock
+from failured.config import load_config
+from failured.errors import InputError
+from failured.intake import record_failure
+from failured.listing import build_filter, list_page
+from failured.settings import load_settings
+from failured.store import Task, like_literal
+
+HANDLER = '[task_types.sync.handler]\nkind = "command"\nargv = ["true"]\ntimeout = 5\n'
+TOKEN = "list-test-token-0123456789"
+
+
+def add(store, task_type, error, status="notified", category="unrecoverable_data", created=None):
+    task_id = record_failure(store, task_type, error, source="cli")
+    fields = {"status": status, "category": category}
+    if created is not None:
+        fields["created_at"] = created
+    Task.update(**fields).where(Task.id == task_id).execute()
+    return task_id
+
+
+def ids(rows):
+    return [row["id"] for row in rows]
+
+
+@pytest.fixture
+def seeded(store):
+    made = {
+        "a": add(store, "sync", "connection timeout to db", "scheduled", "recoverable_network"),
+        "b": add(store, "mail", "100% of quota_used", "notified", "unrecoverable_data"),
+        "c": add(store, "sync", "100 of quotaXused", "exhausted", "recoverable_network"),
+        "d": add(store, "mail", "weird", "notified", "unknown"),
+    }
+    return store, made
+
+
+def test_list_is_newest_first_and_filters_combine(seeded):
+    store, made = seeded
+    rows, cursor = list_page(build_filter(), now=0)
+    assert ids(rows) == sorted(made.values(), reverse=True) and cursor is None
+    rows, _ = list_page(build_filter(statuses=["notified"], task_types=["mail"]), now=0)
+    assert ids(rows) == [made["d"], made["b"]]
+    rows, _ = list_page(build_filter(categories=["recoverable_network"], statuses=["scheduled", "exhausted"]), now=0)
+    assert ids(rows) == [made["c"], made["a"]]
+
+
+def test_grep_is_a_literal_substring_with_wildcards_escaped(seeded):
+    store, made = seeded
+    assert ids(list_page(build_filter(grep="100%"), now=0)[0]) == [made["b"]]
+    assert ids(list_page(build_filter(grep="quota_"), now=0)[0]) == [made["b"]]  # "_" is not "any character"
+    assert ids(list_page(build_filter(grep="TIMEOUT"), now=0)[0]) == [made["a"]]
+    assert list_page(build_filter(grep="(a+)+$"), now=0)[0] == []  # no regex: nothing to blow up
+    assert like_literal("a\\b%_") == "%a\\\\b\\%\\_%"
+
+
+def test_cursor_pages_are_stable_while_tasks_arrive(store):
+    first = [add(store, "sync", f"error {i}") for i in range(5)]
+    page, cursor = list_page(build_filter(limit=2), now=0)
+    assert ids(page) == first[:-3:-1] and cursor == str(first[3])
+    add(store, "sync", "a newer one")  # must not shift the next page
+    page, cursor = list_page(build_filter(limit=2, cursor=cursor), now=0)
+    assert ids(page) == [first[2], first[1]]
+    page, cursor = list_page(build_filter(limit=2, cursor=cursor), now=0)
+    assert ids(page) == [first[0]] and cursor is None
+
+
+def test_since_counts_back_from_now(store):
+    clock = ManualClock()
+    old = add(store, "sync", "old", created=clock.now() - 3 * 3600)
+    new = add(store, "sync", "new", created=clock.now() - 60)
+    assert ids(list_page(build_filter(since="2h"), clock.now())[0]) == [new]
+    assert ids(list_page(build_filter(since="4h"), clock.now())[0]) == [new, old]
+
+
+@pytest.mark.parametrize("arguments", [
+    {"statuses": ["bogus"]}, {"since": "two hours"}, {"limit": "0"}, {"limit": "501"}, {"cursor": "abc"},
+    {"cursor": "1" * 19}, {"grep": "x" * 201},
+])
+def test_bad_filters_are_input_errors(arguments):
+    with pytest.raises(InputError):
+        build_filter(**arguments)
+
+
+# -- the command line --------------------------------------------------------------
+
+def test_failured_list_prints_rows_and_json(tmp_path, store):
+    env = {"FAILURE_DB": str(store.path), "FAILURE_CONFIG_DIR": str(write_config(tmp_path / "config"))}
+    first = add(store, "sync", "connection timeout 1", "scheduled", "recoverable_network")
+    second = add(store, "mail", "bad <b>json</b>", "notified", "unrecoverable_data")
+    result = run_cli("list", "--status", "notified", "--status", "scheduled", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [int(line.split("\t")[0]) for line in lines] == [second, first]
+    result = run_cli("list", "--type", "sync", "--grep", "timeout", "--json", "--limit", "1", env=env)
+    data = json.loads(result.stdout)
+    assert [t["id"] for t in data["tasks"]] == [first] and data["next_cursor"] is None
+    result = run_cli("list", "--limit", "1", "--json", env=env)
+    assert json.loads(result.stdout)["next_cursor"] == str(second)
+    result = run_cli("list", "--status", "nope", env=env)
+    assert result.returncode == 2 and "not a task status" in result.stderr
+
+
+# -- the HTTP API ------------------------------------------------------------------
+
+@pytest.fixture
+def api(tmp_path, store):
+    snapshot = load_config(write_config(tmp_path / "config", main=HANDLER), "en")
+    backend = Backend(store, load_settings({}), lambda: snapshot)
+    server = ApiServer("127.0.0.1", 0, backend, token=TOKEN).start()
+    yield f"http://127.0.0.1:{server.port}", store
+    server.stop()
+
+
+def call(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_get_tasks_filters_and_pages(api):
+    base, store = api
+    made = [add(store, "sync", f"connection timeout {i}", "notified", "recoverable_network") for i in range(3)]
+    other = add(store, "mail", "not found", "manual", "unrecoverable_business")
+    status, page = call(f"{base}/v1/tasks?status=notified&limit=2")
+    assert status == 200 and [t["id"] for t in page["tasks"]] == made[:0:-1] and page["next_cursor"]
+    status, page = call(f"{base}/v1/tasks?status=notified&limit=2&cursor={page['next_cursor']}")
+    assert [t["id"] for t in page["tasks"]] == [made[0]] and page["next_cursor"] is None
+    status, page = call(f"{base}/v1/tasks?category=unrecoverable_business&category=recoverable_network&type=mail")
+    assert [t["id"] for t in page["tasks"]] == [other]
+    status, page = call(f"{base}/v1/tasks?grep=timeout%202")
+    assert [t["id"] for t in page["tasks"]] == [made[2]]
+
+
+@pytest.mark.parametrize("query, field", [("colour=red", "colour"), ("since=1h&since=2h", "since"),
+                                          ("limit=x", None), ("status=bogus", None)])
+def test_get_tasks_refuses_bad_queries(api, query, field):
+    status, error = call(f"{api[0]}/v1/tasks?{query}")
+    assert status == 400 and error["error"] == "bad_request" and error.get("field") == field
+
+
+def test_requeue_dry_run_changes_nothing_then_requeues(api):
+    base, store = api
+    task = add(store, "sync", "invalid api key", "notified", "unrecoverable_data")
+    no_handler = add(store, "mail", "invalid api key", "notified", "unrecoverable_data")
+    status, result = call(f"{base}/v1/tasks/requeue", {"category": "unrecoverable_data", "dry_run": True})
+    assert status == 200 and result["dry_run"] is True
+    assert [t["task_id"] for t in result["requeued"]] == [task]
+    assert [t["task_id"] for t in result["skipped"]] == [no_handler]
+    assert Task.get_by_id(task).status == "notified"
+    status, result = call(f"{base}/v1/tasks/requeue", {"category": "unrecoverable_data", "since": "1h"})
+    assert status == 200 and [t["task_id"] for t in result["requeued"]] == [task]
+    assert Task.get_by_id(task).status == "scheduled"
+    assert call(f"{base}/v1/tasks/requeue", {"status": ["running"]})[0] == 400
+    assert call(f"{base}/v1/tasks/requeue", {"status": "notified"})[0] == 400
+
+
+def test_resolve_a_list_reports_each_refusal(api):
+    base, store = api
+    open_one = add(store, "sync", "x", "notified")
+    done = add(store, "sync", "y", "resolved")
+    status, result = call(f"{base}/v1/tasks/resolve", {"task_ids": [open_one, done, 999999], "note": "by hand"})
+    assert status == 200
+    assert [t["task_id"] for t in result["resolved"]] == [open_one]
+    assert {r["task_id"] for r in result["refused"]} == {done, 999999}
+    assert Task.get_by_id(open_one).status == "resolved" and Task.get_by_id(open_one).note == "by hand"
+    assert call(f"{base}/v1/tasks/resolve", {"task_ids": []})[0] == 400
+    assert call(f"{base}/v1/tasks/resolve", {"task_ids": ["1"]})[0] == 400
