@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import requests
 
 from .errors import ConfigError
+from .secrets import ENV_REF, expand_env
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ _FIELDS = {
 }
 _TASK_FIELDS = ("task_id", "ref", "task_type", "attempt")
 _PAYLOAD_FIELD = re.compile(r"payload\[([^\[\]]+)\]\Z")
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
@@ -91,14 +91,6 @@ def unset_variables(spec, environ=os.environ):
 class _Unusable(Exception):
     """``(error, error_type)``: the handler cannot even start; never leaves this module."""
 
-
-def expand_env(value: str) -> str:
-    """Replace each ``${NAME}`` with ``os.environ[NAME]``; raise KeyError(NAME) if unset."""
-
-    def sub(match):
-        return os.environ[match.group(1)]  # KeyError(NAME) when unset
-
-    return ENV_REF.sub(sub, value)
 
 
 def parse_handler(table: dict, path, key: str) -> HandlerSpec:

@@ -1,17 +1,44 @@
-"""Secrets failured knows: the configuration's ``${NAME}`` values, channel keys and the API token.
+"""Secrets: ``${NAME}`` expansion from the environment, the values failured knows, and masking.
 
-Every error text is masked with them before it is stored, so a handler that
-prints ``$DINGTALK_SECRET`` or a reporter that pastes a token leaks nothing
-into the database, the API, reports or notifications.
+Every error text is masked with the known values before it is stored, so a
+handler that prints ``$DINGTALK_SECRET`` or a reporter that pastes a token
+leaks nothing into the database, the API, reports or notifications. This
+module imports nothing heavy: every reporting process loads it.
 """
 
 import functools
 import os
+import re
+import urllib.parse
 
-from .notify.channels.base import ENV_REF, mask
 from .rules import read_config_bytes
 
-MIN_SECRET_CHARS = 4
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
+# Query values that look like credentials are masked whatever their value.
+_SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|key|sign|secret|token|password)=)[^&\s'\"<>()]+")
+
+
+def expand_env(value: str) -> str:
+    """Replace each ``${NAME}`` with ``os.environ[NAME]``; raise KeyError(NAME) if unset."""
+
+    def sub(match):
+        return os.environ[match.group(1)]  # KeyError(NAME) when unset
+
+    return ENV_REF.sub(sub, value)
+
+
+def mask(text, secrets):
+    """``text`` with each secret (at least 4 characters) and each secret-looking query value as ``***``."""
+    if not text:
+        return text
+    variants = set()
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_CHARS:
+            variants |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    for variant in sorted(variants, key=len, reverse=True):
+        text = text.replace(variant, "***")
+    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def known_secrets(snapshot, settings):

@@ -3,6 +3,8 @@
 import json
 
 from conftest import run_cli, wait_for
+from failured.intake import record_failure
+from failured.store import open_store
 
 
 def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory, tmp_path):
@@ -34,8 +36,10 @@ def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path):
 
 def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     daemon = daemon_factory().start()
-    for i in range(12):
-        daemon.cli("report", "--type", "sync", "--error", f"the moon is wrong {i}")
+    store = open_store(daemon.db)
+    for i in range(12):  # through the Python API: twelve CLI processes cost seconds of CPU
+        record_failure(store, "sync", f"the moon is wrong {i}")
+    store.close()
     daemon.wait_for("SELECT count(*) FROM tasks WHERE category = 'unknown'", lambda r: r[0][0] == 12)
     result = daemon.cli("status")
     assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout

@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import re
 import urllib.parse
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -11,7 +10,7 @@ from email.utils import parsedate_to_datetime
 import requests
 
 from ...clock import SystemClock
-from ...handlers import ENV_REF, expand_env
+from ...secrets import ENV_REF, MIN_SECRET_CHARS, expand_env, mask  # noqa: F401 - mask is re-exported
 
 
 log = logging.getLogger(__name__)
@@ -19,10 +18,8 @@ log = logging.getLogger(__name__)
 TRUNCATED = "\n…(truncated)"
 THROTTLED_SECONDS = 60.0
 MAX_TEXT_CHARS = 1000  # of an error or answer
-MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
 
 
-_SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|key|sign|secret|token|password)=)[^&\s'\"<>()]+")
 
 
 @dataclass(frozen=True)
@@ -49,19 +46,6 @@ class SendResult:
 
 class _Misconfigured(Exception):
     """The channel cannot be used as configured (e.g. an unset variable); never leaves this module."""
-
-
-def mask(text, secrets):
-    """``text`` with each secret (at least 4 characters) and each secret-looking query value as ``***``."""
-    if not text:
-        return text
-    variants = set()
-    for secret in secrets:
-        if secret and len(secret) >= MIN_SECRET_CHARS:
-            variants |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
-    for variant in sorted(variants, key=len, reverse=True):
-        text = text.replace(variant, "***")
-    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def secret_values(channels):
