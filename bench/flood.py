@@ -147,7 +147,7 @@ def failured_env(directory):
 def start_failured(env, directory, log):
     proc = spawn([sys.executable, "-m", "failured", "run"], env, directory, log)
     if os.environ.get("FLOOD_PROFILE"):  # py-spy record of the daemon's first 30 s, to FLOOD_PROFILE
-        spawn([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--gil", "-f", "raw",
+        spawn([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--threads", "--idle", "-f", "raw",
                "-d", "30", "-o", os.environ["FLOOD_PROFILE"], "-p", str(proc.pid)], env, directory, log)
     db = Path(env["FAILURE_DB"])
 
@@ -202,8 +202,7 @@ def failured_timeline(db):
 
 def flood_failured(count, directory, kill=False):
     """Report ``count`` failures from this process while the daemon runs; the figures."""
-    from failured.intake import record_failure
-    from failured.store import open_store
+    from failured.intake import report_failure
 
     directory.mkdir()
     env = failured_env(directory)
@@ -211,14 +210,12 @@ def flood_failured(count, directory, kill=False):
     with open(directory / "daemon.log", "w") as log:
         killer = Killer(lambda: start_failured(env, directory, log), float("inf"))
         os.environ.update({k: env[k] for k in ("FAILURE_DB", "FAILURE_CONFIG_DIR")})
-        store = open_store(env["FAILURE_DB"])
         try:
             first = time.time()
             cpu = time.process_time()
             killer.kill_at = first + RETRY_DELAY + KILL_AFTER
             for i in range(count):
-                # report_failure's own path, with the store opened once as it is per process
-                record_failure(store, "flood", f"ConnectionError: connection timeout to api.example.com ({i})",
+                report_failure("flood", f"ConnectionError: connection timeout to api.example.com ({i})",
                                error_type="ConnectTimeout", payload={"n": i})
                 if kill and not i % 200:
                     killer.tick(time.time())
@@ -229,7 +226,6 @@ def flood_failured(count, directory, kill=False):
             wait_for(done, 120 + count / 100, every=0.1)
             daemon_cpu = cpu_seconds(killer.proc.pid)
         finally:
-            store.close()
             stop(killer.proc)
     figures = failured_figures(count, env["FAILURE_DB"], marks, first, last, killer.killed)
     figures["CPU ms per task: reporter / daemon"] = f"{cpu / count * 1000:.3f} / {daemon_cpu / count * 1000:.3f}"

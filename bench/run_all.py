@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["classify.py", "intake.py", "retry_timer.py", "reaction.py", "notify_burst.py", "analysis.py", "startup.py", "api_ingest.py"]
+BENCHES = ["classify.py", "intake.py", "retry_timer.py", "reaction.py", "flood.py", "notify_burst.py", "analysis.py",
+           "startup.py", "api_ingest.py"]
 
 
 def main():

@@ -44,6 +44,8 @@ HEARTBEAT_SECONDS = 5.0
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
 INTAKE_TICK_SECONDS = 0.01
 GIL_SWITCH_SECONDS = 0.0005
+INTAKE_YIELD_MAX = 0.05  # longest the intake waits, per commit of decisions, for late retries to start
+INTAKE_YIELD_STEP = 0.001
 THRESHOLD_CHECK_SECONDS = 60
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
 
@@ -200,7 +202,8 @@ class Daemon:
 
     def intake_new(self):
         """Decide every new task, batch after batch, queueing each retry as its batch is written."""
-        if self.engine.drain_new(self.queue.push) or self.engine.notified_since_wake():
+        self.engine.drain_new(self.queue.push, between=self._let_late_retries_go)
+        if self.engine.notified_since_wake():  # only then: a woken dispatcher queries every lane
             self.dispatcher.wake()
 
     def intake_once(self):
@@ -213,6 +216,17 @@ class Daemon:
             self.queue.push(task_id, due, task_type)
         if self.waiting_orphans:
             self._recheck_orphans()
+
+    def _let_late_retries_go(self):
+        """Between two decision commits, give way while due retries wait for the retry timer.
+
+        Both threads need the one GIL and the one write lock, and neither has a priority:
+        in a flood the classifying intake would take most turns. A retry is due to the
+        millisecond; a decision has a second (INTAKE_YIELD_MAX bounds the wait per commit).
+        """
+        deadline = self.clock.monotonic() + INTAKE_YIELD_MAX
+        while self.runner.behind() and self.clock.monotonic() < deadline and not self.stopping.is_set():
+            self.stopping.wait(INTAKE_YIELD_STEP)
 
     def _recheck_orphans(self):
         queued, waiting = self.engine.take_back_leases(orphans_only=True)

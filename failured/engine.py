@@ -130,6 +130,36 @@ def load_task(task_id):
     return None if row is None else _task_of(row)
 
 
+def load_tasks(task_ids):
+    """The tasks with these ids that exist, in one query (hot path)."""
+    if not task_ids:
+        return []
+    sql = f"{_SELECT_TASK[:-len('= ?')]}IN ({', '.join('?' * len(task_ids))})"
+    return [_task_of(row) for row in Task._meta.database.execute_sql(sql, tuple(task_ids)).fetchall()]
+
+
+def _run_prepared(sql, prepared):
+    """Run a conditional update per (item, parameters, event row), then insert the events of those
+    that applied; returns their items. One executemany when every row applies (the usual case);
+    otherwise that is undone and each row runs on its own, to learn which moved meanwhile."""
+    if not prepared:
+        return []
+    connection = Task._meta.database.connection()
+    if len(prepared) == 1:
+        applied = prepared if connection.execute(sql, prepared[0][1]).rowcount else []
+        add_events([event for _, _, event in applied])
+        return [item for item, _, _ in applied]
+    connection.execute("SAVEPOINT prepared")
+    if connection.executemany(sql, [params for _, params, _ in prepared]).rowcount == len(prepared):
+        applied = prepared
+    else:
+        connection.execute("ROLLBACK TO prepared")
+        applied = [item for item in prepared if connection.execute(sql, item[1]).rowcount]
+    connection.execute("RELEASE prepared")
+    add_events([event for _, _, event in applied])
+    return [item for item, _, _ in applied]
+
+
 def load_new_tasks(limit, skip=()):
     """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``."""
     where = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
@@ -143,6 +173,7 @@ def _task_of(row):
     return Task(**values)
 
 
+@functools.lru_cache(maxsize=4096)  # a task's created_at and updated_at are often one instant
 def _epoch(text):
     """``from_db_time`` through the C parser: strptime cost more than the rest of loading a task."""
     if text is None:
@@ -196,23 +227,25 @@ class Engine:
         """Classify and act on tasks nobody has handled yet; returns [(id, due, type)] to queue."""
         return self._handle_batch(limit)[0]
 
-    def drain_new(self, push, batch=NEW_BATCH):
+    def drain_new(self, push, batch=NEW_BATCH, between=None):
         """Decide new tasks batch after batch until one comes back short; ``push(id, due, type)``
-        each retry as soon as its batch is written. Returns how many tasks were decided.
+        each retry as soon as its batch is written, and call ``between()`` after each commit
+        (the daemon lets late retries go first there). Returns how many tasks were decided.
 
         A flood is decided as fast as it comes in, not one batch per poll.
         """
         decided = 0
         while True:
-            queued, read = self._handle_batch(batch)
+            queued, read = self._handle_batch(batch, push if between else None, between)
             for item in queued:
                 push(*item)
             decided += read
             if read < batch:
                 return decided
 
-    def _handle_batch(self, limit):
-        """(retries to queue, tasks read) for one batch of new tasks."""
+    def _handle_batch(self, limit, push=None, between=None):
+        """(retries to queue, tasks read) for one batch of new tasks; with ``push``, each
+        commit's retries are pushed at once (and not returned), then ``between()`` is called."""
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
@@ -232,6 +265,11 @@ class Engine:
                         queued.append((plan.task.id, due, plan.task.task_type))
             for plan in plans:
                 self._after_write(plan, "classified")
+            if push is not None:
+                for item in queued:
+                    push(*item)
+                queued = []
+                between()
         return queued, len(tasks)
 
     def _retry_statements(self, plan):
@@ -394,6 +432,7 @@ class Engine:
             self.store.set_state(key, "1", now)
             title, body = messages.manual_message(self.settings.lang, task_type)
             enqueue(self.config(), now, "admin", "manual", title, body, task_type=task_type)
+            self._notified.set()
 
     def notified_since_wake(self):
         """True once after notifications were queued (retry outcomes, breakers), so intake wakes the dispatcher."""
@@ -471,41 +510,7 @@ class Engine:
 
     def claim_due(self, items):
         """``claim`` each (task id, expected due) in one transaction; the [Claimed] that were ours to run."""
-        snapshot = self.config()
-        now = self.clock.now()
-        candidates = []
-        for task_id, expected_due in items:
-            task = load_task(task_id)
-            if task is None or task.status != SCHEDULED or task.next_retry_at is None:
-                continue
-            handler = self.handler_for(task, snapshot)
-            if expected_due is not None:
-                due = abs(task.next_retry_at - expected_due) < 0.001
-            else:
-                due = task.next_retry_at <= now + 0.001
-            if handler is not None and due:
-                candidates.append((task, handler))
-        if not candidates:
-            return []
-        # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
-        now = self.clock.now()
-        prepared = [(Claimed(task, handler, task.attempts + 1),
-                     (task.attempts + 1, self.owner, _stamp(now + policy.lease_seconds(handler.timeout)), _stamp(now),
-                      task.id, _stamp(task.next_retry_at)),
-                     event_row(task.id, now, "retry_started", RUNNING, task.category, task.attempts + 1))
-                    for task, handler in candidates]
-        claimed, events = [], []
-        with self._writes, self.store.eager_transaction():
-            connection = self.store.db.connection()
-            for item, params, event in prepared:
-                if connection.execute(_CLAIM, params).rowcount:
-                    claimed.append(item)
-                    events.append(event)
-            add_events(events)
-        for item in claimed:
-            item.task.status, item.task.attempts = RUNNING, item.attempt
-            self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
-        return claimed
+        return self.settle([], items)[1]
 
     def record_pid(self, task_id, pid):
         Task.update(handler_pid=pid).where(Task.id == task_id, Task.lease_owner == self.owner).execute()
@@ -515,32 +520,68 @@ class Engine:
         return self.finish_all([(claimed, outcome)])[0]
 
     def finish_all(self, results):
-        """Record the outcomes of many retries, [(Claimed, Outcome)]; returns each one's next due time or None.
+        """Record the outcomes of many retries, [(Claimed, Outcome)]; returns each one's next due time or None."""
+        return self.settle(results, [])[0]
 
-        The successes share one transaction (each still its own conditional update and event);
-        a failure is classified and decided on its own, as when it was first reported.
+    def settle(self, results, items):
+        """Record retries' outcomes and claim the next due tasks, in one transaction: (dues, [Claimed]).
+
+        ``results`` are [(Claimed, Outcome)]; ``dues`` has each one's next due time or None.
+        ``items`` are [(task id, expected due)] as for ``claim``. The successes and the claims
+        share one transaction (each row still its own conditional update and event); a failed
+        retry is classified and decided on its own afterwards, as when it was first reported.
         """
-        recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
-        for claimed, outcome in results:
+        for _, outcome in results:
             self.metrics.retries.labels("recovered" if outcome.ok else "failed").inc()
-        if recovered:
-            self._record_recovered(recovered)
-        return [None if outcome.ok else self._retry_failed(claimed, outcome) for claimed, outcome in results]
-
-    def _record_recovered(self, recovered):
+        recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
+        # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
         now = self.clock.now()
-        stamp = _stamp(now)
-        prepared = [((stamp, stamp, claimed.task.id, self.owner),
-                     event_row(claimed.task.id, now, "recovered", RECOVERED, claimed.task.category, claimed.attempt,
-                               duration=round(outcome.duration, 3)))
-                    for claimed, outcome in recovered]
-        with self._writes, self.store.eager_transaction():
-            connection = self.store.db.connection()
-            add_events([event for params, event in prepared if connection.execute(_RECOVERED, params).rowcount])
-        for claimed, _ in recovered:
-            task = claimed.task
+        claims = self._prepare_claims(items, now)
+        finishes = self._prepare_recovered(recovered, now)
+        claimed = []
+        if claims or finishes:
+            with self._writes, self.store.eager_transaction():
+                _run_prepared(_RECOVERED, finishes)
+                claimed = _run_prepared(_CLAIM, claims)
+        for item in claimed:
+            item.task.status, item.task.attempts = RUNNING, item.attempt
+            self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
+        for claimed_one, _ in recovered:
+            task = claimed_one.task
             self.metrics.recoveries.labels(task.category or "unknown").inc()
-            log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed.attempt)
+            log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
+        dues = [None if outcome.ok else self._retry_failed(claimed_one, outcome) for claimed_one, outcome in results]
+        return dues, claimed
+
+    def _prepare_claims(self, items, now):
+        """[(Claimed, claim parameters, event row)] for the items that are due and have a handler."""
+        snapshot = self.config()
+        prepared = []
+        expected = dict(items)
+        for task in load_tasks(list(expected)):
+            expected_due = expected[task.id]
+            if task.status != SCHEDULED or task.next_retry_at is None:
+                continue
+            handler = self.handler_for(task, snapshot)
+            if expected_due is not None:
+                due = abs(task.next_retry_at - expected_due) < 0.001
+            else:
+                due = task.next_retry_at <= now + 0.001
+            if handler is None or not due:
+                continue
+            attempt = task.attempts + 1
+            prepared.append((Claimed(task, handler, attempt),
+                             (attempt, self.owner, _stamp(now + policy.lease_seconds(handler.timeout)), _stamp(now),
+                              task.id, _stamp(task.next_retry_at)),
+                             event_row(task.id, now, "retry_started", RUNNING, task.category, attempt)))
+        return prepared
+
+    def _prepare_recovered(self, recovered, now):
+        stamp = _stamp(now)
+        return [(claimed, (stamp, stamp, claimed.task.id, self.owner),
+                 event_row(claimed.task.id, now, "recovered", RECOVERED, claimed.task.category, claimed.attempt,
+                           duration=round(outcome.duration, 3)))
+                for claimed, outcome in recovered]
 
     def _retry_failed(self, claimed, outcome):
         task = claimed.task
@@ -637,6 +678,7 @@ class Engine:
             add_event(task.id, now, f"breaker_{state}", Task.get_by_id(task.id).status, task.category,
                       task.attempts, task_type=task.task_type)
             enqueue(self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
+        self._notified.set()
         log.warning("task type %s: breaker %s", task.task_type, state)
 
 

@@ -20,6 +20,8 @@ from .handlers import Outcome, TaskContext, run_handler
 
 log = logging.getLogger("failured.queue")
 
+COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, to be written with them
+
 
 class RetryQueue:
     """Task ids by due time. ``push`` of a known id moves it (the old entry goes stale).
@@ -107,10 +109,9 @@ class Runner:
     """Waits for the earliest due retries, claims them together and runs them in a bounded pool.
 
     This thread is the retries' one writer: claims and outcomes are written here in
-    batches (one transaction each), the pool threads only run handlers. Up to twice
-    ``concurrency`` retries are claimed at once, so the next ones are ready when a
-    handler ends; a claimed retry waits at most one handler timeout before it starts,
-    well inside its lease (twice the timeout plus 30 s).
+    batches (one transaction each), the pool threads only run handlers. At most
+    ``concurrency`` retries are claimed at a time, so a task is ``running`` only while
+    its handler runs (or its outcome waits to be written) and its lease starts with it.
     """
 
     def __init__(self, engine, queue, breakers, clock, concurrency, enabled=True, paused=lambda: False):
@@ -121,7 +122,7 @@ class Runner:
         self.clock = clock
         self.enabled = enabled
         self.concurrency = concurrency
-        self.claim_limit = 2 * concurrency
+        self.claim_limit = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="retry")
         self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
         self._stopping = threading.Event()
@@ -146,7 +147,7 @@ class Runner:
             self._thread.join(timeout=5)
         deadline = self.clock.monotonic() + grace
         while self.running and self.clock.monotonic() < deadline:
-            self._finish_done(wait=min(0.2, max(0.0, deadline - self.clock.monotonic())))
+            self._step(claiming=False, wait=min(0.2, max(0.0, deadline - self.clock.monotonic())))
         self._pool.shutdown(wait=False, cancel_futures=True)
         return self.running  # retries still running (left to their leases)
 
@@ -154,12 +155,8 @@ class Runner:
         while not self._stopping.is_set():
             self.last_loop = self.clock.monotonic()
             try:
-                self._finish_done()
                 self._wait_until_due()
-                self._finish_done()
-                if self._stopping.is_set() or not self.enabled or self.paused():
-                    continue
-                self._start_due()
+                self._step(claiming=not self._stopping.is_set() and self.enabled and not self.paused())
             except Exception:
                 log.exception("retry timer: unexpected error; going on")
                 self._stopping.wait(0.5)
@@ -170,10 +167,42 @@ class Runner:
         else:
             self._stopping.wait(1.0)
 
-    def _start_due(self):
-        room = self.claim_limit - self.running
-        if room <= 0:
+    def _step(self, claiming=True, wait=0.0):
+        """Record the outcomes that came back and claim what is due, in one transaction; run the claimed."""
+        results = self._outcomes.take(wait)
+        if results and self.running > len(results):
+            # Others are running: handlers of a burst end together, and one transaction for
+            # all of them costs what one costs. Wait a moment for them rather than write each.
+            results += self._outcomes.take(COALESCE_SECONDS)
+        due = self._pop_due(self.claim_limit - self.running + len(results)) if claiming else []
+        if not results and not due:
             return
+        self._started([task_id for task_id, _, _ in due])  # before the claim commits: see running_ids
+        try:
+            dues, claimed = self.engine.settle(results, [(task_id, expected) for task_id, expected, _ in due])
+        except Exception:
+            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
+            log.exception("retry timer: outcomes (tasks %s) not recorded, nothing claimed; "
+                          "the scan will take them back", ids or "-")
+            self._finished([claimed.task.id for claimed, _ in results] + [task_id for task_id, _, _ in due])
+            for task_id, expected, task_type in due:  # still scheduled in the table: try again
+                self.queue.push(task_id, expected, task_type)
+                self.breakers.release(task_type)
+            return
+        ours = {item.task.id for item in claimed}
+        for task_id, _, task_type in due:
+            if task_id not in ours:
+                self._finished([task_id])
+                self.breakers.release(task_type)  # a probe that did not run is no probe
+        for item in claimed:
+            self._pool.submit(self._run, item)
+        for (claimed_one, outcome), next_due in zip(results, dues):
+            self._after_finish(claimed_one, outcome, next_due)
+
+    def _pop_due(self, room):
+        """Up to ``room`` due retries the breakers let through (the others are postponed)."""
+        if room <= 0:
+            return []
         allowed = []
         for task_id, due, task_type in self.queue.pop_due(self.clock.monotonic(), room):
             ok, until = self.breakers.allow(task_type)
@@ -181,21 +210,7 @@ class Runner:
                 allowed.append((task_id, due, task_type))
             elif self.engine.postpone(task_id, until, "breaker open"):
                 self.queue.push(task_id, until, task_type)
-        if not allowed:
-            return
-        self._started([task_id for task_id, _, _ in allowed])  # before the claim commits: see running_ids
-        try:
-            claimed = self.engine.claim_due([(task_id, due) for task_id, due, _ in allowed])
-        except Exception:
-            self._finished([task_id for task_id, _, _ in allowed])
-            raise
-        ours = {item.task.id for item in claimed}
-        for task_id, _, task_type in allowed:
-            if task_id not in ours:
-                self._finished([task_id])
-                self.breakers.release(task_type)  # a probe that did not run is no probe
-        for item in claimed:
-            self._pool.submit(self._run, item)
+        return allowed
 
     def _run(self, claimed):
         task = claimed.task
@@ -208,21 +223,6 @@ class Runner:
             outcome = Outcome(False, f"cannot run the retry: {exc}", type(exc).__name__)
         self._outcomes.put((claimed, outcome))
         self.queue.wake()
-
-    def _finish_done(self, wait=0.0):
-        """Record every outcome that came back, in one go; then queue the retries they scheduled."""
-        results = self._outcomes.take(wait)
-        if not results:
-            return
-        try:
-            dues = self.engine.finish_all(results)
-        except Exception:
-            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
-            log.exception("tasks %s: outcome not recorded inside failured; the scan will take them back", ids)
-            self._finished([claimed.task.id for claimed, _ in results])
-            return
-        for (claimed, outcome), due in zip(results, dues):
-            self._after_finish(claimed, outcome, due)
 
     def _after_finish(self, claimed, outcome, due):
         task = claimed.task
@@ -251,6 +251,13 @@ class Runner:
         """How many retries run now (claimed here, outcome not yet recorded)."""
         with self._running_lock:
             return len(self._running)
+
+    def behind(self):
+        """True while a due retry waits and a pool slot is free for it (retries are enabled)."""
+        if not self.enabled or self.paused() or self.running >= self.claim_limit:
+            return False
+        deadline = self.queue.next_due()
+        return deadline is not None and deadline <= self.clock.monotonic()
 
     def running_ids(self):
         """The task ids whose retries run in this process now (their leases are alive whatever the clock says)."""

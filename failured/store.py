@@ -321,13 +321,13 @@ class Store:
                 yield
             return
         try:
-            atomic = self._begin_eagerly()
+            transaction = self._begin_eagerly()
             try:
                 yield
             except BaseException:
-                atomic.__exit__(*sys.exc_info())  # rolls back; the exception goes on
+                transaction.__exit__(*sys.exc_info())  # rolls back; the exception goes on
                 raise
-            atomic.__exit__(None, None, None)  # commits
+            transaction.__exit__(None, None, None)  # commits
         except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
             known = translate_error(self.path, exc)
             if known is None:
@@ -335,22 +335,25 @@ class Store:
             raise known from None
 
     def _begin_eagerly(self):
-        """An entered ``atomic()`` (BEGIN IMMEDIATE done), polling for the lock; gives up as busy_timeout does."""
+        """BEGIN IMMEDIATE, polling for the lock (gives up as busy_timeout does); returns peewee's
+        record of the open transaction, so a nested ``transaction()`` becomes a savepoint."""
         connection = self.db.connection()
         deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
         connection.execute("PRAGMA busy_timeout = 0")
         try:
             while True:
-                atomic = self.db.atomic()
                 try:
-                    atomic.__enter__()
-                    return atomic
-                except (pw.OperationalError, sqlite3.OperationalError) as exc:
+                    connection.execute("BEGIN IMMEDIATE")  # plain sqlite3: a refused try costs microseconds
+                    break
+                except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                         raise
                 time.sleep(EAGER_POLL_SECONDS)
         finally:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+        transaction = self.db.transaction()
+        self.db.push_transaction(transaction)  # as transaction.__enter__ does after its own BEGIN
+        return transaction
 
     def schema_version(self):
         return self.db.execute_sql("PRAGMA user_version").fetchone()[0]

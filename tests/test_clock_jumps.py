@@ -52,14 +52,15 @@ def test_the_runner_waits_on_the_monotonic_clock(engine, store, clock):
     clock.jump(-40)
     clock.advance(1)
     done = threading.Event()
-    original = engine.finish_all
+    original = engine.settle
 
-    def finish_all(results):
-        result = original([(claimed, Outcome(ok=True)) for claimed, _ in results])
-        done.set()
-        return result
+    def settle(results, items):
+        answer = original([(claimed, Outcome(ok=True)) for claimed, _ in results], items)
+        if results:
+            done.set()
+        return answer
 
-    engine.finish_all = finish_all
+    engine.settle = settle
     runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
     try:
         assert done.wait(60), "the due retry never ran"
