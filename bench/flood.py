@@ -12,6 +12,10 @@ retries and an immediate restart.
 
 This file is also the handler module both sides import (``flood:run``, ``flood.huey``):
 each run of a no-op appends "n start end" to FLOOD_MARKS, so runs can be counted.
+FLOOD_PROFILE=FILE records the first 30 s of each failured daemon with py-spy (raw stacks).
+
+Lateness is the handler's own start against the due time the decision wrote; "finished,
+then run again" counts runs that began after the task was recorded as recovered.
 """
 
 import os
@@ -235,10 +239,11 @@ def flood_failured(count, directory, kill=False):
 def failured_figures(count, db, marks, first, last, killed):
     rows = failured_timeline(db)
     decided = [d - c for _, c, d, *_ in rows if d is not None]
-    late = [(s - (d + delay), d + delay) for _, _, d, delay, s, *_ in rows if s is not None and d is not None]
+    runs = read_marks(marks)
+    late = [(min(runs[n]) - (d + delay), d + delay) for _, _, d, delay, *_, n in rows
+            if d is not None and n in runs]
     done_at = [r for *_, r, _, _ in rows if r is not None]
     counts = failured_counts(db)
-    runs = read_marks(marks)
     # A run that began after the task was recorded as recovered: a finished task retried again.
     # (The stamps are ms; a run that began in the same ms as that commit is not counted.)
     again = sum(1 for *_, recovered, n in rows if recovered is not None
