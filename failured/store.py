@@ -27,6 +27,8 @@ FINAL_STATUSES = (RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED)
 # the disk as full before a write fails half-way, and `status` says so.
 DISK_FLOOR_BYTES = 256 * 1024
 
+OPEN_RETRY_SECONDS = 0.05  # between tries to open a database another process is creating
+
 # Writers wait this long for the lock before SQLite gives up; several
 # reporting processes plus the daemon must never see "database is locked".
 BUSY_TIMEOUT_SECONDS = 30
@@ -278,8 +280,7 @@ class Store:
             self.created = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db.connect(reuse_if_open=True)
-            self._migrate()
+            self._connect_and_migrate()
         except StoreError:
             raise
         except (pw.DatabaseError, sqlite3.DatabaseError, OSError) as exc:
@@ -288,6 +289,26 @@ class Store:
                 raise known from None
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         return self
+
+    def _connect_and_migrate(self):
+        """Connect and migrate, trying again while another process holds the lock.
+
+        Two processes opening a brand-new file at once (a daemon and a reporter) race to
+        switch it to WAL, and that switch answers "database is locked" at once instead of
+        waiting in the busy handler: wait here as the busy timeout would.
+        """
+        # as long as this database's own lock timeout (a worker's reporter sets a short one)
+        deadline = time.monotonic() + getattr(self.db, "_timeout", BUSY_TIMEOUT_SECONDS)
+        while True:
+            try:
+                self.db.connect(reuse_if_open=True)
+                self._migrate()
+                return
+            except (pw.OperationalError, sqlite3.OperationalError) as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self.close()
+                time.sleep(OPEN_RETRY_SECONDS)
 
     def close(self):
         if not self.db.is_closed():
