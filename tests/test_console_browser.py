@@ -1,14 +1,16 @@
 """The web console in a real browser (headless Chromium via Selenium) against a real `failured run`.
 
 Skipped, saying why, where Debian's chromium or chromium-driver (or selenium) is absent. Every wait is
-for an element, a row or a page state, with a deadline; never for time to pass. Screenshots of each
-page go to docs/screenshots/ (the README shows them).
+for an element, a row or a page state, with a deadline; never for time to pass. Every page is
+screenshotted; with FAILURE_TEST_SCREENSHOTS=docs/screenshots the shots the README shows are refreshed
+(a plain run keeps them in its tmp directory and leaves the working tree alone).
 """
 
 import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -37,7 +38,7 @@ if MISSING is None and not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER))
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 TOKEN = "console-browser-token-0123456789"
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = Path(os.environ["FAILURE_TEST_SCREENSHOTS"]) if os.environ.get("FAILURE_TEST_SCREENSHOTS") else None
 DEADLINE = 30
 HANDLER = '[task_types.sync.handler]\nkind = "command"\nargv = ["true"]\ntimeout = 10\n'
 XSS = "<img src=x onerror=alert(1)>"
@@ -87,9 +88,10 @@ def wait_status(daemon, task_id, wanted):
                            DEADLINE, task_id)
 
 
-def shot(driver, name):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+def shot(driver, name, directory=None):
+    target = SHOTS or directory or Path(tempfile.gettempdir()) / "failured-console-shots"
+    target.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(target / f"{name}.png"))
 
 
 def element(driver, css):
