@@ -12,9 +12,7 @@ import random
 import signal
 import sqlite3
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from . import policy
 from .classify import Classification
@@ -173,15 +171,8 @@ def _task_of(row):
     return Task(**values)
 
 
-@functools.lru_cache(maxsize=4096)  # a task's created_at and updated_at are often one instant
-def _epoch(text):
-    """``from_db_time`` through the C parser: strptime cost more than the rest of loading a task."""
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        return from_db_time(text)  # edited by hand: the strict parser says what is wrong
+# A task's created_at and updated_at are often one instant.
+_epoch = functools.lru_cache(maxsize=4096)(from_db_time)
 
 
 def pid_alive(pid):
@@ -308,7 +299,7 @@ class Engine:
     def _write_guarded(self, plan):
         """Write one plan in its own savepoint; a task that cannot be written is set aside, not retried forever."""
         try:
-            with self._savepoint():
+            with self.store.savepoint():
                 return self._write(plan, NEW, "classified")
         except _Moved:
             return None
@@ -319,26 +310,6 @@ class Engine:
                           plan.task.task_type)
             self._unwritable.add(plan.task.id)
             return None
-
-    @contextmanager
-    def _savepoint(self):
-        """``store.transaction()`` nested in one, in plain SQL: peewee's savepoint (a uuid name,
-        several objects) cost a fifth of writing a decision. Store errors come out as StoreErrors."""
-        connection = self.store.db.connection()
-        connection.execute("SAVEPOINT decide")
-        try:
-            yield
-        except BaseException as exc:
-            try:
-                connection.execute("ROLLBACK TO decide")
-                connection.execute("RELEASE decide")
-            except sqlite3.DatabaseError:
-                pass  # SQLite already rolled the whole transaction back (disk full): the outer one says so
-            known = translate_error(self.store.path, exc) if isinstance(exc, sqlite3.DatabaseError) else None
-            if known is not None:
-                raise known from None
-            raise
-        connection.execute("RELEASE decide")
 
     def _decide(self, task, expected_status, event, new_error=None, error_type=None):
         """Classify the task's (new) error, decide, and apply it in one transaction; returns due time or None."""

@@ -330,6 +330,26 @@ class Store:
             raise known from None
 
     @contextmanager
+    def savepoint(self):
+        """``transaction()`` nested in one, in plain SQL: peewee's savepoint (a uuid name,
+        several objects) cost a fifth of writing a decision. Store errors come out as StoreErrors."""
+        connection = self.db.connection()
+        connection.execute("SAVEPOINT nested")
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                connection.execute("ROLLBACK TO nested")
+                connection.execute("RELEASE nested")
+            except sqlite3.DatabaseError:
+                pass  # SQLite already rolled the whole transaction back (disk full): the outer one says so
+            known = translate_error(self.path, exc) if isinstance(exc, sqlite3.DatabaseError) else None
+            if known is not None:
+                raise known from None
+            raise
+        connection.execute("RELEASE nested")
+
+    @contextmanager
     def eager_transaction(self):
         """``transaction()``, but its BEGIN asks for the write lock every EAGER_POLL_SECONDS.
 

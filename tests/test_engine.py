@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import SMALL_PATTERNS, write_config
+from conftest import SMALL_PATTERNS, SYNC_HANDLER, write_config
 from failured.config import load_config
 from failured.engine import Engine
 from failured.errors import RefusedError
@@ -15,17 +15,12 @@ from failured.manual import recover, requeue, resolve
 from failured.settings import Settings
 from failured.store import Notification, Task, TaskEvent
 
-HANDLER = """
-[task_types.sync.handler]
-kind = "command"
-argv = ["true"]
-timeout = 10
-"""
+HANDLER = SYNC_HANDLER
 
 
 @pytest.fixture
-def snapshot(tmp_path):
-    return load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, HANDLER))
+def snapshot(sync_snapshot):
+    return sync_snapshot
 
 
 @pytest.fixture

@@ -11,29 +11,18 @@ import uuid
 
 import pytest
 
-from conftest import SMALL_PATTERNS, wait_for, write_config
+from conftest import SYNC_HANDLER as SYNC, wait_for
 from failured import handlers
 from failured.breaker import Breakers
-from failured.config import BreakerConfig, load_config
-from failured.engine import Engine
+from failured.config import BreakerConfig
 from failured.handlers import HandlerSpec, Outcome, TaskContext, run_handler
 from failured.intake import record_failure
 from failured.queue import RetryQueue, Runner
-from failured.settings import Settings
 from failured.store import DaemonState, Task, TaskEvent, open_store
 
-SYNC = """
-[task_types.sync.handler]
-kind = "command"
-argv = ["true"]
-timeout = 10
-"""
-
-
 @pytest.fixture
-def engine(store, clock, tmp_path):
-    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, SYNC))
-    return Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+def engine(sync_engine):
+    return sync_engine
 
 
 def events(task_id):
