@@ -22,6 +22,7 @@ import pytest
 celery = pytest.importorskip("celery", reason="Celery is not installed: pip install -e '.[test]'")
 
 from conftest import REPO, DaemonProcess  # noqa: E402
+from failured.integrations.spool import Spool  # noqa: E402
 
 BROKERS = {
     "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379/0"),
@@ -133,10 +134,10 @@ def wait_until(condition, timeout, what):
 
 
 class Worker:
-    """A real ``celery worker`` (solo pool: kill -9 takes the task with it)."""
+    """A real ``celery worker`` (solo pool by default: kill -9 takes the task with it)."""
 
-    def __init__(self, workdir, env, queue):
-        self.workdir, self.env, self.queue = workdir, env, queue
+    def __init__(self, workdir, env, queue, pool="solo"):
+        self.workdir, self.env, self.queue, self.pool = workdir, env, queue, pool
         self.proc = None
         self.logs = []
 
@@ -145,10 +146,10 @@ class Worker:
         self.wait_ready()
 
     def launch(self):
-        logfile = self.workdir / f"worker-{len(self.logs)}.log"
+        logfile = self.workdir / f"worker-{self.pool}-{len(self.logs)}.log"
         self.logs.append(logfile)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tapp", "worker", "--pool=solo", "--loglevel=INFO",
+            [sys.executable, "-m", "celery", "-A", "tapp", "worker", f"--pool={self.pool}", "--loglevel=INFO",
              "-Q", self.queue, "-n", f"{self.queue}@%h", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "--logfile", str(logfile)],
             cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "worker.err", "ab"))
@@ -199,11 +200,24 @@ class Setup:
         env.update(CELERY_BROKER_URL=broker_url, FAILURE_API_URL=f"http://127.0.0.1:{port}",
                    FAILURE_API_TOKEN=TOKEN, FAILURE_SPOOL_DIR=str(self.spool), T_STATE_DIR=str(self.state),
                    T_QUEUE=self.queue, PYTHONPATH=os.pathsep.join([str(root), str(REPO)]))
+        self.env = env
         self.worker = Worker(root, env, self.queue)
         self.app = celery.Celery("sender", broker=broker_url, set_as_current=False)
 
-    def send(self, name, *args):
-        return self.app.send_task(name, args=list(args), queue=self.queue).id
+    def send(self, name, *args, queue=None):
+        return self.app.send_task(name, args=list(args), queue=queue or self.queue).id
+
+    def spooled_refs(self):
+        refs = []
+        for path in Spool(self.spool).pending():
+            try:
+                refs.append(Spool.read(path).get("ref"))
+            except FileNotFoundError:  # sent just now
+                pass
+        return refs
+
+    def spooled(self):
+        return len(Spool(self.spool).pending())
 
     def runs(self, key):
         path = self.state / f"{key}.runs"
@@ -319,9 +333,9 @@ def test_reports_made_while_failured_is_down_are_spooled_and_delivered_once_afte
     keys = [uuid.uuid4().hex for _ in range(100)]
     refs = {setup.send("t.bulk", key) for key in keys}
     wait_until(lambda: all(setup.runs(k) == 1 for k in keys), 120, "100 failed runs")
-    wait_until(lambda: len(list(setup.spool.glob("*.json"))) >= 100, 30, "100 spooled reports")
+    wait_until(lambda: setup.spooled() >= 100, 30, "100 spooled reports")
     setup.daemon.start(ready_timeout=60)
-    wait_until(lambda: not list(setup.spool.glob("*.json")), 60, "the spool to drain")
+    wait_until(lambda: setup.spooled() == 0, 60, "the spool to drain")
     rows = setup.daemon.query("SELECT ref FROM tasks WHERE task_type = 't.bulk'")
     assert sorted(r[0] for r in rows) == sorted(refs)  # none lost, none doubled
 
@@ -338,3 +352,32 @@ def test_worker_killed_during_a_failured_retry_times_out_and_the_task_still_ends
     errors = [r[0] for r in setup.daemon.query(
         "SELECT error_message FROM task_events WHERE task_id = ? AND event = 'retry_failed'", task_id)]
     assert any("no answer from Celery task t.hang_once" in e and "within 3s" in e for e in errors)
+
+
+def test_a_worker_killed_right_after_a_report_loses_nothing_the_next_worker_delivers_it_once(setup):
+    setup.daemon.stop()  # so the report is still in the spool when its worker dies
+    key = uuid.uuid4().hex
+    ref = setup.send("t.bulk", key)
+    wait_until(lambda: ref in setup.spooled_refs(), 60, "the report handed to the spool")
+    setup.worker.kill()
+    setup.worker.start()  # runs no task: its sender starts with the worker and finds the report
+    setup.daemon.start(ready_timeout=60)
+    setup.daemon.wait_for("SELECT id FROM tasks WHERE ref = ?", bool, 60, ref)
+    wait_until(lambda: ref not in setup.spooled_refs(), 60, "the spool to drain")
+    assert len(setup.daemon.query("SELECT id FROM tasks WHERE ref = ?", ref)) == 1
+
+
+def test_a_prefork_pool_reports_every_failure_once_from_its_child_processes(setup):
+    queue = f"{setup.queue}-prefork"
+    worker = Worker(setup.root, {**setup.env, "T_QUEUE": queue}, queue, pool="prefork")
+    worker.launch()
+    try:
+        worker.wait_ready()
+        refs = {setup.send("t.bulk", uuid.uuid4().hex, queue=queue) for _ in range(20)}
+        wait_until(lambda: len(setup.daemon.query(
+            "SELECT id FROM tasks WHERE task_type = 't.bulk' AND ref IN (%s)" % ",".join("?" * len(refs)),
+            *refs)) >= 20, 120, "20 reports from the prefork children")
+    finally:
+        worker.stop()
+    rows = setup.daemon.query("SELECT ref FROM tasks WHERE ref IN (%s)" % ",".join("?" * len(refs)), *refs)
+    assert sorted(r[0] for r in rows) == sorted(refs)

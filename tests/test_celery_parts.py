@@ -2,29 +2,48 @@
 
 import json
 import multiprocessing
+import os
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
-import time
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 pytest.importorskip("celery", reason="Celery is not installed: pip install -e '.[test]'")
 
-from failured.errors import ConfigError, RefusedError  # noqa: E402
+from failured.errors import ConfigError, InputError, RefusedError  # noqa: E402
 from failured.handlers import HandlerSpec, TaskContext, parse_handler, run_handler  # noqa: E402
 from failured.integrations import celery as integration  # noqa: E402
 from failured.integrations import protocol  # noqa: E402
 from failured.integrations.celery_handler import call_arguments  # noqa: E402
 from failured.integrations.reporter import Reporter  # noqa: E402
-from failured.integrations.spool import Spool  # noqa: E402
+from failured.integrations.spool import SENT, SLOT_BYTES, Spool  # noqa: E402
 from failured.integrations.targets import DeliveryError, HttpTarget, StoreTarget  # noqa: E402
 from failured.store import open_store  # noqa: E402
-from conftest import wait_for  # noqa: E402
+from conftest import REPO, wait_for  # noqa: E402
 
 
 def failure(n):
     return {"kind": "failure", "task_type": "shop.sync", "error": f"boom {n}", "error_type": "ValueError",
             "payload": {"args": [n], "kwargs": {}, "celery_task_id": f"c-{n}", "queue": "celery"}, "ref": f"c-{n}"}
+
+
+def each(deliver):
+    """A spool ``deliver`` for batches from one that takes a record at a time and raises to refuse it."""
+    def deliver_many(records):
+        outcomes = []
+        for record in records:
+            try:
+                deliver(record)
+            except DeliveryError as exc:
+                return outcomes, exc
+            outcomes.append(SENT)
+        return outcomes, None
+    return deliver_many
 
 
 def refs(db):
@@ -49,9 +68,9 @@ def test_spool_drains_oldest_first_and_stops_at_the_first_failure(tmp_path):
             raise DeliveryError("down")
         got.append(record["ref"])
 
-    sent, error = spool.drain(deliver)
+    sent, error = spool.drain(each(deliver), batch=2)
     assert (sent, got, str(error)) == (3, ["c-0", "c-1", "c-2"], "down")
-    assert [json.loads(p.read_text())["ref"] for p in spool.pending()] == ["c-3", "c-4"]
+    assert [Spool.read(p)["ref"] for p in spool.pending()] == ["c-3", "c-4"]
 
 
 def test_spool_sets_aside_a_record_that_is_not_json(tmp_path):
@@ -59,8 +78,59 @@ def test_spool_sets_aside_a_record_that_is_not_json(tmp_path):
     (tmp_path / "00000000000000000001-1-000001.json").write_text("{half")
     spool.put(failure(1))
     got = []
-    assert spool.drain(lambda r: got.append(r["ref"])) == (1, None)
+    assert spool.drain(each(lambda r: got.append(r["ref"]))) == (1, None)
     assert got == ["c-1"] and len(list(tmp_path.glob("*.bad"))) == 1
+
+
+def test_files_a_killed_writer_left_are_published_when_whole_and_removed_when_torn_or_unused(tmp_path):
+    spool = Spool(tmp_path)
+    (tmp_path / ".00000000000000000001-999999999-000001.tmp").write_text(json.dumps(failure(1)))
+    (tmp_path / ".00000000000000000002-999999999-000002.tmp").write_text('{"kind": "fail')
+    (tmp_path / ".00000000000000000003-1-000003.tmp").write_text(json.dumps(failure(3)))
+    for name in (".00000000000000000001-999999999-000001.tmp", ".00000000000000000002-999999999-000002.tmp"):
+        os.utime(tmp_path / name, (1_000_000, 1_000_000))  # long ago; the third is being written now
+    unused = tmp_path / "00000000000000000004-999999999-000004.slot"  # a dead worker's slots
+    unused.write_bytes(bytes(SLOT_BYTES))
+    used = tmp_path / "00000000000000000009-999999999-000005.slot"  # made at 9, handed a report at 0
+    data = json.dumps(failure(5)).encode()
+    used.write_bytes(len(data).to_bytes(8, "little") + (0).to_bytes(8, "little") + data)
+    for path in (unused, used):
+        os.utime(path, (1_000_000, 1_000_000))
+    assert spool.salvage() == (1, 2)
+    assert [Spool.read(p)["ref"] for p in spool.pending()] == ["c-5", "c-1"]  # by the time in the slot's header
+    assert (tmp_path / ".00000000000000000003-1-000003.tmp").exists() and not unused.exists()
+
+
+def _put_one(spool, n):
+    spool.put(failure(n))
+
+
+def test_put_copies_into_a_slot_made_ahead_and_a_forked_child_never_takes_its_parents(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare(3)
+    slots = set(tmp_path.glob("*.slot"))
+    assert len(slots) == 3 and spool.pending() == []  # empty slots are not reports
+    child = multiprocessing.get_context("fork").Process(target=_put_one, args=(spool, 1))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    [child_file] = tmp_path.glob("*.json")  # the child wrote a file of its own
+    used = spool.put(failure(2))
+    assert used in slots and spool.pending() == [child_file, used]  # oldest first
+    assert [Spool.read(p)["ref"] for p in spool.pending()] == ["c-1", "c-2"]
+    spool.put({"kind": "failure", "task_type": "t", "error": "x" * SLOT_BYTES})  # too big for a slot: a file
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    spool.discard_slots()
+    assert set(tmp_path.glob("*.slot")) == {used}
+
+
+def test_a_slot_handed_a_report_is_drained_like_a_file_and_an_unused_one_is_left_alone(tmp_path):
+    spool = Spool(tmp_path)
+    spool.prepare(2)
+    spool.put(failure(1))
+    got = []
+    assert spool.drain(each(lambda r: got.append(r["ref"]))) == (1, None)
+    assert got == ["c-1"] and len(list(tmp_path.glob("*.slot"))) == 1  # the used slot is removed
 
 
 def _drain_into(spool_dir, out_path):
@@ -68,7 +138,7 @@ def _drain_into(spool_dir, out_path):
         with open(out_path, "a") as f:
             f.write(record["ref"] + "\n")
 
-    Spool(spool_dir).drain(deliver)
+    Spool(spool_dir).drain(each(deliver), batch=7)
 
 
 def test_two_processes_draining_one_spool_send_each_record_once(tmp_path):
@@ -88,31 +158,164 @@ def test_two_processes_draining_one_spool_send_each_record_once(tmp_path):
 
 # -- reporter and targets ----------------------------------------------------------------
 
-def test_reports_spool_while_the_store_is_missing_and_arrive_once_in_order_later(tmp_path):
+@pytest.fixture
+def reporters():
+    """Make Reporters that are closed (their sender threads stopped) when the test ends."""
+    made = []
+
+    def make(target, spool, **kwargs):
+        reporter = Reporter(target, spool, **kwargs)
+        made.append(reporter)
+        return reporter
+
+    yield make
+    for reporter in made:
+        reporter.close(timeout=1)
+
+
+def test_reports_spool_while_the_store_is_missing_and_arrive_once_in_order_later(tmp_path, reporters):
     db = tmp_path / "data" / "failured.db"
     spool = Spool(tmp_path / "spool")
-    reporter = Reporter(StoreTarget(db, timeout=0.5), spool, flush_interval=0.2)
+    reporter = reporters(StoreTarget(db, timeout=0.5), spool, flush_interval=0.2)
     assert [reporter.report_failure(failure(n)) for n in range(3)] == ["spooled"] * 3
     open_store(db).close()  # the daemon created the database: the background flush delivers
     assert wait_for(lambda: spool.is_empty(), 60)
     assert refs(db) == ["c-0", "c-1", "c-2"]
-    reporter.report_failure(failure(3))  # sent at once, or behind the last of the spool: in order either way
+    reporter.report_failure(failure(3))
     assert wait_for(lambda: refs(db) == ["c-0", "c-1", "c-2", "c-3"], 60)
 
 
-def test_a_locked_store_holds_the_worker_no_longer_than_the_timeout_and_nothing_doubles(tmp_path):
+def test_a_locked_store_never_holds_the_worker_and_the_report_goes_once_it_is_free(tmp_path, reporters):
     db = tmp_path / "failured.db"
     open_store(db).close()
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    reporter = Reporter(StoreTarget(db, timeout=0.3), Spool(tmp_path / "spool"), flush_interval=3600)
-    started = time.monotonic()
-    assert reporter.report_failure(failure(1)) == "spooled"
-    assert time.monotonic() - started < 10  # bounded by the timeout, not SQLite's usual 30 s
+    spool = Spool(tmp_path / "spool")
+    reporter = reporters(StoreTarget(db, timeout=0.3), spool, flush_interval=0.2)
+    assert reporter.report_failure(failure(1)) == "spooled"  # returned without waiting for the lock
+    assert wait_for(lambda: reporter._retry_at > 0, 30)  # the sender tried, gave up after 0.3 s, backs off
+    assert len(spool.pending()) == 1
     blocker.execute("ROLLBACK")
-    reporter._retry_at = 0
-    reporter.flush()
+    assert wait_for(lambda: spool.is_empty(), 60)
     assert refs(db) == ["c-1"]
+
+
+def test_the_sender_delivers_handed_off_reports_from_many_threads_each_once_and_each_threads_in_order(
+        tmp_path, reporters):
+    db = tmp_path / "failured.db"
+    open_store(db).close()
+    spool = Spool(tmp_path / "spool")
+    reporter = reporters(StoreTarget(db), spool, flush_interval=0.2)
+
+    def worker_thread(t):
+        for n in range(50):
+            assert reporter.report_failure(failure(f"{t}-{n:02d}")) == "spooled"
+
+    threads = [threading.Thread(target=worker_thread, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wait_for(lambda: len(refs(db)) >= 200 and spool.is_empty(), 60)
+    got = refs(db)
+    assert sorted(got) == sorted(f"c-{t}-{n:02d}" for t in range(4) for n in range(50))  # none lost or doubled
+    for t in range(4):
+        assert [r for r in got if r.startswith(f"c-{t}-")] == [f"c-{t}-{n:02d}" for n in range(50)]
+
+
+class SilentServer:
+    """Accepts TCP connections into the backlog and never answers: an HTTP request to it hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
+
+
+HAND_OFF_THEN_WAIT = """
+import sys, time
+from failured.integrations.reporter import Reporter
+from failured.integrations.spool import Spool
+from failured.integrations.targets import HttpTarget
+spool = Spool(sys.argv[2], durable=sys.argv[3] == "durable")
+reporter = Reporter(HttpTarget(sys.argv[1], timeout=120), spool, flush_interval=3600)
+reporter.start()
+deadline = time.monotonic() + 60
+while not spool.durable and not spool._slots and time.monotonic() < deadline:
+    time.sleep(0.01)  # the sender has made its slots
+record = {"kind": "failure", "task_type": "shop.sync", "error": "boom", "error_type": "ValueError",
+          "payload": {"args": [1], "kwargs": {}}, "ref": "c-killed"}
+print(reporter.report_failure(record), flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.parametrize("durable, kind", [(False, ".slot"), (True, ".json")])
+def test_a_worker_killed_right_after_the_hand_off_loses_nothing_the_next_one_sends_it_once(
+        tmp_path, reporters, durable, kind):
+    server = SilentServer()  # the report is on its way (its request hangs) when the worker dies
+    spool_dir = tmp_path / "spool"
+    child = subprocess.Popen([sys.executable, "-c", HAND_OFF_THEN_WAIT, server.url, str(spool_dir),
+                              "durable" if durable else "fast"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout.readline().strip() == "spooled"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        server.close()
+    [handed] = Spool(spool_dir).pending()
+    assert handed.suffix == kind  # a slot (or, durable, a file fsynced before the task went on)
+    db = tmp_path / "failured.db"
+    open_store(db).close()
+    reporters(StoreTarget(db), Spool(spool_dir), flush_interval=3600).start()  # the next worker starts
+    assert wait_for(lambda: Spool(spool_dir).is_empty() and refs(db) == ["c-killed"], 60)
+    assert refs(db) == ["c-killed"]
+
+
+def test_close_sends_what_is_left_and_with_failured_down_keeps_it_for_the_next_worker(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    down = Reporter(HttpTarget("http://127.0.0.1:9", timeout=0.5), spool, flush_interval=3600)
+    for n in range(3):
+        down.report_failure(failure(n))
+    down.count_success("shop.sync")
+    down.close(timeout=1)
+    kept = sorted(Spool.read(p).get("ref", "count") for p in spool.pending())
+    assert kept == ["c-0", "c-1", "c-2", "count"]
+    db = tmp_path / "failured.db"
+    open_store(db).close()
+    up = Reporter(StoreTarget(db), spool, flush_interval=3600)
+    up.report_failure(failure(3))
+    up.close(timeout=30)
+    assert refs(db) == ["c-0", "c-1", "c-2", "c-3"] and spool.is_empty()
+
+
+def test_a_spool_that_cannot_be_written_falls_back_to_sending_at_once(tmp_path, reporters):
+    db = tmp_path / "failured.db"
+    open_store(db).close()
+    (tmp_path / "not-a-dir").write_text("")
+    reporter = reporters(StoreTarget(db), Spool(tmp_path / "not-a-dir" / "spool"), flush_interval=3600)
+    assert reporter.report_failure(failure(1)) == "sent"
+    assert refs(db) == ["c-1"]
+
+
+def test_a_damaged_spool_file_is_set_aside_and_the_ones_behind_it_still_go(tmp_path):
+    db = tmp_path / "failured.db"
+    open_store(db).close()
+    spool = Spool(tmp_path / "spool")
+    spool.put({"kind": "failure", "task_type": "shop.sync"})  # no error text
+    spool.put(failure(1))
+    reporter = Reporter(StoreTarget(db), spool, flush_interval=3600)
+    assert reporter.flush() == 1
+    assert refs(db) == ["c-1"] and len(list((tmp_path / "spool").glob("*.rejected"))) == 1
 
 
 def test_successes_are_counted_in_memory_and_sent_as_one_count(tmp_path):
@@ -133,7 +336,82 @@ def test_successes_counted_while_failured_is_down_are_spooled_not_dropped(tmp_pa
     reporter.count_success("shop.sync")
     reporter.flush()
     [path] = Spool(tmp_path / "s").pending()
-    assert json.loads(path.read_text()) == {"kind": "success", "task_type": "shop.sync", "count": 2}
+    assert Spool.read(path) == {"kind": "success", "task_type": "shop.sync", "count": 2}
+
+
+class FailuredStub:
+    """A real HTTP server on 127.0.0.1 standing in for failured's API: answers ``statuses`` in turn
+    (then 201), records what it got, and closes the connection after each answer when ``close_each``."""
+
+    def __init__(self, statuses=(), close_each=False):
+        stub = self
+        self.statuses, self.close_each, self.got = list(statuses), close_each, []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.got.append((self.path, self.headers.get("Authorization"), body))
+                status = stub.statuses.pop(0) if stub.statuses else 201
+                answer = json.dumps({"task_id": len(stub.got)} if status < 300 else {"detail": f"no ({status})"})
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                if stub.close_each:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(answer.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub_factory():
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(FailuredStub(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for stub in made:
+        stub.close()
+
+
+def test_the_http_target_sends_a_batch_sets_aside_what_is_refused_and_stops_at_an_outage(stub_factory):
+    stub = stub_factory(statuses=[201, 400, 201, 503])
+    target = HttpTarget(stub.url, token="s3cret-token", timeout=5)
+    outcomes, error = target.send_many([failure(1), failure(2), {"kind": "success", "task_type": "shop.sync",
+                                                                 "count": 3}, failure(4), failure(5)])
+    assert outcomes == [SENT, "rejected", SENT] and not error.permanent and "HTTP 503" in str(error)
+    assert "s3cret-token" not in str(error)
+    assert [path for path, _, _ in stub.got] == ["/v1/failures"] * 2 + ["/v1/successes", "/v1/failures"]
+    assert {auth for _, auth, _ in stub.got} == {"Bearer s3cret-token"}
+    assert stub.got[0][2] == {k: v for k, v in failure(1).items() if k != "kind"}
+    assert stub.got[2][2] == {"task_type": "shop.sync", "count": 3}
+
+
+def test_the_http_target_reconnects_when_failured_closes_the_connection(stub_factory):
+    stub = stub_factory(close_each=True)
+    target = HttpTarget(stub.url, timeout=5)
+    assert target.send_many([failure(n) for n in range(3)]) == ([SENT] * 3, None)
+    assert [body["ref"] for _, _, body in stub.got] == ["c-0", "c-1", "c-2"]
+
+
+def test_an_api_url_that_is_not_http_is_refused_saying_so():
+    with pytest.raises(InputError, match="is not http://HOST:PORT"):
+        HttpTarget("127.0.0.1:8080")
 
 
 # -- what a failure report holds -----------------------------------------------------------

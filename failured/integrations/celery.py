@@ -8,13 +8,17 @@
 * A run that failured itself started (its message carries ``protocol`` headers) is
   not a new failure: its success or failure is published back through the broker
   to the queue the daemon waits on (see ``celery_handler``).
+* A report costs the task only its hand-off to the local spool; a sender thread of
+  each worker process delivers it (``reporter``), and sends what a killed worker left.
 * Successful runs are counted and sent in batches (the failure-rate denominator).
 
 Celery is imported here, so this module needs ``pip install 'failured[celery]'``.
 """
 
+import collections
 import fnmatch
 import json
+import linecache
 import logging
 import math
 import os
@@ -48,15 +52,17 @@ def default_spool_dir():
 
 
 def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=None, exclude=None,
-            timeout=2.0, flush_interval=5.0, count_successes=True):
+            timeout=2.0, flush_interval=5.0, count_successes=True, fsync=False):
     """Report ``app``'s failed tasks to failured; returns the installed integration.
 
     Where failured is: ``api_url`` (default ``$FAILURE_API_URL``) with ``token``
     (default ``$FAILURE_API_TOKEN``), else the store ``db`` (default ``$FAILURE_DB``,
     for workers on the daemon's machine). ``include``/``exclude``: task names or
-    glob patterns (``"shop.tasks.*"``). ``timeout``: the most one report may hold up
-    the worker. Undeliverable reports wait in ``spool_dir`` (default
-    ``$FAILURE_SPOOL_DIR`` or ``~/.local/state/failured/celery-spool``).
+    glob patterns (``"shop.tasks.*"``). Reports are handed to ``spool_dir`` (default
+    ``$FAILURE_SPOOL_DIR`` or ``~/.local/state/failured/celery-spool``) and sent from
+    there by a background thread; ``timeout``: its wait for one answer from failured,
+    and the most a warm shutdown spends sending what is left. ``fsync``: make every
+    report durable against power loss before the task goes on (costs milliseconds each).
     """
     global _installed
     api_url = api_url or os.environ.get("FAILURE_API_URL")
@@ -64,7 +70,7 @@ def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=N
         target = HttpTarget(api_url, token if token is not None else os.environ.get("FAILURE_API_TOKEN"), timeout)
     else:
         target = StoreTarget(db or load_settings().db, timeout)
-    spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir())
+    spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir(), durable=fsync)
     reporter = Reporter(target, spool, flush_interval=flush_interval)
     integration = CeleryIntegration(app, reporter, TaskFilter(include, exclude), count_successes)
     integration.connect()
@@ -102,12 +108,16 @@ class CeleryIntegration:
         # weak=False: the receivers are bound methods of this object, which nothing else keeps.
         signals.task_failure.connect(self.on_failure, weak=False)
         signals.task_success.connect(self.on_success, weak=False)
+        signals.worker_process_init.connect(self.on_process_start, weak=False)
+        signals.worker_ready.connect(self.on_worker_ready, weak=False)
         signals.worker_process_shutdown.connect(self.on_shutdown, weak=False)
         signals.worker_shutdown.connect(self.on_shutdown, weak=False)
 
     def disconnect(self):
         signals.task_failure.disconnect(self.on_failure)
         signals.task_success.disconnect(self.on_success)
+        signals.worker_process_init.disconnect(self.on_process_start)
+        signals.worker_ready.disconnect(self.on_worker_ready)
         signals.worker_process_shutdown.disconnect(self.on_shutdown)
         signals.worker_shutdown.disconnect(self.on_shutdown)
 
@@ -140,6 +150,18 @@ class CeleryIntegration:
         except Exception:
             log.exception("failured: recording the success of %s failed", getattr(sender, "name", "?"))
 
+    def on_process_start(self, **_):
+        # A process that runs tasks (a prefork child, the solo pool's worker): its sender
+        # starts now, so what a killed worker left in the spool goes without waiting for a task.
+        self.reporter.start()
+
+    def on_worker_ready(self, sender=None, **_):
+        # Pools of threads or green threads run tasks in the main process; a prefork
+        # parent does not, and starting a thread before it forks more children is unwise.
+        pool = getattr(sender, "pool", None)
+        if not type(pool).__module__.startswith("celery.concurrency.prefork"):
+            self.reporter.start()
+
     def on_shutdown(self, **_):
         self.reporter.close()
 
@@ -163,12 +185,27 @@ def error_text(exception, tb=None, einfo=None):
     """The traceback's last frames and the error line, as Python prints them, within the intake limit."""
     if tb is None and einfo is not None:
         tb = getattr(einfo, "tb", None)
-    if tb is not None:
-        lines = traceback.format_exception(type(exception), exception, tb, limit=-TRACEBACK_FRAMES, chain=False)
-        text = "".join(lines).rstrip()
-    else:
-        text = "".join(traceback.format_exception_only(type(exception), exception)).rstrip()
-    return bound_error(text, MAX_ERROR_BYTES)
+    lines = ["Traceback (most recent call last):\n", *_last_frames(tb)] if tb is not None else []
+    lines += traceback.format_exception_only(type(exception), exception)
+    return bound_error("".join(lines).rstrip(), MAX_ERROR_BYTES)
+
+
+def _last_frames(tb):
+    # Formatted here rather than by traceback.format_exception, which works out the ^^^
+    # markers of every frame (the whole stack, not just the last ones): that was most of
+    # what a report cost the failing task. The text is Python's, without those markers.
+    frames = collections.deque(maxlen=TRACEBACK_FRAMES)
+    while tb is not None:
+        frames.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    lines = []
+    for frame, lineno in frames:
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+        source = linecache.getline(code.co_filename, lineno or 0, frame.f_globals).strip()
+        if source:
+            lines.append(f"    {source}\n")
+    return lines
 
 
 def failure_record(task, celery_task_id, error, error_type, args, kwargs):

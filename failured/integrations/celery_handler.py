@@ -77,9 +77,11 @@ def _repr_marked(value, where):
 
 
 def _app_for(broker):
-    from celery import Celery  # optional dependency: only a configured celery handler needs it
-
     with _apps_lock:
+        # Imported under the lock: celery swaps in a lazy module while it imports, and a second
+        # retry thread importing at that moment got "cannot import name 'Celery'" (seen under load).
+        from celery import Celery  # optional dependency: only a configured celery handler needs it
+
         app = _apps.get(broker)
         if app is None:
             app = Celery("failured-retries", broker=broker, set_as_current=False)
