@@ -1,6 +1,6 @@
 """The trained fallback model kept on disk, so a process that loads the config does not train again.
 
-Training on the shipped corpus costs one to two CPU-seconds; every ``failured
+Training on the shipped corpus costs a few CPU-seconds; every ``failured
 run``, ``check-config`` or ``classify`` used to pay it. The cache key covers
 everything the model depends on (this Python, the model's code, the corpus,
 the category set and the labels), so a stale model is never used. Values are
@@ -68,14 +68,13 @@ def trained(category_names, labels, train):
 def _load(path):
     if not path.exists():
         return None
-    classes, log_likelihood, log_prior, size = marshal.loads(path.read_bytes())
-    return model.TextModel(tuple(classes), log_likelihood, list(log_prior), size)
+    return model.TextModel.from_state(marshal.loads(path.read_bytes()))
 
 
 def _store(directory, path, fitted):
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = marshal.dumps((fitted.classes, fitted._log_likelihood, list(fitted._log_prior), fitted.size))
+        data = marshal.dumps(fitted.state())
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".model-", delete=False) as handle:
             handle.write(data)
         os.replace(handle.name, path)

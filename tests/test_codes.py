@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from failured.classify import Classifier
-from failured.codes import load_code_tables
+from failured import corpus
+from failured.codes import CodeMatcher, load_code_tables
 from failured.errors import ConfigErrors
 from failured.rules import load_ruleset
 
@@ -184,3 +185,30 @@ def test_early_must_be_true_or_false(tmp_path):
     with pytest.raises(ConfigErrors) as raised:
         load_code_tables(tmp_path, {"unrecoverable_config"})
     assert "early" in str(raised.value) and "true or false" in str(raised.value)
+
+
+def _matcher_for(tmp_path, body):
+    (tmp_path / "codes").mkdir(exist_ok=True)
+    (tmp_path / "codes" / "50-t.toml").write_text(body, encoding="utf-8")
+    return CodeMatcher(load_code_tables(tmp_path, frozenset({"recoverable_network", "unrecoverable_data"})))
+
+
+def test_when_and_texts_read_through_the_one_pass_gate(tmp_path):
+    matcher = _matcher_for(tmp_path, 'kind = "keyed"\nkeys = ["rc"]\npriority = 5\nwhen = "acme"\n'
+                                     '[codes]\n"7" = "recoverable_network"\n"8" = "unrecoverable_data"\n'
+                                     '[texts]\n"Zeile kaputt" = "8"\n"连接中断" = "7"\n')
+    assert matcher._gate is not None
+    assert matcher.match('ACME gateway: {"rc": 7}')[1:] == ("7", "recoverable_network")
+    assert matcher.match('other gateway: {"rc": 7}') is None  # "when" does not hold
+    assert matcher.match("acme: die ZEILE KAPUTT, sorry")[1:] == ("8", "unrecoverable_data")  # any case
+    assert matcher.match("acme 网关：连接中断")[1:] == ("7", "recoverable_network")  # offsets are bytes
+    assert matcher.match("acme: Zeile kaputtbar") is None  # whole words only
+
+
+def test_the_gate_gives_the_same_answers_as_searching_each_table(codes_only):
+    tables = codes_only.codes.tables
+    gated, plain = CodeMatcher(tables), CodeMatcher(tables)
+    plain._gate = None  # every "when" and "texts" searched on its own
+    messages = [m for _, _, _, m in corpus.read_corpus()]
+    for early in (None, True, False):
+        assert [gated.match(m, early) for m in messages] == [plain.match(m, early) for m in messages]

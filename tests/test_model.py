@@ -138,3 +138,17 @@ def test_prediction_carries_the_probability_of_unknown():
     prediction = trained.predict("something odd happened")
     assert prediction.category == "unknown" and prediction.unknown == prediction.confidence
     assert learner.train(TOY).predict("socket reset").unknown == 0.0
+
+
+def test_training_is_deterministic_and_the_cached_state_predicts_the_same():
+    examples = TOY + [("unknown", "NullPointerException at Foo.bar")] * 3
+    first, second = learner.train(examples), learner.train(examples)
+    rebuilt = learner.TextModel.from_state(first.state())
+    for text in ("socket reset by the peer", "parcel returned", "NullPointerException", "无法连接"):
+        assert first.probabilities(text) == second.probabilities(text) == rebuilt.probabilities(text)
+
+
+def test_model_carries_its_guard_against_programming_errors():
+    trained = learner.train(TOY + [("unknown", "NullPointerException at Foo.bar")] * 3)
+    assert trained.max_unknown == learner.MAX_UNKNOWN and 0 < trained.max_unknown < 1
+    assert trained.predict("NullPointerException at Baz.qux").unknown > trained.max_unknown
