@@ -6,8 +6,8 @@ few hundred rows that come back, so a million failures analyse in seconds.
 
 import time
 
-from .clock import iso, to_db_time
-from .store import RECOVERED
+from .clock import iso
+from .store import aggregates
 from .suggest import suggest
 from .thresholds import (RECOVERABLE_PREFIX, UNKNOWN, evaluate, recovery_below_target,
                          recovery_by_category, recovery_total)
@@ -46,18 +46,6 @@ WORDS = {
 }
 
 
-def _rows(db, sql, *params):
-    return db.execute_sql(sql, params).fetchall()
-
-
-def _scan(db, start, end):
-    """One index-only pass over the period: counts per day, category, task type, status and error."""
-    return _rows(db, """
-        SELECT substr(created_at, 1, 10), coalesce(category, 'unclassified'), task_type, status, fingerprint,
-               count(*), sum(attempts), min(created_at), max(created_at), max(id)
-        FROM tasks WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2, 3, 4, 5""", start, end)
-
-
 def _sum_by(rows, key):
     totals = {}
     for row in rows:
@@ -66,11 +54,11 @@ def _sum_by(rows, key):
     return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _recovery(db, start, end):
+def _recovery(store, start, end):
     """The recovery rate (overall and per category) and how long recoveries took, for retries ended in the period."""
-    by_category = recovery_by_category(db, start, end)
+    by_category = recovery_by_category(store, start, end)
     total = recovery_total(by_category)
-    mean, p90 = _time_to_recovery(db, start, end)
+    mean, p90 = _time_to_recovery(store, start, end)
     return {
         "rate_percent": total.rate_percent,
         "by_category": {c: {"recovered": r.recovered, "finished": r.finished, "rate_percent": r.rate_percent}
@@ -81,13 +69,9 @@ def _recovery(db, start, end):
     }
 
 
-def _time_to_recovery(db, start, end):
+def _time_to_recovery(store, start, end):
     """Mean (exact) and p90 (to the second, from a histogram: no sort of every duration)."""
-    histogram = _rows(db, """
-        SELECT CAST(round((julianday(finished_at) - julianday(created_at)) * 86400.0) AS INTEGER) AS s,
-               count(*), sum((julianday(finished_at) - julianday(created_at)) * 86400.0)
-        FROM tasks WHERE finished_at >= ? AND finished_at < ? AND category LIKE ? AND +status = ?
-        GROUP BY 1 ORDER BY 1""", start, end, RECOVERABLE + "%", RECOVERED)  # +: see recovery_by_category
+    histogram = aggregates.recovery_histogram(store, start, end, RECOVERABLE)
     total = sum(count for _, count, _ in histogram)
     if not total:
         return None, None
@@ -130,43 +114,24 @@ def _by_fingerprint(rows, only_category=None):
     return sorted(errors.items(), key=lambda item: (-item[1]["count"], item[0]))
 
 
-def _template(db, fingerprint):
-    row = db.execute_sql("SELECT error_template FROM tasks WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
-                         (fingerprint,)).fetchone()
-    return row[0] if row else None
-
-
-def _seen(text):
-    return text[:19].replace(" ", "T") + "Z"
-
-
-def _top_fingerprints(db, rows):
-    return [{"fingerprint": fp, "template": _template(db, fp),
+def _top_fingerprints(store, rows):
+    return [{"fingerprint": fp, "template": aggregates.newest_template(store, fp),
              "category": max(e["categories"].items(), key=lambda item: item[1])[0], "count": e["count"],
-             "first_seen": _seen(e["first"]), "last_seen": _seen(e["last"]), "sample_task_id": e["sample"]}
+             "first_seen": iso(e["first"]), "last_seen": iso(e["last"]), "sample_task_id": e["sample"]}
             for fp, e in _by_fingerprint(rows)[:TOP_FINGERPRINTS]]
 
 
-def _samples(db, fingerprint):
-    """The newest distinct messages of one fingerprint (a storm repeats one line: show it once)."""
-    return [row[0] for row in _rows(db, """
-        SELECT error_message FROM (SELECT id, error_message FROM tasks WHERE fingerprint = ?
-                                   ORDER BY id DESC LIMIT ?)
-        GROUP BY error_message ORDER BY max(id) DESC LIMIT ?""", fingerprint, SAMPLE_SCAN, SAMPLES)]
-
-
-def _unknown_templates(db, rows, categories, start, end):
+def _unknown_templates(store, rows, categories, start, end):
     groups = _by_fingerprint(rows, "unknown")[:TOP_UNKNOWN]
     if not groups:
         return []
-    others = [row[0] for category in categories if category not in ("unknown", "unclassified")
-              for row in _rows(db, "SELECT error_message FROM tasks WHERE category = ? AND created_at >= ? "
-                                   "AND created_at < ? ORDER BY created_at DESC LIMIT ?",
-                               category, start, end, OTHER_SAMPLES)]
+    others = [message for category in categories if category not in ("unknown", "unclassified")
+              for message in aggregates.category_messages(store, category, start, end, OTHER_SAMPLES)]
     templates = []
     for fingerprint, entry in groups:
-        template = _template(db, fingerprint)
-        samples = _samples(db, fingerprint)
+        template = aggregates.newest_template(store, fingerprint)
+        # The newest distinct messages (a storm repeats one line: show it once).
+        samples = aggregates.distinct_samples(store, fingerprint, SAMPLE_SCAN, SAMPLES)
         pattern, verified = suggest(template, samples, others)
         templates.append({"fingerprint": fingerprint, "template": template, "count": entry["count"],
                           "samples": samples, "suggested_pattern": pattern, "pattern_verified": verified})
@@ -206,17 +171,19 @@ def _insights(lang, days, total, categories, labels, snapshot, recovery, previou
 
 def analysis_report(store, snapshot, now, days=7, lang="zh"):
     """The analysis report over the ``days`` before ``now`` (and the same span before, for the change)."""
-    db = store.db
+    with store.big_read():
+        return _analysis_report(store, snapshot, now, days, lang)
+
+
+def _analysis_report(store, snapshot, now, days, lang):
     start_epoch = now - days * DAY
-    start, end, before = to_db_time(start_epoch), to_db_time(now), to_db_time(start_epoch - days * DAY)
-    rows = _scan(db, start, end)
+    rows = aggregates.period_scan(store, start_epoch, now)
     categories = _sum_by(rows, lambda row: row[1])
     total = sum(categories.values())
-    previous = dict(_rows(db, """SELECT coalesce(category, 'unclassified'), count(*) FROM tasks
-                                 WHERE created_at >= ? AND created_at < ? GROUP BY 1""", before, start))
+    previous = aggregates.failures_by_category(store, start_epoch - days * DAY, start_epoch)
     previous_total = sum(previous.values())
-    recovery = _recovery(db, start, end)
-    unknown = _unknown_templates(db, rows, categories, start, end)
+    recovery = _recovery(store, start_epoch, now)
+    unknown = _unknown_templates(store, rows, categories, start_epoch, now)
     labels = _labels(snapshot, categories, lang)
     return {
         "success": True,
@@ -232,7 +199,7 @@ def analysis_report(store, snapshot, now, days=7, lang="zh"):
                               snapshot.thresholds),
         "daily_failures": _daily(rows, start_epoch, now),
         "recovery": recovery,
-        "top_fingerprints": _top_fingerprints(db, rows),
+        "top_fingerprints": _top_fingerprints(store, rows),
         "previous_period": {"total_failures": previous_total,
                             "change_percent": (round(100.0 * (total - previous_total) / previous_total, 1)
                                                if previous_total else UNKNOWN),

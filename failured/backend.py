@@ -11,9 +11,9 @@ from .engine import Engine
 from .errors import RefusedError, TaskNotFound
 from .secrets import known_secrets
 from .intake import record_failure, record_success
+from .store.tasks import stored_error
 
 log = logging.getLogger("failured.api")
-_STORED_ERROR = "SELECT task_type, error_type, error_message FROM tasks WHERE id = ?"
 
 
 class Backend:
@@ -47,7 +47,7 @@ class Backend:
         again): on any error the answer says null and the daemon decides the task by itself.
         """
         try:
-            task_type, error_type, message = self.store.db.execute_sql(_STORED_ERROR, (task_id,)).fetchone()
+            task_type, error_type, message = stored_error(self.store, task_id)
             return self.config().classifier.classify(message, error_type, task_type).to_dict()
         except Exception:
             log.exception("task %s: stored, but the API could not classify it (the daemon will)", task_id)
@@ -59,7 +59,7 @@ class Backend:
         return {"task_type": task_type, "count": count}
 
     def task(self, task_id):
-        return manual.show(task_id)
+        return manual.show(self.store, task_id)
 
     def recover(self, task_id, force=False):
         task = manual.recover(self.store, self.config(), task_id, self.clock.now(), force)
@@ -82,7 +82,7 @@ class Backend:
 
     def tasks(self, task_filter):
         """One page of tasks, newest first: {"tasks": [...], "next_cursor": id text or null}."""
-        rows, cursor = listing.list_page(task_filter, self.clock.now())
+        rows, cursor = listing.list_page(task_filter, self.clock.now(), self.store)
         return {"tasks": rows, "next_cursor": cursor}
 
     def requeue(self, dry_run=False, **filters):

@@ -11,9 +11,10 @@ import threading
 from dataclasses import dataclass
 
 from .clock import SystemClock
-from .store import Breaker
+from .states import BreakerState
+from .store.breakers import load_breakers, save_breaker
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 @dataclass
@@ -27,18 +28,19 @@ class _State:
 class Breakers:
     """In-memory state for speed, mirrored to the ``breakers`` table so a restart keeps it."""
 
-    def __init__(self, config, persist=True, clock=None):
+    def __init__(self, config, store=None, persist=True, clock=None):
         self.config = config  # config.BreakerConfig; replaced on reload
-        self.persist = persist
+        self.store = store
+        self.persist = persist and store is not None  # without a store: in memory only
         self.clock = clock or SystemClock()
         self._states = {}  # task type -> _State, open_until in monotonic seconds; under _lock
         self._lock = threading.Lock()
 
     def load(self):
         """Read the persisted states (at start)."""
-        for row in Breaker.select():
-            open_until = self._monotonic(row.open_until) if row.open_until else 0.0
-            self._states[row.task_type] = _State(row.state, row.consecutive_failures, open_until, probing=False)
+        for task_type, state, failures, wall_until in load_breakers(self.store):
+            open_until = self._monotonic(wall_until) if wall_until else 0.0
+            self._states[task_type] = _State(BreakerState(state), failures, open_until, probing=False)
 
     def _monotonic(self, wall):
         return self.clock.monotonic() + (wall - self.clock.now())
@@ -82,8 +84,8 @@ class Breakers:
             changed = state.state if state.state != was else None
             if self.persist:
                 open_until = self._wall(state.open_until) if state.state != CLOSED and state.open_until else None
-                Breaker.replace(task_type=task_type, state=state.state, consecutive_failures=state.failures,
-                                open_until=open_until, updated_at=self.clock.now()).execute()
+                with self.store.transaction():
+                    save_breaker(self.store, task_type, state.state, state.failures, open_until, self.clock.now())
         return changed
 
     def release(self, task_type):

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from . import labels, manual, reports
-from .engine import Engine
 from .secrets import reporter_secrets
 from .clock import SystemClock
 from .config import load_config
@@ -80,6 +79,8 @@ def label(settings, task_id, category, note=None):
     snapshot = load_config(settings.config_dir, settings.lang)
 
     def relabel(store):
+        from .engine import Engine  # only labelling classifies: other commands skip its imports
+
         engine = Engine(store, settings, SystemClock(), lambda: snapshot, owner=f"cli:{os.getpid()}")
         return engine.relabel(task_id, category, note)
     return with_store(settings, relabel)
@@ -89,7 +90,7 @@ def list_tasks(settings, task_filter):
     """One page of tasks, newest first: (rows, next cursor or None)."""
     from .listing import list_page
 
-    return with_store(settings, lambda store: list_page(task_filter, SystemClock().now()))
+    return with_store(settings, lambda store: list_page(task_filter, SystemClock().now(), store))
 
 
 def export_labels(settings):
@@ -99,7 +100,7 @@ def export_labels(settings):
 
 def show(settings, task_id):
     """The task and its history; a task in ``manual`` also says why and what to do."""
-    data = with_store(settings, lambda store: manual.show(task_id))
+    data = with_store(settings, lambda store: manual.show(store, task_id))
     if data["status"] == "manual":
         data["advice"] = manual_advice(data, _handler_configured(settings, data["task_type"]))
     return data

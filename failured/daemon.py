@@ -7,7 +7,6 @@ retry-timer: waits on the heap, claims and records retries in batches; a bounded
 config:      watchdog observer + debounced reload
 """
 
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from .thresholds import alert_breaches
 from .queue import RetryQueue, Runner
 from .report_html import render_html
 from .sdnotify import Notifier
-from .store import DISK_FLOOR_BYTES, open_store
+from .store import DISK_FLOOR_BYTES, StoreUnavailableError, open_store
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -48,6 +47,7 @@ INTAKE_YIELD_MAX = 0.05  # longest the intake waits, per commit of decisions, fo
 INTAKE_YIELD_STEP = 0.001
 THRESHOLD_CHECK_SECONDS = 60
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
+STORE_RETRY_MAX_SECONDS = 5.0  # while PostgreSQL does not answer, intake tries again after 0.5, 1, 2, 4, 5, 5 ... s
 
 
 class Daemon:
@@ -61,8 +61,8 @@ class Daemon:
         self.wake = threading.Event()
         self.scheduler = schedule.Scheduler()
         self.waiting_orphans = set()
-        self._lock_file = None
         self.disk = DiskState()
+        self._store_lost_since = None  # monotonic time PostgreSQL stopped answering; intake and heartbeat set it
 
     # -- start ----------------------------------------------------------------
 
@@ -80,7 +80,7 @@ class Daemon:
         self.metrics = Metrics()
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
                              metrics=self.metrics)
-        self.breakers = Breakers(snapshot.breaker, clock=self.clock)
+        self.breakers = Breakers(snapshot.breaker, self.store, clock=self.clock)
         self.breakers.load()
         self.queue = RetryQueue(self.clock)
         queued, waiting = self.engine.take_back_leases(orphans_only=True)
@@ -105,7 +105,7 @@ class Daemon:
         self._intake_thread.start()
         self._schedule_jobs()
         log.info("failured running: db %s, config %s (%d categories), %d retries pending%s",
-                 s.db, s.config_dir, len(snapshot.ruleset.categories), len(self.queue),
+                 self.store, s.config_dir, len(snapshot.ruleset.categories), len(self.queue),
                  "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")
         self.notifier.ready(self._status_line())
         return self
@@ -119,18 +119,7 @@ class Daemon:
         return address
 
     def _take_lock(self):
-        path = f"{self.settings.db}.lock"
-        self._lock_file = open(path, "a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            other = self._lock_file.read().strip() or "?"
-            raise StoreError(f"another failured daemon (pid {other}) is running on {self.settings.db}: "
-                             "stop it first, or set FAILURE_DB to another database") from None
-        self._lock_file.truncate(0)
-        self._lock_file.write(str(os.getpid()))
-        self._lock_file.flush()
+        self.store.take_daemon_lock()
 
     def _schedule_jobs(self):
         s = self.settings
@@ -191,10 +180,17 @@ class Daemon:
                     self.intake_new()
                 seen = version
                 self._disk_ok()
+                self._store_back()
             except StoreFullError as exc:
                 self._disk_full(exc)
                 wait = DISK_FULL_POLL_SECONDS
                 next_sweep = 0.0
+            except StoreUnavailableError as exc:
+                lost_for = self._store_lost(exc)
+                wait = min(STORE_RETRY_MAX_SECONDS, max(self.settings.poll_seconds, lost_for))
+                next_sweep = 0.0
+                self.wake.wait(wait)
+                continue
             except Exception:
                 log.exception("intake: unexpected error; going on")
                 wait = self.settings.poll_seconds
@@ -241,7 +237,8 @@ class Daemon:
         if self.api is not None:
             loops["http-api"] = self.api.alive()
         full = self.disk.is_full()
-        return all(loops.values()) and not full, loops, {"disk_full": full}
+        lost = self._store_lost_since is not None
+        return all(loops.values()) and not full and not lost, loops, {"disk_full": full, "store_unavailable": lost}
 
     def healthy(self):
         """The loops are alive (a full disk is unhealthy for /healthz, but no reason for systemd to kill us)."""
@@ -256,6 +253,8 @@ class Daemon:
             self._retrain_on_new_labels()
         except StoreFullError as exc:
             self._disk_full(exc)
+        except StoreUnavailableError as exc:
+            self._store_lost(exc)
         except StoreError as exc:
             log.error("heartbeat not written: %s", exc)
         self.notifier.status(self._status_line())
@@ -283,6 +282,20 @@ class Daemon:
             log.error("%s: new work waits until space returns", exc)
             self.notifier.status(self._status_line())
             self.dispatcher.alert_direct(*messages.disk_full_message(self.settings.lang, str(exc)))
+
+    def _store_lost(self, exc):
+        """Say once per outage that the database does not answer; returns for how long it has not (s)."""
+        now = self.clock.monotonic()
+        if self._store_lost_since is None:
+            self._store_lost_since = now
+            log.error("%s; what is held stays held, trying again with backoff", exc)
+        return now - self._store_lost_since
+
+    def _store_back(self):
+        if self._store_lost_since is not None:
+            log.warning("the database answers again after %.1fs", self.clock.monotonic() - self._store_lost_since)
+            self._store_lost_since = None
+            self.queue.wake()
 
     def _disk_ok(self):
         if self.disk.set_ok():
@@ -355,7 +368,8 @@ class Daemon:
         title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if self.settings.lang == "zh"
                  else "[failured] Config reload rejected; the last good config stays active")
         with self.store.transaction():
-            enqueue(self.watcher.current, now, "admin", "config", title, f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+            enqueue(self.store, self.watcher.current, now, "admin", "config", title,
+                    f"**{title}**\n\n{messages.shorten(lines, 3000)}")
 
     # -- stop -----------------------------------------------------------------
 
@@ -378,9 +392,7 @@ class Daemon:
             self.store.delete_state("heartbeat")  # `status` says "not running" at once, not in 15 s
         except StoreError as exc:
             log.warning("heartbeat not cleared: %s", exc)
-        self.store.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        self.store.close()  # and with it the daemon lock
         log.info("stopped")
 
 

@@ -4,13 +4,11 @@ Every transition is one transaction: a conditional update of the task (so two
 actors never both move it), its ``task_events`` row, and any notification row.
 """
 
-import functools
 import json
 import logging
 import os
 import random
 import signal
-import sqlite3
 import threading
 from dataclasses import dataclass
 
@@ -22,10 +20,15 @@ from .metrics import Metrics
 from .notify import messages
 from .notify.outbox import enqueue
 from .secrets import known_secrets, masked
-from .clock import from_db_time, to_db_time
 from .errors import RefusedError, StoreError, TaskNotFound, UnknownCategory
-from .store import translate_error
-from .store import EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, UtcTimeField
+from .states import TaskStatus
+from .store import Task, translate_error
+from .store import tasks as rows
+from .store.tasks import event_row, update_statement
+
+NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
+RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
+                                                   TaskStatus.MANUAL, TaskStatus.RESOLVED)
 
 log = logging.getLogger("failured.engine")
 
@@ -55,124 +58,6 @@ class Claimed:
     task: Task
     handler: HandlerSpec
     attempt: int
-
-
-_INSERT_EVENT = ("INSERT INTO task_events (task_id, at, event, status, category, attempt, delay_seconds,"
-                 " error_message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_TASK_COLUMNS = [field.column_name for field in Task._meta.sorted_fields]
-_SELECT_TASK = f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE id = ?"
-_SELECT_NEW = f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE status = 'new'{{}} ORDER BY id LIMIT ?"
-_TIME_COLUMNS = {f.column_name for f in Task._meta.sorted_fields if isinstance(f, UtcTimeField)}
-_SELECT_SCHEDULED = "SELECT id, next_retry_at, task_type FROM tasks WHERE status = 'scheduled'"
-_CLAIM = ("UPDATE tasks SET status = 'running', attempts = ?, lease_owner = ?, lease_until = ?, updated_at = ?,"
-          " handler_pid = NULL WHERE id = ? AND status = 'scheduled' AND next_retry_at = ?")
-_RECOVERED = ("UPDATE tasks SET status = 'recovered', finished_at = ?, updated_at = ?, lease_owner = NULL,"
-              " lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
-              " WHERE id = ? AND status = 'running' AND lease_owner = ?")
-
-
-# The same few instants are written several times per transaction (updated_at, the event's
-# time, finished_at); formatting them was the daemon's largest single cost in a flood.
-_stamp = functools.lru_cache(maxsize=1024)(to_db_time)
-
-
-def add_event(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
-    # Plain SQL: this runs several times per retry, and peewee's query building would dominate.
-    Task._meta.database.execute_sql(_INSERT_EVENT, event_row(task_id, now, event, status, category, attempt, delay,
-                                                             error, **detail))
-
-
-def event_row(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
-    """The parameters of the task_events row ``add_event`` writes (to write many at once)."""
-    return (task_id, _stamp(now), event, status, category, attempt, delay, error,
-            json.dumps(detail, ensure_ascii=False) if detail else None)
-
-
-def add_events(rows):
-    """Insert many ``event_row``s in one statement (inside the caller's transaction)."""
-    if rows:
-        Task._meta.database.connection().executemany(_INSERT_EVENT, rows)
-
-
-_MASK_REPORTED = "UPDATE task_events SET error_message = ? WHERE task_id = ? AND event = 'reported'"
-
-
-def mask_reported_error(task_id, error):
-    """The first event keeps the reported text: replace it with the masked one too."""
-    Task._meta.database.execute_sql(_MASK_REPORTED, (error, task_id))
-
-
-_UPDATE_SQL = {}
-
-
-def update_task(task_id, expected_status, fields):
-    """``UPDATE tasks SET fields WHERE id AND status`` in plain SQL (a hot path); True when it applied."""
-    return Task._meta.database.execute_sql(*update_statement(task_id, expected_status, fields)).rowcount == 1
-
-
-def update_statement(task_id, expected_status, fields):
-    """(sql, parameters) of ``update_task``, to be run later (prepared before the write lock)."""
-    columns = tuple(sorted(fields))
-    sql = _UPDATE_SQL.get(columns)
-    if sql is None:
-        assignments = ", ".join(f"{column} = ?" for column in columns)
-        sql = _UPDATE_SQL[columns] = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
-    values = [_stamp(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
-              for c in columns]
-    return sql, (*values, task_id, expected_status)
-
-
-def load_task(task_id):
-    """One task by id, through plain SQL (hot path), or None."""
-    row = Task._meta.database.execute_sql(_SELECT_TASK, (task_id,)).fetchone()
-    return None if row is None else _task_of(row)
-
-
-def load_tasks(task_ids):
-    """The tasks with these ids that exist, in one query (hot path)."""
-    if not task_ids:
-        return []
-    sql = f"{_SELECT_TASK[:-len('= ?')]}IN ({', '.join('?' * len(task_ids))})"
-    return [_task_of(row) for row in Task._meta.database.execute_sql(sql, tuple(task_ids)).fetchall()]
-
-
-def _run_prepared(sql, prepared):
-    """Run a conditional update per (item, parameters, event row), then insert the events of those
-    that applied; returns their items. One executemany when every row applies (the usual case);
-    otherwise that is undone and each row runs on its own, to learn which moved meanwhile."""
-    if not prepared:
-        return []
-    connection = Task._meta.database.connection()
-    if len(prepared) == 1:
-        applied = prepared if connection.execute(sql, prepared[0][1]).rowcount else []
-        add_events([event for _, _, event in applied])
-        return [item for item, _, _ in applied]
-    connection.execute("SAVEPOINT prepared")
-    if connection.executemany(sql, [params for _, params, _ in prepared]).rowcount == len(prepared):
-        applied = prepared
-    else:
-        connection.execute("ROLLBACK TO prepared")
-        applied = [item for item in prepared if connection.execute(sql, item[1]).rowcount]
-    connection.execute("RELEASE prepared")
-    add_events([event for _, _, event in applied])
-    return [item for item, _, _ in applied]
-
-
-def load_new_tasks(limit, skip=()):
-    """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``."""
-    where = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
-    rows = Task._meta.database.execute_sql(_SELECT_NEW.format(where), (*skip, limit)).fetchall()
-    return [_task_of(row) for row in rows]
-
-
-def _task_of(row):
-    values = {column: (_epoch(value) if column in _TIME_COLUMNS else value)
-              for column, value in zip(_TASK_COLUMNS, row)}
-    return Task(**values)
-
-
-# A task's created_at and updated_at are often one instant.
-_epoch = functools.lru_cache(maxsize=4096)(from_db_time)
 
 
 def pid_alive(pid):
@@ -240,7 +125,7 @@ class Engine:
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
-        tasks = load_new_tasks(limit, tuple(self._unwritable))
+        tasks = rows.load_new_tasks(self.store, limit, tuple(self._unwritable))
         for start in range(0, len(tasks), DECIDE_PER_TRANSACTION):
             # Classify before BEGIN: CPU work never runs while the write lock is held.
             plans = [self._plan(task, NEW) for task in tasks[start:start + DECIDE_PER_TRANSACTION]]
@@ -276,13 +161,16 @@ class Engine:
     def _write_retries(self, retries):
         """Run prepared retry decisions; [(id, due, type)] of those written. A task that moved
         meanwhile is left alone; one whose row cannot be written is set aside, as in ``_write_guarded``."""
-        connection = self.store.db.connection()
         queued, events = [], []
-        for plan, ((sql, params), event, due) in retries:
+        for plan, (statement, event, due) in retries:
             try:
-                if connection.execute(sql, params).rowcount != 1:
+                if not rows.run_update(self.store, statement):
                     continue  # resolved by hand meanwhile
-            except sqlite3.DatabaseError as exc:  # a failed statement changed nothing (SQLite statements are atomic)
+            # A failed statement changed nothing (SQLite statements are atomic; PostgreSQL's error ends the
+            # transaction, and the batch is tried again).
+            except self.store.driver_errors as exc:
+                if self.store.dialect != "sqlite":
+                    raise
                 known = translate_error(self.store.path, exc)
                 if known is not None:
                     raise known from None
@@ -293,7 +181,7 @@ class Engine:
             plan.fields["status"] = SCHEDULED
             events.append(event)
             queued.append((plan.task.id, due, plan.task.task_type))
-        add_events(events)
+        rows.add_events(self.store, events)
         return queued
 
     def _write_guarded(self, plan):
@@ -353,10 +241,10 @@ class Engine:
         now = self.clock.now()
         plan.fields["updated_at"] = now
         if plan.new_error is not None:
-            add_event(plan.task.id, now, event, RUNNING, plan.result.category, plan.task.attempts,
+            rows.add_event(self.store, plan.task.id, now, event, RUNNING, plan.result.category, plan.task.attempts,
                       error=plan.new_error, error_type=plan.error_type)
         if plan.new_error is None and "error_message" in plan.fields:
-            mask_reported_error(plan.task.id, plan.fields["error_message"])
+            rows.mask_reported_error(self.store, plan.task.id, plan.fields["error_message"])
         return self._apply(plan.task, expected_status, plan.decision, plan.category, plan.result, plan.fields, now)
 
     def _after_write(self, plan, event):
@@ -376,24 +264,24 @@ class Engine:
             due = None
             status = {policy.EXHAUSTED: EXHAUSTED, policy.MANUAL: MANUAL}.get(decision.action, NOTIFIED)
             fields.update(status=status, finished_at=now, max_attempts=decision.limit or task.max_attempts)
-        if not update_task(task.id, expected_status, fields):
+        if not rows.update_task(self.store, task.id, expected_status, fields):
             raise _Moved()
         if decision.action == policy.RETRY:
-            add_event(task.id, now, "retry_scheduled", SCHEDULED, result.category, decision.attempt,
+            rows.add_event(self.store, task.id, now, "retry_scheduled", SCHEDULED, result.category, decision.attempt,
                       decision.delay, **matched)
         elif decision.action == policy.MANUAL:
-            add_event(task.id, now, "manual", MANUAL, result.category, **matched)
+            rows.add_event(self.store, task.id, now, "manual", MANUAL, result.category, **matched)
             self._notify_manual_once(task.task_type, now)
         else:
             audience = "user" if decision.action == policy.NOTIFY_USER else "admin"
             kind = "exhausted" if decision.action == policy.EXHAUSTED else "task"
             task_now = Task(**{**task.__data__, **fields})
-            add_event(task.id, now, "exhausted" if kind == "exhausted" else "notified", fields["status"],
+            rows.add_event(self.store, task.id, now, "exhausted" if kind == "exhausted" else "notified", fields["status"],
                       result.category, task.attempts, audience=audience, **matched)
             title, body = messages.task_message(lang, kind, audience, task_now, category, now,
                                                 attempts=task.attempts if kind == "exhausted" else None,
                                                 limit=decision.limit or None)
-            enqueue(self.config(), now, audience, kind, title, body, task=task_now, category=result.category)
+            enqueue(self.store, self.config(), now, audience, kind, title, body, task=task_now, category=result.category)
             self._notified.set()
         return due
 
@@ -402,7 +290,7 @@ class Engine:
         if self.store.get_state(key) is None:
             self.store.set_state(key, "1", now)
             title, body = messages.manual_message(self.settings.lang, task_type)
-            enqueue(self.config(), now, "admin", "manual", title, body, task_type=task_type)
+            enqueue(self.store, self.config(), now, "admin", "manual", title, body, task_type=task_type)
             self._notified.set()
 
     def notified_since_wake(self):
@@ -416,7 +304,7 @@ class Engine:
         """A handler appeared for a task type: its next manual task alerts again."""
         for name, config in snapshot.task_types.items():
             if config.handler is not None:
-                self.store.db.execute_sql("DELETE FROM daemon_state WHERE key = ?", (f"manual_notified:{name}",))
+                self.store.delete_state(f"manual_notified:{name}")
 
     @staticmethod
     def _describe(decision):
@@ -440,7 +328,7 @@ class Engine:
         if category is None:
             raise UnknownCategory(category_name, [c.name for c in (*snapshot.ruleset.categories,
                                                                      snapshot.ruleset.unknown)])
-        task = load_task(task_id)
+        task = rows.load_task(self.store, task_id)
         if task is None:
             raise TaskNotFound(task_id)
         if task.status == RUNNING:
@@ -449,13 +337,13 @@ class Engine:
         try:
             with self.store.transaction():
                 self.store.add_label(task, category.name, now, note)
-                add_event(task.id, now, "labelled", task.status, category.name, task.attempts,
+                rows.add_event(self.store, task.id, now, "labelled", task.status, category.name, task.attempts,
                           previous=task.category, **({"note": note} if note else {}))
                 if task.status not in (RECOVERED, RESOLVED) and category.name != task.category:
                     self._apply_label(task, category, snapshot, now)
         except _Moved:
             raise RefusedError(f"task {task_id} changed while being labelled: try again") from None
-        return load_task(task_id)
+        return rows.load_task(self.store, task_id)
 
     def _apply_label(self, task, category, snapshot, now):
         result = _labelled(task, category, self.settings.lang)
@@ -484,7 +372,7 @@ class Engine:
         return self.settle([], items)[1]
 
     def record_pid(self, task_id, pid):
-        Task.update(handler_pid=pid).where(Task.id == task_id, Task.lease_owner == self.owner).execute()
+        rows.record_pid(self.store, task_id, self.owner, pid)
 
     def finish(self, claimed, outcome):
         """Record a retry's outcome; returns the next due time when another retry is scheduled."""
@@ -512,8 +400,8 @@ class Engine:
         claimed = []
         if claims or finishes:
             with self._writes, self.store.eager_transaction():
-                _run_prepared(_RECOVERED, finishes)
-                claimed = _run_prepared(_CLAIM, claims)
+                rows.run_prepared(self.store, rows.RECOVER, finishes)
+                claimed = rows.run_prepared(self.store, rows.CLAIM, claims)
         for item in claimed:
             item.task.status, item.task.attempts = RUNNING, item.attempt
             self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
@@ -529,7 +417,7 @@ class Engine:
         snapshot = self.config()
         prepared = []
         expected = dict(items)
-        for task in load_tasks(list(expected)):
+        for task in rows.load_tasks(self.store, list(expected)):
             expected_due = expected[task.id]
             if task.status != SCHEDULED or task.next_retry_at is None:
                 continue
@@ -542,14 +430,13 @@ class Engine:
                 continue
             attempt = task.attempts + 1
             prepared.append((Claimed(task, handler, attempt),
-                             (attempt, self.owner, _stamp(now + policy.lease_seconds(handler.timeout)), _stamp(now),
-                              task.id, _stamp(task.next_retry_at)),
+                             rows.claim_params(attempt, self.owner, now + policy.lease_seconds(handler.timeout), now,
+                                               task.id, task.next_retry_at),
                              event_row(task.id, now, "retry_started", RUNNING, task.category, attempt)))
         return prepared
 
     def _prepare_recovered(self, recovered, now):
-        stamp = _stamp(now)
-        return [(claimed, (stamp, stamp, claimed.task.id, self.owner),
+        return [(claimed, rows.recover_params(now, claimed.task.id, self.owner),
                  event_row(claimed.task.id, now, "recovered", RECOVERED, claimed.task.category, claimed.attempt,
                            duration=round(outcome.duration, 3)))
                 for claimed, outcome in recovered]
@@ -567,10 +454,9 @@ class Engine:
         """Move a due retry later without running it (breaker open); it stays scheduled."""
         now = self.clock.now()
         with self.store.transaction():
-            updated = (Task.update(next_retry_at=until, updated_at=now)
-                       .where(Task.id == task_id, Task.status == SCHEDULED).execute())
+            updated = rows.postpone(self.store, task_id, until, now)
             if updated:
-                add_event(task_id, now, "postponed", SCHEDULED, delay=until - now, reason=reason)
+                rows.add_event(self.store, task_id, now, "postponed", SCHEDULED, delay=until - now, reason=reason)
         return bool(updated)
 
     # -- taking back --------------------------------------------------------
@@ -584,23 +470,22 @@ class Engine:
         however far the wall clock has jumped.
         """
         now = self.clock.now()
-        query = Task.select().where(Task.status == RUNNING)
-        query = query.where(Task.lease_owner != self.owner) if orphans_only else query.where(Task.lease_until < now)
+        if orphans_only:
+            running = rows.running_tasks(self.store, not_owner=self.owner)
+        else:
+            running = rows.running_tasks(self.store, lease_before=now)
         queued, waiting = [], []
-        for task in list(query):
+        for task in running:
             if task.lease_owner == self.owner and task.id in running_here:
                 continue
             if pid_alive(task.handler_pid) and (task.lease_until or 0) > now:
                 waiting.append(task.id)  # never run a task twice at the same time
                 continue
             with self.store.transaction():
-                updated = (Task.update(status=SCHEDULED, next_retry_at=now, lease_owner=None, lease_until=None,
-                                       handler_pid=None, updated_at=now)
-                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == task.lease_owner)
-                           .execute())
+                updated = rows.take_back(self.store, task.id, task.lease_owner, now)
                 if updated:
-                    add_event(task.id, now, "lease_expired", SCHEDULED, task.category, task.attempts,
-                              owner=task.lease_owner)
+                    rows.add_event(self.store, task.id, now, "lease_expired", SCHEDULED, task.category,
+                                   task.attempts, owner=task.lease_owner)
             if updated:
                 log.warning("task %s %s: retry %s was interrupted (owner %s); rescheduled now",
                             task.id, task.task_type, task.attempts, task.lease_owner)
@@ -614,41 +499,32 @@ class Engine:
         """
         now = self.clock.now()
         released = []
-        for task in list(Task.select().where(Task.status == RUNNING, Task.lease_owner == self.owner)):
+        for task in rows.running_tasks(self.store, owner=self.owner):
             if pid_alive(task.handler_pid):
                 try:
                     os.killpg(task.handler_pid, signal.SIGKILL)
                 except OSError:
                     pass
             with self.store.transaction():
-                updated = (Task.update(status=SCHEDULED, next_retry_at=now, attempts=Task.attempts - 1,
-                                       lease_owner=None, lease_until=None, handler_pid=None, updated_at=now)
-                           .where(Task.id == task.id, Task.status == RUNNING, Task.lease_owner == self.owner)
-                           .execute())
+                updated = rows.take_back(self.store, task.id, self.owner, now, uncount=True)
                 if updated:
-                    add_event(task.id, now, "interrupted", SCHEDULED, task.category, task.attempts - 1,
-                              reason="daemon stopping")
+                    rows.add_event(self.store, task.id, now, "interrupted", SCHEDULED, task.category,
+                                   task.attempts - 1, reason="daemon stopping")
                     released.append(task.id)
         return released
 
     def scheduled(self, due_before=None):
         """[(id, due, type)] of scheduled tasks, for rebuilding the heap."""
-        # Plain SQL: in a flood thousands of rows are due at once, and the intake asks every poll.
-        sql, params = _SELECT_SCHEDULED, ()
-        if due_before is not None:
-            sql, params = sql + " AND next_retry_at <= ?", (to_db_time(due_before),)
-        now = self.clock.now()  # a scheduled row without a due time (edited by hand) is due now
-        return [(task_id, now if due is None else _epoch(due), task_type)
-                for task_id, due, task_type in self.store.db.execute_sql(sql, params).fetchall()]
+        return rows.scheduled(self.store, self.clock.now(), due_before)
 
     def breaker_changed(self, task, state, failures, cooldown):
         """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
         now = self.clock.now()
         title, body = messages.breaker_message(self.settings.lang, task.task_type, state == "open", failures, cooldown)
         with self.store.transaction():
-            add_event(task.id, now, f"breaker_{state}", Task.get_by_id(task.id).status, task.category,
-                      task.attempts, task_type=task.task_type)
-            enqueue(self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
+            rows.add_event(self.store, task.id, now, f"breaker_{state}", rows.task_status(self.store, task.id),
+                           task.category, task.attempts, task_type=task.task_type)
+            enqueue(self.store, self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
         self._notified.set()
         log.warning("task type %s: breaker %s", task.task_type, state)
 

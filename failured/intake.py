@@ -3,24 +3,18 @@
 import json
 import re
 import threading
-import time
 
-from .clock import SystemClock, to_db_time
+from .clock import SystemClock
 from .errors import InputError
 from .settings import load_settings
 from .secrets import masked, reporter_secrets
-from .store import NEW, SuccessCount, open_store
+from .store import open_store
+from .store import tasks as rows
 
 MAX_ERROR_BYTES = 64 * 1024
 MAX_TASK_TYPE_CHARS = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
 SOURCES = ("python", "cli", "exec", "http")
-
-_INSERT_TASK = (
-    "INSERT INTO tasks (task_type, ref, source, status, error_type, error_message, payload, handler,"
-    " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
-)
-_INSERT_EVENT = "INSERT INTO task_events (task_id, at, event, status, error_message) VALUES (?, ?, 'reported', 'new', ?)"
 
 _default_stores = {}
 _default_lock = threading.Lock()
@@ -102,14 +96,7 @@ def record_failure(store, task_type, error, *, error_type=None, payload=None, re
     payload_json = parse_payload(payload)
     handler_json = json.dumps(handler) if handler is not None else None
     now = (clock or SystemClock()).now()
-    created = to_db_time(now)
-    with store.eager_transaction():  # beside a busy daemon: see eager_transaction
-        # Plain SQL on the hot path: peewee's query building costs more than SQLite itself here.
-        task_id = store.db.execute_sql(_INSERT_TASK, (
-            task_type, ref, source, NEW, error_type, message, payload_json, handler_json, created, created,
-        )).lastrowid
-        store.db.execute_sql(_INSERT_EVENT, (task_id, created, message))
-    return task_id
+    return rows.insert_task(store, task_type, ref, source, error_type, message, payload_json, handler_json, now)
 
 
 def record_success(store, task_type, count=1, *, clock=None):
@@ -118,12 +105,8 @@ def record_success(store, task_type, count=1, *, clock=None):
     if not isinstance(count, int) or count < 1:
         raise InputError(f"success count must be a whole number >= 1, not {count!r}")
     now = (clock or SystemClock()).now()
-    hour = time.strftime("%Y-%m-%d %H:00:00", time.gmtime(now))
     with store.transaction():
-        (SuccessCount.insert(task_type=task_type, hour=hour, count=count)
-         .on_conflict(conflict_target=[SuccessCount.task_type, SuccessCount.hour],
-                      update={SuccessCount.count: SuccessCount.count + count})
-         .execute())
+        rows.add_successes(store, task_type, count, now)
 
 
 def default_store(settings=None):

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from . import store as store_module
 from .errors import InputError
 from .manual import parse_duration
-from .store import FINAL_STATUSES, LIST_LIMIT_MAX, MAX_GREP_CHARS, NEW, RUNNING, SCHEDULED
+from .states import TaskStatus
+from .store import LIST_LIMIT_MAX, MAX_GREP_CHARS
 
-STATUSES = (NEW, SCHEDULED, RUNNING, *FINAL_STATUSES)
+STATUSES = tuple(TaskStatus)
 DEFAULT_LIMIT = 50
 MAX_NAME_CHARS = 200
 MAX_VALUES = 20  # of one repeatable filter
@@ -79,11 +80,12 @@ def _cursor(value):
     return int(text)
 
 
-def list_page(task_filter, now):
-    """(rows as plain dicts, next cursor or None) for one page."""
+def list_page(task_filter, now, store=None):
+    """(rows as plain dicts, next cursor or None) for one page of ``store`` (default: the one opened last)."""
     f = task_filter
     rows = store_module.list_tasks(f.statuses, f.categories, f.task_types,
-                                   None if f.since is None else now - f.since, f.grep, f.cursor, f.limit + 1)
+                                   None if f.since is None else now - f.since, f.grep, f.cursor, f.limit + 1,
+                                   store=store)
     more = len(rows) > f.limit
     rows = rows[:f.limit]
     return rows, (str(rows[-1]["id"]) if more else None)

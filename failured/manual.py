@@ -3,10 +3,13 @@
 import json
 import re
 
-from .clock import to_db_time
-from .engine import add_event
 from .errors import InputError, RefusedError, TaskNotFound
-from .store import (EXHAUSTED, MANUAL, NEW, NOTIFIED, RECOVERED, RESOLVED, RUNNING, SCHEDULED, Task, TaskEvent)
+from .states import TaskStatus
+from .store import tasks as rows
+
+NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
+RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
+                                                   TaskStatus.MANUAL, TaskStatus.RESOLVED)
 
 REQUEUE_DEFAULT_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -21,8 +24,8 @@ def parse_duration(text):
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _get(task_id):
-    task = Task.get_or_none(Task.id == task_id)
+def _get(store, task_id):
+    task = rows.load_task(store, task_id)
     if task is None:
         raise TaskNotFound(task_id)
     return task
@@ -54,35 +57,26 @@ def _schedule_now(store, task, now, event, force, note=None):
     # A forced retry may go past the attempt limit by exactly one.
     limit = max(task.max_attempts or 0, task.attempts + 1) if force else task.max_attempts
     with store.transaction():
-        updated = (Task.update(status=SCHEDULED, next_retry_at=now, max_attempts=limit, finished_at=None,
-                               updated_at=now)
-                   .where(Task.id == task.id, Task.status == task.status).execute())
-        if not updated:
+        if not rows.schedule_now(store, task.id, task.status, now, limit):
             raise RefusedError(f"task {task.id} changed while being requeued: try again")
-        add_event(task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
+        rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
                   **({"note": note} if note else {}))
 
 
 def recover(store, snapshot, task_id, now, force=False):
     """Retry one task now; refuses (RefusedError, with the reason) what should not be retried."""
-    task = _get(task_id)
+    task = _get(store, task_id)
     has_handler = bool(task.handler) or snapshot.task_type(task.task_type).handler is not None
     reason = refusal(task, force, has_handler)
     if reason:
         raise RefusedError(reason)
     _schedule_now(store, task, now, "recover_requested", force)
-    return Task.get_by_id(task_id)
+    return rows.load_task(store, task_id)
 
 
-def select_for_requeue(category=None, task_type=None, statuses=None, since_seconds=None, now=None):
-    query = Task.select().where(Task.status.in_(statuses or REQUEUE_DEFAULT_STATUSES))
-    if category:
-        query = query.where(Task.category == category)
-    if task_type:
-        query = query.where(Task.task_type == task_type)
-    if since_seconds is not None:
-        query = query.where(Task.created_at >= to_db_time(now - since_seconds))
-    return list(query.order_by(Task.id))
+def select_for_requeue(store, category=None, task_type=None, statuses=None, since_seconds=None, now=None):
+    return rows.find_tasks(store, statuses or REQUEUE_DEFAULT_STATUSES, category, task_type,
+                           None if since_seconds is None else now - since_seconds)
 
 
 def requeue(store, snapshot, now, dry_run=False, **filters):
@@ -94,7 +88,7 @@ def requeue(store, snapshot, now, dry_run=False, **filters):
     for status in statuses or ():
         if status in (RUNNING, NEW, RECOVERED, SCHEDULED):
             raise InputError(f"--status {status}: only notified, exhausted, manual or resolved tasks can be requeued")
-    tasks = select_for_requeue(statuses=statuses, now=now, **filters)
+    tasks = select_for_requeue(store, statuses=statuses, now=now, **filters)
     requeued, skipped = [], []
     for task in tasks:
         if not (task.handler or snapshot.task_type(task.task_type).handler is not None):
@@ -108,31 +102,28 @@ def requeue(store, snapshot, now, dry_run=False, **filters):
 
 def resolve(store, task_id, now, note=None):
     """Close a task by hand."""
-    task = _get(task_id)
+    task = _get(store, task_id)
     if task.status == RUNNING:
         raise RefusedError(f"task {task_id} is running a retry right now: resolve it when it finishes")
     if task.status == RESOLVED:
         raise RefusedError(f"task {task_id} is already resolved")
     with store.transaction():
-        updated = (Task.update(status=RESOLVED, finished_at=now, next_retry_at=None, updated_at=now, note=note)
-                   .where(Task.id == task_id, Task.status == task.status).execute())
-        if not updated:
+        if not rows.resolve_task(store, task_id, task.status, now, note):
             raise RefusedError(f"task {task_id} changed while being resolved: try again")
-        add_event(task_id, now, "resolved", RESOLVED, task.category, task.attempts,
+        rows.add_event(store, task_id, now, "resolved", RESOLVED, task.category, task.attempts,
                   **({"note": note} if note else {}))
-    return Task.get_by_id(task_id)
+    return rows.load_task(store, task_id)
 
 
-def show(task_id):
+def show(store, task_id):
     """The task with its full history, as plain data."""
-    task = _get(task_id)
+    task = _get(store, task_id)
     data = {name: getattr(task, name) for name in task._meta.sorted_field_names}
     data["payload"] = json.loads(task.payload) if task.payload else None
     data["handler"] = json.loads(task.handler) if task.handler else None
     data["events"] = [
-        {"at": e.at, "event": e.event, "status": e.status, "category": e.category, "attempt": e.attempt,
-         "delay_seconds": e.delay_seconds, "error": e.error_message,
-         "detail": json.loads(e.detail) if e.detail else None}
-        for e in TaskEvent.select().where(TaskEvent.task == task_id).order_by(TaskEvent.id)
+        {"at": at, "event": event, "status": status, "category": category, "attempt": attempt,
+         "delay_seconds": delay, "error": error, "detail": json.loads(detail) if detail else None}
+        for at, event, status, category, attempt, delay, error, detail in rows.task_history(store, task_id)
     ]
     return data

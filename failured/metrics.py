@@ -9,13 +9,7 @@ label of their own; the rest are counted as ``other``.
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from .clock import from_db_time
-
-disable_created_metrics()  # *_created series only confuse a small server's dashboards
+from .store import aggregates
 
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
@@ -27,6 +21,10 @@ class Metrics:
     """One registry per daemon (tests build their own)."""
 
     def __init__(self):
+        # Imported here: a CLI call that never counts anything does not pay for prometheus_client.
+        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # *_created series only confuse a small server's dashboards
         self.registry = CollectorRegistry()
         r = self.registry
         self.failures = Counter("failured_failures_total", "Failures classified, by category and task type",
@@ -61,6 +59,9 @@ class Metrics:
             self.unknown.inc()
 
     def exposition(self):
+        from prometheus_client import generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -92,9 +93,7 @@ class TaskTypeLabels:
 
 def most_reported_task_types(store, limit):
     """The task types with the most tasks in the database: they keep their labels across a restart."""
-    return [row[0] for row in store.db.execute_sql(
-        "SELECT task_type FROM tasks GROUP BY task_type ORDER BY count(*) DESC, task_type LIMIT ?",
-        (limit,)).fetchall()]
+    return aggregates.most_reported_task_types(store, limit)
 
 
 class _StoreCollector:
@@ -104,6 +103,8 @@ class _StoreCollector:
         self.metrics = metrics
 
     def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
         depth = GaugeMetricFamily("failured_retry_queue_depth", "Retries waiting in the heap")
         depth.add_metric([], self.metrics.queue_depth())
         yield depth
@@ -114,15 +115,12 @@ class _StoreCollector:
                                     labels=["channel"])
         oldest = GaugeMetricFamily("failured_notification_oldest_pending_seconds",
                                    "Age of the oldest pending notification, by channel", labels=["channel"])
-        rows = store.db.execute_sql("SELECT channel, count(*), min(created_at) FROM notifications "
-                                    "WHERE status = 'pending' GROUP BY channel").fetchall()
         now = self.metrics._clock.now()
-        for channel, count, first in rows:
+        for channel, count, first in aggregates.pending_notifications(store):
             backlog.add_metric([channel or "-"], count)
-            oldest.add_metric([channel or "-"], max(0.0, now - from_db_time(first)))
+            oldest.add_metric([channel or "-"], max(0.0, now - first))
         yield backlog
         yield oldest
         breakers = GaugeMetricFamily("failured_breakers_open", "Task types whose circuit breaker is not closed")
-        breakers.add_metric([], store.db.execute_sql(
-            "SELECT count(*) FROM breakers WHERE state != 'closed'").fetchone()[0])
+        breakers.add_metric([], aggregates.breakers_open_count(store))
         yield breakers

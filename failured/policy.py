@@ -7,9 +7,12 @@ import random
 from dataclasses import dataclass
 
 from .rules import RetryPolicy
+from .states import DecisionAction
 
 # What the engine does with a task after a (re)classification.
-RETRY, NOTIFY_ADMIN, NOTIFY_USER, EXHAUSTED, MANUAL = "retry", "notify_admin", "notify_user", "exhausted", "manual"
+RETRY, NOTIFY_ADMIN, NOTIFY_USER, EXHAUSTED, MANUAL = (DecisionAction.RETRY, DecisionAction.NOTIFY_ADMIN,
+                                                      DecisionAction.NOTIFY_USER, DecisionAction.EXHAUSTED,
+                                                      DecisionAction.MANUAL)
 
 
 @dataclass(frozen=True)

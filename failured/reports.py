@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from .clock import iso, to_db_time
+from .clock import iso
+from .store import aggregates
 
 PROCESSING, ANALYSIS = "failure_processing", "failure_analysis"
 WATERMARK_KEY = "processing_report_event_id"
@@ -79,27 +80,13 @@ def _result(lang, task_id, event, category, delay, attempt, detail):
 
 def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     """The processing report over the events since the previous one."""
-    db = store.db
     since = int(store.get_state(WATERMARK_KEY, "0"))
-    upto = db.execute_sql("SELECT coalesce(max(id), 0) FROM task_events").fetchone()[0]
-    marks = ",".join("?" * len(DECISIONS))
-    latest = db.execute_sql(f"""
-        SELECT task_id, event, category, delay_seconds, attempt, detail FROM (
-            SELECT task_id, event, category, delay_seconds, attempt, detail,
-                   row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
-            FROM task_events WHERE id > ? AND id <= ? AND event IN ({marks}))
-        WHERE newest = 1 ORDER BY task_id""", (since, upto, *DECISIONS)).fetchall()
-    scanned, analyzed, recovered, notified = db.execute_sql("""
-        SELECT count(DISTINCT task_id),
-               count(DISTINCT CASE WHEN event IN ('retry_scheduled', 'notified', 'exhausted', 'manual')
-                                   THEN task_id END),
-               count(DISTINCT CASE WHEN event = 'recovered' THEN task_id END),
-               count(DISTINCT CASE WHEN event IN ('notified', 'exhausted', 'manual') THEN task_id END)
-        FROM task_events WHERE id > ? AND id <= ?""", (since, upto)).fetchone()
-    stuck = db.execute_sql("SELECT id FROM tasks WHERE status = 'new' AND created_at < ? ORDER BY id LIMIT 100",
-                           (to_db_time(now - STUCK_NEW_SECONDS),)).fetchall()
-    errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=row[0], seconds=STUCK_NEW_SECONDS)
-                                  for row in stuck]
+    upto = aggregates.newest_event_id(store)
+    latest = aggregates.latest_decisions(store, since, upto, DECISIONS)
+    scanned, analyzed, recovered, notified = aggregates.decision_counts(store, since, upto)
+    stuck = aggregates.stuck_new(store, now - STUCK_NEW_SECONDS)
+    errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=task_id, seconds=STUCK_NEW_SECONDS)
+                                  for task_id in stuck]
     results = [_result(lang, *row) for row in latest]
     if advance:
         store.set_state(WATERMARK_KEY, str(upto), now)

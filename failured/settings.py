@@ -22,7 +22,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Settings:
     """Every ``FAILURE_*`` variable, with its default; the README lists them."""
 
-    db: Path = Path(DEFAULT_DB)
+    db: Path | str = Path(DEFAULT_DB)  # a SQLite path, or a postgresql:// URL (kept as text)
     config_dir: Path = Path(DEFAULT_CONFIG_DIR)
     log_dir: Path = Path(DEFAULT_LOG_DIR)
     report_dir: Path = Path(DEFAULT_REPORT_DIR)
@@ -49,7 +49,7 @@ class Settings:
 # env name -> (Settings attribute, parser name, meaning); the parser checks the value and its range.
 # ``failured run --help`` and the README's table are made from / checked against this one list.
 _VARIABLES = {
-    "FAILURE_DB": ("db", "path", "SQLite database"),
+    "FAILURE_DB": ("db", "db", "SQLite database path, or a postgresql:// URL"),
     "FAILURE_CONFIG_DIR": ("config_dir", "path", "config directory (watched)"),
     "FAILURE_LOG_DIR": ("log_dir", "path", "admin_alerts.log, user_notifications.log"),
     "FAILURE_REPORT_DIR": ("report_dir", "path", "JSON and HTML reports"),
@@ -102,7 +102,9 @@ def _parse(kind, name, raw):
         return value
     if kind == "secret":
         return value or None
-    if kind == "path":
+    if kind == "db" and value.startswith(("postgresql://", "postgres://")):
+        return value
+    if kind in ("path", "db"):
         if not value:
             raise InputError(f"{name} is empty: set it to a path or unset it")
         return Path(value)

@@ -8,8 +8,8 @@ is one line in ``problems``.
 
 import json
 
-from .clock import from_db_time, iso
-from .store import DISK_FLOOR_BYTES, Breaker
+from .clock import iso
+from .store import DISK_FLOOR_BYTES, aggregates, outbox
 from .thresholds import evaluate
 
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
@@ -85,30 +85,22 @@ def config_status(store):
 
 def collect(store, snapshot, now):
     """Everything ``failured status`` shows, as plain data."""
-    db = store.db
     tasks = {}
-    for status, category, count in db.execute_sql(
-            "SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2").fetchall():
+    for status, category, count in aggregates.tasks_by_status(store):
         tasks.setdefault(status, {})[category] = count
-    next_retries = [{"task_id": i, "task_type": t, "category": c, "due": _when(from_db_time(d))}
-                    for i, t, c, d in db.execute_sql(
-                        "SELECT id, task_type, category, next_retry_at FROM tasks WHERE status = 'scheduled' "
-                        "ORDER BY next_retry_at LIMIT ?", (NEXT_RETRIES,)).fetchall()]
+    next_retries = [{"task_id": i, "task_type": t, "category": c, "due": _when(d)}
+                    for i, t, c, d in aggregates.next_retries(store, NEXT_RETRIES)]
     channels = {}
-    for channel, pending, oldest in db.execute_sql(
-            "SELECT channel, count(*), min(created_at) FROM notifications WHERE status = 'pending' "
-            "GROUP BY channel").fetchall():
-        channels[channel] = {"pending": pending, "oldest_pending": _when(from_db_time(oldest)), "last_error": None}
-    for channel, error in db.execute_sql(
-            "SELECT channel, last_error FROM notifications WHERE id IN (SELECT max(id) FROM notifications "
-            "WHERE last_error IS NOT NULL GROUP BY channel)").fetchall():
+    for channel, pending, oldest in aggregates.pending_notifications(store):
+        channels[channel] = {"pending": pending, "oldest_pending": _when(oldest), "last_error": None}
+    for channel, error in outbox.last_errors(store):
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None})["last_error"] = error
     health = channel_health(store, set(snapshot.channels) if snapshot else None)
     for channel, outcome in health.items():
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None, "last_error": None})["delivering"] = \
             bool(outcome.get("ok"))
-    breakers = [{"task_type": b.task_type, "state": b.state, "consecutive_failures": b.consecutive_failures,
-                 "open_until": _when(b.open_until)} for b in Breaker.select().where(Breaker.state != "closed")]
+    breakers = [{"task_type": task_type, "state": state, "consecutive_failures": failures,
+                 "open_until": _when(until)} for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
     daemon = daemon_status(store, now)
     breached = [t for t in thresholds if t["breached"]]

@@ -5,16 +5,15 @@ A rate with nothing to divide by is "unknown", never a fake 0 % or 100 %.
 
 from dataclasses import asdict, dataclass
 
-from .clock import from_db_time, to_db_time
 from .notify import messages
 from .notify.outbox import enqueue
-from .store import EXHAUSTED, MANUAL, NOTIFIED, RECOVERED, RESOLVED
+from .states import TaskStatus
+from .store import aggregates
 
 RECOVERABLE_PREFIX = "recoverable_"
 UNKNOWN = "unknown"
 # A recoverable task's retries are over once it reaches one of these.
-ENDED = (RECOVERED, EXHAUSTED, NOTIFIED, MANUAL, RESOLVED)
-END_OF_TIME = "9999-12-31 23:59:59.999"  # a whole DB time: a short one would compare as a number
+ENDED = (TaskStatus.RECOVERED, TaskStatus.EXHAUSTED, TaskStatus.NOTIFIED, TaskStatus.MANUAL, TaskStatus.RESOLVED)
 
 
 @dataclass(frozen=True)
@@ -62,23 +61,14 @@ class Recovery:
                         self.retries + other.retries)
 
 
-def recovery_by_category(db, start, end=None):
-    """The one definition of the recovery rate, per recoverable category, over ``[start, end)`` (DB times).
+def recovery_by_category(store, start, end=None):
+    """The one definition of the recovery rate, per recoverable category, over ``[start, end)`` (epochs).
 
     Counted: recoverable tasks that ran at least one retry and whose retries
     ended in the period (by ``finished_at``), recovered or not. A task that
     never ran a retry (``manual``: no handler) is not a failed recovery.
     """
-    marks = ",".join("?" * len(ENDED))
-    # The unary + keep SQLite off the status and category indexes, which would fetch every row from the
-    # table: every column here is in the covering (created_at, ...) index, and scanning it is several
-    # times faster. An index led by finished_at would let this read only the period.
-    rows = db.execute_sql(f"""
-        SELECT category, sum(status = ?), count(*), sum(CASE WHEN status = ? THEN attempts ELSE 0 END)
-        FROM tasks WHERE finished_at >= ? AND finished_at < ? AND category LIKE ?
-              AND attempts > 0 AND +status IN ({marks}) GROUP BY +category ORDER BY 1""",
-                          (RECOVERED, RECOVERED, start, end or END_OF_TIME, RECOVERABLE_PREFIX + "%", *ENDED)
-                          ).fetchall()
+    rows = aggregates.recovery_rows(store, start, end, RECOVERABLE_PREFIX, ENDED)
     return {category: Recovery(recovered, finished, retries or 0) for category, recovered, finished, retries in rows}
 
 
@@ -92,36 +82,27 @@ def recovery_below_target(rate, limits):
     return rate != UNKNOWN and rate < limits.recovery_rate_percent
 
 
-def _scalar(db, sql, *params):
-    return db.execute_sql(sql, params).fetchone()[0]
-
-
 def evaluate(store, now, limits):
     """Every threshold's current value against its limit."""
-    db = store.db
-    since = to_db_time(now - limits.window_minutes * 60)
-    since_hour = since[:13] + ":00:00"
+    since = now - limits.window_minutes * 60
     checks = []
-    failures = dict(db.execute_sql(
-        "SELECT task_type, count(*) FROM tasks WHERE created_at >= ? GROUP BY task_type", (since,)).fetchall())
-    successes = dict(db.execute_sql(
-        "SELECT task_type, sum(count) FROM success_counts WHERE hour >= ? GROUP BY task_type", (since_hour,)).fetchall())
+    failures = aggregates.failures_by_task_type(store, since)
+    successes = aggregates.successes_by_task_type(store, since)
     for task_type, failed in sorted(failures.items()):
         ok = successes.get(task_type)
         rate = UNKNOWN if ok is None else percent(failed, failed + ok)
         checks.append(Check("failure_rate_percent", task_type, rate, limits.failure_rate_percent,
                             rate != UNKNOWN and rate > limits.failure_rate_percent))
-    for task_type, streak in db.execute_sql("SELECT task_type, consecutive_failures FROM breakers").fetchall():
+    for task_type, streak in aggregates.breaker_streaks(store):
         checks.append(Check("consecutive_recovery_failures", task_type, streak, limits.consecutive_recovery_failures,
                             streak >= limits.consecutive_recovery_failures))
-    for channel, oldest in db.execute_sql(
-            "SELECT channel, min(created_at) FROM notifications WHERE status = 'pending' GROUP BY channel").fetchall():
-        minutes = round((now - from_db_time(oldest)) / 60, 1)
+    for channel, _, oldest in aggregates.pending_notifications(store):
+        minutes = round((now - oldest) / 60, 1)
         checks.append(Check("notification_delay_minutes", channel or "-", minutes, limits.notification_delay_minutes,
                             minutes > limits.notification_delay_minutes))
-    unknown = _scalar(db, "SELECT count(*) FROM tasks WHERE created_at >= ? AND category = 'unknown'", since)
+    unknown = aggregates.unknown_count(store, since)
     checks.append(Check("unknown_errors", "all", unknown, limits.unknown_errors, unknown > limits.unknown_errors))
-    rate = recovery_total(recovery_by_category(db, since)).rate_percent
+    rate = recovery_total(recovery_by_category(store, since)).rate_percent
     checks.append(Check("recovery_rate_percent", "all", rate, limits.recovery_rate_percent,
                         recovery_below_target(rate, limits)))
     recent = sum(failures.values())
@@ -142,7 +123,7 @@ def alert_breaches(store, snapshot, now, lang):
             continue
         title, body = messages.threshold_message(lang, check, limits.window_minutes)
         with store.transaction():
-            enqueue(snapshot, now, "admin", "threshold", title, body,
+            enqueue(store, snapshot, now, "admin", "threshold", title, body,
                     task_type=None if check.key in ("all", "-") else check.key)
             store.set_state(state_key, f"{now:.3f}", now)
         alerted.append(check)

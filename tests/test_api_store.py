@@ -52,7 +52,7 @@ def small_disk(tmp_path):
 def fill(directory):
     """Write a file until the filesystem is full; returns it (delete it to free the space)."""
     filler = directory / "filler"
-    with open(filler, "wb") as out:
+    with open(filler, "wb", buffering=0) as out:  # unbuffered: nothing left over for close() to fail on
         try:
             while True:
                 out.write(b"\0" * 65536)

@@ -8,7 +8,7 @@ from failured.store import Breaker
 
 
 def test_opens_after_n_failures_postpones_probes_once_and_closes(store, clock):
-    breakers = Breakers(BreakerConfig(failures=3, cooldown_seconds=300), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=3, cooldown_seconds=300), store, clock=clock)
     now = clock.now()
     assert breakers.record("sync", False) is None
     assert breakers.record("sync", False) is None
@@ -25,7 +25,7 @@ def test_opens_after_n_failures_postpones_probes_once_and_closes(store, clock):
 
 
 def test_failed_probe_opens_again_for_a_new_cooldown(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
     assert breakers.record("sync", False) == "open"
     clock.advance(61)
     assert breakers.allow("sync")[0]
@@ -34,25 +34,25 @@ def test_failed_probe_opens_again_for_a_new_cooldown(store, clock):
 
 
 def test_state_survives_a_restart(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
     breakers.record("sync", False)
     assert Breaker.get_by_id("sync").state == "open"
     assert Breaker.get_by_id("sync").open_until == clock.now() + 60  # stored on the wall clock
-    again = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    again = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
     again.load()
     clock.advance(1)
     assert again.allow("sync")[0] is False
 
 
 def test_success_resets_the_count(store, clock):
-    breakers = Breakers(BreakerConfig(failures=2, cooldown_seconds=60), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=2, cooldown_seconds=60), store, clock=clock)
     breakers.record("sync", False)
     breakers.record("sync", True)
     assert breakers.record("sync", False) is None
 
 
 def test_wall_clock_jumps_neither_shorten_nor_stretch_the_cooldown(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
     breakers.record("sync", False)
     clock.jump(3600)  # the system clock set an hour forward
     assert breakers.allow("sync")[0] is False
@@ -62,7 +62,7 @@ def test_wall_clock_jumps_neither_shorten_nor_stretch_the_cooldown(store, clock)
 
 
 def test_concurrent_records_leave_the_last_state_in_the_table(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1_000_000, cooldown_seconds=60), clock=clock)
+    breakers = Breakers(BreakerConfig(failures=1_000_000, cooldown_seconds=60), store, clock=clock)
 
     def fail_many():
         for _ in range(200):

@@ -74,9 +74,9 @@ def lane(dispatcher, name, clock):
 _serial = itertools.count()
 
 
-def notify(snapshot, clock, n, fingerprint=None, task_type="sync", category="unrecoverable_data"):
+def notify(store, snapshot, clock, n, fingerprint=None, task_type="sync", category="unrecoverable_data"):
     for i in range(n):
-        enqueue(snapshot, clock.now(), "admin", "task", f"title {i}", f"body {i}", category=category,
+        enqueue(store, snapshot, clock.now(), "admin", "task", f"title {i}", f"body {i}", category=category,
                 task_type=task_type, fingerprint=fingerprint or f"fp{next(_serial)}")
 
 
@@ -89,27 +89,27 @@ def statuses(channel):
 
 
 def test_routes_write_one_row_per_channel_log_always(snapshot, clock, store):
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     assert sorted(r.channel for r in Notification.select()) == ["log", "robot"]
 
 
-def test_log_channel_writes_every_notification_as_a_json_line(dispatcher, snapshot, clock, tmp_path):
-    notify(snapshot, clock, 30)
+def test_log_channel_writes_every_notification_as_a_json_line(store, dispatcher, snapshot, clock, tmp_path):
+    notify(store, snapshot, clock, 30)
     lane(dispatcher, "log", clock).process()
     lines = (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 30 and json.loads(lines[0])["title"] == "title 0"
     assert statuses("log") == {"sent": 30}
 
 
-def test_within_budget_each_is_sent(dispatcher, snapshot, clock, recorder):
-    notify(snapshot, clock, 5)
+def test_within_budget_each_is_sent(store, dispatcher, snapshot, clock, recorder):
+    notify(store, snapshot, clock, 5)
     lane(dispatcher, "robot", clock).process()
     assert [m["title"] for m in recorder.SENT] == [f"title {i}" for i in range(5)]
     assert statuses("robot") == {"sent": 5}
 
 
-def test_over_budget_becomes_one_digest_with_counts(dispatcher, snapshot, clock, recorder):
-    notify(snapshot, clock, 25)
+def test_over_budget_becomes_one_digest_with_counts(store, dispatcher, snapshot, clock, recorder):
+    notify(store, snapshot, clock, 25)
     lane(dispatcher, "robot", clock).process()
     [digest] = recorder.SENT
     assert digest["kind"] == "digest" and "25" in digest["title"]
@@ -121,11 +121,11 @@ def test_over_budget_becomes_one_digest_with_counts(dispatcher, snapshot, clock,
     assert f"merged_into = {digest_row.id}" in digest["body"]
 
 
-def test_never_more_than_the_rate_in_any_sliding_minute(dispatcher, snapshot, clock, recorder):
+def test_never_more_than_the_rate_in_any_sliding_minute(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
     sent_at = []
     for second in range(0, 300, 2):
-        notify(snapshot, clock, 3)
+        notify(store, snapshot, clock, 3)
         before = len(recorder.SENT)
         robot.process()
         sent_at += [clock.now()] * (len(recorder.SENT) - before)
@@ -138,14 +138,14 @@ def test_never_more_than_the_rate_in_any_sliding_minute(dispatcher, snapshot, cl
     assert statuses("robot").get("pending", 0) == 0
 
 
-def test_same_error_is_sent_once_then_counted(dispatcher, snapshot, clock, recorder):
+def test_same_error_is_sent_once_then_counted(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
-    notify(snapshot, clock, 3, fingerprint="same")
+    notify(store, snapshot, clock, 3, fingerprint="same")
     robot.process()
     [first] = recorder.SENT
     assert "×3" in first["title"]
     clock.advance(60)
-    notify(snapshot, clock, 4, fingerprint="same")
+    notify(store, snapshot, clock, 4, fingerprint="same")
     robot.process()
     assert len(recorder.SENT) == 1  # held: the same error was sent less than 10 minutes ago
     clock.advance(541)
@@ -154,10 +154,10 @@ def test_same_error_is_sent_once_then_counted(dispatcher, snapshot, clock, recor
     assert statuses("robot") == {"sent": 2, "merged": 7}
 
 
-def test_failed_send_backs_off_and_is_retried(dispatcher, snapshot, clock, recorder):
+def test_failed_send_backs_off_and_is_retried(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
     recorder.FAIL.append("gateway down")
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     wait = robot.process()
     row = Notification.get(Notification.channel == "robot")
     assert (row.status, row.attempts, wait) == ("pending", 1, 5.0) and "gateway down" in row.last_error
@@ -169,10 +169,10 @@ def test_failed_send_backs_off_and_is_retried(dispatcher, snapshot, clock, recor
     assert statuses("robot") == {"sent": 1}
 
 
-def test_gives_up_after_the_horizon_with_the_reason(dispatcher, snapshot, clock, recorder):
+def test_gives_up_after_the_horizon_with_the_reason(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
     recorder.FAIL.append("gateway down")
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     for _ in range(40):
         robot.process()
         clock.advance(3600)
@@ -183,35 +183,35 @@ def test_gives_up_after_the_horizon_with_the_reason(dispatcher, snapshot, clock,
 def test_notifications_disabled_are_suppressed_but_logged(store, clock, snapshot, tmp_path, recorder):
     settings = Settings(db=store.path, log_dir=tmp_path / "logs", notification_enabled=False)
     dispatcher = Dispatcher(store, settings, clock, lambda: snapshot)
-    notify(snapshot, clock, 2)
+    notify(store, snapshot, clock, 2)
     lane(dispatcher, "robot", clock).process()
     lane(dispatcher, "log", clock).process()
     assert statuses("robot") == {"suppressed": 2} and statuses("log") == {"sent": 2}
     assert recorder.SENT == []
 
 
-def test_rows_of_a_removed_channel_fail_with_the_reason(dispatcher, snapshot, clock):
-    notify(snapshot, clock, 1)
+def test_rows_of_a_removed_channel_fail_with_the_reason(store, dispatcher, snapshot, clock):
+    notify(store, snapshot, clock, 1)
     Notification.update(channel="gone").where(Notification.channel == "robot").execute()
     lane(dispatcher, "gone", clock).process()
     row = Notification.get(Notification.channel == "gone")
     assert row.status == "failed" and "no longer configured" in row.last_error
 
 
-def test_log_files_survive_logrotate_move_and_copytruncate(dispatcher, snapshot, clock, tmp_path):
+def test_log_files_survive_logrotate_move_and_copytruncate(store, dispatcher, snapshot, clock, tmp_path):
     import os
 
     log_lane = lane(dispatcher, "log", clock)
     path = tmp_path / "logs" / "admin_alerts.log"
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     log_lane.process()
     os.rename(path, tmp_path / "logs" / "admin_alerts.log.1")  # logrotate's default: move, then a new file
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     log_lane.process()
     assert len(path.read_text().splitlines()) == 1
     assert len((tmp_path / "logs" / "admin_alerts.log.1").read_text().splitlines()) == 1
     path.write_text("")  # copytruncate
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     log_lane.process()
     assert len(path.read_text().splitlines()) == 1 and path.read_text().startswith("{")
 
@@ -246,14 +246,14 @@ def test_a_storm_after_a_few_failures_settles_within_a_minute(store, clock, tmp_
     ops = lane(dispatcher, "ops", clock)
     early = [f"early{i}" for i in range(5)]
     for fingerprint in early:
-        notify(snapshot, clock, 1, fingerprint=fingerprint)
+        notify(store, snapshot, clock, 1, fingerprint=fingerprint)
     ops.process()
     assert len(robot.received) == 5  # within budget: one by one, and remembered for the dedup window
     for _ in range(20):  # a 40 s storm: new errors, and repeats of the five just sent
         clock.advance(2)
-        notify(snapshot, clock, 30)
+        notify(store, snapshot, clock, 30)
         for fingerprint in early:
-            notify(snapshot, clock, 1, fingerprint=fingerprint)
+            notify(store, snapshot, clock, 1, fingerprint=fingerprint)
         ops.process()
     storm_end = clock.now()
     while pending("ops") and clock.now() - storm_end < 120:
@@ -293,11 +293,11 @@ def stepping(store, snapshot, tmp_path):
     return clock, Dispatcher(store, settings, clock, lambda: snapshot)
 
 
-def test_a_backoff_is_not_stretched_by_the_wall_clock_going_back(stepping, snapshot, recorder):
+def test_a_backoff_is_not_stretched_by_the_wall_clock_going_back(store, stepping, snapshot, recorder):
     clock, dispatcher = stepping
     robot = lane(dispatcher, "robot", clock)
     recorder.FAIL.append("gateway down")
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     assert robot.process() == 5.0
     recorder.FAIL.clear()
     clock.jump(-40)  # NTP steps the clock back
@@ -306,13 +306,13 @@ def test_a_backoff_is_not_stretched_by_the_wall_clock_going_back(stepping, snaps
     assert statuses("robot") == {"sent": 1}
 
 
-def test_a_wall_jump_forward_does_not_release_held_repeats_early(stepping, snapshot, recorder):
+def test_a_wall_jump_forward_does_not_release_held_repeats_early(store, stepping, snapshot, recorder):
     clock, dispatcher = stepping
     robot = lane(dispatcher, "robot", clock)
-    notify(snapshot, clock, 1, fingerprint="same")
+    notify(store, snapshot, clock, 1, fingerprint="same")
     robot.process()
     clock.advance(60)
-    notify(snapshot, clock, 2, fingerprint="same")
+    notify(store, snapshot, clock, 2, fingerprint="same")
     robot.process()
     assert len(recorder.SENT) == 1  # held for the dedup window
     clock.jump(3600)
@@ -324,15 +324,15 @@ def test_a_wall_jump_forward_does_not_release_held_repeats_early(stepping, snaps
     assert len(recorder.SENT) == 2 and "×2" in recorder.SENT[1]["title"]
 
 
-def test_the_rate_window_is_not_stretched_by_the_wall_clock_going_back(stepping, snapshot, recorder):
+def test_the_rate_window_is_not_stretched_by_the_wall_clock_going_back(store, stepping, snapshot, recorder):
     clock, dispatcher = stepping
     robot = lane(dispatcher, "robot", clock)
-    notify(snapshot, clock, 20)
+    notify(store, snapshot, clock, 20)
     robot.process()
     assert len(recorder.SENT) == 20
     clock.jump(-300)
     clock.advance(61)
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     robot.process()
     assert len(recorder.SENT) == 21
 
@@ -348,7 +348,7 @@ def test_every_known_secret_is_masked_in_what_a_robot_receives(store, clock, tmp
     settings = Settings(db=store.path, log_dir=tmp_path / "logs", api_token=api_token)
     dispatcher = Dispatcher(store, settings, clock, lambda: snapshot)
     leak = f"handler said: secret={secret} token {api_token} robot {ROBOT_TOKEN}"
-    enqueue(snapshot, clock.now(), "admin", "task", f"title {api_token}", leak, category="unrecoverable_data",
+    enqueue(store, snapshot, clock.now(), "admin", "task", f"title {api_token}", leak, category="unrecoverable_data",
             task_type="sync", fingerprint="leak")
     lane(dispatcher, "ops", clock).process()
     lane(dispatcher, "log", clock).process()

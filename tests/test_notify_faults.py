@@ -60,9 +60,9 @@ def health_written_at(name):
     return DaemonState.get(DaemonState.key == f"channel:{name}").updated_at
 
 
-def notify(snapshot, clock, n, prefix="fp"):
+def notify(store, snapshot, clock, n, prefix="fp"):
     for i in range(n):
-        enqueue(snapshot, clock.now(), "admin", "task", f"title {i}", f"body {i}", category="unrecoverable_data",
+        enqueue(store, snapshot, clock.now(), "admin", "task", f"title {i}", f"body {i}", category="unrecoverable_data",
                 task_type="sync", fingerprint=f"{prefix}{clock.now()}-{i}")
 
 
@@ -102,7 +102,7 @@ def test_log_channel_on_a_full_disk_is_retried_and_reported(store, clock, tmp_pa
     (disk / "filler").write_bytes(b"x" * (64 * 1024 - 100))
     snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, disk)
     log_lane = lane(dispatcher, "log", clock)
-    enqueue(snapshot, clock.now(), "admin", "task", "t", "b" * 8000, category="unrecoverable_data",
+    enqueue(store, snapshot, clock.now(), "admin", "task", "t", "b" * 8000, category="unrecoverable_data",
             task_type="sync", fingerprint="big")
     assert log_lane.process() == 5.0  # failed, backs off: no "log channel crashed" traceback
     row = Notification.get(Notification.channel == "log")
@@ -123,7 +123,7 @@ def test_log_channel_on_a_read_only_log_dir_is_unhealthy_until_it_writes_again(s
     disk = small_fs("1m", read_only=True)
     snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, disk)
     log_lane = lane(dispatcher, "log", clock)
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     log_lane.process()
     state = health(store, "log")
     assert state["ok"] is False and "Read-only file system" in state["error"] and state["at"].endswith("Z")
@@ -139,17 +139,17 @@ def test_robot_health_is_written_when_the_outcome_changes_not_per_message(store,
             '[[routes]]\nchannels = ["ops"]\n')
     snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main)
     ops = lane(dispatcher, "ops", clock)
-    notify(snapshot, clock, 2)
+    notify(store, snapshot, clock, 2)
     ops.process()
     assert health(store, "ops")["ok"] is True
     first = health_written_at("ops")
     clock.advance(1)
-    notify(snapshot, clock, 3)
+    notify(store, snapshot, clock, 3)
     ops.process()
     assert health_written_at("ops") == first  # still fine: nothing written
     robot.down("502")
     clock.advance(60)
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     ops.process()
     down = health(store, "ops")
     assert down["ok"] is False and "HTTP 502" in down["error"]
@@ -169,7 +169,7 @@ def test_a_removed_channel_drops_its_health(store, clock, tmp_path, robot_server
             '[[routes]]\nchannels = ["ops"]\n')
     snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main)
     robot.down("502")
-    notify(snapshot, clock, 1)
+    notify(store, snapshot, clock, 1)
     lane(dispatcher, "ops", clock).process()
     assert health(store, "ops")["ok"] is False
     without = load_config(write_config(tmp_path / "cfg2", SMALL_PATTERNS), log_dir=tmp_path / "logs")
@@ -205,7 +205,7 @@ def test_a_message_sent_while_the_database_is_full_is_not_sent_again(tmp_path, c
         main = f'[channels.hook]\nkind = "webhook"\nurl = "{hook.url}"\n\n[[routes]]\nchannels = ["hook"]\n'
         snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main)
         hook_lane = lane(dispatcher, "hook", clock)
-        notify(snapshot, clock, 1)
+        notify(store, snapshot, clock, 1)
         filler = fill(disk)
         assert hook_lane._pass() == 5.0  # sent, but "sent" could not be written
         assert len(hook.received) == 1

@@ -47,7 +47,7 @@ def test_migration_steps_run_in_order_on_an_old_database(tmp_path, monkeypatch):
 
     path = tmp_path / "m.db"
     open_store(path).close()
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(store_module.database, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION + 1,
                         ["ALTER TABLE tasks ADD COLUMN priority_hint INTEGER"])
     store = Store(path).open()

@@ -73,7 +73,7 @@ def test_recovery_rate_is_unknown_when_nothing_finished(store, clock):
 def test_notification_delay_per_channel(store, clock, snapshot):
     from failured.notify.outbox import enqueue
 
-    enqueue(snapshot, clock.now(), "admin", "task", "t", "b")
+    enqueue(store, snapshot, clock.now(), "admin", "task", "t", "b")
     clock.advance(11 * 60)
     checks = by_name(evaluate(store, clock.now(), Thresholds()))
     assert checks[("notification_delay_minutes", "log")].value == 11.0

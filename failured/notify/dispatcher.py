@@ -15,11 +15,11 @@ from ..alertlog import append_line
 from ..clock import SystemClock
 from ..metrics import Metrics
 from ..secrets import known_secrets
-from ..store import Notification
+from ..store import outbox as outbox_rows
 from . import messages
 from .channels import Message, masked_message, secret_values
 from .lane import Lane
-from .outbox import MERGED, PENDING
+from .outbox import MERGED
 from .routing import channels_for
 
 log = logging.getLogger("failured.notify")
@@ -67,8 +67,7 @@ class Dispatcher:
     def sync_lanes(self):
         """Lanes for every configured channel and every channel with pending rows."""
         names = set(self.config().channels)
-        names |= {row.channel for row in Notification.select(Notification.channel).distinct()
-                  .where(Notification.status == PENDING) if row.channel}
+        names |= outbox_rows.channels_with_pending(self.store)
         now = self.clock.now()
         with self._lock:
             if self._stopped:  # a reload racing the stop must not start lanes nobody joins
@@ -120,24 +119,17 @@ class Dispatcher:
     def make_digest(self, channel_name, rows, now, snapshot):
         """One digest row standing for everything waiting on this channel."""
         return self._merge(channel_name, rows, now, "digest", None, lambda row_id: messages.digest_message(
-            self.settings.lang, rows, snapshot.notify.digest_entries, str(self.settings.db), row_id))
+            self.settings.lang, rows, snapshot.notify.digest_entries, str(self.store), row_id))
 
-    def _merge(self, channel_name, rows, now, kind, fingerprint, text):
-        first = rows[0]
+    def _merge(self, channel_name, merged, now, kind, fingerprint, text):
+        first = merged[0]
         same = kind == "repeat"
-        ids = [row.id for row in rows]
         with self.store.transaction():
-            row_id = Notification.insert(
-                created_at=now, audience=first.audience, kind=kind, category=first.category if same else None,
-                task_type=first.task_type if same else None, fingerprint=fingerprint, title="", body="",
-                status=PENDING, channel=channel_name, next_attempt_at=now).execute()
-            title, body = text(row_id)
-            Notification.update(title=title, body=body).where(Notification.id == row_id).execute()
-            for start in range(0, len(ids), 500):
-                Notification.update(status=MERGED, merged_into=row_id).where(
-                    Notification.id.in_(ids[start:start + 500])).execute()
-        self.metrics.notifications.labels(channel_name, MERGED).inc(len(rows))
-        return Notification.get_by_id(row_id)
+            row = outbox_rows.merge_rows(self.store, [row.id for row in merged], now, channel_name, first.audience,
+                                         kind, first.category if same else None, first.task_type if same else None,
+                                         fingerprint, text)
+        self.metrics.notifications.labels(channel_name, MERGED).inc(len(merged))
+        return row
 
     def alert_misconfigured(self, name, channel, error, now):
         """Tell the admins once per channel configuration that a channel rejected our messages."""

@@ -20,10 +20,10 @@ import threading
 from collections import deque
 
 from ..errors import StoreError, StoreFullError
-from ..store import Notification
+from ..store import StoreUnavailableError, outbox
 from .channels import mask
 from .health import ChannelHealth
-from .outbox import FAILED, PENDING, SENT, SUPPRESSED
+from .outbox import FAILED, SENT, SUPPRESSED
 from .routing import LOG_CHANNEL
 
 log = logging.getLogger("failured.notify")
@@ -104,6 +104,11 @@ class Lane:
                 log.error("channel %s: %s; delivery waits for space", self.name, exc)
             self._store_full = True
             return STORE_RETRY_SECONDS
+        except StoreUnavailableError as exc:
+            if not self._store_full:  # the daemon says it once; a lane only notes that it waits
+                log.warning("channel %s: delivery waits for the database (%s)", self.name, exc)
+            self._store_full = True
+            return STORE_RETRY_SECONDS
         except Exception:
             log.exception("channel %s: unexpected error in delivery; going on", self.name)
             return 1.0
@@ -114,11 +119,7 @@ class Lane:
         self.health.load()
         mono = d.monotonic()
         window = d.config().notify.dedup_window_seconds
-        for row in (Notification.select(Notification.sent_at, Notification.fingerprint, Notification.task_type,
-                                        Notification.kind)
-                    .where(Notification.channel == self.name, Notification.status == SENT,
-                           Notification.sent_at >= now - max(window, WINDOW_SECONDS))
-                    .order_by(Notification.sent_at)):
+        for row in outbox.sent_since(d.store, self.name, now - max(window, WINDOW_SECONDS)):
             at = mono - (now - row.sent_at)  # the same moment on the monotonic clock
             if row.sent_at >= now - WINDOW_SECONDS:
                 self.sent_times.append(at)
@@ -158,21 +159,16 @@ class Lane:
         return self._shape(channel, rows, now, mono, snapshot)
 
     def _due_rows(self, now, limit=None):
-        query = (Notification.select().where(Notification.channel == self.name, Notification.status == PENDING,
-                                             Notification.next_attempt_at <= now).order_by(Notification.id))
-        return list(query.limit(limit) if limit else query)
+        return outbox.due_rows(self.dispatcher.store, self.name, now, limit)
 
     def _waiting_rows(self):
         """Every pending row of this channel, held repeats included: what a digest stands for."""
-        return list(Notification.select().where(Notification.channel == self.name, Notification.status == PENDING)
-                    .order_by(Notification.id))
+        return outbox.waiting_rows(self.dispatcher.store, self.name)
 
     def _write(self, ids, **fields):
         """Update rows by id in one transaction (a full disk comes out as StoreFullError)."""
-        ids = list(ids)
         with self.dispatcher.store.transaction():
-            for start in range(0, len(ids), 500):
-                Notification.update(**fields).where(Notification.id.in_(ids[start:start + 500])).execute()
+            outbox.update_rows(self.dispatcher.store, ids, **fields)
 
     # -- shaping ------------------------------------------------------------
 
@@ -336,10 +332,8 @@ class Lane:
             return
         jump = offset - before
         moved = {}  # rows that were postponed (in the future) at the last pass
-        for row in (Notification.select(Notification.id, Notification.next_attempt_at)
-                    .where(Notification.channel == self.name, Notification.status == PENDING,
-                           Notification.next_attempt_at > last_pass, Notification.created_at <= last_pass)):
-            moved.setdefault(row.next_attempt_at + jump, []).append(row.id)
+        for row_id, due in outbox.postponed_rows(self.dispatcher.store, self.name, last_pass, last_pass):
+            moved.setdefault(due + jump, []).append(row_id)
         for when, ids in moved.items():
             self._write(ids, next_attempt_at=when)
         log.warning("channel %s: the wall clock jumped %+.0fs; %d postponed notifications keep their wait",
@@ -349,25 +343,19 @@ class Lane:
 
     def _expire(self, now, horizon):
         failed = self.dispatcher.metrics.notifications.labels(self.name, FAILED)
-        with self.dispatcher.store.transaction():
-            stale = (Notification.update(status=FAILED, last_error=Notification.last_error.concat(
-                        f" (gave up after {horizon / 3600:g} h)"))
-                     .where(Notification.channel == self.name, Notification.status == PENDING,
-                            Notification.created_at < now - horizon, Notification.last_error.is_null(False)))
-            gave_up = stale.execute()
-            never = (Notification.update(status=FAILED, last_error=f"not delivered within {horizon / 3600:g} h")
-                     .where(Notification.channel == self.name, Notification.status == PENDING,
-                            Notification.created_at < now - horizon).execute())
-        failed.inc(gave_up + never)
+        store = self.dispatcher.store
+        with store.transaction():
+            count = outbox.expire_pending(store, self.name, now - horizon, f" (gave up after {horizon / 3600:g} h)",
+                                          f"not delivered within {horizon / 3600:g} h")
+        failed.inc(count)
 
     def _suppress_all(self):
-        with self.dispatcher.store.transaction():
-            count = Notification.update(status=SUPPRESSED, last_error="FAILURE_NOTIFICATION_ENABLED=false").where(
-                Notification.channel == self.name, Notification.status == PENDING).execute()
+        store = self.dispatcher.store
+        with store.transaction():
+            count = outbox.end_pending(store, self.name, SUPPRESSED, "FAILURE_NOTIFICATION_ENABLED=false")
         self.dispatcher.metrics.notifications.labels(self.name, SUPPRESSED).inc(count)
 
     def _fail_all(self, reason):
         with self.dispatcher.store.transaction():
-            count = Notification.update(status=FAILED, last_error=reason).where(
-                Notification.channel == self.name, Notification.status == PENDING).execute()
+            count = outbox.end_pending(self.dispatcher.store, self.name, FAILED, reason)
         self.dispatcher.metrics.notifications.labels(self.name, FAILED).inc(count)

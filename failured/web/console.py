@@ -100,7 +100,7 @@ class Console:
                 return self._page(self._unknown(session, query))
             if path == "/notifications":
                 channel = _one(query, "channel") or None
-                counts, rows = data.outbox(channel)
+                counts, rows = data.outbox(self.backend.store, channel)
                 return self._page(pages.notifications(self.t, session, counts, rows, channel))
         except TaskNotFound as exc:
             return self._page(pages.message(self.t, self.t["not_found"], str(exc), session), 404)
@@ -111,9 +111,9 @@ class Console:
     def _overview(self, session):
         now = self.backend.clock.now()
         status = self.backend.status()
-        hourly = data.failure_series(now, 24, data.HOUR, 13)
-        daily = data.failure_series(now, 7, data.DAY, 10)
-        counts = data.outbox_counts()
+        hourly = data.failure_series(self.backend.store, now, 24, data.HOUR, 13)
+        daily = data.failure_series(self.backend.store, now, 7, data.DAY, 10)
+        counts = data.outbox_counts(self.backend.store)
         return pages.overview(self.t, session, status, hourly, daily, data.recovery_rate(self.backend.store, now),
                               dict(self._categories()), counts)
 
@@ -124,7 +124,7 @@ class Console:
         task_filter = listing.build_filter(wanted["status"], wanted["category"],
                                            [wanted["type"]] if wanted["type"] else [], wanted["since"] or None,
                                            wanted["grep"] or None, None, wanted["cursor"] or None)
-        rows, cursor = listing.list_page(task_filter, self.backend.clock.now())
+        rows, cursor = listing.list_page(task_filter, self.backend.clock.now(), self.backend.store)
         return pages.tasks(self.t, session, wanted, rows, cursor, self._categories())
 
     def _unknown(self, session, query):
@@ -133,8 +133,10 @@ class Console:
         categories = self._categories()
         bench = {"pattern": _one(query, "pattern"),
                  "category": _one(query, "category") or next((c for c, _ in categories if c != "unknown"), "")}
-        result = workbench.preview(bench["pattern"], bench["category"], days, now) if bench["pattern"] else None
-        return pages.unknown(self.t, session, data.unknown_templates(now, days), days, bench, result, categories,
+        result = (workbench.preview(self.backend.store, bench["pattern"], bench["category"], days, now)
+                  if bench["pattern"] else None)
+        templates = data.unknown_templates(self.backend.store, now, days)
+        return pages.unknown(self.t, session, templates, days, bench, result, categories,
                              self.backend.settings.console_pattern_writes)
 
     def _categories(self):

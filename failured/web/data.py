@@ -3,7 +3,6 @@
 import time
 
 from .. import store as store_module
-from ..clock import to_db_time
 from ..suggest import suggest
 from ..thresholds import recovery_by_category, recovery_total
 
@@ -19,11 +18,11 @@ def periods(now, count, seconds, width):
     return [time.strftime(fmt, time.gmtime(start + i * seconds)) for i in range(count)], start
 
 
-def failure_series(now, count, seconds, width):
+def failure_series(store, now, count, seconds, width):
     """report_html's daily_failures shape for the last ``count`` hours or days."""
     names, start = periods(now, count, seconds, width)
     found = {}
-    for period, category, n in store_module.failures_by_period(start, width):
+    for period, category, n in store_module.failures_by_period(start, width, store=store):
         found.setdefault(period, {})[category] = n
     return [{"date": name, "total": sum(found.get(name, {}).values()), "by_category": dict(sorted(found.get(name, {}).items()))}
             for name in names]
@@ -31,34 +30,34 @@ def failure_series(now, count, seconds, width):
 
 def recovery_rate(store, now, days=7):
     """The recovery rate over retries that ended in the last ``days`` (None when none ended)."""
-    by_category = recovery_by_category(store.db, to_db_time(now - days * DAY), to_db_time(now))
+    by_category = recovery_by_category(store, now - days * DAY, now)
     return recovery_total(by_category).rate_percent
 
 
-def unknown_templates(now, days):
+def unknown_templates(store, now, days):
     """The most frequent unknown templates of the last ``days``: count, samples and a verified pattern."""
     start = now - days * DAY
-    groups = store_module.unknown_groups(start, UNKNOWN_TEMPLATES)
+    groups = store_module.unknown_groups(start, UNKNOWN_TEMPLATES, store=store)
     if not groups:
         return []
-    others = [row[3] for row in store_module.recent_messages(start, False, OTHER_SAMPLES)]
+    others = [row[3] for row in store_module.recent_messages(start, False, OTHER_SAMPLES, store=store)]
     found = []
     for fingerprint, count, newest in groups:
-        template, samples = store_module.fingerprint_samples(fingerprint)
+        template, samples = store_module.fingerprint_samples(fingerprint, store=store)
         pattern, verified = suggest(template or "", samples, others) if template else (None, False)
         found.append({"fingerprint": fingerprint, "count": count, "newest": newest, "template": template,
                       "samples": samples, "pattern": pattern, "verified": verified})
     return found
 
 
-def outbox_counts():
+def outbox_counts(store):
     """{channel: {status: count}} of the notification outbox."""
     counts = {}
-    for name, status, n in store_module.outbox_counts():
+    for name, status, n in store_module.outbox_counts(store):
         counts.setdefault(name or "-", {})[status] = n
     return counts
 
 
-def outbox(channel=None):
+def outbox(store, channel=None):
     """The outbox counts and its failed and pending rows (newest first)."""
-    return outbox_counts(), store_module.outbox_rows(("failed", "pending"), channel, limit=100)
+    return outbox_counts(store), store_module.outbox_rows(("failed", "pending"), channel, limit=100, store=store)

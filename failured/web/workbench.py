@@ -36,15 +36,15 @@ def check_days(text, default=7):
     return days
 
 
-def preview(pattern, category, days, now):
+def preview(store, pattern, category, days, now):
     """{"problem"} for an unusable pattern, else the unknown tasks it matches and the classified ones it takes."""
     problem = pattern_problem(pattern)
     if problem:
         return {"problem": f"pattern {problem}"}
     compiled = re2.compile(pattern, options=re2_options())
     start = now - days * DAY
-    unknown = store_module.recent_messages(start, True, SCANNED)
-    classified = store_module.recent_messages(start, False, SCANNED)
+    unknown = store_module.recent_messages(start, True, SCANNED, store=store)
+    classified = store_module.recent_messages(start, False, SCANNED, store=store)
     matched = [row for row in unknown if compiled.search(row[3])]
     stolen = [row for row in classified if row[2] != category and compiled.search(row[3])]
     return {"problem": None, "matched": matched[:SHOWN], "matched_count": len(matched), "unknown_count": len(unknown),

@@ -1,0 +1,184 @@
+"""The aggregate questions reports, analysis, thresholds, status and metrics ask: answered in SQL.
+
+Every query reads indexed columns and returns a few hundred rows at most, so a million
+failures aggregate in seconds. Times come back as epoch seconds.
+"""
+
+from ..states import BreakerState, NotificationStatus, TaskStatus
+from .schema import epoch
+
+RECOVERED, NEW, SCHEDULED = TaskStatus.RECOVERED, TaskStatus.NEW, TaskStatus.SCHEDULED
+END_OF_TIME = "9999-12-31 23:59:59.999"  # a whole DB time: a short one would compare as a number
+
+
+def _marks(values):
+    return ", ".join("?" * len(values))
+
+
+# -- the processing report -------------------------------------------------------------
+
+def newest_event_id(store):
+    return store.scalar("SELECT coalesce(max(id), 0) FROM task_events")
+
+
+def latest_decisions(store, since, upto, events):
+    """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` in (since, upto]."""
+    return store.rows(f"""
+        SELECT task_id, event, category, delay_seconds, attempt, detail FROM (
+            SELECT task_id, event, category, delay_seconds, attempt, detail,
+                   row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
+            FROM task_events WHERE id > ? AND id <= ? AND event IN ({_marks(events)})) AS latest
+        WHERE newest = 1 ORDER BY task_id""", since, upto, *events)
+
+
+def decision_counts(store, since, upto):
+    """(tasks with events, analysed, recovered, notified) in the events (since, upto]."""
+    return store.execute("""
+        SELECT count(DISTINCT task_id),
+               count(DISTINCT CASE WHEN event IN ('retry_scheduled', 'notified', 'exhausted', 'manual')
+                                   THEN task_id END),
+               count(DISTINCT CASE WHEN event = 'recovered' THEN task_id END),
+               count(DISTINCT CASE WHEN event IN ('notified', 'exhausted', 'manual') THEN task_id END)
+        FROM task_events WHERE id > ? AND id <= ?""", (since, upto)).fetchone()
+
+
+def stuck_new(store, before, limit=100):
+    """Ids of tasks still new that were created before ``before``."""
+    return [row[0] for row in store.rows(f"SELECT id FROM tasks WHERE status = '{NEW}' AND created_at < ? "
+                                         "ORDER BY id LIMIT ?", store.time(before), limit)]
+
+
+# -- the analysis ---------------------------------------------------------------------
+
+def period_groups(store):
+    """The grouping of ``period_scan`` (PostgreSQL keeps statistics on exactly these expressions)."""
+    return (store.day_key("created_at"), "coalesce(category, 'unclassified')", "task_type", "status", "fingerprint")
+
+
+def period_scan(store, start, end):
+    """One index-only pass over [start, end): [(day 'YYYY-MM-DD', category, task type, status, fingerprint,
+    count, attempts, first created, last created, newest id)], times as epochs."""
+    rows = store.rows(f"""
+        SELECT {', '.join(period_groups(store))},
+               count(*), sum(attempts), min(created_at), max(created_at), max(id)
+        FROM tasks WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2, 3, 4, 5""",
+                      store.time(start), store.time(end))
+    return [(store.day_name(row[0]), *row[1:7], epoch(row[7]), epoch(row[8]), row[9]) for row in rows]
+
+
+def failures_by_category(store, start, end):
+    """{category: failures created in [start, end)}."""
+    return dict(store.rows("""SELECT coalesce(category, 'unclassified'), count(*) FROM tasks
+                              WHERE created_at >= ? AND created_at < ? GROUP BY 1""",
+                           store.time(start), store.time(end)))
+
+
+def recovery_histogram(store, start, end, category_prefix):
+    """[(whole seconds, recoveries, their exact seconds summed)] of tasks of the categories starting with
+    ``category_prefix`` that recovered in [start, end), by seconds from report to recovery."""
+    seconds = store.seconds_between("created_at", "finished_at")
+    plus = store.no_index  # see recovery_by_category
+    # Sorted here: without ORDER BY the database hashes the groups instead of sorting every recovery.
+    return sorted(store.rows(f"""
+        SELECT CAST(round(d) AS INTEGER) AS s, count(*), sum(d) FROM (
+            SELECT {seconds} AS d FROM tasks
+            WHERE finished_at >= ? AND finished_at < ? AND category LIKE ? AND {plus}status = ?) AS recoveries
+        GROUP BY 1""", store.time(start), store.time(end), category_prefix + "%", RECOVERED))
+
+
+def newest_template(store, fingerprint):
+    row = store.execute("SELECT error_template FROM tasks WHERE fingerprint = ? ORDER BY id DESC LIMIT 1",
+                        (fingerprint,)).fetchone()
+    return row[0] if row else None
+
+
+def distinct_samples(store, fingerprint, scan, limit):
+    """The newest distinct messages of one fingerprint, among its ``scan`` newest tasks."""
+    return [row[0] for row in store.rows("""
+        SELECT error_message FROM (SELECT id, error_message FROM tasks WHERE fingerprint = ?
+                                   ORDER BY id DESC LIMIT ?) AS newest
+        GROUP BY error_message ORDER BY max(id) DESC LIMIT ?""", fingerprint, scan, limit)]
+
+
+def category_messages(store, category, start, end, limit):
+    """The newest ``limit`` error texts of one category created in [start, end)."""
+    return [row[0] for row in store.rows("SELECT error_message FROM tasks WHERE category = ? AND created_at >= ? "
+                                         "AND created_at < ? ORDER BY created_at DESC LIMIT ?",
+                                         category, store.time(start), store.time(end), limit)]
+
+
+# -- thresholds and health ---------------------------------------------------------------
+
+def recovery_rows(store, start, end, category_prefix, ended):
+    """[(category, recovered, finished, retries of the recovered)] of tasks of the categories starting with
+    ``category_prefix`` that ran a retry and whose retries ended (status in ``ended``) in [start, end)."""
+    plus = store.no_index
+    # On SQLite the unary + keep the planner off the status and category indexes, which would fetch every
+    # row from the table: every column here is in the covering (created_at, ...) index, and scanning it is
+    # several times faster. An index led by finished_at would let this read only the period.
+    return store.rows(f"""
+        SELECT category, sum(CASE WHEN status = ? THEN 1 ELSE 0 END), count(*),
+               sum(CASE WHEN status = ? THEN attempts ELSE 0 END)
+        FROM tasks WHERE finished_at >= ? AND finished_at < ? AND category LIKE ?
+              AND attempts > 0 AND {plus}status IN ({_marks(ended)}) GROUP BY {plus}category ORDER BY 1""",
+                      RECOVERED, RECOVERED, store.time(start),
+                      END_OF_TIME if end is None else store.time(end), category_prefix + "%", *ended)
+
+
+def failures_by_task_type(store, since):
+    return dict(store.rows("SELECT task_type, count(*) FROM tasks WHERE created_at >= ? GROUP BY task_type",
+                           store.time(since)))
+
+
+def successes_by_task_type(store, since):
+    """{task type: successful runs} in the hours from the one ``since`` falls in."""
+    since_hour = store.time(since)[:13] + ":00:00"
+    return dict(store.rows("SELECT task_type, sum(count) FROM success_counts WHERE hour >= ? GROUP BY task_type",
+                           since_hour))
+
+
+def breaker_streaks(store):
+    """[(task type, failed retries in a row)]."""
+    return store.rows("SELECT task_type, consecutive_failures FROM breakers")
+
+
+def unknown_count(store, since):
+    return store.scalar("SELECT count(*) FROM tasks WHERE created_at >= ? AND category = 'unknown'",
+                        store.time(since))
+
+
+# -- status and metrics -------------------------------------------------------------------
+
+def tasks_by_status(store):
+    """[(status, category or '-', count)]."""
+    return store.rows("SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2")
+
+
+def next_retries(store, limit):
+    """[(id, task type, category, due epoch)] of the next scheduled retries."""
+    return [(i, t, c, epoch(d)) for i, t, c, d in store.rows(
+        f"SELECT id, task_type, category, next_retry_at FROM tasks WHERE status = '{SCHEDULED}' "
+        "ORDER BY next_retry_at LIMIT ?", limit)]
+
+
+def breakers_not_closed(store):
+    """[(task type, state, consecutive failures, open until epoch)]."""
+    return [(t, s, n, epoch(u)) for t, s, n, u in store.rows(
+        "SELECT task_type, state, consecutive_failures, open_until FROM breakers WHERE state != ? ORDER BY task_type",
+        BreakerState.CLOSED)]
+
+
+def breakers_open_count(store):
+    return store.scalar("SELECT count(*) FROM breakers WHERE state != ?", BreakerState.CLOSED)
+
+
+def most_reported_task_types(store, limit):
+    return [row[0] for row in store.rows(
+        "SELECT task_type FROM tasks GROUP BY task_type ORDER BY count(*) DESC, task_type LIMIT ?", limit)]
+
+
+def pending_notifications(store):
+    """[(channel, pending rows, oldest created_at epoch)]."""
+    return [(channel, count, epoch(oldest)) for channel, count, oldest in store.rows(
+        "SELECT channel, count(*), min(created_at) FROM notifications WHERE status = ? GROUP BY channel",
+        NotificationStatus.PENDING)]

@@ -1,0 +1,677 @@
+"""The store's connection: SQLite (a file, the default) or PostgreSQL (a URL), transactions, migrations.
+
+The one place for the connection's settings (SQLite's pragmas, PostgreSQL's time zone), for
+transactions, for the schema version and for the few words the two dialects say differently.
+Statements are written once, with ``?`` placeholders; ``Store.sql`` turns them into the
+driver's own.
+"""
+
+import fcntl
+import os
+import re
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..clock import to_db_time
+from ..errors import InputError, StoreError, StoreFullError
+from ._peewee import Psycopg3Adapter, pw
+from .schema import MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo, views
+
+# Below this much free space SQLite's next page or WAL frame may not fit: the daemon treats
+# the disk as full before a write fails half-way, and `status` says so.
+DISK_FLOOR_BYTES = 256 * 1024
+
+OPEN_RETRY_SECONDS = 0.05  # between tries to open a database another process is creating
+
+# Writers wait this long for the lock before SQLite gives up; several
+# reporting processes plus the daemon must never see "database is locked".
+BUSY_TIMEOUT_SECONDS = 30
+EAGER_POLL_SECONDS = 0.0005  # eager_transaction: how often a waiting writer asks for the lock again
+CONNECT_TIMEOUT_SECONDS = 10  # PostgreSQL: an unreachable server is an error at start, not a hang
+
+PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "normal"),
+    ("foreign_keys", 1),
+    ("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),
+)
+
+URL_PREFIXES = ("postgresql://", "postgres://")
+# PostgreSQL advisory locks (per database) are keyed (what, schema): a failured in another schema of the
+# same database is another store. "fail" + 0: the daemon's; + 1: a migration's.
+DAEMON_LOCK_KEY, MIGRATION_LOCK_KEY = 0x6661696C, 0x6661696D
+_LOCK_SQL = "SELECT {function}(%s, hashtext(current_schema()))"
+# The planner guesses a million groups where a report has a few thousand; with this much room it hashes
+# them in memory (using only what the real groups need) instead of sorting every row by text.
+REPORT_WORK_MEM = "256MB"
+
+
+def is_url(location):
+    return str(location).startswith(URL_PREFIXES)
+
+
+def mask_url(url):
+    """The URL with its password (if any) as ***: what every message and log line shows."""
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
+class StoreOpenError(StoreError):
+    """The database cannot be used at all (unreachable, refused, of a newer schema): a start-up error, exit 2."""
+
+    exit_code = 2
+
+
+class StoreUnavailableError(StoreError):
+    """The PostgreSQL server stopped answering while failured ran; the next statement connects again."""
+
+
+class MissingStoreError(InputError):
+    """A command that only reads was pointed at a database that does not exist."""
+
+    def __init__(self, path):
+        super().__init__(f"no database at {path}; is FAILURE_DB right? "
+                         "(commands that only read never create one)")
+
+
+def _causes(exc):
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def translate_error(path, exc):
+    """The StoreError a database failure means for a person, or None when it is not one we name.
+
+    A full disk makes SQLite roll back by itself, and the rollback that follows then
+    fails with "cannot rollback - no transaction is active": the cause is further down.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, StoreError):
+            return cause
+        text = str(cause).lower()
+        if ("database or disk is full" in text or "disk i/o error" in text and "full" in text
+                or "no space left on device" in text):
+            return StoreFullError(path)
+        if "readonly database" in text or "read-only" in text and "database" in text:
+            return StoreError(f"database {path} is read-only ({cause}): "
+                              "check the permissions of the file and of its directory")
+    return None
+
+
+class Store:
+    """One SQLite file. ``dialect`` names the SQL it speaks; PostgresStore is the other."""
+
+    dialect = "sqlite"
+    created = False  # True when open() made a new database
+    driver_errors = (sqlite3.DatabaseError,)
+    # SQLite uses an index it should not for some aggregates; a unary + on a column keeps it off (see aggregates).
+    no_index = "+"
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.db = pw.SqliteDatabase(
+            str(self.path),
+            pragmas=PRAGMAS,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            lock_type="IMMEDIATE",  # take the write lock at BEGIN: no deadlock on upgrade
+            check_same_thread=False,
+            field_types={TIME_TYPE: "DATETIME"},
+        )
+        self._sql = {}
+        self._lock_file = None
+        # Older callers (and tests) still query the models without a database of their own: they
+        # reach the store opened last. The store's own statements always name their database.
+        self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+
+    def __str__(self):
+        return str(self.path)
+
+    # -- the dialect's words -------------------------------------------------
+
+    def sql(self, text):
+        """``text`` with the driver's placeholders (SQLite takes ``?`` as written)."""
+        return text
+
+    def execute(self, text, params=()):
+        return self.db.execute_sql(self.sql(text), params)
+
+    def rows(self, text, *params):
+        return self.execute(text, params).fetchall()
+
+    def scalar(self, text, *params):
+        return self.execute(text, params).fetchone()[0]
+
+    def executemany(self, text, rows):
+        """Run ``text`` once per row (in the caller's transaction); returns the rows changed."""
+        return self.db.cursor().executemany(self.sql(text), rows).rowcount
+
+    def insert_id(self, text, params):
+        """Run an INSERT; returns the new row's id."""
+        return self.db.execute_sql(self.sql(text), params).lastrowid
+
+    @staticmethod
+    def time(epoch):
+        """An epoch as a statement's parameter (both stores read this text as a UTC time)."""
+        return to_db_time(epoch)
+
+    @staticmethod
+    def seconds_between(start, end):
+        """SQL for the seconds (a real number) from time column ``start`` to ``end``."""
+        return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+    @staticmethod
+    def day_key(column):
+        """SQL for a cheap grouping key of the UTC day of a time column; ``day_name`` makes it 'YYYY-MM-DD'."""
+        return f"substr({column}, 1, 10)"
+
+    @staticmethod
+    def day_name(key):
+        return key
+
+    @contextmanager
+    def big_read(self):
+        """Around a report's aggregate queries. SQLite reads without a transaction (BEGIN would take the
+        write lock for the whole report): each query sees its own snapshot."""
+        yield
+
+    # -- opening --------------------------------------------------------------
+
+    def open(self, create=True):
+        """Create (only when ``create``) or migrate the schema; returns self."""
+        if not self.path.exists():
+            if not create:
+                raise MissingStoreError(self.path)
+            self.created = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connect_and_migrate()
+        except StoreError:
+            raise
+        except (pw.DatabaseError, sqlite3.DatabaseError, OSError) as exc:
+            known = translate_error(self.path, exc)
+            if known is not None:
+                raise known from None
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        return self
+
+    def _connect_and_migrate(self):
+        """Connect and migrate, trying again while another process holds the lock.
+
+        Two processes opening a brand-new file at once (a daemon and a reporter) race to
+        switch it to WAL, and that switch answers "database is locked" at once instead of
+        waiting in the busy handler: wait here as the busy timeout would.
+        """
+        # as long as this database's own lock timeout (a worker's reporter sets a short one)
+        deadline = time.monotonic() + getattr(self.db, "_timeout", BUSY_TIMEOUT_SECONDS)
+        while True:
+            try:
+                self.db.connect(reuse_if_open=True)
+                self._migrate()
+                return
+            except (pw.OperationalError, sqlite3.OperationalError) as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self.close()
+                time.sleep(OPEN_RETRY_SECONDS)
+
+    def close(self):
+        self.release_daemon_lock()
+        if not self.db.is_closed():
+            self.db.close()
+
+    # -- transactions -----------------------------------------------------------
+
+    def _translated(self, exc):
+        return translate_error(self.path, exc)
+
+    @contextmanager
+    def transaction(self):
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT on SQLite, rolled back on error).
+
+        A full disk or a read-only file comes out as a StoreError that says so.
+        """
+        try:
+            with self.db.atomic():
+                yield
+        except (pw.DatabaseError, *self.driver_errors) as exc:
+            known = self._translated(exc)
+            if known is None:
+                raise
+            raise known from None
+
+    @contextmanager
+    def savepoint(self):
+        """``transaction()`` nested in one, in plain SQL: peewee's savepoint (a uuid name,
+        several objects) cost a fifth of writing a decision. Store errors come out as StoreErrors."""
+        cursor = self.db.cursor()
+        cursor.execute("SAVEPOINT nested")
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                cursor.execute("ROLLBACK TO SAVEPOINT nested")
+                cursor.execute("RELEASE SAVEPOINT nested")
+            except self.driver_errors:
+                pass  # SQLite already rolled the whole transaction back (disk full): the outer one says so
+            known = self._translated(exc) if isinstance(exc, self.driver_errors) else None
+            if known is not None:
+                raise known from None
+            raise
+        cursor.execute("RELEASE SAVEPOINT nested")
+
+    @contextmanager
+    def eager_transaction(self):
+        """``transaction()``, but its BEGIN asks for the write lock every EAGER_POLL_SECONDS.
+
+        SQLite's busy handler sleeps 1, 2, 5 ... up to 100 ms between tries and is not woken
+        when the lock frees: beside a daemon that writes nearly back to back, a waiter that
+        backs off that far starves (a reporter's single insert then takes 100s of ms).
+        """
+        if self.db.transaction_depth():
+            with self.transaction():  # a savepoint: the lock is ours already
+                yield
+            return
+        try:
+            transaction = self._begin_eagerly()
+            try:
+                yield
+            except BaseException:
+                transaction.__exit__(*sys.exc_info())  # rolls back; the exception goes on
+                raise
+            transaction.__exit__(None, None, None)  # commits
+        except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
+            known = translate_error(self.path, exc)
+            if known is None:
+                raise
+            raise known from None
+
+    def _begin_eagerly(self):
+        """BEGIN IMMEDIATE, polling for the lock (gives up as busy_timeout does); returns peewee's
+        record of the open transaction, so a nested ``transaction()`` becomes a savepoint."""
+        connection = self.db.connection()
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    connection.execute("BEGIN IMMEDIATE")  # plain sqlite3: a refused try costs microseconds
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(EAGER_POLL_SECONDS)
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+        transaction = self.db.transaction()
+        self.db.push_transaction(transaction)  # as transaction.__enter__ does after its own BEGIN
+        return transaction
+
+    # -- schema -------------------------------------------------------------------
+
+    def create_tables(self, models):
+        for model in pw.sort_models(models):
+            pw.SchemaManager(model, self.db).create_all(safe=True)
+
+    def _table_exists(self, name):
+        return self.db.table_exists(name)
+
+    def schema_version(self):
+        """The database's schema version (0: an empty database)."""
+        return self.db.execute_sql("PRAGMA user_version").fetchone()[0]
+
+    def _write_version(self, version):
+        self.create_tables([SchemaInfo])  # a database from before schema_info gains it at its next open
+        self.db.execute_sql("DELETE FROM schema_info")
+        self.execute("INSERT INTO schema_info (version) VALUES (?)", (version,))
+        self.db.execute_sql(f"PRAGMA user_version = {version}")
+
+    def _migrate(self):
+        with self.db.atomic():
+            self._lock_schema()
+            version = self.schema_version()
+            if version < 0:
+                raise StoreError(f"database {self} has schema version {version}, which no failured "
+                                 "writes: it was edited by hand; restore it from a backup")
+            if version > SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"database {self} has schema version {version}, newer than this "
+                    f"failured ({SCHEMA_VERSION}): upgrade failured or use another FAILURE_DB"
+                )
+            if version == 0:
+                self.create_tables(MODELS)
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        statement(self) if callable(statement) else self.db.execute_sql(statement)
+            if version != SCHEMA_VERSION:
+                self._create_views()
+                self._create_extras()
+                self._write_version(SCHEMA_VERSION)
+            elif not self._table_exists(SchemaInfo._meta.table_name):
+                self._write_version(SCHEMA_VERSION)
+
+    def _lock_schema(self):
+        """Nothing on SQLite: the migration's BEGIN IMMEDIATE holds the write lock."""
+
+    def _create_extras(self):
+        """What only one dialect has (none on SQLite)."""
+
+    def _create_views(self):
+        for name, select in views(self.dialect).items():
+            self.db.execute_sql(f"DROP VIEW IF EXISTS {name}")
+            self.db.execute_sql(f"CREATE VIEW {name} AS {select}")
+
+    # -- one daemon per database ------------------------------------------------
+
+    def take_daemon_lock(self):
+        """Hold this database's daemon lock until ``close``; StoreError when another daemon holds it."""
+        path = f"{self.path}.lock"
+        self._lock_file = open(path, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            other = self._lock_file.read().strip() or "?"
+            self._lock_file.close()
+            self._lock_file = None
+            raise StoreError(f"another failured daemon (pid {other}) is running on {self}: "
+                             "stop it first, or set FAILURE_DB to another database") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def release_daemon_lock(self):
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- small key/value state ---------------------------------------------------
+
+    def set_state(self, key, value, now):
+        with self.transaction():
+            self.put_state(key, value, now)
+
+    def put_state(self, key, value, now):
+        """``set_state`` inside the caller's transaction."""
+        (DaemonState.insert(key=key, value=value, updated_at=now).bind(self.db)
+         .on_conflict(conflict_target=[DaemonState.key],
+                      update={DaemonState.value: value, DaemonState.updated_at: self.time(now)})
+         .execute())
+
+    def delete_state(self, key):
+        with self.transaction():
+            self.execute("DELETE FROM daemon_state WHERE key = ?", (key,))
+
+    def get_state(self, key, default=None):
+        row = self.execute("SELECT value FROM daemon_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def states(self, prefix):
+        """{key: value} of the state rows whose key starts with ``prefix``."""
+        query = DaemonState.select(DaemonState.key, DaemonState.value).where(DaemonState.key.startswith(prefix))
+        return dict(query.bind(self.db).tuples())
+
+    def free_bytes(self):
+        """Free bytes on the database's filesystem (None where it cannot be told)."""
+        try:
+            info = os.statvfs(self.path.absolute().parent)
+        except OSError:
+            return None
+        return info.f_bavail * info.f_frsize
+
+    def data_version(self):
+        """A number that changes when another connection commits (PRAGMA data_version, per thread):
+        a poll that costs no I/O, so the daemon notices a report within milliseconds."""
+        return self.db.execute_sql("PRAGMA data_version").fetchone()[0]
+
+    # -- operators' labels ------------------------------------------------
+
+    def add_label(self, task, category, now, note=None):
+        """Record a label for ``task`` (call inside a transaction with the course change)."""
+        return (Label.insert(task=task.id, labelled_at=now, category=category, decided=task.category,
+                             error_type=task.error_type, message=task.error_message, note=note)
+                .bind(self.db).execute())
+
+    def labelled_examples(self):
+        """[(category, error_type, message)] of every label, oldest first: the model's extra training."""
+        return list(Label.select(Label.category, Label.error_type, Label.message).order_by(Label.id)
+                    .bind(self.db).tuples())
+
+    def label_disagreements(self, start, end):
+        """[(decided, labelled, count)] of labels given in [start, end) that said otherwise, most first."""
+        query = (Label.select(Label.decided, Label.category, pw.fn.COUNT(Label.id))
+                 .where(Label.labelled_at >= start, Label.labelled_at < end,
+                        (Label.decided.is_null()) | (Label.decided != Label.category))
+                 .group_by(Label.decided, Label.category)
+                 .order_by(pw.fn.COUNT(Label.id).desc(), Label.decided, Label.category))
+        return [(decided or "unclassified", labelled, count)
+                for decided, labelled, count in query.bind(self.db).tuples()]
+
+    def label_count(self):
+        return self.scalar("SELECT count(*) FROM labels")
+
+    def labels(self):
+        """Every label with its task id, oldest first, as dicts (for export)."""
+        return list(Label.select().order_by(Label.id).bind(self.db).dicts())
+
+
+class _PostgresDatabase(pw.PostgresqlDatabase):
+    """peewee's PostgreSQL database, every session in UTC (timestamptz columns read and print as UTC).
+
+    Commits do not wait for their WAL flush (synchronous_commit off), as SQLite's WAL with
+    synchronous=NORMAL does not: a server crash may lose the last fraction of a second of commits,
+    never consistency. A report then costs a round trip, not a disk flush.
+    """
+
+    psycopg2_adapter = psycopg3_adapter = Psycopg3Adapter  # whichever peewee picks: psycopg is ours to load
+    location = "PostgreSQL"  # the masked URL, for messages
+
+    def cursor(self, named_cursor=None):
+        """A cursor, connecting afresh when the server dropped this thread's session (a restart, a
+        failover, an administrator) — but never in the middle of a transaction, which is lost with it."""
+        state = self._state
+        if not state.closed and state.conn.closed:
+            if state.transactions:
+                raise StoreUnavailableError(f"lost the connection to {self.location} in a transaction")
+            state.reset()
+        try:
+            return super().cursor(named_cursor)
+        except pw.OperationalError as exc:
+            raise StoreUnavailableError(f"cannot reach {self.location}: {_first_line(exc, self.database)}") from None
+
+    def execute_sql(self, sql, params=None):
+        try:
+            return super().execute_sql(sql, params)
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            if self._state.conn is not None and not self._state.conn.closed:
+                raise  # a statement failed, the session lives on
+            raise StoreUnavailableError(f"lost the connection to {self.location}: "
+                                        f"{_first_line(exc, self.database)}") from None
+
+    def begin(self, isolation_level=None):
+        """BEGIN; on a session the server dropped while it idled (the first statement learns of it), once
+        more on a fresh one: nothing had started yet."""
+        try:
+            super().begin(isolation_level)
+        except pw.OperationalError as exc:
+            if self._state.conn is None or not self._state.conn.closed:
+                raise
+            try:
+                super().begin(isolation_level)  # cursor() connects afresh
+            except pw.OperationalError:
+                raise StoreUnavailableError(f"lost the connection to {self.location}: "
+                                            f"{_first_line(exc, self.database)}") from None
+
+    def rollback(self):
+        if self._state.conn is not None and self._state.conn.closed:
+            return  # nothing to roll back on a dead session (the server did): the cause goes on up
+        super().rollback()
+
+    def _connect(self):
+        connection = super()._connect()
+        connection.execute("SET TIME ZONE 'UTC'")
+        connection.execute("SET synchronous_commit = off")
+        return connection
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database, through peewee and psycopg 3. ``path`` is the URL with its password masked."""
+
+    dialect = "postgresql"
+    no_index = ""
+
+    def __init__(self, url):
+        import psycopg  # only a PostgreSQL store needs the driver
+
+        self.url = "postgresql://" + str(url).split("://", 1)[1]
+        self.path = mask_url(self.url)
+        self.driver_errors = (psycopg.Error,)
+        self.db = _PostgresDatabase(self.url, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                    field_types={TIME_TYPE: "TIMESTAMPTZ"}, autorollback=False,
+                                    application_name=f"failured:{os.getpid()}")  # pg_stat_activity tells whose
+        self.db.location = self.path
+        self._sql = {}
+        self._lock_connection = None
+        self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+
+    def __str__(self):
+        return self.path
+
+    def sql(self, text):
+        converted = self._sql.get(text)
+        if converted is None:
+            # No statement of the store has a literal % or ?: every value is a parameter.
+            converted = self._sql[text] = text.replace("%", "%%").replace("?", "%s")
+        return converted
+
+    def executemany(self, text, rows):
+        cursor = self.db.cursor()
+        cursor.executemany(self.sql(text), rows)
+        return cursor.rowcount
+
+    def insert_id(self, text, params):
+        return self.db.execute_sql(self.sql(text + " RETURNING id"), params).fetchone()[0]  # no lastrowid here
+
+    @staticmethod
+    def seconds_between(start, end):
+        return f"date_part('epoch', {end} - {start})"  # a float: extract() would compute in numeric
+
+    @staticmethod
+    def day_key(column):
+        return f"({column} AT TIME ZONE 'UTC')::date"  # a date hashes fast (to_char's text did not)
+
+    @staticmethod
+    def day_name(key):
+        return key.isoformat()
+
+    @contextmanager
+    def big_read(self):
+        """One read-only snapshot for a report's queries, with the room to aggregate a million rows in memory
+        (a hash, not a sort of text keys to disk) and no JIT compilation (it costs more than it saves here)."""
+        outermost = not self.db.transaction_depth()
+        with self.db.atomic():
+            if outermost:  # inside a caller's transaction it would make that one read-only too
+                self.db.execute_sql("SET TRANSACTION READ ONLY")
+            self.db.execute_sql(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
+            self.db.execute_sql("SET LOCAL jit = off")
+            yield
+
+    def open(self, create=True):
+        try:
+            self.db.connect(reuse_if_open=True)
+            if not create and not self._table_exists("tasks"):
+                raise MissingStoreError(self.path)
+            self._migrate()
+        except (StoreError, MissingStoreError):
+            self.close()
+            raise
+        except (pw.DatabaseError, *self.driver_errors) as exc:
+            self.close()
+            known = self._translated(exc)
+            if known is not None:
+                raise known from None
+            raise StoreOpenError(f"cannot open database {self.path}: {_first_line(exc, self.url)}") from None
+        return self
+
+    def _translated(self, exc):
+        return translate_error(self.path, exc)
+
+    @contextmanager
+    def eager_transaction(self):
+        """PostgreSQL's writers wait on row locks, not on one file lock: a plain transaction."""
+        with self.transaction():
+            yield
+
+    def _create_extras(self):
+        """Statistics on the analysis' grouping, so the planner expects a few thousand groups, not a million,
+        and hashes them in parallel (ANALYZE, which autovacuum runs, fills them)."""
+        from .aggregates import period_groups
+
+        self.db.execute_sql(f"CREATE STATISTICS IF NOT EXISTS tasks_period_groups (ndistinct) "
+                            f"ON {', '.join(f'({column})' for column in period_groups(self))} FROM tasks")
+
+    def _lock_schema(self):
+        """Two processes opening a new database at once: the second waits for the first's tables."""
+        self.db.execute_sql(_LOCK_SQL.format(function="pg_advisory_xact_lock"), (MIGRATION_LOCK_KEY,))
+
+    def _table_exists(self, name):
+        return self.db.execute_sql("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    def schema_version(self):
+        if not self._table_exists(SchemaInfo._meta.table_name):
+            return 0
+        return self.db.execute_sql("SELECT coalesce(max(version), 0) FROM schema_info").fetchone()[0]
+
+    def _write_version(self, version):
+        self.create_tables([SchemaInfo])
+        self.db.execute_sql("DELETE FROM schema_info")
+        self.db.execute_sql("INSERT INTO schema_info (version) VALUES (%s)", (version,))
+
+    def take_daemon_lock(self):
+        """A session advisory lock on a connection of its own, held until ``close``."""
+        import psycopg
+
+        try:
+            connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        except psycopg.Error as exc:
+            raise StoreOpenError(f"cannot open database {self.path}: {_first_line(exc, self.url)}") from None
+        if not connection.execute(_LOCK_SQL.format(function="pg_try_advisory_lock"), (DAEMON_LOCK_KEY,)).fetchone()[0]:
+            connection.close()
+            raise StoreError(f"another failured daemon is running on {self.path}: "
+                             "stop it first, or set FAILURE_DB to another database")
+        self._lock_connection = connection
+
+    def release_daemon_lock(self):
+        if self._lock_connection is not None:
+            self._lock_connection.close()
+            self._lock_connection = None
+
+    def free_bytes(self):
+        return None  # the server's disk is the server's to watch
+
+    def data_version(self):
+        """The newest task id: changes when a failure is reported (the daemon's sweep finds the rest)."""
+        return self.db.execute_sql("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
+
+
+def _first_line(exc, url):
+    """A driver error's first line, with the URL's password masked wherever it appears."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    password = re.match(r"^postgres(?:ql)?://[^:/@]*:([^@]*)@", url)
+    if password and password.group(1):
+        text = text.replace(password.group(1), "***")
+    return mask_url(text)
+
+
+def open_store(location, create=True):
+    """Open (creating when ``create``, migrating) the database at ``location``: a SQLite path, or a
+    ``postgresql://`` URL. ``store.created`` says if a SQLite file is new."""
+    if is_url(location):
+        return PostgresStore(location).open(create)
+    return Store(location).open(create)

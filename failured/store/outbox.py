@@ -1,0 +1,129 @@
+"""Notification rows: the outbox every message passes through, and the questions asked of it."""
+
+
+from ..states import NotificationStatus
+from ._peewee import pw
+from .schema import Notification
+from .tasks import stamp
+
+PENDING, FAILED = NotificationStatus.PENDING, NotificationStatus.FAILED
+
+_INSERT = ("INSERT INTO notifications (task_id, created_at, audience, kind, category, task_type, fingerprint, title,"
+           " body, status, channel, attempts, next_attempt_at)"
+           f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{PENDING}', ?, 0, ?)")
+
+
+def insert_pending(store, now, task_id, audience, kind, category, task_type, fingerprint, title, body, channels):
+    """One pending row per channel, due now (in the caller's transaction); returns how many."""
+    when = stamp(now)
+    rows = [(task_id, when, audience, kind, category, task_type, fingerprint, title, body, channel, when)
+            for channel in channels]
+    if rows:
+        store.executemany(_INSERT, rows)
+    return len(rows)
+
+
+def last_errors(store):
+    """[(channel, its newest row's last error)] of the channels that have one."""
+    return store.rows("SELECT channel, last_error FROM notifications WHERE id IN (SELECT max(id) FROM notifications "
+                      "WHERE last_error IS NOT NULL GROUP BY channel)")
+
+
+def outbox_counts(store=None):
+    """[(channel, status, count)] of the notification outbox."""
+    query = (Notification.select(Notification.channel, Notification.status, pw.fn.COUNT(Notification.id))
+             .group_by(Notification.channel, Notification.status))
+    return list((query.bind(store.db) if store else query).tuples())
+
+
+def outbox_rows(statuses, channel=None, limit=100, store=None):
+    """Notifications in ``statuses`` (newest first), optionally of one channel, as dicts."""
+    query = Notification.select(Notification.id, Notification.task, Notification.created_at, Notification.channel,
+                                Notification.status, Notification.kind, Notification.title, Notification.attempts,
+                                Notification.next_attempt_at, Notification.last_error)
+    query = query.where(Notification.status.in_(list(statuses)))
+    if channel:
+        query = query.where(Notification.channel == channel)
+    query = query.order_by(Notification.id.desc()).limit(limit)
+    return list((query.bind(store.db) if store else query).dicts())
+
+
+def send_again(store, notification_id, now):
+    """A failed notification back to pending, due now, its tries counted afresh; False when it is not failed."""
+    with store.transaction():
+        return store.execute(f"UPDATE notifications SET status = '{PENDING}', attempts = 0, next_attempt_at = ? "
+                             f"WHERE id = ? AND status = '{FAILED}'", (stamp(now), notification_id)).rowcount == 1
+
+
+# -- the dispatcher's lanes -----------------------------------------------------------------
+
+def channels_with_pending(store):
+    """Names of the channels that have pending rows."""
+    query = Notification.select(Notification.channel).distinct().where(Notification.status == PENDING)
+    return {row.channel for row in query.bind(store.db) if row.channel}
+
+
+def sent_since(store, channel, since):
+    """[Notification (sent_at, fingerprint, task_type, kind)] a channel sent since ``since``, oldest first."""
+    return list(Notification.select(Notification.sent_at, Notification.fingerprint, Notification.task_type,
+                                    Notification.kind)
+                .where(Notification.channel == channel, Notification.status == NotificationStatus.SENT,
+                       Notification.sent_at >= since)
+                .order_by(Notification.sent_at).bind(store.db))
+
+
+def due_rows(store, channel, now, limit=None):
+    """A channel's pending rows due by ``now``, oldest first."""
+    query = (Notification.select().where(Notification.channel == channel, Notification.status == PENDING,
+                                         Notification.next_attempt_at <= now).order_by(Notification.id))
+    return list((query.limit(limit) if limit else query).bind(store.db))
+
+
+def waiting_rows(store, channel):
+    """Every pending row of a channel, held ones included."""
+    return list(Notification.select().where(Notification.channel == channel, Notification.status == PENDING)
+                .order_by(Notification.id).bind(store.db))
+
+
+def postponed_rows(store, channel, after, created_by):
+    """[(id, next attempt)] of a channel's pending rows created by ``created_by`` and due after ``after``."""
+    return [(row.id, row.next_attempt_at) for row in
+            Notification.select(Notification.id, Notification.next_attempt_at)
+            .where(Notification.channel == channel, Notification.status == PENDING,
+                   Notification.next_attempt_at > after, Notification.created_at <= created_by).bind(store.db)]
+
+
+def update_rows(store, ids, **fields):
+    """Set ``fields`` on the rows with these ids (in the caller's transaction)."""
+    ids = list(ids)
+    for start in range(0, len(ids), 500):
+        Notification.update(**fields).where(Notification.id.in_(ids[start:start + 500])).bind(store.db).execute()
+
+
+def expire_pending(store, channel, created_before, gave_up_note, never_reason):
+    """A channel's pending rows created before ``created_before`` fail: those that were tried keep their last
+    error plus ``gave_up_note``, the others get ``never_reason``. Returns how many rows failed."""
+    old = (Notification.channel == channel) & (Notification.status == PENDING) & (
+        Notification.created_at < created_before)
+    gave_up = (Notification.update(status=FAILED, last_error=Notification.last_error.concat(gave_up_note))
+               .where(old, Notification.last_error.is_null(False)).bind(store.db).execute())
+    never = Notification.update(status=FAILED, last_error=never_reason).where(old).bind(store.db).execute()
+    return gave_up + never
+
+
+def end_pending(store, channel, status, reason):
+    """Every pending row of a channel ends in ``status`` with ``reason``; returns how many."""
+    return (Notification.update(status=status, last_error=reason)
+            .where(Notification.channel == channel, Notification.status == PENDING).bind(store.db).execute())
+
+
+def merge_rows(store, ids, now, channel, audience, kind, category, task_type, fingerprint, text):
+    """A pending row standing for the rows ``ids``, which become merged into it; ``text(row id)`` gives its
+    (title, body). Returns the new row (in the caller's transaction)."""
+    row_id = (Notification.insert(created_at=now, audience=audience, kind=kind, category=category,
+                                  task_type=task_type, fingerprint=fingerprint, title="", body="", status=PENDING,
+                                  channel=channel, next_attempt_at=now).bind(store.db).execute())
+    title, body = text(row_id)
+    update_rows(store, [row_id], title=title, body=body)
+    update_rows(store, ids, status=NotificationStatus.MERGED, merged_into=row_id)
+    return Notification.select().where(Notification.id == row_id).bind(store.db).get()

@@ -1,0 +1,273 @@
+"""Task rows: intake, the conditional updates of the life cycle, their events, leases and the retry heap's rows.
+
+Every function takes the store first and runs inside the caller's transaction unless it
+says otherwise. The hot paths are plain SQL: peewee's query building would cost more than
+the database itself there.
+"""
+
+import functools
+import json
+import time
+
+from ..clock import to_db_time
+from ..states import TaskStatus
+from .schema import SuccessCount, Task, UtcTimeField, epoch
+
+NEW, SCHEDULED, RUNNING, RECOVERED = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.RECOVERED
+
+TASK_COLUMNS = [field.column_name for field in Task._meta.sorted_fields]
+_TIME_COLUMNS = {f.column_name for f in Task._meta.sorted_fields if isinstance(f, UtcTimeField)}
+
+_INSERT_TASK = (
+    "INSERT INTO tasks (task_type, ref, source, status, error_type, error_message, payload, handler,"
+    " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+)
+_INSERT_REPORTED = "INSERT INTO task_events (task_id, at, event, status, error_message) VALUES (?, ?, 'reported', ?, ?)"
+_INSERT_EVENT = ("INSERT INTO task_events (task_id, at, event, status, category, attempt, delay_seconds,"
+                 " error_message, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SELECT_TASK = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE id = ?"
+_SELECT_NEW = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status = '{NEW}'{{}} ORDER BY id LIMIT ?"
+_SELECT_SCHEDULED = f"SELECT id, next_retry_at, task_type FROM tasks WHERE status = '{SCHEDULED}'"
+CLAIM = (f"UPDATE tasks SET status = '{RUNNING}', attempts = ?, lease_owner = ?, lease_until = ?, updated_at = ?,"
+         f" handler_pid = NULL WHERE id = ? AND status = '{SCHEDULED}' AND next_retry_at = ?")
+RECOVER = (f"UPDATE tasks SET status = '{RECOVERED}', finished_at = ?, updated_at = ?, lease_owner = NULL,"
+           " lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
+           f" WHERE id = ? AND status = '{RUNNING}' AND lease_owner = ?")
+_MASK_REPORTED = "UPDATE task_events SET error_message = ? WHERE task_id = ? AND event = 'reported'"
+
+# The same few instants are written several times per transaction (updated_at, the event's
+# time, finished_at); formatting them was the daemon's largest single cost in a flood.
+stamp = functools.lru_cache(maxsize=1024)(to_db_time)
+# A task's created_at and updated_at are often one instant.
+_epoch_text = functools.lru_cache(maxsize=4096)(epoch)
+
+
+def _epoch(value):
+    return _epoch_text(value) if isinstance(value, str) else epoch(value)
+
+
+# -- intake -------------------------------------------------------------------
+
+_INSERT_TASK_AND_EVENT = (  # PostgreSQL: both rows in one statement, so a report is one round trip
+    f"WITH task AS ({_INSERT_TASK} RETURNING id, created_at, error_message)"
+    " INSERT INTO task_events (task_id, at, event, status, error_message)"
+    f" SELECT id, created_at, 'reported', '{NEW}', error_message FROM task RETURNING task_id")
+
+
+def insert_task(store, task_type, ref, source, error_type, message, payload, handler, now):
+    """A new task and its ``reported`` event, in one transaction (or the caller's); returns its id."""
+    created = to_db_time(now)
+    values = (task_type, ref, source, NEW, error_type, message, payload, handler, created, created)
+    if store.dialect != "sqlite":
+        return store.scalar(_INSERT_TASK_AND_EVENT, *values)  # one statement is one transaction
+    with store.eager_transaction():  # beside a busy daemon: see eager_transaction
+        task_id = store.insert_id(_INSERT_TASK, values)
+        store.execute(_INSERT_REPORTED, (task_id, created, NEW, message))
+    return task_id
+
+
+def add_successes(store, task_type, count, now):
+    """Add ``count`` to this hour's tally of successful runs."""
+    hour = time.strftime("%Y-%m-%d %H:00:00", time.gmtime(now))
+    (SuccessCount.insert(task_type=task_type, hour=hour, count=count).bind(store.db)
+     .on_conflict(conflict_target=[SuccessCount.task_type, SuccessCount.hour],
+                  update={SuccessCount.count: SuccessCount.count + count})
+     .execute())
+
+
+def stored_error(store, task_id):
+    """(task type, error type, error text) of one task, or None."""
+    return store.execute("SELECT task_type, error_type, error_message FROM tasks WHERE id = ?", (task_id,)).fetchone()
+
+
+# -- events --------------------------------------------------------------------
+
+def event_row(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
+    """The parameters of the task_events row ``add_event`` writes (to write many at once)."""
+    return (task_id, stamp(now), event, status, category, attempt, delay, error,
+            json.dumps(detail, ensure_ascii=False) if detail else None)
+
+
+def add_event(store, task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
+    """One audited event of a task."""
+    store.execute(_INSERT_EVENT, event_row(task_id, now, event, status, category, attempt, delay, error, **detail))
+
+
+def add_events(store, rows):
+    """Insert many ``event_row``s at once."""
+    if rows:
+        store.executemany(_INSERT_EVENT, rows)
+
+
+def mask_reported_error(store, task_id, error):
+    """The first event keeps the reported text: replace it with the masked one too."""
+    store.execute(_MASK_REPORTED, (error, task_id))
+
+
+# -- the conditional update ---------------------------------------------------------
+
+_UPDATE_SQL = {}
+
+
+def update_statement(task_id, expected_status, fields):
+    """(sql, parameters) of ``update_task``, to be run later (prepared before the write lock)."""
+    columns = tuple(sorted(fields))
+    sql = _UPDATE_SQL.get(columns)
+    if sql is None:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        sql = _UPDATE_SQL[columns] = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
+    values = [stamp(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
+              for c in columns]
+    return sql, (*values, task_id, expected_status)
+
+
+def update_task(store, task_id, expected_status, fields):
+    """``UPDATE tasks SET fields WHERE id AND status``; True when it applied."""
+    return store.execute(*update_statement(task_id, expected_status, fields)).rowcount == 1
+
+
+def run_update(store, statement):
+    """Run one prepared ``update_statement``; True when it applied."""
+    return store.execute(*statement).rowcount == 1
+
+
+def run_prepared(store, sql, prepared):
+    """Run a conditional update per (item, parameters, event row), then insert the events of those
+    that applied; returns their items. One executemany when every row applies (the usual case);
+    otherwise that is undone and each row runs on its own, to learn which moved meanwhile."""
+    if not prepared:
+        return []
+    if len(prepared) == 1:
+        applied = prepared if store.execute(sql, prepared[0][1]).rowcount else []
+        add_events(store, [event for _, _, event in applied])
+        return [item for item, _, _ in applied]
+    cursor = store.db.cursor()
+    cursor.execute("SAVEPOINT prepared")
+    if store.executemany(sql, [params for _, params, _ in prepared]) == len(prepared):
+        applied = prepared
+    else:
+        cursor.execute("ROLLBACK TO SAVEPOINT prepared")
+        applied = [item for item in prepared if store.execute(sql, item[1]).rowcount]
+    cursor.execute("RELEASE SAVEPOINT prepared")
+    add_events(store, [event for _, _, event in applied])
+    return [item for item, _, _ in applied]
+
+
+def claim_params(attempt, owner, lease_until, now, task_id, due):
+    """The parameters of CLAIM: running, leased to ``owner``, if still scheduled at ``due``."""
+    return (attempt, owner, stamp(lease_until), stamp(now), task_id, stamp(due))
+
+
+def recover_params(now, task_id, owner):
+    """The parameters of RECOVER: the leased retry of ``owner`` succeeded."""
+    return (stamp(now), stamp(now), task_id, owner)
+
+
+# -- loading -----------------------------------------------------------------------
+
+def _task_of(row):
+    values = {column: (_epoch(value) if column in _TIME_COLUMNS else value)
+              for column, value in zip(TASK_COLUMNS, row)}
+    return Task(**values)
+
+
+def load_task(store, task_id):
+    """One task by id, or None."""
+    row = store.execute(_SELECT_TASK, (task_id,)).fetchone()
+    return None if row is None else _task_of(row)
+
+
+def load_tasks(store, task_ids):
+    """The tasks with these ids that exist, in one query."""
+    if not task_ids:
+        return []
+    sql = f"{_SELECT_TASK[:-len('= ?')]}IN ({', '.join('?' * len(task_ids))})"
+    return [_task_of(row) for row in store.execute(sql, tuple(task_ids)).fetchall()]
+
+
+def load_new_tasks(store, limit, skip=()):
+    """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``."""
+    where = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+    rows = store.execute(_SELECT_NEW.format(where), (*skip, limit)).fetchall()
+    return [_task_of(row) for row in rows]
+
+
+def scheduled(store, now, due_before=None):
+    """[(id, due, type)] of scheduled tasks (a row without a due time, edited by hand, is due ``now``)."""
+    sql, params = _SELECT_SCHEDULED, ()
+    if due_before is not None:
+        sql, params = sql + " AND next_retry_at <= ?", (to_db_time(due_before),)
+    return [(task_id, now if due is None else _epoch(due), task_type)
+            for task_id, due, task_type in store.execute(sql, params).fetchall()]
+
+
+def task_status(store, task_id):
+    return store.scalar("SELECT status FROM tasks WHERE id = ?", task_id)
+
+
+# -- leases ------------------------------------------------------------------------
+
+def record_pid(store, task_id, owner, pid):
+    store.execute("UPDATE tasks SET handler_pid = ? WHERE id = ? AND lease_owner = ?", (pid, task_id, owner))
+
+
+def postpone(store, task_id, until, now):
+    """A scheduled retry moved to ``until``; True when it was still scheduled."""
+    return store.execute(f"UPDATE tasks SET next_retry_at = ?, updated_at = ? WHERE id = ? AND status = '{SCHEDULED}'",
+                         (stamp(until), stamp(now), task_id)).rowcount == 1
+
+
+def running_tasks(store, owner=None, not_owner=None, lease_before=None):
+    """Running tasks: of ``owner``, of any owner but ``not_owner``, or whose lease ends before ``lease_before``."""
+    sql, params = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status = '{RUNNING}'", []
+    if owner is not None:
+        sql, params = sql + " AND lease_owner = ?", params + [owner]
+    if not_owner is not None:
+        sql, params = sql + " AND lease_owner != ?", params + [not_owner]
+    if lease_before is not None:
+        sql, params = sql + " AND lease_until < ?", params + [stamp(lease_before)]
+    return [_task_of(row) for row in store.execute(sql + " ORDER BY id", tuple(params)).fetchall()]
+
+
+def take_back(store, task_id, owner, now, uncount=False):
+    """A running task of ``owner`` back to scheduled, due now (``uncount``: its attempt not counted)."""
+    attempts = ", attempts = attempts - 1" if uncount else ""
+    whose, params = ("lease_owner IS NULL", ()) if owner is None else ("lease_owner = ?", (owner,))
+    return store.execute(
+        f"UPDATE tasks SET status = '{SCHEDULED}', next_retry_at = ?, lease_owner = NULL, lease_until = NULL,"
+        f" handler_pid = NULL, updated_at = ?{attempts} WHERE id = ? AND status = '{RUNNING}' AND {whose}",
+        (stamp(now), stamp(now), task_id, *params)).rowcount == 1
+
+
+# -- manual control -------------------------------------------------------------------
+
+def find_tasks(store, statuses, category=None, task_type=None, since=None):
+    """Tasks in ``statuses`` (of one category / task type, created since ``since``), by id."""
+    sql = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status IN ({', '.join('?' * len(statuses))})"
+    params = list(statuses)
+    for column, value in (("category", category), ("task_type", task_type)):
+        if value:
+            sql, params = sql + f" AND {column} = ?", params + [value]
+    if since is not None:
+        sql, params = sql + " AND created_at >= ?", params + [stamp(since)]
+    return [_task_of(row) for row in store.execute(sql + " ORDER BY id", tuple(params)).fetchall()]
+
+
+def schedule_now(store, task_id, expected_status, now, max_attempts):
+    """A task scheduled for a retry now, unfinished; True when it was still in ``expected_status``."""
+    return update_task(store, task_id, expected_status, {"status": SCHEDULED, "next_retry_at": now,
+                                                         "max_attempts": max_attempts, "finished_at": None,
+                                                         "updated_at": now})
+
+
+def resolve_task(store, task_id, expected_status, now, note):
+    """A task closed by hand; True when it was still in ``expected_status``."""
+    return update_task(store, task_id, expected_status, {"status": TaskStatus.RESOLVED, "finished_at": now,
+                                                         "next_retry_at": None, "updated_at": now, "note": note})
+
+
+def task_history(store, task_id):
+    """[(at epoch, event, status, category, attempt, delay, error, detail JSON)] of one task, oldest first."""
+    return [(_epoch(at), *rest) for at, *rest in store.rows(
+        "SELECT at, event, status, category, attempt, delay_seconds, error_message, detail FROM task_events "
+        "WHERE task_id = ? ORDER BY id", task_id)]

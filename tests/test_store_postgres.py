@@ -1,0 +1,346 @@
+"""The store on both databases: every test here runs on SQLite and on a real PostgreSQL.
+
+PostgreSQL is FAILURE_TEST_POSTGRES_URL (default postgresql://root@127.0.0.1:5432/test); each
+test gets a schema of its own, dropped after, so xdist workers never meet. Where no server
+answers, the PostgreSQL half skips and says why.
+"""
+
+import os
+import sys
+import time
+import uuid
+
+import pytest
+
+from failured.errors import InputError, StoreError
+from failured.intake import record_failure, record_success
+from failured.states import BreakerState, TaskStatus
+from failured.store import aggregates, breakers, maintenance, open_store, outbox, queries
+from failured.store import tasks as rows
+from failured.store.schema import SCHEMA_VERSION
+from failured.thresholds import Thresholds, evaluate, recovery_by_category
+
+PG_URL = os.environ.get("FAILURE_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def _pg_reason():
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgresql]')"
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL answers at {PG_URL}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_unavailable():
+    return _pg_reason()
+
+
+@pytest.fixture
+def pg_url(pg_unavailable):
+    """A URL whose search_path is a fresh schema, dropped after the test."""
+    if pg_unavailable:
+        pytest.skip(pg_unavailable)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "failured.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def any_store(location):
+    store = open_store(location)
+    yield store
+    store.close()
+
+
+class Clock:
+    def __init__(self, now=T0):
+        self.t = now
+
+    def now(self):
+        return self.t
+
+
+def report(store, message="connection reset by peer", task_type="sync", at=T0):
+    return record_failure(store, task_type, message, clock=Clock(at))
+
+
+def test_a_new_database_records_its_schema_version_and_reopens_as_it_is(location):
+    store = open_store(location)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.scalar("SELECT version FROM schema_info") == SCHEMA_VERSION
+    report(store)
+    store.close()
+    again = open_store(location)
+    assert again.scalar("SELECT count(*) FROM tasks") == 1
+    assert again.rows("SELECT count(*) FROM open_tasks") == [(1,)]  # the views exist on both
+    again.close()
+
+
+def test_a_database_of_a_newer_schema_is_refused(location):
+    store = open_store(location)
+    with store.transaction():
+        store.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
+        if store.dialect == "sqlite":
+            store.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.close()
+    with pytest.raises(StoreError, match="newer than this failured"):
+        open_store(location)
+
+
+def test_a_version_1_database_is_migrated_forward_on_open(location):
+    store = open_store(location)
+    report(store)
+    with store.transaction():
+        store.execute("DROP TABLE labels")
+        store.execute('DROP INDEX "tasks_finished_at_category_status_attempts_created_at"')
+        store.execute("UPDATE schema_info SET version = 1")
+        if store.dialect == "sqlite":
+            store.db.execute_sql("PRAGMA user_version = 1")
+    store.close()
+    again = open_store(location)
+    assert again.schema_version() == SCHEMA_VERSION == 2
+    assert again.label_count() == 0 and again.scalar("SELECT count(*) FROM tasks") == 1
+    again.close()
+
+
+def test_one_daemon_lock_per_database(location):
+    first, second = open_store(location), open_store(location)
+    first.take_daemon_lock()
+    with pytest.raises(StoreError, match="another failured daemon"):
+        second.take_daemon_lock()
+    first.close()  # a daemon that stops (or dies) lets the next one start
+    second.take_daemon_lock()
+    second.close()
+
+
+def test_times_round_trip_to_the_millisecond(any_store):
+    task_id = report(any_store, at=T0 + 0.123)
+    task = rows.load_task(any_store, task_id)
+    assert task.created_at == pytest.approx(T0 + 0.123, abs=1e-6)
+    assert task.status == TaskStatus.NEW
+    assert rows.load_new_tasks(any_store, 10)[0].id == task_id
+
+
+def test_conditional_update_claim_and_recover_write_their_events(any_store):
+    task_id = report(any_store)
+    due = T0 + 30.5
+    with any_store.transaction():
+        assert rows.update_task(any_store, task_id, TaskStatus.NEW, {"status": TaskStatus.SCHEDULED,
+                                                                     "next_retry_at": due, "updated_at": T0})
+        assert not rows.update_task(any_store, task_id, TaskStatus.NEW, {"status": TaskStatus.SCHEDULED})
+    assert rows.scheduled(any_store, T0) == [(task_id, pytest.approx(due), "sync")]
+    claim = [("claimed", rows.claim_params(1, "me", due + 60, due, task_id, due),
+              rows.event_row(task_id, due, "retry_started", TaskStatus.RUNNING, None, 1))]
+    stale = [("stale", rows.claim_params(1, "me", due + 60, due, task_id, due + 1),
+              rows.event_row(task_id, due, "retry_started", TaskStatus.RUNNING, None, 1))]
+    with any_store.transaction():
+        assert rows.run_prepared(any_store, rows.CLAIM, claim + stale) == ["claimed"]
+    assert [t.id for t in rows.running_tasks(any_store, owner="me")] == [task_id]
+    with any_store.transaction():
+        assert rows.run_prepared(any_store, rows.RECOVER, [
+            ("ok", rows.recover_params(due + 2, task_id, "me"),
+             rows.event_row(task_id, due + 2, "recovered", TaskStatus.RECOVERED, None, 1, duration=1.5))]) == ["ok"]
+    events = [event for _, event, *_ in rows.task_history(any_store, task_id)]
+    assert events == ["reported", "retry_started", "recovered"]
+    assert rows.load_task(any_store, task_id).status == TaskStatus.RECOVERED
+
+
+def test_a_lease_is_taken_back_once(any_store):
+    task_id = report(any_store)
+    with any_store.transaction():
+        rows.update_task(any_store, task_id, TaskStatus.NEW, {"status": TaskStatus.RUNNING, "lease_owner": "gone",
+                                                              "lease_until": T0 + 1, "attempts": 1})
+    assert [t.id for t in rows.running_tasks(any_store, lease_before=T0 + 2)] == [task_id]
+    assert [t.id for t in rows.running_tasks(any_store, not_owner="me")] == [task_id]
+    with any_store.transaction():
+        assert rows.take_back(any_store, task_id, "gone", T0 + 2, uncount=True)
+        assert not rows.take_back(any_store, task_id, "gone", T0 + 2)
+    task = rows.load_task(any_store, task_id)
+    assert (task.status, task.attempts, task.lease_owner) == (TaskStatus.SCHEDULED, 0, None)
+
+
+def test_outbox_state_and_breakers(any_store):
+    with any_store.transaction():
+        assert outbox.insert_pending(any_store, T0, None, "admin", "task", "c", "sync", "fp", "t", "b",
+                                     ["log", "robot"]) == 2
+    assert sorted(aggregates.pending_notifications(any_store)) == [("log", 1, T0), ("robot", 1, T0)]
+    any_store.set_state("k:a", "1", T0)
+    any_store.set_state("k:a", "2", T0 + 1)  # replaced, not doubled
+    assert any_store.states("k:") == {"k:a": "2"}
+    with any_store.transaction():
+        breakers.save_breaker(any_store, "sync", BreakerState.OPEN, 3, T0 + 60, T0)
+        breakers.save_breaker(any_store, "sync", BreakerState.OPEN, 4, T0 + 90, T0)
+    assert breakers.load_breakers(any_store) == [("sync", "open", 4, T0 + 90)]
+    assert aggregates.breakers_open_count(any_store) == 1
+
+
+def test_listing_grep_is_literal_on_both(any_store):
+    report(any_store, "disk 100% full_now")
+    report(any_store, "disk 100 percent")
+    found = queries.list_tasks(grep="100% FULL_", store=any_store)
+    assert [row["error"] for row in found] == ["disk 100% full_now"]
+
+
+def _finish(store, task_id, status, category, attempts, finished):
+    with store.transaction():
+        rows.update_task(store, task_id, TaskStatus.NEW, {"status": status, "category": category,
+                                                          "attempts": attempts, "finished_at": finished,
+                                                          "fingerprint": "fp1"})
+
+
+def test_aggregates_agree_on_both_stores(any_store):
+    """Daily series, the time-to-recovery histogram and the recovery rate, computed in SQL."""
+    for i in range(4):
+        task_id = report(any_store, at=T0 + i * 86400)
+        _finish(any_store, task_id, TaskStatus.RECOVERED, "recoverable_network", 1, T0 + i * 86400 + 10 + i)
+    task_id = report(any_store, at=T0 + 3600)
+    _finish(any_store, task_id, TaskStatus.EXHAUSTED, "recoverable_network", 3, T0 + 7200)
+    record_success(any_store, "sync", 5, clock=Clock(T0 + 5))
+    scan = aggregates.period_scan(any_store, T0 - 1, T0 + 5 * 86400)
+    days = sorted({row[0] for row in scan})
+    assert days == ["2023-11-14", "2023-11-15", "2023-11-16", "2023-11-17"]
+    histogram = aggregates.recovery_histogram(any_store, T0, T0 + 5 * 86400, "recoverable_")
+    assert [(s, n) for s, n, _ in histogram] == [(10, 1), (11, 1), (12, 1), (13, 1)]
+    assert sum(total for _, _, total in histogram) == pytest.approx(46.0, abs=0.01)  # julianday: ~1 ms
+    by_category = recovery_by_category(any_store, T0, T0 + 5 * 86400)
+    assert (by_category["recoverable_network"].recovered, by_category["recoverable_network"].finished) == (4, 5)
+    checks = {c.name: c for c in evaluate(any_store, T0 + 60, Thresholds(window_minutes=60 * 24 * 10))}
+    assert checks["recent_failures"].value == 5
+
+
+def test_the_analysis_and_processing_reports_run_on_both(any_store, sync_snapshot):
+    from failured.analysis import analysis_report
+    from failured.reports import processing_report
+
+    for i in range(3):
+        task_id = report(any_store, f"frobnicator {i} exploded", at=T0 + i * 3600)
+        with any_store.transaction():
+            rows.update_task(any_store, task_id, TaskStatus.NEW, {"status": TaskStatus.NOTIFIED, "category": "unknown",
+                                                                  "fingerprint": "fpx", "error_template": "frob <n>",
+                                                                  "finished_at": T0 + i * 3600 + 1})
+            rows.add_event(any_store, task_id, T0 + i * 3600 + 1, "notified", TaskStatus.NOTIFIED, "unknown")
+    task_id = report(any_store, at=T0 + 100)
+    _finish(any_store, task_id, TaskStatus.RECOVERED, "recoverable_network", 2, T0 + 130)
+    result = analysis_report(any_store, sync_snapshot, T0 + 86400, days=7, lang="en")
+    assert result["total_failures"] == 4
+    assert result["category_distribution"] == {"unknown": 3, "recoverable_network": 1}
+    days = [(day["date"], day["total"]) for day in result["daily_failures"]]
+    assert days[-2:] == [("2023-11-14", 3), ("2023-11-15", 1)]
+    assert result["recovery"]["mean_seconds_to_recovery"] == 30.0
+    assert result["top_fingerprints"][0]["first_seen"] == "2023-11-14T22:13:20Z"
+    assert result["unknown_templates"][0]["samples"] == ["frobnicator 2 exploded", "frobnicator 1 exploded",
+                                                          "frobnicator 0 exploded"]
+    processed = processing_report(any_store, T0 + 86400, "en")
+    assert processed["stats"]["notified"] == 3 and processed["total_processed"] == 3
+    assert processing_report(any_store, T0 + 86401, "en")["total_processed"] == 0  # the watermark moved
+
+
+def test_housekeeping_deletes_only_what_is_old_and_finished(any_store):
+    old = report(any_store, at=T0)
+    _finish(any_store, old, TaskStatus.NOTIFIED, "unrecoverable_data", 0, T0)
+    young = report(any_store, at=T0 + 86400 * 10)
+    assert maintenance.purge_finished(any_store, T0 + 86400) == {"tasks": 1, "notifications": 0}
+    assert [t.id for t in rows.find_tasks(any_store, tuple(TaskStatus))] == [young]
+
+
+def test_a_reading_command_creates_nothing_in_an_empty_database(location):
+    with pytest.raises(InputError, match="no database at"):
+        open_store(location, create=False)
+
+
+def test_a_password_in_the_url_never_shows_in_the_error(pg_unavailable):
+    with pytest.raises(StoreError) as caught:
+        open_store("postgresql://someone:hunter2secret@127.0.0.1:1/nothing")
+    assert "hunter2secret" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_an_unreachable_server_is_exit_2_at_start_with_the_password_masked(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("status", env={"FAILURE_DB": "postgresql://someone:hunter2secret@127.0.0.1:1/nothing"},
+                     cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "cannot open database postgresql://someone:***@127.0.0.1:1/nothing" in result.stderr
+    assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def _pg_query(url, sql):
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_the_daemon_runs_on_postgresql_report_retry_recovered(pg_url, daemon_factory):
+    """A real daemon on PostgreSQL: a network failure is retried by its handler and recovers."""
+    main = f"""
+[model]
+enabled = false  # the store is under test here, not the learned fallback (training costs seconds)
+
+[task_types.sync.handler]
+kind = "command"
+argv = ["{sys.executable}", "-c", "pass"]
+timeout = 10
+"""
+    daemon = daemon_factory(main, FAILURE_DB=pg_url).start()
+    result = daemon.cli("report", "--type", "sync", "--error", "connection timeout talking to the carrier")
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = _pg_query(pg_url, "SELECT status FROM tasks")
+        if status == [("recovered",)]:
+            break
+        assert daemon.proc.poll() is None, daemon.stderr()
+        time.sleep(0.05)
+    assert status == [("recovered",)], daemon.stderr()
+    events = [e for (e,) in _pg_query(pg_url, "SELECT event FROM task_events ORDER BY id")]
+    assert events[0] == "reported" and events[-1] == "recovered" and "retry_started" in events
+    assert daemon.stop() == 0, daemon.stderr()
+
+
+def test_the_daemon_carries_on_after_postgresql_drops_its_sessions(pg_url, daemon_factory):
+    """Every session of the daemon is terminated (a server restart, a failover): it says so once,
+    connects again, and decides the next report."""
+    daemon = daemon_factory("[model]\nenabled = false\n", FAILURE_DB=pg_url).start()
+    assert daemon.cli("report", "--type", "sync", "--error", "malformed json before").returncode == 0
+    _wait_status(pg_url, daemon, [("notified",)])
+    killed = _pg_query(PG_URL, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               f"WHERE application_name = 'failured:{daemon.proc.pid}'")  # this daemon's only
+    assert killed[0][0] >= 1
+    assert daemon.cli("report", "--type", "sync", "--error", "malformed json after").returncode == 0
+    _wait_status(pg_url, daemon, [("notified",), ("notified",)])
+    assert daemon.proc.poll() is None, daemon.stderr()
+    assert daemon.stop() == 0, daemon.stderr()
+    log = daemon.stderr()
+    assert log.count("lost the connection to") == 1 and "the database answers again" in log, log  # once per outage
+
+
+def _wait_status(url, daemon, expected, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _pg_query(url, "SELECT status FROM tasks ORDER BY id")
+        if found == expected:
+            return
+        assert daemon.proc.poll() is None, daemon.stderr()
+        time.sleep(0.05)
+    raise AssertionError(f"{found} != {expected}\n{daemon.stderr()}")
