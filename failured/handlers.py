@@ -20,8 +20,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import requests
-
 from .errors import ConfigError
 from .secrets import ENV_REF, expand_env
 
@@ -311,6 +309,8 @@ def _run_http(spec, task, on_start):
     query = spec.url.partition("?")[2]
     # Short values ("1", "no") would garble the text if masked; secrets are longer.
     secrets = [v for v in (*headers.values(), query) if len(v) >= 4]
+    import requests  # imported here: ~0.1 CPU-s that every process that runs no HTTP handler would pay at start
+
     try:
         with requests.request(spec.method, spec.url, json=body, headers=headers, timeout=spec.timeout,
                               stream=True) as resp:  # fmt: skip

@@ -66,6 +66,35 @@ def pytest_xdist_auto_num_workers(config):
     return 2 * len(os.sched_getaffinity(0))
 
 
+def pytest_configure(config):
+    """Byte-compile the package once, before any worker or ``failured`` process starts.
+
+    The suite starts some 200 Python processes (each ``failured`` command and daemon). An
+    editable install is never byte-compiled, and where PYTHONDONTWRITEBYTECODE is set no
+    process writes the cache either, so each would compile the whole package again (~0.1 CPU-s
+    each). pip byte-compiles a regular install the same way; __pycache__ is ignored by git.
+    """
+    if hasattr(config, "workerinput"):  # an xdist worker: its controller has done it
+        return
+    import compileall
+
+    compileall.compile_dir(REPO / "failured", quiet=2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """Keep pytest's assertion-rewritten test modules in tests/__pycache__ (ignored by git).
+
+    Where PYTHONDONTWRITEBYTECODE is set, pytest would otherwise rewrite every test module
+    again in every xdist worker on every run (~2 CPU-s a worker).
+    """
+    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, False
+    try:
+        return (yield)
+    finally:
+        sys.dont_write_bytecode = saved
+
+
 # A task type "sync" whose retries always succeed at once (engine-level tests never run it).
 SYNC_HANDLER = """
 [task_types.sync.handler]

@@ -1,6 +1,7 @@
 import json
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -61,35 +62,37 @@ def test_successes_are_tallied_per_type_and_hour(store, clock):
     assert counts == [1, 5]
 
 
-def _writer(path, worker, count):
-    store = open_store(path)
-    for i in range(count):
-        record_failure(store, f"type{worker}", f"error {worker}-{i}")
-    store.close()
+# Plain interpreters, not multiprocessing's spawn: a spawned child imports pytest and this file again.
+WRITER = """
+import sys
+from failured.intake import record_failure
+from failured.store import open_store
 
+path, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = open_store(path)
+for i in range(count):
+    record_failure(store, f"type{worker}", f"error {worker}-{i}")
+store.close()
+"""
+READER = """
+import os, sqlite3, sys
 
-def _reader(path, stop):
-    con = sqlite3.connect(path, timeout=30)
-    while not stop.is_set():
-        con.execute("SELECT count(*) FROM tasks").fetchone()
-    con.close()
+con = sqlite3.connect(sys.argv[1], timeout=30)
+while not os.path.exists(sys.argv[2]):
+    con.execute("SELECT count(*) FROM tasks").fetchone()
+con.close()
+"""
 
 
 def test_eight_writer_processes_and_a_reader_lose_nothing(tmp_path):
-    path = tmp_path / "c.db"
+    path, stop = tmp_path / "c.db", tmp_path / "stop"
     open_store(path).close()
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    reader = ctx.Process(target=_reader, args=(path, stop))
-    reader.start()
-    writers = [ctx.Process(target=_writer, args=(path, w, 100)) for w in range(8)]
-    for process in writers:
-        process.start()
-    for process in writers:
-        process.join(120)
-    stop.set()
-    reader.join(10)
-    assert [p.exitcode for p in writers] == [0] * 8
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(stop)])
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), "100"]) for w in range(8)]
+    exits = [process.wait(120) for process in writers]
+    stop.touch()
+    assert reader.wait(10) == 0
+    assert exits == [0] * 8
     con = sqlite3.connect(path)
     assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 800
     assert con.execute("SELECT count(*) FROM task_events").fetchone()[0] == 800

@@ -1,14 +1,12 @@
 """Config reloads, retries and notifications at once: no exception in any thread, every task settles."""
 
-import sys
-
 from failured.intake import record_failure
 from failured.store import open_store
 
-FLAKY = f"""
+FLAKY = """
 [task_types.sync.handler]
 kind = "command"
-argv = ["{sys.executable}", "-c", "import random, sys; sys.exit(random.random() < 0.5)"]
+argv = ["bash", "-c", "exit $((RANDOM % 2))"]  # fails half the time; a shell, not a Python, per attempt
 timeout = 30
 
 [breaker]
@@ -18,7 +16,7 @@ failures = 1000  # flaky on purpose: the breaker must not postpone retries past 
 dedup_window_seconds = 1  # repeats are summed up within a second, not held for ten minutes
 
 [[routes]]
-channels = ["{{channel}}"]
+channels = ["{channel}"]
 """
 
 
