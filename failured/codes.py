@@ -70,8 +70,24 @@ def _groups(pattern, text):
             yield value
 
 
+# A JSON ``"code": 502`` is a vendor's own code as often as an HTTP status
+# ({"code":502,"msg":"Merchant disabled"}): it counts as a status only inside an
+# ``"error": {...}`` or ``"meta": {...}`` envelope (Google APIs, AfterShip), where
+# the field carries the HTTP status by definition; elsewhere only keys spelled as
+# a status (status, status_code, http_code, ...) or the reason phrase do.
+_JSON_CODE_KEY = re.compile(r"[\"']code[\"']\s*:", re.IGNORECASE)
+_STATUS_ENVELOPE = re.compile(r"[\"'](?:error|meta)[\"']\s*:\s*\{[^{}]{0,200}$", re.IGNORECASE)
+
+
 def extract_http(text):
-    return _groups(_HTTP, text)
+    for match in _HTTP.finditer(text):
+        value = next((g for g in match.groups() if g), None)
+        if not value:
+            continue
+        start = match.start()
+        if start > 0 and _JSON_CODE_KEY.match(text, start - 1) and not _STATUS_ENVELOPE.search(text, 0, start - 1):
+            continue
+        yield value
 
 
 def extract_smtp(text):

@@ -118,6 +118,22 @@ def test_no_code_is_read_where_none_is_meant(codes_only, message):
     assert result.matched_by != "code" or result.pattern.startswith("http"), result
 
 
+@pytest.mark.parametrize("message, status", [
+    # a vendor's own "code" in JSON is not an HTTP status (supefina: 502 = merchant disabled)
+    ('{"code":502,"msg":"Merchant disabled"}', None),
+    ('{"Moment":{"id":12},"ok":false,"code":500,"msg":"Access denied for user"}', None),
+    # inside an "error"/"meta" envelope the field is the HTTP status (Google APIs, AfterShip)
+    ('{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}', "429"),
+    ('{"meta":{"code":401,"message":"Invalid API key.","type":"Unauthorized"},"data":{}}', "401"),
+    # keys spelled as a status, and an unquoted code, still count
+    ('{"status":400,"code":310003,"message":"Cannot complete, too low stock."}', "400"),
+    ("error with code = 429 and message = Too Many Requests", "429"),
+])
+def test_a_json_code_is_an_http_status_only_where_it_is_spelled_as_one(message, status):
+    from failured.codes import extract_http
+    assert next(iter(extract_http(message)), None) == status
+
+
 def test_an_operator_file_extends_a_shipped_table(tmp_path, codes_only):
     shutil.copytree(CONFIG / "patterns", tmp_path / "patterns")
     shutil.copytree(CONFIG / "codes", tmp_path / "codes")
