@@ -4,14 +4,16 @@ Within each rule stage the category with the lowest priority number (or the
 lowest-numbered code table) wins; a last rule stage runs the patterns over the
 message with its identifiers spelled out as words. When every rule stage says
 nothing, the model may answer, but only above its confidence threshold and
-while it gives ``unknown`` little chance; otherwise the task is ``unknown``. Matching is linear in the message length whatever the patterns
-are: no operator-written pattern can make the daemon hang.
+while it gives ``unknown`` little chance; otherwise the task is ``unknown``.
+Matching is linear in the message length whatever the patterns are (Hyperscan
+finds candidates, RE2 decides: see ``matcher``): no operator-written pattern
+can make the daemon hang.
 """
 
 import functools
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import re2
 
@@ -19,6 +21,7 @@ from . import corpus, model as learner
 from .codes import CodeMatcher, describe as describe_code
 from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
+from .matcher import PatternSet
 from .rules import UNKNOWN, re2_options
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
@@ -46,11 +49,9 @@ CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes 
 # say exactly what failed, and decisive phrases) first, before the exception type;
 # "code" looks up the other tables after the patterns.
 RULE_STAGES = ("early_code", "exception_type", "pattern", "code", "spelled")
-MIN_CONFIDENCE = 0.5  # default of [model] min_confidence (see the README: MAX_UNKNOWN is the main guard)
-# The model also defers when it gives "unknown" more than this: a programming error
-# ("IllegalStateException", "exited with non-zero code 1") looks like many
-# categories at once. Under grouped CV this lifted unknown recall from 91 % to 95 %.
-MAX_UNKNOWN = 0.02
+# The model's own thresholds (learner.DEFAULT_MIN_CONFIDENCE, and ``max_unknown``: it
+# defers when it gives "unknown" more than that) are tuned with it; see failured/model.py.
+MIN_CONFIDENCE = learner.DEFAULT_MIN_CONFIDENCE
 SPELL_MAX_CHARS = 4000  # identifiers that say what failed sit near the start
 
 
@@ -69,7 +70,7 @@ class Classification:
     confidence: float | None = None  # the model's probability when matched_by is "model"
 
     def to_dict(self):
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields only: asdict's deep copy cost more than classifying
 
 
 def unpack(message, error_type=None):
@@ -139,10 +140,13 @@ def learned_fallback(category_names, labels=()):
 
 
 class Classifier:
-    """A compiled ruleset: build once per configuration snapshot, share between threads."""
+    """A compiled ruleset: build once per configuration snapshot, share between threads.
+
+    ``engine="re2"`` matches the patterns without Hyperscan (same answers, slower on new traffic).
+    """
 
     def __init__(self, ruleset, lang="zh", code_tables=(), model=None, min_confidence=MIN_CONFIDENCE,
-                 stages=RULE_STAGES):
+                 stages=RULE_STAGES, engine=None):
         self.ruleset = ruleset
         self.lang = lang
         self.codes = CodeMatcher(code_tables)
@@ -151,13 +155,14 @@ class Classifier:
         self.stages = stages
         self._by_tag = {}
         self._by_type = {}  # last dotted part, lower-case -> [(priority, full name or None, category)]
-        self._pattern_owner = []  # Set index -> (priority, pattern text, category)
-        self._set = re2.Set.SearchSet(re2_options())
+        self._pattern_owner = []  # pattern index -> (priority, pattern text, category, file)
         for category in ruleset.categories:
             self._index(category)
         try:
-            self._set.Compile()
-        except re2.error:
+            self.patterns = PatternSet([owner[1] for owner in self._pattern_owner],
+                                       [owner[0] for owner in self._pattern_owner],
+                                       describe=self._describe_pattern, engine=engine)
+        except MemoryError:
             raise ConfigErrors([ConfigError(_file_that_overflows(ruleset), None,
                                             "RE2 ran out of memory compiling all patterns together "
                                             "once this file was added: remove or simplify some patterns")]) from None
@@ -179,9 +184,11 @@ class Classifier:
             full = name.lower() if last != name.lower() else None
             self._by_type.setdefault(last, []).append((category.priority, full, category))
         for pattern in category.patterns:
-            index = self._set.Add(pattern.text)
-            assert index == len(self._pattern_owner)
-            self._pattern_owner.append((category.priority, pattern.text, category))
+            self._pattern_owner.append((category.priority, pattern.text, category, pattern.file))
+
+    def _describe_pattern(self, index):
+        _, _, category, path = self._pattern_owner[index]
+        return f'{path}, category "{category.name}"'
 
     def classify_uncached(self, message, error_type=None, task_type=None):
         """Classify one error; ``task_type`` is accepted for symmetry and future per-type rules."""
@@ -204,23 +211,23 @@ class Classifier:
 
     def rules_only(self, message, error_type):
         """The first rule stage (after the tag) that decides, as (category, matched_by, what), or None."""
+        core = without_frames(message) if "\n" in message else message  # once: a traceback costs
         for stage in self.stages:
             if stage == "exception_type":
                 found = self._by_type_stage(error_type)
             elif stage == "pattern":
-                found = self._patterns_of(message, error_type)
+                found = self._patterns_of(message, core, error_type)
             elif stage == "spelled":
-                found = self._spelled_patterns_of(message, error_type)
+                found = self._spelled_patterns_of(core, error_type)
             elif stage == "early_code":
-                found = self._by_code_stage(message, error_type, early=True)
+                found = self._by_code_stage(core, error_type, early=True)
             else:
-                found = self._by_code_stage(message, error_type, early=False if "early_code" in self.stages else None)
+                found = self._by_code_stage(core, error_type, early=False if "early_code" in self.stages else None)
             if found is not None:
                 return found
         return None
 
-    def _by_code_stage(self, message, error_type, early=None):
-        core = without_frames(message) if "\n" in message else message
+    def _by_code_stage(self, core, error_type, early=None):
         hit = self.codes.match(f"{error_type}: {core}" if error_type else core, early)
         if hit is None:
             return None
@@ -235,7 +242,7 @@ class Classifier:
         prediction = self.model.predict(model_text(message, error_type))
         category = self.ruleset.category(prediction.category)
         if (category is None or category is self.ruleset.unknown or prediction.confidence < self.min_confidence
-                or prediction.unknown > MAX_UNKNOWN):
+                or prediction.unknown > self.model.max_unknown):
             return None, None
         confidence = round(prediction.confidence, 3)
         return (category, "model", f"confidence {confidence:.2f}"), confidence
@@ -265,28 +272,25 @@ class Classifier:
         priority, category = min(candidates, key=lambda pair: pair[0])
         return category, "exception_type", error_type.strip()
 
-    def _patterns_of(self, message, error_type):
-        """Patterns on the message without its stack frames; on the whole text only if that finds nothing."""
+    def _patterns_of(self, message, core, error_type):
+        """Patterns on ``core`` (the message without its stack frames); on the whole text if that finds nothing."""
         prefix = f"{error_type}: " if error_type else ""
-        core = without_frames(message) if "\n" in message else message
         found = self._by_pattern_stage(prefix + core)
         if found is None and core != message:
             found = self._by_pattern_stage(prefix + message)
         return found
 
-    def _spelled_patterns_of(self, message, error_type):
-        """Patterns over the message (type first) with CamelCase/snake_case identifiers spelled out as words."""
-        core = without_frames(message) if "\n" in message else message
+    def _spelled_patterns_of(self, core, error_type):
+        """Patterns over ``core`` (type first) with CamelCase/snake_case identifiers spelled out as words."""
         text = f"{error_type}: {core}" if error_type else core
         spelled = learner.spell_identifiers(text[:SPELL_MAX_CHARS])
         return self._by_pattern_stage(spelled) if spelled != text[:SPELL_MAX_CHARS] else None
 
     def _by_pattern_stage(self, text):
-        hits = self._set.Match(text) if self._pattern_owner else []
-        if not hits:
+        index = self.patterns.best(text)
+        if index is None:
             return None
-        priority, pattern, category = min((self._pattern_owner[i] + (i,) for i in hits),
-                                          key=lambda owner: (owner[0], owner[3]))[:3]
+        _, pattern, category, _ = self._pattern_owner[index]
         return category, "pattern", pattern
 
 

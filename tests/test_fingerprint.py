@@ -40,3 +40,17 @@ def test_class_names_are_not_hosts_and_numbers_are_replaced_whole(message, templ
 
 def test_order_numbers_share_a_fingerprint():
     assert fingerprint("order_12 failed")[1] == fingerprint("order_98 failed")[1]
+
+
+def test_a_lone_surrogate_is_kept_and_does_not_crash_the_re2_passes():
+    # A JSON "\\ud800" decodes to a lone surrogate; RE2 reads it as bytes that match nothing.
+    assert template_of("GET http://api.example.com/x failed at host db.example.com \ud800 id 12") == \
+        "GET <url> failed at host <host> \ud800 id <num>"
+
+
+def test_a_long_traceback_templates_from_its_head_as_from_the_whole_text():
+    frames = "".join(f'  File "/srv/app/m{i}.py", line {i}, in run\n' for i in range(200))
+    message = f"Traceback (most recent call last):\n{frames}ValueError: bad 'x' at localhost"
+    template = template_of(message)
+    assert template.startswith("Traceback (most recent call last): File <str>, line <num>, in run File <str>")
+    assert len(template) == 500

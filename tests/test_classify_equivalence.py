@@ -1,0 +1,90 @@
+"""The fast classification path gives the answers of a straightforward one on every corpus message.
+
+The reference matches each pattern with its own RE2 search and takes the
+lowest priority (then the first listed), and templates with the replacement
+passes applied one after the other through RE2's and Python's ``sub``: the
+code as it was before Hyperscan, the byte-level RE2 passes and the head-only
+template.
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+import re2
+
+from failured import corpus
+from failured.classify import Classifier
+from failured.config import load_config
+from failured.fingerprint import _COMPILED, MAX_INPUT_CHARS, MAX_TEMPLATE_CHARS, template_of
+from failured.rules import re2_options
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+def reference_template(message):
+    text = message[:MAX_INPUT_CHARS]
+    for literal, pattern, replacement in _COMPILED:
+        if literal is None or literal in text:
+            text = pattern.sub(replacement, text)
+    return text.strip()[:MAX_TEMPLATE_CHARS]
+
+
+class ReferenceClassifier(Classifier):
+    """Every pattern searched on its own: the lowest (priority, position) that matches wins."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, engine="re2", **kwargs)
+        self._each = [re2.compile(text, options=re2_options()) for _, text, _, _ in self._pattern_owner]
+
+    def _by_pattern_stage(self, text):
+        hits = [i for i, compiled in enumerate(self._each) if compiled.search(text)]
+        if not hits:
+            return None
+        _, pattern, category, _ = min((self._pattern_owner[i] for i in hits), key=lambda owner: owner[0])
+        return category, "pattern", pattern
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    snapshot = load_config(CONFIG)
+    fast = snapshot.classifier
+    assert fast.patterns.wait_ready(timeout=300)
+    parts = (fast.ruleset, fast.lang, fast.codes.tables, fast.model, fast.min_confidence)
+    return fast, Classifier(*parts, engine="re2"), ReferenceClassifier(*parts)
+
+
+def corpus_cases():
+    return [(message, error_type) for _, error_type, _, message in corpus.read_corpus()]
+
+
+def test_every_corpus_message_gets_the_reference_answer(shipped):
+    fast, re2_only, reference = shipped
+    assert fast.patterns.engine in ("hyperscan", "re2")  # "re2" where Hyperscan cannot install
+    cases = corpus_cases()
+    assert len(cases) > 2000
+    differences = []
+    for message, error_type in cases:
+        expected = reference.classify_uncached(message, error_type).to_dict()
+        for classifier in (fast, re2_only):
+            got = classifier.classify_uncached(message, error_type).to_dict()
+            if got != expected:
+                differences.append((message[:120], classifier.patterns.engine, got, expected))
+        assert template_of(expected["message"]) == reference_template(expected["message"])
+    assert differences == []
+
+
+def test_varied_and_long_messages_template_like_the_reference():
+    rng = random.Random(12)
+    real = [message for message, _ in corpus_cases()]
+    pieces = ["localhost", ".com", "://", "0x1f", "\n", "   ", "'", '"', "-", "1234", "a1b2c3d4", "é", "中",
+              "/srv/app/x.py", "C:\\a\\b", "[::1]:80", "10.0.0.1:5432", "user@example.com"]
+    messages = []
+    for _ in range(3000):
+        head = rng.choice(real)
+        frames = "".join(f'  File "/srv/app/m{rng.randint(1, 999)}.py", line {rng.randint(1, 3000)}, in f\n'
+                         for _ in range(rng.randint(0, 60)))
+        noise = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        messages.append(f"Traceback (most recent call last):\n{frames}{head} {noise}")
+        messages.append(noise * rng.choice([1, 30]) + head)
+    assert [template_of(m) for m in messages] == [reference_template(m) for m in messages]
