@@ -79,6 +79,19 @@ def pytest_configure(config):
     import compileall
 
     compileall.compile_dir(REPO / "failured", quiet=2)
+    _warm_the_model_cache()
+
+
+def _warm_the_model_cache():
+    """Train (or load) the shipped configuration's model once, here, before the workers start.
+
+    Most tests load the shipped configuration; on a machine whose model cache is empty (or
+    stale after a change to the corpus or the model), every worker and daemon would train
+    the same model at once (a few CPU-seconds each) instead of reading it from the cache.
+    """
+    from failured.config import load_config
+
+    load_config(REPO / "config")
 
 
 @pytest.hookimpl(wrapper=True)
