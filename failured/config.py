@@ -37,12 +37,13 @@ class BreakerConfig:
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    """How the dispatcher delivers: dedup window, retry horizon, digest size."""
+    """How the dispatcher delivers: dedup window, retry horizon, digest size, first retry wait."""
 
     dedup_window_seconds: float = 600.0
     max_retry_hours: float = 24.0
     digest_entries: int = 5
     digest_interval_seconds: float = 10.0
+    retry_backoff_seconds: float = 5.0  # the wait after a failed send; it doubles per failure, up to 10 minutes
 
 
 NOTIFY_KEYS = {f for f in NotifyConfig.__dataclass_fields__}

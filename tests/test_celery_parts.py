@@ -17,7 +17,6 @@ pytest.importorskip("celery", reason="Celery is not installed: pip install -e '.
 
 from failured.errors import ConfigError, InputError, RefusedError  # noqa: E402
 from failured.handlers import HandlerSpec, TaskContext, parse_handler, run_handler  # noqa: E402
-from failured.integrations import celery as integration  # noqa: E402
 from failured.integrations import protocol  # noqa: E402
 from failured.integrations.celery_handler import call_arguments  # noqa: E402
 from failured.integrations.reporter import Reporter  # noqa: E402
@@ -25,6 +24,16 @@ from failured.integrations.spool import SENT, SLOT_BYTES, Spool  # noqa: E402
 from failured.integrations.targets import DeliveryError, HttpTarget, StoreTarget  # noqa: E402
 from failured.store import open_store  # noqa: E402
 from conftest import REPO, wait_for  # noqa: E402
+from test_store_postgres import pg_unavailable, pg_url  # noqa: E402,F401 (fixtures: a schema of its own)
+
+
+@pytest.fixture
+def integration():
+    """failured.integrations.celery, imported only by the tests that use it: it loads Celery's app
+    machinery (~0.1 CPU-s), which every xdist worker paid when it was imported at collection."""
+    from failured.integrations import celery
+
+    return celery
 
 
 def failure(n):
@@ -339,6 +348,24 @@ def test_successes_counted_while_failured_is_down_are_spooled_not_dropped(tmp_pa
     assert Spool.read(path) == {"kind": "success", "task_type": "shop.sync", "count": 2}
 
 
+def test_a_store_target_on_postgresql_writes_there_and_never_shows_the_password(request):
+    url = request.getfixturevalue("pg_url")  # a schema of its own (test_store_postgres), or a skip saying why
+    open_store(url).close()  # the daemon creates the database; the target never does
+    target = StoreTarget(url)
+    assert target.send_many([failure(1), failure(2)]) == ([SENT, SENT], None)
+    assert isinstance(target.send(failure(3)), int)
+    store = open_store(url, create=False)
+    try:
+        assert [ref for (ref,) in store.rows("SELECT ref FROM tasks ORDER BY id")] == ["c-1", "c-2", "c-3"]
+    finally:
+        store.close()
+    hidden = StoreTarget("postgresql://someone:hunter2secret@127.0.0.1:1/nothing", timeout=0.5)
+    assert hidden.describe() == "postgresql://someone:***@127.0.0.1:1/nothing"
+    with pytest.raises(DeliveryError) as caught:
+        hidden.send(failure(4))
+    assert "hunter2secret" not in str(caught.value) and "someone:***@" in str(caught.value)
+
+
 class FailuredStub:
     """A real HTTP server on 127.0.0.1 standing in for failured's API: answers ``statuses`` in turn
     (then 201), records what it got, and closes the connection after each answer when ``close_each``."""
@@ -416,7 +443,7 @@ def test_an_api_url_that_is_not_http_is_refused_saying_so():
 
 # -- what a failure report holds -----------------------------------------------------------
 
-def test_payload_values_json_cannot_hold_are_kept_as_marked_reprs():
+def test_payload_values_json_cannot_hold_are_kept_as_marked_reprs(integration):
     value = {"order": 7, "price": 1.5, "when": object.__new__(type("Stamp", (), {"__repr__": lambda s: "Stamp()"})),
              "nan": float("nan"), "ids": (1, 2), "by_int": {1: "a"}}
     assert integration.json_safe(value) == {
@@ -430,7 +457,7 @@ def _fails_deep(depth):
     _fails_deep(depth - 1)
 
 
-def test_error_text_is_the_last_frames_and_the_error_line_within_the_intake_limit():
+def test_error_text_is_the_last_frames_and_the_error_line_within_the_intake_limit(integration):
     try:
         _fails_deep(30)
     except ConnectionRefusedError as exc:
@@ -444,7 +471,7 @@ def test_error_text_is_the_last_frames_and_the_error_line_within_the_intake_limi
     assert len(integration.error_text(huge).encode()) <= integration.MAX_ERROR_BYTES
 
 
-def test_include_and_exclude_take_names_and_globs_and_never_report_the_recovery_task():
+def test_include_and_exclude_take_names_and_globs_and_never_report_the_recovery_task(integration):
     wanted = integration.TaskFilter(include=["shop.*"], exclude=["shop.tasks.noisy"])
     assert wanted("shop.tasks.sync") and not wanted("shop.tasks.noisy") and not wanted("other.task")
     assert not integration.TaskFilter()(integration.MANUAL_TASK)
@@ -507,7 +534,7 @@ def test_a_payload_that_cannot_be_sent_again_fails_as_a_data_error_without_sendi
 
 # -- manual_recovery_task --------------------------------------------------------------------
 
-def test_manual_recovery_task_does_what_recover_does(tmp_path, monkeypatch):
+def test_manual_recovery_task_does_what_recover_does(tmp_path, monkeypatch, integration):
     from conftest import write_config
     from failured.intake import record_failure
 

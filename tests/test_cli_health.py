@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: status in-process, a subprocess costs ~0.45 CPU-s a call
 from conftest import run_cli
 from failured.store import open_store
 
@@ -32,43 +33,43 @@ def _beat(env):
     _set(env, "heartbeat", f"{time.time():.3f} pid=1")
 
 
-def test_a_live_daemon_with_nothing_wrong_is_healthy(env):
+def test_a_live_daemon_with_nothing_wrong_is_healthy(env, cli):
     _beat(env)
-    result = run_cli("status", env=env)
+    result = cli("status", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failured: healthy" in result.stdout and "daemon: alive" in result.stdout
 
 
-def test_a_channel_that_cannot_deliver_is_unhealthy_until_it_delivers_again(env):
+def test_a_channel_that_cannot_deliver_is_unhealthy_until_it_delivers_again(env, cli):
     _beat(env)
     _set(env, "channel:log", json.dumps({"ok": False, "at": "2026-01-02T03:04:05Z",
                                          "error": "OSError: [Errno 30] Read-only file system"}))
-    result = run_cli("status", env=env)
+    result = cli("status", env=env)
     assert result.returncode == 1
     assert "problem: channel log cannot deliver since 2026-01-02T03:04:05Z: OSError: [Errno 30]" in result.stdout
     assert "channel log: NOT delivering" in result.stdout
-    data = json.loads(run_cli("status", "--json", env=env).stdout)
+    data = json.loads(cli("status", "--json", env=env).stdout)
     assert not data["healthy"] and data["notifications"]["log"]["delivering"] is False
     _set(env, "channel:log", json.dumps({"ok": True, "at": "2026-01-02T03:05:00Z", "error": None}))
-    assert run_cli("status", env=env).returncode == 0
+    assert cli("status", env=env).returncode == 0
 
 
-def test_a_rejected_reload_is_unhealthy_until_a_good_config_is_applied(env):
+def test_a_rejected_reload_is_unhealthy_until_a_good_config_is_applied(env, cli):
     _beat(env)
     _set(env, "config_rejected", json.dumps({"at": "2026-01-02T03:04:05Z",
                                              "errors": ["patterns/50-bad.toml: category \"x\".action: unknown action"]}))
-    result = run_cli("status", env=env)
+    result = cli("status", env=env)
     assert result.returncode == 1
     assert "problem: config reload rejected at 2026-01-02T03:04:05Z: patterns/50-bad.toml" in result.stdout
     _set(env, "config_rejected", None)  # the daemon deletes it when a good config is applied
-    assert run_cli("status", env=env).returncode == 0
+    assert cli("status", env=env).returncode == 0
 
 
-def test_no_heartbeat_after_a_clean_stop_means_not_running(env):
+def test_no_heartbeat_after_a_clean_stop_means_not_running(env, cli):
     _beat(env)
-    assert "daemon: alive" in run_cli("status", env=env).stdout
+    assert "daemon: alive" in cli("status", env=env).stdout
     _set(env, "heartbeat", None)  # a clean stop deletes it
-    result = run_cli("status", env=env)
+    result = cli("status", env=env)
     assert result.returncode == 1
     assert "alive" not in result.stdout and "daemon: NOT running (no heartbeat" in result.stdout
     assert "problem: daemon not running" in result.stdout

@@ -14,6 +14,8 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 
 
 BURST = 500
+# The outage tests wait out failed sends: 0.2 s, 0.4 s … instead of the default 5 s, 10 s …
+SHORT_BACKOFF = "[notify]\nretry_backoff_seconds = 0.2\n"
 
 
 def dingtalk_config(url, secret="${DINGTALK_SECRET}", extra=""):
@@ -74,7 +76,7 @@ def test_burst_never_exceeds_20_a_minute_and_ends_sent_or_merged(daemon_factory,
 def test_outage_then_back_everything_arrives_once(daemon_factory, robot_server):
     robot = robot_server("dingtalk", TOKEN, SECRET)
     robot.down("refuse")
-    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    daemon = daemon_factory(dingtalk_config(robot.url, extra=SHORT_BACKOFF), **robot_env()).start()
     ids = report(daemon, 5)
     daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND attempts >= 1",
                     lambda r: r[0][0] >= 1, 15)
@@ -85,18 +87,19 @@ def test_outage_then_back_everything_arrives_once(daemon_factory, robot_server):
     for task_id in ids:
         assert texts.count(f"#{task_id} ") + texts.count(f"#{task_id}\n") >= 1 or f"#{task_id}" in texts
     assert len(robot.received) == 5  # each once: nothing lost, nothing duplicated
+    assert "next in 0.2s" in daemon.stderr()  # [notify] retry_backoff_seconds, not the default 5 s
 
 
 def test_restart_in_the_middle_of_a_backlog_resumes(daemon_factory, robot_server):
     robot = robot_server("dingtalk", TOKEN, SECRET)
     robot.down("502")
-    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    daemon = daemon_factory(dingtalk_config(robot.url, extra=SHORT_BACKOFF), **robot_env()).start()
     report(daemon, 8)
     daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops'", lambda r: r[0][0] == 8, 15)
     assert daemon.stop() == 0
     assert states(daemon).get("pending") == 8
     robot.up()
-    restarted = daemon_factory(dingtalk_config(robot.url), **robot_env()).start()
+    restarted = daemon_factory(dingtalk_config(robot.url, extra=SHORT_BACKOFF), **robot_env()).start()
     restarted.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND status = 'pending'",
                        lambda r: r[0][0] == 0, 40)
     assert states(restarted) == {"sent": 8}
@@ -127,7 +130,8 @@ def test_wrong_secret_alerts_the_admins_and_does_not_hammer(daemon_factory, robo
 def test_secrets_never_appear_in_logs_database_or_stderr(daemon_factory, robot_server, tmp_path):
     robot = robot_server("dingtalk", TOKEN, SECRET)
     robot.down("502")
-    daemon = daemon_factory(dingtalk_config(robot.url), **robot_env(), FAILURE_LOG_LEVEL="DEBUG").start()
+    daemon = daemon_factory(dingtalk_config(robot.url, extra=SHORT_BACKOFF), **robot_env(),
+                            FAILURE_LOG_LEVEL="DEBUG").start()
     daemon.cli("report", "--type", "sync", "--error", "malformed json")
     daemon.wait_for("SELECT count(*) FROM notifications WHERE channel = 'ops' AND attempts >= 1",
                     lambda r: r[0][0] >= 1, 15)

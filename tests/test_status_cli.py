@@ -2,16 +2,26 @@
 
 import json
 
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: a command in-process, a subprocess costs ~0.45 CPU-s a call
 from conftest import run_cli, wait_for
 from failured.intake import record_failure
 from failured.store import open_store
 
 
-def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory, tmp_path):
+def report(daemon, task_type, error):
+    """Report through the Python API (``failured report`` is proven in test_cli_store)."""
+    store = open_store(daemon.db)
+    try:
+        record_failure(store, task_type, error)
+    finally:
+        store.close()
+
+
+def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory, cli):
     daemon = daemon_factory().start()
-    daemon.cli("report", "--type", "sync", "--error", "malformed json")
+    report(daemon, "sync", "malformed json")
     daemon.wait_for("SELECT count(*) FROM tasks WHERE status = 'notified'", lambda r: r[0][0] == 1)
-    result = daemon.cli("status", "--json")
+    result = cli("status", "--json", env=daemon.env)
     assert result.returncode == 0, result.stdout + result.stderr
     status = json.loads(result.stdout)
     assert status["healthy"] and status["daemon"]["alive"]
@@ -20,15 +30,15 @@ def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory,
     assert "log" in status["notifications"] or status["notifications"] == {}
     daemon.stop()
     daemon.query("UPDATE daemon_state SET value = '1000.0' WHERE key = 'heartbeat'")
-    stale = daemon.cli("status")
+    stale = cli("status", env=daemon.env)
     assert stale.returncode == 1 and "NOT running" in stale.stdout
 
 
-def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path):
+def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path, cli):
     daemon = daemon_factory().start()
     (tmp_path / "config" / "patterns" / "50-bad.toml").write_text('[[category]]\nname = "x"\naction = "nope"\npriority = 1\n')
     daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 1)
-    status = json.loads(daemon.cli("status", "--json").stdout)
+    status = json.loads(cli("status", "--json", env=daemon.env).stdout)
     assert "unknown action 'nope'" in status["config"]["last_rejected"]["errors"][0]
     rows = daemon.wait_for("SELECT title FROM notifications WHERE kind = 'config'", lambda r: len(r) >= 1)
     assert "配置" in rows[0][0]
@@ -47,7 +57,7 @@ def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
 
 def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factory, tmp_path):
     daemon = daemon_factory(FAILURE_SCAN_INTERVAL_MINUTES="0.01", FAILURE_ANALYSIS_INTERVAL_HOURS="0.0003").start()
-    daemon.cli("report", "--type", "sync", "--error", "订单不存在")
+    report(daemon, "sync", "订单不存在")
 
     def analysis_with_the_task():
         # A slot may pass before the task is reported: wait for one that covers it.
@@ -76,7 +86,9 @@ def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factor
 def test_scan_and_analyze_commands(tmp_path, config_dir):
     env = {"FAILURE_DB": str(tmp_path / "db.sqlite"), "FAILURE_CONFIG_DIR": str(config_dir),
            "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
-    run_cli("report", "--type", "t", "--error", "x", env=env)
+    store = open_store(env["FAILURE_DB"])
+    record_failure(store, "t", "x")
+    store.close()
     scan = run_cli("scan", "--json", env=env)
     assert scan.returncode == 0 and json.loads(scan.stdout)["message"] == "失败任务处理完成"
     assert list((tmp_path / "reports" / "failure_processing").glob("failure_processing_*.json"))

@@ -30,16 +30,16 @@ log = logging.getLogger("failured.notify")
 
 WINDOW_SECONDS = 60.0
 BATCH = 2000
-BACKOFF_FIRST, BACKOFF_MAX = 5.0, 600.0
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 600.0  # the first: [notify] retry_backoff_seconds overrides it
 IDLE_SECONDS = 0.5
 STORE_RETRY_SECONDS = 5.0  # the database cannot be written (disk full): look again this often
 JUMP_SECONDS = 2.0  # a wall clock that moved this much more (or less) than the monotonic one jumped
 NEVER = float("-inf")
 
 
-def backoff(attempts):
-    """Seconds before the next try after ``attempts`` failed sends: 5, 10, 20 … capped at 10 minutes."""
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
+def backoff(attempts, first=BACKOFF_FIRST):
+    """Seconds before the next try after ``attempts`` failed sends: ``first`` (5), 10, 20 … capped at 10 minutes."""
+    return min(BACKOFF_MAX, first * 2 ** max(0, attempts - 1))
 
 
 def hold_key(row):
@@ -292,7 +292,7 @@ class Lane:
             d.alert_misconfigured(self.name, channel, error, now)
             return IDLE_SECONDS
         attempts = row.attempts + 1
-        wait = backoff(attempts)
+        wait = backoff(attempts, d.config().notify.retry_backoff_seconds)
         self.paused_until = mono + wait  # a down server is not hammered once per row
         self._write([row.id], attempts=attempts, next_attempt_at=now + wait, last_error=error)
         log.warning("channel %s: notification %s not sent (try %d, next in %gs): %s",
