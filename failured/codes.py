@@ -31,6 +31,8 @@ from .rules import check_type, pattern_problem, re2_options, read_toml
 TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
 MAX_SCAN_CHARS = 4000  # codes sit near the start of a message or its last lines
 _UNANCHORED = _re2.RE2.Anchor.UNANCHORED
+_VERBATIM = {"token", "keyed", "http", "smtp"}  # extractors whose values are substrings of the text
+MAX_NEEDLES = 16  # up to this many codes, a table first checks that one occurs in the text
 
 
 def _camel_to_upper_snake(name):
@@ -115,10 +117,11 @@ def extract_grpc(text):
 
 
 def extract_tokens(text):
-    for token in _TOKEN.findall(text):
-        yield token
-        if "." in token:  # "Throttling.User" is also a "Throttling"
-            yield token.split(".", 1)[0]
+    tokens = _TOKEN.findall(text)
+    if "." not in text:
+        return tokens
+    # "Throttling.User" is also a "Throttling"
+    return [value for token in tokens for value in ((token, token.split(".", 1)[0]) if "." in token else (token,))]
 
 
 EXTRACTORS = {
@@ -291,12 +294,40 @@ def _first_span(compiled, data):
 class CodeMatcher:
     """The compiled code stage of a snapshot: which table recognises a code in a message, first."""
 
-    def __init__(self, tables):
+    def __init__(self, tables, gate=True):
+        """``gate=False`` searches every ``when`` and ``texts`` on its own (same answers; tests compare the two)."""
         self.tables = tables
-        self._extract = [keyed_extractor(t.keys) if t.kind == "keyed" else EXTRACTORS[t.kind] for t in tables]
         self._when = [_raw_re2(t.when, t, "when") if t.when else None for t in tables]
         self._texts = [self._compile_texts(t) for t in tables]
-        self._gate = self._compile_gate(tables)
+        self._gate = self._compile_gate(tables) if gate else None
+        # Tables of the same kind (and keys) share one extraction per message; each table
+        # answers through ``found``: every spelling its extractor may yield whose alias
+        # target (or itself) is one of its codes -> that code.
+        extractors, plan = {}, []
+        for i, table in enumerate(tables):
+            source = ("keyed", table.keys) if table.kind == "keyed" else table.kind
+            if source not in extractors:
+                extractors[source] = (len(extractors),
+                                      keyed_extractor(table.keys) if table.kind == "keyed" else EXTRACTORS[table.kind])
+            found = {code: code for code in table.codes if code not in table.aliases}
+            found.update((alias, code) for alias, code in table.aliases.items() if code in table.codes)
+            # These extractors yield pieces of the text as they are: a table with a few
+            # codes cannot answer unless one of them occurs in the text.
+            needles = tuple(found) if table.kind in _VERBATIM and len(found) <= MAX_NEEDLES else None
+            plan.append((table, extractors[source][0], found, needles, self._when[i],
+                         self._gate[1][i] if self._gate is not None else -1, self._texts[i],
+                         self._gate[2][i] if self._gate is not None else -1))
+        self._extractors = [extract for _, extract in extractors.values()]
+        # A keyed extractor finds nothing unless one of its keys occurs in the text.
+        self._keys = [source[1] if isinstance(source, tuple) else None for source in extractors]
+        # Per extractor, every value some table of it knows: a message's values are
+        # filtered through it once (in order), and each table then looks through the few left.
+        self._known = [set() for _ in self._extractors]
+        for _, source, found, *_ in plan:
+            self._known[source].update(found)
+        self._plans = {early: tuple(entry for entry in plan if early is None or entry[0].early == early)
+                       for early in (None, True, False)}
+        self._last = None  # (text, data, gate hits, values) of the last message: its early and late lookups share them
 
     @staticmethod
     def _compile_gate(tables):
@@ -326,26 +357,35 @@ class CodeMatcher:
         the others, None in all.
         """
         text = text[:MAX_SCAN_CHARS] if len(text) <= 2 * MAX_SCAN_CHARS else text[:MAX_SCAN_CHARS] + text[-MAX_SCAN_CHARS:]
-        data = text.encode()  # what RE2 reads
-        hits = when_ids = text_ids = None
-        if self._gate is not None:
-            gate, when_ids, text_ids = self._gate
-            hits = set(gate.Match(data))
-        for i, (table, extract, when, texts) in enumerate(zip(self.tables, self._extract, self._when, self._texts)):
-            if early is not None and table.early != early:
-                continue
+        last = self._last
+        if last is not None and last[0] == text:
+            _, data, hits, extracted = last
+        else:
+            data = text.encode()  # what RE2 reads
+            hits = None
+            if self._gate is not None:
+                hits = frozenset(self._gate[0].Match(data))
+            extracted = [None] * len(self._extractors)  # filled as tables need them (same values whoever fills)
+            self._last = (text, data, hits, extracted)  # one reference swap: safe between threads
+        # when_id / text_id: the table's entries in the gate set, -1 where it has none (or no gate was built)
+        for table, source, found, needles, when, when_id, texts, text_id in self._plans[early]:
             if when is not None:
-                if hits is not None and when_ids[i] >= 0:
-                    if when_ids[i] not in hits:
+                if when_id >= 0:
+                    if when_id not in hits:
                         continue
                 elif _first_span(when, data) is None:
                     continue
-            for code in extract(text):
-                code = table.aliases.get(code, code)
-                category = table.codes.get(code)
-                if category is not None:
-                    return table, code, category
-            if texts is not None and (hits is None or text_ids[i] < 0 or text_ids[i] in hits):
+            if found and (needles is None or any(map(text.__contains__, needles))):
+                values = extracted[source]
+                if values is None:
+                    keys = self._keys[source]
+                    values = extracted[source] = [] if keys is not None and not any(map(text.__contains__, keys)) \
+                        else list(filter(self._known[source].__contains__, self._extractors[source](text)))
+                value = next(filter(found.__contains__, values), None) if values else None
+                if value is not None:
+                    code = found[value]
+                    return table, code, table.codes[code]
+            if texts is not None and (text_id < 0 or text_id in hits):
                 span = _first_span(texts[0], data)
                 if span is not None:
                     code = texts[1].get(data[span[0]:span[1]].decode(errors="replace").lower())

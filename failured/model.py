@@ -19,6 +19,7 @@ import math
 import random
 import re
 import zlib
+from array import array
 from dataclasses import dataclass
 
 BUCKETS = 1 << 18  # hashing keeps memory bounded: the corpus touches ~70k buckets
@@ -90,27 +91,34 @@ def _bucket(gram):
     return zlib.crc32(gram.encode()) % BUCKETS
 
 
+# The CRC of each feature kind's prefix, continued over the n-gram's bytes: the
+# same bucket as ``_bucket(prefix + gram)`` without building that string.
+_WORD_CRC, _BIGRAM_CRC, _CHAR_CRC, _CJK_CRC = (zlib.crc32(prefix) for prefix in (b"w:", b"b:", b"c:", b"z:"))
+
+
 # Words and Chinese runs recur from message to message: their buckets are
 # computed once per process (bounded caches, so memory stays bounded too).
 @functools.lru_cache(maxsize=1 << 16)
 def _word_bucket(word):
-    return _bucket("w:" + word)
+    return zlib.crc32(word.encode(), _WORD_CRC) % BUCKETS
 
 
 @functools.lru_cache(maxsize=1 << 17)
 def _bigram_bucket(first, second):
-    return _bucket("b:" + first + " " + second)
+    return zlib.crc32(f"{first} {second}".encode(), _BIGRAM_CRC) % BUCKETS
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _char_grams(word):
-    padded = f" {word} "
-    return frozenset(_bucket("c:" + padded[i:i + n]) for n in (3, 4) for i in range(len(padded) - n + 1))
+    padded = f" {word} ".encode()  # an ASCII word: its bytes are its characters
+    crc = zlib.crc32
+    return frozenset(crc(padded[i:i + n], _CHAR_CRC) % BUCKETS for n in (3, 4) for i in range(len(padded) - n + 1))
 
 
 @functools.lru_cache(maxsize=1 << 15)
 def _cjk_grams(run):
-    return frozenset(_bucket("z:" + run[i:i + n]) for n in (1, 2, 3) for i in range(len(run) - n + 1))
+    crc = zlib.crc32
+    return frozenset(crc(run[i:i + n].encode(), _CJK_CRC) % BUCKETS for n in (1, 2, 3) for i in range(len(run) - n + 1))
 
 
 def features(text):
@@ -122,10 +130,9 @@ def features(text):
     words = _WORD.findall(text)
     found.update(map(_word_bucket, words))
     found.update(map(_bigram_bucket, words, words[1:]))
-    for word in _ASCII_WORD.findall(text):  # 5-grams cost a third more and scored lower under grouped CV
-        found |= _char_grams(word)
-    for run in _CJK_RUN.findall(text):
-        found |= _cjk_grams(run)
+    # 5-grams cost a third more and scored lower under grouped CV
+    found.update(*map(_char_grams, _ASCII_WORD.findall(text)))
+    found.update(*map(_cjk_grams, _CJK_RUN.findall(text)))
     return found
 
 
@@ -143,18 +150,37 @@ class TextModel:
 
     def __init__(self, classes, weights, bias, likelihoods, prior, size):
         self.classes = classes  # tuple of category names
-        self._weights = weights  # logistic regression: bucket -> tuple of one weight per class
         self._bias = tuple(bias)
-        self._likelihoods = likelihoods  # naive Bayes: bucket -> tuple of log P(bucket | class)
         self._prior = tuple(prior)  # naive Bayes: log P(class)
         self._tempered_prior = tuple(p / NB_TEMPERATURE for p in prior)
         self.size = size  # training examples
+        # Both tables in one, indexed by bucket: the regression's weights then the naive
+        # Bayes log P(bucket | class), packed as doubles in one bytes object per bucket
+        # (b"" for a bucket neither table knows). A message's rows are joined into one
+        # buffer and each class summed over a strided view of it: no float objects are
+        # kept per bucket, and the sums add in the order of the buckets as before (a
+        # bucket one table lacks has 0.0 there, which leaves a sum exactly as it was).
+        width = len(classes)
+        zeros = (0.0,) * width
+        self._rows = [b""] * BUCKETS
+        self._known = tuple(dict.fromkeys([*weights, *likelihoods]))
+        for bucket in self._known:
+            if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
+                raise ValueError(f"bucket {bucket!r} out of range")
+            row = (*weights.get(bucket, zeros), *likelihoods.get(bucket, zeros))
+            if len(row) != 2 * width:
+                raise ValueError(f"bucket {bucket} has {len(row)} weights, not {2 * width}")
+            self._rows[bucket] = array("d", row).tobytes()
+        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
 
     def scores(self, text):
         """Each class's log-probability up to a constant: the mean of the two models' (softmax undoes the constant)."""
         buckets = features(text)
-        linear = _column_sums(self._weights, buckets, self._bias, 1.0 / math.sqrt(max(1, len(buckets))))
-        bayes = _column_sums(self._likelihoods, buckets, self._tempered_prior, 1.0 / NB_TEMPERATURE)
+        n = len(self.classes)
+        sums = _column_sums(self._rows, buckets, 2 * n)
+        scale = 1.0 / math.sqrt(max(1, len(buckets)))
+        linear = [b + scale * s for b, s in zip(self._bias, sums[:n])]
+        bayes = [b + (1.0 / NB_TEMPERATURE) * s for b, s in zip(self._tempered_prior, sums[n:])]
         return [(a + b) / 2 for a, b in zip(linear, bayes)]
 
     def probabilities(self, text):
@@ -165,12 +191,16 @@ class TextModel:
         """The most likely category and its confidence."""
         probs = self.probabilities(text)
         best = max(range(len(probs)), key=probs.__getitem__)
-        unknown = probs[self.classes.index("unknown")] if "unknown" in self.classes else 0.0
+        unknown = probs[self._unknown_index] if self._unknown_index is not None else 0.0
         return Prediction(self.classes[best], probs[best], unknown)
 
     def state(self):
         """Plain data for the model cache (``from_state`` rebuilds the model)."""
-        return self.classes, self._weights, self._bias, self._likelihoods, self._prior, self.size
+        n = len(self.classes)
+        rows = {bucket: tuple(memoryview(self._rows[bucket]).cast("d")) for bucket in self._known}
+        weights = {bucket: row[:n] for bucket, row in rows.items()}
+        likelihoods = {bucket: row[n:] for bucket, row in rows.items()}
+        return self.classes, weights, self._bias, likelihoods, self._prior, self.size
 
     @classmethod
     def from_state(cls, state):
@@ -178,12 +208,10 @@ class TextModel:
         return cls(tuple(classes), weights, bias, likelihoods, prior, size)
 
 
-def _column_sums(table, buckets, base, scale):
-    """``base[k] + scale * sum of table[b][k]`` over the buckets the table knows (an unknown bucket says nothing)."""
-    rows = [row for row in map(table.get, buckets) if row is not None]
-    if not rows:
-        return list(base)
-    return [b + scale * sum(column) for b, column in zip(base, zip(*rows))]
+def _column_sums(rows, buckets, width):
+    """Each of the ``width`` columns summed over the rows of ``buckets``, added in the order of ``buckets``."""
+    packed = memoryview(b"".join(map(rows.__getitem__, buckets))).cast("d")
+    return [sum(packed[k::width]) for k in range(width)]
 
 
 def _softmax(scores):

@@ -1,15 +1,23 @@
 """Code tables: each shipped table with real messages, operator extension, and check-config errors."""
 
+import functools
 import shutil
 from pathlib import Path
 
 import pytest
 
-from failured.classify import Classifier
 from failured import corpus
-from failured.codes import CodeMatcher, load_code_tables
+from failured.classify import Classifier
+from failured.codes import (
+    EXTRACTORS,
+    MAX_SCAN_CHARS,
+    CodeMatcher,
+    _texts_pattern,
+    keyed_extractor,
+    load_code_tables,
+)
 from failured.errors import ConfigErrors
-from failured.rules import load_ruleset
+from failured.rules import load_ruleset, re2_options
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -223,8 +231,47 @@ def test_when_and_texts_read_through_the_one_pass_gate(tmp_path):
 
 def test_the_gate_gives_the_same_answers_as_searching_each_table(codes_only):
     tables = codes_only.codes.tables
-    gated, plain = CodeMatcher(tables), CodeMatcher(tables)
-    plain._gate = None  # every "when" and "texts" searched on its own
+    gated, plain = CodeMatcher(tables), CodeMatcher(tables, gate=False)  # plain: every "when" and "texts" on its own
     messages = [m for _, _, _, m in corpus.read_corpus()]
     for early in (None, True, False):
         assert [gated.match(m, early) for m in messages] == [plain.match(m, early) for m in messages]
+
+
+@functools.cache
+def _re2_search(pattern):
+    import re2
+
+    return re2.compile(pattern, re2_options()).search
+
+
+def _reference_match(tables, text, early=None):
+    """The code stage written plainly: each table extracts on its own and resolves each value's alias."""
+    if len(text) > 2 * MAX_SCAN_CHARS:
+        text = text[:MAX_SCAN_CHARS] + text[-MAX_SCAN_CHARS:]
+    else:
+        text = text[:MAX_SCAN_CHARS]
+    for table in tables:
+        if early is not None and table.early != early:
+            continue
+        if table.when and _re2_search(table.when)(text) is None:
+            continue
+        extract = keyed_extractor(table.keys) if table.kind == "keyed" else EXTRACTORS[table.kind]
+        for value in extract(text):
+            code = table.aliases.get(value, value)
+            if code in table.codes:
+                return table.name, code, table.codes[code]
+        if table.texts:
+            found = _re2_search(_texts_pattern(table))(text)
+            lowered = {phrase.lower(): code for phrase, code in table.texts.items()}
+            if found is not None and found.group(0).lower() in lowered:
+                code = lowered[found.group(0).lower()]
+                return table.name, code, table.codes[code]
+    return None
+
+
+def test_shared_extraction_answers_as_each_table_searching_on_its_own(codes_only):
+    tables = codes_only.codes.tables
+    matcher = CodeMatcher(tables)
+    messages = [f"{e}: {m}" if e else m for _, e, _, m in corpus.read_corpus()]  # as classify passes them
+    got = [matcher.match(m) for m in messages]
+    assert [hit and (hit[0].name, hit[1], hit[2]) for hit in got] == [_reference_match(tables, m) for m in messages]

@@ -153,3 +153,26 @@ def test_model_carries_its_guard_against_programming_errors():
     trained = learner.train(TOY + [("unknown", "NullPointerException at Foo.bar")] * 3)
     assert trained.max_unknown == learner.MAX_UNKNOWN and 0 < trained.max_unknown < 1
     assert trained.predict("NullPointerException at Baz.qux").unknown > trained.max_unknown
+
+
+def _reference_scores(fitted, text):
+    """The model's scores written plainly from its state: each table's rows summed column by column."""
+    classes, weights, bias, likelihoods, prior, _ = fitted.state()
+    buckets = learner.features(text)
+    sums = []
+    for table in (weights, likelihoods):
+        rows = [table[b] for b in buckets if b in table]
+        sums.append([sum(row[k] for row in rows) for k in range(len(classes))])
+    scale = 1.0 / (max(1, len(buckets)) ** 0.5)
+    linear = [b + scale * s for b, s in zip(bias, sums[0])]
+    bayes = [p / learner.NB_TEMPERATURE + (1.0 / learner.NB_TEMPERATURE) * s for p, s in zip(prior, sums[1])]
+    return [(a + b) / 2 for a, b in zip(linear, bayes)]
+
+
+def test_packed_rows_score_exactly_as_the_plain_sums():
+    examples = TOY + [("unknown", "NullPointerException at Foo.bar"), ("unknown", "无法连接 数据库")] * 3
+    fitted = learner.train(examples)
+    texts = [text for _, text in examples] + ["", "never seen words", "socket reset 无法连接", "x" * 3000]
+    for text in texts:
+        assert fitted.scores(text) == _reference_scores(fitted, text)  # same additions in the same order
+    assert learner.TextModel.from_state(fitted.state()).state() == fitted.state()
