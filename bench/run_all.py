@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["classify.py", "intake.py", "retry_timer.py", "reaction.py", "flood.py", "notify_burst.py", "analysis.py",
-           "startup.py", "api_ingest.py"]
+BENCHES = ["classify.py", "generalize.py", "intake.py", "retry_timer.py", "reaction.py", "flood.py", "notify_burst.py",
+           "analysis.py", "startup.py", "api_ingest.py", "console.py",
+           # These need the local services: Redis (the Celery round trip) and PostgreSQL.
+           "celery_roundtrip.py", "intake_postgres.py", "analysis_postgres.py", "migrate_store.py"]
 
 
 def main():

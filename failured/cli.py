@@ -40,11 +40,13 @@ def cmd_classify(args, settings):
     snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
     classifier = snapshot.classifier
     if args.message == "-":
+        encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # one encoder, not one per line
+        write = sys.stdout.write  # block-buffered when piped: one write per line, flushed in large blocks
         for line in sys.stdin:
             message = line.rstrip("\n")
             if message:
                 result = classifier.classify(message, args.error_type, args.type)
-                _print_json(result.to_dict()) if args.json else print(f"{result.category}\t{message}")
+                write(encode(result.to_dict()) + "\n" if args.json else f"{result.category}\t{message}\n")
         return EXIT_OK
     result = classifier.classify(args.message, args.error_type, args.type)
     if args.json:
@@ -276,6 +278,34 @@ def cmd_status(args, settings):
     return EXIT_OK if data["healthy"] else EXIT_FAILED
 
 
+def cmd_migrate_store(args, settings):
+    def progress(table, rows):
+        print(f"copying {table}: {rows} rows", file=sys.stderr)
+
+    result = commands.migrate_store(settings, args.to, args.source, progress)
+    setting = f"FAILURE_DB={result.target}"
+    if args.json:
+        _print_json({"source": result.source, "target": result.target, "tables": result.tables,
+                     "late": result.late, "seconds": round(result.seconds, 3), "environment": setting})
+    else:
+        print(f"copied {result.source} into {result.target} in {result.seconds:.1f} s "
+              "(one transaction, row counts verified):")
+        for table, copied in result.tables.items():
+            print(f"  {table:<16} {copied['rows']:>10}" + ("  (rebuilt)" if copied["how"] == "rebuilt" else ""))
+        print("next: give the daemon and every reporter this FAILURE_DB, e.g. in /etc/failured/failured.env\n"
+              "(the unit's EnvironmentFile= wins over its Environment= line; the password is shown as ***:\n"
+              "write the real one there, or keep it in the service user's ~/.pgpass):\n"
+              f"  {setting}\n"
+              "then: sudo systemctl restart failured. The SQLite file is left as it was: keep it as a backup.")
+    if result.late:
+        late = ", ".join(f"{table} {rows:+d}" for table, rows in result.late.items())
+        print(f"failured migrate-store: warning: the SQLite database changed during the copy ({late} rows), "
+              "written by reporters after the snapshot and not copied: report them again into PostgreSQL, "
+              "or empty it and run migrate-store again with the reporters stopped", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
 
@@ -284,7 +314,7 @@ COMMANDS = {
     "report": cmd_report, "exec": cmd_exec, "classify": cmd_classify, "list": cmd_list, "show": cmd_show, "recover": cmd_recover,
     "requeue": cmd_requeue, "resolve": cmd_resolve, "label": cmd_label, "labels": cmd_labels, "status": cmd_status, "scan": cmd_scan,
     "analyze": cmd_analyze, "check-config": cmd_check_config, "notify-test": cmd_notify_test,
-    "init": cmd_init, "run": cmd_run,
+    "init": cmd_init, "migrate-store": cmd_migrate_store, "run": cmd_run,
 }
 
 

@@ -209,8 +209,23 @@ def _init(sub):
     p.add_argument("--force", action="store_true", help="overwrite the shipped files in a directory that is not empty")
 
 
+def _migrate_store(sub):
+    p = _add(sub, "migrate-store", "copy the SQLite database into an empty PostgreSQL database", _examples(
+        "failured migrate-store --to postgresql://failured@db.internal/failured",
+        "PGPASSWORD=... failured migrate-store --from /var/lib/failured/failured.db --to postgresql://failured@db/failured"),
+        description="Copy every table of the SQLite database (FAILURE_DB, or --from) into an empty PostgreSQL "
+                    "database, ids kept, in one transaction; verify the row counts and print the FAILURE_DB "
+                    "to set in the daemon's environment. Stop the daemon first: a running one is refused. "
+                    "Exit 2 (nothing copied) on a source or target that cannot be used.")
+    p.add_argument("--to", required=True, metavar="URL",
+                   help="the empty PostgreSQL database to copy into, postgresql://USER@HOST[:PORT]/DB "
+                        "(a password is better in PGPASSWORD or ~/.pgpass than on the command line)")
+    p.add_argument("--from", dest="source", metavar="PATH", help="the SQLite database to copy (default: FAILURE_DB)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
 SUBCOMMANDS = (_report, _exec, _classify, _list, _show, _recover, _requeue, _resolve, _label, _labels, _status, _scan, _analyze,
-               _check_config, _notify_test, _init, _run)
+               _check_config, _notify_test, _init, _migrate_store, _run)
 
 
 def build_parser():

@@ -130,6 +130,13 @@ def manual_advice(task, handler_now):
     return {"why": why, "what_to_do": todo}
 
 
+def migrate_store(settings, target_url, source=None, progress=None):
+    """Copy the SQLite database (``source``, default FAILURE_DB) into the empty PostgreSQL ``target_url``."""
+    from .store.migrate import migrate
+
+    return migrate(source or settings.db, target_url, progress=progress)
+
+
 def check_writable_dirs(settings):
     """``failured run`` refuses to start when it cannot write its log or report directory (exit 2)."""
     for variable, directory in (("FAILURE_LOG_DIR", settings.log_dir), ("FAILURE_REPORT_DIR", settings.report_dir)):

@@ -33,7 +33,7 @@ from .thresholds import alert_breaches
 from .queue import RetryQueue, Runner
 from .report_html import render_html
 from .sdnotify import Notifier
-from .store import DISK_FLOOR_BYTES, StoreUnavailableError, open_store
+from .store import DISK_FLOOR_BYTES, StoreUnavailableError, aggregates, open_store
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -249,6 +249,7 @@ class Daemon:
         try:
             self._check_free_space()
             self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+            aggregates.compact_counters(self.store)  # PostgreSQL's counter deltas; nothing on SQLite
             self._disk_ok()
             self._retrain_on_new_labels()
         except StoreFullError as exc:

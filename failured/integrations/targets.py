@@ -18,11 +18,10 @@ from functools import partial
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from urllib.parse import urlsplit
 
-import peewee as pw
-
 from .. import intake
 from ..errors import FailuredError, InputError, RefusedError
-from ..store import PRAGMAS, Store
+from ..store import PRAGMAS, Store, is_url, mask_url, open_store
+from ..store._peewee import pw  # without psycopg: a worker on SQLite never loads it
 from .spool import REJECTED, SENT
 
 log = logging.getLogger(__name__)
@@ -172,21 +171,32 @@ def _detail(data, text):
 
 
 class StoreTarget:
-    """The SQLite store itself, for workers on the daemon's machine (they share ``FAILURE_DB``).
+    """The store itself, for workers that reach the daemon's database (they share ``FAILURE_DB``):
+    a SQLite file on the daemon's machine, or a ``postgresql://`` URL.
 
-    A write waits at most ``timeout`` for SQLite's lock (not the daemon's usual 30 s):
+    On SQLite a write waits at most ``timeout`` for the lock (not the daemon's usual 30 s):
     the worker must not be held up; a write that gave up was rolled back, so spooling
     it and sending it again later cannot double it. A batch is one transaction.
+    A URL's password never shows: ``describe()`` and every error name ``mask_url(...)``.
     """
 
     batch = 200
 
     def __init__(self, db_path, timeout=2.0):
-        self.path = str(db_path)
+        self._location = str(db_path)
+        self.path = mask_url(self._location)  # what messages show
         self.timeout = timeout
         self._store = None
         self._pid = None
         self._lock = threading.Lock()
+        self._errors = (FailuredError, pw.DatabaseError, OSError)
+        if is_url(self._location):
+            try:
+                import psycopg  # its errors come straight from the cursors of some of the store's writes
+            except ImportError:
+                pass  # opening says so, as a DeliveryError
+            else:
+                self._errors += (psycopg.Error,)
 
     def describe(self):
         return self.path
@@ -194,23 +204,35 @@ class StoreTarget:
     def store(self):
         with self._lock:
             if self._store is None or self._pid != os.getpid():
-                store = Store(self.path)
-                pragmas = [(k, int(self.timeout * 1000) if k == "busy_timeout" else v) for k, v in PRAGMAS]
-                store.db.init(self.path, pragmas=pragmas, timeout=self.timeout, check_same_thread=False)
-                store.open(create=False)  # a missing database is an error: the daemon creates it
-                self._store, self._pid = store, os.getpid()
+                self._store, self._pid = self._opened(), os.getpid()
             return self._store
+
+    def _opened(self):
+        """The store, opened without creating it (a missing database is an error: the daemon creates it)."""
+        if is_url(self._location):
+            return open_store(self._location, create=False)
+        store = Store(self._location)
+        pragmas = [(k, int(self.timeout * 1000) if k == "busy_timeout" else v) for k, v in PRAGMAS]
+        store.db.init(self._location, pragmas=pragmas, timeout=self.timeout, check_same_thread=False)
+        return store.open(create=False)
+
+    def _error(self, exc, permanent=False):
+        """A DeliveryError naming the masked location, the password taken out of the driver's words too."""
+        text, password = str(exc), urlsplit(self._location).password if is_url(self._location) else None
+        if password:
+            text = text.replace(password, "***")
+        return DeliveryError(f"{self.path}: {mask_url(text)}", permanent)
 
     def _open(self):
         try:
             return self.store()  # a missing or unreadable database: not yet, rather than never
-        except (FailuredError, pw.DatabaseError, OSError) as exc:
-            raise DeliveryError(f"{self.path}: {exc}") from None
+        except self._errors as exc:
+            raise self._error(exc) from None
 
     def _failed(self, exc):
         with self._lock:
             self._store = None  # reopen next time: the file may have been replaced
-        return DeliveryError(f"{self.path}: {exc}")
+        return self._error(exc)
 
     @staticmethod
     def _write(store, record):
@@ -226,8 +248,8 @@ class StoreTarget:
         try:
             return self._write(store, record)
         except InputError as exc:
-            raise DeliveryError(f"{self.path}: {exc}", permanent=True) from None
-        except (FailuredError, pw.DatabaseError, OSError) as exc:
+            raise self._error(exc, permanent=True) from None
+        except self._errors as exc:
             raise self._failed(exc) from None
 
     def send_many(self, records):
@@ -249,6 +271,6 @@ class StoreTarget:
                         outcomes.append(SENT)
                     except InputError as exc:
                         outcomes.append(_refused(record, exc))
-        except (FailuredError, pw.DatabaseError, OSError) as exc:
+        except self._errors as exc:
             return [], self._failed(exc)
         return outcomes, None

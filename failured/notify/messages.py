@@ -110,6 +110,15 @@ def _counts(values):
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _query_command(db_path):
+    """The shell command that queries the database: sqlite3 on a file; psql on a URL (shown masked, quoted:
+    a URL may carry ``?`` and ``&``)."""
+    location = str(db_path)
+    if location.startswith(("postgresql://", "postgres://")):
+        return f"psql '{location}' -c"
+    return f"sqlite3 {location}"
+
+
 def digest_message(lang, rows, entries, db_path, digest_id):
     """One summary of many notifications: counts by category and task type, the first few, where the rest are."""
     words = TEXTS[lang]
@@ -120,7 +129,7 @@ def digest_message(lang, rows, entries, db_path, digest_id):
     lines += [f"- {name}: {count}" for name, count in _counts(row.task_type for row in rows)]
     lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
     lines += [f"- {shorten(row.title, 120)}" for row in rows[:entries]]
-    lines += ["", f"{words['see_rest']}: `sqlite3 {db_path} \"SELECT task_id, title FROM notifications "
+    lines += ["", f"{words['see_rest']}: `{_query_command(db_path)} \"SELECT task_id, title FROM notifications "
                   f"WHERE merged_into = {digest_id}\"`"]
     return title, "\n".join(lines)
 

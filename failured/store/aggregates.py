@@ -5,6 +5,7 @@ failures aggregate in seconds. Times come back as epoch seconds.
 """
 
 from ..states import BreakerState, NotificationStatus, TaskStatus
+from .counters import hour_key, recovery_ended
 from .schema import epoch
 
 RECOVERED, NEW, SCHEDULED = TaskStatus.RECOVERED, TaskStatus.NEW, TaskStatus.SCHEDULED
@@ -150,8 +151,105 @@ def unknown_count(store, since):
 # -- status and metrics -------------------------------------------------------------------
 
 def tasks_by_status(store):
-    """[(status, category or '-', count)]."""
-    return store.rows("SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2")
+    """[(status, category or '-', count)], from the counters (a few dozen rows whatever the table holds)."""
+    return store.rows("SELECT status, category, sum(count) FROM task_counts GROUP BY 1, 2 HAVING sum(count) > 0")
+
+
+def failures_by_hour(store, start_hour):
+    """[(hour 'YYYY-MM-DD HH', category or 'unclassified', count)] of tasks reported from ``start_hour`` on."""
+    return store.rows("SELECT hour, category, sum(count) FROM failure_counts WHERE hour >= ? GROUP BY 1, 2"
+                      " HAVING sum(count) > 0", start_hour)
+
+
+_RECOVERY_GROUPS = (
+    "{insert}SELECT {hour}, category, count(*), sum(CASE WHEN status = '{recovered}' THEN 1 ELSE 0 END),"
+    " sum(CASE WHEN status = '{recovered}' THEN attempts ELSE 0 END) FROM tasks AS t WHERE {ended} GROUP BY 1, 2")
+
+
+def recoveries_since(store, start_hour, category_prefix):
+    """[(category, recovered, ended, retries of the recovered)] of tasks of the categories starting with
+    ``category_prefix`` whose retries ended from ``start_hour`` ('YYYY-MM-DD HH') on, from recovery_counts."""
+    return store.rows("SELECT category, sum(recovered), sum(ended), sum(retries) FROM recovery_counts"
+                      " WHERE hour >= ? AND category LIKE ? GROUP BY category ORDER BY 1", start_hour,
+                      category_prefix + "%")
+
+
+def failures_since(store, start):
+    """{category or 'unclassified': tasks reported from the hour ``start`` (epoch) falls in}, from failure_counts."""
+    totals = {}
+    for _, category, count in failures_by_hour(store, store.time(start)[:13]):
+        totals[category] = totals.get(category, 0) + count
+    return totals
+
+
+_COMPACT = {"task_counts": ("status, category", "sum(count)", "sum(count)"),
+            "failure_counts": ("hour, category", "sum(count)", "sum(count)"),
+            "recovery_counts": ("hour, category", "sum(ended), sum(recovered), sum(retries)", "sum(ended)")}
+_COMPACT_COLUMNS = {"task_counts": "count", "failure_counts": "count", "recovery_counts": "ended, recovered, retries"}
+
+
+def compact_counters(store):
+    """PostgreSQL: fold the counters' delta rows into one row a key (readers sum either way; this keeps what
+    they sum small). Safe beside writers and other compactions: a statement only folds the rows it deleted.
+    Nothing to do on SQLite, whose triggers update one row a key in place. Returns the rows folded."""
+    if store.dialect == "sqlite":
+        return 0
+    folded = 0
+    with store.transaction():
+        if not store.scalar("SELECT pg_try_advisory_xact_lock(hashtext('failured counters'),"
+                            " hashtext(current_schema()))"):
+            return 0  # another session is folding them right now
+        for table, (key, sums, having) in _COMPACT.items():
+            folded += store.scalar(f"""
+                WITH gone AS (DELETE FROM {table} RETURNING *),
+                     kept AS (INSERT INTO {table} ({key}, {_COMPACT_COLUMNS[table]})
+                              SELECT {key}, {sums} FROM gone GROUP BY 1, 2 HAVING {having} != 0)
+                SELECT count(*) FROM gone""")
+    return folded
+
+
+def rebuild_counters(store):
+    """Refill task_counts and failure_counts from the tasks (the migration that creates them, and
+    ``migrate-store`` after a copy). The triggers keep them exact from then on."""
+    with store.transaction():
+        store.execute("DELETE FROM task_counts")
+        store.execute("DELETE FROM failure_counts")
+        store.execute("INSERT INTO task_counts (status, category, count)"
+                      " SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2")
+        hour = hour_key(store.dialect, "created_at")
+        store.execute(f"INSERT INTO failure_counts (hour, category, count)"
+                      f" SELECT {hour}, coalesce(category, 'unclassified'), count(*) FROM tasks GROUP BY 1, 2")
+        store.execute("DELETE FROM recovery_counts")
+        store.execute(_recovery_groups(store, hour_key(store.dialect, "finished_at"),
+                                       "INSERT INTO recovery_counts (hour, category, ended, recovered, retries) "))
+
+
+def counter_drift(store):
+    """[(what, key..., counted, actual)] where a counter differs from a GROUP BY of the tasks (empty: exact)."""
+    drift = []
+    counted = {(s, c): n for s, c, n in tasks_by_status(store)}
+    actual = {(s, c): n for s, c, n in store.rows(
+        "SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2")}
+    drift += [("status", *key, counted.get(key), actual.get(key)) for key in sorted(set(counted) | set(actual))
+              if counted.get(key) != actual.get(key)]
+    hour = hour_key(store.dialect, "created_at")
+    counted = {(h, c): n for h, c, n in failures_by_hour(store, "")}
+    actual = {(h, c): n for h, c, n in store.rows(
+        f"SELECT {hour}, coalesce(category, 'unclassified'), count(*) FROM tasks GROUP BY 1, 2")}
+    drift += [("hour", *key, counted.get(key), actual.get(key)) for key in sorted(set(counted) | set(actual))
+              if counted.get(key) != actual.get(key)]
+    counted = {(h, c): (e, r, n) for h, c, e, r, n in store.rows(
+        "SELECT hour, category, sum(ended), sum(recovered), sum(retries) FROM recovery_counts GROUP BY 1, 2"
+        " HAVING sum(ended) != 0")}
+    actual = {(h, c): (e, r, n) for h, c, e, r, n in store.rows(
+        _recovery_groups(store, hour_key(store.dialect, "finished_at"), ""))}
+    drift += [("recovery", *key, counted.get(key), actual.get(key)) for key in sorted(set(counted) | set(actual))
+              if counted.get(key) != actual.get(key)]
+    return drift
+
+
+def _recovery_groups(store, hour, insert):
+    return _RECOVERY_GROUPS.format(hour=hour, insert=insert, recovered=RECOVERED, ended=recovery_ended("t"))
 
 
 def next_retries(store, limit):

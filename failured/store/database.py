@@ -18,7 +18,8 @@ from pathlib import Path
 from ..clock import to_db_time
 from ..errors import InputError, StoreError, StoreFullError
 from ._peewee import Psycopg3Adapter, pw
-from .schema import MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo, views
+from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo,
+                     create_counters, views)
 
 # Below this much free space SQLite's next page or WAL frame may not fit: the daemon treats
 # the disk as full before a write fails half-way, and `status` says so.
@@ -345,6 +346,7 @@ class Store:
                 )
             if version == 0:
                 self.create_tables(MODELS)
+                create_counters(self)  # the triggers that keep task_counts and failure_counts
             else:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[step]:

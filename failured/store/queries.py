@@ -4,6 +4,9 @@ Without ``store`` these reach the store opened last (the older callers' way); wi
 """
 
 
+import time
+
+from . import aggregates
 from ._peewee import pw
 from .schema import Task
 
@@ -57,16 +60,15 @@ def list_tasks(statuses=(), categories=(), task_types=(), since_at=None, grep=No
     return list(_bound(query.order_by(Task.id.desc()).limit(limit), store).dicts())
 
 
-def failures_by_period(start, width, store=None):
-    """[(period, category, count)] of tasks created since ``start`` (epoch), per hour (width 13) or day (10)."""
-    if _dialect(store) == "sqlite":
-        period = pw.fn.substr(Task.created_at, 1, width)
-    else:
-        period = pw.fn.to_char(pw.SQL("created_at AT TIME ZONE 'UTC'"),
-                               "YYYY-MM-DD HH24" if width >= 13 else "YYYY-MM-DD")
-    category = pw.fn.coalesce(Task.category, "unclassified")
-    return list(_bound(Task.select(period, category, pw.fn.COUNT(Task.id)).where(Task.created_at >= start)
-                       .group_by(period, category), store).tuples())
+def failures_by_period(start, width, store):
+    """[(period, category, count)] of tasks created since ``start`` (epoch, on an hour), per hour (width 13)
+    or day (10): summed from failure_counts (hours x categories rows, whatever the table holds)."""
+    start_hour = time.strftime("%Y-%m-%d %H", time.gmtime(start))
+    found = {}
+    for hour, category, count in aggregates.failures_by_hour(store, start_hour):
+        key = (hour[:width], category)
+        found[key] = found.get(key, 0) + count
+    return [(period, category, count) for (period, category), count in found.items()]
 
 
 def unknown_groups(start, limit=20, store=None):
@@ -78,8 +80,8 @@ def unknown_groups(start, limit=20, store=None):
                        store).tuples())
 
 
-def fingerprint_samples(fingerprint, limit=3, scan=500, store=None):
-    """(template, [distinct newest messages]) of one fingerprint."""
+def fingerprint_samples(fingerprint, limit=3, scan=100, store=None):
+    """(template, [distinct newest messages]) of one fingerprint, among its ``scan`` newest tasks."""
     rows = list(_bound(Task.select(Task.error_template, Task.error_message).where(Task.fingerprint == fingerprint)
                        .order_by(Task.id.desc()).limit(scan), store).tuples())
     samples = list(dict.fromkeys(message for _, message in rows))[:limit]
@@ -87,10 +89,12 @@ def fingerprint_samples(fingerprint, limit=3, scan=500, store=None):
 
 
 def recent_messages(start, unknown, limit, store=None):
-    """[(id, task_type, category, error text)] created since ``start``, newest first: the
-    ``unknown`` ones, or (``unknown`` False) the classified ones."""
+    """[(id, task_type, category, error text)] created since ``start``, newest first, at most ``limit``: the
+    ``unknown`` ones (read newest first through the (category, created_at) index), or (``unknown`` False)
+    the classified ones."""
     query = Task.select(Task.id, Task.task_type, Task.category, Task.error_message).where(Task.created_at >= start)
-    query = query.where(Task.category == "unknown") if unknown else query.where(
-        Task.category.is_null(False), Task.category != "unknown")
-    return list(_bound(query.order_by(Task.id.desc()).limit(limit), store).tuples())
-
+    if unknown:
+        query = query.where(Task.category == "unknown").order_by(Task.created_at.desc(), Task.id.desc())
+    else:
+        query = query.where(Task.category.is_null(False), Task.category != "unknown").order_by(Task.id.desc())
+    return list(_bound(query.limit(limit), store).tuples())

@@ -7,14 +7,14 @@ epoch floats either way (``UtcTimeField`` and ``epoch`` convert).
 
 from datetime import datetime
 
-
 from ..clock import from_db_time, to_db_time
 from ..states import OPEN_STATUSES, BreakerState, NotificationStatus, TaskStatus, sql_list
 from ._peewee import pw
+from .counters import analyze_index, create_counters
 
 # The version is kept in the schema_info table, which both stores have; SQLite keeps it in
 # PRAGMA user_version too (where failured has always read it there).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TIME_TYPE = "UTCTIME"  # the field type of UtcTimeField; each store maps it (see database.FIELD_TYPES)
 
 
@@ -77,7 +77,8 @@ class Task(BaseModel):
             (("status", "next_retry_at"), False),
             # Covering index for reports: a period's aggregates never touch the wide rows.
             (("created_at", "category", "task_type", "status", "fingerprint", "attempts", "finished_at"), False),
-            (("category", "created_at"), False),
+            # The console's unknown errors of the last days: an index-only group by fingerprint.
+            (("category", "created_at", "fingerprint"), False),
             (("task_type", "created_at"), False),
             (("fingerprint",), False),
             # Recovery rate over tasks that finished in a window (reports and thresholds).
@@ -185,7 +186,57 @@ class SchemaInfo(BaseModel):
         table_name = "schema_info"
 
 
-MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState, Label, SchemaInfo)
+class TaskCount(BaseModel):
+    """Tasks per status and category now (category '-' before the task is classified).
+
+    Kept exact by triggers on tasks (see ``counter_triggers``), in the same transaction as the write that
+    changes a task: the console and ``failured status`` read a few rows, not the table.
+    """
+
+    status = pw.TextField()
+    category = pw.TextField()
+    count = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "task_counts"
+        derived = True  # rebuilt from the tasks, never copied (aggregates.rebuild_counters)
+        primary_key = pw.CompositeKey("status", "category")
+
+
+class FailureCount(BaseModel):
+    """Tasks per hour they were reported ('YYYY-MM-DD HH' UTC) and their category now ('unclassified' before
+    the task is classified). Kept by the same triggers; a day is the sum of its hours."""
+
+    hour = pw.TextField()
+    category = pw.TextField()
+    count = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "failure_counts"
+        derived = True  # rebuilt from the tasks, never copied (aggregates.rebuild_counters)
+        primary_key = pw.CompositeKey("hour", "category")
+
+
+class RecoveryCount(BaseModel):
+    """Tasks whose retries ended (a final status, at least one retry run) per hour of ``finished_at`` and
+    category: how many, how many recovered, and the retries the recovered ones took. The recovery rate of
+    the last days reads these rows (kept by the same triggers) instead of every task that finished."""
+
+    hour = pw.TextField()
+    category = pw.TextField()
+    ended = pw.IntegerField(default=0)
+    recovered = pw.IntegerField(default=0)
+    retries = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "recovery_counts"
+        derived = True  # rebuilt from the tasks, never copied (aggregates.rebuild_counters)
+        primary_key = pw.CompositeKey("hour", "category")
+
+
+MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState, Label, SchemaInfo, TaskCount, FailureCount,
+          RecoveryCount)
+COUNTERS = (TaskCount, FailureCount, RecoveryCount)
 
 _SCHEDULED, _RECOVERED = f"'{TaskStatus.SCHEDULED}'", f"'{TaskStatus.RECOVERED}'"
 
@@ -222,4 +273,9 @@ MIGRATIONS = {
     2: [lambda store: store.create_tables([Label]),
         'CREATE INDEX IF NOT EXISTS "tasks_finished_at_category_status_attempts_created_at" '
         'ON "tasks" ("finished_at", "category", "status", "attempts", "created_at")'],
+    3: [create_counters,
+        ('CREATE INDEX IF NOT EXISTS "tasks_category_created_at_fingerprint" '
+         'ON "tasks" ("category", "created_at", "fingerprint")'),
+        'DROP INDEX IF EXISTS "tasks_category_created_at"',
+        lambda store: analyze_index(store, "tasks_category_created_at_fingerprint")],
 }

@@ -3,8 +3,9 @@
 import time
 
 from .. import store as store_module
+from ..store import aggregates
 from ..suggest import suggest
-from ..thresholds import recovery_by_category, recovery_total
+from ..thresholds import RECOVERABLE_PREFIX, Recovery, recovery_total
 
 HOUR, DAY = 3600, 86400
 UNKNOWN_TEMPLATES = 20
@@ -29,8 +30,11 @@ def failure_series(store, now, count, seconds, width):
 
 
 def recovery_rate(store, now, days=7):
-    """The recovery rate over retries that ended in the last ``days`` (None when none ended)."""
-    by_category = recovery_by_category(store, now - days * DAY, now)
+    """The recovery rate over retries that ended in the last ``days`` (from the hour that began
+    ``days`` ago), read from the recovery counters; None when none ended."""
+    start_hour = time.strftime("%Y-%m-%d %H", time.gmtime(now - days * DAY))
+    rows = aggregates.recoveries_since(store, start_hour, RECOVERABLE_PREFIX)
+    by_category = {category: Recovery(recovered, ended, retries or 0) for category, recovered, ended, retries in rows}
     return recovery_total(by_category).rate_percent
 
 

@@ -276,10 +276,22 @@ def _bench_result(t, session, bench, days, result, writes_enabled):
             f'<input type="hidden" name="days" value="{days}">'
             f'<button type="submit" id="save">{e(t["save"])}</button></form>') if writes_enabled else \
         f'<p class="none">{e(t["writes_off"])}</p>'
+    def notes(shown, count, scanned, total):
+        found = []
+        if count > len(shown):
+            found.append(t["first_of"].format(n=len(shown), total=count))
+        if total > scanned:
+            found.append(t["scanned_of"].format(n=scanned, total=total, days=days))
+        return f'<p class="none">{e("; ".join(found))}</p>' if found else ""
+
     return (f'<div id="bench-result"><h3>{e(t["would_match"])}: <span id="matched-count">{result["matched_count"]}'
-            f'</span> / {result["unknown_count"]}</h3>{table(heads, rows(result["matched"]), "matched")}'
+            f'</span> / {result["unknown_count"]}</h3>'
+            + notes(result["matched"], result["matched_count"], result["unknown_count"], result["unknown_total"])
+            + f'{table(heads, rows(result["matched"]), "matched")}'
             f'<h3>{e(t["would_steal"])}: <span id="stolen-count">{result["stolen_count"]}</span> / '
-            f'{result["classified_count"]}</h3>{table(heads, rows(result["stolen"]), "stolen")}{save}</div>')
+            f'{result["classified_count"]}</h3>'
+            + notes(result["stolen"], result["stolen_count"], result["classified_count"], result["classified_total"])
+            + f'{table(heads, rows(result["stolen"]), "stolen")}{save}</div>')
 
 
 # -- notifications ----------------------------------------------------------------------

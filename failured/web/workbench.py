@@ -21,7 +21,8 @@ from ..errors import ConfigErrors, InputError, RefusedError
 from ..rules import UNKNOWN, pattern_problem, re2_options
 
 DAY = 86400
-SCANNED = 5000  # newest unknown and classified messages a preview looks at
+SCANNED = 2000  # newest unknown and classified messages a preview looks at (the page says when there are more)
+UNCLASSIFIED = "unclassified"  # failure_counts' word for a task not yet classified
 SHOWN = 20
 MAX_DAYS = 90
 
@@ -47,8 +48,13 @@ def preview(store, pattern, category, days, now):
     classified = store_module.recent_messages(start, False, SCANNED, store=store)
     matched = [row for row in unknown if compiled.search(row[3])]
     stolen = [row for row in classified if row[2] != category and compiled.search(row[3])]
+    totals = store_module.aggregates.failures_since(store, start)
+    unknown_total = totals.get(UNKNOWN, 0)
+    classified_total = sum(n for name, n in totals.items() if name not in (UNKNOWN, UNCLASSIFIED))
+    # The totals count from the hour ``start`` falls in: never say fewer than were scanned.
     return {"problem": None, "matched": matched[:SHOWN], "matched_count": len(matched), "unknown_count": len(unknown),
-            "stolen": stolen[:SHOWN], "stolen_count": len(stolen), "classified_count": len(classified)}
+            "stolen": stolen[:SHOWN], "stolen_count": len(stolen), "classified_count": len(classified),
+            "unknown_total": max(unknown_total, len(unknown)), "classified_total": max(classified_total, len(classified))}
 
 
 def file_text(category, pattern, now):
