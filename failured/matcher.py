@@ -27,7 +27,7 @@ from pathlib import Path
 
 import re2
 
-from .modelcache import cache_dir as model_cache_dir
+from .modelcache import cache_dir as model_cache_dir, touch
 from .rules import re2_options
 
 try:  # an optional speed-up: RE2 alone gives the same answers
@@ -166,6 +166,7 @@ class PatternSet:
             refused = [(int(index), str(reason)) for index, reason in json.loads(header)]
             database = hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK)
             self._serve(database, refused)
+            touch(path)
             return True
         except (OSError, ValueError, TypeError, hyperscan.error) as exc:
             log.info("compiled pattern database not usable, compiling again: %s", exc)
@@ -241,7 +242,7 @@ class PatternSet:
                 handle.write(blob)
             os.replace(handle.name, path)
             old = sorted(path.parent.glob("patterns-*.hs"), key=lambda p: p.stat().st_mtime, reverse=True)
-            for stale in old[KEEP_DATABASES:]:
+            for stale in old[KEEP_DATABASES:]:  # least recently used: a load touches its file
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             log.info("cannot cache the compiled pattern database in %s: %s", path.parent, exc)

@@ -68,7 +68,18 @@ def trained(category_names, labels, train):
 def _load(path):
     if not path.exists():
         return None
-    return model.TextModel.from_state(marshal.loads(path.read_bytes()))
+    found = model.TextModel.from_state(marshal.loads(path.read_bytes()))
+    touch(path)
+    return found
+
+
+def touch(path):
+    """Mark a cached file as just used: pruning keeps the most recently used, so a model
+    (or compiled pattern database) in use is not evicted by a run of others written after it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves
 
 
 def _store(directory, path, fitted):
@@ -84,6 +95,6 @@ def _store(directory, path, fitted):
 
 
 def _prune(directory):
-    models = sorted(directory.glob("model-*.marshal"), key=lambda p: p.stat().st_mtime, reverse=True)
+    models = sorted(directory.glob("model-*.marshal"), key=lambda p: p.stat().st_mtime, reverse=True)  # see touch
     for old in models[KEEP_FILES:]:
         old.unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """The trained model is kept on disk between processes, keyed by everything it depends on."""
 
-from failured import modelcache
+import os
+
+from failured import model as learner, modelcache
 from failured.classify import learned_fallback
 
 NAMES = frozenset({"recoverable_network", "unrecoverable_data", "unrecoverable_business"})
@@ -48,3 +50,22 @@ def test_off_always_trains(monkeypatch):
     modelcache.trained(NAMES, (), train_counting(calls))
     modelcache.trained(NAMES, (), train_counting(calls))
     assert calls == [1, 1]
+
+
+def test_the_model_in_use_is_not_pruned_by_newer_ones(tmp_path, monkeypatch):
+    """Pruning keeps the most recently *used* models: a load marks its file as used."""
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    toy = learner.train([("recoverable_network", "socket reset"), ("unrecoverable_data", "bad json")] * 2)
+    calls = []
+
+    def train():
+        calls.append(1)
+        return toy
+
+    modelcache.trained(NAMES, (), train)
+    [in_use] = (tmp_path / "cache").glob("model-*.marshal")
+    os.utime(in_use, (0, 0))  # written long ago
+    for i in range(modelcache.KEEP_FILES):
+        modelcache.trained(NAMES, (("unrecoverable_data", None, f"other {i}"),), train)
+        modelcache.trained(NAMES, (), train)  # still in use
+    assert in_use.exists() and len(calls) == 1 + modelcache.KEEP_FILES

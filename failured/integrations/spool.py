@@ -49,6 +49,12 @@ def _name():
         return f"{_last_ns:020d}-{os.getpid()}-{next(_counter):06d}"
 
 
+def _scan_time():
+    """A time that every report named from now on, in this process, is newer than."""
+    with _clock_lock:
+        return max(time.time_ns(), _last_ns + 1)
+
+
 class Spool:
     """One spool directory (created on first use); ``durable``: fsync every ``put``."""
 
@@ -211,7 +217,14 @@ class Spool:
             return 0
 
     def pending(self):
-        """Paths of the waiting reports (files, and slots in use), oldest first."""
+        """Paths of the waiting reports (files, and slots in use), oldest first.
+
+        Only reports named before the scan began: a directory scan is not a snapshot, so a
+        report published during it (renamed into place) may be missed while a newer one of
+        the same thread, written into a slot listed earlier, is seen; taken alone, the newer
+        one would be sent first. The next scan takes both, in order.
+        """
+        cutoff = _scan_time()
         try:
             entries = [e for e in os.scandir(self.dir) if not e.name.startswith(".")
                        and (e.name.endswith(SUFFIX) or e.name.endswith(SLOT_SUFFIX))]
@@ -220,10 +233,12 @@ class Spool:
         keyed = []
         for entry in entries:
             if entry.name.endswith(SUFFIX):
-                keyed.append((_name_time(entry.name), entry.name))
-                continue
-            length, at = _slot_header(entry.path)
-            if length:
+                at = _name_time(entry.name)
+            else:
+                length, at = _slot_header(entry.path)
+                if not length:
+                    continue
+            if at < cutoff:
                 keyed.append((at, entry.name))
         return [self.dir / name for _, name in sorted(keyed)]
 
