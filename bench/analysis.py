@@ -25,15 +25,15 @@ CATEGORIES = [("recoverable_network", 0.40), ("recoverable_temporary", 0.20), ("
 TASK_TYPES = ["tracking_update", "receipt_generation", "screenshot_capture", "order_sync", "payment_processing"]
 
 
-def build(path, now):
+def task_rows(now):
+    """The benchmark's tasks, times as epochs: (type, source, status, category, matched_by, message,
+    template, fingerprint, attempts, created, updated, finished, next retry)."""
     rng = random.Random(11)
     names, weights = zip(*CATEGORIES)
     templates = {name: [fingerprint(f"{name} failure kind {word} {i}") + (f"{name} failure kind {word} {i}",)
                         for i, word in enumerate(["alpha", "beta", "gamma", "delta", "omega"] * 60)]
                  for name in names}
-    store = open_store(path)
-    batch = []
-    for i in range(ROWS):
+    for _ in range(ROWS):
         category = rng.choices(names, weights)[0]
         template, fp, message = rng.choice(templates[category])
         created = now - rng.random() * DAYS * 86400
@@ -42,10 +42,16 @@ def build(path, now):
         else:
             status = "notified"
         finished = created + rng.random() * 600 if status in ("recovered", "exhausted", "notified") else None
-        stamp = to_db_time(created)
-        due = to_db_time(now + rng.random() * 3600) if status == "scheduled" else None
-        batch.append((rng.choice(TASK_TYPES), "python", status, category, "pattern", message, template, fp,
-                      rng.randint(0, 3), stamp, stamp, to_db_time(finished), due))
+        due = now + rng.random() * 3600 if status == "scheduled" else None
+        yield (rng.choice(TASK_TYPES), "python", status, category, "pattern", message, template, fp,
+               rng.randint(0, 3), created, created, finished, due)
+
+
+def build(path, now):
+    store = open_store(path)
+    batch = []
+    for row in task_rows(now):
+        batch.append(row[:9] + tuple(to_db_time(t) for t in row[9:]))
         if len(batch) == 50_000:
             _insert(store, batch)
             batch = []

@@ -6,16 +6,14 @@ on FAILURE_TEST_POSTGRES_URL (default postgresql://root@127.0.0.1:5432/test); th
 """
 
 import os
-import random
 import sys
 import time
 import uuid
 
+from analysis import DAYS, ROWS, task_rows
 from common import REPO, emit
 
-from analysis import CATEGORIES, DAYS, ROWS, TASK_TYPES
 from failured.config import load_config
-from failured.fingerprint import fingerprint
 from failured.store import open_store
 
 URL = os.environ.get("FAILURE_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
@@ -30,23 +28,8 @@ def rows(now):
     def at(epoch):
         return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
 
-    rng = random.Random(11)
-    names, weights = zip(*CATEGORIES)
-    templates = {name: [fingerprint(f"{name} failure kind {word} {i}") + (f"{name} failure kind {word} {i}",)
-                        for i, word in enumerate(["alpha", "beta", "gamma", "delta", "omega"] * 60)]
-                 for name in names}
-    for _ in range(ROWS):
-        category = rng.choices(names, weights)[0]
-        template, fp, message = rng.choice(templates[category])
-        created = now - rng.random() * DAYS * 86400
-        if category.startswith("recoverable"):
-            status = rng.choices(["recovered", "exhausted", "scheduled"], [0.8, 0.15, 0.05])[0]
-        else:
-            status = "notified"
-        finished = created + rng.random() * 600 if status in ("recovered", "exhausted", "notified") else None
-        due = now + rng.random() * 3600 if status == "scheduled" else None
-        yield (rng.choice(TASK_TYPES), "python", status, category, "pattern", message, template, fp,
-               rng.randint(0, 3), at(created), at(created), at(finished), at(due))
+    for row in task_rows(now):
+        yield row[:9] + tuple(at(t) for t in row[9:])
 
 
 def _server_cpu():
