@@ -1,5 +1,10 @@
-"""Failures accepted per second by POST /v1/failures: 8 keep-alive clients against a real daemon subprocess."""
+"""Failures accepted per second by POST /v1/failures: 8 keep-alive clients against a real daemon subprocess.
 
+``--store postgresql`` (or BENCH_STORE=postgresql) runs the daemon on a fresh schema of
+FAILURE_TEST_POSTGRES_URL (dropped after).
+"""
+
+import contextlib
 import http.client
 import json
 import os
@@ -14,6 +19,7 @@ import time
 from pathlib import Path
 
 from common import REPO, emit, percentile
+from pgschema import fresh_schema, store_kind
 
 CLIENTS = 8
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -68,20 +74,34 @@ def client(port, number, stop_at, latencies, errors):
     conn.close()
 
 
-def main():
-    with tempfile.TemporaryDirectory() as directory:
+def count_tasks(db):
+    if isinstance(db, str):
+        import psycopg
+
+        with psycopg.connect(db) as con:
+            return con.execute("SELECT count(*), count(*) FILTER (WHERE status <> 'new') FROM tasks").fetchone()
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT count(*), sum(status != 'new') FROM tasks").fetchone()
+    finally:
+        con.close()
+
+
+def main(kind):
+    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as stack:
         directory = Path(directory)
+        db = stack.enter_context(fresh_schema()) if kind == "postgresql" else directory / "b.db"
         shutil.copytree(REPO / "config", directory / "config")
         port = free_port()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")},
-               "FAILURE_DB": str(directory / "b.db"), "FAILURE_CONFIG_DIR": str(directory / "config"),
+               "FAILURE_DB": str(db), "FAILURE_CONFIG_DIR": str(directory / "config"),
                "FAILURE_LOG_DIR": str(directory / "logs"), "FAILURE_REPORT_DIR": str(directory / "reports"),
                "FAILURE_LOG_LEVEL": "WARNING", "FAILURE_HTTP_ADDR": f"127.0.0.1:{port}",
                "FAILURE_API_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
         daemon = subprocess.Popen([sys.executable, "-m", "failured", "run"], env=env, cwd=directory)
         try:
             wait_healthy(port, time.monotonic() + 20)
-            print(f"api_ingest: {CLIENTS} keep-alive clients posting failures for {SECONDS:g} s")
+            print(f"api_ingest ({kind}): {CLIENTS} keep-alive clients posting failures for {SECONDS:g} s")
             latencies, errors = [], []
             start = time.monotonic()
             threads = [threading.Thread(target=client, args=(port, n, start + SECONDS, latencies, errors))
@@ -95,15 +115,14 @@ def main():
         finally:
             daemon.terminate()
             daemon.wait(30)
-        con = sqlite3.connect(directory / "b.db")
-        stored, handled = con.execute("SELECT count(*), sum(status != 'new') FROM tasks").fetchone()
-        con.close()
+        stored, handled = count_tasks(db)
     ms = [x * 1000 for x in latencies]
-    emit("api_ingest", {"accepted/s": round(len(latencies) / elapsed), "accepted": len(latencies),
-                        "errors": len(errors), "stored": stored, "classified before the stop": handled,
-                        "p50 ms": round(percentile(ms, 0.5), 2), "p99 ms": round(percentile(ms, 0.99), 2),
-                        "daemon alive at the end": alive}, ">= 1,000 accepted/s, 0 errors")
+    name = "api_ingest" + ("_postgres" if kind == "postgresql" else "")
+    emit(name, {"accepted/s": round(len(latencies) / elapsed), "accepted": len(latencies),
+                "errors": len(errors), "stored": stored, "classified before the stop": handled,
+                "p50 ms": round(percentile(ms, 0.5), 2), "p99 ms": round(percentile(ms, 0.99), 2),
+                "daemon alive at the end": alive}, ">= 1,000 accepted/s, 0 errors")
 
 
 if __name__ == "__main__":
-    main()
+    main(store_kind())

@@ -1,5 +1,10 @@
-"""100,000 pending retries due over 60 seconds, no-op handler: lateness, throughput, peak RSS."""
+"""100,000 pending retries due over 60 seconds, no-op handler: lateness, throughput, peak RSS.
 
+``--store postgresql`` (or BENCH_STORE=postgresql) runs it on a fresh schema of FAILURE_TEST_POSTGRES_URL.
+"""
+
+import contextlib
+import os
 import resource
 import shutil
 import subprocess
@@ -9,14 +14,16 @@ import time
 from pathlib import Path
 
 from common import REPO, emit, percentile
+from pgschema import fresh_schema, store_kind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import noop_handler  # noqa: E402
-from failured.clock import to_db_time  # noqa: E402
-from failured.daemon import Daemon  # noqa: E402
-from failured.settings import Settings  # noqa: E402
-from failured.store import open_store  # noqa: E402
+import noop_handler
+
+from failured.clock import to_db_time
+from failured.daemon import Daemon
+from failured.settings import Settings
+from failured.store import open_store
 
 COUNT = 100_000
 SPREAD_SECONDS = 60.0
@@ -40,23 +47,27 @@ def make_tasks(db, start):
         rows.append(("bench", "python", "scheduled", "recoverable_network", "connection timeout",
                      f'{{"due": {due!r}}}', 0, 5, to_db_time(due), created, created))
     with store.transaction():
-        store.db.cursor().executemany(
+        store.executemany(
             "INSERT INTO tasks (task_type, source, status, category, error_message, payload, attempts,"
             " max_attempts, next_retry_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
     store.close()
 
 
-def main():
-    with tempfile.TemporaryDirectory() as directory:
+def main(kind):
+    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as stack:
         directory = Path(directory)
+        db = stack.enter_context(fresh_schema()) if kind == "postgresql" else directory / "bench.db"
         make_config(directory / "config")
-        start = time.time() + LEAD_SECONDS + 5
+        start = time.time() + LEAD_SECONDS + (15 if kind == "postgresql" else 5)
         # Made in a child process, so this one's peak RSS is the daemon's alone.
-        subprocess.run([sys.executable, __file__, "--make", str(directory / "bench.db"), repr(start)], check=True)
+        subprocess.run([sys.executable, __file__, "--make", str(db), repr(start)], check=True)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        settings = Settings(db=directory / "bench.db", config_dir=directory / "config", log_dir=directory / "logs",
-                            report_dir=directory / "reports", log_level="WARNING")
-        print(f"retry_timer: {COUNT:,} retries due over {SPREAD_SECONDS:g}s, python no-op handler, "
+        settings = Settings(db=db if kind == "postgresql" else Path(db), config_dir=directory / "config",
+                            log_dir=directory / "logs", report_dir=directory / "reports", log_level="WARNING",
+                            # FAILURE_RETRY_CONCURRENCY=N: N retries at once (and claimed per transaction)
+                            retry_concurrency=int(os.environ.get("FAILURE_RETRY_CONCURRENCY",
+                                                                 Settings.retry_concurrency)))
+        print(f"retry_timer ({kind}): {COUNT:,} retries due over {SPREAD_SECONDS:g}s, python no-op handler, "
               f"concurrency {settings.retry_concurrency}")
         daemon = Daemon(settings).start()
         deadline = start + SPREAD_SECONDS + 60
@@ -68,7 +79,7 @@ def main():
         lateness_ms = [x * 1000 for x in noop_handler.LATENESS]
         ran = len(lateness_ms)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        emit("retry_timer", {
+        emit("retry_timer" + ("_postgres" if kind == "postgresql" else ""), {
             "retries run": ran,
             "retries/s": round(ran / (finished - start)),
             "lateness p50 ms": round(percentile(lateness_ms, 0.50), 1),
@@ -81,6 +92,6 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--make"]:
-        make_tasks(Path(sys.argv[2]), float(sys.argv[3]))
+        make_tasks(sys.argv[2] if "://" in sys.argv[2] else Path(sys.argv[2]), float(sys.argv[3]))
     else:
-        main()
+        main(store_kind())

@@ -92,7 +92,7 @@ def test_a_version_2_database_gains_filled_counters_when_opened(location):  # no
         clock.advance(HOUR / 2)
     with store.transaction():  # make it the database an older failured wrote
         if store.dialect == "sqlite":
-            for name in ("insert", "update", "delete"):
+            for name in ("insert", "update_task_counts", "update_failure_counts", "update_recovery_counts", "delete"):
                 store.execute(f"DROP TRIGGER tasks_counters_{name}")
         else:
             store.execute("DROP FUNCTION failured_tasks_counters() CASCADE")

@@ -164,6 +164,31 @@ def test_conditional_update_claim_and_recover_write_their_events(any_store):
     assert rows.load_task(any_store, task_id).status == TaskStatus.RECOVERED
 
 
+def test_a_batch_of_claims_and_recoveries_applies_to_the_rows_still_due(any_store):
+    ids = [report(any_store) for _ in range(3)]
+    due = T0 + 30.5
+    with any_store.transaction():
+        for task_id in ids:
+            rows.update_task(any_store, task_id, TaskStatus.NEW, {"status": TaskStatus.SCHEDULED,
+                                                                  "next_retry_at": due, "updated_at": T0})
+    claims = [(task_id, rows.claim_params(1, "me", due + 60, due, task_id, due + (1 if n == 1 else 0)),
+               rows.event_row(task_id, due, "retry_started", TaskStatus.RUNNING, None, 1))
+              for n, task_id in enumerate(ids)]  # the second one's due time moved meanwhile
+    with any_store.transaction():
+        assert rows.run_prepared(any_store, rows.CLAIM, claims) == [ids[0], ids[2]]
+    finishes = [(task_id, rows.recover_params(due + 2, task_id, owner),
+                 rows.event_row(task_id, due + 2, "recovered", TaskStatus.RECOVERED, None, 1, duration=1.5))
+                for task_id, owner in ((ids[0], "me"), (ids[2], "someone else"))]
+    with any_store.transaction():
+        assert rows.run_prepared(any_store, rows.RECOVER, finishes) == [ids[0]]
+    assert [rows.load_task(any_store, task_id).status for task_id in ids] == [
+        TaskStatus.RECOVERED, TaskStatus.SCHEDULED, TaskStatus.RUNNING]
+    assert [[event for _, event, *_ in rows.task_history(any_store, task_id)] for task_id in ids] == [
+        ["reported", "retry_started", "recovered"], ["reported"], ["reported", "retry_started"]]
+    task = rows.load_task(any_store, ids[0])
+    assert (task.attempts, task.lease_owner, task.finished_at) == (1, None, pytest.approx(due + 2))
+
+
 def test_a_lease_is_taken_back_once(any_store):
     task_id = report(any_store)
     with any_store.transaction():

@@ -18,30 +18,63 @@ def hour_key(dialect, column):
     return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
 
 
-def _counter_steps(dialect, old, new):
-    """SQL statements (in a trigger body) that move one task's counts: ``old`` and ``new`` are 'OLD'/'NEW' or None."""
+def _task_count_steps(dialect, old, new):
     steps = []
     if old:
         steps.append(f"UPDATE task_counts SET count = count - 1 WHERE status = {old}.status"
                      f" AND category = coalesce({old}.category, '-')")
-        steps.append(f"UPDATE failure_counts SET count = count - 1"
-                     f" WHERE hour = {hour_key(dialect, old + '.created_at')}"
-                     f" AND category = coalesce({old}.category, 'unclassified')")
     if new:
         steps.append(f"INSERT INTO task_counts (status, category, count) VALUES ({new}.status,"
                      f" coalesce({new}.category, '-'), 1) ON CONFLICT (status, category)"
                      f" DO UPDATE SET count = task_counts.count + 1")
+    return steps
+
+
+def _failure_count_steps(dialect, old, new):
+    steps = []
+    if old:
+        steps.append(f"UPDATE failure_counts SET count = count - 1"
+                     f" WHERE hour = {hour_key(dialect, old + '.created_at')}"
+                     f" AND category = coalesce({old}.category, 'unclassified')")
+    if new:
         steps.append(f"INSERT INTO failure_counts (hour, category, count)"
                      f" VALUES ({hour_key(dialect, new + '.created_at')}, coalesce({new}.category, 'unclassified'), 1)"
                      f" ON CONFLICT (hour, category) DO UPDATE SET count = failure_counts.count + 1")
-    for row, sign in ((old, "-"), (new, "+")):
-        if row:
-            steps.append(_recovery_step(dialect, row, sign))
+    return steps
+
+
+def _recovery_count_steps(dialect, old, new):
+    return [_recovery_step(dialect, row, sign) for row, sign in ((old, "-"), (new, "+")) if row]
+
+
+# Each counter table, the task columns its keys and values read, and the steps that move a task's counts
+# (``old``/``new``: 'OLD'/'NEW' or None). An UPDATE changing none of a table's columns leaves it alone.
+_TABLES = {"task_counts": (("status", "category"), _task_count_steps),
+           "failure_counts": (("created_at", "category"), _failure_count_steps),
+           "recovery_counts": (("status", "category", "finished_at", "attempts"), _recovery_count_steps)}
+
+
+def _counter_steps(dialect, old, new):
+    """SQL statements (in a trigger body) that move one task's counts in every counter table."""
+    steps = [step for _, build in _TABLES.values() for step in build(dialect, old, new)]
     if old and not new:  # housekeeping's deletes: an emptied counter row goes too (the tables stay small)
         steps.append("DELETE FROM task_counts WHERE count = 0")
         steps.append(f"DELETE FROM failure_counts WHERE hour = {hour_key(dialect, 'OLD.created_at')} AND count = 0")
         steps.append(f"DELETE FROM recovery_counts WHERE hour = {hour_key(dialect, 'OLD.finished_at')} AND ended = 0")
     return steps
+
+
+def _sqlite_update_triggers():
+    """One UPDATE trigger per counter table, firing only when that table's columns change: a retry's
+    claim and finish move task_counts (and a final state recovery_counts), nothing else."""
+    triggers = {}
+    for table, (columns, build) in _TABLES.items():
+        when = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns)
+        if table == "recovery_counts":
+            when = f"({when}) AND (({recovery_ended('OLD')}) OR ({recovery_ended('NEW')}))"
+        triggers[f"update_{table}"] = (f"AFTER UPDATE OF {', '.join(columns)} ON tasks WHEN {when}",
+                                       build("sqlite", "OLD", "NEW"))
+    return triggers
 
 
 def recovery_ended(row):
@@ -72,13 +105,11 @@ _CHANGED = {column: f"OLD.{column} IS NOT NEW.{column}"
 def counter_triggers(dialect):
     """[SQL] that (re)creates the triggers keeping task_counts and failure_counts exact on every insert,
     status/category change and delete of a task, in the writer's own transaction."""
-    changed = " OR ".join(_CHANGED.values())
     if dialect == "sqlite":
         bodies = {"insert": ("AFTER INSERT ON tasks", _counter_steps(dialect, None, "NEW")),
-                  "update": (f"AFTER UPDATE OF {', '.join(_CHANGED)} ON tasks WHEN " + changed,
-                             _counter_steps(dialect, "OLD", "NEW")),
+                  **_sqlite_update_triggers(),
                   "delete": ("AFTER DELETE ON tasks", _counter_steps(dialect, "OLD", None))}
-        statements = []
+        statements = ["DROP TRIGGER IF EXISTS tasks_counters_update"]  # one trigger for all tables, before
         for name, (when, steps) in bodies.items():
             statements.append(f"DROP TRIGGER IF EXISTS tasks_counters_{name}")
             statements.append(f"CREATE TRIGGER tasks_counters_{name} {when} BEGIN "

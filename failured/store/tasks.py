@@ -131,12 +131,55 @@ def run_update(store, statement):
     return store.execute(*statement).rowcount == 1
 
 
+# PostgreSQL runs CLAIM/RECOVER for a whole batch as one statement: one round trip, and the counter
+# trigger (a statement-level one) fires once per batch instead of once per row. The parameters are
+# those of the one-row statement, in the same order; RETURNING tells which rows applied.
+_BATCHED = {
+    CLAIM: (("attempt", "int"), ("owner", "text"), ("lease_until", "timestamptz"), ("now", "timestamptz"),
+            ("id", "bigint"), ("due", "timestamptz")),
+    RECOVER: (("now", "timestamptz"), ("updated", "timestamptz"), ("id", "bigint"), ("owner", "text")),
+}
+_ID_AT = {sql: [name for name, _ in columns].index("id") for sql, columns in _BATCHED.items()}
+_BATCHED_SQL = {
+    CLAIM: (f"UPDATE tasks AS t SET status = '{RUNNING}', attempts = v.attempt, lease_owner = v.owner,"
+            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM (VALUES {values}) AS v({columns})"
+            f" WHERE t.id = v.id AND t.status = '{SCHEDULED}' AND t.next_retry_at = v.due RETURNING t.id"),
+    RECOVER: (f"UPDATE tasks AS t SET status = '{RECOVERED}', finished_at = v.now, updated_at = v.updated,"
+              " lease_owner = NULL, lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
+              " FROM (VALUES {values}) AS v({columns})"
+              f" WHERE t.id = v.id AND t.status = '{RUNNING}' AND t.lease_owner = v.owner RETURNING t.id"),
+}
+
+
+def _run_batched(store, sql, prepared):
+    """PostgreSQL: the items of ``prepared`` whose rows one UPDATE … FROM (VALUES …) changed."""
+    columns = _BATCHED[sql]
+    row = "(" + ", ".join(f"?::{kind}" for _, kind in columns) + ")"
+    text = _BATCHED_SQL[sql].format(values=", ".join([row] * len(prepared)),
+                                    columns=", ".join(name for name, _ in columns))
+    changed = {task_id for (task_id,) in store.rows(text, *[value for _, params, _ in prepared for value in params])}
+    return [item for item in prepared if item[1][_ID_AT[sql]] in changed]
+
+
+def _batchable(store, sql, prepared):
+    """Two or more rows of CLAIM/RECOVER on PostgreSQL, each task once."""
+    if store.dialect != "postgresql" or sql not in _BATCHED or len(prepared) < 2:
+        return False
+    ids = [params[_ID_AT[sql]] for _, params, _ in prepared]
+    return len(set(ids)) == len(ids)
+
+
 def run_prepared(store, sql, prepared):
     """Run a conditional update per (item, parameters, event row), then insert the events of those
     that applied; returns their items. One executemany when every row applies (the usual case);
-    otherwise that is undone and each row runs on its own, to learn which moved meanwhile."""
+    otherwise that is undone and each row runs on its own, to learn which moved meanwhile.
+    PostgreSQL runs the batch as one statement that returns the rows it changed."""
     if not prepared:
         return []
+    if _batchable(store, sql, prepared):
+        applied = _run_batched(store, sql, prepared)
+        add_events(store, [event for _, _, event in applied])
+        return [item for item, _, _ in applied]
     if len(prepared) == 1:
         applied = prepared if store.execute(sql, prepared[0][1]).rowcount else []
         add_events(store, [event for _, _, event in applied])
