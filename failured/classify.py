@@ -15,14 +15,13 @@ import json
 import re
 from dataclasses import dataclass
 
-import re2
 
 from . import corpus, model as learner
 from .codes import CodeMatcher, describe as describe_code
 from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
-from .matcher import PatternSet
-from .rules import UNKNOWN, re2_options
+from .matcher import PatternSet, PatternTooLarge
+from .rules import UNKNOWN
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
@@ -162,10 +161,11 @@ class Classifier:
             self.patterns = PatternSet([owner[1] for owner in self._pattern_owner],
                                        [owner[0] for owner in self._pattern_owner],
                                        describe=self._describe_pattern, engine=engine)
-        except MemoryError:
-            raise ConfigErrors([ConfigError(_file_that_overflows(ruleset), None,
-                                            "RE2 ran out of memory compiling all patterns together "
-                                            "once this file was added: remove or simplify some patterns")]) from None
+        except PatternTooLarge as exc:
+            _, text, category, path = self._pattern_owner[exc.index]
+            raise ConfigErrors([ConfigError(path, f"category {category.name!r}",
+                                            f"pattern {text!r} is too large for RE2's memory budget: "
+                                            "simplify it (smaller repetition counts, fewer alternatives)")]) from None
         # The API classifies a failure for its answer and the engine again a moment later,
         # and error storms repeat messages: a small cache halves the work. Results are frozen.
         self._cached = functools.lru_cache(maxsize=CACHE_SIZE)(self.classify_uncached)
@@ -292,26 +292,3 @@ class Classifier:
             return None
         _, pattern, category, _ = self._pattern_owner[index]
         return category, "pattern", pattern
-
-
-def _file_that_overflows(ruleset):
-    """The pattern file whose patterns, added to those of the files before it, exceed RE2's memory.
-
-    Files are added in their merge order and the set recompiled each time (RE2
-    cannot recompile a Set): quadratic, but it runs only when compiling failed.
-    """
-    files = list(ruleset.files) or ["patterns"]
-    by_file = {}
-    for category in ruleset.categories:
-        for pattern in category.patterns:
-            by_file.setdefault(pattern.file, []).append(pattern.text)
-    for end, path in enumerate(files, start=1):
-        trial = re2.Set.SearchSet(re2_options())
-        for earlier in files[:end]:
-            for text in by_file.get(earlier, ()):
-                trial.Add(text)
-        try:
-            trial.Compile()
-        except re2.error:
-            return path
-    return files[-1]

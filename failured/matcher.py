@@ -248,6 +248,14 @@ class PatternSet:
             log.info("cannot cache the compiled pattern database in %s: %s", path.parent, exc)
 
 
+class PatternTooLarge(MemoryError):
+    """One pattern alone exceeds RE2's memory budget (``index``: its position in the patterns)."""
+
+    def __init__(self, index):
+        super().__init__(f"RE2 ran out of memory compiling pattern {index}")
+        self.index = index
+
+
 class _Re2Sets:
     """RE2 sets over the patterns, ``RE2_SET_SIZE`` at most in each, halved again past RE2's memory budget.
 
@@ -267,7 +275,7 @@ class _Re2Sets:
         if compiled.Compile():
             self._parts.append((compiled, indices))
         elif len(indices) == 1:
-            raise MemoryError("RE2 ran out of memory compiling one pattern")
+            raise PatternTooLarge(indices[0])
         else:
             middle = len(indices) // 2
             self._add(patterns, indices[:middle])
