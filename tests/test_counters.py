@@ -84,6 +84,26 @@ def test_counters_stay_exact_through_a_mixed_run(any_store, sync_snapshot):  # n
     assert all(n > 0 for _, _, n in series)
 
 
+def test_a_retry_claim_writes_no_counter_row(any_store, sync_snapshot):  # noqa: F811 (fixtures)
+    """Running counts as scheduled in task_counts, so the claim leaves the counter table as it was; the
+    running task is still reported as running (counted live)."""
+    store, clock = any_store, ManualClock()
+    engine = Engine(store, Settings(), clock, lambda: sync_snapshot, owner="test:1:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    counter_rows = "SELECT status, category, count FROM task_counts ORDER BY 1, 2, 3"
+    before = store.rows(counter_rows)
+    clock.advance(100)
+    claimed = engine.claim(task_id)
+    assert store.rows(counter_rows) == before
+    by_status = {(s, c): n for s, c, n in aggregates.tasks_by_status(store)}
+    assert by_status == {("running", "recoverable_network"): 1}
+    exact(store)
+    engine.finish(claimed, Outcome(False, "connection timeout"))  # running -> scheduled: nothing to move
+    assert store.rows(counter_rows) == before
+    exact(store)
+
+
 def test_a_version_2_database_gains_filled_counters_when_opened(location):  # noqa: F811 (fixtures)
     clock = ManualClock()
     store = open_store(location)
@@ -109,7 +129,7 @@ def test_a_version_2_database_gains_filled_counters_when_opened(location):  # no
     record_failure(store, "sync", "written while no trigger counted", clock=clock)
     store.close()
     again = open_store(location)
-    assert again.schema_version() == SCHEMA_VERSION == 3
+    assert again.schema_version() == SCHEMA_VERSION == 4
     assert aggregates.tasks_by_status(again) == [("new", "-", 6)]
     assert sum(n for _, _, n in aggregates.failures_by_hour(again, "")) == 6
     if again.dialect == "sqlite":

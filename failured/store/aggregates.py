@@ -5,10 +5,10 @@ failures aggregate in seconds. Times come back as epoch seconds.
 """
 
 from ..states import BreakerState, NotificationStatus, TaskStatus
-from .counters import hour_key, recovery_ended
+from .counters import counted_status, hour_key, recovery_ended
 from .schema import epoch
 
-RECOVERED, NEW, SCHEDULED = TaskStatus.RECOVERED, TaskStatus.NEW, TaskStatus.SCHEDULED
+RECOVERED, NEW, SCHEDULED, RUNNING = TaskStatus.RECOVERED, TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
 END_OF_TIME = "9999-12-31 23:59:59.999"  # a whole DB time: a short one would compare as a number
 
 
@@ -151,8 +151,17 @@ def unknown_count(store, since):
 # -- status and metrics -------------------------------------------------------------------
 
 def tasks_by_status(store):
-    """[(status, category or '-', count)], from the counters (a few dozen rows whatever the table holds)."""
-    return store.rows("SELECT status, category, sum(count) FROM task_counts GROUP BY 1, 2 HAVING sum(count) > 0")
+    """[(status, category or '-', count)], from the counters (a few dozen rows whatever the table holds).
+
+    The counters hold running tasks under scheduled (a claim writes no counter row); the running rows, as
+    few as retries run at once, are counted live through the status index and moved back, in the same
+    statement (one snapshot: a claim committing meanwhile moves nothing)."""
+    running = f"SELECT coalesce(category, '-') AS category, count(*) AS n FROM tasks WHERE status = '{RUNNING}' GROUP BY 1"
+    return sorted(store.rows(
+        f"SELECT status, category, sum(count) FROM (SELECT status, category, count FROM task_counts"
+        f" UNION ALL SELECT '{SCHEDULED}', category, -n FROM ({running}) AS r"
+        f" UNION ALL SELECT '{RUNNING}', category, n FROM ({running}) AS r) AS c"
+        f" GROUP BY 1, 2 HAVING sum(count) > 0"))
 
 
 def failures_by_hour(store, start_hour):
@@ -214,8 +223,8 @@ def rebuild_counters(store):
     with store.transaction():
         store.execute("DELETE FROM task_counts")
         store.execute("DELETE FROM failure_counts")
-        store.execute("INSERT INTO task_counts (status, category, count)"
-                      " SELECT status, coalesce(category, '-'), count(*) FROM tasks GROUP BY 1, 2")
+        store.execute(f"INSERT INTO task_counts (status, category, count)"
+                      f" SELECT {counted_status('t')}, coalesce(category, '-'), count(*) FROM tasks AS t GROUP BY 1, 2")
         hour = hour_key(store.dialect, "created_at")
         store.execute(f"INSERT INTO failure_counts (hour, category, count)"
                       f" SELECT {hour}, coalesce(category, 'unclassified'), count(*) FROM tasks GROUP BY 1, 2")

@@ -11,6 +11,14 @@ from ..states import FINAL_STATUSES, TaskStatus, sql_list
 _RECOVERED = f"'{TaskStatus.RECOVERED}'"
 
 
+def counted_status(row):
+    """SQL: the status ``row`` counts under in task_counts. A running task counts as scheduled, so a retry's
+    claim (scheduled -> running) and a failed retry (running -> scheduled) write no counter row: the few
+    running rows are counted live by ``aggregates.tasks_by_status``."""
+    return (f"CASE WHEN {row}.status = '{TaskStatus.RUNNING}' THEN '{TaskStatus.SCHEDULED}'"
+            f" ELSE {row}.status END")
+
+
 def hour_key(dialect, column):
     """SQL: the UTC hour of a time column as 'YYYY-MM-DD HH' (failure_counts.hour)."""
     if dialect == "sqlite":
@@ -21,10 +29,10 @@ def hour_key(dialect, column):
 def _task_count_steps(dialect, old, new):
     steps = []
     if old:
-        steps.append(f"UPDATE task_counts SET count = count - 1 WHERE status = {old}.status"
+        steps.append(f"UPDATE task_counts SET count = count - 1 WHERE status = {counted_status(old)}"
                      f" AND category = coalesce({old}.category, '-')")
     if new:
-        steps.append(f"INSERT INTO task_counts (status, category, count) VALUES ({new}.status,"
+        steps.append(f"INSERT INTO task_counts (status, category, count) VALUES ({counted_status(new)},"
                      f" coalesce({new}.category, '-'), 1) ON CONFLICT (status, category)"
                      f" DO UPDATE SET count = task_counts.count + 1")
     return steps
@@ -54,6 +62,15 @@ _TABLES = {"task_counts": (("status", "category"), _task_count_steps),
            "recovery_counts": (("status", "category", "finished_at", "attempts"), _recovery_count_steps)}
 
 
+def _changed(table, old, new, distinct="IS NOT"):
+    """SQL: an UPDATE moved ``table``'s counts (task_counts: its counted status, not running <-> scheduled)."""
+    columns = [c for c in _TABLES[table][0] if not (table == "task_counts" and c == "status")]
+    changes = [f"{old}.{c} {distinct} {new}.{c}" for c in columns]
+    if table == "task_counts":
+        changes.insert(0, f"({counted_status(old)}) {distinct} ({counted_status(new)})")
+    return " OR ".join(changes)
+
+
 def _counter_steps(dialect, old, new):
     """SQL statements (in a trigger body) that move one task's counts in every counter table."""
     steps = [step for _, build in _TABLES.values() for step in build(dialect, old, new)]
@@ -69,7 +86,7 @@ def _sqlite_update_triggers():
     claim and finish move task_counts (and a final state recovery_counts), nothing else."""
     triggers = {}
     for table, (columns, build) in _TABLES.items():
-        when = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns)
+        when = _changed(table, "OLD", "NEW")
         if table == "recovery_counts":
             when = f"({when}) AND (({recovery_ended('OLD')}) OR ({recovery_ended('NEW')}))"
         triggers[f"update_{table}"] = (f"AFTER UPDATE OF {', '.join(columns)} ON tasks WHEN {when}",
@@ -98,10 +115,6 @@ def _recovery_step(dialect, row, sign):
             f" retries = recovery_counts.retries + excluded.retries")
 
 
-_CHANGED = {column: f"OLD.{column} IS NOT NEW.{column}"
-            for column in ("status", "category", "created_at", "finished_at", "attempts")}
-
-
 def counter_triggers(dialect):
     """[SQL] that (re)creates the triggers keeping task_counts and failure_counts exact on every insert,
     status/category change and delete of a task, in the writer's own transaction."""
@@ -123,7 +136,7 @@ def counter_triggers(dialect):
 # upserting a few hot counter rows would serialize concurrent reporters and let two multi-task transactions
 # (a settle and a housekeeping batch, say) deadlock. compact_counters folds the deltas back to one row a key.
 _PG_DELTAS = {
-    "task_counts": ("status, category, count", "{r}.status, coalesce({r}.category, '-'), {sign}count(*)", "TRUE"),
+    "task_counts": ("status, category, count", "COUNTED({r}), coalesce({r}.category, '-'), {sign}count(*)", "TRUE"),
     "failure_counts": ("hour, category, count",
                        "HOUR({r}.created_at), coalesce({r}.category, 'unclassified'), {sign}count(*)", "TRUE"),
     "recovery_counts": ("hour, category, ended, recovered, retries",
@@ -136,7 +149,7 @@ _PG_DELTAS = {
 def _pg_delta(table, rows, sign, changed_only=False):
     columns, select, where = _PG_DELTAS[table]
     r = "r"
-    select = select.format(r=r, sign=sign)
+    select = select.format(r=r, sign=sign).replace(f"COUNTED({r})", counted_status(r))
     while "HOUR(" in select:  # HOUR(x) -> the hour key of x
         head, rest = select.split("HOUR(", 1)
         column, tail = rest.split(")", 1)
@@ -146,7 +159,7 @@ def _pg_delta(table, rows, sign, changed_only=False):
     if changed_only:  # an UPDATE: only the rows whose counted columns changed
         other = "new_rows" if rows == "old_rows" else "old_rows"
         source += f" JOIN {other} AS o USING (id)"
-        condition += " AND (" + " OR ".join(f"{r}.{c} IS DISTINCT FROM o.{c}" for c in _CHANGED) + ")"
+        condition += f" AND ({_changed(table, r, 'o', 'IS DISTINCT FROM')})"
     return f"INSERT INTO {table} ({columns}) SELECT {select} FROM {source} WHERE {condition} GROUP BY 1, 2;"
 
 

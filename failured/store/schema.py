@@ -14,7 +14,7 @@ from .counters import analyze_index, create_counters
 
 # The version is kept in the schema_info table, which both stores have; SQLite keeps it in
 # PRAGMA user_version too (where failured has always read it there).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TIME_TYPE = "UTCTIME"  # the field type of UtcTimeField; each store maps it (see database.FIELD_TYPES)
 
 
@@ -278,4 +278,6 @@ MIGRATIONS = {
          'ON "tasks" ("category", "created_at", "fingerprint")'),
         'DROP INDEX IF EXISTS "tasks_category_created_at"',
         lambda store: analyze_index(store, "tasks_category_created_at_fingerprint")],
+    # task_counts counts running tasks as scheduled: the new triggers, and the counts refilled that way.
+    4: [create_counters],
 }
