@@ -71,7 +71,9 @@ def codes_only():
     ("<err_code><![CDATA[NOTENOUGH]]></err_code>", "payments NOTENOUGH", "unrecoverable_business"),
     ('StripeCardError: Your card has expired. {"code":"expired_card"}', "payments expired_card", "unrecoverable_business"),
     ("An error occurred (ThrottlingException) when calling the Converse operation", "cloud ThrottlingException", "recoverable_temporary"),
-    ("isv.BUSINESS_LIMIT_CONTROL: 触发号码天级流控Permits:10", "cloud isv.BUSINESS_LIMIT_CONTROL", "unrecoverable_business"),
+    ("isv.BUSINESS_LIMIT_CONTROL: 触发分钟级流控Permits:1", "cloud isv.BUSINESS_LIMIT_CONTROL", "recoverable_temporary"),
+    # a daily quota is business whatever the table: the early phrase decides
+    ("isv.BUSINESS_LIMIT_CONTROL: 触发号码天级流控Permits:10", "phrases daily-quota-used-up", "unrecoverable_business"),
     # a used-up LLM balance is business even on a 429; a per-minute limit is temporary
     ("Error code: 429 - {'error': {'type': 'insufficient_quota', 'code': 'insufficient_quota'}}", "llm insufficient_quota", "unrecoverable_business"),
     ("Error code: 429 - {'error': {'code': 'rate_limit_exceeded'}}", "llm rate_limit_exceeded", "recoverable_temporary"),
@@ -111,6 +113,41 @@ def codes_only():
      "please check your plan and billing details'}}", "phrases plan-or-balance-used-up", "unrecoverable_business"),
     ("HTTP Error 403: API rate limit exceeded for installation ID 12770951.", "phrases rate-limit",
      "recoverable_temporary"),
+    # errno: glibc's zh_TW catalogue, and the codes added with it
+    ("curl: (7) Failed to connect to api.example.com port 443: 連線被拒絕", "errno ECONNREFUSED", "recoverable_network"),
+    ("OSError: [Errno 28] 裝置上已無多餘空間", "errno ENOSPC", "recoverable_system"),
+    ("socket.gaierror: [Errno -5] No address associated with hostname", "errno EAI_NODATA", "recoverable_network"),
+    ("OSError: [Errno 116] Stale file handle: '/mnt/nfs/exports/a.csv'", "errno ESTALE", "recoverable_system"),
+    # SQLSTATE classes beyond the first ones: every class of PostgreSQL's appendix
+    ("ERROR: cannot drop table orders because other objects depend on it (SQLSTATE 2BP01)", "sqlstate 2B",
+     "unrecoverable_business"),
+    ("ERROR: could not obtain lock on row in relation \"jobs\" (SQLSTATE 55P03)", "sqlstate 55P03",
+     "recoverable_temporary"),
+    ("ERROR: could not write to file \"base/pgsql_tmp/pgsql_tmp123.0\": No space left on device (SQLSTATE 53100)",
+     "sqlstate 53", "recoverable_system"),
+    ("ERROR: snapshot too old (SQLSTATE 72000)", "sqlstate 72", "recoverable_temporary"),
+    # Kafka: protocol names, librdkafka texts, Java exception classes
+    ('KafkaError{code=UNKNOWN_TOPIC_OR_PART,val=3,str="Broker: Unknown topic or partition"}',
+     "kafka UNKNOWN_TOPIC_OR_PARTITION", "unrecoverable_config"),
+    ("org.apache.kafka.common.errors.NotEnoughReplicasException: The size of the current ISR Set(2) is insufficient "
+     "to satisfy the min.isr requirement of 2 for partition dlq_topic-0", "kafka NOT_ENOUGH_REPLICAS",
+     "recoverable_temporary"),
+    ("Delivery failed: KafkaError{code=_MSG_TIMED_OUT,val=-192,str=\"Local: Message timed out\"}",
+     "kafka kafka-local-msg-timed-out", "recoverable_network"),
+    # AMQP reply codes (RabbitMQ)
+    ("com.rabbitmq.client.AuthenticationFailureException: ACCESS_REFUSED - Login was refused using authentication "
+     "mechanism PLAIN.", "amqp ACCESS_REFUSED", "unrecoverable_config"),
+    ("pika.exceptions.ChannelClosedByBroker: (404, \"NOT_FOUND - no exchange 'orders' in vhost '/'\")",
+     "amqp NOT_FOUND", "unrecoverable_config"),
+    # Google APIs' ErrorInfo reasons; Zhipu's business codes by their message
+    ('{ "reason": "SERVICE_DISABLED", "domain": "googleapis.com", "metadata": { "consumer": "projects/123", '
+     '"service": "pubsub.googleapis.com" } }', "google SERVICE_DISABLED", "unrecoverable_config"),
+    ('{"error":{"code":"1113","message":"您的账户已欠费，请充值后重试"}}', "llm zhipu-1113-in-arrears",
+     "unrecoverable_business"),
+    # ShipEngine / ShipStation's documented error object
+    ('{"request_id": "5b1e3a8c-6f0e-4d6a-9c2b-1c2d3e4f5a6b", "errors": [{"error_source": "carrier", '
+     '"error_type": "validation", "error_code": "invalid_address", "message": "Invalid destination address"}]}',
+     "shipping-platforms invalid_address", "unrecoverable_data"),
 ])
 def test_shipped_table_reads_a_real_message(codes_only, message, table, category):
     result = codes_only.classify(message)
