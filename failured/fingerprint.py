@@ -11,10 +11,19 @@ one word and stay on Python's ``re``, which is many times faster per match.
 A pass whose required literal ("://", "@", ".") is absent is skipped, the RE2
 passes run on the UTF-8 bytes through RE2's own matcher (its Python ``sub`` costs
 tens of microseconds a match), and a long message is templated from a head
-ending at a line break when that head alone fills the template: no replacement
-crosses a line break, so the result is the same as templating the whole text.
+ending at a line break or a space when that head alone fills the template: no
+replacement crosses a line break, and only a quoted value crosses a space, so
+a head cut at a space is used only when no quote near its end opened a value
+that could close past it; a long one-line message (a traceback joined with
+literal "\\n") then costs its head, not 8 KiB. The ``re`` passes run as
+equivalent patterns that begin with their first character, so the engine
+skips straight to where a match can start, and the id pass runs only on a
+text holding a run with three digits and a letter. The templates are those of
+the plain passes over the whole text (tests/test_classify_equivalence.py
+compares the two).
 """
 
+import functools
 import hashlib
 import re
 
@@ -72,6 +81,26 @@ _REPLACEMENTS = [
 ]
 _COMPILED = [(literal, engine.compile(pattern), replacement)
              for engine, literal, pattern, replacement in _REPLACEMENTS]
+# The same passes written so that Python's engine runs them faster: a pattern that starts
+# with a character class lets it skip to the next possible first character, where one that
+# starts with \b or a lookbehind is tried at every position (a third to a half of the
+# pass). Each is the pattern above with the test before its first character moved after
+# it: \b before a word character c is (?<!\w.) after c, and a lookbehind on the character
+# before c looks two back. tests/test_classify_equivalence.py templates with the originals.
+_FIRST_CHARACTER_FIRST = {
+    _REPLACEMENTS[2][2]: r"[0-9a-fA-F](?<!\w.)[0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
+    _REPLACEMENTS[4][2]: r"\d(?<!\w.)\d{0,2}(?:\.\d{1,3}){3}(?::\d+)?\b",
+    _REPLACEMENTS[6][2]: r"[A-Za-z](?<!\w.):\\(?:[\w.@~+-]+\\)+[\w.@~+-]*",
+    _REPLACEMENTS[7][2]: r"/(?<![\w.]/)(?:[\w.@~+-]+/)+[\w.@~+-]*(?:\?\S*)?",
+    _REPLACEMENTS[9][2]: r"[0-9a-f](?<!\w.)(?:(?<=0)x[0-9a-fA-F]+\b|[0-9a-f]{7,}\b)",
+    _REPLACEMENTS[11][2]: r"[-+\d](?<![A-Za-z0-9<].)(?:(?<=\d)\d*|\d+)(?:\.\d+)?",
+}
+# The quoted-value pass, the only one that crosses a space: the characters that open a value,
+# and how far one reaches (its quote, up to 200 characters, its quote).
+_STR_PASS = next(number for number, entry in enumerate(_REPLACEMENTS) if entry[3] == "<str>")
+_OPENING_QUOTES = "'\"“‘"
+_STR_REACH = 202
+_CUT = re.compile(r"[ \n]")
 # The host pass's "localhost" alternative needs no ".": whether it is skipped depends on the whole text.
 _HOST_PASS = next(number for number, entry in enumerate(_REPLACEMENTS) if entry[3] is _host_or_keep)
 _WHITESPACE_PASS = len(_REPLACEMENTS) - 1  # the only pass that crosses line breaks
@@ -111,32 +140,92 @@ class _Re2Pass:
 
 _UNANCHORED = re2._Anchor.UNANCHORED
 _PASSES = [(literal, _Re2Pass(pattern, replacement).sub if engine is re2 else
-            (lambda text, pattern=pattern, replacement=replacement: pattern.sub(replacement, text)))
-           for (engine, literal, _, replacement), (_, pattern, _) in zip(_REPLACEMENTS, _COMPILED)]
+            functools.partial(re.compile(_FIRST_CHARACTER_FIRST.get(text, text)).sub, replacement))
+           for (engine, literal, text, replacement), (_, pattern, _) in zip(_REPLACEMENTS, _COMPILED)]
+# The id pass calls Python for every word of six characters or more, and replaces one
+# only if it holds three digits and a letter: a text with no run of word characters
+# holding both (four messages in five) is left as it is. The check tries each run once,
+# from its start: linear.
+_ID_PASS = next(number for number, entry in enumerate(_REPLACEMENTS) if entry[3] is _id_or_keep)
+_MAY_HOLD_AN_ID = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*?[A-Za-z])(?:[A-Za-z_-]*+[0-9]){3}").search
 
 
-def _replaced(text, whole=True):
-    """``text`` through every pass but the last; None when ``text`` is a head and the host pass needs the rest."""
+def _only_if_an_id_may_be(replace):
+    return lambda text: replace(text) if _MAY_HOLD_AN_ID(text) else text
+
+
+_PASSES[_ID_PASS] = (_PASSES[_ID_PASS][0], _only_if_an_id_may_be(_PASSES[_ID_PASS][1]))
+
+
+def _replaced(text, whole=True, at_space=False):
+    """``text`` through every pass but the last; None when ``text`` is a head that may template
+    differently from the whole: the host pass needs the rest, or (``at_space``: the head ends
+    at a space) a quoted value may run past its end."""
     for number, (literal, replace) in enumerate(_PASSES[:_WHITESPACE_PASS]):
-        if literal is None or literal in text:
+        if at_space and number == _STR_PASS:
+            text = _quoted_in_head(text)
+            if text is None:
+                return None
+        elif literal is None or literal in text:
             text = replace(text)
         elif number == _HOST_PASS and not whole and "localhost" in text:
             return None  # "localhost" is replaced only when a "." is left somewhere in the whole text
     return text
 
 
+def _quoted_in_head(text):
+    """The quoted-value pass on a head ending at a space, or None when its result may differ in the whole.
+
+    A value that crosses the cut opens at a quote within its reach of the end that no
+    value found in the head took: with no such quote, every match (and every failed
+    attempt) is decided inside the head, exactly as in the whole text.
+    """
+    pattern = _COMPILED[_STR_PASS][1]
+    pieces, done, window = [], 0, len(text) - _STR_REACH
+    for match in pattern.finditer(text):
+        start, end = match.span()
+        if done < start and window < start and any(map(text[max(done, window):start].__contains__,
+                                                        _OPENING_QUOTES)):
+            return None
+        pieces.append(text[done:start])
+        pieces.append("<str>")
+        done = end
+    if any(map(text[max(done, window):].__contains__, _OPENING_QUOTES)):
+        return None
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
 def template_of(message):
     """The message with numbers, ids, hex, UUIDs, quoted values, hosts, URLs and paths replaced."""
     text = message[:MAX_INPUT_CHARS]
     if len(text) > HEAD_CHARS:
-        cut = text.find("\n", HEAD_CHARS) + 1
-        if 0 < cut < len(text):
-            head = _replaced(text[:cut], whole=False)
-            if head is not None:
-                head = _squeezed(head)
-                if len(head) > MAX_TEMPLATE_CHARS:
-                    return head[:MAX_TEMPLATE_CHARS]
+        head = _head_template(text)
+        if head is not None:
+            return head
     return _squeezed(_replaced(text))[:MAX_TEMPLATE_CHARS]
+
+
+def _head_template(text):
+    """The template of a long ``text`` from its head alone, or None when the head cannot tell.
+
+    The head ends at the first line break or space past ``HEAD_CHARS``; a head cut at a
+    space that may template differently gives way to one cut at the next line break.
+    """
+    found = _CUT.search(text, HEAD_CHARS)
+    if found is None or found.end() >= len(text):
+        return None
+    cut = found.end()
+    head = _replaced(text[:cut], whole=False, at_space=found.group() == " ")
+    if head is None and found.group() == " ":
+        cut = text.find("\n", cut) + 1
+        if not 0 < cut < len(text):
+            return None
+        head = _replaced(text[:cut], whole=False)
+    if head is None:
+        return None
+    head = _squeezed(head)
+    return head[:MAX_TEMPLATE_CHARS] if len(head) > MAX_TEMPLATE_CHARS else None
 
 
 def _squeezed(text):

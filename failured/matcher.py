@@ -13,7 +13,10 @@ answer is exactly RE2's, and both engines are linear in the text.
 The compiled database is cached on disk under a hash of the patterns and is
 compiled in a background thread (Hyperscan releases the GIL): until it is
 ready, or where Hyperscan is not installed or refuses a pattern, RE2 serves
-(the refused patterns are logged with file, category and reason).
+(the refused patterns are logged with file, category and reason). RE2's sets
+hold the loosened patterns too, and each candidate is confirmed the same way:
+a set of loosened patterns compiles in a third of the time (a reload serves
+sooner) and the answer is still exactly RE2's.
 """
 
 import hashlib
@@ -118,17 +121,19 @@ class PatternSet:
         data, clean = encode(text)
         hs = self._hs
         if hs is None or not clean or _RE2_ONLY_CHARS in text:
-            hits = self._re2_set().Match(data)
-            return min(hits, key=self._rank.__getitem__) if hits else None
-        database, scratch, always = hs
-        found = list(always)
-        local = getattr(self._local, "scratch", None)
-        if local is None or local[0] is not database:
-            local = self._local.scratch = (database, scratch.clone())
-        database.scan(data, match_event_handler=_collect, context=found, scratch=local[1])
-        if not found:
-            return None
-        for index in sorted(found, key=self._rank.__getitem__):
+            found = self._re2_set().Match(data)
+        else:
+            database, scratch, always = hs
+            found = list(always)
+            local = getattr(self._local, "scratch", None)
+            if local is None or local[0] is not database:
+                local = self._local.scratch = (database, scratch.clone())
+            database.scan(data, match_event_handler=_collect, context=found, scratch=local[1])
+        return self._confirmed(found, data) if found else None
+
+    def _confirmed(self, candidates, data):
+        """The lowest-ranked of ``candidates`` (indices of loosened patterns found) that RE2 matches exactly."""
+        for index in sorted(candidates, key=self._rank.__getitem__):
             one = self._one[index]
             if one is None:
                 one = self._one[index] = _compile_one(self.patterns[index])
@@ -138,7 +143,7 @@ class PatternSet:
 
     def _re2_set(self):
         if self._set is None:
-            self._set = _Re2Sets(self.patterns, range(len(self.patterns)))
+            self._set = _Re2Sets([loosen(text) for text in self.patterns], range(len(self.patterns)))
         return self._set
 
     # Hyperscan --------------------------------------------------------------
@@ -257,7 +262,7 @@ class PatternTooLarge(MemoryError):
 
 
 class _Re2Sets:
-    """RE2 sets over the patterns, ``RE2_SET_SIZE`` at most in each, halved again past RE2's memory budget.
+    """RE2 sets over ``patterns``, ``RE2_SET_SIZE`` at most in each, halved again past RE2's memory budget.
 
     RE2 holds the GIL while it compiles a set: small sets keep other threads classifying.
     """

@@ -53,9 +53,9 @@ _HEX = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{12,}\b")
 # "ACCESS_TOO_FREQUENT", "RateLimitExceeded.EndpointRPMExceeded" say what a
 # plain sentence would. Their parts become words too (the whole token stays).
 # Single quantifiers only: linear on any input.
-_TOKEN = re.compile(r"[A-Za-z0-9_.$-]+")
-_SEPARATOR = re.compile(r"[_.$-]")
-_CAMEL_STEP = re.compile(r"[a-z][A-Z]")
+# An identifier is a whole run of these characters holding a separator or a lower-upper
+# step; the run is tried once, from its start (plain words are left to the C engine).
+_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_.$-])(?=[A-Za-z0-9_.$-]*?(?:[_.$-]|[a-z][A-Z]))[A-Za-z0-9_.$-]+")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
@@ -69,22 +69,18 @@ def normalize(text):
 def identifier_words(text):
     """The words inside the identifiers of ``text`` (CamelCase, snake_case, dotted), lower-case."""
     words = []
-    for token in _TOKEN.findall(text[:MAX_CHARS]):
-        if _SEPARATOR.search(token) or _CAMEL_STEP.search(token):
-            words.extend(part.lower() for part in _CAMEL.findall(token))
+    for token in _IDENTIFIER.findall(text[:MAX_CHARS]):
+        words.extend(part.lower() for part in _CAMEL.findall(token))
     return words
 
 
 def _spelled(match):
-    token = match.group(0)
-    if _SEPARATOR.search(token) or _CAMEL_STEP.search(token):
-        return " ".join(part.lower() for part in _CAMEL.findall(token))
-    return token
+    return " ".join(part.lower() for part in _CAMEL.findall(match.group(0)))
 
 
 def spell_identifiers(text):
     """``text`` with each CamelCase, snake_case or dotted identifier replaced by its words, lower-case."""
-    return _TOKEN.sub(_spelled, text)
+    return _IDENTIFIER.sub(_spelled, text)
 
 
 def _bucket(gram):

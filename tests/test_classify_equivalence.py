@@ -1,10 +1,11 @@
 """The fast classification path gives the answers of a straightforward one on every corpus message.
 
-The reference matches each pattern with its own RE2 search and takes the
-lowest priority (then the first listed), and templates with the replacement
-passes applied one after the other through RE2's and Python's ``sub``: the
-code as it was before Hyperscan, the byte-level RE2 passes and the head-only
-template.
+The reference matches each pattern with its own RE2 search (RE2's matcher
+itself, without the Python wrapper's per-call cost) and takes the lowest
+priority (then the first listed), and templates with the replacement passes
+applied one after the other through RE2's and Python's ``sub`` on the whole
+text: the code as it was before Hyperscan, the byte-level RE2 passes and the
+head-only template (cut at a line break or a space).
 """
 
 import random
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import re2
+from re2 import _re2
 
 from failured import corpus
 from failured.classify import Classifier
@@ -20,6 +22,7 @@ from failured.fingerprint import _COMPILED, MAX_INPUT_CHARS, MAX_TEMPLATE_CHARS,
 from failured.rules import re2_options
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
+_UNANCHORED = _re2.RE2.Anchor.UNANCHORED
 
 
 def reference_template(message):
@@ -31,17 +34,24 @@ def reference_template(message):
 
 
 class ReferenceClassifier(Classifier):
-    """Every pattern searched on its own: the lowest (priority, position) that matches wins."""
+    """Every pattern searched on its own: the lowest (priority, position) that matches wins.
+
+    ``seen`` records each text the pattern stage was given and the pattern it chose.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, engine="re2", **kwargs)
-        self._each = [re2.compile(text, options=re2_options()) for _, text, _, _ in self._pattern_owner]
+        self._each = [_re2.RE2(text.encode(), re2_options()) for _, text, _, _ in self._pattern_owner]
+        self.seen = []
 
     def _by_pattern_stage(self, text):
-        hits = [i for i, compiled in enumerate(self._each) if compiled.search(text)]
-        if not hits:
+        data = text.encode("utf-8", "replace")  # as the matcher reads a lone surrogate
+        hits = [i for i, compiled in enumerate(self._each) if compiled.Match(_UNANCHORED, data, 0, len(data))[0][0] >= 0]
+        best = min(hits, key=lambda i: (self._pattern_owner[i][0], i)) if hits else None
+        self.seen.append((text, best))
+        if best is None:
             return None
-        _, pattern, category, _ = min((self._pattern_owner[i] for i in hits), key=lambda owner: owner[0])
+        _, pattern, category, _ = self._pattern_owner[best]
         return category, "pattern", pattern
 
 
@@ -59,18 +69,23 @@ def corpus_cases():
 
 
 def test_every_corpus_message_gets_the_reference_answer(shipped):
+    """The whole answer of the fast path; and RE2 alone (as while Hyperscan compiles) on every
+    text the pattern stage was given (the other stages are the same code in both)."""
     fast, re2_only, reference = shipped
     assert fast.patterns.engine in ("hyperscan", "re2")  # "re2" where Hyperscan cannot install
+    assert re2_only.patterns.engine == "re2"
     cases = corpus_cases()
     assert len(cases) > 2000
     differences = []
     for message, error_type in cases:
         expected = reference.classify_uncached(message, error_type).to_dict()
-        for classifier in (fast, re2_only):
-            got = classifier.classify_uncached(message, error_type).to_dict()
-            if got != expected:
-                differences.append((message[:120], classifier.patterns.engine, got, expected))
+        got = fast.classify_uncached(message, error_type).to_dict()
+        if got != expected:
+            differences.append((message[:120], fast.patterns.engine, got, expected))
         assert template_of(expected["message"]) == reference_template(expected["message"])
+    assert sum(best is not None for _, best in reference.seen) > len(cases) // 4  # the check has teeth
+    differences += [(text[:120], "re2", got, best) for text, best in reference.seen
+                    if (got := re2_only.patterns.best(text)) != best]
     assert differences == []
 
 
@@ -78,13 +93,20 @@ def test_varied_and_long_messages_template_like_the_reference():
     rng = random.Random(12)
     real = [message for message, _ in corpus_cases()]
     pieces = ["localhost", ".com", "://", "0x1f", "\n", "   ", "'", '"', "-", "1234", "a1b2c3d4", "é", "中",
-              "/srv/app/x.py", "C:\\a\\b", "[::1]:80", "10.0.0.1:5432", "user@example.com"]
+              "/srv/app/x.py", "C:\\a\\b", "[::1]:80", "10.0.0.1:5432", "user@example.com",
+              # around the first-character-first passes: Unicode digits and word characters, signs, hex
+              "٣", "é1234", "+1.5", "<7", "a/b/c", "./x/y", "deadbeef", "0xZZ", "é0123abcd", "_12ab34"]
+    # Quotes with spaces inside, near where a long one-line message is cut (about 1,024 characters in).
+    quoted = ["'a b'", '"q r s"', "“x y”", "‘p q’", "it's", '" ', " '", "“", "‘"]
     messages = []
-    for _ in range(1000):  # 2,000 messages, long tracebacks among them
+    for _ in range(500):  # 1,500 messages, long tracebacks and long single lines among them
         head = rng.choice(real)
         frames = "".join(f'  File "/srv/app/m{rng.randint(1, 999)}.py", line {rng.randint(1, 3000)}, in f\n'
                          for _ in range(rng.randint(0, 60)))
         noise = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
         messages.append(f"Traceback (most recent call last):\n{frames}{head} {noise}")
         messages.append(noise * rng.choice([1, 30]) + head)
+        line = "".join(rng.choice(quoted) if rng.random() < 0.3 else "w" * rng.randint(1, 40) + " "
+                       for _ in range(rng.randint(30, 90)))
+        messages.append(f"Traceback (most recent call last):\\n{frames}{line}{head}".replace("\n", "\\n"))
     assert [template_of(m) for m in messages] == [reference_template(m) for m in messages]
