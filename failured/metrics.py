@@ -44,6 +44,7 @@ class Metrics:
         self.reloads = Counter("failured_config_reloads_total", "Config reloads, by result (applied, rejected)",
                                ["result"], registry=r)
         self.queue_depth = lambda: 0  # set by the daemon: retries waiting in the heap
+        self.members = None  # set by the daemon: its Membership (several daemons on PostgreSQL)
         self._store = None
         self._clock = None
         self.task_types = TaskTypeLabels()
@@ -124,3 +125,22 @@ class _StoreCollector:
         breakers = GaugeMetricFamily("failured_breakers_open", "Task types whose circuit breaker is not closed")
         breakers.add_metric([], aggregates.breakers_open_count(store))
         yield breakers
+        yield from _daemon_gauges(self.metrics.members)
+
+
+def _daemon_gauges(members):
+    """This daemon's lead, and the daemons sharing the database as the table says (PostgreSQL only)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if members is None or not members.shared:
+        return
+    leader = GaugeMetricFamily("failured_daemon_leader", "1 when this daemon runs the scheduled jobs",
+                               labels=["daemon"])
+    leader.add_metric([members.name], 1 if members.is_leader() else 0)
+    yield leader
+    alive = GaugeMetricFamily("failured_daemons", "Daemons sharing the database, by state (alive, gone)",
+                              labels=["state"])
+    listed = members.members()
+    alive.add_metric(["alive"], sum(1 for m in listed if m["alive"]))
+    alive.add_metric(["gone"], sum(1 for m in listed if not m["alive"]))
+    yield alive

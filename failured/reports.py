@@ -1,8 +1,10 @@
 """Report files: the processing report after each scan, writing and expiring report files.
 
 The processing report has the classic fields (success, message, stats, results). It covers every task
-event since the previous report (a watermark on ``task_events.id``), so the
-immediate handling between scans is reported too, not only the scan's own work.
+event since the previous report (a watermark: ``task_events.id`` on SQLite, the
+writing transaction on PostgreSQL, where events can commit out of id order; see
+``aggregates.event_cut``), so the immediate handling between scans is reported
+too, not only the scan's own work, and each decision exactly once.
 """
 
 import calendar
@@ -16,6 +18,7 @@ from .store import aggregates
 
 PROCESSING, ANALYSIS = "failure_processing", "failure_analysis"
 WATERMARK_KEY = "processing_report_event_id"
+XACT_WATERMARK_KEY = "processing_report_xact"  # PostgreSQL: the transaction cut of the previous report
 # The events that end a decision about a task, and what the processing report calls them.
 DECISIONS = ("retry_scheduled", "recovered", "notified", "exhausted", "manual", "lease_expired")
 STUCK_NEW_SECONDS = 60
@@ -80,8 +83,8 @@ def _result(lang, task_id, event, category, delay, attempt, detail):
 
 def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     """The processing report over the events since the previous one."""
-    since = int(store.get_state(WATERMARK_KEY, "0"))
-    upto = aggregates.newest_event_id(store)
+    upto = aggregates.event_cut(store)
+    since = (int(store.get_state(WATERMARK_KEY, "0")), int(store.get_state(XACT_WATERMARK_KEY, "0")))
     latest = aggregates.latest_decisions(store, since, upto, DECISIONS)
     scanned, analyzed, recovered, notified = aggregates.decision_counts(store, since, upto)
     stuck = aggregates.stuck_new(store, now - STUCK_NEW_SECONDS)
@@ -89,7 +92,10 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
                                   for task_id in stuck]
     results = [_result(lang, *row) for row in latest]
     if advance:
-        store.set_state(WATERMARK_KEY, str(upto), now)
+        with store.transaction():
+            store.put_state(WATERMARK_KEY, str(upto[0]), now)
+            if upto[1] is not None:
+                store.put_state(XACT_WATERMARK_KEY, str(upto[1]), now)
     return {
         "success": not errors,
         "message": WORDS[lang]["done"],

@@ -9,7 +9,9 @@ is one line in ``problems``.
 import json
 
 from .clock import iso
+from .members import STALE_SECONDS
 from .store import DISK_FLOOR_BYTES, aggregates, outbox
+from .store import members as member_rows
 from .thresholds import evaluate
 
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
@@ -33,6 +35,15 @@ def daemon_status(store, now):
     return {"alive": age is not None and age <= STALE_HEARTBEAT_SECONDS, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
             "last_analysis": _when(_epoch_state(store, "last_analysis"))}
+
+
+def daemons(store):
+    """The daemons sharing the database (rows only on PostgreSQL): name, host, pid, alive, leader, what each
+    delivers; a daemon gone for a day is forgotten."""
+    return [{"name": m["name"], "host": m["host"], "pid": m["pid"], "alive": m["alive"], "leader": m["leader"],
+             "heartbeat": _when(m["heartbeat"]), "heartbeat_age_seconds": m["heartbeat_age"],
+             "started": _when(m["started"]), "stopped": _when(m["stopped"]),
+             "channels": m["runs"].get("channels", [])} for m in member_rows.members(store, STALE_SECONDS)]
 
 
 def channel_health(store, configured=None):
@@ -103,6 +114,7 @@ def collect(store, snapshot, now):
                  "open_until": _when(until)} for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
     daemon = daemon_status(store, now)
+    members = daemons(store)
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
     free = store.free_bytes()
@@ -118,6 +130,7 @@ def collect(store, snapshot, now):
         "notifications": channels,
         "config": config,
         "thresholds_breached": breached,
+        **({"daemons": members} if members else {}),  # several daemons on PostgreSQL
     }
 
 
@@ -129,6 +142,8 @@ def render(status):
     lines += [f"daemon: {_daemon_words(daemon)}"
               f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}",
               f"tasks: {status['tasks']['total']}"]
+    for member in status.get("daemons", []):
+        lines.append(f"  daemon {member['name']}: " + _member_words(member))
     for state, categories in sorted(status["tasks"]["by_status"].items()):
         detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
         lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")
@@ -145,6 +160,15 @@ def render(status):
     if config["active"]:
         lines.append(f"config: {len(config['active']['files'])} files, loaded {config['active']['loaded_at']}")
     return "\n".join(lines)
+
+
+def _member_words(member):
+    if not member["alive"]:
+        return f"gone (last heartbeat {member['heartbeat']})"
+    runs = ["leader (scan, analysis, thresholds, housekeeping)"] if member["leader"] else []
+    if member["channels"]:
+        runs.append("delivers " + ", ".join(member["channels"]))
+    return "alive, retries" + "".join(f", {words}" for words in runs)
 
 
 def _daemon_words(daemon):

@@ -129,7 +129,7 @@ def test_a_version_2_database_gains_filled_counters_when_opened(location):  # no
     record_failure(store, "sync", "written while no trigger counted", clock=clock)
     store.close()
     again = open_store(location)
-    assert again.schema_version() == SCHEMA_VERSION == 4
+    assert again.schema_version() == SCHEMA_VERSION == 5
     assert aggregates.tasks_by_status(again) == [("new", "-", 6)]
     assert sum(n for _, _, n in aggregates.failures_by_hour(again, "")) == 6
     if again.dialect == "sqlite":

@@ -117,7 +117,7 @@ def test_a_version_1_database_is_migrated_forward_on_open(location):
             store.db.execute_sql("PRAGMA user_version = 1")
     store.close()
     again = open_store(location)
-    assert again.schema_version() == SCHEMA_VERSION == 4
+    assert again.schema_version() == SCHEMA_VERSION == 5
     assert again.label_count() == 0 and again.scalar("SELECT count(*) FROM tasks") == 1
     again.close()
 

@@ -13,6 +13,7 @@ import time
 
 from ..alertlog import append_line
 from ..clock import SystemClock
+from ..members import SoloMembership
 from ..metrics import Metrics
 from ..secrets import known_secrets
 from ..store import outbox as outbox_rows
@@ -39,8 +40,10 @@ def monotonic_source(clock):
 class Dispatcher:
     """Starts a lane per configured channel (and for rows of channels since removed)."""
 
-    def __init__(self, store, settings, clock, config, metrics=None):
+    def __init__(self, store, settings, clock, config, metrics=None, members=None):
         self.store = store
+        # Which daemon delivers which channel (several daemons on PostgreSQL); alone, this one delivers all.
+        self.members = members or SoloMembership()
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.clock = clock

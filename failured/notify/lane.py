@@ -71,6 +71,8 @@ class Lane:
         self._offset = None  # wall minus monotonic at the last pass, to notice wall-clock jumps
         self._last_pass = None  # wall time of the last pass
         self._store_full = False
+        self._holding = False  # whether this daemon delivered the channel at the last pass
+        self._sends_pruned = NEVER  # wall time channel_sends was last pruned
 
     # -- the loop ---------------------------------------------------------------
 
@@ -119,14 +121,39 @@ class Lane:
         self.health.load()
         mono = d.monotonic()
         window = d.config().notify.dedup_window_seconds
+        shared = d.members.shared
+        if shared:  # the window is every daemon's sends, written before each went out
+            self.sent_times.extend(mono - (now - at) for at in outbox.sends_since(d.store, self.name,
+                                                                                  now - WINDOW_SECONDS))
         for row in outbox.sent_since(d.store, self.name, now - max(window, WINDOW_SECONDS)):
             at = mono - (now - row.sent_at)  # the same moment on the monotonic clock
             if row.sent_at >= now - WINDOW_SECONDS:
-                self.sent_times.append(at)
+                if not shared:
+                    self.sent_times.append(at)
                 if row.kind == "digest":
                     self.last_digest, self.storm_until = at, at + WINDOW_SECONDS
             if row.fingerprint:
                 self.recent[(row.fingerprint, row.task_type)] = at
+
+    def _delivering(self, now):
+        """Whether this daemon delivers the channel now. Several daemons on one database take turns by a lock
+        (``members``); the one that takes it over starts from what the database says the channel did."""
+        members = self.dispatcher.members
+        holds = members.holds_channel(self.name)
+        if holds and not self._holding and members.shared:
+            self._take_over(now)
+        self._holding = holds
+        return holds
+
+    def _take_over(self, now):
+        """Forget what this lane knew and read the channel's recent past: sends (any daemon's, a crashed one's
+        too), repeats, digests."""
+        self.sent_times.clear()
+        self.recent.clear()
+        self.last_digest = self.storm_until = NEVER
+        self._offset = self._last_pass = None
+        self._load_history(now)
+        log.info("channel %s: delivered by this daemon from now on", self.name)
 
     def process(self):
         """One pass; returns seconds until this lane has something to do again."""
@@ -137,6 +164,8 @@ class Lane:
         if self.unrecorded:
             self._record_unrecorded()
         now, mono = d.clock.now(), d.monotonic()
+        if not self._delivering(now):
+            return IDLE_SECONDS
         self._follow_wall_jump(now, mono)
         if channel is None:
             self._fail_all(f"channel {self.name!r} is no longer configured")
@@ -228,13 +257,18 @@ class Lane:
         sent, covered = [], []
         now = d.clock.now()
         for group in groups:
+            send_id = None
             try:
                 row = group[0] if len(group) == 1 else d.make_repeat(self.name, group, now)
+                if channel.rate_per_minute is not None and d.members.shared:
+                    send_id = self._record_send(row, now)
             except StoreError:
                 self._sent(sent, covered, now)  # what already went out must not go out again
                 raise
             result = channel.send(d.message_for(row))
             now, mono = d.clock.now(), d.monotonic()
+            if send_id is not None:
+                self._send_ended(send_id, now)
             if not result.ok:
                 self._sent(sent, covered, now)
                 return self._failed_send(channel, row, result, now, mono)
@@ -269,6 +303,23 @@ class Lane:
             for row_id in ids:
                 del self.unrecorded[row_id]
             self.dispatcher.metrics.notifications.labels(self.name, SENT).inc(len(ids))
+
+    def _record_send(self, row, now):
+        """Write the send into the shared window before it goes out (a crash after the send still counts it);
+        returns the record's id."""
+        store = self.dispatcher.store
+        send_id = outbox.record_send(store, self.name, now, row.id)
+        if now - self._sends_pruned >= WINDOW_SECONDS:
+            outbox.forget_sends(store, self.name, now - 2 * WINDOW_SECONDS)
+            self._sends_pruned = now
+        return send_id
+
+    def _send_ended(self, send_id, now):
+        """Move the record to the send's end (the robot counted it in between): the window errs on the safe side."""
+        try:
+            outbox.send_ended(self.dispatcher.store, send_id, now)
+        except StoreError as exc:  # the start time stays: never a reason to send anything again
+            log.debug("channel %s: send end not recorded: %s", self.name, exc)
 
     def _remember(self, channel, row, mono):
         if channel.rate_per_minute is not None:

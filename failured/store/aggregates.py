@@ -22,25 +22,77 @@ def newest_event_id(store):
     return store.scalar("SELECT coalesce(max(id), 0) FROM task_events")
 
 
+# -- the processing report's watermark -------------------------------------------------------
+#
+# A report covers the events after the previous report's cut, up to its own. On SQLite one writer
+# commits at a time, so ids commit in order: the cut is the newest id. On PostgreSQL an event with a
+# smaller id can commit after one with a larger (several daemons, or two threads of one): a cut on
+# the id would skip it for good. There the cut is the oldest transaction still running that writes to
+# this schema: every transaction before it has committed, rolled back or writes elsewhere, so the
+# events with ``xact`` below it are all there is of them, and each falls in exactly one report's
+# [since, cut). Transactions of other schemas and other applications on the same server (a long report
+# query, a session left idle in a transaction) do not hold the cut back. Rows written before ``xact``
+# existed (NULL) are reached by id, as before.
+
+# The in-progress transactions (as 32-bit xids) holding a lock on a relation of this schema: a
+# transaction that writes here has taken one with its first write, and keeps it to its end.
+_SCHEMA_WRITERS = """
+    SELECT DISTINCT x.transactionid::text::bigint FROM pg_locks AS r
+    JOIN pg_class AS c ON c.oid = r.relation AND c.relnamespace = current_schema()::regnamespace
+    JOIN pg_locks AS x ON x.pid = r.pid AND x.locktype = 'transactionid' AND x.granted
+    WHERE r.locktype = 'relation' AND r.pid != pg_backend_pid()"""
+
+
+def event_cut(store):
+    """The report's cut now: ``(id cut, transaction cut)``; the transaction cut is None on SQLite."""
+    if store.dialect != "postgresql":
+        return newest_event_id(store), None
+    # The snapshot first: a transaction that starts after it gets a larger xid (and larger event ids).
+    xmax, running = store.execute(
+        "SELECT pg_snapshot_xmax(s)::text::bigint, array(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)"
+        " FROM pg_current_snapshot() AS s").fetchone()
+    # Then which of those still write here: one that ended meanwhile is visible to the reads that follow.
+    writers = {xid for xid, in store.rows(_SCHEMA_WRITERS)}
+    pending = [xact for xact in running or () if xact % 2 ** 32 in writers]
+    return newest_event_id(store), min(pending, default=xmax)
+
+
+def _event_window(since, upto):
+    """SQL and parameters for the events in (``since``, ``upto``], cuts as ``event_cut`` gives them."""
+    (since_id, since_xact), (upto_id, upto_xact) = since, upto
+    if upto_xact is None:
+        return "id > ? AND id <= ?", (since_id, upto_id)
+    return ("(xact >= ? AND xact < ? OR xact IS NULL AND id > ? AND id <= ?)",
+            (since_xact or 0, upto_xact, since_id, upto_id))
+
+
 def latest_decisions(store, since, upto, events):
-    """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` in (since, upto]."""
+    """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` after the cut
+    ``since`` up to the cut ``upto`` (``event_cut``; plain ids on SQLite)."""
+    window, params = _event_window(*_cuts(since, upto))
     return store.rows(f"""
         SELECT task_id, event, category, delay_seconds, attempt, detail FROM (
             SELECT task_id, event, category, delay_seconds, attempt, detail,
                    row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
-            FROM task_events WHERE id > ? AND id <= ? AND event IN ({_marks(events)})) AS latest
-        WHERE newest = 1 ORDER BY task_id""", since, upto, *events)
+            FROM task_events WHERE {window} AND event IN ({_marks(events)})) AS latest
+        WHERE newest = 1 ORDER BY task_id""", *params, *events)
 
 
 def decision_counts(store, since, upto):
-    """(tasks with events, analysed, recovered, notified) in the events (since, upto]."""
-    return store.execute("""
+    """(tasks with events, analysed, recovered, notified) in the events after the cut ``since`` up to ``upto``."""
+    window, params = _event_window(*_cuts(since, upto))
+    return store.execute(f"""
         SELECT count(DISTINCT task_id),
                count(DISTINCT CASE WHEN event IN ('retry_scheduled', 'notified', 'exhausted', 'manual')
                                    THEN task_id END),
                count(DISTINCT CASE WHEN event = 'recovered' THEN task_id END),
                count(DISTINCT CASE WHEN event IN ('notified', 'exhausted', 'manual') THEN task_id END)
-        FROM task_events WHERE id > ? AND id <= ?""", (since, upto)).fetchone()
+        FROM task_events WHERE {window}""", params).fetchone()
+
+
+def _cuts(*cuts):
+    """Cuts as (id, xact) pairs: a plain id (older callers, SQLite) has no transaction cut."""
+    return [cut if isinstance(cut, tuple) else (cut, None) for cut in cuts]
 
 
 def stuck_new(store, before, limit=100):

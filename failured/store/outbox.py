@@ -3,7 +3,7 @@
 
 from ..states import NotificationStatus
 from ._peewee import pw
-from .schema import Notification
+from .schema import Notification, epoch
 from .tasks import stamp
 
 PENDING, FAILED = NotificationStatus.PENDING, NotificationStatus.FAILED
@@ -91,6 +91,32 @@ def postponed_rows(store, channel, after, created_by):
             Notification.select(Notification.id, Notification.next_attempt_at)
             .where(Notification.channel == channel, Notification.status == PENDING,
                    Notification.next_attempt_at > after, Notification.created_at <= created_by).bind(store.db)]
+
+
+def record_send(store, channel, at, notification_id=None):
+    """Note a message ``channel`` is about to send (its own transaction): the robot's minute, shared.
+    Returns the record's id (``send_ended`` moves it to when the send ended)."""
+    with store.transaction():
+        return store.insert_id("INSERT INTO channel_sends (channel, at, notification_id) VALUES (?, ?, ?)",
+                               (channel, store.time(at), notification_id))
+
+
+def send_ended(store, send_id, at):
+    """The send ended at ``at``: the robot counted it no later, so the window counts it from then."""
+    with store.transaction():
+        store.execute("UPDATE channel_sends SET at = ? WHERE id = ?", (store.time(at), send_id))
+
+
+def sends_since(store, channel, since):
+    """Wall times of the messages ``channel`` sent (or began to) since ``since``, oldest first."""
+    return [epoch(at) for (at,) in store.rows("SELECT at FROM channel_sends WHERE channel = ? AND at >= ? ORDER BY at",
+                                               channel, store.time(since))]
+
+
+def forget_sends(store, channel, before):
+    """Drop a channel's send records older than ``before`` (the window never looks that far back)."""
+    with store.transaction():
+        store.execute("DELETE FROM channel_sends WHERE channel = ? AND at < ?", (channel, store.time(before)))
 
 
 def update_rows(store, ids, **fields):

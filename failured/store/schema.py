@@ -14,7 +14,7 @@ from .counters import analyze_index, create_counters
 
 # The version is kept in the schema_info table, which both stores have; SQLite keeps it in
 # PRAGMA user_version too (where failured has always read it there).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 TIME_TYPE = "UTCTIME"  # the field type of UtcTimeField; each store maps it (see database.FIELD_TYPES)
 
 
@@ -86,6 +86,22 @@ class Task(BaseModel):
         )
 
 
+# PostgreSQL: the writing transaction's id, which the processing report's watermark follows (see aggregates).
+XACT_DEFAULT = "pg_current_xact_id()::text::bigint"
+
+
+class XactField(pw.BigIntegerField):
+    """The id of the transaction that wrote the row, filled by PostgreSQL itself; NULL on SQLite (there, one
+    writer at a time commits ids in order and the report follows the id)."""
+
+    def ddl(self, ctx):
+        node = super().ddl(ctx)
+        # The store that keeps times as timestamptz is PostgreSQL (database.py maps the type per store).
+        if (ctx.state.field_types or {}).get(TIME_TYPE) == "TIMESTAMPTZ":
+            node.nodes.append(pw.SQL(f"DEFAULT ({XACT_DEFAULT})"))
+        return node
+
+
 class TaskEvent(BaseModel):
     task = pw.ForeignKeyField(Task, backref="events", on_delete="CASCADE", column_name="task_id")
     at = UtcTimeField()
@@ -96,10 +112,11 @@ class TaskEvent(BaseModel):
     delay_seconds = pw.FloatField(null=True)
     error_message = pw.TextField(null=True)
     detail = pw.TextField(null=True)
+    xact = XactField(null=True)
 
     class Meta:
         table_name = "task_events"
-        indexes = ((("task", "id"), False), (("at",), False))
+        indexes = ((("task", "id"), False), (("at",), False), (("xact",), False))
 
 
 class Notification(BaseModel):
@@ -159,6 +176,36 @@ class DaemonState(BaseModel):
 
     class Meta:
         table_name = "daemon_state"
+
+
+class Member(BaseModel):
+    """One daemon using this database (several share a PostgreSQL one). ``name`` is what its leases carry
+    (``tasks.lease_owner``); ``heartbeat_at`` is the database server's time, one clock for every host."""
+
+    name = pw.TextField(unique=True)
+    host = pw.TextField()
+    pid = pw.IntegerField()
+    started_at = UtcTimeField()
+    heartbeat_at = UtcTimeField()
+    leader = pw.BooleanField(default=False)
+    runs = pw.TextField(null=True)  # JSON: what it runs besides retries (the leader's jobs, the channels it delivers)
+    stopped_at = UtcTimeField(null=True)
+
+    class Meta:
+        table_name = "daemons"
+
+
+class ChannelSend(BaseModel):
+    """A message a rate-limited channel sent, written before it goes out: the robot's sliding minute, read by
+    whichever daemon delivers the channel next (a send cut short by a crash still counts)."""
+
+    channel = pw.TextField()
+    at = UtcTimeField()  # the sending daemon's wall clock (hosts keep theirs in step with NTP)
+    notification_id = pw.IntegerField(null=True)
+
+    class Meta:
+        table_name = "channel_sends"
+        indexes = ((("channel", "at"), False),)
 
 
 class Label(BaseModel):
@@ -235,7 +282,7 @@ class RecoveryCount(BaseModel):
 
 
 MODELS = (Task, TaskEvent, Notification, SuccessCount, Breaker, DaemonState, Label, SchemaInfo, TaskCount, FailureCount,
-          RecoveryCount)
+          RecoveryCount, Member, ChannelSend)
 COUNTERS = (TaskCount, FailureCount, RecoveryCount)
 
 _SCHEDULED, _RECOVERED = f"'{TaskStatus.SCHEDULED}'", f"'{TaskStatus.RECOVERED}'"
@@ -266,6 +313,15 @@ def views(dialect):
     }
 
 
+def _add_event_xact(store):
+    """task_events.xact: NULL on the rows already there (the report reaches them by id), filled from now on."""
+    if "xact" not in {column.name for column in store.db.get_columns("task_events")}:
+        store.db.execute_sql('ALTER TABLE "task_events" ADD COLUMN "xact" BIGINT')
+    if store.dialect == "postgresql":
+        store.db.execute_sql(f'ALTER TABLE "task_events" ALTER COLUMN "xact" SET DEFAULT ({XACT_DEFAULT})')
+    store.db.execute_sql('CREATE INDEX IF NOT EXISTS "task_events_xact" ON "task_events" ("xact")')
+
+
 # version -> steps (SQL text, or callables taking the Store) that bring a database from version-1
 # up to it. A fresh database is created at SCHEMA_VERSION directly from the models. Every step
 # runs on either store: SQL here is written in the words both understand.
@@ -280,4 +336,6 @@ MIGRATIONS = {
         lambda store: analyze_index(store, "tasks_category_created_at_fingerprint")],
     # task_counts counts running tasks as scheduled: the new triggers, and the counts refilled that way.
     4: [create_counters],
+    # Several daemons on one PostgreSQL: their membership, the robots' shared minute, the report's transaction ids.
+    5: [lambda store: store.create_tables([Member, ChannelSend]), _add_event_xact],
 }
