@@ -59,7 +59,9 @@ def _names(what, values):
     for value in values:
         if len(value) > MAX_NAME_CHARS:
             raise InputError(f"{what} value is {len(value)} characters: at most {MAX_NAME_CHARS}")
-    return tuple(dict.fromkeys(v for v in values if v))
+        if not value:  # "?status=" filters nothing: say so rather than list everything
+            raise InputError(f"{what} is given empty: give a value, or leave {what} out to list every {what}")
+    return tuple(dict.fromkeys(values))
 
 
 def _limit(value):

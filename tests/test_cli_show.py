@@ -1,8 +1,13 @@
-"""``failured show``: a readable history, and a task in ``manual`` says why and what to do."""
+"""``failured show``: a readable history, and a task in ``manual`` says why and what to do.
+
+The first ``show`` is a real subprocess; the other commands run in-process (cli_inprocess), as the
+test polls ``show`` until the daemon has reloaded its configuration.
+"""
 
 import re
 import sys
 
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: a command in-process, a subprocess costs ~0.25 CPU-s a call
 from conftest import wait_for
 
 
@@ -10,9 +15,9 @@ def _event_lines(text):
     return [line for line in text.splitlines() if re.match(r"  \d{4}-\d\d-\d\d", line)]
 
 
-def test_a_manual_task_says_why_and_what_to_do_and_the_history_stays_in_columns(daemon_factory, tmp_path):
+def test_a_manual_task_says_why_and_what_to_do_and_the_history_stays_in_columns(daemon_factory, tmp_path, cli):
     daemon = daemon_factory().start()
-    daemon.cli("report", "--type", "tracking_update", "--error", "connection timeout")
+    assert cli("report", "--type", "tracking_update", "--error", "connection timeout", env=daemon.env).returncode == 0
     daemon.wait_for("SELECT status FROM tasks WHERE id = 1", lambda rows: rows == [("manual",)])
 
     shown = daemon.cli("show", "1")
@@ -21,16 +26,16 @@ def test_a_manual_task_says_why_and_what_to_do_and_the_history_stays_in_columns(
     assert "to do: configure [task_types.tracking_update.handler] in failured.toml" in shown.stdout
     assert "failured requeue --type tracking_update --status manual" in shown.stdout
     assert "to do: or, when it was dealt with by hand: failured resolve 1" in shown.stdout
-    assert daemon.cli("show", "1", "--json").stdout.count('"why"') == 1
+    assert cli("show", "1", "--json", env=daemon.env).stdout.count('"why"') == 1
 
     (tmp_path / "config" / "failured.toml").write_text(
         f'[task_types.tracking_update.handler]\nkind = "command"\nargv = ["{sys.executable}", "-c", "pass"]\n')
-    assert wait_for(lambda: "a handler is configured now: failured recover 1" in daemon.cli("show", "1").stdout,
-                    timeout=20)
-    assert daemon.cli("recover", "1").returncode == 0
+    reloaded = "a handler is configured now: failured recover 1"
+    assert wait_for(lambda: reloaded in cli("show", "1", env=daemon.env).stdout, timeout=20)
+    assert cli("recover", "1", env=daemon.env).returncode == 0
     daemon.wait_for("SELECT status FROM tasks WHERE id = 1", lambda rows: rows == [("recovered",)])
 
-    lines = _event_lines(daemon.cli("show", "1").stdout)
+    lines = _event_lines(cli("show", "1", env=daemon.env).stdout)
     assert any("recover_requested" in line for line in lines)
     # The status column starts at the same place on every line, however long the event name.
     columns = {re.match(r"  \S+  \S+\s+()\S", line).start(1) for line in lines}

@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: a command in-process, a subprocess costs ~0.25 CPU-s a call
 from conftest import run_cli, write_config
 from failured.api import ApiServer
 from failured.backend import Backend
@@ -94,7 +95,8 @@ def test_bad_filters_are_input_errors(arguments):
 
 # -- the command line --------------------------------------------------------------
 
-def test_failured_list_prints_rows_and_json(tmp_path, store):
+def test_failured_list_prints_rows_and_json(tmp_path, store, cli):
+    """The first listing is a real subprocess; the other options run in-process (cli_inprocess)."""
     env = {"FAILURE_DB": str(store.path), "FAILURE_CONFIG_DIR": str(write_config(tmp_path / "config"))}
     first = add(store, "sync", "connection timeout 1", "scheduled", "recoverable_network")
     second = add(store, "mail", "bad <b>json</b>", "notified", "unrecoverable_data")
@@ -102,12 +104,12 @@ def test_failured_list_prints_rows_and_json(tmp_path, store):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [int(line.split("\t")[0]) for line in lines] == [second, first]
-    result = run_cli("list", "--type", "sync", "--grep", "timeout", "--json", "--limit", "1", env=env)
+    result = cli("list", "--type", "sync", "--grep", "timeout", "--json", "--limit", "1", env=env)
     data = json.loads(result.stdout)
     assert [t["id"] for t in data["tasks"]] == [first] and data["next_cursor"] is None
-    result = run_cli("list", "--limit", "1", "--json", env=env)
+    result = cli("list", "--limit", "1", "--json", env=env)
     assert json.loads(result.stdout)["next_cursor"] == str(second)
-    result = run_cli("list", "--status", "nope", env=env)
+    result = cli("list", "--status", "nope", env=env)
     assert result.returncode == 2 and "not a task status" in result.stderr
 
 
@@ -147,7 +149,8 @@ def test_get_tasks_filters_and_pages(api):
 
 
 @pytest.mark.parametrize("query, field", [("colour=red", "colour"), ("since=1h&since=2h", "since"),
-                                          ("limit=x", None), ("status=bogus", None)])
+                                          ("limit=x", None), ("status=bogus", None), ("status=", None),
+                                          ("category=2&category=", None)])
 def test_get_tasks_refuses_bad_queries(api, query, field):
     status, error = call(f"{api[0]}/v1/tasks?{query}")
     assert status == 400 and error["error"] == "bad_request" and error.get("field") == field

@@ -4,6 +4,10 @@ and a daemon there carries on with every task's history; half copies and full ta
 PostgreSQL is FAILURE_TEST_POSTGRES_URL (default postgresql://root@127.0.0.1:5432/test); each test
 copies into a schema of its own (test_store_postgres's ``pg_url``), dropped after. Without a server
 these tests skip and say why.
+
+Around the real `migrate-store` subprocesses, the end-to-end test reports, labels and shows tasks
+in-process (cli_inprocess: the same ``failured.cli.main``, without a new interpreter for each of
+some twenty calls); the commands themselves are tested as subprocesses in their own files.
 """
 
 import json
@@ -15,6 +19,7 @@ import sys
 import time
 
 import pytest
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: a command in-process, a subprocess costs ~0.25 CPU-s a call
 from conftest import run_cli
 from test_store_postgres import PG_URL, pg_unavailable, pg_url  # noqa: F401 (their fixtures, used below)
 
@@ -67,20 +72,20 @@ def _wait_pg(url, sql, expected, daemon, timeout=30):
     raise AssertionError(f"{found} != {expected}\n{daemon.stderr()}")
 
 
-def _report(daemon, task_type, error):
-    result = daemon.cli("report", "--type", task_type, "--error", error)
+def _report(cli, daemon, task_type, error):
+    result = cli("report", "--type", task_type, "--error", error, env=daemon.env)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
 
-def _cli_ok(daemon, *args, **env):
-    result = run_cli(*args, env={**daemon.env, **env}, cwd=daemon.workdir)
+def _cli_ok(cli, daemon, *args, **env):
+    result = cli(*args, env={**daemon.env, **env})
     assert result.returncode == 0, result.stderr
     return result
 
 
-def _show(daemon, task_id, **env):
-    return json.loads(_cli_ok(daemon, "show", str(task_id), "--json", **env).stdout)
+def _show(cli, daemon, task_id, **env):
+    return json.loads(_cli_ok(cli, daemon, "show", str(task_id), "--json", **env).stdout)
 
 
 def _table_rows(location):
@@ -102,20 +107,21 @@ def _table_rows(location):
         store.close()
 
 
-def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carries_on(target, daemon_factory):
+def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carries_on(target, daemon_factory, cli):
     main = MAIN.format(python=sys.executable)
     daemon = daemon_factory(main).start()
-    recovered = _report(daemon, "sync", "connection timeout talking to the carrier")
-    data_error = _report(daemon, "sync", "malformed json in the payload")
-    business = _report(daemon, "sync", "order 7 not found")
-    flaky = [_report(daemon, "flaky", f"connection refused by the warehouse {n}") for n in range(2)]
-    manual = _report(daemon, "no_handler", "connection timeout to the ERP")
+    recovered = _report(cli, daemon, "sync", "connection timeout talking to the carrier")
+    data_error = _report(cli, daemon, "sync", "malformed json in the payload")
+    business = _report(cli, daemon, "sync", "order 7 not found")
+    flaky = [_report(cli, daemon, "flaky", f"connection refused by the warehouse {n}") for n in range(2)]
+    manual = _report(cli, daemon, "no_handler", "connection timeout to the ERP")
     daemon.wait_for("SELECT status FROM tasks WHERE id = ?", lambda rows: rows == [("recovered",)], 30, recovered)
     daemon.wait_for("SELECT state FROM breakers WHERE task_type = 'flaky'", lambda rows: rows == [("open",)], 30)
     daemon.wait_for("SELECT count(*) FROM tasks WHERE status IN ('new', 'running')", lambda rows: rows == [(0,)], 30)
-    _cli_ok(daemon, "label", str(data_error), "unrecoverable_business", "--note", "the order was cancelled")
-    _cli_ok(daemon, "resolve", str(business), "--note", "refunded by hand")
-    _cli_ok(daemon, "exec", "--type", "sync", "--", sys.executable, "-c", "pass")  # a success count
+    _cli_ok(cli, daemon, "label", str(data_error), "unrecoverable_business", "--note", "the order was cancelled")
+    _cli_ok(cli, daemon, "resolve", str(business), "--note", "refunded by hand")
+    counted = daemon.cli("exec", "--type", "sync", "--", sys.executable, "-c", "pass")  # a success count
+    assert counted.returncode == 0, counted.stderr
 
     refused = daemon.cli("migrate-store", "--to", target)
     assert refused.returncode == 2, refused.stderr
@@ -124,7 +130,7 @@ def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carr
 
     assert daemon.stop() == 0, daemon.stderr()
     ids = [recovered, data_error, business, *flaky, manual]
-    before = {task_id: _show(daemon, task_id) for task_id in ids}
+    before = {task_id: _show(cli, daemon, task_id) for task_id in ids}
     assert before[manual]["status"] == "manual" and before[business]["status"] == "resolved"
     assert all(len(before[task_id]["events"]) >= 2 for task_id in ids)  # histories, not just the reports
     sqlite_rows = _table_rows(daemon.db)
@@ -140,15 +146,15 @@ def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carr
         table: len(rows) for table, rows in sqlite_rows.items() if table not in derived}
     assert all(summary["tables"][table]["how"] == "rebuilt" for table in derived)
     assert _table_rows(target) == sqlite_rows  # every row of every table, ids and times kept
-    assert {task_id: _show(daemon, task_id, FAILURE_DB=target) for task_id in ids} == before
+    assert {task_id: _show(cli, daemon, task_id, FAILURE_DB=target) for task_id in ids} == before
 
     daemon = daemon_factory(main, FAILURE_DB=target).start()
-    _cli_ok(daemon, "recover", str(data_error), "--force")
-    fresh = _report(daemon, "sync", "connection timeout after the move")
+    _cli_ok(cli, daemon, "recover", str(data_error), "--force")
+    fresh = _report(cli, daemon, "sync", "connection timeout after the move")
     assert fresh == max(ids) + 1  # the id sequence starts past the copied rows
     _wait_pg(target, f"SELECT id, status FROM tasks WHERE id IN ({data_error}, {fresh}) ORDER BY id",
              [(data_error, "recovered"), (fresh, "recovered")], daemon)
-    after = _show(daemon, data_error)
+    after = _show(cli, daemon, data_error)
     assert after["events"][:len(before[data_error]["events"])] == before[data_error]["events"]
     assert [e["event"] for e in after["events"][len(before[data_error]["events"]):]][-1] == "recovered"
     assert _pg(target, "SELECT state FROM breakers WHERE task_type = 'flaky'") == [("open",)]

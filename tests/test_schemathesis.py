@@ -2,6 +2,12 @@
 
 Bounded and repeatable: 50 derandomized examples per operation, no example database.
 Every answer must be documented (status, content type, schema, headers) and none may be a 5xx.
+
+The schema comes from a fixture (schemathesis's lazy loading): its test cases are built when the
+test runs, once, on the one xdist worker that runs it, and each operation is a subtest named by its
+method and path. Loaded at import, ``schema.parametrize()`` would build every operation's cases at
+collection, in every worker (~1.3 CPU-s each). As one test of ~12 s, it is started first
+(conftest's RUN_FIRST), never left to run alone at the end of a parallel run.
 """
 
 import json
@@ -22,8 +28,22 @@ from failured.settings import load_settings
 from failured.store import open_store
 
 TOKEN = "schemathesis-token-0123456789"
-SPEC = json.loads(resources.files("failured").joinpath("openapi.json").read_text(encoding="utf-8"))
-schema = schemathesis.openapi.from_dict(SPEC)
+schema = schemathesis.pytest.from_fixture("openapi_schema")
+
+
+@pytest.fixture(scope="module")
+def openapi_schema():
+    """The OpenAPI document failured serves, as schemathesis reads it."""
+    spec = json.loads(resources.files("failured").joinpath("openapi.json").read_text(encoding="utf-8"))
+    return schemathesis.openapi.from_dict(spec)
+
+
+@pytest.fixture(autouse=True)
+def _node_id_for_schemathesis(request):
+    """schemathesis's lazy loader names each operation's subtest through ``node._nodeid``, which
+    pytest 9.2 no longer has (it keeps the id elsewhere and derives ``nodeid`` from it): give it one."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
 
 
 @pytest.fixture(scope="module")
