@@ -156,18 +156,22 @@ class TextModel:
         # buffer and each class summed over a strided view of it: no float objects are
         # kept per bucket, and the sums add in the order of the buckets as before (a
         # bucket one table lacks has 0.0 there, which leaves a sum exactly as it was).
-        width = len(classes)
-        zeros = (0.0,) * width
+        zeros = (0.0,) * len(classes)
+        self._adopt_rows({bucket: array("d", (*weights.get(bucket, zeros), *likelihoods.get(bucket, zeros))).tobytes()
+                          for bucket in dict.fromkeys([*weights, *likelihoods])})
+        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
+
+    def _adopt_rows(self, packed):
+        """{bucket: both tables' row packed as doubles} -> the rows scores() reads, each checked."""
+        width = 2 * len(self.classes) * array("d").itemsize
         self._rows = [b""] * BUCKETS
-        self._known = tuple(dict.fromkeys([*weights, *likelihoods]))
-        for bucket in self._known:
+        self._known = tuple(packed)
+        for bucket, row in packed.items():
             if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
                 raise ValueError(f"bucket {bucket!r} out of range")
-            row = (*weights.get(bucket, zeros), *likelihoods.get(bucket, zeros))
-            if len(row) != 2 * width:
-                raise ValueError(f"bucket {bucket} has {len(row)} weights, not {2 * width}")
-            self._rows[bucket] = array("d", row).tobytes()
-        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
+            if not isinstance(row, bytes) or len(row) != width:
+                raise ValueError(f"bucket {bucket} has {len(row)} bytes of weights, not {width}")
+            self._rows[bucket] = row
 
     def scores(self, text):
         """Each class's log-probability up to a constant: the mean of the two models' (softmax undoes the constant)."""
@@ -202,6 +206,17 @@ class TextModel:
     def from_state(cls, state):
         classes, weights, bias, likelihoods, prior, size = state
         return cls(tuple(classes), weights, bias, likelihoods, prior, size)
+
+    def packed_state(self):
+        """``state`` with the rows as they are packed: what the model cache stores (loading it unpacks nothing)."""
+        return self.classes, {bucket: self._rows[bucket] for bucket in self._known}, self._bias, self._prior, self.size
+
+    @classmethod
+    def from_packed_state(cls, state):
+        classes, rows, bias, prior, size = state
+        fitted = cls(tuple(classes), {}, bias, {}, prior, size)
+        fitted._adopt_rows(rows)
+        return fitted
 
 
 def _column_sums(rows, buckets, width):

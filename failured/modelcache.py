@@ -80,7 +80,7 @@ def _load(path):
     stamp, found = _last
     now = _stamp(path)
     if stamp != now:
-        found = model.TextModel.from_state(marshal.loads(path.read_bytes()))
+        found = model.TextModel.from_packed_state(marshal.loads(path.read_bytes()))
     touch(path)
     _last = (now, found)
     return found
@@ -103,7 +103,7 @@ def touch(path):
 def _store(directory, path, fitted):
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = marshal.dumps(fitted.state())
+        data = marshal.dumps(fitted.packed_state())
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".model-", delete=False) as handle:
             handle.write(data)
         os.replace(handle.name, path)

@@ -176,3 +176,6 @@ def test_packed_rows_score_exactly_as_the_plain_sums():
     for text in texts:
         assert fitted.scores(text) == _reference_scores(fitted, text)  # same additions in the same order
     assert learner.TextModel.from_state(fitted.state()).state() == fitted.state()
+    packed = learner.TextModel.from_packed_state(fitted.packed_state())
+    assert packed.state() == fitted.state()
+    assert all(packed.scores(text) == fitted.scores(text) for text in texts)
