@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import re
+import selectors
 import socket
 import socketserver
 import sys
@@ -149,6 +150,20 @@ class _Server(HTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    stopping = False
+    wake_reader = None  # the read end of a socket pair: stop() writes a byte to end the loop at once
+
+    def serve_until_stopped(self):
+        """``serve_forever`` without its poll: ``ApiServer.stop`` wakes the loop at once (a stop waited
+        up to a poll interval; an idle loop woke ten times a second for nothing)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self.wake_reader, selectors.EVENT_READ)
+            while not self.stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self and not self.stopping:
+                        self._handle_request_noblock()
+
     def process_request(self, request, client_address):
         connection = self.slots.admit(request)
         if connection is None:
@@ -206,8 +221,8 @@ class ApiServer:
         self._server.slots = Slots(limit, self.deadlines)
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
         self.console = Console(self.backend, self.token)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="http-api", daemon=True)
+        self._server.wake_reader, self._wake_writer = socket.socketpair()
+        self._thread = threading.Thread(target=self._server.serve_until_stopped, name="http-api", daemon=True)
         self._thread.start()
         return self
 
@@ -219,10 +234,13 @@ class ApiServer:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._server is not None and not self._server.stopping:
+            self._server.stopping = True
+            self._wake_writer.send(b"\0")
             self._thread.join(timeout=5)
+            self._server.server_close()
+            self._server.wake_reader.close()
+            self._wake_writer.close()
 
     # -- the endpoints: (handler, match) -> (status, JSON-able data) ---------------
 
