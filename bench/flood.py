@@ -9,6 +9,7 @@ retries and an immediate restart.
     .venv/bin/python bench/flood.py              # all of it (huey: pip install -e '.[bench]')
     .venv/bin/python bench/flood.py --compare    # the 20,000 side by side only
     .venv/bin/python bench/flood.py --quick      # failured at 20,000 only
+    .venv/bin/python bench/flood.py --kill       # failured at 20,000 with kill -9 and a restart only
 
 This file is also the handler module both sides import (``flood:run``, ``flood.huey``):
 each run of a no-op appends "n start end" to FLOOD_MARKS, so runs can be counted.
@@ -340,6 +341,11 @@ def show(title, figures):
 def main(argv):
     quick = "--quick" in argv
     compare = "--compare" in argv  # the 20,000 side by side only
+    if "--kill" in argv:
+        with tempfile.TemporaryDirectory() as directory:
+            killed = flood_failured(20_000, Path(directory) / "f20k", kill=True)
+        show(f"failured, 20,000, kill -9 {KILL_AFTER:g}s into the retries, restarted at once", killed)
+        return
     have_huey = not quick
     if have_huey:
         try:

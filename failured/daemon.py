@@ -4,6 +4,7 @@ main thread: schedule jobs (scan, analysis, housekeeping), signals, heartbeat, s
 intake:      decides new tasks within INTAKE_TICK_SECONDS of their commit; every ``poll_seconds``
              also queues tasks requeued by the CLI
 retry-timer: waits on the heap, claims and records retries in batches; a bounded pool runs them
+checkpoint:  SQLite only: copies the WAL into the database file every CHECKPOINT_SECONDS
 config:      watchdog observer + debounced reload
 """
 
@@ -43,6 +44,9 @@ HEARTBEAT_SECONDS = 5.0
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
 INTAKE_TICK_SECONDS = 0.01
 GIL_SWITCH_SECONDS = 0.0005
+# SQLite: how often the daemon copies the WAL into the database file (a passive checkpoint, beside the
+# writers). Otherwise the commit that finds the WAL full does it, and under a flood that is a reporter's.
+CHECKPOINT_SECONDS = 0.05
 INTAKE_YIELD_MAX = 0.05  # longest the intake waits, per commit of decisions, for late retries to start
 INTAKE_YIELD_STEP = 0.001
 THRESHOLD_CHECK_SECONDS = 60
@@ -63,6 +67,7 @@ class Daemon:
         self.waiting_orphans = set()
         self.disk = DiskState()
         self._store_lost_since = None  # monotonic time PostgreSQL stopped answering; intake and heartbeat set it
+        self._checkpoint_thread = None
 
     # -- start ----------------------------------------------------------------
 
@@ -103,6 +108,9 @@ class Daemon:
                      "" if s.api_token else " (loopback only: no FAILURE_API_TOKEN)")
         self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         self._intake_thread.start()
+        if self.store.dialect == "sqlite":
+            self._checkpoint_thread = threading.Thread(target=self._checkpoint_loop, name="checkpoint", daemon=True)
+            self._checkpoint_thread.start()
         self._schedule_jobs()
         log.info("failured running: db %s, config %s (%d categories), %d retries pending%s",
                  self.store, s.config_dir, len(snapshot.ruleset.categories), len(self.queue),
@@ -223,6 +231,19 @@ class Daemon:
         deadline = self.clock.monotonic() + INTAKE_YIELD_MAX
         while self.runner.behind() and self.clock.monotonic() < deadline and not self.stopping.is_set():
             self.stopping.wait(INTAKE_YIELD_STEP)
+
+    def _checkpoint_loop(self):
+        """Keep the WAL short, so that no writer's commit (a reporter's, an intake's) runs the checkpoint."""
+        failing = False
+        while not self.stopping.wait(CHECKPOINT_SECONDS):
+            try:
+                self.store.checkpoint()
+                failing = False
+            except Exception as exc:  # a full disk, say: the writers' own checkpoints go on meanwhile
+                if not failing:
+                    log.warning("WAL checkpoint failed: %s; trying again", exc)
+                failing = True
+        self.store.db.close()  # this thread's connection
 
     def _recheck_orphans(self):
         queued, waiting = self.engine.take_back_leases(orphans_only=True)
@@ -389,6 +410,8 @@ class Daemon:
         self.dispatcher.stop()
         self.watcher.stop()
         self._intake_thread.join(timeout=5)
+        if self._checkpoint_thread is not None:
+            self._checkpoint_thread.join(timeout=5)
         try:
             self.store.delete_state("heartbeat")  # `status` says "not running" at once, not in 15 s
         except StoreError as exc:

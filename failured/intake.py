@@ -1,6 +1,7 @@
 """Recording failures and successes: the one way tasks enter the store."""
 
 import json
+import os
 import re
 import threading
 
@@ -18,6 +19,7 @@ SOURCES = ("python", "cli", "exec", "http")
 
 _default_stores = {}
 _default_lock = threading.Lock()
+_reporting = {}  # what the reporting settings were read from -> those settings (one entry)
 
 
 def clean_text(value):
@@ -124,9 +126,28 @@ def report_failure(task_type, error, *, error_type=None, payload=None, ref=None,
 
     The running daemon classifies and acts on it within about a second.
     """
-    settings = load_settings()  # once per call: reading the environment is half of what a report costs
+    settings, secrets = _reporting_settings()
     return record_failure(default_store(settings), task_type, error, error_type=error_type, payload=payload, ref=ref,
-                          source=source, secrets=reporter_secrets(str(settings.config_dir)))
+                          source=source, secrets=secrets)
+
+
+def _reporting_settings():
+    """(settings, secrets to mask) of this process, parsed again only when what a report uses of them may
+    have changed: FAILURE_DB, FAILURE_CONFIG_DIR, the working directory or its ``.env`` (parsing every
+    variable from the whole environment cost a quarter of a report)."""
+    try:
+        dotenv = os.stat(".env")
+        dotenv = (dotenv.st_mtime_ns, dotenv.st_size, dotenv.st_ino)
+    except OSError:
+        dotenv = None
+    key = (os.environ.get("FAILURE_DB"), os.environ.get("FAILURE_CONFIG_DIR"), os.getcwd(), dotenv)
+    found = _reporting.get(key)
+    if found is None:
+        settings = load_settings()
+        found = (settings, reporter_secrets(str(settings.config_dir)))
+        _reporting.clear()
+        _reporting[key] = found
+    return found
 
 
 def report_success(task_type, count=1):

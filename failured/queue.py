@@ -21,6 +21,12 @@ from .handlers import Outcome, TaskContext, run_handler
 log = logging.getLogger("failured.queue")
 
 COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, to be written with them
+# Beyond the ``concurrency`` running, the timer claims as many due retries as its workers start
+# within this long at the handlers' recent pace: a flood of quick retries is claimed (and its outcomes
+# written) dozens to a transaction, while a slow handler's retries are still claimed as workers free up.
+CLAIM_AHEAD_SECONDS = 0.02
+CLAIM_AHEAD_MAX = 64
+PACE_WEIGHT = 0.2  # the weight of the newest outcome in the handlers' pace (a moving average of durations)
 
 
 class RetryQueue:
@@ -110,8 +116,9 @@ class Runner:
 
     This thread is the retries' one writer: claims and outcomes are written here in
     batches (one transaction each), the pool threads only run handlers. At most
-    ``concurrency`` retries are claimed at a time, so a task is ``running`` only while
-    its handler runs (or its outcome waits to be written) and its lease starts with it.
+    ``concurrency`` handlers run at a time; ``claim_limit`` retries are claimed at a time,
+    the ones beyond ``concurrency`` waiting for a worker at most about CLAIM_AHEAD_SECONDS
+    (their leases, twice the handler's timeout and more, start when they are claimed).
     """
 
     def __init__(self, engine, queue, breakers, clock, concurrency, enabled=True, paused=lambda: False):
@@ -122,7 +129,7 @@ class Runner:
         self.clock = clock
         self.enabled = enabled
         self.concurrency = concurrency
-        self.claim_limit = concurrency
+        self._pace = None  # the handlers' recent duration (s); None until an outcome came back
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="retry")
         self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
         self._stopping = threading.Event()
@@ -174,6 +181,7 @@ class Runner:
             # Others are running: handlers of a burst end together, and one transaction for
             # all of them costs what one costs. Wait a moment for them rather than write each.
             results += self._outcomes.take(COALESCE_SECONDS)
+        self._keep_pace(results)
         due = self._pop_due(self.claim_limit - self.running + len(results)) if claiming else []
         if not results and not due:
             return
@@ -198,6 +206,19 @@ class Runner:
             self._pool.submit(self._run, item)
         for (claimed_one, outcome), next_due in zip(results, dues):
             self._after_finish(claimed_one, outcome, next_due)
+
+    @property
+    def claim_limit(self):
+        """How many retries may be claimed (running or waiting for a worker) at once."""
+        if self._pace is None:
+            return self.concurrency  # nothing known of the handlers yet: claim as workers free up
+        ahead = int(self.concurrency * CLAIM_AHEAD_SECONDS / max(self._pace, 1e-6))
+        return self.concurrency + min(ahead, CLAIM_AHEAD_MAX)
+
+    def _keep_pace(self, results):
+        for _, outcome in results:
+            duration = outcome.duration
+            self._pace = duration if self._pace is None else self._pace + PACE_WEIGHT * (duration - self._pace)
 
     def _pop_due(self, room):
         """Up to ``room`` due retries the breakers let through (the others are postponed)."""
@@ -253,8 +274,9 @@ class Runner:
             return len(self._running)
 
     def behind(self):
-        """True while a due retry waits and a pool slot is free for it (retries are enabled)."""
-        if not self.enabled or self.paused() or self.running >= self.claim_limit:
+        """True while a due retry waits and a worker would be idle without it (retries are enabled).
+        Retries claimed ahead keep the workers busy: then the intake need not give way."""
+        if not self.enabled or self.paused() or self.running >= self.concurrency:
             return False
         deadline = self.queue.next_due()
         return deadline is not None and deadline <= self.clock.monotonic()

@@ -4,6 +4,7 @@ Real SQLite files and real threads; nothing waits for time to pass except on a s
 """
 
 import sqlite3
+import struct
 import sys
 import textwrap
 import threading
@@ -15,6 +16,7 @@ from conftest import SYNC_HANDLER as SYNC, wait_for
 from failured import handlers
 from failured.breaker import Breakers
 from failured.config import BreakerConfig
+from failured import queue as queue_module
 from failured.handlers import HandlerSpec, Outcome, TaskContext, run_handler
 from failured.intake import record_failure
 from failured.queue import RetryQueue, Runner
@@ -140,6 +142,39 @@ def test_the_runner_runs_a_flood_of_due_retries_once_each_within_its_pool(engine
     assert runner.running_ids() == frozenset()
 
 
+def test_quick_handlers_are_claimed_ahead_of_their_workers_and_slow_ones_are_not(engine, clock):
+    runner = Runner(engine, RetryQueue(), Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=4)
+    assert runner.claim_limit == 4  # nothing known of the handlers yet
+    runner._keep_pace([(None, Outcome(True, duration=0.0001))] * 20)
+    assert runner.claim_limit == 4 + queue_module.CLAIM_AHEAD_MAX
+    runner._keep_pace([(None, Outcome(True, duration=30.0))])  # one slow outcome: claim as workers free up
+    assert runner.claim_limit == 4
+
+
+def test_a_flood_of_quick_retries_is_claimed_many_to_a_transaction(engine, store, clock, monkeypatch):
+    counting = CountingHandlers()
+    monkeypatch.setattr("failured.queue.run_handler", counting)
+    ids = report_many(store, clock, 200)
+    queue = RetryQueue()
+    for task_id, due, task_type in engine.handle_new():
+        queue.push(task_id, 0.0, task_type)
+        Task.update(next_retry_at=0.0).where(Task.id == task_id).execute()
+    claims = []
+    settle = engine.settle
+    monkeypatch.setattr(engine, "settle", lambda results, items: (claims.append(len(items)), settle(results, items))[1])
+    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=2)
+    runner._keep_pace([(None, Outcome(True, duration=0.0001))])  # quick handlers, as measured
+    runner.start()
+    try:
+        assert wait_for(lambda: Task.select().where(Task.status == "recovered").count() == len(ids), 60), \
+            "not every retry was recorded"
+    finally:
+        runner.stop(5)
+    assert counting.runs == {task_id: 1 for task_id in ids} and counting.most <= 2
+    assert max(claims) > 2  # beyond the two workers, in one transaction
+    assert all(events(task_id) == ["reported", "retry_scheduled", "retry_started", "recovered"] for task_id in ids)
+
+
 def test_stop_records_the_outcome_of_a_retry_still_running(engine, store, clock, monkeypatch):
     started, release = threading.Event(), threading.Event()
 
@@ -189,6 +224,49 @@ def test_eager_transaction_gets_the_lock_as_soon_as_another_connection_lets_go(s
     assert DaemonState.get_by_id("k").value == "v"
     assert store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30_000  # restored
     other.close()
+
+
+def test_a_checkpoint_copies_the_wal_into_the_database_file_beside_a_writer(store):
+    for n in range(50):
+        store.set_state(f"k{n}", "v", 0.0)
+    writer = sqlite3.connect(store.path, isolation_level=None, timeout=30)
+    writer.execute("BEGIN IMMEDIATE")  # a writer in the middle of its transaction: PASSIVE neither waits nor fails
+    assert store.checkpoint() > 0
+    writer.execute("COMMIT")
+    writer.close()
+    checked = sqlite3.connect(store.path, isolation_level=None)
+    busy, pages, copied = checked.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    checked.close()
+    assert busy == 0 and pages == copied  # nothing the earlier checkpoint had left
+
+
+def wal_pages(db):
+    """(pages in the WAL, pages of it copied into the database file), from the WAL index (the -shm file):
+    mxFrame of its header, nBackfill of its checkpoint information, in native byte order."""
+    with open(f"{db}-shm", "rb") as shm:
+        data = shm.read(100)
+    return struct.unpack_from("=I", data, 16)[0], struct.unpack_from("=I", data, 96)[0]
+
+
+def wal_copied(db):
+    pages, copied = wal_pages(db)
+    return copied == pages
+
+
+def test_the_daemon_checkpoints_the_wal_itself(daemon_factory):
+    daemon = daemon_factory(SYNC, FAILURE_POLL_SECONDS="3600").start()
+    try:
+        daemon.wait_for("SELECT 1 FROM daemon_state WHERE key = 'heartbeat'", bool)
+        store = open_store(daemon.db)
+        store.db.execute_sql("PRAGMA wal_autocheckpoint = 0")  # this writer never checkpoints
+        ids = [record_failure(store, "sync", f"validation failed: sku {n}") for n in range(20)]
+        store.close()
+        daemon.wait_for(f"SELECT count(*) FROM tasks WHERE status != 'new' AND id <= {max(ids)}",
+                        lambda rows: rows[0][0] == len(ids), 30)
+        # Far below the 4,000 pages at which a writer checkpoints: only the daemon's thread copies them.
+        assert wait_for(lambda: wal_copied(daemon.db), 30), wal_pages(daemon.db)
+    finally:
+        daemon.close()
 
 
 def test_eager_transaction_rolls_back_on_error(store):

@@ -97,3 +97,37 @@ def test_eight_writer_processes_and_a_reader_lose_nothing(tmp_path):
     assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 800
     assert con.execute("SELECT count(*) FROM task_events").fetchone()[0] == 800
     assert con.execute("SELECT count(DISTINCT error_message) FROM tasks").fetchone()[0] == 800
+
+
+def test_report_failure_follows_failure_db_when_it_changes(tmp_path, monkeypatch):
+    from failured.intake import report_failure
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("FAILURE_CONFIG_DIR", str(tmp_path / "config"))
+    ids = {}
+    for name in ("first.db", "second.db", "first.db"):
+        monkeypatch.setenv("FAILURE_DB", str(tmp_path / name))
+        ids.setdefault(name, []).append(report_failure("sync", f"connection timeout into {name}"))
+    counts = {}
+    for name in ("first.db", "second.db"):
+        con = sqlite3.connect(tmp_path / name)
+        counts[name] = [row[0] for row in con.execute("SELECT error_message FROM tasks ORDER BY id")]
+        con.close()
+    assert counts == {"first.db": ["connection timeout into first.db"] * 2,
+                      "second.db": ["connection timeout into second.db"]}
+
+
+def test_report_failure_reads_a_dotenv_written_after_its_first_call(tmp_path, monkeypatch):
+    from failured.intake import report_failure
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FAILURE_DB", raising=False)
+    monkeypatch.setenv("FAILURE_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / ".env").write_text(f"FAILURE_DB={tmp_path / 'a.db'}\n")
+    report_failure("sync", "connection timeout a")
+    (tmp_path / ".env").write_text(f"FAILURE_DB={tmp_path / 'bb.db'}\n")  # another size: a new file state
+    report_failure("sync", "connection timeout b")
+    for name, text in (("a.db", "connection timeout a"), ("bb.db", "connection timeout b")):
+        con = sqlite3.connect(tmp_path / name)
+        assert [row[0] for row in con.execute("SELECT error_message FROM tasks")] == [text]
+        con.close()

@@ -133,7 +133,9 @@ def run_update(store, statement):
 
 # PostgreSQL runs CLAIM/RECOVER for a whole batch as one statement: one round trip, and the counter
 # trigger (a statement-level one) fires once per batch instead of once per row. The parameters are
-# those of the one-row statement, in the same order; RETURNING tells which rows applied.
+# those of the one-row statement, in the same order, passed as one array per column (unnest): the
+# statement's text is the same for any batch, so the driver parses and prepares it once. RETURNING
+# tells which rows applied.
 _BATCHED = {
     CLAIM: (("attempt", "int"), ("owner", "text"), ("lease_until", "timestamptz"), ("now", "timestamptz"),
             ("id", "bigint"), ("due", "timestamptz")),
@@ -142,22 +144,24 @@ _BATCHED = {
 _ID_AT = {sql: [name for name, _ in columns].index("id") for sql, columns in _BATCHED.items()}
 _BATCHED_SQL = {
     CLAIM: (f"UPDATE tasks AS t SET status = '{RUNNING}', attempts = v.attempt, lease_owner = v.owner,"
-            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM (VALUES {values}) AS v({columns})"
+            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM {source} AS v({columns})"
             f" WHERE t.id = v.id AND t.status = '{SCHEDULED}' AND t.next_retry_at = v.due RETURNING t.id"),
     RECOVER: (f"UPDATE tasks AS t SET status = '{RECOVERED}', finished_at = v.now, updated_at = v.updated,"
               " lease_owner = NULL, lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
-              " FROM (VALUES {values}) AS v({columns})"
+              " FROM {source} AS v({columns})"
               f" WHERE t.id = v.id AND t.status = '{RUNNING}' AND t.lease_owner = v.owner RETURNING t.id"),
 }
 
 
+_BATCHED_TEXT = {sql: text.format(source="unnest(" + ", ".join(f"?::{kind}[]" for _, kind in _BATCHED[sql]) + ")",
+                                   columns=", ".join(name for name, _ in _BATCHED[sql]))
+                 for sql, text in _BATCHED_SQL.items()}
+
+
 def _run_batched(store, sql, prepared):
-    """PostgreSQL: the items of ``prepared`` whose rows one UPDATE … FROM (VALUES …) changed."""
-    columns = _BATCHED[sql]
-    row = "(" + ", ".join(f"?::{kind}" for _, kind in columns) + ")"
-    text = _BATCHED_SQL[sql].format(values=", ".join([row] * len(prepared)),
-                                    columns=", ".join(name for name, _ in columns))
-    changed = {task_id for (task_id,) in store.rows(text, *[value for _, params, _ in prepared for value in params])}
+    """PostgreSQL: the items of ``prepared`` whose rows one UPDATE … FROM unnest(…) changed."""
+    arrays = [list(column) for column in zip(*(params for _, params, _ in prepared))]
+    changed = {task_id for (task_id,) in store.rows(_BATCHED_TEXT[sql], *arrays)}
     return [item for item in prepared if item[1][_ID_AT[sql]] in changed]
 
 
