@@ -25,6 +25,7 @@ from .backend import Backend
 from .breaker import Breakers
 from .clock import SystemClock, iso
 from .engine import Engine
+from .members import membership_for
 from .errors import StoreError, StoreFullError
 from .notify import messages
 from .metrics import Metrics
@@ -35,6 +36,7 @@ from .queue import RetryQueue, Runner
 from .report_html import render_html
 from .sdnotify import Notifier
 from .store import DISK_FLOOR_BYTES, StoreUnavailableError, aggregates, open_store
+from .store.members import claim_state, forget_stopped
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -50,8 +52,10 @@ CHECKPOINT_SECONDS = 0.05
 INTAKE_YIELD_MAX = 0.05  # longest the intake waits, per commit of decisions, for late retries to start
 INTAKE_YIELD_STEP = 0.001
 THRESHOLD_CHECK_SECONDS = 60
+TAKE_BACK_SECONDS = 1.0  # several daemons: how often each looks for the leases of daemons that are gone
 DISK_FULL_POLL_SECONDS = 2.0  # while the disk is full, intake looks this often whether space is back
 STORE_RETRY_MAX_SECONDS = 5.0  # while PostgreSQL does not answer, intake tries again after 0.5, 1, 2, 4, 5, 5 ... s
+SAME_OUTAGE_SECONDS = 10.0  # a thread losing its connection this soon after the database came back: the same outage
 
 
 class Daemon:
@@ -67,7 +71,10 @@ class Daemon:
         self.waiting_orphans = set()
         self.disk = DiskState()
         self._store_lost_since = None  # monotonic time PostgreSQL stopped answering; intake and heartbeat set it
+        self._store_back_at = None  # ... and when it answered again
+        self._outage_quiet = False  # this loss is the last outage reaching another thread's connection
         self._checkpoint_thread = None
+        self._became_leader = threading.Event()  # set by the membership thread; the main loop runs the jobs at once
 
     # -- start ----------------------------------------------------------------
 
@@ -75,6 +82,8 @@ class Daemon:
         s = self.settings
         self.store = open_store(s.db)
         self._take_lock()
+        # Several daemons on PostgreSQL: this one's row, heartbeat and locks (leader, channels); alone on SQLite.
+        self.members = membership_for(self.store, self.clock, self.owner, on_leadership=self._on_leadership).start()
         self._labels_seen = self.store.label_count()
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
                                      clock=self.clock, log_dir=s.log_dir, labels=self.store.labelled_examples)
@@ -84,7 +93,7 @@ class Daemon:
         self._record_config(snapshot)
         self.metrics = Metrics()
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
-                             metrics=self.metrics)
+                             metrics=self.metrics, members=self.members)
         self.breakers = Breakers(snapshot.breaker, self.store, clock=self.clock)
         self.breakers.load()
         self.queue = RetryQueue(self.clock)
@@ -96,8 +105,10 @@ class Daemon:
                              enabled=s.recovery_enabled, paused=self.disk.is_full)
         self.runner.start()
         self.dispatcher = Dispatcher(self.store, s, self.clock, lambda: self.watcher.current,
-                                     metrics=self.metrics).start()
+                                     metrics=self.metrics, members=self.members).start()
         self.metrics.bind(self.store, lambda: len(self.queue), self.clock)
+        self.metrics.members = self.members
+        self.members.listen(self.wake.set)  # PostgreSQL: a reported failure wakes the intake at once
         self.watcher.start()
         self.api = None
         if http_address is not None:
@@ -132,14 +143,25 @@ class Daemon:
     def _schedule_jobs(self):
         s = self.settings
         self.scheduler.every(s.scan_interval_minutes * 60).seconds.do(self._guarded, self.scan)
-        self.scheduler.every(s.analysis_interval_hours * 3600).seconds.do(self._guarded, self.analyze)
-        self.scheduler.every(1).days.do(self._guarded, self.housekeep)
-        self.scheduler.every(THRESHOLD_CHECK_SECONDS).seconds.do(self._guarded, self.check_thresholds)
+        self.scheduler.every(s.analysis_interval_hours * 3600).seconds.do(self._led, self.analyze)
+        self.scheduler.every(1).days.do(self._led, self.housekeep)
+        self.scheduler.every(THRESHOLD_CHECK_SECONDS).seconds.do(self._led, self.check_thresholds)
+
+    def _led(self, job):
+        """A job only the leader runs (several daemons on PostgreSQL; alone, this daemon leads)."""
+        if self.members.is_leader():
+            self._guarded(job)
+
+    def _on_leadership(self, leading):
+        if leading:
+            self._became_leader.set()
 
     def _guarded(self, job):
         # schedule does not catch exceptions: one failing job must not stop the loop.
         try:
             job()
+        except StoreUnavailableError as exc:  # an outage is logged once, by whoever meets it first
+            self._store_lost(exc)
         except Exception:
             log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
 
@@ -150,7 +172,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         watchdog_every = self.notifier.watchdog_interval
-        next_heartbeat = next_watchdog = 0.0
+        next_heartbeat = next_watchdog = next_take_back = 0.0
         while not self.stopping.is_set():
             now = self.clock.monotonic()  # pacing only: a wall-clock jump must not stall the watchdog
             if self.reload_requested.is_set():
@@ -159,9 +181,16 @@ class Daemon:
                 self.watcher.reload(force=True)
                 self.notifier.reloaded()
             self.scheduler.run_pending()
+            if self._became_leader.is_set():  # the lead moved here: the leader's jobs carry on now
+                self._became_leader.clear()
+                self._guarded(self.scan)
+                self._led(self.check_thresholds)
             if now >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = now + HEARTBEAT_SECONDS
+            if self.members.shared and now >= next_take_back:
+                self._guarded(self.take_back_from_the_gone)
+                next_take_back = now + TAKE_BACK_SECONDS
             if watchdog_every and now >= next_watchdog and self.healthy():
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_every
@@ -306,17 +335,24 @@ class Daemon:
             self.dispatcher.alert_direct(*messages.disk_full_message(self.settings.lang, str(exc)))
 
     def _store_lost(self, exc):
-        """Say once per outage that the database does not answer; returns for how long it has not (s)."""
+        """Say once per outage that the database does not answer; returns for how long it has not (s).
+
+        Each thread has its own connection, so one outage reaches them one after another: a thread that
+        meets its dead connection just after another thread's came back is still the same outage."""
         now = self.clock.monotonic()
         if self._store_lost_since is None:
             self._store_lost_since = now
-            log.error("%s; what is held stays held, trying again with backoff", exc)
+            self._outage_quiet = self._store_back_at is not None and now - self._store_back_at < SAME_OUTAGE_SECONDS
+            (log.debug if self._outage_quiet else log.error)("%s; what is held stays held, trying again with backoff",
+                                                             exc)
         return now - self._store_lost_since
 
     def _store_back(self):
         if self._store_lost_since is not None:
-            log.warning("the database answers again after %.1fs", self.clock.monotonic() - self._store_lost_since)
-            self._store_lost_since = None
+            now = self.clock.monotonic()
+            (log.debug if self._outage_quiet else log.warning)("the database answers again after %.1fs",
+                                                               now - self._store_lost_since)
+            self._store_lost_since, self._store_back_at = None, now
             self.queue.wake()
 
     def _disk_ok(self):
@@ -336,6 +372,8 @@ class Daemon:
         missing = [item for item in self.engine.scheduled() if not self.queue.contains(item[0])]
         for item in handled + taken_back + missing:
             self.queue.push(*item)
+        if not self.members.is_leader():  # every daemon reconciles its own heap; the leader reports
+            return None
         report = reports.processing_report(self.store, now, self.settings.lang)
         path = reports.write_report(self.settings.report_dir, reports.PROCESSING, report, now)
         self.store.set_state("last_scan", f"{now:.3f}", now)
@@ -343,9 +381,20 @@ class Daemon:
                  len(handled), len(taken_back), len(missing), path)
         return path
 
+    def take_back_from_the_gone(self):
+        """Several daemons: the retries leased to a daemon that died go back to scheduled, due now, and run here
+        (or wherever a claim gets them first)."""
+        taken_back, _ = self.engine.take_back_leases(running_here=self.runner.running_ids())
+        for item in taken_back:
+            self.queue.push(*item)
+
     def analyze(self):
         now = self.clock.now()
         s = self.settings
+        slot = int(now // (s.analysis_interval_hours * 3600))
+        with self.store.transaction():  # one report per slot, whichever daemon leads when it comes
+            if not claim_state(self.store, "analysis_slot", str(slot), now):
+                return None
         report = analysis_report(self.store, self.watcher.current, now, s.analysis_days, s.lang)
         path = reports.write_report(s.report_dir, reports.ANALYSIS, report, now, render_html(report, s.lang))
         self.store.set_state("last_analysis", f"{now:.3f}", now)
@@ -364,6 +413,7 @@ class Daemon:
     def housekeep(self):
         now = self.clock.now()
         housekeeping.purge(self.store, now, self.settings.retention_days)
+        forget_stopped(self.store, now - 86400)  # daemons gone a day leave `failured status`
         reports.purge_reports(self.settings.report_dir, now, self.settings.report_retention_days)
 
     # -- config callbacks -------------------------------------------------------
@@ -412,6 +462,7 @@ class Daemon:
         self._intake_thread.join(timeout=5)
         if self._checkpoint_thread is not None:
             self._checkpoint_thread.join(timeout=5)
+        self.members.stop()  # the lead and the channels move to the others at once
         try:
             self.store.delete_state("heartbeat")  # `status` says "not running" at once, not in 15 s
         except StoreError as exc:

@@ -9,13 +9,16 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from . import policy
 from .classify import Classification
 from .fingerprint import fingerprint
 from .handlers import HandlerSpec
+from .members import SoloMembership
 from .metrics import Metrics
 from .notify import messages
 from .notify.outbox import enqueue
@@ -24,6 +27,7 @@ from .errors import RefusedError, StoreError, TaskNotFound, UnknownCategory
 from .states import TaskStatus
 from .store import Task, translate_error
 from .store import tasks as rows
+from .store.members import claim_state
 from .store.tasks import event_row, update_statement
 
 NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
@@ -35,6 +39,7 @@ log = logging.getLogger("failured.engine")
 EXEC_HANDLER_TIMEOUT = 3600.0
 NEW_BATCH = 500
 DECIDE_PER_TRANSACTION = 50
+SHARED_BATCH = 50  # several daemons: new tasks each claims at once (locked while it classifies them)
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,14 @@ def pid_alive(pid):
 class Engine:
     """Moves tasks through their states. ``config()`` returns the active snapshot."""
 
-    def __init__(self, store, settings, clock, config, owner, rng=random, metrics=None):
+    def __init__(self, store, settings, clock, config, owner, rng=random, metrics=None, members=None):
         self.store = store
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.clock = clock
         self.config = config
         self.owner = owner
+        self.members = members or SoloMembership(owner)  # the other daemons on this database (PostgreSQL)
         self.rng = rng
         self._notified = threading.Event()  # a notification row was written since the dispatcher was last woken
         # The intake and the retry timer write from two threads of this process. Taking turns on a
@@ -111,21 +117,33 @@ class Engine:
         A flood is decided as fast as it comes in, not one batch per poll.
         """
         decided = 0
+        shared = self.members.shared
         while True:
-            queued, read = self._handle_batch(batch, push if between else None, between)
+            # Shared: a batch is claimed (locked) until its decisions commit; its retries are pushed after.
+            queued, read = self._handle_batch(batch, push if between and not shared else None,
+                                              None if shared else between)
+            if shared and between is not None:
+                between()
             for item in queued:
                 push(*item)
             decided += read
-            if read < batch:
+            if read < (min(batch, SHARED_BATCH) if shared else batch):
                 return decided
 
     def _handle_batch(self, limit, push=None, between=None):
         """(retries to queue, tasks read) for one batch of new tasks; with ``push``, each
         commit's retries are pushed at once (and not returned), then ``between()`` is called."""
+        shared = self.members.shared
+        # Several daemons: the batch's rows stay locked (SKIP LOCKED for the others) until decided.
+        with self.store.transaction() if shared else nullcontext():
+            return self._decide_batch(limit, push, between, shared)
+
+    def _decide_batch(self, limit, push, between, claim):
         queued = []
         # Read the batch first: a statement still open on this connection would pin an old
         # snapshot, and BEGIN IMMEDIATE on a stale snapshot fails at once with "database is locked".
-        tasks = rows.load_new_tasks(self.store, limit, tuple(self._unwritable))
+        tasks = rows.load_new_tasks(self.store, min(limit, SHARED_BATCH) if claim else limit,
+                                    tuple(self._unwritable), claim=claim)
         for start in range(0, len(tasks), DECIDE_PER_TRANSACTION):
             # Classify before BEGIN: CPU work never runs while the write lock is held.
             plans = [self._plan(task, NEW) for task in tasks[start:start + DECIDE_PER_TRANSACTION]]
@@ -286,12 +304,13 @@ class Engine:
         return due
 
     def _notify_manual_once(self, task_type, now):
-        key = f"manual_notified:{task_type}"
-        if self.store.get_state(key) is None:
-            self.store.set_state(key, "1", now)
+        # Claimed in the database with the notice: once per task type among all daemons.
+        with self.store.transaction():
+            if not claim_state(self.store, f"manual_notified:{task_type}", "1", now):
+                return
             title, body = messages.manual_message(self.settings.lang, task_type)
             enqueue(self.store, self.config(), now, "admin", "manual", title, body, task_type=task_type)
-            self._notified.set()
+        self._notified.set()
 
     def notified_since_wake(self):
         """True once after notifications were queued (retry outcomes, breakers), so intake wakes the dispatcher."""
@@ -470,7 +489,9 @@ class Engine:
         however far the wall clock has jumped.
         """
         now = self.clock.now()
-        if orphans_only:
+        if self.members.shared:  # several daemons: a lease is taken back when its owner is gone or it expired
+            running = rows.running_tasks(self.store, owners_or_lease_before=(self.members.dead_owners(), now))
+        elif orphans_only:
             running = rows.running_tasks(self.store, not_owner=self.owner)
         else:
             running = rows.running_tasks(self.store, lease_before=now)
@@ -478,7 +499,7 @@ class Engine:
         for task in running:
             if task.lease_owner == self.owner and task.id in running_here:
                 continue
-            if pid_alive(task.handler_pid) and (task.lease_until or 0) > now:
+            if _handler_may_run(task, self.members.shared) and (task.lease_until or 0) > now:
                 waiting.append(task.id)  # never run a task twice at the same time
                 continue
             with self.store.transaction():
@@ -527,6 +548,15 @@ class Engine:
             enqueue(self.store, self.config(), now, "admin", "breaker", title, body, task_type=task.task_type)
         self._notified.set()
         log.warning("task type %s: breaker %s", task.task_type, state)
+
+
+def _handler_may_run(task, shared):
+    """Whether the handler of a leased task may still run: its process lives; or, several daemons sharing
+    the database, it ran on another host, where no one here can tell (its lease, the handler's timeout,
+    bounds the wait)."""
+    if shared and task.handler_pid and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname():
+        return True
+    return pid_alive(task.handler_pid)
 
 
 def _unclassifiable(snapshot, lang, message, error_type, exc):

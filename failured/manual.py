@@ -6,6 +6,7 @@ import re
 from .errors import InputError, RefusedError, TaskNotFound
 from .states import TaskStatus
 from .store import tasks as rows
+from .store.members import wake_daemons
 
 NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
 RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
@@ -61,6 +62,7 @@ def _schedule_now(store, task, now, event, force, note=None):
             raise RefusedError(f"task {task.id} changed while being requeued: try again")
         rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
                   **({"note": note} if note else {}))
+        wake_daemons(store)  # PostgreSQL: every daemon hears of it at the commit (SQLite: data_version)
 
 
 def recover(store, snapshot, task_id, now, force=False):

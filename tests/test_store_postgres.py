@@ -17,6 +17,7 @@ from failured.intake import record_failure, record_success
 from failured.states import BreakerState, TaskStatus
 from failured.store import aggregates, breakers, maintenance, open_store, outbox, queries
 from failured.store import tasks as rows
+from failured.store.database import DAEMON_LOCK_KEY
 from failured.store.schema import SCHEMA_VERSION
 from failured.thresholds import Thresholds, evaluate, recovery_by_category
 
@@ -122,7 +123,8 @@ def test_a_version_1_database_is_migrated_forward_on_open(location):
     again.close()
 
 
-def test_one_daemon_lock_per_database(location):
+def test_one_daemon_lock_per_sqlite_database(tmp_path):
+    location = tmp_path / "failured.db"
     first, second = open_store(location), open_store(location)
     first.take_daemon_lock()
     with pytest.raises(StoreError, match="another failured daemon"):
@@ -130,6 +132,22 @@ def test_one_daemon_lock_per_database(location):
     first.close()  # a daemon that stops (or dies) lets the next one start
     second.take_daemon_lock()
     second.close()
+
+
+def test_daemons_share_a_postgresql_database_but_not_with_an_older_failured(pg_url):
+    import psycopg
+
+    first, second = open_store(pg_url), open_store(pg_url)
+    first.take_daemon_lock()
+    second.take_daemon_lock()  # several daemons: see test_several_daemons.py
+    first.close()
+    second.close()
+    with psycopg.connect(pg_url, autocommit=True) as older:  # a failured of one daemon per database holds it alone
+        older.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (DAEMON_LOCK_KEY,))
+        third = open_store(pg_url)
+        with pytest.raises(StoreError, match="older version"):
+            third.take_daemon_lock()
+        third.close()
 
 
 def test_times_round_trip_to_the_millisecond(any_store):

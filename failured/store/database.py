@@ -649,17 +649,20 @@ class PostgresStore(Store):
         self.db.execute_sql("INSERT INTO schema_info (version) VALUES (%s)", (version,))
 
     def take_daemon_lock(self):
-        """A session advisory lock on a connection of its own, held until ``close``."""
+        """The daemon lock in shared mode, on a connection of its own, held until ``close``: any number of
+        daemons share the database (see members.py); a failured from before that, which takes it alone,
+        cannot start beside them, nor they beside it."""
         import psycopg
 
         try:
             connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.Error as exc:
             raise StoreOpenError(f"cannot open database {self.path}: {_first_line(exc, self.url)}") from None
-        if not connection.execute(_LOCK_SQL.format(function="pg_try_advisory_lock"), (DAEMON_LOCK_KEY,)).fetchone()[0]:
+        if not connection.execute(_LOCK_SQL.format(function="pg_try_advisory_lock_shared"),
+                                  (DAEMON_LOCK_KEY,)).fetchone()[0]:
             connection.close()
-            raise StoreError(f"another failured daemon is running on {self.path}: "
-                             "stop it first, or set FAILURE_DB to another database")
+            raise StoreError(f"a failured daemon of an older version (one daemon per database) is running on "
+                             f"{self.path}: stop it first, or set FAILURE_DB to another database")
         self._lock_connection = connection
 
     def release_daemon_lock(self):

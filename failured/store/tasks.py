@@ -49,9 +49,11 @@ def _epoch(value):
 # -- intake -------------------------------------------------------------------
 
 _INSERT_TASK_AND_EVENT = (  # PostgreSQL: both rows in one statement, so a report is one round trip
-    f"WITH task AS ({_INSERT_TASK} RETURNING id, created_at, error_message)"
-    " INSERT INTO task_events (task_id, at, event, status, error_message)"
-    f" SELECT id, created_at, 'reported', '{NEW}', error_message FROM task RETURNING task_id")
+    f"WITH task AS ({_INSERT_TASK} RETURNING id, created_at, error_message),"
+    " event AS (INSERT INTO task_events (task_id, at, event, status, error_message)"
+    f" SELECT id, created_at, 'reported', '{NEW}', error_message FROM task RETURNING task_id)"
+    # ... and the daemons' wake-up (store.members.wake_daemons), sent when it commits
+    " SELECT task_id FROM event, LATERAL (SELECT pg_notify('failured_wake', current_schema())) AS wake")
 
 
 def insert_task(store, task_type, ref, source, error_type, message, payload, handler, now):
@@ -143,9 +145,13 @@ _BATCHED = {
 }
 _ID_AT = {sql: [name for name, _ in columns].index("id") for sql, columns in _BATCHED.items()}
 _BATCHED_SQL = {
-    CLAIM: (f"UPDATE tasks AS t SET status = '{RUNNING}', attempts = v.attempt, lease_owner = v.owner,"
-            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM {source} AS v({columns})"
-            f" WHERE t.id = v.id AND t.status = '{SCHEDULED}' AND t.next_retry_at = v.due RETURNING t.id"),
+    # A row another daemon is claiming right now is skipped (SKIP LOCKED), not waited for: it is theirs.
+    CLAIM: ("WITH v AS (SELECT * FROM {source} AS u({columns})), free AS ("
+            f"SELECT t.id FROM tasks AS t JOIN v ON t.id = v.id WHERE t.status = '{SCHEDULED}'"
+            " AND t.next_retry_at = v.due FOR UPDATE OF t SKIP LOCKED)"
+            f" UPDATE tasks AS t SET status = '{RUNNING}', attempts = v.attempt, lease_owner = v.owner,"
+            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM v"
+            " WHERE t.id = v.id AND t.id IN (SELECT id FROM free) RETURNING t.id"),
     RECOVER: (f"UPDATE tasks AS t SET status = '{RECOVERED}', finished_at = v.now, updated_at = v.updated,"
               " lease_owner = NULL, lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
               " FROM {source} AS v({columns})"
@@ -166,8 +172,9 @@ def _run_batched(store, sql, prepared):
 
 
 def _batchable(store, sql, prepared):
-    """Two or more rows of CLAIM/RECOVER on PostgreSQL, each task once."""
-    if store.dialect != "postgresql" or sql not in _BATCHED or len(prepared) < 2:
+    """CLAIM/RECOVER on PostgreSQL (from one row up: the batched CLAIM skips rows another daemon locked),
+    each task once."""
+    if store.dialect != "postgresql" or sql not in _BATCHED:
         return False
     ids = [params[_ID_AT[sql]] for _, params, _ in prepared]
     return len(set(ids)) == len(ids)
@@ -232,10 +239,16 @@ def load_tasks(store, task_ids):
     return [_task_of(row) for row in store.execute(sql, tuple(task_ids)).fetchall()]
 
 
-def load_new_tasks(store, limit, skip=()):
-    """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``."""
+def load_new_tasks(store, limit, skip=(), claim=False):
+    """Up to ``limit`` tasks nobody has handled yet, oldest first, except the ids in ``skip``.
+
+    ``claim`` (PostgreSQL, inside the caller's transaction): lock them, skipping those another daemon
+    has locked, so several daemons decide disjoint batches."""
     where = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
-    rows = store.execute(_SELECT_NEW.format(where), (*skip, limit)).fetchall()
+    sql = _SELECT_NEW.format(where)
+    if claim and store.dialect == "postgresql":
+        sql += " FOR UPDATE SKIP LOCKED"
+    rows = store.execute(sql, (*skip, limit)).fetchall()
     return [_task_of(row) for row in rows]
 
 
@@ -264,9 +277,15 @@ def postpone(store, task_id, until, now):
                          (stamp(until), stamp(now), task_id)).rowcount == 1
 
 
-def running_tasks(store, owner=None, not_owner=None, lease_before=None):
-    """Running tasks: of ``owner``, of any owner but ``not_owner``, or whose lease ends before ``lease_before``."""
+def running_tasks(store, owner=None, not_owner=None, lease_before=None, owners_or_lease_before=None):
+    """Running tasks: of ``owner``, of any owner but ``not_owner``, or whose lease ends before ``lease_before``;
+    ``owners_or_lease_before=(owners, time)``: of one of ``owners`` (gone daemons) or with a lease ending before."""
     sql, params = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status = '{RUNNING}'", []
+    if owners_or_lease_before is not None:
+        owners, before = owners_or_lease_before
+        listed = f"lease_owner IN ({', '.join('?' * len(owners))}) OR " if owners else ""
+        sql += f" AND ({listed}lease_owner IS NULL OR lease_until < ?)"
+        params += [*owners, stamp(before)]
     if owner is not None:
         sql, params = sql + " AND lease_owner = ?", params + [owner]
     if not_owner is not None:
