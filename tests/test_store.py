@@ -17,6 +17,15 @@ def test_fresh_database_has_schema_version_wal_and_views(tmp_path):
     assert {"tasks", "task_events", "notifications", "pending_retries", "failures_last_24h"} <= names
 
 
+def test_an_event_write_maintains_no_index_it_does_not_need(store):
+    """(task_id, id) serves lookups by task (no index on task_id alone); SQLite's NULL xact is in no index."""
+    indexes = dict(store.rows("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'task_events'"))
+    assert "task_events_task_id" not in indexes and "task_events_task_id_id" in indexes
+    assert "IS NOT NULL" in indexes["task_events_xact"]
+    plan = store.rows("EXPLAIN QUERY PLAN SELECT id FROM task_events WHERE task_id = 1 ORDER BY id")
+    assert "task_events_task_id_id" in " ".join(map(str, plan))
+
+
 def test_connection_pragmas_are_on(store):
     assert store.db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 5000
