@@ -218,14 +218,33 @@ def empty_store_file(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tmp_path, empty_store_file):
-    """A real SQLite store at tmp_path/data/failured.db: a copy of ``empty_store_file``, opened."""
+def sqlite_store(tmp_path, empty_store_file):
+    """A real SQLite store at tmp_path/data/failured.db: a copy of ``empty_store_file``, opened. For what only
+    SQLite has (PRAGMAs, its file, its write lock); everything else takes ``store``."""
     path = tmp_path / "data" / "failured.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(empty_store_file, path)
     store = open_store(path, create=False)
     yield store
     store.close()
+
+
+# Every test that takes ``store`` runs on SQLite, and on PostgreSQL too where FAILURE_TEST_POSTGRES_URL is set
+# (in a schema of its own, dropped after).
+STORES = ["sqlite", "postgresql"] if os.environ.get("FAILURE_TEST_POSTGRES_URL") else ["sqlite"]
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    from test_store_postgres import fresh_schema_url
+
+    with fresh_schema_url() as url:
+        store = open_store(url)
+        yield store
+        store.close()
 
 
 @pytest.fixture

@@ -152,7 +152,7 @@ class Harness:
         return server
 
     def tasks(self):
-        return count_tasks(self.store.path)
+        return self.store.scalar("SELECT count(*) FROM tasks")
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def test_the_answer_classifies_the_stored_text_not_the_raw_request(tmp_path, sto
     status, data = post(server.port, {"task_type": "sync", "error": error})
     assert status == 201
     snapshot = load_config(tmp_path / "config", "en")
-    stored = store.db.execute_sql("SELECT error_message FROM tasks WHERE id = ?", (data["task_id"],)).fetchone()[0]
+    stored = store.scalar("SELECT error_message FROM tasks WHERE id = ?", data["task_id"])
     assert "connection refused" not in stored
     assert data["classification"] == snapshot.classifier.classify(stored, None, "sync").to_dict()
     assert data["classification"]["category"] == "unknown"

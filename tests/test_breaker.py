@@ -51,8 +51,8 @@ def test_success_resets_the_count(store, clock):
     assert breakers.record("sync", False) is None
 
 
-def test_wall_clock_jumps_neither_shorten_nor_stretch_the_cooldown(store, clock):
-    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
+def test_wall_clock_jumps_neither_shorten_nor_stretch_the_cooldown(sqlite_store, clock):
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), sqlite_store, clock=clock)
     breakers.record("sync", False)
     clock.jump(3600)  # the system clock set an hour forward
     assert breakers.allow("sync")[0] is False

@@ -207,14 +207,14 @@ def test_a_wake_before_the_wait_is_not_lost():
 # -- the eager write lock ---------------------------------------------------------------------
 
 
-def test_eager_transaction_gets_the_lock_as_soon_as_another_connection_lets_go(store):
-    other = sqlite3.connect(store.path, isolation_level=None, timeout=30)
+def test_eager_transaction_gets_the_lock_as_soon_as_another_connection_lets_go(sqlite_store):
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None, timeout=30)
     other.execute("BEGIN IMMEDIATE")
     wrote = threading.Event()
 
     def write():
-        with store.eager_transaction():
-            store.set_state("k", "v", 0.0)  # nested: a savepoint inside the eager transaction
+        with sqlite_store.eager_transaction():
+            sqlite_store.set_state("k", "v", 0.0)  # nested: a savepoint inside the eager transaction
         wrote.set()
 
     threading.Thread(target=write, daemon=True).start()
@@ -222,19 +222,19 @@ def test_eager_transaction_gets_the_lock_as_soon_as_another_connection_lets_go(s
     other.execute("COMMIT")
     assert wrote.wait(30)
     assert DaemonState.get_by_id("k").value == "v"
-    assert store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30_000  # restored
+    assert sqlite_store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] == 30_000  # restored
     other.close()
 
 
-def test_a_checkpoint_copies_the_wal_into_the_database_file_beside_a_writer(store):
+def test_a_checkpoint_copies_the_wal_into_the_database_file_beside_a_writer(sqlite_store):
     for n in range(50):
-        store.set_state(f"k{n}", "v", 0.0)
-    writer = sqlite3.connect(store.path, isolation_level=None, timeout=30)
+        sqlite_store.set_state(f"k{n}", "v", 0.0)
+    writer = sqlite3.connect(sqlite_store.path, isolation_level=None, timeout=30)
     writer.execute("BEGIN IMMEDIATE")  # a writer in the middle of its transaction: PASSIVE neither waits nor fails
-    assert store.checkpoint() > 0
+    assert sqlite_store.checkpoint() > 0
     writer.execute("COMMIT")
     writer.close()
-    checked = sqlite3.connect(store.path, isolation_level=None)
+    checked = sqlite3.connect(sqlite_store.path, isolation_level=None)
     busy, pages, copied = checked.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     checked.close()
     assert busy == 0 and pages == copied  # nothing the earlier checkpoint had left

@@ -175,7 +175,7 @@ def test_recovery_insight_and_threshold_agree_over_the_same_period(store, clock,
     assert report["thresholds_window_minutes"] == 60.0
 
 
-def test_unknown_templates_come_with_a_pattern_that_keeps_its_promise(store, clock, history):
+def test_unknown_templates_come_with_a_pattern_that_keeps_its_promise(store, clock, history, tmp_path):
     import re2
 
     snapshot, _ = history
@@ -189,7 +189,7 @@ def test_unknown_templates_come_with_a_pattern_that_keeps_its_promise(store, clo
     others = [r[0] for r in store.db.execute_sql("SELECT error_message FROM tasks WHERE category != 'unknown'")]
     assert not any(pattern.search(s) for s in others)
     # pasted into a pattern file, it classifies the samples
-    config = write_config(store.path.parent / "with-suggestion", SMALL_PATTERNS + f"""
+    config = write_config(tmp_path / "with-suggestion", SMALL_PATTERNS + f"""
 [[category]]
 name = "moon_trouble"
 action = "notify_admin"

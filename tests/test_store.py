@@ -17,26 +17,26 @@ def test_fresh_database_has_schema_version_wal_and_views(tmp_path):
     assert {"tasks", "task_events", "notifications", "pending_retries", "failures_last_24h"} <= names
 
 
-def test_an_event_write_maintains_no_index_it_does_not_need(store):
+def test_an_event_write_maintains_no_index_it_does_not_need(sqlite_store):
     """(task_id, id) serves lookups by task (no index on task_id alone); SQLite's NULL xact is in no index."""
-    indexes = dict(store.rows("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'task_events'"))
+    indexes = dict(sqlite_store.rows("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'task_events'"))
     assert "task_events_task_id" not in indexes and "task_events_task_id_id" in indexes
     assert "IS NOT NULL" in indexes["task_events_xact"]
-    plan = store.rows("EXPLAIN QUERY PLAN SELECT id FROM task_events WHERE task_id = 1 ORDER BY id")
+    plan = sqlite_store.rows("EXPLAIN QUERY PLAN SELECT id FROM task_events WHERE task_id = 1 ORDER BY id")
     assert "task_events_task_id_id" in " ".join(map(str, plan))
 
 
-def test_connection_pragmas_are_on(store):
-    assert store.db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 5000
+def test_connection_pragmas_are_on(sqlite_store):
+    assert sqlite_store.db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert sqlite_store.db.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 5000
 
 
-def test_indexes_cover_daemon_and_report_queries(store):
-    plan = store.db.execute_sql(
+def test_indexes_cover_daemon_and_report_queries(sqlite_store):
+    plan = sqlite_store.db.execute_sql(
         "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE status='scheduled' ORDER BY next_retry_at LIMIT 5"
     ).fetchall()
     assert "tasks_status_next_retry_at" in " ".join(str(row) for row in plan)
-    indexed = {r[0] for r in store.db.execute_sql("SELECT sql FROM sqlite_master WHERE type='index'") if r[0]}
+    indexed = {r[0] for r in sqlite_store.db.execute_sql("SELECT sql FROM sqlite_master WHERE type='index'") if r[0]}
     text = " ".join(indexed)
     for column in ("created_at", "category", "task_type", "fingerprint"):
         assert column in text
@@ -66,9 +66,9 @@ def test_migration_steps_run_in_order_on_an_old_database(tmp_path, monkeypatch):
     store.close()
 
 
-def test_times_are_readable_utc_text_in_sqlite3(store, clock, tmp_path):
-    task_id = record_failure(store, "t", "boom", clock=clock)
-    con = sqlite3.connect(store.path)
+def test_times_are_readable_utc_text_in_sqlite3(sqlite_store, clock, tmp_path):
+    task_id = record_failure(sqlite_store, "t", "boom", clock=clock)
+    con = sqlite3.connect(sqlite_store.path)
     created = con.execute("SELECT created_at FROM tasks WHERE id=?", (task_id,)).fetchone()[0]
     assert created == "2023-11-14 22:13:20.000"
 

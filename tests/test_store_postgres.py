@@ -8,6 +8,7 @@ answers, the PostgreSQL half skips and says why.
 import os
 import sys
 import time
+import contextlib
 import uuid
 
 import pytest
@@ -42,20 +43,32 @@ def pg_unavailable():
     return _pg_reason()
 
 
-@pytest.fixture
-def pg_url(pg_unavailable):
-    """A URL whose search_path is a fresh schema, dropped after the test."""
-    if pg_unavailable:
-        pytest.skip(pg_unavailable)
+@contextlib.contextmanager
+def fresh_schema_url():
+    """A URL whose search_path is a fresh schema, dropped on leaving (skips the test where no server answers)."""
+    reason = _pg_reason()
+    if reason:
+        pytest.skip(reason)
     import psycopg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {schema}")
     separator = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_url(pg_unavailable):
+    """A URL whose search_path is a fresh schema, dropped after the test."""
+    if pg_unavailable:
+        pytest.skip(pg_unavailable)
+    with fresh_schema_url() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

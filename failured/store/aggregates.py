@@ -210,7 +210,8 @@ def tasks_by_status(store):
     statement (one snapshot: a claim committing meanwhile moves nothing)."""
     running = f"SELECT coalesce(category, '-') AS category, count(*) AS n FROM tasks WHERE status = '{RUNNING}' GROUP BY 1"
     return sorted(store.rows(
-        f"SELECT status, category, sum(count) FROM (SELECT status, category, count FROM task_counts"
+        # CAST: count(*) is a bigint, so PostgreSQL's sum over the union would be a numeric (a Decimal)
+        f"SELECT status, category, CAST(sum(count) AS BIGINT) FROM (SELECT status, category, count FROM task_counts"
         f" UNION ALL SELECT '{SCHEDULED}', category, -n FROM ({running}) AS r"
         f" UNION ALL SELECT '{RUNNING}', category, n FROM ({running}) AS r) AS c"
         f" GROUP BY 1, 2 HAVING sum(count) > 0"))
