@@ -388,7 +388,10 @@ def test_the_daemon_carries_on_after_postgresql_drops_its_sessions(pg_url, daemo
     assert daemon.proc.poll() is None, daemon.stderr()
     assert daemon.stop() == 0, daemon.stderr()
     log = daemon.stderr()
-    assert log.count("lost the connection to") == 1 and "the database answers again" in log, log  # once per outage
+    # Once per outage at most: each thread's connection died, and the threads meet that one after another
+    # (one that is not used again before the stop never does).
+    assert log.count("lost the connection to") <= 1, log
+    assert ("lost the connection to" in log) == ("the database answers again" in log), log
 
 
 def _wait_status(url, daemon, expected, timeout=30):
