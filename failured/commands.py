@@ -184,7 +184,13 @@ def scan_report(settings):
     """Write a processing report of what was handled since the previous one; returns (path, report)."""
     def write(store):
         now = SystemClock().now()
-        report = reports.processing_report(store, now, settings.lang)
+        for _ in range(3):  # None: a daemon reported up to here meanwhile; the next one starts where it ended
+            report = reports.processing_report(store, now, settings.lang)
+            if report is not None:
+                break
+        else:
+            raise FailuredError("the processing report moved three times while this one was made: a daemon "
+                                "is writing it now; see its report directory, or try again")
         return reports.write_report(settings.report_dir, reports.PROCESSING, report, now), report
     return with_store(settings, write)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .clock import iso
 from .store import aggregates
+from .store.members import swap_state
 
 PROCESSING, ANALYSIS = "failure_processing", "failure_analysis"
 WATERMARK_KEY = "processing_report_event_id"
@@ -82,9 +83,11 @@ def _result(lang, task_id, event, category, delay, attempt, detail):
 
 
 def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
-    """The processing report over the events since the previous one."""
+    """The processing report over the events since the previous one; None when another process moved the
+    watermark past them meanwhile (it reports them: a report never repeats another's events)."""
     upto = aggregates.event_cut(store)
-    since = (int(store.get_state(WATERMARK_KEY, "0")), int(store.get_state(XACT_WATERMARK_KEY, "0")))
+    watermark = store.get_state(WATERMARK_KEY)
+    since = (int(watermark or 0), int(store.get_state(XACT_WATERMARK_KEY, "0")))
     latest = aggregates.latest_decisions(store, since, upto, DECISIONS)
     scanned, analyzed, recovered, notified = aggregates.decision_counts(store, since, upto)
     stuck = aggregates.stuck_new(store, now - STUCK_NEW_SECONDS)
@@ -93,7 +96,8 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     results = [_result(lang, *row) for row in latest]
     if advance:
         with store.transaction():
-            store.put_state(WATERMARK_KEY, str(upto[0]), now)
+            if not swap_state(store, WATERMARK_KEY, watermark, str(upto[0]), now):
+                return None  # another process reported these events just now (the lead was moving)
             if upto[1] is not None:
                 store.put_state(XACT_WATERMARK_KEY, str(upto[1]), now)
     return {

@@ -9,6 +9,7 @@ from .notify import messages
 from .notify.outbox import enqueue
 from .states import TaskStatus
 from .store import aggregates
+from .store.members import swap_state
 
 RECOVERABLE_PREFIX = "recoverable_"
 UNKNOWN = "unknown"
@@ -123,8 +124,9 @@ def alert_breaches(store, snapshot, now, lang):
             continue
         title, body = messages.threshold_message(lang, check, limits.window_minutes)
         with store.transaction():
+            if not swap_state(store, state_key, last, f"{now:.3f}", now):
+                continue  # another daemon (the lead was moving) alerted this breach just now
             enqueue(store, snapshot, now, "admin", "threshold", title, body,
                     task_type=None if check.key in ("all", "-") else check.key)
-            store.set_state(state_key, f"{now:.3f}", now)
         alerted.append(check)
     return alerted

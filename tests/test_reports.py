@@ -72,6 +72,20 @@ def test_processing_report_has_the_seed_fields_and_every_decision(store, clock, 
     assert report["stats"] == {"scanned": 12, "analyzed": 12, "recovered": 1, "notified": 9, "errors": []}
 
 
+def test_a_report_of_events_another_process_reported_meanwhile_is_dropped(store, clock, history, monkeypatch):
+    """Two leaders for the instant the lead moves: the one that moves the watermark second writes nothing."""
+    real = reports.aggregates.latest_decisions
+
+    def the_other_leader_reports_first(*args):
+        monkeypatch.setattr(reports.aggregates, "latest_decisions", real)
+        assert reports.processing_report(store, clock.now())["total_processed"] > 0
+        return real(*args)
+
+    monkeypatch.setattr(reports.aggregates, "latest_decisions", the_other_leader_reports_first)
+    assert reports.processing_report(store, clock.now()) is None
+    assert reports.processing_report(store, clock.now())["total_processed"] == 0  # nothing was left behind
+
+
 def test_next_processing_report_covers_only_what_came_after(store, clock, history):
     reports.processing_report(store, clock.now())
     assert reports.processing_report(store, clock.now())["total_processed"] == 0

@@ -98,3 +98,26 @@ def test_each_breach_alerts_once_per_window(store, clock, snapshot):
         record_failure(store, "sync", f"the moon {i}", clock=clock)
     engine.handle_new()
     assert [c.name for c in alert_breaches(store, snapshot, clock.now(), "zh")] == ["unknown_errors"]
+
+
+def test_two_leaders_at_once_alert_a_breach_once(store, clock, snapshot, monkeypatch):
+    """The instant the lead moves, two daemons may check the thresholds together: one alert between them."""
+    from failured import thresholds
+
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="t")
+    for i in range(11):
+        record_failure(store, "sync", f"the moon {i}", clock=clock)
+    engine.handle_new()
+    enqueue, others = thresholds.enqueue, []
+    real_swap = thresholds.swap_state
+
+    def swap_after_the_other(store_, key, expected, value, now):
+        if not others:
+            others.append(None)
+            assert real_swap(store_, key, expected, value, now)  # the other leader's alert wins the swap
+            enqueue(store_, snapshot, now, "admin", "threshold", "other", "other")
+        return real_swap(store_, key, expected, value, now)
+
+    monkeypatch.setattr(thresholds, "swap_state", swap_after_the_other)
+    assert alert_breaches(store, snapshot, clock.now(), "en") == []  # lost the swap: no second alert
+    assert Notification.select().where(Notification.kind == "threshold").count() == 1

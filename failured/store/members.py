@@ -136,3 +136,16 @@ def claim_state(store, key, value, now):
     return store.execute("INSERT INTO daemon_state (key, value, updated_at) VALUES (?, ?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at "
                          "WHERE daemon_state.value <> excluded.value", (key, value, store.time(now))).rowcount == 1
+
+
+def swap_state(store, key, expected, value, now):
+    """Set daemon_state ``key`` to ``value`` if it still holds ``expected`` (None: no row yet); True when it did.
+
+    Two daemons that read the same value and act on it (two leaders for the instant the lead moves) both
+    try; the second's update finds the first's value and changes nothing, so it knows to drop its work.
+    """
+    if expected is None:
+        return store.execute("INSERT INTO daemon_state (key, value, updated_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT (key) DO NOTHING", (key, value, store.time(now))).rowcount == 1
+    return store.execute("UPDATE daemon_state SET value = ?, updated_at = ? WHERE key = ? AND value = ?",
+                         (value, store.time(now), key, expected)).rowcount == 1
