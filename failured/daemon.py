@@ -400,7 +400,8 @@ class Daemon:
         report = analysis_report(self.store, self.watcher.current, now, s.analysis_days, s.lang)
         path = reports.write_report(s.report_dir, reports.ANALYSIS, report, now, render_html(report, s.lang))
         self.store.set_state("last_analysis", f"{now:.3f}", now)
-        log.info("analysis: %d failures over %d days; report %s", report["total_failures"], s.analysis_days, path)
+        log.info("analysis of slot %d: %d failures over %d days; report %s", slot, report["total_failures"],
+                 s.analysis_days, path)
         return path
 
     def check_thresholds(self):

@@ -524,7 +524,9 @@ def events(store):
 def test_three_daemons_finish_every_task_never_overlap_and_share_the_retries(run_daemons, pg_url, tmp_path):  # noqa: F811 (fixtures)
     log = tmp_path / "runs.log"
     store = open_store(pg_url)
-    procs = [run_daemons(f"d{n}", FAILURE_RETRY_CONCURRENCY=4) for n in range(3)]
+    # an analysis slot every 1.8 s: several pass while the retries run
+    procs = [run_daemons(f"d{n}", FAILURE_RETRY_CONCURRENCY=4, FAILURE_ANALYSIS_INTERVAL_HOURS=0.0005)
+             for n in range(3)]
     assert wait_for(lambda: len(alive(store)) == 3 and len(leaders(store)) == 1, 60), member_rows.members(store, 10)
     count = 2000
     for n in range(count):  # each run holds its task 10 ms: long enough for an overlap to show
@@ -540,7 +542,17 @@ def test_three_daemons_finish_every_task_never_overlap_and_share_the_retries(run
             by_daemon[pid] = by_daemon.get(pid, 0) + 1
     assert set(by_daemon) == {proc.pid for proc in procs}, by_daemon  # every daemon ran retries
     assert sum(by_daemon.values()) == count + len(range(0, count, 3))  # each failing first runs once more, nothing twice
+    assert wait_for(lambda: len(analysis_slots(tmp_path)) >= 2, 30)
+    slots = analysis_slots(tmp_path)
+    assert len(slots) == len(set(slots)), slots  # one analysis report per slot, whichever daemon led
     store.close()
+
+
+def analysis_slots(tmp_path):
+    """The analysis slots reported, from every daemon's log."""
+    return [int(line.split("analysis of slot ")[1].split(":")[0])
+            for log in tmp_path.glob("d*/stderr") for line in log.read_text().splitlines()
+            if "analysis of slot " in line]
 
 
 @wired
