@@ -12,7 +12,6 @@ import random
 from pathlib import Path
 
 import pytest
-import re2
 from re2 import _re2
 
 from failured import corpus
