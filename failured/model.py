@@ -144,34 +144,23 @@ class TextModel:
 
     max_unknown = MAX_UNKNOWN  # read by classify: above it the model defers
 
-    def __init__(self, classes, weights, bias, likelihoods, prior, size):
+    def __init__(self, classes, rows, bias, prior, size):
+        """``rows``: {bucket: its row packed as doubles}, as ``pack_rows`` makes it; each is checked."""
         self.classes = classes  # tuple of category names
         self._bias = tuple(bias)
         self._prior = tuple(prior)  # naive Bayes: log P(class)
         self._tempered_prior = tuple(p / NB_TEMPERATURE for p in prior)
         self.size = size  # training examples
-        # Both tables in one, indexed by bucket: the regression's weights then the naive
-        # Bayes log P(bucket | class), packed as doubles in one bytes object per bucket
-        # (b"" for a bucket neither table knows). A message's rows are joined into one
-        # buffer and each class summed over a strided view of it: no float objects are
-        # kept per bucket, and the sums add in the order of the buckets as before (a
-        # bucket one table lacks has 0.0 there, which leaves a sum exactly as it was).
-        zeros = (0.0,) * len(classes)
-        self._adopt_rows({bucket: array("d", (*weights.get(bucket, zeros), *likelihoods.get(bucket, zeros))).tobytes()
-                          for bucket in dict.fromkeys([*weights, *likelihoods])})
-        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
-
-    def _adopt_rows(self, packed):
-        """{bucket: both tables' row packed as doubles} -> the rows scores() reads, each checked."""
-        width = 2 * len(self.classes) * array("d").itemsize
+        width = 2 * len(classes) * array("d").itemsize
         self._rows = [b""] * BUCKETS
-        self._known = tuple(packed)
-        for bucket, row in packed.items():
+        self._known = tuple(rows)
+        for bucket, row in rows.items():
             if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
                 raise ValueError(f"bucket {bucket!r} out of range")
             if not isinstance(row, bytes) or len(row) != width:
                 raise ValueError(f"bucket {bucket} has {len(row)} bytes of weights, not {width}")
             self._rows[bucket] = row
+        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
 
     def scores(self, text):
         """Each class's log-probability up to a constant: the mean of the two models' (softmax undoes the constant)."""
@@ -205,7 +194,7 @@ class TextModel:
     @classmethod
     def from_state(cls, state):
         classes, weights, bias, likelihoods, prior, size = state
-        return cls(tuple(classes), weights, bias, likelihoods, prior, size)
+        return cls(tuple(classes), pack_rows(len(classes), weights, likelihoods), bias, prior, size)
 
     def packed_state(self):
         """``state`` with the rows as they are packed: what the model cache stores (loading it unpacks nothing)."""
@@ -214,9 +203,19 @@ class TextModel:
     @classmethod
     def from_packed_state(cls, state):
         classes, rows, bias, prior, size = state
-        fitted = cls(tuple(classes), {}, bias, {}, prior, size)
-        fitted._adopt_rows(rows)
-        return fitted
+        return cls(tuple(classes), rows, bias, prior, size)
+
+
+def pack_rows(width, weights, likelihoods):
+    """Both tables in one, by bucket: the regression's weights then the naive Bayes log P(bucket | class),
+    packed as doubles in one bytes object per bucket (absent: a bucket neither table knows).
+
+    A message's rows are joined into one buffer and each class summed over a strided view of it: no
+    float objects are kept per bucket, and the sums add in the order of the buckets as before (a bucket
+    one table lacks has 0.0 there, which leaves a sum exactly as it was)."""
+    zeros = (0.0,) * width
+    return {bucket: array("d", (*weights.get(bucket, zeros), *likelihoods.get(bucket, zeros))).tobytes()
+            for bucket in dict.fromkeys([*weights, *likelihoods])}
 
 
 def _column_sums(rows, buckets, width):
@@ -265,7 +264,7 @@ def train(examples):
         for i in order:
             _step(data[i], bias, n)
     likelihoods, prior = _naive_bayes(examples, index)
-    return TextModel(classes, {b: tuple(w) for b, w in weights.items()}, bias, likelihoods, prior, len(examples))
+    return TextModel(classes, pack_rows(len(classes), weights, likelihoods), bias, prior, len(examples))
 
 
 def _naive_bayes(examples, index):
