@@ -152,4 +152,4 @@ def _reporting_settings():
 
 def report_success(task_type, count=1):
     """Record successful runs of a task type (the failure-rate threshold's denominator)."""
-    record_success(default_store(), task_type, count)
+    record_success(default_store(_reporting_settings()[0]), task_type, count)

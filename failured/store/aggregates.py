@@ -208,12 +208,12 @@ def tasks_by_status(store):
     The counters hold running tasks under scheduled (a claim writes no counter row); the running rows, as
     few as retries run at once, are counted live through the status index and moved back, in the same
     statement (one snapshot: a claim committing meanwhile moves nothing)."""
-    running = f"SELECT coalesce(category, '-') AS category, count(*) AS n FROM tasks WHERE status = '{RUNNING}' GROUP BY 1"
     return sorted(store.rows(
+        f"WITH r AS (SELECT coalesce(category, '-') AS category, count(*) AS n FROM tasks"
+        f" WHERE status = '{RUNNING}' GROUP BY 1)"
         # CAST: count(*) is a bigint, so PostgreSQL's sum over the union would be a numeric (a Decimal)
-        f"SELECT status, category, CAST(sum(count) AS BIGINT) FROM (SELECT status, category, count FROM task_counts"
-        f" UNION ALL SELECT '{SCHEDULED}', category, -n FROM ({running}) AS r"
-        f" UNION ALL SELECT '{RUNNING}', category, n FROM ({running}) AS r) AS c"
+        f" SELECT status, category, CAST(sum(count) AS BIGINT) FROM (SELECT status, category, count FROM task_counts"
+        f" UNION ALL SELECT '{SCHEDULED}', category, -n FROM r UNION ALL SELECT '{RUNNING}', category, n FROM r) AS c"
         f" GROUP BY 1, 2 HAVING sum(count) > 0"))
 
 

@@ -26,29 +26,25 @@ def hour_key(dialect, column):
     return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
 
 
-def _task_count_steps(dialect, old, new):
-    steps = []
-    if old:
-        steps.append(f"UPDATE task_counts SET count = count - 1 WHERE status = {counted_status(old)}"
-                     f" AND category = coalesce({old}.category, '-')")
-    if new:
-        steps.append(f"INSERT INTO task_counts (status, category, count) VALUES ({counted_status(new)},"
-                     f" coalesce({new}.category, '-'), 1) ON CONFLICT (status, category)"
-                     f" DO UPDATE SET count = task_counts.count + 1")
+def _count_steps(table, key, key_of, no_category):
+    """The steps of a table counting tasks by (``key``, category): ``key_of(dialect, row)`` is the SQL of a
+    task's key, ``no_category`` the category an unclassified task counts under."""
+    def steps(dialect, old, new):
+        moves = []
+        if old:
+            moves.append(f"UPDATE {table} SET count = count - 1 WHERE {key} = {key_of(dialect, old)}"
+                         f" AND category = coalesce({old}.category, '{no_category}')")
+        if new:
+            moves.append(f"INSERT INTO {table} ({key}, category, count) VALUES ({key_of(dialect, new)},"
+                         f" coalesce({new}.category, '{no_category}'), 1) ON CONFLICT ({key}, category)"
+                         f" DO UPDATE SET count = {table}.count + 1")
+        return moves
     return steps
 
 
-def _failure_count_steps(dialect, old, new):
-    steps = []
-    if old:
-        steps.append(f"UPDATE failure_counts SET count = count - 1"
-                     f" WHERE hour = {hour_key(dialect, old + '.created_at')}"
-                     f" AND category = coalesce({old}.category, 'unclassified')")
-    if new:
-        steps.append(f"INSERT INTO failure_counts (hour, category, count)"
-                     f" VALUES ({hour_key(dialect, new + '.created_at')}, coalesce({new}.category, 'unclassified'), 1)"
-                     f" ON CONFLICT (hour, category) DO UPDATE SET count = failure_counts.count + 1")
-    return steps
+_task_count_steps = _count_steps("task_counts", "status", lambda dialect, row: counted_status(row), "-")
+_failure_count_steps = _count_steps("failure_counts", "hour",
+                                    lambda dialect, row: hour_key(dialect, f"{row}.created_at"), "unclassified")
 
 
 def _recovery_count_steps(dialect, old, new):
