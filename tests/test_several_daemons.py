@@ -5,6 +5,7 @@ Where time matters the processes share a clock kept in a file (``FileClock``): t
 robot reads it too.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -133,6 +134,22 @@ def daemons(tmp_path, pg_url):  # noqa: F811 (fixtures)
         proc.stderr.close()
 
 
+@contextlib.contextmanager
+def memberships(url, count, clock=None, **options):
+    """``count`` memberships on stores of their own, named host:N:0; all stopped and closed after."""
+    stores = [open_store(url) for _ in range(count)]
+    group = []
+    try:
+        for n, store in enumerate(stores):
+            group.append(Membership(store, clock or ManualClock(), f"host:{n}:0", **options).start())
+        yield stores, group
+    finally:
+        for member in group:
+            member.stop()
+        for store in stores:
+            store.close()
+
+
 def alive(store):
     return {m["name"]: m for m in member_rows.members(store, 10.0) if m["alive"]}
 
@@ -176,11 +193,7 @@ def test_sqlite_has_one_daemon_that_leads_and_delivers_everything(tmp_path):
 
 
 def test_exactly_one_leader_and_the_lead_moves_when_it_stops(pg_url):  # noqa: F811 (fixtures)
-    stores = [open_store(pg_url) for _ in range(3)]
-    clock = ManualClock()
-    group = [Membership(store, clock, f"host:{n}:0", heartbeat_seconds=0.1).start() for n, store in
-             enumerate(stores)]
-    try:
+    with memberships(pg_url, 3, ManualClock(), heartbeat_seconds=0.1) as (stores, group):
         assert wait_for(lambda: len(leaders(stores[0])) == 1, 10)
         [first] = [m for m in group if m.is_leader()]
         assert sum(m.is_leader() for m in group) == 1
@@ -188,27 +201,15 @@ def test_exactly_one_leader_and_the_lead_moves_when_it_stops(pg_url):  # noqa: F
         assert wait_for(lambda: sum(m.is_leader() for m in group if m is not first) == 1, 10)
         assert first.name not in alive(stores[0])
         assert stores[0].scalar("SELECT count(*) FROM daemons WHERE stopped_at IS NOT NULL") == 1
-    finally:
-        for m in group:
-            m.stop()
-        for store in stores:
-            store.close()
 
 
 def test_one_daemon_delivers_a_channel_at_a_time(pg_url):  # noqa: F811 (fixtures)
-    stores = [open_store(pg_url) for _ in range(2)]
-    a, b = (Membership(store, ManualClock(), f"host:{n}:0").start() for n, store in enumerate(stores))
-    try:
+    with memberships(pg_url, 2) as (_, (a, b)):
         # a lane asks on every pass: a try that failed (a busy server) is tried again on the next
         assert wait_for(lambda: a.holds_channel("ops"), 10) and not b.holds_channel("ops")
         assert wait_for(lambda: b.holds_channel("mail"), 10) and not a.holds_channel("mail")
         a.stop()
         assert wait_for(lambda: b.holds_channel("ops"), 10)
-    finally:
-        a.stop()
-        b.stop()
-        for store in stores:
-            store.close()
 
 
 def test_kill_9_of_the_leader_moves_the_lead_and_marks_its_leases_takeable(daemons, pg_url):  # noqa: F811 (fixtures)
@@ -402,9 +403,7 @@ def test_status_and_metrics_list_the_daemons_and_the_leader(pg_url):  # noqa: F8
     from failured import status
     from failured.metrics import Metrics
 
-    stores = [open_store(pg_url) for _ in range(2)]
-    group = [Membership(store, ManualClock(), f"host:{n}:0").start() for n, store in enumerate(stores)]
-    try:
+    with memberships(pg_url, 2) as (stores, group):
         assert wait_for(lambda: sum(m.is_leader() for m in group) == 1, 10)
         group[1].stop()
         listed = status.collect(stores[0], None, time.time())["daemons"]
@@ -418,11 +417,6 @@ def test_status_and_metrics_list_the_daemons_and_the_leader(pg_url):  # noqa: F8
         exposed = metrics.exposition()[0].decode()
         assert 'failured_daemon_leader{daemon="host:0:0"} 1.0' in exposed
         assert 'failured_daemons{state="alive"} 1.0' in exposed and 'failured_daemons{state="gone"} 1.0' in exposed
-    finally:
-        for m in group:
-            m.stop()
-        for store in stores:
-            store.close()
 
 
 def test_a_committed_wake_up_reaches_the_listening_daemon(pg_url):  # noqa: F811 (fixtures)
