@@ -13,7 +13,7 @@ import json
 from .schema import epoch
 
 # Keys of the advisory locks (pg_try_advisory_lock(int4, int4)); the second half names the schema or the thing.
-LEADER_LOCK_SQL = "pg_try_advisory_lock(1717658990, hashtext(current_schema()))"  # "fain" + the schema
+_LEADER_KEY = "1717658990, hashtext(current_schema())"  # "fain" + the schema
 _MEMBER_KEY = "hashtext('failured-member:' || current_schema())"
 _CHANNEL_KEY = "hashtext('failured-channel:' || current_schema())"
 
@@ -91,11 +91,11 @@ def _server_now(store):
 
 def try_leader(connection):
     """Try to become the leader on ``connection``'s session; True when it holds the lock (it may already)."""
-    return connection.execute(f"SELECT {LEADER_LOCK_SQL}").fetchone()[0]
+    return connection.execute(f"SELECT pg_try_advisory_lock({_LEADER_KEY})").fetchone()[0]
 
 
 def release_leader(connection):
-    connection.execute("SELECT pg_advisory_unlock(1717658990, hashtext(current_schema()))")
+    connection.execute(f"SELECT pg_advisory_unlock({_LEADER_KEY})")
 
 
 def try_channel(connection, channel):

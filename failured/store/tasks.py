@@ -11,6 +11,7 @@ import time
 
 from ..clock import to_db_time
 from ..states import TaskStatus
+from .members import WAKE_CHANNEL
 from .schema import SuccessCount, Task, UtcTimeField, epoch
 
 NEW, SCHEDULED, RUNNING, RECOVERED = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.RECOVERED
@@ -53,7 +54,7 @@ _INSERT_TASK_AND_EVENT = (  # PostgreSQL: both rows in one statement, so a repor
     " event AS (INSERT INTO task_events (task_id, at, event, status, error_message)"
     f" SELECT id, created_at, 'reported', '{NEW}', error_message FROM task RETURNING task_id)"
     # ... and the daemons' wake-up (store.members.wake_daemons), sent when it commits
-    " SELECT task_id FROM event, LATERAL (SELECT pg_notify('failured_wake', current_schema())) AS wake")
+    f" SELECT task_id FROM event, LATERAL (SELECT pg_notify('{WAKE_CHANNEL}', current_schema())) AS wake")
 
 
 def insert_task(store, task_type, ref, source, error_type, message, payload, handler, now):
