@@ -30,7 +30,7 @@ from common import REPO, emit
 
 import re2
 
-from failured import corpus
+from failured import corpus, fingerprint as fingerprints
 from failured.classify import exception_type_in, model_text, without_frames
 from failured.config import load_config
 from failured.fingerprint import fingerprint
@@ -117,11 +117,13 @@ def in_process(count):
     snapshot = load_config(REPO / "config")
     classifier = snapshot.classifier
     classifier.patterns.wait_ready()
+    classifier.codes.wait_ready()
     messages = cold_mix(count)
     assert len(set(messages)) == len(messages)
     patterns = len(classifier.patterns.patterns)
     print(f"classify: {len(messages):,} unique messages (mean {sum(map(len, messages)) // len(messages)} chars), "
-          f"{patterns} patterns, engine {classifier.patterns.engine}", flush=True)
+          f"{patterns} patterns, engine {classifier.patterns.engine}, compiled code (failured._speedups) "
+          f"{'in use' if fingerprints.NATIVE_PASSES else 'NOT built: Python only'}", flush=True)
     cold = cpu_rate(classifier.classify_uncached, messages)
     warm = cpu_rate(classifier.classify_uncached, messages)
     other = cold_mix(count, seed=7)
@@ -136,6 +138,7 @@ def in_process(count):
     sample = cold_mix(count // 4, seed=11)
     stages = stage_costs(classifier, cold_mix(count // 4, seed=13))
     return {"classify_uncached cold msgs/s": round(cold), "classify_uncached warm msgs/s": round(warm),
+            "compiled code": "yes" if fingerprints.NATIVE_PASSES else "no",
             **stages,
             "pattern matching cold msgs/s": round(match_cold), "pattern matching warm msgs/s": round(match_warm),
             "engine": classifier.patterns.engine,
@@ -228,6 +231,7 @@ def reload_while_serving(config_dir, messages):
     """
     current = {"snapshot": load_config(REPO / "config")}
     current["snapshot"].classifier.patterns.wait_ready()
+    current["snapshot"].classifier.codes.wait_ready()
     stop, gaps, done = threading.Event(), [0.0], [0]
 
     def serve():
@@ -251,6 +255,7 @@ def reload_while_serving(config_dir, messages):
     current["snapshot"] = snapshot  # the swap: one reference
     serving, cpu = time.perf_counter() - started, time.thread_time() - cpu
     snapshot.classifier.patterns.wait_ready()
+    snapshot.classifier.codes.wait_ready()
     ready = time.perf_counter() - started
     count = done[0]
     while done[0] < count + 50:  # and after it, with the new snapshot
@@ -289,6 +294,7 @@ def memory_child(config_dir):
     before = rss_kib()
     classifier = load_config(config_dir).classifier
     classifier.patterns.wait_ready()
+    classifier.codes.wait_ready()
     for message in cold_mix(5000, seed=3):
         classifier.classify_uncached(message)
     after = rss_kib()

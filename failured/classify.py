@@ -23,6 +23,12 @@ from .fingerprint import fingerprint
 from .matcher import PatternSet, PatternTooLarge
 from .rules import UNKNOWN
 
+try:  # compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames and python_exception_type_in
+    from ._speedups import (exception_type_in as _compiled_exception_type_in,
+                            spell_identifiers as _compiled_spell_identifiers, without_frames as _compiled_without_frames)
+except ImportError:  # pragma: no cover - no C compiler at install
+    _compiled_exception_type_in = _compiled_spell_identifiers = _compiled_without_frames = None
+
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
 # "pkg.mod.SomeError: message", also Ruby "Mod::Error:" and PHP "Ns\\Error:".
@@ -51,7 +57,9 @@ RULE_STAGES = ("early_code", "exception_type", "pattern", "code", "spelled")
 # The model's own thresholds (learner.DEFAULT_MIN_CONFIDENCE, and ``max_unknown``: it
 # defers when it gives "unknown" more than that) are tuned with it; see failured/model.py.
 MIN_CONFIDENCE = learner.DEFAULT_MIN_CONFIDENCE
+OVERRULE_NEVER = 1.0  # a Classifier's default: the rules have the last word (the daemon passes [model]'s setting)
 SPELL_MAX_CHARS = 4000  # identifiers that say what failed sit near the start
+_spell_identifiers = _compiled_spell_identifiers or learner.spell_identifiers
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,14 @@ class Classification:
     def to_dict(self):
         return dict(self.__dict__)  # flat fields only: asdict's deep copy cost more than classifying
 
+    @classmethod
+    def of(cls, **fields):
+        """``Classification(**fields)`` (every field named) without the frozen ``__init__``'s
+        ``object.__setattr__`` per field: the same object, built in half the time."""
+        made = object.__new__(cls)
+        made.__dict__.update(fields)
+        return made
+
 
 def unpack(message, error_type=None):
     """The seed's structured errors: a JSON object with error_type / error_message, or plain text."""
@@ -89,8 +105,12 @@ def unpack(message, error_type=None):
     return message, error_type
 
 
-def without_frames(message):
-    """The message minus stack-frame lines (and each Python frame's source line)."""
+def python_without_frames(message):
+    """The message minus stack-frame lines (and each Python frame's source line).
+
+    ``without_frames`` is this function compiled where failured/_speedups.c is built
+    (tests/test_classify.py compares the two).
+    """
     kept, skip_source = [], False
     for line in message.splitlines():
         if skip_source and line.startswith("    "):
@@ -102,8 +122,15 @@ def without_frames(message):
     return "\n".join(kept)
 
 
-def exception_type_in(message):
-    """The exception class named at the start of the message, or on a traceback's last line."""
+without_frames = _compiled_without_frames or python_without_frames
+
+
+def python_exception_type_in(message):
+    """The exception class named at the start of the message, or on a traceback's last line.
+
+    ``exception_type_in`` is this function compiled where failured/_speedups.c is built
+    (tests/test_classify.py compares the two).
+    """
     text = message
     if _TRACEBACK in text:
         lines = [line for line in text.splitlines() if line.strip()]
@@ -113,6 +140,9 @@ def exception_type_in(message):
         return None
     name = match.group(1)
     return name if _LOWER.search(_NAME_PARTS.split(name)[-1], 1) else None
+
+
+exception_type_in = _compiled_exception_type_in or python_exception_type_in
 
 
 def model_text(message, error_type=None):
@@ -145,12 +175,13 @@ class Classifier:
     """
 
     def __init__(self, ruleset, lang="zh", code_tables=(), model=None, min_confidence=MIN_CONFIDENCE,
-                 stages=RULE_STAGES, engine=None):
+                 stages=RULE_STAGES, engine=None, overrule_confidence=OVERRULE_NEVER):
         self.ruleset = ruleset
         self.lang = lang
-        self.codes = CodeMatcher(code_tables)
+        self.codes = CodeMatcher(code_tables, engine=engine)
         self.model = model
         self.min_confidence = min_confidence
+        self.overrule_confidence = overrule_confidence
         self.stages = stages
         self._by_tag = {}
         self._by_type = {}  # last dotted part, lower-case -> [(priority, full name or None, category)]
@@ -193,16 +224,17 @@ class Classifier:
     def classify_uncached(self, message, error_type=None, task_type=None):
         """Classify one error; ``task_type`` is accepted for symmetry and future per-type rules."""
         message, error_type = unpack(message or "", error_type)
-        found = self._by_tag_stage(message)
+        found, confidence = self._by_tag_stage(message), None
         if found is None:
             error_type = error_type or exception_type_in(message)
             found = self.rules_only(message, error_type)
-        confidence = None
-        if found is None:
-            found, confidence = self._by_model(message, error_type)
+            if found is None:
+                found, confidence = self._by_model(message, error_type)
+            elif self.overrule_confidence < 1:
+                found, confidence = self._overruled(found, message, error_type)
         category, matched_by, matched = found or (self.ruleset.unknown, "none", None)
         template, digest = fingerprint(message)
-        return Classification(
+        return Classification.of(
             category=category.name, label=category.label_in(self.lang), action=category.action,
             matched_by=matched_by, pattern=matched, fingerprint=digest, template=template,
             error_type=error_type, message=message, suggestion=category.suggestion_in(self.lang),
@@ -237,15 +269,35 @@ class Classifier:
 
     def _by_model(self, message, error_type):
         """The model's answer when it is confident enough, else (None, None): the task stays unknown."""
+        category, confidence = self._model_says(message, error_type, self.min_confidence)
+        if category is None:
+            return None, None
+        return (category, "model", f"confidence {confidence:.2f}"), confidence
+
+    def _overruled(self, found, message, error_type):
+        """The model's answer instead of the rule's ``found`` when it disagrees at ``overrule_confidence`` or
+        more: on messages from sources never seen, a rule written for other wording is wrong more often than
+        a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor a
+        rule of a category the model has no examples of."""
+        if self.model is None or found[0].name not in self.model.classes:
+            return found, None  # a category the model never learned (an operator's own) is not second-guessed
+        category, confidence = self._model_says(message, error_type, self.overrule_confidence)
+        if category is None or category is found[0]:
+            return found, None
+        _, stage, what = found
+        return (category, "model", f"confidence {confidence:.2f}, over {stage} {what!r}"), confidence
+
+    def _model_says(self, message, error_type, at_least):
+        """(category, rounded confidence) when the model names a category other than unknown with at least
+        ``at_least`` and gives unknown no real chance (its ``max_unknown``); else (None, None)."""
         if self.model is None:
             return None, None
         prediction = self.model.predict(model_text(message, error_type))
         category = self.ruleset.category(prediction.category)
-        if (category is None or category is self.ruleset.unknown or prediction.confidence < self.min_confidence
+        if (category is None or category is self.ruleset.unknown or prediction.confidence < at_least
                 or prediction.unknown > self.model.max_unknown):
             return None, None
-        confidence = round(prediction.confidence, 3)
-        return (category, "model", f"confidence {confidence:.2f}"), confidence
+        return category, round(prediction.confidence, 3)
 
     def _by_tag_stage(self, message):
         match = _TAG.match(message)
@@ -283,7 +335,7 @@ class Classifier:
     def _spelled_patterns_of(self, core, error_type):
         """Patterns over ``core`` (type first) with CamelCase/snake_case identifiers spelled out as words."""
         text = f"{error_type}: {core}" if error_type else core
-        spelled = learner.spell_identifiers(text[:SPELL_MAX_CHARS])
+        spelled = _spell_identifiers(text[:SPELL_MAX_CHARS])
         return self._by_pattern_stage(spelled) if spelled != text[:SPELL_MAX_CHARS] else None
 
     def _by_pattern_stage(self, text):

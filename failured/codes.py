@@ -13,9 +13,11 @@ by table name in file-name order, so an operator's
 marked ``early`` (a vendor's exact codes, decisive phrases) is looked up before
 the exception type and the patterns; the others after the patterns.
 
-Every extractor is a fixed regular expression without nested repetition, and
-the operator-written parts (``texts``, ``when``) run on RE2: a code lookup is
-linear in the message length.
+Every extractor is a fixed regular expression without nested repetition (the
+hottest also written out as one scan in failured/_speedups.c, where it is built),
+and the operator-written parts (``texts``, ``when``) run on RE2, after one
+Hyperscan scan of them all has named the candidates (failured/matcher.py): a
+code lookup is linear in the message length.
 """
 
 import re
@@ -25,7 +27,13 @@ from pathlib import Path
 import re2
 from re2 import _re2
 
+try:  # the compiled finders; without them (no compiler at install) these expressions give the same values
+    from . import _speedups
+except ImportError:  # pragma: no cover - depends on the build
+    _speedups = None
+
 from .errors import ConfigError, ConfigErrors
+from .matcher import PatternSet, PatternTooLarge
 from .rules import check_type, pattern_problem, re2_options, read_toml
 
 TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
@@ -85,12 +93,15 @@ _JSON_CODE_KEY = re.compile(r"[\"']code[\"']\s*:", re.IGNORECASE)
 _STATUS_ENVELOPE = re.compile(r"[\"'](?:error|meta)[\"']\s*:\s*\{[^{}]{0,200}$", re.IGNORECASE)
 
 
-def extract_http(text):
-    for match in _HTTP.finditer(text):
+def _starts_and_groups(pattern, text):
+    for match in pattern.finditer(text):
         value = next((g for g in match.groups() if g), None)
-        if not value:
-            continue
-        start = match.start()
+        if value:
+            yield match.start(), value
+
+
+def extract_http(text):
+    for start, value in _FINDERS["http"](text):
         if start > 0 and _JSON_CODE_KEY.match(text, start - 1) and not _STATUS_ENVELOPE.search(text, 0, start - 1):
             continue
         yield value
@@ -102,31 +113,40 @@ def extract_smtp(text):
 
 
 def extract_errno(text):
-    for value in _groups(_ERRNO, text):
+    for value in _FINDERS["errno"](text):
         yield re.sub(r"\s+", " ", value)
 
 
 def extract_sqlstate(text):
-    for value in _groups(_SQLSTATE, text):
+    for value in _FINDERS["sqlstate"](text):
         value = value.upper()
         yield value
         yield value[:2]  # the class: "08" connection exception, "23" integrity...
 
 
 def extract_grpc(text):
-    for match in _GRPC.finditer(text):
-        value = next((g for g in match.groups() if g), None)
-        if value:
-            yield value if value.isupper() else _camel_to_upper_snake(value)
+    for value in _FINDERS["grpc"](text):
+        yield value if value.isupper() else _camel_to_upper_snake(value)
 
 
 def extract_tokens(text):
-    tokens = _TOKEN.findall(text)
+    tokens = _FINDERS["token"](text)
     if "." not in text:
         return tokens
     # "Throttling.User" is also a "Throttling"
     return [value for token in tokens for value in ((token, token.split(".", 1)[0]) if "." in token else (token,))]
 
+
+# What the extractors' expressions find, in order: each match's first non-empty group (for
+# HTTP with where the match starts), every token. failured/_speedups.c finds the same in one
+# scan each where it is built (tests/test_codes_native.py compares the two).
+PYTHON_FINDERS = {"http": lambda text: _starts_and_groups(_HTTP, text), "errno": lambda text: _groups(_ERRNO, text),
+                  "sqlstate": lambda text: _groups(_SQLSTATE, text), "grpc": lambda text: _groups(_GRPC, text),
+                  "token": _TOKEN.findall}
+NATIVE_FINDERS = None if _speedups is None else {
+    "http": _speedups.http_statuses, "errno": _speedups.errno_values, "sqlstate": _speedups.sqlstate_values,
+    "grpc": _speedups.grpc_values, "token": _speedups.tokens}
+_FINDERS = NATIVE_FINDERS or PYTHON_FINDERS
 
 EXTRACTORS = {
     "http": extract_http,
@@ -298,12 +318,13 @@ def _first_span(compiled, data):
 class CodeMatcher:
     """The compiled code stage of a snapshot: which table recognises a code in a message, first."""
 
-    def __init__(self, tables, gate=True):
-        """``gate=False`` searches every ``when`` and ``texts`` on its own (same answers; tests compare the two)."""
+    def __init__(self, tables, gate=True, engine=None):
+        """``gate=False`` searches every ``when`` and ``texts`` on its own (same answers; tests compare the two).
+        ``engine``: the gate's, as for the patterns (None: Hyperscan where installed, "re2")."""
         self.tables = tables
         self._when = [_raw_re2(t.when, t, "when") if t.when else None for t in tables]
         self._texts = [self._compile_texts(t) for t in tables]
-        self._gate = self._compile_gate(tables) if gate else None
+        self._gate = self._compile_gate(tables, engine) if gate else None
         # Tables of the same kind (and keys) share one extraction per message; each table
         # answers through ``found``: every spelling its extractor may yield whose alias
         # target (or itself) is one of its codes -> that code.
@@ -339,18 +360,31 @@ class CodeMatcher:
         self._last = None  # (text, data, gate hits, values) of the last message: its early and late lookups share them
 
     @staticmethod
-    def _compile_gate(tables):
-        """One RE2 set of every table's ``when`` and ``texts``: one pass says which of them can match at all.
+    def _compile_gate(tables, engine=None):
+        """Every table's ``when`` and ``texts`` in one pattern set: one scan says which of them may match.
 
-        Returns ``(set, when_ids, text_ids)`` with -1 for a part that has no
-        entry (it is then searched on its own), or None if the set cannot be built.
+        Returns ``(set, when_ids, text_ids)`` with -1 for a part a table does not have, or None
+        if the set cannot be built (each part is then searched on its own). The set names
+        candidates (Hyperscan, with RE2 serving until it is compiled, as for the patterns): a
+        candidate ``when`` is then searched on its own, as a candidate ``texts`` always is.
         """
-        gate = _re2.Set(_UNANCHORED, re2_options())
-        when_ids, text_ids = [], []
+        patterns, owners, when_ids, text_ids = [], [], [], []
         for table in tables:
-            when_ids.append(gate.Add(table.when.encode()) if table.when else -1)
-            text_ids.append(gate.Add(_texts_pattern(table).encode()) if table.texts else -1)
-        return (gate, when_ids, text_ids) if gate.Compile() else None
+            for part, pattern, ids in (("when", table.when, when_ids),
+                                       ("texts", _texts_pattern(table) if table.texts else None, text_ids)):
+                ids.append(len(patterns) if pattern else -1)
+                if pattern:
+                    patterns.append(pattern)
+                    owners.append(f'{table.files[-1]}, table "{table.name}" {part}')
+        try:
+            gate = PatternSet(patterns, range(len(patterns)), describe=owners.__getitem__, engine=engine)
+        except PatternTooLarge:
+            return None
+        return gate, when_ids, text_ids
+
+    def wait_ready(self, timeout=None):
+        """Block until the gate's fast engine serves (or RE2 alone will); True when so."""
+        return self._gate is None or self._gate[0].wait_ready(timeout)
 
     @staticmethod
     def _compile_texts(table):
@@ -373,16 +407,14 @@ class CodeMatcher:
             data = text.encode()  # what RE2 reads
             hits = None
             if self._gate is not None:
-                hits = frozenset(self._gate[0].Match(data))
+                hits = frozenset(self._gate[0].candidates(text, data))
             extracted = [None] * len(self._extractors)  # filled as tables need them (same values whoever fills)
             self._last = (text, data, hits, extracted)  # one reference swap: safe between threads
-        # when_id / text_id: the table's entries in the gate set, -1 where it has none (or no gate was built)
+        # when_id / text_id: the table's entries in the gate set, -1 where it has none (or no gate was built);
+        # the gate names candidates: a candidate "when" is searched as a "when" outside it is
         for table, source, found, needles, when, when_id, texts, text_id in self._plans[early]:
             if when is not None:
-                if when_id >= 0:
-                    if when_id not in hits:
-                        continue
-                elif _first_span(when, data) is None:
+                if (when_id >= 0 and when_id not in hits) or _first_span(when, data) is None:
                     continue
             if found and (needles is None or any(map(text.__contains__, needles))):
                 values = extracted[source]

@@ -20,7 +20,10 @@ equivalent patterns that begin with their first character, so the engine
 skips straight to where a match can start, and the id pass runs only on a
 text holding a run with three digits and a letter. The templates are those of
 the plain passes over the whole text (tests/test_classify_equivalence.py
-compares the two).
+compares the two). Where the package's C extension (failured/_speedups.c) is built, the
+uuid, quoted-value, IPv4, Windows path, host, hex, id and number passes run there
+instead: the same replacements (the host pass as RE2 makes it), written out as one
+linear scan each (tests/test_fingerprint.py compares each with its pattern).
 """
 
 import functools
@@ -28,6 +31,11 @@ import hashlib
 import re
 
 import re2
+
+try:  # the compiled passes; without them (no compiler at install time) Python's re gives the same
+    from . import _speedups
+except ImportError:  # pragma: no cover - depends on the build
+    _speedups = None
 
 MAX_TEMPLATE_CHARS = 500
 # The template keeps its first 500 characters; replacing placeholders rarely shrinks
@@ -155,6 +163,15 @@ def _only_if_an_id_may_be(replace):
 
 
 _PASSES[_ID_PASS] = (_PASSES[_ID_PASS][0], _only_if_an_id_may_be(_PASSES[_ID_PASS][1]))
+PYTHON_PASSES = tuple(_PASSES)  # every pass on re / RE2: what runs where the extension is not built
+# Pattern -> the C function that makes the same replacement in one scan.
+_NATIVE_NAMES = {_REPLACEMENTS[number][2]: name for number, name in (
+    (2, "uuid_pass"), (3, "quoted_pass"), (4, "ip_pass"), (6, "windows_path_pass"), (8, "host_pass"), (9, "hex_pass"),
+    (10, "id_pass"), (11, "number_pass"))}
+NATIVE_PASSES = None if _speedups is None else tuple(
+    (literal, getattr(_speedups, _NATIVE_NAMES[text])) if text in _NATIVE_NAMES else (literal, replace)
+    for (_, _, text, _), (literal, replace) in zip(_REPLACEMENTS, PYTHON_PASSES))
+_PASSES = NATIVE_PASSES or PYTHON_PASSES
 
 
 def _replaced(text, whole=True, at_space=False):

@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - depends on the platform's wheels
 
 log = logging.getLogger("failured.matcher")
 
-KEEP_DATABASES = 8  # compiled databases of older rulesets are removed beyond this many
+KEEP_DATABASES = 16  # compiled databases of older rulesets are removed beyond this many (two a snapshot:
+# its patterns and its code tables' gate)
 RE2_SET_SIZE = 64  # patterns per RE2 set: compiling one holds the GIL for some 30 ms
 LOOSEN_FROM = 10  # bounded repeats with an upper bound at least this large become unbounded for Hyperscan
 _BOUNDED = re.compile(r"\\.|\[\^?\]?(?:\\.|\[:\w+:\]|[^\]\\])*\]|\{(\d+),(\d+)\}")
@@ -119,17 +120,24 @@ class PatternSet:
         if not self.patterns:
             return None
         data, clean = encode(text)
+        found = self.candidates(text, data, clean)
+        return self._confirmed(found, data) if found else None
+
+    def candidates(self, text, data, clean=True):
+        """Indices of the patterns that may match ``text`` (``data``: its UTF-8 bytes, ``clean``: as
+        ``encode`` says): every one that matches, and maybe others (their loosened forms match)."""
+        if not self.patterns:
+            return []
         hs = self._hs
         if hs is None or not clean or _RE2_ONLY_CHARS in text:
-            found = self._re2_set().Match(data)
-        else:
-            database, scratch, always = hs
-            found = list(always)
-            local = getattr(self._local, "scratch", None)
-            if local is None or local[0] is not database:
-                local = self._local.scratch = (database, scratch.clone())
-            database.scan(data, match_event_handler=_collect, context=found, scratch=local[1])
-        return self._confirmed(found, data) if found else None
+            return self._re2_set().Match(data)
+        database, scratch, always = hs
+        found = list(always)
+        local = getattr(self._local, "scratch", None)
+        if local is None or local[0] is not database:
+            local = self._local.scratch = (database, scratch.clone())
+        database.scan(data, match_event_handler=_collect, context=found, scratch=local[1])
+        return found
 
     def _confirmed(self, candidates, data):
         """The lowest-ranked of ``candidates`` (indices of loosened patterns found) that RE2 matches exactly."""

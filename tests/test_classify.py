@@ -23,14 +23,23 @@ def test_what_no_rule_decides_goes_to_the_model_when_it_is_sure(config_dir):
 
 
 def test_the_model_defers_when_it_gives_unknown_a_real_chance(config_dir):
-    # An IllegalStateException about a pool: "temporary" is the likeliest answer, but a
-    # programming error looks like many categories, and the model gives "unknown" more
-    # than its own guard (max_unknown) allows.
+    # A programming error looks like many categories: even where another one ranks first, the
+    # model defers while it gives "unknown" more than its own guard (max_unknown) allows.
+    from types import SimpleNamespace
+
+    from failured.model import Prediction
+
     classifier = load_config(config_dir).classifier
     prediction = classifier.model.predict("IllegalStateException: connection pool closed")
-    assert prediction.category != "unknown" and prediction.unknown > classifier.model.max_unknown
-    result = classifier.classify("connection pool closed", "IllegalStateException")
+    assert prediction.unknown > classifier.model.max_unknown  # which category ranks first moves with the corpus
+    result = classifier.classify_uncached("connection pool closed", "IllegalStateException")
     assert (result.category, result.matched_by, result.confidence) == ("unknown", "none", None)
+    guard = classifier.model.max_unknown
+    for unknown, answer in ((guard + 0.01, ("unknown", "none")), (guard, ("recoverable_network", "model"))):
+        ranked_first = Prediction("recoverable_network", 0.6, unknown)  # "network" first either way
+        classifier.model = SimpleNamespace(predict=lambda text, p=ranked_first: p, max_unknown=guard)
+        result = classifier.classify_uncached("connection pool closed", "IllegalStateException")
+        assert (result.category, result.matched_by) == answer
 
 
 @pytest.mark.parametrize("message, error_type, category, matched_by, matched", [
@@ -166,3 +175,70 @@ def test_spelling_out_a_64_kib_identifier_stays_fast():
     for message in messages:
         classifier.classify_uncached(message)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.skipif(__import__("failured.classify").classify._compiled_spell_identifiers is None,
+                    reason="failured._speedups is not built (no C compiler at install)")
+def test_the_compiled_speller_spells_as_the_model_does():
+    """classify spells identifiers with failured/_speedups.c: the same text as model.spell_identifiers."""
+    import random
+
+    from failured import corpus, model
+    from failured.classify import _compiled_spell_identifiers
+
+    rng = random.Random(6)
+    pieces = ["a", "b", "A", "B", "Z", "HTTP", "Server", "ABc", "aB", "1", "23", "_", ".", "$", "-", " ", "é", "中", "\n",
+              "Ab", "abC", "ACCESS_TOO_FREQUENT", "TooManyConnectionsError", "x.Y", "٣", "ǅ", "İ"]
+    texts = [message for _, _, _, message in corpus.read_corpus()]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 20))) for _ in range(30000)]
+    assert [text for text in texts if _compiled_spell_identifiers(text) != model.spell_identifiers(text)] == []
+
+
+@pytest.mark.skipif(__import__("failured.classify").classify._compiled_without_frames is None,
+                    reason="failured._speedups is not built (no C compiler at install)")
+def test_the_compiled_frame_filter_keeps_the_lines_python_keeps():
+    import random
+
+    from failured import corpus
+    from failured.classify import _compiled_without_frames, python_without_frames
+
+    rng = random.Random(7)
+    pieces = ["  File \"/srv/a.py\", line 3, in f", "    x = f()", "    ", "  at com.x.Y(Y.java:1)", "  at ", "\tat x", "at x",
+              "... 12 more", "  ... 3 more", "... ٣ more", "...  more", "goroutine 7 [running]:", "goroutine x [",
+              "main.go:12", "x.go:", ".go:٣", "Traceback (most recent call last):", "Traceback (most", "ValueError: bad",
+              "\u3000File \"x\"", " ", "é", "\r\n", "\r", "\n", "\x0b", "\x1c", "\u2028", "\u0085", "File \""]
+    texts = [message for _, _, _, message in corpus.read_corpus()]
+    texts += ["\n".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(20000)]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(20000)]
+    assert [text for text in texts if _compiled_without_frames(text) != python_without_frames(text)] == []
+
+
+def test_a_result_is_the_frozen_dataclass_its_fields_make(classifier):
+    import dataclasses
+
+    from failured.classify import Classification
+
+    result = classifier.classify_uncached("psycopg2.OperationalError: could not connect to server: Connection refused")
+    same = Classification(**result.to_dict())
+    assert (result, hash(result), repr(result)) == (same, hash(same), repr(same))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.category = "other"
+
+
+@pytest.mark.skipif(__import__("failured.classify").classify._compiled_exception_type_in is None,
+                    reason="failured._speedups is not built (no C compiler at install)")
+def test_the_compiled_exception_type_reader_reads_what_python_reads():
+    import random
+
+    from failured import corpus
+    from failured.classify import _compiled_exception_type_in, python_exception_type_in
+
+    rng = random.Random(8)
+    pieces = ["a", "A", "Z", "_", ".", "::", ":", "\\", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\u3000", "é", "É", "٣", "1",
+              "Error", "pkg", "Mod", "x", "ValueError", "Traceback (most recent call last)",
+              "Traceback (most recent call last):\n", ": ", ":\n", "\u2028", "ǅ", "İ"]
+    texts = [message for _, _, _, message in corpus.read_corpus()]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 16))) for _ in range(40000)]
+    texts += ["x" * 295 + "".join(rng.choice(pieces) for _ in range(10)) for _ in range(2000)]  # around the 300-char head
+    texts += ["A" * rng.randint(290, 310) + ": x" for _ in range(200)] + ["a." * 150 + "Error: x"]
+    assert [text for text in texts if _compiled_exception_type_in(text) != python_exception_type_in(text)] == []

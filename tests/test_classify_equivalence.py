@@ -4,20 +4,25 @@ The reference matches each pattern with its own RE2 search (RE2's matcher
 itself, without the Python wrapper's per-call cost) and takes the lowest
 priority (then the first listed), and templates with the replacement passes
 applied one after the other through RE2's and Python's ``sub`` on the whole
-text: the code as it was before Hyperscan, the byte-level RE2 passes and the
-head-only template (cut at a line break or a space).
+text: the code as it was before Hyperscan, the byte-level RE2 passes, the compiled
+passes (failured/_speedups.c, where built) and the head-only template (cut at a line
+break or a space). Its code finders, identifier speller, frame filter and exception type
+reader are the Python ones, where the fast path uses the compiled ones.
 """
 
+import contextlib
 import random
 from pathlib import Path
 
 import pytest
 from re2 import _re2
 
-from failured import corpus
+from failured import classify, codes, corpus, fingerprint as fingerprints, model
 from failured.classify import Classifier
+from failured.codes import PYTHON_FINDERS, CodeMatcher
 from failured.config import load_config
-from failured.fingerprint import _COMPILED, MAX_INPUT_CHARS, MAX_TEMPLATE_CHARS, template_of
+from failured.fingerprint import (_COMPILED, MAX_INPUT_CHARS, MAX_TEMPLATE_CHARS, NATIVE_PASSES, PYTHON_PASSES,
+                                  template_of)
 from failured.rules import re2_options
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -33,13 +38,15 @@ def reference_template(message):
 
 
 class ReferenceClassifier(Classifier):
-    """Every pattern searched on its own: the lowest (priority, position) that matches wins.
+    """Every pattern searched on its own: the lowest (priority, position) that matches wins; every
+    code table's ``when`` and ``texts`` too (no gate).
 
     ``seen`` records each text the pattern stage was given and the pattern it chose.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, engine="re2", **kwargs)
+        self.codes = CodeMatcher(self.codes.tables, gate=False)  # each table's "when" and "texts" searched on its own
         self._each = [_re2.RE2(text.encode(), re2_options()) for _, text, _, _ in self._pattern_owner]
         self.seen = []
 
@@ -58,26 +65,49 @@ class ReferenceClassifier(Classifier):
 def shipped():
     snapshot = load_config(CONFIG)
     fast = snapshot.classifier
-    assert fast.patterns.wait_ready(timeout=300)
+    assert fast.patterns.wait_ready(timeout=300) and fast.codes.wait_ready(timeout=300)
     parts = (fast.ruleset, fast.lang, fast.codes.tables, fast.model, fast.min_confidence)
-    return fast, Classifier(*parts, engine="re2"), ReferenceClassifier(*parts)
+    overruling = {"overrule_confidence": fast.overrule_confidence}  # the shipped setting, on every path
+    return fast, Classifier(*parts, engine="re2", **overruling), ReferenceClassifier(*parts, **overruling)
 
 
 def corpus_cases():
     return [(message, error_type) for _, error_type, _, message in corpus.read_corpus()]
 
 
+@contextlib.contextmanager
+def python_code_only():
+    """The reference's own code: every fingerprint pass, code finder, the identifier speller, the
+    frame filter and the exception type reader in Python (the compiled ones, failured/_speedups.c,
+    are what the fast path brings)."""
+    names = ("_spell_identifiers", "without_frames", "exception_type_in")
+    saved = fingerprints._PASSES, codes._FINDERS, [getattr(classify, name) for name in names]
+    fingerprints._PASSES, codes._FINDERS = PYTHON_PASSES, PYTHON_FINDERS
+    for name, python in zip(names, (model.spell_identifiers, classify.python_without_frames,
+                                    classify.python_exception_type_in)):
+        setattr(classify, name, python)
+    try:
+        yield
+    finally:
+        fingerprints._PASSES, codes._FINDERS = saved[:2]
+        for name, compiled in zip(names, saved[2]):
+            setattr(classify, name, compiled)
+
+
 def test_every_corpus_message_gets_the_reference_answer(shipped):
-    """The whole answer of the fast path; and RE2 alone (as while Hyperscan compiles) on every
-    text the pattern stage was given (the other stages are the same code in both)."""
+    """The whole answer of the fast path, on every corpus message as written and (a traceback) as
+    one line with its line breaks escaped, as ``classify --json -`` reads it; and RE2 alone (as
+    while Hyperscan compiles) on every text the pattern stage was given."""
     fast, re2_only, reference = shipped
     assert fast.patterns.engine in ("hyperscan", "re2")  # "re2" where Hyperscan cannot install
     assert re2_only.patterns.engine == "re2"
     cases = corpus_cases()
     assert len(cases) > 2000
+    cases += [(message.replace("\n", "\\n"), error_type) for message, error_type in cases if "\n" in message]
+    with python_code_only():
+        answers = [reference.classify_uncached(message, error_type).to_dict() for message, error_type in cases]
     differences = []
-    for message, error_type in cases:
-        expected = reference.classify_uncached(message, error_type).to_dict()
+    for (message, error_type), expected in zip(cases, answers):
         got = fast.classify_uncached(message, error_type).to_dict()
         if got != expected:
             differences.append((message[:120], fast.patterns.engine, got, expected))
@@ -88,7 +118,13 @@ def test_every_corpus_message_gets_the_reference_answer(shipped):
     assert differences == []
 
 
-def test_varied_and_long_messages_template_like_the_reference():
+@pytest.mark.parametrize("passes", [
+    pytest.param(PYTHON_PASSES, id="python"),
+    pytest.param(NATIVE_PASSES, id="native", marks=pytest.mark.skipif(NATIVE_PASSES is None,
+                                                                      reason="failured._speedups is not built")),
+])
+def test_varied_and_long_messages_template_like_the_reference(passes, monkeypatch):
+    monkeypatch.setattr(fingerprints, "_PASSES", passes)
     rng = random.Random(12)
     real = [message for message, _ in corpus_cases()]
     pieces = ["localhost", ".com", "://", "0x1f", "\n", "   ", "'", '"', "-", "1234", "a1b2c3d4", "é", "中",

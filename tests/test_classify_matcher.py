@@ -97,3 +97,24 @@ def test_matching_stays_linear_on_hostile_text(tmp_path, engine):
 def test_a_lone_surrogate_does_not_crash_matching(tmp_path):
     patterns = PatternSet(["timeout"], [1], cache_dir=tmp_path, background=False)
     assert patterns.best("read \ud800 timeout") == 0
+
+
+@needs_hyperscan
+def test_candidates_name_every_pattern_that_matches(tmp_path):
+    """What the code tables' gate reads: a superset of the patterns RE2 matches, with either engine."""
+    from re2 import _re2
+
+    from failured.rules import re2_options
+
+    patterns = ["foo.{0,12}bar", "x$", "a\\Sb", "\\p{Lu}x", "(?U)a+b", "timeout", "(?i)smtp|mail|\\b[245]\\.\\d{1,3}\\b",
+                "连接中断", "\\bZeile kaputt\\b"]
+    texts = ["foo 1234567890123 bar", "FOO 12 BAR", "x\n", "a\x0bb", "ax", "aab", "connection TIMEOUT", "5.1.1 mail",
+             "网关：连接中断", "die ZEILE KAPUTT", "nothing here", ""]
+    each = [_re2.RE2(pattern.encode(), re2_options()) for pattern in patterns]
+    fast = PatternSet(patterns, range(len(patterns)), cache_dir=tmp_path, background=False)
+    slow = PatternSet(patterns, range(len(patterns)), engine="re2")
+    for text in texts:
+        data = text.encode()
+        matching = {i for i, one in enumerate(each) if one.Match(_re2.RE2.Anchor.UNANCHORED, data, 0, len(data))[0][0] >= 0}
+        assert matching <= set(fast.candidates(text, data)), text
+        assert matching <= set(slow.candidates(text, data)), text

@@ -1,11 +1,17 @@
-"""Fingerprints: linear time on hostile input, class names are not hosts, numbers replaced whole."""
+"""Fingerprints: linear time on hostile input, class names are not hosts, numbers replaced whole;
+the compiled passes (failured/_speedups.c) replace exactly as Python's re does."""
 
+import functools
+import os
+import random
+import re
 import time
 
 import pytest
 
+from failured import corpus, fingerprint as fingerprints
 from failured.classify import exception_type_in
-from failured.fingerprint import fingerprint, template_of
+from failured.fingerprint import _NATIVE_NAMES, _REPLACEMENTS, NATIVE_PASSES, PYTHON_PASSES, fingerprint, template_of
 
 # Each took a backtracking engine from 12 s to over 3 minutes at 64 KiB; linear code takes milliseconds.
 HOSTILE = ["a-" * 32768, "A" + "a" * 65535, "Aa" * 32768, "a." * 32768, "a@" * 32768, "-1" * 32768,
@@ -16,8 +22,28 @@ HOSTILE = ["a-" * 32768, "A" + "a" * 65535, "Aa" * 32768, "a." * 32768, "a@" * 3
 BUDGET_SECONDS = 10.0
 
 
+needs_native = pytest.mark.skipif(NATIVE_PASSES is None, reason="failured._speedups is not built (no C compiler "
+                                                                  "at install): only the Python passes run")
+PASS_SETS = [pytest.param(PYTHON_PASSES, id="python"), pytest.param(NATIVE_PASSES, id="native", marks=needs_native)]
+
+
+@pytest.mark.skipif(not os.environ.get("FAILURED_REQUIRE_SPEEDUPS"),
+                    reason="FAILURED_REQUIRE_SPEEDUPS is not set: the compiled code may be absent")
+def test_the_compiled_code_is_built_where_it_is_required():
+    """The extension is optional at install: where CI sets FAILURED_REQUIRE_SPEEDUPS, a build that
+    failed quietly fails here instead of leaving the comparisons skipped."""
+    assert NATIVE_PASSES is not None, "failured._speedups did not build or import: see pip's build output"
+
+
+@pytest.fixture(params=PASS_SETS)
+def passes(request, monkeypatch):
+    """Template with this set of passes (the compiled ones, or re's where the extension is not built)."""
+    monkeypatch.setattr(fingerprints, "_PASSES", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("text", HOSTILE, ids=lambda t: repr(t[:6]))
-def test_fingerprint_and_exception_type_stay_linear_on_hostile_input(text):
+def test_fingerprint_and_exception_type_stay_linear_on_hostile_input(text, passes):
     started = time.monotonic()
     fingerprint(text)
     exception_type_in(text)
@@ -54,3 +80,46 @@ def test_a_long_traceback_templates_from_its_head_as_from_the_whole_text():
     template = template_of(message)
     assert template.startswith("Traceback (most recent call last): File <str>, line <num>, in run File <str>")
     assert len(template) == 500
+
+
+# Pieces around what each compiled pass decides: word boundaries (Unicode letters and digits
+# too), signs, hex of both cases, dotted quads, ports, quotes and their limits, Windows paths.
+PIECES = ["a", "Z", "0", "9", "12", "123", "1234", "-", "+", "_", ".", ":", "<", "x", "0x", "é", "٣", "中", " ", "\n",
+          "'", '"', "“", "”", "‘", "’", "deadbeef", "DEADBEEF", "abcdef12", "1.2.3.4", "10.0.0.1:80",
+          "255.255.255.2555", "12345678-1234-1234-1234-123456789abc", "²", "Ⅷ", "_1", "ab-", "\u0660\u0661", "𝟘",
+          "C:\\", "\\", "c:\\a\\", "a\\b", "~", "@", "/", "w" * 199, "\ud800"]
+
+
+def generated_texts(count, seed=3):
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 25))) for _ in range(count)]
+    return texts + ["".join(rng.choice(PIECES) for _ in range(rng.randint(100, 600))) for _ in range(count // 200)]
+
+
+HOST_PIECES = ["a", "b", "x-", "-", "_", "A", "1", "12", ".", "..", ":", ":80", ":8080a", "com", "co", "cool", "cloud",
+               "local", "localhost", "internal", "lan", "uk", "io", "ai", "info", " ", "é", "中", "\n", ".x", ".X", "._",
+               ".1", "java.net.Socket", "api.example.com", "db-1.prod.internal:5432", "\ud800", "/", "@"]
+
+
+@needs_native
+@pytest.mark.parametrize("name", sorted(_NATIVE_NAMES.values()))
+def test_each_compiled_pass_replaces_as_its_pattern_does(name):
+    """Each C pass against its pattern as written in _REPLACEMENTS, run by its engine (re, or RE2
+    for the host pass, through the pass fingerprint.py runs where the extension is not built)."""
+    index = next(i for i, entry in enumerate(_REPLACEMENTS) if _NATIVE_NAMES.get(entry[2]) == name)
+    engine, _, pattern, replacement = _REPLACEMENTS[index]
+    native = NATIVE_PASSES[index][1]
+    reference = PYTHON_PASSES[index][1] if engine is not re else functools.partial(re.compile(pattern).sub, replacement)
+    texts = [message for _, _, _, message in corpus.read_corpus()] + generated_texts(20000)
+    if name == "host_pass":
+        rng = random.Random(9)
+        texts += ["".join(rng.choice(HOST_PIECES) for _ in range(rng.randint(1, 20))) for _ in range(20000)]
+    assert [text for text in texts if native(text) != reference(text)] == []
+
+
+@needs_native
+def test_the_compiled_passes_template_every_corpus_message_as_the_python_ones(monkeypatch):
+    messages = [message for _, _, _, message in corpus.read_corpus()] + generated_texts(2000, seed=4)
+    native = [template_of(message) for message in messages]
+    monkeypatch.setattr(fingerprints, "_PASSES", PYTHON_PASSES)
+    assert [template_of(message) for message in messages] == native

@@ -1,0 +1,1943 @@
+/* failured._speedups: the classifier's hottest pure-Python parts, compiled.
+ *
+ * Each function gives exactly what a named Python function or regular expression gives
+ * (a ``str`` pattern: \d, \w, \s and \b are Unicode as in ``re``; the host pass is RE2's, ASCII),
+ * in one left-to-right scan, each match decided from its first position as the expression
+ * would decide it (its backtracking written out, never repeated): linear in the text.
+ *
+ *   fingerprint.py  the uuid, quoted value, IPv4, Windows path, host, hex, id and number passes
+ *   codes.py        the http, errno, sqlstate, grpc and token finders
+ *   classify.py     without_frames, exception_type_in, and model.spell_identifiers
+ *   model.py        features and _column_sums (the same set in the same order, the same sums)
+ *
+ * The extension is optional (setup.py): where it is not built each caller uses its Python
+ * code, and a test per function compares the two (tests/test_fingerprint.py,
+ * tests/test_codes_native.py, tests/test_classify.py, tests/test_speedups.py,
+ * tests/test_classify_equivalence.py for the whole classifier).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    int kind;
+    const void *data;
+    Py_ssize_t n;
+} Text;
+
+#define AT(t, i) PyUnicode_READ((t)->kind, (t)->data, (i))
+
+/* \w of a str pattern: sre's SRE_UNI_IS_WORD (alphanumeric in the Unicode sense, or "_"). */
+static inline int is_word(Py_UCS4 c)
+{
+    if (c < 128)
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    return Py_UNICODE_ISALNUM(c);
+}
+
+/* \d of a str pattern: any Unicode decimal digit. */
+static inline int is_decimal(Py_UCS4 c)
+{
+    if (c < 128)
+        return c >= '0' && c <= '9';
+    return Py_UNICODE_ISDECIMAL(c);
+}
+
+static inline int is_ascii_alnum(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static inline int is_upper(Py_UCS4 c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+
+static inline int is_letter(Py_UCS4 c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static inline int is_hex(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static inline int is_lower_hex(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static inline int word_at(const Text *t, Py_ssize_t i)
+{
+    return i >= 0 && i < t->n && is_word(AT(t, i));
+}
+
+/* \b at position i (sre's SRE_AT_UNI_BOUNDARY; the text is never empty here). */
+static inline int boundary(const Text *t, Py_ssize_t i)
+{
+    return word_at(t, i - 1) != word_at(t, i);
+}
+
+/* Whether text[i:] starts with the ASCII ``literal``. */
+static int starts_with(const Text *t, Py_ssize_t i, const char *literal)
+{
+    for (; *literal; literal++, i++)
+        if (i >= t->n || AT(t, i) != (Py_UCS4)(unsigned char)*literal)
+            return 0;
+    return 1;
+}
+
+/* A matcher: 1 when a match starts at p, its end in *end and in *keep whether the
+ * matched text stays as it is (the passes whose replacement is a function). ``state``
+ * lives for one scan (zeroed at its start): what a matcher learnt at an earlier position. */
+typedef struct {
+    Py_ssize_t no_host_before;  /* match_host: no host starts before here (a chain of labels without one) */
+} ScanState;
+
+typedef int (*Matcher)(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state);
+
+/* \b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b
+ * Fixed length: nothing to backtrack. */
+static int match_uuid(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    static const int groups[] = {8, 4, 4, 4, 12};
+    Py_ssize_t i = p;
+    if (p + 36 > t->n || !is_hex(AT(t, p)) || !boundary(t, p))
+        return 0;
+    for (int g = 0; g < 5; g++) {
+        if (g > 0) {
+            if (AT(t, i) != '-')
+                return 0;
+            i++;
+        }
+        for (int k = 0; k < groups[g]; k++, i++)
+            if (!is_hex(AT(t, i)))
+                return 0;
+    }
+    if (!boundary(t, i))
+        return 0;
+    *end = i;
+    return 1;
+}
+
+/* '[^'\n]{1,200}'|"[^"\n]{1,200}"|“[^”\n]{1,200}”|‘[^’\n]{1,200}’
+ * The run stops at the closing quote, a line break or 200 characters; a shorter run
+ * would end before a character that is not the closing quote, so only the longest counts. */
+static int match_quoted(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_UCS4 close;
+    switch (AT(t, p)) {
+    case '\'': close = '\''; break;
+    case '"': close = '"'; break;
+    case 0x201C: close = 0x201D; break;
+    case 0x2018: close = 0x2019; break;
+    default: return 0;
+    }
+    Py_ssize_t i = p + 1, limit = p + 1 + 200;
+    while (i < t->n && i < limit) {
+        Py_UCS4 c = AT(t, i);
+        if (c == close || c == '\n')
+            break;
+        i++;
+    }
+    if (i == p + 1 || i >= t->n || AT(t, i) != close)
+        return 0;
+    *end = i + 1;
+    return 1;
+}
+
+/* \b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b
+ * Each of the first three numbers must be its whole run of digits (a shorter take is
+ * followed by a digit, not "."); the last one too (else \b falls between two digits).
+ * The port counts only when its digits end at a boundary; without it, ":" is one. */
+static int match_ip(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t i = p, n = t->n;
+    if (!is_decimal(AT(t, p)) || !boundary(t, p))
+        return 0;
+    for (int part = 0; part < 4; part++) {
+        if (part > 0) {
+            if (i >= n || AT(t, i) != '.')
+                return 0;
+            i++;
+        }
+        Py_ssize_t k = 0;
+        while (k < 3 && i + k < n && is_decimal(AT(t, i + k)))
+            k++;
+        if (k == 0)
+            return 0;
+        i += k;
+        if (i < n && is_decimal(AT(t, i)))
+            return 0;
+    }
+    if (i + 1 < n && AT(t, i) == ':' && is_decimal(AT(t, i + 1))) {
+        Py_ssize_t j = i + 1;
+        while (j < n && is_decimal(AT(t, j)))
+            j++;
+        if (boundary(t, j)) {
+            *end = j;
+            return 1;
+        }
+    }
+    if (!boundary(t, i))
+        return 0;
+    *end = i;
+    return 1;
+}
+
+static inline int in_path_class(Py_UCS4 c)
+{
+    return is_word(c) || c == '.' || c == '@' || c == '~' || c == '+' || c == '-';
+}
+
+/* \b[A-Za-z]:\\(?:[\w.@~+-]+\\)+[\w.@~+-]*
+ * Nothing follows the greedy parts, so the first way found is the longest: every
+ * "name\" in turn, then the name after the last one. */
+static int match_windows_path(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t n = t->n, i, j;
+    Py_UCS4 c = AT(t, p);
+    int folders = 0;
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) || p + 2 >= n || AT(t, p + 1) != ':'
+        || AT(t, p + 2) != '\\' || !boundary(t, p))
+        return 0;
+    for (i = p + 3;; i = j + 1, folders++) {
+        for (j = i; j < n && in_path_class(AT(t, j)); j++)
+            ;
+        if (j == i || j >= n || AT(t, j) != '\\')
+            break;
+    }
+    if (folders == 0)
+        return 0;
+    while (i < n && in_path_class(AT(t, i)))
+        i++;
+    *end = i;
+    return 1;
+}
+
+/* \b0x[0-9a-fA-F]+\b|\b[0-9a-f]{8,}\b with _hex_or_keep: "0x..." and mixed digits and
+ * letters become <hex>, all digits or all letters stay. A shorter run would end between
+ * two hex characters, never at a boundary: only the whole run can match. */
+static int match_hex(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t n = t->n, j;
+    Py_UCS4 c = AT(t, p);
+    if (!is_lower_hex(c) || !boundary(t, p))
+        return 0;
+    if (c == '0' && p + 2 < n && AT(t, p + 1) == 'x' && is_hex(AT(t, p + 2))) {
+        for (j = p + 2; j < n && is_hex(AT(t, j)); j++)
+            ;
+        if (boundary(t, j)) {
+            *end = j;
+            *keep = 0;
+            return 1;
+        }
+    }
+    int digits = 0, letters = 0;
+    for (j = p; j < n && is_lower_hex(AT(t, j)); j++) {
+        if (AT(t, j) <= '9')
+            digits++;
+        else
+            letters++;
+    }
+    if (j - p < 8 || !boundary(t, j))
+        return 0;
+    *end = j;
+    *keep = digits == 0 || letters == 0;
+    return 1;
+}
+
+static inline int in_id_class(Py_UCS4 c)
+{
+    return is_ascii_alnum(c) || c == '_' || c == '-';
+}
+
+/* \b[A-Za-z0-9_-]{6,}\b with _id_or_keep: replaced by <id> when it holds three digits
+ * or more and a letter. Greedy to the run's end, then back to the last boundary that
+ * leaves six characters or more. */
+static int match_id(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t n = t->n, r, e;
+    if (!in_id_class(AT(t, p)) || !boundary(t, p))
+        return 0;
+    for (r = p; r < n && in_id_class(AT(t, r)); r++)
+        ;
+    if (r - p < 6)
+        return 0;
+    for (e = r; e >= p + 6 && !boundary(t, e); e--)
+        ;
+    if (e < p + 6)
+        return 0;
+    int digits = 0, letter = 0;
+    for (Py_ssize_t i = p; i < e; i++) {
+        Py_UCS4 c = AT(t, i);
+        if (c >= '0' && c <= '9')
+            digits++;
+        else if (c != '_' && c != '-')
+            letter = 1;
+    }
+    *end = e;
+    *keep = !(digits >= 3 && letter);
+    return 1;
+}
+
+/* (?<![A-Za-z0-9<])[-+]?\d+(?:\.\d+)? */
+static int match_num(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t n = t->n, i = p;
+    Py_UCS4 c = AT(t, p);
+    if (c == '-' || c == '+')
+        i++;
+    if (i >= n || !is_decimal(AT(t, i)))
+        return 0;
+    if (p > 0) {
+        Py_UCS4 before = AT(t, p - 1);
+        if (is_ascii_alnum(before) || before == '<')
+            return 0;
+    }
+    while (i < n && is_decimal(AT(t, i)))
+        i++;
+    if (i + 1 < n && AT(t, i) == '.' && is_decimal(AT(t, i + 1))) {
+        i += 2;
+        while (i < n && is_decimal(AT(t, i)))
+            i++;
+    }
+    *end = i;
+    return 1;
+}
+
+/* \w and \b of RE2 (the host pass runs on RE2): ASCII only. */
+static inline int is_ascii_word(Py_UCS4 c)
+{
+    return is_ascii_alnum(c) || c == '_';
+}
+
+static inline int ascii_boundary(const Text *t, Py_ssize_t i)
+{
+    int before = i > 0 && is_ascii_word(AT(t, i - 1)), after = i < t->n && is_ascii_word(AT(t, i));
+    return before != after;
+}
+
+static inline int in_label_class(Py_UCS4 c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+/* (?::\d+)?\b after a host name ending at e, RE2's ASCII \d and \b: the end, or -1. The port's
+ * digits count only whole (between two digits there is no boundary). */
+static Py_ssize_t port_and_boundary(const Text *t, Py_ssize_t e)
+{
+    if (e + 1 < t->n && AT(t, e) == ':' && AT(t, e + 1) >= '0' && AT(t, e + 1) <= '9') {
+        Py_ssize_t d = e + 1;
+        while (d < t->n && AT(t, d) >= '0' && AT(t, d) <= '9')
+            d++;
+        if (ascii_boundary(t, d))
+            return d;
+    }
+    return ascii_boundary(t, e) ? e : -1;
+}
+
+static const char *const top_level_domains[] = {
+    "com", "net", "org", "io", "cn", "co", "dev", "app", "cloud", "ai", "info", "biz", "me", "us", "uk", "de", "jp", "hk",
+    "tw", "gov", "edu", "local", "internal", "lan", NULL};
+
+/* RE2's \b(?:[a-z0-9-]+\.)+(?:com|net|...|lan)(?::\d+)?\b(?P<more>\.[A-Za-z_])?|\blocalhost(?::\d+)?\b
+ * with _host_or_keep: kept as it is when "more" matched (a dotted class name), else <host>.
+ * Leftmost-first: the most labels first (the domain after the last dot, then the one before...),
+ * each domain in its order, with a port first. Where a domain may start does not depend on
+ * where the chain of labels was entered: once a chain has none, no later start in it has one,
+ * so each chain is read once (linear, as RE2). */
+static int match_host(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    Py_ssize_t n = t->n, i, j, e, last = -1;
+    if (!in_label_class(AT(t, p)) || !ascii_boundary(t, p))
+        return 0;
+    if (p >= state->no_host_before) {
+        for (i = p;;) {  /* the chain: labels each followed by a dot; ``last`` after the last dot */
+            for (j = i; j < n && in_label_class(AT(t, j)); j++)
+                ;
+            if (j == i || j >= n || AT(t, j) != '.')
+                break;
+            last = i = j + 1;
+        }
+        for (Py_ssize_t start = last; start > p; ) {
+            for (int d = 0; top_level_domains[d] != NULL; d++) {
+                if (!starts_with(t, start, top_level_domains[d]))
+                    continue;
+                e = port_and_boundary(t, start + (Py_ssize_t)strlen(top_level_domains[d]));
+                if (e < 0)
+                    continue;
+                *keep = 0;
+                if (e + 1 < n && AT(t, e) == '.' && (is_letter(AT(t, e + 1)) || AT(t, e + 1) == '_')) {
+                    e += 2;
+                    *keep = 1;
+                }
+                *end = e;
+                return 1;
+            }
+            for (start -= 2; start > p && AT(t, start - 1) != '.'; start--)  /* the dot before this label's */
+                ;
+        }
+        state->no_host_before = j;
+    }
+    if (starts_with(t, p, "localhost")) {
+        e = port_and_boundary(t, p + 9);
+        if (e >= 0) {
+            *end = e;
+            *keep = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The output: characters appended as UCS4, made a str at the end. */
+typedef struct {
+    Py_UCS4 *buffer;
+    Py_ssize_t length, capacity;
+} Output;
+
+static int output_reserve(Output *out, Py_ssize_t more)
+{
+    if (out->length + more <= out->capacity)
+        return 0;
+    Py_ssize_t capacity = (out->length + more) * 2 + 64;
+    Py_UCS4 *grown = PyMem_Realloc(out->buffer, capacity * sizeof(Py_UCS4));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    out->buffer = grown;
+    out->capacity = capacity;
+    return 0;
+}
+
+static int output_text(Output *out, const Text *t, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (output_reserve(out, stop - start) < 0)
+        return -1;
+    for (Py_ssize_t i = start; i < stop; i++)
+        out->buffer[out->length++] = AT(t, i);
+    return 0;
+}
+
+static int output_ascii(Output *out, const char *text)
+{
+    Py_ssize_t size = (Py_ssize_t)strlen(text);
+    if (output_reserve(out, size) < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < size; i++)
+        out->buffer[out->length++] = (Py_UCS4)(unsigned char)text[i];
+    return 0;
+}
+
+/* re.sub(pattern, replacement, text): matches found left to right in the original text,
+ * the next search starting where a match ended (none of the patterns matches empty). */
+static PyObject *substitute(PyObject *text, Matcher match, const char *replacement)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "a str is required");
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Output out = {NULL, 0, 0};
+    ScanState state = {0};
+    Py_ssize_t done = 0, p = 0;
+    int changed = 0;
+    while (p < t.n) {
+        Py_ssize_t end = p;
+        int keep = 0;
+        if (!match(&t, p, &end, &keep, &state)) {
+            p++;
+            continue;
+        }
+        if (!keep) {
+            if (output_text(&out, &t, done, p) < 0 || output_ascii(&out, replacement) < 0)
+                goto error;
+            done = end;
+            changed = 1;
+        }
+        p = end;
+    }
+    if (!changed) {
+        PyMem_Free(out.buffer);
+        Py_INCREF(text);
+        return text;
+    }
+    if (output_text(&out, &t, done, t.n) < 0)
+        goto error;
+    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
+    PyMem_Free(out.buffer);
+    return result;
+error:
+    PyMem_Free(out.buffer);
+    return NULL;
+}
+
+#define PASS(name, matcher, replacement)                  \
+    static PyObject *name(PyObject *self, PyObject *text) \
+    {                                                     \
+        return substitute(text, matcher, replacement);    \
+    }
+
+PASS(uuid_pass, match_uuid, "<uuid>")
+PASS(quoted_pass, match_quoted, "<str>")
+PASS(ip_pass, match_ip, "<ip>")
+PASS(windows_path_pass, match_windows_path, "<path>")
+PASS(host_pass, match_host, "<host>")
+PASS(hex_pass, match_hex, "<hex>")
+PASS(id_pass, match_id, "<id>")
+PASS(number_pass, match_num, "<num>")
+
+/* Code extractors (failured/codes.py): each returns the list of what the Python extractor's
+ * regular expression finds, in order, as ``finditer`` with the first non-empty group
+ * (``findall`` for tokens). */
+
+static inline int is_space(Py_UCS4 c)  /* \s of a str pattern */
+{
+    if (c < 128)
+        return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
+    return Py_UNICODE_ISSPACE(c);
+}
+
+static int append_slice(PyObject *list, PyObject *text, Py_ssize_t start, Py_ssize_t stop)
+{
+    PyObject *piece = PyUnicode_Substring(text, start, stop);
+    if (piece == NULL)
+        return -1;
+    int failed = PyList_Append(list, piece);
+    Py_DECREF(piece);
+    return failed;
+}
+
+static int prepare(PyObject *text, Text *t)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "a str is required");
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return -1;
+#endif
+    t->kind = PyUnicode_KIND(text);
+    t->data = PyUnicode_DATA(text);
+    t->n = PyUnicode_GET_LENGTH(text);
+    return 0;
+}
+
+/* [A-Za-z][\w.\-]*\w : the run of [\w.-] after the letter, back to its last \w. */
+static PyObject *tokens(PyObject *self, PyObject *text)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    if (found == NULL)
+        return NULL;
+    Py_ssize_t p = 0;
+    while (p < t.n) {
+        if (!is_letter(AT(&t, p))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t r = p + 1, last = -1;
+        for (; r < t.n; r++) {
+            Py_UCS4 c = AT(&t, r);
+            if (is_word(c))
+                last = r;
+            else if (c != '.' && c != '-')
+                break;
+        }
+        if (last < 0) {
+            p++;
+            continue;
+        }
+        if (append_slice(found, text, p, last + 1) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        p = last + 1;
+    }
+    return found;
+}
+
+/* Digits from i (Unicode \d), after an optional "-" when ``sign``: the end, or -1 if none. */
+static Py_ssize_t number_end(const Text *t, Py_ssize_t i, int sign)
+{
+    if (sign && i < t->n && AT(t, i) == '-')
+        i++;
+    if (i >= t->n || !is_decimal(AT(t, i)))
+        return -1;
+    while (i < t->n && is_decimal(AT(t, i)))
+        i++;
+    return i;
+}
+
+static Py_ssize_t skip_spaces(const Text *t, Py_ssize_t i)
+{
+    while (i < t->n && is_space(AT(t, i)))
+        i++;
+    return i;
+}
+
+/* One match of codes._ERRNO at p, alternatives in their order: 1 with the group's span. */
+static int errno_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    Py_ssize_t n = t->n, i, j;
+    Py_UCS4 c = AT(t, p);
+    if (c == '[') {
+        /* \[Errno\s+(-?\d+)\] */
+        if (starts_with(t, p, "[Errno") && p + 6 < n && is_space(AT(t, p + 6))) {
+            i = skip_spaces(t, p + 6);
+            j = number_end(t, i, 1);
+            if (j >= 0 && j < n && AT(t, j) == ']') {
+                *start = i, *stop = j, *end = j + 1;
+                return 1;
+            }
+        }
+        /* \[(WinError\s+\d+)\] */
+        if (starts_with(t, p, "[WinError") && p + 9 < n && is_space(AT(t, p + 9))) {
+            i = skip_spaces(t, p + 9);
+            j = number_end(t, i, 0);
+            if (j >= 0 && j < n && AT(t, j) == ']') {
+                *start = p + 1, *stop = j, *end = j + 1;
+                return 1;
+            }
+        }
+        return 0;
+    }
+    if (!boundary(t, p))  /* every other alternative starts with \b */
+        return 0;
+    if (c == 'e' && starts_with(t, p, "errno")) {
+        /* \berrno\s*[=:]?\s*(-?\d+) */
+        i = skip_spaces(t, p + 5);
+        if (i < n && (AT(t, i) == '=' || AT(t, i) == ':'))
+            i = skip_spaces(t, i + 1);
+        j = number_end(t, i, 1);
+        if (j >= 0) {
+            *start = i, *stop = j, *end = j;
+            return 1;
+        }
+    }
+    if (c == 'o' && starts_with(t, p, "os error ")) {
+        /* \bos error (\d+) */
+        j = number_end(t, p + 9, 0);
+        if (j >= 0) {
+            *start = p + 9, *stop = j, *end = j;
+            return 1;
+        }
+    }
+    if (is_upper(c)) {
+        /* \b[A-Z]\w*Error\((-?\d+), : the word must end in "Error" just before "(" */
+        for (i = p + 1; i < n && is_word(AT(t, i)); i++)
+            ;
+        if (i - 5 >= p + 1 && starts_with(t, i - 5, "Error(")) {
+            j = number_end(t, i + 1, 1);
+            if (j >= 0 && j < n && AT(t, j) == ',') {
+                *start = i + 1, *stop = j, *end = j + 1;
+                return 1;
+            }
+        }
+        /* \b(E[A-Z][A-Z0-9_]{1,18}|WSAE[A-Z]{2,18})\b : the whole run, then a boundary */
+        if (c == 'E' && p + 1 < n && is_upper(AT(t, p + 1))) {
+            for (i = p + 2; i < n && i < p + 2 + 19; i++) {
+                Py_UCS4 d = AT(t, i);
+                if (!(is_upper(d) || (d >= '0' && d <= '9') || d == '_'))
+                    break;
+            }
+            if (i - (p + 2) >= 1 && i - (p + 2) <= 18 && boundary(t, i)) {
+                *start = p, *stop = i, *end = i;
+                return 1;
+            }
+        }
+        if (c == 'W' && starts_with(t, p, "WSAE")) {
+            for (i = p + 4; i < n && i < p + 4 + 19 && is_upper(AT(t, i)); i++)
+                ;
+            if (i - (p + 4) >= 2 && i - (p + 4) <= 18 && boundary(t, i)) {
+                *start = p, *stop = i, *end = i;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+typedef int (*Finder)(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end);
+
+/* finditer over the text: each match's group, the next search where the match ended. */
+static PyObject *find_all(PyObject *text, Finder find)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    if (found == NULL)
+        return NULL;
+    Py_ssize_t p = 0;
+    while (p < t.n) {
+        Py_ssize_t start, stop, end;
+        if (!find(&t, p, &start, &stop, &end)) {
+            p++;
+            continue;
+        }
+        if (append_slice(found, text, start, stop) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        p = end;
+    }
+    return found;
+}
+
+static PyObject *errno_values(PyObject *self, PyObject *text)
+{
+    return find_all(text, errno_at);
+}
+
+/* [A-Z][A-Z_]{4,} from i: its end, or -1. */
+static Py_ssize_t constant_end(const Text *t, Py_ssize_t i)
+{
+    if (i >= t->n || !is_upper(AT(t, i)))
+        return -1;
+    Py_ssize_t j = i + 1;
+    while (j < t->n && (is_upper(AT(t, j)) || AT(t, j) == '_'))
+        j++;
+    return j - (i + 1) >= 4 ? j : -1;
+}
+
+/* One match of codes._GRPC at p (MULTILINE), alternatives in their order. */
+static int grpc_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    Py_ssize_t n = t->n, i, j;
+    Py_UCS4 c = AT(t, p);
+    if (c == 'c' && starts_with(t, p, "code") && boundary(t, p)) {
+        /* \bcode\s*=\s*([A-Z][A-Za-z]{3,})\b */
+        i = skip_spaces(t, p + 4);
+        if (i < n && AT(t, i) == '=') {
+            i = skip_spaces(t, i + 1);
+            if (i < n && is_upper(AT(t, i))) {
+                for (j = i + 1; j < n && is_letter(AT(t, j)); j++)
+                    ;
+                if (j - (i + 1) >= 3 && boundary(t, j)) {
+                    *start = i, *stop = j, *end = j;
+                    return 1;
+                }
+            }
+        }
+    }
+    if (c == 'S' && starts_with(t, p, "StatusCode.")) {
+        /* StatusCode\.([A-Z_]{5,})\b */
+        for (j = p + 11; j < n && (is_upper(AT(t, j)) || AT(t, j) == '_'); j++)
+            ;
+        if (j - (p + 11) >= 5 && boundary(t, j)) {
+            *start = p + 11, *stop = j, *end = j;
+            return 1;
+        }
+    }
+    if (c == 'S' && starts_with(t, p, "StatusCode=\"")) {
+        /* StatusCode=\"([A-Za-z]{5,})\" */
+        for (j = p + 12; j < n && is_letter(AT(t, j)); j++)
+            ;
+        if (j - (p + 12) >= 5 && j < n && AT(t, j) == '"') {
+            *start = p + 12, *stop = j, *end = j + 1;
+            return 1;
+        }
+    }
+    if (is_decimal(c) && boundary(t, p)) {
+        /* \b\d{1,2} ([A-Z][A-Z_]{4,})\b */
+        i = p + 1;
+        if (i < n && is_decimal(AT(t, i)))
+            i++;
+        if (i < n && AT(t, i) == ' ') {
+            j = constant_end(t, i + 1);
+            if (j >= 0 && boundary(t, j)) {
+                *start = i + 1, *stop = j, *end = j;
+                return 1;
+            }
+        }
+    }
+    if (c == 'S' || c == 'R') {
+        /* (?:StatusRuntimeException|StatusException|RpcException|RpcError)\W{1,3}([A-Z][A-Z_]{4,})\b */
+        static const char *names[] = {"StatusRuntimeException", "StatusException", "RpcException", "RpcError"};
+        for (int k = 0; k < 4; k++) {
+            if (!starts_with(t, p, names[k]))
+                continue;
+            i = p + (Py_ssize_t)strlen(names[k]);
+            for (j = i; j < n && j < i + 4 && !is_word(AT(t, j)); j++)
+                ;
+            if (j - i >= 1 && j - i <= 3) {
+                Py_ssize_t e = constant_end(t, j);
+                if (e >= 0 && boundary(t, e)) {
+                    *start = j, *stop = e, *end = e;
+                    return 1;
+                }
+            }
+        }
+    }
+    if (c == '"' && starts_with(t, p, "\"status\"")) {
+        /* \"status\"\s*:\s*\"([A-Z][A-Z_]{4,})\" */
+        i = skip_spaces(t, p + 8);
+        if (i < n && AT(t, i) == ':') {
+            i = skip_spaces(t, i + 1);
+            if (i < n && AT(t, i) == '"') {
+                j = constant_end(t, i + 1);
+                if (j >= 0 && j < n && AT(t, j) == '"') {
+                    *start = i + 1, *stop = j, *end = j + 1;
+                    return 1;
+                }
+            }
+        }
+    }
+    if (is_upper(c) && (p == 0 || AT(t, p - 1) == '\n')) {
+        /* ^([A-Z][A-Z_]{4,}): */
+        j = constant_end(t, p);
+        if (j >= 0 && j < n && AT(t, j) == ':') {
+            *start = p, *stop = j, *end = j + 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *grpc_values(PyObject *self, PyObject *text)
+{
+    return find_all(text, grpc_at);
+}
+
+/* re.IGNORECASE on ASCII letters: the other case, and the four non-ASCII letters Python's
+ * re folds onto them (U+0130 and U+0131 onto i, U+017F onto s, U+212A onto k). */
+static inline Py_UCS4 fold(Py_UCS4 c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c + 32;
+    if (c == 0x130 || c == 0x131)
+        return 'i';
+    if (c == 0x17F)
+        return 's';
+    if (c == 0x212A)
+        return 'k';
+    return c;
+}
+
+/* Whether text[i:] starts with the lower-case ASCII ``word``, ignoring case as re does. */
+static int starts_with_folded(const Text *t, Py_ssize_t i, const char *word)
+{
+    for (; *word; word++, i++)
+        if (i >= t->n || fold(AT(t, i)) != (Py_UCS4)(unsigned char)*word)
+            return 0;
+    return 1;
+}
+
+/* "word" followed by \s+ from i: the end of the spaces, or -1. */
+static Py_ssize_t word_and_spaces(const Text *t, Py_ssize_t i, const char *word)
+{
+    if (!starts_with_folded(t, i, word))
+        return -1;
+    i += (Py_ssize_t)strlen(word);
+    if (i >= t->n || !is_space(AT(t, i)))
+        return -1;
+    return skip_spaces(t, i);
+}
+
+/* (\d{3})(?![\d.]) at i: its end, or -1. */
+static Py_ssize_t status_end(const Text *t, Py_ssize_t i)
+{
+    for (int k = 0; k < 3; k++, i++)
+        if (i >= t->n || !is_decimal(AT(t, i)))
+            return -1;
+    if (i < t->n && (is_decimal(AT(t, i)) || AT(t, i) == '.'))
+        return -1;
+    return i;
+}
+
+/* ["']?\s*[:=]?\s*["'(\[]?\s*(\d{3})(?![\d.]) from i: each part greedy (a part left out
+ * never lets a later one go further), so the first way is the only one. */
+static Py_ssize_t keyed_status_start(const Text *t, Py_ssize_t i)
+{
+    Py_ssize_t n = t->n;
+    if (i < n && (AT(t, i) == '"' || AT(t, i) == '\''))
+        i++;
+    i = skip_spaces(t, i);
+    if (i < n && (AT(t, i) == ':' || AT(t, i) == '='))
+        i++;
+    i = skip_spaces(t, i);
+    if (i < n) {
+        Py_UCS4 c = AT(t, i);
+        if (c == '"' || c == '\'' || c == '(' || c == '[')
+            i++;
+    }
+    return skip_spaces(t, i);
+}
+
+/* One match of codes._HTTP at p (IGNORECASE, MULTILINE), alternatives in their order. */
+static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    Py_ssize_t n = t->n, i, j;
+    Py_UCS4 c = fold(AT(t, p));
+    /* HTTP/\d(?:\.\d)?\s+(\d{3})\b */
+    if (c == 'h' && starts_with_folded(t, p, "http/") && p + 5 < n && is_decimal(AT(t, p + 5))) {
+        i = p + 6;
+        if (i + 1 < n && AT(t, i) == '.' && is_decimal(AT(t, i + 1)))
+            i += 2;
+        if (i < n && is_space(AT(t, i))) {
+            i = skip_spaces(t, i);
+            for (j = i; j < i + 3 && j < n && is_decimal(AT(t, j)); j++)
+                ;
+            if (j == i + 3 && boundary(t, j)) {
+                *start = i, *stop = j, *end = j;
+                return 1;
+            }
+        }
+    }
+    int at_boundary = boundary(t, p);
+    /* \b(?:status(?:[ _-]?code)?|statuscode|http(?:[ _-]?(?:status|error|code))?|response[ _-]?code
+     *    |error[ _-]?code|error|code)<keyed_status> : each way the words can end, in the order tried */
+    if (at_boundary && (c == 's' || c == 'h' || c == 'r' || c == 'e' || c == 'c')) {
+        Py_ssize_t ends[16];
+        int count = 0;
+        static const char *after_http[] = {"status", "error", "code"};
+        if (starts_with_folded(t, p, "status")) {
+            i = p + 6;
+            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
+                ends[count++] = i + 5;
+            if (starts_with_folded(t, i, "code"))
+                ends[count++] = i + 4;
+            ends[count++] = i;
+        }
+        if (starts_with_folded(t, p, "statuscode"))
+            ends[count++] = p + 10;
+        if (starts_with_folded(t, p, "http")) {
+            i = p + 4;
+            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-'))
+                for (int k = 0; k < 3; k++)
+                    if (starts_with_folded(t, i + 1, after_http[k]))
+                        ends[count++] = i + 1 + (Py_ssize_t)strlen(after_http[k]);
+            for (int k = 0; k < 3; k++)
+                if (starts_with_folded(t, i, after_http[k]))
+                    ends[count++] = i + (Py_ssize_t)strlen(after_http[k]);
+            ends[count++] = i;
+        }
+        if (starts_with_folded(t, p, "response")) {
+            i = p + 8;
+            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
+                ends[count++] = i + 5;
+            if (starts_with_folded(t, i, "code"))
+                ends[count++] = i + 4;
+        }
+        if (starts_with_folded(t, p, "error")) {
+            i = p + 5;
+            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
+                ends[count++] = i + 5;
+            if (starts_with_folded(t, i, "code"))
+                ends[count++] = i + 4;
+            ends[count++] = i;
+        }
+        if (starts_with_folded(t, p, "code"))
+            ends[count++] = p + 4;
+        for (int k = 0; k < count; k++) {
+            i = keyed_status_start(t, ends[k]);
+            j = status_end(t, i);
+            if (j >= 0) {
+                *start = i, *stop = j, *end = j;
+                return 1;
+            }
+        }
+    }
+    /* \b(?:returned|received|got|with|resulted in)\s+(?:an?\s+)?[`'"]?(?:http\s+)?(?:status\s+)?(?:code\s+)?
+     *   (\d{3})(?![\d.]) : each optional part takes what it can; none can take what a later one needs */
+    if (at_boundary && (c == 'r' || c == 'g' || c == 'w')) {
+        static const char *verbs[] = {"returned", "received", "got", "with", "resulted in"};
+        for (int k = 0; k < 5; k++) {
+            i = word_and_spaces(t, p, verbs[k]);
+            if (i < 0)
+                continue;
+            if (i < n && fold(AT(t, i)) == 'a') {
+                j = i + 1;
+                if (j < n && fold(AT(t, j)) == 'n' && j + 1 < n && is_space(AT(t, j + 1)))
+                    i = skip_spaces(t, j + 1);
+                else if (j < n && is_space(AT(t, j)))
+                    i = skip_spaces(t, j);
+            }
+            if (i < n && (AT(t, i) == '`' || AT(t, i) == '\'' || AT(t, i) == '"'))
+                i++;
+            if ((j = word_and_spaces(t, i, "http")) >= 0)
+                i = j;
+            if ((j = word_and_spaces(t, i, "status")) >= 0)
+                i = j;
+            if ((j = word_and_spaces(t, i, "code")) >= 0)
+                i = j;
+            j = status_end(t, i);
+            if (j >= 0) {
+                *start = i, *stop = j, *end = j;
+                return 1;
+            }
+        }
+    }
+    /* \b(\d{3})\s+(?:Client|Server)\s+Error\b */
+    if (at_boundary && is_decimal(AT(t, p))) {
+        for (j = p; j < p + 3 && j < n && is_decimal(AT(t, j)); j++)
+            ;
+        if (j == p + 3 && j < n && is_space(AT(t, j))) {
+            i = skip_spaces(t, j);
+            Py_ssize_t k = word_and_spaces(t, i, "client");
+            if (k < 0)
+                k = word_and_spaces(t, i, "server");
+            if (k >= 0 && starts_with_folded(t, k, "error") && boundary(t, k + 5)) {
+                *start = p, *stop = j, *end = k + 5;
+                return 1;
+            }
+        }
+    }
+    /* ^\s*\[?(\d{3})\]?[\s:] */
+    if (p == 0 || AT(t, p - 1) == '\n') {
+        i = skip_spaces(t, p);
+        if (i < n && AT(t, i) == '[')
+            i++;
+        for (j = i; j < i + 3 && j < n && is_decimal(AT(t, j)); j++)
+            ;
+        if (j == i + 3) {
+            Py_ssize_t k = j;
+            if (k < n && AT(t, k) == ']')
+                k++;
+            if (k < n && (is_space(AT(t, k)) || AT(t, k) == ':')) {
+                *start = i, *stop = j, *end = k + 1;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* (start of the match, its status) of every codes._HTTP match: the caller reads what precedes it. */
+static PyObject *http_statuses(PyObject *self, PyObject *text)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    if (found == NULL)
+        return NULL;
+    Py_ssize_t p = 0;
+    while (p < t.n) {
+        Py_ssize_t start, stop, end;
+        if (!http_at(&t, p, &start, &stop, &end)) {
+            p++;
+            continue;
+        }
+        PyObject *pair = Py_BuildValue("(nN)", p, PyUnicode_Substring(text, start, stop));
+        if (pair == NULL || PyList_Append(found, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(found);
+            return NULL;
+        }
+        Py_DECREF(pair);
+        p = end;
+    }
+    return found;
+}
+
+/* \bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b (IGNORECASE); the second alternative,
+ * \bSQL state\s*[:=]?\s*\[?([0-9A-Z]{5})\b, matches nothing the first does not. */
+static int sqlstate_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    Py_ssize_t n = t->n, i, j;
+    if (fold(AT(t, p)) != 's' || !starts_with_folded(t, p, "sql") || !boundary(t, p))
+        return 0;
+    i = p + 3;
+    if (starts_with_folded(t, i, "state"))
+        i += 5;
+    else if (i < n && is_space(AT(t, i)) && starts_with_folded(t, i + 1, "state"))
+        i += 6;
+    else
+        return 0;
+    i = skip_spaces(t, i);
+    if (i < n && (AT(t, i) == '[' || AT(t, i) == ':' || AT(t, i) == '='))
+        i++;
+    i = skip_spaces(t, i);
+    if (i < n && AT(t, i) == '[')
+        i++;
+    i = skip_spaces(t, i);
+    for (j = i; j < i + 5 && j < n; j++) {
+        Py_UCS4 c = fold(AT(t, j));
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')))
+            break;
+    }
+    if (j != i + 5 || !boundary(t, j))
+        return 0;
+    *start = i, *stop = j, *end = j;
+    return 1;
+}
+
+static PyObject *sqlstate_values(PyObject *self, PyObject *text)
+{
+    return find_all(text, sqlstate_at);
+}
+
+/* model.spell_identifiers(text): each run of [A-Za-z0-9_.$-] that the lookbehind
+ * (?<![A-Za-z0-9_.$-]) lets start and that holds a separator [_.$-] or a lower-upper step
+ * (the lookahead of model._IDENTIFIER) becomes its words, lower-case, joined by a space:
+ * model._CAMEL.findall on it, [A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+ (all ASCII here). */
+static inline int in_identifier_class(Py_UCS4 c)
+{
+    return is_ascii_alnum(c) || c == '_' || c == '.' || c == '$' || c == '-';
+}
+
+static inline int is_lower(Py_UCS4 c)
+{
+    return c >= 'a' && c <= 'z';
+}
+
+static int output_word(Output *out, const Text *t, Py_ssize_t start, Py_ssize_t stop, int *first)
+{
+    if (output_reserve(out, stop - start + 1) < 0)
+        return -1;
+    if (!*first)
+        out->buffer[out->length++] = ' ';
+    *first = 0;
+    for (Py_ssize_t i = start; i < stop; i++) {
+        Py_UCS4 c = AT(t, i);
+        out->buffer[out->length++] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+    }
+    return 0;
+}
+
+/* The words of the identifier text[start:stop], as model._spelled writes them. */
+static int output_spelled(Output *out, const Text *t, Py_ssize_t start, Py_ssize_t stop)
+{
+    int first = 1;
+    Py_ssize_t i = start;
+    while (i < stop) {
+        Py_UCS4 c = AT(t, i);
+        Py_ssize_t j = i;
+        if (is_upper(c)) {
+            while (j < stop && is_upper(AT(t, j)))
+                j++;
+            int lower_follows = j < stop && is_lower(AT(t, j));
+            if (lower_follows && j - i >= 2)
+                j--;  /* [A-Z]+(?=[A-Z][a-z]): the capitals but the one that starts the next word */
+            else if (lower_follows)
+                while (j < stop && is_lower(AT(t, j)))  /* [A-Z]?[a-z]+ */
+                    j++;
+            /* else [A-Z]+: the whole run */
+        }
+        else if (is_lower(c))
+            while (j < stop && is_lower(AT(t, j)))
+                j++;
+        else if (c >= '0' && c <= '9')
+            while (j < stop && AT(t, j) >= '0' && AT(t, j) <= '9')
+                j++;
+        else {
+            i++;
+            continue;
+        }
+        if (output_word(out, t, i, j, &first) < 0)
+            return -1;
+        i = j;
+    }
+    return 0;
+}
+
+static PyObject *spell_identifiers(PyObject *self, PyObject *text)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    Output out = {NULL, 0, 0};
+    Py_ssize_t done = 0, p = 0;
+    int changed = 0;
+    while (p < t.n) {
+        if (!in_identifier_class(AT(&t, p))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t r = p;
+        int spelled = 0;
+        for (; r < t.n && in_identifier_class(AT(&t, r)); r++) {
+            Py_UCS4 c = AT(&t, r);
+            if (c == '_' || c == '.' || c == '$' || c == '-' || (is_lower(c) && r + 1 < t.n && is_upper(AT(&t, r + 1))))
+                spelled = 1;
+        }
+        if (spelled) {
+            if (output_text(&out, &t, done, p) < 0 || output_spelled(&out, &t, p, r) < 0) {
+                PyMem_Free(out.buffer);
+                return NULL;
+            }
+            done = r;
+            changed = 1;
+        }
+        p = r;
+    }
+    if (!changed) {
+        PyMem_Free(out.buffer);
+        Py_INCREF(text);
+        return text;
+    }
+    if (output_text(&out, &t, done, t.n) < 0) {
+        PyMem_Free(out.buffer);
+        return NULL;
+    }
+    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
+    PyMem_Free(out.buffer);
+    return result;
+}
+
+/* classify._FRAME.search(line): a stack-frame line.
+ *     ^\s+File "|^\s+at \S|^\s*\.\.\. \d+ more|^goroutine \d+ \[|\.go:\d+|^Traceback \(most recent */
+static int is_frame_line(const Text *t, Py_ssize_t start, Py_ssize_t stop)
+{
+    Py_ssize_t i = start, j;
+    while (i < stop && is_space(AT(t, i)))
+        i++;
+    Text line = {t->kind, t->data, stop};  /* the line ends the text for every test below */
+    if (i > start && (starts_with(&line, i, "File \"") || (starts_with(&line, i, "at ") && i + 3 < stop
+                                                             && !is_space(AT(t, i + 3)))))
+        return 1;
+    if (starts_with(&line, i, "... ")) {
+        for (j = i + 4; j < stop && is_decimal(AT(t, j)); j++)
+            ;
+        if (j > i + 4 && starts_with(&line, j, " more"))
+            return 1;
+    }
+    if (starts_with(&line, start, "goroutine ")) {
+        for (j = start + 10; j < stop && is_decimal(AT(t, j)); j++)
+            ;
+        if (j > start + 10 && starts_with(&line, j, " ["))
+            return 1;
+    }
+    if (starts_with(&line, start, "Traceback (most recent"))
+        return 1;
+    for (j = start; j + 4 < stop; j++)
+        if (AT(t, j) == '.' && AT(t, j + 1) == 'g' && AT(t, j + 2) == 'o' && AT(t, j + 3) == ':'
+            && is_decimal(AT(t, j + 4)))
+            return 1;
+    return 0;
+}
+
+/* classify.without_frames(message): its lines (str.splitlines) but the frame lines and the
+ * source line after each Python "File ..." frame, joined by "\n". */
+static PyObject *without_frames(PyObject *self, PyObject *message)
+{
+    if (!PyUnicode_Check(message)) {
+        PyErr_SetString(PyExc_TypeError, "a str is required");
+        return NULL;
+    }
+    PyObject *lines = PyUnicode_Splitlines(message, 0);
+    if (lines == NULL)
+        return NULL;
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL) {
+        Py_DECREF(lines);
+        return NULL;
+    }
+    int skip_source = 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lines); k++) {
+        PyObject *line = PyList_GET_ITEM(lines, k);
+        Text t;
+        if (prepare(line, &t) < 0)
+            goto error;
+        if (skip_source && starts_with(&t, 0, "    ")) {
+            skip_source = 0;
+            continue;
+        }
+        Py_ssize_t i = 0;
+        while (i < t.n && is_space(AT(&t, i)))
+            i++;
+        skip_source = starts_with(&t, i, "File \"");
+        if (!is_frame_line(&t, 0, t.n) && PyList_Append(kept, line) < 0)
+            goto error;
+    }
+    Py_DECREF(lines);
+    PyObject *separator = PyUnicode_FromString("\n");
+    if (separator == NULL) {
+        Py_DECREF(kept);
+        return NULL;
+    }
+    PyObject *joined = PyUnicode_Join(separator, kept);
+    Py_DECREF(separator);
+    Py_DECREF(kept);
+    return joined;
+error:
+    Py_DECREF(lines);
+    Py_DECREF(kept);
+    return NULL;
+}
+
+/* features(text): model.features(text), the same set built by the same steps in the same
+ * order (so that it iterates in the same order, which the column sums add in):
+ *     parts = identifier_words(text); text = normalize(text)
+ *     found = set(word buckets of parts); found.update(bigram buckets of parts)
+ *     words = _WORD.findall(text); found.update(their word buckets); found.update(their bigrams)
+ *     found.update(*char gram frozensets of _ASCII_WORD.findall(text)); found.update(*CJK gram frozensets)
+ * Buckets are zlib's CRC-32 continued from the kind's prefix ("w:", "b:", "c:", "z:"), modulo
+ * model.BUCKETS. ``lower`` is str.lower (Unicode lower-casing stays Python's). */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+static uint32_t crc32_continue(uint32_t crc, const unsigned char *data, Py_ssize_t size)
+{
+    crc = ~crc;
+    for (Py_ssize_t i = 0; i < size; i++)
+        crc = crc_table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* Bytes of the UTF-8 encoding of code points, built up for one n-gram or word (no word the
+ * features read can hold a lone surrogate: none is a letter, digit or CJK character). */
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t length, capacity;
+} Bytes;
+
+static int bytes_put(Bytes *b, Py_UCS4 c)
+{
+    if (b->length + 4 > b->capacity) {
+        Py_ssize_t capacity = b->capacity * 2 + 64;
+        unsigned char *grown = PyMem_Realloc(b->data, capacity);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    unsigned char *out = b->data + b->length;
+    if (c < 0x80) {
+        out[0] = (unsigned char)c;
+        b->length += 1;
+    } else if (c < 0x800) {
+        out[0] = 0xC0 | (c >> 6), out[1] = 0x80 | (c & 0x3F);
+        b->length += 2;
+    } else if (c < 0x10000) {
+        out[0] = 0xE0 | (c >> 12), out[1] = 0x80 | ((c >> 6) & 0x3F), out[2] = 0x80 | (c & 0x3F);
+        b->length += 3;
+    } else {
+        out[0] = 0xF0 | (c >> 18), out[1] = 0x80 | ((c >> 12) & 0x3F), out[2] = 0x80 | ((c >> 6) & 0x3F);
+        out[3] = 0x80 | (c & 0x3F);
+        b->length += 4;
+    }
+    return 0;
+}
+
+typedef struct {
+    Py_ssize_t start, stop;
+} Span;
+
+typedef struct {
+    Span *spans;
+    Py_ssize_t length, capacity;
+} Spans;
+
+static int spans_put(Spans *list, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (list->length == list->capacity) {
+        Py_ssize_t capacity = list->capacity * 2 + 32;
+        Span *grown = PyMem_Realloc(list->spans, capacity * sizeof(Span));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        list->spans = grown;
+        list->capacity = capacity;
+    }
+    list->spans[list->length].start = start;
+    list->spans[list->length].stop = stop;
+    list->length++;
+    return 0;
+}
+
+static uint32_t prefix_word, prefix_bigram, prefix_char, prefix_cjk;
+#define BUCKETS (1u << 18)
+
+static int encode_span(Bytes *b, const Py_UCS4 *chars, Span span)
+{
+    for (Py_ssize_t i = span.start; i < span.stop; i++)
+        if (bytes_put(b, chars[i]) < 0)
+            return -1;
+    return 0;
+}
+
+static int add_bucket(PyObject *set, uint32_t crc)
+{
+    PyObject *bucket = PyLong_FromUnsignedLong(crc % BUCKETS);
+    if (bucket == NULL)
+        return -1;
+    int failed = PySet_Add(set, bucket);
+    Py_DECREF(bucket);
+    return failed;
+}
+
+/* Word buckets of every word, then bigram buckets of each neighbouring pair, added in order. */
+static int add_words_and_bigrams(PyObject *set, const Py_UCS4 *chars, const Spans *words, Bytes *b)
+{
+    for (Py_ssize_t k = 0; k < words->length; k++) {
+        b->length = 0;
+        if (encode_span(b, chars, words->spans[k]) < 0 || add_bucket(set, crc32_continue(prefix_word, b->data, b->length)) < 0)
+            return -1;
+    }
+    for (Py_ssize_t k = 0; k + 1 < words->length; k++) {
+        b->length = 0;
+        if (encode_span(b, chars, words->spans[k]) < 0 || bytes_put(b, ' ') < 0
+            || encode_span(b, chars, words->spans[k + 1]) < 0
+            || add_bucket(set, crc32_continue(prefix_bigram, b->data, b->length)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* frozenset of crc(piece) for each n in ``sizes`` and each piece of n code points of ``chars``
+ * (as model._char_grams pads an ASCII word with spaces, and model._cjk_grams reads a CJK run). */
+static PyObject *grams(const Py_UCS4 *chars, Py_ssize_t length, const int *sizes, int count, uint32_t prefix, Bytes *b)
+{
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (int s = 0; s < count; s++) {
+        for (Py_ssize_t i = 0; i + sizes[s] <= length; i++) {
+            b->length = 0;
+            for (Py_ssize_t k = i; k < i + sizes[s]; k++)
+                if (bytes_put(b, chars[k]) < 0)
+                    goto error;
+            PyObject *bucket = PyLong_FromUnsignedLong(crc32_continue(prefix, b->data, b->length) % BUCKETS);
+            if (bucket == NULL || PyList_Append(list, bucket) < 0) {
+                Py_XDECREF(bucket);
+                goto error;
+            }
+            Py_DECREF(bucket);
+        }
+    }
+    PyObject *frozen = PyFrozenSet_New(list);
+    Py_DECREF(list);
+    return frozen;
+error:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static int merge(PyObject *set, PyObject *other)
+{
+    if (other == NULL)
+        return -1;
+    PyObject *result = PyNumber_InPlaceOr(set, other);  /* set |= other: set.update's own merge */
+    Py_DECREF(other);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* Words recur from message to message: their char gram sets are kept (as model._char_grams
+ * keeps them in an lru_cache), up to GRAM_CACHE_SIZE words, then the cache starts again. */
+#define GRAM_CACHE_SIZE 65536
+static PyObject *gram_cache;
+
+static PyObject *cached_char_grams(const Py_UCS4 *padded, Py_ssize_t length, const int *sizes, Bytes *b)
+{
+    PyObject *key = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, padded, length);
+    if (key == NULL)
+        return NULL;
+    PyObject *frozen = PyDict_GetItemWithError(gram_cache, key);
+    if (frozen != NULL) {
+        Py_INCREF(frozen);
+        Py_DECREF(key);
+        return frozen;
+    }
+    if (PyErr_Occurred() || (frozen = grams(padded, length, sizes, 2, prefix_char, b)) == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(gram_cache) >= GRAM_CACHE_SIZE)
+        PyDict_Clear(gram_cache);
+    int failed = PyDict_SetItem(gram_cache, key, frozen);
+    Py_DECREF(key);
+    if (failed < 0) {
+        Py_DECREF(frozen);
+        return NULL;
+    }
+    return frozen;
+}
+
+#define MODEL_MAX_CHARS 2000
+
+static inline int is_cjk(Py_UCS4 c)
+{
+    return (c >= 0x3400 && c <= 0x9FFF) || (c >= 0xF900 && c <= 0xFAFF);
+}
+
+static PyObject *features(PyObject *self, PyObject *text)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    PyObject *found = NULL, *head = NULL, *lowered = NULL;
+    Py_UCS4 *parts = NULL, *normal = NULL;
+    Spans part_spans = {NULL, 0, 0}, word_spans = {NULL, 0, 0};
+    Bytes b = {NULL, 0, 0};
+    Py_ssize_t n = t.n < MODEL_MAX_CHARS ? t.n : MODEL_MAX_CHARS;
+
+    /* identifier_words: the words of each identifier run, lower-case, as spans of ``parts`` */
+    parts = PyMem_Malloc((n + 1) * sizeof(Py_UCS4));
+    if (parts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t used = 0;
+    for (Py_ssize_t p = 0; p < n;) {
+        if (!in_identifier_class(AT(&t, p))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t r = p;
+        int spelled = 0;
+        for (; r < n && in_identifier_class(AT(&t, r)); r++) {
+            Py_UCS4 c = AT(&t, r);
+            if (c == '_' || c == '.' || c == '$' || c == '-' || (is_lower(c) && r + 1 < n && is_upper(AT(&t, r + 1))))
+                spelled = 1;
+        }
+        for (Py_ssize_t i = p; spelled && i < r;) {
+            Py_UCS4 c = AT(&t, i);
+            Py_ssize_t j = i;
+            if (is_upper(c)) {
+                while (j < r && is_upper(AT(&t, j)))
+                    j++;
+                int lower_follows = j < r && is_lower(AT(&t, j));
+                if (lower_follows && j - i >= 2)
+                    j--;
+                else if (lower_follows)
+                    while (j < r && is_lower(AT(&t, j)))
+                        j++;
+            }
+            else if (is_lower(c))
+                while (j < r && is_lower(AT(&t, j)))
+                    j++;
+            else if (c >= '0' && c <= '9')
+                while (j < r && AT(&t, j) >= '0' && AT(&t, j) <= '9')
+                    j++;
+            else {
+                i++;
+                continue;
+            }
+            if (spans_put(&part_spans, used, used + (j - i)) < 0)
+                goto done;
+            for (; i < j; i++) {
+                Py_UCS4 d = AT(&t, i);
+                parts[used++] = (d >= 'A' && d <= 'Z') ? d + 32 : d;
+            }
+        }
+        p = r;
+    }
+
+    /* normalize: text[:MAX_CHARS].lower(), then _HEX -> " 0x ", then _LONG_NUMBER -> " 000000 " */
+    head = PyUnicode_Substring(text, 0, n);
+    if (head == NULL)
+        goto done;
+    lowered = PyObject_CallMethod(head, "lower", NULL);
+    if (lowered == NULL)
+        goto done;
+    Text low;
+    if (prepare(lowered, &low) < 0)
+        goto done;
+    Output hexed = {NULL, 0, 0};
+    for (Py_ssize_t p = 0, done_at = 0;; ) {
+        if (p >= low.n) {
+            if (output_text(&hexed, &low, done_at, low.n) < 0) {
+                PyMem_Free(hexed.buffer);
+                goto done;
+            }
+            break;
+        }
+        Py_UCS4 c = AT(&low, p);
+        Py_ssize_t e = -1, j;
+        if (c == '0' && p + 2 < low.n && AT(&low, p + 1) == 'x' && is_lower_hex(AT(&low, p + 2))) {
+            for (j = p + 2; j < low.n && is_lower_hex(AT(&low, j)); j++)
+                ;
+            e = j;  /* 0x[0-9a-f]+ */
+        } else if (is_lower_hex(c) && boundary(&low, p)) {
+            for (j = p; j < low.n && is_lower_hex(AT(&low, j)); j++)
+                ;
+            if (j - p >= 12 && boundary(&low, j))
+                e = j;  /* \b[0-9a-f]{12,}\b */
+        }
+        if (e < 0) {
+            p++;
+            continue;
+        }
+        if (output_text(&hexed, &low, done_at, p) < 0 || output_ascii(&hexed, " 0x ") < 0) {
+            PyMem_Free(hexed.buffer);
+            goto done;
+        }
+        done_at = p = e;
+    }
+    Text hx = {PyUnicode_4BYTE_KIND, hexed.buffer, hexed.length};
+    Output numbered = {NULL, 0, 0};
+    for (Py_ssize_t p = 0, done_at = 0;; ) {
+        if (p >= hx.n) {
+            if (output_text(&numbered, &hx, done_at, hx.n) < 0)
+                goto numbers_failed;
+            break;
+        }
+        if (!is_decimal(AT(&hx, p))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t j = p;
+        while (j < hx.n && is_decimal(AT(&hx, j)))
+            j++;
+        if (j - p < 6) {
+            p = j;  /* \d{6,} cannot start inside a shorter run either */
+            continue;
+        }
+        if (output_text(&numbered, &hx, done_at, p) < 0 || output_ascii(&numbered, " 000000 ") < 0)
+            goto numbers_failed;
+        done_at = p = j;
+    }
+    PyMem_Free(hexed.buffer);
+    normal = numbered.buffer;
+    Py_ssize_t normal_length = numbered.length;
+    if (0) {
+numbers_failed:
+        PyMem_Free(hexed.buffer);
+        PyMem_Free(numbered.buffer);
+        goto done;
+    }
+
+    found = PySet_New(NULL);
+    if (found == NULL || add_words_and_bigrams(found, parts, &part_spans, &b) < 0)
+        goto failed;
+
+    /* _WORD: [a-z_][a-z0-9_]*|\d+ */
+    for (Py_ssize_t p = 0; p < normal_length;) {
+        Py_UCS4 c = normal[p];
+        Py_ssize_t j = p;
+        if ((c >= 'a' && c <= 'z') || c == '_') {
+            for (j = p + 1; j < normal_length && ((normal[j] >= 'a' && normal[j] <= 'z') || (normal[j] >= '0' && normal[j] <= '9')
+                                                   || normal[j] == '_'); j++)
+                ;
+        } else if (is_decimal(c)) {
+            while (j < normal_length && is_decimal(normal[j]))
+                j++;
+        } else {
+            p++;
+            continue;
+        }
+        if (spans_put(&word_spans, p, j) < 0)
+            goto failed;
+        p = j;
+    }
+    if (add_words_and_bigrams(found, normal, &word_spans, &b) < 0)
+        goto failed;
+
+    /* _ASCII_WORD: [a-z][a-z0-9_]+, each padded with spaces, its 3- and 4-grams */
+    static const int char_sizes[] = {3, 4}, cjk_sizes[] = {1, 2, 3};
+    Py_UCS4 *padded = NULL;
+    Py_ssize_t padded_capacity = 0;
+    for (Py_ssize_t p = 0; p < normal_length;) {
+        Py_UCS4 c = normal[p];
+        Py_ssize_t j = p + 1;
+        if (!(c >= 'a' && c <= 'z')) {
+            p++;
+            continue;
+        }
+        while (j < normal_length && ((normal[j] >= 'a' && normal[j] <= 'z') || (normal[j] >= '0' && normal[j] <= '9') || normal[j] == '_'))
+            j++;
+        if (j - p < 2) {
+            p++;
+            continue;
+        }
+        if (j - p + 2 > padded_capacity) {
+            padded_capacity = (j - p + 2) * 2;
+            Py_UCS4 *grown = PyMem_Realloc(padded, padded_capacity * sizeof(Py_UCS4));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                PyMem_Free(padded);
+                goto failed;
+            }
+            padded = grown;
+        }
+        padded[0] = ' ';
+        memcpy(padded + 1, normal + p, (j - p) * sizeof(Py_UCS4));
+        padded[j - p + 1] = ' ';
+        if (merge(found, cached_char_grams(padded, j - p + 2, char_sizes, &b)) < 0) {
+            PyMem_Free(padded);
+            goto failed;
+        }
+        p = j;
+    }
+    PyMem_Free(padded);
+
+    /* _CJK_RUN: [\u3400-\u9fff\uf900-\ufaff]+, its 1-, 2- and 3-grams */
+    for (Py_ssize_t p = 0; p < normal_length;) {
+        if (!is_cjk(normal[p])) {
+            p++;
+            continue;
+        }
+        Py_ssize_t j = p;
+        while (j < normal_length && is_cjk(normal[j]))
+            j++;
+        if (merge(found, grams(normal + p, j - p, cjk_sizes, 3, prefix_cjk, &b)) < 0)
+            goto failed;
+        p = j;
+    }
+    goto done;
+failed:
+    Py_CLEAR(found);
+done:
+    Py_XDECREF(head);
+    Py_XDECREF(lowered);
+    PyMem_Free(parts);
+    PyMem_Free(normal);
+    PyMem_Free(part_spans.spans);
+    PyMem_Free(word_spans.spans);
+    PyMem_Free(b.data);
+    return found;
+}
+
+/* classify.exception_type_in(message): on the last non-blank line of a Python traceback, else
+ * on the message, within its first 300 characters (MAX_TYPE_HEAD):
+ *     ^\s*+((?:[A-Za-z_]\w*+(?:\.|::|\\))*+[A-Z]\w*+)\s*+:(?:\s|$)
+ * (possessive: each part takes all it can and never gives back), then the name only if the
+ * part after its last separator has an ASCII lower-case letter after its first character. */
+#define MAX_TYPE_HEAD 300
+
+static PyObject *type_in_line(PyObject *line)
+{
+    Text t;
+    if (prepare(line, &t) < 0)
+        return NULL;
+    Py_ssize_t n = t.n < MAX_TYPE_HEAD ? t.n : MAX_TYPE_HEAD, i = 0, start, last;
+    Text head = {t.kind, t.data, n};
+    while (i < n && is_space(AT(&head, i)))
+        i++;
+    start = i;
+    for (;;) {  /* (?:[A-Za-z_]\w*+(?:\.|::|\\))*+ */
+        Py_ssize_t j = i;
+        if (j >= n || !(is_letter(AT(&head, j)) || AT(&head, j) == '_'))
+            break;
+        for (j++; j < n && is_word(AT(&head, j)); j++)
+            ;
+        if (j < n && (AT(&head, j) == '.' || AT(&head, j) == '\\'))
+            i = j + 1;
+        else if (starts_with(&head, j, "::"))
+            i = j + 2;
+        else
+            break;
+    }
+    last = i;
+    if (i >= n || !is_upper(AT(&head, i)))  /* [A-Z]\w*+ */
+        Py_RETURN_NONE;
+    for (i++; i < n && is_word(AT(&head, i)); i++)
+        ;
+    Py_ssize_t stop = i;
+    i = skip_spaces(&head, i);  /* \s*+:(?:\s|$) */
+    if (i >= n || AT(&head, i) != ':')
+        Py_RETURN_NONE;
+    i++;
+    if (!(i == n || is_space(AT(&head, i)) || (i == n - 1 && AT(&head, i) == '\n')))
+        Py_RETURN_NONE;
+    for (Py_ssize_t k = last + 1; k < stop; k++)
+        if (is_lower(AT(&head, k)))
+            return PyUnicode_Substring(line, start, stop);
+    Py_RETURN_NONE;
+}
+
+static PyObject *exception_type_in(PyObject *self, PyObject *message)
+{
+    Text t;
+    if (prepare(message, &t) < 0)
+        return NULL;
+    static const char traceback[] = "Traceback (most recent call last)";
+    PyObject *needle = PyUnicode_FromString(traceback);
+    if (needle == NULL)
+        return NULL;
+    Py_ssize_t found = PyUnicode_Find(message, needle, 0, t.n, 1);
+    Py_DECREF(needle);
+    if (found == -2)
+        return NULL;
+    if (found < 0)
+        return type_in_line(message);
+    PyObject *lines = PyUnicode_Splitlines(message, 0), *result = NULL;
+    if (lines == NULL)
+        return NULL;
+    for (Py_ssize_t k = PyList_GET_SIZE(lines) - 1; k >= 0; k--) {  /* the last line that is not blank */
+        PyObject *line = PyList_GET_ITEM(lines, k);
+        Text l;
+        if (prepare(line, &l) < 0)
+            goto done;
+        Py_ssize_t i = 0;
+        while (i < l.n && is_space(AT(&l, i)))
+            i++;
+        if (i < l.n) {
+            result = type_in_line(line);
+            goto done;
+        }
+    }
+    result = Py_None;  /* no line that is not blank: the empty text names no type */
+    Py_INCREF(result);
+done:
+    Py_DECREF(lines);
+    return result;
+}
+
+/* column_sums(rows, buckets, width): what failured/model.py's _column_sums gives,
+ *     packed = memoryview(b"".join(map(rows.__getitem__, buckets))).cast("d")
+ *     [sum(packed[k::width]) for k in range(width)]
+ * without the joined buffer and the float objects: ``rows`` a list of bytes (each empty or
+ * ``width`` doubles), ``buckets`` an iterable of indices into it. Each column is added in
+ * the order of ``buckets`` exactly as the running Python's sum() adds floats: 0 + the first
+ * value, then plain additions before 3.12 and Neumaier's compensated ones since (an empty
+ * column is the int 0, as sum() of nothing). */
+typedef struct {
+    double total, compensation;
+    int count;
+} Sum;
+
+static inline void sum_add(Sum *sum, double x)
+{
+    if (sum->count++ == 0) {
+        sum->total = 0.0 + x;
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    double t = sum->total + x;
+    if (fabs(sum->total) >= fabs(x))
+        sum->compensation += (sum->total - t) + x;
+    else
+        sum->compensation += (x - t) + sum->total;
+    sum->total = t;
+#else
+    sum->total += x;
+#endif
+}
+
+static PyObject *sum_result(const Sum *sum)
+{
+    if (sum->count == 0)
+        return PyLong_FromLong(0);
+    double total = sum->total;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (sum->compensation && Py_IS_FINITE(sum->compensation))
+        total += sum->compensation;
+#endif
+    return PyFloat_FromDouble(total);
+}
+
+static PyObject *column_sums(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *buckets, *iterator, *bucket, *result = NULL;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "O!On:column_sums", &PyList_Type, &rows, &buckets, &width))
+        return NULL;
+    if (width <= 0) {
+        PyErr_SetString(PyExc_ValueError, "width must be positive");
+        return NULL;
+    }
+    Sum *sums = PyMem_Calloc(width, sizeof(Sum));
+    if (sums == NULL)
+        return PyErr_NoMemory();
+    iterator = PyObject_GetIter(buckets);
+    if (iterator == NULL)
+        goto done;
+    while ((bucket = PyIter_Next(iterator)) != NULL) {
+        Py_ssize_t index = PyNumber_AsSsize_t(bucket, PyExc_IndexError);
+        Py_DECREF(bucket);
+        if (index == -1 && PyErr_Occurred())
+            break;
+        if (index < 0 || index >= PyList_GET_SIZE(rows)) {
+            PyErr_Format(PyExc_IndexError, "bucket %zd out of range", index);
+            break;
+        }
+        PyObject *row = PyList_GET_ITEM(rows, index);
+        if (!PyBytes_Check(row)) {
+            PyErr_SetString(PyExc_TypeError, "rows must hold bytes");
+            break;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(row);
+        if (size == 0)
+            continue;
+        if (size != width * (Py_ssize_t)sizeof(double)) {
+            PyErr_Format(PyExc_ValueError, "bucket %zd has %zd bytes, not %zd", index, size,
+                         width * (Py_ssize_t)sizeof(double));
+            break;
+        }
+        const char *data = PyBytes_AS_STRING(row);
+        for (Py_ssize_t k = 0; k < width; k++) {
+            double x;
+            memcpy(&x, data + k * sizeof(double), sizeof(double));
+            sum_add(&sums[k], x);
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred())
+        goto done;
+    result = PyList_New(width);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < width; k++) {
+        PyObject *value = sum_result(&sums[k]);
+        if (value == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, k, value);
+    }
+done:
+    PyMem_Free(sums);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"uuid_pass", uuid_pass, METH_O, "The <uuid> replacement pass."},
+    {"quoted_pass", quoted_pass, METH_O, "The <str> replacement pass (quoted values)."},
+    {"ip_pass", ip_pass, METH_O, "The IPv4 <ip> replacement pass."},
+    {"windows_path_pass", windows_path_pass, METH_O, "The Windows <path> replacement pass."},
+    {"host_pass", host_pass, METH_O, "The <host> replacement pass (RE2's, with _host_or_keep)."},
+    {"hex_pass", hex_pass, METH_O, "The <hex> replacement pass (with _hex_or_keep)."},
+    {"id_pass", id_pass, METH_O, "The <id> replacement pass (with _id_or_keep)."},
+    {"number_pass", number_pass, METH_O, "The <num> replacement pass."},
+    {"tokens", tokens, METH_O, "codes._TOKEN.findall(text)."},
+    {"errno_values", errno_values, METH_O, "The first non-empty group of each codes._ERRNO match."},
+    {"grpc_values", grpc_values, METH_O, "The first non-empty group of each codes._GRPC match."},
+    {"http_statuses", http_statuses, METH_O, "(start, status) of each codes._HTTP match."},
+    {"sqlstate_values", sqlstate_values, METH_O, "The first non-empty group of each codes._SQLSTATE match."},
+    {"spell_identifiers", spell_identifiers, METH_O, "model.spell_identifiers(text)."},
+    {"without_frames", without_frames, METH_O, "classify.without_frames(message)."},
+    {"features", features, METH_O, "model.features(text): the same set, built in the same order."},
+    {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
+    {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "failured._speedups",
+    "Compiled replacement passes of the fingerprint and the model's column sums.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    crc_init();
+    prefix_word = crc32_continue(0, (const unsigned char *)"w:", 2);
+    prefix_bigram = crc32_continue(0, (const unsigned char *)"b:", 2);
+    prefix_char = crc32_continue(0, (const unsigned char *)"c:", 2);
+    prefix_cjk = crc32_continue(0, (const unsigned char *)"z:", 2);
+    gram_cache = PyDict_New();
+    if (gram_cache == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,12 @@
+"""Everything is in setup.cfg but the C extension, which setup.cfg cannot declare.
+
+``failured._speedups`` (compiled copies of the classifier's hottest Python: the
+fingerprint's passes, the code extractors, the identifier speller, the frame filter and
+the model's features and sums) is optional: where no C compiler or Python headers are
+found, the install goes on without it and the same Python code runs (tests/test_speedups.py,
+test_codes_native.py and test_fingerprint.py compare each compiled function with it).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("failured._speedups", sources=["failured/_speedups.c"], optional=True)])

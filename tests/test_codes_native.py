@@ -1,0 +1,89 @@
+"""The code extractors' compiled finders (failured/_speedups.c) find exactly what their expressions find.
+
+Each finder against its Python expression on every corpus message (as written and with its
+line breaks escaped, as ``classify --json -`` reads a traceback) and on generated text built
+from the pieces each expression decides on: keywords in every case (and the non-ASCII letters
+re.IGNORECASE folds onto ASCII ones), separators, quotes, digit runs of every length,
+Unicode digits and spaces. Then the whole code stage answers alike with either set.
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from failured import codes, corpus
+from failured.codes import NATIVE_FINDERS, PYTHON_FINDERS, CodeMatcher, load_code_tables
+from failured.rules import load_ruleset
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+pytestmark = pytest.mark.skipif(NATIVE_FINDERS is None, reason="failured._speedups is not built (no C compiler at "
+                                                                "install): only the Python expressions run")
+
+PIECES = [
+    "a", "an", "A", "Z", "E", "EA", "W", "WSAE", "0", "9", "12", "123", "1234", "-", "_", ".", ":", "=", " ", "  ", "\t",
+    "\n", "\u3000", "é", "٣", "中", "(", ")", ",", "[", "]", '"', "'", "`", "ı", "İ", "K", "ſ",
+    # HTTP
+    "HTTP/1.1 ", "http/2 ", "HTTP/1.", "hTtP", "status", "STATUS", "ſtatus", "status code", "status_code", "statuscode",
+    "Status-Code", "http_status", "http error", "http-code", "httpcode", "response code", "response_code", "error",
+    "Error code", "error_code", "code", "code:", '"code": ', '"error": {', '"meta": {', "}", "returned", "received",
+    "got", "with", "resulted in", "Resulted In", "client", "Client", "server", "SERVER", "Error", "errors", "codes",
+    "500", "503", "404", "200", "4040", "50.3",
+    # SQLSTATE
+    "SQLSTATE", "sqlstate", "SQL STATE", "SQL state", "Sql State:", "08006", "HY000", "57P01",
+    # errno
+    "[Errno", "[Errno ", "[WinError ", "errno", "errno=", "errno: ", "os error ", "Error(", "IOError(", "XError(-",
+    "ECONNREFUSED", "EAGAIN", "WSAECONNRESET", "E" + "A" * 20,
+    # gRPC
+    "code = ", "code=", "StatusCode.", 'StatusCode="', "StatusRuntimeException", "StatusException", "RpcException",
+    "RpcError", ": ", " - ", '"status"', '"status": "', "UNAVAILABLE", "DEADLINE_EXCEEDED", "NotFound", "Unavailable",
+    "14 ", "ABCD", "A_B_C",
+    # tokens
+    "x.y", "a-b", "Throttling.User", "a.", "b-",
+]
+
+
+def generated_texts(count, seed):
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 16))) for _ in range(count)]
+    return texts + ["".join(rng.choice(PIECES) for _ in range(rng.randint(100, 400))) for _ in range(count // 300)]
+
+
+@pytest.fixture(scope="module")
+def corpus_texts():
+    messages = [message for _, _, _, message in corpus.read_corpus()]
+    return messages + [message.replace("\n", "\\n") for message in messages if "\n" in message]
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_FINDERS))
+def test_each_compiled_finder_finds_what_its_expression_finds(name, corpus_texts):
+    python, native = PYTHON_FINDERS[name], NATIVE_FINDERS[name]
+    texts = corpus_texts + generated_texts(30000, seed=sorted(PYTHON_FINDERS).index(name))
+    assert [text for text in texts if list(native(text)) != list(python(text))] == []
+
+
+def test_the_code_stage_answers_alike_with_either_finders(corpus_texts, monkeypatch):
+    ruleset = load_ruleset(CONFIG)
+    tables = load_code_tables(CONFIG, frozenset(c.name for c in ruleset.categories))
+    texts = corpus_texts + generated_texts(3000, seed=99)
+    native = list(map(CodeMatcher(tables).match, texts))
+    monkeypatch.setattr(codes, "_FINDERS", PYTHON_FINDERS)
+    python = list(map(CodeMatcher(tables).match, texts))  # a matcher of its own: each keeps its last message's values
+    assert sum(hit is not None for hit in native) > len(corpus_texts) // 4  # the comparison has teeth
+    assert [text for text, a, b in zip(texts, native, python) if a != b] == []
+
+
+# Each expression's own traps, 64 KiB long: linear code takes milliseconds.
+HOSTILE = ["[Errno " * 9362, "errno " * 10922, "HTTP/1 " * 9362, "status code " * 5461, "sqlstate " * 7281,
+           "StatusCode." * 5957, "code=" * 13107, "returned " * 7281, "E" * 65536, "1" * 65536, "a." * 32768, "a-" * 32768]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=lambda t: repr(t[:8]))
+def test_the_compiled_finders_stay_linear_on_hostile_input(text):
+    import time
+
+    started = time.monotonic()
+    for find in NATIVE_FINDERS.values():
+        list(find(text))
+    assert time.monotonic() - started < 10.0  # generous: linear code takes milliseconds here
