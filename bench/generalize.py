@@ -43,13 +43,18 @@ def grouped_folds(rows, k):
     return fold_of
 
 
-def rule_answer(classifier, message, error_type):
-    """The category the rule stages give (tag first), or "unknown"."""
+def rule_decision(classifier, message, error_type):
+    """(category, stage) the rule stages give (tag first), or ("unknown", "none")."""
     message, error_type = unpack(message, error_type)
     found = classifier._by_tag_stage(message)
     if found is None:
         found = classifier.rules_only(message, error_type or exception_type_in(message))
-    return found[0].name if found else "unknown"
+    return (found[0].name, found[1]) if found else ("unknown", "none")
+
+
+def rule_answer(classifier, message, error_type):
+    """The category the rule stages give (tag first), or "unknown"."""
+    return rule_decision(classifier, message, error_type)[0]
 
 
 def fallback(rule, prediction, threshold, max_unknown=learner.MAX_UNKNOWN):
@@ -57,6 +62,16 @@ def fallback(rule, prediction, threshold, max_unknown=learner.MAX_UNKNOWN):
     if rule != "unknown" or prediction.confidence < threshold or prediction.unknown > max_unknown:
         return rule
     return prediction.category
+
+
+def overruled(decision, prediction, threshold, overrule, max_unknown=learner.MAX_UNKNOWN):
+    """The pipeline with overruling: as ``fallback``, and the model's category instead of a rule's (not a tag's)
+    when it disagrees at ``overrule`` confidence or more, within the guard (classify.Classifier's rule)."""
+    rule, stage = decision
+    if (rule != "unknown" and stage != "tag" and overrule < 1 and prediction.confidence >= overrule
+            and prediction.unknown <= max_unknown and prediction.category not in (rule, "unknown")):
+        return prediction.category
+    return fallback(rule, prediction, threshold, max_unknown)
 
 
 def report(name, truth, answers, out):
@@ -92,6 +107,8 @@ def main():
                         help="the guard: the model defers above this probability of unknown")
     parser.add_argument("--holdout", action="append", default=[],
                         help="a corpus-format file of messages from sources the corpus lacks (repeatable)")
+    parser.add_argument("--overrule", type=float, default=learner.DEFAULT_OVERRULE_CONFIDENCE,
+                        help="the model overrules a rule at or above this confidence (1: never)")
     parser.add_argument("--no-cv", action="store_true", help="skip the grouped cross-validation")
     parser.add_argument("-v", action="store_true", help="list the whole pipeline's misses")
     args = parser.parse_args()
@@ -122,15 +139,19 @@ def score_holdout(args, path):
     truth = [c for c, _, _, _ in rows]
     rule_answers = [rule_answer(rules, m, e) for _, e, _, m in rows]
     code_answers = [rule_answer(codes, m, e) for _, e, _, m in rows]
-    both_answers = [rule_answer(both, m, e) for _, e, _, m in rows]
+    both_decisions = [rule_decision(both, m, e) for _, e, _, m in rows]
+    both_answers = [name for name, _ in both_decisions]
     predictions = [trained.predict(model_text(m, e)) for _, e, _, m in rows]
-    final = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(both_answers, predictions)]
+    fallen_back = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(both_answers, predictions)]
+    final = [overruled(d, p, args.threshold, args.overrule, args.max_unknown)
+             for d, p in zip(both_decisions, predictions)]
     results = []
     report("rules alone (type + patterns + spelled)", truth, rule_answers, results)
     report("code tables alone", truth, code_answers, results)
     report("model alone (no threshold)", truth, [p.category for p in predictions], results)
     report("all rule stages, shipped order", truth, both_answers, results)
-    report(f"whole pipeline ({args.threshold}, {args.max_unknown})", truth, final, results)
+    report(f"pipeline, no overruling ({args.threshold}, {args.max_unknown})", truth, fallen_back, results)
+    report(f"whole pipeline (overrule {args.overrule})", truth, final, results)
     sources = len({s for _, _, s, _ in rows})
     print(f"\nheld-out {path}: {len(rows)} messages from {sources} sources "
           f"(model trained on the whole shipped corpus)")
@@ -190,6 +211,10 @@ def cross_validate(args):
     for label, answers in order_answers.items():
         pipelines[label] = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(answers, predictions)]
         report(f"pipeline: {label} + model", truth, pipelines[label], results)
+    shipped = [rule_decision(ordered[SHIPPED_ORDER], m, e) for _, e, _, m in rows]
+    pipelines["overruling"] = [overruled(d, p, args.threshold, args.overrule, args.max_unknown)
+                               for d, p in zip(shipped, predictions)]
+    report(f"pipeline: shipped order + model, overrule {args.overrule}", truth, pipelines["overruling"], results)
     blind = [fallback("unknown", p, args.threshold, args.max_unknown) for p in predictions]
     report("rules-blind: model, threshold+guard", truth, blind, results)
 
@@ -217,7 +242,7 @@ def cross_validate(args):
             cells.append(f"u{guard:<4} {right:5.1%} {recall.get('unknown', 0):4.0%} {min(recall.values()):4.0%}")
         print(f"  t {threshold:.1f}: " + " | ".join(cells))
 
-    final = pipelines[SHIPPED_ORDER]
+    final = pipelines["overruling"]
     confusions = Counter((t, a) for t, a in zip(truth, final) if t != a)
     print("\ntop confusions of the whole pipeline (truth -> answer):")
     for (t, a), n in confusions.most_common(12):

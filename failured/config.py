@@ -210,7 +210,8 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
         labels = tuple(map(tuple, labels))
         model = (modelcache.trained(names, labels, lambda: learned_fallback(names, labels))
                  if model_settings.enabled else None)
-        classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence)
+        classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence,
+                                overrule_confidence=model_settings.overrule_confidence)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     for name in sorted(set(document) - TOP_KEYS):
