@@ -92,9 +92,14 @@ class Engine:
         self._notified = threading.Event()  # a notification row was written since the dispatcher was last woken
         # The intake and the retry timer write from two threads of this process. Taking turns on a
         # Python lock hands the write lock over at once; through SQLite's busy handler the waiter
-        # sleeps 1-100 ms and is not woken when the lock frees.
+        # sleeps 1-100 ms and is not woken when the lock frees. (PostgreSQL's writers do not share a lock:
+        # there the threads write side by side, each on its own connection; see _write_turn.)
         self._writes = threading.RLock()
         self._unwritable = set()  # new tasks whose decision could not be written (logged once each)
+
+    def _write_turn(self):
+        """Held around a write: the process's turn at SQLite's one write lock; nothing on PostgreSQL."""
+        return self._writes if self.store.dialect == "sqlite" else nullcontext()
 
     # -- deciding -----------------------------------------------------------
 
@@ -151,7 +156,7 @@ class Engine:
             others = [plan for plan in plans if not _plain_retry(plan)]
             # One commit for a few tasks: commits, not classifying, are what a burst of failures
             # costs; and the statements are ready before BEGIN, so the lock is held briefly.
-            with self._writes, self.store.eager_transaction():
+            with self._write_turn(), self.store.eager_transaction():
                 queued += self._write_retries(retries)
                 for plan in others:
                     due = self._write_guarded(plan)
@@ -220,7 +225,7 @@ class Engine:
     def _decide(self, task, expected_status, event, new_error=None, error_type=None):
         """Classify the task's (new) error, decide, and apply it in one transaction; returns due time or None."""
         plan = self._plan(task, expected_status, new_error, error_type)
-        with self._writes, self.store.eager_transaction():
+        with self._write_turn(), self.store.eager_transaction():
             due = self._write(plan, expected_status, event)
         self._after_write(plan, event)
         return due
@@ -414,13 +419,15 @@ class Engine:
         recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
         # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
         now = self.clock.now()
-        claims = self._prepare_claims(items, now)
         finishes = self._prepare_recovered(recovered, now)
         claimed = []
+        if items and self.store.dialect == "postgresql":  # one round trip: see rows.settle_at_once
+            claimed, items = self._claim_reading_nothing(finishes, items, now)
+            finishes = []
+        claims = self._prepare_claims(items, now)
         if claims or finishes:
-            with self._writes, self.store.eager_transaction():
-                rows.run_prepared(self.store, rows.RECOVER, finishes)
-                claimed = rows.run_prepared(self.store, rows.CLAIM, claims)
+            with self._write_turn():
+                claimed += rows.run_together(self.store, [(rows.RECOVER, finishes), (rows.CLAIM, claims)])[1]
         for item in claimed:
             item.task.status, item.task.attempts = RUNNING, item.attempt
             self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
@@ -430,6 +437,17 @@ class Engine:
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
         dues = [None if outcome.ok else self._retry_failed(claimed_one, outcome) for claimed_one, outcome in results]
         return dues, claimed
+
+    def _claim_reading_nothing(self, finishes, items, now):
+        """PostgreSQL: record ``finishes`` and claim the ``items`` whose task type has a handler, in one
+        statement; returns ([Claimed], the items it left: a handler of the task's own, or no longer due)."""
+        snapshot = self.config()
+        leases = {name: policy.lease_seconds(config.handler.timeout)
+                  for name, config in snapshot.task_types.items() if config.handler is not None}
+        tasks = rows.settle_at_once(self.store, finishes, items, self.owner, now, leases)
+        claimed = [Claimed(task, self.handler_for(task, snapshot), task.attempts) for task in tasks]
+        taken = {task.id for task in tasks}
+        return claimed, [item for item in items if item[0] not in taken]
 
     def _prepare_claims(self, items, now):
         """[(Claimed, claim parameters, event row)] for the items that are due and have a handler."""

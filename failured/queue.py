@@ -14,7 +14,7 @@ import itertools
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 from .handlers import Outcome, TaskContext, run_handler
 
@@ -26,6 +26,12 @@ COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, 
 # written) dozens to a transaction, while a slow handler's retries are still claimed as workers free up.
 CLAIM_AHEAD_SECONDS = 0.02
 CLAIM_AHEAD_MAX = 64
+# The timer claims a retry before it falls due, and its worker starts it on time: the claim's round trip
+# (and a step's wait for the write lock, or the server) is paid before the due time, not after it. The
+# timer wakes CLAIM_LEAD_SECONDS before the earliest due time and claims what falls due within
+# CLAIM_HORIZON_SECONDS, so a steady stream of retries is claimed some milliseconds' worth at a time.
+CLAIM_LEAD_SECONDS = 0.025
+CLAIM_HORIZON_SECONDS = 0.05
 PACE_WEIGHT = 0.2  # the weight of the newest outcome in the handlers' pace (a moving average of durations)
 
 
@@ -72,13 +78,14 @@ class RetryQueue:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
-    def wait_until_due(self, now, longest, due_counts=True):
-        """Block until the earliest entry is due (``now()`` in the heap's time), an earlier push,
-        a ``wake()``, or ``longest`` s. With ``due_counts`` false (no room to run one) only a wake ends it early."""
+    def wait_until_due(self, now, longest, due_counts=True, lead=0.0):
+        """Block until the earliest entry is due (``now()`` in the heap's time) or ``lead`` s before, an
+        earlier push, a ``wake()``, or ``longest`` s. With ``due_counts`` false (no room to run one) only a
+        wake ends it early."""
         with self._changed:
             if not self._woken:
                 deadline = self._next_deadline() if due_counts else None
-                delay = longest if deadline is None else min(deadline - now(), longest)
+                delay = longest if deadline is None else min(deadline - lead - now(), longest)
                 if delay > 0:
                     self._changed.wait(timeout=delay)
             self._woken = False
@@ -91,15 +98,20 @@ class RetryQueue:
 
     def pop_due(self, now, limit):
         """Up to ``limit`` (id, due, type) whose deadline has come, earliest first; ``due`` is as pushed."""
+        return [(task_id, due, task_type) for task_id, due, task_type, _ in self.pop_until(now, limit)]
+
+    def pop_until(self, until, limit):
+        """``pop_due`` of the entries whose deadline comes by ``until``, each with its deadline:
+        (id, due, type, deadline)."""
         popped = []
         with self._changed:
             while self._heap and len(popped) < limit:
                 self._drop_stale()
-                if not self._heap or self._heap[0][0] > now:
+                if not self._heap or self._heap[0][0] > until:
                     break
-                _, _, task_id, task_type, due = heapq.heappop(self._heap)
+                deadline, _, task_id, task_type, due = heapq.heappop(self._heap)
                 del self._due[task_id]
-                popped.append((task_id, due, task_type))
+                popped.append((task_id, due, task_type, deadline))
         return popped
 
     def contains(self, task_id):
@@ -119,6 +131,8 @@ class Runner:
     ``concurrency`` handlers run at a time; ``claim_limit`` retries are claimed at a time,
     the ones beyond ``concurrency`` waiting for a worker at most about CLAIM_AHEAD_SECONDS
     (their leases, twice the handler's timeout and more, start when they are claimed).
+    A retry is claimed up to CLAIM_HORIZON_SECONDS before its due time, and its worker
+    starts it at that time, not before.
     """
 
     def __init__(self, engine, queue, breakers, clock, concurrency, enabled=True, paused=lambda: False):
@@ -130,7 +144,7 @@ class Runner:
         self.enabled = enabled
         self.concurrency = concurrency
         self._pace = None  # the handlers' recent duration (s); None until an outcome came back
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="retry")
+        self._pool = _Workers(concurrency, "retry")
         self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
         self._stopping = threading.Event()
         self._thread = None
@@ -155,7 +169,7 @@ class Runner:
         deadline = self.clock.monotonic() + grace
         while self.running and self.clock.monotonic() < deadline:
             self._step(claiming=False, wait=min(0.2, max(0.0, deadline - self.clock.monotonic())))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         return self.running  # retries still running (left to their leases)
 
     def _loop(self):
@@ -170,7 +184,8 @@ class Runner:
 
     def _wait_until_due(self):
         if self.enabled and not self.paused():
-            self.queue.wait_until_due(self.clock.monotonic, 1.0, due_counts=self.running < self.claim_limit)
+            self.queue.wait_until_due(self.clock.monotonic, 1.0, due_counts=self.running < self.claim_limit,
+                                      lead=CLAIM_LEAD_SECONDS)
         else:
             self._stopping.wait(1.0)
 
@@ -185,25 +200,26 @@ class Runner:
         due = self._pop_due(self.claim_limit - self.running + len(results)) if claiming else []
         if not results and not due:
             return
-        self._started([task_id for task_id, _, _ in due])  # before the claim commits: see running_ids
+        self._started([task_id for task_id, _, _, _ in due])  # before the claim commits: see running_ids
         try:
-            dues, claimed = self.engine.settle(results, [(task_id, expected) for task_id, expected, _ in due])
+            dues, claimed = self.engine.settle(results, [(task_id, expected) for task_id, expected, _, _ in due])
         except Exception:
             ids = " ".join(str(claimed.task.id) for claimed, _ in results)
             log.exception("retry timer: outcomes (tasks %s) not recorded, nothing claimed; "
                           "the scan will take them back", ids or "-")
-            self._finished([claimed.task.id for claimed, _ in results] + [task_id for task_id, _, _ in due])
-            for task_id, expected, task_type in due:  # still scheduled in the table: try again
+            self._finished([claimed.task.id for claimed, _ in results] + [task_id for task_id, _, _, _ in due])
+            for task_id, expected, task_type, _ in due:  # still scheduled in the table: try again
                 self.queue.push(task_id, expected, task_type)
                 self.breakers.release(task_type)
             return
         ours = {item.task.id for item in claimed}
-        for task_id, _, task_type in due:
+        for task_id, _, task_type, _ in due:
             if task_id not in ours:
                 self._finished([task_id])
                 self.breakers.release(task_type)  # a probe that did not run is no probe
+        starts = {task_id: deadline for task_id, _, _, deadline in due}
         for item in claimed:
-            self._pool.submit(self._run, item)
+            self._pool.submit(self._run, item, starts[item.task.id])
         for (claimed_one, outcome), next_due in zip(results, dues):
             self._after_finish(claimed_one, outcome, next_due)
 
@@ -221,20 +237,32 @@ class Runner:
             self._pace = duration if self._pace is None else self._pace + PACE_WEIGHT * (duration - self._pace)
 
     def _pop_due(self, room):
-        """Up to ``room`` due retries the breakers let through (the others are postponed)."""
+        """Up to ``room`` retries due within CLAIM_HORIZON_SECONDS the breakers let through (the others are
+        postponed): (id, due, type, deadline on the heap's clock)."""
         if room <= 0:
             return []
         allowed = []
-        for task_id, due, task_type in self.queue.pop_due(self.clock.monotonic(), room):
+        running = self.running_ids()
+        for task_id, due, task_type, deadline in self.queue.pop_until(self.clock.monotonic() + CLAIM_HORIZON_SECONDS,
+                                                                       room):
+            if task_id in running:
+                # A stale entry of a retry that runs here: the intake's sweep pushed it again while it was being
+                # claimed (still scheduled in what it read). Its claim would fail, and marking it finished
+                # would forget the run: its lease would look abandoned, and one more retry would be claimed.
+                continue
             ok, until = self.breakers.allow(task_type)
             if ok:
-                allowed.append((task_id, due, task_type))
+                allowed.append((task_id, due, task_type, deadline))
             elif self.engine.postpone(task_id, until, "breaker open"):
                 self.queue.push(task_id, until, task_type)
         return allowed
 
-    def _run(self, claimed):
+    def _run(self, claimed, deadline):
+        """Run one claimed retry, not before its due time (``deadline``, on the heap's clock)."""
         task = claimed.task
+        early = deadline - self.clock.monotonic()
+        if early > 0:
+            time.sleep(min(early, CLAIM_HORIZON_SECONDS))  # claimed ahead: at most that early
         try:
             context = TaskContext(id=task.id, task_type=task.task_type, ref=task.ref,
                                   payload=_payload(task.payload), attempt=claimed.attempt)
@@ -274,17 +302,54 @@ class Runner:
             return len(self._running)
 
     def behind(self):
-        """True while a due retry waits and a worker would be idle without it (retries are enabled).
-        Retries claimed ahead keep the workers busy: then the intake need not give way."""
-        if not self.enabled or self.paused() or self.running >= self.concurrency:
+        """True while a retry the timer would claim now (due within CLAIM_LEAD_SECONDS) waits unclaimed and
+        there is room to claim it (retries are enabled): the intake gives way then, so that the timer claims
+        it before it is due rather than behind a commit of decisions."""
+        if not self.enabled or self.paused() or self.running >= self.claim_limit:
             return False
         deadline = self.queue.next_due()
-        return deadline is not None and deadline <= self.clock.monotonic()
+        return deadline is not None and deadline <= self.clock.monotonic() + CLAIM_LEAD_SECONDS
 
     def running_ids(self):
         """The task ids whose retries run in this process now (their leases are alive whatever the clock says)."""
         with self._running_lock:
             return frozenset(self._running)
+
+
+class _Workers:
+    """``count`` threads that run the jobs given to them, in order (started at the first). What a
+    ThreadPoolExecutor does, without a Future per job: at thousands of retries a second its submit cost
+    the retry timer as much as the rest of a claim."""
+
+    def __init__(self, count, name):
+        self._count, self._name = count, name
+        self._jobs = queue.SimpleQueue()
+        self._started = False
+
+    def submit(self, function, *args):
+        if not self._started:
+            self._started = True
+            for n in range(self._count):
+                threading.Thread(target=self._work, name=f"{self._name}_{n}", daemon=True).start()
+        self._jobs.put((function, args))
+
+    def _work(self):
+        while (job := self._jobs.get()) is not None:
+            function, args = job
+            try:
+                function(*args)
+            except Exception:  # a bug must not end the worker
+                log.exception("retry worker: unexpected error; going on")
+
+    def shutdown(self):
+        """Drop the jobs not started yet; each thread ends after the one it runs."""
+        try:
+            while True:
+                self._jobs.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in range(self._count):
+            self._jobs.put(None)
 
 
 class _Outcomes:

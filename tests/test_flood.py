@@ -88,6 +88,27 @@ def test_claim_due_claims_only_the_due_and_each_once(engine, store, clock):
     assert events(ids[0]) == ["reported", "retry_scheduled", "retry_started"]
 
 
+def test_a_claim_checks_the_handler_and_leases_by_it_whether_or_not_it_reads_the_row_first(engine, store, clock):
+    own_handler = {"argv": ["true"], "timeout": 5}  # as `failured exec` reports
+    typed = record_failure(store, "sync", "connection timeout", clock=clock)  # the task type's handler (timeout 10)
+    own = record_failure(store, "no_such_type", "connection timeout", clock=clock, handler=own_handler)
+    orphan = record_failure(store, "no_such_type", "connection timeout", clock=clock, handler=own_handler)
+    queued = {task_id: due for task_id, due, _ in engine.handle_new()}
+    assert set(queued) == {typed, own, orphan}
+    Task.update(handler=None).where(Task.id == orphan).execute()  # its handler gone: nothing to run it with
+    clock.advance(3600)
+    now = clock.now()
+    claimed = {item.task.id: item for item in engine.claim_due([(task_id, due) for task_id, due in queued.items()])}
+    assert sorted(claimed) == sorted([typed, own])
+    assert Task.get_by_id(orphan).status == "scheduled"
+    assert claimed[typed].handler.argv == ("true",) and claimed[own].handler.timeout == 5
+    assert all(item.attempt == 1 and item.task.attempts == 1 and item.task.status == "running" for item in claimed.values())
+    assert Task.get_by_id(typed).lease_until == pytest.approx(now + 2 * 10 + 30, abs=0.01)
+    assert Task.get_by_id(own).lease_until == pytest.approx(now + 2 * 5 + 30, abs=0.01)
+    assert events(typed)[-1] == events(own)[-1] == "retry_started"
+    assert TaskEvent.get((TaskEvent.task == typed) & (TaskEvent.event == "retry_started")).attempt == 1
+
+
 def test_finish_all_records_successes_together_and_decides_each_failure(engine, store, clock):
     ids = report_many(store, clock, 3)
     engine.handle_new()
@@ -196,6 +217,35 @@ def test_stop_records_the_outcome_of_a_retry_still_running(engine, store, clock,
     assert Task.get_by_id(task_id).status == "recovered"
 
 
+def test_a_running_retry_pushed_again_is_neither_claimed_again_nor_forgotten(engine, store, clock, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    runs = []
+
+    def slow(spec, context, on_start=None):
+        runs.append(context.id)
+        started.set()
+        release.wait(30)
+        return Outcome(True)
+
+    monkeypatch.setattr("failured.queue.run_handler", slow)
+    task_id = report_many(store, clock, 1)[0]
+    queue = RetryQueue()
+    engine.handle_new()
+    Task.update(next_retry_at=0.0).where(Task.id == task_id).execute()
+    queue.push(task_id, 0.0, "sync")
+    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=2).start()
+    try:
+        assert started.wait(30)
+        queue.push(task_id, 0.0, "sync")  # the intake's sweep read it as scheduled while it was being claimed
+        queue.wake()
+        assert wait_for(lambda: len(queue) == 0, 30)  # the timer took the stale entry
+        assert runner.running_ids() == frozenset({task_id}) and runner.running == 1  # and still knows it runs
+    finally:
+        release.set()
+        runner.stop(30)
+    assert runs == [task_id] and Task.get_by_id(task_id).status == "recovered"
+
+
 def test_a_wake_before_the_wait_is_not_lost():
     queue = RetryQueue()
     queue.wake()  # e.g. a retry finished while the timer was busy
@@ -253,6 +303,7 @@ def wal_copied(db):
     return copied == pages
 
 
+@pytest.mark.sqlite_only("the checkpoint copies SQLite's WAL; PostgreSQL's server checkpoints its own")
 def test_the_daemon_checkpoints_the_wal_itself(daemon_factory):
     daemon = daemon_factory(SYNC, FAILURE_POLL_SECONDS="3600").start()
     try:

@@ -173,7 +173,7 @@ def test_a_version_4_database_gains_the_daemon_tables_and_event_transactions(loc
             store.db.execute_sql("PRAGMA user_version = 4")
     store.close()
     again = open_store(location)
-    assert again.schema_version() == SCHEMA_VERSION == 5
+    assert again.schema_version() == SCHEMA_VERSION >= 5  # forward to whatever version is current
     assert again.scalar("SELECT count(*) FROM daemons") == 0
     record_failure(again, "sync", "boom again", clock=ManualClock())
     old, new = again.rows("SELECT xact FROM task_events ORDER BY id")

@@ -131,8 +131,49 @@ def test_a_version_1_database_is_migrated_forward_on_open(location):
             store.db.execute_sql("PRAGMA user_version = 1")
     store.close()
     again = open_store(location)
-    assert again.schema_version() == SCHEMA_VERSION == 5
+    assert again.schema_version() == SCHEMA_VERSION == 6
     assert again.label_count() == 0 and again.scalar("SELECT count(*) FROM tasks") == 1
+    again.close()
+
+
+_PARTIAL = ("tasks_category_created_at_fingerprint", "tasks_fingerprint",
+            "tasks_finished_at_category_status_attempts_created_at")
+
+
+def _index_definitions(store):
+    if store.dialect == "sqlite":
+        return dict(store.rows("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'"))
+    return dict(store.rows("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'tasks'"
+                           " AND schemaname = current_schema()"))
+
+
+def test_a_version_5_database_keeps_new_tasks_out_of_the_indexes_of_what_they_lack(location):
+    store = open_store(location)
+    assert all("WHERE" in _index_definitions(store)[name] for name in _PARTIAL)
+    first = report(store)
+    with store.transaction():  # the indexes as schema 5 had them: every row in each
+        for name, columns in zip(_PARTIAL, ('"category", "created_at", "fingerprint"', '"fingerprint"',
+                                            '"finished_at", "category", "status", "attempts", "created_at"')):
+            store.execute(f'DROP INDEX "{name}"')
+            store.execute(f'CREATE INDEX "{name}" ON "tasks" ({columns})')
+        store.execute("UPDATE schema_info SET version = 5")
+        if store.dialect == "sqlite":
+            store.db.execute_sql("PRAGMA user_version = 5")
+    store.close()
+    again = open_store(location)
+    assert again.schema_version() == SCHEMA_VERSION == 6
+    definitions = _index_definitions(again)
+    assert all("WHERE" in definitions[name] and "IS NOT NULL" in definitions[name] for name in _PARTIAL)
+    second = report(again)
+    with again.transaction():
+        assert rows.update_task(again, second, TaskStatus.NEW, {"status": TaskStatus.NOTIFIED, "category": "unknown",
+                                                               "fingerprint": "f1", "finished_at": T0 + 5})
+    # The queries that read through them still find what they look for.
+    assert again.rows("SELECT id FROM tasks WHERE fingerprint = ?", "f1") == [(second,)]
+    assert again.rows("SELECT id FROM tasks WHERE category = ? AND created_at >= ?", "unknown",
+                      again.time(T0 - 60)) == [(second,)]
+    assert again.rows("SELECT id FROM tasks WHERE finished_at >= ?", again.time(T0)) == [(second,)]
+    assert again.rows("SELECT id FROM tasks WHERE status = 'new'") == [(first,)]
     again.close()
 
 

@@ -540,6 +540,7 @@ class PostgresStore(Store):
 
     dialect = "postgresql"
     no_index = ""
+    woke_at = float("-inf")  # (monotonic) when a report of this process last woke the daemons: see tasks.insert_task
 
     def __init__(self, url):
         import psycopg  # only a PostgreSQL store needs the driver

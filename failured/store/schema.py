@@ -14,7 +14,7 @@ from .counters import analyze_index, create_counters
 
 # The version is kept in the schema_info table, which both stores have; SQLite keeps it in
 # PRAGMA user_version too (where failured has always read it there).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 TIME_TYPE = "UTCTIME"  # the field type of UtcTimeField; each store maps it (see database.FIELD_TYPES)
 
 
@@ -77,13 +77,23 @@ class Task(BaseModel):
             (("status", "next_retry_at"), False),
             # Covering index for reports: a period's aggregates never touch the wide rows.
             (("created_at", "category", "task_type", "status", "fingerprint", "attempts", "finished_at"), False),
-            # The console's unknown errors of the last days: an index-only group by fingerprint.
-            (("category", "created_at", "fingerprint"), False),
             (("task_type", "created_at"), False),
-            (("fingerprint",), False),
-            # Recovery rate over tasks that finished in a window (reports and thresholds).
-            (("finished_at", "category", "status", "attempts", "created_at"), False),
         )
+
+
+# Indexes whose first column a new task has no value for (it is classified, then finished, later): only
+# the rows that have one are in them, so a report writes three index entries fewer (they are added by the
+# decision, written for many tasks in one transaction). Every query that uses them compares that column
+# (=, <, >=), which tells both planners the row has a value.
+_PARTIAL_TASK_INDEXES = (
+    # The console's unknown errors of the last days: an index-only group by fingerprint.
+    (Task.category, Task.created_at, Task.fingerprint),
+    (Task.fingerprint,),
+    # Recovery rate over tasks that finished in a window (reports and thresholds).
+    (Task.finished_at, Task.category, Task.status, Task.attempts, Task.created_at),
+)
+for _columns in _PARTIAL_TASK_INDEXES:
+    Task.add_index(*_columns, where=_columns[0].is_null(False))
 
 
 # PostgreSQL: the writing transaction's id, which the processing report's watermark follows (see aggregates).
@@ -318,6 +328,17 @@ def views(dialect):
     }
 
 
+def _partial_task_indexes(store):
+    """Schema 6: the tasks' indexes of ``_PARTIAL_TASK_INDEXES`` rebuilt without the rows that have no value."""
+    for columns in _PARTIAL_TASK_INDEXES:
+        names = [column.column_name for column in columns]
+        index = "tasks_" + "_".join(names)  # peewee's name for it, as the models create it
+        quoted = ", ".join(f'"{name}"' for name in names)
+        store.db.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+        store.db.execute_sql(f'CREATE INDEX "{index}" ON "tasks" ({quoted}) WHERE "{names[0]}" IS NOT NULL')
+        analyze_index(store, index)
+
+
 def _add_event_xact(store):
     """task_events.xact: NULL on the rows already there (the report reaches them by id), filled from now on."""
     if "xact" not in {column.name for column in store.db.get_columns("task_events")}:
@@ -344,4 +365,6 @@ MIGRATIONS = {
     # Several daemons on one PostgreSQL: their membership, the robots' shared minute, the report's transaction ids.
     5: [lambda store: store.create_tables([Member, ChannelSend]), _add_event_xact,
         'DROP INDEX IF EXISTS "task_events_task_id"'],  # (task_id, id) serves every lookup by task
+    # A report writes no entry in the indexes of what a new task does not have yet.
+    6: [_partial_task_indexes],
 }

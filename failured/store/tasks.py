@@ -53,8 +53,14 @@ _INSERT_TASK_AND_EVENT = (  # PostgreSQL: both rows in one statement, so a repor
     f"WITH task AS ({_INSERT_TASK} RETURNING id, created_at, error_message),"
     " event AS (INSERT INTO task_events (task_id, at, event, status, error_message)"
     f" SELECT id, created_at, 'reported', '{NEW}', error_message FROM task RETURNING task_id)"
-    # ... and the daemons' wake-up (store.members.wake_daemons), sent when it commits
-    f" SELECT task_id FROM event, LATERAL (SELECT pg_notify('{WAKE_CHANNEL}', current_schema())) AS wake")
+    " SELECT task_id FROM event")
+# ... and the daemons' wake-up (store.members.wake_daemons), sent when it commits
+_INSERT_TASK_EVENT_AND_WAKE = (
+    _INSERT_TASK_AND_EVENT + f", LATERAL (SELECT pg_notify('{WAKE_CHANNEL}', current_schema())) AS wake")
+# A process's reports wake the daemons at most this often: a NOTIFY costs the server a third of a report
+# (and every daemon a sweep), and a daemon woken by one report decides every report committed by then;
+# one that came just after is seen by the daemons' own look for new tasks (every 10 ms) instead.
+WAKE_EVERY_SECONDS = 0.005
 
 
 def insert_task(store, task_type, ref, source, error_type, message, payload, handler, now):
@@ -62,7 +68,10 @@ def insert_task(store, task_type, ref, source, error_type, message, payload, han
     created = to_db_time(now)
     values = (task_type, ref, source, NEW, error_type, message, payload, handler, created, created)
     if store.dialect != "sqlite":
-        return store.scalar(_INSERT_TASK_AND_EVENT, *values)  # one statement is one transaction
+        sql, moment = _INSERT_TASK_AND_EVENT, time.monotonic()
+        if moment - store.woke_at >= WAKE_EVERY_SECONDS:
+            sql, store.woke_at = _INSERT_TASK_EVENT_AND_WAKE, moment
+        return store.scalar(sql, *values)  # one statement is one transaction
     with store.eager_transaction():  # beside a busy daemon: see eager_transaction
         task_id = store.insert_id(_INSERT_TASK, values)
         store.execute(_INSERT_REPORTED, (task_id, created, NEW, message))
@@ -134,42 +143,125 @@ def run_update(store, statement):
     return store.execute(*statement).rowcount == 1
 
 
-# PostgreSQL runs CLAIM/RECOVER for a whole batch as one statement: one round trip, and the counter
-# trigger (a statement-level one) fires once per batch instead of once per row. The parameters are
-# those of the one-row statement, in the same order, passed as one array per column (unnest): the
-# statement's text is the same for any batch, so the driver parses and prepares it once. RETURNING
-# tells which rows applied.
+# PostgreSQL runs CLAIM/RECOVER for a whole batch, and the events of the rows that applied, as one
+# statement: one round trip, and the counter trigger (a statement-level one) fires once per batch instead
+# of once per row. The parameters are those of the one-row statement and of its event row, in the same
+# order, passed as one array per column (unnest): the statement's text is the same for any batch, so the
+# driver parses and prepares it once. RETURNING tells which rows applied. ``run_together`` runs the
+# outcomes and the claims of a retry timer's step as one statement, its own transaction.
 _BATCHED = {
     CLAIM: (("attempt", "int"), ("owner", "text"), ("lease_until", "timestamptz"), ("now", "timestamptz"),
             ("id", "bigint"), ("due", "timestamptz")),
     RECOVER: (("now", "timestamptz"), ("updated", "timestamptz"), ("id", "bigint"), ("owner", "text")),
 }
 _ID_AT = {sql: [name for name, _ in columns].index("id") for sql, columns in _BATCHED.items()}
+# The columns of ``event_row`` after its task id (the update's id is the event's task).
+_EVENT_ARRAYS = (("e_at", "timestamptz"), ("e_event", "text"), ("e_status", "text"), ("e_category", "text"),
+                 ("e_attempt", "int"), ("e_delay", "float8"), ("e_error", "text"), ("e_detail", "text"))
+# Each part names its rows {v} (the unnested parameters) and the ids it changed {done}.
 _BATCHED_SQL = {
     # A row another daemon is claiming right now is skipped (SKIP LOCKED), not waited for: it is theirs.
-    CLAIM: ("WITH v AS (SELECT * FROM {source} AS u({columns})), free AS ("
-            f"SELECT t.id FROM tasks AS t JOIN v ON t.id = v.id WHERE t.status = '{SCHEDULED}'"
-            " AND t.next_retry_at = v.due FOR UPDATE OF t SKIP LOCKED)"
-            f" UPDATE tasks AS t SET status = '{RUNNING}', attempts = v.attempt, lease_owner = v.owner,"
-            " lease_until = v.lease_until, updated_at = v.now, handler_pid = NULL FROM v"
-            " WHERE t.id = v.id AND t.id IN (SELECT id FROM free) RETURNING t.id"),
-    RECOVER: (f"UPDATE tasks AS t SET status = '{RECOVERED}', finished_at = v.now, updated_at = v.updated,"
-              " lease_owner = NULL, lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
-              " FROM {source} AS v({columns})"
-              f" WHERE t.id = v.id AND t.status = '{RUNNING}' AND t.lease_owner = v.owner RETURNING t.id"),
+    CLAIM: ("{v}_free AS (SELECT t.id FROM tasks AS t JOIN {v} ON t.id = {v}.id"
+            f" WHERE t.status = '{SCHEDULED}' AND t.next_retry_at = {{v}}.due FOR UPDATE OF t SKIP LOCKED),"
+            f" {{done}} AS (UPDATE tasks AS t SET status = '{RUNNING}', attempts = {{v}}.attempt,"
+            " lease_owner = {v}.owner, lease_until = {v}.lease_until, updated_at = {v}.now, handler_pid = NULL"
+            " FROM {v} WHERE t.id = {v}.id AND t.id IN (SELECT id FROM {v}_free) RETURNING t.id)"),
+    RECOVER: (f"{{done}} AS (UPDATE tasks AS t SET status = '{RECOVERED}', finished_at = {{v}}.now,"
+              " updated_at = {v}.updated, lease_owner = NULL, lease_until = NULL, handler_pid = NULL,"
+              " next_retry_at = NULL FROM {v}"
+              f" WHERE t.id = {{v}}.id AND t.status = '{RUNNING}' AND t.lease_owner = {{v}}.owner RETURNING t.id)"),
 }
+_TOGETHER_SQL = {}
 
 
-_BATCHED_TEXT = {sql: text.format(source="unnest(" + ", ".join(f"?::{kind}[]" for _, kind in _BATCHED[sql]) + ")",
-                                   columns=", ".join(name for name, _ in _BATCHED[sql]))
-                 for sql, text in _BATCHED_SQL.items()}
+def _together_text(sqls):
+    """The one statement that runs the batched ``sqls`` (in order) and inserts their events."""
+    text = _TOGETHER_SQL.get(sqls)
+    if text is None:
+        ctes, events, results = [], [], []
+        for n, sql in enumerate(sqls):
+            v, done, columns = f"v{n}", f"done{n}", (*_BATCHED[sql], *_EVENT_ARRAYS)
+            ctes.append(f"{v} AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
+                        f" AS u({', '.join(name for name, _ in columns)}))")
+            ctes.append(_BATCHED_SQL[sql].format(v=v, done=done))
+            events.append(f"SELECT {v}.id, {', '.join(f'{v}.{name}' for name, _ in _EVENT_ARRAYS)}"
+                          f" FROM {v} JOIN {done} ON {done}.id = {v}.id")
+            results.append(f"SELECT {n}, id FROM {done}")
+        ctes.append("events AS (INSERT INTO task_events (task_id, at, event, status, category, attempt,"
+                    f" delay_seconds, error_message, detail) {' UNION ALL '.join(events)})")
+        text = _TOGETHER_SQL[sqls] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}"
+    return text
 
 
-def _run_batched(store, sql, prepared):
-    """PostgreSQL: the items of ``prepared`` whose rows one UPDATE … FROM unnest(…) changed."""
-    arrays = [list(column) for column in zip(*(params for _, params, _ in prepared))]
-    changed = {task_id for (task_id,) in store.rows(_BATCHED_TEXT[sql], *arrays)}
-    return [item for item in prepared if item[1][_ID_AT[sql]] in changed]
+def _run_batched(store, parts):
+    """PostgreSQL: for each (sql, prepared) of ``parts``, the items whose rows one statement changed."""
+    arrays = []
+    for sql, prepared in parts:
+        arrays += [list(column) for column in zip(*(update + event[1:] for _, update, event in prepared))]
+    changed = [set() for _ in parts]
+    for n, task_id in store.rows(_together_text(tuple(sql for sql, _ in parts)), *arrays):
+        changed[n].add(task_id)
+    return [[item for item, params, _ in prepared if params[_ID_AT[sql]] in ids]
+            for (sql, prepared), ids in zip(parts, changed)]
+
+
+# PostgreSQL: claims that read nothing first. The retry heap knows a due retry's id and due time; the
+# statement itself checks the row (still scheduled at that time, give or take the millisecond the stored
+# text keeps, a handler of its task type and none of its own), counts the attempt, leases it for its task
+# type's lease and writes its ``retry_started`` event, and returns the whole row: the timer's step is one
+# round trip, outcomes included. A retry it leaves (one with a handler of its own, or one that moved) is
+# for ``run_prepared``'s CLAIM, which reads the row first.
+_CLAIM_READING_NOTHING = (
+    "c_v AS (SELECT * FROM unnest(?::bigint[], ?::timestamptz[]) AS u(id, due)),"
+    " c_kinds AS (SELECT * FROM unnest(?::text[], ?::float8[]) AS k(task_type, lease)),"
+    " c_free AS (SELECT t.id, c_kinds.lease FROM tasks AS t JOIN c_v ON t.id = c_v.id"
+    " JOIN c_kinds ON c_kinds.task_type = t.task_type"
+    f" WHERE t.status = '{SCHEDULED}' AND t.handler IS NULL AND CASE WHEN c_v.due IS NULL"
+    " THEN t.next_retry_at <= ?::timestamptz + interval '1 millisecond'"
+    " ELSE t.next_retry_at > c_v.due - interval '1 millisecond' AND t.next_retry_at < c_v.due + interval '1 millisecond'"
+    " END FOR UPDATE OF t SKIP LOCKED),"
+    f" c_done AS (UPDATE tasks AS t SET status = '{RUNNING}', attempts = t.attempts + 1, lease_owner = ?,"
+    " lease_until = ?::timestamptz + c_free.lease * interval '1 second', updated_at = ?::timestamptz,"
+    " handler_pid = NULL FROM c_free WHERE t.id = c_free.id RETURNING t.*)"
+)
+_CLAIM_EVENTS = (f"SELECT id, ?::timestamptz, 'retry_started', '{RUNNING}', category, attempts, NULL::float8,"
+                 " NULL::text, NULL::text FROM c_done")
+_SETTLE_SQL = {}
+
+
+def _settle_text(recovering):
+    """The statement of ``settle_at_once``; with ``recovering``, RECOVER's batch first."""
+    text = _SETTLE_SQL.get(recovering)
+    if text is None:
+        ctes, events = [], [_CLAIM_EVENTS]
+        results = [f"SELECT 1, {', '.join(f'c_done.{column}' for column in TASK_COLUMNS)} FROM c_done"]
+        if recovering:
+            columns = (*_BATCHED[RECOVER], *_EVENT_ARRAYS)
+            ctes.append(f"v0 AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
+                        f" AS u({', '.join(name for name, _ in columns)}))")
+            ctes.append(_BATCHED_SQL[RECOVER].format(v="v0", done="done0"))
+            events.insert(0, f"SELECT v0.id, {', '.join(f'v0.{name}' for name, _ in _EVENT_ARRAYS)}"
+                             " FROM v0 JOIN done0 ON done0.id = v0.id")
+            results.append(f"SELECT 0, id{', NULL' * (len(TASK_COLUMNS) - 1)} FROM done0")
+        ctes.append(_CLAIM_READING_NOTHING)
+        ctes.append("events AS (INSERT INTO task_events (task_id, at, event, status, category, attempt,"
+                    f" delay_seconds, error_message, detail) {' UNION ALL '.join(events)})")
+        text = _SETTLE_SQL[recovering] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}"
+    return text
+
+
+def settle_at_once(store, finishes, due, owner, now, leases):
+    """PostgreSQL: RECOVER's ``finishes`` (as ``run_prepared``) and the claim of the ``due`` retries, [(id,
+    expected due or None)], leased to ``owner`` for ``leases[task type]`` seconds, in one statement (its own
+    transaction); returns the claimed tasks, running, their attempt counted."""
+    params = []
+    if finishes:
+        params += [list(column) for column in zip(*(update + event[1:] for _, update, event in finishes))]
+    kinds = sorted(leases.items())
+    params += [[task_id for task_id, _ in due], [None if at is None else stamp(at) for _, at in due],
+               [name for name, _ in kinds], [lease for _, lease in kinds],
+               stamp(now), owner, stamp(now), stamp(now), stamp(now)]
+    return [_task_of(row[1:]) for row in store.rows(_settle_text(bool(finishes)), *params) if row[0] == 1]
 
 
 def _batchable(store, sql, prepared):
@@ -181,17 +273,27 @@ def _batchable(store, sql, prepared):
     return len(set(ids)) == len(ids)
 
 
+def run_together(store, parts):
+    """``run_prepared`` of each (sql, prepared) of ``parts``, in order, in one transaction of its own (or
+    the caller's); returns the applied items of each. On PostgreSQL CLAIM and RECOVER batches are one
+    statement together: one round trip, one transaction, no BEGIN or COMMIT of their own."""
+    given = [(sql, prepared) for sql, prepared in parts if prepared]
+    if given and all(_batchable(store, sql, prepared) for sql, prepared in given):
+        applied = iter(_run_batched(store, given))
+        return [next(applied) if prepared else [] for _, prepared in parts]
+    with store.eager_transaction():
+        return [run_prepared(store, sql, prepared) for sql, prepared in parts]
+
+
 def run_prepared(store, sql, prepared):
     """Run a conditional update per (item, parameters, event row), then insert the events of those
     that applied; returns their items. One executemany when every row applies (the usual case);
     otherwise that is undone and each row runs on its own, to learn which moved meanwhile.
-    PostgreSQL runs the batch as one statement that returns the rows it changed."""
+    PostgreSQL runs the batch (and its events) as one statement that returns the rows it changed."""
     if not prepared:
         return []
     if _batchable(store, sql, prepared):
-        applied = _run_batched(store, sql, prepared)
-        add_events(store, [event for _, _, event in applied])
-        return [item for item, _, _ in applied]
+        return _run_batched(store, [(sql, prepared)])[0]
     if len(prepared) == 1:
         applied = prepared if store.execute(sql, prepared[0][1]).rowcount else []
         add_events(store, [event for _, _, event in applied])
@@ -220,10 +322,18 @@ def recover_params(now, task_id, owner):
 
 # -- loading -----------------------------------------------------------------------
 
+_TIME_AT = frozenset(n for n, column in enumerate(TASK_COLUMNS) if column in _TIME_COLUMNS)
+
+
 def _task_of(row):
-    values = {column: (_epoch(value) if column in _TIME_COLUMNS else value)
-              for column, value in zip(TASK_COLUMNS, row)}
-    return Task(**values)
+    """A Task of a row of TASK_COLUMNS, as ``Task(**values)`` makes it (every field set and dirty), without
+    its per-field cost: a flood builds one per decision and per claim."""
+    task = Task.__new__(Task)
+    task.__data__ = {column: (_epoch(value) if n in _TIME_AT else value)
+                     for n, (column, value) in enumerate(zip(TASK_COLUMNS, row))}
+    task._dirty = set(TASK_COLUMNS)
+    task.__rel__ = {}
+    return task
 
 
 def load_task(store, task_id):
