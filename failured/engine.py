@@ -18,6 +18,7 @@ from . import policy
 from .classify import Classification
 from .fingerprint import fingerprint
 from .handlers import HandlerSpec
+from .intake import clean_text
 from .members import SoloMembership
 from .metrics import Metrics
 from .notify import messages
@@ -358,6 +359,7 @@ class Engine:
         if task.status == RUNNING:
             raise RefusedError(f"task {task_id} is running a retry right now: label it when it finishes")
         now = self.clock.now()
+        note = clean_text(note) if note else note  # an operator's text is stored as a reporter's is
         try:
             with self.store.transaction():
                 self.store.add_label(task, category.name, now, note)
@@ -482,8 +484,9 @@ class Engine:
         task = claimed.task
         task.lease_owner = self.owner
         try:
-            return self._decide(task, RUNNING, "retry_failed", new_error=outcome.error or "retry failed",
-                                error_type=outcome.error_type)
+            # a handler's text is stored as a reporter's is: whatever it printed or raised, both stores hold it
+            return self._decide(task, RUNNING, "retry_failed", new_error=clean_text(outcome.error or "retry failed"),
+                                error_type=clean_text(outcome.error_type) if outcome.error_type else None)
         except _Moved:
             return None
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .intake import clean_text
 from .secrets import ENV_REF, expand_env
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def _run_command(spec, task, on_start):
 def _file_tail(f):
     f.seek(0, os.SEEK_END)
     f.seek(max(0, f.tell() - MAX_ERROR_BYTES))
-    return _tail(f.read().decode("utf-8", "replace").strip(), MAX_ERROR_BYTES - 32)
+    return _tail(clean_text(f.read()).strip(), MAX_ERROR_BYTES - 32)
 
 
 def _tail(text, limit):
@@ -317,7 +318,7 @@ def _run_http(spec, task, on_start):
             status = resp.status_code
             if 200 <= status < 300:
                 return Outcome(True)
-            excerpt = next(resp.iter_content(4 * MAX_BODY_CHARS), b"").decode("utf-8", "replace")
+            excerpt = clean_text(next(resp.iter_content(4 * MAX_BODY_CHARS), b""))
     except requests.RequestException as exc:
         return Outcome(False, _mask(str(exc), secrets), type(exc).__name__)
     excerpt = _mask(excerpt, secrets)[:MAX_BODY_CHARS].strip()  # mask first: a cut secret still leaks

@@ -23,7 +23,12 @@ _reporting = {}  # what the reporting settings were read from -> those settings 
 
 
 def clean_text(value):
-    """Any str/bytes -> valid UTF-8 text: bad bytes and lone surrogates become U+FFFD."""
+    """Any str/bytes -> valid UTF-8 text both stores hold: bad bytes, lone surrogates and NUL become U+FFFD
+    (PostgreSQL's text cannot hold U+0000; SQLite would, and the two must store the same text)."""
+    return _valid_utf8(value).replace("\x00", "\ufffd")
+
+
+def _valid_utf8(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     text = str(value)

@@ -4,6 +4,7 @@ import json
 import re
 
 from .errors import InputError, RefusedError, TaskNotFound
+from .intake import clean_text
 from .states import TaskStatus
 from .store import tasks as rows
 from .store.members import wake_daemons
@@ -104,6 +105,7 @@ def requeue(store, snapshot, now, dry_run=False, **filters):
 
 def resolve(store, task_id, now, note=None):
     """Close a task by hand."""
+    note = clean_text(note) if note else note  # an operator's text is stored as a reporter's is
     task = _get(store, task_id)
     if task.status == RUNNING:
         raise RefusedError(f"task {task_id} is running a retry right now: resolve it when it finishes")
