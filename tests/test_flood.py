@@ -196,28 +196,8 @@ def test_a_flood_of_quick_retries_is_claimed_many_to_a_transaction(engine, store
     assert all(events(task_id) == ["reported", "retry_scheduled", "retry_started", "recovered"] for task_id in ids)
 
 
-def test_stop_records_the_outcome_of_a_retry_still_running(engine, store, clock, monkeypatch):
-    started, release = threading.Event(), threading.Event()
-
-    def slow(spec, context, on_start=None):
-        started.set()
-        release.wait(30)
-        return Outcome(True)
-
-    monkeypatch.setattr("failured.queue.run_handler", slow)
-    task_id = report_many(store, clock, 1)[0]
-    queue = RetryQueue()
-    engine.handle_new()
-    Task.update(next_retry_at=0.0).where(Task.id == task_id).execute()
-    queue.push(task_id, 0.0, "sync")
-    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=1).start()
-    assert started.wait(30)
-    threading.Timer(0.05, release.set).start()
-    assert runner.stop(30) == 0
-    assert Task.get_by_id(task_id).status == "recovered"
-
-
-def test_a_running_retry_pushed_again_is_neither_claimed_again_nor_forgotten(engine, store, clock, monkeypatch):
+def held_retry(engine, store, clock, monkeypatch, concurrency):
+    """One due retry whose handler runs until ``release`` is set: (task id, queue, runner, started, release, runs)."""
     started, release = threading.Event(), threading.Event()
     runs = []
 
@@ -233,7 +213,21 @@ def test_a_running_retry_pushed_again_is_neither_claimed_again_nor_forgotten(eng
     engine.handle_new()
     Task.update(next_retry_at=0.0).where(Task.id == task_id).execute()
     queue.push(task_id, 0.0, "sync")
-    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=2).start()
+    breakers = Breakers(BreakerConfig(), persist=False, clock=clock)
+    runner = Runner(engine, queue, breakers, clock, concurrency=concurrency).start()
+    return task_id, queue, runner, started, release, runs
+
+
+def test_stop_records_the_outcome_of_a_retry_still_running(engine, store, clock, monkeypatch):
+    task_id, _, runner, started, release, _ = held_retry(engine, store, clock, monkeypatch, concurrency=1)
+    assert started.wait(30)
+    threading.Timer(0.05, release.set).start()
+    assert runner.stop(30) == 0
+    assert Task.get_by_id(task_id).status == "recovered"
+
+
+def test_a_running_retry_pushed_again_is_neither_claimed_again_nor_forgotten(engine, store, clock, monkeypatch):
+    task_id, queue, runner, started, release, runs = held_retry(engine, store, clock, monkeypatch, concurrency=2)
     try:
         assert started.wait(30)
         queue.push(task_id, 0.0, "sync")  # the intake's sweep read it as scheduled while it was being claimed
