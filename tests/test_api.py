@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import socket
-import sqlite3
 import time
 from dataclasses import fields as dataclass_fields
 from importlib import resources
@@ -19,7 +18,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import SMALL_PATTERNS, DaemonProcess, write_config
+from conftest import SMALL_PATTERNS, STORES, DaemonProcess, daemon_env, store_location, write_config
 from failured.api import MAX_BODY_BYTES, ApiServer, check_exposure, parse_address
 from failured.backend import Backend
 from failured.clock import SystemClock
@@ -113,12 +112,8 @@ def raw_exchange(port, data, read_timeout=5):
         return response.status, response.headers, json.loads(response.read())
 
 
-def count_tasks(db):
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        return con.execute("SELECT count(*) FROM tasks").fetchone()[0]
-    finally:
-        con.close()
+def count_tasks(daemon):
+    return daemon.query("SELECT count(*) FROM tasks")[0][0]
 
 
 def free_port():
@@ -127,7 +122,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-# -- in process: the real Backend over a real SQLite store --------------------------------------
+# -- in process: the real Backend over a real store --------------------------------------------
 
 class Harness:
     def __init__(self, store, snapshot):
@@ -514,23 +509,22 @@ wired = pytest.mark.skipif("http_addr" not in {f.name for f in dataclass_fields(
                            reason="the daemon does not know FAILURE_HTTP_ADDR yet")
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    """One daemon for the module; FAILURE_POLL_SECONDS=30 so only a wake-up can explain a quick reaction."""
+@pytest.fixture(scope="module", params=STORES)
+def daemon(request, tmp_path_factory):
+    """One daemon for the module on each store; FAILURE_POLL_SECONDS=30 so only a wake-up can explain a quick
+    reaction."""
     if "http_addr" not in {f.name for f in dataclass_fields(Settings)}:
         pytest.skip("the daemon does not know FAILURE_HTTP_ADDR yet")
     workdir = tmp_path_factory.mktemp("api-daemon")
     config = write_config(workdir / "config", SMALL_PATTERNS, HANDLERS)
     port = free_port()
-    process = DaemonProcess(workdir, {
-        "FAILURE_DB": str(workdir / "data" / "failured.db"), "FAILURE_CONFIG_DIR": str(config),
-        "FAILURE_LOG_DIR": str(workdir / "logs"), "FAILURE_REPORT_DIR": str(workdir / "reports"),
-        "FAILURE_POLL_SECONDS": "30", "FAILURE_LOG_LEVEL": "INFO",
-        "FAILURE_HTTP_ADDR": f"127.0.0.1:{port}", "FAILURE_API_TOKEN": TOKEN,
-    }).start()
-    process.port = port
-    yield process
-    process.close()
+    with store_location(request.param, workdir) as db:
+        process = DaemonProcess(workdir, daemon_env(workdir, db, config, FAILURE_POLL_SECONDS=30,
+                                                    FAILURE_HTTP_ADDR=f"127.0.0.1:{port}",
+                                                    FAILURE_API_TOKEN=TOKEN)).start()
+        process.port = port
+        yield process
+        process.close()
 
 
 @pytest.fixture
@@ -590,7 +584,7 @@ def test_daemon_serves_successes_status_health_metrics_and_openapi(remote, daemo
 
 @wired
 def test_daemon_error_answers(remote, daemon):
-    before = count_tasks(daemon.db)
+    before = count_tasks(daemon)
     cases = [
         (remote.call("POST", "/v1/failures", b'{"task_type": "sync", "error": "' + b"x" * MAX_BODY_BYTES + b'"}'),
          413, "payload_too_large"),
@@ -610,7 +604,7 @@ def test_daemon_error_answers(remote, daemon):
          "unauthorized"),
     ]
     assert [(a.status, a.data["error"]) for a, _, _ in cases] == [(s, e) for _, s, e in cases]
-    assert count_tasks(daemon.db) == before
+    assert count_tasks(daemon) == before
 
 
 json_values = st.recursive(
@@ -635,15 +629,15 @@ def acceptable_report(value):
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values | near_misses | reports)
 def test_fuzz_json_bodies_are_4xx_and_store_nothing(remote, daemon, body):
-    before = count_tasks(daemon.db)
+    before = count_tasks(daemon)
     answer = remote.call("POST", "/v1/failures", json.dumps(body).encode())
     event(f"answered {answer.status}")
     if acceptable_report(body):  # what the document allows is accepted, and nothing else
         assert answer.status == 201, answer
-        assert count_tasks(daemon.db) == before + 1
+        assert count_tasks(daemon) == before + 1
     else:
         assert answer.status == 400, (body, answer)
-        assert count_tasks(daemon.db) == before
+        assert count_tasks(daemon) == before
     assert daemon.proc.poll() is None
 
 
@@ -651,14 +645,15 @@ def test_fuzz_json_bodies_are_4xx_and_store_nothing(remote, daemon, body):
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=200), content_type=st.sampled_from(["application/json", "text/plain", None]))
 def test_fuzz_byte_bodies_are_4xx_and_store_nothing(remote, daemon, body, content_type):
-    before = count_tasks(daemon.db)
+    before = count_tasks(daemon)
     answer = remote.call("POST", "/v1/failures", body, headers={"Content-Type": content_type})
     assert 400 <= answer.status < 500, answer
-    assert count_tasks(daemon.db) == before
+    assert count_tasks(daemon) == before
     assert remote.call("GET", "/healthz").status == 200
 
 
 @wired
+@pytest.mark.sqlite_suffices("refused before the store is opened")
 def test_daemon_refuses_a_public_address_without_a_token(daemon_factory):
     daemon = daemon_factory(FAILURE_HTTP_ADDR=f"0.0.0.0:{free_port()}")
     result = daemon.cli("run", timeout=30)
@@ -667,6 +662,7 @@ def test_daemon_refuses_a_public_address_without_a_token(daemon_factory):
 
 
 @wired
+@pytest.mark.sqlite_suffices("the HTTP server's start")
 def test_daemon_exits_clearly_when_its_port_is_taken(daemon_factory):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -679,6 +675,7 @@ def test_daemon_exits_clearly_when_its_port_is_taken(daemon_factory):
 
 
 @wired
+@pytest.mark.sqlite_suffices("the HTTP server's start (reports through the API are test_api's module daemon's)")
 def test_daemon_without_a_token_serves_loopback_and_says_so(daemon_factory):
     port = free_port()
     daemon = daemon_factory(FAILURE_HTTP_ADDR=f"127.0.0.1:{port}").start()
@@ -687,6 +684,7 @@ def test_daemon_without_a_token_serves_loopback_and_says_so(daemon_factory):
 
 
 @wired
+@pytest.mark.sqlite_suffices("the HTTP server's start")
 def test_daemon_with_http_off_starts_no_server(daemon_factory):
     daemon = daemon_factory(FAILURE_HTTP_ADDR="off").start()
     daemon.stop()

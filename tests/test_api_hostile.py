@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import SMALL_PATTERNS, DaemonProcess, write_config
+from conftest import SMALL_PATTERNS, STORES, DaemonProcess, daemon_env, store_location, write_config
+from test_hostile import assert_no_secret_in
 
 SECRET = "hostile-secret-token-5b2f0c9e4d71"  # the daemon's FAILURE_API_TOKEN: a secret it knows
 DEEP_JSON = '{"a":' + "[" * 20_000 + "]" * 20_000 + "}"  # 40 KB, nested 20,001 deep
@@ -55,18 +56,19 @@ def request_body(n):
     return kind, error if isinstance(error, bytes) else {"task_type": f"hostile_{kind}", "error": error}
 
 
-@pytest.fixture(scope="module")
-def attacked(tmp_path_factory):
-    """One daemon, 200 concurrent requests; yields (daemon, [(kind, status, data)])."""
+@pytest.fixture(scope="module", params=STORES)
+def attacked(request, tmp_path_factory):
+    """One daemon on each store, 200 concurrent requests; yields (daemon, [(kind, status, data)])."""
     workdir = tmp_path_factory.mktemp("hostile")
+    with store_location(request.param, workdir) as db:
+        yield from _attack(workdir, db)
+
+
+def _attack(workdir, db):
     port = free_port()
-    daemon = DaemonProcess(workdir, {
-        "FAILURE_DB": str(workdir / "data" / "failured.db"),
-        "FAILURE_CONFIG_DIR": str(write_config(workdir / "config", SMALL_PATTERNS)),
-        "FAILURE_LOG_DIR": str(workdir / "logs"), "FAILURE_REPORT_DIR": str(workdir / "reports"),
-        "FAILURE_POLL_SECONDS": "0.05", "FAILURE_LOG_LEVEL": "INFO",
-        "FAILURE_HTTP_ADDR": f"127.0.0.1:{port}", "FAILURE_API_TOKEN": SECRET,
-    }).start()
+    daemon = DaemonProcess(workdir, daemon_env(workdir, db, write_config(workdir / "config", SMALL_PATTERNS),
+                                               FAILURE_HTTP_ADDR=f"127.0.0.1:{port}",
+                                               FAILURE_API_TOKEN=SECRET)).start()
     daemon.port = port
     lock, answers = threading.Lock(), []
 
@@ -131,11 +133,6 @@ def test_a_deeply_nested_json_error_is_201_and_the_task_is_decided(attacked):
 
 def test_no_secret_is_stored(attacked):
     daemon, _ = attacked
-    tables = [row[0] for row in daemon.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    for table in tables:
-        for column in [row[1] for row in daemon.query(f"PRAGMA table_info({table})")]:
-            found = daemon.query(f"SELECT count(*) FROM {table} WHERE instr(CAST({column} AS TEXT), ?) > 0",
-                                 SECRET)[0][0]
-            assert found == 0, f"{table}.{column} holds the secret {found} times"
+    assert_no_secret_in(daemon.db, SECRET)
     for log_file in (daemon.workdir / "logs").glob("*"):
         assert SECRET not in log_file.read_text(errors="replace"), log_file

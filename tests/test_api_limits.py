@@ -213,6 +213,7 @@ def test_the_cap_stays_below_half_the_descriptor_limit(wanted, limit, expected):
     assert connection_cap(wanted, limit) == expected
 
 
+@pytest.mark.sqlite_suffices("the HTTP server's connection cap")
 def test_the_daemon_answers_healthz_and_decides_tasks_while_300_connections_are_open(daemon_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -80,6 +80,7 @@ def api_over(tmp_path):
         store.close()
 
 
+@pytest.mark.sqlite_only("a full filesystem under the SQLite file")
 def test_a_full_disk_is_507_disk_full_in_one_line_and_writes_resume_when_space_returns(small_disk, api_over, caplog):
     store = open_store(small_disk / "failured.db")
     server = api_over(store)
@@ -103,6 +104,7 @@ def test_a_full_disk_is_507_disk_full_in_one_line_and_writes_resume_when_space_r
     assert post(server.port, {"task_type": "sync", "error": "after"})[0] == 201
 
 
+@pytest.mark.sqlite_only("SQLite's query_only PRAGMA makes the database read-only")
 def test_a_read_only_database_is_503_unavailable_naming_it(tmp_path, api_over, caplog):
     store = open_store(tmp_path / "data" / "failured.db")
     # SQLite's own read-only mode for every connection the request threads open (root ignores file modes).

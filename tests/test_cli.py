@@ -1,40 +1,45 @@
 """The real ``failured`` command in subprocesses."""
 
 import json
-import sqlite3
 
-from conftest import run_cli, shipped_config_files
+import pytest
+
+from conftest import Database, query, run_cli, shipped_config_files
 
 
-def env_for(tmp_path, config_dir=None):
-    env = {"FAILURE_DB": str(tmp_path / "db.sqlite"), "FAILURE_LOG_DIR": str(tmp_path / "logs")}
+def env_for(tmp_path, config_dir=None, db=None):
+    """The commands' environment; their database is ``db`` (a path or a URL), a SQLite file in tmp_path by default."""
+    env = {"FAILURE_DB": str(db or tmp_path / "db.sqlite"), "FAILURE_LOG_DIR": str(tmp_path / "logs")}
     if config_dir:
         env["FAILURE_CONFIG_DIR"] = str(config_dir)
     return env
 
 
-def test_report_records_a_task_and_prints_its_id(tmp_path):
+def test_report_records_a_task_and_prints_its_id(tmp_path, db_location):
     result = run_cli("report", "--type", "tracking_update", "--error", "connection timeout",
-                     "--payload", '{"order_id": 5}', "--ref", "o-5", "--json", env=env_for(tmp_path))
+                     "--payload", '{"order_id": 5}', "--ref", "o-5", "--json", env=env_for(tmp_path, db=db_location))
     assert result.returncode == 0, result.stderr
     task_id = json.loads(result.stdout)["task_id"]
-    row = sqlite3.connect(tmp_path / "db.sqlite").execute(
-        "SELECT task_type, ref, payload, source FROM tasks WHERE id=?", (task_id,)).fetchone()
-    assert row == ("tracking_update", "o-5", '{"order_id": 5}', "cli")
+    row = query(db_location, "SELECT task_type, ref, payload, source FROM tasks WHERE id=?", task_id)
+    assert row == [("tracking_update", "o-5", '{"order_id": 5}', "cli")]
 
 
-def test_report_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+@pytest.mark.sqlite_suffices("the arguments are checked before any store is opened")
+def test_report_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, db_location):
     for args, expected in [
         (("--type", "t", "--error", "x", "--payload", "[1]"), "payload must be a JSON object"),
         (("--type", "", "--error", "x"), "task type is empty"),
         (("--type", "t", "--error", "x", "--colour", "red"), "unrecognized arguments: --colour red"),
     ]:
-        result = run_cli("report", *args, env=env_for(tmp_path))
+        result = run_cli("report", *args, env=env_for(tmp_path, db=db_location))
         assert result.returncode == 2
         assert expected in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    db = tmp_path / "db.sqlite"
-    assert not db.exists() or sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+    database = Database(db_location)
+    try:  # no database made (no SQLite file, no table in the PostgreSQL schema), or none of its tasks
+        assert "tasks" not in database.tables() or database.query("SELECT count(*) FROM tasks") == [(0,)]
+    finally:
+        database.close()
 
 
 def test_classify_explains_one_message(tmp_path, config_dir):

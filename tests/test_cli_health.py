@@ -12,10 +12,10 @@ from failured.store import open_store
 
 
 @pytest.fixture
-def env(tmp_path, config_dir):
-    store = open_store(tmp_path / "failured.db")
+def env(db_location, config_dir):
+    store = open_store(db_location)
     store.close()
-    return {"FAILURE_DB": str(tmp_path / "failured.db"), "FAILURE_CONFIG_DIR": str(config_dir)}
+    return {"FAILURE_DB": db_location, "FAILURE_CONFIG_DIR": str(config_dir)}
 
 
 def _set(env, key, value):

@@ -13,6 +13,10 @@ from conftest import run_cli
 from failured.intake import record_failure
 from failured.store import open_store
 
+# A SQLite file's life: missing, created with its directory, on a full or a read-only filesystem. (An empty
+# PostgreSQL schema: test_store_postgres; an unreachable server: test_store_postgres and test_migrate_store.)
+pytestmark = pytest.mark.sqlite_only("what the CLI says of the SQLite file itself")
+
 READ_ONLY_COMMANDS = [("status",), ("status", "--json"), ("show", "1"), ("scan",), ("analyze",),
                       ("recover", "1"), ("resolve", "1"), ("requeue", "--dry-run")]
 

@@ -37,6 +37,7 @@ def test_an_oversized_config_file_is_refused(config_dir):
     assert any("50-huge.toml" in e.path and "bytes" in e.reason for e in caught.value.errors)
 
 
+@pytest.mark.sqlite_suffices("the config watcher")
 def test_a_running_daemon_survives_a_fifo_and_takes_the_next_good_edit(daemon_factory, tmp_path):
     daemon = daemon_factory().start()
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from failured.clock import to_db_time
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -35,7 +36,11 @@ except ImportError:
     MISSING = "selenium is not installed (pip install -e .[test])"
 if MISSING is None and not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
     MISSING = "Chromium or its driver is absent (apt-get install chromium chromium-driver)"
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+# A browser run costs seconds: the console's pages read the API and store that test_api and test_console run
+# on both stores, so the browser drives a SQLite daemon only.
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=MISSING or ""),
+              pytest.mark.sqlite_suffices("the console's pages over the API, run on both stores in test_api "
+                                          "and test_console")]
 
 TOKEN = "console-browser-token-0123456789"
 SHOTS = Path(os.environ["FAILURE_TEST_SCREENSHOTS"]) if os.environ.get("FAILURE_TEST_SCREENSHOTS") else None
@@ -208,8 +213,8 @@ def test_console_end_to_end(daemon, browser):
 
     # notifications: a failed row, sent again
     daemon.query("INSERT INTO notifications (created_at, audience, kind, title, body, status, channel, attempts, "
-                 "last_error) VALUES (strftime('%Y-%m-%d %H:%M:%f','now'), 'admin', 'task', 'hello', 'body', "
-                 "'failed', 'log', 5, 'HTTP 500 from the robot')")
+                 "last_error) VALUES (?, 'admin', 'task', 'hello', 'body', 'failed', 'log', 5, "
+                 "'HTTP 500 from the robot')", to_db_time(time.time()))  # a time either store reads
     row_id = daemon.query("SELECT max(id) FROM notifications WHERE status = 'failed'")[0][0]
     driver.get(daemon.base + "/ui/notifications")
     row = element(driver, f'tr[data-notification-id="{row_id}"]')

@@ -3,6 +3,8 @@
 import os
 import signal
 
+import pytest
+
 from conftest import wait_for
 from failured.intake import record_failure
 from failured.store import open_store
@@ -41,10 +43,19 @@ def runs(log):
     return [(what, int(pid), int(task)) for what, pid, task in (line.split() for line in log.read_text().splitlines())]
 
 
-def test_kill_9_mid_run_then_restart_loses_nothing_and_never_overlaps(daemon_factory, tmp_path):
+@pytest.fixture
+def barrier(tmp_path):
+    """The file the handler runs wait for; made at the end whatever happened, so that a failed test leaves no
+    run (and no daemon's stop) waiting on it."""
+    path = tmp_path / "barrier"
+    yield path
+    path.touch()
+
+
+def test_kill_9_mid_run_then_restart_loses_nothing_and_never_overlaps(daemon_factory, tmp_path, barrier):
     script = tmp_path / "handler.py"
     script.write_text(HANDLER)
-    log, barrier = tmp_path / "runs.log", tmp_path / "barrier"
+    log = tmp_path / "runs.log"
     # a timeout far above any wait here: no run is cut short, and the lease (2 x 60 + 30 s) cannot run out
     main = command_handler("slow", script, str(barrier), str(log), "{task_id}", timeout=60)
     daemon = daemon_factory(main, FAILURE_RETRY_CONCURRENCY=CONCURRENCY).start()

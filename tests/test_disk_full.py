@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from test_api_store import fill, small_disk  # noqa: F401 - the real tmpfs fixture
 
 
+@pytest.mark.sqlite_only("a full disk under the SQLite file; a PostgreSQL server's disk is the server's to watch")
 def test_daemon_survives_a_full_disk_says_so_and_resumes_when_space_returns(daemon_factory, small_disk, tmp_path):
     daemon = daemon_factory(FAILURE_DB=str(small_disk / "failured.db")).start()
     try:

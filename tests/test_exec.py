@@ -1,55 +1,56 @@
 """``failured exec``: output passes through, failures are recorded with the argv as their handler."""
 
 import json
-import sqlite3
 import sys
 
-from conftest import run_cli
+import pytest
+
+from conftest import query, run_cli
 from test_daemon import final_status
 
 
-def env_for(tmp_path):
-    return {"FAILURE_DB": str(tmp_path / "db.sqlite")}
+def env_for(db_location):
+    return {"FAILURE_DB": db_location}
 
 
-def test_failing_command_is_recorded_and_its_status_passed_on(tmp_path):
+def test_failing_command_is_recorded_and_its_status_passed_on(db_location):
     code = "import sys; print('to stdout'); sys.stderr.write('disk space exhausted on /data\\n'); sys.exit(3)"
     result = run_cli("exec", "--type", "nightly", "--ref", "job-1", "--", sys.executable, "-c", code,
-                     env=env_for(tmp_path))
+                     env=env_for(db_location))
     assert result.returncode == 3
     assert "to stdout" in result.stdout and "disk space exhausted" in result.stderr
-    row = sqlite3.connect(tmp_path / "db.sqlite").execute(
-        "SELECT task_type, ref, source, error_message, handler FROM tasks").fetchone()
+    [row] = query(db_location, "SELECT task_type, ref, source, error_message, handler FROM tasks")
     assert row[:4] == ("nightly", "job-1", "exec", "disk space exhausted on /data")
     handler = json.loads(row[4])
     assert handler["argv"][0] == sys.executable and handler["cwd"]
 
 
-def test_literal_braces_in_the_argv_stay_literal_in_the_handler(tmp_path):
-    run_cli("exec", "--type", "t", "--", sys.executable, "-c", "import sys; sys.exit(1)", "{x}", env=env_for(tmp_path))
-    handler = json.loads(sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT handler FROM tasks").fetchone()[0])
+@pytest.mark.sqlite_suffices("the handler's argv as exec writes it")
+def test_literal_braces_in_the_argv_stay_literal_in_the_handler(db_location):
+    run_cli("exec", "--type", "t", "--", sys.executable, "-c", "import sys; sys.exit(1)", "{x}",
+            env=env_for(db_location))
+    handler = json.loads(query(db_location, "SELECT handler FROM tasks")[0][0])
     assert handler["argv"][-1] == "{{x}}"
 
 
-def test_success_is_counted_for_the_failure_rate(tmp_path):
-    result = run_cli("exec", "--type", "nightly", "--", sys.executable, "-c", "pass", env=env_for(tmp_path))
+def test_success_is_counted_for_the_failure_rate(db_location):
+    result = run_cli("exec", "--type", "nightly", "--", sys.executable, "-c", "pass", env=env_for(db_location))
     assert result.returncode == 0
-    con = sqlite3.connect(tmp_path / "db.sqlite")
-    assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
-    assert con.execute("SELECT sum(count) FROM success_counts WHERE task_type='nightly'").fetchone()[0] == 1
+    assert query(db_location, "SELECT count(*) FROM tasks") == [(0,)]
+    assert query(db_location, "SELECT sum(count) FROM success_counts WHERE task_type='nightly'") == [(1,)]
 
 
-def test_command_not_found_exits_127_and_is_recorded(tmp_path):
-    result = run_cli("exec", "--type", "t", "--", "/no/such/cmd-xyz", env=env_for(tmp_path))
+@pytest.mark.sqlite_suffices("exec's exit status and message")
+def test_command_not_found_exits_127_and_is_recorded(db_location):
+    result = run_cli("exec", "--type", "t", "--", "/no/such/cmd-xyz", env=env_for(db_location))
     assert result.returncode == 127
-    error = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT error_message FROM tasks").fetchone()[0]
-    assert error == "command not found: /no/such/cmd-xyz"
+    assert query(db_location, "SELECT error_message FROM tasks") == [("command not found: /no/such/cmd-xyz",)]
 
 
 def test_bad_payload_is_refused_before_running_anything(tmp_path):
     marker = tmp_path / "ran"
     result = run_cli("exec", "--type", "t", "--payload", "[1]", "--", sys.executable, "-c",
-                     f"open({str(marker)!r}, 'w')", env=env_for(tmp_path))
+                     f"open({str(marker)!r}, 'w')", env=env_for(str(tmp_path / "db.sqlite")))
     assert result.returncode == 2 and "payload must be a JSON object" in result.stderr
     assert not marker.exists()
 

@@ -1,19 +1,18 @@
 """Hostile reporters and handlers: nothing they send stops intake, blocks other tasks or stores a secret."""
 
 import dataclasses
-import sqlite3
 import sys
 import threading
 
 import pytest
 
-from conftest import SMALL_PATTERNS, SYNC_HANDLER, write_config
+from conftest import SMALL_PATTERNS, SYNC_HANDLER, Database, write_config
 from failured.config import load_config
 from failured.engine import Engine
 from failured.handlers import Outcome
 from failured.intake import record_failure
 from failured.settings import Settings
-from failured.store import Task, open_store
+from failured.store import Task, epoch, open_store
 
 SECRET = "SECdeadbeef0123456789abcdef"
 HANDLER = SYNC_HANDLER
@@ -71,6 +70,18 @@ def test_a_retry_whose_new_error_breaks_the_classifier_ends_instead_of_running_a
     assert (task.status, task.category, task.lease_owner) == ("notified", "unknown", None)
 
 
+def test_a_retry_whose_error_holds_nul_bytes_is_decided_like_any_other(store, clock, snapshot):
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    engine.finish(engine.claim(task_id), Outcome(ok=False, error="connection\x00 timeout\x00 from the handler",
+                                                 duration=0.1))
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.attempts, task.lease_owner) == ("scheduled", 1, None)
+    assert "timeout" in task.error_message and "from the handler" in task.error_message
+
+
 def test_known_secrets_are_masked_in_the_stored_error_and_its_first_event(tmp_path, store, clock, monkeypatch):
     monkeypatch.setenv("FH_ROBOT_SECRET", SECRET)
     main = HANDLER + '\n[channels.ops]\nkind = "webhook"\nurl = "http://127.0.0.1:9/hook"\nsecret = "${FH_ROBOT_SECRET}"\n'
@@ -85,19 +96,20 @@ def test_known_secrets_are_masked_in_the_stored_error_and_its_first_event(tmp_pa
 
 def assert_no_secret_in_store(store, secret):
     """Every table of an open store (SQLite or PostgreSQL), every value."""
-    for table in store.db.get_tables():
-        for row in store.db.execute_sql(f'SELECT * FROM "{table}"').fetchall():
-            assert not any(secret in str(value) for value in row), (table, row)
+    assert_no_secret_in(getattr(store, "url", store.path), secret)  # a PostgresStore's path masks its password
 
 
-def assert_no_secret_in(db_path, secret):
-    con = sqlite3.connect(db_path)
+def assert_no_secret_in(db, secret):
+    """Every table of the database at ``db`` (a SQLite file or a PostgreSQL URL), every value."""
+    database = Database(db)
     try:
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-            for row in con.execute(f"SELECT * FROM {table}"):
+        tables = database.tables()
+        assert "tasks" in tables, tables  # the right database (a PostgreSQL schema's, not public)
+        for table in tables:
+            for row in database.query(f'SELECT * FROM "{table}"'):
                 assert not any(secret in str(value) for value in row), (table, row)
     finally:
-        con.close()
+        database.close()
 
 
 LEAKY_HANDLER = f"""
@@ -161,11 +173,10 @@ def test_hostile_reporters_never_stop_intake_or_store_a_secret(daemon_factory):
         assert len(rows) == 96 and all(row == ("scheduled", "recoverable_network") or row[0] in ("running", "recovered")
                                        for row in rows)
         # decided promptly: the decision's event follows the report by well under the 2 s the issue allows
-        lags = daemon.query(
-            "SELECT max((julianday(e.at) - julianday(t.created_at)) * 86400) FROM tasks t "
-            f"JOIN task_events e ON e.task_id = t.id AND e.event = 'retry_scheduled' WHERE t.id IN ({placeholders})",
-            *normal_ids)
-        assert lags[0][0] is not None
+        times = daemon.query(
+            "SELECT t.created_at, e.at FROM tasks t JOIN task_events e ON e.task_id = t.id "
+            f"AND e.event = 'retry_scheduled' WHERE t.id IN ({placeholders})", *normal_ids)
+        assert times and max(epoch(decided) - epoch(reported) for reported, decided in times) is not None
     finally:
         store.close()
         daemon.stop()

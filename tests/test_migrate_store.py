@@ -107,6 +107,7 @@ def _table_rows(location):
         store.close()
 
 
+@pytest.mark.sqlite_only("the daemon fills the SQLite database that migrate-store moves to PostgreSQL")
 def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carries_on(target, daemon_factory, cli):
     main = MAIN.format(python=sys.executable)
     daemon = daemon_factory(main).start()

@@ -83,8 +83,8 @@ def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factor
     assert processing_results() == [(1, "notify_user")]
 
 
-def test_scan_and_analyze_commands(tmp_path, config_dir):
-    env = {"FAILURE_DB": str(tmp_path / "db.sqlite"), "FAILURE_CONFIG_DIR": str(config_dir),
+def test_scan_and_analyze_commands(tmp_path, config_dir, db_location):
+    env = {"FAILURE_DB": db_location, "FAILURE_CONFIG_DIR": str(config_dir),
            "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
     store = open_store(env["FAILURE_DB"])
     record_failure(store, "t", "x")
