@@ -108,6 +108,20 @@ def element(driver, css):
         raise AssertionError(f"no {css} on {driver.current_url}: {driver.page_source[:3000]}") from None
 
 
+def submit(driver, button):
+    """Click a form's button and wait until the page before is gone: until then its own elements would answer
+    any wait (the label's flash for the resolve, the unfiltered rows for the filter)."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(driver, DEADLINE).until(EC.staleness_of(page))
+
+
+def press(driver, button):
+    """Submit a form that changes something, and see the page it leads to say so."""
+    submit(driver, button)
+    return element(driver, ".flash.ok")
+
+
 def no_alert(driver):
     try:
         driver.switch_to.alert
@@ -156,7 +170,7 @@ def test_console_end_to_end(daemon, browser):
     assert {int(r.get_attribute("data-task-id")) for r in rows} >= {data_error, hostile, *unknown}
     grep = driver.find_element(By.CSS_SELECTOR, "#filters input[name=grep]")
     grep.send_keys("frobnicator")
-    driver.find_element(By.CSS_SELECTOR, "#filters button").click()
+    submit(driver, driver.find_element(By.CSS_SELECTOR, "#filters button"))
     element(driver, "#task-table")
     shown = [int(r.get_attribute("data-task-id")) for r in driver.find_elements(By.CSS_SELECTOR, "#task-table tbody tr")]
     assert shown == sorted(unknown, reverse=True)
@@ -170,8 +184,7 @@ def test_console_end_to_end(daemon, browser):
     # open a task, press recover (forced: it was notified) and see it run
     driver.get(f"{daemon.base}/ui/tasks/{data_error}")
     element(driver, "#recover-form input[name=force]").click()
-    driver.find_element(By.ID, "recover").click()
-    element(driver, ".flash.ok")
+    press(driver, driver.find_element(By.ID, "recover"))
     wait_status(daemon, data_error, ("recovered",))
     wait_page_state(driver, f"{daemon.base}/ui/tasks/{data_error}", "#facts",
                     lambda facts: facts.get_attribute("data-status") == "recovered")
@@ -181,12 +194,10 @@ def test_console_end_to_end(daemon, browser):
     # label, then resolve
     driver.get(f"{daemon.base}/ui/tasks/{hostile}")
     Select(element(driver, "#label-form select[name=category]")).select_by_value("unrecoverable_business")
-    driver.find_element(By.ID, "label").click()
-    element(driver, ".flash.ok")
+    press(driver, driver.find_element(By.ID, "label"))
     assert daemon.query("SELECT category FROM labels WHERE task_id = ?", hostile) == [("unrecoverable_business",)]
     element(driver, "#resolve-form input[name=note]").send_keys("handled by hand")
-    driver.find_element(By.ID, "resolve").click()
-    element(driver, ".flash.ok")
+    press(driver, driver.find_element(By.ID, "resolve"))
     assert daemon.query("SELECT status, note FROM tasks WHERE id = ?", hostile) == [("resolved", "handled by hand")]
 
     # the workbench on the seeded unknown errors: preview, save, and the reload classifies them
@@ -199,8 +210,7 @@ def test_console_end_to_end(daemon, browser):
     assert element(driver, "#matched-count").text == "3"
     assert driver.find_element(By.ID, "stolen-count").text == "0"
     shot(driver, "unknown")
-    driver.find_element(By.ID, "save").click()
-    element(driver, ".flash.ok")
+    press(driver, driver.find_element(By.ID, "save"))
     saved = list((Path(daemon.env["FAILURE_CONFIG_DIR"]) / "patterns").glob("60-console-*.toml"))
     assert len(saved) == 1
     deadline = time.monotonic() + DEADLINE
@@ -220,8 +230,7 @@ def test_console_end_to_end(daemon, browser):
     row = element(driver, f'tr[data-notification-id="{row_id}"]')
     assert "HTTP 500 from the robot" in row.text
     shot(driver, "notifications")
-    row.find_element(By.CSS_SELECTOR, "button.resend").click()
-    element(driver, ".flash.ok")
+    press(driver, row.find_element(By.CSS_SELECTOR, "button.resend"))
     daemon.wait_for("SELECT status FROM notifications WHERE id = ?", lambda r: r[0][0] in ("pending", "sent"),
                     DEADLINE, row_id)
 
