@@ -165,6 +165,14 @@ def sync_engine(store, clock, sync_snapshot):
 
     return Engine(store, Settings(), clock, lambda: sync_snapshot, owner="test:1:0")
 
+def set_schema_version(store, version):
+    """Make the open ``store`` say it is at schema ``version`` (in the caller's transaction), as a database
+    written by that version would: both stores keep it in ``schema_info``, SQLite in ``user_version`` too."""
+    store.execute("UPDATE schema_info SET version = ?", (version,))
+    if store.dialect == "sqlite":
+        store.db.execute_sql(f"PRAGMA user_version = {int(version)}")
+
+
 def wait_for(condition, timeout=5.0):
     """Poll ``condition`` until it is true or ``timeout`` seconds pass; returns its last value."""
     import time

@@ -5,6 +5,7 @@ The PostgreSQL runs use test_store_postgres' schema-per-test fixtures and skip w
 """
 
 
+from conftest import set_schema_version
 from test_store_postgres import any_store, location, pg_unavailable, pg_url  # noqa: F401  (fixtures)
 
 from failured.clock import ManualClock
@@ -121,9 +122,7 @@ def test_a_version_2_database_gains_filled_counters_when_opened(location):  # no
         store.execute("DROP TABLE recovery_counts")
         store.execute('DROP INDEX "tasks_category_created_at_fingerprint"')
         store.execute('CREATE INDEX "tasks_category_created_at" ON "tasks" ("category", "created_at")')
-        store.execute("UPDATE schema_info SET version = 2")
-        if store.dialect == "sqlite":
-            store.db.execute_sql("PRAGMA user_version = 2")
+        set_schema_version(store, 2)
     if store.dialect == "sqlite":
         store.db.execute_sql("ANALYZE")  # an analysed database: the new index gets statistics too
     record_failure(store, "sync", "written while no trigger counted", clock=clock)

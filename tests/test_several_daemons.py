@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_PATTERNS, wait_for, write_config
+from conftest import SMALL_PATTERNS, set_schema_version, wait_for, write_config
 from failured.clock import ManualClock
 from failured.breaker import REFRESH_SECONDS as REFRESH
 from failured.breaker import Breakers
@@ -168,9 +168,7 @@ def test_a_version_4_database_gains_the_daemon_tables_and_event_transactions(loc
         store.execute("DROP TABLE channel_sends")
         store.execute('DROP INDEX "task_events_xact"')
         store.execute('ALTER TABLE "task_events" DROP COLUMN "xact"')
-        store.execute("UPDATE schema_info SET version = 4")
-        if store.dialect == "sqlite":
-            store.db.execute_sql("PRAGMA user_version = 4")
+        set_schema_version(store, 4)
     store.close()
     again = open_store(location)
     assert again.schema_version() == SCHEMA_VERSION >= 5  # forward to whatever version is current

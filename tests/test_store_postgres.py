@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from conftest import set_schema_version
 from failured.errors import InputError, StoreError
 from failured.intake import record_failure, record_success
 from failured.states import BreakerState, TaskStatus
@@ -112,9 +113,7 @@ def test_a_new_database_records_its_schema_version_and_reopens_as_it_is(location
 def test_a_database_of_a_newer_schema_is_refused(location):
     store = open_store(location)
     with store.transaction():
-        store.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
-        if store.dialect == "sqlite":
-            store.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        set_schema_version(store, SCHEMA_VERSION + 1)
     store.close()
     with pytest.raises(StoreError, match="newer than this failured"):
         open_store(location)
@@ -126,9 +125,7 @@ def test_a_version_1_database_is_migrated_forward_on_open(location):
     with store.transaction():
         store.execute("DROP TABLE labels")
         store.execute('DROP INDEX "tasks_finished_at_category_status_attempts_created_at"')
-        store.execute("UPDATE schema_info SET version = 1")
-        if store.dialect == "sqlite":
-            store.db.execute_sql("PRAGMA user_version = 1")
+        set_schema_version(store, 1)
     store.close()
     again = open_store(location)
     assert again.schema_version() == SCHEMA_VERSION == 6
@@ -156,9 +153,7 @@ def test_a_version_5_database_keeps_new_tasks_out_of_the_indexes_of_what_they_la
                                             '"finished_at", "category", "status", "attempts", "created_at"')):
             store.execute(f'DROP INDEX "{name}"')
             store.execute(f'CREATE INDEX "{name}" ON "tasks" ({columns})')
-        store.execute("UPDATE schema_info SET version = 5")
-        if store.dialect == "sqlite":
-            store.db.execute_sql("PRAGMA user_version = 5")
+        set_schema_version(store, 5)
     store.close()
     again = open_store(location)
     assert again.schema_version() == SCHEMA_VERSION == 6
