@@ -174,21 +174,38 @@ _BATCHED_SQL = {
 _TOGETHER_SQL = {}
 
 
+def _batch_ctes(sql, n):
+    """Batch ``n`` of ``sql``: its CTEs (the unnested rows v{n}, the update done{n}) and the SELECT of the
+    event rows of the rows it changed."""
+    v, done, columns = f"v{n}", f"done{n}", (*_BATCHED[sql], *_EVENT_ARRAYS)
+    ctes = [f"{v} AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
+            f" AS u({', '.join(name for name, _ in columns)}))", _BATCHED_SQL[sql].format(v=v, done=done)]
+    events = (f"SELECT {v}.id, {', '.join(f'{v}.{name}' for name, _ in _EVENT_ARRAYS)}"
+              f" FROM {v} JOIN {done} ON {done}.id = {v}.id")
+    return ctes, events
+
+
+def _insert_events_cte(selects):
+    return ("events AS (INSERT INTO task_events (task_id, at, event, status, category, attempt,"
+            f" delay_seconds, error_message, detail) {' UNION ALL '.join(selects)})")
+
+
+def _batch_arrays(prepared):
+    """The parameters of a batch: one array per column of the update and of its event row (task id left out)."""
+    return [list(column) for column in zip(*(update + event[1:] for _, update, event in prepared))]
+
+
 def _together_text(sqls):
     """The one statement that runs the batched ``sqls`` (in order) and inserts their events."""
     text = _TOGETHER_SQL.get(sqls)
     if text is None:
         ctes, events, results = [], [], []
         for n, sql in enumerate(sqls):
-            v, done, columns = f"v{n}", f"done{n}", (*_BATCHED[sql], *_EVENT_ARRAYS)
-            ctes.append(f"{v} AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
-                        f" AS u({', '.join(name for name, _ in columns)}))")
-            ctes.append(_BATCHED_SQL[sql].format(v=v, done=done))
-            events.append(f"SELECT {v}.id, {', '.join(f'{v}.{name}' for name, _ in _EVENT_ARRAYS)}"
-                          f" FROM {v} JOIN {done} ON {done}.id = {v}.id")
-            results.append(f"SELECT {n}, id FROM {done}")
-        ctes.append("events AS (INSERT INTO task_events (task_id, at, event, status, category, attempt,"
-                    f" delay_seconds, error_message, detail) {' UNION ALL '.join(events)})")
+            batch, selected = _batch_ctes(sql, n)
+            ctes += batch
+            events.append(selected)
+            results.append(f"SELECT {n}, id FROM done{n}")
+        ctes.append(_insert_events_cte(events))
         text = _TOGETHER_SQL[sqls] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}"
     return text
 
@@ -196,8 +213,8 @@ def _together_text(sqls):
 def _run_batched(store, parts):
     """PostgreSQL: for each (sql, prepared) of ``parts``, the items whose rows one statement changed."""
     arrays = []
-    for sql, prepared in parts:
-        arrays += [list(column) for column in zip(*(update + event[1:] for _, update, event in prepared))]
+    for _, prepared in parts:
+        arrays += _batch_arrays(prepared)
     changed = [set() for _ in parts]
     for n, task_id in store.rows(_together_text(tuple(sql for sql, _ in parts)), *arrays):
         changed[n].add(task_id)
@@ -236,16 +253,11 @@ def _settle_text(recovering):
         ctes, events = [], [_CLAIM_EVENTS]
         results = [f"SELECT 1, {', '.join(f'c_done.{column}' for column in TASK_COLUMNS)} FROM c_done"]
         if recovering:
-            columns = (*_BATCHED[RECOVER], *_EVENT_ARRAYS)
-            ctes.append(f"v0 AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
-                        f" AS u({', '.join(name for name, _ in columns)}))")
-            ctes.append(_BATCHED_SQL[RECOVER].format(v="v0", done="done0"))
-            events.insert(0, f"SELECT v0.id, {', '.join(f'v0.{name}' for name, _ in _EVENT_ARRAYS)}"
-                             " FROM v0 JOIN done0 ON done0.id = v0.id")
+            ctes, selected = _batch_ctes(RECOVER, 0)
+            events.insert(0, selected)
             results.append(f"SELECT 0, id{', NULL' * (len(TASK_COLUMNS) - 1)} FROM done0")
         ctes.append(_CLAIM_READING_NOTHING)
-        ctes.append("events AS (INSERT INTO task_events (task_id, at, event, status, category, attempt,"
-                    f" delay_seconds, error_message, detail) {' UNION ALL '.join(events)})")
+        ctes.append(_insert_events_cte(events))
         text = _SETTLE_SQL[recovering] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(results)}"
     return text
 
@@ -254,9 +266,7 @@ def settle_at_once(store, finishes, due, owner, now, leases):
     """PostgreSQL: RECOVER's ``finishes`` (as ``run_prepared``) and the claim of the ``due`` retries, [(id,
     expected due or None)], leased to ``owner`` for ``leases[task type]`` seconds, in one statement (its own
     transaction); returns the claimed tasks, running, their attempt counted."""
-    params = []
-    if finishes:
-        params += [list(column) for column in zip(*(update + event[1:] for _, update, event in finishes))]
+    params = _batch_arrays(finishes) if finishes else []
     kinds = sorted(leases.items())
     params += [[task_id for task_id, _ in due], [None if at is None else stamp(at) for _, at in due],
                [name for name, _ in kinds], [lease for _, lease in kinds],
