@@ -109,6 +109,17 @@ class FileClock:
             self._write()
 
 
+def end_all(procs, timeout):
+    """Kill what still runs of ``procs`` and reap them all, their pipes closed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=timeout)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 @pytest.fixture
 def daemons(tmp_path, pg_url):  # noqa: F811 (fixtures)
     """Start daemon-like processes on ``pg_url``: ``start(mode, name, clock_path, config_dir)``; all ended after."""
@@ -126,12 +137,7 @@ def daemons(tmp_path, pg_url):  # noqa: F811 (fixtures)
         return proc
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
+    end_all(started, 10)
 
 
 @contextlib.contextmanager
@@ -498,10 +504,7 @@ def run_daemons(tmp_path, pg_url):  # noqa: F811 (fixtures)
         return proc
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+    end_all(started, 30)
 
 
 def handler_runs(log):
