@@ -24,7 +24,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+    from selenium.common.exceptions import (NoAlertPresentException, StaleElementReferenceException,
+                                            TimeoutException, WebDriverException)
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -113,7 +114,17 @@ def submit(driver, button):
     any wait (the label's flash for the resolve, the unfiltered rows for the filter)."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, DEADLINE).until(EC.staleness_of(page))
+    WebDriverWait(driver, DEADLINE).until(lambda _: gone(page))
+
+
+def gone(element):
+    """True once ``element``'s document is no longer the page's: a stale element, or Chrome's own word for it
+    ("Node with given id does not belong to the document")."""
+    try:
+        element.is_enabled()
+    except (StaleElementReferenceException, WebDriverException):
+        return True
+    return False
 
 
 def press(driver, button):
@@ -206,7 +217,7 @@ def test_console_end_to_end(daemon, browser):
     pattern = element(driver, "#pattern")
     pattern.send_keys(r"frobnicator\s+exploded")
     Select(driver.find_element(By.ID, "category")).select_by_value("unrecoverable_business")
-    driver.find_element(By.ID, "preview").click()
+    submit(driver, driver.find_element(By.ID, "preview"))  # not the live preview of a half-typed pattern
     assert element(driver, "#matched-count").text == "3"
     assert driver.find_element(By.ID, "stolen-count").text == "0"
     shot(driver, "unknown")
