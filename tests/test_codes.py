@@ -113,6 +113,27 @@ def codes_only():
      "please check your plan and billing details'}}", "phrases plan-or-balance-used-up", "unrecoverable_business"),
     ("HTTP Error 403: API rate limit exceeded for installation ID 12770951.", "phrases rate-limit",
      "recoverable_temporary"),
+    # this round's families, each from a training message of the corpus
+    ('feishu send failed: HTTP 400 code=11232 create message service trigger rate limit', "phrases rate-limit",
+     "recoverable_temporary"),
+    ("openai.RateLimitError: Error code: 429 - project_spend_limit_exceeded: the project reached its monthly spend "
+     "limit", "phrases plan-or-balance-used-up", "unrecoverable_business"),
+    ("Unable to create record: 'To' phone number cannot be reached (Error 21214)", "phrases recipient-refused",
+     "unrecoverable_business"),
+    ("550 5.7.1 Unable to relay", "phrases relay-denied", "unrecoverable_config"),
+    ('{"code":570102,"message":"商户不存在","data":null,"request_id":"e9849d8c18b2027657433fc624b68102"}',
+     "phrases merchant-unknown", "unrecoverable_config"),
+    ('{"errcode":45002,"errmsg":"content size out of limit"} 消息内容超过限制', "phrases content-too-large",
+     "unrecoverable_data"),
+    ('a1b2c3d4e5f6 my-app:latest "node server.js" Exited (137) 3 minutes ago my-app-container',
+     "phrases killed-for-memory", "recoverable_system"),
+    ("Connect Timeout expired. All pooled connections are in use. The operation was canceled.",
+     "phrases pool-exhausted", "recoverable_temporary"),
+    ("Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: Host: mail.axolites.com. "
+     "is not in the cert's altnames: DNS:s483.bom7.mysecurecloudhost.com", "phrases certificate-rejected",
+     "unrecoverable_config"),
+    ('[28000] FATAL:  pg_hba.conf rejects connection for host "10.121.14.113", user "postgres", database "postgres", '
+     "SSL off", "phrases login-refused", "unrecoverable_config"),
     # errno: glibc's zh_TW catalogue, and the codes added with it
     ("curl: (7) Failed to connect to api.example.com port 443: 連線被拒絕", "errno ECONNREFUSED", "recoverable_network"),
     ("OSError: [Errno 28] 裝置上已無多餘空間", "errno ENOSPC", "recoverable_system"),
