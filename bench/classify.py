@@ -31,7 +31,7 @@ from common import REPO, emit
 import re2
 
 from failured import corpus, fingerprint as fingerprints
-from failured.classify import exception_type_in, model_text, without_frames
+from failured.classify import OVERRULE_NEVER, exception_type_in, model_text, without_frames
 from failured.config import load_config
 from failured.fingerprint import fingerprint
 from failured.matcher import PatternSet
@@ -126,6 +126,10 @@ def in_process(count):
           f"{'in use' if fingerprints.NATIVE_PASSES else 'NOT built: Python only'}", flush=True)
     cold = cpu_rate(classifier.classify_uncached, messages)
     warm = cpu_rate(classifier.classify_uncached, messages)
+    overrule, classifier.overrule_confidence = classifier.overrule_confidence, OVERRULE_NEVER  # the rules alone decide
+    unique = cold_mix(count, seed=43)
+    rules_cold, rules_warm = cpu_rate(classifier.classify_uncached, unique), cpu_rate(classifier.classify_uncached, unique)
+    classifier.overrule_confidence = overrule
     other = cold_mix(count, seed=7)
     match_cold = cpu_rate(classifier.patterns.best, other)
     match_warm = cpu_rate(classifier.patterns.best, other)
@@ -138,6 +142,8 @@ def in_process(count):
     sample = cold_mix(count // 4, seed=11)
     stages = stage_costs(classifier, cold_mix(count // 4, seed=13))
     return {"classify_uncached cold msgs/s": round(cold), "classify_uncached warm msgs/s": round(warm),
+            "overruling": f"at confidence {overrule}" if overrule < OVERRULE_NEVER else "off",
+            "without overruling cold msgs/s": round(rules_cold), "without overruling warm msgs/s": round(rules_warm),
             "compiled code": "yes" if fingerprints.NATIVE_PASSES else "no",
             **stages,
             "pattern matching cold msgs/s": round(match_cold), "pattern matching warm msgs/s": round(match_warm),

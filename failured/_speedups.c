@@ -6,9 +6,11 @@
  * would decide it (its backtracking written out, never repeated): linear in the text.
  *
  *   fingerprint.py  the uuid, quoted value, IPv4, Windows path, host, hex, id and number passes
- *   codes.py        the http, errno, sqlstate, grpc and token finders
+ *   codes.py        the http, errno, sqlstate, grpc and token finders, and the known tokens in one scan
  *   classify.py     without_frames, exception_type_in, and model.spell_identifiers
- *   model.py        features and _column_sums (the same set in the same order, the same sums)
+ *   model.py        features and _column_sums (the same set in the same order, the same sums), and
+ *                   feature_order / feature_sums / feature_probabilities: the same order, sums and
+ *                   probabilities from the set's layout alone (CPython's set algorithm written out)
  *
  * The extension is optional (setup.py): where it is not built each caller uses its Python
  * code, and a test per function compares the two (tests/test_fingerprint.py,
@@ -496,6 +498,66 @@ PASS(hex_pass, match_hex, "<hex>")
 PASS(id_pass, match_id, "<id>")
 PASS(number_pass, match_num, "<num>")
 
+static int opens_a_quote(const Text *t, Py_ssize_t from, Py_ssize_t to)
+{
+    for (Py_ssize_t i = from; i < to; i++) {
+        Py_UCS4 c = AT(t, i);
+        if (c == '\'' || c == '"' || c == 0x201C || c == 0x2018)
+            return 1;
+    }
+    return 0;
+}
+
+/* quoted_in_head(text, reach): fingerprint._quoted_in_head(text) with _STR_REACH = ``reach``:
+ * the quoted-value pass over a head cut at a space, or None when an opening quote that no
+ * value took lies within ``reach`` of the end (a value opened there may close past the cut). */
+static PyObject *quoted_in_head(PyObject *self, PyObject *args)
+{
+    PyObject *text;
+    Py_ssize_t reach;
+    if (!PyArg_ParseTuple(args, "Un:quoted_in_head", &text, &reach))
+        return NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0)
+        return NULL;
+#endif
+    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    Py_ssize_t window = t.n - reach, done = 0, p = 0;
+    Output out = {NULL, 0, 0};
+    ScanState state = {0};
+    while (p < t.n) {
+        Py_ssize_t end = p;
+        int keep = 0;
+        if (!match_quoted(&t, p, &end, &keep, &state)) {
+            p++;
+            continue;
+        }
+        if (opens_a_quote(&t, done > window ? done : window, p))
+            goto undecided;
+        if (output_text(&out, &t, done, p) < 0 || output_ascii(&out, "<str>") < 0)
+            goto error;
+        done = p = end;
+    }
+    if (opens_a_quote(&t, done > window ? done : window, t.n))
+        goto undecided;
+    if (done == 0) {
+        PyMem_Free(out.buffer);
+        Py_INCREF(text);
+        return text;
+    }
+    if (output_text(&out, &t, done, t.n) < 0)
+        goto error;
+    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
+    PyMem_Free(out.buffer);
+    return result;
+undecided:
+    PyMem_Free(out.buffer);
+    Py_RETURN_NONE;
+error:
+    PyMem_Free(out.buffer);
+    return NULL;
+}
+
 /* Code extractors (failured/codes.py): each returns the list of what the Python extractor's
  * regular expression finds, in order, as ``finditer`` with the first non-empty group
  * (``findall`` for tokens). */
@@ -561,6 +623,70 @@ static PyObject *tokens(PyObject *self, PyObject *text)
             continue;
         }
         if (append_slice(found, text, p, last + 1) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        p = last + 1;
+    }
+    return found;
+}
+
+/* ``piece`` appended to ``list`` if ``known`` holds it: 1 if so, 0 if not, -1 on failure. */
+static int append_if_known(PyObject *list, PyObject *known, PyObject *text, Py_ssize_t start, Py_ssize_t stop)
+{
+    PyObject *piece = PyUnicode_Substring(text, start, stop);
+    if (piece == NULL)
+        return -1;
+    int found = PySet_Contains(known, piece);
+    if (found > 0 && PyList_Append(list, piece) < 0)
+        found = -1;
+    Py_DECREF(piece);
+    return found;
+}
+
+/* known_tokens(text, known): what codes.py keeps of codes.extract_tokens(text), in its order,
+ *     [value for value in extract_tokens(text) if value in known]
+ * each token, then (a dotted one) its part before the first ".", each kept if ``known`` (a set)
+ * holds it: one scan, no list of every token. */
+static PyObject *known_tokens(PyObject *self, PyObject *args)
+{
+    PyObject *text, *known;
+    if (!PyArg_ParseTuple(args, "UO:known_tokens", &text, &known))
+        return NULL;
+    if (!PyAnySet_Check(known)) {
+        PyErr_SetString(PyExc_TypeError, "known must be a set");
+        return NULL;
+    }
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    if (found == NULL)
+        return NULL;
+    Py_ssize_t p = 0;
+    while (p < t.n) {
+        if (!is_letter(AT(&t, p))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t r = p + 1, last = -1, dot = -1;
+        for (; r < t.n; r++) {
+            Py_UCS4 c = AT(&t, r);
+            if (is_word(c))
+                last = r;
+            else if (c == '.') {
+                if (dot < 0)
+                    dot = r;
+            }
+            else if (c != '-')
+                break;
+        }
+        if (last < 0) {
+            p++;
+            continue;
+        }
+        if (append_if_known(found, known, text, p, last + 1) < 0
+            || (dot >= 0 && dot < last && append_if_known(found, known, text, p, dot) < 0)) {
             Py_DECREF(found);
             return NULL;
         }
@@ -1374,18 +1500,162 @@ static int encode_span(Bytes *b, const Py_UCS4 *chars, Span span)
     return 0;
 }
 
-static int add_bucket(PyObject *set, uint32_t crc)
+/* CPython's own set of small ints, written out: the same table, the same probes, the same
+ * resizes and merges as setobject.c (3.11) makes them for ``set.add`` and ``set |= frozenset``
+ * of ints whose hash is the int itself, with nothing ever removed. Iterating its table gives a
+ * feature set's order without building the set and its int objects (feature_sums). Where the
+ * running Python lays its sets out otherwise, the module says so (INT_SET_ORDER_CHECKED is
+ * checked against real sets by failured/classify.py at import, and by tests/test_speedups.py). */
+#define SET_MINSIZE 8
+#define LINEAR_PROBES 9
+#define PERTURB_SHIFT 5
+
+typedef struct {
+    int32_t *table;  /* bucket, or -1 for an empty slot */
+    size_t mask;
+    Py_ssize_t fill, used;
+    int32_t small[SET_MINSIZE];
+} IntSet;
+
+static void int_set_init(IntSet *s)
 {
+    s->table = s->small;
+    s->mask = SET_MINSIZE - 1;
+    s->fill = s->used = 0;
+    memset(s->small, 0xFF, sizeof(s->small));
+}
+
+static void int_set_free(IntSet *s)
+{
+    if (s->table != s->small)
+        PyMem_Free(s->table);
+    s->table = s->small;
+}
+
+static void int_set_insert_clean(int32_t *table, size_t mask, int32_t key)
+{
+    size_t perturb = (size_t)key, i = (size_t)key & mask;
+    for (;;) {
+        int32_t *entry = &table[i];
+        if (*entry < 0)
+            goto found;
+        if (i + LINEAR_PROBES <= mask)
+            for (int j = 0; j < LINEAR_PROBES; j++) {
+                entry++;
+                if (*entry < 0)
+                    goto found;
+            }
+        perturb >>= PERTURB_SHIFT;
+        i = (i * 5 + 1 + perturb) & mask;
+        continue;
+found:
+        *entry = key;
+        return;
+    }
+}
+
+static int int_set_resize(IntSet *s, Py_ssize_t minused)
+{
+    size_t size = SET_MINSIZE;
+    while (size <= (size_t)minused)
+        size <<= 1;
+    if (size == SET_MINSIZE && s->table == s->small)
+        return 0;  /* no removals, so no dummies: CPython keeps the small table as it is */
+    int32_t *old = s->table, small_copy[SET_MINSIZE];
+    size_t old_mask = s->mask;
+    if (old == s->small) {
+        memcpy(small_copy, s->small, sizeof(small_copy));
+        old = small_copy;
+    }
+    int32_t *grown = size == SET_MINSIZE ? s->small : PyMem_Malloc(size * sizeof(int32_t));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(grown, 0xFF, size * sizeof(int32_t));
+    for (size_t i = 0; i <= old_mask; i++)
+        if (old[i] >= 0)
+            int_set_insert_clean(grown, size - 1, old[i]);
+    if (old != small_copy)
+        PyMem_Free(old);
+    s->table = grown;
+    s->mask = size - 1;
+    s->fill = s->used;
+    return 0;
+}
+
+static int int_set_add(IntSet *s, int32_t key)
+{
+    size_t mask = s->mask, i = (size_t)key & mask, perturb = (size_t)key;
+    int32_t *entry;
+    for (;;) {
+        entry = &s->table[i];
+        int probes = (i + LINEAR_PROBES <= mask) ? LINEAR_PROBES : 0;
+        do {
+            if (*entry < 0)
+                goto unused;
+            if (*entry == key)
+                return 0;
+            entry++;
+        } while (probes--);
+        perturb >>= PERTURB_SHIFT;
+        i = (i * 5 + 1 + perturb) & mask;
+    }
+unused:
+    s->fill++;
+    s->used++;
+    *entry = key;
+    if ((size_t)s->fill * 5 < mask * 3)
+        return 0;
+    return int_set_resize(s, s->used > 50000 ? s->used * 2 : s->used * 4);
+}
+
+/* set |= other (set_merge) */
+static int int_set_merge(IntSet *s, const IntSet *other)
+{
+    if (other->used == 0)
+        return 0;
+    if ((size_t)(s->fill + other->used) * 5 >= s->mask * 3 && int_set_resize(s, (s->used + other->used) * 2) < 0)
+        return -1;
+    if (s->fill == 0 && s->mask == other->mask) {
+        memcpy(s->table, other->table, (other->mask + 1) * sizeof(int32_t));
+        s->fill = s->used = other->used;
+        return 0;
+    }
+    if (s->fill == 0) {
+        for (size_t i = 0; i <= other->mask; i++)
+            if (other->table[i] >= 0)
+                int_set_insert_clean(s->table, s->mask, other->table[i]);
+        s->fill = s->used = other->used;
+        return 0;
+    }
+    for (size_t i = 0; i <= other->mask; i++)
+        if (other->table[i] >= 0 && int_set_add(s, other->table[i]) < 0)
+            return -1;
+    return 0;
+}
+
+/* Where features go: a Python set (features()) or its layout alone (feature_sums()). */
+typedef struct {
+    PyObject *set;
+    IntSet *ints;
+    uint64_t scan;  /* this scan's number (a layout merged in it is not merged again) */
+} Sink;
+
+static int add_bucket(Sink *sink, uint32_t crc)
+{
+    if (sink->set == NULL)
+        return int_set_add(sink->ints, (int32_t)(crc % BUCKETS));
     PyObject *bucket = PyLong_FromUnsignedLong(crc % BUCKETS);
     if (bucket == NULL)
         return -1;
-    int failed = PySet_Add(set, bucket);
+    int failed = PySet_Add(sink->set, bucket);
     Py_DECREF(bucket);
     return failed;
 }
 
 /* Word buckets of every word, then bigram buckets of each neighbouring pair, added in order. */
-static int add_words_and_bigrams(PyObject *set, const Py_UCS4 *chars, const Spans *words, Bytes *b)
+static int add_words_and_bigrams(Sink *set, const Py_UCS4 *chars, const Spans *words, Bytes *b)
 {
     for (Py_ssize_t k = 0; k < words->length; k++) {
         b->length = 0;
@@ -1425,6 +1695,8 @@ static PyObject *grams(const Py_UCS4 *chars, Py_ssize_t length, const int *sizes
     }
     PyObject *frozen = PyFrozenSet_New(list);
     Py_DECREF(list);
+    if (frozen != NULL)
+        PyObject_GC_UnTrack(frozen);  /* ints only: no cycle can pass through it, and the cache keeps 65,536 */
     return frozen;
 error:
     Py_DECREF(list);
@@ -1481,12 +1753,146 @@ static inline int is_cjk(Py_UCS4 c)
     return (c >= 0x3400 && c <= 0x9FFF) || (c >= 0xF900 && c <= 0xFAFF);
 }
 
-static PyObject *features(PyObject *self, PyObject *text)
+/* The layout of a frozenset made of each piece's bucket in turn (grams' pieces, into ``out``). */
+static int int_set_grams(IntSet *out, const Py_UCS4 *chars, Py_ssize_t length, const int *sizes, int count,
+                         uint32_t prefix, Bytes *b)
 {
+    for (int s = 0; s < count; s++)
+        for (Py_ssize_t i = 0; i + sizes[s] <= length; i++) {
+            b->length = 0;
+            for (Py_ssize_t k = i; k < i + sizes[s]; k++)
+                if (bytes_put(b, chars[k]) < 0)
+                    return -1;
+            if (int_set_add(out, (int32_t)(crc32_continue(prefix, b->data, b->length) % BUCKETS)) < 0)
+                return -1;
+        }
+    return 0;
+}
+
+/* Words recur from message to message: the layout of each short word's char gram frozenset is
+ * kept (as cached_char_grams keeps the frozensets), up to LAYOUT_CACHE_WORDS words, then the
+ * cache starts again. Open addressing on a hash of the padded word. */
+#define LAYOUT_CACHE_WORDS 16384
+#define LAYOUT_CACHE_SLOTS (2 * LAYOUT_CACHE_WORDS)
+#define LAYOUT_MAX_CHARS 48
+
+typedef struct {
+    Py_ssize_t length;  /* 0: an empty slot */
+    unsigned char word[LAYOUT_MAX_CHARS];  /* an ASCII word padded with spaces (the only ones with char grams) */
+    size_t mask;
+    Py_ssize_t used;
+    int32_t *table;
+    uint64_t merged_in;  /* the feature_scan that last merged these grams (scans are numbered from 1) */
+} Layout;
+
+static Layout *layout_cache;
+static Py_ssize_t layout_cache_words;
+static uint64_t scan_number;
+
+static void layout_cache_clear(void)
+{
+    for (Py_ssize_t i = 0; i < LAYOUT_CACHE_SLOTS; i++)
+        if (layout_cache[i].length) {
+            PyMem_Free(layout_cache[i].table);
+            layout_cache[i].length = 0;
+        }
+    layout_cache_words = 0;
+}
+
+/* The cached layout of ``chars``' char grams, made now if absent; NULL with an exception set on
+ * failure, NULL without one for a word that is not ASCII (not cached). */
+static Layout *cached_layout(const Py_UCS4 *chars, Py_ssize_t length, const int *sizes, Bytes *b)
+{
+    if (layout_cache == NULL) {
+        layout_cache = PyMem_Calloc(LAYOUT_CACHE_SLOTS, sizeof(Layout));
+        if (layout_cache == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    unsigned char word[LAYOUT_MAX_CHARS];
+    uint64_t hash = 1469598103934665603ull;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (chars[i] >= 128)
+            return NULL;  /* not cached (never so: char grams are made of ASCII words) */
+        word[i] = (unsigned char)chars[i];
+        hash = (hash ^ chars[i]) * 1099511628211ull;
+    }
+    size_t slot = (size_t)(hash ^ (hash >> 29)) & (LAYOUT_CACHE_SLOTS - 1);
+    for (;; slot = (slot + 1) & (LAYOUT_CACHE_SLOTS - 1)) {
+        Layout *entry = &layout_cache[slot];
+        if (entry->length == 0)
+            break;
+        if (entry->length == length && memcmp(entry->word, word, length) == 0)
+            return entry;
+    }
+    if (layout_cache_words >= LAYOUT_CACHE_WORDS) {
+        layout_cache_clear();
+        return cached_layout(chars, length, sizes, b);
+    }
+    IntSet piece;
+    int_set_init(&piece);
+    if (int_set_grams(&piece, chars, length, sizes, 2, prefix_char, b) < 0) {
+        int_set_free(&piece);
+        return NULL;
+    }
+    int32_t *table = PyMem_Malloc((piece.mask + 1) * sizeof(int32_t));
+    if (table == NULL) {
+        int_set_free(&piece);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(table, piece.table, (piece.mask + 1) * sizeof(int32_t));
+    Layout *entry = &layout_cache[slot];
+    entry->merged_in = 0;
+    entry->length = length;
+    memcpy(entry->word, word, length);
+    entry->mask = piece.mask;
+    entry->used = piece.used;
+    entry->table = table;
+    layout_cache_words++;
+    int_set_free(&piece);
+    return entry;
+}
+
+/* found |= the grams' frozenset, in a Python set or in its layout (``cached``: char grams).
+ *
+ * A word met again in the same text merges grams the set already holds: set_merge then changes
+ * nothing unless its size check makes it resize first ((fill + len(other)) * 5 >= mask * 3), so
+ * the layout's merge is left out when that check would not. Long texts repeat most of their words. */
+static int merge_grams(Sink *sink, const Py_UCS4 *chars, Py_ssize_t length, const int *sizes, int count,
+                       uint32_t prefix, Bytes *b, int cached)
+{
+    if (sink->set != NULL)
+        return merge(sink->set, cached ? cached_char_grams(chars, length, sizes, b)
+                                       : grams(chars, length, sizes, count, prefix, b));
+    Layout *layout = cached && length <= LAYOUT_MAX_CHARS ? cached_layout(chars, length, sizes, b) : NULL;
+    if (layout == NULL && PyErr_Occurred())
+        return -1;
+    if (layout != NULL) {
+        if (layout->merged_in == sink->scan && (size_t)(sink->ints->fill + layout->used) * 5 < sink->ints->mask * 3)
+            return 0;
+        layout->merged_in = sink->scan;
+        IntSet view = {layout->table, layout->mask, layout->used, layout->used};
+        return int_set_merge(sink->ints, &view);
+    }
+    IntSet piece;
+    int_set_init(&piece);
+    int failed = int_set_grams(&piece, chars, length, sizes, count, prefix, b) < 0
+                 || int_set_merge(sink->ints, &piece) < 0;
+    int_set_free(&piece);
+    return failed ? -1 : 0;
+}
+
+/* model.features(text) into ``sink``: -1 with an exception set on failure. */
+static int feature_scan(PyObject *text, Sink *sink)
+{
+    sink->scan = ++scan_number;  /* kept in the sink: another thread's scan may run while this one allocates */
     Text t;
     if (prepare(text, &t) < 0)
-        return NULL;
-    PyObject *found = NULL, *head = NULL, *lowered = NULL;
+        return -1;
+    int status = -1;
+    PyObject *head = NULL, *lowered = NULL;
     Py_UCS4 *parts = NULL, *normal = NULL;
     Spans part_spans = {NULL, 0, 0}, word_spans = {NULL, 0, 0};
     Bytes b = {NULL, 0, 0};
@@ -1618,8 +2024,7 @@ numbers_failed:
         goto done;
     }
 
-    found = PySet_New(NULL);
-    if (found == NULL || add_words_and_bigrams(found, parts, &part_spans, &b) < 0)
+    if (add_words_and_bigrams(sink, parts, &part_spans, &b) < 0)
         goto failed;
 
     /* _WORD: [a-z_][a-z0-9_]*|\d+ */
@@ -1641,7 +2046,7 @@ numbers_failed:
             goto failed;
         p = j;
     }
-    if (add_words_and_bigrams(found, normal, &word_spans, &b) < 0)
+    if (add_words_and_bigrams(sink, normal, &word_spans, &b) < 0)
         goto failed;
 
     /* _ASCII_WORD: [a-z][a-z0-9_]+, each padded with spaces, its 3- and 4-grams */
@@ -1674,7 +2079,7 @@ numbers_failed:
         padded[0] = ' ';
         memcpy(padded + 1, normal + p, (j - p) * sizeof(Py_UCS4));
         padded[j - p + 1] = ' ';
-        if (merge(found, cached_char_grams(padded, j - p + 2, char_sizes, &b)) < 0) {
+        if (merge_grams(sink, padded, j - p + 2, char_sizes, 2, prefix_char, &b, 1) < 0) {
             PyMem_Free(padded);
             goto failed;
         }
@@ -1691,13 +2096,12 @@ numbers_failed:
         Py_ssize_t j = p;
         while (j < normal_length && is_cjk(normal[j]))
             j++;
-        if (merge(found, grams(normal + p, j - p, cjk_sizes, 3, prefix_cjk, &b)) < 0)
+        if (merge_grams(sink, normal + p, j - p, cjk_sizes, 3, prefix_cjk, &b, 0) < 0)
             goto failed;
         p = j;
     }
-    goto done;
+    status = 0;
 failed:
-    Py_CLEAR(found);
 done:
     Py_XDECREF(head);
     Py_XDECREF(lowered);
@@ -1706,7 +2110,40 @@ done:
     PyMem_Free(part_spans.spans);
     PyMem_Free(word_spans.spans);
     PyMem_Free(b.data);
-    return found;
+    return status;
+}
+
+static PyObject *features(PyObject *self, PyObject *text)
+{
+    Sink sink = {PySet_New(NULL), NULL, 0};
+    if (sink.set == NULL)
+        return NULL;
+    if (feature_scan(text, &sink) < 0)
+        Py_CLEAR(sink.set);
+    return sink.set;
+}
+
+/* The order of model.features(text) as CPython iterates the set: its buckets, in a list. */
+static PyObject *feature_order(PyObject *self, PyObject *text)
+{
+    IntSet ints;
+    int_set_init(&ints);
+    Sink sink = {NULL, &ints, 0};
+    PyObject *result = NULL;
+    if (feature_scan(text, &sink) == 0 && (result = PyList_New(0)) != NULL)
+        for (size_t i = 0; i <= ints.mask; i++) {
+            if (ints.table[i] < 0)
+                continue;
+            PyObject *bucket = PyLong_FromLong(ints.table[i]);
+            if (bucket == NULL || PyList_Append(result, bucket) < 0) {
+                Py_XDECREF(bucket);
+                Py_CLEAR(result);
+                break;
+            }
+            Py_DECREF(bucket);
+        }
+    int_set_free(&ints);
+    return result;
 }
 
 /* classify.exception_type_in(message): on the last non-blank line of a Python traceback, else
@@ -1902,9 +2339,174 @@ done:
     return result;
 }
 
+/* feature_sums(rows, text, width): (len(features(text)), column_sums(rows, features(text), width))
+ * without the set and its int objects: the features go into the set's layout (IntSet), whose
+ * table is then read in CPython's iteration order, so each column adds the same values in the
+ * same order as model.scores adds them. */
+/* The features of ``text`` and each column of their rows summed in CPython's set order, into
+ * ``sums`` (``width`` of them); the number of features into ``count``. -1 with an exception set. */
+static int summed_features(PyObject *rows, PyObject *text, Py_ssize_t width, Sum *sums, Py_ssize_t *count)
+{
+    IntSet ints;
+    int_set_init(&ints);
+    Sink sink = {NULL, &ints, 0};
+    int status = -1;
+    if (feature_scan(text, &sink) < 0)
+        goto done;
+    /* The rows lie anywhere in memory: ask for all of them before adding the first. */
+    Py_ssize_t known = PyList_GET_SIZE(rows);
+    for (size_t i = 0; i <= ints.mask; i++)
+        if (ints.table[i] >= 0 && ints.table[i] < known)
+            __builtin_prefetch(&PyList_GET_ITEM(rows, ints.table[i]));
+    for (size_t i = 0; i <= ints.mask; i++)
+        if (ints.table[i] >= 0 && ints.table[i] < known) {
+            const char *row = (const char *)PyList_GET_ITEM(rows, ints.table[i]);
+            __builtin_prefetch(row);
+            __builtin_prefetch(row + 64);
+            __builtin_prefetch(row + 128);
+        }
+    for (size_t i = 0; i <= ints.mask; i++) {
+        int32_t index = ints.table[i];
+        if (index < 0)
+            continue;
+        if (index >= PyList_GET_SIZE(rows)) {
+            PyErr_Format(PyExc_IndexError, "bucket %d out of range", (int)index);
+            goto done;
+        }
+        PyObject *row = PyList_GET_ITEM(rows, index);
+        if (!PyBytes_Check(row)) {
+            PyErr_SetString(PyExc_TypeError, "rows must hold bytes");
+            goto done;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(row);
+        if (size == 0)
+            continue;
+        if (size != width * (Py_ssize_t)sizeof(double)) {
+            PyErr_Format(PyExc_ValueError, "bucket %d has %zd bytes, not %zd", (int)index, size,
+                         width * (Py_ssize_t)sizeof(double));
+            goto done;
+        }
+        const char *data = PyBytes_AS_STRING(row);
+        for (Py_ssize_t k = 0; k < width; k++) {
+            double x;
+            memcpy(&x, data + k * sizeof(double), sizeof(double));
+            sum_add(&sums[k], x);
+        }
+    }
+    *count = ints.used;
+    status = 0;
+done:
+    int_set_free(&ints);
+    return status;
+}
+
+static double sum_value(const Sum *sum)
+{
+    if (sum->count == 0)
+        return 0.0;
+    double total = sum->total;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (sum->compensation && Py_IS_FINITE(sum->compensation))
+        total += sum->compensation;
+#endif
+    return total;
+}
+
+/* model.TextModel.probabilities(text) given its rows, bias, tempered prior and 1 / NB_TEMPERATURE:
+ *     sums = the column sums of the features' rows (feature_sums); n = len(bias)
+ *     scale = 1.0 / math.sqrt(max(1, count))
+ *     linear = [b + scale * s for b, s in zip(bias, sums[:n])]
+ *     bayes = [b + inverse * s for b, s in zip(tempered_prior, sums[n:])]
+ *     scores = [(a + b) / 2 for a, b in zip(linear, bayes)]
+ * then the softmax: exp(s - max(scores)) each, divided by their sum (added left to right as sum()
+ * adds them before 3.12, with Neumaier's compensation since): the same operations in the same
+ * order on the same doubles. */
+static PyObject *feature_probabilities(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *text, *bias, *prior, *result = NULL;
+    double inverse;
+    if (!PyArg_ParseTuple(args, "O!UO!O!d:feature_probabilities", &PyList_Type, &rows, &text, &PyTuple_Type, &bias,
+                          &PyTuple_Type, &prior, &inverse))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(bias), count = 0;
+    if (n <= 0 || PyTuple_GET_SIZE(prior) != n) {
+        PyErr_SetString(PyExc_ValueError, "bias and prior must have one value per class");
+        return NULL;
+    }
+    Sum *sums = PyMem_Calloc(2 * n, sizeof(Sum));
+    double *scores = PyMem_Calloc(n, sizeof(double));
+    if (sums == NULL || scores == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (summed_features(rows, text, 2 * n, sums, &count) < 0)
+        goto done;
+    double scale = 1.0 / sqrt((double)(count > 1 ? count : 1));
+    double top = 0.0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bias, k)), p = PyFloat_AsDouble(PyTuple_GET_ITEM(prior, k));
+        if ((b == -1.0 || p == -1.0) && PyErr_Occurred())
+            goto done;
+        double linear = b + scale * sum_value(&sums[k]), bayes = p + inverse * sum_value(&sums[n + k]);
+        scores[k] = (linear + bayes) / 2;
+        if (k == 0 || scores[k] > top)
+            top = scores[k];
+    }
+    Sum total = {0.0, 0.0, 0};
+    for (Py_ssize_t k = 0; k < n; k++) {
+        scores[k] = exp(scores[k] - top);
+        sum_add(&total, scores[k]);
+    }
+    double divisor = sum_value(&total);
+    result = PyList_New(n);
+    for (Py_ssize_t k = 0; result != NULL && k < n; k++) {
+        PyObject *value = PyFloat_FromDouble(scores[k] / divisor);
+        if (value == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, value);
+    }
+done:
+    PyMem_Free(sums);
+    PyMem_Free(scores);
+    return result;
+}
+
+static PyObject *feature_sums(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *text, *result = NULL, *sums_list = NULL;
+    Py_ssize_t width, count = 0;
+    if (!PyArg_ParseTuple(args, "O!Un:feature_sums", &PyList_Type, &rows, &text, &width))
+        return NULL;
+    if (width <= 0) {
+        PyErr_SetString(PyExc_ValueError, "width must be positive");
+        return NULL;
+    }
+    Sum *sums = PyMem_Calloc(width, sizeof(Sum));
+    if (sums == NULL)
+        return PyErr_NoMemory();
+    if (summed_features(rows, text, width, sums, &count) < 0)
+        goto done;
+    sums_list = PyList_New(width);
+    if (sums_list == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < width; k++) {
+        PyObject *value = sum_result(&sums[k]);
+        if (value == NULL)
+            goto done;
+        PyList_SET_ITEM(sums_list, k, value);
+    }
+    result = Py_BuildValue("(nO)", count, sums_list);
+done:
+    Py_XDECREF(sums_list);
+    PyMem_Free(sums);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"uuid_pass", uuid_pass, METH_O, "The <uuid> replacement pass."},
     {"quoted_pass", quoted_pass, METH_O, "The <str> replacement pass (quoted values)."},
+    {"quoted_in_head", quoted_in_head, METH_VARARGS, "fingerprint._quoted_in_head(text) (reach: _STR_REACH)."},
     {"ip_pass", ip_pass, METH_O, "The IPv4 <ip> replacement pass."},
     {"windows_path_pass", windows_path_pass, METH_O, "The Windows <path> replacement pass."},
     {"host_pass", host_pass, METH_O, "The <host> replacement pass (RE2's, with _host_or_keep)."},
@@ -1912,6 +2514,7 @@ static PyMethodDef methods[] = {
     {"id_pass", id_pass, METH_O, "The <id> replacement pass (with _id_or_keep)."},
     {"number_pass", number_pass, METH_O, "The <num> replacement pass."},
     {"tokens", tokens, METH_O, "codes._TOKEN.findall(text)."},
+    {"known_tokens", known_tokens, METH_VARARGS, "The values of codes.extract_tokens(text) that ``known`` holds."},
     {"errno_values", errno_values, METH_O, "The first non-empty group of each codes._ERRNO match."},
     {"grpc_values", grpc_values, METH_O, "The first non-empty group of each codes._GRPC match."},
     {"http_statuses", http_statuses, METH_O, "(start, status) of each codes._HTTP match."},
@@ -1919,6 +2522,11 @@ static PyMethodDef methods[] = {
     {"spell_identifiers", spell_identifiers, METH_O, "model.spell_identifiers(text)."},
     {"without_frames", without_frames, METH_O, "classify.without_frames(message)."},
     {"features", features, METH_O, "model.features(text): the same set, built in the same order."},
+    {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},
+    {"feature_probabilities", feature_probabilities, METH_VARARGS,
+     "model.TextModel.probabilities from its rows, bias, tempered prior and 1 / NB_TEMPERATURE."},
+    {"feature_sums", feature_sums, METH_VARARGS,
+     "(len(features(text)), column_sums(rows, features(text), width)) without the set."},
     {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
     {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
     {NULL, NULL, 0, NULL},
@@ -1926,7 +2534,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "failured._speedups",
-    "Compiled replacement passes of the fingerprint and the model's column sums.", -1, methods,
+    "Compiled replacement passes of the fingerprint, code finders and the model's features and sums.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void)

@@ -22,6 +22,7 @@ from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
 from .matcher import PatternSet, PatternTooLarge
 from .rules import UNKNOWN
+from .text import clean_text
 
 try:  # compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames and python_exception_type_in
     from ._speedups import (exception_type_in as _compiled_exception_type_in,
@@ -223,6 +224,12 @@ class Classifier:
 
     def classify_uncached(self, message, error_type=None, task_type=None):
         """Classify one error; ``task_type`` is accepted for symmetry and future per-type rules."""
+        try:
+            return self._classify_text(message, error_type)
+        except UnicodeEncodeError:  # a lone surrogate (a command line's undecodable bytes): read as the store would hold it
+            return self._classify_text(clean_text(message or ""), clean_text(error_type) if error_type else error_type)
+
+    def _classify_text(self, message, error_type):
         message, error_type = unpack(message or "", error_type)
         found, confidence = self._by_tag_stage(message), None
         if found is None:

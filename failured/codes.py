@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _speedups = None
 
 from .errors import ConfigError, ConfigErrors
-from .matcher import PatternSet, PatternTooLarge
+from .matcher import PatternSet, PatternTooLarge, encode
 from .rules import check_type, pattern_problem, re2_options, read_toml
 
 TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
@@ -45,6 +45,7 @@ MAX_NEEDLES = 16  # up to this many codes, a table first checks that one occurs 
 # "token": hundreds of names) first checks that one of them occurs at all: one scan for a
 # literal alternation costs a few µs where the extractor's own expression costs tens.
 MAX_GATE_VALUES = 200
+MAX_LIVE_PLANS = 256  # plans kept per set of gate hits (each a tuple of at most every table)
 
 
 def _camel_to_upper_snake(name):
@@ -112,9 +113,12 @@ def extract_smtp(text):
     yield from _groups(_SMTP_REPLY, text)
 
 
+_SPACES = re.compile(r"\s+")
+
+
 def extract_errno(text):
     for value in _FINDERS["errno"](text):
-        yield re.sub(r"\s+", " ", value)
+        yield _SPACES.sub(" ", value) if value.startswith("WinError") else value  # the only one with a space
 
 
 def extract_sqlstate(text):
@@ -355,9 +359,55 @@ class CodeMatcher:
             re.compile("|".join(map(re.escape, sorted(known, key=len, reverse=True))))
             if kind in _VERBATIM and kind != "token" and 0 < len(known) <= MAX_GATE_VALUES else None
             for kind, known in zip(kinds, self._known)]
+        # The known values of each extractor's finds, in order: tokens filtered in one compiled scan.
+        self._known_values = [self._known_values_of(kind, extract, known)
+                              for kind, extract, known in zip(kinds, self._extractors, self._known)]
+        if NATIVE_FINDERS is not None and _FINDERS is NATIVE_FINDERS:  # a compiled finder costs less than its gate
+            self._value_gates = [None if kind in NATIVE_FINDERS else gate for kind, gate in zip(kinds, self._value_gates)]
         self._plans = {early: tuple(entry for entry in plan if early is None or entry[0].early == early)
                        for early in (None, True, False)}
+        self._live_plans = {}  # (early, gate hits) -> the plan without the tables whose ``when`` the gate ruled out
         self._last = None  # (text, data, gate hits, values) of the last message: its early and late lookups share them
+
+    def _values(self, source, text):
+        """The values extractor ``source`` finds in ``text`` that some table knows, in order."""
+        keys = self._keys[source]
+        if keys is not None and not any(map(text.__contains__, keys)):
+            return []
+        gate = self._value_gates[source]
+        if gate is not None and gate.search(text) is None:
+            return []  # none of the values it knows occurs: nothing it finds can be known
+        return self._known_values[source](text)
+
+    @staticmethod
+    def _known_values_of(kind, extract, known):
+        """``text`` -> ``[value for value in extract(text) if value in known]``: with the compiled finders, the
+        tokens in one scan, and an extractor whose finder finds nothing (most messages) answered without its
+        Python wrapper."""
+        if NATIVE_FINDERS is None or _FINDERS is not NATIVE_FINDERS:
+            return lambda text: list(filter(known.__contains__, extract(text)))
+        if kind == "token" and hasattr(_speedups, "known_tokens"):
+            return lambda text: _speedups.known_tokens(text, known)
+        find = NATIVE_FINDERS.get(kind)
+        if find is None:
+            return lambda text: list(filter(known.__contains__, extract(text)))
+        return lambda text: list(filter(known.__contains__, extract(text))) if find(text) else []
+
+    def _live_plan(self, early, hits):
+        """The plan of ``early`` less the tables with a ``when`` that is not among the gate's ``hits``.
+
+        Most messages wake no ``when``: their lookups skip those tables without looking at each.
+        The plans are kept per set of hits (a few dozen sets in practice; started again past
+        MAX_LIVE_PLANS).
+        """
+        key = (early, hits)
+        live = self._live_plans.get(key)
+        if live is None:
+            live = tuple(entry for entry in self._plans[early] if entry[4] is None or entry[5] < 0 or entry[5] in hits)
+            if len(self._live_plans) >= MAX_LIVE_PLANS:
+                self._live_plans = {}
+            self._live_plans[key] = live
+        return live
 
     @staticmethod
     def _compile_gate(tables, engine=None):
@@ -404,7 +454,7 @@ class CodeMatcher:
         if last is not None and last[0] == text:
             _, data, hits, extracted = last
         else:
-            data = text.encode()  # what RE2 reads
+            data = encode(text)[0]  # what RE2 reads (a lone surrogate as "?", never an exception)
             hits = None
             if self._gate is not None:
                 hits = frozenset(self._gate[0].candidates(text, data))
@@ -412,17 +462,14 @@ class CodeMatcher:
             self._last = (text, data, hits, extracted)  # one reference swap: safe between threads
         # when_id / text_id: the table's entries in the gate set, -1 where it has none (or no gate was built);
         # the gate names candidates: a candidate "when" is searched as a "when" outside it is
-        for table, source, found, needles, when, when_id, texts, text_id in self._plans[early]:
-            if when is not None:
-                if (when_id >= 0 and when_id not in hits) or _first_span(when, data) is None:
-                    continue
+        plan = self._plans[early] if hits is None else self._live_plan(early, hits)
+        for table, source, found, needles, when, when_id, texts, text_id in plan:
+            if when is not None and _first_span(when, data) is None:
+                continue  # a "when" not among the gate's hits is not in ``plan``
             if found and (needles is None or any(map(text.__contains__, needles))):
                 values = extracted[source]
                 if values is None:
-                    keys, gate = self._keys[source], self._value_gates[source]
-                    values = extracted[source] = [] if (keys is not None and not any(map(text.__contains__, keys))
-                                                        or gate is not None and gate.search(text) is None) \
-                        else list(filter(self._known[source].__contains__, self._extractors[source](text)))
+                    values = extracted[source] = self._values(source, text)
                 value = next(filter(found.__contains__, values), None) if values else None
                 if value is not None:
                     code = found[value]

@@ -190,12 +190,13 @@ def _replaced(text, whole=True, at_space=False):
     return text
 
 
-def _quoted_in_head(text):
+def python_quoted_in_head(text):
     """The quoted-value pass on a head ending at a space, or None when its result may differ in the whole.
 
     A value that crosses the cut opens at a quote within its reach of the end that no
     value found in the head took: with no such quote, every match (and every failed
-    attempt) is decided inside the head, exactly as in the whole text.
+    attempt) is decided inside the head, exactly as in the whole text. ``_quoted_in_head``
+    is this function compiled where failured/_speedups.c is built (tests/test_fingerprint.py).
     """
     pattern = _COMPILED[_STR_PASS][1]
     pieces, done, window = [], 0, len(text) - _STR_REACH
@@ -211,6 +212,15 @@ def _quoted_in_head(text):
         return None
     pieces.append(text[done:])
     return "".join(pieces)
+
+
+_compiled_quoted_in_head = getattr(_speedups, "quoted_in_head", None)  # None: not built (or built before it)
+
+
+def _quoted_in_head(text):
+    if _PASSES is NATIVE_PASSES and _compiled_quoted_in_head is not None:  # the compiled passes, and this with them
+        return _compiled_quoted_in_head(text, _STR_REACH)
+    return python_quoted_in_head(text)
 
 
 def template_of(message):

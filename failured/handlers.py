@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .intake import clean_text
+from .text import clean_text
 from .secrets import ENV_REF, expand_env
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import threading
 
 from .clock import SystemClock
@@ -11,36 +10,15 @@ from .settings import load_settings
 from .secrets import masked, reporter_secrets
 from .store import open_store
 from .store import tasks as rows
+from .text import clean_text
 
 MAX_ERROR_BYTES = 64 * 1024
 MAX_TASK_TYPE_CHARS = 200
-_SURROGATE = re.compile("[\ud800-\udfff]")
 SOURCES = ("python", "cli", "exec", "http")
 
 _default_stores = {}
 _default_lock = threading.Lock()
 _reporting = {}  # what the reporting settings were read from -> those settings (one entry)
-
-
-def clean_text(value):
-    """Any str/bytes -> valid UTF-8 text both stores hold: bad bytes, lone surrogates and NUL become U+FFFD
-    (PostgreSQL's text cannot hold U+0000; SQLite would, and the two must store the same text)."""
-    return _valid_utf8(value).replace("\x00", "\ufffd")
-
-
-def _valid_utf8(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    text = str(value)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:  # undecodable bytes smuggled in as surrogates (os.fsdecode, sys.argv)
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
 
 
 def bound_error(text, limit=MAX_ERROR_BYTES):

@@ -4,7 +4,7 @@ import json
 import re
 
 from .errors import InputError, RefusedError, TaskNotFound
-from .intake import clean_text
+from .text import clean_text
 from .states import TaskStatus
 from .store import tasks as rows
 from .store.members import wake_daemons

@@ -24,8 +24,23 @@ from dataclasses import dataclass
 
 try:  # features() and _column_sums() compiled (failured/_speedups.c): the same set in the same order, the same sums
     from ._speedups import column_sums as _compiled_column_sums, features as _compiled_features
+    # probabilities() in one call: the features laid out as CPython's set lays them out, summed in that order,
+    # the same arithmetic on the same doubles (tests/test_speedups.py compares them bit for bit)
+    from ._speedups import feature_order as _compiled_order, feature_probabilities as _compiled_probabilities
 except ImportError:  # pragma: no cover - no C compiler at install
-    _compiled_column_sums = _compiled_features = None
+    _compiled_column_sums = _compiled_features = _compiled_order = _compiled_probabilities = None
+
+
+def _sets_laid_out_as_compiled():
+    """Whether this Python's sets iterate as failured/_speedups.c lays them out (CPython 3.11's algorithm):
+    a set's internals may change between versions, and the sums' last bits follow its order."""
+    samples = ["psycopg2.OperationalError: could not connect to server db-1.prod:5432 " * 12,
+               "TooManyConnectionsError ACCESS_TOO_FREQUENT 连接超时 请稍后重试 " * 20, "x", ""]
+    return all(_compiled_order(text) == list(_compiled_features(text)) for text in samples)
+
+
+if _compiled_probabilities is not None and not _sets_laid_out_as_compiled():  # pragma: no cover - another CPython
+    _compiled_probabilities = None
 
 BUCKETS = 1 << 18  # hashing keeps memory bounded: the corpus touches ~70k buckets
 EPOCHS = 6  # passes over the examples; 4 and 8 scored the same under grouped CV
@@ -189,6 +204,8 @@ class TextModel:
 
     def probabilities(self, text):
         """P(category | text) for each of ``self.classes``."""
+        if _compiled_probabilities is not None and features is _compiled_features:
+            return _compiled_probabilities(self._rows, text, self._bias, self._tempered_prior, 1.0 / NB_TEMPERATURE)
         return _softmax(self.scores(text))
 
     def predict(self, text):
@@ -285,6 +302,7 @@ def train(examples):
         shuffle(order)
         for i in order:
             _step(data[i], bias, n)
+    del data, squares, order  # a third of training's peak memory: the naive Bayes needs none of it
     likelihoods, prior = _naive_bayes(examples, index)
     return TextModel(classes, pack_rows(len(classes), weights, likelihoods), bias, prior, len(examples))
 

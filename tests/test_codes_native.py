@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from failured import codes, corpus
+from failured.codes import _speedups as speedups
 from failured.codes import NATIVE_FINDERS, PYTHON_FINDERS, CodeMatcher, load_code_tables
 from failured.rules import load_ruleset
 
@@ -61,6 +62,16 @@ def test_each_compiled_finder_finds_what_its_expression_finds(name, corpus_texts
     python, native = PYTHON_FINDERS[name], NATIVE_FINDERS[name]
     texts = corpus_texts + generated_texts(30000, seed=sorted(PYTHON_FINDERS).index(name))
     assert [text for text in texts if list(native(text)) != list(python(text))] == []
+
+
+def test_known_tokens_keeps_what_the_token_extractor_yields_that_is_known(corpus_texts):
+    ruleset = load_ruleset(CONFIG)
+    tables = load_code_tables(CONFIG, frozenset(c.name for c in ruleset.categories))
+    known = {value for table in tables if table.kind == "token" for value in [*table.codes, *table.aliases]}
+    known |= {"x", "a-b", "Throttling", "Throttling.User", "a.b", "x.y"}
+    texts = corpus_texts + generated_texts(30000, seed=7) + ["a.b.c x.y.z", "Throttling.User.", "x..y a.-b", "é.x"]
+    assert [text for text in texts if speedups.known_tokens(text, known)
+            != [value for value in codes.extract_tokens(text) if value in known]] == []
 
 
 def test_the_code_stage_answers_alike_with_either_finders(corpus_texts, monkeypatch):

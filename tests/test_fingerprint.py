@@ -123,3 +123,19 @@ def test_the_compiled_passes_template_every_corpus_message_as_the_python_ones(mo
     native = [template_of(message) for message in messages]
     monkeypatch.setattr(fingerprints, "_PASSES", PYTHON_PASSES)
     assert [template_of(message) for message in messages] == native
+
+
+@pytest.mark.skipif(NATIVE_PASSES is None, reason="failured._speedups is not built: only the Python code runs")
+def test_the_compiled_head_quote_check_decides_as_the_python_one():
+    """_quoted_in_head: the quoted pass on a head cut at a space, or None when a quote near its end may
+    open a value that closes past the cut; compiled and Python alike on heads of every corpus message
+    and on generated text dense in quotes near the end."""
+    from failured._speedups import quoted_in_head
+
+    messages = [message for _, _, _, message in corpus.read_corpus()]
+    heads = [message[:cut] for message in messages for cut in (len(message), len(message) // 2, 250, 203, 202, 201)]
+    rng = random.Random(21)
+    pieces = ["'", '"', "“", "”", "‘", "’", "a", "bc", " ", "\n", "x" * 150, "é", "中"]
+    heads += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(30000)]
+    reach = fingerprints._STR_REACH
+    assert [head for head in heads if quoted_in_head(head, reach) != fingerprints.python_quoted_in_head(head)] == []

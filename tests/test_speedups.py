@@ -1,4 +1,6 @@
-"""failured._speedups.column_sums adds a message's rows as the model's Python code does, bit for bit.
+"""failured._speedups's model functions give what the model's Python code gives, bit for bit: column_sums,
+features (the same set in the same order), and feature_order / feature_sums / feature_probabilities (the
+same order, sums and probabilities without building the set).
 
 (The fingerprint's compiled passes are compared with re in tests/test_fingerprint.py.)
 """
@@ -64,3 +66,57 @@ def test_features_are_the_models_set_in_the_models_order(trained):
     texts = texts + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(20000)]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(300, 900))) for _ in range(100)]
     assert [text for text in texts if list(speedups.features(text)) != list(python_features(text))] == []
+
+
+# feature_order, feature_sums and feature_probabilities lay the features out as CPython's set does
+# (failured/_speedups.c's IntSet) instead of building the set: its order decides the sums' bits.
+PIECES = ["a", "b", "A", "Z", "HTTP", "Server", "0x", "0X1F", "deadbeefdeadbeef", "12", "1234567", "٣٣٣٣٣٣٣", "_", ".",
+          "$", "-", " ", "é", "İ", "ß", "中文", "錯誤", "\uf900", "ab", "x1", "\n", "ǅ", "TooManyConnectionsError",
+          "ACCESS_TOO_FREQUENT", "\ud800", "timeout", "connection refused", "rate_limit.Exceeded"]
+
+
+def generated(count, seed, longest=30):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, longest))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def many_texts(trained):
+    _, texts = trained
+    escaped = [text.replace("\n", "\\n") for text in texts if "\n" in text]  # as classify --json - reads a traceback
+    return texts + escaped + generated(20000, seed=10) + generated(200, seed=11, longest=900)
+
+
+def test_the_compiled_layout_iterates_as_the_models_set(many_texts):
+    assert [text for text in many_texts if speedups.feature_order(text) != list(python_features(text))] == []
+
+
+def test_feature_sums_are_the_count_and_column_sums_of_the_models_set(trained, many_texts):
+    learned, _ = trained
+    width = 2 * len(learned.classes)
+    assert [text for text in many_texts if speedups.feature_sums(learned._rows, text, width)
+            != (len(python_features(text)), python_column_sums(learned._rows, python_features(text), width))] == []
+
+
+def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained, many_texts, monkeypatch):
+    learned, _ = trained
+    monkeypatch.setattr(model, "features", python_features)
+    monkeypatch.setattr(model, "_column_sums", python_column_sums)
+    compiled = [speedups.feature_probabilities(learned._rows, text, learned._bias, learned._tempered_prior,
+                                               1.0 / model.NB_TEMPERATURE) for text in many_texts]
+    expected = [learned.probabilities(text) for text in many_texts]
+    assert [text for text, got, want in zip(many_texts, compiled, expected)
+            if list(map(repr, got)) != list(map(repr, want))] == []
+
+
+def test_the_word_layout_cache_starting_again_changes_nothing(trained):
+    """More distinct words than the compiled cache keeps (16,384): it is emptied and refilled on the way."""
+    rng = random.Random(12)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(40000)]
+    texts = [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)] * 2
+    assert [text for text in texts if speedups.feature_order(text) != list(python_features(text))] == []
+
+
+def test_feature_sums_refuse_rows_of_the_wrong_size():
+    with pytest.raises(ValueError, match="has 8 bytes, not 16"):
+        speedups.feature_sums([b"\0" * 8] * model.BUCKETS, "timeout", 2)
