@@ -10,6 +10,7 @@ retries and an immediate restart.
     .venv/bin/python bench/flood.py --compare    # the 20,000 side by side only
     .venv/bin/python bench/flood.py --quick      # failured at 20,000 only
     .venv/bin/python bench/flood.py --kill       # failured at 20,000 with kill -9 and a restart only
+    .venv/bin/python bench/flood.py --quick --rate 5000   # the producer paced (runs comparable on a busy machine)
 
 This file is also the handler module both sides import (``flood:run``, ``flood.huey``):
 each run of a no-op appends "n start end" to FLOOD_MARKS, so runs can be counted.
@@ -35,6 +36,7 @@ RETRY_DELAY = 2.0
 WORKERS = 4
 KILL_AFTER = 1.0  # seconds into the retries
 LATE_AFTER_INTAKE = 0.5  # retries due this long after the last report count as "no intake"
+RATE = None  # --rate N: the producer reports at most N a second (the same load run after run); None: flat out
 
 _marks_fd = None
 
@@ -226,6 +228,8 @@ def flood_failured(count, directory, kill=False):
                                error_type="ConnectTimeout", payload={"n": i})
                 if kill and not i % 200:
                     killer.tick(time.time())
+                if RATE and not i % 100:  # --rate: at most RATE reports a second
+                    time.sleep(max(0.0, first + i / RATE - time.time()))
             last = time.time()
             cpu = time.process_time() - cpu
             done = lambda: (kill and killer.tick(time.time())) or failured_counts(env["FAILURE_DB"]).get(
@@ -341,6 +345,9 @@ def show(title, figures):
 
 
 def main(argv):
+    global RATE
+    if "--rate" in argv:
+        RATE = float(argv[argv.index("--rate") + 1])
     quick = "--quick" in argv
     compare = "--compare" in argv  # the 20,000 side by side only
     if "--kill" in argv:

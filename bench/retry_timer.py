@@ -69,6 +69,7 @@ def main(kind):
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         settings = Settings(db=db if kind == "postgresql" else Path(db), config_dir=directory / "config",
                             log_dir=directory / "logs", report_dir=directory / "reports", log_level="WARNING",
+                            http_addr="off",  # no API: a daemon already on its port would stop the bench
                             # FAILURE_RETRY_CONCURRENCY=N: N retries at once
                             retry_concurrency=int(os.environ.get("FAILURE_RETRY_CONCURRENCY",
                                                                  Settings.retry_concurrency)))

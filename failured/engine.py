@@ -97,6 +97,7 @@ class Engine:
         # there the threads write side by side, each on its own connection; see _write_turn.)
         self._writes = threading.RLock()
         self._unwritable = set()  # new tasks whose decision could not be written (logged once each)
+        self.decided_through = None  # when the last task decided was recorded (wall clock); None: none yet
 
     def _write_turn(self):
         """Held around a write: the process's turn at SQLite's one write lock; nothing on PostgreSQL."""
@@ -118,7 +119,9 @@ class Engine:
     def drain_new(self, push, batch=NEW_BATCH, between=None):
         """Decide new tasks batch after batch until one comes back short; ``push(id, due, type)``
         each retry as soon as its batch is written, and call ``between()`` after each commit
-        (the daemon lets late retries go first there). Returns how many tasks were decided.
+        (the daemon lets late retries go first there, while ``decided_through``, when the last
+        task decided was recorded, says the reports still waiting are young enough).
+        Returns how many tasks were decided.
 
         A flood is decided as fast as it comes in, not one batch per poll.
         """
@@ -165,6 +168,8 @@ class Engine:
                         queued.append((plan.task.id, due, plan.task.task_type))
             for plan in plans:
                 self._after_write(plan, "classified")
+            # Ids rise with time: every report still undecided was recorded after this one (see drain_new).
+            self.decided_through = plans[-1].task.created_at
             if push is not None:
                 for item in queued:
                     push(*item)

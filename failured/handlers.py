@@ -338,10 +338,24 @@ def _run_python(spec, task, on_start):
     # finish its work later), but the executor slot is freed and the retry counts as failed.
     # Importing happens in that thread too, since module code can hang as well.
     outcome = _PYTHON_CALLS.call(spec.target, task.payload, spec.timeout)
-    if outcome is None:
-        log.warning("task %s: python handler %s abandoned after %gs", task.id, spec.target, spec.timeout)
-        return Outcome(False, f"timed out after {spec.timeout:g}s (thread abandoned)", "TimeoutExpired")
-    return outcome
+    return python_timed_out(spec, task) if outcome is None else outcome
+
+
+def run_python_here(spec, task):
+    """``run_handler`` of a python handler in the calling thread, without its timeout: the caller gives up on
+    it (see queue.Runner), saving the hand-over to a thread of ours and back (18 µs of a 21 µs no-op call)."""
+    started = time.monotonic()
+    result = {}
+    _call_target(spec.target, task.payload, result)
+    outcome = result["outcome"]
+    error = None if outcome.error is None else _tail(outcome.error, MAX_ERROR_BYTES)
+    return Outcome(outcome.ok, error, outcome.error_type, time.monotonic() - started)
+
+
+def python_timed_out(spec, task):
+    """The Outcome of a python handler given up on after its timeout (its thread left to finish alone)."""
+    log.warning("task %s: python handler %s abandoned after %gs", task.id, spec.target, spec.timeout)
+    return Outcome(False, f"timed out after {spec.timeout:g}s (thread abandoned)", "TimeoutExpired", spec.timeout)
 
 
 class _PythonCalls:

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 
-from .handlers import Outcome, TaskContext, run_handler
+from .handlers import Outcome, TaskContext, python_timed_out, run_handler, run_python_here
 
 log = logging.getLogger("failured.queue")
 
@@ -32,6 +32,8 @@ CLAIM_AHEAD_MAX = 64
 # CLAIM_HORIZON_SECONDS, so a steady stream of retries is claimed some milliseconds' worth at a time.
 CLAIM_LEAD_SECONDS = 0.025
 CLAIM_HORIZON_SECONDS = 0.05
+# A retry whose handler takes less than this waits for this process's CPU (the GIL) rather than for the handler.
+QUICK_HANDLER_SECONDS = 0.005
 PACE_WEIGHT = 0.2  # the weight of the newest outcome in the handlers' pace (a moving average of durations)
 
 
@@ -150,6 +152,11 @@ class Runner:
         self._thread = None
         self._running = set()  # task ids claimed (or being claimed) here and not yet finished
         self._running_lock = threading.Lock()
+        # Python handlers run on the retry workers themselves: (deadline, Claimed) by call, until each returns or
+        # the timer gives up on it (then another worker takes the stuck one's place). See _run_python.
+        self._python_calls = {}
+        self._python_lock = threading.Lock()
+        self._wakes_by = clock.monotonic()  # the latest the timer's current wait ends (monotonic)
         self.last_loop = clock.monotonic()
 
     def start(self):
@@ -168,6 +175,7 @@ class Runner:
             self._thread.join(timeout=5)
         deadline = self.clock.monotonic() + grace
         while self.running and self.clock.monotonic() < deadline:
+            self._give_up_on_python_calls()
             self._step(claiming=False, wait=min(0.2, max(0.0, deadline - self.clock.monotonic())))
         self._pool.shutdown()
         return self.running  # retries still running (left to their leases)
@@ -183,11 +191,14 @@ class Runner:
                 self._stopping.wait(0.5)
 
     def _wait_until_due(self):
+        now = self.clock.monotonic()
+        longest = min(1.0, max(0.0, self._give_up_on_python_calls() - now))
+        self._wakes_by = now + longest
         if self.enabled and not self.paused():
-            self.queue.wait_until_due(self.clock.monotonic, 1.0, due_counts=self.running < self.claim_limit,
+            self.queue.wait_until_due(self.clock.monotonic, longest, due_counts=self.running < self.claim_limit,
                                       lead=CLAIM_LEAD_SECONDS)
         else:
-            self._stopping.wait(1.0)
+            self._stopping.wait(longest)
 
     def _step(self, claiming=True, wait=0.0):
         """Record the outcomes that came back and claim what is due, in one transaction; run the claimed."""
@@ -231,6 +242,10 @@ class Runner:
         ahead = int(self.concurrency * CLAIM_AHEAD_SECONDS / max(self._pace, 1e-6))
         return self.concurrency + min(ahead, CLAIM_AHEAD_MAX)
 
+    def _quick(self):
+        pace = self._pace  # set by the timer thread: read once
+        return pace is not None and pace < QUICK_HANDLER_SECONDS
+
     def _keep_pace(self, results):
         for _, outcome in results:
             duration = outcome.duration
@@ -266,12 +281,47 @@ class Runner:
         try:
             context = TaskContext(id=task.id, task_type=task.task_type, ref=task.ref,
                                   payload=_payload(task.payload), attempt=claimed.attempt)
-            outcome = run_handler(claimed.handler, context,
-                                  on_start=lambda pid: self.engine.record_pid(task.id, pid))
+            if claimed.handler.kind == "python":
+                outcome = self._run_python(claimed, context)
+                if outcome is None:  # given up on meanwhile (recorded as timed out): another worker took our place
+                    return _RETIRE
+            else:
+                outcome = run_handler(claimed.handler, context,
+                                      on_start=lambda pid: self.engine.record_pid(task.id, pid))
         except Exception as exc:  # a payload that is not JSON: the retry fails, the loop goes on
             outcome = Outcome(False, f"cannot run the retry: {exc}", type(exc).__name__)
         self._outcomes.put((claimed, outcome))
         self.queue.wake()
+
+    def _run_python(self, claimed, context):
+        """A python handler's Outcome, run on this worker; None when the timer gave up on it first.
+
+        Handing each call to a thread of its own and back cost a flood of quick retries more than their
+        claims: here the worker runs it, and the timer enforces the timeout (_give_up_on_python_calls)."""
+        call, deadline = object(), self.clock.monotonic() + claimed.handler.timeout
+        with self._python_lock:
+            self._python_calls[call] = (deadline, claimed)
+        if deadline < self._wakes_by:
+            self.queue.wake()  # the timer would wait past this call's deadline
+        try:
+            outcome = run_python_here(claimed.handler, context)
+        finally:
+            with self._python_lock:
+                ours = self._python_calls.pop(call, None) is not None
+        return outcome if ours else None
+
+    def _give_up_on_python_calls(self):
+        """Record the python calls past their timeout as timed out, each worker replaced by a new one (a thread
+        cannot be stopped: it is left to finish alone); returns the next deadline (monotonic; inf: none)."""
+        now = self.clock.monotonic()
+        with self._python_lock:
+            late = [call for call, (deadline, _) in self._python_calls.items() if deadline <= now]
+            given_up = [self._python_calls.pop(call)[1] for call in late]
+            earliest = min((deadline for deadline, _ in self._python_calls.values()), default=float("inf"))
+        for claimed in given_up:
+            self._pool.add_one()
+            self._outcomes.put((claimed, python_timed_out(claimed.handler, claimed.task)))
+        return earliest
 
     def _after_finish(self, claimed, outcome, due):
         task = claimed.task
@@ -303,9 +353,12 @@ class Runner:
 
     def behind(self):
         """True while a retry the timer would claim now (due within CLAIM_LEAD_SECONDS) waits unclaimed and
-        there is room to claim it (retries are enabled): the intake gives way then, so that the timer claims
-        it before it is due rather than behind a commit of decisions."""
-        if not self.enabled or self.paused() or self.running >= self.claim_limit:
+        there is room to claim it, or the room is taken by quick retries (retries are enabled): the intake
+        gives way then, so that the timer claims it before it is due rather than behind a commit of
+        decisions. Quick retries (a flood's) wait for the CPU the intake would take, not for their handlers."""
+        if not self.enabled or self.paused():
+            return False
+        if self.running >= self.claim_limit and not self._quick():
             return False
         deadline = self.queue.next_due()
         return deadline is not None and deadline <= self.clock.monotonic() + CLAIM_LEAD_SECONDS
@@ -314,6 +367,9 @@ class Runner:
         """The task ids whose retries run in this process now (their leases are alive whatever the clock says)."""
         with self._running_lock:
             return frozenset(self._running)
+
+
+_RETIRE = object()  # a job's return value that ends its worker thread (_Workers.add_one started its successor)
 
 
 class _Workers:
@@ -325,19 +381,25 @@ class _Workers:
         self._count, self._name = count, name
         self._jobs = queue.SimpleQueue()
         self._started = False
+        self._numbers = itertools.count()
 
     def submit(self, function, *args):
         if not self._started:
             self._started = True
-            for n in range(self._count):
-                threading.Thread(target=self._work, name=f"{self._name}_{n}", daemon=True).start()
+            for _ in range(self._count):
+                self.add_one()
         self._jobs.put((function, args))
+
+    def add_one(self):
+        """Start a thread, in the place of one stuck in a job given up on (which ends when it returns _RETIRE)."""
+        threading.Thread(target=self._work, name=f"{self._name}_{next(self._numbers)}", daemon=True).start()
 
     def _work(self):
         while (job := self._jobs.get()) is not None:
             function, args = job
             try:
-                function(*args)
+                if function(*args) is _RETIRE:
+                    return
             except Exception:  # a bug must not end the worker
                 log.exception("retry worker: unexpected error; going on")
 

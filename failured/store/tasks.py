@@ -106,9 +106,33 @@ def add_event(store, task_id, now, event, status, category=None, attempt=None, d
 
 
 def add_events(store, rows):
-    """Insert many ``event_row``s at once."""
-    if rows:
+    """Insert many ``event_row``s at once (on SQLite a statement per ROWS_PER_STATEMENT: see _run_many)."""
+    if not rows:
+        return
+    if store.dialect != "sqlite":
         store.executemany(_INSERT_EVENT, rows)
+        return
+    start = 0
+    while start < len(rows):  # pieces of a power of two rows: a few texts, which the driver keeps prepared
+        size = min(ROWS_PER_STATEMENT, 1 << (len(rows) - start).bit_length() - 1)
+        store.execute(_events_text(size), [value for row in rows[start:start + size] for value in row])
+        start += size
+
+
+@functools.cache  # one per power of two up to ROWS_PER_STATEMENT
+def _events_text(count):
+    columns, _, row = _INSERT_EVENT.partition(" VALUES ")
+    return f"{columns} VALUES {', '.join([row] * count)}"
+
+
+def _chunks(rows):
+    """``rows`` by ROWS_PER_STATEMENT, each chunk padded with its last row to a power of two: a few statement
+    texts, which the driver keeps prepared (a repeated row changes nothing twice)."""
+    chunks = []
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        chunks.append(chunk + chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk)))
+    return chunks
 
 
 def mask_reported_error(store, task_id, error):
@@ -295,9 +319,56 @@ def run_together(store, parts):
         return [run_prepared(store, sql, prepared) for sql, prepared in parts]
 
 
+# SQLite: CLAIM and RECOVER of a batch as one statement (per ROWS_PER_STATEMENT rows sharing the values set).
+# The driver lets go of the GIL around each step of a statement, and an executemany is a step per row: beside
+# a busy thread (the intake classifying a flood) the retry timer then waited for the GIL again at every row.
+# Each row's own condition is a row value; the unary + keeps SQLite on the primary key (the (status,
+# next_retry_at) index would have it read every scheduled row). ``attempts + 1`` where the row still has the
+# attempts it was read with is CLAIM's ``attempts = ?``.
+ROWS_PER_STATEMENT = 64  # 9 parameters an event row: 576, below SQLite's oldest limit of 999 a statement
+_CLAIM_MANY = (f"UPDATE tasks SET status = '{RUNNING}', attempts = attempts + 1, lease_owner = ?, lease_until = ?,"
+               " updated_at = ?, handler_pid = NULL WHERE id IN ({ids})"
+               f" AND +status = '{SCHEDULED}' AND (id, +next_retry_at, +attempts) IN (VALUES {{rows}})")
+_RECOVER_MANY = (f"UPDATE tasks SET status = '{RECOVERED}', finished_at = ?, updated_at = ?, lease_owner = NULL,"
+                 " lease_until = NULL, handler_pid = NULL, next_retry_at = NULL"
+                 f" WHERE id IN ({{ids}}) AND +status = '{RUNNING}' AND lease_owner = ?")
+
+
+@functools.cache  # two per power of two up to ROWS_PER_STATEMENT
+def _many_text(sql, count):
+    if sql == CLAIM:
+        return _CLAIM_MANY.format(ids=", ".join("?" * count), rows=", ".join(["(?, ?, ?)"] * count))
+    return _RECOVER_MANY.format(ids=", ".join("?" * count))
+
+
+def _many_statement(sql, rows):
+    """(text, parameters) of one statement that runs ``sql`` for each of ``rows`` (which share what it sets)."""
+    if sql == CLAIM:  # (attempt, owner, lease_until, now, id, due)
+        shared = rows[0][1:4]
+        own = [value for attempt, *_, task_id, due in rows for value in (task_id, due, attempt - 1)]
+        return _many_text(sql, len(rows)), (*shared, *(row[4] for row in rows), *own)
+    now, updated, _, owner = rows[0]  # RECOVER: (now, updated, id, owner)
+    return _many_text(sql, len(rows)), (now, updated, *(row[2] for row in rows), owner)
+
+
+def _shared(sql, row):
+    return row[1:4] if sql == CLAIM else (row[0], row[1], row[3])
+
+
+def _run_many(store, sql, rows):
+    """Run the conditional update ``sql`` for each row of parameters; returns how many rows it changed."""
+    if store.dialect != "sqlite" or sql not in (CLAIM, RECOVER) or len({row[_ID_AT[sql]] for row in rows}) < len(rows):
+        return store.executemany(sql, rows)
+    groups = {}
+    for row in rows:
+        groups.setdefault(_shared(sql, row), []).append(row)
+    return sum(store.execute(*_many_statement(sql, chunk)).rowcount
+               for group in groups.values() for chunk in _chunks(group))
+
+
 def run_prepared(store, sql, prepared):
     """Run a conditional update per (item, parameters, event row), then insert the events of those
-    that applied; returns their items. One executemany when every row applies (the usual case);
+    that applied; returns their items. One statement when every row applies (the usual case);
     otherwise that is undone and each row runs on its own, to learn which moved meanwhile.
     PostgreSQL runs the batch (and its events) as one statement that returns the rows it changed."""
     if not prepared:
@@ -310,7 +381,7 @@ def run_prepared(store, sql, prepared):
         return [item for item, _, _ in applied]
     cursor = store.db.cursor()
     cursor.execute("SAVEPOINT prepared")
-    if store.executemany(sql, [params for _, params, _ in prepared]) == len(prepared):
+    if _run_many(store, sql, [params for _, params, _ in prepared]) == len(prepared):
         applied = prepared
     else:
         cursor.execute("ROLLBACK TO SAVEPOINT prepared")
