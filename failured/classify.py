@@ -285,24 +285,30 @@ class Classifier:
         """The model's answer instead of the rule's ``found`` when it disagrees at ``overrule_confidence`` or
         more: on messages from sources never seen, a rule written for other wording is wrong more often than
         a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor a
-        rule of a category the model has no examples of."""
+        rule of a category the model has no examples of. A model that sure of ``unknown`` overrules too: a
+        programming error (a NullPointerException, a ClassCastException) whose trace holds a phrase some
+        rule knows goes to the admins, not into retries."""
         if self.model is None or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
-        category, confidence = self._model_says(message, error_type, self.overrule_confidence)
+        category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
         if category is None or category is found[0]:
             return found, None
         _, stage, what = found
         return (category, "model", f"confidence {confidence:.2f}, over {stage} {what!r}"), confidence
 
-    def _model_says(self, message, error_type, at_least):
+    def _model_says(self, message, error_type, at_least, to_unknown=False):
         """(category, rounded confidence) when the model names a category other than unknown with at least
-        ``at_least`` and gives unknown no real chance (its ``max_unknown``); else (None, None)."""
+        ``at_least`` and gives unknown no real chance (its ``max_unknown``), or, ``to_unknown``, names unknown
+        itself with at least ``at_least``; else (None, None)."""
         if self.model is None:
             return None, None
         prediction = self.model.predict(model_text(message, error_type))
         category = self.ruleset.category(prediction.category)
-        if (category is None or category is self.ruleset.unknown or prediction.confidence < at_least
-                or prediction.unknown > self.model.max_unknown):
+        if category is None or prediction.confidence < at_least:
+            return None, None
+        if category is self.ruleset.unknown:
+            return (category, round(prediction.confidence, 3)) if to_unknown else (None, None)
+        if prediction.unknown > self.model.max_unknown:
             return None, None
         return category, round(prediction.confidence, 3)
 

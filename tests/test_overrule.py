@@ -54,6 +54,16 @@ def test_a_tag_is_never_overruled_and_agreement_keeps_the_rule(ruleset, trained)
     assert (agreed.category, agreed.matched_by) == ("recoverable_network", "pattern")
 
 
+def test_a_model_sure_of_unknown_overrules_too_a_programming_error_goes_to_the_admins(ruleset, trained):
+    bug = "NullPointerException at com.shop.Service.run line 7 after connection timeout"
+    assert trained.predict(bug).category == "unknown"  # the premise; the pattern 'connection.*timeout' says network
+    result = Classifier(ruleset, model=trained, overrule_confidence=0.9).classify(bug)
+    assert (result.category, result.matched_by) == ("unknown", "model")
+    assert result.pattern.startswith("confidence 1.00, over pattern ")
+    kept = Classifier(ruleset, model=trained, overrule_confidence=1.0).classify(bug)
+    assert (kept.category, kept.matched_by) == ("recoverable_network", "pattern")
+
+
 def test_the_setting_is_read_from_failured_toml_and_checked(tmp_path):
     good = load_config(write_config(tmp_path / "good", SMALL_PATTERNS, "[model]\noverrule_confidence = 0.95\n"))
     assert good.classifier.overrule_confidence == 0.95
