@@ -9,7 +9,7 @@
  *   codes.py        the http, errno, sqlstate, grpc and token finders, and the known tokens in one scan
  *   classify.py     without_frames, exception_type_in, and model.spell_identifiers
  *   model.py        features and _column_sums (the same set in the same order, the same sums), and
- *                   feature_order / feature_sums / feature_probabilities: the same order, sums and
+ *                   feature_order / feature_probabilities: the same order, sums and
  *                   probabilities from the set's layout alone (CPython's set algorithm written out)
  *
  * The extension is optional (setup.py): where it is not built each caller uses its Python
@@ -438,6 +438,21 @@ static int output_ascii(Output *out, const char *text)
 
 /* re.sub(pattern, replacement, text): matches found left to right in the original text,
  * the next search starting where a match ended (none of the patterns matches empty). */
+/* The text a pass built in ``out`` (its tail from ``done`` added), or ``text`` itself when nothing
+ * changed; ``out``'s buffer is freed either way. */
+static PyObject *finish_output(Output *out, const Text *t, Py_ssize_t done, PyObject *text, int changed)
+{
+    PyObject *result = NULL;
+    if (!changed) {
+        Py_INCREF(text);
+        result = text;
+    } else if (output_text(out, t, done, t->n) >= 0) {
+        result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out->buffer, out->length);
+    }
+    PyMem_Free(out->buffer);
+    return result;
+}
+
 static PyObject *substitute(PyObject *text, Matcher match, const char *replacement)
 {
     if (!PyUnicode_Check(text)) {
@@ -468,16 +483,7 @@ static PyObject *substitute(PyObject *text, Matcher match, const char *replaceme
         }
         p = end;
     }
-    if (!changed) {
-        PyMem_Free(out.buffer);
-        Py_INCREF(text);
-        return text;
-    }
-    if (output_text(&out, &t, done, t.n) < 0)
-        goto error;
-    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
-    PyMem_Free(out.buffer);
-    return result;
+    return finish_output(&out, &t, done, text, changed);
 error:
     PyMem_Free(out.buffer);
     return NULL;
@@ -540,16 +546,7 @@ static PyObject *quoted_in_head(PyObject *self, PyObject *args)
     }
     if (opens_a_quote(&t, done > window ? done : window, t.n))
         goto undecided;
-    if (done == 0) {
-        PyMem_Free(out.buffer);
-        Py_INCREF(text);
-        return text;
-    }
-    if (output_text(&out, &t, done, t.n) < 0)
-        goto error;
-    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
-    PyMem_Free(out.buffer);
-    return result;
+    return finish_output(&out, &t, done, text, done > 0);
 undecided:
     PyMem_Free(out.buffer);
     Py_RETURN_NONE;
@@ -595,8 +592,43 @@ static int prepare(PyObject *text, Text *t)
     return 0;
 }
 
-/* [A-Za-z][\w.\-]*\w : the run of [\w.-] after the letter, back to its last \w. */
-static PyObject *tokens(PyObject *self, PyObject *text)
+/* [A-Za-z][\w.\-]*\w at p (a letter): the index of its last \w, or -1 if none; ``dot``: its first ".". */
+static Py_ssize_t token_last(const Text *t, Py_ssize_t p, Py_ssize_t *dot)
+{
+    Py_ssize_t last = -1;
+    *dot = -1;
+    for (Py_ssize_t r = p + 1; r < t->n; r++) {
+        Py_UCS4 c = AT(t, r);
+        if (is_word(c))
+            last = r;
+        else if (c == '.') {
+            if (*dot < 0)
+                *dot = r;
+        }
+        else if (c != '-')
+            break;
+    }
+    return last;
+}
+
+/* ``piece`` appended to ``list`` if ``known`` holds it (every piece when ``known`` is NULL): 0, or -1 on failure. */
+static int append_if_known(PyObject *list, PyObject *known, PyObject *text, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (known == NULL)
+        return append_slice(list, text, start, stop);
+    PyObject *piece = PyUnicode_Substring(text, start, stop);
+    if (piece == NULL)
+        return -1;
+    int found = PySet_Contains(known, piece);
+    if (found > 0 && PyList_Append(list, piece) < 0)
+        found = -1;
+    Py_DECREF(piece);
+    return found < 0 ? -1 : 0;
+}
+
+/* The tokens of ``text`` (every one when ``known`` is NULL), or with a set ``known`` the ones it holds,
+ * each followed (a dotted one) by its part before the first "." if ``known`` holds that. */
+static PyObject *scan_tokens(PyObject *text, PyObject *known)
 {
     Text t;
     if (prepare(text, &t) < 0)
@@ -604,25 +636,15 @@ static PyObject *tokens(PyObject *self, PyObject *text)
     PyObject *found = PyList_New(0);
     if (found == NULL)
         return NULL;
-    Py_ssize_t p = 0;
+    Py_ssize_t p = 0, dot;
     while (p < t.n) {
-        if (!is_letter(AT(&t, p))) {
-            p++;
-            continue;
-        }
-        Py_ssize_t r = p + 1, last = -1;
-        for (; r < t.n; r++) {
-            Py_UCS4 c = AT(&t, r);
-            if (is_word(c))
-                last = r;
-            else if (c != '.' && c != '-')
-                break;
-        }
+        Py_ssize_t last = is_letter(AT(&t, p)) ? token_last(&t, p, &dot) : -1;
         if (last < 0) {
             p++;
             continue;
         }
-        if (append_slice(found, text, p, last + 1) < 0) {
+        if (append_if_known(found, known, text, p, last + 1) < 0
+            || (known != NULL && dot >= 0 && dot < last && append_if_known(found, known, text, p, dot) < 0)) {
             Py_DECREF(found);
             return NULL;
         }
@@ -631,17 +653,10 @@ static PyObject *tokens(PyObject *self, PyObject *text)
     return found;
 }
 
-/* ``piece`` appended to ``list`` if ``known`` holds it: 1 if so, 0 if not, -1 on failure. */
-static int append_if_known(PyObject *list, PyObject *known, PyObject *text, Py_ssize_t start, Py_ssize_t stop)
+/* [A-Za-z][\w.\-]*\w : the run of [\w.-] after the letter, back to its last \w. */
+static PyObject *tokens(PyObject *self, PyObject *text)
 {
-    PyObject *piece = PyUnicode_Substring(text, start, stop);
-    if (piece == NULL)
-        return -1;
-    int found = PySet_Contains(known, piece);
-    if (found > 0 && PyList_Append(list, piece) < 0)
-        found = -1;
-    Py_DECREF(piece);
-    return found;
+    return scan_tokens(text, NULL);
 }
 
 /* known_tokens(text, known): what codes.py keeps of codes.extract_tokens(text), in its order,
@@ -657,42 +672,7 @@ static PyObject *known_tokens(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "known must be a set");
         return NULL;
     }
-    Text t;
-    if (prepare(text, &t) < 0)
-        return NULL;
-    PyObject *found = PyList_New(0);
-    if (found == NULL)
-        return NULL;
-    Py_ssize_t p = 0;
-    while (p < t.n) {
-        if (!is_letter(AT(&t, p))) {
-            p++;
-            continue;
-        }
-        Py_ssize_t r = p + 1, last = -1, dot = -1;
-        for (; r < t.n; r++) {
-            Py_UCS4 c = AT(&t, r);
-            if (is_word(c))
-                last = r;
-            else if (c == '.') {
-                if (dot < 0)
-                    dot = r;
-            }
-            else if (c != '-')
-                break;
-        }
-        if (last < 0) {
-            p++;
-            continue;
-        }
-        if (append_if_known(found, known, text, p, last + 1) < 0
-            || (dot >= 0 && dot < last && append_if_known(found, known, text, p, dot) < 0)) {
-            Py_DECREF(found);
-            return NULL;
-        }
-        p = last + 1;
-    }
-    return found;
+    return scan_tokens(text, known);
 }
 
 /* Digits from i (Unicode \d), after an optional "-" when ``sign``: the end, or -1 if none. */
@@ -1503,7 +1483,7 @@ static int encode_span(Bytes *b, const Py_UCS4 *chars, Span span)
 /* CPython's own set of small ints, written out: the same table, the same probes, the same
  * resizes and merges as setobject.c (3.11) makes them for ``set.add`` and ``set |= frozenset``
  * of ints whose hash is the int itself, with nothing ever removed. Iterating its table gives a
- * feature set's order without building the set and its int objects (feature_sums). Where the
+ * feature set's order without building the set and its int objects (feature_probabilities). Where the
  * running Python lays its sets out otherwise, the module says so (INT_SET_ORDER_CHECKED is
  * checked against real sets by failured/classify.py at import, and by tests/test_speedups.py). */
 #define SET_MINSIZE 8
@@ -1635,7 +1615,7 @@ static int int_set_merge(IntSet *s, const IntSet *other)
     return 0;
 }
 
-/* Where features go: a Python set (features()) or its layout alone (feature_sums()). */
+/* Where features go: a Python set (features()) or its layout alone (feature_probabilities()). */
 typedef struct {
     PyObject *set;
     IntSet *ints;
@@ -2339,10 +2319,6 @@ done:
     return result;
 }
 
-/* feature_sums(rows, text, width): (len(features(text)), column_sums(rows, features(text), width))
- * without the set and its int objects: the features go into the set's layout (IntSet), whose
- * table is then read in CPython's iteration order, so each column adds the same values in the
- * same order as model.scores adds them. */
 /* The features of ``text`` and each column of their rows summed in CPython's set order, into
  * ``sums`` (``width`` of them); the number of features into ``count``. -1 with an exception set. */
 static int summed_features(PyObject *rows, PyObject *text, Py_ssize_t width, Sum *sums, Py_ssize_t *count)
@@ -2413,7 +2389,7 @@ static double sum_value(const Sum *sum)
 }
 
 /* model.TextModel.probabilities(text) given its rows, bias, tempered prior and 1 / NB_TEMPERATURE:
- *     sums = the column sums of the features' rows (feature_sums); n = len(bias)
+ *     sums = the column sums of the features' rows (summed_features); n = len(bias)
  *     scale = 1.0 / math.sqrt(max(1, count))
  *     linear = [b + scale * s for b, s in zip(bias, sums[:n])]
  *     bayes = [b + inverse * s for b, s in zip(tempered_prior, sums[n:])]
@@ -2472,37 +2448,6 @@ done:
     return result;
 }
 
-static PyObject *feature_sums(PyObject *self, PyObject *args)
-{
-    PyObject *rows, *text, *result = NULL, *sums_list = NULL;
-    Py_ssize_t width, count = 0;
-    if (!PyArg_ParseTuple(args, "O!Un:feature_sums", &PyList_Type, &rows, &text, &width))
-        return NULL;
-    if (width <= 0) {
-        PyErr_SetString(PyExc_ValueError, "width must be positive");
-        return NULL;
-    }
-    Sum *sums = PyMem_Calloc(width, sizeof(Sum));
-    if (sums == NULL)
-        return PyErr_NoMemory();
-    if (summed_features(rows, text, width, sums, &count) < 0)
-        goto done;
-    sums_list = PyList_New(width);
-    if (sums_list == NULL)
-        goto done;
-    for (Py_ssize_t k = 0; k < width; k++) {
-        PyObject *value = sum_result(&sums[k]);
-        if (value == NULL)
-            goto done;
-        PyList_SET_ITEM(sums_list, k, value);
-    }
-    result = Py_BuildValue("(nO)", count, sums_list);
-done:
-    Py_XDECREF(sums_list);
-    PyMem_Free(sums);
-    return result;
-}
-
 static PyMethodDef methods[] = {
     {"uuid_pass", uuid_pass, METH_O, "The <uuid> replacement pass."},
     {"quoted_pass", quoted_pass, METH_O, "The <str> replacement pass (quoted values)."},
@@ -2525,8 +2470,6 @@ static PyMethodDef methods[] = {
     {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},
     {"feature_probabilities", feature_probabilities, METH_VARARGS,
      "model.TextModel.probabilities from its rows, bias, tempered prior and 1 / NB_TEMPERATURE."},
-    {"feature_sums", feature_sums, METH_VARARGS,
-     "(len(features(text)), column_sums(rows, features(text), width)) without the set."},
     {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
     {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,5 @@
 """failured._speedups's model functions give what the model's Python code gives, bit for bit: column_sums,
-features (the same set in the same order), and feature_order / feature_sums / feature_probabilities (the
+features (the same set in the same order), and feature_order / feature_probabilities (the
 same order, sums and probabilities without building the set).
 
 (The fingerprint's compiled passes are compared with re in tests/test_fingerprint.py.)
@@ -68,7 +68,7 @@ def test_features_are_the_models_set_in_the_models_order(trained):
     assert [text for text in texts if list(speedups.features(text)) != list(python_features(text))] == []
 
 
-# feature_order, feature_sums and feature_probabilities lay the features out as CPython's set does
+# feature_order and feature_probabilities lay the features out as CPython's set does
 # (failured/_speedups.c's IntSet) instead of building the set: its order decides the sums' bits.
 PIECES = ["a", "b", "A", "Z", "HTTP", "Server", "0x", "0X1F", "deadbeefdeadbeef", "12", "1234567", "٣٣٣٣٣٣٣", "_", ".",
           "$", "-", " ", "é", "İ", "ß", "中文", "錯誤", "\uf900", "ab", "x1", "\n", "ǅ", "TooManyConnectionsError",
@@ -91,13 +91,6 @@ def test_the_compiled_layout_iterates_as_the_models_set(many_texts):
     assert [text for text in many_texts if speedups.feature_order(text) != list(python_features(text))] == []
 
 
-def test_feature_sums_are_the_count_and_column_sums_of_the_models_set(trained, many_texts):
-    learned, _ = trained
-    width = 2 * len(learned.classes)
-    assert [text for text in many_texts if speedups.feature_sums(learned._rows, text, width)
-            != (len(python_features(text)), python_column_sums(learned._rows, python_features(text), width))] == []
-
-
 def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained, many_texts, monkeypatch):
     learned, _ = trained
     monkeypatch.setattr(model, "features", python_features)
@@ -117,6 +110,6 @@ def test_the_word_layout_cache_starting_again_changes_nothing(trained):
     assert [text for text in texts if speedups.feature_order(text) != list(python_features(text))] == []
 
 
-def test_feature_sums_refuse_rows_of_the_wrong_size():
+def test_feature_probabilities_refuse_rows_of_the_wrong_size():
     with pytest.raises(ValueError, match="has 8 bytes, not 16"):
-        speedups.feature_sums([b"\0" * 8] * model.BUCKETS, "timeout", 2)
+        speedups.feature_probabilities([b"\0" * 8] * model.BUCKETS, "timeout", (0.0,), (0.0,), 0.05)
