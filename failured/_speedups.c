@@ -776,10 +776,24 @@ static int errno_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *
     return 0;
 }
 
+/* The group [start, stop) appended to ``list``, as a pair (``at``, group) when ``at`` >= 0: 0, or -1. */
+static int append_match(PyObject *list, PyObject *text, Py_ssize_t at, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (at < 0)
+        return append_slice(list, text, start, stop);
+    PyObject *pair = Py_BuildValue("(nN)", at, PyUnicode_Substring(text, start, stop));
+    if (pair == NULL)
+        return -1;
+    int failed = PyList_Append(list, pair);
+    Py_DECREF(pair);
+    return failed;
+}
+
 typedef int (*Finder)(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end);
 
-/* finditer over the text: each match's group, the next search where the match ended. */
-static PyObject *find_all(PyObject *text, Finder find)
+/* finditer over the text: each match's group (with ``positioned``, a pair (where the match starts, its
+ * group)), the next search where the match ended. */
+static PyObject *find_all(PyObject *text, Finder find, int positioned)
 {
     Text t;
     if (prepare(text, &t) < 0)
@@ -794,7 +808,7 @@ static PyObject *find_all(PyObject *text, Finder find)
             p++;
             continue;
         }
-        if (append_slice(found, text, start, stop) < 0) {
+        if (append_match(found, text, positioned ? p : -1, start, stop) < 0) {
             Py_DECREF(found);
             return NULL;
         }
@@ -805,7 +819,7 @@ static PyObject *find_all(PyObject *text, Finder find)
 
 static PyObject *errno_values(PyObject *self, PyObject *text)
 {
-    return find_all(text, errno_at);
+    return find_all(text, errno_at, 0);
 }
 
 /* [A-Z][A-Z_]{4,} from i: its end, or -1. */
@@ -915,7 +929,7 @@ static int grpc_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
 
 static PyObject *grpc_values(PyObject *self, PyObject *text)
 {
-    return find_all(text, grpc_at);
+    return find_all(text, grpc_at, 0);
 }
 
 /* re.IGNORECASE on ASCII letters: the other case, and the four non-ASCII letters Python's
@@ -983,6 +997,16 @@ static Py_ssize_t keyed_status_start(const Text *t, Py_ssize_t i)
     return skip_spaces(t, i);
 }
 
+/* Where [ _-]?code can end after a word that ends at i, longer first, added to ``ends``: the new count. */
+static int code_word_ends(const Text *t, Py_ssize_t i, Py_ssize_t *ends, int count)
+{
+    if (i < t->n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
+        ends[count++] = i + 5;
+    if (starts_with_folded(t, i, "code"))
+        ends[count++] = i + 4;
+    return count;
+}
+
 /* One match of codes._HTTP at p (IGNORECASE, MULTILINE), alternatives in their order. */
 static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
 {
@@ -1011,12 +1035,8 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
         int count = 0;
         static const char *after_http[] = {"status", "error", "code"};
         if (starts_with_folded(t, p, "status")) {
-            i = p + 6;
-            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
-                ends[count++] = i + 5;
-            if (starts_with_folded(t, i, "code"))
-                ends[count++] = i + 4;
-            ends[count++] = i;
+            count = code_word_ends(t, p + 6, ends, count);
+            ends[count++] = p + 6;
         }
         if (starts_with_folded(t, p, "statuscode"))
             ends[count++] = p + 10;
@@ -1032,19 +1052,11 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
             ends[count++] = i;
         }
         if (starts_with_folded(t, p, "response")) {
-            i = p + 8;
-            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
-                ends[count++] = i + 5;
-            if (starts_with_folded(t, i, "code"))
-                ends[count++] = i + 4;
+            count = code_word_ends(t, p + 8, ends, count);
         }
         if (starts_with_folded(t, p, "error")) {
-            i = p + 5;
-            if (i < n && (AT(t, i) == ' ' || AT(t, i) == '_' || AT(t, i) == '-') && starts_with_folded(t, i + 1, "code"))
-                ends[count++] = i + 5;
-            if (starts_with_folded(t, i, "code"))
-                ends[count++] = i + 4;
-            ends[count++] = i;
+            count = code_word_ends(t, p + 5, ends, count);
+            ends[count++] = p + 5;
         }
         if (starts_with_folded(t, p, "code"))
             ends[count++] = p + 4;
@@ -1125,29 +1137,7 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
 /* (start of the match, its status) of every codes._HTTP match: the caller reads what precedes it. */
 static PyObject *http_statuses(PyObject *self, PyObject *text)
 {
-    Text t;
-    if (prepare(text, &t) < 0)
-        return NULL;
-    PyObject *found = PyList_New(0);
-    if (found == NULL)
-        return NULL;
-    Py_ssize_t p = 0;
-    while (p < t.n) {
-        Py_ssize_t start, stop, end;
-        if (!http_at(&t, p, &start, &stop, &end)) {
-            p++;
-            continue;
-        }
-        PyObject *pair = Py_BuildValue("(nN)", p, PyUnicode_Substring(text, start, stop));
-        if (pair == NULL || PyList_Append(found, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_DECREF(found);
-            return NULL;
-        }
-        Py_DECREF(pair);
-        p = end;
-    }
-    return found;
+    return find_all(text, http_at, 1);
 }
 
 /* \bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b (IGNORECASE); the second alternative,
@@ -1184,7 +1174,7 @@ static int sqlstate_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_
 
 static PyObject *sqlstate_values(PyObject *self, PyObject *text)
 {
-    return find_all(text, sqlstate_at);
+    return find_all(text, sqlstate_at, 0);
 }
 
 /* model.spell_identifiers(text): each run of [A-Za-z0-9_.$-] that the lookbehind
@@ -1281,18 +1271,7 @@ static PyObject *spell_identifiers(PyObject *self, PyObject *text)
         }
         p = r;
     }
-    if (!changed) {
-        PyMem_Free(out.buffer);
-        Py_INCREF(text);
-        return text;
-    }
-    if (output_text(&out, &t, done, t.n) < 0) {
-        PyMem_Free(out.buffer);
-        return NULL;
-    }
-    PyObject *result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out.buffer, out.length);
-    PyMem_Free(out.buffer);
-    return result;
+    return finish_output(&out, &t, done, text, changed);
 }
 
 /* classify._FRAME.search(line): a stack-frame line.
