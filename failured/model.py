@@ -54,13 +54,13 @@ NB_SMOOTHING = 0.003  # additive (Lidstone) smoothing of the naive Bayes
 NB_TEMPERATURE = 20.0
 # The model defers (the task stays unknown) when it gives "unknown" more than
 # this, even if another category ranks first: programming errors look like
-# several categories at once. Chosen with the default min_confidence (0.3) on
-# the rules-blind grouped CV (see the README): every corpus message scored as
-# if no rule had recognised it, which is what a message from a new source
-# looks like. 0.05 keeps unknown recall at 94 % there (93 % in the pipeline)
-# while the model answers 81 % of all messages right; 0.02 with 0.5, tuned on
-# the residue the rules leave (mostly unknown in the corpus), answered 71 %.
-MAX_UNKNOWN = 0.05
+# several categories at once. 0.05 kept unknown recall at 94 % under the
+# grouped CV but sent a tenth of the business, data and configuration
+# messages of new sources to the admins as unknown. On 6,985 messages (see
+# the README) 0.1 scores the same grouped CV (93.2 %, unknown recall 93.8 ->
+# 91.7 %) and 0.4 points more on the blind sets 10-13; 0.2 gains nothing more
+# there and drops unknown recall to 89.6 %.
+MAX_UNKNOWN = 0.1
 DEFAULT_MIN_CONFIDENCE = 0.3  # [model] min_confidence when failured.toml does not set it
 # [model] overrule_confidence: at or above it the model's answer replaces a rule's that disagrees (never a tag).
 # Chosen once on held-out sets 3-7 before set 8 was scored (see the README); 1 turns overruling off.

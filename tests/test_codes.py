@@ -134,6 +134,18 @@ def codes_only():
      "unrecoverable_config"),
     ('[28000] FATAL:  pg_hba.conf rejects connection for host "10.121.14.113", user "postgres", database "postgres", '
      "SSL off", "phrases login-refused", "unrecoverable_config"),
+    # session 6: content a vendor's moderation refuses is business; a crowded sale and FLOOD_WAIT are rate
+    # limits (FLOOD_WAIT is a pattern: tests/test_shipped_patterns.py); a value already taken is a business duplicate; a socket refused for want of buffers is system
+    ("[API Error: 400 <400> InternalError.Algo.DataInspectionFailed: Input text data may contain inappropriate "
+     "content.]", "phrases content-rejected", "unrecoverable_business"),
+    ("BadRequestError: Error code: 400 - {'detail': 'Content Exists Risk'}", "phrases content-rejected",
+     "unrecoverable_business"),
+    ("ActiveRecord::RecordInvalid: Validation failed: Username has already been taken", "phrases already-taken",
+     "unrecoverable_business"),
+    ("去做任务：关注德青源赢好礼\n任务失败，错误信息：啊哦，活动太火爆～~", "phrases service-busy", "recoverable_temporary"),
+    ("订单提交失败, 错误码：60017, 返回信息：您多次提交过快，请稍后再试", "phrases rate-limit", "recoverable_temporary"),
+    ("2021-06-22 18:45:01 ERROR (MainThread) [homeassistant] Error doing job: socket.accept() out of system resource",
+     "phrases killed-for-memory", "recoverable_system"),
     # errno: glibc's zh_TW catalogue, and the codes added with it
     ("curl: (7) Failed to connect to api.example.com port 443: 連線被拒絕", "errno ECONNREFUSED", "recoverable_network"),
     ("OSError: [Errno 28] 裝置上已無多餘空間", "errno ENOSPC", "recoverable_system"),

@@ -229,6 +229,33 @@ def test_shipped_tags(classifier, message, category):
     assert (result.category, result.matched_by) == (category, "tag")
 
 
+@pytest.mark.parametrize("message, category", [
+    # a worker that died of a segmentation fault is system, like one the kernel killed (real messages)
+    ("./runall.sh: 行 4: 13469 段错误               (核心已转储) ${train_deepnet} model.pbtxt", "recoverable_system"),
+    ("[2018-01-02 13:51:20,799: ERROR/MainProcess] Process 'ForkPoolWorker-6' pid:53022 exited with "
+     "'signal 11 (SIGSEGV)'", "recoverable_system"),
+    ("immich      | [12/01/23 21:31:01] ERROR    Worker (pid:506) was sent code 139!", "recoverable_system"),
+    ("program teminted with signal SIGSEGV, Segmentation fault", "recoverable_system"),
+    # ... but a Go panic on a nil pointer names SIGSEGV and is a programming error
+    ("panic: runtime error: invalid memory address or nil pointer dereference\n[signal SIGSEGV: segmentation "
+     "violation code=0x1 addr=0x0 pc=0x6b1f2a]", "unknown"),
+    # missing database objects in SQL Server's, Kingbase's and German wording are schema
+    ("System.Data.SqlClient.SqlException (0x80131904): 对象名 'JQUser' 无效。", "unrecoverable_config"),
+    ("连接失败：无效的表或视图名 'all_users'", "unrecoverable_config"),
+    ("Ungültiger Objektname 'sys.extended_properties'.", "unrecoverable_config"),
+    ("System.Data.SqlClient.SqlException (0x80131904): Invalid column name 'id'.", "unrecoverable_config"),
+    # Telegram's flood control is a rate limit
+    ("got Error: Flood - FLOOD_WAIT_62720", "recoverable_temporary"),
+])
+def test_session_6_families(classifier, message, category):
+    result = classifier.classify(message.replace("\\n", "\n"))
+    assert result.category == category, describe(result)
+
+
+def test_a_waybill_number_range_is_no_crash(classifier):
+    assert classifier.classify("S14 运单号段错误").category != "recoverable_system"  # 号段: a number's range
+
+
 def test_local_file_extends_and_replace_replaces(tmp_path):
     shutil.copytree(CONFIG / "patterns", tmp_path / "patterns")
     message = "包裹被海关扣留"
