@@ -146,6 +146,15 @@ def codes_only():
     ("订单提交失败, 错误码：60017, 返回信息：您多次提交过快，请稍后再试", "phrases rate-limit", "recoverable_temporary"),
     ("2021-06-22 18:45:01 ERROR (MainThread) [homeassistant] Error doing job: socket.accept() out of system resource",
      "phrases killed-for-memory", "recoverable_system"),
+    ("ConnectionError: Error 24 connecting to 127.0.0.1:46379. Too many open files.",
+     "phrases host-resources-exhausted", "recoverable_system"),
+    ("Unable to connect to the remote server\nSystem.Net.Sockets.SocketException: Only one usage of each socket "
+     "address (protocol/network address/port) is normally permitted", "phrases host-resources-exhausted",
+     "recoverable_system"),
+    ("UnauthorizedOperation.ServiceSuspendDueToArrears 欠费被停止服务", "phrases plan-or-balance-used-up",
+     "unrecoverable_business"),
+    ("550 5.4.1 Recipient address rejected: Access denied", "phrases recipient-refused", "unrecoverable_business"),
+    ("UnauthorizedOperation.OperationTooOften 操作过于频繁，请稍后重试", "phrases rate-limit", "recoverable_temporary"),
     # errno: glibc's zh_TW catalogue, and the codes added with it
     ("curl: (7) Failed to connect to api.example.com port 443: 連線被拒絕", "errno ECONNREFUSED", "recoverable_network"),
     ("OSError: [Errno 28] 裝置上已無多餘空間", "errno ENOSPC", "recoverable_system"),
