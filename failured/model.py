@@ -183,7 +183,7 @@ class TextModel:
         self.size = size  # training examples
         width = 2 * len(classes) * array("d").itemsize
         self._rows = [b""] * BUCKETS
-        self._known = tuple(rows)
+        self._known = array("l", rows)  # the buckets with a row: machine ints, not 100,000 int objects (~3.5 MB)
         for bucket, row in rows.items():
             if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
                 raise ValueError(f"bucket {bucket!r} out of range")
