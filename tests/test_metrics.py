@@ -25,7 +25,7 @@ def scraped(store, clock, tmp_path):
     engine = Engine(store, Settings(), clock, lambda: snapshot, owner="m", metrics=metrics)
     ok = record_failure(store, "sync", "connection timeout", clock=clock)
     bad = record_failure(store, "sync", "connection timeout", clock=clock)
-    record_failure(store, "sync", "the moon", clock=clock)
+    record_failure(store, "sync", "java.lang.NullPointerException at Moon.orbit(Moon.java:12)", clock=clock)  # unknown
     record_failure(store, "receipt", "malformed json", clock=clock)
     engine.handle_new()
     clock.advance(0.3)
