@@ -453,17 +453,28 @@ static PyObject *finish_output(Output *out, const Text *t, Py_ssize_t done, PyOb
     return result;
 }
 
-static PyObject *substitute(PyObject *text, Matcher match, const char *replacement)
+/* ``t`` viewing the str ``text`` (-1 with TypeError for another type). */
+static int prepare(PyObject *text, Text *t)
 {
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "a str is required");
-        return NULL;
+        return -1;
     }
 #if PY_VERSION_HEX < 0x030C0000
     if (PyUnicode_READY(text) < 0)
-        return NULL;
+        return -1;
 #endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
+    t->kind = PyUnicode_KIND(text);
+    t->data = PyUnicode_DATA(text);
+    t->n = PyUnicode_GET_LENGTH(text);
+    return 0;
+}
+
+static PyObject *substitute(PyObject *text, Matcher match, const char *replacement)
+{
+    Text t;
+    if (prepare(text, &t) < 0)
+        return NULL;
     Output out = {NULL, 0, 0};
     ScanState state = {0};
     Py_ssize_t done = 0, p = 0;
@@ -521,13 +532,9 @@ static PyObject *quoted_in_head(PyObject *self, PyObject *args)
 {
     PyObject *text;
     Py_ssize_t reach;
-    if (!PyArg_ParseTuple(args, "Un:quoted_in_head", &text, &reach))
+    Text t;
+    if (!PyArg_ParseTuple(args, "Un:quoted_in_head", &text, &reach) || prepare(text, &t) < 0)
         return NULL;
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
-        return NULL;
-#endif
-    Text t = {PyUnicode_KIND(text), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text)};
     Py_ssize_t window = t.n - reach, done = 0, p = 0;
     Output out = {NULL, 0, 0};
     ScanState state = {0};
@@ -574,22 +581,6 @@ static int append_slice(PyObject *list, PyObject *text, Py_ssize_t start, Py_ssi
     int failed = PyList_Append(list, piece);
     Py_DECREF(piece);
     return failed;
-}
-
-static int prepare(PyObject *text, Text *t)
-{
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "a str is required");
-        return -1;
-    }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(text) < 0)
-        return -1;
-#endif
-    t->kind = PyUnicode_KIND(text);
-    t->data = PyUnicode_DATA(text);
-    t->n = PyUnicode_GET_LENGTH(text);
-    return 0;
 }
 
 /* [A-Za-z][\w.\-]*\w at p (a letter): the index of its last \w, or -1 if none; ``dot``: its first ".". */
