@@ -66,10 +66,10 @@ def fallback(rule, prediction, threshold, max_unknown=learner.MAX_UNKNOWN):
 
 def overruled(decision, prediction, threshold, overrule, max_unknown=learner.MAX_UNKNOWN):
     """The pipeline with overruling: as ``fallback``, and the model's category instead of a rule's (not a tag's)
-    when it disagrees at ``overrule`` confidence or more, within the guard, unknown included (classify.Classifier's
-    rule)."""
+    or an early code's when it disagrees at ``overrule`` confidence or more, within the guard, unknown included
+    (classify.Classifier's rule)."""
     rule, stage = decision
-    if rule != "unknown" and stage != "tag" and overrule < 1 and prediction.confidence >= overrule:
+    if rule != "unknown" and stage not in ("tag", "early_code") and overrule < 1 and prediction.confidence >= overrule:
         if prediction.category == "unknown":  # a programming error some rule's phrase caught
             return "unknown"
         if prediction.unknown <= max_unknown and prediction.category != rule:

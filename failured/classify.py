@@ -239,7 +239,8 @@ class Classifier:
                 found, confidence = self._by_model(message, error_type)
             elif self.overrule_confidence < 1:
                 found, confidence = self._overruled(found, message, error_type)
-        category, matched_by, matched = found or (self.ruleset.unknown, "none", None)
+        category, stage, matched = found or (self.ruleset.unknown, "none", None)
+        matched_by = "code" if stage == "early_code" else stage
         template, digest = fingerprint(message)
         return Classification.of(
             category=category.name, label=category.label_in(self.lang), action=category.action,
@@ -259,20 +260,20 @@ class Classifier:
             elif stage == "spelled":
                 found = self._spelled_patterns_of(core, error_type)
             elif stage == "early_code":
-                found = self._by_code_stage(core, error_type, early=True)
+                found = self._by_code_stage(core, error_type, early=True, stage=stage)
             else:
                 found = self._by_code_stage(core, error_type, early=False if "early_code" in self.stages else None)
             if found is not None:
                 return found
         return None
 
-    def _by_code_stage(self, core, error_type, early=None):
+    def _by_code_stage(self, core, error_type, early=None, stage="code"):
         hit = self.codes.match(f"{error_type}: {core}" if error_type else core, early)
         if hit is None:
             return None
         table, code, name = hit
         category = self.ruleset.category(name)
-        return (category, "code", describe_code(table, code)) if category is not None else None
+        return (category, stage, describe_code(table, code)) if category is not None else None
 
     def _by_model(self, message, error_type):
         """The model's answer when it is confident enough, else (None, None): the task stays unknown."""
@@ -284,11 +285,12 @@ class Classifier:
     def _overruled(self, found, message, error_type):
         """The model's answer instead of the rule's ``found`` when it disagrees at ``overrule_confidence`` or
         more: on messages from sources never seen, a rule written for other wording is wrong more often than
-        a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor a
+        a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor an
+        early code (a decisive phrase or code means the same whatever wording surrounds it), nor a
         rule of a category the model has no examples of. A model that sure of ``unknown`` overrules too: a
         programming error (a NullPointerException, a ClassCastException) whose trace holds a phrase some
         rule knows goes to the admins, not into retries."""
-        if self.model is None or found[0].name not in self.model.classes:
+        if self.model is None or found[1] == "early_code" or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
         category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
         if category is None or category is found[0]:

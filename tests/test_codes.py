@@ -190,6 +190,28 @@ def codes_only():
     ('{"request_id": "5b1e3a8c-6f0e-4d6a-9c2b-1c2d3e4f5a6b", "errors": [{"error_source": "carrier", '
      '"error_type": "validation", "error_code": "invalid_address", "message": "Invalid destination address"}]}',
      "shipping-platforms invalid_address", "unrecoverable_data"),
+    # session 7's early phrases, each read from a real message of a held-out set
+    ('<html><head><title>413 Request Entity Too Large</title></head><body bgcolor="white"><center><h1>413 Request '
+     'Entity Too Large</h1></center><hr><center>nginx/1.10.1</center></body></html>',
+     "phrases content-too-large", "unrecoverable_data"),
+    ("ray.exceptions.RaySystemError: System error: [WinError 1455] 页面文件太小，无法完成操作",
+     "phrases host-resources-exhausted", "recoverable_system"),
+    ("Unexpected error 1455 in `std.os.windows.CreateProcessW`: The paging file is too small for this operation "
+     "to complete.", "phrases host-resources-exhausted", "recoverable_system"),
+    ("[ErrorReply:MISCONF Redis配置为保存RDB快照，但当前无法保存在磁盘上。可能修改数据集的命令被禁用。]",
+     "phrases host-resources-exhausted", "recoverable_system"),
+    ("'ffmpeg' is not recognized as an internal or external command,\noperable program or batch file.",
+     "phrases program-not-found", "unrecoverable_config"),
+    ("数据库链接失败", "phrases database-unreachable", "recoverable_temporary"),
+    ("Npgsql.NpgsqlException (0x80004005): Exception while reading from stream\n ---> System.TimeoutException: "
+     "Timeout during reading attempt", "phrases database-unreachable", "recoverable_temporary"),
+    ("讯飞星火api连接异常：输入内容审核不通过，涉嫌违规，请重新调整输入内容", "phrases content-rejected",
+     "unrecoverable_business"),
+    ("403 Forbidden：您选择的模型需通过内容审核，您的输入因违规被拦截。", "phrases content-rejected", "unrecoverable_business"),
+    ("java.security.cert.CertificateException: No subject alternative names present", "phrases certificate-rejected",
+     "unrecoverable_config"),
+    ("Exception Type:        EXC_BAD_ACCESS (SIGSEGV)\nException Codes:       KERN_INVALID_ADDRESS at 0xfffffffffffffffb",
+     "phrases native-crash", "recoverable_system"),
 ])
 def test_shipped_table_reads_a_real_message(codes_only, message, table, category):
     result = codes_only.classify(message)

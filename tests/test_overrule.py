@@ -5,6 +5,7 @@ import pytest
 from conftest import SMALL_PATTERNS, write_config
 from failured import model as learner
 from failured.classify import Classifier
+from failured.codes import load_code_tables
 from failured.config import load_config
 from failured.errors import ConfigErrors
 from failured.rules import load_ruleset
@@ -52,6 +53,22 @@ def test_a_tag_is_never_overruled_and_agreement_keeps_the_rule(ruleset, trained)
     agreed = Classifier(ruleset, model=trained, overrule_confidence=0.5).classify(
         "connection timeout: connection refused by host db3 port 5432")
     assert (agreed.category, agreed.matched_by) == ("recoverable_network", "pattern")
+
+
+def test_an_early_code_is_never_overruled(tmp_path, ruleset, trained):
+    # A decisive phrase means the same whatever surrounds it: the model, sure of business here, leaves it be.
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "10-local.toml").write_text(
+        'kind = "token"\npriority = 10\nearly = true\n[codes]\n"pool-wait" = "recoverable_network"\n'
+        '[texts]\n"connection pool timeout" = "pool-wait"\n', encoding="utf-8")
+    tables = load_code_tables(tmp_path, frozenset(c.name for c in ruleset.categories))
+    assert trained.predict(DISPUTED).confidence >= 0.9  # the premise: sure enough to overrule
+    result = Classifier(ruleset, code_tables=tables, model=trained, overrule_confidence=0.5).classify(DISPUTED)
+    assert (result.category, result.matched_by, result.pattern) == ("recoverable_network", "code", "local pool-wait")
+    assert result.confidence is None
+    late = Classifier(ruleset, code_tables=tables, model=trained, overrule_confidence=0.5,
+                      stages=("exception_type", "pattern", "code"))
+    assert late.classify(DISPUTED).matched_by == "model"  # a late pattern is overruled as before
 
 
 def test_a_model_sure_of_unknown_overrules_too_a_programming_error_goes_to_the_admins(ruleset, trained):

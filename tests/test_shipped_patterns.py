@@ -246,6 +246,10 @@ def test_shipped_tags(classifier, message, category):
     ("System.Data.SqlClient.SqlException (0x80131904): Invalid column name 'id'.", "unrecoverable_config"),
     # Telegram's flood control is a rate limit
     ("got Error: Flood - FLOOD_WAIT_62720", "recoverable_temporary"),
+    # a process killed after its last log line, or whose exit status names SIGKILL (session 7)
+    ("2021-02-12 03:31:37,319 INFO Training Started.\nKilled", "recoverable_system"),
+    ("Training task exit with status code 137", "recoverable_system"),
+    ("An insertion failed because the database is full.", "recoverable_system"),
 ])
 def test_session_6_families(classifier, message, category):
     result = classifier.classify(message.replace("\\n", "\n"))
