@@ -2,7 +2,8 @@
 
 Pure Python, no dependency: word unigrams and bigrams (also of the words inside
 CamelCase, snake_case and dotted identifiers) plus character n-grams
-(3-4 inside ASCII words, 1-3 over Chinese runs), hashed into a fixed number of
+(3-4 inside ASCII words, 1-3 over Chinese runs), and the names of the concepts
+a message mentions in English or Chinese (concepts.py), hashed into a fixed number of
 buckets, and two classifiers over them whose log-probabilities are averaged:
 a multinomial logistic regression trained by stochastic gradient descent with
 AdaGrad steps and a little L2, and the multinomial naive Bayes failured used
@@ -21,6 +22,8 @@ import re
 import zlib
 from array import array
 from dataclasses import dataclass
+
+from .concepts import concepts_in
 
 try:  # features() and _column_sums() compiled (failured/_speedups.c): the same set in the same order, the same sums
     from ._speedups import column_sums as _compiled_column_sums, features as _compiled_features
@@ -43,7 +46,8 @@ if _compiled_probabilities is not None and not _sets_laid_out_as_compiled():  # 
     _compiled_probabilities = None
 
 BUCKETS = 1 << 18  # hashing keeps memory bounded: the corpus touches ~70k buckets
-EPOCHS = 6  # passes over the examples; 4 and 8 scored the same under grouped CV
+EPOCHS = 12  # passes over the examples: 4, 6 and 8 scored the same under grouped CV on 5,775 messages; on 14,781
+# 12 scored +0.15 points (model alone, grouped CV) and fits the corpus the rules and model must get 97 % of
 LEARNING_RATE = 0.5  # AdaGrad step size
 L2 = 1e-4  # weight decay per step
 SEED = 7  # the order examples are visited in: fixed, so a corpus always gives the same model
@@ -87,6 +91,12 @@ def normalize(text):
     text = text[:MAX_CHARS].lower()
     text = _HEX.sub(" 0x ", text)
     return _LONG_NUMBER.sub(" 000000 ", text)
+
+
+def with_concepts(text):
+    """``text`` led by the names of the concepts its head mentions: what the model reads (concepts.py)."""
+    names = concepts_in(text[:MAX_CHARS])
+    return f"{' '.join(names)} | {text}" if names else text
 
 
 def identifier_words(text):
@@ -194,7 +204,7 @@ class TextModel:
 
     def scores(self, text):
         """Each class's log-probability up to a constant: the mean of the two models' (softmax undoes the constant)."""
-        buckets = features(text)
+        buckets = features(with_concepts(text))
         n = len(self.classes)
         sums = _column_sums(self._rows, buckets, 2 * n)
         scale = 1.0 / math.sqrt(max(1, len(buckets)))
@@ -205,7 +215,8 @@ class TextModel:
     def probabilities(self, text):
         """P(category | text) for each of ``self.classes``."""
         if _compiled_probabilities is not None and features is _compiled_features:
-            return _compiled_probabilities(self._rows, text, self._bias, self._tempered_prior, 1.0 / NB_TEMPERATURE)
+            return _compiled_probabilities(self._rows, with_concepts(text), self._bias, self._tempered_prior,
+                                           1.0 / NB_TEMPERATURE)
         return _softmax(self.scores(text))
 
     def predict(self, text):
@@ -282,6 +293,7 @@ def train(examples):
     classes = tuple(sorted({category for category, _ in examples}))
     if len(classes) < 2:
         return None
+    examples = [(category, with_concepts(text)) for category, text in examples]
     index = {c: k for k, c in enumerate(classes)}
     n = len(classes)
     weights, squares, data = {}, {}, []

@@ -39,7 +39,7 @@ def cache_dir(environ=os.environ):
 
 def cache_key(category_names, labels):
     digest = hashlib.sha256(sys.version.encode())
-    for module in ("model.py", "classify.py", "corpus.py"):
+    for module in ("model.py", "concepts.py", "classify.py", "corpus.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     digest.update(corpus.PATH.read_bytes())
     digest.update(repr(sorted(category_names)).encode())

@@ -158,7 +158,7 @@ def test_model_carries_its_guard_against_programming_errors():
 def _reference_scores(fitted, text):
     """The model's scores written plainly from its state: each table's rows summed column by column."""
     classes, weights, bias, likelihoods, prior, _ = fitted.state()
-    buckets = learner.features(text)
+    buckets = learner.features(learner.with_concepts(text))
     sums = []
     for table in (weights, likelihoods):
         rows = [table[b] for b in buckets if b in table]

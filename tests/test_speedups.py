@@ -95,7 +95,7 @@ def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained,
     learned, _ = trained
     monkeypatch.setattr(model, "features", python_features)
     monkeypatch.setattr(model, "_column_sums", python_column_sums)
-    compiled = [speedups.feature_probabilities(learned._rows, text, learned._bias, learned._tempered_prior,
+    compiled = [speedups.feature_probabilities(learned._rows, model.with_concepts(text), learned._bias, learned._tempered_prior,
                                                1.0 / model.NB_TEMPERATURE) for text in many_texts]
     expected = [learned.probabilities(text) for text in many_texts]
     assert [text for text, got, want in zip(many_texts, compiled, expected)

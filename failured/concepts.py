@@ -1,0 +1,124 @@
+"""Concepts: one failure said in other words or in another language, as one more word for the model.
+
+The learned fallback (model.py) reads n-grams, so "超时" and "timed out" share nothing, nor
+"余额不足" and "insufficient balance": what it learns from an English message says nothing about
+a Chinese one. Each concept below lists spellings of one idea in English and Chinese; a message
+gets the concept's name as an extra word for each concept it mentions, so evidence learned in one
+wording carries to the others. Measured under grouped cross-validation (see the README): +0.3 points
+for the model alone, and +1.0 on 807 messages of five collections from sources the corpus lacked.
+
+English spellings match at a word start (so "throttl" covers throttled and throttling); Chinese
+ones anywhere. One RE2 set over the lower-cased head of the message: linear in its length.
+"""
+
+import functools
+
+import re2
+
+from .rules import re2_options
+
+CONCEPTS = {
+    'timeout': ('timeout', 'timed out', 'time out', '超时', '逾时'),
+    'connect': ('connection', 'connect', '连接', '联接', '链接', '連線'),
+    'refused': ('refused', '拒绝'),
+    'reset': ('reset', '重置', '强迫关闭', '强制关闭'),
+    'unreachable': ('unreachable', '不可达', '无法访问'),
+    'dns': ('name resolution', 'resolve host', 'getaddrinfo', 'dns', '域名解析', '解析主机', '无法解析'),
+    'notfound': ('not found', 'not exist', 'does not exist', 'no such', '不存在', '找不到', '未找到', '查无', '无此'),
+    'balance': ('balance', 'funds', '余额', '资金'),
+    'insufficient': ('insufficient', 'not enough', '不足', '不够'),
+    'quota': ('quota', '额度', '配额', '限额'),
+    'ratelimit': ('rate limit', 'too many requests', 'throttl', 'too frequent', '限流', '流控', '频繁', '频率', '超频', 'qps'),
+    'busy': ('busy', 'overload', '繁忙', '忙碌', '过载', '拥挤'),
+    'retrylater': ('try again later', 'retry later', '稍后重试', '稍后再试', '请重试'),
+    'maintenance': ('maintenance', '维护', '升级中'),
+    'signature': ('signature', '签名', '验签'),
+    'key': ('api key', 'apikey', 'secret', 'access key', 'appkey', 'app key', '密钥', '秘钥', 'appsecret'),
+    'token': ('token', '令牌'),
+    'expired': ('expired', 'expire', '过期', '失效', '到期'),
+    'invalid': ('invalid', 'illegal', '无效', '非法', '不合法'),
+    'format': ('format', 'malformed', '格式'),
+    'parse': ('parse', 'parsing', 'decode', '解析', '反序列化'),
+    'param': ('parameter', 'param', 'argument', '参数'),
+    'required': ('required', 'must not be empty', 'must not be null', 'cannot be empty', 'missing', '必填', '不能为空', '缺少', '缺失', '为空'),
+    'duplicate': ('duplicate', 'already exist', 'already taken', 'already registered', '重复', '已存在', '已被使用', '已注册'),
+    'permission': ('permission', 'forbidden', 'not allowed', 'access denied', '权限', '禁止', '不允许', '拒绝访问'),
+    'unauthorized': ('unauthorized', 'unauthenticated', 'authentication', '未授权', '认证', '鉴权', '授权'),
+    'login': ('login', 'log in', 'sign in', 'password', 'credential', '登录', '登陆', '密码', '凭证'),
+    'account': ('account', '账号', '账户', '帐户', '帐号'),
+    'frozen': ('frozen', 'suspended', 'locked', 'disabled', 'banned', '冻结', '锁定', '禁用', '停用', '封禁', '暂停'),
+    'arrears': ('arrear', 'overdue', 'unpaid', '欠费', '逾期'),
+    'stock': ('stock', 'inventory', '库存', '售罄'),
+    'order': ('order', '订单'),
+    'waybill': ('waybill', 'tracking number', '运单', '快递单'),
+    'payment': ('payment', 'pay', '支付', '付款'),
+    'refund': ('refund', '退款'),
+    'memory': ('memory', 'oom', '内存'),
+    'disk': ('disk', 'no space', '磁盘', '硬盘', '空间不足'),
+    'file': ('file', '文件'),
+    'path': ('path', 'directory', 'folder', '路径', '目录', '文件夹'),
+    'database': ('database', 'sql', '数据库'),
+    'network': ('network', 'socket', '网络'),
+    'host': ('host', '主机', '服务器'),
+    'port': ('port', '端口'),
+    'certificate': ('certificate', 'cert', 'x509', 'ssl', 'tls', '证书'),
+    'handshake': ('handshake', '握手'),
+    'config': ('config', 'configuration', 'setting', '配置', '设置'),
+    'unavailable': ('unavailable', '不可用', '暂停服务'),
+    'internal': ('internal error', 'internal server error', 'server error', '内部错误', '系统错误', '系统异常', '服务器错误', '服务异常'),
+    'unknown': ('unknown', '未知'),
+    'nullptr': ('null pointer', 'nullpointer', 'nullreference', 'none type', 'nonetype', 'undefined', 'nil', '空指针', '未将对象引用'),
+    'index': ('index out of', 'out of range', 'out of bounds', '越界'),
+    'encoding': ('encoding', 'codec', 'utf-8', 'utf8', 'charset', '编码', '乱码', '字符集'),
+    'exceed': ('exceed', 'over the limit', 'too large', 'too long', 'too big', 'limit', '超出', '超过', '超限', '上限', '过大', '过长'),
+    'sensitive': ('sensitive', 'moderation', 'content policy', 'violat', 'inappropriate', '敏感', '违规', '审核', '违禁'),
+    'blocked': ('blocked', 'blacklist', 'unsubscribed', '拉黑', '黑名单', '屏蔽', '退订'),
+    'whitelist': ('whitelist', 'allowlist', '白名单'),
+    'deadlock': ('deadlock', 'lock wait', '死锁', '锁等待'),
+    'killed': ('killed', 'sigkill', '被杀死', '已杀死'),
+    'crash': ('segmentation fault', 'sigsegv', 'core dumped', '段错误', '崩溃', '核心已转储'),
+    'unsupported': ('not supported', 'unsupported', '不支持'),
+    'notenabled': ('not enabled', 'not activated', 'not subscribed', '未开通', '未启用', '未激活', '未订阅'),
+    'version': ('version', '版本'),
+    'module': ('module', 'package', 'dependency', '模块', '依赖', '包'),
+    'phone': ('phone', 'mobile', '手机', '电话'),
+    'email': ('email', 'e-mail', 'mail', '邮箱', '邮件'),
+    'mismatch': ('mismatch', 'does not match', 'not match', 'inconsistent', '不匹配', '不一致'),
+    'incorrect': ('incorrect', 'wrong', '不正确', '错误的'),
+    'disconnected': ('disconnect', 'closed', 'broken pipe', 'eof', '断开', '关闭', '中断'),
+    'full': ('full', 'exhausted', '已满', '耗尽', '用尽', '用完'),
+    'cancelled': ('cancelled', 'canceled', '已取消', '取消'),
+    'status': ('status', 'state', '状态'),
+    'region': ('region', 'zone', '地区', '区域', '地域'),
+    'service': ('service', '服务'),
+    'user': ('user', '用户'),
+    'recipient': ('recipient', 'receiver', '收件人', '接收方'),
+    'exists_not': ('no longer', 'deleted', 'removed', '已删除', '已下架', '已注销'),
+    'type': ('type', '类型'),
+    'cast': ('cast', 'conversion', 'convert', '转换'),
+    'overflow': ('overflow', '溢出'),
+    'queue': ('queue', '队列'),
+    'upstream': ('upstream', 'gateway', '上游', '网关'),
+    'proxy': ('proxy', '代理'),
+}
+
+_NAMES = tuple(CONCEPTS)
+
+
+def _alternation(spellings):
+    return "|".join(re2.escape(s) if not s.isascii() else r"\b" + re2.escape(s) for s in spellings)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():
+    concepts = re2._re2.Set(re2._re2.RE2.Anchor.UNANCHORED, re2_options())
+    for name in _NAMES:
+        concepts.Add(_alternation(CONCEPTS[name]).encode("utf-8"))
+    concepts.Compile()
+    return concepts
+
+
+def concepts_in(text):
+    """The names of the concepts ``text`` mentions, in CONCEPTS' order."""
+    found = _compiled().Match(text.encode("utf-8", "replace"))
+    return [_NAMES[i] for i in sorted(found)]
