@@ -8,9 +8,10 @@
  *   fingerprint.py  the uuid, quoted value, IPv4, Windows path, host, hex, id and number passes
  *   codes.py        the http, errno, sqlstate, grpc and token finders, and the known tokens in one scan
  *   classify.py     without_frames, exception_type_in, and model.spell_identifiers
- *   model.py        features and _column_sums (the same set in the same order, the same sums), and
+ *   model.py        features and _column_sums (the same set in the same order, the same sums),
  *                   feature_order / feature_probabilities: the same order, sums and
- *                   probabilities from the set's layout alone (CPython's set algorithm written out)
+ *                   probabilities from the set's layout alone (CPython's set algorithm written out),
+ *                   and the training's AdaGrad step (the same weights, bit for bit)
  *
  * The extension is optional (setup.py): where it is not built each caller uses its Python
  * code, and a test per function compares the two (tests/test_fingerprint.py,
@@ -2418,6 +2419,138 @@ done:
     return result;
 }
 
+/* model._python_step (one AdaGrad step of the softmax loss on one example), in place:
+ *     probs = _softmax([b + scale * sum(column) for b, column in zip(bias, zip(*rows))])
+ *     gradient = [probs[k] - (k == target) for k in range(n)]
+ *     active = [k for k in range(n) if abs(gradient[k]) >= 1e-3]; none: return
+ *     squared = sum(gradient[k] * gradient[k] for k in active) * scale * scale
+ *     for row, accumulated in zip(rows, squares):
+ *         accumulated[0] += squared
+ *         step = learning_rate * scale / math.sqrt(accumulated[0])
+ *         for k in active: row[k] -= step * (gradient[k] + l2 * row[k] / scale)
+ *     for k in active: bias[k] -= 0.05 * gradient[k]
+ * ``rows`` a list of lists of n floats, ``squares`` a list of one-float lists, ``bias`` a list of n
+ * floats: the same operations in the same order on the same doubles (sums as sum() adds them). */
+static int float_at(PyObject *list, Py_ssize_t k, double *value)
+{
+    PyObject *item = PyList_GET_ITEM(list, k);
+    if (!PyFloat_CheckExact(item)) {
+        PyErr_SetString(PyExc_TypeError, "weights must be floats");
+        return -1;
+    }
+    *value = PyFloat_AS_DOUBLE(item);
+    return 0;
+}
+
+static int set_float(PyObject *list, Py_ssize_t k, double value)
+{
+    PyObject *item = PyFloat_FromDouble(value);
+    if (item == NULL)
+        return -1;
+    PyObject *old = PyList_GET_ITEM(list, k);
+    PyList_SET_ITEM(list, k, item);
+    Py_DECREF(old);
+    return 0;
+}
+
+static int check_rows(PyObject *rows, PyObject *squares, Py_ssize_t n)
+{
+    if (PyList_GET_SIZE(rows) != PyList_GET_SIZE(squares) || PyList_GET_SIZE(rows) == 0) {
+        PyErr_SetString(PyExc_ValueError, "rows and squares must be non-empty and of one length");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *square = PyList_GET_ITEM(squares, i);
+        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != n || !PyList_CheckExact(square) ||
+            PyList_GET_SIZE(square) != 1) {
+            PyErr_SetString(PyExc_ValueError, "each row must be a list of one weight per class, each square a list of one");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *adagrad_step(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *squares, *bias;
+    Py_ssize_t target;
+    double scale, learning_rate, l2;
+    if (!PyArg_ParseTuple(args, "nO!O!dO!dd:adagrad_step", &target, &PyList_Type, &rows, &PyList_Type, &squares,
+                          &scale, &PyList_Type, &bias, &learning_rate, &l2))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(bias), count = PyList_GET_SIZE(rows);
+    if (n <= 0 || check_rows(rows, squares, n) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bias must hold one value per class");
+        return NULL;
+    }
+    double *gradient = PyMem_Calloc(n, sizeof(double));
+    Py_ssize_t *active = PyMem_Calloc(n, sizeof(Py_ssize_t));
+    PyObject *result = NULL;
+    if (gradient == NULL || active == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double top = 0.0, value;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Sum column = {0.0, 0.0, 0};
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (float_at(PyList_GET_ITEM(rows, i), k, &value) < 0)
+                goto done;
+            sum_add(&column, value);
+        }
+        double b;
+        if (float_at(bias, k, &b) < 0)
+            goto done;
+        gradient[k] = b + scale * sum_value(&column);  /* the score, for now */
+        if (k == 0 || gradient[k] > top)
+            top = gradient[k];
+    }
+    Sum total = {0.0, 0.0, 0};
+    for (Py_ssize_t k = 0; k < n; k++) {
+        gradient[k] = exp(gradient[k] - top);
+        sum_add(&total, gradient[k]);
+    }
+    double divisor = sum_value(&total);
+    Py_ssize_t used = 0;
+    Sum squared_sum = {0.0, 0.0, 0};
+    for (Py_ssize_t k = 0; k < n; k++) {
+        gradient[k] = gradient[k] / divisor - (k == target ? 1.0 : 0.0);
+        if (fabs(gradient[k]) >= 1e-3) {
+            active[used++] = k;
+            sum_add(&squared_sum, gradient[k] * gradient[k]);
+        }
+    }
+    if (used > 0) {
+        double squared = sum_value(&squared_sum) * scale * scale;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *row = PyList_GET_ITEM(rows, i), *square = PyList_GET_ITEM(squares, i);
+            double accumulated;
+            if (float_at(square, 0, &accumulated) < 0)
+                goto done;
+            accumulated = accumulated + squared;
+            if (set_float(square, 0, accumulated) < 0)
+                goto done;
+            double step = learning_rate * scale / sqrt(accumulated);
+            for (Py_ssize_t j = 0; j < used; j++) {
+                Py_ssize_t k = active[j];
+                if (float_at(row, k, &value) < 0 || set_float(row, k, value - step * (gradient[k] + l2 * value / scale)) < 0)
+                    goto done;
+            }
+        }
+        for (Py_ssize_t j = 0; j < used; j++) {
+            Py_ssize_t k = active[j];
+            if (float_at(bias, k, &value) < 0 || set_float(bias, k, value - 0.05 * gradient[k]) < 0)
+                goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(gradient);
+    PyMem_Free(active);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"uuid_pass", uuid_pass, METH_O, "The <uuid> replacement pass."},
     {"quoted_pass", quoted_pass, METH_O, "The <str> replacement pass (quoted values)."},
@@ -2442,6 +2575,7 @@ static PyMethodDef methods[] = {
      "model.TextModel.probabilities from its rows, bias, tempered prior and 1 / NB_TEMPERATURE."},
     {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
     {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
+    {"adagrad_step", adagrad_step, METH_VARARGS, "model._python_step: one AdaGrad step on one example, in place."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,8 +30,9 @@ try:  # features() and _column_sums() compiled (failured/_speedups.c): the same 
     # probabilities() in one call: the features laid out as CPython's set lays them out, summed in that order,
     # the same arithmetic on the same doubles (tests/test_speedups.py compares them bit for bit)
     from ._speedups import feature_order as _compiled_order, feature_probabilities as _compiled_probabilities
+    from ._speedups import adagrad_step as _compiled_step  # training's inner loop: the same weights, bit for bit
 except ImportError:  # pragma: no cover - no C compiler at install
-    _compiled_column_sums = _compiled_features = _compiled_order = _compiled_probabilities = None
+    _compiled_column_sums = _compiled_features = _compiled_order = _compiled_probabilities = _compiled_step = None
 
 
 def _sets_laid_out_as_compiled():
@@ -343,7 +344,15 @@ def _naive_bayes(examples, index):
 
 
 def _step(example, bias, n):
-    """One AdaGrad step of the softmax loss on one example."""
+    """One AdaGrad step of the softmax loss on one example (compiled where failured/_speedups.c is built)."""
+    if _compiled_step is None:
+        return _python_step(example, bias, n)
+    target, rows, squares, scale = example
+    return _compiled_step(target, rows, squares, scale, bias, LEARNING_RATE, L2)
+
+
+def _python_step(example, bias, n):
+    """One AdaGrad step of the softmax loss on one example: ``_step`` in Python (tests/test_speedups.py)."""
     target, rows, squares, scale = example
     probs = _softmax([b + scale * sum(column) for b, column in zip(bias, zip(*rows))])
     gradient = [probs[k] - (k == target) for k in range(n)]

@@ -1,6 +1,6 @@
 """failured._speedups's model functions give what the model's Python code gives, bit for bit: column_sums,
 features (the same set in the same order), and feature_order / feature_probabilities (the
-same order, sums and probabilities without building the set).
+same order, sums and probabilities without building the set), and the training step (the same weights).
 
 (The fingerprint's compiled passes are compared with re in tests/test_fingerprint.py.)
 """
@@ -113,3 +113,22 @@ def test_the_word_layout_cache_starting_again_changes_nothing(trained):
 def test_feature_probabilities_refuse_rows_of_the_wrong_size():
     with pytest.raises(ValueError, match="has 8 bytes, not 16"):
         speedups.feature_probabilities([b"\0" * 8] * model.BUCKETS, "timeout", (0.0,), (0.0,), 0.05)
+
+
+def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypatch):
+    """Training on a slice of the corpus (and on texts with one class only in some rows) with the compiled
+    AdaGrad step and with the Python one: the same model state, every weight the same double."""
+    rows = [(category, model_text(message, error_type)) for category, error_type, _, message in corpus.read_corpus()]
+    sample = rows[::7] + [("unknown", "NullPointerException at Foo.bar")] * 5
+    compiled = model.train(sample)
+    monkeypatch.setattr(model, "_compiled_step", None)
+    assert model.train(sample).state() == compiled.state()
+
+
+def test_the_training_step_refuses_rows_that_are_not_one_weight_per_class():
+    with pytest.raises(ValueError, match="one weight per class"):
+        speedups.adagrad_step(0, [[0.0]], [[1e-8]], 1.0, [0.0, 0.0], 0.5, 1e-4)
+    with pytest.raises(ValueError, match="non-empty"):
+        speedups.adagrad_step(0, [], [], 1.0, [0.0, 0.0], 0.5, 1e-4)
+    with pytest.raises(TypeError, match="floats"):
+        speedups.adagrad_step(0, [[0, 0.0]], [[1e-8]], 1.0, [0.0, 0.0], 0.5, 1e-4)
