@@ -134,7 +134,7 @@ def test_corpus_accuracy_is_100_percent(ruleset):
 
 # The whole corpus in-sample: 15,000 messages from 9,000 sources, most of them from sources no rule was written
 # from and labelled by many collectors, where about 3 % sit between two categories that both fit (a business
-# refusal worded like a configuration problem, a vendor's "system error"). 96.8 % at session 7's end; a rule or
+# refusal worded like a configuration problem, a vendor's "system error"). 96.6 % at session 7's end; a rule or
 # model change that loses ground shows here. What failured gets on sources it has never seen is measured by
 # bench/generalize.py, not by this test.
 WHOLE_CORPUS_AT_LEAST = 0.96
