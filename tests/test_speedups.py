@@ -119,7 +119,7 @@ def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypa
     """Training on a slice of the corpus (and on texts with one class only in some rows) with the compiled
     AdaGrad step and with the Python one: the same model state, every weight the same double."""
     rows = [(category, model_text(message, error_type)) for category, error_type, _, message in corpus.read_corpus()]
-    sample = rows[::7] + [("unknown", "NullPointerException at Foo.bar")] * 5
+    sample = rows[::20] + [("unknown", "NullPointerException at Foo.bar")] * 5
     compiled = model.train(sample)
     monkeypatch.setattr(model, "_compiled_step", None)
     assert model.train(sample).state() == compiled.state()
