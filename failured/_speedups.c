@@ -2359,6 +2359,24 @@ static double sum_value(const Sum *sum)
     return total;
 }
 
+/* model._softmax(values), in place: exp(v - max(values)) each, divided by their sum (added left to right as
+ * sum() adds them before 3.12, with Neumaier's compensation since). */
+static void softmax_in_place(double *values, Py_ssize_t n)
+{
+    double top = values[0];
+    for (Py_ssize_t k = 1; k < n; k++)
+        if (values[k] > top)
+            top = values[k];
+    Sum total = {0.0, 0.0, 0};
+    for (Py_ssize_t k = 0; k < n; k++) {
+        values[k] = exp(values[k] - top);
+        sum_add(&total, values[k]);
+    }
+    double divisor = sum_value(&total);
+    for (Py_ssize_t k = 0; k < n; k++)
+        values[k] = values[k] / divisor;
+}
+
 /* model.TextModel.probabilities(text) given its rows, bias, tempered prior and 1 / NB_TEMPERATURE:
  *     sums = the column sums of the features' rows (summed_features); n = len(bias)
  *     scale = 1.0 / math.sqrt(max(1, count))
@@ -2389,25 +2407,17 @@ static PyObject *feature_probabilities(PyObject *self, PyObject *args)
     if (summed_features(rows, text, 2 * n, sums, &count) < 0)
         goto done;
     double scale = 1.0 / sqrt((double)(count > 1 ? count : 1));
-    double top = 0.0;
     for (Py_ssize_t k = 0; k < n; k++) {
         double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bias, k)), p = PyFloat_AsDouble(PyTuple_GET_ITEM(prior, k));
         if ((b == -1.0 || p == -1.0) && PyErr_Occurred())
             goto done;
         double linear = b + scale * sum_value(&sums[k]), bayes = p + inverse * sum_value(&sums[n + k]);
         scores[k] = (linear + bayes) / 2;
-        if (k == 0 || scores[k] > top)
-            top = scores[k];
     }
-    Sum total = {0.0, 0.0, 0};
-    for (Py_ssize_t k = 0; k < n; k++) {
-        scores[k] = exp(scores[k] - top);
-        sum_add(&total, scores[k]);
-    }
-    double divisor = sum_value(&total);
+    softmax_in_place(scores, n);
     result = PyList_New(n);
     for (Py_ssize_t k = 0; result != NULL && k < n; k++) {
-        PyObject *value = PyFloat_FromDouble(scores[k] / divisor);
+        PyObject *value = PyFloat_FromDouble(scores[k]);
         if (value == NULL)
             Py_CLEAR(result);
         else
@@ -2491,7 +2501,7 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    double top = 0.0, value;
+    double value;
     for (Py_ssize_t k = 0; k < n; k++) {
         Sum column = {0.0, 0.0, 0};
         for (Py_ssize_t i = 0; i < count; i++) {
@@ -2502,20 +2512,13 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
         double b;
         if (float_at(bias, k, &b) < 0)
             goto done;
-        gradient[k] = b + scale * sum_value(&column);  /* the score, for now */
-        if (k == 0 || gradient[k] > top)
-            top = gradient[k];
+        gradient[k] = b + scale * sum_value(&column);  /* the score, then its probability */
     }
-    Sum total = {0.0, 0.0, 0};
-    for (Py_ssize_t k = 0; k < n; k++) {
-        gradient[k] = exp(gradient[k] - top);
-        sum_add(&total, gradient[k]);
-    }
-    double divisor = sum_value(&total);
+    softmax_in_place(gradient, n);
     Py_ssize_t used = 0;
     Sum squared_sum = {0.0, 0.0, 0};
     for (Py_ssize_t k = 0; k < n; k++) {
-        gradient[k] = gradient[k] / divisor - (k == target ? 1.0 : 0.0);
+        gradient[k] = gradient[k] - (k == target ? 1.0 : 0.0);
         if (fabs(gradient[k]) >= 1e-3) {
             active[used++] = k;
             sum_add(&squared_sum, gradient[k] * gradient[k]);
