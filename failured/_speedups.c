@@ -2489,11 +2489,12 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
                           &scale, &PyList_Type, &bias, &learning_rate, &l2))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(bias), count = PyList_GET_SIZE(rows);
-    if (n <= 0 || check_rows(rows, squares, n) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "bias must hold one value per class");
+    if (n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bias must hold one value per class");
         return NULL;
     }
+    if (check_rows(rows, squares, n) < 0)
+        return NULL;
     double *gradient = PyMem_Calloc(n, sizeof(double));
     Py_ssize_t *active = PyMem_Calloc(n, sizeof(Py_ssize_t));
     PyObject *result = NULL;
