@@ -1697,6 +1697,17 @@ static PyObject *cached_char_grams(const Py_UCS4 *padded, Py_ssize_t length, con
     return frozen;
 }
 
+/* forget_words(): empty both word caches (the char gram frozensets and their layouts): training fills
+ * them with a whole corpus's words, which a classifying process need not keep. */
+static void layout_cache_clear(void);
+
+static PyObject *forget_words(PyObject *self, PyObject *unused)
+{
+    PyDict_Clear(gram_cache);
+    layout_cache_clear();
+    Py_RETURN_NONE;
+}
+
 #define MODEL_MAX_CHARS 2000
 
 static inline int is_cjk(Py_UCS4 c)
@@ -1742,6 +1753,8 @@ static uint64_t scan_number;
 
 static void layout_cache_clear(void)
 {
+    if (layout_cache == NULL)
+        return;
     for (Py_ssize_t i = 0; i < LAYOUT_CACHE_SLOTS; i++)
         if (layout_cache[i].length) {
             PyMem_Free(layout_cache[i].table);
@@ -2183,11 +2196,11 @@ done:
     return result;
 }
 
-/* column_sums(rows, buckets, width): what failured/model.py's _column_sums gives,
- *     packed = memoryview(b"".join(map(rows.__getitem__, buckets))).cast("d")
+/* column_sums(slots, table, buckets, width): what failured/model.py's python_column_sums gives,
+ *     packed = the rows of ``buckets`` (those with one) joined, as doubles
  *     [sum(packed[k::width]) for k in range(width)]
- * without the joined buffer and the float objects: ``rows`` a list of bytes (each empty or
- * ``width`` doubles), ``buckets`` an iterable of indices into it. Each column is added in
+ * without the joined buffer and the float objects (``slots`` and ``table``: see Rows below;
+ * ``buckets`` an iterable of indices into ``slots``). Each column is added in
  * the order of ``buckets`` exactly as the running Python's sum() adds floats: 0 + the first
  * value, then plain additions before 3.12 and Neumaier's compensated ones since (an empty
  * column is the int 0, as sum() of nothing). */
@@ -2226,50 +2239,100 @@ static PyObject *sum_result(const Sum *sum)
     return PyFloat_FromDouble(total);
 }
 
-static PyObject *column_sums(PyObject *self, PyObject *args)
+/* A model's rows as model.TextModel keeps them: ``slots`` (an array('i'), one entry per bucket: the
+ * index of its row in ``table``, or -1 for none) and ``table`` (the rows one after another, ``width``
+ * doubles each). */
+typedef struct {
+    Py_buffer slots, table;
+    Py_ssize_t buckets, count, width;  /* slots; rows in the table; doubles a row */
+} Rows;
+
+static void rows_close(Rows *rows)
 {
-    PyObject *rows, *buckets, *iterator, *bucket, *result = NULL;
-    Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "O!On:column_sums", &PyList_Type, &rows, &buckets, &width))
-        return NULL;
+    if (rows->slots.obj != NULL)
+        PyBuffer_Release(&rows->slots);
+    if (rows->table.obj != NULL)
+        PyBuffer_Release(&rows->table);
+}
+
+static int rows_open(Rows *rows, PyObject *slots, PyObject *table, Py_ssize_t width)
+{
+    rows->slots.obj = rows->table.obj = NULL;
+    rows->width = width;
     if (width <= 0) {
         PyErr_SetString(PyExc_ValueError, "width must be positive");
-        return NULL;
+        return -1;
     }
+    if (PyObject_GetBuffer(slots, &rows->slots, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (rows->slots.format == NULL || strcmp(rows->slots.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "slots must be an array('i')");
+        goto error;
+    }
+    if (PyObject_GetBuffer(table, &rows->table, PyBUF_C_CONTIGUOUS) < 0)
+        goto error;
+    Py_ssize_t row = width * (Py_ssize_t)sizeof(double);
+    if (rows->table.len % row != 0) {
+        PyErr_Format(PyExc_ValueError, "the table has %zd bytes, not whole rows of %zd", rows->table.len, row);
+        goto error;
+    }
+    rows->buckets = rows->slots.len / (Py_ssize_t)sizeof(int);
+    rows->count = rows->table.len / row;
+    return 0;
+error:
+    rows_close(rows);
+    return -1;
+}
+
+/* The row of ``bucket`` into ``row`` (NULL: the bucket has none); -1 with an exception set when out of range. */
+static int row_of(const Rows *rows, Py_ssize_t bucket, const char **row)
+{
+    if (bucket < 0 || bucket >= rows->buckets) {
+        PyErr_Format(PyExc_IndexError, "bucket %zd out of range", bucket);
+        return -1;
+    }
+    int slot = ((const int *)rows->slots.buf)[bucket];
+    if (slot >= rows->count) {
+        PyErr_Format(PyExc_IndexError, "bucket %zd points at row %d of a table of %zd", bucket, slot, rows->count);
+        return -1;
+    }
+    *row = slot < 0 ? NULL : (const char *)rows->table.buf + (Py_ssize_t)slot * rows->width * (Py_ssize_t)sizeof(double);
+    return 0;
+}
+
+static void add_row(Sum *sums, const char *row, Py_ssize_t width)
+{
+    for (Py_ssize_t k = 0; k < width; k++) {
+        double x;
+        memcpy(&x, row + k * sizeof(double), sizeof(double));
+        sum_add(&sums[k], x);
+    }
+}
+
+static PyObject *column_sums(PyObject *self, PyObject *args)
+{
+    PyObject *slots, *table, *buckets, *iterator, *bucket, *result = NULL;
+    Py_ssize_t width;
+    Rows rows;
+    if (!PyArg_ParseTuple(args, "OOOn:column_sums", &slots, &table, &buckets, &width) ||
+        rows_open(&rows, slots, table, width) < 0)
+        return NULL;
     Sum *sums = PyMem_Calloc(width, sizeof(Sum));
-    if (sums == NULL)
-        return PyErr_NoMemory();
+    if (sums == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     iterator = PyObject_GetIter(buckets);
     if (iterator == NULL)
         goto done;
     while ((bucket = PyIter_Next(iterator)) != NULL) {
         Py_ssize_t index = PyNumber_AsSsize_t(bucket, PyExc_IndexError);
         Py_DECREF(bucket);
-        if (index == -1 && PyErr_Occurred())
+        const char *row;
+        if ((index == -1 && PyErr_Occurred()) || row_of(&rows, index, &row) < 0)
             break;
-        if (index < 0 || index >= PyList_GET_SIZE(rows)) {
-            PyErr_Format(PyExc_IndexError, "bucket %zd out of range", index);
-            break;
-        }
-        PyObject *row = PyList_GET_ITEM(rows, index);
-        if (!PyBytes_Check(row)) {
-            PyErr_SetString(PyExc_TypeError, "rows must hold bytes");
-            break;
-        }
-        Py_ssize_t size = PyBytes_GET_SIZE(row);
-        if (size == 0)
-            continue;
-        if (size != width * (Py_ssize_t)sizeof(double)) {
-            PyErr_Format(PyExc_ValueError, "bucket %zd has %zd bytes, not %zd", index, size,
-                         width * (Py_ssize_t)sizeof(double));
-            break;
-        }
-        const char *data = PyBytes_AS_STRING(row);
-        for (Py_ssize_t k = 0; k < width; k++) {
-            double x;
-            memcpy(&x, data + k * sizeof(double), sizeof(double));
-            sum_add(&sums[k], x);
-        }
+        if (row != NULL)
+            add_row(sums, row, width);
     }
     Py_DECREF(iterator);
     if (PyErr_Occurred())
@@ -2287,12 +2350,13 @@ static PyObject *column_sums(PyObject *self, PyObject *args)
     }
 done:
     PyMem_Free(sums);
+    rows_close(&rows);
     return result;
 }
 
 /* The features of ``text`` and each column of their rows summed in CPython's set order, into
- * ``sums`` (``width`` of them); the number of features into ``count``. -1 with an exception set. */
-static int summed_features(PyObject *rows, PyObject *text, Py_ssize_t width, Sum *sums, Py_ssize_t *count)
+ * ``sums`` (``rows->width`` of them); the number of features into ``count``. -1 with an exception set. */
+static int summed_features(const Rows *rows, PyObject *text, Sum *sums, Py_ssize_t *count)
 {
     IntSet ints;
     int_set_init(&ints);
@@ -2300,45 +2364,27 @@ static int summed_features(PyObject *rows, PyObject *text, Py_ssize_t width, Sum
     int status = -1;
     if (feature_scan(text, &sink) < 0)
         goto done;
-    /* The rows lie anywhere in memory: ask for all of them before adding the first. */
-    Py_ssize_t known = PyList_GET_SIZE(rows);
+    /* The rows lie anywhere in the table: ask for all of them before adding the first. */
+    const int *slots = (const int *)rows->slots.buf;
     for (size_t i = 0; i <= ints.mask; i++)
-        if (ints.table[i] >= 0 && ints.table[i] < known)
-            __builtin_prefetch(&PyList_GET_ITEM(rows, ints.table[i]));
+        if (ints.table[i] >= 0 && ints.table[i] < rows->buckets)
+            __builtin_prefetch(&slots[ints.table[i]]);
+    const char *row;
     for (size_t i = 0; i <= ints.mask; i++)
-        if (ints.table[i] >= 0 && ints.table[i] < known) {
-            const char *row = (const char *)PyList_GET_ITEM(rows, ints.table[i]);
+        if (ints.table[i] >= 0 && ints.table[i] < rows->buckets && row_of(rows, ints.table[i], &row) == 0 && row) {
             __builtin_prefetch(row);
             __builtin_prefetch(row + 64);
             __builtin_prefetch(row + 128);
         }
+    if (PyErr_Occurred())
+        goto done;
     for (size_t i = 0; i <= ints.mask; i++) {
-        int32_t index = ints.table[i];
-        if (index < 0)
+        if (ints.table[i] < 0)
             continue;
-        if (index >= PyList_GET_SIZE(rows)) {
-            PyErr_Format(PyExc_IndexError, "bucket %d out of range", (int)index);
+        if (row_of(rows, ints.table[i], &row) < 0)
             goto done;
-        }
-        PyObject *row = PyList_GET_ITEM(rows, index);
-        if (!PyBytes_Check(row)) {
-            PyErr_SetString(PyExc_TypeError, "rows must hold bytes");
-            goto done;
-        }
-        Py_ssize_t size = PyBytes_GET_SIZE(row);
-        if (size == 0)
-            continue;
-        if (size != width * (Py_ssize_t)sizeof(double)) {
-            PyErr_Format(PyExc_ValueError, "bucket %d has %zd bytes, not %zd", (int)index, size,
-                         width * (Py_ssize_t)sizeof(double));
-            goto done;
-        }
-        const char *data = PyBytes_AS_STRING(row);
-        for (Py_ssize_t k = 0; k < width; k++) {
-            double x;
-            memcpy(&x, data + k * sizeof(double), sizeof(double));
-            sum_add(&sums[k], x);
-        }
+        if (row != NULL)
+            add_row(sums, row, rows->width);
     }
     *count = ints.used;
     status = 0;
@@ -2388,9 +2434,10 @@ static void softmax_in_place(double *values, Py_ssize_t n)
  * order on the same doubles. */
 static PyObject *feature_probabilities(PyObject *self, PyObject *args)
 {
-    PyObject *rows, *text, *bias, *prior, *result = NULL;
+    PyObject *slots, *table, *text, *bias, *prior, *result = NULL;
     double inverse;
-    if (!PyArg_ParseTuple(args, "O!UO!O!d:feature_probabilities", &PyList_Type, &rows, &text, &PyTuple_Type, &bias,
+    Rows rows;
+    if (!PyArg_ParseTuple(args, "OOUO!O!d:feature_probabilities", &slots, &table, &text, &PyTuple_Type, &bias,
                           &PyTuple_Type, &prior, &inverse))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(bias), count = 0;
@@ -2398,13 +2445,15 @@ static PyObject *feature_probabilities(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bias and prior must have one value per class");
         return NULL;
     }
+    if (rows_open(&rows, slots, table, 2 * n) < 0)
+        return NULL;
     Sum *sums = PyMem_Calloc(2 * n, sizeof(Sum));
     double *scores = PyMem_Calloc(n, sizeof(double));
     if (sums == NULL || scores == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    if (summed_features(rows, text, 2 * n, sums, &count) < 0)
+    if (summed_features(&rows, text, sums, &count) < 0)
         goto done;
     double scale = 1.0 / sqrt((double)(count > 1 ? count : 1));
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -2426,6 +2475,7 @@ static PyObject *feature_probabilities(PyObject *self, PyObject *args)
 done:
     PyMem_Free(sums);
     PyMem_Free(scores);
+    rows_close(&rows);
     return result;
 }
 
@@ -2573,6 +2623,7 @@ static PyMethodDef methods[] = {
     {"sqlstate_values", sqlstate_values, METH_O, "The first non-empty group of each codes._SQLSTATE match."},
     {"spell_identifiers", spell_identifiers, METH_O, "model.spell_identifiers(text)."},
     {"without_frames", without_frames, METH_O, "classify.without_frames(message)."},
+    {"forget_words", forget_words, METH_NOARGS, "Empty the word caches features() and the layouts keep."},
     {"features", features, METH_O, "model.features(text): the same set, built in the same order."},
     {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},
     {"feature_probabilities", feature_probabilities, METH_VARARGS,

@@ -154,7 +154,7 @@ def model_text(message, error_type=None):
     return f"{error_type}: {core}" if error_type else core
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # the model serving and the one a reload builds: a daemon's old label sets go
 def learned_fallback(category_names, labels=()):
     """The model trained on the shipped corpus plus ``labels`` for these categories (cached per process).
 
@@ -163,10 +163,15 @@ def learned_fallback(category_names, labels=()):
     ``labels``: a tuple of ``(category, error_type or None, message)``, the operators'
     own corrections, which weigh like any corpus example.
     """
+    trained = learner.train(_training_examples(category_names, labels))
+    learner.return_freed_memory()  # training's working memory is freed by now
+    return trained
+
+
+def _training_examples(category_names, labels):
     allowed = set(category_names) | {UNKNOWN}
     rows = [(c, e, m) for c, e, _, m in corpus.read_corpus()] + list(labels)
-    examples = [(c, model_text(m, e)) for c, e, m in rows if c in allowed]
-    return learner.train(examples)
+    return [(c, model_text(m, e)) for c, e, m in rows if c in allowed]
 
 
 class Classifier:

@@ -15,6 +15,7 @@ averaged probability is the ``confidence``; ``classify`` lets it act only at or 
 stays at or below ``max_unknown``.
 """
 
+import ctypes
 import functools
 import math
 import random
@@ -31,8 +32,10 @@ try:  # features() and _column_sums() compiled (failured/_speedups.c): the same 
     # the same arithmetic on the same doubles (tests/test_speedups.py compares them bit for bit)
     from ._speedups import feature_order as _compiled_order, feature_probabilities as _compiled_probabilities
     from ._speedups import adagrad_step as _compiled_step  # training's inner loop: the same weights, bit for bit
+    from ._speedups import forget_words as _compiled_forget_words
 except ImportError:  # pragma: no cover - no C compiler at install
     _compiled_column_sums = _compiled_features = _compiled_order = _compiled_probabilities = _compiled_step = None
+    _compiled_forget_words = None
 
 
 def _sets_laid_out_as_compiled():
@@ -173,6 +176,24 @@ def python_features(text):
 features = _compiled_features or python_features
 
 
+def forget_words():
+    """Empty the word caches: training fills them with a whole corpus's words (about 50 MB once
+    compiled), which classifying does not need; they fill again with the words traffic brings."""
+    for cache in (_word_bucket, _bigram_bucket, _char_grams, _cjk_grams):
+        cache.cache_clear()
+    if _compiled_forget_words is not None:
+        _compiled_forget_words()
+
+
+def return_freed_memory():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing): training
+    frees about 60 MB more than it keeps, which the heap would otherwise hold as the daemon's own."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @dataclass(frozen=True)
 class Prediction:
     category: str
@@ -185,29 +206,42 @@ class TextModel:
 
     max_unknown = MAX_UNKNOWN  # read by classify: above it the model defers
 
-    def __init__(self, classes, rows, bias, prior, size):
-        """``rows``: {bucket: its row packed as doubles}, as ``pack_rows`` makes it; each is checked."""
+    def __init__(self, classes, slots, table, bias, prior, size):
+        """``slots``: an array('i') of one entry per bucket, the index of its row in ``table`` or -1 (no row);
+        ``table``: the rows, packed as ``pack_rows`` packs each, one after another. Both are checked."""
         self.classes = classes  # tuple of category names
         self._bias = tuple(bias)
         self._prior = tuple(prior)  # naive Bayes: log P(class)
         self._tempered_prior = tuple(p / NB_TEMPERATURE for p in prior)
         self.size = size  # training examples
         width = 2 * len(classes) * array("d").itemsize
-        self._rows = [b""] * BUCKETS
-        self._known = array("l", rows)  # the buckets with a row: machine ints, not 100,000 int objects (~3.5 MB)
-        for bucket, row in rows.items():
+        if not isinstance(slots, array) or slots.typecode != "i" or len(slots) != BUCKETS:
+            raise ValueError(f"slots must be an array('i') of {BUCKETS} buckets")
+        if not isinstance(table, bytes) or len(table) % width:
+            raise ValueError(f"the table must be bytes, whole rows of {width} bytes")
+        if max(slots) >= len(table) // width:
+            raise ValueError(f"a slot points past the table's {len(table) // width} rows")
+        self._slots, self._table = slots, table
+        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
+
+    @classmethod
+    def from_rows(cls, classes, rows, bias, prior, size):
+        """A model from ``{bucket: its row}``, as ``pack_rows`` makes it; each row is checked."""
+        width = 2 * len(classes) * array("d").itemsize
+        slots, ordered = array("i", [-1]) * BUCKETS, sorted(rows.items())
+        for slot, (bucket, row) in enumerate(ordered):
             if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
                 raise ValueError(f"bucket {bucket!r} out of range")
             if not isinstance(row, bytes) or len(row) != width:
                 raise ValueError(f"bucket {bucket} has {len(row)} bytes of weights, not {width}")
-            self._rows[bucket] = row
-        self._unknown_index = classes.index("unknown") if "unknown" in classes else None
+            slots[bucket] = slot
+        return cls(classes, slots, b"".join(row for _, row in ordered), bias, prior, size)
 
     def scores(self, text):
         """Each class's log-probability up to a constant: the mean of the two models' (softmax undoes the constant)."""
         buckets = features(with_concepts(text))
         n = len(self.classes)
-        sums = _column_sums(self._rows, buckets, 2 * n)
+        sums = _column_sums(self._slots, self._table, buckets, 2 * n)
         scale = 1.0 / math.sqrt(max(1, len(buckets)))
         linear = [b + scale * s for b, s in zip(self._bias, sums[:n])]
         bayes = [b + (1.0 / NB_TEMPERATURE) * s for b, s in zip(self._tempered_prior, sums[n:])]
@@ -216,7 +250,7 @@ class TextModel:
     def probabilities(self, text):
         """P(category | text) for each of ``self.classes``."""
         if _compiled_probabilities is not None and features is _compiled_features:
-            return _compiled_probabilities(self._rows, with_concepts(text), self._bias, self._tempered_prior,
+            return _compiled_probabilities(self._slots, self._table, with_concepts(text), self._bias, self._tempered_prior,
                                            1.0 / NB_TEMPERATURE)
         return _softmax(self.scores(text))
 
@@ -228,9 +262,12 @@ class TextModel:
         return Prediction(self.classes[best], probs[best], unknown)
 
     def state(self):
-        """Plain data for the model cache (``from_state`` rebuilds the model)."""
+        """Plain data: the classes, the regression's weights and bias, the naive Bayes' likelihoods and prior
+        (``from_state`` rebuilds the model)."""
         n = len(self.classes)
-        rows = {bucket: tuple(memoryview(self._rows[bucket]).cast("d")) for bucket in self._known}
+        table = memoryview(self._table).cast("d")
+        rows = {bucket: tuple(table[2 * n * slot:2 * n * (slot + 1)]) for bucket, slot in enumerate(self._slots)
+                if slot >= 0}
         weights = {bucket: row[:n] for bucket, row in rows.items()}
         likelihoods = {bucket: row[n:] for bucket, row in rows.items()}
         return self.classes, weights, self._bias, likelihoods, self._prior, self.size
@@ -238,16 +275,18 @@ class TextModel:
     @classmethod
     def from_state(cls, state):
         classes, weights, bias, likelihoods, prior, size = state
-        return cls(tuple(classes), pack_rows(len(classes), weights, likelihoods), bias, prior, size)
+        return cls.from_rows(tuple(classes), pack_rows(len(classes), weights, likelihoods), bias, prior, size)
 
     def packed_state(self):
-        """``state`` with the rows as they are packed: what the model cache stores (loading it unpacks nothing)."""
-        return self.classes, {bucket: self._rows[bucket] for bucket in self._known}, self._bias, self._prior, self.size
+        """The model as it lies in memory: what the model cache stores (loading it unpacks nothing)."""
+        return self.classes, self._slots.tobytes(), self._table, self._bias, self._prior, self.size
 
     @classmethod
     def from_packed_state(cls, state):
-        classes, rows, bias, prior, size = state
-        return cls(tuple(classes), rows, bias, prior, size)
+        classes, slots, table, bias, prior, size = state
+        laid_out = array("i")
+        laid_out.frombytes(slots)
+        return cls(tuple(classes), laid_out, table, bias, prior, size)
 
 
 def pack_rows(width, weights, likelihoods):
@@ -262,13 +301,16 @@ def pack_rows(width, weights, likelihoods):
             for bucket in dict.fromkeys([*weights, *likelihoods])}
 
 
-def python_column_sums(rows, buckets, width):
+def python_column_sums(slots, table, buckets, width):
     """Each of the ``width`` columns summed over the rows of ``buckets``, added in the order of ``buckets``.
 
+    ``slots[bucket]`` is the bucket's row in ``table`` (``width`` doubles each), or -1 for none.
     ``_column_sums`` is this function compiled where failured/_speedups.c is built (the same
     additions in the same order, as sum() makes them; tests/test_speedups.py compares the two).
     """
-    packed = memoryview(b"".join(map(rows.__getitem__, buckets))).cast("d")
+    size = width * array("d").itemsize
+    rows = [table[slot * size:(slot + 1) * size] for slot in map(slots.__getitem__, buckets) if slot >= 0]
+    packed = memoryview(b"".join(rows)).cast("d")
     return [sum(packed[k::width]) for k in range(width)]
 
 
@@ -317,7 +359,8 @@ def train(examples):
             _step(data[i], bias, n)
     del data, squares, order  # a third of training's peak memory: the naive Bayes needs none of it
     likelihoods, prior = _naive_bayes(examples, index)
-    return TextModel(classes, pack_rows(len(classes), weights, likelihoods), bias, prior, len(examples))
+    forget_words()
+    return TextModel.from_rows(classes, pack_rows(len(classes), weights, likelihoods), bias, prior, len(examples))
 
 
 def _naive_bayes(examples, index):

@@ -7,6 +7,7 @@ same order, sums and probabilities without building the set), and the training s
 
 import random
 import struct
+from array import array
 from pathlib import Path
 
 import pytest
@@ -36,24 +37,32 @@ def test_the_model_rows_of_every_corpus_message_sum_as_in_python(trained):
     learned, texts = trained
     width = 2 * len(learned.classes)
     cases = [python_features(text) for text in texts] + [set(), {0}, set(range(0, model.BUCKETS, 997))]
-    assert [case for case in cases if speedups.column_sums(learned._rows, case, width)
-            != python_column_sums(learned._rows, case, width)] == []
+    rows = learned._slots, learned._table
+    assert [case for case in cases if speedups.column_sums(*rows, case, width)
+            != python_column_sums(*rows, case, width)] == []
 
 
 def test_values_where_the_order_and_compensation_matter_sum_as_in_python():
     rng = random.Random(8)
     width = 3
     values = [1e16, 1.0, -1e16, 0.1, -0.0, 1e-300, 3.5, -2.25, float("inf"), 1e308]
-    rows = [struct.pack("3d", *(rng.choice(values) for _ in range(width))) for _ in range(64)] + [b""] * 8
+    table = b"".join(struct.pack("3d", *(rng.choice(values) for _ in range(width))) for _ in range(64))
+    slots = array("i", [*range(64), *[-1] * 8])  # the last 8 buckets have no row
+    rng.shuffle(slots)
     for _ in range(2000):
-        buckets = rng.sample(range(len(rows)), rng.randint(0, 20))
-        expected, got = python_column_sums(rows, buckets, width), speedups.column_sums(rows, buckets, width)
+        buckets = rng.sample(range(len(slots)), rng.randint(0, 20))
+        expected = python_column_sums(slots, table, buckets, width)
+        got = speedups.column_sums(slots, table, buckets, width)
         assert [repr(value) for value in got] == [repr(value) for value in expected], buckets
 
 
-def test_a_row_of_the_wrong_size_is_refused():
-    with pytest.raises(ValueError, match="bucket 0 has 8 bytes, not 16"):
-        speedups.column_sums([b"\0" * 8], [0], 2)
+def test_a_table_of_the_wrong_size_or_a_slot_past_it_is_refused():
+    with pytest.raises(ValueError, match="the table has 8 bytes, not whole rows of 16"):
+        speedups.column_sums(array("i", [0]), b"\0" * 8, [0], 2)
+    with pytest.raises(IndexError, match="bucket 1 points at row 1 of a table of 1"):
+        speedups.column_sums(array("i", [0, 1]), b"\0" * 16, [1], 2)
+    with pytest.raises(TypeError, match="slots must be an array"):
+        speedups.column_sums(array("l", [0]), b"\0" * 16, [0], 2)
 
 
 def test_features_are_the_models_set_in_the_models_order(trained):
@@ -95,8 +104,8 @@ def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained,
     learned, _ = trained
     monkeypatch.setattr(model, "features", python_features)
     monkeypatch.setattr(model, "_column_sums", python_column_sums)
-    compiled = [speedups.feature_probabilities(learned._rows, model.with_concepts(text), learned._bias, learned._tempered_prior,
-                                               1.0 / model.NB_TEMPERATURE) for text in many_texts]
+    compiled = [speedups.feature_probabilities(learned._slots, learned._table, model.with_concepts(text), learned._bias,
+                                               learned._tempered_prior, 1.0 / model.NB_TEMPERATURE) for text in many_texts]
     expected = [learned.probabilities(text) for text in many_texts]
     assert [text for text, got, want in zip(many_texts, compiled, expected)
             if list(map(repr, got)) != list(map(repr, want))] == []
@@ -110,9 +119,9 @@ def test_the_word_layout_cache_starting_again_changes_nothing(trained):
     assert [text for text in texts if speedups.feature_order(text) != list(python_features(text))] == []
 
 
-def test_feature_probabilities_refuse_rows_of_the_wrong_size():
-    with pytest.raises(ValueError, match="has 8 bytes, not 16"):
-        speedups.feature_probabilities([b"\0" * 8] * model.BUCKETS, "timeout", (0.0,), (0.0,), 0.05)
+def test_feature_probabilities_refuse_a_table_of_the_wrong_size():
+    with pytest.raises(ValueError, match="has 8 bytes, not whole rows of 16"):
+        speedups.feature_probabilities(array("i", [0]) * model.BUCKETS, b"\0" * 8, "timeout", (0.0,), (0.0,), 0.05)
 
 
 def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypatch):
