@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import modelcache
-from .classify import Classifier, learned_fallback
+from .classify import Classifier
 from .codes import code_files, load_code_tables
 from .model import parse_settings as parse_model_settings
 from .errors import ConfigError, ConfigErrors
@@ -18,6 +18,7 @@ from .handlers import parse_handler, unset_variables
 from .notify.channels import LogChannel, parse_channel, secret_values
 from .notify.routing import LOG_CHANNEL, parse_routes
 from .thresholds import Thresholds
+from .training import train_apart
 from .secrets import referenced_secrets
 from .rules import check_type, load_ruleset, parse_retry, pattern_files, read_config_bytes, read_toml
 
@@ -192,7 +193,8 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
     """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem.
 
     ``labels``: operators' labelled examples ``[(category, error_type or None, message), ...]``,
-    trained on with the shipped corpus (the model is trained here, in the caller's thread).
+    trained on with the shipped corpus (unless the model cache holds that model, the caller's thread waits
+    while a child process trains it: training.py).
     """
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
@@ -208,7 +210,7 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
         names = frozenset(c.name for c in ruleset.categories)
         tables = load_code_tables(config_dir, names)
         labels = tuple(map(tuple, labels))
-        model = (modelcache.trained(names, labels, lambda: learned_fallback(names, labels))
+        model = (modelcache.trained(names, labels, lambda: train_apart(names, labels))
                  if model_settings.enabled else None)
         classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence,
                                 overrule_confidence=model_settings.overrule_confidence)
