@@ -102,7 +102,7 @@ def test_business_error_goes_to_users_with_the_suggestion(engine, store, clock):
 
 
 def test_unknown_goes_to_admins(engine, store, clock):
-    task_id = record_failure(store, "sync", "the moon is in the wrong phase", clock=clock)
+    task_id = record_failure(store, "sync", "AttributeError: 'NoneType' object has no attribute 'id'", clock=clock)
     engine.handle_new()
     assert Task.get_by_id(task_id).category == "unknown"
     assert Notification.get().audience == "admin"

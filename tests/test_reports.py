@@ -40,7 +40,7 @@ def history(store, clock, tmp_path):
     ids["waits"] = record_failure(store, "sync", "connection timeout to 10.0.0.2", clock=clock)
     ids["data"] = [record_failure(store, "receipt", f"malformed json at byte {i}", clock=clock) for i in (1, 2)]
     ids["business"] = record_failure(store, "sync", "订单不存在", clock=clock)
-    ids["moon"] = [record_failure(store, "sync", f"the moon is wrong {i}", clock=clock) for i in (1, 2, 3)]
+    ids["step"] = [record_failure(store, "sync", f"assertion failed in step {i}", clock=clock) for i in (1, 2, 3)]
     ids["gremlin"] = record_failure(store, "sync", "gremlins ate rack 7", clock=clock)
     engine.handle_new()
     clock.advance(10)
@@ -117,7 +117,7 @@ def test_analysis_report_numbers(store, clock, history):
         "recoverable_network": 3, "unknown": 4, "unrecoverable_business": 1, "unrecoverable_data": 2}}
     top = report["top_fingerprints"][0]
     assert (top["template"], top["count"], top["category"], top["sample_task_id"]) == (
-        "the moon is wrong <num>", 3, "unknown", ids["moon"][-1])
+        "assertion failed in step <num>", 3, "unknown", ids["step"][-1])
     assert top["first_seen"] == top["last_seen"] == "2023-11-22T22:13:20Z"
 
 
@@ -150,13 +150,13 @@ def test_insights_name_categories_by_their_label_never_by_key(store, clock, hist
 
 def test_unknown_template_samples_are_distinct(store, clock, history):
     snapshot, _ = history
-    for message in ("the moon is wrong 1", "the moon is wrong 1", "the moon is wrong 2", "the moon is wrong 2"):
+    for message in ("assertion failed in step 1", "assertion failed in step 1", "assertion failed in step 2", "assertion failed in step 2"):
         record_failure(store, "sync", message, clock=clock)
     Engine(store, Settings(), clock, lambda: snapshot, owner="t").handle_new()
     clock.advance(1)
     templates = {t["template"]: t for t in analysis_report(store, snapshot, clock.now(), 7)["unknown_templates"]}
-    assert templates["the moon is wrong <num>"]["samples"] == ["the moon is wrong 2", "the moon is wrong 1",
-                                                               "the moon is wrong 3"]
+    assert templates["assertion failed in step <num>"]["samples"] == ["assertion failed in step 2", "assertion failed in step 1",
+                                                               "assertion failed in step 3"]
     assert templates["gremlins ate rack <num>"]["samples"] == ["gremlins ate rack 7"]
 
 
@@ -195,22 +195,22 @@ def test_unknown_templates_come_with_a_pattern_that_keeps_its_promise(store, clo
     snapshot, _ = history
     report = analysis_report(store, snapshot, clock.now(), 7)
     templates = {t["template"]: t for t in report["unknown_templates"]}
-    assert set(templates) == {"the moon is wrong <num>", "gremlins ate rack <num>"}
-    moon = templates["the moon is wrong <num>"]
-    assert moon["count"] == 3 and len(moon["samples"]) == 3 and moon["pattern_verified"]
-    pattern = re2.compile(moon["suggested_pattern"], options=re2_options())
-    assert all(pattern.search(s) for s in moon["samples"])
+    assert set(templates) == {"assertion failed in step <num>", "gremlins ate rack <num>"}
+    step = templates["assertion failed in step <num>"]
+    assert step["count"] == 3 and len(step["samples"]) == 3 and step["pattern_verified"]
+    pattern = re2.compile(step["suggested_pattern"], options=re2_options())
+    assert all(pattern.search(s) for s in step["samples"])
     others = [r[0] for r in store.db.execute_sql("SELECT error_message FROM tasks WHERE category != 'unknown'")]
     assert not any(pattern.search(s) for s in others)
     # pasted into a pattern file, it classifies the samples
     config = write_config(tmp_path / "with-suggestion", SMALL_PATTERNS + f"""
 [[category]]
-name = "moon_trouble"
+name = "failed_step"
 action = "notify_admin"
 priority = 5
-patterns = [{json.dumps(moon['suggested_pattern'])}]
+patterns = [{json.dumps(step['suggested_pattern'])}]
 """)
-    assert load_config(config).classifier.classify(moon["samples"][0]).category == "moon_trouble"
+    assert load_config(config).classifier.classify(step["samples"][0]).category == "failed_step"
 
 
 def test_suggestion_tightens_when_the_loose_pattern_would_steal():

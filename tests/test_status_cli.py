@@ -48,7 +48,7 @@ def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     daemon = daemon_factory().start()
     store = open_store(daemon.db)
     for i in range(12):  # through the Python API: twelve CLI processes cost seconds of CPU
-        record_failure(store, "sync", f"the moon is wrong {i}")
+        record_failure(store, "sync", f"assertion failed in step {i}")
     store.close()
     daemon.wait_for("SELECT count(*) FROM tasks WHERE category = 'unknown'", lambda r: r[0][0] == 12)
     result = daemon.cli("status")
