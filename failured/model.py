@@ -7,10 +7,10 @@ a message mentions in English or Chinese (concepts.py), hashed into a fixed numb
 buckets, and two classifiers over them whose log-probabilities are averaged:
 a multinomial logistic regression trained by stochastic gradient descent with
 AdaGrad steps and a little L2, and the multinomial naive Bayes failured used
-before (its log-posteriors softened by a fixed temperature). Under
-cross-validation grouped by source the pair beats either alone (see the
-README) and trains on the shipped corpus in about eleven CPU-seconds (its AdaGrad step compiled). The
-averaged probability is the ``confidence``; ``classify`` lets it act only at or above
+before (its log-posteriors softened by a fixed temperature), with the corpus's class prior
+divided out (BALANCE). Under cross-validation grouped by source the pair beats either alone (see
+the README); it trains on the shipped corpus in about nine CPU-seconds (its AdaGrad step compiled),
+in a child process when the daemon trains it (training.py). The averaged probability is the ``confidence``; ``classify`` lets it act only at or above
 ``[model] min_confidence`` and while the probability it gives ``unknown``
 stays at or below ``max_unknown``.
 """
