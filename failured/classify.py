@@ -163,13 +163,14 @@ def learned_fallback(category_names, labels=()):
     ``labels``: a tuple of ``(category, error_type or None, message)``, the operators'
     own corrections, which weigh like any corpus example.
     """
-    trained = learner.train(_training_examples(category_names, labels))
+    allowed = set(category_names) | {UNKNOWN}
+    trained = learner.train(_training_examples(allowed, labels),
+                            keep=[model_text(m, e) for c, e, m in labels if c in allowed])
     learner.return_freed_memory()  # training's working memory is freed by now
     return trained
 
 
-def _training_examples(category_names, labels):
-    allowed = set(category_names) | {UNKNOWN}
+def _training_examples(allowed, labels):
     rows = [(c, e, m) for c, e, _, m in corpus.read_corpus()] + list(labels)
     return [(c, model_text(m, e)) for c, e, m in rows if c in allowed]
 

@@ -179,3 +179,13 @@ def test_packed_rows_score_exactly_as_the_plain_sums():
     packed = learner.TextModel.from_packed_state(fitted.packed_state())
     assert packed.state() == fitted.state()
     assert all(packed.scores(text) == fitted.scores(text) for text in texts)
+
+
+def test_an_ngram_only_one_message_has_keeps_no_row_unless_a_label_has_it():
+    """Rare n-grams are left out of the trained model, but an operator's label teaches even its one-off words."""
+    label = "zorbulated quintax"  # words no other example has
+    examples = TOY + [("unrecoverable_business", label)]
+    plain, kept = learner.train(examples), learner.train(examples, keep=[label])
+    assert len(kept._table) > len(plain._table)
+    assert kept.probabilities(label)[kept.classes.index("unrecoverable_business")] \
+        > plain.probabilities(label)[plain.classes.index("unrecoverable_business")]
