@@ -164,15 +164,14 @@ def learned_fallback(category_names, labels=()):
     own corrections, which weigh like any corpus example.
     """
     allowed = set(category_names) | {UNKNOWN}
-    trained = learner.train(_training_examples(allowed, labels),
-                            keep=[model_text(m, e) for c, e, m in labels if c in allowed])
+    labelled = [(c, model_text(m, e)) for c, e, m in labels if c in allowed]
+    trained = learner.train(_corpus_examples(allowed) + labelled, keep=[text for _, text in labelled])
     learner.return_freed_memory()  # training's working memory is freed by now
     return trained
 
 
-def _training_examples(allowed, labels):
-    rows = [(c, e, m) for c, e, _, m in corpus.read_corpus()] + list(labels)
-    return [(c, model_text(m, e)) for c, e, m in rows if c in allowed]
+def _corpus_examples(allowed):
+    return [(c, model_text(m, e)) for c, e, _, m in corpus.read_corpus() if c in allowed]
 
 
 class Classifier:

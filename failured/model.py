@@ -10,9 +10,9 @@ AdaGrad steps and a little L2, and the multinomial naive Bayes failured used
 before (its log-posteriors softened by a fixed temperature), with the corpus's class prior
 divided out (BALANCE). Under cross-validation grouped by source the pair beats either alone (see
 the README); it trains on the shipped corpus in about nine CPU-seconds (its AdaGrad step compiled),
-in a child process when the daemon trains it (training.py). The averaged probability is the ``confidence``; ``classify`` lets it act only at or above
-``[model] min_confidence`` and while the probability it gives ``unknown``
-stays at or below ``max_unknown``.
+in a child process when the daemon trains it (training.py). The averaged probability is the
+``confidence``; ``classify`` lets it act only at or above ``[model] min_confidence`` and while the
+probability it gives ``unknown`` stays at or below ``max_unknown``.
 """
 
 import ctypes
@@ -266,8 +266,8 @@ class TextModel:
     def probabilities(self, text):
         """P(category | text) for each of ``self.classes``."""
         if _compiled_probabilities is not None and features is _compiled_features:
-            return _compiled_probabilities(self._slots, self._table, with_concepts(text), self._bias, self._tempered_prior,
-                                           1.0 / NB_TEMPERATURE)
+            return _compiled_probabilities(self._slots, self._table, with_concepts(text), self._bias,
+                                           self._tempered_prior, 1.0 / NB_TEMPERATURE)
         return _softmax(self.scores(text))
 
     def predict(self, text):
