@@ -81,8 +81,11 @@ MIN_MESSAGES = 2
 # corpus lacked, scored before they joined it, 0.2 (with overruling at 0.7)
 # gained 1.7 points (83.4 -> 85.1 %) and raised the lowest recall 76 -> 79 %,
 # and under grouped CV over 16,265 messages 0.5 points (87.8 -> 88.3 %, lowest
-# recall 84 -> 85 %), for unknown recall 87 -> 84 % and 89 -> 85 %.
-MAX_UNKNOWN = 0.2
+# recall 84 -> 85 %), for unknown recall 87 -> 84 % and 89 -> 85 %. Session 9: 0.3 gained again, on 2,407
+# messages of seven fresh collections scored before they joined the corpus (78.6 -> 79.1 %, lowest recall
+# 71.9 -> 73.2 %) and under grouped CV over 23,854 messages (86.1 -> 86.6 %, lowest recall 82.8 -> 83.4 %),
+# for unknown recall 86 -> 83 % and 89 -> 85 %.
+MAX_UNKNOWN = 0.3
 DEFAULT_MIN_CONFIDENCE = 0.3  # [model] min_confidence when failured.toml does not set it
 # [model] overrule_confidence: at or above it the model's answer replaces a rule's that disagrees (never a tag
 # or an early code); 1 turns overruling off. 0.9 from sets 3-7 until session 8; 0.7 since, measured with the

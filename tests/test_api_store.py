@@ -128,4 +128,4 @@ def test_the_answer_classifies_the_stored_text_not_the_raw_request(tmp_path, sto
     stored = store.scalar("SELECT error_message FROM tasks WHERE id = ?", data["task_id"])
     assert "connection refused" not in stored
     assert data["classification"] == snapshot.classifier.classify(stored, None, "sync").to_dict()
-    assert data["classification"]["category"] == "unknown"
+    assert data["classification"]["matched_by"] in ("model", "none")  # no rule saw "connection refused"
