@@ -199,6 +199,10 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
         raise ConfigErrors([ConfigError(config_dir, None, "not a directory: create it with 'failured init DIR'")])
+    # Hashed before anything is read: a file changed while the snapshot builds (a model's training takes
+    # seconds) leaves the snapshot's digest behind the directory's, so the next look reloads it.
+    files = config_files(config_dir)
+    digest = content_digest(files)
     errors = []
     ruleset = classifier = None
     main = config_dir / MAIN_FILE
@@ -232,7 +236,6 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
     thresholds = _parse_numbers(document.get("thresholds", {}), Thresholds, main, "thresholds", errors)
     if errors:
         raise ConfigErrors(errors)
-    files = config_files(config_dir)
     secrets = tuple(dict.fromkeys([*referenced_secrets(files), *secret_values(channels.values())]))
-    return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), content_digest(files),
+    return Snapshot(ruleset, classifier, task_types, breaker, tuple(str(f) for f in files), digest,
                     channels, routes, notify, thresholds, secrets)

@@ -9,7 +9,7 @@ a multinomial logistic regression trained by stochastic gradient descent with
 AdaGrad steps and a little L2, and the multinomial naive Bayes failured used
 before (its log-posteriors softened by a fixed temperature), with the corpus's class prior
 divided out (BALANCE). Under cross-validation grouped by source the pair beats either alone (see
-the README); it trains on the shipped corpus in about nine CPU-seconds (its AdaGrad step compiled),
+the README); it trains on the shipped corpus in 10-30 CPU-seconds, by machine (its AdaGrad step compiled),
 in a child process when the daemon trains it (training.py). The averaged probability is the
 ``confidence``; ``classify`` lets it act only at or above ``[model] min_confidence`` and while the
 probability it gives ``unknown`` stays at or below ``max_unknown``.

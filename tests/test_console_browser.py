@@ -202,15 +202,6 @@ def test_console_end_to_end(daemon, browser):
     assert "recover_requested" in driver.find_element(By.ID, "events").text
     shot(driver, "task")
 
-    # label, then resolve
-    driver.get(f"{daemon.base}/ui/tasks/{hostile}")
-    Select(element(driver, "#label-form select[name=category]")).select_by_value("unrecoverable_business")
-    press(driver, driver.find_element(By.ID, "label"))
-    assert daemon.query("SELECT category FROM labels WHERE task_id = ?", hostile) == [("unrecoverable_business",)]
-    element(driver, "#resolve-form input[name=note]").send_keys("handled by hand")
-    press(driver, driver.find_element(By.ID, "resolve"))
-    assert daemon.query("SELECT status, note FROM tasks WHERE id = ?", hostile) == [("resolved", "handled by hand")]
-
     # the workbench on the seeded unknown errors: preview, save, and the reload classifies them
     driver.get(daemon.base + "/ui/unknown")
     element(driver, "#templates")
@@ -231,6 +222,15 @@ def test_console_end_to_end(daemon, browser):
         time.sleep(0.2)
     result = api(daemon, "POST", "/v1/tasks/requeue", {"category": "unknown", "dry_run": True})
     assert {t["task_id"] for t in result["requeued"]} >= set(unknown)
+
+    # label, then resolve
+    driver.get(f"{daemon.base}/ui/tasks/{hostile}")
+    Select(element(driver, "#label-form select[name=category]")).select_by_value("unrecoverable_business")
+    press(driver, driver.find_element(By.ID, "label"))
+    assert daemon.query("SELECT category FROM labels WHERE task_id = ?", hostile) == [("unrecoverable_business",)]
+    element(driver, "#resolve-form input[name=note]").send_keys("handled by hand")
+    press(driver, driver.find_element(By.ID, "resolve"))
+    assert daemon.query("SELECT status, note FROM tasks WHERE id = ?", hostile) == [("resolved", "handled by hand")]
 
     # notifications: a failed row, sent again
     daemon.query("INSERT INTO notifications (created_at, audience, kind, title, body, status, channel, attempts, "

@@ -117,3 +117,29 @@ def test_unchanged_directory_is_not_reloaded(watcher, config_dir):
     watcher.request_reload()
     assert wait_for(lambda: watcher.checks, 30)  # the watcher has looked at the directory
     assert settle(watcher, config_dir) == []
+
+
+def test_a_file_saved_while_a_snapshot_builds_is_loaded_next(config_dir, tmp_path, monkeypatch):
+    """A snapshot takes seconds to build when the model trains on new labels; a pattern the operator
+    saves meanwhile must not be lost: the snapshot's digest is of what it read, so the next look
+    (the save's own event) sees the directory differ and loads it."""
+    import failured.config as config_module
+
+    read_ruleset = config_module.load_ruleset
+    saved = []
+
+    def read_then_operator_saves(directory):
+        ruleset = read_ruleset(directory)
+        if not saved:  # once: the save lands after the rules were read, before the snapshot is swapped in
+            (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+            saved.append(True)
+        return ruleset
+
+    w = start_watcher(config_dir, tmp_path / "logs")
+    try:
+        monkeypatch.setattr(config_module, "load_ruleset", read_then_operator_saves)
+        w.retrain()  # new labels: a rebuild with no file changed
+        assert wait_for(lambda: pattern_in_effect(w, "gateway.*timeout", "gateway timeout"), timeout=60)
+        assert saved and len(w.reloaded) == 2  # the labels' rebuild, then the save's
+    finally:
+        w.stop()
