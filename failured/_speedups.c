@@ -2513,41 +2513,67 @@ static int set_float(PyObject *list, Py_ssize_t k, double value)
     return 0;
 }
 
-static int check_rows(PyObject *rows, PyObject *squares, Py_ssize_t n)
+/* A writable buffer of doubles (``what`` names it in errors); its length in doubles in ``*count``. */
+static int doubles_open(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t *count)
 {
-    if (PyList_GET_SIZE(rows) != PyList_GET_SIZE(squares) || PyList_GET_SIZE(rows) == 0) {
-        PyErr_SetString(PyExc_ValueError, "rows and squares must be non-empty and of one length");
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->format == NULL || strcmp(view->format, "d") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be an array('d')", what);
+        PyBuffer_Release(view);
+        view->obj = NULL;
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i), *square = PyList_GET_ITEM(squares, i);
-        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != n || !PyList_CheckExact(square) ||
-            PyList_GET_SIZE(square) != 1) {
-            PyErr_SetString(PyExc_ValueError, "each row must be a list of one weight per class, each square a list of one");
-            return -1;
-        }
-    }
+    *count = view->len / (Py_ssize_t)sizeof(double);
     return 0;
 }
 
+/* One AdaGrad step on one example, in place: model._python_step, the same arithmetic in the same order.
+ * ``slots`` (an array('i')) are the example's rows: row s is weights[s * n : (s + 1) * n] and its running
+ * sum of squared gradients squares[s]; ``bias`` is a list of n floats. */
 static PyObject *adagrad_step(PyObject *self, PyObject *args)
 {
-    PyObject *rows, *squares, *bias;
+    PyObject *slots_obj, *weights_obj, *squares_obj, *bias;
     Py_ssize_t target;
     double scale, learning_rate, l2;
-    if (!PyArg_ParseTuple(args, "nO!O!dO!dd:adagrad_step", &target, &PyList_Type, &rows, &PyList_Type, &squares,
+    if (!PyArg_ParseTuple(args, "nOOOdO!dd:adagrad_step", &target, &slots_obj, &weights_obj, &squares_obj,
                           &scale, &PyList_Type, &bias, &learning_rate, &l2))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(bias), count = PyList_GET_SIZE(rows);
+    Py_ssize_t n = PyList_GET_SIZE(bias);
     if (n <= 0) {
         PyErr_SetString(PyExc_ValueError, "bias must hold one value per class");
         return NULL;
     }
-    if (check_rows(rows, squares, n) < 0)
-        return NULL;
-    double *gradient = PyMem_Calloc(n, sizeof(double));
-    Py_ssize_t *active = PyMem_Calloc(n, sizeof(Py_ssize_t));
+    Py_buffer slots = {0}, weights = {0}, squares = {0};
+    double *gradient = NULL;
+    Py_ssize_t *active = NULL;
     PyObject *result = NULL;
+    Py_ssize_t weight_count, square_count;
+    if (PyObject_GetBuffer(slots_obj, &slots, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (slots.format == NULL || strcmp(slots.format, "i") != 0 || slots.len == 0) {
+        PyErr_SetString(PyExc_ValueError, "slots must be a non-empty array('i')");
+        goto done;
+    }
+    if (doubles_open(weights_obj, &weights, "weights", &weight_count) < 0 ||
+        doubles_open(squares_obj, &squares, "squares", &square_count) < 0)
+        goto done;
+    if (weight_count != square_count * n) {
+        PyErr_Format(PyExc_ValueError, "weights must hold %zd doubles per slot (one weight per class): %zd for %zd slots",
+                     n, weight_count, square_count);
+        goto done;
+    }
+    const int *slot = slots.buf;
+    Py_ssize_t count = slots.len / (Py_ssize_t)sizeof(int);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (slot[i] < 0 || slot[i] >= square_count) {
+            PyErr_Format(PyExc_ValueError, "slot %d out of range for %zd slots", slot[i], square_count);
+            goto done;
+        }
+    }
+    double *w = weights.buf, *sq = squares.buf;
+    gradient = PyMem_Calloc(n, sizeof(double));
+    active = PyMem_Calloc(n, sizeof(Py_ssize_t));
     if (gradient == NULL || active == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -2555,11 +2581,8 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
     double value;
     for (Py_ssize_t k = 0; k < n; k++) {
         Sum column = {0.0, 0.0, 0};
-        for (Py_ssize_t i = 0; i < count; i++) {
-            if (float_at(PyList_GET_ITEM(rows, i), k, &value) < 0)
-                goto done;
-            sum_add(&column, value);
-        }
+        for (Py_ssize_t i = 0; i < count; i++)
+            sum_add(&column, w[(Py_ssize_t)slot[i] * n + k]);
         double b;
         if (float_at(bias, k, &b) < 0)
             goto done;
@@ -2578,18 +2601,14 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
     if (used > 0) {
         double squared = sum_value(&squared_sum) * scale * scale;
         for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *row = PyList_GET_ITEM(rows, i), *square = PyList_GET_ITEM(squares, i);
-            double accumulated;
-            if (float_at(square, 0, &accumulated) < 0)
-                goto done;
-            accumulated = accumulated + squared;
-            if (set_float(square, 0, accumulated) < 0)
-                goto done;
+            double *row = w + (Py_ssize_t)slot[i] * n;
+            double accumulated = sq[slot[i]] + squared;
+            sq[slot[i]] = accumulated;
             double step = learning_rate * scale / sqrt(accumulated);
             for (Py_ssize_t j = 0; j < used; j++) {
                 Py_ssize_t k = active[j];
-                if (float_at(row, k, &value) < 0 || set_float(row, k, value - step * (gradient[k] + l2 * value / scale)) < 0)
-                    goto done;
+                value = row[k];
+                row[k] = value - step * (gradient[k] + l2 * value / scale);
             }
         }
         for (Py_ssize_t j = 0; j < used; j++) {
@@ -2602,6 +2621,12 @@ static PyObject *adagrad_step(PyObject *self, PyObject *args)
 done:
     PyMem_Free(gradient);
     PyMem_Free(active);
+    if (slots.obj != NULL)
+        PyBuffer_Release(&slots);
+    if (weights.obj != NULL)
+        PyBuffer_Release(&weights);
+    if (squares.obj != NULL)
+        PyBuffer_Release(&squares);
     return result;
 }
 

@@ -134,10 +134,20 @@ def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypa
     assert model.train(sample).state() == compiled.state()
 
 
-def test_the_training_step_refuses_rows_that_are_not_one_weight_per_class():
+def test_the_training_step_refuses_tables_that_do_not_fit():
+    def step(slots, weights, squares, bias=(0.0, 0.0)):
+        speedups.adagrad_step(0, slots, weights, squares, 1.0, list(bias), 0.5, 1e-4)
+
     with pytest.raises(ValueError, match="one weight per class"):
-        speedups.adagrad_step(0, [[0.0]], [[1e-8]], 1.0, [0.0, 0.0], 0.5, 1e-4)
+        step(array("i", [0]), array("d", [0.0]), array("d", [1e-8]))
     with pytest.raises(ValueError, match="non-empty"):
-        speedups.adagrad_step(0, [], [], 1.0, [0.0, 0.0], 0.5, 1e-4)
-    with pytest.raises(TypeError, match="floats"):
-        speedups.adagrad_step(0, [[0, 0.0]], [[1e-8]], 1.0, [0.0, 0.0], 0.5, 1e-4)
+        step(array("i"), array("d", [0.0, 0.0]), array("d", [1e-8]))
+    with pytest.raises(ValueError, match="slot 1 out of range"):
+        step(array("i", [1]), array("d", [0.0, 0.0]), array("d", [1e-8]))
+    with pytest.raises(TypeError, match="weights must be an array"):
+        step(array("i", [0]), array("f", [0.0, 0.0]), array("d", [1e-8]))
+    with pytest.raises(BufferError):  # read-only: the step writes the weights in place
+        step(array("i", [0]), bytes(16), array("d", [1e-8]))
+    weights, squares = array("d", [0.0, 0.0]), array("d", [1e-8])
+    step(array("i", [0]), weights, squares)
+    assert weights[0] > 0 > weights[1] and squares[0] > 1e-8  # the target's weight rose, the other's fell
