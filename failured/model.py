@@ -382,7 +382,7 @@ def train(examples, keep=()):
         shuffle(order)
         for i in order:
             _step(data[i], bias, weights, squares)
-    del data, squares, order  # a third of training's peak memory: the naive Bayes needs none of it
+    del data, squares, order  # the examples' slots: the naive Bayes needs none of it
     likelihoods, prior = _naive_bayes(examples, index)
     bias = [b - 2 * BALANCE * log_prior for b, log_prior in zip(bias, prior)]  # the scores average two models: 2x
     kept = {bucket for bucket, count in messages.items() if count >= MIN_MESSAGES}
