@@ -15,7 +15,7 @@ retries and an immediate restart.
 This file is also the handler module both sides import (``flood:run``, ``flood.huey``):
 each run of a no-op appends "n start end" to FLOOD_MARKS, so runs can be counted.
 FLOOD_PROFILE=FILE records the first 30 s of each failured daemon with py-spy (raw stacks; FLOOD_PROFILE_GIL=1:
-only the thread holding the GIL, i.e. where the daemon's CPU goes).
+only the thread holding the GIL; FLOOD_PROFILE_GIL=native: every thread on a CPU, with C frames).
 
 Lateness is the handler's own start against the due time the decision wrote; "finished,
 then run again" counts runs that began after the task was recorded as recovered.
@@ -155,7 +155,8 @@ def failured_env(directory):
 def start_failured(env, directory, log):
     proc = spawn([sys.executable, "-m", "failured", "run"], env, directory, log)
     if os.environ.get("FLOOD_PROFILE"):  # py-spy record of the daemon's first 30 s, to FLOOD_PROFILE
-        mode = "--gil" if os.environ.get("FLOOD_PROFILE_GIL") else "--idle"  # the GIL's holder: where the CPU goes
+        # --gil: the GIL's holder; --native: every thread on a CPU, down to SQLite's C (where the CPU goes); --idle: all
+        mode = {"1": "--gil", "native": "--native"}.get(os.environ.get("FLOOD_PROFILE_GIL", ""), "--idle")
         spawn([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--threads", mode, "-f", "raw",
                "-d", "30", "-o", os.environ["FLOOD_PROFILE"], "-p", str(proc.pid)], env, directory, log)
     db = Path(env["FAILURE_DB"])
