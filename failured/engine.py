@@ -191,9 +191,11 @@ class Engine:
         """Run prepared retry decisions; [(id, due, type)] of those written. A task that moved
         meanwhile is left alone; one whose row cannot be written is set aside, as in ``_write_guarded``."""
         queued, events = [], []
+        # SQLite: the batch's updates as one statement; one by one when some moved or one cannot be written.
+        at_once = len(retries) > 1 and rows.run_updates_at_once(self.store, [update for _, (update, _, _) in retries])
         for plan, (statement, event, due) in retries:
             try:
-                if not rows.run_update(self.store, statement):
+                if not at_once and not rows.run_update(self.store, statement):
                     continue  # resolved by hand meanwhile
             # A failed statement changed nothing (SQLite statements are atomic; PostgreSQL's error ends the
             # transaction, and the batch is tried again).
@@ -422,7 +424,7 @@ class Engine:
         retry is classified and decided on its own afterwards, as when it was first reported.
         """
         for _, outcome in results:
-            self.metrics.retries.labels("recovered" if outcome.ok else "failed").inc()
+            self.metrics.retry_ended(outcome.ok)
         recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
         # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
         now = self.clock.now()
@@ -440,7 +442,7 @@ class Engine:
             self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
         for claimed_one, _ in recovered:
             task = claimed_one.task
-            self.metrics.recoveries.labels(task.category or "unknown").inc()
+            self.metrics.recovered(task.category)
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
         dues = [None if outcome.ok else self._retry_failed(claimed_one, outcome) for claimed_one, outcome in results]
         return dues, claimed

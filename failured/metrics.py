@@ -48,6 +48,9 @@ class Metrics:
         self._store = None
         self._clock = None
         self.task_types = TaskTypeLabels()
+        # (metric, label values) -> its series: ``labels()`` takes a lock and checks its values each call,
+        # and a flood counts per task. A series is never removed; the keys are bounded as the series are.
+        self._series = {}
         r.register(_StoreCollector(self))
 
     def bind(self, store, queue_depth, clock):
@@ -55,9 +58,22 @@ class Metrics:
         self.task_types.seed(most_reported_task_types(store, MAX_TASK_TYPE_LABELS))
 
     def classified(self, category, task_type):
-        self.failures.labels(category, self.task_types.label(task_type)).inc()
+        self._series_of(self.failures, category, self.task_types.label(task_type)).inc()
         if category == "unknown":
             self.unknown.inc()
+
+    def retry_ended(self, recovered):
+        self._series_of(self.retries, "recovered" if recovered else "failed").inc()
+
+    def recovered(self, category):
+        self._series_of(self.recoveries, category or "unknown").inc()
+
+    def _series_of(self, metric, *values):
+        """``metric.labels(*values)``, kept (threads may both look one up: they get the same series)."""
+        series = self._series.get((metric, values))
+        if series is None:
+            series = self._series[metric, values] = metric.labels(*values)
+        return series
 
     def exposition(self):
         from prometheus_client import generate_latest

@@ -1,11 +1,13 @@
-"""The retry timer's batches on SQLite: a batch of claims or outcomes is one statement, not a statement per row,
-and it changes exactly what the one-row statements would (each row still its own conditional update)."""
+"""The daemon's batches on SQLite: a batch of decisions, claims or outcomes is one statement (per piece), not a
+statement per row, and it changes exactly what the one-row statements would (each row still its own conditional
+update)."""
 
 import pytest
 
+from failured.engine import DECIDE_PER_TRANSACTION
 from failured.handlers import Outcome
 from failured.intake import record_failure
-from failured.store import Task, TaskEvent
+from failured.store import Task, TaskEvent, aggregates
 from failured.store import tasks as rows
 
 
@@ -73,3 +75,64 @@ def test_a_claim_counts_the_attempt_the_row_was_read_with(engine, store, clock):
     assert [claimed[task_id].attempt for task_id in ids] == [3, 1, 1]
     assert [Task.get_by_id(task_id).attempts for task_id in ids] == [3, 1, 1]
     assert TaskEvent.get((TaskEvent.task == ids[0]) & (TaskEvent.event == "retry_started")).attempt == 3
+
+
+@pytest.fixture
+def updates(store, monkeypatch):
+    """The UPDATE statements of tasks the store runs, counted."""
+    run = []
+    execute = store.execute
+
+    def counting(text, params=()):
+        if text.startswith("UPDATE tasks"):
+            run.append(text)
+        return execute(text, params)
+
+    monkeypatch.setattr(store, "execute", counting)
+    return run
+
+
+def test_a_batch_of_decisions_is_a_few_statements_and_schedules_each_task_once(engine, store, clock, updates):
+    count = DECIDE_PER_TRANSACTION * 2 + 3
+    ids = [record_failure(store, "sync", f"connection timeout {i}", clock=clock) for i in range(count)]
+    queued = engine.handle_new(limit=count)
+    assert sorted(task_id for task_id, _, _ in queued) == ids
+    assert {task.status for task in Task.select()} == {"scheduled"}
+    assert all(events(task_id) == ["reported", "retry_scheduled"] for task_id in ids)
+    assert aggregates.counter_drift(store) == []
+    assert {status: n for status, _, n in aggregates.tasks_by_status(store)} == {"scheduled": count}
+    if store.dialect == "sqlite":  # a statement per piece of a power of two rows (50: 32 + 16 + 2) a transaction
+        assert len(updates) == sum(n.bit_count() for n in (DECIDE_PER_TRANSACTION, DECIDE_PER_TRANSACTION, 3))
+
+
+def test_a_task_that_moved_before_its_decision_was_written_is_left_alone_and_the_rest_written(
+        engine, store, clock, monkeypatch):
+    ids = [record_failure(store, "sync", f"connection timeout {i}", clock=clock) for i in range(5)]
+    load = rows.load_new_tasks
+
+    def resolved_meanwhile(*args, **kwargs):
+        tasks = load(*args, **kwargs)
+        Task.update(status="resolved").where(Task.id == ids[2]).execute()  # by hand, while the batch is classified
+        return tasks
+
+    monkeypatch.setattr(rows, "load_new_tasks", resolved_meanwhile)
+    queued = engine.handle_new(limit=5)
+    assert sorted(task_id for task_id, _, _ in queued) == [ids[0], ids[1], ids[3], ids[4]]
+    assert Task.get_by_id(ids[2]).status == "resolved" and events(ids[2]) == ["reported"]
+    assert all(Task.get_by_id(i).status == "scheduled" and events(i) == ["reported", "retry_scheduled"]
+               for i in ids if i != ids[2])
+    assert aggregates.counter_drift(store) == []
+
+
+def test_a_batch_of_decisions_whose_statement_fails_is_written_row_by_row(engine, store, clock, monkeypatch):
+    ids = [record_failure(store, "sync", f"connection timeout {i}", clock=clock) for i in range(5)]
+    text = rows._updates_text
+
+    def failing_after_its_first_piece(columns, count):  # the first piece applies, the next fails
+        return text(columns, count) if count == 4 else "UPDATE tasks SET no_such_column = 1"
+
+    monkeypatch.setattr(rows, "_updates_text", failing_after_its_first_piece)
+    assert sorted(task_id for task_id, _, _ in engine.handle_new(limit=5)) == ids
+    assert all(events(task_id) == ["reported", "retry_scheduled"] for task_id in ids)
+    assert {task.status for task in Task.select()} == {"scheduled"}
+    assert aggregates.counter_drift(store) == []

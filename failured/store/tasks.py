@@ -11,6 +11,7 @@ import time
 
 from ..clock import to_db_time
 from ..states import TaskStatus
+from ._peewee import pw
 from .members import WAKE_CHANNEL
 from .schema import SuccessCount, Task, UtcTimeField, epoch
 
@@ -94,10 +95,15 @@ def stored_error(store, task_id):
 
 # -- events --------------------------------------------------------------------
 
+# json.dumps(detail, ensure_ascii=False), without building an encoder each call (json.dumps does for any
+# but its default options): an event's detail is written once per transition.
+_detail_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def event_row(task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
     """The parameters of the task_events row ``add_event`` writes (to write many at once)."""
     return (task_id, stamp(now), event, status, category, attempt, delay, error,
-            json.dumps(detail, ensure_ascii=False) if detail else None)
+            _detail_json(detail) if detail else None)
 
 
 def add_event(store, task_id, now, event, status, category=None, attempt=None, delay=None, error=None, **detail):
@@ -143,6 +149,7 @@ def mask_reported_error(store, task_id, error):
 # -- the conditional update ---------------------------------------------------------
 
 _UPDATE_SQL = {}
+_UPDATE_COLUMNS = {}  # the other way round
 
 
 def update_statement(task_id, expected_status, fields):
@@ -151,7 +158,9 @@ def update_statement(task_id, expected_status, fields):
     sql = _UPDATE_SQL.get(columns)
     if sql is None:
         assignments = ", ".join(f"{column} = ?" for column in columns)
-        sql = _UPDATE_SQL[columns] = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
+        sql = f"UPDATE tasks SET {assignments} WHERE id = ? AND status = ?"
+        _UPDATE_COLUMNS[sql] = columns  # first: a statement another thread finds is known there
+        _UPDATE_SQL[columns] = sql
     values = [stamp(fields[c]) if c in _TIME_COLUMNS and isinstance(fields[c], (int, float)) else fields[c]
               for c in columns]
     return sql, (*values, task_id, expected_status)
@@ -165,6 +174,62 @@ def update_task(store, task_id, expected_status, fields):
 def run_update(store, statement):
     """Run one prepared ``update_statement``; True when it applied."""
     return store.execute(*statement).rowcount == 1
+
+
+# SQLite: many prepared ``update_statement``s sharing their columns as one statement per piece of a power of
+# two rows (a few texts, which the driver keeps prepared). Each row carries its own values and its own
+# condition (id and expected status, the last two of its parameters); the unary + keeps SQLite on the
+# primary key. The counter triggers still fire once per row, as for the one-row statements.
+_UPDATE_FROM = ("UPDATE tasks SET {assignments} FROM (VALUES {rows}) AS v"
+                " WHERE tasks.id = v.column{id} AND +tasks.status = v.column{status}")
+_SQLITE_MAX_PARAMETERS = 999  # the oldest SQLite's limit a statement
+
+
+@functools.cache  # one per power of two a set of columns
+def _updates_text(columns, count):
+    width = len(columns) + 2
+    assignments = ", ".join(f"{column} = v.column{n}" for n, column in enumerate(columns, 1))
+    row = f"({', '.join('?' * width)})"
+    return _UPDATE_FROM.format(assignments=assignments, rows=", ".join([row] * count), id=width - 1, status=width)
+
+
+def run_updates_at_once(store, statements):
+    """SQLite: run prepared ``update_statement``s of distinct tasks as a few statements, in a savepoint; True
+    when every one applied. False when not (then nothing changed) or on PostgreSQL: the caller runs them one
+    by one, to learn which moved meanwhile or which cannot be written."""
+    if store.dialect != "sqlite" or len({params[-2] for _, params in statements}) < len(statements):
+        return False
+    groups = {}
+    for sql, params in statements:
+        groups.setdefault(_UPDATE_COLUMNS[sql], []).append(params)
+    cursor = store.db.cursor()
+    cursor.execute("SAVEPOINT updates")
+    try:
+        changed = 0
+        for columns, group in groups.items():
+            most = min(ROWS_PER_STATEMENT, 1 << (_SQLITE_MAX_PARAMETERS // (len(columns) + 2)).bit_length() - 1)
+            start = 0
+            while start < len(group):
+                size = min(most, 1 << (len(group) - start).bit_length() - 1)
+                changed += store.execute(_updates_text(columns, size),
+                                         [value for params in group[start:start + size] for value in params]).rowcount
+                start += size
+    except (pw.DatabaseError, *store.driver_errors) as failed:  # peewee's, or the driver's
+        try:
+            _undo(cursor, "updates")
+        except store.driver_errors:
+            raise failed from None  # SQLite ended the whole transaction (a full disk): nothing to run one by one
+        return False  # one by one, the row that cannot be written is found and set aside
+    if changed == len(statements):
+        cursor.execute("RELEASE SAVEPOINT updates")
+        return True
+    _undo(cursor, "updates")
+    return False
+
+
+def _undo(cursor, savepoint):
+    cursor.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+    cursor.execute(f"RELEASE SAVEPOINT {savepoint}")
 
 
 # PostgreSQL runs CLAIM/RECOVER for a whole batch, and the events of the rows that applied, as one
@@ -403,15 +468,17 @@ def recover_params(now, task_id, owner):
 
 # -- loading -----------------------------------------------------------------------
 
-_TIME_AT = frozenset(n for n, column in enumerate(TASK_COLUMNS) if column in _TIME_COLUMNS)
+_TIME_AT = tuple((n, column) for n, column in enumerate(TASK_COLUMNS) if column in _TIME_COLUMNS)
 
 
 def _task_of(row):
     """A Task of a row of TASK_COLUMNS, as ``Task(**values)`` makes it (every field set and dirty), without
     its per-field cost: a flood builds one per decision and per claim."""
     task = Task.__new__(Task)
-    task.__data__ = {column: (_epoch(value) if n in _TIME_AT else value)
-                     for n, (column, value) in enumerate(zip(TASK_COLUMNS, row))}
+    data = task.__data__ = dict(zip(TASK_COLUMNS, row))
+    for n, column in _TIME_AT:
+        if row[n] is not None:
+            data[column] = _epoch(row[n])
     task._dirty = set(TASK_COLUMNS)
     task.__rel__ = {}
     return task
