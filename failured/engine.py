@@ -199,7 +199,7 @@ class Engine:
                     continue  # resolved by hand meanwhile
             # A failed statement changed nothing (SQLite statements are atomic; PostgreSQL's error ends the
             # transaction, and the batch is tried again).
-            except self.store.driver_errors as exc:
+            except self.store.statement_errors as exc:
                 if self.store.dialect != "sqlite":
                     raise
                 known = translate_error(self.store.path, exc)

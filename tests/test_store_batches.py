@@ -136,3 +136,16 @@ def test_a_batch_of_decisions_whose_statement_fails_is_written_row_by_row(engine
     assert all(events(task_id) == ["reported", "retry_scheduled"] for task_id in ids)
     assert {task.status for task in Task.select()} == {"scheduled"}
     assert aggregates.counter_drift(store) == []
+
+
+def test_a_decision_the_database_refuses_is_set_aside_and_the_others_written(engine, store, clock):
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite's own error path: PostgreSQL's error ends the transaction and the batch is tried again")
+    ids = [record_failure(store, "sync", f"connection timeout {i}", clock=clock) for i in range(5)]
+    store.db.execute_sql(f"CREATE TRIGGER refuse_one BEFORE UPDATE OF status ON tasks WHEN NEW.id = {ids[2]}"
+                         " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END")
+    queued = engine.handle_new(limit=5)
+    assert sorted(task_id for task_id, _, _ in queued) == [ids[0], ids[1], ids[3], ids[4]]
+    assert Task.get_by_id(ids[2]).status == "new" and events(ids[2]) == ["reported"]
+    assert engine.handle_new(limit=5) == []  # set aside: not tried again and again, nor blocking the others
+    assert aggregates.counter_drift(store) == []

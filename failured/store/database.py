@@ -146,6 +146,11 @@ class Store:
         """``text`` with the driver's placeholders (SQLite takes ``?`` as written)."""
         return text
 
+    @property
+    def statement_errors(self):
+        """What a failed statement raises here: the driver's error, or peewee's wrapping of it."""
+        return (pw.DatabaseError, *self.driver_errors)
+
     def execute(self, text, params=()):
         return self.db.execute_sql(self.sql(text), params)
 
@@ -247,7 +252,7 @@ class Store:
         try:
             with self.db.atomic():
                 yield
-        except (pw.DatabaseError, *self.driver_errors) as exc:
+        except self.statement_errors as exc:
             known = self._translated(exc)
             if known is None:
                 raise
@@ -607,7 +612,7 @@ class PostgresStore(Store):
         except (StoreError, MissingStoreError):
             self.close()
             raise
-        except (pw.DatabaseError, *self.driver_errors) as exc:
+        except self.statement_errors as exc:
             self.close()
             known = self._translated(exc)
             if known is not None:

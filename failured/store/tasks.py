@@ -11,7 +11,6 @@ import time
 
 from ..clock import to_db_time
 from ..states import TaskStatus
-from ._peewee import pw
 from .members import WAKE_CHANNEL
 from .schema import SuccessCount, Task, UtcTimeField, epoch
 
@@ -214,7 +213,7 @@ def run_updates_at_once(store, statements):
                 changed += store.execute(_updates_text(columns, size),
                                          [value for params in group[start:start + size] for value in params]).rowcount
                 start += size
-    except (pw.DatabaseError, *store.driver_errors) as failed:  # peewee's, or the driver's
+    except store.statement_errors as failed:
         try:
             _undo(cursor, "updates")
         except store.driver_errors:
