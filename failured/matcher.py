@@ -43,6 +43,12 @@ log = logging.getLogger("failured.matcher")
 KEEP_DATABASES = 16  # compiled databases of older rulesets are removed beyond this many (two a snapshot:
 # its patterns and its code tables' gate)
 RE2_SET_SIZE = 64  # patterns per RE2 set: compiling one holds the GIL for some 30 ms
+# Sets of at least this many patterns are compiled in a child process (compiling.py): the shipped set takes
+# about 2 s and leaves some 30 MB resident in the process that compiled it; a child's start (0.2 s) is not
+# worth it for the few patterns of a small or test configuration.
+COMPILE_APART_FROM = 64
+HS_FLAGS = 0 if hyperscan is None else (hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_UTF8
+                                        | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER)
 LOOSEN_FROM = 10  # bounded repeats with an upper bound at least this large become unbounded for Hyperscan
 _BOUNDED = re.compile(r"\\.|\[\^?\]?(?:\\.|\[:\w+:\]|[^\]\\])*\]|\{(\d+),(\d+)\}")
 _UNANCHORED = re2._Anchor.UNANCHORED
@@ -156,11 +162,8 @@ class PatternSet:
 
     # Hyperscan --------------------------------------------------------------
 
-    _FLAGS = 0 if hyperscan is None else (hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_UTF8
-                                          | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER)
-
     def _cache_key(self):
-        digest = hashlib.sha256(f"2 {hyperscan.__version__} {self._FLAGS} {LOOSEN_FROM}".encode())
+        digest = hashlib.sha256(f"2 {hyperscan.__version__} {HS_FLAGS} {LOOSEN_FROM}".encode())
         for text in self.patterns:
             digest.update(text.encode("utf-8", "replace") + b"\0")
         return digest.hexdigest()[:24]
@@ -187,49 +190,17 @@ class PatternSet:
 
     def _build(self):
         try:
-            database, refused = self._compile()
+            if len(self.patterns) >= COMPILE_APART_FROM:
+                from .compiling import compile_apart  # the child imports this module
+                database, refused = compile_apart(self.patterns)
+            else:
+                database, refused = compile_database(self.patterns)
             self._serve(database, refused)
             self._store(database, refused)
         except Exception:  # never let the fast path's failure stop RE2 from serving
             log.exception("Hyperscan could not compile the patterns: RE2 alone matches them")
         finally:
             self._ready.set()
-
-    def _compile(self):
-        """(database or None, [(index, reason)] of the patterns RE2 alone checks)."""
-        indices, refused = [], []
-        for index, text in enumerate(self.patterns):
-            if "\\p" in text or "\\P" in text:
-                refused.append((index, "Hyperscan folds the case of Unicode classes (\\p{...}) unlike RE2"))
-            else:
-                indices.append(index)
-        try:
-            database = self._database(indices) if indices else None
-        except hyperscan.error:
-            accepted = self._compilable(indices, refused)
-            database = self._database(accepted) if accepted else None
-        return database, sorted(refused)
-
-    def _compilable(self, indices, refused):
-        """The patterns of ``indices`` Hyperscan compiles; the others go to ``refused``, named in the log.
-
-        Halving finds a few refused patterns among thousands in a few dozen compiles.
-        """
-        try:
-            self._database(indices)
-            return indices
-        except hyperscan.error as exc:
-            if len(indices) == 1:
-                refused.append((indices[0], f"Hyperscan cannot compile it ({exc})"))
-                return []
-        middle = len(indices) // 2
-        return self._compilable(indices[:middle], refused) + self._compilable(indices[middle:], refused)
-
-    def _database(self, indices):
-        database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        database.compile(expressions=[loosen(self.patterns[i]).encode("utf-8") for i in indices],
-                         ids=list(indices), elements=len(indices), flags=[self._FLAGS] * len(indices))
-        return database
 
     def _serve(self, database, refused):
         for index, reason in refused:
@@ -259,6 +230,45 @@ class PatternSet:
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             log.info("cannot cache the compiled pattern database in %s: %s", path.parent, exc)
+
+
+def compile_database(patterns):
+    """(Hyperscan database or None, [(index, reason)] of the patterns RE2 alone checks) of ``patterns``."""
+    indices, refused = [], []
+    for index, text in enumerate(patterns):
+        if "\\p" in text or "\\P" in text:
+            refused.append((index, "Hyperscan folds the case of Unicode classes (\\p{...}) unlike RE2"))
+        else:
+            indices.append(index)
+    try:
+        database = _database(patterns, indices) if indices else None
+    except hyperscan.error:
+        accepted = _compilable(patterns, indices, refused)
+        database = _database(patterns, accepted) if accepted else None
+    return database, sorted(refused)
+
+
+def _compilable(patterns, indices, refused):
+    """The patterns of ``indices`` Hyperscan compiles; the others go to ``refused``, named in the log.
+
+    Halving finds a few refused patterns among thousands in a few dozen compiles.
+    """
+    try:
+        _database(patterns, indices)
+        return indices
+    except hyperscan.error as exc:
+        if len(indices) == 1:
+            refused.append((indices[0], f"Hyperscan cannot compile it ({exc})"))
+            return []
+    middle = len(indices) // 2
+    return _compilable(patterns, indices[:middle], refused) + _compilable(patterns, indices[middle:], refused)
+
+
+def _database(patterns, indices):
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(expressions=[loosen(patterns[i]).encode("utf-8") for i in indices],
+                     ids=list(indices), elements=len(indices), flags=[HS_FLAGS] * len(indices))
+    return database
 
 
 class PatternTooLarge(MemoryError):

@@ -32,7 +32,10 @@ def train_apart(category_names, labels=()):
                                timeout=CHILD_TIMEOUT, check=False)
         if child.returncode == 0:
             state = marshal.loads(child.stdout)
-            return None if state is None else learner.TextModel.from_packed_state(state)
+            del child  # its output, read in pieces, is as large as the model
+            trained = None if state is None else learner.TextModel.from_packed_state(state)
+            learner.return_freed_memory()
+            return trained
         reason = f"exit status {child.returncode}: {child.stderr.decode('utf-8', 'replace').strip()[-300:]}"
     except (OSError, subprocess.SubprocessError, ValueError, EOFError, TypeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
