@@ -11,7 +11,8 @@ never miss one that does), and RE2 confirms each candidate in rank order: the
 answer is exactly RE2's, and both engines are linear in the text.
 
 The compiled database is cached on disk under a hash of the patterns and is
-compiled in a background thread (Hyperscan releases the GIL): until it is
+compiled in a background thread (Hyperscan releases the GIL), by a child process
+for a large set (compiling.py: the compiler's memory is not the daemon's): until it is
 ready, or where Hyperscan is not installed or refuses a pattern, RE2 serves
 (the refused patterns are logged with file, category and reason). RE2's sets
 hold the loosened patterns too, and each candidate is confirmed the same way:
