@@ -117,11 +117,8 @@ def add_events(store, rows):
     if store.dialect != "sqlite":
         store.executemany(_INSERT_EVENT, rows)
         return
-    start = 0
-    while start < len(rows):  # pieces of a power of two rows: a few texts, which the driver keeps prepared
-        size = min(ROWS_PER_STATEMENT, 1 << (len(rows) - start).bit_length() - 1)
-        store.execute(_events_text(size), [value for row in rows[start:start + size] for value in row])
-        start += size
+    for piece in _pieces(rows, ROWS_PER_STATEMENT):
+        store.execute(_events_text(len(piece)), [value for row in piece for value in row])
 
 
 @functools.cache  # one per power of two up to ROWS_PER_STATEMENT
@@ -138,6 +135,16 @@ def _chunks(rows):
         chunk = rows[start:start + ROWS_PER_STATEMENT]
         chunks.append(chunk + chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk)))
     return chunks
+
+
+def _pieces(rows, most):
+    """``rows`` in pieces of a power of two rows, ``most`` (a power of two) at the largest: a few statement
+    texts, which the driver keeps prepared (``_chunks`` pads instead, where a repeated row is harmless)."""
+    start = 0
+    while start < len(rows):
+        size = min(most, 1 << (len(rows) - start).bit_length() - 1)
+        yield rows[start:start + size]
+        start += size
 
 
 def mask_reported_error(store, task_id, error):
@@ -207,12 +214,9 @@ def run_updates_at_once(store, statements):
         changed = 0
         for columns, group in groups.items():
             most = min(ROWS_PER_STATEMENT, 1 << (_SQLITE_MAX_PARAMETERS // (len(columns) + 2)).bit_length() - 1)
-            start = 0
-            while start < len(group):
-                size = min(most, 1 << (len(group) - start).bit_length() - 1)
-                changed += store.execute(_updates_text(columns, size),
-                                         [value for params in group[start:start + size] for value in params]).rowcount
-                start += size
+            for piece in _pieces(group, most):
+                changed += store.execute(_updates_text(columns, len(piece)),
+                                         [value for params in piece for value in params]).rowcount
     except store.statement_errors as failed:
         try:
             _undo(cursor, "updates")
