@@ -83,6 +83,10 @@ def codes_only():
      "oracle ORA-01653", "recoverable_system"),
     ("oracledb.exceptions.DatabaseError: ORA-01017: invalid username/password; logon denied", "oracle ORA-01017",
      "unrecoverable_config"),
+    # the TNS listener: a SID it does not know is configuration, a database not available temporary (session 11)
+    ("cx_Oracle.DatabaseError: ORA-12505: TNS:listener does not currently know of SID given in connect descriptor",
+     "oracle ORA-12505", "unrecoverable_config"),
+    ("ORA-01034: ORACLE not available", "oracle ORA-01034", "recoverable_temporary"),
     ("Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts. "
      "(TOO_MANY_PARTS)", "clickhouse TOO_MANY_PARTS", "recoverable_temporary"),
     ("Code: 62. DB::Exception: Syntax error: failed at position 8 ('FORM'): FORM orders. (SYNTAX_ERROR)",

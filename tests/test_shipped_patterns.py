@@ -271,6 +271,30 @@ def test_session_6_families(classifier, message, category):
     assert result.category == category, describe(result)
 
 
+@pytest.mark.parametrize("message, category", [
+    # a refused or timed-out connection to a database's well-known port is a database connection failure
+    ("panic: Got an error when connecting to the database, 'Unable to open tcp connection with host "
+     "'localhost:1433': dial tcp 127.0.0.1:1433: connection refused'.", "recoverable_temporary"),
+    ("UnhandledPromiseRejectionWarning: MongooseServerSelectionError: connect ECONNREFUSED 127.0.0.1:27017",
+     "recoverable_temporary"),
+    # ... while Redis's port stays network, like any bare refused connection
+    ("redis error (db):Error: Redis connection to localhost:6379 failed - connect ECONNREFUSED 127.0.0.1:6379",
+     "recoverable_network"),
+    # a certificate for another host, plain text on a TLS port, a server without TLS: configuration (session 11)
+    ("Caused by: javax.net.ssl.SSLHandshakeException: No subject alternative DNS name matching open.feishu.cn found.",
+     "unrecoverable_config"),
+    ("javax.net.ssl.SSLException: Connection has been shutdown: javax.net.ssl.SSLException: Unrecognized SSL "
+     "message, plaintext connection?", "unrecoverable_config"),
+    ("ERROR 3159 (HY000): This RDS Proxy requires TLS connections.", "unrecoverable_config"),
+    # a database privilege not granted is configuration; the OS's permission denied stays system
+    ("ERROR:  permission denied for database analytics", "unrecoverable_config"),
+    ("PermissionError: [Errno 13] Permission denied: '/var/log/app.log'", "recoverable_system"),
+])
+def test_session_11_families(classifier, message, category):
+    result = classifier.classify(message)
+    assert result.category == category, describe(result)
+
+
 def test_a_waybill_number_range_is_no_crash(classifier):
     assert classifier.classify("S14 运单号段错误").category != "recoverable_system"  # 号段: a number's range
 
