@@ -142,9 +142,14 @@ def _pieces(rows, most):
     texts, which the driver keeps prepared (``_chunks`` pads instead, where a repeated row is harmless)."""
     start = 0
     while start < len(rows):
-        size = min(most, 1 << (len(rows) - start).bit_length() - 1)
+        size = min(most, _power_of_two_within(len(rows) - start))
         yield rows[start:start + size]
         start += size
+
+
+def _power_of_two_within(count):
+    """The largest power of two not above ``count`` (``count`` >= 1)."""
+    return 1 << count.bit_length() - 1
 
 
 def mask_reported_error(store, task_id, error):
@@ -213,7 +218,7 @@ def run_updates_at_once(store, statements):
     try:
         changed = 0
         for columns, group in groups.items():
-            most = min(ROWS_PER_STATEMENT, 1 << (_SQLITE_MAX_PARAMETERS // (len(columns) + 2)).bit_length() - 1)
+            most = min(ROWS_PER_STATEMENT, _power_of_two_within(_SQLITE_MAX_PARAMETERS // (len(columns) + 2)))
             for piece in _pieces(group, most):
                 changed += store.execute(_updates_text(columns, len(piece)),
                                          [value for params in piece for value in params]).rowcount
@@ -270,8 +275,8 @@ def _batch_ctes(sql, n):
     """Batch ``n`` of ``sql``: its CTEs (the unnested rows v{n}, the update done{n}) and the SELECT of the
     event rows of the rows it changed."""
     v, done, columns = f"v{n}", f"done{n}", (*_BATCHED[sql], *_EVENT_ARRAYS)
-    ctes = [f"{v} AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
-            f" AS u({', '.join(name for name, _ in columns)}))", _BATCHED_SQL[sql].format(v=v, done=done)]
+    ctes = [(f"{v} AS (SELECT * FROM unnest({', '.join(f'?::{kind}[]' for _, kind in columns)})"
+             f" AS u({', '.join(name for name, _ in columns)}))"), _BATCHED_SQL[sql].format(v=v, done=done)]
     events = (f"SELECT {v}.id, {', '.join(f'{v}.{name}' for name, _ in _EVENT_ARRAYS)}"
               f" FROM {v} JOIN {done} ON {done}.id = {v}.id")
     return ctes, events
