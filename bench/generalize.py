@@ -164,9 +164,9 @@ def score_holdout(args, path):
     for (t, a), n in confusions.most_common(12):
         print(f"  {n:4}  {t} -> {a}")
     if args.v:
-        for (c, e, s, m), a in zip(rows, final):
+        for (c, e, s, m), a, (rule, stage) in zip(rows, final, both_decisions):
             if c != a:
-                print(f"{c} -> {a} [{s}] {m[:160]!r}")
+                print(f"{c} -> {a} (rules: {rule} by {stage}) [{s}] {m[:160]!r}")
 
 
 # The shipped stage order against the alternatives measured for the README.
@@ -251,9 +251,9 @@ def cross_validate(args):
     for (t, a), n in confusions.most_common(12):
         print(f"  {n:4}  {t} -> {a}")
     if args.v:
-        for (c, e, s, m), a in zip(rows, final):
+        for (c, e, s, m), a, (rule, stage) in zip(rows, final, shipped):
             if c != a:
-                print(f"{c} -> {a} [{s}] {m[:140]!r}")
+                print(f"{c} -> {a} (rules: {rule} by {stage}) [{s}] {m[:140]!r}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,37 @@ def codes_only():
      "unrecoverable_business"),
     ("去做任务：关注德青源赢好礼\n任务失败，错误信息：啊哦，活动太火爆～~", "phrases service-busy", "recoverable_temporary"),
     ("订单提交失败, 错误码：60017, 返回信息：您多次提交过快，请稍后再试", "phrases rate-limit", "recoverable_temporary"),
+    # session 12: urllib3's Retry gave up on a server that kept answering 5xx or 429, inside "Max retries exceeded"
+    ("HTTPSConnectionPool(host='api.example.com', port=443): Max retries exceeded with url: /v1/track (Caused by "
+     "ResponseError('too many 503 error responses'))", "phrases service-busy", "recoverable_temporary"),
+    ("requests.exceptions.RetryError: HTTPSConnectionPool(host='api.openai.com', port=443): Max retries exceeded "
+     "with url: /v1/embeddings (Caused by ResponseError('too many 429 error responses'))", "phrases rate-limit",
+     "recoverable_temporary"),
+    # session 12: a certificate the verifier refused, even inside requests' "Max retries exceeded" (the model had
+    # overruled the pattern to network); and families from the session's audited collections
+    ("Error:  HTTPSConnectionPool(host='m.weibo.cn', port=443): Max retries exceeded with url: /api/container/getIndex"
+     "?containerid=1005051629810574 (Caused by SSLError(SSLError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+     "verify failed (_ssl.c:1123)')))", "phrases certificate-rejected", "unrecoverable_config"),
+    ("2023/03/06 11:34:36 Conflict: terminated by other getUpdates request; make sure that only one bot instance is "
+     "running", "phrases bot-instance-conflict", "unrecoverable_config"),
+    ("org.apache.spark.sql.AnalysisException: cannot resolve '`cs_sold_date_sk`' given input columns: "
+     "[catalog_sales_text.value]; line 8 pos 2;", "phrases column-unknown", "unrecoverable_config"),
+    ("WARNING apscheduler.scheduler: Execution of job \"update_payments (trigger: cron[hour='12'], next run at: "
+     "2022-10-09 12:00:00 UTC)\" skipped: maximum number of running instances reached (1)", "phrases job-still-running",
+     "recoverable_temporary"),
+    ('Error creating: pods "jenkins-1-dr8p8" is forbidden: exceeded quota: compute-resources, requested: '
+     "limits.cpu=2,limits.memory=1Gi, used: limits.cpu=2,limits.memory=1Gi, limited: limits.cpu=2,limits.memory=1Gi",
+     "phrases namespace-quota-used-up", "unrecoverable_business"),
+    ('Error creating: pods "timescaledb-patroni-0u-kf7t9" is forbidden: failed quota: anais-quota: must specify '
+     "limits.cpu,limits.memory", "phrases quota-needs-limits", "unrecoverable_config"),
+    ("org.apache.flink.runtime.jobmanager.scheduler.NoResourceAvailableException: Could not allocate all requires "
+     "slots within timeout of 300000 ms.", "phrases host-resources-exhausted", "recoverable_system"),
+    (">> Request guard `Connection < Db >` failed: Some(Get(PoolTimedOut)).", "phrases pool-exhausted",
+     "recoverable_temporary"),
+    ("ErrorException: Error while sending QUERY packet. PID=30007", "phrases database-unreachable",
+     "recoverable_temporary"),
+    ("2016-09-12T00:55:54.049Z 27664 TID-ouwg6osu0 WARN: NameError: uninitialized constant CacheColorSizeStorageWorker",
+     "phrases class-not-loaded", "unrecoverable_config"),
     ("2021-06-22 18:45:01 ERROR (MainThread) [homeassistant] Error doing job: socket.accept() out of system resource",
      "phrases killed-for-memory", "recoverable_system"),
     ("ConnectionError: Error 24 connecting to 127.0.0.1:46379. Too many open files.",
