@@ -179,6 +179,13 @@ def codes_only():
      "recoverable_temporary"),
     ("2016-09-12T00:55:54.049Z 27664 TID-ouwg6osu0 WARN: NameError: uninitialized constant CacheColorSizeStorageWorker",
      "phrases class-not-loaded", "unrecoverable_config"),
+    ("NotFoundError: Error code: 404 - {'error': {'message': 'Invalid URL (POST /v1/chat/completions/chat/completions)', "
+     "'type': 'invalid_request_error', 'param': None, 'code': None}}", "phrases endpoint-unknown", "unrecoverable_config"),
+    ("InvalidRequestError: The API deployment for the resource does not exist.", "phrases model-unknown",
+     "unrecoverable_config"),
+    ("litellm.exceptions.RateLimitError: litellm.RateLimitError: RateLimitError: OpenAIException - Request too large "
+     "for gpt-5 in organization org-xxxx on tokens per min (TPM): Limit 30000, Requested 31520.",
+     "phrases content-too-large", "unrecoverable_data"),
     ("2021-06-22 18:45:01 ERROR (MainThread) [homeassistant] Error doing job: socket.accept() out of system resource",
      "phrases killed-for-memory", "recoverable_system"),
     ("ConnectionError: Error 24 connecting to 127.0.0.1:46379. Too many open files.",
