@@ -250,6 +250,9 @@ def codes_only():
     ("讯飞星火api连接异常：输入内容审核不通过，涉嫌违规，请重新调整输入内容", "phrases content-rejected",
      "unrecoverable_business"),
     ("403 Forbidden：您选择的模型需通过内容审核，您的输入因违规被拦截。", "phrases content-rejected", "unrecoverable_business"),
+    ("Waiting for ('230',) but got 530 [' Login incorrect.']", "phrases login-refused", "unrecoverable_config"),
+    ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. (url: https://www.slack.com/api/chat.postMessage)\n"
+     "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived", "unrecoverable_business"),
     ("java.security.cert.CertificateException: No subject alternative names present", "phrases certificate-rejected",
      "unrecoverable_config"),
     ("Exception Type:        EXC_BAD_ACCESS (SIGSEGV)\nException Codes:       KERN_INVALID_ADDRESS at 0xfffffffffffffffb",
