@@ -50,7 +50,9 @@ def test_classify_explains_one_message(tmp_path, config_dir):
 
 
 def test_classify_stdin_writes_one_json_object_per_line(tmp_path, config_dir):
-    result = run_cli("classify", "--json", "-", input="connection refused\nmalformed json\n\nhello\n",
+    # the third line is the README's example of a failure nothing recognises ("hello" was, until the session-13
+    # corpus taught the model, trained on this test's three categories, to call it business at 0.40)
+    result = run_cli("classify", "--json", "-", input="connection refused\nmalformed json\n\nfrobnicator exploded in bay 7\n",
                      env=env_for(tmp_path, config_dir))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
