@@ -250,6 +250,10 @@ def codes_only():
     ("讯飞星火api连接异常：输入内容审核不通过，涉嫌违规，请重新调整输入内容", "phrases content-rejected",
      "unrecoverable_business"),
     ("403 Forbidden：您选择的模型需通过内容审核，您的输入因违规被拦截。", "phrases content-rejected", "unrecoverable_business"),
+    ("[com.alibaba.nacos.naming.beat.sender] ERROR c.a.n.client.naming - failed to request\njava.net.SocketException: "
+     "打开的文件过多", "phrases host-resources-exhausted", "recoverable_system"),
+    ("java.net.UnknownHostException: ${MYSQL_SERVICE_HOST}", "phrases host-name-unset", "unrecoverable_config"),
+    ("Error: getaddrinfo ENOTFOUND undefined", "phrases host-name-unset", "unrecoverable_config"),
     ("Waiting for ('230',) but got 530 [' Login incorrect.']", "phrases login-refused", "unrecoverable_config"),
     ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. (url: https://www.slack.com/api/chat.postMessage)\n"
      "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived", "unrecoverable_business"),
