@@ -254,6 +254,12 @@ def codes_only():
      "打开的文件过多", "phrases host-resources-exhausted", "recoverable_system"),
     ("java.net.UnknownHostException: ${MYSQL_SERVICE_HOST}", "phrases host-name-unset", "unrecoverable_config"),
     ("Error: getaddrinfo ENOTFOUND undefined", "phrases host-name-unset", "unrecoverable_config"),
+    ("kinit: Cannot contact any KDC for realm '42.FR' while getting initial credentials", "phrases server-unreachable",
+     "recoverable_network"),
+    ("{ [Error: Cannot open data connection.] code: 425 }", "phrases server-unreachable", "recoverable_network"),
+    ("com.jcraft.jsch.JSchException: UnknownHostKey: foo.bar.domain. RSA key fingerprint is "
+     "ac:db:18:3b:1a:3e:8f:0b:5e:1e:8a:60:63:b3:56:2c", "phrases host-key-rejected", "unrecoverable_config"),
+    ("imap: NO SELECT Unsafe Login. Please contact kefu@188.com for help", "phrases login-refused", "unrecoverable_config"),
     ("Waiting for ('230',) but got 530 [' Login incorrect.']", "phrases login-refused", "unrecoverable_config"),
     ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. (url: https://www.slack.com/api/chat.postMessage)\n"
      "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived", "unrecoverable_business"),
