@@ -307,6 +307,9 @@ def test_session_11_families(classifier, message, category):
     ("java.net.ConnectException: Connection refused (Connection refused)", "recoverable_network"),
     ("org.apache.kafka.connect.errors.ConnectException: Exiting WorkerSinkTask due to unrecoverable exception.",
      "unknown"),
+    # PHP's missing class is configuration, as Python's missing module
+    ("PHP Fatal error:  Class 'think\\Manager' not found in /www/vendor/topthink/think-queue/src/Queue.php:22",
+     "unrecoverable_config"),
     # a spelled-out "connection exception" is not network by itself (session 13: right on half of 105 corpus rows)
     ("UncategorizedSQLException: StatementCallback; uncategorized SQLException for SQL; connection exception",
      "unknown"),
