@@ -50,10 +50,10 @@ def test_classify_explains_one_message(tmp_path, config_dir):
 
 
 def test_classify_stdin_writes_one_json_object_per_line(tmp_path, config_dir):
-    # the third line is the README's example of a failure nothing recognises ("hello" was, until the session-13
-    # corpus taught the model, trained on this test's three categories, to call it business at 0.40)
-    result = run_cli("classify", "--json", "-", input="connection refused\nmalformed json\n\nfrobnicator exploded in bay 7\n",
-                     env=env_for(tmp_path, config_dir))
+    # the third line is the README's example of a failure nothing recognises, not a common word that the
+    # model (trained on this test's three categories) may lean on
+    lines = "connection refused\nmalformed json\n\nfrobnicator exploded in bay 7\n"
+    result = run_cli("classify", "--json", "-", input=lines, env=env_for(tmp_path, config_dir))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["category"] for r in rows] == ["recoverable_network", "unrecoverable_data", "unknown"]

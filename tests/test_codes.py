@@ -258,13 +258,17 @@ def codes_only():
      "recoverable_network"),
     ("{ [Error: Cannot open data connection.] code: 425 }", "phrases server-unreachable", "recoverable_network"),
     ("com.jcraft.jsch.JSchException: UnknownHostKey: foo.bar.domain. RSA key fingerprint is "
-     "ac:db:18:3b:1a:3e:8f:0b:5e:1e:8a:60:63:b3:56:2c", "phrases host-key-rejected", "unrecoverable_config"),
-    ("imap: NO SELECT Unsafe Login. Please contact kefu@188.com for help", "phrases login-refused", "unrecoverable_config"),
+     "ac:db:18:3b:1a:3e:8f:0b:5e:1e:8a:60:63:b3:56:2c", "phrases host-key-rejected",
+     "unrecoverable_config"),
+    ("imap: NO SELECT Unsafe Login. Please contact kefu@188.com for help", "phrases login-refused",
+     "unrecoverable_config"),
     ('{ "type": "urn:acme:error:badNonce", "detail": "JWS has invalid anti-replay nonce v1mAoZL8g16GXxV53ftCMYzO" }',
      "phrases nonce-stale", "recoverable_temporary"),
     ("Waiting for ('230',) but got 530 [' Login incorrect.']", "phrases login-refused", "unrecoverable_config"),
-    ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. (url: https://www.slack.com/api/chat.postMessage)\n"
-     "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived", "unrecoverable_business"),
+    ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. "
+     "(url: https://www.slack.com/api/chat.postMessage)\n"
+     "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived",
+     "unrecoverable_business"),
     ("java.security.cert.CertificateException: No subject alternative names present", "phrases certificate-rejected",
      "unrecoverable_config"),
     ("Exception Type:        EXC_BAD_ACCESS (SIGSEGV)\nException Codes:       KERN_INVALID_ADDRESS at 0xfffffffffffffffb",

@@ -65,8 +65,7 @@ def test_model_settings_in_failured_toml(tmp_path):
 
 def test_labels_passed_to_load_config_are_trained_on(tmp_path):
     directory = write_config(tmp_path / "c", main="[model]\nmin_confidence = 0.5\n")
-    # words no corpus message has: what the model knows of them, the labels taught it ("flux capacitor
-    # misaligned" was used until the session-13 corpus made the model call it data on its own)
+    # words no corpus message has: what the model knows of them, the labels taught it
     message = "zq-7 glorp vexit frambulated"
     labels = [("unrecoverable_data", None, f"zq-7 glorp vexit frambulated on unit {i}") for i in range(40)]
     before = load_config(directory).classifier.classify(message)
