@@ -25,7 +25,10 @@ COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, 
 # within this long at the handlers' recent pace: a flood of quick retries is claimed (and its outcomes
 # written) dozens to a transaction, while a slow handler's retries are still claimed as workers free up.
 CLAIM_AHEAD_SECONDS = 0.02
-CLAIM_AHEAD_MAX = 64
+# The cap on that, for handlers quicker than 0.3 ms (4 workers). At 64 a flood's retries fell due faster than the
+# timer claimed them while reports poured in (bench/flood.py: lateness during the flood p99 180-440 ms); at 256
+# the same runs gave p99 20-30 ms.
+CLAIM_AHEAD_MAX = 256
 # The timer claims a retry before it falls due, and its worker starts it on time: the claim's round trip
 # (and a step's wait for the write lock, or the server) is paid before the due time, not after it. The
 # timer wakes CLAIM_LEAD_SECONDS before the earliest due time and claims what falls due within
