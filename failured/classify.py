@@ -192,6 +192,7 @@ class Classifier:
         self._by_tag = {}
         self._by_type = {}  # last dotted part, lower-case -> [(priority, full name or None, category)]
         self._pattern_owner = []  # pattern index -> (priority, pattern text, category, file)
+        self._firm_patterns = set()  # texts of patterns the model never overrules (their tables say firm = true)
         for category in ruleset.categories:
             self._index(category)
         try:
@@ -222,6 +223,8 @@ class Classifier:
             self._by_type.setdefault(last, []).append((category.priority, full, category))
         for pattern in category.patterns:
             self._pattern_owner.append((category.priority, pattern.text, category, pattern.file))
+            if pattern.firm:
+                self._firm_patterns.add(pattern.text)
 
     def _describe_pattern(self, index):
         _, _, category, path = self._pattern_owner[index]
@@ -292,11 +295,14 @@ class Classifier:
         more: on messages from sources never seen, a rule written for other wording is wrong more often than
         a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor an
         early code (a decisive phrase or code means the same whatever wording surrounds it), nor a
-        rule of a category the model has no examples of. A model that sure of ``unknown`` overrules too: a
-        programming error (a NullPointerException, a ClassCastException) whose trace holds a phrase some
-        rule knows goes to the admins, not into retries."""
+        rule of a category the model has no examples of, nor a pattern whose table says ``firm = true`` (an
+        operator's, such as the console's workbench saves: the operator has seen what it matches). A model that
+        sure of ``unknown`` overrules too: a programming error (a NullPointerException, a ClassCastException)
+        whose trace holds a phrase some rule knows goes to the admins, not into retries."""
         if self.model is None or found[1] == "early_code" or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
+        if found[1] == "pattern" and found[2] in self._firm_patterns:
+            return found, None
         category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
         if category is None or category is found[0]:
             return found, None

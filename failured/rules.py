@@ -21,7 +21,7 @@ ACTIONS = ("retry", "notify_admin", "notify_user")
 UNKNOWN = "unknown"
 LIST_KEYS = ("patterns", "exception_types", "tags")
 SCALAR_KEYS = ("label", "label_en", "action", "priority", "suggestion", "suggestion_en")
-CATEGORY_KEYS = {"name", "replace", "retry", *LIST_KEYS, *SCALAR_KEYS}
+CATEGORY_KEYS = {"name", "replace", "retry", "firm", *LIST_KEYS, *SCALAR_KEYS}
 RETRY_KEYS = {"delays", "max_attempts", "jitter"}
 MAX_PATTERN_CHARS = 2000
 
@@ -39,6 +39,7 @@ class RetryPolicy:
 class Pattern:
     text: str
     file: str
+    firm: bool = False  # its table says ``firm = true``: the learned model never overrules it
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ def _parse_category(table, path, key, errors):
         out["priority"] = table["priority"]
     if "replace" in table and check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
         out["replace"] = table["replace"]
+    firm = "firm" in table and check_type(table["firm"], bool, path, f"{key}.firm", errors, "true or false") \
+        and table["firm"]
     if "retry" in table:
         out["retry"] = parse_retry(table["retry"], path, f"{key}.retry", errors)
     for name in LIST_KEYS:
@@ -223,7 +226,7 @@ def _parse_category(table, path, key, errors):
                     if problem:
                         errors.append(ConfigError(path, f"{key}.{name}[{i}]", f"pattern {item!r} {problem}"))
                         continue
-                    items.append(Pattern(item, str(path)))
+                    items.append(Pattern(item, str(path), firm))
                 elif name == "tags":
                     items.append(item.strip().strip("[]").upper())
                 else:

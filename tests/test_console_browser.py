@@ -165,9 +165,9 @@ def wait_page_state(driver, url, css, predicate):
 def test_console_end_to_end(daemon, browser):
     driver = browser
     data_error = report(daemon, "sync", "validation failed for order 42")
-    # No rule knows them and the model defers. With "unexpected:" before them the model takes them for a programming
-    # error, sure enough (0.74) to overrule the pattern saved below.
-    unknown = [report(daemon, "sync", f"frobnicator exploded in bay {i}") for i in range(3)]
+    # No rule knows them, and the model takes them for a programming error (0.74 in this 3-category config): sure
+    # enough to overrule a pattern, but not the firm one the workbench saves below.
+    unknown = [report(daemon, "sync", f"unexpected: frobnicator exploded in bay {i}") for i in range(3)]
     hostile = report(daemon, "mail", XSS)
     for task_id in (data_error, hostile, *unknown):
         wait_status(daemon, task_id, ("notified",))
@@ -218,7 +218,7 @@ def test_console_end_to_end(daemon, browser):
     saved = list((Path(daemon.env["FAILURE_CONFIG_DIR"]) / "patterns").glob("60-console-*.toml"))
     assert len(saved) == 1
     deadline = time.monotonic() + DEADLINE
-    while api(daemon, "POST", "/v1/failures", {"task_type": "sync", "error": "frobnicator exploded in bay 9"}
+    while api(daemon, "POST", "/v1/failures", {"task_type": "sync", "error": "unexpected: frobnicator exploded in bay 9"}
               )["classification"]["category"] != "unrecoverable_business":
         assert time.monotonic() < deadline, "the saved pattern was never loaded"
         time.sleep(0.2)

@@ -105,3 +105,29 @@ patterns = ['cancel not allowed']
     ruleset = load_ruleset(write_config(tmp_path / "custom", custom))
     result = Classifier(ruleset, model=trained, overrule_confidence=0.5).classify(DISPUTED)
     assert (result.category, result.matched_by) == ("order_locked", "pattern")
+
+
+def test_a_firm_pattern_is_never_overruled_and_the_others_still_are(tmp_path, trained):
+    # An operator's own file, as the console's workbench writes it: the same pattern, firm.
+    firm = SMALL_PATTERNS + """
+[[category]]
+name = "recoverable_network"
+firm = true
+patterns = ['pool timeout']
+"""
+    ruleset = load_ruleset(write_config(tmp_path / "firm", firm))
+    classifier = Classifier(ruleset, model=trained, overrule_confidence=0.5)
+    assert [p.text for p in ruleset.by_name["recoverable_network"].patterns if p.firm] == ["pool timeout"]
+    text = "pool timeout; order 77 cancel not allowed: order already captured"
+    prediction = trained.predict(text)
+    assert prediction.category == "unrecoverable_business" and prediction.confidence >= 0.5  # the premise
+    result = classifier.classify(text)
+    assert (result.category, result.matched_by, result.pattern) == ("recoverable_network", "pattern", "pool timeout")
+    assert classifier.classify(DISPUTED).matched_by == "model"  # 'connection.*timeout' is not firm: overruled
+
+
+def test_firm_must_be_true_or_false(tmp_path):
+    bad = SMALL_PATTERNS + '\n[[category]]\nname = "recoverable_network"\nfirm = "yes"\npatterns = [\'x\']\n'
+    with pytest.raises(ConfigErrors) as caught:
+        load_ruleset(write_config(tmp_path / "bad", bad))
+    assert "firm" in str(caught.value) and "true or false" in str(caught.value)

@@ -60,7 +60,8 @@ def preview(store, pattern, category, days, now):
 def file_text(category, pattern, now):
     # A JSON string is a valid TOML basic string (the same escapes), whatever the pattern holds.
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return (f"# Written by the failured console at {stamp}.\n[[category]]\nname = {json.dumps(category)}\n"
+    # firm: the operator saw what the pattern matches before saving it, so the learned model does not overrule it.
+    return (f"# Written by the failured console at {stamp}.\n[[category]]\nname = {json.dumps(category)}\nfirm = true\n"
             f"patterns = [{json.dumps(pattern, ensure_ascii=False)}]\n")
 
 
