@@ -265,6 +265,11 @@ def codes_only():
     ('{ "type": "urn:acme:error:badNonce", "detail": "JWS has invalid anti-replay nonce v1mAoZL8g16GXxV53ftCMYzO" }',
      "phrases nonce-stale", "recoverable_temporary"),
     ("Waiting for ('230',) but got 530 [' Login incorrect.']", "phrases login-refused", "unrecoverable_config"),
+    ("opencage.geocoder.RateLimitExceededError: You have used the requests available on your plan. Please purchase "
+     "more if you wish to continue: https://opencagedata.com/pricing", "phrases plan-or-balance-used-up",
+     "unrecoverable_business"),
+    ("Reached the maximum daily rate limit for this API. Retry at Thursday, 15 April 2021, 1:00 AM",
+     "phrases daily-quota-used-up", "unrecoverable_business"),
     ("slack_sdk.errors.SlackApiError: The request to the Slack API failed. "
      "(url: https://www.slack.com/api/chat.postMessage)\n"
      "The server responded with: {'ok': False, 'error': 'is_archived'}", "chat-bots is_archived",
