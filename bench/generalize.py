@@ -44,12 +44,15 @@ def grouped_folds(rows, k):
 
 
 def rule_decision(classifier, message, error_type):
-    """(category, stage) the rule stages give (tag first), or ("unknown", "none")."""
+    """(category, stage) the rule stages give (tag first), or ("unknown", "none"); a firm pattern's stage is
+    "firm" (the model never overrules it)."""
     message, error_type = unpack(message, error_type)
     found = classifier._by_tag_stage(message)
     if found is None:
         found = classifier.rules_only(message, error_type or exception_type_in(message))
-    return (found[0].name, found[1]) if found else ("unknown", "none")
+    if found is None:
+        return ("unknown", "none")
+    return found[0].name, "firm" if found[1] == "pattern" and classifier.firm(found) else found[1]
 
 
 def rule_answer(classifier, message, error_type):
@@ -65,11 +68,12 @@ def fallback(rule, prediction, threshold, max_unknown=learner.MAX_UNKNOWN):
 
 
 def overruled(decision, prediction, threshold, overrule, max_unknown=learner.MAX_UNKNOWN):
-    """The pipeline with overruling: as ``fallback``, and the model's category instead of a rule's (not a tag's)
-    or an early code's when it disagrees at ``overrule`` confidence or more, within the guard, unknown included
-    (classify.Classifier's rule)."""
+    """The pipeline with overruling: as ``fallback``, and the model's category instead of a rule's (not a tag's,
+    an early code's or a firm pattern's) when it disagrees at ``overrule`` confidence or more, within the guard,
+    unknown included (classify.Classifier's rule)."""
     rule, stage = decision
-    if rule != "unknown" and stage not in ("tag", "early_code") and overrule < 1 and prediction.confidence >= overrule:
+    never = ("tag", "early_code", "firm")
+    if rule != "unknown" and stage not in never and overrule < 1 and prediction.confidence >= overrule:
         if prediction.category == "unknown":  # a programming error some rule's phrase caught
             return "unknown"
         if prediction.unknown <= max_unknown and prediction.category != rule:

@@ -299,15 +299,18 @@ class Classifier:
         operator's, such as the console's workbench saves: the operator has seen what it matches). A model that
         sure of ``unknown`` overrules too: a programming error (a NullPointerException, a ClassCastException)
         whose trace holds a phrase some rule knows goes to the admins, not into retries."""
-        if self.model is None or found[1] == "early_code" or found[0].name not in self.model.classes:
+        if self.model is None or self.firm(found) or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
-        if found[1] == "pattern" and found[2] in self._firm_patterns:
-            return found, None
         category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
         if category is None or category is found[0]:
             return found, None
         _, stage, what = found
         return (category, "model", f"confidence {confidence:.2f}, over {stage} {what!r}"), confidence
+
+    def firm(self, found):
+        """Whether the model may never overrule ``found`` (a rule stage's answer): an early code, or a pattern
+        whose table says ``firm = true``."""
+        return found[1] == "early_code" or (found[1] == "pattern" and found[2] in self._firm_patterns)
 
     def _model_says(self, message, error_type, at_least, to_unknown=False):
         """(category, rounded confidence) when the model names a category other than unknown with at least
