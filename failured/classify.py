@@ -295,8 +295,9 @@ class Classifier:
         more: on messages from sources never seen, a rule written for other wording is wrong more often than
         a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor an
         early code (a decisive phrase or code means the same whatever wording surrounds it), nor a
-        rule of a category the model has no examples of, nor a pattern whose table says ``firm = true`` (an
-        operator's, such as the console's workbench saves: the operator has seen what it matches). A model that
+        rule of a category the model has no examples of, nor a pattern whose table says ``firm = true`` (one that
+        states a labelling decision, or an operator's that the console's workbench saved after showing what it
+        matches). A model that
         sure of ``unknown`` overrules too: a programming error (a NullPointerException, a ClassCastException)
         whose trace holds a phrase some rule knows goes to the admins, not into retries."""
         if self.model is None or self.firm(found) or found[0].name not in self.model.classes:

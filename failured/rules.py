@@ -211,8 +211,9 @@ def _parse_category(table, path, key, errors):
         out["priority"] = table["priority"]
     if "replace" in table and check_type(table["replace"], bool, path, f"{key}.replace", errors, "true or false"):
         out["replace"] = table["replace"]
-    firm = "firm" in table and check_type(table["firm"], bool, path, f"{key}.firm", errors, "true or false") \
-        and table["firm"]
+    firm = False  # the model may overrule this table's patterns unless it says firm = true
+    if "firm" in table and check_type(table["firm"], bool, path, f"{key}.firm", errors, "true or false"):
+        firm = table["firm"]
     if "retry" in table:
         out["retry"] = parse_retry(table["retry"], path, f"{key}.retry", errors)
     for name in LIST_KEYS:
