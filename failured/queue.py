@@ -26,7 +26,7 @@ COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, 
 # written) dozens to a transaction, while a slow handler's retries are still claimed as workers free up.
 CLAIM_AHEAD_SECONDS = 0.02
 # The cap on that, for handlers quicker than 0.3 ms (4 workers). At 64 a flood's retries fell due faster than the
-# timer claimed them while reports poured in (bench/flood.py: lateness during the flood p99 180-440 ms); at 256
+# timer claimed them while reports poured in (bench/flood.py: lateness during the flood p99 140-440 ms); at 256
 # the same runs gave p99 20-41 ms. The price is paid only on a crash: kill -9 in the middle of such a flood leaves
 # more quick handlers run but not yet recorded, and they run again after the restart (bench/flood.py --kill:
 # 150-174 of 20,000 against 0-68 at 64; at least once either way, nothing lost, no finished task run again).
