@@ -297,9 +297,8 @@ class Classifier:
         early code (a decisive phrase or code means the same whatever wording surrounds it), nor a
         rule of a category the model has no examples of, nor a pattern whose table says ``firm = true`` (one that
         states a labelling decision, or an operator's that the console's workbench saved after showing what it
-        matches). A model that
-        sure of ``unknown`` overrules too: a programming error (a NullPointerException, a ClassCastException)
-        whose trace holds a phrase some rule knows goes to the admins, not into retries."""
+        matches). A model that sure of ``unknown`` overrules too: a programming error (a NullPointerException, a
+        ClassCastException) whose trace holds a phrase some rule knows goes to the admins, not into retries."""
         if self.model is None or self.firm(found) or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
         category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
