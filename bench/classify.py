@@ -294,13 +294,13 @@ def rss_kib():
         return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
 
 
-def memory_child(config_dir):
+def memory_child(config_dir, messages_path):
     """Run in a child: resident size before and after the large ruleset's classifier serves 5,000 messages.
 
-    The messages are made first, and the parsed corpus they are made from is let go: a daemon whose
-    model comes from the model cache never parses the corpus (training does, in a child process)."""
-    messages = cold_mix(5000, seed=3)
-    corpus.read_corpus.cache_clear()
+    The messages come from a file the parent wrote: a daemon whose model comes from the model cache
+    never parses the corpus (training does, in a child process), and parsing it here to make them
+    left about 5 MB in this process's heap after it was let go."""
+    messages = json.loads(Path(messages_path).read_text(encoding="utf-8"))
     before = rss_kib()
     classifier = load_config(config_dir).classifier
     classifier.patterns.wait_ready()
@@ -314,8 +314,10 @@ def memory_child(config_dir):
 
 def memory(config_dir):
     load_config(config_dir).classifier.patterns.wait_ready()  # compiled once, as a running daemon has it
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(config_dir)], capture_output=True,
-                         text=True, check=True).stdout
+    messages_path = Path(config_dir).parent / "memory-messages.json"
+    messages_path.write_text(json.dumps(cold_mix(5000, seed=3)), encoding="utf-8")
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(config_dir), str(messages_path)],
+                         capture_output=True, text=True, check=True).stdout
     sizes = json.loads(out.strip().splitlines()[-1])
     return {f"RSS with {sizes['patterns']} patterns MB": round(sizes["after"] / 1024, 1),
             "classifier's share MB": round((sizes["after"] - sizes["before"]) / 1024, 1)}
@@ -326,10 +328,10 @@ def main():
     parser.add_argument("--count", type=int, default=COUNT)
     parser.add_argument("--lines", type=int, default=LINES)
     parser.add_argument("--skip", action="append", default=[], choices=["process", "reload", "memory"])
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        return memory_child(args.memory_child)
+        return memory_child(*args.memory_child)
     figures = in_process(args.count)
     figures["load average"] = round(os.getloadavg()[0], 1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2197,7 +2197,7 @@ done:
 }
 
 /* column_sums(slots, table, buckets, width): what failured/model.py's python_column_sums gives,
- *     packed = the rows of ``buckets`` (those with one) joined, as doubles
+ *     packed = the rows of ``buckets`` (those with one) joined, as the stored floats (model.WEIGHT) read as doubles
  *     [sum(packed[k::width]) for k in range(width)]
  * without the joined buffer and the float objects (``slots`` and ``table``: see Rows below;
  * ``buckets`` an iterable of indices into ``slots``). Each column is added in
@@ -2241,10 +2241,13 @@ static PyObject *sum_result(const Sum *sum)
 
 /* A model's rows as model.TextModel keeps them: ``slots`` (an array('i'), one entry per bucket: the
  * index of its row in ``table``, or -1 for none) and ``table`` (the rows one after another, ``width``
- * doubles each). */
+ * 4-byte floats each: model.WEIGHT). A stored float is added as the double it converts to exactly,
+ * as Python's sum() adds it after memoryview.cast("f"). */
+typedef float Weight;
+
 typedef struct {
     Py_buffer slots, table;
-    Py_ssize_t buckets, count, width;  /* slots; rows in the table; doubles a row */
+    Py_ssize_t buckets, count, width;  /* slots; rows in the table; weights a row */
 } Rows;
 
 static void rows_close(Rows *rows)
@@ -2271,7 +2274,7 @@ static int rows_open(Rows *rows, PyObject *slots, PyObject *table, Py_ssize_t wi
     }
     if (PyObject_GetBuffer(table, &rows->table, PyBUF_C_CONTIGUOUS) < 0)
         goto error;
-    Py_ssize_t row = width * (Py_ssize_t)sizeof(double);
+    Py_ssize_t row = width * (Py_ssize_t)sizeof(Weight);
     if (rows->table.len % row != 0) {
         PyErr_Format(PyExc_ValueError, "the table has %zd bytes, not whole rows of %zd", rows->table.len, row);
         goto error;
@@ -2296,16 +2299,16 @@ static int row_of(const Rows *rows, Py_ssize_t bucket, const char **row)
         PyErr_Format(PyExc_IndexError, "bucket %zd points at row %d of a table of %zd", bucket, slot, rows->count);
         return -1;
     }
-    *row = slot < 0 ? NULL : (const char *)rows->table.buf + (Py_ssize_t)slot * rows->width * (Py_ssize_t)sizeof(double);
+    *row = slot < 0 ? NULL : (const char *)rows->table.buf + (Py_ssize_t)slot * rows->width * (Py_ssize_t)sizeof(Weight);
     return 0;
 }
 
 static void add_row(Sum *sums, const char *row, Py_ssize_t width)
 {
     for (Py_ssize_t k = 0; k < width; k++) {
-        double x;
-        memcpy(&x, row + k * sizeof(double), sizeof(double));
-        sum_add(&sums[k], x);
+        Weight x;
+        memcpy(&x, row + k * sizeof(Weight), sizeof(Weight));
+        sum_add(&sums[k], (double)x);
     }
 }
 
@@ -2372,9 +2375,8 @@ static int summed_features(const Rows *rows, PyObject *text, Sum *sums, Py_ssize
     const char *row;
     for (size_t i = 0; i <= ints.mask; i++)
         if (ints.table[i] >= 0 && ints.table[i] < rows->buckets && row_of(rows, ints.table[i], &row) == 0 && row) {
-            __builtin_prefetch(row);
-            __builtin_prefetch(row + 64);
-            __builtin_prefetch(row + 128);
+            __builtin_prefetch(row);  /* a row may cross into a second cache line */
+            __builtin_prefetch(row + rows->width * (Py_ssize_t)sizeof(Weight) - 1);
         }
     if (PyErr_Occurred())
         goto done;
