@@ -99,8 +99,8 @@ def _warm_the_model_cache():
 
     Most tests load one of the two (a model is cached per category set); on a machine whose model cache is
     empty (or stale after a change to the corpus or the model), every worker and daemon would train the same
-    model at once instead of reading it from the cache: with 50,000 corpus messages a training is about
-    18 CPU-seconds, and four daemons training at once on two cores missed a test's 20 s wait for READY.
+    model at once instead of reading it from the cache: with about 50,000 corpus messages a training is
+    18–21 CPU-seconds, and four daemons training at once on two cores missed a test's 20 s wait for READY.
     """
     from concurrent.futures import ThreadPoolExecutor
 
