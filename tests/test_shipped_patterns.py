@@ -138,12 +138,12 @@ def test_corpus_accuracy_is_100_percent(ruleset):
 # model change that loses ground shows here. What failured gets on sources it has never seen is measured by
 # bench/generalize.py, not by this test. 96 % until session 14, when 3,664 messages of twenty collections joined
 # that scored 72.9 % before they did (the corpus, 44,912 messages from 24,862 sources, 95.9 % in-sample).
-# Session 15's 4,394 (77.8 % before they joined): 49,306 messages from 27,673 sources, 95.8 % in-sample.
+# Session 15's 4,736 (77.6 % before they joined): 49,648 messages from 27,971 sources, 95.9 % in-sample.
 WHOLE_CORPUS_AT_LEAST = 0.955
 # Each category's recall in-sample. 93 % until session 11, when about 700 configuration messages of libraries'
 # and SDKs' own checks joined (start-up and settings validations, worded like programming errors); the
 # configuration recall fell to 92.8–93.0 %, to 92.0 % in session 14 (SDK set-up checks of many more
-# domains; 92.0 % again in session 15). A new source's figure is bench/generalize.py's, not this one.
+# domains; 91.9 % in session 15). A new source's figure is bench/generalize.py's, not this one.
 CATEGORY_AT_LEAST = 0.915
 
 
