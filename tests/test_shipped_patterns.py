@@ -322,6 +322,17 @@ def test_session_13_families(classifier, message, category):
     assert result.category == category, describe(result)
 
 
+@pytest.mark.parametrize("message, category", [
+    # a database that does not answer is temporary, however its driver says so: the MongoDB drivers' server
+    # selection timeout, and a PostgreSQL server whose Unix socket is not there (not a missing file to configure)
+    ("Server selection timed out after 30000 ms", "recoverable_temporary"),
+    ("dial unix /var/run/postgresql/.s.PGSQL.5432: connect: no such file or directory", "recoverable_temporary"),
+])
+def test_session_16_families(classifier, message, category):
+    result = classifier.classify(message)
+    assert result.category == category, describe(result)
+
+
 def test_a_waybill_number_range_is_no_crash(classifier):
     assert classifier.classify("S14 运单号段错误").category != "recoverable_system"  # 号段: a number's range
 
