@@ -43,6 +43,8 @@ def codes_only():
     ("(535, b'5.7.8 Username and Password not accepted. Learn more at')", "smtp 5.7.8", "unrecoverable_config"),
     ("451 4.7.1 Greylisting in action, please come back later", "smtp 4.7.1", "recoverable_temporary"),
     ("552 5.2.2 <user@example.com>: Recipient mailbox full", "smtp 5.2.2", "unrecoverable_business"),
+    ("4.4.7 Message expired", "smtp 4.4.7", "recoverable_temporary"),  # an enhanced code alone, leading
+    ("Sorry, I couldnt find any host named kail.com.cn. (#5.1.2)", "smtp 5.1.2", "unrecoverable_business"),  # qmail
     ("smtplib.SMTPRecipientsRefused: {'x@example.com': (550, b'No such user here')}", "smtp 550", "unrecoverable_business"),
     # errno names, numbers, WinError and localized texts (glibc zh_CN, Windows zh-CN)
     ("OSError: [Errno 28] 设备上没有空间: '/data/x.csv'", "errno ENOSPC", "recoverable_system"),
@@ -287,6 +289,9 @@ def test_shipped_table_reads_a_real_message(codes_only, message, table, category
 @pytest.mark.parametrize("message", [
     "exit status 1", "job 5 finished with status 3", "HTTP 503 from the api",  # no mail words: not SMTP
     "Process finished with exit code 1", "SQLSTATE[HY000]: General error",
+    # a version number is no enhanced status code
+    "Redis version needs to be greater or equal than 5.0.0 Current: 4.0.14",
+    "error: Failed dependencies: libatomic is needed by emqx-5.7.0-el8-amd64.rpm",
 ])
 def test_no_code_is_read_where_none_is_meant(codes_only, message):
     result = codes_only.classify(message)
