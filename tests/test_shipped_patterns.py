@@ -139,11 +139,12 @@ def test_corpus_accuracy_is_100_percent(ruleset):
 # bench/generalize.py, not by this test. 96 % until session 14, when 3,664 messages of twenty collections joined
 # that scored 72.9 % before they did (the corpus, 44,912 messages from 24,862 sources, 95.9 % in-sample).
 # Session 15's 4,736 (77.6 % before they joined): 49,648 messages from 27,971 sources, 95.9 % in-sample.
+# Session 16's 2,429 (83.4 % before they joined): 52,077 messages from 30,016 sources, 95.8 % in-sample.
 WHOLE_CORPUS_AT_LEAST = 0.955
 # Each category's recall in-sample. 93 % until session 11, when about 700 configuration messages of libraries'
 # and SDKs' own checks joined (start-up and settings validations, worded like programming errors); the
 # configuration recall fell to 92.8–93.0 %, to 92.0 % in session 14 (SDK set-up checks of many more
-# domains; 91.9 % in session 15). A new source's figure is bench/generalize.py's, not this one.
+# domains; 91.9 % in session 15, 92.3 % in session 16). A new source's figure is bench/generalize.py's, not this one.
 CATEGORY_AT_LEAST = 0.915
 
 
