@@ -278,6 +278,11 @@ def codes_only():
      "unrecoverable_business"),
     ("java.security.cert.CertificateException: No subject alternative names present", "phrases certificate-rejected",
      "unrecoverable_config"),
+    # the phrase found first decides: a vendor that says it is not the plan, and SqlClient's dropped connection
+    ("API Error: Server is temporarily limiting requests (not your usage limit) · Rate limited", "phrases rate-limit",
+     "recoverable_temporary"),
+    ("A transport-level error has occurred when receiving results from the server. (provider: TCP Provider, "
+     "error: 0 - The semaphore timeout period has expired.)", "phrases database-unreachable", "recoverable_temporary"),
     ("Exception Type:        EXC_BAD_ACCESS (SIGSEGV)\nException Codes:       KERN_INVALID_ADDRESS at 0xfffffffffffffffb",
      "phrases native-crash", "recoverable_system"),
 ])
