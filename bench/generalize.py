@@ -12,15 +12,18 @@ The "rules-blind" row scores every message as if no rule had recognised it
 that is what a message from a source failured has never seen mostly looks
 like, and it is the row the threshold and the guard are tuned on.
 
-With ``--holdout FILE`` (corpus format, messages from sources the corpus does
+``--curve`` scores each ``--holdout`` file with the model trained on 1/8, 1/4, 1/2 and all of the corpus's
+sources instead (the learning curve). With ``--holdout FILE`` (corpus format, messages from sources the corpus does
 not hold), it also scores rules, code tables, the model (trained on the whole
 corpus) and the whole pipeline on that file: the figure for messages failured
 has never seen. ``--no-cv`` skips the cross-validation; ``-v`` lists misses.
 
     .venv/bin/python bench/generalize.py [--folds 10] [--threshold T] [--max-unknown U] [--holdout FILE]... [--no-cv] [-v]
+    .venv/bin/python bench/generalize.py --curve --holdout FILE...
 """
 
 import argparse
+import random
 import time
 from collections import Counter, defaultdict
 
@@ -118,11 +121,48 @@ def main():
                         help="the model overrules a rule at or above this confidence (1: never)")
     parser.add_argument("--no-cv", action="store_true", help="skip the grouped cross-validation")
     parser.add_argument("-v", action="store_true", help="list the whole pipeline's misses")
+    parser.add_argument("--curve", action="store_true",
+                        help="the learning curve instead: the whole pipeline on each --holdout file with the model "
+                             "trained on 1/8, 1/4, 1/2 and all of the corpus's sources")
     args = parser.parse_args()
+    if args.curve:
+        learning_curve(args)
+        return
     if not args.no_cv:
         cross_validate(args)
     for path in args.holdout:
         score_holdout(args, path)
+
+
+RULES_WRITTEN_FROM = 1617  # the corpus's first rows, the ones the patterns were written from (tests/test_shipped_patterns.py)
+CURVE_SHARES = (0.125, 0.25, 0.5, 1.0)
+CURVE_DRAWS = (1, 2)  # random draws of sources per share below the whole
+
+
+def learning_curve(args):
+    """The whole pipeline on each held-out file, the model trained on a random share of the corpus's sources
+    (the rows the rules were written from always in): how much a doubling of the corpus is worth."""
+    rows = list(corpus.read_corpus())
+    written_from, rest = rows[:RULES_WRITTEN_FROM], rows[RULES_WRITTEN_FROM:]
+    sources = sorted({source for _, _, source, _ in rest})
+    names, _, _, both = classifiers()
+    held = {}
+    for path in args.holdout:
+        with open(path, encoding="utf-8", newline="") as handle:
+            held[path] = corpus.parse(handle)
+    decisions = {path: [rule_decision(both, m, e) for _, e, _, m in held_rows] for path, held_rows in held.items()}
+    print("share of sources  training messages  " + "  ".join(held))
+    for share in CURVE_SHARES:
+        for draw in CURVE_DRAWS if share < 1 else (None,):
+            kept = set(sources) if draw is None else set(random.Random(draw).sample(sources, int(len(sources) * share)))
+            training = written_from + [row for row in rest if row[2] in kept]
+            trained = learner.train([(c, model_text(m, e)) for c, e, _, m in training if c in names or c == "unknown"])
+            cells = []
+            for path, held_rows in held.items():
+                final = [overruled(d, trained.predict(model_text(m, e)), args.threshold, args.overrule, args.max_unknown)
+                         for d, (_, e, _, m) in zip(decisions[path], held_rows)]
+                cells.append(f"{sum(a == row[0] for a, row in zip(final, held_rows)) / len(held_rows):.1%}")
+            print(f"{share:>15.3f}  {len(training):>17}  " + "  ".join(cells), flush=True)
 
 
 def classifiers():
