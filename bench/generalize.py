@@ -146,10 +146,7 @@ def learning_curve(args):
     written_from, rest = rows[:RULES_WRITTEN_FROM], rows[RULES_WRITTEN_FROM:]
     sources = sorted({source for _, _, source, _ in rest})
     names, _, _, both = classifiers()
-    held = {}
-    for path in args.holdout:
-        with open(path, encoding="utf-8", newline="") as handle:
-            held[path] = corpus.parse(handle)
+    held = {path: read_holdout(path) for path in args.holdout}
     decisions = {path: [rule_decision(both, m, e) for _, e, _, m in held_rows] for path, held_rows in held.items()}
     print("share of sources  training messages  " + "  ".join(held))
     for share in CURVE_SHARES:
@@ -176,10 +173,15 @@ def classifiers():
     return names, rules, codes, both
 
 
+def read_holdout(path):
+    """The rows of a held-out file in the corpus's format."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return corpus.parse(handle)
+
+
 def score_holdout(args, path):
     """Figures on a held-out file: the model is trained on the whole shipped corpus."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = corpus.parse(handle)
+    rows = read_holdout(path)
     names, rules, codes, both = classifiers()
     trained = learner.train([(c, model_text(m, e)) for c, e, _, m in corpus.read_corpus()
                              if c in names or c == "unknown"])
