@@ -89,6 +89,7 @@ class Daemon:
         self.members = membership_for(self.store, self.clock, self.owner, on_leadership=self._on_leadership).start()
         self._labels_seen = self.store.label_count()
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
+                                     on_restore=self._on_restore,
                                      clock=self.clock, log_dir=s.log_dir, labels=self.store.labelled_examples)
         snapshot = self.watcher.current
         logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
@@ -440,6 +441,9 @@ class Daemon:
         self.breakers.config = snapshot.breaker
         self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
+
+    def _on_restore(self, snapshot):
+        self.store.delete_state("config_rejected")  # the refused change was undone: the active config is on disk again
 
     def _on_reject(self, errors):
         self.metrics.reloads.labels("rejected").inc()

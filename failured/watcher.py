@@ -6,6 +6,7 @@ change, and never a half-written one.
 """
 
 import logging
+import os
 import threading
 
 from watchdog.events import FileSystemEventHandler
@@ -19,6 +20,10 @@ from .errors import ConfigErrors
 log = logging.getLogger("failured.config")
 
 DEBOUNCE_SECONDS = 0.3
+# How often the watcher checks that the directory it watches is still the one at the configured path:
+# a deploy that replaces the whole directory (or turns a symlink to a new release) leaves the old
+# watch on a directory no one edits any more.
+IDENTITY_CHECK_SECONDS = 1.0
 
 
 class _Poke(FileSystemEventHandler):
@@ -34,11 +39,12 @@ class ConfigWatcher:
     """Keeps ``current`` (the active Snapshot) in step with the directory.
 
     ``on_reload(snapshot)`` runs after a good change is swapped in;
-    ``on_reject(errors)`` after a bad one was refused (the old snapshot stays).
+    ``on_reject(errors)`` after a bad one was refused (the old snapshot stays);
+    ``on_restore(snapshot)`` when a refused change was undone (the files are the active snapshot's again).
     """
 
     def __init__(self, config_dir, lang="zh", on_reload=None, on_reject=None, clock=None,
-                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: ()):
+                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: (), on_restore=None):
         self.config_dir = config_dir
         self.labels = labels  # operators' labelled examples, read at each load: the model trains on them
         self.log_dir = log_dir
@@ -47,6 +53,7 @@ class ConfigWatcher:
         # Standalone, the watcher writes the rejection to admin_alerts.log itself; the daemon's
         # callback queues it in the outbox instead, whose log channel writes it (once).
         self.on_reject = on_reject or self._alert
+        self.on_restore = on_restore or (lambda snapshot: None)
         self.clock = clock or SystemClock()
         self.debounce = debounce
         self.current = self._load()  # the first load must succeed
@@ -56,23 +63,59 @@ class ConfigWatcher:
         self._retrain = threading.Event()  # new labels: reload even though no file changed
         self._stopping = threading.Event()
         self._observer = None
+        self._watched = None  # the identity of the directory the observer watches
         self._thread = None
 
     def start(self):
-        self._observer = Observer()
-        self._observer.schedule(_Poke(self._changed), str(self.config_dir), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+        self._watch()
         self._thread = threading.Thread(target=self._loop, name="config-watcher", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self):
-        self._stopping.set()
-        self._changed.set()
+    def _identity(self):
+        """(device, inode) of the directory at the configured path now, or None while there is none."""
+        try:
+            info = os.stat(self.config_dir)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def _watch(self):
+        """Watch the directory now at the configured path (a new observer: inotify follows the old inode)."""
+        self._stop_observer()
+        self._watched = self._identity()
+        if self._watched is None:
+            return
+        observer = Observer()
+        try:
+            observer.schedule(_Poke(self._changed), str(self.config_dir), recursive=True)
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:  # replaced again, or gone, between the stat and the watch: the next check retries
+            log.warning("config %s: cannot watch it (%s); checking again in %.0f s", self.config_dir, exc,
+                        IDENTITY_CHECK_SECONDS)
+            self._watched = None
+            return
+        self._observer = observer
+
+    def _stop_observer(self):
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
+            self._observer = None
+
+    def _rewatch_if_replaced(self):
+        """A directory replaced at the configured path is watched from now on, and read at once."""
+        if self._identity() == self._watched:
+            return
+        log.warning("config %s was replaced (a new directory at that path): watching the new one", self.config_dir)
+        self._watch()
+        self._changed.set()
+
+    def stop(self):
+        self._stopping.set()
+        self._changed.set()
+        self._stop_observer()
         if self._thread is not None:
             self._thread.join(timeout=2)
 
@@ -93,7 +136,9 @@ class ConfigWatcher:
 
     def _loop(self):
         while not self._stopping.is_set():
-            self._changed.wait()
+            if not self._changed.wait(IDENTITY_CHECK_SECONDS):
+                self._rewatch_if_replaced()
+                continue
             # Debounce: wait until the directory has been quiet for a moment.
             while self._changed.is_set() and not self._stopping.is_set():
                 self._changed.clear()
@@ -106,6 +151,10 @@ class ConfigWatcher:
     def reload(self, force=False):
         """Validate the directory and swap it in; returns True when a new snapshot is active."""
         if not force and content_digest(config_files(self.config_dir)) == self.current.digest:
+            if self.last_rejected is not None:  # the refused change was undone: nothing is wrong any more
+                self.last_rejected = None
+                log.info("config %s: back to the active configuration; the refused change is gone", self.config_dir)
+                self._call(self.on_restore, self.current)
             return False
         try:
             snapshot = self._load()

@@ -44,6 +44,18 @@ def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path, cli):
     assert "配置" in rows[0][0]
 
 
+def test_undoing_a_refused_change_makes_status_healthy_again(daemon_factory, tmp_path, cli):
+    daemon = daemon_factory().start()
+    bad = tmp_path / "config" / "patterns" / "50-bad.toml"
+    bad.write_text('[[category]]\nname = "x"\naction = "nope"\npriority = 1\n')
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 1)
+    assert cli("status", env=daemon.env).returncode == 1
+    bad.unlink()  # the usual fix: take the bad change back
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 0)
+    status = cli("status", "--json", env=daemon.env)
+    assert status.returncode == 0 and json.loads(status.stdout)["config"]["last_rejected"] is None, status.stdout
+
+
 def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     daemon = daemon_factory().start()
     store = open_store(daemon.db)

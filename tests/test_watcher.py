@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -143,3 +144,28 @@ def test_a_file_saved_while_a_snapshot_builds_is_loaded_next(config_dir, tmp_pat
         assert saved and len(w.reloaded) == 2  # the labels' rebuild, then the save's
     finally:
         w.stop()
+
+
+def test_undoing_a_refused_change_clears_the_rejection(config_dir, tmp_path):
+    restored = []
+    watcher = ConfigWatcher(config_dir, log_dir=tmp_path / "logs", debounce=0.1, on_restore=restored.append).start()
+    try:
+        bad = config_dir / "patterns" / "50-local.toml"
+        bad.write_text('[[category]]\nname = "recoverable_network"\npatterns = ["bad(?=x)"]\n', encoding="utf-8")
+        assert wait_for(lambda: watcher.last_rejected)
+        active = watcher.current
+        bad.unlink()  # the operator's fix: back to the files the active snapshot was built from
+        assert wait_for(lambda: watcher.last_rejected is None)
+        assert restored == [active] and watcher.current is active  # nothing was loaded again
+    finally:
+        watcher.stop()
+
+
+def test_a_directory_replaced_at_the_configured_path_is_watched(watcher, config_dir, tmp_path):
+    """A deploy that puts a new directory where the old one was: edits to the new one are picked up."""
+    os.rename(config_dir, tmp_path / "config.old")
+    shutil.copytree(tmp_path / "config.old", config_dir)
+    (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+    assert wait_for(lambda: pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"))
+    (config_dir / "patterns" / "50-local.toml").unlink()  # and the edits after it, through the new watch
+    assert wait_for(lambda: not pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"))
