@@ -147,6 +147,9 @@ def read_toml(path, errors):
         errors.append(ConfigError(path, None, str(exc)))
     except tomllib.TOMLDecodeError as exc:
         errors.append(ConfigError(path, None, f"TOML syntax error: {exc}"))
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        errors.append(ConfigError(path, None, "arrays or inline tables nested too deeply to read: "
+                                              "no failured setting nests more than a few levels"))
     except (OSError, UnicodeDecodeError) as exc:
         errors.append(ConfigError(path, None, f"cannot read file: {exc}"))
     return None

@@ -15,7 +15,7 @@ from watchdog.observers import Observer
 from .alertlog import append_line
 from .clock import SystemClock
 from .config import config_files, content_digest, load_config
-from .errors import ConfigErrors
+from .errors import ConfigError, ConfigErrors
 
 log = logging.getLogger("failured.config")
 
@@ -159,13 +159,14 @@ class ConfigWatcher:
         try:
             snapshot = self._load()
         except ConfigErrors as exc:
-            self.last_rejected = (self.clock.now(), exc.errors)
             log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",
                       self.config_dir, len(exc.errors), exc)
-            self._call(self.on_reject, exc.errors)
+            self._reject(exc.errors)
             return False
-        except Exception:  # never let a reload bug take the watcher down
+        except Exception as exc:  # never let a reload bug take the watcher down; the admins hear of it all the same
             log.exception("config %s: reload failed, keeping the last good one", self.config_dir)
+            self._reject([ConfigError(self.config_dir, None, f"reload failed ({type(exc).__name__}: {exc}); "
+                                                             "the daemon's log has the details")])
             return False
         self.current = snapshot
         self.loaded_at = self.clock.now()
@@ -173,6 +174,10 @@ class ConfigWatcher:
                  len(snapshot.ruleset.categories), len(snapshot.files))
         self._call(self.on_reload, snapshot)
         return True
+
+    def _reject(self, errors):
+        self.last_rejected = (self.clock.now(), errors)
+        self._call(self.on_reject, errors)
 
     def _alert(self, errors):
         if self.log_dir is None:

@@ -37,6 +37,15 @@ def test_an_oversized_config_file_is_refused(config_dir):
     assert any("50-huge.toml" in e.path and "bytes" in e.reason for e in caught.value.errors)
 
 
+@pytest.mark.parametrize("nested", ["a = " + "[" * 100_000 + "]" * 100_000, "a = " + "{b = " * 5_000 + "1" + "}" * 5_000])
+def test_deeply_nested_toml_is_an_error_naming_the_file(config_dir, nested):
+    (config_dir / "patterns" / "55-deep.toml").write_text(nested, encoding="utf-8")
+    result = run_cli("check-config", str(config_dir), timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert "55-deep.toml" in output and "nested too deeply" in output
+
+
 @pytest.mark.sqlite_suffices("the config watcher")
 def test_a_running_daemon_survives_a_fifo_and_takes_the_next_good_edit(daemon_factory, tmp_path):
     daemon = daemon_factory().start()

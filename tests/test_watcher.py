@@ -169,3 +169,18 @@ def test_a_directory_replaced_at_the_configured_path_is_watched(watcher, config_
     assert wait_for(lambda: pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"))
     (config_dir / "patterns" / "50-local.toml").unlink()  # and the edits after it, through the new watch
     assert wait_for(lambda: not pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"))
+
+
+def test_a_reload_that_fails_unexpectedly_is_a_rejection_the_admins_hear_of(watcher, config_dir, tmp_path, monkeypatch):
+    import failured.config as config_module
+
+    def broken(directory):
+        raise RuntimeError("a bug in reading rules")
+
+    monkeypatch.setattr(config_module, "load_ruleset", broken)
+    (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+    alert_log = tmp_path / "logs" / "admin_alerts.log"
+    assert wait_for(lambda: alert_log.exists() and alert_log.read_text(encoding="utf-8").strip())
+    [error] = watcher.last_rejected[1]
+    assert "reload failed (RuntimeError: a bug in reading rules)" in error.reason
+    assert pattern_in_effect(watcher, "connection.*timeout", "connection timeout")  # the last good config serves
