@@ -14,6 +14,8 @@ from .text import clean_text
 
 MAX_ERROR_BYTES = 64 * 1024
 MAX_TASK_TYPE_CHARS = 200
+MAX_NAME_BYTES = 1024  # error_type and ref: a class name, a reference; longer ones are cut in the middle like the error
+MAX_PAYLOAD_BYTES = 1024 * 1024  # as JSON, the HTTP API's body limit: a retry's arguments, not its data
 SOURCES = ("python", "cli", "exec", "http")
 
 _default_stores = {}
@@ -57,27 +59,45 @@ def parse_payload(payload):
             payload = json.loads(payload)
         except ValueError as exc:
             raise InputError(f"payload is not valid JSON ({exc}): give a JSON object such as '{{\"order_id\": 1}}'") from None
+        except RecursionError:
+            raise InputError(_NESTED_TOO_DEEPLY) from None
     if not isinstance(payload, dict):
         raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it, e.g. '{{\"value\": ...}}'")
     try:
-        return json.dumps(payload, ensure_ascii=False, default=str)
+        text = json.dumps(payload, ensure_ascii=False, default=str)
     except ValueError as exc:  # circular references
         raise InputError(f"payload cannot be stored as JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(_NESTED_TOO_DEEPLY) from None
+    size = len(text.encode("utf-8"))
+    if size > MAX_PAYLOAD_BYTES:
+        raise InputError(f"payload is {size:,} bytes as JSON, more than the {MAX_PAYLOAD_BYTES:,} a task may carry: "
+                         "keep large data elsewhere and pass its id or path")
+    return text
+
+
+_NESTED_TOO_DEEPLY = "payload is nested too deeply to store: give a flatter JSON object (a retry's arguments)"
+
+
+def bound_name(text, secrets):
+    """An error type or a reference as stored: cleaned, secrets masked, cut in the middle over MAX_NAME_BYTES."""
+    return bound_error(masked(clean_text(text), secrets), MAX_NAME_BYTES)
 
 
 def record_failure(store, task_type, error, *, error_type=None, payload=None, ref=None,
                    source="python", handler=None, clock=None, secrets=()):
     """Write one task row and its first event in one transaction; returns the task id.
 
-    ``secrets`` are masked in the error before it is stored (the daemon masks again
-    with every secret it knows when it decides the task).
+    ``secrets`` are masked in the error, the error type and the reference before they are stored (the
+    daemon masks the error again with every secret it knows when it decides the task). The payload is
+    stored as given: a retry needs it as it was.
     """
     task_type = check_task_type(task_type)
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")
     message = bound_error(masked(clean_text(error if error is not None else ""), secrets))
-    error_type = clean_text(error_type).strip() or None if error_type is not None else None
-    ref = clean_text(ref) if ref is not None else None
+    error_type = bound_name(error_type, secrets).strip() or None if error_type is not None else None
+    ref = bound_name(ref, secrets) if ref is not None else None
     payload_json = parse_payload(payload)
     handler_json = json.dumps(handler) if handler is not None else None
     now = (clock or SystemClock()).now()

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from failured.errors import InputError
-from failured.intake import MAX_ERROR_BYTES, record_failure, record_success
+from failured.intake import MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, record_failure, record_success
 from failured.store import SuccessCount, Task, TaskEvent, open_store
 
 
@@ -28,6 +28,15 @@ def test_long_error_is_cut_with_a_visible_marker_keeping_head_and_tail(store):
     assert "bytes cut" in task.error_message
 
 
+def test_a_long_error_type_or_reference_is_cut_and_secrets_in_them_masked(store):
+    secret = "tok_SUPERSECRET_0123456789"
+    task = Task.get_by_id(record_failure(store, "t", "boom", error_type="E" * 10_000_000 + f" {secret}",
+                                         ref=f"order-7 {secret} " + "r" * 10_000_000, secrets=[secret]))
+    for stored in (task.error_type, task.ref):
+        assert len(stored.encode()) <= MAX_NAME_BYTES and "bytes cut" in stored and secret not in stored
+    assert task.error_type.endswith(" ***") and task.ref.startswith("order-7 *** ")
+
+
 def test_non_utf8_bytes_are_replaced_not_fatal(store):
     task = Task.get_by_id(record_failure(store, "t", b"bad \xff\xfe bytes"))
     assert task.error_message == "bad \ufffd\ufffd bytes"
@@ -35,10 +44,20 @@ def test_non_utf8_bytes_are_replaced_not_fatal(store):
     assert "\ufffd" in task.error_message
 
 
+def _nested(depth):
+    value = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize("payload, reason", [
     ("[1, 2]", "must be a JSON object"),
     ("{not json", "not valid JSON"),
     (42, "must be a JSON object"),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    (_nested(100_000), "nested too deeply"),
+    ({"order": "x" * MAX_PAYLOAD_BYTES}, "more than the 1,048,576 a task may carry"),
 ])
 def test_bad_payload_is_refused_and_nothing_is_written(store, payload, reason):
     with pytest.raises(InputError, match=reason):
