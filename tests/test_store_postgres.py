@@ -6,6 +6,7 @@ answers, the PostgreSQL half skips and says why.
 """
 
 import os
+import subprocess
 import sys
 import time
 import contextlib
@@ -366,14 +367,31 @@ def test_a_password_in_the_url_never_shows_in_the_error(pg_unavailable):
     assert "***" in str(caught.value)
 
 
-def test_an_unreachable_server_is_exit_2_at_start_with_the_password_masked(tmp_path):
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://someone:hunter2secret@127.0.0.1:1/nothing", "postgresql://someone:***@127.0.0.1:1/nothing"),
+    ("postgresql://someone@127.0.0.1:1/nothing?password=hunter2secret&sslmode=disable",
+     "postgresql://someone@127.0.0.1:1/nothing?password=***&sslmode=disable"),
+    ("postgresql:///nothing?host=127.0.0.1&port=1&PASSWORD=hunter2secret",
+     "postgresql:///nothing?host=127.0.0.1&port=1&PASSWORD=***"),
+])
+def test_an_unreachable_server_is_exit_2_at_start_with_the_password_masked(tmp_path, url, shown):
     from conftest import run_cli
 
-    result = run_cli("status", env={"FAILURE_DB": "postgresql://someone:hunter2secret@127.0.0.1:1/nothing"},
-                     cwd=tmp_path)
+    result = run_cli("status", env={"FAILURE_DB": url}, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "cannot open database postgresql://someone:***@127.0.0.1:1/nothing" in result.stderr
+    assert f"cannot open database {shown}" in result.stderr
     assert "hunter2secret" not in result.stderr + result.stdout
+
+
+def test_without_the_postgresql_driver_a_report_says_what_to_install(tmp_path):
+    """Where psycopg is not installed (the plain install), one line says so: no traceback, exit 2."""
+    no_driver = ("import sys; sys.modules['psycopg'] = None; from failured.cli import main; "  # import fails as if absent
+                 "sys.exit(main(['report', '--type', 'sync', '--error', 'boom']))")
+    env = {**os.environ, "FAILURE_DB": "postgresql://someone:hunter2secret@127.0.0.1:1/nothing"}
+    result = subprocess.run([sys.executable, "-c", no_driver], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "pip install 'failured[postgresql]'" in result.stderr and "hunter2secret" not in result.stderr
 
 
 def _pg_query(url, sql):

@@ -61,9 +61,13 @@ def is_url(location):
     return str(location).startswith(URL_PREFIXES)
 
 
+_URL_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:/@]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")  # libpq takes them as parameters too
+
+
 def mask_url(url):
-    """The URL with its password (if any) as ***: what every message and log line shows."""
-    return re.sub(r"^(postgres(?:ql)?://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+    """The URL with its passwords (if any) as ***: what every message and log line shows."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", str(url)))
 
 
 class StoreOpenError(StoreError):
@@ -548,7 +552,11 @@ class PostgresStore(Store):
     woke_at = float("-inf")  # (monotonic) when a report of this process last woke the daemons: see tasks.insert_task
 
     def __init__(self, url):
-        import psycopg  # only a PostgreSQL store needs the driver
+        try:
+            import psycopg  # only a PostgreSQL store needs the driver
+        except ImportError:
+            raise StoreOpenError(f"cannot open database {mask_url(url)}: the PostgreSQL driver (psycopg 3) is not "
+                                 "installed: pip install 'failured[postgresql]' in failured's environment") from None
 
         self.url = "postgresql://" + str(url).split("://", 1)[1]
         self.path = mask_url(self.url)
