@@ -123,7 +123,12 @@ def cmd_check_config(args, settings):
 def cmd_init(args, settings):
     from .shipped import write_shipped_config
 
-    names = write_shipped_config(args.dir, force=args.force)
+    try:
+        names = write_shipped_config(args.dir, force=args.force)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) != str(args.dir) else ""
+        raise InputError(f"cannot write the configuration to {args.dir}: {where}{exc.strerror or exc} "
+                         "(give a directory failured may create, or an empty one it can write)") from None
     print(f"wrote the shipped configuration ({len(names)} files) to {args.dir}; "
           f"check it with 'failured check-config {args.dir}'")
     return EXIT_OK
@@ -132,6 +137,7 @@ def cmd_init(args, settings):
 def cmd_run(args, settings):
     from .daemon import run
 
+    commands.check_config_dir(settings)  # before anything is created: a run in the wrong directory leaves nothing
     commands.check_writable_dirs(settings)
     return run(settings)
 

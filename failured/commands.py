@@ -137,6 +137,14 @@ def migrate_store(settings, target_url, source=None, progress=None):
     return migrate(source or settings.db, target_url, progress=progress)
 
 
+def check_config_dir(settings):
+    """``failured run`` refuses to start (exit 2) without its config directory, naming where it looked."""
+    if not Path(settings.config_dir).is_dir():
+        raise InputError(f"no config directory at FAILURE_CONFIG_DIR={settings.config_dir} (working directory "
+                         f"{os.getcwd()}): run failured where its config/ is, set FAILURE_CONFIG_DIR, or create one "
+                         "with 'failured init DIR'")
+
+
 def check_writable_dirs(settings):
     """``failured run`` refuses to start when it cannot write its log or report directory (exit 2)."""
     for variable, directory in (("FAILURE_LOG_DIR", settings.log_dir), ("FAILURE_REPORT_DIR", settings.report_dir)):

@@ -140,17 +140,25 @@ def load_settings(environ=None, dotenv_path=".env"):
     Variables already in the environment win over the ``.env`` file, as with
     systemd's ``EnvironmentFile=`` followed by ``Environment=``.
     """
+    from_dotenv = set()
     if environ is None:
         environ = dict(os.environ)
         if dotenv_path and Path(dotenv_path).is_file():
             from dotenv import dotenv_values
 
             for key, value in dotenv_values(dotenv_path).items():
-                if value is not None:
-                    environ.setdefault(key, value)
+                if value is not None and key not in environ:
+                    environ[key] = value
+                    from_dotenv.add(key)
     values = {}
     for name, (attribute, kind, _meaning) in _VARIABLES.items():
         if name in environ:
-            values[attribute] = _parse(kind, name, environ[name])
+            try:
+                values[attribute] = _parse(kind, name, environ[name])
+            except InputError as exc:
+                if name not in from_dotenv:
+                    raise
+                # A .env in the working directory is easy to forget: say where the value came from.
+                raise InputError(f"{exc} (set in {Path(dotenv_path).resolve()}: fix or remove that line)") from None
     return Settings(**values)
 

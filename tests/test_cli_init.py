@@ -49,3 +49,25 @@ def test_init_refuses_a_directory_with_files_unless_forced(tmp_path):
     assert refused.returncode == 2 and "--force" in refused.stderr
     forced = run_cli("init", str(target), "--force")
     assert forced.returncode == 0 and (target / "mine.toml").exists() and (target / "failured.toml").exists()
+
+
+@pytest.mark.parametrize("target, reason", [("afile", "Not a directory"), ("afile/sub", "Not a directory")])
+def test_init_into_a_path_it_cannot_create_is_one_line_and_exit_2(tmp_path, target, reason):
+    (tmp_path / "afile").write_text("")
+    result = run_cli("init", target, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write the configuration to {target}" in result.stderr and reason in result.stderr
+
+
+def test_run_without_a_config_directory_creates_nothing_and_says_where_it_looked(tmp_path):
+    result = run_cli("run", env={"FAILURE_HTTP_ADDR": "off"}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"no config directory at FAILURE_CONFIG_DIR=config (working directory {tmp_path})" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no database, logs or reports left behind to catch later reports
+
+
+def test_a_bad_value_in_dotenv_names_the_file(tmp_path):
+    (tmp_path / ".env").write_text("FAILURE_POLL_SECONDS=abc\n")
+    result = run_cli("report", "--type", "sync", "--error", "boom", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"FAILURE_POLL_SECONDS='abc' is not a number (set in {tmp_path / '.env'}" in result.stderr
