@@ -175,3 +175,11 @@ def test_a_receiver_that_stops_reading_never_blocks_the_daemon(tmp_path):
         assert receiver.recv(4096) == b"STATUS=" + b"x" * 100
     finally:
         receiver.close()
+
+
+def test_the_env_example_lists_every_variable_the_daemon_reads():
+    from failured.settings import variables
+
+    example = (UNIT.parent / "failured.env.example").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^#?(FAILURE_[A-Z_]+)=", example, re.MULTILINE))
+    assert listed == {name for name, _, _ in variables()}
