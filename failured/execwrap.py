@@ -25,14 +25,19 @@ def handler_for(argv, timeout):
     return {"kind": "command", "argv": [_escape_braces(a) for a in argv], "cwd": os.getcwd(), "timeout": timeout}
 
 
+def _not_started(status, reason, error_type):
+    print(f"failured exec: {reason}", file=sys.stderr)  # as a shell would say it: the exit status alone does not
+    return status, reason, error_type
+
+
 def _run(argv):
     """Run with stdout inherited and stderr tee'd; returns (exit status, stderr tail, error type)."""
     try:
         child = subprocess.Popen(argv, stderr=subprocess.PIPE)
     except FileNotFoundError:
-        return EXIT_NOT_FOUND, f"command not found: {argv[0]}", "FileNotFoundError"
+        return _not_started(EXIT_NOT_FOUND, f"command not found: {argv[0]}", "FileNotFoundError")
     except PermissionError:
-        return EXIT_NOT_EXECUTABLE, f"permission denied: cannot execute {argv[0]}", "PermissionError"
+        return _not_started(EXIT_NOT_EXECUTABLE, f"permission denied: cannot execute {argv[0]}", "PermissionError")
     forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731 - stop the child, not just us
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     tail = collections.deque()

@@ -44,6 +44,7 @@ def test_success_is_counted_for_the_failure_rate(db_location):
 def test_command_not_found_exits_127_and_is_recorded(db_location):
     result = run_cli("exec", "--type", "t", "--", "/no/such/cmd-xyz", env=env_for(db_location))
     assert result.returncode == 127
+    assert "failured exec: command not found: /no/such/cmd-xyz" in result.stderr  # not only "exited 127"
     assert query(db_location, "SELECT error_message FROM tasks") == [("command not found: /no/such/cmd-xyz",)]
 
 
