@@ -27,6 +27,7 @@ from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreF
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 from .listing import build_filter, since_seconds
+from .manual import REQUEUE_STATUSES, check_categories
 from .web import Console
 
 log = logging.getLogger("failured.api")
@@ -48,7 +49,6 @@ LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": Fals
 REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool}
 RESOLVE_FIELDS = {"task_ids": list, "note": str}
 MAX_RESOLVE_IDS = 1000
-REQUEUE_STATUSES = ("notified", "exhausted", "manual", "resolved")
 
 
 class ApiError(Exception):
@@ -272,7 +272,9 @@ class ApiServer:
         return 200, self.backend.label(int(match.group(1)), fields["category"], fields.get("note"))
 
     def get_tasks(self, handler, match):
-        return 200, self.backend.tasks(build_filter(**_list_query(urlsplit(handler.path).query)))
+        task_filter = build_filter(**_list_query(urlsplit(handler.path).query))
+        check_categories(task_filter.categories, self.backend.config(), self.backend.store)  # 409 unknown_category
+        return 200, self.backend.tasks(task_filter)
 
     def post_requeue(self, handler, match):
         fields = check_fields(handler.json_body(), REQUEUE_FIELDS)

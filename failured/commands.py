@@ -87,10 +87,20 @@ def label(settings, task_id, category, note=None):
 
 
 def list_tasks(settings, task_filter):
-    """One page of tasks, newest first: (rows, next cursor or None)."""
+    """One page of tasks, newest first: (rows, next cursor or None); a category no task can have is refused."""
     from .listing import list_page
 
-    return with_store(settings, lambda store: list_page(task_filter, SystemClock().now(), store))
+    snapshot = None
+    if task_filter.categories:
+        try:
+            snapshot = load_config(settings.config_dir, settings.lang)
+        except FailuredError:  # a broken configuration still lists: the categories stored tasks have are valid
+            pass
+
+    def page(store):
+        manual.check_categories(task_filter.categories, snapshot, store)
+        return list_page(task_filter, SystemClock().now(), store)
+    return with_store(settings, page)
 
 
 def export_labels(settings):

@@ -3,9 +3,11 @@
 import json
 import re
 
-from .errors import InputError, RefusedError, TaskNotFound
+from .errors import InputError, RefusedError, TaskNotFound, UnknownCategory
+from .rules import UNKNOWN
 from .text import clean_text
 from .states import TaskStatus
+from .store import aggregates
 from .store import tasks as rows
 from .store.members import wake_daemons
 
@@ -13,6 +15,7 @@ NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNI
 RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
                                                    TaskStatus.MANUAL, TaskStatus.RESOLVED)
 
+REQUEUE_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL, RESOLVED)  # finished, and not by a retry that worked
 REQUEUE_DEFAULT_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -77,6 +80,23 @@ def recover(store, snapshot, task_id, now, force=False):
     return rows.load_task(store, task_id)
 
 
+def check_categories(names, snapshot, store):
+    """Refuse (UnknownCategory, naming the valid ones) a category filter that neither the configuration
+    (``snapshot``; None when it cannot be read) nor any stored task has: a typo would match nothing.
+
+    A category taken out of the configuration stays on older tasks, so it stays a valid filter.
+    """
+    configured = ([c.name for c in (*snapshot.ruleset.categories, snapshot.ruleset.unknown)]
+                  if snapshot is not None else [UNKNOWN])
+    if all(name in configured for name in names):
+        return
+    stored = {category for _, category, _ in aggregates.tasks_by_status(store)} - {"-"}  # "-": not classified
+    known = configured + sorted(stored - set(configured))
+    for name in names:
+        if name not in known:
+            raise UnknownCategory(name, known)
+
+
 def select_for_requeue(store, category=None, task_type=None, statuses=None, since_seconds=None, now=None):
     return rows.find_tasks(store, statuses or REQUEUE_DEFAULT_STATUSES, category, task_type,
                            None if since_seconds is None else now - since_seconds)
@@ -89,8 +109,10 @@ def requeue(store, snapshot, now, dry_run=False, **filters):
     """
     statuses = filters.pop("statuses", None)
     for status in statuses or ():
-        if status in (RUNNING, NEW, RECOVERED, SCHEDULED):
-            raise InputError(f"--status {status}: only notified, exhausted, manual or resolved tasks can be requeued")
+        if status not in REQUEUE_STATUSES:
+            raise InputError(f"status {status[:40]!r} cannot be requeued: use {', '.join(REQUEUE_STATUSES)}")
+    if filters.get("category"):
+        check_categories([filters["category"]], snapshot, store)
     tasks = select_for_requeue(store, statuses=statuses, now=now, **filters)
     requeued, skipped = [], []
     for task in tasks:

@@ -1,7 +1,11 @@
 """The web console over HTTP, without a browser: login, session cookie, CSRF, CSP, escaping, the workbench."""
 
 import http.client
+import logging
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -181,6 +185,65 @@ def test_pattern_writes_can_be_switched_off(tmp_path, store):
         assert not list(Path(tmp_path, "config", "patterns").glob("60-console-*"))
     finally:
         server.stop()
+
+
+@pytest.fixture
+def unwritable():
+    """``unwritable(directory)``: no process may write into it any more, root included (chattr +i, as chmod
+    does not stop root; chmod a-w for anyone else); undone afterwards so the test's directory can go."""
+    undo = []
+
+    def make(directory):
+        if os.geteuid() != 0:
+            directory.chmod(0o555)
+            undo.append(lambda: directory.chmod(0o755))
+            return
+        if not shutil.which("chattr"):
+            pytest.skip("no chattr here: nothing else stops root writing into a directory")
+        made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i {directory}: {made.stderr.strip()} (a filesystem without the attribute?)")
+        undo.append(lambda: subprocess.run(["chattr", "-i", str(directory)], check=True))
+
+    yield make
+    for step in undo:
+        step()
+
+
+def test_a_config_directory_the_daemon_cannot_write_is_said_up_front_and_a_save_says_why(console, unwritable,
+                                                                                        caplog):
+    client, store, config = console
+    seed_unknown(store)
+    logged_in(client)
+    csrf = client.csrf()
+    patterns = config / "patterns"
+    before = sorted(p.name for p in patterns.iterdir())
+    unwritable(patterns)
+    page = client.request("GET", "/ui/unknown?" + urlencode({"pattern": "frobnicator",
+                                                             "category": "unrecoverable_data"}))[2]
+    assert 'id="writes-off"' in page and f"cannot write {patterns}: no write access" in page
+    assert 'id="save"' not in page and re.search(r'id="matched-count">3<', page)  # previews still work
+    with caplog.at_level(logging.INFO, logger="failured"):  # a Save sent from a page loaded before
+        status, answer, page = client.request("POST", "/ui/unknown/save", {
+            "csrf": csrf, "pattern": r"frobnicator\s+exploded", "category": "unrecoverable_data", "days": "7"})
+    assert status == 503 and answer.getheader("Content-Type").startswith("text/html")
+    assert re.search(rf"cannot write {re.escape(str(patterns))}/60-console-[^:]+\.toml: "
+                     "(Operation not permitted|Permission denied) — the daemon&#x27;s user needs write access to the config directory, or set "
+                     "FAILURE_CONSOLE_PATTERN_WRITES=false", page)
+    assert 'value="frobnicator\\s+exploded"' in page  # the workbench again, the pattern kept
+    assert sorted(p.name for p in patterns.iterdir()) == before
+    logged = [r for r in caplog.records if r.name.startswith("failured")]
+    assert len(logged) == 1 and logged[0].exc_info is None and "cannot write" in logged[0].getMessage()
+
+
+def test_a_category_filter_no_task_can_have_shows_why_not_an_empty_list(console):
+    client, store, _ = console
+    record_failure(store, "sync", "x", source="cli")
+    logged_in(client)
+    status, _, page = client.request("GET", "/ui/tasks?category=unrecoverable_dta")
+    assert status == 400 and 'id="no-tasks"' not in page
+    assert "no category &#x27;unrecoverable_dta&#x27;: use one of unrecoverable_data" in page
+    assert client.request("GET", "/ui/tasks?category=unrecoverable_data")[0] == 200
 
 
 def test_send_again_puts_a_failed_notification_back_to_pending(console):

@@ -183,3 +183,52 @@ def test_resolve_a_list_reports_each_refusal(api):
     assert Task.get_by_id(open_one).status == "resolved" and Task.get_by_id(open_one).note == "by hand"
     assert call(f"{base}/v1/tasks/resolve", {"task_ids": []})[0] == 400
     assert call(f"{base}/v1/tasks/resolve", {"task_ids": ["1"]})[0] == 400
+
+
+# -- a category or status that matches nothing by a typo ----------------------------
+
+def test_cli_refuses_a_category_no_task_can_have_and_a_status_requeue_cannot_take(tmp_path, store, cli):
+    config = write_config(tmp_path / "config", main=HANDLER)
+    env = {"FAILURE_DB": str(store.path), "FAILURE_CONFIG_DIR": str(config)}
+    add(store, "sync", "invalid api key", "notified", "unrecoverable_data")
+    result = run_cli("requeue", "--category", "unrecoverable_dta", "--since", "2h", "--dry-run", env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [("failured requeue: no category 'unrecoverable_dta': use one of "
+                                           "unrecoverable_data, unrecoverable_business, recoverable_network, unknown")]
+    result = cli("list", "--category", "unrecoverable_dta", env=env)
+    assert result.returncode == 2 and "no category 'unrecoverable_dta': use one of unrecoverable_data" in result.stderr
+    for status in ("bogus", "running"):
+        result = cli("requeue", "--status", status, "--dry-run", env=env)
+        assert result.returncode == 2 and result.stderr.splitlines() == [
+            f"failured requeue: status '{status}' cannot be requeued: use notified, exhausted, manual, resolved"]
+
+
+def test_cli_keeps_filtering_by_a_category_only_older_tasks_have(tmp_path, store, cli):
+    config = write_config(tmp_path / "config", main=HANDLER)
+    env = {"FAILURE_DB": str(store.path), "FAILURE_CONFIG_DIR": str(config)}
+    retired = add(store, "sync", "old error", "notified", "retired_category")  # its category left the config since
+    add(store, "sync", "new error", "notified", "unrecoverable_data")
+    result = cli("list", "--category", "retired_category", "--json", env=env)
+    assert result.returncode == 0 and [t["id"] for t in json.loads(result.stdout)["tasks"]] == [retired]
+    result = cli("requeue", "--category", "retired_category", "--dry-run", "--json", env=env)
+    assert result.returncode == 0 and [t["task_id"] for t in json.loads(result.stdout)["requeued"]] == [retired]
+    assert "retired_category" in cli("list", "--category", "typo", env=env).stderr  # named among the valid ones
+    (config / "failured.toml").write_text("not_a_key = 1\n")  # a broken configuration still lists
+    result = cli("list", "--category", "retired_category", "--json", env=env)
+    assert result.returncode == 0 and [t["id"] for t in json.loads(result.stdout)["tasks"]] == [retired]
+
+
+def test_get_tasks_and_requeue_refuse_a_category_no_task_can_have(api):
+    base, store = api
+    retired = add(store, "sync", "old error", "notified", "retired_category")
+    for status, error in (call(f"{base}/v1/tasks?category=recoverable_network&category=unrecoverable_dta"),
+                          call(f"{base}/v1/tasks/requeue", {"category": "unrecoverable_dta", "dry_run": True})):
+        assert status == 409 and error["error"] == "unknown_category"  # as a label's: schema-valid, not known
+        assert error["detail"] == ("no category 'unrecoverable_dta': use one of unrecoverable_data, "
+                                   "unrecoverable_business, recoverable_network, unknown, retired_category")
+    status, page = call(f"{base}/v1/tasks?category=retired_category")
+    assert status == 200 and [t["id"] for t in page["tasks"]] == [retired]
+    status, result = call(f"{base}/v1/tasks/requeue", {"category": "retired_category", "dry_run": True})
+    assert status == 200 and [t["task_id"] for t in result["requeued"]] == [retired]
+    status, page = call(f"{base}/v1/tasks?category=unrecoverable_business")  # configured, no task yet: just empty
+    assert status == 200 and page["tasks"] == []

@@ -8,12 +8,14 @@ SameSite=Strict. Pages are read from the store; actions go through the Backend, 
 
 import hmac
 import importlib.resources
+import logging
 import re
 from urllib.parse import parse_qs, urlsplit
 
 from .. import listing
 from .. import store as store_module
 from ..errors import FailuredError, InputError, TaskNotFound
+from ..manual import check_categories
 from . import data, pages, workbench
 from .session import Sessions, cookie_header, cookie_value, csrf_ok, expired_cookie_header
 from .texts import texts
@@ -29,6 +31,7 @@ _TASK = re.compile(r"/tasks/(\d{1,18})")
 _TASK_ACTION = re.compile(r"/tasks/(\d{1,18})/(recover|resolve|label)")
 _RESEND = re.compile(r"/notifications/(\d{1,18})/resend")
 _STATIC = re.compile(r"/static/([a-z]+\.(?:css|js))")
+log = logging.getLogger("failured.console")
 
 
 class Console:
@@ -124,6 +127,7 @@ class Console:
         task_filter = listing.build_filter(wanted["status"], wanted["category"],
                                            [wanted["type"]] if wanted["type"] else [], wanted["since"] or None,
                                            wanted["grep"] or None, None, wanted["cursor"] or None)
+        check_categories(task_filter.categories, self.backend.config(), self.backend.store)  # a typo: say so
         rows, cursor = listing.list_page(task_filter, self.backend.clock.now(), self.backend.store)
         return pages.tasks(self.t, session, wanted, rows, cursor, self._categories())
 
@@ -136,8 +140,14 @@ class Console:
         result = (workbench.preview(self.backend.store, bench["pattern"], bench["category"], days, now)
                   if bench["pattern"] else None)
         templates = data.unknown_templates(self.backend.store, now, days)
-        return pages.unknown(self.t, session, templates, days, bench, result, categories,
-                             self.backend.settings.console_pattern_writes)
+        return pages.unknown(self.t, session, templates, days, bench, result, categories, self._writes_off())
+
+    def _writes_off(self):
+        """Why the workbench cannot save now (switched off, or a config directory it cannot write), or None."""
+        settings = self.backend.settings
+        if not settings.console_pattern_writes:
+            return self.t["writes_off"]
+        return workbench.write_problem(settings.config_dir)
 
     def _categories(self):
         """[(name, label)] of the active configuration, unknown last."""
@@ -155,7 +165,10 @@ class Console:
         if path == "/logout":
             self.sessions.drop(session.id)
             return self._redirect("/ui/login" if self.token else "/ui/", (expired_cookie_header(),))
-        back = self._act(path, form, session)
+        try:
+            back = self._act(path, form, session)
+        except workbench.ConfigNotWritable as exc:
+            return self._save_failed(exc, form, session)
         if back is None:
             return self._page(pages.message(self.t, self.t["not_found"], path, session), 404)
         return self._redirect(back)
@@ -175,6 +188,8 @@ class Console:
                 return "/ui/notifications"
             if path == "/unknown/save":
                 return self._save_pattern(form, session)
+        except workbench.ConfigNotWritable:
+            raise  # not a refusal of what was asked: _post answers with the workbench and how to fix it
         except FailuredError as exc:
             session.flash.append(("bad", f'{self.t["refused"]}: {exc}'))
             return f"/ui/tasks/{action.group(1)}" if action else "/ui/unknown"
@@ -196,12 +211,20 @@ class Console:
         days = workbench.check_days(form.get("days"))
         if not self.backend.settings.console_pattern_writes:
             session.flash.append(("bad", self.t["writes_off"]))
-        else:
+        else:  # a directory it cannot write is found by trying: _save_failed says so, as the page did
             settings = self.backend.settings
             path = workbench.save(settings.config_dir, form.get("category", ""), form.get("pattern", ""),
                                   self.backend.clock.now(), settings.lang, settings.log_dir)
             session.flash.append(("ok", self.t["saved"].format(file=path.name)))
         return f"/ui/unknown?days={days}"
+
+    def _save_failed(self, exc, form, session):
+        """The workbench again, its pattern kept, saying why the file could not be written. It is the host's
+        to fix, not a bug: one log line, no traceback."""
+        log.error("console: pattern not saved: %s", exc)
+        session.flash.append(("bad", str(exc)))
+        query = {name: [form.get(name, "")] for name in ("pattern", "category", "days")}
+        return self._page(self._unknown(session, query), 503)
 
     def _form(self, handler):
         """The url-encoded form body (at most MAX_FORM_BYTES) as {name: last value}."""

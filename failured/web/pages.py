@@ -237,7 +237,8 @@ def _actions(t, session, task_id, data, categories):
 
 # -- unknown errors and the workbench ------------------------------------------------
 
-def unknown(t, session, templates, days, bench, result, categories, writes_enabled):
+def unknown(t, session, templates, days, bench, result, categories, writes_off=None):
+    """The unknown templates and the workbench; ``writes_off`` is why Save is not offered (None: it is)."""
     rows = []
     for i, item in enumerate(templates):
         samples = "".join(f"<li><code>{e(s)}</code></li>" for s in item["samples"])
@@ -255,8 +256,9 @@ def unknown(t, session, templates, days, bench, result, categories, writes_enabl
             f'autocomplete="off" spellcheck="false"></label><label>{e(t["target"])}<select name="category" id="category">'
             f'{options}</select></label><label>{e(t["days"])}<input name="days" type="number" min="1" max="90" '
             f'value="{days}"></label><button type="submit" id="preview">{e(t["preview"])}</button></form>')
-    body = section(t["templates"], listing) + section(t["workbench"], form + _bench_result(
-        t, session, bench, days, result, writes_enabled), "workbench")
+    off = f'<p class="flash" id="writes-off">{e(writes_off)}</p>' if writes_off else ""
+    body = section(t["templates"], listing) + section(t["workbench"], off + form + _bench_result(
+        t, session, bench, days, result, writes_off is None), "workbench")
     return layout(t, t["unknown"], body, session, "unknown")
 
 
@@ -274,8 +276,7 @@ def _bench_result(t, session, bench, days, result, writes_enabled):
             f'<input type="hidden" name="pattern" value="{e(bench["pattern"])}">'
             f'<input type="hidden" name="category" value="{e(bench["category"])}">'
             f'<input type="hidden" name="days" value="{days}">'
-            f'<button type="submit" id="save">{e(t["save"])}</button></form>') if writes_enabled else \
-        f'<p class="none">{e(t["writes_off"])}</p>'
+            f'<button type="submit" id="save">{e(t["save"])}</button></form>') if writes_enabled else ""
     def notes(shown, count, scanned, total):
         found = []
         if count > len(shown):

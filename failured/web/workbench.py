@@ -5,6 +5,7 @@ a copy of the whole config directory with it (failured.config.load_config) befor
 written, so the daemon's hot reload never sees a file the console made that it would reject.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import re2
 
 from .. import store as store_module
 from ..config import load_config
-from ..errors import ConfigErrors, InputError, RefusedError
+from ..errors import ConfigErrors, FailuredError, InputError, RefusedError
 from ..rules import UNKNOWN, pattern_problem, re2_options
 
 DAY = 86400
@@ -25,6 +26,16 @@ SCANNED = 2000  # newest unknown and classified messages a preview looks at (the
 UNCLASSIFIED = "unclassified"  # failure_counts' word for a task not yet classified
 SHOWN = 20
 MAX_DAYS = 90
+WRITE_ACCESS = ("the daemon's user needs write access to the config directory, "
+                "or set FAILURE_CONSOLE_PATTERN_WRITES=false")
+
+
+class ConfigNotWritable(FailuredError):
+    """The daemon cannot write a pattern file into the config directory: nothing was saved."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        super().__init__(f"cannot write {self.path}: {reason} — {WRITE_ACCESS}")
 
 
 def check_days(text, default=7):
@@ -35,6 +46,13 @@ def check_days(text, default=7):
     if not 1 <= days <= MAX_DAYS:
         raise InputError(f"days must be from 1 to {MAX_DAYS}")
     return days
+
+
+def write_problem(config_dir):
+    """Why Save cannot work (the directory pattern files go to is not writable by this process), or None."""
+    patterns = Path(config_dir) / "patterns"
+    directory = patterns if patterns.is_dir() else Path(config_dir)  # save() makes a missing patterns/
+    return None if os.access(directory, os.W_OK) else str(ConfigNotWritable(directory, "no write access"))
 
 
 def preview(store, pattern, category, days, now):
@@ -68,8 +86,8 @@ def file_text(category, pattern, now):
 def save(config_dir, category, pattern, now, lang="zh", log_dir="logs"):
     """Write ``pattern`` for ``category`` as a new file in ``config_dir/patterns``; returns its path.
 
-    InputError for a pattern RE2 refuses or an unknown category, ConfigErrors when the
-    directory with the new file would not load.
+    InputError for a pattern RE2 refuses or an unknown category, RefusedError when the directory
+    with the new file would not load, ConfigNotWritable when the file cannot be written.
     """
     problem = pattern_problem(pattern)
     if problem:
@@ -82,17 +100,27 @@ def save(config_dir, category, pattern, now, lang="zh", log_dir="logs"):
     _validate(config_dir, name, text, category, lang, log_dir)
     target = config_dir / "patterns" / name
     partial = target.with_name(f".{name}.partial")  # not *.toml: the loader never reads a half-written file
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, target)
+    try:
+        target.parent.mkdir(exist_ok=True)
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a directory that refused the rename may refuse this too
+            partial.unlink(missing_ok=True)
+        raise ConfigNotWritable(target, exc.strerror or exc) from None
     return target
 
 
 def _validate(config_dir, name, text, category, lang, log_dir):
     with tempfile.TemporaryDirectory(prefix="failured-console-") as scratch:
         trial = Path(scratch) / "config"
-        shutil.copytree(config_dir, trial, symlinks=False, ignore=shutil.ignore_patterns(".*"))
-        (trial / "patterns").mkdir(exist_ok=True)
-        (trial / "patterns" / name).write_text(text, encoding="utf-8")
+        try:
+            shutil.copytree(config_dir, trial, symlinks=False, ignore=shutil.ignore_patterns(".*"))
+            (trial / "patterns").mkdir(exist_ok=True)
+            (trial / "patterns" / name).write_text(text, encoding="utf-8")
+        except OSError as exc:  # e.g. a file in the config directory this process cannot read
+            raise RefusedError(f"cannot check the pattern on a copy of {config_dir}: "
+                               f"{str(exc).replace(str(trial), str(config_dir))}") from None
         try:
             snapshot = load_config(trial, lang, log_dir)
         except ConfigErrors as exc:
