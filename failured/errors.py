@@ -76,3 +76,12 @@ class UnknownCategory(InputError):
     def __init__(self, name, known):
         self.name = name
         super().__init__(f"no category {name!r}: use one of {', '.join(known)}")
+
+
+class ConfigNotWritable(FailuredError):
+    """The daemon cannot write a file into its config directory (the console's workbench): nothing was saved."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        super().__init__(f"cannot write {self.path}: {reason} — the daemon's user needs write access to the "
+                         "config directory, or set FAILURE_CONSOLE_PATTERN_WRITES=false")

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import listing
 from .. import store as store_module
-from ..errors import FailuredError, InputError, TaskNotFound
+from ..errors import ConfigNotWritable, FailuredError, InputError, TaskNotFound
 from ..manual import check_categories
 from . import data, pages, workbench
 from .session import Sessions, cookie_header, cookie_value, csrf_ok, expired_cookie_header
@@ -167,7 +167,7 @@ class Console:
             return self._redirect("/ui/login" if self.token else "/ui/", (expired_cookie_header(),))
         try:
             back = self._act(path, form, session)
-        except workbench.ConfigNotWritable as exc:
+        except ConfigNotWritable as exc:
             return self._save_failed(exc, form, session)
         if back is None:
             return self._page(pages.message(self.t, self.t["not_found"], path, session), 404)
@@ -188,7 +188,7 @@ class Console:
                 return "/ui/notifications"
             if path == "/unknown/save":
                 return self._save_pattern(form, session)
-        except workbench.ConfigNotWritable:
+        except ConfigNotWritable:
             raise  # not a refusal of what was asked: _post answers with the workbench and how to fix it
         except FailuredError as exc:
             session.flash.append(("bad", f'{self.t["refused"]}: {exc}'))

@@ -18,7 +18,7 @@ import re2
 
 from .. import store as store_module
 from ..config import load_config
-from ..errors import ConfigErrors, FailuredError, InputError, RefusedError
+from ..errors import ConfigErrors, ConfigNotWritable, InputError, RefusedError
 from ..rules import UNKNOWN, pattern_problem, re2_options
 
 DAY = 86400
@@ -26,16 +26,6 @@ SCANNED = 2000  # newest unknown and classified messages a preview looks at (the
 UNCLASSIFIED = "unclassified"  # failure_counts' word for a task not yet classified
 SHOWN = 20
 MAX_DAYS = 90
-WRITE_ACCESS = ("the daemon's user needs write access to the config directory, "
-                "or set FAILURE_CONSOLE_PATTERN_WRITES=false")
-
-
-class ConfigNotWritable(FailuredError):
-    """The daemon cannot write a pattern file into the config directory: nothing was saved."""
-
-    def __init__(self, path, reason):
-        self.path = str(path)
-        super().__init__(f"cannot write {self.path}: {reason} — {WRITE_ACCESS}")
 
 
 def check_days(text, default=7):
