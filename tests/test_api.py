@@ -689,3 +689,17 @@ def test_daemon_with_http_off_starts_no_server(daemon_factory):
     daemon = daemon_factory(FAILURE_HTTP_ADDR="off").start()
     daemon.stop()
     assert "HTTP API" not in daemon.stderr()
+
+
+def test_a_celery_report_of_chinese_arguments_within_the_limit_is_taken_not_refused_as_too_large(harness):
+    """The integration's HTTP target sends UTF-8 as itself: escaped, 600 KB of Chinese is 1.2 MB and was a 413."""
+    from failured.integrations.targets import HttpTarget
+
+    note = "订单备注" * 50_000  # 600,000 bytes as UTF-8
+    server = harness.serve()
+    target = HttpTarget(f"http://127.0.0.1:{server.port}", token=TOKEN, timeout=30)
+    record = {"kind": "failure", "task_type": "shop.sync", "error": "ConnectionError: 连接超时", "ref": "c-1",
+              "payload": {"args": [note], "kwargs": {}, "celery_task_id": "c-1", "queue": "celery"}}
+    assert len(json.dumps(record["payload"]).encode()) > MAX_BODY_BYTES  # as it was sent before
+    task_id = target.send(record)
+    assert json.loads(harness.store.scalar("SELECT payload FROM tasks WHERE id = ?", task_id))["args"] == [note]

@@ -503,8 +503,11 @@ def test_stored_payloads_become_the_call_arguments():
     assert call_arguments({"args": [1, "a"], "kwargs": {"b": 2}, "celery_task_id": "x", "queue": "q"}) == \
         ([1, "a"], {"b": 2})
     assert call_arguments({"order_id": 42}) == ([], {"order_id": 42})  # reported some other way: kwargs
-    with pytest.raises(ValueError, match=r"payload args\[1\] was not JSON"):
+    with pytest.raises(ValueError, match=r"^\[DATA\] payload args\[1\] was kept only as its repr"):
         call_arguments({"args": [1, {protocol.REPR_MARK: "<obj>"}], "kwargs": {}})
+    # arguments too large to report: the whole list became one marked repr, and the reason says that
+    with pytest.raises(ValueError, match=r"^\[DATA\] payload args was kept only as its repr when reported .not JSON, or too large"):
+        call_arguments({"args": {protocol.REPR_MARK: "['x...']"}, "kwargs": {protocol.REPR_MARK: "{}"}})
 
 
 def _spec(broker, timeout=2.0):
@@ -530,6 +533,10 @@ def test_a_payload_that_cannot_be_sent_again_fails_as_a_data_error_without_sendi
     context = TaskContext(1, "shop.sync", None, {"args": [{protocol.REPR_MARK: "<obj>"}], "kwargs": {}}, 1)
     outcome = run_handler(_spec("redis://127.0.0.1:9/0"), context)
     assert not outcome.ok and outcome.error_type == "ValueError" and "not JSON" in outcome.error
+    from failured.config import load_config
+
+    shipped = load_config(REPO / "config").classifier  # what the daemon makes of that attempt: stop, tell the admins
+    assert shipped.classify(outcome.error, outcome.error_type).category == "unrecoverable_data"
 
 
 # -- manual_recovery_task --------------------------------------------------------------------

@@ -17,7 +17,6 @@ Celery is imported here, so this module needs ``pip install 'failured[celery]'``
 
 import collections
 import fnmatch
-import json
 import linecache
 import logging
 import math
@@ -212,7 +211,7 @@ def failure_record(task, celery_task_id, error, error_type, args, kwargs):
     delivery = getattr(task.request, "delivery_info", None) or {}
     payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
                "celery_task_id": celery_task_id, "queue": delivery.get("routing_key")}
-    if len(json.dumps(payload, ensure_ascii=False)) > MAX_PAYLOAD_BYTES:
+    if len(protocol.json_bytes(payload)) > MAX_PAYLOAD_BYTES:  # in bytes as sent: a Chinese character is 3
         payload["args"] = _marked(payload["args"])
         payload["kwargs"] = _marked(payload["kwargs"])
     return {"kind": "failure", "task_type": task.name, "error": error, "error_type": error_type,

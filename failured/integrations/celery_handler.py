@@ -46,17 +46,21 @@ def parse_celery(table, path, key):
 
 
 def call_arguments(payload):
-    """(args, kwargs) from a stored payload: the integration's ``{"args", "kwargs", ...}``, else kwargs = payload."""
+    """(args, kwargs) from a stored payload: the integration's ``{"args", "kwargs", ...}``, else kwargs = payload.
+
+    A ValueError says why it cannot be sent again; its text leads with the ``[DATA]`` tag, so the attempt is a
+    data error (no more retries: the next would fail the same way) whatever the wording's patterns say.
+    """
     if "args" in payload or "kwargs" in payload:
         args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
     else:
         args, kwargs = [], dict(payload)
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise ValueError("payload args must be a list and kwargs an object")
     where = _repr_marked(args, "args") or _repr_marked(kwargs, "kwargs")
     if where:
-        raise ValueError(f"payload {where} was not JSON when reported (kept only as its repr): "
+        raise ValueError(f"[DATA] payload {where} was kept only as its repr when reported (not JSON, or too large): "
                          "the task cannot be sent again as it ran; re-run it by hand")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("[DATA] payload args must be a list and kwargs an object")
     return args, kwargs
 
 

@@ -8,6 +8,7 @@ publishes one JSON reply to the named queue through the same broker instead of
 reporting a new failure. No result backend is involved.
 """
 
+import json
 import uuid
 
 TASK_ID = "failured_task_id"
@@ -41,3 +42,9 @@ def failured_headers(request):
     task_id = getattr(request, TASK_ID, None) or custom.get(TASK_ID)
     attempt = getattr(request, ATTEMPT, None) or custom.get(ATTEMPT)
     return task_id, attempt, reply_to
+
+
+def json_bytes(value):
+    """``value`` as UTF-8 JSON, as the HTTP API and the spool take it: other characters as themselves (a
+    Chinese one is 3 bytes, not a 6-byte escape), a lone surrogate as its JSON escape (UTF-8 has no form for it)."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace")

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from .protocol import json_bytes
+
 SUFFIX = ".json"
 SLOT_SUFFIX = ".slot"
 SLOT_BYTES = 16 * 1024  # most reports (8 frames of traceback and the arguments) fit
@@ -75,7 +77,7 @@ class Spool:
 
     def put(self, record):
         """Hand one record over for good (fsynced too when the spool is ``durable``); returns its path."""
-        data = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        data = json_bytes(record)
         name = _name()
         if not self.durable and len(data) <= SLOT_BYTES - HEADER:
             try:

@@ -22,6 +22,7 @@ from .. import intake
 from ..errors import FailuredError, InputError, RefusedError
 from ..store import PRAGMAS, Store, is_url, mask_url, open_store
 from ..store._peewee import pw  # without psycopg: a worker on SQLite never loads it
+from .protocol import json_bytes
 from .spool import REJECTED, SENT
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class HttpTarget:
         """(status, parsed JSON body or None, text for errors); transport errors are DeliveryErrors."""
         conn = self._connection()
         try:
-            conn.request("POST", self._prefix + path, body=json.dumps(body).encode("utf-8"), headers=self._headers)
+            conn.request("POST", self._prefix + path, body=json_bytes(body), headers=self._headers)
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, HTTPException) as exc:
