@@ -30,7 +30,9 @@ WORDS = {
         "change": "失败数比上一周期{direction}{change:.1f}%",
         "up": "增加", "down": "减少",
         "unknown": "有{count}类未知错误（共{total}次），报告中附有可直接使用的匹配规则建议",
+        "unknown_top": "有{count}类未知错误（共{total}次），报告中附有最常见的{shown}类可直接使用的匹配规则建议",
         "none": "最近{days}天没有失败任务",
+        "headline": "{period}：{total}个失败任务",
     },
     "en": {
         "period": "{days} days",
@@ -41,7 +43,10 @@ WORDS = {
         "change": "Failures {direction} {change:.1f}% against the previous period",
         "up": "rose", "down": "fell",
         "unknown": "{count} kinds of unknown error ({total} failures); the report suggests a pattern for each",
+        "unknown_top": "{count} kinds of unknown error ({total} failures); the report suggests a pattern for the {shown} "
+                       "most frequent",
         "none": "No failures in the last {days} days",
+        "headline": "{period}: {total} failures",
     },
 }
 
@@ -144,7 +149,7 @@ def _labels(snapshot, categories, lang):
     return {name: category.label_in(lang) if category else name for name, category in found.items()}
 
 
-def _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, unknown, limits):
+def _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, rows, unknown, limits):
     words = WORDS[lang]
     if not total:
         return [words["none"].format(days=days)]
@@ -164,9 +169,16 @@ def _insights(lang, days, total, categories, labels, snapshot, recovery, previou
         change = 100.0 * (total - previous_total) / previous_total
         if abs(change) >= 10:
             insights.append(words["change"].format(direction=words["up" if change > 0 else "down"], change=abs(change)))
-    if unknown:
-        insights.append(words["unknown"].format(count=len(unknown), total=sum(u["count"] for u in unknown)))
+    if unknown:  # the report lists the TOP_UNKNOWN most frequent; the insight counts them all
+        kinds = len(_by_fingerprint(rows, "unknown"))
+        wording = words["unknown" if kinds == len(unknown) else "unknown_top"]
+        insights.append(wording.format(count=kinds, total=categories.get("unknown", 0), shown=len(unknown)))
     return insights
+
+
+def headline(report, lang):
+    """The report's first line for a terminal: its period and failure count, in the report's language."""
+    return WORDS[lang]["headline"].format(period=report["analysis_period"], total=report["total_failures"])
 
 
 def analysis_report(store, snapshot, now, days=7, lang="zh"):
@@ -195,8 +207,8 @@ def _analysis_report(store, snapshot, now, days, lang):
         "category_distribution": categories,
         "category_labels": labels,
         "task_type_failures": _sum_by(rows, lambda row: row[2]),
-        "insights": _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, unknown,
-                              snapshot.thresholds),
+        "insights": _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, rows,
+                              unknown, snapshot.thresholds),
         "daily_failures": _daily(rows, start_epoch, now),
         "recovery": recovery,
         "top_fingerprints": _top_fingerprints(store, rows),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import commands, logmask
+from .analysis import headline
 from .cliparser import build_parser
 from .config import load_config, unset_variable_problems
 from .clock import iso
@@ -290,7 +291,7 @@ def cmd_analyze(args, settings):
     if args.json:
         _print_json(report)
     else:
-        print(f"{report['analysis_period']}: {report['total_failures']} failures")
+        print(headline(report, settings.lang))
         for name, count in report["category_distribution"].items():
             print(f"  {name:<28} {count:>8}")
         for line in report["insights"]:

@@ -27,6 +27,7 @@ STUCK_NEW_SECONDS = 60
 WORDS = {
     "zh": {
         "done": "失败任务处理完成",
+        "done_errors": "失败任务处理完成，但有{count}个问题需要处理（见 stats.errors）",
         "retry_scheduled": "任务将在{delay}秒后重试",
         "recovered": "任务已在第{attempt}次重试后恢复",
         "notified_admin": "已通知管理员",
@@ -38,6 +39,7 @@ WORDS = {
     },
     "en": {
         "done": "Failed task processing finished",
+        "done_errors": "Failed task processing finished, with {count} problem(s) to look at (stats.errors)",
         "retry_scheduled": "Task will be retried in {delay}s",
         "recovered": "Task recovered on retry {attempt}",
         "notified_admin": "Admins notified",
@@ -102,7 +104,7 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
                 store.put_state(XACT_WATERMARK_KEY, str(upto[1]), now)
     return {
         "success": not errors,
-        "message": WORDS[lang]["done"],
+        "message": WORDS[lang]["done_errors"].format(count=len(errors)) if errors else WORDS[lang]["done"],
         "total_processed": len(results),
         "stats": {"scanned": scanned, "analyzed": analyzed, "recovered": recovered, "notified": notified,
                   "errors": errors},

@@ -144,6 +144,7 @@ def test_same_error_is_sent_once_then_counted(store, dispatcher, snapshot, clock
     robot.process()
     [first] = recorder.SENT
     assert "×3" in first["title"]
+    assert first["title"].endswith("×3（10 分钟内）)"), first["title"]
     clock.advance(60)
     notify(store, snapshot, clock, 4, fingerprint="same")
     robot.process()
@@ -451,3 +452,15 @@ def test_stop_while_lanes_are_reloaded_leaves_no_lane_running(dispatcher, snapsh
         reloader.join()
     assert errors == []
     assert wait_for(lambda: not any(lane.alive() for lane in dispatcher.lanes.values()), 15)
+
+
+@pytest.mark.parametrize("window, zh, en", [(20, "同类错误 ×2（20 秒内）", "Same error ×2 (within 20 s)"),
+                                            (600, "同类错误 ×2（10 分钟内）", "Same error ×2 (within 10 min)"),
+                                            (90, "同类错误 ×2（90 秒内）", "Same error ×2 (within 90 s)")])
+def test_a_repeat_says_its_window_as_people_write_it(window, zh, en):
+    from types import SimpleNamespace
+
+    from failured.notify.messages import repeat_message
+
+    rows = [SimpleNamespace(title="t", body="b")] * 2  # two outbox rows of the same error
+    assert repeat_message("zh", rows, window)[0] == f"t ({zh})" and repeat_message("en", rows, window)[0] == f"t ({en})"

@@ -93,6 +93,7 @@ def test_next_processing_report_covers_only_what_came_after(store, clock, histor
     clock.advance(61)
     later = reports.processing_report(store, clock.now(), "en")
     assert later["success"] is False and later["stats"]["errors"] == ["task 13 not classified after 60s"]
+    assert later["message"] == "Failed task processing finished, with 1 problem(s) to look at (stats.errors)"
 
 
 def test_analysis_report_numbers(store, clock, history):
@@ -234,3 +235,13 @@ def test_files_are_named_by_time_and_expire_after_retention(store, clock, histor
     old = reports.write_report(tmp_path / "reports", reports.PROCESSING, {}, clock.now() - 31 * 86400)
     assert reports.purge_reports(tmp_path / "reports", clock.now(), 30) == 1
     assert not old.exists() and path.exists()
+
+
+def test_the_unknown_insight_counts_every_unknown_not_only_the_templates_listed(store, clock, history, monkeypatch):
+    import failured.analysis as analysis_module
+
+    monkeypatch.setattr(analysis_module, "TOP_UNKNOWN", 1)  # the report lists one template of the two
+    snapshot, _ = history
+    report = analysis_report(store, snapshot, clock.now(), 7, "zh")
+    assert len(report["unknown_templates"]) == 1 and report["category_distribution"]["unknown"] == 4
+    assert report["insights"][-1] == "有2类未知错误（共4次），报告中附有最常见的1类可直接使用的匹配规则建议"

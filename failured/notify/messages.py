@@ -20,7 +20,7 @@ TEXTS = {
             "notification_delay_minutes": "通道 {key} 通知延迟（分钟）", "unknown_errors": "未知错误数",
             "recovery_rate_percent": "自动恢复成功率 %", "recent_failures": "最近失败任务数",
         },
-        "repeat": "同类错误 ×{count}（{minutes:g} 分钟内）",
+        "repeat": "同类错误 ×{count}（{span}内）", "seconds": "{n:g} 秒", "minutes": "{n:g} 分钟",
         "digest_title": "[failured] 汇总：{count} 条通知",
         "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
@@ -42,7 +42,7 @@ TEXTS = {
             "notification_delay_minutes": "channel {key} notification delay (min)", "unknown_errors": "unknown errors",
             "recovery_rate_percent": "automatic recovery rate %", "recent_failures": "recent failures",
         },
-        "repeat": "Same error ×{count} (within {minutes:g} min)",
+        "repeat": "Same error ×{count} (within {span})", "seconds": "{n:g} s", "minutes": "{n:g} min",
         "digest_title": "[failured] Digest: {count} notifications",
         "digest_intro": "Too many notifications at once; merged into one digest (robots take at most 20 a minute).",
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
@@ -98,7 +98,10 @@ def breaker_message(lang, task_type, opened, failures=0, cooldown=0):
 def repeat_message(lang, rows, window_seconds):
     """The first of several same-error notifications, with their count."""
     words = TEXTS[lang]
-    note = words["repeat"].format(count=len(rows), minutes=window_seconds / 60)
+    # "20 秒", "5 分钟": a window that is not whole minutes is said in seconds, not as 0.333333 minutes
+    span = (words["minutes"].format(n=window_seconds / 60) if window_seconds % 60 == 0
+            else words["seconds"].format(n=window_seconds))
+    note = words["repeat"].format(count=len(rows), span=span)
     first = rows[0]
     return f"{first.title} ({note})", f"{first.body}\n- {note}"
 
