@@ -307,6 +307,8 @@ class Daemon:
         try:
             self._check_free_space()
             self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+            if self.store.keep_daemon_lock():
+                log.info("daemon lock on %s taken again: the server had dropped its session", self.store.path)
             aggregates.compact_counters(self.store)  # PostgreSQL's counter deltas; nothing on SQLite
             self._disk_ok()
             self._retrain_on_new_labels()

@@ -66,11 +66,14 @@ class Claimed:
     attempt: int
 
 
-def pid_alive(pid):
+def handler_alive(pid):
+    """Whether a process of the command handler's process group still runs. Each handler leads a session of its
+    own (its pid is its group's id), and what it starts (``sh -c 'work &'``) may outlive it and its daemon: the
+    task must not run again beside them. A group id is not reused while any process of the group lives."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
+        os.killpg(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -423,25 +426,30 @@ class Engine:
         share one transaction (each row still its own conditional update and event); a failed
         retry is classified and decided on its own afterwards, as when it was first reported.
         """
-        for _, outcome in results:
-            self.metrics.retry_ended(outcome.ok)
         recovered = [(claimed, outcome) for claimed, outcome in results if outcome.ok]
         # Every statement is ready before BEGIN: the write lock is held for the SQL alone.
         now = self.clock.now()
         finishes = self._prepare_recovered(recovered, now)
-        claimed = []
+        claimed, recorded = [], set()  # recorded: the ids whose success was written (their lease still ours)
         if items and self.store.dialect == "postgresql":  # one round trip: see rows.settle_at_once
-            claimed, items = self._claim_reading_nothing(finishes, items, now)
+            claimed, recorded, items = self._claim_reading_nothing(finishes, items, now)
             finishes = []
         claims = self._prepare_claims(items, now)
         if claims or finishes:
             with self._write_turn():
-                claimed += rows.run_together(self.store, [(rows.RECOVER, finishes), (rows.CLAIM, claims)])[1]
+                done, got = rows.run_together(self.store, [(rows.RECOVER, finishes), (rows.CLAIM, claims)])
+            claimed += got
+            recorded |= {item.task.id for item in done}
         for item in claimed:
             item.task.status, item.task.attempts = RUNNING, item.attempt
             self.metrics.lateness.observe(max(0.0, now - item.task.next_retry_at))
         for claimed_one, _ in recovered:
             task = claimed_one.task
+            if task.id not in recorded:  # taken back meanwhile (its lease ran out): its new owner says how it ends
+                log.warning("task %s %s: retry %s succeeded, but its lease had been taken back; not recorded",
+                            task.id, task.task_type, claimed_one.attempt)
+                continue
+            self.metrics.retry_ended(True)
             self.metrics.recovered(task.category)
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
         dues = [None if outcome.ok else self._retry_failed(claimed_one, outcome) for claimed_one, outcome in results]
@@ -453,10 +461,10 @@ class Engine:
         snapshot = self.config()
         leases = {name: policy.lease_seconds(config.handler.timeout)
                   for name, config in snapshot.task_types.items() if config.handler is not None}
-        tasks = rows.settle_at_once(self.store, finishes, items, self.owner, now, leases)
+        tasks, recorded = rows.settle_at_once(self.store, finishes, items, self.owner, now, leases)
         claimed = [Claimed(task, self.handler_for(task, snapshot), task.attempts) for task in tasks]
         taken = {task.id for task in tasks}
-        return claimed, [item for item in items if item[0] not in taken]
+        return claimed, recorded, [item for item in items if item[0] not in taken]
 
     def _prepare_claims(self, items, now):
         """[(Claimed, claim parameters, event row)] for the items that are due and have a handler."""
@@ -492,10 +500,12 @@ class Engine:
         task.lease_owner = self.owner
         try:
             # a handler's text is stored as a reporter's is: whatever it printed or raised, both stores hold it
-            return self._decide(task, RUNNING, "retry_failed", new_error=clean_text(outcome.error or "retry failed"),
-                                error_type=clean_text(outcome.error_type) if outcome.error_type else None)
+            due = self._decide(task, RUNNING, "retry_failed", new_error=clean_text(outcome.error or "retry failed"),
+                               error_type=clean_text(outcome.error_type) if outcome.error_type else None)
         except _Moved:
             return None
+        self.metrics.retry_ended(False)
+        return due
 
     def postpone(self, task_id, until, reason):
         """Move a due retry later without running it (breaker open); it stays scheduled."""
@@ -518,7 +528,7 @@ class Engine:
         """
         now = self.clock.now()
         if self.members.shared:  # several daemons: a lease is taken back when its owner is gone or it expired
-            running = rows.running_tasks(self.store, owners_or_lease_before=(self.members.dead_owners(), now))
+            running = rows.running_tasks(self.store, not_of_or_lease_before=(self.members.living_owners(), now))
         elif orphans_only:
             running = rows.running_tasks(self.store, not_owner=self.owner)
         else:
@@ -549,7 +559,7 @@ class Engine:
         now = self.clock.now()
         released = []
         for task in rows.running_tasks(self.store, owner=self.owner):
-            if pid_alive(task.handler_pid):
+            if handler_alive(task.handler_pid):
                 try:
                     os.killpg(task.handler_pid, signal.SIGKILL)
                 except OSError:
@@ -584,7 +594,7 @@ def _handler_may_run(task, shared):
     bounds the wait)."""
     if shared and task.handler_pid and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname():
         return True
-    return pid_alive(task.handler_pid)
+    return handler_alive(task.handler_pid)
 
 
 def _unclassifiable(snapshot, lang, message, error_type, exc):

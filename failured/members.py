@@ -4,7 +4,9 @@ On PostgreSQL any number of daemons share one database. Each has a row in ``daem
 of its own (``Membership``) on which it holds three kinds of advisory lock:
 
 - its own lock, while it lives: when its session ends (kill -9, a crash, a lost host) PostgreSQL
-  frees it at once, and the others take its leases back (``dead_owners``);
+  frees it at once, and once it has not come back for LOCK_GRACE_SECONDS the others take its leases
+  back (``living_owners``): a session the server dropped under a living daemon (a failover,
+  ``pg_terminate_backend``) is back within a heartbeat, and its retries still run;
 - the leader's lock: the one daemon holding it runs the scheduled jobs (scan, analysis, thresholds,
   housekeeping); the others try for it every heartbeat, so it moves within a heartbeat of its
   holder's death;
@@ -28,6 +30,10 @@ log = logging.getLogger("failured.members")
 
 HEARTBEAT_SECONDS = 1.0
 STALE_SECONDS = 10.0  # a daemon whose heartbeat is older is gone even if its session lingers (a frozen host)
+# A daemon whose session ended is gone only once it has not come back for this long, as seen from here: a living
+# daemon whose session the server dropped connects again within a heartbeat or two (and registers anew), while
+# its retries run on. Taken back sooner, they would run twice at once.
+LOCK_GRACE_SECONDS = 3.0
 LISTEN_POLL_SECONDS = 0.5  # the wake listener looks this often whether the daemon stops
 FORGET_SECONDS = 86400.0  # rows of daemons gone this long leave ``status``
 
@@ -49,9 +55,6 @@ class SoloMembership:
 
     def holds_channel(self, channel):
         return True
-
-    def dead_owners(self):
-        return []
 
     def listen(self, on_wake):
         return None  # SQLite: the daemon notices commits by PRAGMA data_version
@@ -77,6 +80,7 @@ class Membership:
         self._connection = None  # the membership session: its locks live and die with it
         self._lock = threading.Lock()  # the session is used by the heartbeat thread and the lanes
         self._leader = False
+        self._free_since = {}  # member id -> when (monotonic) its lock was first seen free: see living_owners
         self._channels = set()
         self._stop = threading.Event()
         self._thread = None
@@ -184,9 +188,15 @@ class Membership:
                 self._channels.add(channel)
             return taken
 
-    def dead_owners(self):
-        """Names of the daemons gone (session ended, or heartbeat stale): their leases may be taken back."""
-        return rows.dead_owners(self.store, self.stale_seconds, self.member_id)
+    def living_owners(self):
+        """Names of the daemons whose leases stand: alive, or whose session ended less than LOCK_GRACE_SECONDS
+        ago (seen from here). A lease of anyone else (a daemon gone, stopped, frozen, or never in ``daemons``:
+        a crashed SQLite daemon's, migrated) may be taken back."""
+        now = self.clock.monotonic()
+        found = rows.members(self.store, self.stale_seconds, self.member_id)
+        self._free_since = {m["id"]: self._free_since.get(m["id"], now) for m in found if m["lock_free"]}
+        return [m["name"] for m in found
+                if m["alive"] or m["lock_free"] and now - self._free_since[m["id"]] < LOCK_GRACE_SECONDS]
 
     def members(self):
         return rows.members(self.store, self.stale_seconds, self.member_id)

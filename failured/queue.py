@@ -16,11 +16,13 @@ import queue
 import threading
 import time
 
+from .errors import StoreError
 from .handlers import Outcome, TaskContext, python_timed_out, run_handler, run_python_here
 
 log = logging.getLogger("failured.queue")
 
 COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, to be written with them
+SETTLE_AGAIN_SECONDS = 0.5  # after a write the database refused: how long before the timer tries again
 # Beyond the ``concurrency`` running, the timer claims as many due retries as its workers start
 # within this long at the handlers' recent pace: a flood of quick retries is claimed (and its outcomes
 # written) dozens to a transaction, while a slow handler's retries are still claimed as workers free up.
@@ -153,6 +155,9 @@ class Runner:
         self._pace = None  # the handlers' recent duration (s); None until an outcome came back
         self._pool = _Workers(concurrency, "retry")
         self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
+        # Outcomes a write could not record (the database stopped answering): recorded at the next step, never
+        # dropped. Dropped, a retry that worked would run again once its lease ran out.
+        self._unrecorded = []
         self._stopping = threading.Event()
         self._thread = None
         self._running = set()  # task ids claimed (or being claimed) here and not yet finished
@@ -207,26 +212,21 @@ class Runner:
 
     def _step(self, claiming=True, wait=0.0):
         """Record the outcomes that came back and claim what is due, in one transaction; run the claimed."""
-        results = self._outcomes.take(wait)
-        if results and self.running > len(results):
+        fresh = self._outcomes.take(0.0 if self._unrecorded else wait)
+        if fresh and self.running > len(fresh) + len(self._unrecorded):
             # Others are running: handlers of a burst end together, and one transaction for
             # all of them costs what one costs. Wait a moment for them rather than write each.
-            results += self._outcomes.take(COALESCE_SECONDS)
-        self._keep_pace(results)
+            fresh += self._outcomes.take(COALESCE_SECONDS)
+        self._keep_pace(fresh)
+        results, self._unrecorded = self._unrecorded + fresh, []
         due = self._pop_due(self.claim_limit - self.running + len(results)) if claiming else []
         if not results and not due:
             return
         self._started([task_id for task_id, _, _, _ in due])  # before the claim commits: see running_ids
         try:
             dues, claimed = self.engine.settle(results, [(task_id, expected) for task_id, expected, _, _ in due])
-        except Exception:
-            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
-            log.exception("retry timer: outcomes (tasks %s) not recorded, nothing claimed; "
-                          "the scan will take them back", ids or "-")
-            self._finished([claimed.task.id for claimed, _ in results] + [task_id for task_id, _, _, _ in due])
-            for task_id, expected, task_type, _ in due:  # still scheduled in the table: try again
-                self.queue.push(task_id, expected, task_type)
-                self.breakers.release(task_type)
+        except Exception as exc:
+            self._not_settled(results, due, exc)
             return
         ours = {item.task.id for item in claimed}
         for task_id, _, task_type, _ in due:
@@ -238,6 +238,22 @@ class Runner:
             self._pool.submit(self._run, item, starts[item.task.id])
         for (claimed_one, outcome), next_due in zip(results, dues):
             self._after_finish(claimed_one, outcome, next_due)
+
+    def _not_settled(self, results, due, exc):
+        """The write failed: keep the outcomes for the next step (their retries stay running here, so no
+        one takes their leases back and runs them again) and put the claims back on the heap."""
+        ids = " ".join(str(claimed.task.id) for claimed, _ in results) or "-"
+        if isinstance(exc, StoreError):  # the store layer logs the lost connection itself, once
+            log.warning("retry timer: outcomes (tasks %s) not recorded yet, nothing claimed: %s; trying again", ids, exc)
+        else:
+            log.error("retry timer: outcomes (tasks %s) not recorded yet, nothing claimed; trying again", ids,
+                      exc_info=exc)
+        self._unrecorded = results
+        self._finished([task_id for task_id, _, _, _ in due])
+        for task_id, expected, task_type, _ in due:  # still scheduled in the table: try again
+            self.queue.push(task_id, expected, task_type)
+            self.breakers.release(task_type)
+        time.sleep(SETTLE_AGAIN_SECONDS)  # not the stop event: stopping, the timer still tries to record them
 
     @property
     def claim_limit(self):
@@ -263,18 +279,26 @@ class Runner:
             return []
         allowed = []
         running = self.running_ids()
-        for task_id, due, task_type, deadline in self.queue.pop_until(self.clock.monotonic() + CLAIM_HORIZON_SECONDS,
-                                                                       room):
+        popped = self.queue.pop_until(self.clock.monotonic() + CLAIM_HORIZON_SECONDS, room)
+        for index, (task_id, due, task_type, deadline) in enumerate(popped):
             if task_id in running:
                 # A stale entry of a retry that runs here: the intake's sweep pushed it again while it was being
                 # claimed (still scheduled in what it read). Its claim would fail, and marking it finished
                 # would forget the run: its lease would look abandoned, and one more retry would be claimed.
                 continue
-            ok, until = self.breakers.allow(task_type)
+            try:
+                ok, until = self.breakers.allow(task_type)
+                if not ok and self.engine.postpone(task_id, until, "breaker open"):
+                    self.queue.push(task_id, until, task_type)
+            except Exception as exc:  # the database stopped answering: what is not decided stays on the heap
+                log.warning("retry timer: breakers not consulted (%s); %d retries wait on the heap", exc,
+                            len(popped) - index)
+                for left_id, left_due, left_type, _ in popped[index:]:
+                    if left_id not in running:
+                        self.queue.push(left_id, left_due, left_type)
+                break
             if ok:
                 allowed.append((task_id, due, task_type, deadline))
-            elif self.engine.postpone(task_id, until, "breaker open"):
-                self.queue.push(task_id, until, task_type)
         return allowed
 
     def _run(self, claimed, deadline):

@@ -1,17 +1,20 @@
 """The life cycle in a real SQLite file with an injected clock: no sleeps."""
 
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import SMALL_PATTERNS, SYNC_HANDLER, write_config
+from conftest import SMALL_PATTERNS, SYNC_HANDLER, wait_for, write_config
 from failured.config import load_config
 from failured.engine import Engine
 from failured.errors import RefusedError
 from failured.handlers import Outcome
 from failured.intake import record_failure
 from failured.manual import recover, requeue, resolve
+from failured.metrics import Metrics
 from failured.settings import Settings
 from failured.store import Notification, Task, TaskEvent
 
@@ -142,7 +145,7 @@ def test_orphans_of_a_dead_daemon_are_taken_back_at_once_unless_their_handler_li
     clock.advance(1)
     dead.claim(a)
     dead.claim(b)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)  # as handlers
     try:
         dead.record_pid(b, sleeper.pid)
         queued, waiting = engine.take_back_leases(orphans_only=True)
@@ -152,6 +155,40 @@ def test_orphans_of_a_dead_daemon_are_taken_back_at_once_unless_their_handler_li
         sleeper.wait()
     queued, waiting = engine.take_back_leases(orphans_only=True)
     assert [q[0] for q in queued] == [b] and waiting == []
+
+
+def test_an_orphan_waits_while_a_process_its_handler_started_still_runs(engine, store, clock, snapshot):
+    """The handler's own process died with its daemon, but ``sh -c 'work &'`` left work running in its
+    process group: the task must not run again beside it."""
+    dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    dead.claim(task_id)
+    handler = subprocess.Popen(["sh", "-c", "sleep 30 & exit 0"], start_new_session=True)  # as handlers start
+    assert handler.wait(30) == 0  # the handler's own process is gone; its sleep lives on in its group
+    try:
+        dead.record_pid(task_id, handler.pid)
+        assert engine.take_back_leases(orphans_only=True) == ([], [task_id])
+    finally:
+        os.killpg(handler.pid, signal.SIGKILL)
+    assert wait_for(lambda: engine.take_back_leases(orphans_only=True)[0])  # once the group is gone
+    assert Task.get_by_id(task_id).status == "scheduled"
+
+
+def test_a_success_after_its_lease_was_taken_back_is_neither_recorded_nor_counted(store, clock, snapshot):
+    metrics = Metrics()
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0", metrics=metrics)
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    claimed = engine.claim(task_id)
+    clock.advance(51)
+    assert [q[0] for q in engine.take_back_leases()[0]] == [task_id]  # its lease ran out: another run may take it
+    assert engine.finish(claimed, Outcome(True)) is None
+    assert Task.get_by_id(task_id).status == "scheduled" and "recovered" not in events(task_id)
+    assert metrics.registry.get_sample_value("failured_recoveries_total", {"category": "recoverable_network"}) is None
+    assert metrics.registry.get_sample_value("failured_retries_total", {"outcome": "recovered"}) is None
 
 
 def test_recover_refuses_with_reasons_and_force_overrides(engine, store, clock, snapshot):

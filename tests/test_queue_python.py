@@ -96,3 +96,51 @@ def test_a_python_retry_past_its_timeout_is_given_up_and_its_worker_replaced(eng
     assert events(stuck).count("retry_failed") == 1 and "recovered" not in events(stuck)
     assert runner.running_ids() == frozenset()
     assert threading.active_count() < 50
+
+
+def test_an_outcome_the_database_did_not_take_is_recorded_later_not_run_again(engine, store, clock, pymod, monkeypatch):
+    """The store stops answering as a retry ends (PostgreSQL dropped the session): the outcome waits in the
+    timer and is written once the store answers. Dropped, the retry that worked would run again at lease end."""
+    from failured.store.database import StoreUnavailableError
+
+    (task_id,), queue = due_now(engine, store, clock, 1)
+    pymod.gate.set()
+    settle, refused = engine.settle, []
+
+    def settle_after_one_refusal(results, items):
+        if results and not refused:
+            refused.append([claimed.task.id for claimed, _ in results])
+            raise StoreUnavailableError("server closed the connection unexpectedly")
+        return settle(results, items)
+
+    monkeypatch.setattr(engine, "settle", settle_after_one_refusal)
+    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=1).start()
+    try:
+        assert wait_for(lambda: Task.get_by_id(task_id).status == "recovered")
+    finally:
+        runner.stop(5)
+    assert refused == [[task_id]] and list(pymod.threads) == [0]  # refused once, run once
+    assert events(task_id).count("recovered") == 1 and runner.running_ids() == frozenset()
+
+
+def test_due_retries_wait_on_the_heap_while_the_breakers_cannot_be_read(engine, store, clock, pymod, monkeypatch):
+    from failured.store.database import StoreUnavailableError
+
+    (task_id,), queue = due_now(engine, store, clock, 1)
+    pymod.gate.set()
+    breakers = Breakers(BreakerConfig(), persist=False, clock=clock)
+    allow, refused = breakers.allow, []
+
+    def allow_after_one_refusal(task_type):
+        if not refused:
+            refused.append(task_type)
+            raise StoreUnavailableError("server closed the connection unexpectedly")
+        return allow(task_type)
+
+    monkeypatch.setattr(breakers, "allow", allow_after_one_refusal)
+    runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
+    try:
+        assert wait_for(lambda: Task.get_by_id(task_id).status == "recovered")  # not lost from the heap
+    finally:
+        runner.stop(5)
+    assert refused == ["py"] and runner.running_ids() == frozenset()

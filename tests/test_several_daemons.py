@@ -188,12 +188,67 @@ def test_a_version_4_database_gains_the_daemon_tables_and_event_transactions(loc
 
 # -- membership and leadership ------------------------------------------------------------
 
+def gone(store, stale_seconds):
+    """The daemons not alive now (session ended or heartbeat stale), as anyone reading ``daemons`` sees them."""
+    return [m["name"] for m in member_rows.members(store, stale_seconds) if not m["alive"]]
+
+
+def test_a_daemon_whose_session_the_server_drops_keeps_its_leases_while_it_connects_again(pg_url):  # noqa: F811
+    """pg_terminate_backend of a living daemon's membership session: its lock is free for a moment, but its
+    retries run on. Its leases stand while it connects again; a daemon that does not come back loses them."""
+    from failured.members import LOCK_GRACE_SECONDS
+
+    from failured.clock import SystemClock
+
+    clock = ManualClock()  # a's: how long b has been without its session, as a sees it
+    stores = [open_store(pg_url), open_store(pg_url)]
+    a = Membership(stores[0], clock, "host:0:0", heartbeat_seconds=0.1).start()
+    b = Membership(stores[1], SystemClock(), "host:1:0", heartbeat_seconds=0.1).start()  # its rows stamped as a daemon's
+    try:
+        assert wait_for(lambda: set(a.living_owners()) == {a.name, b.name}, 10)
+        dropped_id = b.member_id
+        stores[0].scalar("SELECT pg_terminate_backend(?)", b._connection.info.backend_pid)
+        deadline = time.monotonic() + 30
+        while b.member_id == dropped_id:  # until it noticed, connected again and registered anew
+            assert b.name in a.living_owners() and time.monotonic() < deadline
+        for _ in range(20):
+            assert b.name in a.living_owners()
+        b._stop.set()  # b dies without a word: its thread ends and its session closes
+        b._thread.join(10)
+        b._close()
+        assert wait_for(lambda: b.name not in alive(stores[0]), 10)  # the server has ended its session
+        assert b.name in a.living_owners()  # first seen without its session: within the grace
+        clock.advance(LOCK_GRACE_SECONDS)
+        assert a.living_owners() == [a.name]
+    finally:
+        a.stop()
+        b.stop()
+        for store in stores:
+            store.close()
+
 def test_sqlite_has_one_daemon_that_leads_and_delivers_everything(tmp_path):
     store = open_store(tmp_path / "failured.db")
     members = membership_for(store, ManualClock(), "host:1:0")
     assert isinstance(members, SoloMembership) and members.is_leader() and members.holds_channel("ops")
-    assert members.dead_owners() == []
     store.close()
+
+
+def test_a_lease_of_a_daemon_that_never_had_a_row_is_taken_back_at_once(pg_url, sync_snapshot):  # noqa: F811
+    """A task running when a SQLite daemon crashed, copied by migrate-store: its owner never joined ``daemons``,
+    so nothing will ever say it lives. Its lease is taken back at once, not when it runs out."""
+    from failured.engine import Engine
+    from failured.settings import Settings
+
+    clock = ManualClock()
+    with memberships(pg_url, 1, clock, heartbeat_seconds=0.1) as ([store], [member]):
+        crashed = Engine(store, Settings(), clock, lambda: sync_snapshot, owner="old-host:99:0")
+        task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+        crashed.handle_new()
+        clock.advance(1)
+        assert crashed.claim(task_id) is not None
+        engine = Engine(store, Settings(), clock, lambda: sync_snapshot, owner=member.name, members=member)
+        queued, waiting = engine.take_back_leases()
+        assert [item[0] for item in queued] == [task_id] and waiting == []
 
 
 def test_exactly_one_leader_and_the_lead_moves_when_it_stops(pg_url):  # noqa: F811 (fixtures)
@@ -221,13 +276,13 @@ def test_kill_9_of_the_leader_moves_the_lead_and_marks_its_leases_takeable(daemo
     procs = {name: daemons("members", name) for name in ("a:1:0", "b:2:0", "c:3:0")}
     assert wait_for(lambda: len(alive(store)) == 3 and len(leaders(store)) == 1, 15)
     [leader] = leaders(store)
-    assert member_rows.dead_owners(store, 10.0) == []
+    assert gone(store, 10.0) == []
     killed_at = time.monotonic()
     procs[leader].send_signal(signal.SIGKILL)
     procs[leader].wait(timeout=10)
     # its session ended with it (the server's backend notices the closed socket at once): dead well before
     # its heartbeat goes stale
-    assert wait_for(lambda: member_rows.dead_owners(store, 10.0) == [leader], 5)
+    assert wait_for(lambda: gone(store, 10.0) == [leader], 5)
     assert wait_for(lambda: len(leaders(store)) == 1 and leaders(store) != [leader], 10)
     moved_after = time.monotonic() - killed_at
     assert moved_after < 10  # the issue's bound (heartbeat 1 s: the lead moves at the others' next beat)
@@ -242,7 +297,7 @@ def test_a_frozen_daemon_is_dead_once_its_heartbeat_is_stale(daemons, pg_url):  
     assert wait_for(lambda: "frozen:1:0" in alive(store), 10)
     proc.send_signal(signal.SIGSTOP)  # its session (and lock) stay; only the heartbeat says it is gone
     try:
-        assert wait_for(lambda: member_rows.dead_owners(store, 2.0) == ["frozen:1:0"], 15)
+        assert wait_for(lambda: gone(store, 2.0) == ["frozen:1:0"], 15)
         assert "frozen:1:0" in {m["name"] for m in member_rows.members(store, 60.0) if m["alive"]}
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -602,4 +657,33 @@ def test_kill_9_of_a_daemon_mid_retries_loses_nothing_and_the_jobs_go_on(run_dae
     assert store.scalar("SELECT count(*) FROM task_events WHERE event = 'lease_expired'") >= 2
     runs = handler_runs(log)
     assert not [run for run in runs if run[0] == "overlap"]
+    store.close()
+
+@wired
+def test_sessions_the_server_drops_under_three_daemons_neither_stop_nor_double_their_retries(run_daemons, pg_url,
+                                                                                               tmp_path):  # noqa: F811
+    """Every session of three daemons ends mid-retries (a failover, pg_terminate_backend): each daemon connects
+    again, records what its retries did, goes on claiming, and no retry runs twice or beside another."""
+    import psycopg
+
+    log = tmp_path / "runs.log"
+    store = open_store(pg_url)
+    procs = [run_daemons(f"d{n}", FAILURE_RETRY_CONCURRENCY=4) for n in range(3)]
+    started = [tmp_path / f"d{n}" / "stderr" for n in range(3)]  # a drop during start-up ends the start (exit 1)
+    assert wait_for(lambda: all("failured running" in err.read_text() for err in started), 60)
+    count = 24
+    for n in range(count):
+        record_failure(store, "flaky", "connection timeout", payload={"key": str(n), "log": str(log), "work": 1.0})
+    assert wait_for(lambda: store.scalar("SELECT count(*) FROM tasks WHERE status = 'running'") >= 6, 60)
+    sessions = [f"{kind}:{proc.pid}" for proc in procs
+                for kind in ("failured", "failured-members", "failured-listen", "failured-lock")]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = ANY(%s)", (sessions,)).fetchone()[0]
+    assert ended >= 9  # each daemon's own, membership, wake-up and lock sessions at least
+    assert wait_for(lambda: statuses(store).get("recovered") == count, 240), unfinished(store, log, tmp_path)
+    runs = handler_runs(log)
+    assert not [run for run in runs if run[0] == "overlap"], runs
+    assert sorted(key for what, _, key in runs if what == "start") == sorted(str(n) for n in range(count))  # once each
+    assert all(proc.poll() is None for proc in procs), unfinished(store, log, tmp_path)
     store.close()

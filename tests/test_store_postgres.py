@@ -200,6 +200,36 @@ def test_daemons_share_a_postgresql_database_but_not_with_an_older_failured(pg_u
         third.close()
 
 
+def test_migrate_store_holds_a_postgresql_database_alone(pg_url):
+    """While migrate-store fills a database no daemon starts on it, and it does not start beside a daemon."""
+    copying, daemon = open_store(pg_url), open_store(pg_url)
+    copying.take_daemon_lock(exclusive=True)
+    with pytest.raises(StoreError, match="migrate-store"):
+        daemon.take_daemon_lock()
+    copying.close()
+    daemon.take_daemon_lock()
+    again = open_store(pg_url)
+    with pytest.raises(StoreError, match="a failured daemon or migrate-store is using"):
+        again.take_daemon_lock(exclusive=True)
+    daemon.close()
+    again.close()
+
+
+def test_a_daemon_lock_the_server_dropped_is_taken_again(pg_url):
+    import psycopg
+
+    store = open_store(pg_url)
+    store.take_daemon_lock()
+    assert store.keep_daemon_lock() is False  # held: nothing to do
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store._lock_connection.info.backend_pid,))
+        assert store.keep_daemon_lock() is True
+        taken = admin.execute("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))",
+                              (DAEMON_LOCK_KEY,)).fetchone()[0]
+        assert not taken  # an older failured, which takes it alone, still cannot start beside this one
+    store.close()
+
+
 def test_times_round_trip_to_the_millisecond(any_store):
     task_id = report(any_store, at=T0 + 0.123)
     task = rows.load_task(any_store, task_id)

@@ -387,8 +387,9 @@ class Store:
 
     # -- one daemon per database ------------------------------------------------
 
-    def take_daemon_lock(self):
-        """Hold this database's daemon lock until ``close``; StoreError when another daemon holds it."""
+    def take_daemon_lock(self, exclusive=True):
+        """Hold this database's daemon lock until ``close``; StoreError when another daemon holds it (a SQLite
+        database has one daemon: the lock is always its alone)."""
         path = f"{self.path}.lock"
         self._lock_file = open(path, "a+")
         try:
@@ -403,6 +404,10 @@ class Store:
         self._lock_file.truncate(0)
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
+
+    def keep_daemon_lock(self):
+        """Nothing to take again (False): a file lock cannot be lost while the process lives."""
+        return False
 
     def release_daemon_lock(self):
         if self._lock_file is not None:
@@ -662,22 +667,45 @@ class PostgresStore(Store):
         self.db.execute_sql("DELETE FROM schema_info")
         self.db.execute_sql("INSERT INTO schema_info (version) VALUES (%s)", (version,))
 
-    def take_daemon_lock(self):
-        """The daemon lock in shared mode, on a connection of its own, held until ``close``: any number of
-        daemons share the database (see members.py); a failured from before that, which takes it alone,
-        cannot start beside them, nor they beside it."""
+    def take_daemon_lock(self, exclusive=False):
+        """The daemon lock, on a connection of its own, held until ``close``. Daemons take it shared: any number
+        of them share the database (see members.py), and a failured from before that, which takes it alone,
+        cannot start beside them, nor they beside it. ``migrate-store`` takes it alone: no daemon starts on a
+        database while it is being filled."""
         import psycopg
 
         try:
-            connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                         application_name=f"failured-lock:{os.getpid()}")
         except psycopg.Error as exc:
             raise StoreOpenError(f"cannot open database {self.path}: {_first_line(exc, self.url)}") from None
-        if not connection.execute(_LOCK_SQL.format(function="pg_try_advisory_lock_shared"),
-                                  (DAEMON_LOCK_KEY,)).fetchone()[0]:
+        function = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
+        if not connection.execute(_LOCK_SQL.format(function=function), (DAEMON_LOCK_KEY,)).fetchone()[0]:
             connection.close()
-            raise StoreError(f"a failured daemon of an older version (one daemon per database) is running on "
-                             f"{self.path}: stop it first, or set FAILURE_DB to another database")
+            if exclusive:
+                raise StoreError(f"a failured daemon or migrate-store is using {self.path}: stop it first")
+            raise StoreError(f"a failured daemon of an older version (one daemon per database), or migrate-store, "
+                             f"is using {self.path}: stop it or let it finish first, or set FAILURE_DB to another "
+                             "database")
         self._lock_connection = connection
+
+    def keep_daemon_lock(self):
+        """Take the shared daemon lock again when the server dropped its session (the lock went with it), so
+        that an older failured still cannot start beside this one; True when it did. Called from the daemon's
+        heartbeat."""
+        if self._lock_connection is None or not self._lock_connection.closed and self._lock_alive():
+            return False
+        self._lock_connection = None
+        self.take_daemon_lock()
+        return True
+
+    def _lock_alive(self):
+        try:
+            self._lock_connection.execute("SELECT 1")
+            return True
+        except Exception:
+            self._lock_connection.close()
+            return False
 
     def release_daemon_lock(self):
         if self._lock_connection is not None:

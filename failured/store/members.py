@@ -64,23 +64,20 @@ def _lock_free(store, member_id):
 
 
 def members(store, stale_seconds, own_id=None):
-    """Every daemon row as a dict, with ``alive`` (see the module's docstring) and ``heartbeat_age``."""
+    """Every daemon row as a dict, with ``alive`` (see the module's docstring), ``lock_free`` (its heartbeat is
+    fresh but its session is gone: killed, or cut off for a moment) and ``heartbeat_age``."""
     rows = store.rows(f"SELECT id, name, host, pid, started_at, heartbeat_at, leader, runs, stopped_at, "
                       f"{store.seconds_between('heartbeat_at', _server_now(store))} FROM daemons ORDER BY id")
     found = []
     for member_id, name, host, pid, started, beat_at, leader, runs, stopped_at, age in rows:
-        alive = stopped_at is None and age <= stale_seconds
-        if alive and store.dialect == "postgresql" and member_id != own_id:
-            alive = not _lock_free(store, member_id)
+        fresh = stopped_at is None and age <= stale_seconds
+        lock_free = fresh and store.dialect == "postgresql" and member_id != own_id and _lock_free(store, member_id)
+        alive = fresh and not lock_free
         found.append({"id": member_id, "name": name, "host": host, "pid": pid, "started": epoch(started),
                       "heartbeat": epoch(beat_at), "heartbeat_age": round(age, 3), "leader": bool(leader) and alive,
-                      "runs": json.loads(runs) if runs else {}, "stopped": epoch(stopped_at), "alive": alive})
+                      "runs": json.loads(runs) if runs else {}, "stopped": epoch(stopped_at), "alive": alive,
+                      "lock_free": lock_free})
     return found
-
-
-def dead_owners(store, stale_seconds, own_id=None):
-    """Names of the daemons that are not alive: the owners whose leases may be taken back."""
-    return [member["name"] for member in members(store, stale_seconds, own_id) if not member["alive"]]
 
 
 def _server_now(store):

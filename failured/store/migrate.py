@@ -137,7 +137,7 @@ def _lock_source(source):
 
 def _lock_target(target):
     try:
-        target.take_daemon_lock()
+        target.take_daemon_lock(exclusive=True)  # alone: a daemon starting meanwhile would find a half-filled database
     except StoreError:
         raise MigrationRefused(f"a failured daemon or another migrate-store is using {target}: "
                                "stop it, or wait for the other copy to finish") from None

@@ -362,13 +362,14 @@ def _settle_text(recovering):
 def settle_at_once(store, finishes, due, owner, now, leases):
     """PostgreSQL: RECOVER's ``finishes`` (as ``run_prepared``) and the claim of the ``due`` retries, [(id,
     expected due or None)], leased to ``owner`` for ``leases[task type]`` seconds, in one statement (its own
-    transaction); returns the claimed tasks, running, their attempt counted."""
+    transaction); returns (the claimed tasks, running, their attempt counted; the ids RECOVER changed)."""
     params = _batch_arrays(finishes) if finishes else []
     kinds = sorted(leases.items())
     params += [[task_id for task_id, _ in due], [None if at is None else stamp(at) for _, at in due],
                [name for name, _ in kinds], [lease for _, lease in kinds],
                stamp(now), owner, stamp(now), stamp(now), stamp(now)]
-    return [_task_of(row[1:]) for row in store.rows(_settle_text(bool(finishes)), *params) if row[0] == 1]
+    found = store.rows(_settle_text(bool(finishes)), *params)
+    return [_task_of(row[1:]) for row in found if row[0] == 1], {row[1] for row in found if row[0] == 0}
 
 
 def _batchable(store, sql, prepared):
@@ -544,14 +545,15 @@ def postpone(store, task_id, until, now):
                          (stamp(until), stamp(now), task_id)).rowcount == 1
 
 
-def running_tasks(store, owner=None, not_owner=None, lease_before=None, owners_or_lease_before=None):
+def running_tasks(store, owner=None, not_owner=None, lease_before=None, not_of_or_lease_before=None):
     """Running tasks: of ``owner``, of any owner but ``not_owner``, or whose lease ends before ``lease_before``;
-    ``owners_or_lease_before=(owners, time)``: of one of ``owners`` (gone daemons) or with a lease ending before."""
+    ``not_of_or_lease_before=(owners, time)``: of none of ``owners`` (the living daemons) or with a lease
+    ending before."""
     sql, params = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status = '{RUNNING}'", []
-    if owners_or_lease_before is not None:
-        owners, before = owners_or_lease_before
-        listed = f"lease_owner IN ({', '.join('?' * len(owners))}) OR " if owners else ""
-        sql += f" AND ({listed}lease_owner IS NULL OR lease_until < ?)"
+    if not_of_or_lease_before is not None:
+        owners, before = not_of_or_lease_before
+        unlisted = f"lease_owner NOT IN ({', '.join('?' * len(owners))}) OR " if owners else "TRUE OR "
+        sql += f" AND ({unlisted}lease_owner IS NULL OR lease_until < ?)"
         params += [*owners, stamp(before)]
     if owner is not None:
         sql, params = sql + " AND lease_owner = ?", params + [owner]
