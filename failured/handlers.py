@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .text import clean_text
 from .secrets import ENV_REF, expand_env
 
@@ -269,6 +269,8 @@ def _run_command(spec, task, on_start):
         try:
             if on_start is not None:
                 on_start(proc.pid)
+        except StoreError as exc:  # the database is away (the store says so once): the handler runs on
+            log.warning("task %s: handler pid %s not recorded (%s); it runs on", task.id, proc.pid, exc)
         except Exception:  # the child already runs; failing to record its pid must not orphan it
             log.exception("task %s: on_start(%s) failed; handler keeps running", task.id, proc.pid)
         try:
