@@ -29,10 +29,14 @@ def _epoch_state(store, key):
 
 
 def daemon_status(store, now):
-    """Alive while the heartbeat is fresh; a daemon that stopped cleanly has deleted its heartbeat."""
+    """Alive while the heartbeat is fresh; a daemon that stopped cleanly has deleted its heartbeat. A daemon
+    that cannot write its heartbeat (a full disk) is alive still while it holds the database's daemon lock
+    (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help."""
     beat = _epoch_state(store, "heartbeat")
     age = None if beat is None else round(now - beat, 1)
-    return {"alive": age is not None and age <= STALE_HEARTBEAT_SECONDS, "heartbeat_age_seconds": age,
+    fresh = age is not None and age <= STALE_HEARTBEAT_SECONDS
+    alive = fresh or store.daemon_lock_held() is True
+    return {"alive": alive, "heartbeat_stale": alive and not fresh, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
             "last_analysis": _when(_epoch_state(store, "last_analysis"))}
 
@@ -75,6 +79,9 @@ def problems(daemon, health, config, breached, free=None):
     if not daemon["alive"]:
         found.append("daemon not running" if daemon["heartbeat"] is None
                      else f"daemon not running: last heartbeat {daemon['heartbeat']}")
+    elif daemon["heartbeat_stale"]:
+        found.append(f"daemon running but not writing: last heartbeat {daemon['heartbeat'] or '-'} (it holds the "
+                     "database's lock; see the other problems, restarting it will not help)")
     for name, outcome in sorted(health.items()):
         if not outcome.get("ok"):
             found.append(f"channel {name} cannot deliver since {outcome.get('at') or '?'}: {outcome.get('error')}")
@@ -172,6 +179,8 @@ def _member_words(member):
 
 
 def _daemon_words(daemon):
+    if daemon["heartbeat_stale"]:
+        return f"alive, NOT writing (holds the database's lock; last heartbeat {daemon['heartbeat'] or '-'})"
     if daemon["alive"]:
         return f"alive (heartbeat {daemon['heartbeat_age_seconds']:g}s ago)"
     if daemon["heartbeat"] is None:

@@ -111,3 +111,21 @@ def test_scan_and_analyze_commands(tmp_path, config_dir, db_location):
     assert list((tmp_path / "reports" / "failure_analysis").glob("*.html"))
     bad = run_cli("analyze", "--days", "0", env=env)
     assert bad.returncode == 2 and "must be at least 1" in bad.stderr
+
+
+def test_a_daemon_that_cannot_write_its_heartbeat_is_alive_while_it_holds_the_lock(sqlite_store, tmp_path):
+    """A full disk stops the heartbeat, not the daemon: ``status`` must not send the operator to restart it."""
+    from failured.status import daemon_status, problems
+
+    sqlite_store.set_state("heartbeat", "1000.0 pid=1", 1000.0)  # its last heartbeat, long ago
+    daemon = open_store(sqlite_store.path)  # the daemon's own connection and lock
+    daemon.take_daemon_lock()
+    try:
+        running = daemon_status(sqlite_store, 2000.0)
+        assert running["alive"] and running["heartbeat_stale"]
+        [problem] = problems(running, {}, {"last_rejected": None}, [])
+        assert problem.startswith("daemon running but not writing: last heartbeat 1970-01-01T00:16:40Z")
+    finally:
+        daemon.close()
+    gone = daemon_status(sqlite_store, 2000.0)  # the lock went with it: now it is not running
+    assert not gone["alive"] and not gone["heartbeat_stale"]

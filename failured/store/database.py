@@ -409,6 +409,21 @@ class Store:
         """Nothing to take again (False): a file lock cannot be lost while the process lives."""
         return False
 
+    def daemon_lock_held(self):
+        """True while a process (a daemon, migrate-store) holds this database's daemon lock; read-only: it
+        creates nothing, and works on a full disk."""
+        try:
+            fd = os.open(f"{self.path}.lock", os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: no daemon ever ran here, or it cannot be read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock this call took
+        return False
+
     def release_daemon_lock(self):
         if self._lock_file is not None:
             self._lock_file.close()
@@ -698,6 +713,10 @@ class PostgresStore(Store):
         self._lock_connection = None
         self.take_daemon_lock()
         return True
+
+    def daemon_lock_held(self):
+        """None: daemons share the lock here, and their liveness is their heartbeats' (members.py)."""
+        return None
 
     def _lock_alive(self):
         try:
