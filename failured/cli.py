@@ -144,7 +144,7 @@ def cmd_run(args, settings):
 
 
 def cmd_exec(args, settings):
-    from .execwrap import run_wrapped
+    from .execwrap import record_outcome, run_command
     from .intake import parse_payload, check_task_type
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -152,8 +152,14 @@ def cmd_exec(args, settings):
         raise InputError("no command given: failured exec --type T -- CMD ARGS...")
     check_task_type(args.type)
     parse_payload(args.payload)  # refuse bad input before running anything
-    status, task_id = commands.with_store(settings, run_wrapped, argv, args.type, payload=args.payload,
-                                          ref=args.ref, timeout=args.timeout, create=True)
+    status, error, error_type = run_command(argv)  # the job runs, and ends as it ends, whatever failured's state
+    try:
+        task_id = commands.with_store(settings, record_outcome, argv, args.type, status, error, error_type,
+                                      payload=args.payload, ref=args.ref, timeout=args.timeout, create=True)
+    except FailuredError as exc:
+        what = "its success" if status == 0 else "its failure"
+        print(f"failured exec: {argv[0]} exited {status}; {what} was NOT recorded: {exc}", file=sys.stderr)
+        return status
     if task_id is not None:
         print(f"failured exec: {argv[0]} exited {status}; recorded as task {task_id}", file=sys.stderr)
     return status

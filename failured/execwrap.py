@@ -30,7 +30,7 @@ def _not_started(status, reason, error_type):
     return status, reason, error_type
 
 
-def _run(argv):
+def run_command(argv):
     """Run with stdout inherited and stderr tee'd; returns (exit status, stderr tail, error type)."""
     try:
         child = subprocess.Popen(argv, stderr=subprocess.PIPE)
@@ -60,12 +60,11 @@ def _run(argv):
     return status, text or f"exit status {status}", None
 
 
-def run_wrapped(store, argv, task_type, *, payload=None, ref=None, timeout=3600.0):
-    """Run ``argv``; returns (its exit status, the recorded task id or None on success)."""
-    status, error, error_type = _run(argv)
+def record_outcome(store, argv, task_type, status, error, error_type, *, payload=None, ref=None, timeout=3600.0):
+    """Record what ``run_command(argv)`` returned: a success, or a failure whose handler is ``argv`` again;
+    returns the failure's task id (None for a success)."""
     if status == 0:
         record_success(store, task_type)
-        return 0, None
-    task_id = record_failure(store, task_type, error, error_type=error_type, payload=payload, ref=ref,
-                             source="exec", handler=handler_for(argv, timeout))
-    return status, task_id
+        return None
+    return record_failure(store, task_type, error, error_type=error_type, payload=payload, ref=ref,
+                          source="exec", handler=handler_for(argv, timeout))

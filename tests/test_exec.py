@@ -66,3 +66,16 @@ def test_the_daemon_retries_an_exec_task_with_its_own_argv(daemon_factory, tmp_p
     daemon.start()
     status, attempts, _, _ = final_status(daemon, 1)
     assert (status, attempts) == ("recovered", 1)
+
+
+@pytest.mark.sqlite_suffices("a database that cannot be opened")
+@pytest.mark.parametrize("command, status", [("exit 0", 0), ("echo boom >&2; exit 3", 3)])
+def test_the_job_runs_and_ends_with_its_own_status_when_failured_cannot_record_it(tmp_path, command, status):
+    """A cron job must not be skipped, or fail, because failured's database has a problem."""
+    marker = tmp_path / "ran"
+    env = {"FAILURE_DB": "/proc/no-such-dir/failured.db"}  # cannot be created, even by root
+    result = run_cli("exec", "--type", "nightly", "--", "sh", "-c", f"touch {marker}; {command}", env=env,
+                     cwd=tmp_path)
+    assert marker.exists() and result.returncode == status, result.stderr
+    what = "success" if status == 0 else "failure"
+    assert f"exited {status}; its {what} was NOT recorded: " in result.stderr and "Traceback" not in result.stderr
