@@ -166,6 +166,9 @@ class Daemon:
             job()
         except StoreUnavailableError as exc:  # an outage is logged once, by whoever meets it first
             self._store_lost(exc)
+        except StoreFullError as exc:  # the heartbeat says so and alerts once; the job's next slot tries again
+            self._disk_full(exc)
+            log.warning("scheduled job %s skipped: %s", job.__name__, exc)
         except Exception:
             log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
 

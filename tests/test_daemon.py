@@ -230,3 +230,21 @@ def test_reaction_report_to_zero_delay_retry_is_prompt(daemon_factory, tmp_path)
     [(reported, started)] = daemon.query("SELECT t.created_at, e.at FROM tasks t JOIN task_events e "
                                          "ON e.task_id = t.id AND e.event = 'retry_started' WHERE t.id = ?", task_id)
     assert epoch(started) - epoch(reported) < 2.0
+
+
+def test_a_scheduled_job_on_a_full_disk_is_one_warning_not_a_traceback(caplog):
+    """Disk full is an expected condition: the heartbeat alerts once; a job that meets it says so in a line."""
+    from types import SimpleNamespace
+
+    from failured.daemon import Daemon
+    from failured.errors import StoreFullError
+
+    seen = []
+
+    def check_thresholds():
+        raise StoreFullError("data/failured.db", "0 bytes free on its filesystem")
+
+    Daemon._guarded(SimpleNamespace(_disk_full=seen.append), check_thresholds)
+    assert [str(e) for e in seen] == [str(StoreFullError("data/failured.db", "0 bytes free on its filesystem"))]
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    assert "scheduled job check_thresholds skipped: disk full" in caplog.text
