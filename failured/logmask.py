@@ -23,6 +23,12 @@ class MaskingFormatter(logging.Formatter):
         return mask(super().format(record), _secrets())
 
 
+# peewee's DEBUG lines are every statement with its parameters (about 120 a second from an idle daemon, the
+# stored texts among them): FAILURE_LOG_LEVEL=DEBUG leaves it at INFO. (urllib3's request lines stay: they say
+# what a webhook was sent, and the formatter masks their secrets.)
+QUIET_LIBRARIES = ("peewee",)
+
+
 def setup(level):
     """Log to stderr (journald under systemd), secrets masked."""
     handler = logging.StreamHandler(sys.stderr)
@@ -30,3 +36,5 @@ def setup(level):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

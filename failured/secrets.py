@@ -16,7 +16,8 @@ from .rules import read_config_bytes
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
 # Query values that look like credentials are masked whatever their value.
-_SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|key|sign|secret|token|password)=)[^&\s'\"<>()]+")
+_SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|api_?key|apikey|auth|key|sig|signature|sign|secret|"
+                           r"token|password)=)[^&\s'\"<>()]+")
 
 
 def expand_env(value: str) -> str:

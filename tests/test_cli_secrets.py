@@ -27,3 +27,20 @@ def test_notify_test_at_debug_never_prints_a_token_carried_in_the_webhook_path(t
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DEBUG" in result.stderr and "POST" in result.stderr  # urllib3 logged the request line
     assert "XoXoHookSecret1234" not in result.stderr
+
+
+def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path):
+    from failured.secrets import mask
+
+    line = 'POST /retry?sig=QUERYSECRET&api_key=K1&apikey=K2&signature=S&auth=A&monkey=kept&order=7 HTTP/1.1'
+    assert mask(line, ()) == 'POST /retry?sig=***&api_key=***&apikey=***&signature=***&auth=***&monkey=kept&order=7 HTTP/1.1'
+
+
+def test_debug_logs_are_failured_s_own_not_every_sql_statement(tmp_path):
+    """peewee would print every statement with its parameters (the stored texts) about 120 times a second."""
+    config = write_config(tmp_path / "c", SMALL_PATTERNS)
+    env = {"FAILURE_CONFIG_DIR": str(config), "FAILURE_LOG_LEVEL": "DEBUG", "FAILURE_DB": str(tmp_path / "f.db")}
+    assert run_cli("report", "--type", "sync", "--error", "boom", env=env, cwd=tmp_path).returncode == 0
+    result = run_cli("status", env=env, cwd=tmp_path)
+    assert "tasks: 1" in result.stdout, result.stdout + result.stderr
+    assert "peewee" not in result.stderr and "SELECT" not in result.stderr, result.stderr[:2000]
