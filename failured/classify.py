@@ -44,6 +44,12 @@ _NAME_PARTS = re.compile(r"\.|::|\\")
 # Java/Node "at ..." frames, Go "file.go:12" lines and goroutine headers.
 _FRAME = re.compile(r'^\s+File "|^\s+at \S|^\s*\.\.\. \d+ more|^goroutine \d+ \[|\.go:\d+|^Traceback \(most recent')
 _TRACEBACK = "Traceback (most recent call last)"
+# An opaque token: base64, a JWT's parts, a key or a signature, a UUID; 24 characters or more, three digits or more.
+# Read as n-grams, a few hundred bytes of one outweighed every word around it (random strings resemble the keys and
+# signatures of configuration errors: "Connection reset by peer" with a response body attached read as a
+# configuration error at 0.99, over the rule). The model reads it as one "0x", as it reads a hex id.
+_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+_OPAQUE_DIGITS = 3
 CACHE_SIZE = 4096
 CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes ~16 MB
 # Rule stages after the tag, in order. Patterns come before code tables: a pattern
@@ -147,11 +153,18 @@ exception_type_in = _compiled_exception_type_in or python_exception_type_in
 
 
 def model_text(message, error_type=None):
-    """What the learned model reads: the unpacked message without its stack frames, after its type."""
+    """What the learned model reads: the unpacked message without its stack frames and opaque tokens, after
+    its type."""
     message, error_type = unpack(message or "", error_type)
     error_type = error_type or exception_type_in(message)
     core = without_frames(message) if "\n" in message else message
+    core = _OPAQUE.sub(_folded, core)
     return f"{error_type}: {core}" if error_type else core
+
+
+def _folded(match):
+    token = match.group(0)
+    return " 0x " if sum(c.isdigit() for c in token) >= _OPAQUE_DIGITS else token
 
 
 @functools.lru_cache(maxsize=2)  # the model serving and the one a reload builds: a daemon's old label sets go

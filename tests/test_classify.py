@@ -242,3 +242,30 @@ def test_the_compiled_exception_type_reader_reads_what_python_reads():
     texts += ["x" * 295 + "".join(rng.choice(pieces) for _ in range(10)) for _ in range(2000)]  # around the 300-char head
     texts += ["A" * rng.randint(290, 310) + ": x" for _ in range(200)] + ["a." * 150 + "Error: x"]
     assert [text for text in texts if _compiled_exception_type_in(text) != python_exception_type_in(text)] == []
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_config(Path(__file__).resolve().parent.parent / "config").classifier
+
+
+@pytest.mark.parametrize("message", [
+    "requests.exceptions.ConnectionError: ('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))",
+    "Read timed out. (read timeout=30)",
+    "HTTP 503 Service Unavailable",
+    "psycopg2.OperationalError: could not connect to server: Connection refused",
+    "订单不存在",
+    "malformed JSON payload",
+])
+@pytest.mark.parametrize("size", [300, 3000])
+def test_an_attached_blob_does_not_change_what_a_message_is(shipped, message, size):
+    """A response body or a payload dumped as base64 after the error: random text once read as a configuration
+    error at 0.99 and overruled the rule (no retry for a reset connection). The model reads it as one token."""
+    import base64
+    import random
+
+    rng = random.Random(size)
+    blob = base64.b64encode(bytes(rng.getrandbits(8) for _ in range(size))).decode()
+    plain = shipped.classify_uncached(message)
+    attached = shipped.classify_uncached(f"{message} body={blob}")
+    assert attached.category == plain.category, attached.pattern
