@@ -1000,6 +1000,9 @@ static int code_word_ends(const Text *t, Py_ssize_t i, Py_ssize_t *ends, int cou
 }
 
 /* One match of codes._HTTP at p (IGNORECASE, MULTILINE), alternatives in their order. */
+/* How far the current http_statuses scan's last try of a line start crossed white space (see http_at). */
+static Py_ssize_t http_blank_until;
+
 static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
 {
     Py_ssize_t n = t->n, i, j;
@@ -1106,9 +1109,11 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
             }
         }
     }
-    /* ^\s*\[?(\d{3})\]?[\s:] */
-    if (p == 0 || AT(t, p - 1) == '\n') {
+    /* ^\s*\[?(\d{3})\]?[\s:]; a line start inside white space an earlier line start's try already crossed
+       (blank lines) has the same outcome, a failure: skipping it keeps the scan linear in the text */
+    if ((p == 0 || AT(t, p - 1) == '\n') && p >= http_blank_until) {
         i = skip_spaces(t, p);
+        http_blank_until = i;
         if (i < n && AT(t, i) == '[')
             i++;
         for (j = i; j < i + 3 && j < n && is_decimal(AT(t, j)); j++)
@@ -1129,6 +1134,7 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
 /* (start of the match, its status) of every codes._HTTP match: the caller reads what precedes it. */
 static PyObject *http_statuses(PyObject *self, PyObject *text)
 {
+    http_blank_until = 0;  /* one scan at a time: the GIL is held throughout */
     return find_all(text, http_at, 1);
 }
 
@@ -2262,8 +2268,8 @@ static int rows_open(Rows *rows, PyObject *slots, PyObject *table, Py_ssize_t wi
 {
     rows->slots.obj = rows->table.obj = NULL;
     rows->width = width;
-    if (width <= 0) {
-        PyErr_SetString(PyExc_ValueError, "width must be positive");
+    if (width <= 0 || width > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Weight)) {  /* the row size must not overflow */
+        PyErr_SetString(PyExc_ValueError, "width must be positive and fit a row in memory");
         return -1;
     }
     if (PyObject_GetBuffer(slots, &rows->slots, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)

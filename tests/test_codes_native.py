@@ -98,3 +98,25 @@ def test_the_compiled_finders_stay_linear_on_hostile_input(text):
     for find in NATIVE_FINDERS.values():
         list(find(text))
     assert time.monotonic() - started < 10.0  # generous: linear code takes milliseconds here
+
+
+def test_blank_lines_before_a_status_are_crossed_once_and_found_alike():
+    """Each line start of a run of blank lines once scanned the whole run again (quadratic: 1 MB of line breaks
+    took 199 s); the same statuses are found."""
+    import time
+
+    python, native = PYTHON_FINDERS["http"], NATIVE_FINDERS["http"]
+    for text in ["\n" * 500 + "404 Not Found", "\n \n\t\n" * 200 + "  [503] busy\n\n502: bad gateway", "\n" * 300]:
+        assert list(native(text)) == list(python(text))
+    started = time.monotonic()
+    assert list(native("\n" * 400_000 + "503 Service Unavailable")) != []
+    assert time.monotonic() - started < 10.0  # generous: linear code takes milliseconds here, the old scan 30 s
+
+
+def test_a_model_table_width_too_large_for_memory_is_refused_not_a_crash():
+    from array import array
+
+    from failured import _speedups
+
+    with pytest.raises(ValueError, match="width must be positive"):
+        _speedups.column_sums(array("i", [0]), b"", [], 2 ** 62)  # its row size wrapped to 0: a division by zero
