@@ -6,22 +6,24 @@ A rate with nothing to divide by is "unknown", never a fake 0 % or 100 %.
 from dataclasses import asdict, dataclass
 
 from .notify import messages
-from .notify.outbox import enqueue
+from .notify.outbox import about_channel, enqueue
 from .states import TaskStatus
 from .store import aggregates
+from .store import outbox as outbox_rows
 from .store.members import swap_state
 
 RECOVERABLE_PREFIX = "recoverable_"
 UNKNOWN = "unknown"
 # A recoverable task's retries are over once it reaches one of these.
 ENDED = (TaskStatus.RECOVERED, TaskStatus.EXHAUSTED, TaskStatus.NOTIFIED, TaskStatus.MANUAL, TaskStatus.RESOLVED)
+KEYED_BY_CHANNEL = ("notification_delay_minutes",)  # the other checks' keys are task types, or "all"
 
 
 @dataclass(frozen=True)
 class Thresholds:
     failure_rate_percent: float = 20.0  # failures / (failures + successes) per task type
     consecutive_recovery_failures: int = 5  # failed retries in a row, per task type
-    notification_delay_minutes: float = 10.0  # oldest pending notification
+    notification_delay_minutes: float = 10.0  # longest wait of a notification that could have gone out
     unknown_errors: int = 10  # unknown failures in the window
     recovery_rate_percent: float = 80.0  # health check: recovered / finished recoverable
     recent_failures: int = 50  # health check: failures in the window
@@ -97,7 +99,9 @@ def evaluate(store, now, limits):
     for task_type, streak in aggregates.breaker_streaks(store):
         checks.append(Check("consecutive_recovery_failures", task_type, streak, limits.consecutive_recovery_failures,
                             streak >= limits.consecutive_recovery_failures))
-    for channel, _, oldest in aggregates.pending_notifications(store):
+    # A repeat held back on purpose by the dedup window is not late: a channel's delay runs from when a
+    # notification could first go out, so it measures a channel that cannot deliver (or keep up), not a hold.
+    for channel, oldest in outbox_rows.oldest_deliverable(store, now):
         minutes = round((now - oldest) / 60, 1)
         checks.append(Check("notification_delay_minutes", channel or "-", minutes, limits.notification_delay_minutes,
                             minutes > limits.notification_delay_minutes))
@@ -126,7 +130,15 @@ def alert_breaches(store, snapshot, now, lang):
         with store.transaction():
             if not swap_state(store, state_key, last, f"{now:.3f}", now):
                 continue  # another daemon (the lead was moving) alerted this breach just now
-            enqueue(store, snapshot, now, "admin", "threshold", title, body,
-                    task_type=None if check.key in ("all", "-") else check.key)
+            enqueue(store, snapshot, now, "admin", "threshold", title, body, **_subject(check))
         alerted.append(check)
     return alerted
+
+
+def _subject(check):
+    """What a breach's alert is about, as the outbox keeps it: a task type (which routes match on), or a channel."""
+    if check.key in ("all", "-"):
+        return {}
+    if check.name in KEYED_BY_CHANNEL:
+        return {"fingerprint": about_channel(check.key)}
+    return {"task_type": check.key}

@@ -395,6 +395,16 @@ def test_a_rejected_channel_is_alerted_once_when_lanes_race(dispatcher, snapshot
     assert len(lines) == 1
 
 
+def test_a_rejected_channel_alert_line_has_the_documented_format(dispatcher, snapshot, clock, tmp_path):
+    channel = snapshot.channels["robot"]
+    dispatcher.alert_misconfigured("robot", channel, "dingtalk errcode 310000: sign not match", clock.now())
+    [line] = (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8").splitlines()
+    alert = json.loads(line)
+    assert {"time", "kind", "audience", "title", "body"} <= set(alert)
+    assert (alert["kind"], alert["audience"], alert["channel"]) == ("channel_misconfigured", "admin", "robot")
+    assert "robot" in alert["title"] and "310000" in alert["body"] and "config" in alert["body"]
+
+
 def _with_extra_channels(snapshot, count):
     extra = {f"extra{i}": PythonChannel(f"extra{i}", "recorder_mod:send") for i in range(count)}
     return dataclasses.replace(snapshot, channels={**snapshot.channels, **extra})

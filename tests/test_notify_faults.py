@@ -216,3 +216,57 @@ def test_a_message_sent_while_the_database_is_full_is_not_sent_again(tmp_path, c
         assert len(hook.received) == 1 and Notification.get(Notification.channel == "hook").status == "sent"
     finally:
         store.close()
+
+
+def test_a_channel_that_delivers_from_its_start_is_not_said_to_deliver_again(store, clock, tmp_path, robot_server,
+                                                                            caplog):
+    robot = robot_server("dingtalk", TOKEN, clock=clock.now)
+    main = (f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "{TOKEN}"\n\n'
+            '[[routes]]\nchannels = ["ops"]\n')
+    snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main)
+    caplog.set_level("INFO", logger="failured.notify")
+    ops = lane(dispatcher, "ops", clock)
+    notify(store, snapshot, clock, 1)
+    ops.process()
+    assert health(store, "ops")["ok"] is True and "delivering again" not in caplog.text
+    robot.down("502")
+    clock.advance(1)
+    notify(store, snapshot, clock, 1)
+    ops.process()
+    robot.up()
+    clock.advance(5)
+    ops.process()
+    assert caplog.text.count("channel ops: delivering again") == 1  # after a recorded failure, it is news
+
+
+def test_a_channel_paused_after_an_outage_says_paused_why_and_what_to_do(store, clock, tmp_path, robot_server):
+    from failured.status import collect, render
+
+    robot = robot_server("dingtalk", TOKEN, keyword="告警", clock=clock.now)
+    main = (f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "{TOKEN}"\n{{keyword}}\n'
+            '[[routes]]\nchannels = ["ops"]\n')
+    snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main.format(keyword=""))
+    ops = lane(dispatcher, "ops", clock)
+
+    def channel_problems():
+        status = collect(store, snapshot, clock.now())
+        return [p for p in status["problems"] if p.startswith("channel ops")], render(status)
+
+    robot.down("refuse")
+    notify(store, snapshot, clock, 1)
+    ops.process()
+    [problem], _ = channel_problems()
+    assert "ConnectionError" in problem
+    robot.up()
+    clock.advance(5)  # the backoff, well within a minute of the first failure
+    ops.process()  # the robot answers now: 310000, the keyword is missing
+    [problem], shown = channel_problems()
+    assert "paused until its config changes" in problem and "errcode 310000" in problem
+    assert "keyword" in problem and "fix the channel's secret or keyword in the config" in problem
+    assert "ConnectionError" not in problem and f"problem: {problem}" in shown
+    assert health(store, "ops")["paused"] is True
+    fixed = load_config(write_config(tmp_path / "cfg2", SMALL_PATTERNS, main.format(keyword='keyword = "告警"')),
+                        log_dir=tmp_path / "logs")
+    dispatcher.config = lambda: fixed  # a config change lifts the pause
+    ops.process()
+    assert channel_problems()[0] == [] and len(robot.received) == 1

@@ -84,6 +84,25 @@ def test_notification_delay_per_channel(store, clock, snapshot):
     assert checks[("notification_delay_minutes", "log")].breached
 
 
+def test_a_channel_delay_alert_names_the_channel_not_a_task_type(store, clock, tmp_path):
+    import json
+
+    from failured.notify.dispatcher import Dispatcher, Lane
+    from failured.notify.outbox import enqueue
+
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS), log_dir=tmp_path / "logs")
+    enqueue(store, snapshot, clock.now(), "admin", "task", "t", "b")
+    clock.advance(11 * 60)
+    assert [c.name for c in alert_breaches(store, snapshot, clock.now(), "en")] == ["notification_delay_minutes"]
+    [row] = Notification.select().where(Notification.kind == "threshold")
+    assert row.task_type is None  # a channel is no task type: routes by task type must not match it
+    dispatcher = Dispatcher(store, Settings(log_dir=tmp_path / "logs"), clock, lambda: snapshot)
+    Lane("log", dispatcher).process()
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "admin_alerts.log").read_text().splitlines()]
+    [alert] = [line for line in lines if line["kind"] == "threshold"]
+    assert alert["channel"] == "log" and alert["task_type"] is None and "channel log" in alert["title"]
+
+
 def test_each_breach_alerts_once_per_window(store, clock, snapshot):
     engine = Engine(store, Settings(), clock, lambda: snapshot, owner="t")
     for i in range(11):

@@ -19,8 +19,9 @@ from ..secrets import known_secrets
 from ..store import outbox as outbox_rows
 from . import messages
 from .channels import Message, masked_message, secret_values
+from .health import DEFAULT_ADVICE
 from .lane import Lane
-from .outbox import MERGED
+from .outbox import MERGED, notice_fields
 from .routing import channels_for
 
 log = logging.getLogger("failured.notify")
@@ -105,10 +106,8 @@ class Dispatcher:
 
     def message_for(self, row):
         """The Message a channel sends for an outbox row, with every known secret masked."""
-        record = {"notification_id": row.id, "task_id": row.task_id, "category": row.category,
-                  "task_type": row.task_type, "fingerprint": row.fingerprint}
         return self.masked(Message(title=row.title, body=row.body, audience=row.audience, kind=row.kind,
-                                   record=record))
+                                   record=notice_fields(row)))
 
     def masked(self, message):
         return masked_message(message, self.secrets())
@@ -134,17 +133,23 @@ class Dispatcher:
         self.metrics.notifications.labels(channel_name, MERGED).inc(len(merged))
         return row
 
-    def alert_misconfigured(self, name, channel, error, now):
-        """Tell the admins once per channel configuration that a channel rejected our messages."""
+    def alert_misconfigured(self, name, channel, error, now, advice=None):
+        """Tell the admins once per channel configuration that a channel rejected our messages.
+
+        A line of ``admin_alerts.log`` in the log channel's format (kind, audience, title, body), written
+        directly: the channel's own rows wait, and the alert must not depend on any channel."""
         with self._lock:  # lanes call this concurrently; exactly one alert per (name, channel object)
             if self._alerted.get(name) is channel:
                 return
             self._alerted[name] = channel  # the object itself, not id(): a freed id can be reused
-        log.error("channel %s (%s) rejected our messages and is paused until its config changes: %s",
-                  name, channel.describe(), error)
+        advice = advice or DEFAULT_ADVICE
+        log.error("channel %s (%s) rejected our messages and is paused until its config changes: %s; %s",
+                  name, channel.describe(), error, advice)
+        title, body = messages.paused_message(self.settings.lang, name, channel.describe(), error, advice)
         try:
             append_line(self.settings.log_dir, "admin", {
-                "kind": "channel_misconfigured", "channel": name, "describe": channel.describe(), "error": error,
+                "kind": "channel_misconfigured", "audience": "admin", "title": title, "body": body,
+                "channel": name, "describe": channel.describe(), "error": error, "advice": advice,
                 "message": f"channel {name} is paused until its configuration changes",
             }, now)
         except OSError as exc:

@@ -1,8 +1,8 @@
 """Each channel's delivery health in daemon_state, for ``failured status``.
 
-Key ``channel:<name>``, value JSON ``{"ok": bool, "error": str | None, "at": iso UTC}``:
-the channel's last delivery outcome. A channel is unhealthy while it is not ok.
-Written when the outcome changes, never once per message.
+Key ``channel:<name>``, value JSON ``{"ok": bool, "error": str | None, "at": iso UTC}``, plus ``"paused": true``
+while the channel rejected our messages and waits for its config to change: the channel's last delivery
+outcome. A channel is unhealthy while it is not ok. Written when the outcome changes, never once per message.
 """
 
 import json
@@ -15,6 +15,8 @@ log = logging.getLogger("failured.notify")
 
 KEY_PREFIX = "channel:"
 REWRITE_SECONDS = 60.0  # a failing channel whose error text changes is rewritten at most this often
+PAUSED = "paused until its config changes"
+DEFAULT_ADVICE = "fix the channel's settings in the config"
 
 
 def state_key(name):
@@ -30,12 +32,17 @@ def parse_health(value):
     return health if isinstance(health, dict) else None
 
 
+def paused_words(error, advice=None):
+    """What ``status`` says of a paused channel: that it is paused, what to do, and the rejection itself."""
+    return f"{PAUSED}: {advice or DEFAULT_ADVICE} ({error})"
+
+
 class ChannelHealth:
     """The remembered outcome of one channel; owned by that channel's lane thread."""
 
     def __init__(self, store, name):
         self.store, self.name = store, name
-        self.ok, self.error = None, None  # what the database holds (None: unknown)
+        self.ok, self.error, self.paused = None, None, False  # what the database holds (ok None: unknown)
         self.written_at = None  # monotonic time of the last write
 
     def load(self):
@@ -46,24 +53,39 @@ class ChannelHealth:
             stored = None
         if stored is not None:
             self.ok, self.error = bool(stored.get("ok")), stored.get("error")
+            self.paused = bool(stored.get("paused"))
 
     def record(self, ok, error, now, mono):
-        """Note one delivery outcome; writes only when it differs from the stored one."""
+        """Note one delivery outcome; writes only when it differs from the stored one. The first outcome after a
+        pause always replaces it: the config changed, and whatever happens now is the news."""
         error = None if ok else (error or "send failed")
-        if ok == self.ok and (ok or error == self.error):
+        if not self.paused:
+            if ok == self.ok and (ok or error == self.error):
+                return
+            if self.ok is False and not ok and self.written_at is not None and mono - self.written_at < REWRITE_SECONDS:
+                return  # still failing, only the wording changed (robots put request ids in their errors)
+        self._write(ok, error, False, now, mono)
+
+    def pause(self, error, advice, now, mono):
+        """The channel rejected our messages and sends nothing until its config changes: said at once, whatever
+        it failed with before (a pause is not a change of wording)."""
+        words = paused_words(error, advice)
+        if self.paused and words == self.error:
             return
-        if self.ok is False and not ok and self.written_at is not None and mono - self.written_at < REWRITE_SECONDS:
-            return  # still failing, only the wording changed (robots put request ids in their errors)
-        value = json.dumps({"ok": ok, "error": error, "at": iso(now)}, ensure_ascii=False)
+        self._write(False, words, True, now, mono)
+
+    def _write(self, ok, error, paused, now, mono):
+        value = {"ok": ok, "error": error, "at": iso(now), **({"paused": True} if paused else {})}
         try:
-            self.store.set_state(state_key(self.name), value, now)
+            self.store.set_state(state_key(self.name), json.dumps(value, ensure_ascii=False), now)
         except StoreError as exc:  # a full disk: keep the old belief, try again with the next outcome
             log.debug("channel %s: health not recorded: %s", self.name, exc)
             return
-        if ok != self.ok:
-            log.log(logging.INFO if ok else logging.WARNING, "channel %s: %s", self.name,
-                    "delivering again" if ok else f"cannot deliver: {error}")
-        self.ok, self.error, self.written_at = ok, error, mono
+        if ok and self.ok is False:  # "again" only after a recorded failure, not at every start
+            log.info("channel %s: delivering again", self.name)
+        elif not ok and self.ok is not False:
+            log.warning("channel %s: cannot deliver: %s", self.name, error)
+        self.ok, self.error, self.paused, self.written_at = ok, error, paused, mono
 
     def forget(self):
         """The channel is no longer configured: drop its key so it does not count against ``status``."""
@@ -74,3 +96,4 @@ class ChannelHealth:
         except StoreError:
             return
         self.ok = self.error = None
+        self.paused = False

@@ -42,9 +42,12 @@ def backoff(attempts, first=BACKOFF_FIRST):
     return min(BACKOFF_MAX, first * 2 ** max(0, attempts - 1))
 
 
+REPEATABLE_KINDS = ("task", "exhausted")  # the notices the dedup window holds and "×N" messages count
+
+
 def hold_key(row):
     """What makes two rows "the same error": fingerprint and task type (task notices only)."""
-    if row.fingerprint and row.kind in ("task", "exhausted"):
+    if row.fingerprint and row.kind in REPEATABLE_KINDS:
         return (row.fingerprint, row.task_type)
     return None
 
@@ -210,7 +213,7 @@ class Lane:
         slot = self.last_digest + notify.digest_interval_seconds
         if len(groups) <= room and not (storm and held):
             self._postpone(held, now, mono, None)
-            return self._send_each(channel, groups) if groups else IDLE_SECONDS
+            return self._send_each(channel, self._whole(groups)) if groups else IDLE_SECONDS
         if room <= 0 or mono < slot:
             self._postpone(held, now, mono, slot if storm else None)
             window_wait = self.sent_times[0] + WINDOW_SECONDS - mono if room <= 0 else 0.0
@@ -233,6 +236,13 @@ class Lane:
                 continue
             groups.setdefault(key or row.id, []).append(row)
         return list(groups.values()), held
+
+    def _whole(self, groups):
+        """Each same-error group with every row of that error waiting, not only those this pass read (at most
+        BATCH): a storm's repeats go out as one message with their true count, none held for another window."""
+        store = self.dispatcher.store
+        return [(outbox.waiting_repeats(store, self.name, group[0].fingerprint, group[0].task_type, REPEATABLE_KINDS)
+                 or group) if hold_key(group[0]) else group for group in groups]
 
     def _postpone(self, held, now, mono, slot):
         """Hold rows until their dedup window ends, or in a storm only until the next digest ``slot``."""
@@ -336,12 +346,13 @@ class Lane:
             self._write([row.id], next_attempt_at=now + result.retry_after, last_error=error)
             log.warning("channel %s: throttled, waiting %gs: %s", self.name, result.retry_after, error)
             return result.retry_after
-        self.health.record(False, error, now, mono)
         if result.misconfigured:
             self.misconfigured = (channel, error)
+            self.health.pause(error, result.advice, now, mono)
             self._write([row.id], last_error=error)
-            d.alert_misconfigured(self.name, channel, error, now)
+            d.alert_misconfigured(self.name, channel, error, now, result.advice)
             return IDLE_SECONDS
+        self.health.record(False, error, now, mono)
         attempts = row.attempts + 1
         wait = backoff(attempts, d.config().notify.retry_backoff_seconds)
         self.paused_until = mono + wait  # a down server is not hammered once per row

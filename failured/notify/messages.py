@@ -26,6 +26,8 @@ TEXTS = {
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
         "see_rest": "查看全部",
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
+        "paused_title": "[failured] 通道 {channel} 已暂停：消息被拒绝",
+        "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
     },
     "en": {
         "task_title": "[failured] {label}: {task_type} #{task_id}",
@@ -48,6 +50,8 @@ TEXTS = {
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
         "see_rest": "See them all",
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
+        "paused_title": "[failured] Channel {channel} paused: it rejected our messages",
+        "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
     },
 }
 
@@ -142,6 +146,15 @@ def threshold_message(lang, check, window_minutes):
     what = words["thresholds"][check.name].format(key=check.key)
     title = words["threshold_title"].format(what=what, value=check.value, limit=check.limit)
     return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)
+
+
+def paused_message(lang, channel, describe, error, advice):
+    """(title, body) of the admin alert about a channel that rejected our messages and is paused."""
+    words = TEXTS[lang]
+    title = words["paused_title"].format(channel=channel)
+    lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice}", "",
+             words["paused_body"]]
+    return title, "\n".join(lines)
 
 
 def disk_full_message(lang, reason):

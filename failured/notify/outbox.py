@@ -10,6 +10,23 @@ from .routing import channels_for
 
 PENDING, SENT, MERGED, SUPPRESSED, FAILED = (NotificationStatus.PENDING, NotificationStatus.SENT, NotificationStatus.MERGED,
                                              NotificationStatus.SUPPRESSED, NotificationStatus.FAILED)
+# A row's fingerprint says what it is about: a task's error, or (for an alert about a channel, such as its
+# notification delay) "channel:NAME", so the alert names the channel without passing it off as a task type.
+CHANNEL_SUBJECT = "channel:"
+
+
+def about_channel(name):
+    """The fingerprint of a notice about channel ``name``."""
+    return f"{CHANNEL_SUBJECT}{name}"
+
+
+def notice_fields(row):
+    """What a channel's JSON carries besides the words: the task's fields, or the channel a notice is about."""
+    fields = {"notification_id": row.id, "task_id": row.task_id, "category": row.category,
+              "task_type": row.task_type, "fingerprint": row.fingerprint}
+    if row.task_id is None and (row.fingerprint or "").startswith(CHANNEL_SUBJECT):
+        fields.update(fingerprint=None, channel=row.fingerprint[len(CHANNEL_SUBJECT):])
+    return fields
 
 
 def enqueue(store, snapshot, now, audience, kind, title, body, task=None, category=None, task_type=None,

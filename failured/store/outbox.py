@@ -29,6 +29,20 @@ def last_errors(store):
                       "WHERE last_error IS NOT NULL GROUP BY channel)")
 
 
+def oldest_deliverable(store, now):
+    """[(channel, epoch)]: per channel, since when its longest-waiting pending row could have gone out.
+
+    A row never tried (no ``last_error``) could go out from its ``next_attempt_at`` (its creation, or the end of
+    the dedup hold or digest slot it was held for), and one still held (due after ``now``) is not counted; a row
+    tried and not delivered has waited since its creation."""
+    since = pw.Case(None, [(Notification.last_error.is_null(), Notification.next_attempt_at)], Notification.created_at)
+    query = (Notification.select(Notification.channel, pw.fn.MIN(since))
+             .where(Notification.status == PENDING,
+                    Notification.last_error.is_null(False) | (Notification.next_attempt_at <= now))
+             .group_by(Notification.channel))
+    return [(channel, epoch(oldest)) for channel, oldest in query.bind(store.db).tuples()]
+
+
 def outbox_counts(store=None):
     """[(channel, status, count)] of the notification outbox."""
     query = (Notification.select(Notification.channel, Notification.status, pw.fn.COUNT(Notification.id))
@@ -82,6 +96,15 @@ def due_rows(store, channel, now, limit=None):
 def waiting_rows(store, channel):
     """Every pending row of a channel, held ones included."""
     return list(Notification.select().where(Notification.channel == channel, Notification.status == PENDING)
+                .order_by(Notification.id).bind(store.db))
+
+
+def waiting_repeats(store, channel, fingerprint, task_type, kinds):
+    """Every pending row of a channel with this fingerprint and task type, of ``kinds``, oldest first: one error's
+    repeats, however many passes it took to read them."""
+    return list(Notification.select().where(Notification.channel == channel, Notification.status == PENDING,
+                                            Notification.fingerprint == fingerprint,
+                                            Notification.task_type == task_type, Notification.kind.in_(list(kinds)))
                 .order_by(Notification.id).bind(store.db))
 
 

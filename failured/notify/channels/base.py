@@ -40,6 +40,7 @@ class SendResult:
     misconfigured: bool = False  # rejected for security or a bad key: stop until the config changes
     error: str | None = None
     answer: str | None = None  # what the remote end said, for `failured notify-test`
+    advice: str | None = None  # misconfigured: what the rejection means and what to fix (no secrets)
 
 
 class _Misconfigured(Exception):
@@ -167,7 +168,7 @@ class Channel:
             log.error("channel %s: %s", self.name, mask(result.error, secrets))
         # Mask before cutting: a secret cut in half would no longer be recognised.
         error, answer = (_clip(mask(text, secrets)) for text in (result.error, result.answer))
-        return SendResult(result.ok, result.retry_after, result.misconfigured, error, answer)
+        return SendResult(result.ok, result.retry_after, result.misconfigured, error, answer, result.advice)
 
     def describe(self) -> str:
         """A one-line description without secrets."""
@@ -198,7 +199,8 @@ class Channel:
             return SendResult(False, error=f"{type(exc).__name__}: {exc}")
 
     def _robot_answer(self, resp, throttled, rejected):
-        """Turn a DingTalk or WeCom answer (HTTP 200 with errcode/errmsg) into a SendResult."""
+        """Turn a DingTalk or WeCom answer (HTTP 200 with errcode/errmsg) into a SendResult; ``rejected``: {errcode:
+        what it means and what to fix} of the answers that pause the channel."""
         if isinstance(resp, SendResult):
             return resp
         text = resp.text.strip()
@@ -217,6 +219,6 @@ class Channel:
         error = f"{self.kind} errcode {code}: {answer.get('errmsg', '')}"
         if code in throttled:
             return SendResult(False, retry_after=THROTTLED_SECONDS, error=error, answer=text)
-        return SendResult(False, misconfigured=code in rejected, error=error, answer=text)
+        return SendResult(False, misconfigured=code in rejected, error=error, answer=text, advice=rejected.get(code))
 
 

@@ -63,7 +63,9 @@ class EmailChannel(Channel):
                 refused = smtp.send_message(mail)
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError, smtplib.SMTPSenderRefused,
                 smtplib.SMTPRecipientsRefused) as exc:  # fmt: skip
-            return SendResult(False, misconfigured=True, error=f"{type(exc).__name__}: {exc}")
+            return SendResult(False, misconfigured=True, error=f"{type(exc).__name__}: {exc}",
+                              advice="the mail server refused us: fix the channel's username, password, sender or "
+                                     "recipients (or its ssl/starttls) in the config")
         except (smtplib.SMTPException, OSError) as exc:
             return SendResult(False, error=f"{type(exc).__name__}: {exc}")
         answer = f"accepted for {len(to) - len(refused)} of {len(to)} recipients"

@@ -18,9 +18,17 @@ DINGTALK_MAX_BODY_BYTES = 20000  # beyond: errcode 460101 "message too long, exc
 WECOM_MAX_MARKDOWN_BYTES = 4096  # beyond: errcode 40058 "markdown.content exceed max length 4096"
 WECOM_MAX_TEXT_BYTES = 2048
 DINGTALK_THROTTLED = {130101}  # send too fast, exceed 20 times per minute
-DINGTALK_REJECTED = {310000, 300001, 300005, 400013}  # sign/keyword/ip/timestamp; bad or dead token
+_DINGTALK_TOKEN = ("DingTalk refuses the robot's access_token (wrong, or the robot was removed): "
+                   "fix the channel's access_token in the config")
+# What each rejection means and what to fix: said by `failured status` while the channel is paused.
+DINGTALK_REJECTED = {
+    310000: ("DingTalk's security check failed (signature, timestamp, keyword or IP whitelist): fix the channel's "
+             "secret or keyword in the config, or the robot's security settings"),
+    300001: _DINGTALK_TOKEN, 300005: _DINGTALK_TOKEN, 400013: _DINGTALK_TOKEN,
+}
 WECOM_THROTTLED = {45009}  # api freq out of limit
-WECOM_REJECTED = {93000}  # invalid webhook url (the key)
+WECOM_REJECTED = {93000: ("WeCom refuses the webhook key (wrong, or the robot was removed): "
+                          "fix the channel's key in the config")}
 
 
 def dingtalk_sign(secret, timestamp_ms):
