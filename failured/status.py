@@ -83,7 +83,9 @@ def problems(daemon, health, config, breached, free=None):
         found.append(f"daemon running but not writing: last heartbeat {daemon['heartbeat'] or '-'} (it holds the "
                      "database's lock; see the other problems, restarting it will not help)")
     for name, outcome in sorted(health.items()):
-        if not outcome.get("ok"):
+        if outcome.get("paused"):  # its words say it is paused, why and what to fix
+            found.append(f"channel {name} since {outcome.get('at') or '?'}: {outcome.get('error')}")
+        elif not outcome.get("ok"):
             found.append(f"channel {name} cannot deliver since {outcome.get('at') or '?'}: {outcome.get('error')}")
     if config["last_rejected"]:
         rejected = config["last_rejected"]

@@ -264,6 +264,7 @@ def test_a_channel_paused_after_an_outage_says_paused_why_and_what_to_do(store, 
     assert "paused until its config changes" in problem and "errcode 310000" in problem
     assert "keyword" in problem and "fix the channel's secret or keyword in the config" in problem
     assert "ConnectionError" not in problem and f"problem: {problem}" in shown
+    assert problem.startswith("channel ops since ") and "cannot deliver" not in problem
     assert health(store, "ops")["paused"] is True
     fixed = load_config(write_config(tmp_path / "cfg2", SMALL_PATTERNS, main.format(keyword='keyword = "告警"')),
                         log_dir=tmp_path / "logs")
