@@ -28,6 +28,7 @@ typedef struct {
     int kind;
     const void *data;
     Py_ssize_t n;
+    Py_ssize_t blank_until;  /* http_at, per scan: how far a line start's try already crossed white space */
 } Text;
 
 #define AT(t, i) PyUnicode_READ((t)->kind, (t)->data, (i))
@@ -468,6 +469,7 @@ static int prepare(PyObject *text, Text *t)
     t->kind = PyUnicode_KIND(text);
     t->data = PyUnicode_DATA(text);
     t->n = PyUnicode_GET_LENGTH(text);
+    t->blank_until = 0;
     return 0;
 }
 
@@ -1000,9 +1002,6 @@ static int code_word_ends(const Text *t, Py_ssize_t i, Py_ssize_t *ends, int cou
 }
 
 /* One match of codes._HTTP at p (IGNORECASE, MULTILINE), alternatives in their order. */
-/* How far the current http_statuses scan's last try of a line start crossed white space (see http_at). */
-static Py_ssize_t http_blank_until;
-
 static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
 {
     Py_ssize_t n = t->n, i, j;
@@ -1111,9 +1110,9 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
     }
     /* ^\s*\[?(\d{3})\]?[\s:]; a line start inside white space an earlier line start's try already crossed
        (blank lines) has the same outcome, a failure: skipping it keeps the scan linear in the text */
-    if ((p == 0 || AT(t, p - 1) == '\n') && p >= http_blank_until) {
+    if ((p == 0 || AT(t, p - 1) == '\n') && p >= t->blank_until) {
         i = skip_spaces(t, p);
-        http_blank_until = i;
+        ((Text *)t)->blank_until = i;  /* the scan's own Text (find_all's local): its state, not the text's */
         if (i < n && AT(t, i) == '[')
             i++;
         for (j = i; j < i + 3 && j < n && is_decimal(AT(t, j)); j++)
@@ -1134,7 +1133,6 @@ static int http_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *s
 /* (start of the match, its status) of every codes._HTTP match: the caller reads what precedes it. */
 static PyObject *http_statuses(PyObject *self, PyObject *text)
 {
-    http_blank_until = 0;  /* one scan at a time: the GIL is held throughout */
     return find_all(text, http_at, 1);
 }
 

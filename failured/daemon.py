@@ -310,8 +310,7 @@ class Daemon:
         try:
             self._check_free_space()
             self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
-            if self.store.keep_daemon_lock():
-                log.info("daemon lock on %s taken again: the server had dropped its session", self.store.path)
+            self._keep_daemon_lock()
             aggregates.compact_counters(self.store)  # PostgreSQL's counter deltas; nothing on SQLite
             self._disk_ok()
             self._retrain_on_new_labels()
@@ -322,6 +321,13 @@ class Daemon:
         except StoreError as exc:
             log.error("heartbeat not written: %s", exc)
         self.notifier.status(self._status_line())
+
+    def _keep_daemon_lock(self):
+        try:
+            if self.store.keep_daemon_lock():
+                log.info("daemon lock on %s taken again: the server had dropped its session", self.store.path)
+        except StoreError as exc:  # not the heartbeat's failure: it was written
+            log.warning("daemon lock on %s not taken again yet: %s", self.store.path, exc)
 
     def _retrain_on_new_labels(self):
         """An operator labelled a task (CLI or API): the next snapshot's model learns it."""

@@ -66,6 +66,16 @@ class Claimed:
     attempt: int
 
 
+class PartlySettled(StoreError):
+    """``settle`` wrote the successes and the claims, then the database went away while it decided a failed
+    retry: ``settled`` [(Claimed, Outcome, next due)] are done, ``claimed`` [Claimed] are ours to run, and
+    ``unsettled`` [(Claimed, Outcome)] are to be decided again once it answers (none of them was written)."""
+
+    def __init__(self, cause, settled, claimed, unsettled):
+        super().__init__(str(cause))
+        self.settled, self.claimed, self.unsettled = settled, claimed, unsettled
+
+
 def handler_alive(pid):
     """Whether a process of the command handler's process group still runs. Each handler leads a session of its
     own (its pid is its group's id), and what it starts (``sh -c 'work &'``) may outlive it and its daemon: the
@@ -452,7 +462,14 @@ class Engine:
             self.metrics.retry_ended(True)
             self.metrics.recovered(task.category)
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
-        dues = [None if outcome.ok else self._retry_failed(claimed_one, outcome) for claimed_one, outcome in results]
+        dues = []
+        for index, (claimed_one, outcome) in enumerate(results):
+            try:
+                dues.append(None if outcome.ok else self._retry_failed(claimed_one, outcome))
+            except StoreError as exc:  # each failure is its own transaction: those before it are written
+                settled = [(c, o, due) for (c, o), due in zip(results, dues)]
+                settled += [(c, o, None) for c, o in results[index:] if o.ok]
+                raise PartlySettled(exc, settled, claimed, [(c, o) for c, o in results[index:] if not o.ok]) from exc
         return dues, claimed
 
     def _claim_reading_nothing(self, finishes, items, now):

@@ -16,6 +16,8 @@ import queue
 import threading
 import time
 
+from . import policy
+from .engine import PartlySettled
 from .errors import StoreError
 from .handlers import Outcome, TaskContext, python_timed_out, run_handler, run_python_here
 
@@ -155,9 +157,11 @@ class Runner:
         self._pace = None  # the handlers' recent duration (s); None until an outcome came back
         self._pool = _Workers(concurrency, "retry")
         self._outcomes = _Outcomes()  # (Claimed, Outcome) from the pool threads to this one
-        # Outcomes a write could not record (the database stopped answering): recorded at the next step, never
-        # dropped. Dropped, a retry that worked would run again once its lease ran out.
+        # Outcomes a write could not record (the database stopped answering): recorded at a later step, while
+        # their leases are ours. Dropped at once, a retry that worked would run again once its lease ran out.
         self._unrecorded = []
+        self._kept_since = {}  # task id -> when (monotonic) its outcome was first kept unrecorded
+        self._failing = set()  # what cannot reach the database now ("settle", "breakers"): said once, not per step
         self._stopping = threading.Event()
         self._thread = None
         self._running = set()  # task ids claimed (or being claimed) here and not yet finished
@@ -218,16 +222,25 @@ class Runner:
             # all of them costs what one costs. Wait a moment for them rather than write each.
             fresh += self._outcomes.take(COALESCE_SECONDS)
         self._keep_pace(fresh)
-        results, self._unrecorded = self._unrecorded + fresh, []
+        results, self._unrecorded = self._still_ours(self._unrecorded) + fresh, []
         due = self._pop_due(self.claim_limit - self.running + len(results)) if claiming else []
         if not results and not due:
             return
         self._started([task_id for task_id, _, _, _ in due])  # before the claim commits: see running_ids
         try:
             dues, claimed = self.engine.settle(results, [(task_id, expected) for task_id, expected, _, _ in due])
+        except PartlySettled as partly:
+            self._carry_on(due, partly.claimed, partly.settled)
+            self._keep_unrecorded(partly.unsettled, partly)
+            return
         except Exception as exc:
             self._not_settled(results, due, exc)
             return
+        self._recovered("settle", "retry timer: outcomes are recorded again")
+        self._carry_on(due, claimed, [(c, o, next_due) for (c, o), next_due in zip(results, dues)])
+
+    def _carry_on(self, due, claimed, settled):
+        """Run what was claimed, let go of what was not, and finish each settled (Claimed, Outcome, next due)."""
         ours = {item.task.id for item in claimed}
         for task_id, _, task_type, _ in due:
             if task_id not in ours:
@@ -236,24 +249,57 @@ class Runner:
         starts = {task_id: deadline for task_id, _, _, deadline in due}
         for item in claimed:
             self._pool.submit(self._run, item, starts[item.task.id])
-        for (claimed_one, outcome), next_due in zip(results, dues):
+        for claimed_one, outcome, next_due in settled:
+            self._kept_since.pop(claimed_one.task.id, None)
             self._after_finish(claimed_one, outcome, next_due)
 
     def _not_settled(self, results, due, exc):
-        """The write failed: keep the outcomes for the next step (their retries stay running here, so no
-        one takes their leases back and runs them again) and put the claims back on the heap."""
-        ids = " ".join(str(claimed.task.id) for claimed, _ in results) or "-"
-        if isinstance(exc, StoreError):  # the store layer logs the lost connection itself, once
-            log.warning("retry timer: outcomes (tasks %s) not recorded yet, nothing claimed: %s; trying again", ids, exc)
-        else:
-            log.error("retry timer: outcomes (tasks %s) not recorded yet, nothing claimed; trying again", ids,
-                      exc_info=exc)
-        self._unrecorded = results
+        """Nothing was written: keep the outcomes for a later step (their retries stay running here, so no one
+        takes their leases back and runs them again) and put the claims back on the heap."""
         self._finished([task_id for task_id, _, _, _ in due])
         for task_id, expected, task_type, _ in due:  # still scheduled in the table: try again
             self.queue.push(task_id, expected, task_type)
             self.breakers.release(task_type)
+        self._keep_unrecorded(results, exc)
+
+    def _keep_unrecorded(self, results, exc):
+        now = self.clock.monotonic()
+        for claimed, _ in results:
+            self._kept_since.setdefault(claimed.task.id, now)
+        self._unrecorded = results
+        if results and self._failing_now("settle"):
+            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
+            if isinstance(exc, StoreError):  # the store layer logs the lost connection itself
+                log.warning("retry timer: outcomes (tasks %s) not recorded yet: %s; trying again", ids, exc)
+            else:
+                log.error("retry timer: outcomes (tasks %s) not recorded yet; trying again", ids, exc_info=exc)
         time.sleep(SETTLE_AGAIN_SECONDS)  # not the stop event: stopping, the timer still tries to record them
+
+    def _still_ours(self, kept):
+        """The kept outcomes whose leases have not run out: a lease lasts the handler's timeout plus its margin
+        past the run's end, and once it is out another run may hold the task; an older outcome is dropped."""
+        now, ours = self.clock.monotonic(), []
+        for claimed, outcome in kept:
+            margin = policy.lease_seconds(claimed.handler.timeout) - claimed.handler.timeout
+            if now - self._kept_since.get(claimed.task.id, now) < margin:
+                ours.append((claimed, outcome))
+                continue
+            log.warning("task %s %s: retry %s's outcome was not recorded before its lease ran out; the retry "
+                        "runs again", claimed.task.id, claimed.task.task_type, claimed.attempt)
+            self._kept_since.pop(claimed.task.id, None)
+            self._finished([claimed.task.id])
+        return ours
+
+    def _failing_now(self, what):
+        """True the first time ``what`` fails in a row: a database that is away is said once, not every step."""
+        first = what not in self._failing
+        self._failing.add(what)
+        return first
+
+    def _recovered(self, what, words):
+        if what in self._failing:
+            self._failing.discard(what)
+            log.info(words)
 
     @property
     def claim_limit(self):
@@ -291,14 +337,16 @@ class Runner:
                 if not ok and self.engine.postpone(task_id, until, "breaker open"):
                     self.queue.push(task_id, until, task_type)
             except Exception as exc:  # the database stopped answering: what is not decided stays on the heap
-                log.warning("retry timer: breakers not consulted (%s); %d retries wait on the heap", exc,
-                            len(popped) - index)
+                if self._failing_now("breakers"):
+                    log.warning("retry timer: breakers not consulted (%s); due retries wait on the heap", exc)
                 for left_id, left_due, left_type, _ in popped[index:]:
                     if left_id not in running:
                         self.queue.push(left_id, left_due, left_type)
                 break
             if ok:
                 allowed.append((task_id, due, task_type, deadline))
+        else:
+            self._recovered("breakers", "retry timer: the breakers are consulted again")
         return allowed
 
     def _run(self, claimed, deadline):

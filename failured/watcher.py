@@ -136,17 +136,25 @@ class ConfigWatcher:
 
     def _loop(self):
         while not self._stopping.is_set():
-            if not self._changed.wait(IDENTITY_CHECK_SECONDS):
-                self._rewatch_if_replaced()
-                continue
-            # Debounce: wait until the directory has been quiet for a moment.
-            while self._changed.is_set() and not self._stopping.is_set():
-                self._changed.clear()
-                self._stopping.wait(self.debounce)
-            if not self._stopping.is_set():
-                force = self._retrain.is_set()
-                self._retrain.clear()
-                self.reload(force=force)
+            try:
+                self._look()
+            except Exception:  # never let a bug take hot reload down for good
+                log.exception("config %s: watcher error; going on", self.config_dir)
+                self._stopping.wait(IDENTITY_CHECK_SECONDS)
+
+    def _look(self):
+        """Wait for a change (or the next identity check), then reload when the directory is quiet."""
+        if not self._changed.wait(IDENTITY_CHECK_SECONDS):
+            self._rewatch_if_replaced()
+            return
+        # Debounce: wait until the directory has been quiet for a moment.
+        while self._changed.is_set() and not self._stopping.is_set():
+            self._changed.clear()
+            self._stopping.wait(self.debounce)
+        if not self._stopping.is_set():
+            force = self._retrain.is_set()
+            self._retrain.clear()
+            self.reload(force=force)
 
     def reload(self, force=False):
         """Validate the directory and swap it in; returns True when a new snapshot is active."""

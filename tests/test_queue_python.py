@@ -34,6 +34,8 @@ def pymod(tmp_path, monkeypatch):
                 started.set()
                 gate.wait(30)
                 returned.set()
+            if n == 2:
+                raise ConnectionError("connection timeout")
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     __import__(name)
@@ -144,3 +146,30 @@ def test_due_retries_wait_on_the_heap_while_the_breakers_cannot_be_read(engine, 
     finally:
         runner.stop(5)
     assert refused == ["py"] and runner.running_ids() == frozenset()
+
+
+def test_a_failure_not_decided_while_the_database_was_away_is_decided_later_and_once(engine, store, clock, pymod,
+                                                                                    monkeypatch):
+    """The successes and claims were written, then the database went away while a failed retry was decided:
+    what was written stays written, the failure alone is decided again later, once."""
+    from failured.store.database import StoreUnavailableError
+
+    (first, second, failing), queue = due_now(engine, store, clock, 3)
+    pymod.gate.set()
+    retry_failed, refused = engine._retry_failed, []
+
+    def away_once(claimed, outcome):
+        if not refused:
+            refused.append(claimed.task.id)
+            raise StoreUnavailableError("server closed the connection unexpectedly")
+        return retry_failed(claimed, outcome)
+
+    monkeypatch.setattr(engine, "_retry_failed", away_once)
+    runner = Runner(engine, queue, Breakers(BreakerConfig(), persist=False, clock=clock), clock, concurrency=1).start()
+    try:
+        assert wait_for(lambda: events(failing).count("retry_failed") == 1)
+        assert wait_for(lambda: Task.get_by_id(first).status == Task.get_by_id(second).status == "recovered")
+    finally:
+        runner.stop(5)
+    assert refused == [failing] and events(failing).count("retry_failed") == 1
+    assert [events(task_id).count("recovered") for task_id in (first, second)] == [1, 1]

@@ -230,6 +230,54 @@ def test_a_daemon_lock_the_server_dropped_is_taken_again(pg_url):
     store.close()
 
 
+def test_a_daemon_lock_not_taken_again_at_once_is_taken_at_a_later_heartbeat(pg_url, monkeypatch):
+    import psycopg
+
+    store = open_store(pg_url)
+    store.take_daemon_lock()
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store._lock_connection.info.backend_pid,))
+    take, refused = store.take_daemon_lock, []
+
+    def too_many_clients_once(exclusive=False):
+        if not refused:
+            refused.append(True)
+            raise StoreError("cannot open database: FATAL: sorry, too many clients already")
+        return take(exclusive)
+
+    monkeypatch.setattr(store, "take_daemon_lock", too_many_clients_once)
+    with pytest.raises(StoreError, match="too many clients"):
+        store.keep_daemon_lock()
+    assert store.keep_daemon_lock() is True  # the next heartbeat: it still wants the lock, and takes it
+    assert store.keep_daemon_lock() is False
+    store.close()
+
+
+def test_a_daemon_starting_while_status_tests_the_sqlite_lock_waits_an_instant_not_refuses(tmp_path, monkeypatch):
+    """``status`` holds the lock file shared for an instant to see whether a daemon holds it."""
+    import fcntl
+
+    from failured.store import database
+
+    store = open_store(tmp_path / "failured.db")
+    real_flock, tries = fcntl.flock, []
+
+    def held_by_a_prober_at_first(handle, operation):
+        tries.append(operation)
+        if len(tries) == 1:
+            raise BlockingIOError("the prober holds it")
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(database.fcntl, "flock", held_by_a_prober_at_first)
+    store.take_daemon_lock()
+    assert len(tries) == 2  # refused once, taken on the next try
+    monkeypatch.setattr(database.fcntl, "flock", real_flock)
+    prober = open_store(tmp_path / "failured.db")
+    assert prober.daemon_lock_held() is True  # as ``status`` sees it now
+    prober.close()
+    store.close()
+
+
 def test_times_round_trip_to_the_millisecond(any_store):
     task_id = report(any_store, at=T0 + 0.123)
     task = rows.load_task(any_store, task_id)

@@ -393,7 +393,7 @@ class Store:
         path = f"{self.path}.lock"
         self._lock_file = open(path, "a+")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_soon(self._lock_file)
         except BlockingIOError:
             self._lock_file.seek(0)
             other = self._lock_file.read().strip() or "?"
@@ -587,6 +587,7 @@ class PostgresStore(Store):
         self.db.location = self.path
         self._sql = {}
         self._lock_connection = None
+        self._lock_wanted = False  # taken once (a daemon): keep_daemon_lock takes it again until it holds it
         self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
 
     def __str__(self):
@@ -703,12 +704,13 @@ class PostgresStore(Store):
                              f"is using {self.path}: stop it or let it finish first, or set FAILURE_DB to another "
                              "database")
         self._lock_connection = connection
+        self._lock_wanted = not exclusive
 
     def keep_daemon_lock(self):
         """Take the shared daemon lock again when the server dropped its session (the lock went with it), so
         that an older failured still cannot start beside this one; True when it did. Called from the daemon's
-        heartbeat."""
-        if self._lock_connection is None or not self._lock_connection.closed and self._lock_alive():
+        heartbeat; a StoreError when it cannot (the next heartbeat tries again)."""
+        if not self._lock_wanted or self._lock_connection is not None and self._lock_alive():
             return False
         self._lock_connection = None
         self.take_daemon_lock()
@@ -719,6 +721,8 @@ class PostgresStore(Store):
         return None
 
     def _lock_alive(self):
+        if self._lock_connection.closed:
+            return False
         try:
             self._lock_connection.execute("SELECT 1")
             return True
@@ -727,6 +731,7 @@ class PostgresStore(Store):
             return False
 
     def release_daemon_lock(self):
+        self._lock_wanted = False
         if self._lock_connection is not None:
             self._lock_connection.close()
             self._lock_connection = None
@@ -741,6 +746,22 @@ class PostgresStore(Store):
     def data_version(self):
         """The newest task id: changes when a failure is reported (the daemon's sweep finds the rest)."""
         return self.db.execute_sql("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
+
+
+LOCK_PATIENCE_SECONDS = 0.2  # `failured status` tests the lock by holding it shared for an instant
+
+
+def _flock_soon(handle):
+    """The exclusive lock, waiting out a prober's instant (daemon_lock_held); BlockingIOError when held longer."""
+    deadline = time.monotonic() + LOCK_PATIENCE_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _first_line(exc, url):
