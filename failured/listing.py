@@ -10,6 +10,7 @@ from . import store as store_module
 from .errors import InputError
 from .manual import parse_duration
 from .states import TaskStatus
+from .text import clean_text
 from .store import LIST_LIMIT_MAX, MAX_GREP_CHARS
 
 STATUSES = tuple(TaskStatus)
@@ -40,6 +41,8 @@ def build_filter(statuses=(), categories=(), task_types=(), since=None, grep=Non
             raise InputError(f"status {status[:40]!r} is not a task status: use {', '.join(STATUSES)}")
     if grep is not None and len(grep) > MAX_GREP_CHARS:
         raise InputError(f"grep text is {len(grep)} characters: at most {MAX_GREP_CHARS}")
+    if grep is not None:
+        grep = clean_text(grep)  # as the stored texts are cleaned (a NUL is U+FFFD there): a NUL ended LIKE's pattern
     return TaskFilter(statuses, _names("category", categories), _names("type", task_types),
                       since_seconds(since), grep or None, _limit(limit),
                       _cursor(cursor))

@@ -107,7 +107,13 @@ def pattern_problem(text):
         return f"RE2 cannot compile it: {reason} (RE2 has no lookaround or backreferences)"
     if compiled.search("") is not None:
         return "matches the empty string, so it would match every message"
+    if all(compiled.search(probe) is not None for probe in UNRELATED_MESSAGES):
+        return "matches every one of several unrelated messages (a catch-all such as '.'): it would decide every failure"
     return None
+
+
+# Messages with nothing in common: a pattern that matches all of them (".", "[^!]", "(?s).+") says nothing of a cause.
+UNRELATED_MESSAGES = ("x", "0", "中", "frobnicator exploded in bay 7", "Connection timed out", "订单12345不存在")
 
 
 MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024  # 25 times the shipped config: a bigger file is a mistake

@@ -167,7 +167,8 @@ def test_workbench_refuses_what_the_loader_would_refuse(console):
     client, store, config = console
     logged_in(client)
     csrf = client.csrf()
-    for pattern, category in (("x(?=y)", "unrecoverable_data"), ("fine", "no_such_category"), ("fine", "unknown")):
+    for pattern, category in (("x(?=y)", "unrecoverable_data"), ("fine", "no_such_category"), ("fine", "unknown"),
+                              (".", "unrecoverable_data")):  # a catch-all would decide every failure
         client.request("POST", "/ui/unknown/save", {"csrf": csrf, "pattern": pattern, "category": category})
         page = client.request("GET", "/ui/unknown")[2]
         assert 'class="flash bad"' in page, (pattern, category)
@@ -256,3 +257,17 @@ def test_send_again_puts_a_failed_notification_back_to_pending(console):
     assert "HTTP 500" in page
     assert client.request("POST", "/ui/notifications/1/resend", {"csrf": client.csrf()})[0] == 303
     assert store.db.execute_sql("SELECT status, attempts FROM notifications").fetchall() == [("pending", 0)]
+    assert client.request("POST", "/ui/notifications/1/resend", {"csrf": client.csrf()})[0] == 303  # pending now
+    page = client.request("GET", "/ui/notifications")[2]
+    assert "only a notification that failed can be sent again" in page or "只有发送失败的通知才能重新发送" in page
+
+
+def test_a_label_says_the_category_chosen_even_when_the_task_keeps_its_course(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "x", source="cli")
+    store.execute("UPDATE tasks SET status = 'resolved', category = 'unrecoverable_data' WHERE id = ?", (task_id,))
+    logged_in(client)
+    status, _, _ = client.request("POST", f"/ui/tasks/{task_id}/label",
+                                  {"csrf": client.csrf(), "category": "recoverable_network"})
+    page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+    assert status == 303 and ("已标注为 recoverable_network" in page or "Labelled recoverable_network" in page)

@@ -62,6 +62,7 @@ def test_grep_is_a_literal_substring_with_wildcards_escaped(seeded):
     assert ids(list_page(build_filter(grep="quota_"), now=0)[0]) == [made["b"]]  # "_" is not "any character"
     assert ids(list_page(build_filter(grep="TIMEOUT"), now=0)[0]) == [made["a"]]
     assert list_page(build_filter(grep="(a+)+$"), now=0)[0] == []  # no regex: nothing to blow up
+    assert list_page(build_filter(grep="\x00"), now=0)[0] == []  # a NUL once ended the LIKE pattern: everything
     assert like_literal("a\\b%_") == "%a\\\\b\\%\\_%"
 
 

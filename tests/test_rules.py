@@ -59,6 +59,7 @@ def test_new_name_is_a_custom_category(config_dir):
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["a(?=b)"]\n', 'category "x".patterns[0]', "RE2 cannot compile it: invalid perl operator: (?="),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["(unclosed"]\n', 'category "x".patterns[0]', "missing )"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = [".*"]\n', 'category "x".patterns[0]', "matches the empty string"),
+    ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["."]\n', 'category "x".patterns[0]', "a catch-all such as"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 30\n', 'category "x".priority', 'also used by "recoverable_network"'),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\ntags = ["NETWORK"]\n', 'category "recoverable_network".tags', "tag [NETWORK] is also a tag of \"x\""),
     ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\n', 'category "x".retry.delays', 'action "retry" needs'),

@@ -183,8 +183,8 @@ class Console:
             if resend := _RESEND.fullmatch(path):
                 ok = store_module.send_again(self.backend.store, int(resend.group(1)), self.backend.clock.now())
                 self.backend.wake()
-                session.flash.append(("ok" if ok else "bad", self.t["sent_again"].format(id=resend.group(1))
-                                      if ok else self.t["refused"]))
+                session.flash.append(("ok", self.t["sent_again"].format(id=resend.group(1))) if ok else
+                                     ("bad", self.t["not_failed"].format(id=resend.group(1))))
                 return "/ui/notifications"
             if path == "/unknown/save":
                 return self._save_pattern(form, session)
@@ -204,8 +204,9 @@ class Console:
             resolved, refused = self.backend.resolve([task_id], note)
             session.flash.append(("ok", self.t["resolved_now"]) if resolved else ("bad", refused[0][1]))
         else:
-            task = self.backend.label(task_id, form.get("category", ""), note)
-            session.flash.append(("ok", self.t["labelled"].format(category=task["category"])))
+            category = form.get("category", "")
+            self.backend.label(task_id, category, note)  # a finished task keeps its course: the label teaches
+            session.flash.append(("ok", self.t["labelled"].format(category=category)))
 
     def _save_pattern(self, form, session):
         days = workbench.check_days(form.get("days"))

@@ -29,6 +29,7 @@ TEXTS = {
         "scanned_of": "只检查了最近 {days} 天中最新的 {n} 条（共 {total} 条）", "open_breakers": "无", "previous": "之前",
         "labelled": "已标注为 {category}", "recovered_now": "已安排立即重试", "resolved_now": "已标记为已解决",
         "sent_again": "通知 {id} 已重新排队", "daemon": "守护进程",
+        "not_failed": "通知 {id} 没有重新排队：只有发送失败的通知才能重新发送",
     },
     "en": {
         "html_lang": "en", "title": "failured console", "overview": "Overview", "tasks": "Tasks", "unknown": "Unknown errors",
@@ -61,6 +62,7 @@ TEXTS = {
         "scanned_of": "checked the newest {n} of the {total} in the last {days} days", "open_breakers": "none", "previous": "previous",
         "labelled": "Labelled {category}", "recovered_now": "Retry scheduled now", "resolved_now": "Resolved",
         "sent_again": "Notification {id} queued again", "daemon": "Daemon",
+        "not_failed": "Notification {id} not queued again: only a notification that failed can be sent again",
     },
 }
 
