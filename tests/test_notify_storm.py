@@ -9,30 +9,17 @@ from failured.notify.outbox import enqueue
 from failured.settings import Settings
 from failured.store import Notification
 from failured.thresholds import Thresholds, evaluate
+from test_dispatcher import ROBOT_TOKEN as TOKEN, STORM_CONFIG
 
-TOKEN = "robot-token-0123456789abcdef"
 STORM = 5000  # more than a pass reads at once (lane.BATCH), as the operator's storm was
-WINDOW = 600  # the shipped dedup window, equal to the shipped notification delay threshold
-
-CONFIG = """
-[channels.ops]
-kind = "dingtalk"
-url = "{url}"
-access_token = "{token}"
-
-[[routes]]
-channels = ["ops"]
-
-[notify]
-dedup_window_seconds = {window}
-"""
+WINDOW = 600  # STORM_CONFIG's dedup window: the shipped one, equal to the shipped notification delay threshold
 
 
 @pytest.fixture
 def ops(store, clock, tmp_path, robot_server):
     """(robot, the ops channel's lane, snapshot): a DingTalk robot on the test's clock and the lane that feeds it."""
     robot = robot_server("dingtalk", TOKEN, clock=clock.now)
-    main = CONFIG.format(url=robot.url, token=TOKEN, window=WINDOW)
+    main = STORM_CONFIG.format(url=robot.url, token=TOKEN)
     snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, main), log_dir=tmp_path / "logs")
     dispatcher = Dispatcher(store, Settings(db=store.path, log_dir=tmp_path / "logs"), clock, lambda: snapshot)
     lane = Lane("ops", dispatcher)
