@@ -126,8 +126,8 @@ def _top_fingerprints(store, rows):
             for fp, e in _by_fingerprint(rows)[:TOP_FINGERPRINTS]]
 
 
-def _unknown_templates(store, rows, categories, start, end):
-    groups = _by_fingerprint(rows, "unknown")[:TOP_UNKNOWN]
+def _unknown_templates(store, unknown_groups, categories, start, end):
+    groups = unknown_groups[:TOP_UNKNOWN]
     if not groups:
         return []
     others = [message for category in categories if category not in ("unknown", "unclassified")
@@ -149,7 +149,8 @@ def _labels(snapshot, categories, lang):
     return {name: category.label_in(lang) if category else name for name, category in found.items()}
 
 
-def _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, rows, unknown, limits):
+def _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, unknown_kinds, unknown,
+              limits):
     words = WORDS[lang]
     if not total:
         return [words["none"].format(days=days)]
@@ -170,9 +171,8 @@ def _insights(lang, days, total, categories, labels, snapshot, recovery, previou
         if abs(change) >= 10:
             insights.append(words["change"].format(direction=words["up" if change > 0 else "down"], change=abs(change)))
     if unknown:  # the report lists the TOP_UNKNOWN most frequent; the insight counts them all
-        kinds = len(_by_fingerprint(rows, "unknown"))
-        wording = words["unknown" if kinds == len(unknown) else "unknown_top"]
-        insights.append(wording.format(count=kinds, total=categories.get("unknown", 0), shown=len(unknown)))
+        wording = words["unknown" if unknown_kinds == len(unknown) else "unknown_top"]
+        insights.append(wording.format(count=unknown_kinds, total=categories.get("unknown", 0), shown=len(unknown)))
     return insights
 
 
@@ -195,7 +195,8 @@ def _analysis_report(store, snapshot, now, days, lang):
     previous = aggregates.failures_by_category(store, start_epoch - days * DAY, start_epoch)
     previous_total = sum(previous.values())
     recovery = _recovery(store, start_epoch, now)
-    unknown = _unknown_templates(store, rows, categories, start_epoch, now)
+    unknown_groups = _by_fingerprint(rows, "unknown")
+    unknown = _unknown_templates(store, unknown_groups, categories, start_epoch, now)
     labels = _labels(snapshot, categories, lang)
     return {
         "success": True,
@@ -207,8 +208,8 @@ def _analysis_report(store, snapshot, now, days, lang):
         "category_distribution": categories,
         "category_labels": labels,
         "task_type_failures": _sum_by(rows, lambda row: row[2]),
-        "insights": _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total, rows,
-                              unknown, snapshot.thresholds),
+        "insights": _insights(lang, days, total, categories, labels, snapshot, recovery, previous_total,
+                              len(unknown_groups), unknown, snapshot.thresholds),
         "daily_failures": _daily(rows, start_epoch, now),
         "recovery": recovery,
         "top_fingerprints": _top_fingerprints(store, rows),

@@ -213,7 +213,9 @@ class Lane:
         slot = self.last_digest + notify.digest_interval_seconds
         if len(groups) <= room and not (storm and held):
             self._postpone(held, now, mono, None)
-            return self._send_each(channel, self._whole(groups)) if groups else IDLE_SECONDS
+            if len(rows) >= BATCH:  # the pass read only part of what waits: a repeat's count must be whole
+                groups = self._whole(groups)
+            return self._send_each(channel, groups) if groups else IDLE_SECONDS
         if room <= 0 or mono < slot:
             self._postpone(held, now, mono, slot if storm else None)
             window_wait = self.sent_times[0] + WINDOW_SECONDS - mono if room <= 0 else 0.0
@@ -238,8 +240,8 @@ class Lane:
         return list(groups.values()), held
 
     def _whole(self, groups):
-        """Each same-error group with every row of that error waiting, not only those this pass read (at most
-        BATCH): a storm's repeats go out as one message with their true count, none held for another window."""
+        """Each same-error group with every row of that error waiting, not only those this pass read (BATCH):
+        a storm's repeats go out as one message with their true count, none held for another window."""
         store = self.dispatcher.store
         return [(outbox.waiting_repeats(store, self.name, group[0].fingerprint, group[0].task_type, REPEATABLE_KINDS)
                  or group) if hold_key(group[0]) else group for group in groups]

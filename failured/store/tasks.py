@@ -550,10 +550,9 @@ def running_tasks(store, owner=None, not_owner=None, lease_before=None, not_of_o
     ``not_of_or_lease_before=(owners, time)``: of none of ``owners`` (the living daemons) or with a lease
     ending before."""
     sql, params = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status = '{RUNNING}'", []
-    if not_of_or_lease_before is not None:
+    if not_of_or_lease_before is not None and not_of_or_lease_before[0]:  # no living owner: every lease is free
         owners, before = not_of_or_lease_before
-        unlisted = f"lease_owner NOT IN ({', '.join('?' * len(owners))}) OR " if owners else "TRUE OR "
-        sql += f" AND ({unlisted}lease_owner IS NULL OR lease_until < ?)"
+        sql += f" AND (lease_owner NOT IN ({', '.join('?' * len(owners))}) OR lease_owner IS NULL OR lease_until < ?)"
         params += [*owners, stamp(before)]
     if owner is not None:
         sql, params = sql + " AND lease_owner = ?", params + [owner]
