@@ -256,8 +256,9 @@ class Engine:
         decided is decided as ``unknown``, with the reason, so it never blocks other tasks."""
         snapshot = self.config()
         secrets = known_secrets(snapshot, self.settings)
+        unmasked_names = _mask_names(task, secrets)
         error = masked(new_error if new_error is not None else task.error_message, secrets) or ""
-        error_type = error_type if new_error is not None else (error_type or task.error_type)
+        error_type = masked(error_type, secrets) if new_error is not None else (error_type or task.error_type)
         try:
             result = snapshot.classifier.classify(error, error_type, task.task_type)
             category = snapshot.ruleset.category(result.category)
@@ -272,7 +273,7 @@ class Engine:
             decision = policy.Decision(policy.NOTIFY_ADMIN)
         fields = dict(category=result.category, matched_by=result.matched_by, matched_pattern=result.pattern,
                       error_template=result.template, fingerprint=result.fingerprint,
-                      lease_owner=None, lease_until=None, handler_pid=None, next_retry_at=None)
+                      lease_owner=None, lease_until=None, handler_pid=None, next_retry_at=None, **unmasked_names)
         if new_error is not None:
             fields.update(error_message=error, error_type=error_type)
         elif error != task.error_message:
@@ -612,6 +613,18 @@ def _handler_may_run(task, shared):
     if shared and task.handler_pid and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname():
         return True
     return handler_alive(task.handler_pid)
+
+
+def _mask_names(task, secrets):
+    """Mask the task's type, reference and error type in place; returns those that changed, to be stored.
+    A reporter masks only the secrets its own process knows (not the API token, not a literal channel key)."""
+    changed = {}
+    for name in ("task_type", "ref", "error_type"):
+        value = getattr(task, name)
+        if value and masked(value, secrets) != value:
+            changed[name] = masked(value, secrets)
+            setattr(task, name, changed[name])
+    return changed
 
 
 def _unclassifiable(snapshot, lang, message, error_type, exc):

@@ -1,6 +1,7 @@
 """Recording failures and successes: the one way tasks enter the store."""
 
 import json
+import re
 import os
 import threading
 
@@ -35,11 +36,17 @@ def bound_error(text, limit=MAX_ERROR_BYTES):
     return head + marker + tail
 
 
+# Inside a task type (surrounding white space is stripped): C0 and C1 controls, line and paragraph
+# separators, and bidirectional overrides. A task type is printed in logs, terminals and chat messages,
+# where these forge lines, move the cursor or reorder what the reader sees.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def check_task_type(task_type):
     """The task type without surrounding whitespace (``str.isspace``).
 
-    Refused when it has no other character, or is over MAX_TASK_TYPE_CHARS as given (so the
-    HTTP API's schema, maxLength 200 and a pattern asking for one non-space character, says the same).
+    Refused when it has no other character, holds a control character, or is over MAX_TASK_TYPE_CHARS as
+    given (so the HTTP API's schema, maxLength 200 and its patterns, says the same).
     """
     given = clean_text(task_type if task_type is not None else "")
     if len(given) > MAX_TASK_TYPE_CHARS:
@@ -47,6 +54,10 @@ def check_task_type(task_type):
     task_type = given.strip()
     if not task_type:
         raise InputError("task type is empty: give the kind of task that failed, e.g. --type tracking_update")
+    control = _CONTROL_CHARACTER.search(task_type)
+    if control:
+        raise InputError(f"task type has a control character (U+{ord(control.group()):04X} at character "
+                         f"{control.start() + 1}): a task type is one line of printable text, e.g. tracking_update")
     return task_type
 
 
@@ -92,7 +103,7 @@ def record_failure(store, task_type, error, *, error_type=None, payload=None, re
     daemon masks the error again with every secret it knows when it decides the task). The payload is
     stored as given: a retry needs it as it was.
     """
-    task_type = check_task_type(task_type)
+    task_type = masked(check_task_type(task_type), secrets)
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")
     message = bound_error(masked(clean_text(error if error is not None else ""), secrets))

@@ -18,6 +18,12 @@ MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if mask
 # Query values that look like credentials are masked whatever their value.
 _SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|api_?key|apikey|auth|key|sig|signature|sign|secret|"
                            r"token|password)=)[^&\s'\"<>()]+")
+# A URL's password (scheme://user:PASSWORD@host), a bearer or basic credential, and a credential-named key's
+# quoted value in JSON or a Python dict: masked whatever the value. Each part is bounded: linear on any text.
+_URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,15}://[^\s:/@'\"<>]{0,128}:)[^\s@/'\"<>]{1,256}@")
+_BEARER = re.compile(r"(?i)\b((?:authorization:\s*)?(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}")
+_QUOTED_CREDENTIAL = re.compile(r"(?i)([\"'](?:password|passwd|secret|client_secret|api_?key|access_token|token)[\"']"
+                                r"\s{0,8}:\s{0,8}[\"'])[^\"'\n]{1,512}(?=[\"'])")
 
 
 def expand_env(value: str) -> str:
@@ -30,7 +36,8 @@ def expand_env(value: str) -> str:
 
 
 def mask(text, secrets):
-    """``text`` with each secret (at least 4 characters) and each secret-looking query value as ``***``."""
+    """``text`` with each secret (at least 4 characters) and each credential-looking value (a query's, a URL's
+    password, a bearer token, a quoted ``"password"`` key's) as ``***``."""
     if not text:
         return text
     variants = set()
@@ -39,13 +46,27 @@ def mask(text, secrets):
             variants |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
-    return _SECRET_PARAM.sub(r"\1***", text)
+    text = _URL_PASSWORD.sub(r"\1***@", _SECRET_PARAM.sub(r"\1***", text))
+    return _QUOTED_CREDENTIAL.sub(r"\1***", _BEARER.sub(r"\1***", text))
 
 
 def known_secrets(snapshot, settings):
-    """The secret values in force: the snapshot's and the API token."""
+    """The secret values in force: the snapshot's, the API token and the database URL's password."""
     token = getattr(settings, "api_token", None)
-    return tuple(snapshot.secrets) + ((token,) if token else ())
+    return tuple(snapshot.secrets) + ((token,) if token else ()) + database_passwords(getattr(settings, "db", ""))
+
+
+def database_passwords(location):
+    """The passwords a ``postgresql://`` URL carries (in its user part or as a ``password`` parameter)."""
+    location = str(location or "")
+    if "://" not in location:
+        return ()
+    try:
+        parts = urllib.parse.urlsplit(location)
+        given = [parts.password] + urllib.parse.parse_qs(parts.query).get("password", [])
+    except ValueError:  # not a URL failured could open either
+        return ()
+    return tuple(urllib.parse.unquote(value) for value in given if value)
 
 
 def masked(text, secrets):

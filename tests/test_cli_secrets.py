@@ -1,5 +1,7 @@
 """The CLI knows the configured secrets before any channel runs: nothing it logs carries one."""
 
+import pytest
+
 from conftest import SMALL_PATTERNS, run_cli, write_config
 
 TOKEN = "tok-0123456789abcdef-secret"
@@ -34,6 +36,36 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
 
     line = 'POST /retry?sig=QUERYSECRET&api_key=K1&apikey=K2&signature=S&auth=A&monkey=kept&order=7 HTTP/1.1'
     assert mask(line, ()) == 'POST /retry?sig=***&api_key=***&apikey=***&signature=***&auth=***&monkey=kept&order=7 HTTP/1.1'
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("could not connect to postgresql://app:S3cr3tPw@db-1:5432/orders", "postgresql://app:***@db-1:5432/orders"),
+    ("redis://:hunter22@cache:6379/0: Connection refused", "redis://:***@cache:6379/0: Connection refused"),
+    ("401 with Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "Authorization: Bearer ***"),
+    ("sent Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic ***"),
+    ('body {"password": "p@ss w0rd", "user": "x"}', '{"password": "***", "user": "x"}'),
+    ("kwargs {'api_key': 'AKIA1234567890', 'n': 1}", "{'api_key': '***', 'n': 1}"),
+])
+def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_secret(text, masked):
+    from failured.secrets import mask
+
+    assert masked in mask(text, ())
+
+
+@pytest.mark.parametrize("text", ["Access denied for user 'root'@'localhost' (using password: YES)",
+                                  "Unexpected token o in JSON at position 1", "see http://user@host/x",
+                                  "bearer of bad news"])
+def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
+    from failured.secrets import mask
+
+    assert mask(text, ()) == text
+
+
+def test_the_database_url_s_password_is_a_known_secret():
+    from failured.secrets import database_passwords
+
+    assert database_passwords("postgresql://app:p%40ss@db/x?password=other") == ("p@ss", "other")
+    assert database_passwords("data/failured.db") == ()
 
 
 def test_debug_logs_are_failured_s_own_not_every_sql_statement(tmp_path):

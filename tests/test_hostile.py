@@ -142,6 +142,24 @@ def test_handler_gets_no_daemon_secret_and_its_output_is_masked_everywhere(daemo
     assert SECRET not in daemon.stderr()
 
 
+def test_secrets_a_reporter_could_not_mask_in_a_type_reference_or_error_type_are_masked_by_the_daemon(
+        daemon_factory):
+    """A reporting process masks only what it can read; the daemon knows its API token and channel keys too."""
+    token = "api-token-only-the-daemon-knows-7f3a"
+    daemon = daemon_factory(HANDLER + '\n[channels.ops]\nkind = "webhook"\nurl = "http://127.0.0.1:9/x"\n'
+                            'secret = "${FH_ROBOT_SECRET}"\n', FH_ROBOT_SECRET=SECRET, FAILURE_API_TOKEN=token).start()
+    try:
+        task_id = record_failure(open_store(daemon.db), f"sync {token}", "connection timeout",
+                                 error_type=f"TokenError {SECRET}", ref=f"order-7 {token}")
+        rows = daemon.wait_for("SELECT status, task_type, ref, error_type FROM tasks WHERE id = ?",
+                               lambda r: r and r[0][0] != "new", 60, task_id)
+        assert rows[0][1:] == ("sync ***", "order-7 ***", "TokenError ***")
+    finally:
+        daemon.stop()
+    for secret in (SECRET, token):
+        assert_no_secret_in(daemon.db, secret)
+
+
 def test_hostile_reporters_never_stop_intake_or_store_a_secret(daemon_factory):
     """200 tasks, hostile and normal mixed, from 8 threads: every one is decided, the daemon stays up."""
     daemon = daemon_factory(HANDLER + '\n[channels.ops]\nkind = "webhook"\nurl = "http://127.0.0.1:9/x"\n'

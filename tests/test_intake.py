@@ -72,6 +72,26 @@ def test_empty_task_type_is_refused(store, task_type):
     assert Task.select().count() == 0
 
 
+@pytest.mark.parametrize("task_type", ["poison\nline", "a\rb", "ansi\x1b[31mRED", "bell\x07", "del\x7f",
+                                       "c1\x85next", "line\u2028sep", "bidi\u202eevil"])
+def test_a_task_type_with_a_control_character_is_refused_and_nothing_is_written(store, task_type):
+    with pytest.raises(InputError, match=r"task type has a control character \(U\+[0-9A-F]{4} at character \d+\)"):
+        record_failure(store, task_type, "boom")
+    with pytest.raises(InputError, match="control character"):
+        record_success(store, task_type)
+    assert Task.select().count() == 0
+
+
+def test_surrounding_white_space_of_a_task_type_is_still_stripped(store):
+    assert Task.get_by_id(record_failure(store, "\t order_sync\n", "boom")).task_type == "order_sync"
+
+
+def test_a_secret_in_a_task_type_is_masked(store):
+    secret = "tok_SUPERSECRET_0123456789"
+    task = Task.get_by_id(record_failure(store, f"sync {secret}", "boom", secrets=[secret]))
+    assert task.task_type == "sync ***"
+
+
 def test_successes_are_tallied_per_type_and_hour(store, clock):
     record_success(store, "sync", clock=clock)
     record_success(store, "sync", 4, clock=clock)
