@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 a check failed or the action was refused, 2 bad usage or inp
 141 the reader of the output went away (``failured ... | head``), as for a tool SIGPIPE ended.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
 from .notify import messages
 from .settings import load_settings
+from .text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports for a tool that SIGPIPE ended
@@ -360,11 +362,40 @@ COMMANDS = {
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        status = _run_command(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        with _printable_output(args):
+            status = _run_command(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:
         return _closed_pipe()
+
+
+class _Printable:
+    """A text stream that writes control characters as visible escapes (text.printable)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(printable(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _printable_output(args):
+    """Everything a command prints shows reporters' texts inert, except JSON lines (JSON escapes its
+    control characters itself, and ``classify --json -`` writes hundreds of thousands of them)."""
+    if getattr(args, "json", False):
+        yield
+        return
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Printable(stdout), _Printable(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _closed_pipe():

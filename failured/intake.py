@@ -1,8 +1,8 @@
 """Recording failures and successes: the one way tasks enter the store."""
 
 import json
-import re
 import os
+import re
 import threading
 
 from .clock import SystemClock

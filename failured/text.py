@@ -24,3 +24,19 @@ def _valid_utf8(value):
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", text)
+
+
+# What a terminal acts on rather than shows (C0 controls but tab and line feed, DEL, C1 controls) and what
+# reorders the text after it (bidirectional overrides): a reporter's ANSI sequence could clear the operator's
+# screen, retitle the window or hide text.
+_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text):
+    """``text`` as a terminal should show it: each control character as a visible escape (``\\x1b``)."""
+    return _TERMINAL_CONTROL.sub(_escaped, text)
+
+
+def _escaped(match):
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

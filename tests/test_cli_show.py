@@ -40,3 +40,19 @@ def test_a_manual_task_says_why_and_what_to_do_and_the_history_stays_in_columns(
     # The status column starts at the same place on every line, however long the event name.
     columns = {re.match(r"  \S+  \S+\s+()\S", line).start(1) for line in lines}
     assert len(columns) == 1, "\n".join(lines)
+
+
+def test_show_and_list_print_a_reporter_s_control_characters_as_escapes(tmp_path):
+    """An error carrying ANSI sequences must not clear the operator's screen, retitle the window or hide text."""
+    from conftest import run_cli
+
+    env = {"FAILURE_DB": str(tmp_path / "f.db")}
+    hostile = "boom \x1b[2J\x1b]0;pwned\x07 hidden\rover \u202eevil"
+    assert run_cli("report", "--type", "sync", "--error", hostile, "--ref", "r\x1b[31m", env=env,
+                   cwd=tmp_path).returncode == 0
+    for command in (["show", "1"], ["list"]):
+        shown = run_cli(*command, env=env, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\r" not in shown.stdout
+        assert "\u202e" not in shown.stdout
+        assert "boom \\x1b[2J\\x1b]0;pwned\\x07 hidden" in shown.stdout and "\\u202eevil" in shown.stdout
