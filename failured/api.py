@@ -1,7 +1,8 @@
 """The HTTP API inside the daemon: a small JSON router over a Backend, on the standard library's threading server.
 
-/v1/ needs ``Authorization: Bearer $FAILURE_API_TOKEN`` when a token is set (and without one the
-server only listens on loopback). /healthz and /metrics are open: health checks and Prometheus
+/v1/ needs ``Authorization: Bearer $FAILURE_API_TOKEN`` when a token is set. Without one the server
+only listens on loopback, answers only to loopback names (DNS rebinding) and refuses /v1 requests from
+other web pages (web.hosts). /healthz and /metrics need no token: health checks and Prometheus
 scrapers on the host use them, and they show loop states and counters, never task data.
 """
 
@@ -20,15 +21,16 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound,
                      UnknownCategory)
-from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap
+from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap, read_fields
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 from .listing import build_filter, since_seconds
 from .manual import REQUEUE_STATUSES, check_categories
 from .web import Console
+from .web.hosts import Hosts, is_loopback
 
 log = logging.getLogger("failured.api")
 
@@ -44,6 +46,7 @@ RECOVER_FIELDS = {"force": bool}
 LABEL_FIELDS = {"category": str, "note": str}
 MAX_NOTE_CHARS = 2000
 _TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false", list: "an array"}
+MAX_QUERY_FIELDS = 200
 LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": False, "grep": False, "limit": False,
                    "cursor": False}  # name -> repeatable
 REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool}
@@ -79,17 +82,6 @@ def parse_address(text, name="FAILURE_HTTP_ADDR"):
     elif host and not _HOSTNAME.match(host):
         raise InputError(f"{name}={text!r}: {host!r} is not a host name or IPv4 address")
     return host, int(port)
-
-
-def is_loopback(host):
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
 
 
 def check_exposure(host, token, port=None):
@@ -199,6 +191,7 @@ class ApiServer:
 
     def __init__(self, host, port, backend, token=None, max_connections=None, deadlines=Deadlines()):
         self.host, self.backend, self.token = host, backend, token or None
+        self.hosts = Hosts(host, self.token)
         self._requested_port = port
         if max_connections is None:
             max_connections = getattr(backend.settings, "http_max_connections", DEFAULT_MAX_CONNECTIONS)
@@ -220,7 +213,7 @@ class ApiServer:
                         "(raise LimitNOFILE to allow more)", self.max_connections, limit)
         self._server.slots = Slots(limit, self.deadlines)
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
-        self.console = Console(self.backend, self.token)
+        self.console = Console(self.backend, self.token, self.hosts)
         self._server.wake_reader, self._wake_writer = socket.socketpair()
         self._thread = threading.Thread(target=self._server.serve_until_stopped, name="http-api", daemon=True)
         self._thread.start()
@@ -343,7 +336,7 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
 
 def _list_query(query):
     """GET /v1/tasks's query string as build_filter's arguments; unknown or repeated single parameters are errors."""
-    values = parse_qs(query, keep_blank_values=True, max_num_fields=200)
+    values = read_fields(query, MAX_QUERY_FIELDS)
     unknown = sorted(set(values) - set(LIST_PARAMETERS))
     if unknown:
         raise ApiError(400, "bad_request", f"unknown parameter {unknown[0][:40]!r}: allowed are "
@@ -368,6 +361,15 @@ def _strings(fields, name):
 
 def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
+
+
+def _check_json_type(content_type, empty=False):
+    media, _, parameters = (content_type or "").partition(";")
+    charset = parameters.strip().lower().replace(" ", "")
+    if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
+        fix = "send no Content-Type with an empty body, or" if empty else "send"
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {content_type or '(none)'!r}: {fix} application/json (UTF-8)")
 
 
 def _check_task_type(value):
@@ -414,9 +416,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             self._check_framing()
+            self._check_host(api.hosts)
             path = urlsplit(self.path).path
             if path.startswith("/v1/"):
                 self._authorize(api.token)
+                self._check_origin(api.hosts)
             match, methods = next(((m, methods) for pattern, methods in ROUTES if (m := pattern.fullmatch(path))),
                                   (None, None))
             if match is None:
@@ -454,6 +458,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ApiError(400, "bad_request", f"{len(lengths)} different Content-Length headers: send one")
 
+    def _check_host(self, hosts):
+        """Without a token, a name other than loopback's is a page whose DNS name was rebound to us."""
+        if refusal := hosts.host_refusal(self.headers.get("Host")):
+            raise ApiError(421, "misdirected_request", refusal)
+
+    def _check_origin(self, hosts):
+        """Without a token, a /v1 request from another web page is refused: a form there posts with no preflight."""
+        if hosts.any_name:
+            return  # the token: no page elsewhere can send it
+        if refusal := hosts.origin_refusal(self.headers.get("Origin"), self.headers.get("Host")):
+            raise ApiError(403, "forbidden", refusal)
+
     def _authorize(self, token):
         if token is None:
             return
@@ -484,15 +500,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(411, "length_required", "a Content-Length header is required")
         if length is not None and length > MAX_BODY_BYTES:
             raise ApiError(413, "payload_too_large", f"the body is {length} bytes: at most {MAX_BODY_BYTES}")
+        content_type = self.headers.get("Content-Type")
+        # An empty optional body's type is checked too: a form posted from another site has a form's type.
+        if length or content_type is not None or not optional:
+            _check_json_type(content_type, empty=optional and not length)
         if not length and optional:
             self._body_read = True
             return {}
-        content_type = self.headers.get("Content-Type", "")
-        media, _, parameters = content_type.partition(";")
-        charset = parameters.strip().lower().replace(" ", "")
-        if media.strip().lower() != "application/json" or charset not in ("", "charset=utf-8", 'charset="utf-8"'):
-            raise ApiError(415, "unsupported_media_type",
-                           f"Content-Type {content_type or '(none)'!r}: send application/json (UTF-8)")
         body = self._read_body(length)
         try:
             text = body.decode("utf-8")

@@ -1,11 +1,12 @@
-"""What keeps the HTTP API from being held open: a cap on connections and deadlines for reading.
+"""What keeps the HTTP API from being held open: a cap on connections, deadlines for reading, fields per request.
 
 Each accepted socket is a ``Connection``: a raw reader whose reads share one deadline for what
 it is reading now (the next request after an idle keep-alive wait, a request head, a body),
 so a client sending one header line every few seconds cannot keep it open. ``Slots`` counts the
 open connections. At the cap, a new connection takes the place of the one that has waited
 longest without a whole request (idle first, then one still sending its head); when every
-slot is serving a request, the new connection gets a short 503 and is closed.
+slot is serving a request, the new connection gets a short 503 and is closed. A query string or
+form is read up to a number of fields (``read_fields``).
 """
 
 import io
@@ -16,6 +17,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from .errors import InputError
 
 log = logging.getLogger("failured.api")
 
@@ -143,3 +147,11 @@ class Slots:
             self._refusals_logged_at = now
             log.warning("HTTP API: %d connections open, the most allowed (FAILURE_HTTP_MAX_CONNECTIONS); "
                         "refused %d so far", self.limit, self.refused)
+
+
+def read_fields(text, limit, what="the query string"):
+    """``parse_qs`` of ``text`` as {name: [values]}; more than ``limit`` fields is an InputError saying so."""
+    try:
+        return parse_qs(text, keep_blank_values=True, max_num_fields=limit)
+    except ValueError:  # parse_qs's only complaint without strict parsing: too many fields
+        raise InputError(f"{what} has more than {limit} fields: send at most {limit}") from None

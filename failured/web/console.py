@@ -2,25 +2,28 @@
 
 Same rules as the API: with FAILURE_API_TOKEN set a person logs in with the token; without one
 the server only listens on loopback and a session starts by itself. Every POST carries the
-session's CSRF token (and a foreign Origin is refused); the session cookie is HttpOnly and
-SameSite=Strict. Pages are read from the store; actions go through the Backend, as the API's do.
+session's CSRF token and an Origin naming this server (web.hosts); the session cookie is HttpOnly
+and SameSite=Strict. Pages are read from the store; actions go through the Backend, as the API's do.
 """
 
 import hmac
 import importlib.resources
 import logging
 import re
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from .. import listing
 from .. import store as store_module
 from ..errors import ConfigNotWritable, FailuredError, InputError, TaskNotFound
+from ..httplimits import read_fields
 from ..manual import check_categories
 from . import data, pages, workbench
+from .hosts import Hosts
 from .session import Sessions, cookie_header, cookie_value, csrf_ok, expired_cookie_header
 from .texts import texts
 
 MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_FIELDS, MAX_QUERY_FIELDS = 50, 100
 HTML = "text/html; charset=utf-8"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -37,8 +40,9 @@ log = logging.getLogger("failured.console")
 class Console:
     """One per API server; request threads share it (the session table has its own lock)."""
 
-    def __init__(self, backend, token=None):
+    def __init__(self, backend, token=None, hosts=None):
         self.backend, self.token = backend, token or None
+        self.hosts = hosts or Hosts("", self.token)
         self.sessions = Sessions()
         self.t = texts(getattr(backend.settings, "lang", "zh"))
         self.lang = getattr(backend.settings, "lang", "zh")
@@ -48,8 +52,14 @@ class Console:
         if handler.command == "GET" and (static := _STATIC.fullmatch(path)):
             return self._static(static.group(1))
         session = self.sessions.get(cookie_value(handler.headers.get("Cookie")))
-        if path == "/login":
-            return self._login(handler, session)
+        try:
+            if path == "/login":
+                return self._login(handler, session)
+            return self._session_page(handler, path, session)
+        except InputError as exc:  # a form or query the console will not read (too long, too many fields)
+            return self._page(pages.message(self.t, self.t["refused"], str(exc), session), 400)
+
+    def _session_page(self, handler, path, session):
         started = None
         if session is None:
             if self.token is not None:
@@ -90,8 +100,8 @@ class Console:
     # -- reading pages ----------------------------------------------------------------
 
     def _get(self, handler, path, session):
-        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True, max_num_fields=100)
         try:
+            query = read_fields(urlsplit(handler.path).query, MAX_QUERY_FIELDS)
             if path in ("/", ""):
                 return self._page(self._overview(session))
             if path == "/tasks":
@@ -158,10 +168,10 @@ class Console:
 
     def _post(self, handler, path, session):
         form = self._form(handler)
-        origin = handler.headers.get("Origin")
-        host = handler.headers.get("Host", "")
-        if not csrf_ok(session, form.get("csrf")) or (origin and urlsplit(origin).netloc != host):
-            return self._page(pages.message(self.t, self.t["refused"], self.t["csrf"], session), 403)
+        # Without a token, the Host was checked (api._check_host) and the Origin must name an allowed host too.
+        foreign = self.hosts.origin_refusal(handler.headers.get("Origin"), handler.headers.get("Host"))
+        if foreign or not csrf_ok(session, form.get("csrf")):
+            return self._page(pages.message(self.t, self.t["refused"], foreign or self.t["csrf"], session), 403)
         if path == "/logout":
             self.sessions.drop(session.id)
             return self._redirect("/ui/login" if self.token else "/ui/", (expired_cookie_header(),))
@@ -234,7 +244,7 @@ class Console:
             raise InputError(f"a form needs a Content-Length of at most {MAX_FORM_BYTES} bytes")
         body = handler._read_body(length) if length else b""
         handler._body_read = True
-        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=50)
+        fields = read_fields(body.decode("utf-8", "replace"), MAX_FORM_FIELDS, "the form")
         return {name: values[-1] for name, values in fields.items()}
 
 
