@@ -242,7 +242,8 @@ def test_a_crashing_channel_returns_a_masked_result(env):
             raise RuntimeError(f"bug while holding {TOKEN}")
 
     result = Broken("broken", access_token="${DINGTALK_ACCESS_TOKEN}").send(message())
-    assert result == SendResult(False, error="dingtalk channel crashed: RuntimeError: bug while holding ***")
+    assert result == SendResult(False, error="dingtalk channel crashed: RuntimeError: bug while holding ***",
+                                message_fault=True)  # raised for this message: the others may still go
 
 
 def test_errors_are_masked_before_they_are_cut(env, hook_server):
@@ -366,7 +367,7 @@ def test_python_channel_calls_the_function_with_the_notification(alerts_module):
 
 def test_python_channel_exception_timeout_and_import_error_are_failures(alerts_module):
     assert make("python", target="myalerts:broken").send(message()) == SendResult(
-        False, error="ValueError: gateway said no"
+        False, error="ValueError: gateway said no", message_fault=True
     )
     slow = make("python", target="myalerts:slow", timeout=0.2).send(message())
     assert slow == SendResult(False, error="timed out after 0.2s (thread abandoned)")

@@ -21,12 +21,13 @@ from . import messages
 from .channels import Message, masked_message, secret_values
 from .health import DEFAULT_ADVICE
 from .lane import Lane
-from .outbox import MERGED, notice_fields
+from .outbox import FAILED, MERGED, about_channel, enqueue, notice_fields
 from .routing import channels_for
 
 log = logging.getLogger("failured.notify")
 
 DIRECT_KIND = "alert"
+UNDELIVERABLE_KIND = "undeliverable"  # a notification a channel refused on its own was given up
 
 
 def monotonic_source(clock):
@@ -154,6 +155,24 @@ class Dispatcher:
             }, now)
         except OSError as exc:
             log.error("cannot write the admin alert log: %s", exc)
+
+    def give_up(self, name, channel, row, error, attempts, now):
+        """``row`` was refused by channel ``name`` on its own ``attempts`` times: it fails, and in the same
+        transaction one admin notice says so (through the admin routes and the log channel). Never for such
+        a notice itself: it could be refused the same way, and each would beget the next."""
+        snapshot = self.config()
+        reason = f"{error} (refused on its own {attempts} times; the channel went on with the others)"
+        with self.store.transaction():
+            outbox_rows.update_rows(self.store, [row.id], status=FAILED, attempts=attempts, last_error=reason)
+            if row.kind != UNDELIVERABLE_KIND:
+                title, body = messages.undeliverable_message(self.settings.lang, name, channel.describe(), row, error,
+                                                             attempts)
+                enqueue(self.store, snapshot, now, "admin", UNDELIVERABLE_KIND, title, body,
+                        fingerprint=about_channel(name))
+        self.metrics.notifications.labels(name, FAILED).inc()
+        log.error("channel %s: notification %s given up after %d tries (refused on its own): %s", name, row.id,
+                  attempts, error)
+        self.wake()
 
     def alert_direct(self, title, body, kind=DIRECT_KIND):
         """Alert the admins without writing the database (for when it cannot be written: disk full).

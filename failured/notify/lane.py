@@ -8,6 +8,12 @@ group wants one summary of a storm, not 20 messages a minute of it. During a
 storm (up to a minute after its last over-budget digest) held repeats ride
 with the next digest instead of waiting out the dedup window.
 
+A failed send pauses the channel (it is down, throttled or rejects us) unless
+the channel says the failure is this message's alone (``message_fault``: it
+could not be built, or the receiver refuses its content): then that row waits
+on its own backoff, the lane goes on with the next, and after
+MESSAGE_ATTEMPTS tries the row fails and the admins hear.
+
 Time: what is stored (``sent_at``, ``next_attempt_at``) is wall-clock; every
 wait the lane keeps in memory (rate window, pauses, digest interval, dedup
 memory, storm) runs on the monotonic clock, so a wall-clock jump neither
@@ -31,6 +37,9 @@ log = logging.getLogger("failured.notify")
 WINDOW_SECONDS = 60.0
 BATCH = 2000
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 600.0  # the first: [notify] retry_backoff_seconds overrides it
+# A notification refused on its own (SendResult.message_fault) is tried this often in all, on its own
+# backoff (5 s … about 10 minutes), then fails and the admins hear: waiting 24 h would change nothing.
+MESSAGE_ATTEMPTS = 8
 IDLE_SECONDS = 0.5
 STORE_RETRY_SECONDS = 5.0  # the database cannot be written (disk full): look again this often
 JUMP_SECONDS = 2.0  # a wall clock that moved this much more (or less) than the monotonic one jumped
@@ -40,6 +49,11 @@ NEVER = float("-inf")
 def backoff(attempts, first=BACKOFF_FIRST):
     """Seconds before the next try after ``attempts`` failed sends: ``first`` (5), 10, 20 … capped at 10 minutes."""
     return min(BACKOFF_MAX, first * 2 ** max(0, attempts - 1))
+
+
+def _only_this_message(result):
+    """Whether a failed send was this message's fault alone (a throttle or a rejection is the channel's)."""
+    return result.message_fault and not result.retry_after and not result.misconfigured
 
 
 REPEATABLE_KINDS = ("task", "exhausted")  # the notices the dedup window holds and "×N" messages count
@@ -281,6 +295,11 @@ class Lane:
             now, mono = d.clock.now(), d.monotonic()
             if send_id is not None:
                 self._send_ended(send_id, now)
+            if not result.ok and _only_this_message(result):
+                self._sent(sent, covered, now)  # recorded first: what went out must not go out again
+                sent, covered = [], []
+                self._set_aside(channel, row, result, now, mono)
+                continue
             if not result.ok:
                 self._sent(sent, covered, now)
                 return self._failed_send(channel, row, result, now, mono)
@@ -339,7 +358,25 @@ class Lane:
         if row.fingerprint:
             self.recent[(row.fingerprint, row.task_type)] = mono
 
+    def _set_aside(self, channel, row, result, now, mono):
+        """The channel refused this one message: retry it alone on its own backoff while the channel goes on
+        with the others; after MESSAGE_ATTEMPTS tries it fails and the admins hear (Dispatcher.give_up)."""
+        d = self.dispatcher
+        error = mask(result.error or "send failed", d.secrets())
+        if channel.rate_per_minute is not None:
+            self.sent_times.append(mono)  # the receiver counted the request, refused or not
+        attempts = row.attempts + 1
+        if attempts >= MESSAGE_ATTEMPTS:
+            d.give_up(self.name, channel, row, error, attempts, now)
+            return
+        wait = backoff(attempts, d.config().notify.retry_backoff_seconds)
+        self._write([row.id], attempts=attempts, next_attempt_at=now + wait, last_error=error)
+        log.warning("channel %s: notification %s refused on its own (try %d of %d, next in %gs); the others go on: "
+                    "%s", self.name, row.id, attempts, MESSAGE_ATTEMPTS, wait, error)
+
     def _failed_send(self, channel, row, result, now, mono):
+        """The channel failed as a whole (down, 5xx, throttled, rejected): it pauses, this row first when
+        it resumes."""
         d = self.dispatcher
         error = mask(result.error or "send failed", d.secrets())
         if result.retry_after:

@@ -1,6 +1,11 @@
-"""The words people read in notifications, in Chinese (default) or English."""
+"""The words people read in notifications, in Chinese (default) or English.
+
+Whatever a reporter sent (task type, ref, error) goes through ``inert`` on its way in: robots render these
+texts as markdown, and a reporter must not be able to write failured's lines, links or mentions.
+"""
 
 from ..clock import iso
+from .inert import inert
 
 MAX_ERROR_CHARS = 300
 
@@ -28,6 +33,10 @@ TEXTS = {
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
         "paused_title": "[failured] 通道 {channel} 已暂停：消息被拒绝",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
+        "undeliverable_title": "[failured] 通道 {channel} 无法发送通知 #{id}，已放弃",
+        "notification": "通知", "channel": "通道",
+        "undeliverable_body": "该通知被拒绝 {attempts} 次（只拒绝这一条，该通道的其他通知照常发送）。"
+                              "处理原因后，可在控制台的发件箱中重新发送。",
     },
     "en": {
         "task_title": "[failured] {label}: {task_type} #{task_id}",
@@ -52,6 +61,10 @@ TEXTS = {
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
         "paused_title": "[failured] Channel {channel} paused: it rejected our messages",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
+        "undeliverable_title": "[failured] Channel {channel} cannot deliver notification #{id}: given up",
+        "notification": "Notification", "channel": "Channel",
+        "undeliverable_body": "It was refused {attempts} times (this one alone: the channel's other notifications "
+                              "went out). Once the cause is fixed, send it again from the console's outbox.",
     },
 }
 
@@ -66,14 +79,15 @@ def task_message(lang, kind, audience, task, category, now, attempts=None, limit
     words = TEXTS[lang]
     title_key = {"exhausted": "exhausted_title"}.get(kind, "task_title")
     label = category.label_in(lang)
-    title = words[title_key].format(label=label, task_type=task.task_type, task_id=task.id)
-    ref = f" (ref {task.ref})" if task.ref else ""
+    task_type = inert(task.task_type)
+    title = words[title_key].format(label=label, task_type=task_type, task_id=task.id)
+    ref = f" (ref {inert(task.ref)})" if task.ref else ""
     lines = [
         f"**{title}**",
         f"- {words['category']}: {label} (`{category.name}`)",
-        f"- {words['task_type']}: {task.task_type}",
+        f"- {words['task_type']}: {task_type}",
         f"- {words['task']}: #{task.id}{ref}",
-        f"- {words['error']}: {shorten(task.error_message)}",
+        f"- {words['error']}: {inert(task.error_message, MAX_ERROR_CHARS)}",
     ]
     if attempts is not None:
         lines.append(f"- {words['attempts']}: {attempts}" + (f"/{limit}" if limit else ""))
@@ -88,6 +102,7 @@ def task_message(lang, kind, audience, task, category, now, attempts=None, limit
 
 def manual_message(lang, task_type):
     words = TEXTS[lang]
+    task_type = inert(task_type)
     title = words["manual_title"].format(task_type=task_type)
     return title, f"**{title}**\n\n" + words["manual_body"].format(task_type=task_type)
 
@@ -95,7 +110,7 @@ def manual_message(lang, task_type):
 def breaker_message(lang, task_type, opened, failures=0, cooldown=0):
     words = TEXTS[lang]
     key = "breaker_open_title" if opened else "breaker_closed_title"
-    title = words[key].format(task_type=task_type, failures=failures, cooldown=f"{cooldown:g}")
+    title = words[key].format(task_type=inert(task_type), failures=failures, cooldown=f"{cooldown:g}")
     return title, f"**{title}**"
 
 
@@ -131,9 +146,9 @@ def digest_message(lang, rows, entries, db_path, digest_id):
     words = TEXTS[lang]
     title = words["digest_title"].format(count=len(rows))
     lines = [f"**{title}**", "", words["digest_intro"], "", f"**{words['by_category']}**"]
-    lines += [f"- {name}: {count}" for name, count in _counts(row.category for row in rows)]
+    lines += [f"- {name}: {count}" for name, count in _counts(inert(row.category) for row in rows)]
     lines += ["", f"**{words['by_task_type']}**"]
-    lines += [f"- {name}: {count}" for name, count in _counts(row.task_type for row in rows)]
+    lines += [f"- {name}: {count}" for name, count in _counts(inert(row.task_type) for row in rows)]
     lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
     lines += [f"- {shorten(row.title, 120)}" for row in rows[:entries]]
     lines += ["", f"{words['see_rest']}: `{_query_command(db_path)} \"SELECT task_id, title FROM notifications "
@@ -143,7 +158,7 @@ def digest_message(lang, rows, entries, db_path, digest_id):
 
 def threshold_message(lang, check, window_minutes):
     words = TEXTS[lang]
-    what = words["thresholds"][check.name].format(key=check.key)
+    what = words["thresholds"][check.name].format(key=inert(check.key))  # a task type, or a channel
     title = words["threshold_title"].format(what=what, value=check.value, limit=check.limit)
     return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)
 
@@ -154,6 +169,19 @@ def paused_message(lang, channel, describe, error, advice):
     title = words["paused_title"].format(channel=channel)
     lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice}", "",
              words["paused_body"]]
+    return title, "\n".join(lines)
+
+
+def undeliverable_message(lang, channel, describe, row, error, attempts):
+    """(title, body) of the admin notice about an outbox row a channel refused on its own until it was given
+    up. The row's title and the receiver's answer may carry reporter text: both inert."""
+    words = TEXTS[lang]
+    title = words["undeliverable_title"].format(channel=channel, id=row.id)
+    task = f" ({words['task']} #{row.task_id})" if row.task_id else ""
+    lines = [f"**{title}**", f"- {words['channel']}: {describe}",
+             f"- {words['notification']}: #{row.id} {inert(row.title, 120)}{task}",
+             f"- {words['error']}: {inert(error, MAX_ERROR_CHARS)}", "",
+             words["undeliverable_body"].format(attempts=attempts)]
     return title, "\n".join(lines)
 
 

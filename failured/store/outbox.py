@@ -87,7 +87,9 @@ def sent_since(store, channel, since):
 
 
 def due_rows(store, channel, now, limit=None):
-    """A channel's pending rows due by ``now``, oldest first."""
+    """A channel's pending rows due by ``now``, oldest first. Oldest first cannot starve the others: a row the
+    channel refused on its own is set aside on its own ``next_attempt_at`` and the lane goes on past it;
+    only a channel-wide failure pauses the channel (in the lane, not here)."""
     query = (Notification.select().where(Notification.channel == channel, Notification.status == PENDING,
                                          Notification.next_attempt_at <= now).order_by(Notification.id))
     return list((query.limit(limit) if limit else query).bind(store.db))

@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 
 from ...clock import SystemClock
@@ -27,7 +27,7 @@ class Message:
     title: str  # one line
     body: str  # markdown
     audience: str  # "admin" | "user"
-    kind: str  # task | exhausted | manual | breaker | config | threshold | digest | test
+    kind: str  # task | exhausted | manual | breaker | config | threshold | digest | undeliverable | test
     record: dict  # JSON-able fields for the log channel and webhooks (task_id, category, ...)
 
 
@@ -41,6 +41,9 @@ class SendResult:
     error: str | None = None
     answer: str | None = None  # what the remote end said, for `failured notify-test`
     advice: str | None = None  # misconfigured: what the rejection means and what to fix (no secrets)
+    # This message could not be built, or the receiver refuses its content: other messages may still go, so
+    # the channel is not paused for it (the lane retries it on its own, then gives it up).
+    message_fault: bool = False
 
 
 class _Misconfigured(Exception):
@@ -72,11 +75,6 @@ def notification_dict(message):
     """The JSON object webhooks and Python channels get: title, body, audience, kind and the record."""
     own = {"title": message.title, "body": message.body, "audience": message.audience, "kind": message.kind}
     return {**own, **{k: v for k, v in message.record.items() if k not in own}}
-
-
-def _with_title(message):
-    """Robots show only the text: make sure the title is in it."""
-    return message.body if message.title in message.body else f"**{message.title}**\n\n{message.body}"
 
 
 def _strings(value):
@@ -164,11 +162,14 @@ class Channel:
         except _Misconfigured as exc:
             result = SendResult(False, misconfigured=True, error=str(exc))
         except Exception as exc:  # a bug here must not stop the dispatcher
-            result = SendResult(False, error=f"{self.kind} channel crashed: {type(exc).__name__}: {exc}")
+            # Raised while building or sending this one message (a header it cannot hold, a text the
+            # receiver's library refuses): the message's fault, not a reason to hold back the others.
+            result = SendResult(False, error=f"{self.kind} channel crashed: {type(exc).__name__}: {exc}",
+                                message_fault=True)
             log.error("channel %s: %s", self.name, mask(result.error, secrets))
         # Mask before cutting: a secret cut in half would no longer be recognised.
         error, answer = (_clip(mask(text, secrets)) for text in (result.error, result.answer))
-        return SendResult(result.ok, result.retry_after, result.misconfigured, error, answer, result.advice)
+        return replace(result, error=error, answer=answer)
 
     def describe(self) -> str:
         """A one-line description without secrets."""
@@ -198,9 +199,10 @@ class Channel:
         except requests.RequestException as exc:
             return SendResult(False, error=f"{type(exc).__name__}: {exc}")
 
-    def _robot_answer(self, resp, throttled, rejected):
+    def _robot_answer(self, resp, throttled, rejected, refused=()):
         """Turn a DingTalk or WeCom answer (HTTP 200 with errcode/errmsg) into a SendResult; ``rejected``: {errcode:
-        what it means and what to fix} of the answers that pause the channel."""
+        what it means and what to fix} of the answers that pause the channel; ``refused``: the errcodes about
+        this message's content."""
         if isinstance(resp, SendResult):
             return resp
         text = resp.text.strip()
@@ -219,6 +221,7 @@ class Channel:
         error = f"{self.kind} errcode {code}: {answer.get('errmsg', '')}"
         if code in throttled:
             return SendResult(False, retry_after=THROTTLED_SECONDS, error=error, answer=text)
-        return SendResult(False, misconfigured=code in rejected, error=error, answer=text, advice=rejected.get(code))
+        return SendResult(False, misconfigured=code in rejected, error=error, answer=text, advice=rejected.get(code),
+                          message_fault=code in refused)
 
 

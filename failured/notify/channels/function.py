@@ -16,7 +16,11 @@ _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
 class PythonChannel(Channel):
-    """Calls ``module:function(notification_dict)``, e.g. an SMS gateway; raising means failed."""
+    """Calls ``module:function(notification_dict)``, e.g. an SMS gateway; raising means failed.
+
+    An OSError (ConnectionError, TimeoutError, ...) or a timeout says the gateway is unreachable: the
+    channel pauses. Any other exception is about this notification: it is retried alone, the others go on.
+    """
 
     kind = "python"
     fields = ("target",)
@@ -61,6 +65,7 @@ class PythonChannel(Channel):
             answer = func(notification)
             result["result"] = SendResult(True, answer=None if answer is None else repr(answer))
         except BaseException as exc:
-            result["result"] = SendResult(False, error=f"{type(exc).__name__}: {exc}")
+            result["result"] = SendResult(False, error=f"{type(exc).__name__}: {exc}",
+                                          message_fault=not isinstance(exc, OSError))
 
 

@@ -7,9 +7,19 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 
+from ..inert import one_line
 from .base import Channel, SendResult, _resolve, _shown
 
 log = logging.getLogger(__name__)
+
+MAX_SUBJECT_CHARS = 200  # longer titles are cut; the header itself is folded by the email package
+
+
+def safe_subject(title):
+    """A Subject the header can hold whatever the title: one line (a CR or LF in a header is refused, and
+    would start a header of its own), no control characters, at most MAX_SUBJECT_CHARS."""
+    subject = one_line(title)
+    return subject if len(subject) <= MAX_SUBJECT_CHARS else subject[: MAX_SUBJECT_CHARS - 1] + "…"
 
 
 class EmailChannel(Channel):
@@ -46,7 +56,7 @@ class EmailChannel(Channel):
     def _send(self, message):
         host, sender, to = _resolve(self.host), _resolve(self.sender), _resolve(list(self.to))
         mail = EmailMessage()
-        mail["Subject"], mail["From"], mail["To"] = message.title, sender, ", ".join(to)
+        mail["Subject"], mail["From"], mail["To"] = safe_subject(message.title), sender, ", ".join(to)
         mail["Date"], mail["Message-ID"] = formatdate(self.clock.now(), usegmt=True), make_msgid(domain="failured")
         mail.set_content(message.body, charset="utf-8")
         username = _resolve(self.username) if self.username else None
@@ -66,6 +76,9 @@ class EmailChannel(Channel):
             return SendResult(False, misconfigured=True, error=f"{type(exc).__name__}: {exc}",
                               advice="the mail server refused us: fix the channel's username, password, sender or "
                                      "recipients (or its ssl/starttls) in the config")
+        except smtplib.SMTPDataError as exc:
+            # 5xx after DATA: the server refuses this message (its size, its content), not us.
+            return SendResult(False, error=f"{type(exc).__name__}: {exc}", message_fault=exc.smtp_code >= 500)
         except (smtplib.SMTPException, OSError) as exc:
             return SendResult(False, error=f"{type(exc).__name__}: {exc}")
         answer = f"accepted for {len(to) - len(refused)} of {len(to)} recipients"

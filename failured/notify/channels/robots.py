@@ -8,7 +8,8 @@ import logging
 import urllib.parse
 
 
-from .base import Channel, SendResult, _host, _resolve, _tail, _with_title, cut_utf8
+from ..inert import one_line
+from .base import Channel, SendResult, _host, _resolve, _tail, cut_utf8
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,20 @@ DINGTALK_REJECTED = {
 WECOM_THROTTLED = {45009}  # api freq out of limit
 WECOM_REJECTED = {93000: ("WeCom refuses the webhook key (wrong, or the robot was removed): "
                           "fix the channel's key in the config")}
+# Answers about one message's content, not the robot: that message is retried alone, the others go on.
+DINGTALK_MESSAGE_REFUSED = {460101, 40035}  # message too long; "缺少参数 json" (a body it could not read)
+WECOM_MESSAGE_REFUSED = {40058, 40035}  # content exceeds max length; invalid request parameter
+
+
+def robot_markdown(message):
+    """(title on one line, markdown text with the title in it) of what a robot shows.
+
+    failured writes no HTML into its messages, so a ``<`` in one (a ``<font>`` tag, a ``<@userid>``
+    mention, from text that did not pass through ``messages``: a row queued by an older version, an error
+    quoted in an alert) is someone else's: it is shown as ``＜``, never rendered, and pings nobody."""
+    title = one_line(message.title)
+    text = message.body if message.title in message.body else f"**{title}**\n\n{message.body}"
+    return title, text.replace("<", "＜")
 
 
 def dingtalk_sign(secret, timestamp_ms):
@@ -71,13 +86,13 @@ class DingTalkChannel(Channel):
         url = _resolve(self.url)
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)  # quote_plus, as DingTalk's sample
         resp = self._post_json(url, self.payload(message))
-        return self._robot_answer(resp, DINGTALK_THROTTLED, DINGTALK_REJECTED)
+        return self._robot_answer(resp, DINGTALK_THROTTLED, DINGTALK_REJECTED, DINGTALK_MESSAGE_REFUSED)
 
     def payload(self, message):
         """The robot's JSON: markdown with the keyword and @mobiles in the text, cut to 20000 bytes."""
         mobiles = _resolve(list(self.at_mobiles))
         keyword = _resolve(self.keyword) if self.keyword else ""
-        core = _with_title(message)
+        title, core = robot_markdown(message)
         # DingTalk pings only mobiles that are both in atMobiles and written as @mobile in the text.
         pings = " ".join(f"@{m}" for m in mobiles if f"@{m}" not in core)
         limit = len(core.encode("utf-8"))
@@ -86,7 +101,7 @@ class DingTalkChannel(Channel):
             if keyword and keyword not in text:
                 text = f"{keyword} {text}"
             text += f"\n\n{pings}" if pings else ""
-            payload = {"msgtype": "markdown", "markdown": {"title": message.title, "text": text},
+            payload = {"msgtype": "markdown", "markdown": {"title": title, "text": text},
                        "at": {"atMobiles": mobiles, "isAtAll": self.at_all}}  # fmt: skip
             over = len(json.dumps(payload, ensure_ascii=False).encode("utf-8")) - DINGTALK_MAX_BODY_BYTES
             if over <= 0 or limit <= 0:
@@ -127,7 +142,8 @@ class WeComChannel(Channel):
         url = _resolve(self.url)
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"key": _resolve(self.key)})
         markdown, mention = self.payloads(message)
-        result = self._robot_answer(self._post_json(url, markdown), WECOM_THROTTLED, WECOM_REJECTED)
+        result = self._robot_answer(self._post_json(url, markdown), WECOM_THROTTLED, WECOM_REJECTED,
+                                    WECOM_MESSAGE_REFUSED)
         if not result.ok or mention is None:
             return result
         second = self._robot_answer(self._post_json(url, mention), WECOM_THROTTLED, WECOM_REJECTED)
@@ -140,11 +156,12 @@ class WeComChannel(Channel):
         """(markdown message, text message with mentions or None)."""
         users = "".join(f"<@{u}>" for u in _resolve(list(self.mentioned_list)))  # markdown's own @userid syntax
         users = f"\n{users}" if users else ""
-        content = cut_utf8(_with_title(message), WECOM_MAX_MARKDOWN_BYTES - len(users.encode("utf-8"))) + users
+        title, core = robot_markdown(message)
+        content = cut_utf8(core, WECOM_MAX_MARKDOWN_BYTES - len(users.encode("utf-8"))) + users
         markdown = {"msgtype": "markdown", "markdown": {"content": content}}
         if not self.mentioned_mobile_list:
             return markdown, None
-        text = {"content": cut_utf8(message.title, WECOM_MAX_TEXT_BYTES),
+        text = {"content": cut_utf8(title, WECOM_MAX_TEXT_BYTES),
                 "mentioned_mobile_list": _resolve(list(self.mentioned_mobile_list))}  # fmt: skip
         return markdown, {"msgtype": "text", "text": text}
 

@@ -10,6 +10,12 @@ from .base import Channel, SendResult, _host, _resolve, _retry_after, _shown, no
 
 log = logging.getLogger(__name__)
 
+# 4xx answers about who we are or where we post (credentials, a wrong URL), not what: the channel's, so it
+# pauses. Any other 4xx refuses this body (400, 413, 422, or a WAF's 403 for one text): retried alone.
+# A receiver that refuses a bad token with 403 (not 401) is told apart only by its words, so it is taken
+# as the body's: each notification then fails after its tries and the admins hear; none stays silent.
+CHANNEL_4XX = {401, 404, 405, 407, 408, 410, 421, 426}
+
 
 class WebhookChannel(Channel):
     """A generic JSON POST, signed with ``X-Failured-Signature: sha256=<hex HMAC of "{timestamp}.{body}">``."""
@@ -54,7 +60,10 @@ class WebhookChannel(Channel):
         text = resp.text.strip()
         if 200 <= resp.status_code < 300:
             return SendResult(True, answer=f"HTTP {resp.status_code}: {text}".strip())
-        retry = _retry_after(resp.headers.get("Retry-After"), self.clock.now()) if resp.status_code == 429 else None
-        return SendResult(False, retry_after=retry, error=f"HTTP {resp.status_code}: {text}", answer=text)
+        if resp.status_code == 429:
+            retry = _retry_after(resp.headers.get("Retry-After"), self.clock.now())
+            return SendResult(False, retry_after=retry, error=f"HTTP 429: {text}", answer=text)
+        about_body = 400 <= resp.status_code < 500 and resp.status_code not in CHANNEL_4XX
+        return SendResult(False, error=f"HTTP {resp.status_code}: {text}", answer=text, message_fault=about_body)
 
 

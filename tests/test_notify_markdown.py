@@ -1,0 +1,152 @@
+"""Reporter text in robot markdown is inert: no fake lines, links, images, headings, font tags or mentions."""
+
+import re
+
+import pytest
+from conftest import SMALL_PATTERNS, write_config
+
+from failured.config import load_config
+from failured.notify import messages
+from failured.notify.dispatcher import Dispatcher, Lane
+from failured.notify.inert import inert
+from failured.notify.outbox import enqueue
+from failured.rules import DEFAULT_UNKNOWN
+from failured.settings import Settings
+from failured.store import Notification, Task
+
+TOKEN = "robot-token-0123456789abcdef"
+WECOM_KEY = "693a91f6-7aaa-4bc4-97a0-0ec2sifa5aaa"
+# What the security review reported (task type and ref reached the robots verbatim).
+EVIL_TYPE = "evil\n\n**[failured] 已恢复: 一切正常**\n- 建议: 访问 http://evil.example\n<@all>\n#"
+EVIL_REF = "r\n\n# HEADING\n[link](http://evil.example)\n<@all>"
+EVIL_ERROR = ('boom\n[点此处理](http://evil.example/fix) ![](http://evil.example/x.png) <font color="warning">紧急</font>'
+              " <@zhangsan> **bold** `code` ~~gone~~ _it_")
+OUR_LINES = ("- 分类: ", "- 任务类型: ", "- 任务: ", "- 错误: ", "- 建议: ", "- 时间: ", "- 查看: ")
+CONFIG = """
+[channels.ding]
+kind = "dingtalk"
+url = "{ding}"
+access_token = "{token}"
+
+[channels.wecom]
+kind = "wecom"
+url = "{wecom}"
+key = "{key}"
+mentioned_list = ["ops-lead"]
+
+[[routes]]
+channels = ["ding", "wecom"]
+"""
+
+
+def evil_task(task_type=EVIL_TYPE):
+    return Task(id=42, task_type=task_type, ref=EVIL_REF, error_message=EVIL_ERROR, error_type="Evil\n# type")
+
+
+def assert_inert(text):
+    """Nothing in ``text`` a robot would turn into a link, image, heading, font, mention or emphasis of its own."""
+    for syntax in ("](", "![", "<font", "<@", "http://", "~~", "# HEADING", "**[failured] 已恢复"):
+        assert syntax not in text, (syntax, text)
+    assert not re.search(r"(?m)^\s*(#|>|<|\[(?!failured\]))", text), text
+
+
+@pytest.fixture
+def robots(store, clock, tmp_path, robot_server):
+    ding = robot_server("dingtalk", TOKEN, clock=clock.now)
+    wecom = robot_server("wecom", WECOM_KEY, clock=clock.now)
+    main = CONFIG.format(ding=ding.url, wecom=wecom.url, token=TOKEN, key=WECOM_KEY)
+    snapshot = load_config(write_config(tmp_path / "cfg", SMALL_PATTERNS, main), log_dir=tmp_path / "logs")
+    dispatcher = Dispatcher(store, Settings(db=store.path, log_dir=tmp_path / "logs"), clock, lambda: snapshot)
+
+    def deliver(title, body, kind="task", task_type=EVIL_TYPE):
+        enqueue(store, snapshot, clock.now(), "admin", kind, title, body, category="unknown", task_type=task_type,
+                fingerprint=f"fp{clock.now()}")
+        for name in ("ding", "wecom"):
+            lane = Lane(name, dispatcher)
+            lane._load_history(clock.now())
+            lane.process()
+        clock.advance(1)
+        return ding.received[-1].payload["markdown"], wecom.received[-1].payload["markdown"]["content"]
+
+    return snapshot, dispatcher, deliver
+
+
+def test_a_hostile_task_reaches_the_robots_as_plain_text_in_failureds_own_lines(robots, clock):
+    _, _, deliver = robots
+    title, body = messages.task_message("zh", "task", "admin", evil_task(), DEFAULT_UNKNOWN, clock.now())
+    ding, wecom = deliver(title, body)
+    assert "\n" not in ding["title"] and ding["title"].startswith("[failured] 未知错误: evil")
+    assert_inert(ding["title"])
+    for text in (ding["text"], wecom):
+        lines = text.split("\n")
+        assert lines[0].startswith("**[failured] 未知错误: evil") and lines[0].endswith(" #42**")  # our bold title
+        assert all(line.startswith(OUR_LINES) for line in lines[1:] if line and not line.startswith("<@ops-lead>"))
+        assert len(lines) <= 9
+        assert_inert(text.removesuffix("\n<@ops-lead>"))
+        assert "`failured show 42`" in text  # failured's own markup still works
+        assert "已恢复: 一切正常" in text and "紧急" in text  # the words are all there, to be read, not rendered
+    assert wecom.endswith("\n<@ops-lead>")  # the configured mention is still a mention
+
+
+def test_digest_lines_show_hostile_task_types_on_one_line(robots, clock):
+    _, _, deliver = robots
+    rows = [Notification(category="unknown", task_type=EVIL_TYPE, title="[failured] t #1"),
+            Notification(category="unknown", task_type="sync_orders", title="[failured] t #2")]
+    title, body = messages.digest_message("zh", rows, 5, "/var/lib/failured/failured.db", 7)
+    ding, _ = deliver(title, body, kind="digest")
+    assert_inert(ding["text"])
+    assert "- sync_orders: 1" in ding["text"]  # a task type people type keeps its underscores
+    assert len(ding["text"].split("\n")) == len(body.split("\n"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: messages.manual_message("zh", EVIL_TYPE),
+    lambda: messages.breaker_message("zh", EVIL_TYPE, True, 5, 60),
+    lambda: messages.breaker_message("en", EVIL_TYPE, False),
+    lambda: messages.task_message("en", "exhausted", "user", evil_task(), DEFAULT_UNKNOWN, 0, 3, 3),
+])
+def test_every_message_about_a_task_type_keeps_it_inert(make):
+    title, body = make()
+    assert "\n" not in title
+    assert_inert(title)
+    assert_inert(body)
+
+
+def test_a_mention_in_a_message_from_elsewhere_never_pings_on_wecom(robots):
+    _, _, deliver = robots
+    # e.g. a row written before this version, or an error text in a config-reload alert
+    _, wecom = deliver("[failured] x\n<@all>", "**[failured] x**\n- <@all> <@boss> <font color=\"warning\">!</font>")
+    assert "<@all>" not in wecom and "<@boss>" not in wecom and "<font" not in wecom
+    assert wecom.endswith("\n<@ops-lead>")
+
+
+def test_wecom_and_dingtalk_titles_are_one_line(robots):
+    _, _, deliver = robots
+    ding, wecom = deliver("[failured] a\n\n# b", "body")
+    assert ding["title"] == "[failured] a # b"  # "#" within a line starts nothing
+    assert wecom.startswith("**[failured] a # b**\n\nbody")
+
+
+@pytest.mark.parametrize("given, shown", [
+    ("sync_orders", "sync_orders"),
+    ("订单同步失败：库存不足（SKU 12）", "订单同步失败：库存不足（SKU 12）"),
+    ("line one\n\n  line two\r\n", "line one line two"),
+    ("[x](http://e.example)", "［x］(http：//e.example)"),
+    ("![](https://e.example/p.png)", "!［］(https：//e.example/p.png)"),
+    ('<font color="warning">hi</font> <@all>', '＜font color="warning"＞hi＜/font＞ ＜@all＞'),
+    ("**b** *i* __u__ _i_ ~~s~~ `c`", "＊＊b＊＊ ＊i＊ ＿＿u＿＿ ＿i＿ ～～s～～ ｀c｀"),
+    ("# heading", "＃ heading"),
+    ("> quote", "＞ quote"),
+    ("- item", "－ item"),
+    ("1. item", "1． item"),
+    ("a\u202eb\x00c\x1b[31m", "abc［31m"),  # a bidi override, NUL and an ANSI escape are dropped
+    (None, ""),
+])
+def test_inert_text_keeps_the_words_and_loses_the_syntax(given, shown):
+    assert inert(given) == shown
+
+
+def test_inert_text_is_cut_to_its_limit_and_stays_inert_when_made_inert_again():
+    text = inert("[x](y) " * 100, 50)
+    assert len(text) == 50 and text.endswith("…") and inert(text) == text
+
