@@ -23,6 +23,10 @@ from .store.breakers import claim_probe, give_probe_back, load_breakers, lock_br
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 REFRESH_SECONDS = 1.0  # shared: how stale a daemon's view of the others' breakers may be
 PROBE_ABANDONED_SECONDS = 900.0  # shared: a probe this old belonged to a daemon that died; another may probe
+# A retry postponed to the cool-down's end is handed back on the wall clock and put on the heap's monotonic clock
+# again: the two readings may land it a few microseconds short of the end. That retry is the probe, not a retry
+# to postpone by those microseconds again.
+CLOCKS_SLACK_SECONDS = 0.001
 
 
 @dataclass
@@ -64,24 +68,30 @@ class Breakers:
     def _wall(self, monotonic):
         return self.clock.now() + (monotonic - self.clock.monotonic())
 
-    def allow(self, task_type):
-        """(True, None) to run a retry now, or (False, until) to postpone it (``until`` on the wall clock)."""
+    def allow(self, task_type, starts=None):
+        """(True, None) to run a retry, or (False, until) to postpone it (``until`` on the wall clock).
+
+        ``starts``: when the retry would start (monotonic; default now). The retry timer claims retries
+        ahead of their due time: one that starts once the cool-down is over is the probe, and one that
+        starts before is postponed to the cool-down's end, not by the sliver left until then.
+        """
         now = self.clock.monotonic()
+        probe_at = (now if starts is None else max(now, starts)) + CLOCKS_SLACK_SECONDS
         with self._lock:
             self._refresh()
             state = self._states.get(task_type)
             if state is None or state.state == CLOSED:
                 return True, None
-            if state.state == OPEN and now < state.open_until:
+            if state.state == OPEN and probe_at < state.open_until:
                 return False, self._wall(state.open_until)
-            if state.probing or self.shared and not self._claim_probe(task_type):
+            if state.probing or self.shared and not self._claim_probe(task_type, self._wall(probe_at)):
                 return False, self._wall(now + min(1.0, self.config.cooldown_seconds))
             state.state, state.probing = HALF_OPEN, True
             return True, None
 
-    def _claim_probe(self, task_type):
-        wall = self.clock.now()
-        if claim_probe(self.store, task_type, wall, wall - PROBE_ABANDONED_SECONDS):
+    def _claim_probe(self, task_type, probe_at):
+        """Claim the probe in the table for a retry starting at ``probe_at`` (wall clock)."""
+        if claim_probe(self.store, task_type, probe_at, self.clock.now() - PROBE_ABANDONED_SECONDS):
             return True
         self.load()  # another daemon probes (or closed it): see what it did
         return False

@@ -65,6 +65,11 @@ class RetryQueue:
     def __len__(self):
         return len(self._due)
 
+    @property
+    def monotonic(self):
+        """True when deadlines are monotonic seconds (the queue has a clock)."""
+        return self._clock is not None
+
     def _deadline(self, due):
         if self._clock is None:
             return due
@@ -333,7 +338,7 @@ class Runner:
                 # would forget the run: its lease would look abandoned, and one more retry would be claimed.
                 continue
             try:
-                ok, until = self.breakers.allow(task_type)
+                ok, until = self.breakers.allow(task_type, starts=self._starts(deadline))
                 if not ok and self.engine.postpone(task_id, until, "breaker open"):
                     self.queue.push(task_id, until, task_type)
             except Exception as exc:  # the database stopped answering: what is not decided stays on the heap
@@ -348,6 +353,11 @@ class Runner:
         else:
             self._recovered("breakers", "retry timer: the breakers are consulted again")
         return allowed
+
+    def _starts(self, deadline):
+        """When a retry popped with ``deadline`` starts (monotonic): a queue without a clock speaks the caller's
+        times, which mean nothing to the breakers, so its retries count as starting now."""
+        return deadline if self.queue.monotonic else None
 
     def _run(self, claimed, deadline):
         """Run one claimed retry, not before its due time (``deadline``, on the heap's clock)."""

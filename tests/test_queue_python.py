@@ -133,11 +133,11 @@ def test_due_retries_wait_on_the_heap_while_the_breakers_cannot_be_read(engine, 
     breakers = Breakers(BreakerConfig(), persist=False, clock=clock)
     allow, refused = breakers.allow, []
 
-    def allow_after_one_refusal(task_type):
+    def allow_after_one_refusal(task_type, starts=None):
         if not refused:
             refused.append(task_type)
             raise StoreUnavailableError("server closed the connection unexpectedly")
-        return allow(task_type)
+        return allow(task_type, starts)
 
     monkeypatch.setattr(breakers, "allow", allow_after_one_refusal)
     runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
