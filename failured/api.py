@@ -28,7 +28,7 @@ from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreF
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap, read_fields
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 from .listing import build_filter, since_seconds
-from .manual import REQUEUE_STATUSES, check_categories
+from .manual import REQUEUE_PAGE, REQUEUE_STATUSES, check_categories
 from .web import Console
 from .web.hosts import Hosts, is_loopback
 
@@ -49,7 +49,8 @@ _TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: 
 MAX_QUERY_FIELDS = 200
 LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": False, "grep": False, "limit": False,
                    "cursor": False}  # name -> repeatable
-REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool}
+REQUEUE_FIELDS = {"status": list, "category": str, "type": str, "since": str, "dry_run": bool, "limit": int,
+                  "cursor": str}
 RESOLVE_FIELDS = {"task_ids": list, "note": str}
 MAX_RESOLVE_IDS = 1000
 
@@ -277,10 +278,13 @@ class ApiServer:
                 raise ApiError(400, "bad_request", f"status {status[:40]!r} cannot be requeued: use "
                                f"{', '.join(REQUEUE_STATUSES)}", field="status")
         since = since_seconds(fields.get("since"))
-        requeued, skipped = self.backend.requeue(fields.get("dry_run", False), category=fields.get("category"),
-                                                 task_type=fields.get("type"), statuses=statuses, since_seconds=since)
+        limit, after_id = _requeue_limit(fields.get("limit", REQUEUE_PAGE)), _requeue_cursor(fields.get("cursor"))
+        requeued, skipped, cursor = self.backend.requeue(
+            fields.get("dry_run", False), limit, after_id, category=fields.get("category"),
+            task_type=fields.get("type"), statuses=statuses, since_seconds=since)
         return 200, {"dry_run": fields.get("dry_run", False), "requeued": [_task_line(t) for t in requeued],
-                     "skipped": [{**_task_line(t), "reason": why} for t, why in skipped]}
+                     "skipped": [{**_task_line(t), "reason": why} for t, why in skipped],
+                     "next_cursor": None if cursor is None else str(cursor)}
 
     def post_resolve(self, handler, match):
         fields = check_fields(handler.json_body(), RESOLVE_FIELDS, required=("task_ids",))
@@ -359,6 +363,25 @@ def _strings(fields, name):
     return values
 
 
+def _requeue_limit(limit):
+    """A requeue's page size: one answer, and one hold of the write lock, stays bounded."""
+    if not 1 <= limit <= REQUEUE_PAGE:
+        raise ApiError(400, "bad_request", f"field 'limit' must be from 1 to {REQUEUE_PAGE}: page through more "
+                       "matches with cursor (each answer's next_cursor)", field="limit")
+    return limit
+
+
+def _requeue_cursor(cursor):
+    """The task id a requeue page continues after (the previous answer's next_cursor), or None."""
+    if cursor is None:
+        return None
+    text = cursor.strip()  # as GET /v1/tasks's cursor: the pattern's "$" also matches before a final newline
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ApiError(400, "bad_request", f"cursor {text[:40]!r} is not one this server gave: pass next_cursor "
+                       "as it came", field="cursor")
+    return int(text)
+
+
 def _task_line(task):
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category}
 
@@ -376,9 +399,13 @@ def _check_task_type(value):
     """The intake's rule for task types (check_task_type), in the API's words."""
     try:
         check_task_type(value)
-    except InputError:
-        reason = (f"must be at most {MAX_TASK_TYPE_CHARS} characters" if len(value) > MAX_TASK_TYPE_CHARS
-                  else "must not be empty or only spaces")
+    except InputError as exc:
+        if len(value) > MAX_TASK_TYPE_CHARS:
+            reason = f"must be at most {MAX_TASK_TYPE_CHARS} characters"
+        elif not value.strip():
+            reason = "must not be empty or only spaces"
+        else:
+            reason = f"is refused: {exc}"
         raise ApiError(400, "bad_request", f"field 'task_type' {reason}", field="task_type") from None
 
 

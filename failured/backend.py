@@ -85,10 +85,12 @@ class Backend:
         rows, cursor = listing.list_page(task_filter, self.clock.now(), self.store)
         return {"tasks": rows, "next_cursor": cursor}
 
-    def requeue(self, dry_run=False, **filters):
-        """``failured requeue`` over the API: (requeued tasks, [(task, why skipped)])."""
+    def requeue(self, dry_run=False, limit=manual.REQUEUE_PAGE, after_id=None, **filters):
+        """``failured requeue`` over the API, one page of ``limit`` matches above ``after_id`` (the lock is held
+        for that page only): (requeued tasks, [(task, why skipped)], the id to continue after or None)."""
         with self._writes:
-            result = manual.requeue(self.store, self.config(), self.clock.now(), dry_run, **filters)
+            result = manual.requeue_page(self.store, self.config(), self.clock.now(), dry_run, limit, after_id,
+                                         **filters)
         if not dry_run:
             self.wake()
         return result

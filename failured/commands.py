@@ -168,13 +168,18 @@ def check_writable_dirs(settings):
                              "fix its permissions or point the variable at a writable directory") from None
 
 
-def describe_handler(handler):
+def describe_handler(handler, task_type=None):
+    """One line on how ``task_type``'s retries run (never a secret: no broker URL, no URL query)."""
     if handler is None:
         return None
     if handler.kind == "command":
         return f"command {' '.join(handler.argv)}"
     if handler.kind == "http":
         return f"http {handler.method} {handler.url.split('?', 1)[0]}"
+    if handler.kind == "celery":
+        options = dict(handler.options)  # as the handler sends: the task type's name, the queue it first ran on
+        queue = f"queue {options['queue']}" if options.get("queue") else "the queue it first ran on"
+        return f"celery {options.get('task') or task_type} ({queue})"
     return f"python {handler.target}"
 
 
@@ -194,7 +199,7 @@ def config_summary(snapshot):
         "files": list(snapshot.files),
         "digest": snapshot.digest,
         "categories": categories,
-        "task_types": {name: describe_handler(t.handler) for name, t in snapshot.task_types.items()},
+        "task_types": {name: describe_handler(t.handler, name) for name, t in snapshot.task_types.items()},
     }
 
 
@@ -209,7 +214,9 @@ def scan_report(settings):
         else:
             raise FailuredError("the processing report moved three times while this one was made: a daemon "
                                 "is writing it now; see its report directory, or try again")
-        return reports.write_report(settings.report_dir, reports.PROCESSING, report, now), report
+        path = reports.write_report(settings.report_dir, reports.PROCESSING, report, now)
+        store.set_state("last_scan", f"{now:.3f}", now)  # as the daemon's scan: `failured status` shows it
+        return path, report
     return with_store(settings, write)
 
 

@@ -1,5 +1,6 @@
 """Manual control: recover, requeue, resolve, show. They write the store; a running daemon notices."""
 
+import contextlib
 import json
 import re
 
@@ -17,6 +18,7 @@ RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskSt
 
 REQUEUE_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL, RESOLVED)  # finished, and not by a retry that worked
 REQUEUE_DEFAULT_STATUSES = (NOTIFIED, EXHAUSTED, MANUAL)
+REQUEUE_PAGE = 1000  # tasks a requeue changes in one transaction: reports wait behind a page, not all of them
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -59,14 +61,21 @@ def refusal(task, force, has_handler):
 
 
 def _schedule_now(store, task, now, event, force, note=None):
+    with store.transaction():
+        if not _schedule_in_transaction(store, task, now, event, force, note):
+            raise RefusedError(f"task {task.id} changed while being requeued: try again")
+        wake_daemons(store)  # PostgreSQL: every daemon hears of it at the commit (SQLite: data_version)
+
+
+def _schedule_in_transaction(store, task, now, event, force, note=None):
+    """Schedule ``task`` for now, with its event, in the caller's transaction; False when it changed meanwhile."""
     # A forced retry may go past the attempt limit by exactly one.
     limit = max(task.max_attempts or 0, task.attempts + 1) if force else task.max_attempts
-    with store.transaction():
-        if not rows.schedule_now(store, task.id, task.status, now, limit):
-            raise RefusedError(f"task {task.id} changed while being requeued: try again")
-        rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
-                  **({"note": note} if note else {}))
-        wake_daemons(store)  # PostgreSQL: every daemon hears of it at the commit (SQLite: data_version)
+    if not rows.schedule_now(store, task.id, task.status, now, limit):
+        return False
+    rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
+                   **({"note": note} if note else {}))
+    return True
 
 
 def recover(store, snapshot, task_id, now, force=False):
@@ -97,32 +106,65 @@ def check_categories(names, snapshot, store):
             raise UnknownCategory(name, known)
 
 
-def select_for_requeue(store, category=None, task_type=None, statuses=None, since_seconds=None, now=None):
-    return rows.find_tasks(store, statuses or REQUEUE_DEFAULT_STATUSES, category, task_type,
-                           None if since_seconds is None else now - since_seconds)
+def select_for_requeue(store, category=None, task_type=None, statuses=None, since_seconds=None, now=None,
+                       limit=REQUEUE_PAGE, after_id=None):
+    """One page of what a requeue with these filters takes: (up to ``limit`` tasks with an id above
+    ``after_id``, by id; the id to continue after, or None when no task is left)."""
+    found = rows.find_tasks(store, statuses or REQUEUE_DEFAULT_STATUSES, category, task_type,
+                            None if since_seconds is None else now - since_seconds, after_id, limit + 1)
+    more = len(found) > limit
+    return found[:limit], (found[limit - 1].id if more else None)
 
 
 def requeue(store, snapshot, now, dry_run=False, **filters):
-    """Retry many finished tasks at once (e.g. every config error after a key was fixed).
+    """Retry every finished task the filters match (e.g. every config error after a key was fixed), a page
+    of REQUEUE_PAGE at a time, each page its own transaction.
 
-    Returns (requeued, skipped): skipped pairs a task with why (no handler).
+    Returns (requeued, skipped): skipped pairs a task with why (no handler, changed meanwhile).
     """
-    statuses = filters.pop("statuses", None)
-    for status in statuses or ():
+    _check_requeue_filters(store, snapshot, filters)
+    requeued, skipped, cursor = [], [], None
+    while True:
+        page_requeued, page_skipped, cursor = _requeue_page(store, snapshot, now, dry_run, REQUEUE_PAGE, cursor,
+                                                            filters)
+        requeued += page_requeued
+        skipped += page_skipped
+        if cursor is None:
+            return requeued, skipped
+
+
+def requeue_page(store, snapshot, now, dry_run=False, limit=REQUEUE_PAGE, after_id=None, **filters):
+    """``requeue`` of one page: the first ``limit`` matches with an id above ``after_id``, in one transaction.
+
+    Returns (requeued, skipped, the id to continue after or None when no match is left).
+    """
+    _check_requeue_filters(store, snapshot, filters)
+    return _requeue_page(store, snapshot, now, dry_run, limit, after_id, filters)
+
+
+def _check_requeue_filters(store, snapshot, filters):
+    for status in filters.get("statuses") or ():
         if status not in REQUEUE_STATUSES:
             raise InputError(f"status {status[:40]!r} cannot be requeued: use {', '.join(REQUEUE_STATUSES)}")
     if filters.get("category"):
         check_categories([filters["category"]], snapshot, store)
-    tasks = select_for_requeue(store, statuses=statuses, now=now, **filters)
-    requeued, skipped = [], []
-    for task in tasks:
-        if not (task.handler or snapshot.task_type(task.task_type).handler is not None):
-            skipped.append((task, f"task type {task.task_type!r} has no handler"))
-            continue
-        if not dry_run:
-            _schedule_now(store, task, now, "requeued", force=True)
-        requeued.append(task)
-    return requeued, skipped
+
+
+def _requeue_page(store, snapshot, now, dry_run, limit, after_id, filters):
+    # One transaction a page: the write lock is held for at most `limit` tasks, so reports wait that long at most.
+    with contextlib.nullcontext() if dry_run else store.transaction():
+        tasks, cursor = select_for_requeue(store, now=now, limit=limit, after_id=after_id, **filters)
+        requeued, skipped = [], []
+        for task in tasks:
+            if not (task.handler or snapshot.task_type(task.task_type).handler is not None):
+                skipped.append((task, f"task type {task.task_type!r} has no handler"))
+            elif dry_run or _schedule_in_transaction(store, task, now, "requeued", force=True):
+                requeued.append(task)
+            else:
+                skipped.append((task, f"task {task.id} changed while being requeued"))
+        if requeued and not dry_run:
+            wake_daemons(store)  # PostgreSQL: every daemon hears of it at the commit (SQLite: data_version)
+    return requeued, skipped, cursor
 
 
 def resolve(store, task_id, now, note=None):
@@ -133,6 +175,8 @@ def resolve(store, task_id, now, note=None):
         raise RefusedError(f"task {task_id} is running a retry right now: resolve it when it finishes")
     if task.status == RESOLVED:
         raise RefusedError(f"task {task_id} is already resolved")
+    if task.status == RECOVERED:  # a retry finished it: resolved, the analysis would count a recovery as a failure
+        raise RefusedError(f"task {task_id} is already recovered: a retry finished it, there is nothing to resolve")
     with store.transaction():
         if not rows.resolve_task(store, task_id, task.status, now, note):
             raise RefusedError(f"task {task_id} changed while being resolved: try again")

@@ -299,6 +299,45 @@ def test_without_a_token_v1_is_open(harness):
     assert client.report().status == 201
 
 
+def _every_operation():
+    """(method, path) of each operation the document describes, with task id 1 in its path."""
+    return [(method.upper(), template.replace("{task_id}", "1"))
+            for template, operations in SPEC["paths"].items() for method in operations]
+
+
+def test_without_a_token_a_rebound_host_or_a_foreign_origin_is_refused_as_documented(harness):
+    client = Client(harness.serve(token=None).port, token="")
+    for method, path in _every_operation():  # each answer is checked against the document (Client.call)
+        body = {} if method == "POST" else None
+        answer = client.call(method, path, body, headers={"Host": "attacker.example:8649"})
+        assert (answer.status, answer.data["error"]) == (421, "misdirected_request"), (method, path)
+        if path.startswith("/v1/"):
+            answer = client.call(method, path, body, headers={"Origin": "http://attacker.example"})
+            assert (answer.status, answer.data["error"]) == (403, "forbidden"), (method, path)
+    task_id = client.report().data["task_id"]
+    form = client.call("POST", f"/v1/tasks/{task_id}/recover", b"",
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (form.status, form.data["error"]) == (415, "unsupported_media_type")
+    assert harness.tasks() == 1
+
+
+@pytest.mark.parametrize("task_type, accepted", [
+    ("sync", True), (" \t sync \n", True), ("\u2028sync\u2029", True), ("sy nc", True), ("sy\u00a0nc", True),
+    ("sy\x00nc", True),  # stored as sy\ufffdnc: text both stores hold, nothing a terminal acts on
+    ("sy\x1b[2Jnc", False), ("sy\nnc", False), ("sy\tnc", False), ("sy\x85nc", False), ("sy\x9bnc", False),
+    ("sy\u2028nc", False), ("sy\u202enc", False), ("sy\u2066nc", False), ("sy\x7fnc", False), (" \n ", False),
+])
+def test_a_task_type_with_a_control_character_inside_is_refused_as_the_document_says(client, harness, task_type,
+                                                                                     accepted):
+    failure = {"task_type": task_type, "error": "connection timeout"}
+    success = {"task_type": task_type, "count": 1}
+    assert acceptable_report(failure) is accepted
+    assert validator(_pointer("components", "schemas", "SuccessReport")).is_valid(success) is accepted
+    assert client.call("POST", "/v1/failures", failure).status == (201 if accepted else 400)
+    assert client.call("POST", "/v1/successes", success).status == (200 if accepted else 400)
+    assert harness.tasks() == (1 if accepted else 0)
+
+
 def test_wrong_method_is_405_with_allow(client):
     for method, path, allow in [("GET", "/v1/failures", "POST"), ("DELETE", "/v1/tasks/1", "GET"),
                                 ("PUT", "/v1/successes", "POST"), ("GET", "/v1/tasks/1/recover", "POST"),

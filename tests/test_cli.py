@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from conftest import Database, query, run_cli, shipped_config_files
+from cli_inprocess import cli_fixture  # noqa: F401 - fixture: a command in-process
+from conftest import Database, query, run_cli, shipped_config_files, write_config
 
 
 def env_for(tmp_path, config_dir=None, db=None):
@@ -102,3 +103,36 @@ def test_re2_prints_nothing_of_its_own_for_a_bad_pattern(tmp_path, config_dir):
     assert result.returncode == 1
     assert "invalid perl operator" in result.stderr and "missing )" in result.stderr
     assert "re2.cc" not in result.stderr and "absl" not in result.stderr and "E0000" not in result.stderr
+
+
+CELERY_HANDLERS = """
+[task_types."shop.tasks.sync_order".handler]
+kind = "celery"
+broker = "redis://:broker-password@127.0.0.1:6379/0"
+queue = "retries"
+
+[task_types."shop.tasks.mail".handler]
+kind = "celery"
+broker = "redis://127.0.0.1:6379/0"
+task = "shop.tasks.send_mail"
+"""
+
+
+def test_check_config_names_a_celery_handlers_task_and_queue_never_its_broker(tmp_path, cli):
+    config_dir = write_config(tmp_path / "config", main=CELERY_HANDLERS)
+    result = cli("check-config", str(config_dir), env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "task type shop.tasks.sync_order: handler celery shop.tasks.sync_order (queue retries)" in result.stdout
+    assert ("task type shop.tasks.mail: handler celery shop.tasks.send_mail (the queue it first ran on)"
+            in result.stdout)
+    assert "broker-password" not in result.stdout
+
+
+def test_scan_from_the_cli_is_the_last_scan_status_shows(tmp_path, config_dir, cli):
+    env = {**env_for(tmp_path, config_dir), "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
+    assert cli("report", "--type", "sync", "--error", "connection timeout", env=env).returncode == 0
+    assert json.loads(cli("status", "--json", env=env).stdout)["daemon"]["last_scan"] is None
+    scanned = cli("scan", env=env)
+    assert scanned.returncode == 0, scanned.stderr
+    assert json.loads(cli("status", "--json", env=env).stdout)["daemon"]["last_scan"] is not None
+    assert "last scan -" not in cli("status", env=env).stdout

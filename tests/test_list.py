@@ -15,6 +15,7 @@ from failured.config import load_config
 from failured.errors import InputError
 from failured.intake import record_failure
 from failured.listing import build_filter, list_page
+from failured.manual import REQUEUE_PAGE
 from failured.settings import load_settings
 from failured.store import Task, like_literal
 
@@ -184,6 +185,61 @@ def test_resolve_a_list_reports_each_refusal(api):
     assert Task.get_by_id(open_one).status == "resolved" and Task.get_by_id(open_one).note == "by hand"
     assert call(f"{base}/v1/tasks/resolve", {"task_ids": []})[0] == 400
     assert call(f"{base}/v1/tasks/resolve", {"task_ids": ["1"]})[0] == 400
+
+
+def test_requeue_answers_a_page_at_a_time_and_its_cursor_leads_to_the_next(api):
+    base, store = api
+    made = [add(store, "sync", f"invalid api key {i}", "notified", "unrecoverable_data") for i in range(5)]
+    filters = {"category": "unrecoverable_data", "dry_run": True}
+    status, page = call(f"{base}/v1/tasks/requeue", {**filters, "limit": 2})
+    assert status == 200 and [t["task_id"] for t in page["requeued"]] == made[:2] and page["next_cursor"]
+    status, page = call(f"{base}/v1/tasks/requeue", {**filters, "limit": 2, "cursor": page["next_cursor"]})
+    assert [t["task_id"] for t in page["requeued"]] == made[2:4]
+    status, page = call(f"{base}/v1/tasks/requeue", {**filters, "limit": 2, "cursor": page["next_cursor"]})
+    assert [t["task_id"] for t in page["requeued"]] == made[4:] and page["next_cursor"] is None
+    status, page = call(f"{base}/v1/tasks/requeue", {"category": "unrecoverable_data", "limit": 3})
+    assert [t["task_id"] for t in page["requeued"]] == made[:3] and page["next_cursor"] == str(made[2])
+    assert [Task.get_by_id(i).status for i in made] == ["scheduled"] * 3 + ["notified"] * 2
+    status, page = call(f"{base}/v1/tasks/requeue", {"category": "unrecoverable_data"})  # default: up to 1000
+    assert [t["task_id"] for t in page["requeued"]] == made[3:] and page["next_cursor"] is None
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"limit": 1001}, "limit", "from 1 to 1000: page through more matches with cursor"),
+    ({"limit": 0}, "limit", "from 1 to 1000"), ({"limit": "5"}, "limit", "must be a whole number"),
+    ({"cursor": "abc"}, "cursor", "is not one this server gave"), ({"cursor": 5}, "cursor", "must be a string"),
+])
+def test_requeue_refuses_a_page_over_1000_or_a_cursor_it_did_not_give(api, fields, field, words):
+    base, store = api
+    task = add(store, "sync", "invalid api key", "notified", "unrecoverable_data")
+    status, error = call(f"{base}/v1/tasks/requeue", fields)
+    assert (status, error["error"], error.get("field")) == (400, "bad_request", field) and words in error["detail"]
+    assert Task.get_by_id(task).status == "notified"
+
+
+def test_cli_requeue_works_through_every_page_and_prints_the_total(tmp_path, store, cli):
+    config = write_config(tmp_path / "config", main=HANDLER)
+    env = {"FAILURE_DB": str(store.path), "FAILURE_CONFIG_DIR": str(config)}
+    made = [add(store, "sync", f"invalid api key {i}", "notified", "unrecoverable_data")
+            for i in range(REQUEUE_PAGE + 2)]
+    dry = cli("requeue", "--category", "unrecoverable_data", "--dry-run", env=env)
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == f"{len(made)} task(s) would requeue, 0 skipped"
+    result = cli("requeue", "--category", "unrecoverable_data", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [t["task_id"] for t in json.loads(result.stdout)["requeued"]] == made
+    assert {Task.get_by_id(i).status for i in made} == {"scheduled"}
+
+
+def test_resolving_a_recovered_task_is_refused_over_the_api_and_the_cli(api, tmp_path, cli):
+    base, store = api
+    recovered = add(store, "sync", "connection timeout", "recovered", "recoverable_network")
+    status, result = call(f"{base}/v1/tasks/resolve", {"task_ids": [recovered]})
+    assert status == 200 and result["resolved"] == []
+    assert result["refused"] == [{"task_id": recovered, "reason": f"task {recovered} is already recovered: "
+                                  "a retry finished it, there is nothing to resolve"}]
+    refused = cli("resolve", str(recovered), env={"FAILURE_DB": str(store.path)})
+    assert refused.returncode == 1 and f"task {recovered} is already recovered" in refused.stderr
+    assert Task.get_by_id(recovered).status == "recovered"  # the analysis still counts it as a recovery
 
 
 # -- a category or status that matches nothing by a typo ----------------------------

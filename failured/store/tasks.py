@@ -575,8 +575,9 @@ def take_back(store, task_id, owner, now, uncount=False):
 
 # -- manual control -------------------------------------------------------------------
 
-def find_tasks(store, statuses, category=None, task_type=None, since=None):
-    """Tasks in ``statuses`` (of one category / task type, created since ``since``), by id."""
+def find_tasks(store, statuses, category=None, task_type=None, since=None, after_id=None, limit=None):
+    """Tasks in ``statuses`` (of one category / task type, created since ``since``), by id: the first
+    ``limit`` (None: all) with an id above ``after_id``."""
     sql = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE status IN ({', '.join('?' * len(statuses))})"
     params = list(statuses)
     for column, value in (("category", category), ("task_type", task_type)):
@@ -584,7 +585,12 @@ def find_tasks(store, statuses, category=None, task_type=None, since=None):
             sql, params = sql + f" AND {column} = ?", params + [value]
     if since is not None:
         sql, params = sql + " AND created_at >= ?", params + [stamp(since)]
-    return [_task_of(row) for row in store.execute(sql + " ORDER BY id", tuple(params)).fetchall()]
+    if after_id is not None:
+        sql, params = sql + " AND id > ?", params + [after_id]
+    sql += " ORDER BY id"
+    if limit is not None:
+        sql, params = sql + " LIMIT ?", params + [limit]
+    return [_task_of(row) for row in store.execute(sql, tuple(params)).fetchall()]
 
 
 def schedule_now(store, task_id, expected_status, now, max_attempts):
