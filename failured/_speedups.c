@@ -11,7 +11,7 @@
  *   model.py        features and _column_sums (the same set in the same order, the same sums),
  *                   feature_order / feature_probabilities: the same order, sums and
  *                   probabilities from the set's layout alone (CPython's set algorithm written out),
- *                   and the training's AdaGrad step (the same weights, bit for bit)
+ *                   and the training's lazy Adam step (the same weights, bit for bit)
  *
  * The extension is optional (setup.py): where it is not built each caller uses its Python
  * code, and a test per function compares the two (tests/test_fingerprint.py,
@@ -2429,31 +2429,27 @@ static void softmax_in_place(double *values, Py_ssize_t n)
         values[k] = values[k] / divisor;
 }
 
-/* model.TextModel.probabilities(text) given its rows, bias, tempered prior and 1 / NB_TEMPERATURE:
+/* model.TextModel.probabilities(text) given its rows and bias:
  *     sums = the column sums of the features' rows (summed_features); n = len(bias)
  *     scale = 1.0 / math.sqrt(max(1, count))
- *     linear = [b + scale * s for b, s in zip(bias, sums[:n])]
- *     bayes = [b + inverse * s for b, s in zip(tempered_prior, sums[n:])]
- *     scores = [(a + b) / 2 for a, b in zip(linear, bayes)]
+ *     scores = [b + scale * s for b, s in zip(bias, sums)]
  * then the softmax: exp(s - max(scores)) each, divided by their sum (added left to right as sum()
  * adds them before 3.12, with Neumaier's compensation since): the same operations in the same
  * order on the same doubles. */
 static PyObject *feature_probabilities(PyObject *self, PyObject *args)
 {
-    PyObject *slots, *table, *text, *bias, *prior, *result = NULL;
-    double inverse;
+    PyObject *slots, *table, *text, *bias, *result = NULL;
     Rows rows;
-    if (!PyArg_ParseTuple(args, "OOUO!O!d:feature_probabilities", &slots, &table, &text, &PyTuple_Type, &bias,
-                          &PyTuple_Type, &prior, &inverse))
+    if (!PyArg_ParseTuple(args, "OOUO!:feature_probabilities", &slots, &table, &text, &PyTuple_Type, &bias))
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(bias), count = 0;
-    if (n <= 0 || PyTuple_GET_SIZE(prior) != n) {
-        PyErr_SetString(PyExc_ValueError, "bias and prior must have one value per class");
+    if (n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bias must have one value per class");
         return NULL;
     }
-    if (rows_open(&rows, slots, table, 2 * n) < 0)
+    if (rows_open(&rows, slots, table, n) < 0)
         return NULL;
-    Sum *sums = PyMem_Calloc(2 * n, sizeof(Sum));
+    Sum *sums = PyMem_Calloc(n, sizeof(Sum));
     double *scores = PyMem_Calloc(n, sizeof(double));
     if (sums == NULL || scores == NULL) {
         PyErr_NoMemory();
@@ -2463,11 +2459,10 @@ static PyObject *feature_probabilities(PyObject *self, PyObject *args)
         goto done;
     double scale = 1.0 / sqrt((double)(count > 1 ? count : 1));
     for (Py_ssize_t k = 0; k < n; k++) {
-        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bias, k)), p = PyFloat_AsDouble(PyTuple_GET_ITEM(prior, k));
-        if ((b == -1.0 || p == -1.0) && PyErr_Occurred())
+        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(bias, k));
+        if (b == -1.0 && PyErr_Occurred())
             goto done;
-        double linear = b + scale * sum_value(&sums[k]), bayes = p + inverse * sum_value(&sums[n + k]);
-        scores[k] = (linear + bayes) / 2;
+        scores[k] = b + scale * sum_value(&sums[k]);
     }
     softmax_in_place(scores, n);
     result = PyList_New(n);
@@ -2485,40 +2480,6 @@ done:
     return result;
 }
 
-/* model._python_step (one AdaGrad step of the softmax loss on one example), in place:
- *     probs = _softmax([b + scale * sum(column) for b, column in zip(bias, zip(*rows))])
- *     gradient = [probs[k] - (k == target) for k in range(n)]
- *     active = [k for k in range(n) if abs(gradient[k]) >= 1e-3]; none: return
- *     squared = sum(gradient[k] * gradient[k] for k in active) * scale * scale
- *     for row, accumulated in zip(rows, squares):
- *         accumulated[0] += squared
- *         step = learning_rate * scale / math.sqrt(accumulated[0])
- *         for k in active: row[k] -= step * (gradient[k] + l2 * row[k] / scale)
- *     for k in active: bias[k] -= 0.05 * gradient[k]
- * ``rows`` a list of lists of n floats, ``squares`` a list of one-float lists, ``bias`` a list of n
- * floats: the same operations in the same order on the same doubles (sums as sum() adds them). */
-static int float_at(PyObject *list, Py_ssize_t k, double *value)
-{
-    PyObject *item = PyList_GET_ITEM(list, k);
-    if (!PyFloat_CheckExact(item)) {
-        PyErr_SetString(PyExc_TypeError, "weights must be floats");
-        return -1;
-    }
-    *value = PyFloat_AS_DOUBLE(item);
-    return 0;
-}
-
-static int set_float(PyObject *list, Py_ssize_t k, double value)
-{
-    PyObject *item = PyFloat_FromDouble(value);
-    if (item == NULL)
-        return -1;
-    PyObject *old = PyList_GET_ITEM(list, k);
-    PyList_SET_ITEM(list, k, item);
-    Py_DECREF(old);
-    return 0;
-}
-
 /* A writable buffer of doubles (``what`` names it in errors); its length in doubles in ``*count``. */
 static int doubles_open(PyObject *obj, Py_buffer *view, const char *what, Py_ssize_t *count)
 {
@@ -2534,105 +2495,153 @@ static int doubles_open(PyObject *obj, Py_buffer *view, const char *what, Py_ssi
     return 0;
 }
 
-/* One AdaGrad step on one example, in place: model._python_step, the same arithmetic in the same order.
- * ``slots`` (an array('i')) are the example's rows: row s is weights[s * n : (s + 1) * n] and its running
- * sum of squared gradients squares[s]; ``bias`` is a list of n floats. */
-static PyObject *adagrad_step(PyObject *self, PyObject *args)
+/* One step of lazy Adam on a batch of examples, in place: model._python_adam_batch, the same arithmetic in
+ * the same order. ``batch`` is a list of (target, slots, scale): the example's class, its rows (an array('i'):
+ * row s is weights[s * n : (s + 1) * n], its moments first[...] and second[...] alike) and its features'
+ * scale. Every example is scored with the weights as they were before the step; the gradient of the mean
+ * loss is summed per row, rows in the order the batch first names them, and only those rows move.
+ * ``marks`` (an array('i') of one -1 per slot, left so) finds a row's gradient while the batch is summed. */
+typedef struct {
+    PyObject *batch;
+    double *w, *first, *second;
+    int *marks;
+    Py_ssize_t n, slot_count;
+} AdamStep;
+
+static int adam_example(const AdamStep *a, PyObject *example, const int **slot, Py_ssize_t *count,
+                        Py_ssize_t *target, double *scale, Py_buffer *view)
 {
-    PyObject *slots_obj, *weights_obj, *squares_obj, *bias;
-    Py_ssize_t target;
-    double scale, learning_rate, l2;
-    if (!PyArg_ParseTuple(args, "nOOOdO!dd:adagrad_step", &target, &slots_obj, &weights_obj, &squares_obj,
-                          &scale, &PyList_Type, &bias, &learning_rate, &l2))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(bias);
-    if (n <= 0) {
-        PyErr_SetString(PyExc_ValueError, "bias must hold one value per class");
-        return NULL;
+    if (!PyTuple_Check(example) || PyTuple_GET_SIZE(example) != 3) {
+        PyErr_SetString(PyExc_TypeError, "an example must be a (target, slots, scale) tuple");
+        return -1;
     }
-    Py_buffer slots = {0}, weights = {0}, squares = {0};
-    double *gradient = NULL;
-    Py_ssize_t *active = NULL;
-    PyObject *result = NULL;
-    Py_ssize_t weight_count, square_count;
-    if (PyObject_GetBuffer(slots_obj, &slots, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    if (slots.format == NULL || strcmp(slots.format, "i") != 0 || slots.len == 0) {
-        PyErr_SetString(PyExc_ValueError, "slots must be a non-empty array('i')");
-        goto done;
+    *target = PyLong_AsSsize_t(PyTuple_GET_ITEM(example, 0));
+    *scale = PyFloat_AsDouble(PyTuple_GET_ITEM(example, 2));
+    if ((*target == -1 || *scale == -1.0) && PyErr_Occurred())
+        return -1;
+    if (*target < 0 || *target >= a->n) {
+        PyErr_Format(PyExc_ValueError, "target %zd out of range for %zd classes", *target, a->n);
+        return -1;
     }
-    if (doubles_open(weights_obj, &weights, "weights", &weight_count) < 0 ||
-        doubles_open(squares_obj, &squares, "squares", &square_count) < 0)
-        goto done;
-    if (weight_count != square_count * n) {
-        PyErr_Format(PyExc_ValueError, "weights must hold %zd doubles per slot (one weight per class): %zd for %zd slots",
-                     n, weight_count, square_count);
-        goto done;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(example, 1), view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->format == NULL || strcmp(view->format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "slots must be an array('i')");
+        PyBuffer_Release(view);
+        return -1;
     }
-    const int *slot = slots.buf;
-    Py_ssize_t count = slots.len / (Py_ssize_t)sizeof(int);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (slot[i] < 0 || slot[i] >= square_count) {
-            PyErr_Format(PyExc_ValueError, "slot %d out of range for %zd slots", slot[i], square_count);
-            goto done;
+    *slot = view->buf;
+    *count = view->len / (Py_ssize_t)sizeof(int);
+    for (Py_ssize_t i = 0; i < *count; i++) {
+        if ((*slot)[i] < 0 || (*slot)[i] >= a->slot_count) {
+            PyErr_Format(PyExc_ValueError, "slot %d out of range for %zd slots", (*slot)[i], a->slot_count);
+            PyBuffer_Release(view);
+            return -1;
         }
     }
-    double *w = weights.buf, *sq = squares.buf;
-    gradient = PyMem_Calloc(n, sizeof(double));
-    active = PyMem_Calloc(n, sizeof(Py_ssize_t));
-    if (gradient == NULL || active == NULL) {
+    return 0;
+}
+
+static PyObject *adam_batch(PyObject *self, PyObject *args)
+{
+    PyObject *batch, *weights_obj, *first_obj, *second_obj, *marks_obj;
+    Py_ssize_t n;
+    double learning_rate, beta1, beta2, epsilon, correction1, correction2;
+    if (!PyArg_ParseTuple(args, "O!OOOOndddddd:adam_batch", &PyList_Type, &batch, &weights_obj, &first_obj,
+                          &second_obj, &marks_obj, &n, &learning_rate, &beta1, &beta2, &epsilon, &correction1,
+                          &correction2))
+        return NULL;
+    Py_buffer weights = {0}, first = {0}, second = {0}, marks = {0};
+    double *gradients = NULL, *probs = NULL;
+    int *touched = NULL;
+    PyObject *result = NULL;
+    Py_ssize_t weight_count, first_count, second_count, used = 0, capacity = 0;
+    Py_ssize_t size = PyList_GET_SIZE(batch);
+    if (n <= 0 || size == 0) {
+        PyErr_SetString(PyExc_ValueError, "a step needs classes and at least one example");
+        return NULL;
+    }
+    if (doubles_open(weights_obj, &weights, "weights", &weight_count) < 0 ||
+        doubles_open(first_obj, &first, "first", &first_count) < 0 ||
+        doubles_open(second_obj, &second, "second", &second_count) < 0)
+        goto done;
+    if (PyObject_GetBuffer(marks_obj, &marks, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    AdamStep a = {batch, weights.buf, first.buf, second.buf, marks.buf, n, marks.len / (Py_ssize_t)sizeof(int)};
+    if (marks.format == NULL || strcmp(marks.format, "i") != 0 || weight_count != a.slot_count * n ||
+        first_count != weight_count || second_count != weight_count) {
+        PyErr_Format(PyExc_ValueError, "marks must be an array('i') of one per slot, weights and both moments "
+                     "%zd doubles per slot", n);
+        goto done;
+    }
+    for (Py_ssize_t e = 0; e < size; e++) {
+        PyObject *example = PyList_GET_ITEM(batch, e);
+        if (PyTuple_Check(example) && PyTuple_GET_SIZE(example) == 3)
+            capacity += PyObject_Length(PyTuple_GET_ITEM(example, 1)) > 0 ? PyObject_Length(PyTuple_GET_ITEM(example, 1)) : 0;
+    }
+    PyErr_Clear();
+    touched = PyMem_Calloc(capacity > 0 ? capacity : 1, sizeof(int));
+    gradients = PyMem_Calloc((capacity > 0 ? capacity : 1) * n, sizeof(double));
+    probs = PyMem_Calloc(n, sizeof(double));
+    if (touched == NULL || gradients == NULL || probs == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    double value;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Sum column = {0.0, 0.0, 0};
-        for (Py_ssize_t i = 0; i < count; i++)
-            sum_add(&column, w[(Py_ssize_t)slot[i] * n + k]);
-        double b;
-        if (float_at(bias, k, &b) < 0)
+    for (Py_ssize_t e = 0; e < size; e++) {
+        const int *slot;
+        Py_ssize_t count, target;
+        double scale;
+        Py_buffer view;
+        if (adam_example(&a, PyList_GET_ITEM(batch, e), &slot, &count, &target, &scale, &view) < 0)
             goto done;
-        gradient[k] = b + scale * sum_value(&column);  /* the score, then its probability */
-    }
-    softmax_in_place(gradient, n);
-    Py_ssize_t used = 0;
-    Sum squared_sum = {0.0, 0.0, 0};
-    for (Py_ssize_t k = 0; k < n; k++) {
-        gradient[k] = gradient[k] - (k == target ? 1.0 : 0.0);
-        if (fabs(gradient[k]) >= 1e-3) {
-            active[used++] = k;
-            sum_add(&squared_sum, gradient[k] * gradient[k]);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            Sum column = {0.0, 0.0, 0};
+            for (Py_ssize_t i = 0; i < count; i++)
+                sum_add(&column, a.w[(Py_ssize_t)slot[i] * n + k]);
+            probs[k] = scale * sum_value(&column);
         }
-    }
-    if (used > 0) {
-        double squared = sum_value(&squared_sum) * scale * scale;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            double *row = w + (Py_ssize_t)slot[i] * n;
-            double accumulated = sq[slot[i]] + squared;
-            sq[slot[i]] = accumulated;
-            double step = learning_rate * scale / sqrt(accumulated);
-            for (Py_ssize_t j = 0; j < used; j++) {
-                Py_ssize_t k = active[j];
-                value = row[k];
-                row[k] = value - step * (gradient[k] + l2 * value / scale);
+        softmax_in_place(probs, n);
+        for (Py_ssize_t i = 0; i < count && used <= capacity; i++) {
+            int s = slot[i];
+            if (a.marks[s] < 0) {
+                if (used == capacity)  /* the slots changed size while we looked: refuse rather than overrun */
+                    break;
+                a.marks[s] = (int)used;
+                touched[used++] = s;
             }
+            double *row = gradients + (Py_ssize_t)a.marks[s] * n;
+            for (Py_ssize_t k = 0; k < n; k++)
+                row[k] += scale * (probs[k] - (k == target ? 1.0 : 0.0)) / (double)size;
         }
-        for (Py_ssize_t j = 0; j < used; j++) {
-            Py_ssize_t k = active[j];
-            if (float_at(bias, k, &value) < 0 || set_float(bias, k, value - 0.05 * gradient[k]) < 0)
-                goto done;
+        PyBuffer_Release(&view);
+    }
+    for (Py_ssize_t j = 0; j < used; j++) {
+        int s = touched[j];
+        const double *row = gradients + j * n;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            Py_ssize_t i = (Py_ssize_t)s * n + k;
+            double g = row[k];
+            a.first[i] = beta1 * a.first[i] + (1.0 - beta1) * g;
+            a.second[i] = beta2 * a.second[i] + (1.0 - beta2) * g * g;
+            a.w[i] -= learning_rate * (a.first[i] / correction1) / (sqrt(a.second[i] / correction2) + epsilon);
         }
     }
     result = Py_NewRef(Py_None);
 done:
-    PyMem_Free(gradient);
-    PyMem_Free(active);
-    if (slots.obj != NULL)
-        PyBuffer_Release(&slots);
+    if (touched != NULL && marks.obj != NULL)
+        for (Py_ssize_t j = 0; j < used; j++)
+            ((int *)marks.buf)[touched[j]] = -1;
+    PyMem_Free(touched);
+    PyMem_Free(gradients);
+    PyMem_Free(probs);
     if (weights.obj != NULL)
         PyBuffer_Release(&weights);
-    if (squares.obj != NULL)
-        PyBuffer_Release(&squares);
+    if (first.obj != NULL)
+        PyBuffer_Release(&first);
+    if (second.obj != NULL)
+        PyBuffer_Release(&second);
+    if (marks.obj != NULL)
+        PyBuffer_Release(&marks);
     return result;
 }
 
@@ -2657,11 +2666,11 @@ static PyMethodDef methods[] = {
     {"forget_words", forget_words, METH_NOARGS, "Empty the word caches features() and the layouts keep."},
     {"features", features, METH_O, "model.features(text): the same set, built in the same order."},
     {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},
+    {"adam_batch", adam_batch, METH_VARARGS, "model._python_adam_batch: one lazy Adam step on a batch."},
     {"feature_probabilities", feature_probabilities, METH_VARARGS,
      "model.TextModel.probabilities from its rows, bias, tempered prior and 1 / NB_TEMPERATURE."},
     {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
     {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
-    {"adagrad_step", adagrad_step, METH_VARARGS, "model._python_step: one AdaGrad step on one example, in place."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -157,17 +157,13 @@ def test_model_carries_its_guard_against_programming_errors():
 
 
 def _reference_scores(fitted, text):
-    """The model's scores written plainly from its state: each table's rows summed column by column."""
-    classes, weights, bias, likelihoods, prior, _ = fitted.state()
+    """The model's scores written plainly from its state: the rows summed column by column."""
+    classes, weights, bias, _ = fitted.state()
     buckets = learner.features(learner.with_concepts(text))
-    sums = []
-    for table in (weights, likelihoods):
-        rows = [table[b] for b in buckets if b in table]
-        sums.append([sum(row[k] for row in rows) for k in range(len(classes))])
+    rows = [weights[b] for b in buckets if b in weights]
+    sums = [sum(row[k] for row in rows) for k in range(len(classes))]
     scale = 1.0 / (max(1, len(buckets)) ** 0.5)
-    linear = [b + scale * s for b, s in zip(bias, sums[0])]
-    bayes = [p / learner.NB_TEMPERATURE + (1.0 / learner.NB_TEMPERATURE) * s for p, s in zip(prior, sums[1])]
-    return [(a + b) / 2 for a, b in zip(linear, bayes)]
+    return [b + scale * s for b, s in zip(bias, sums)]
 
 
 def test_packed_rows_score_exactly_as_the_plain_sums():

@@ -35,7 +35,7 @@ def trained():
 
 def test_the_model_rows_of_every_corpus_message_sum_as_in_python(trained):
     learned, texts = trained
-    width = 2 * len(learned.classes)
+    width = len(learned.classes)
     cases = [python_features(text) for text in texts] + [set(), {0}, set(range(0, model.BUCKETS, 997))]
     rows = learned._slots, learned._table
     assert [case for case in cases if speedups.column_sums(*rows, case, width)
@@ -104,8 +104,8 @@ def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained,
     learned, _ = trained
     monkeypatch.setattr(model, "features", python_features)
     monkeypatch.setattr(model, "_column_sums", python_column_sums)
-    compiled = [speedups.feature_probabilities(learned._slots, learned._table, model.with_concepts(text), learned._bias,
-                                               learned._tempered_prior, 1.0 / model.NB_TEMPERATURE) for text in many_texts]
+    compiled = [speedups.feature_probabilities(learned._slots, learned._table, model.with_concepts(text), learned._bias)
+                for text in many_texts]
     expected = [learned.probabilities(text) for text in many_texts]
     assert [text for text, got, want in zip(many_texts, compiled, expected)
             if list(map(repr, got)) != list(map(repr, want))] == []
@@ -121,12 +121,12 @@ def test_the_word_layout_cache_starting_again_changes_nothing(trained):
 
 def test_feature_probabilities_refuse_a_table_of_the_wrong_size():
     with pytest.raises(ValueError, match="has 4 bytes, not whole rows of 8"):
-        speedups.feature_probabilities(array("i", [0]) * model.BUCKETS, b"\0" * 4, "timeout", (0.0,), (0.0,), 0.05)
+        speedups.feature_probabilities(array("i", [0]) * model.BUCKETS, b"\0" * 4, "timeout", (0.0, 0.0))
 
 
 def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypatch):
     """Training on a slice of the corpus (and on texts with one class only in some rows) with the compiled
-    AdaGrad step and with the Python one: the same model state, every weight the same double."""
+    Adam step and with the Python one: the same model state, every weight the same double."""
     rows = [(category, model_text(message, error_type)) for category, error_type, _, message in corpus.read_corpus()]
     sample = rows[::20] + [("unknown", "NullPointerException at Foo.bar")] * 5
     compiled = model.train(sample)
@@ -134,20 +134,35 @@ def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypa
     assert model.train(sample).state() == compiled.state()
 
 
-def test_the_training_step_refuses_tables_that_do_not_fit():
-    def step(slots, weights, squares, bias=(0.0, 0.0)):
-        speedups.adagrad_step(0, slots, weights, squares, 1.0, list(bias), 0.5, 1e-4)
+def _adam_step(batch, weights, first=None, second=None, marks=None, n=2):
+    first = first if first is not None else array("d", [0.0]) * len(weights)
+    second = second if second is not None else array("d", [0.0]) * len(weights)
+    marks = marks if marks is not None else array("i", [-1]) * (len(weights) // n)
+    speedups.adam_batch(batch, weights, first, second, marks, n, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.001)
+    return marks
 
-    with pytest.raises(ValueError, match="one weight per class"):
-        step(array("i", [0]), array("d", [0.0]), array("d", [1e-8]))
-    with pytest.raises(ValueError, match="non-empty"):
-        step(array("i"), array("d", [0.0, 0.0]), array("d", [1e-8]))
+
+def test_the_training_step_refuses_tables_that_do_not_fit():
+    one = [(0, array("i", [0]), 1.0)]
+    with pytest.raises(ValueError, match="2 doubles per slot"):
+        _adam_step(one, array("d", [0.0]), marks=array("i", [-1]))
+    with pytest.raises(ValueError, match="at least one example"):
+        _adam_step([], array("d", [0.0, 0.0]))
     with pytest.raises(ValueError, match="slot 1 out of range"):
-        step(array("i", [1]), array("d", [0.0, 0.0]), array("d", [1e-8]))
+        _adam_step([(0, array("i", [1]), 1.0)], array("d", [0.0, 0.0]))
+    with pytest.raises(ValueError, match="target 2 out of range"):
+        _adam_step([(2, array("i", [0]), 1.0)], array("d", [0.0, 0.0]))
+    with pytest.raises(TypeError, match="an example must be"):
+        _adam_step([(0, array("i", [0]))], array("d", [0.0, 0.0]))
+    with pytest.raises(TypeError, match="bytes-like object is required"):
+        _adam_step([(0, [0], 1.0)], array("d", [0.0, 0.0]))
+    with pytest.raises(TypeError, match="slots must be an array"):
+        _adam_step([(0, array("d", [0.0]), 1.0)], array("d", [0.0, 0.0]))
     with pytest.raises(TypeError, match="weights must be an array"):
-        step(array("i", [0]), array("f", [0.0, 0.0]), array("d", [1e-8]))
+        _adam_step(one, array("f", [0.0, 0.0]))
     with pytest.raises(BufferError):  # read-only: the step writes the weights in place
-        step(array("i", [0]), bytes(16), array("d", [1e-8]))
-    weights, squares = array("d", [0.0, 0.0]), array("d", [1e-8])
-    step(array("i", [0]), weights, squares)
-    assert weights[0] > 0 > weights[1] and squares[0] > 1e-8  # the target's weight rose, the other's fell
+        _adam_step(one, bytes(16))
+    weights = array("d", [0.0, 0.0, 0.0, 0.0])
+    marks = _adam_step([(0, array("i", [0]), 1.0), (1, array("i", [0, 1]), 0.5)], weights)
+    assert weights[0] > 0 > weights[1] and weights[2] < 0 < weights[3]  # each target's weight rose
+    assert list(marks) == [-1, -1]  # left as found
