@@ -70,6 +70,17 @@ class StoreFullError(StoreError):
         super().__init__(f"disk full: cannot write {self.path} ({detail}): free space on its filesystem")
 
 
+class StoreReadOnlyError(StoreError):
+    """The database cannot be written: its file, its directory or its filesystem is read-only; nothing was written.
+
+    ``detail`` says which (or what SQLite said), ``fix`` what to do about it.
+    """
+
+    def __init__(self, path, detail, fix="check the permissions of the file and of its directory"):
+        self.path = str(path)
+        super().__init__(f"database {self.path} is read-only ({detail}): {fix}")
+
+
 class UnknownCategory(InputError):
     """A category name the active configuration does not have (a label, a filter)."""
 

@@ -71,11 +71,16 @@ def channel_health(store, configured=None):
 
 
 
-def problems(daemon, health, config, breached, free=None):
-    """Why the system is unhealthy, one short line each (empty when healthy)."""
+def problems(daemon, health, config, breached, free=None, read_only=None):
+    """Why the system is unhealthy, one short line each (empty when healthy).
+
+    ``read_only``: the store could only be opened read-only, and this error says why.
+    """
     found = []
     if free is not None and free < DISK_FLOOR_BYTES:
         found.append(f"disk full: {free:,} bytes free where the database is; new work waits until space is freed")
+    elif read_only is not None:  # a full disk is said just above
+        found.append(f"{read_only}; nothing new can be recorded")
     if not daemon["alive"]:
         found.append("daemon not running" if daemon["heartbeat"] is None
                      else f"daemon not running: last heartbeat {daemon['heartbeat']}")
@@ -127,7 +132,7 @@ def collect(store, snapshot, now):
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
     free = store.free_bytes()
-    found = problems(daemon, health, config, breached, free)
+    found = problems(daemon, health, config, breached, free, store.read_only)
     return {
         "healthy": not found,
         "disk_free_bytes": free,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..clock import to_db_time
-from ..errors import InputError, StoreError, StoreFullError
+from ..errors import InputError, StoreError, StoreFullError, StoreReadOnlyError
 from ._peewee import Psycopg3Adapter, pw
 from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo,
                      create_counters, views)
@@ -46,6 +46,11 @@ PRAGMAS = (
     ("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),
     ("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES),
 )
+READ_ONLY_PRAGMAS = (("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),)  # switching to WAL would be a write
+
+# What SQLite says when it cannot open a file for writing, or create the -wal and -shm files beside it: a full
+# disk ("disk I/O error" growing the -shm) and a read-only filesystem ("unable to open database file") among others.
+_OPEN_WRITE_FAILURES = ("disk i/o error", "unable to open database file", "readonly database", "disk is full")
 
 URL_PREFIXES = ("postgresql://", "postgres://")
 # PostgreSQL advisory locks (per database) are keyed (what, schema): a failured in another schema of the
@@ -111,8 +116,7 @@ def translate_error(path, exc):
                 or "no space left on device" in text):
             return StoreFullError(path)
         if "readonly database" in text or "read-only" in text and "database" in text:
-            return StoreError(f"database {path} is read-only ({cause}): "
-                              "check the permissions of the file and of its directory")
+            return StoreReadOnlyError(path, cause)
     return None
 
 
@@ -121,22 +125,27 @@ class Store:
 
     dialect = "sqlite"
     created = False  # True when open() made a new database
+    read_only = None  # opened read-only: the StoreError that says why (a full disk, a read-only filesystem)
     driver_errors = (sqlite3.DatabaseError,)
     # SQLite uses an index it should not for some aggregates; a unary + on a column keeps it off (see aggregates).
     no_index = "+"
 
     def __init__(self, path):
         self.path = Path(path)
+        self._sql = {}
+        self._lock_file = None
+        self._use_database(str(self.path), PRAGMAS)
+
+    def _use_database(self, name, pragmas, **connect):
         self.db = pw.SqliteDatabase(
-            str(self.path),
-            pragmas=PRAGMAS,
+            name,
+            pragmas=pragmas,
             timeout=BUSY_TIMEOUT_SECONDS,
             lock_type="IMMEDIATE",  # take the write lock at BEGIN: no deadlock on upgrade
             check_same_thread=False,
             field_types={TIME_TYPE: "DATETIME"},
+            **connect,
         )
-        self._sql = {}
-        self._lock_file = None
         # Older callers (and tests) still query the models without a database of their own: they
         # reach the store opened last. The store's own statements always name their database.
         self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
@@ -200,7 +209,12 @@ class Store:
     # -- opening --------------------------------------------------------------
 
     def open(self, create=True):
-        """Create (only when ``create``) or migrate the schema; returns self."""
+        """Create (only when ``create``) or migrate the schema; returns self.
+
+        A database that cannot be written (a full disk, a read-only file or filesystem) is a StoreError that
+        says so. Without ``create`` (the commands that do not record anything new) it is opened read-only
+        then, where SQLite can read it so: ``status``, ``list`` and ``show`` work, and a write says why not.
+        """
         if not self.path.exists():
             if not create:
                 raise MissingStoreError(self.path)
@@ -208,14 +222,60 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connect_and_migrate()
-        except StoreError:
-            raise
-        except (pw.DatabaseError, sqlite3.DatabaseError, OSError) as exc:
-            known = translate_error(self.path, exc)
-            if known is not None:
-                raise known from None
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        except (pw.DatabaseError, sqlite3.DatabaseError, OSError, StoreError) as exc:
+            self.close()
+            error = self._open_error(exc)
+            if create or not isinstance(error, (StoreFullError, StoreReadOnlyError)):
+                raise error from None
+            self._open_read_only(error)
         return self
+
+    def _open_error(self, exc):
+        """The StoreError a failed open means: a full disk or a read-only filesystem named as such (SQLite says
+        "disk I/O error" or "unable to open database file" when it cannot create the -shm or -wal file)."""
+        if isinstance(exc, StoreError):  # the schema's version: said already
+            return exc
+        text = str(exc).lower()
+        if any(words in text for words in _OPEN_WRITE_FAILURES):
+            if self._filesystem_read_only():
+                return StoreReadOnlyError(self.path, f"its filesystem is mounted read-only; {exc}",
+                                          "remount it read-write, or set FAILURE_DB to a database on another one")
+            free = self.free_bytes()
+            if free is not None and free < DISK_FLOOR_BYTES:
+                return StoreFullError(self.path, f"{exc}; {free:,} bytes free on its filesystem")
+            if not all(os.access(p, os.W_OK) for p in (self.path, self.path.parent) if p.exists()):
+                return StoreReadOnlyError(self.path, str(exc))
+        return translate_error(self.path, exc) or StoreError(f"cannot open database {self.path}: {exc}")
+
+    def _filesystem_read_only(self):
+        try:
+            return bool(os.statvfs(self.path.absolute().parent).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+
+    def _open_read_only(self, why):
+        """Open the database for reading only; ``why`` (a StoreError) is what a write says then, and what is
+        raised when even reading is not possible.
+
+        ``mode=ro`` reads what a running or crashed daemon left in the WAL, but needs the -shm file (or to
+        create it). ``immutable`` needs nothing beside the file, and ignores the WAL: only where the WAL holds
+        nothing (a daemon stopped cleanly removes it) does the file alone hold every commit.
+        """
+        modes = ["mode=ro"]
+        wal = Path(f"{self.path}-wal")
+        if not wal.exists() or wal.stat().st_size == 0:
+            modes.append("immutable=1")
+        for mode in modes:
+            self._use_database(f"{self.path.absolute().as_uri()}?{mode}", READ_ONLY_PRAGMAS, uri=True)
+            try:
+                self.db.connect()
+                if self.schema_version() == SCHEMA_VERSION:  # an older one needs a migration: a write
+                    self.read_only = why
+                    return
+            except (pw.DatabaseError, sqlite3.DatabaseError):
+                pass
+            self.close()
+        raise why from None
 
     def _connect_and_migrate(self):
         """Connect and migrate, trying again while another process holds the lock.
@@ -245,7 +305,10 @@ class Store:
     # -- transactions -----------------------------------------------------------
 
     def _translated(self, exc):
-        return translate_error(self.path, exc)
+        known = translate_error(self.path, exc)
+        if self.read_only is not None and isinstance(known, StoreReadOnlyError):
+            return self.read_only  # opened read-only: why (a full disk says "disk full", not "read-only")
+        return known
 
     @contextmanager
     def transaction(self):
@@ -303,7 +366,7 @@ class Store:
                 raise
             transaction.__exit__(None, None, None)  # commits
         except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
-            known = translate_error(self.path, exc)
+            known = self._translated(exc)
             if known is None:
                 raise
             raise known from None
