@@ -85,13 +85,21 @@ def parse_address(text, name="FAILURE_HTTP_ADDR"):
     return host, int(port)
 
 
+MIN_EXPOSED_TOKEN_CHARS = 16  # a token guessable in a few million tries must not guard a network address
+
+
 def check_exposure(host, token, port=None):
-    """Refuse (InputError) to listen beyond loopback without a token."""
-    if token or is_loopback(host):
+    """Refuse (InputError) to listen beyond loopback without a token, or with a short one."""
+    if is_loopback(host):
         return
     where = f"{host or '0.0.0.0'}" + (f":{port}" if port else "")
-    raise InputError(f"FAILURE_HTTP_ADDR={where} is not loopback and FAILURE_API_TOKEN is not set: set a token "
-                     "(e.g. `openssl rand -hex 32`) or listen on 127.0.0.1")
+    if not token:
+        raise InputError(f"FAILURE_HTTP_ADDR={where} is not loopback and FAILURE_API_TOKEN is not set: set a token "
+                         "(e.g. `openssl rand -hex 32`) or listen on 127.0.0.1")
+    if len(token) < MIN_EXPOSED_TOKEN_CHARS:
+        raise InputError(f"FAILURE_HTTP_ADDR={where} is not loopback and FAILURE_API_TOKEN has {len(token)} "
+                         f"characters: a token that guards a network address needs at least "
+                         f"{MIN_EXPOSED_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)")
 
 
 def check_fields(body, types, required=()):

@@ -74,7 +74,9 @@ _VARIABLES = {
     "FAILURE_CONSOLE_PATTERN_WRITES": ("console_pattern_writes", "bool",
                                        "the web console may save pattern files into the config directory"),
     "FAILURE_MODEL_CACHE": ("model_cache", "text", "where the trained model is kept between runs; off: train each time"),
-    "FAILURE_API_TOKEN": ("api_token", "secret", "bearer token for /v1/; required to listen on anything but loopback"),
+    "FAILURE_API_TOKEN": ("api_token", "secret",
+                          "bearer token for /v1/; required to listen on anything but loopback, and then at least "
+                          "16 characters"),
 }
 
 

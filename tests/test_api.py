@@ -520,6 +520,14 @@ def test_other_addresses_need_a_token(host):
     check_exposure(host, TOKEN)
     with pytest.raises(InputError, match="is not loopback and FAILURE_API_TOKEN is not set: set a token"):
         check_exposure(host, None, 8649)
+    with pytest.raises(InputError, match="FAILURE_API_TOKEN has 15 characters: a token that guards a network "
+                                         "address needs at least 16"):
+        check_exposure(host, "x" * 15, 8649)
+    check_exposure(host, "x" * 16)
+
+
+def test_a_short_token_is_fine_on_loopback():
+    check_exposure("127.0.0.1", "abc")
 
 
 def test_a_taken_port_is_a_clear_error(harness):
