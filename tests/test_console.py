@@ -271,3 +271,16 @@ def test_a_label_says_the_category_chosen_even_when_the_task_keeps_its_course(co
                                   {"csrf": client.csrf(), "category": "recoverable_network"})
     page = client.request("GET", f"/ui/tasks/{task_id}")[2]
     assert status == 303 and ("已标注为 recoverable_network" in page or "Labelled recoverable_network" in page)
+
+
+def test_a_finished_task_offers_no_resolve(console):
+    """A recovered or resolved task is finished: Resolve would only be refused (and a recovered task resolved
+    would count as not recovered in the analysis)."""
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "x", source="cli")
+    logged_in(client)
+    for status, offered in (("notified", True), ("recovered", False), ("resolved", False)):
+        Task.update(status=status).where(Task.id == task_id).execute()
+        page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+        assert ('id="resolve-form"' in page) is offered, status
+        assert 'id="label-form"' in page

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from ..clock import iso
 from ..report_html import _daily_chart, category_order, colour  # the analysis report's chart, live
 from ..listing import STATUSES
+from ..states import TaskStatus
 
 
 def e(value):
@@ -226,13 +227,20 @@ def _actions(t, session, task_id, data, categories):
     return (f'<div class="actions"><form method="post" action="{base}/recover" id="recover-form">{csrf_field(session)}'
             f'<label class="chk"><input type="checkbox" name="force" value="1"> {e(t["force"])}</label>'
             f'<button type="submit" id="recover">{e(t["recover"])}</button></form>'
-            f'<form method="post" action="{base}/resolve" id="resolve-form">{csrf_field(session)}'
-            f'<label>{e(t["note"])}<input name="note" maxlength="2000"></label>'
-            f'<button type="submit" id="resolve">{e(t["resolve"])}</button></form>'
+            + _resolve_form(t, session, base, data["status"]) +
             f'<form method="post" action="{base}/label" id="label-form">{csrf_field(session)}'
             f'<label>{e(t["category"])}<select name="category">{options}</select></label>'
             f'<label>{e(t["note"])}<input name="note" maxlength="2000"></label>'
             f'<button type="submit" id="label">{e(t["label"])}</button></form></div>')
+
+
+def _resolve_form(t, session, base, status):
+    """Resolve, offered only where it can be done: a recovered or resolved task is finished already."""
+    if status in (TaskStatus.RECOVERED, TaskStatus.RESOLVED):
+        return ""
+    return (f'<form method="post" action="{base}/resolve" id="resolve-form">{csrf_field(session)}'
+            f'<label>{e(t["note"])}<input name="note" maxlength="2000"></label>'
+            f'<button type="submit" id="resolve">{e(t["resolve"])}</button></form>')
 
 
 # -- unknown errors and the workbench ------------------------------------------------
