@@ -1,6 +1,7 @@
 """``failured run``: the one long-running process and its few threads.
 
-main thread: schedule jobs (scan, analysis, housekeeping), signals, heartbeat, systemd watchdog
+main thread: periodic jobs (scan, analysis, thresholds, housekeeping in slices), signals, heartbeat,
+             systemd watchdog
 intake:      decides new tasks within INTAKE_TICK_SECONDS of their commit; every ``poll_seconds``
              also queues tasks requeued by the CLI
 retry-timer: waits on the heap, claims and records retries in batches; a bounded pool runs them
@@ -15,15 +16,14 @@ import signal
 import socket
 import sys
 import threading
-
-import schedule
+from dataclasses import dataclass
 
 from . import housekeeping, logmask, reports
 from .analysis import analysis_report
 from .api import ApiServer, check_exposure, parse_address
 from .backend import Backend
 from .breaker import Breakers
-from .clock import SystemClock, iso
+from .clock import SystemClock, from_db_time, iso, to_db_time
 from .engine import Engine
 from .members import membership_for
 from .errors import StoreError, StoreFullError
@@ -37,11 +37,19 @@ from .report_html import render_html
 from .sdnotify import Notifier
 from .store import DISK_FLOOR_BYTES, StoreUnavailableError, aggregates, open_store
 from .store.members import claim_state, forget_stopped
+from .store.state import is_busy, set_state_soon
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+# The longest the heartbeat waits for SQLite's write lock. Another process can hold it for minutes (a VACUUM):
+# the main loop, which pings systemd's watchdog, must not wait out the store's 30 s busy timeout.
+HEARTBEAT_LOCK_WAIT_SECONDS = 5.0
+LOOP_SECONDS = 0.5  # the main loop's pace
+PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and the other threads' turn
+PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
+HOUSEKEEPING_SECONDS = 86400
 # How often the intake asks SQLite whether another connection committed (PRAGMA data_version:
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
 INTAKE_TICK_SECONDS = 0.01
@@ -70,7 +78,11 @@ class Daemon:
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.wake = threading.Event()
-        self.scheduler = schedule.Scheduler()
+        self.scheduler = Schedule(self.clock)
+        self._purge = None  # the housekeeping purge under way (a slice each main-loop tick), owned by the main loop
+        self._purge_next = 0.0  # monotonic time of its next slice
+        self._busy_since = None  # monotonic time the database was found busy (another process holds its lock)
+        self._next_heartbeat = self._next_watchdog = self._next_take_back = 0.0
         self.waiting_orphans = set()
         self.disk = DiskState()
         self._store_lost_since = None  # monotonic time PostgreSQL stopped answering; intake and heartbeat set it
@@ -100,7 +112,7 @@ class Daemon:
                              metrics=self.metrics, members=self.members)
         self.breakers = Breakers(snapshot.breaker, self.store, clock=self.clock)
         self.breakers.load()
-        self.queue = RetryQueue(self.clock)
+        self.queue = StoredDueQueue(self.clock)
         queued, waiting = self.engine.take_back_leases(orphans_only=True)
         self.waiting_orphans.update(waiting)
         for item in self.engine.scheduled() + queued:
@@ -145,11 +157,23 @@ class Daemon:
         self.store.take_daemon_lock()
 
     def _schedule_jobs(self):
-        s = self.settings
-        self.scheduler.every(s.scan_interval_minutes * 60).seconds.do(self._guarded, self.scan)
-        self.scheduler.every(s.analysis_interval_hours * 3600).seconds.do(self._led, self.analyze)
-        self.scheduler.every(1).days.do(self._led, self.housekeep)
-        self.scheduler.every(THRESHOLD_CHECK_SECONDS).seconds.do(self._led, self.check_thresholds)
+        """Each job with a record of its last run (daemon_state) runs when that is an interval ago, at once
+        if it is already: restarted every day, the daemon still runs its daily housekeeping."""
+        s, now = self.settings, self.clock.now()
+        jobs = ((s.scan_interval_minutes * 60, "last_scan", self._guarded, self.scan),
+                (s.analysis_interval_hours * 3600, "last_analysis", self._led, self.analyze),
+                (HOUSEKEEPING_SECONDS, "last_housekeeping", self._led, self.housekeep))
+        for every, marker, runner, job in jobs:
+            self.scheduler.every(every, runner, job, first_in=first_delay(self._last_run(marker), now, every))
+        self.scheduler.every(THRESHOLD_CHECK_SECONDS, self._led, self.check_thresholds)
+
+    def _last_run(self, marker):
+        """When (wall clock) a job last ran, from its daemon_state row; None if never (or unreadable)."""
+        try:
+            value = self.store.get_state(marker)
+            return float(value.split()[0]) if value else None
+        except (ValueError, IndexError):
+            return None
 
     def _led(self, job):
         """A job only the leader runs (several daemons on PostgreSQL; alone, this daemon leads)."""
@@ -161,7 +185,7 @@ class Daemon:
             self._became_leader.set()
 
     def _guarded(self, job):
-        # schedule does not catch exceptions: one failing job must not stop the loop.
+        # One failing job must not stop the loop.
         try:
             job()
         except StoreUnavailableError as exc:  # an outage is logged once, by whoever meets it first
@@ -169,43 +193,84 @@ class Daemon:
         except StoreFullError as exc:  # the heartbeat says so and alerts once; the job's next slot tries again
             self._disk_full(exc)
             log.warning("scheduled job %s skipped: %s", job.__name__, exc)
-        except Exception:
-            log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
+        except Exception as exc:
+            if not is_busy(exc):
+                log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
+                return
+            self._store_busy(exc)  # said once; the jobs wait until the heartbeat gets the lock again
+            log.warning("scheduled job %s skipped: the database is busy", job.__name__)
 
     # -- loops ----------------------------------------------------------------
 
-    def run_forever(self):
+    def catch_signals(self):
+        """SIGTERM/SIGINT stop, SIGHUP reloads. Installed before ``start()``, which takes seconds when the model
+        trains: a signal meanwhile is acted on once start-up is done (systemd's reload would kill us otherwise)."""
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        watchdog_every = self.notifier.watchdog_interval
-        next_heartbeat = next_watchdog = next_take_back = 0.0
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def run_forever(self):
+        self.catch_signals()
+        steps = (self._reload_if_asked, self._run_jobs, self._beat, self._take_back, self._ping_watchdog)
         while not self.stopping.is_set():
-            now = self.clock.monotonic()  # pacing only: a wall-clock jump must not stall the watchdog
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.notifier.reloading()
-                self.watcher.reload(force=True)
-                self.notifier.reloaded()
-            self.scheduler.run_pending()
-            if self._became_leader.is_set():  # the lead moved here: the leader's jobs carry on now
-                self._became_leader.clear()
-                self._guarded(self.scan)
-                self._led(self.check_thresholds)
-            if now >= next_heartbeat:
-                self._heartbeat()
-                next_heartbeat = now + HEARTBEAT_SECONDS
-            if self.members.shared and now >= next_take_back:
-                self._guarded(self.take_back_from_the_gone)
-                next_take_back = now + TAKE_BACK_SECONDS
-            if watchdog_every and now >= next_watchdog and self.healthy():
-                self.notifier.watchdog()
-                next_watchdog = now + watchdog_every
-            self.stopping.wait(min(0.5, HEARTBEAT_SECONDS))
+            for step in steps:
+                self._survive(step)
+            self.stopping.wait(PURGE_PAUSE_SECONDS if self._purge is not None else LOOP_SECONDS)
         self.stop()
+
+    def _survive(self, step):
+        """The main loop's boundary: no step's error ends the daemon (a busy database is said once)."""
+        try:
+            step()
+        except Exception as exc:
+            if is_busy(exc):
+                self._store_busy(exc)
+            else:
+                log.exception("main loop: %s failed; going on", step.__name__)
+
+    def _reload_if_asked(self):
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.notifier.reloading()
+            try:
+                self.watcher.reload(force=True)
+            finally:
+                self.notifier.reloaded()
+
+    def _run_jobs(self):
+        if self._busy_since is not None:  # each would wait out the busy timeout: they run once the lock goes
+            return
+        self.scheduler.run_pending()
+        if self._became_leader.is_set():  # the lead moved here: the leader's jobs carry on now
+            self._became_leader.clear()
+            self._guarded(self.scan)
+            self._led(self.check_thresholds)
+        if self._purge is not None and self.clock.monotonic() >= self._purge_next:
+            self._guarded(self._purge_slice)
+
+    def _beat(self):
+        # Timed on the monotonic clock, from the end of the beat: a wall-clock jump must not stall it, and a
+        # beat that waited for a busy database leaves the loop a turn before the next.
+        if self.clock.monotonic() >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = self.clock.monotonic() + HEARTBEAT_SECONDS
+
+    def _take_back(self):
+        if self.members.shared and self.clock.monotonic() >= self._next_take_back:
+            self._guarded(self.take_back_from_the_gone)
+            self._next_take_back = self.clock.monotonic() + TAKE_BACK_SECONDS
+
+    def _ping_watchdog(self):
+        every = self.notifier.watchdog_interval
+        if every and self.clock.monotonic() >= self._next_watchdog and self.healthy():
+            self.notifier.watchdog()
+            self._next_watchdog = self.clock.monotonic() + every
 
     def _on_stop_signal(self, signum, frame):
         self.stopping.set()
+
+    def _on_reload_signal(self, signum, frame):
+        self.reload_requested.set()
 
     def _intake_loop(self):
         next_sweep = 0.0  # monotonic time of the next full intake_once
@@ -235,8 +300,11 @@ class Daemon:
                 next_sweep = 0.0
                 self.wake.wait(wait)
                 continue
-            except Exception:
-                log.exception("intake: unexpected error; going on")
+            except Exception as exc:
+                if is_busy(exc):
+                    self._store_busy(exc)
+                else:
+                    log.exception("intake: unexpected error; going on")
                 wait = self.settings.poll_seconds
             self.wake.wait(wait)
 
@@ -299,7 +367,9 @@ class Daemon:
             loops["http-api"] = self.api.alive()
         full = self.disk.is_full()
         lost = self._store_lost_since is not None
-        return all(loops.values()) and not full and not lost, loops, {"disk_full": full, "store_unavailable": lost}
+        busy = self._busy_since is not None
+        return (all(loops.values()) and not full and not lost and not busy, loops,
+                {"disk_full": full, "store_unavailable": lost, "store_busy": busy})
 
     def healthy(self):
         """The loops are alive (a full disk is unhealthy for /healthz, but no reason for systemd to kill us)."""
@@ -309,7 +379,8 @@ class Daemon:
         now = self.clock.now()
         try:
             self._check_free_space()
-            self.store.set_state("heartbeat", f"{now:.3f} pid={os.getpid()}", now)
+            set_state_soon(self.store, "heartbeat", f"{now:.3f} pid={os.getpid()}", now, HEARTBEAT_LOCK_WAIT_SECONDS)
+            self._store_free()
             self._keep_daemon_lock()
             aggregates.compact_counters(self.store)  # PostgreSQL's counter deltas; nothing on SQLite
             self._disk_ok()
@@ -318,8 +389,13 @@ class Daemon:
             self._disk_full(exc)
         except StoreUnavailableError as exc:
             self._store_lost(exc)
-        except StoreError as exc:
-            log.error("heartbeat not written: %s", exc)
+        except Exception as exc:
+            if is_busy(exc):
+                self._store_busy(exc)
+            elif isinstance(exc, StoreError):
+                log.error("heartbeat not written: %s", exc)
+            else:
+                log.exception("heartbeat: unexpected error; going on")
         self.notifier.status(self._status_line())
 
     def _keep_daemon_lock(self):
@@ -343,6 +419,8 @@ class Daemon:
             raise StoreFullError(self.settings.db, f"{free:,} bytes free on its filesystem")
 
     def _status_line(self):
+        if self._busy_since is not None:
+            return f"DATABASE BUSY: another process holds its lock; {len(self.queue)} retries waiting"
         if self.disk.is_full():
             return f"DISK FULL: not taking new work ({self.disk.reason}); {len(self.queue)} retries waiting"
         return f"{len(self.queue)} retries pending, {self.runner.running} running"
@@ -365,6 +443,21 @@ class Daemon:
             (log.debug if self._outage_quiet else log.error)("%s; what is held stays held, trying again with backoff",
                                                              exc)
         return now - self._store_lost_since
+
+    def _store_busy(self, exc):
+        """Say once that another process holds the database's lock (a VACUUM, say); the jobs wait for it."""
+        if self._busy_since is None:
+            self._busy_since = self.clock.monotonic()
+            log.warning("database %s is busy: another process holds its lock (%s); waiting, the daemon carries on "
+                        "when it is free", self.store, exc)
+            self.notifier.status(self._status_line())
+
+    def _store_free(self):
+        if self._busy_since is not None:
+            log.warning("database %s is writable again after %.1fs", self.store,
+                        self.clock.monotonic() - self._busy_since)
+            self._busy_since = None
+            self.queue.wake()
 
     def _store_back(self):
         if self._store_lost_since is not None:
@@ -433,10 +526,24 @@ class Daemon:
         return breaches
 
     def housekeep(self):
+        """Old report files and daemons gone a day go now; the store's purge starts, a slice per main-loop tick."""
         now = self.clock.now()
-        housekeeping.purge(self.store, now, self.settings.retention_days)
         forget_stopped(self.store, now - 86400)  # daemons gone a day leave `failured status`
         reports.purge_reports(self.settings.report_dir, now, self.settings.report_retention_days)
+        if self._purge is None:
+            self._purge = housekeeping.Purge(self.store, now, self.settings.retention_days, self.clock)
+            self._purge_next = 0.0
+
+    def _purge_slice(self):
+        try:
+            done = self._purge.step()
+        except Exception:
+            self._purge_next = self.clock.monotonic() + PURGE_RETRY_SECONDS  # not a traceback every tick
+            raise
+        if done:
+            self._purge = None
+            now = self.clock.now()
+            self.store.set_state("last_housekeeping", f"{now:.3f}", now)
 
     # -- config callbacks -------------------------------------------------------
 
@@ -490,7 +597,9 @@ class Daemon:
         self.members.stop()  # the lead and the channels move to the others at once
         try:
             self.store.delete_state("heartbeat")  # `status` says "not running" at once, not in 15 s
-        except StoreError as exc:
+        except Exception as exc:  # a busy database too: the daemon stops all the same
+            if not (isinstance(exc, StoreError) or is_busy(exc)):
+                raise
             log.warning("heartbeat not cleared: %s", exc)
         self.store.close()  # and with it the daemon lock
         log.info("stopped")
@@ -521,12 +630,68 @@ class DiskState:
             return changed
 
 
+def first_delay(last_run, now, every):
+    """Seconds from now until a job that runs ``every`` seconds and last ran at ``last_run`` (wall clock; None:
+    never) is due: at once when overdue, and never more than ``every`` (a last run in the future: the clock
+    was set back since)."""
+    if last_run is None:
+        return 0.0
+    return min(every, max(0.0, last_run + every - now))
+
+
+@dataclass
+class _Job:
+    due: float  # monotonic
+    every: float
+    action: object
+    args: tuple
+
+
+class Schedule:
+    """The main loop's periodic jobs, timed on the monotonic clock. Owned by the main loop.
+
+    Not the ``schedule`` library: it times its jobs by the naive local ``datetime.now()``, so a clock set back an
+    hour, or the autumn change from summer time, held every job for that hour.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._jobs = []
+
+    def every(self, seconds, action, *args, first_in=None):
+        """Run ``action(*args)`` every ``seconds``, the first time after ``first_in`` (default: ``seconds``)."""
+        first = seconds if first_in is None else first_in
+        self._jobs.append(_Job(self.clock.monotonic() + first, seconds, action, args))
+
+    def run_pending(self):
+        """Run the jobs that are due, each at most once; the next run is an interval after this one started."""
+        for job in self._jobs:
+            now = self.clock.monotonic()
+            if now >= job.due:
+                job.due = now + job.every
+                job.action(*job.args)
+
+
+class StoredDueQueue(RetryQueue):
+    """The retry heap, keeping due times as the table stores them: to the millisecond.
+
+    The intake pushes the scheduled rows it reads again (a `recover` moves one to now), and the heap recomputes
+    the deadline of one whose due time differs from what it holds. A due time finer than its row's always
+    differed: after the wall clock jumped an hour forward, every such retry ran at once.
+    """
+
+    def push(self, task_id, due, task_type):
+        super().push(task_id, from_db_time(to_db_time(due)), task_type)
+
+
 def run(settings):
     """Start the daemon and block until SIGTERM/SIGINT; returns the exit status."""
     # While the intake classifies a flood, every hand-over of a retry between threads waits for
     # the GIL; at the default 5 ms switch interval the retries queue up behind the CPU work.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    daemon = Daemon(settings).start()
+    daemon = Daemon(settings)
+    daemon.catch_signals()
+    daemon.start()
     daemon.run_forever()
     return 0
 

@@ -1,28 +1,56 @@
-"""Housekeeping's deletes: old finished tasks and delivered notifications, in small batches."""
+"""Housekeeping's deletes: old finished tasks, ended notifications and hourly success tallies, in small batches."""
 
-from ..states import FINAL_STATUSES, NotificationStatus
+import time
 
-BATCH = 5000  # small deletes keep the write lock short for reporters
+from ..states import FINAL_STATUSES, NotificationStatus, TaskStatus
+
+BATCH = 1000  # small deletes keep the write lock short for reporters (a task takes its events with it)
+
+# A `manual` task waits for an operator (a handler to configure, then `requeue`, or `resolve`): kept however old.
+PURGED_STATUSES = tuple(status for status in FINAL_STATUSES if status != TaskStatus.MANUAL)
+
+# What housekeeping deletes, in this order: a table's batches, then the next table's.
+PURGED = ("tasks", "notifications", "success_counts")
 
 
-def _delete_in_batches(store, table, where, params):
-    total = 0
-    while True:
-        with store.transaction():
-            deleted = store.execute(
-                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT {BATCH})",
-                params).rowcount
-        total += deleted
-        if deleted < BATCH:
-            return total
+def _success_hour(epoch):
+    return time.strftime("%Y-%m-%d %H:00:00", time.gmtime(epoch))  # success_counts.hour's form
+
+
+def _batch_statement(what, limit):
+    statuses = ", ".join("?" * len(PURGED_STATUSES))
+    if what == "tasks":
+        return (f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status IN ({statuses}) "
+                f"AND finished_at < ? LIMIT {int(limit)})")
+    if what == "notifications":
+        return (f"DELETE FROM notifications WHERE id IN (SELECT id FROM notifications WHERE status != ? "
+                f"AND created_at < ? LIMIT {int(limit)})")
+    return (f"DELETE FROM success_counts WHERE (task_type, hour) IN (SELECT task_type, hour FROM success_counts "
+            f"WHERE hour < ? LIMIT {int(limit)})")
+
+
+def purge_batch(store, what, cutoff, limit=BATCH):
+    """Delete up to ``limit`` rows of ``what`` (one of PURGED) older than ``cutoff``, in one transaction;
+    returns how many went (fewer than ``limit``: that table is done)."""
+    if what == "tasks":
+        params = (*PURGED_STATUSES, store.time(cutoff))
+    elif what == "notifications":
+        params = (NotificationStatus.PENDING, store.time(cutoff))
+    else:
+        params = (_success_hour(cutoff),)
+    with store.transaction():
+        return store.execute(_batch_statement(what, limit), params).rowcount
 
 
 def purge_finished(store, cutoff):
-    """Delete finished tasks (finished before ``cutoff``) and ended notifications (created before it):
-    {"tasks": n, "notifications": n}."""
-    cutoff = store.time(cutoff)
-    statuses = ", ".join("?" * len(FINAL_STATUSES))
-    tasks = _delete_in_batches(store, "tasks", f"status IN ({statuses}) AND finished_at < ?", (*FINAL_STATUSES, cutoff))
-    notifications = _delete_in_batches(store, "notifications", "status != ? AND created_at < ?",
-                                       (NotificationStatus.PENDING, cutoff))
-    return {"tasks": tasks, "notifications": notifications}
+    """Delete finished tasks (finished before ``cutoff``; not `manual` ones) and ended notifications (created
+    before it), all at once: {"tasks": n, "notifications": n}. The daemon purges a slice at a time instead."""
+    counts = {}
+    for what in ("tasks", "notifications"):
+        counts[what] = 0
+        while True:
+            deleted = purge_batch(store, what, cutoff)
+            counts[what] += deleted
+            if deleted < BATCH:
+                break
+    return counts

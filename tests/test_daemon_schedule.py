@@ -1,0 +1,97 @@
+"""The daemon's periodic jobs: timed on the monotonic clock, and due by when each last ran (kept in the store)."""
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from conftest import wait_for
+from test_clock_jumps import ShiftedClock
+
+from failured.clock import ManualClock
+from failured.daemon import Schedule, first_delay
+from failured.intake import record_failure
+from failured.store import open_store
+from failured.store.tasks import add_successes
+
+DAY = 86400
+
+
+@pytest.mark.parametrize("last_run, now, every, delay", [
+    (None, 1000, 3600, 0),  # never ran: at once
+    (1000 - 7200, 1000, 3600, 0),  # overdue: at once
+    (1000 - 600, 1000, 3600, 3000),  # ran 10 min ago: the rest of its hour
+    (1000 + 3600, 1000, 3600, 3600),  # ran "in the future" (the clock went back since): one interval, no more
+])
+def test_first_delay(last_run, now, every, delay):
+    assert first_delay(last_run, now, every) == delay
+
+
+def test_jobs_keep_their_pace_when_the_wall_clock_goes_back_an_hour():
+    clock, ran = ManualClock(), []
+    schedule = Schedule(clock)
+    schedule.every(15, ran.append, "scan", first_in=0)
+    schedule.every(60, ran.append, "thresholds")
+    schedule.run_pending()
+    clock.jump(-3600)
+    for _ in range(4):
+        clock.advance(15)
+        schedule.run_pending()
+    assert ran == ["scan"] * 5 + ["thresholds"]
+
+
+def scans(daemon):
+    return daemon.stderr().count(" new handled, ")  # the scan's log line
+
+
+# 2024-11-03 05:59:50 UTC is 01:59:50 EDT; ten seconds later New York's local time is 01:00:00 EST.
+BEFORE_FALL_BACK = datetime(2024, 11, 3, 5, 59, 50, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.sqlite_suffices("the scheduler's timing (the store only records the scans)")
+@pytest.mark.parametrize("move", ["clock set back an hour", "autumn fall-back in New York"])
+def test_scans_go_on_after_the_local_clock_went_back(daemon_factory, tmp_path, move):
+    shifted = ShiftedClock(tmp_path)
+    env = dict(shifted.env, FAILURE_SCAN_INTERVAL_MINUTES="0.04")  # every 2.4 s
+    if move == "autumn fall-back in New York":
+        shifted.set(BEFORE_FALL_BACK - time.time())
+        env["TZ"] = "America/New_York"
+    daemon = daemon_factory(**env).start()
+    assert wait_for(lambda: scans(daemon) >= 1, 10), daemon.stderr()
+    if move == "clock set back an hour":
+        shifted.set(-3600)
+    else:  # the naive local time goes back an hour by itself
+        assert wait_for(lambda: time.time() + shifted.offset > BEFORE_FALL_BACK + 11, 20)
+    seen = scans(daemon)
+    assert wait_for(lambda: scans(daemon) >= seen + 2, 15), daemon.stderr()
+
+
+def _age(store, task_id, status, finished_at):
+    with store.transaction():
+        store.execute("UPDATE tasks SET status = ?, category = 'unrecoverable_data', finished_at = ? WHERE id = ?",
+                      (status, store.time(finished_at), task_id))
+
+
+def test_overdue_housekeeping_and_analysis_run_soon_after_a_restart(daemon_factory, tmp_path):
+    """Restarted more often than once a day, the daemon used to wait a full day for its housekeeping, every time."""
+    daemon = daemon_factory()
+    now, old = time.time(), time.time() - 100 * DAY
+    store = open_store(daemon.db)
+    try:
+        finished = record_failure(store, "sync", "malformed json", clock=ManualClock(old))
+        waiting = record_failure(store, "sync", "no handler for this", clock=ManualClock(old))
+        _age(store, finished, "notified", old)
+        _age(store, waiting, "manual", old)  # an operator's to-do: kept however old
+        with store.transaction():
+            add_successes(store, "sync", 3, old)
+            add_successes(store, "sync", 5, now)
+        store.set_state("last_housekeeping", f"{now - 2 * DAY:.3f}", now)
+        store.set_state("last_analysis", f"{now - 7 * 3600:.3f}", now)  # the interval is 6 hours
+    finally:
+        store.close()
+    daemon.start()
+    daemon.wait_for("SELECT value FROM daemon_state WHERE key = 'last_housekeeping'",
+                    lambda r: r and float(r[0][0]) >= now, 15)
+    assert daemon.query("SELECT id, status FROM tasks ORDER BY id") == [(waiting, "manual")]
+    assert daemon.query("SELECT count FROM success_counts") == [(5,)]
+    assert "housekeeping: removed 1 tasks, 0 notifications and 1 hourly success counts" in daemon.stderr()
+    assert wait_for(lambda: list((tmp_path / "reports" / "failure_analysis").glob("*.json")), 15)
