@@ -27,6 +27,7 @@ from .clock import SystemClock, from_db_time, iso, to_db_time
 from .engine import Engine
 from .members import membership_for
 from .errors import StoreError, StoreFullError
+from .jobs import Schedule, first_delay
 from .notify import messages
 from .metrics import Metrics
 from .notify.dispatcher import Dispatcher
@@ -628,48 +629,6 @@ class DiskState:
         with self._lock:
             changed, self._full, self.reason = self._full, False, None
             return changed
-
-
-def first_delay(last_run, now, every):
-    """Seconds from now until a job that runs ``every`` seconds and last ran at ``last_run`` (wall clock; None:
-    never) is due: at once when overdue, and never more than ``every`` (a last run in the future: the clock
-    was set back since)."""
-    if last_run is None:
-        return 0.0
-    return min(every, max(0.0, last_run + every - now))
-
-
-@dataclass
-class _Job:
-    due: float  # monotonic
-    every: float
-    action: object
-    args: tuple
-
-
-class Schedule:
-    """The main loop's periodic jobs, timed on the monotonic clock. Owned by the main loop.
-
-    Not the ``schedule`` library: it times its jobs by the naive local ``datetime.now()``, so a clock set back an
-    hour, or the autumn change from summer time, held every job for that hour.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self._jobs = []
-
-    def every(self, seconds, action, *args, first_in=None):
-        """Run ``action(*args)`` every ``seconds``, the first time after ``first_in`` (default: ``seconds``)."""
-        first = seconds if first_in is None else first_in
-        self._jobs.append(_Job(self.clock.monotonic() + first, seconds, action, args))
-
-    def run_pending(self):
-        """Run the jobs that are due, each at most once; the next run is an interval after this one started."""
-        for job in self._jobs:
-            now = self.clock.monotonic()
-            if now >= job.due:
-                job.due = now + job.every
-                job.action(*job.args)
 
 
 class StoredDueQueue(RetryQueue):

@@ -1,14 +1,15 @@
 """The daemon's periodic jobs: timed on the monotonic clock, and due by when each last ran (kept in the store)."""
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import schedule as schedule_library
 from conftest import wait_for
 from test_clock_jumps import ShiftedClock
 
 from failured.clock import ManualClock
-from failured.daemon import Schedule, first_delay
+from failured.jobs import Schedule, first_delay
 from failured.intake import record_failure
 from failured.store import open_store
 from failured.store.tasks import add_successes
@@ -26,16 +27,33 @@ def test_first_delay(last_run, now, every, delay):
     assert first_delay(last_run, now, every) == delay
 
 
-def test_jobs_keep_their_pace_when_the_wall_clock_goes_back_an_hour():
+class LibraryClock:
+    """Stands in for the ``datetime`` module the ``schedule`` library reads its clock from: a naive local time
+    that follows a ManualClock's wall clock."""
+
+    def __init__(self, clock):
+        outer = self
+
+        class _DateTime(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return datetime.fromtimestamp(outer.clock.now(), tz)
+
+        self.clock, self.datetime, self.timedelta = clock, _DateTime, timedelta
+
+
+@pytest.mark.parametrize("jump", [-3600, 3600])
+def test_jobs_keep_their_pace_when_the_wall_clock_jumps_an_hour(monkeypatch, jump):
     clock, ran = ManualClock(), []
-    schedule = Schedule(clock)
-    schedule.every(15, ran.append, "scan", first_in=0)
-    schedule.every(60, ran.append, "thresholds")
-    schedule.run_pending()
-    clock.jump(-3600)
+    monkeypatch.setattr(schedule_library, "datetime", LibraryClock(clock))
+    jobs = Schedule(clock)
+    jobs.every(15, ran.append, "scan", first_in=0)
+    jobs.every(60, ran.append, "thresholds")
+    jobs.run_pending()
+    clock.jump(jump)
     for _ in range(4):
         clock.advance(15)
-        schedule.run_pending()
+        jobs.run_pending()
     assert ran == ["scan"] * 5 + ["thresholds"]
 
 
