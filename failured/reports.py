@@ -23,6 +23,9 @@ XACT_WATERMARK_KEY = "processing_report_xact"  # PostgreSQL: the transaction cut
 # The events that end a decision about a task, and what the processing report calls them.
 DECISIONS = ("retry_scheduled", "recovered", "notified", "exhausted", "manual", "lease_expired")
 STUCK_NEW_SECONDS = 60
+# A flood decides hundreds of thousands of tasks between two scans: ``results`` lists the tasks decided last,
+# this many at most (``results_omitted`` counts the others); the totals and ``summary`` count every task.
+RESULTS_LIMIT = 1000
 
 WORDS = {
     "zh": {
@@ -90,12 +93,15 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     upto = aggregates.event_cut(store)
     watermark = store.get_state(WATERMARK_KEY)
     since = (int(watermark or 0), int(store.get_state(XACT_WATERMARK_KEY, "0")))
-    latest = aggregates.latest_decisions(store, since, upto, DECISIONS)
+    with store.big_read():  # one snapshot (PostgreSQL): the summary counts the same decisions the results list
+        latest = store.newest_decisions(since, upto, DECISIONS, RESULTS_LIMIT)
+        summary = _summary(store.decision_summary(since, upto, DECISIONS))
     scanned, analyzed, recovered, notified = aggregates.decision_counts(store, since, upto)
     stuck = aggregates.stuck_new(store, now - STUCK_NEW_SECONDS)
     errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=task_id, seconds=STUCK_NEW_SECONDS)
                                   for task_id in stuck]
     results = [_result(lang, *row) for row in latest]
+    total = sum(summary["by_decision"].values())
     if advance:
         with store.transaction():
             if not swap_state(store, WATERMARK_KEY, watermark, str(upto[0]), now):
@@ -105,12 +111,23 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     return {
         "success": not errors,
         "message": WORDS[lang]["done_errors"].format(count=len(errors)) if errors else WORDS[lang]["done"],
-        "total_processed": len(results),
+        "total_processed": total,
         "stats": {"scanned": scanned, "analyzed": analyzed, "recovered": recovered, "notified": notified,
                   "errors": errors},
         "results": results,
+        "results_omitted": total - len(results),
+        "summary": summary,
         "processed_at": iso(now),
     }
+
+
+def _summary(rows):
+    """{by_category, by_task_type, by_decision: {name: tasks}}, most first, from decision_summary's rows."""
+    counts = {"by_category": {}, "by_task_type": {}, "by_decision": {}}
+    for category, task_type, event, tasks in rows:
+        for kind, name in (("by_category", category), ("by_task_type", task_type), ("by_decision", event)):
+            counts[kind][name] = counts[kind].get(name, 0) + tasks
+    return {kind: dict(sorted(named.items(), key=lambda item: (-item[1], item[0]))) for kind, named in counts.items()}
 
 
 def report_path(report_dir, kind, now):

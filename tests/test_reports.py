@@ -55,8 +55,8 @@ def history(store, clock, tmp_path):
 def test_processing_report_has_the_seed_fields_and_every_decision(store, clock, history):
     snapshot, ids = history
     report = reports.processing_report(store, clock.now(), "zh")
-    assert set(report) == SEED_PROCESSING_FIELDS and set(report["stats"]) == {"scanned", "analyzed", "recovered",
-                                                                            "notified", "errors"}
+    assert set(report) == SEED_PROCESSING_FIELDS | {"results_omitted", "summary"}
+    assert set(report["stats"]) == {"scanned", "analyzed", "recovered", "notified", "errors"}
     assert report["success"] is True and report["message"] == "失败任务处理完成"
     assert report["processed_at"] == "2023-11-22T22:15:00Z"
     results = {r["task_id"]: r for r in report["results"]}
@@ -70,18 +70,23 @@ def test_processing_report_has_the_seed_fields_and_every_decision(store, clock, 
     assert results[ids["business"]]["action_taken"] == "notify_user"
     assert results[ids["data"][0]]["message"] == "已通知管理员"
     assert report["stats"] == {"scanned": 12, "analyzed": 12, "recovered": 1, "notified": 9, "errors": []}
+    assert report["results_omitted"] == 0
+    assert report["summary"] == {
+        "by_category": {"recoverable_network": 4, "unknown": 4, "unrecoverable_data": 3, "unrecoverable_business": 1},
+        "by_task_type": {"sync": 9, "receipt": 3},
+        "by_decision": {"notified": 8, "retry_scheduled": 2, "exhausted": 1, "recovered": 1}}
 
 
 def test_a_report_of_events_another_process_reported_meanwhile_is_dropped(store, clock, history, monkeypatch):
     """Two leaders for the instant the lead moves: the one that moves the watermark second writes nothing."""
-    real = reports.aggregates.latest_decisions
+    real = reports.aggregates.decision_counts
 
     def the_other_leader_reports_first(*args):
-        monkeypatch.setattr(reports.aggregates, "latest_decisions", real)
+        monkeypatch.setattr(reports.aggregates, "decision_counts", real)
         assert reports.processing_report(store, clock.now())["total_processed"] > 0
         return real(*args)
 
-    monkeypatch.setattr(reports.aggregates, "latest_decisions", the_other_leader_reports_first)
+    monkeypatch.setattr(reports.aggregates, "decision_counts", the_other_leader_reports_first)
     assert reports.processing_report(store, clock.now()) is None
     assert reports.processing_report(store, clock.now())["total_processed"] == 0  # nothing was left behind
 

@@ -134,6 +134,26 @@ def test_a_version_1_database_is_migrated_forward_on_open(location):
     again.close()
 
 
+def test_an_old_database_is_not_migrated_under_a_running_daemon_by_a_command_that_only_reads(location):
+    from failured.store import Store
+    from failured.store.database import OlderSchemaError, PostgresStore, is_url
+
+    store = open_store(location)
+    with store.transaction():
+        set_schema_version(store, SCHEMA_VERSION - 1)
+    store.close()
+    daemon = PostgresStore(location) if is_url(location) else Store(location)
+    daemon.take_daemon_lock(**({} if is_url(location) else {"exclusive": True}))  # as the older daemon holds it
+    try:
+        with pytest.raises(OlderSchemaError, match="upgrade and restart the daemon first"):
+            open_store(location, create=False)
+    finally:
+        daemon.close()
+    again = open_store(location, create=False)  # no daemon: migrated (and said)
+    assert again.schema_version() == SCHEMA_VERSION
+    again.close()
+
+
 _PARTIAL = ("tasks_category_created_at_fingerprint", "tasks_fingerprint",
             "tasks_finished_at_category_status_attempts_created_at")
 

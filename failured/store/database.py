@@ -6,7 +6,9 @@ Statements are written once, with ``?`` placeholders; ``Store.sql`` turns them i
 driver's own.
 """
 
+import errno
 import fcntl
+import logging
 import os
 import re
 import sqlite3
@@ -20,6 +22,8 @@ from ..errors import InputError, StoreError, StoreFullError, StoreReadOnlyError
 from ._peewee import Psycopg3Adapter, pw
 from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo,
                      create_counters, views)
+
+log = logging.getLogger("failured.store")
 
 # Below this much free space SQLite's next page or WAL frame may not fit: the daemon treats
 # the disk as full before a write fails half-way, and `status` says so.
@@ -39,12 +43,20 @@ CONNECT_TIMEOUT_SECONDS = 10  # PostgreSQL: an unreachable server is an error at
 # the WAL at 16 MB. (SQLite's default, 1,000 pages, is reached every ~70 reports: ~190 µs a report on average.)
 WAL_AUTOCHECKPOINT_PAGES = 4000
 
+# A WAL file is reused, not shrunk: one that a flood grew (readers kept every checkpoint from restarting it) would
+# keep its size, a GB beside the database, until a clean stop. SQLite cuts it back to this when it restarts, and
+# the daemon's checkpoint truncates it once it is past this (Store.checkpoint).
+JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# A truncating checkpoint holds new writers back while it waits for readers to leave the WAL: this long at most.
+TRUNCATE_WAIT_MS = 50
+
 PRAGMAS = (
     ("journal_mode", "wal"),
     ("synchronous", "normal"),
     ("foreign_keys", 1),
     ("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),
     ("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES),
+    ("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES),
 )
 READ_ONLY_PRAGMAS = (("busy_timeout", BUSY_TIMEOUT_SECONDS * 1000),)  # switching to WAL would be a write
 
@@ -60,6 +72,10 @@ _LOCK_SQL = "SELECT {function}(%s, hashtext(current_schema()))"
 # The planner guesses a million groups where a report has a few thousand; with this much room it hashes
 # them in memory (using only what the real groups need) instead of sorting every row by text.
 REPORT_WORK_MEM = "256MB"
+# A daemon's statement that waits this long for a lock (a table an administrator locked, say) gives up: an error
+# its loops survive and retry at their next step, well inside systemd's WatchdogSec. Only waits for a lock are
+# cut, never a long statement; migrate-store and the commands wait as long as it takes.
+DAEMON_LOCK_TIMEOUT_MS = 5000
 
 
 def is_url(location):
@@ -79,6 +95,16 @@ class StoreOpenError(StoreError):
     """The database cannot be used at all (unreachable, refused, of a newer schema): a start-up error, exit 2."""
 
     exit_code = 2
+
+
+class OlderSchemaError(StoreOpenError):
+    """A command that does not create the database found an older schema while a daemon of the older failured
+    runs on it: migrating it under that daemon would make the daemon's own reporters refuse it."""
+
+    def __init__(self, store, version):
+        super().__init__(f"database {store} has schema version {version}, older than this failured "
+                         f"({SCHEMA_VERSION}), and a daemon of the older failured is running on it: upgrade and "
+                         "restart the daemon first (it migrates the database at start), and its reporters with it")
 
 
 class StoreUnavailableError(StoreError):
@@ -221,7 +247,7 @@ class Store:
             self.created = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._connect_and_migrate()
+            self._connect_and_migrate(create)
         except (pw.DatabaseError, sqlite3.DatabaseError, OSError, StoreError) as exc:
             self.close()
             error = self._open_error(exc)
@@ -277,19 +303,18 @@ class Store:
             self.close()
         raise why from None
 
-    def _connect_and_migrate(self):
+    def _connect_and_migrate(self, create):
         """Connect and migrate, trying again while another process holds the lock.
 
         Two processes opening a brand-new file at once (a daemon and a reporter) race to
         switch it to WAL, and that switch answers "database is locked" at once instead of
         waiting in the busy handler: wait here as the busy timeout would.
         """
-        # as long as this database's own lock timeout (a worker's reporter sets a short one)
-        deadline = time.monotonic() + getattr(self.db, "_timeout", BUSY_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + self._lock_wait_seconds()
         while True:
             try:
                 self.db.connect(reuse_if_open=True)
-                self._migrate()
+                self._migrate(create)
                 return
             except (pw.OperationalError, sqlite3.OperationalError) as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
@@ -375,7 +400,7 @@ class Store:
         """BEGIN IMMEDIATE, polling for the lock (gives up as busy_timeout does); returns peewee's
         record of the open transaction, so a nested ``transaction()`` becomes a savepoint."""
         connection = self.db.connection()
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self._lock_wait_seconds()
         connection.execute("PRAGMA busy_timeout = 0")
         try:
             while True:
@@ -387,10 +412,14 @@ class Store:
                         raise
                 time.sleep(EAGER_POLL_SECONDS)
         finally:
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+            connection.execute(f"PRAGMA busy_timeout = {int(self._lock_wait_seconds() * 1000)}")
         transaction = self.db.transaction()
         self.db.push_transaction(transaction)  # as transaction.__enter__ does after its own BEGIN
         return transaction
+
+    def _lock_wait_seconds(self):
+        """This database's own lock timeout (a worker's reporter sets a short one), BUSY_TIMEOUT_SECONDS by default."""
+        return getattr(self.db, "_timeout", BUSY_TIMEOUT_SECONDS)
 
     # -- schema -------------------------------------------------------------------
 
@@ -411,31 +440,55 @@ class Store:
         self.execute("INSERT INTO schema_info (version) VALUES (?)", (version,))
         self.db.execute_sql(f"PRAGMA user_version = {version}")
 
-    def _migrate(self):
+    def _migrate(self, create=True):
+        """Bring the schema to this failured's version. The version is read first without a transaction: a
+        current database (every open but the first after an upgrade) takes no write lock, so commands that only
+        read never wait behind a writer. Without ``create`` an older schema is not migrated under a running
+        daemon (OlderSchemaError)."""
+        version = self._known_version(self.schema_version())
+        if version == SCHEMA_VERSION and self._table_exists(SchemaInfo._meta.table_name):
+            return
+        if version and not create and self._daemon_running():
+            raise OlderSchemaError(self, version)
         with self.db.atomic():
             self._lock_schema()
-            version = self.schema_version()
-            if version < 0:
-                raise StoreError(f"database {self} has schema version {version}, which no failured "
-                                 "writes: it was edited by hand; restore it from a backup")
-            if version > SCHEMA_VERSION:
-                raise StoreOpenError(
-                    f"database {self} has schema version {version}, newer than this "
-                    f"failured ({SCHEMA_VERSION}): upgrade failured or use another FAILURE_DB"
-                )
-            if version == 0:
-                self.create_tables(MODELS)
-                create_counters(self)  # the triggers that keep task_counts and failure_counts
-            else:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[step]:
-                        statement(self) if callable(statement) else self.db.execute_sql(statement)
-            if version != SCHEMA_VERSION:
-                self._create_views()
-                self._create_extras()
-                self._write_version(SCHEMA_VERSION)
-            elif not self._table_exists(SchemaInfo._meta.table_name):
-                self._write_version(SCHEMA_VERSION)
+            version = self._known_version(self.schema_version())  # another process may have migrated meanwhile
+            self._upgrade(version)
+        if 0 < version < SCHEMA_VERSION:
+            # Once, on stderr for a CLI command (its log handler), in the log for the daemon.
+            log.warning("migrated database %s from schema %d to %d", self, version, SCHEMA_VERSION)
+
+    def _known_version(self, version):
+        """``version``, or the StoreError that says why no failured can use it."""
+        if version < 0:
+            raise StoreError(f"database {self} has schema version {version}, which no failured "
+                             "writes: it was edited by hand; restore it from a backup")
+        if version > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"database {self} has schema version {version}, newer than this "
+                f"failured ({SCHEMA_VERSION}): upgrade failured or use another FAILURE_DB"
+            )
+        return version
+
+    def _upgrade(self, version):
+        """Create or migrate the schema from ``version`` (in the caller's write transaction)."""
+        if version == 0:
+            self.create_tables(MODELS)
+            create_counters(self)  # the triggers that keep task_counts and failure_counts
+        else:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    statement(self) if callable(statement) else self.db.execute_sql(statement)
+        if version != SCHEMA_VERSION:
+            self._create_views()
+            self._create_extras()
+            self._write_version(SCHEMA_VERSION)
+        elif not self._table_exists(SchemaInfo._meta.table_name):
+            self._write_version(SCHEMA_VERSION)
+
+    def _daemon_running(self):
+        """Whether a daemon (or migrate-store) holds this database's daemon lock."""
+        return self.daemon_lock_held()
 
     def _lock_schema(self):
         """Nothing on SQLite: the migration's BEGIN IMMEDIATE holds the write lock."""
@@ -454,7 +507,10 @@ class Store:
         """Hold this database's daemon lock until ``close``; StoreError when another daemon holds it (a SQLite
         database has one daemon: the lock is always its alone)."""
         path = f"{self.path}.lock"
-        self._lock_file = open(path, "a+")
+        try:
+            self._lock_file = open(path, "a+")
+        except OSError as exc:
+            raise self._lock_file_error(path, exc) from None
         try:
             _flock_soon(self._lock_file)
         except BlockingIOError:
@@ -467,6 +523,19 @@ class Store:
         self._lock_file.truncate(0)
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
+
+    def _lock_file_error(self, path, exc):
+        """The one-line StoreError for a lock file that cannot be opened for writing (a read-only filesystem, a
+        lock file or directory the daemon's user may not write: left by root, say)."""
+        if exc.errno == errno.EROFS or self._filesystem_read_only():
+            return StoreReadOnlyError(self.path, f"its filesystem is mounted read-only: cannot create the lock "
+                                      f"file {path}", "remount it read-write, or set FAILURE_DB to a database on "
+                                      "another one")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StoreReadOnlyError(self.path, f"cannot open its lock file {path}: permission denied",
+                                      "the daemon's user needs write access to the lock file and its directory "
+                                      "(one left by root: chown it to that user)")
+        return StoreError(f"cannot open the lock file {path} of database {self}: {exc.strerror or exc}")
 
     def keep_daemon_lock(self):
         """Nothing to take again (False): a file lock cannot be lost while the process lives."""
@@ -529,13 +598,53 @@ class Store:
     def checkpoint(self):
         """Copy the pages committed to the WAL into the database file, without waiting for or blocking
         any writer (PASSIVE); returns how many WAL pages there were. The daemon calls it often from a
-        thread of its own, so the WAL stays short and no writer's commit runs a checkpoint."""
-        return self.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        thread of its own, so the WAL stays short and no writer's commit runs a checkpoint.
+
+        A WAL grown past JOURNAL_SIZE_LIMIT_BYTES is truncated once that copy left nothing behind (the daemon
+        is idle enough: no writer outran it)."""
+        _, pages, copied = self.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if pages == copied and self._wal_bytes() > JOURNAL_SIZE_LIMIT_BYTES:
+            self._truncate_wal()
+        return pages
+
+    def _wal_bytes(self):
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
+
+    def _truncate_wal(self):
+        """TRUNCATE checkpoint: waits at most TRUNCATE_WAIT_MS for readers still in the WAL (new writers wait
+        meanwhile), and gives up when they stay; the next checkpoint tries again."""
+        connection = self.db.connection()
+        connection.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(self._lock_wait_seconds() * 1000)}")
 
     def data_version(self):
         """A number that changes when another connection commits (PRAGMA data_version, per thread):
         a poll that costs no I/O, so the daemon notices a report within milliseconds."""
         return self.db.execute_sql("PRAGMA data_version").fetchone()[0]
+
+    # -- the processing report's decisions ----------------------------------------
+
+    def newest_decisions(self, since, upto, events, limit):
+        """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` after the cut
+        ``since`` up to the cut ``upto`` (aggregates.event_cut), for the ``limit`` tasks decided last, newest first."""
+        latest, params = _latest_decisions(since, upto, events)
+        return self.rows(f"SELECT task_id, event, category, delay_seconds, attempt, detail FROM {latest} "
+                         "ORDER BY id DESC LIMIT ?", *params, limit)
+
+    def decision_summary(self, since, upto, events):
+        """[(category, task type, event, tasks)]: every task's newest decision in that window (as
+        ``newest_decisions``, none left out), counted by what it was and by what the task is."""
+        latest, params = _latest_decisions(since, upto, events)
+        return self.rows(f"""
+            SELECT coalesce(latest.category, 'unclassified'), tasks.task_type, latest.event, count(*)
+            FROM {latest} JOIN tasks ON tasks.id = latest.task_id
+            GROUP BY 1, 2, 3""", *params)
 
     # -- operators' labels ------------------------------------------------
 
@@ -578,6 +687,7 @@ class _PostgresDatabase(pw.PostgresqlDatabase):
 
     psycopg2_adapter = psycopg3_adapter = Psycopg3Adapter  # whichever peewee picks: psycopg is ours to load
     location = "PostgreSQL"  # the masked URL, for messages
+    lock_timeout_ms = 0  # every session's lock_timeout (0: wait for ever); a daemon's store sets its own
 
     def cursor(self, named_cursor=None):
         """A cursor, connecting afresh when the server dropped this thread's session (a restart, a
@@ -624,7 +734,16 @@ class _PostgresDatabase(pw.PostgresqlDatabase):
         connection = super()._connect()
         connection.execute("SET TIME ZONE 'UTC'")
         connection.execute("SET synchronous_commit = off")
+        if self.lock_timeout_ms:
+            connection.execute(f"SET lock_timeout = {int(self.lock_timeout_ms)}")
         return connection
+
+    def limit_lock_waits(self, milliseconds):
+        """Every session from now on (each thread has its own), and this thread's open one, waits at most
+        ``milliseconds`` for a lock."""
+        self.lock_timeout_ms = milliseconds
+        if not self.is_closed():
+            self.execute_sql(f"SET lock_timeout = {int(milliseconds)}")
 
 
 class PostgresStore(Store):
@@ -700,7 +819,7 @@ class PostgresStore(Store):
             self.db.connect(reuse_if_open=True)
             if not create and not self._table_exists("tasks"):
                 raise MissingStoreError(self.path)
-            self._migrate()
+            self._migrate(create)
         except (StoreError, MissingStoreError):
             self.close()
             raise
@@ -768,6 +887,8 @@ class PostgresStore(Store):
                              "database")
         self._lock_connection = connection
         self._lock_wanted = not exclusive
+        if not exclusive:  # a daemon: its loops must not hang on a lock (migrate-store, alone, waits)
+            self.db.limit_lock_waits(DAEMON_LOCK_TIMEOUT_MS)
 
     def keep_daemon_lock(self):
         """Take the shared daemon lock again when the server dropped its session (the lock went with it), so
@@ -782,6 +903,14 @@ class PostgresStore(Store):
     def daemon_lock_held(self):
         """None: daemons share the lock here, and their liveness is their heartbeats' (members.py)."""
         return None
+
+    def _daemon_running(self):
+        """Whether any daemon (shared) or migrate-store (alone) holds the daemon lock: taken alone for an
+        instant, it is refused while either does."""
+        free = self.db.execute_sql(_LOCK_SQL.format(function="pg_try_advisory_lock"), (DAEMON_LOCK_KEY,)).fetchone()[0]
+        if free:
+            self.db.execute_sql("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (DAEMON_LOCK_KEY,))
+        return not free
 
     def _lock_alive(self):
         if self._lock_connection.closed:
@@ -825,6 +954,18 @@ def _flock_soon(handle):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
+
+
+def _latest_decisions(since, upto, events):
+    """A subquery (AS latest) of each task's newest of ``events`` in the window, with its parameters."""
+    from . import aggregates
+
+    window, params = aggregates._event_window(*aggregates._cuts(since, upto))
+    return (f"""(SELECT * FROM (
+                    SELECT id, task_id, event, category, delay_seconds, attempt, detail,
+                           row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
+                    FROM task_events WHERE {window} AND event IN ({aggregates._marks(events)})) AS decided
+                WHERE newest = 1) AS latest""", (*params, *events))
 
 
 def _first_line(exc, url):
