@@ -20,6 +20,7 @@ from . import policy
 from .engine import PartlySettled
 from .errors import StoreError
 from .handlers import Outcome, TaskContext, python_timed_out, run_handler, run_python_here
+from .store.state import is_busy
 
 log = logging.getLogger("failured.queue")
 
@@ -177,6 +178,7 @@ class Runner:
         self._python_lock = threading.Lock()
         self._wakes_by = clock.monotonic()  # the latest the timer's current wait ends (monotonic)
         self.last_loop = clock.monotonic()
+        self._lock_waited = False  # a wait for another process's lock was said
 
     def start(self):
         self._thread = threading.Thread(target=self._loop, name="retry-timer", daemon=True)
@@ -205,8 +207,13 @@ class Runner:
             try:
                 self._wait_until_due()
                 self._step(claiming=not self._stopping.is_set() and self.enabled and not self.paused())
-            except Exception:
-                log.exception("retry timer: unexpected error; going on")
+                self._lock_waited = False
+            except Exception as exc:
+                if not is_busy(exc):
+                    log.exception("retry timer: unexpected error; going on")
+                elif not self._lock_waited:  # another process holds the database's lock: said once a wait
+                    log.warning("retry timer: waits for the database's lock")
+                    self._lock_waited = True
                 self._stopping.wait(0.5)
 
     def _wait_until_due(self):

@@ -68,5 +68,5 @@ def test_a_write_lock_held_past_the_busy_timeout_is_waited_out(daemon_factory):
                     lambda r: r and float(r[0][0].split()[0]) >= released, 15)
     assert health(daemon)[0] == 200
     assert daemon.stderr().count("is busy") == 1
-    assert "ERROR failured.daemon" not in daemon.stderr()  # (the dispatcher's own loop logs what it met)
+    assert "Traceback" not in daemon.stderr()  # the dispatcher's lanes and the retry timer wait too, saying so once
     assert daemon.stop() == 0

@@ -27,6 +27,7 @@ from collections import deque
 
 from ..errors import StoreError, StoreFullError
 from ..store import StoreUnavailableError, outbox
+from ..store.state import is_busy
 from .channels import mask
 from .health import ChannelHealth
 from .outbox import FAILED, SENT, SUPPRESSED
@@ -128,7 +129,12 @@ class Lane:
                 log.warning("channel %s: delivery waits for the database (%s)", self.name, exc)
             self._store_full = True
             return STORE_RETRY_SECONDS
-        except Exception:
+        except Exception as exc:
+            if is_busy(exc):  # another process holds the database's lock (a VACUUM): the daemon says so too
+                if not self._store_full:
+                    log.warning("channel %s: delivery waits for the database's lock", self.name)
+                self._store_full = True
+                return STORE_RETRY_SECONDS
             log.exception("channel %s: unexpected error in delivery; going on", self.name)
             return 1.0
 
