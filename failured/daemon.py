@@ -199,7 +199,7 @@ class Daemon:
                 log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
                 return
             self._store_busy(exc)  # said once; the jobs wait until the heartbeat gets the lock again
-            log.warning("scheduled job %s skipped: the database is busy", job.__name__)
+            log.warning("scheduled job %s waits: the database is busy; it runs once the lock is free", job.__name__)
 
     # -- loops ----------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class Daemon:
     def _run_jobs(self):
         if self._busy_since is not None:  # each would wait out the busy timeout: they run once the lock goes
             return
-        self.scheduler.run_pending()
+        self.scheduler.run_pending(held=lambda: self._busy_since is not None)
         if self._became_leader.is_set():  # the lead moved here: the leader's jobs carry on now
             self._became_leader.clear()
             self._guarded(self.scan)

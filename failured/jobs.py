@@ -44,15 +44,25 @@ class Schedule:
         if first_in is not None:
             job.next_run = _library_now() + datetime.timedelta(seconds=first_in)
 
-    def run_pending(self):
-        """Run the jobs that are due, each at most once; the next run is an interval after this one started."""
-        self._follow_clock_jumps()
-        self._scheduler.run_pending()
+    def run_pending(self, held=lambda: False):
+        """Run the jobs that are due, each at most once; the next run is an interval after this one ended.
 
-    def _follow_clock_jumps(self):
+        ``held()`` true (another process holds the database's lock) stops the round: the jobs not run stay
+        due, and a job during which it became true runs again as soon as it is false."""
+        self._follow_clock_jumps()
+        for job in sorted(job for job in self._scheduler.jobs if job.should_run):
+            if held():
+                return
+            job.run()
+            self._follow_clock_jumps(ran=job)  # a jump during the job: the library timed this one after it
+            if held():
+                job.next_run = _library_now()
+
+    def _follow_clock_jumps(self, ran=None):
         local, monotonic = _library_now(), self.clock.monotonic()
         jump = (local - self._local).total_seconds() - (monotonic - self._monotonic)
         self._local, self._monotonic = local, monotonic
         if abs(jump) >= JUMP_SECONDS:
             for job in self._scheduler.jobs:
-                job.next_run += datetime.timedelta(seconds=jump)
+                if job is not ran:
+                    job.next_run += datetime.timedelta(seconds=jump)

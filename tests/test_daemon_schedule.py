@@ -57,6 +57,52 @@ def test_jobs_keep_their_pace_when_the_wall_clock_jumps_an_hour(monkeypatch, jum
     assert ran == ["scan"] * 5 + ["thresholds"]
 
 
+def test_a_jump_while_a_job_runs_moves_the_others_and_leaves_that_one_as_the_library_timed_it(monkeypatch):
+    clock = ManualClock()
+    monkeypatch.setattr(schedule_library, "datetime", LibraryClock(clock))
+    ran = []
+
+    def slow_job_during_which_the_clock_goes_back():
+        ran.append(("slow", clock.monotonic()))
+        clock.advance(5)
+        clock.jump(-3600)
+
+    jobs = Schedule(clock)
+    jobs.every(600, slow_job_during_which_the_clock_goes_back, first_in=0)
+    jobs.every(60, lambda: ran.append(("quick", clock.monotonic())), first_in=30)
+    start = clock.monotonic()
+    for _ in range(2 * 700):
+        jobs.run_pending()
+        clock.advance(0.5)
+    slow = [at - start for name, at in ran if name == "slow"]
+    quick = [at - start for name, at in ran if name == "quick"]
+    assert slow == [0, 605.0]  # once, then an interval after it ended: not again at once, not an hour late
+    assert quick[:2] == [30.0, 90.0]
+
+
+def test_a_busy_database_holds_the_round_and_a_job_it_cut_short_runs_as_soon_as_it_is_free(monkeypatch):
+    clock = ManualClock()
+    monkeypatch.setattr(schedule_library, "datetime", LibraryClock(clock))
+    busy, ran = [False], []
+
+    def meets_the_lock(name):
+        ran.append(name)
+        busy[0] = name == "scan" and ran.count("scan") == 1  # the first scan waited out the lock
+
+    jobs = Schedule(clock)
+    for name in ("scan", "analysis", "housekeeping"):
+        jobs.every(86400, meets_the_lock, name, first_in=0)
+    jobs.run_pending(held=lambda: busy[0])
+    assert ran == ["scan"]  # the others were not started behind the lock
+    clock.advance(1)
+    jobs.run_pending(held=lambda: busy[0])
+    assert ran == ["scan"]
+    busy[0] = False
+    clock.advance(1)
+    jobs.run_pending(held=lambda: busy[0])
+    assert sorted(ran) == ["analysis", "housekeeping", "scan", "scan"]  # none waits a day for its next slot
+
+
 def scans(daemon):
     return daemon.stderr().count(" new handled, ")  # the scan's log line
 
