@@ -2516,8 +2516,10 @@ static int adam_example(const AdamStep *a, PyObject *example, const int **slot, 
         return -1;
     }
     *target = PyLong_AsSsize_t(PyTuple_GET_ITEM(example, 0));
+    if (*target == -1 && PyErr_Occurred())
+        return -1;
     *scale = PyFloat_AsDouble(PyTuple_GET_ITEM(example, 2));
-    if ((*target == -1 || *scale == -1.0) && PyErr_Occurred())
+    if (*scale == -1.0 && PyErr_Occurred())
         return -1;
     if (*target < 0 || *target >= a->n) {
         PyErr_Format(PyExc_ValueError, "target %zd out of range for %zd classes", *target, a->n);
@@ -2601,15 +2603,19 @@ static PyObject *adam_batch(PyObject *self, PyObject *args)
             probs[k] = scale * sum_value(&column);
         }
         softmax_in_place(probs, n);
-        for (Py_ssize_t i = 0; i < count && used <= capacity; i++) {
-            int s = slot[i];
-            if (a.marks[s] < 0) {
-                if (used == capacity)  /* the slots changed size while we looked: refuse rather than overrun */
-                    break;
-                a.marks[s] = (int)used;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            int s = slot[i], m = a.marks[s];
+            /* A sparse set: a mark counts only where ``touched`` confirms it, whatever ``marks`` held before. */
+            if (m < 0 || m >= used || touched[m] != s) {
+                if (used == capacity) {  /* the examples' slots grew while we looked */
+                    PyBuffer_Release(&view);
+                    PyErr_SetString(PyExc_RuntimeError, "an example's slots changed during the step");
+                    goto done;
+                }
+                m = a.marks[s] = (int)used;
                 touched[used++] = s;
             }
-            double *row = gradients + (Py_ssize_t)a.marks[s] * n;
+            double *row = gradients + (Py_ssize_t)m * n;
             for (Py_ssize_t k = 0; k < n; k++)
                 row[k] += scale * (probs[k] - (k == target ? 1.0 : 0.0)) / (double)size;
         }

@@ -168,3 +168,14 @@ def test_the_training_step_refuses_tables_that_do_not_fit():
     marks = _adam_step([(0, array("i", [0]), 1.0), (1, array("i", [0, 1]), 0.5)], weights)
     assert weights[0] > 0 > weights[1] and weights[2] < 0 < weights[3]  # each target's weight rose
     assert list(marks) == [-1, -1]  # left as found
+
+
+def test_the_training_step_answers_the_same_whatever_its_marks_held():
+    """``marks`` is scratch space: a caller's stale or hostile values must neither change the step nor crash it."""
+    batch = [(0, array("i", [0, 3]), 0.7), (1, array("i", [3, 1]), 0.5), (2, array("i", [2]), 1.0)]
+    results = []
+    for marks in ([-1] * 4, [0, 0, 1, 2], [50_000_000, -7, 3, 2 ** 31 - 1]):
+        weights = array("d", [0.1 * i for i in range(12)])
+        _adam_step(batch, weights, marks=array("i", marks), n=3)
+        results.append(list(weights))
+    assert results[0] == results[1] == results[2]
