@@ -21,7 +21,11 @@ _SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|api_?key|apik
 # A URL's password (scheme://user:PASSWORD@host), a bearer or basic credential, and a credential-named key's
 # quoted value in JSON or a Python dict: masked whatever the value. Each part is bounded: linear on any text.
 _URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,15}://[^\s:/@'\"<>]{0,128}:)[^\s@/'\"<>]{1,256}@")
-_BEARER = re.compile(r"(?i)\b((?:authorization:\s*)?(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}")
+# After "Authorization:" any credential; after a bare "Bearer"/"Basic" only a token's shape (a digit or one of
+# ._~+/=-, or 20 characters): "Basic authentication failed" is an error's words, not a secret.
+_BEARER = re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic|token)?\s*)[A-Za-z0-9._~+/=-]{8,}"
+                     r"|\b((?:bearer|basic)\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-]|[A-Za-z0-9._~+/=-]{20})"
+                     r"[A-Za-z0-9._~+/=-]{8,}")
 _QUOTED_CREDENTIAL = re.compile(r"(?i)([\"'](?:password|passwd|secret|client_secret|api_?key|access_token|token)[\"']"
                                 r"\s{0,8}:\s{0,8}[\"'])[^\"'\n]{1,512}(?=[\"'])")
 
@@ -47,7 +51,11 @@ def mask(text, secrets):
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
     text = _URL_PASSWORD.sub(r"\1***@", _SECRET_PARAM.sub(r"\1***", text))
-    return _QUOTED_CREDENTIAL.sub(r"\1***", _BEARER.sub(r"\1***", text))
+    return _QUOTED_CREDENTIAL.sub(r"\1***", _BEARER.sub(_masked_credential, text))
+
+
+def _masked_credential(match):
+    return f"{match.group(1) or match.group(2)}***"
 
 
 def known_secrets(snapshot, settings):

@@ -43,6 +43,9 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
     ("redis://:hunter22@cache:6379/0: Connection refused", "redis://:***@cache:6379/0: Connection refused"),
     ("401 with Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "Authorization: Bearer ***"),
     ("sent Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic ***"),
+    ("Authorization: dXNlcjpwYXNzd29yZA", "Authorization: ***"),
+    ('curl -H "Authorization: token ghp_abcdefgh1234"', "Authorization: token ***"),
+    ("retrying with bearer tok_12345678", "bearer ***"),
     ('body {"password": "p@ss w0rd", "user": "x"}', '{"password": "***", "user": "x"}'),
     ("kwargs {'api_key': 'AKIA1234567890', 'n': 1}", "{'api_key': '***', 'n': 1}"),
 ])
@@ -54,7 +57,8 @@ def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_sec
 
 @pytest.mark.parametrize("text", ["Access denied for user 'root'@'localhost' (using password: YES)",
                                   "Unexpected token o in JSON at position 1", "see http://user@host/x",
-                                  "bearer of bad news"])
+                                  "bearer of bad news", "401 Unauthorized: HTTP Basic authentication failed",
+                                  "basic settings missing: set smtp.host", "ValueError: bearer malformatted header"])
 def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
     from failured.secrets import mask
 
