@@ -173,17 +173,39 @@ def test_the_admins_hear_once_when_a_refused_notification_is_given_up(store, clo
     hook = waf()
     snapshot, dispatcher = setup(store, clock, tmp_path, HOOK.format(url=hook.url))
     notify(store, snapshot, clock, "[failured] evil #1")
-    run_until_ended(lane(dispatcher, "hook", clock), clock, "hook")
+    notify(store, snapshot, clock, "[failured] fine #2")  # the channel works: the refusal is the message's
+    hook_lane = lane(dispatcher, "hook", clock)
+    run_until_ended(hook_lane, clock, "hook")
     lane(dispatcher, "log", clock).process()
     alerts = [line for line in admin_log(tmp_path) if line["kind"] == "undeliverable"]
     assert len(alerts) == 1
     [alert] = alerts
     assert alert["channel"] == "hook" and f"#{rows('hook')[0].id}" in alert["title"] and "403" in alert["body"]
     # its own row on the hook channel carries "evil" too and is refused; that one ends without a second alert
-    run_until_ended(lane(dispatcher, "hook", clock), clock, "hook")
+    hook_lane.process()
+    notify(store, snapshot, clock, "[failured] fine #3")
+    run_until_ended(hook_lane, clock, "hook")
     lane(dispatcher, "log", clock).process()
     assert len([line for line in admin_log(tmp_path) if line["kind"] == "undeliverable"]) == 1
-    assert {row.status for row in rows("hook")} == {"failed"}
+    assert [row.status for row in rows("hook") if "evil" in row.body or row.kind == "undeliverable"] == ["failed"] * 2
+
+
+def test_the_same_refusal_of_every_message_loses_none_of_them(store, clock, tmp_path, hook_server):
+    """A receiver that refuses everything with a 403 (a revoked token, an address allow-list) is down, not a
+    channel of bad messages: its rows wait, and go out when it takes them again."""
+    hook = hook_server()
+    hook.answer_with(403, "Forbidden: token revoked")
+    snapshot, dispatcher = setup(store, clock, tmp_path, HOOK.format(url=hook.url))
+    for i in range(3):
+        notify(store, snapshot, clock, f"[failured] fine #{i + 1}")
+    hook_lane = lane(dispatcher, "hook", clock)
+    for _ in range(40):  # far past MESSAGE_ATTEMPTS tries each
+        clock.advance(max(hook_lane.process(), 30.0))
+    assert {row.status for row in rows("hook")} == {"pending"}
+    assert min(row.attempts for row in rows("hook")) >= 8
+    hook.answer_with(200, "ok")
+    run_until_ended(hook_lane, clock, "hook")
+    assert [row.status for row in rows("hook")] == ["sent"] * 3
 
 
 @pytest.fixture

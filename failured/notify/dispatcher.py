@@ -21,13 +21,12 @@ from . import messages
 from .channels import Message, masked_message, secret_values
 from .health import DEFAULT_ADVICE
 from .lane import Lane
-from .outbox import FAILED, MERGED, about_channel, enqueue, notice_fields
+from .outbox import FAILED, MERGED, UNDELIVERABLE_KIND, about_channel, enqueue, notice_fields
 from .routing import channels_for
 
 log = logging.getLogger("failured.notify")
 
 DIRECT_KIND = "alert"
-UNDELIVERABLE_KIND = "undeliverable"  # a notification a channel refused on its own was given up
 
 
 def monotonic_source(clock):

@@ -12,7 +12,9 @@ A failed send pauses the channel (it is down, throttled or rejects us) unless
 the channel says the failure is this message's alone (``message_fault``: it
 could not be built, or the receiver refuses its content): then that row waits
 on its own backoff, the lane goes on with the next, and after
-MESSAGE_ATTEMPTS tries the row fails and the admins hear.
+MESSAGE_ATTEMPTS tries the row fails and the admins hear, once the channel
+has taken another message since its first refusal (the same refusal of every
+message is the channel's: its rows wait on their backoffs).
 
 Time: what is stored (``sent_at``, ``next_attempt_at``) is wall-clock; every
 wait the lane keeps in memory (rate window, pauses, digest interval, dedup
@@ -30,7 +32,7 @@ from ..store import StoreUnavailableError, outbox
 from ..store.state import is_busy
 from .channels import mask
 from .health import ChannelHealth
-from .outbox import FAILED, SENT, SUPPRESSED
+from .outbox import FAILED, SENT, SUPPRESSED, UNDELIVERABLE_KIND
 from .routing import LOG_CHANNEL
 
 log = logging.getLogger("failured.notify")
@@ -91,6 +93,8 @@ class Lane:
         self._store_full = False
         self._holding = False  # whether this daemon delivered the channel at the last pass
         self._sends_pruned = NEVER  # wall time channel_sends was last pruned
+        self._deliveries = 0  # messages the channel took since the daemon started
+        self._refused_after = {}  # row id -> deliveries when the channel first refused it on its own
 
     # -- the loop ---------------------------------------------------------------
 
@@ -312,6 +316,8 @@ class Lane:
             sent.append(row.id)
             covered.extend(stands_for or group)
             self._remember(channel, row, mono)
+            self._deliveries += 1
+            self._refused_after.pop(row.id, None)
             self.health.record(True, None, now, mono)
         self._sent(sent, covered, now)
         return 0.0
@@ -372,9 +378,16 @@ class Lane:
         if channel.rate_per_minute is not None:
             self.sent_times.append(mono)  # the receiver counted the request, refused or not
         attempts = row.attempts + 1
-        if attempts >= MESSAGE_ATTEMPTS:
+        refused_after = self._refused_after.setdefault(row.id, self._deliveries)
+        self.health.record(False, error, now, mono)
+        if attempts >= MESSAGE_ATTEMPTS and (self._deliveries > refused_after or row.kind == UNDELIVERABLE_KIND):
+            self._refused_after.pop(row.id, None)
             d.give_up(self.name, channel, row, error, attempts, now)
             return
+        # Not given up while nothing else got through since its first refusal: the same refusal of every
+        # message (a revoked token answered 403, a gateway that raises on every call) is the channel's, and
+        # its rows wait, each on its own backoff, as they would behind a paused channel. A notice that a
+        # message was given up carries that message's text: it ends as its message did.
         wait = backoff(attempts, d.config().notify.retry_backoff_seconds)
         self._write([row.id], attempts=attempts, next_attempt_at=now + wait, last_error=error)
         log.warning("channel %s: notification %s refused on its own (try %d of %d, next in %gs); the others go on: "

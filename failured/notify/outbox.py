@@ -13,6 +13,7 @@ PENDING, SENT, MERGED, SUPPRESSED, FAILED = (NotificationStatus.PENDING, Notific
 # A row's fingerprint says what it is about: a task's error, or (for an alert about a channel, such as its
 # notification delay) "channel:NAME", so the alert names the channel without passing it off as a task type.
 CHANNEL_SUBJECT = "channel:"
+UNDELIVERABLE_KIND = "undeliverable"  # the notice that a notification a channel refused on its own was given up
 
 
 def about_channel(name):
