@@ -94,8 +94,8 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
     watermark = store.get_state(WATERMARK_KEY)
     since = (int(watermark or 0), int(store.get_state(XACT_WATERMARK_KEY, "0")))
     with store.big_read():  # one snapshot (PostgreSQL): the summary counts the same decisions the results list
-        latest = store.newest_decisions(since, upto, DECISIONS, RESULTS_LIMIT)
-        summary = _summary(store.decision_summary(since, upto, DECISIONS))
+        latest = aggregates.newest_decisions(store, since, upto, DECISIONS, RESULTS_LIMIT)
+        summary = _summary(aggregates.decision_summary(store, since, upto, DECISIONS))
     scanned, analyzed, recovered, notified = aggregates.decision_counts(store, since, upto)
     stuck = aggregates.stuck_new(store, now - STUCK_NEW_SECONDS)
     errors = list(scan_errors) + [WORDS[lang]["stuck"].format(task_id=task_id, seconds=STUCK_NEW_SECONDS)

@@ -66,16 +66,33 @@ def _event_window(since, upto):
             (since_xact or 0, upto_xact, since_id, upto_id))
 
 
-def latest_decisions(store, since, upto, events):
+def newest_decisions(store, since, upto, events, limit):
     """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` after the cut
-    ``since`` up to the cut ``upto`` (``event_cut``; plain ids on SQLite)."""
-    window, params = _event_window(*_cuts(since, upto))
+    ``since`` up to the cut ``upto`` (``event_cut``; plain ids on SQLite), for the ``limit`` tasks decided
+    last, newest first."""
+    latest, params = _latest_decisions(since, upto, events)
+    return store.rows(f"SELECT task_id, event, category, delay_seconds, attempt, detail FROM {latest} "
+                      "ORDER BY id DESC LIMIT ?", *params, limit)
+
+
+def decision_summary(store, since, upto, events):
+    """[(category, task type, event, tasks)]: every task's newest decision in that window (as
+    ``newest_decisions``, none left out), counted by what it was and by what the task is."""
+    latest, params = _latest_decisions(since, upto, events)
     return store.rows(f"""
-        SELECT task_id, event, category, delay_seconds, attempt, detail FROM (
-            SELECT task_id, event, category, delay_seconds, attempt, detail,
-                   row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
-            FROM task_events WHERE {window} AND event IN ({_marks(events)})) AS latest
-        WHERE newest = 1 ORDER BY task_id""", *params, *events)
+        SELECT coalesce(latest.category, 'unclassified'), tasks.task_type, latest.event, count(*)
+        FROM {latest} JOIN tasks ON tasks.id = latest.task_id
+        GROUP BY 1, 2, 3""", *params)
+
+
+def _latest_decisions(since, upto, events):
+    """A subquery (AS latest) of each task's newest of ``events`` in the window, with its parameters."""
+    window, params = _event_window(*_cuts(since, upto))
+    return (f"""(SELECT * FROM (
+                    SELECT id, task_id, event, category, delay_seconds, attempt, detail,
+                           row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
+                    FROM task_events WHERE {window} AND event IN ({_marks(events)})) AS decided
+                WHERE newest = 1) AS latest""", (*params, *events))
 
 
 def decision_counts(store, since, upto):

@@ -628,24 +628,6 @@ class Store:
         a poll that costs no I/O, so the daemon notices a report within milliseconds."""
         return self.db.execute_sql("PRAGMA data_version").fetchone()[0]
 
-    # -- the processing report's decisions ----------------------------------------
-
-    def newest_decisions(self, since, upto, events, limit):
-        """[(task id, event, category, delay, attempt, detail)]: each task's newest of ``events`` after the cut
-        ``since`` up to the cut ``upto`` (aggregates.event_cut), for the ``limit`` tasks decided last, newest first."""
-        latest, params = _latest_decisions(since, upto, events)
-        return self.rows(f"SELECT task_id, event, category, delay_seconds, attempt, detail FROM {latest} "
-                         "ORDER BY id DESC LIMIT ?", *params, limit)
-
-    def decision_summary(self, since, upto, events):
-        """[(category, task type, event, tasks)]: every task's newest decision in that window (as
-        ``newest_decisions``, none left out), counted by what it was and by what the task is."""
-        latest, params = _latest_decisions(since, upto, events)
-        return self.rows(f"""
-            SELECT coalesce(latest.category, 'unclassified'), tasks.task_type, latest.event, count(*)
-            FROM {latest} JOIN tasks ON tasks.id = latest.task_id
-            GROUP BY 1, 2, 3""", *params)
-
     # -- operators' labels ------------------------------------------------
 
     def add_label(self, task, category, now, note=None):
@@ -954,18 +936,6 @@ def _flock_soon(handle):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
-
-
-def _latest_decisions(since, upto, events):
-    """A subquery (AS latest) of each task's newest of ``events`` in the window, with its parameters."""
-    from . import aggregates
-
-    window, params = aggregates._event_window(*aggregates._cuts(since, upto))
-    return (f"""(SELECT * FROM (
-                    SELECT id, task_id, event, category, delay_seconds, attempt, detail,
-                           row_number() OVER (PARTITION BY task_id ORDER BY id DESC) AS newest
-                    FROM task_events WHERE {window} AND event IN ({aggregates._marks(events)})) AS decided
-                WHERE newest = 1) AS latest""", (*params, *events))
 
 
 def _first_line(exc, url):
