@@ -72,13 +72,15 @@ def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factor
     report(daemon, "sync", "订单不存在")
 
     def analysis_with_the_task():
-        # A slot may pass before the task is reported: wait for one that covers it.
+        # A slot may pass before the task is reported, or before it is classified ("unclassified"): wait for
+        # one that covers it decided.
         for path in sorted((tmp_path / "reports" / "failure_analysis").glob("*.json")):
             try:
-                if json.loads(path.read_text())["category_distribution"] and path.with_suffix(".html").exists():
-                    return path
+                distribution = json.loads(path.read_text())["category_distribution"]
             except ValueError:
                 continue  # being written
+            if distribution and "unclassified" not in distribution and path.with_suffix(".html").exists():
+                return path
         return None
 
     assert wait_for(analysis_with_the_task, timeout=20), daemon.stderr()
