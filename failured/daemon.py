@@ -16,14 +16,13 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
 
 from . import housekeeping, logmask, reports
 from .analysis import analysis_report
 from .api import ApiServer, check_exposure, parse_address
 from .backend import Backend
 from .breaker import Breakers
-from .clock import SystemClock, from_db_time, iso, to_db_time
+from .clock import SystemClock, iso
 from .engine import Engine
 from .members import membership_for
 from .errors import StoreError, StoreFullError
@@ -113,7 +112,7 @@ class Daemon:
                              metrics=self.metrics, members=self.members)
         self.breakers = Breakers(snapshot.breaker, self.store, clock=self.clock)
         self.breakers.load()
-        self.queue = StoredDueQueue(self.clock)
+        self.queue = RetryQueue(self.clock)
         queued, waiting = self.engine.take_back_leases(orphans_only=True)
         self.waiting_orphans.update(waiting)
         for item in self.engine.scheduled() + queued:
@@ -629,18 +628,6 @@ class DiskState:
         with self._lock:
             changed, self._full, self.reason = self._full, False, None
             return changed
-
-
-class StoredDueQueue(RetryQueue):
-    """The retry heap, keeping due times as the table stores them: to the millisecond.
-
-    The intake pushes the scheduled rows it reads again (a `recover` moves one to now), and the heap recomputes
-    the deadline of one whose due time differs from what it holds. A due time finer than its row's always
-    differed: after the wall clock jumped an hour forward, every such retry ran at once.
-    """
-
-    def push(self, task_id, due, task_type):
-        super().push(task_id, from_db_time(to_db_time(due)), task_type)
 
 
 def run(settings):

@@ -12,6 +12,7 @@ import heapq
 import json
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -24,6 +25,7 @@ from .store.state import is_busy
 
 log = logging.getLogger("failured.queue")
 
+DUE_RESOLUTION_SECONDS = 0.001  # the table keeps due times to the millisecond
 COALESCE_SECONDS = 0.002  # how long an outcome waits for others still running, to be written with them
 SETTLE_AGAIN_SECONDS = 0.5  # after a write the database refused: how long before the timer tries again
 # Beyond the ``concurrency`` running, the timer claims as many due retries as its workers start
@@ -78,7 +80,10 @@ class RetryQueue:
 
     def push(self, task_id, due, task_type):
         with self._changed:
-            if self._due.get(task_id) == due:
+            # The intake pushes again the scheduled rows it reads (a `recover` moves one to now), whose due
+            # times the table keeps to the millisecond: the same due time, not a new one to time again from the
+            # wall clock (after a clock set an hour forward, that ran every such retry at once).
+            if abs(self._due.get(task_id, math.inf) - due) < DUE_RESOLUTION_SECONDS:
                 return
             earliest = self._heap[0][0] if self._heap else None
             deadline = self._deadline(due)

@@ -16,9 +16,10 @@ import pytest
 
 from conftest import set_schema_version
 from failured.errors import InputError, StoreError
+from failured import housekeeping
 from failured.intake import record_failure, record_success
 from failured.states import BreakerState, TaskStatus
-from failured.store import aggregates, breakers, maintenance, open_store, outbox, queries
+from failured.store import aggregates, breakers, open_store, outbox, queries
 from failured.store import tasks as rows
 from failured.store.database import DAEMON_LOCK_KEY
 from failured.store.schema import SCHEMA_VERSION
@@ -449,7 +450,7 @@ def test_housekeeping_deletes_only_what_is_old_and_finished(any_store):
     old = report(any_store, at=T0)
     _finish(any_store, old, TaskStatus.NOTIFIED, "unrecoverable_data", 0, T0)
     young = report(any_store, at=T0 + 86400 * 10)
-    assert maintenance.purge_finished(any_store, T0 + 86400) == {"tasks": 1, "notifications": 0}
+    assert housekeeping.purge(any_store, T0 + 86400, 0) == {"tasks": 1, "notifications": 0, "success_counts": 0}
     assert [t.id for t in rows.find_tasks(any_store, tuple(TaskStatus))] == [young]
 
 

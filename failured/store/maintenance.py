@@ -1,8 +1,7 @@
 """Housekeeping's deletes: old finished tasks, ended notifications and hourly success tallies, in small batches."""
 
-import time
-
 from ..states import FINAL_STATUSES, NotificationStatus, TaskStatus
+from .tasks import success_hour
 
 BATCH = 1000  # small deletes keep the write lock short for reporters (a task takes its events with it)
 
@@ -11,10 +10,6 @@ PURGED_STATUSES = tuple(status for status in FINAL_STATUSES if status != TaskSta
 
 # What housekeeping deletes, in this order: a table's batches, then the next table's.
 PURGED = ("tasks", "notifications", "success_counts")
-
-
-def _success_hour(epoch):
-    return time.strftime("%Y-%m-%d %H:00:00", time.gmtime(epoch))  # success_counts.hour's form
 
 
 def _batch_statement(what, limit):
@@ -37,20 +32,6 @@ def purge_batch(store, what, cutoff, limit=BATCH):
     elif what == "notifications":
         params = (NotificationStatus.PENDING, store.time(cutoff))
     else:
-        params = (_success_hour(cutoff),)
+        params = (success_hour(cutoff),)
     with store.transaction():
         return store.execute(_batch_statement(what, limit), params).rowcount
-
-
-def purge_finished(store, cutoff):
-    """Delete finished tasks (finished before ``cutoff``; not `manual` ones) and ended notifications (created
-    before it), all at once: {"tasks": n, "notifications": n}. The daemon purges a slice at a time instead."""
-    counts = {}
-    for what in ("tasks", "notifications"):
-        counts[what] = 0
-        while True:
-            deleted = purge_batch(store, what, cutoff)
-            counts[what] += deleted
-            if deleted < BATCH:
-                break
-    return counts

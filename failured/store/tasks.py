@@ -78,10 +78,14 @@ def insert_task(store, task_type, ref, source, error_type, message, payload, han
     return task_id
 
 
+def success_hour(epoch):
+    """The UTC hour ``epoch`` falls in, as success_counts.hour holds it."""
+    return time.strftime("%Y-%m-%d %H:00:00", time.gmtime(epoch))
+
+
 def add_successes(store, task_type, count, now):
     """Add ``count`` to this hour's tally of successful runs."""
-    hour = time.strftime("%Y-%m-%d %H:00:00", time.gmtime(now))
-    (SuccessCount.insert(task_type=task_type, hour=hour, count=count).bind(store.db)
+    (SuccessCount.insert(task_type=task_type, hour=success_hour(now), count=count).bind(store.db)
      .on_conflict(conflict_target=[SuccessCount.task_type, SuccessCount.hour],
                   update={SuccessCount.count: SuccessCount.count + count})
      .execute())
