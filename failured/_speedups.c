@@ -2674,7 +2674,7 @@ static PyMethodDef methods[] = {
     {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},
     {"adam_batch", adam_batch, METH_VARARGS, "model._python_adam_batch: one lazy Adam step on a batch."},
     {"feature_probabilities", feature_probabilities, METH_VARARGS,
-     "model.TextModel.probabilities from its rows, bias, tempered prior and 1 / NB_TEMPERATURE."},
+     "model.TextModel.probabilities from its rows and bias."},
     {"exception_type_in", exception_type_in, METH_O, "classify.exception_type_in(message)."},
     {"column_sums", column_sums, METH_VARARGS, "The learned model's per-class sums over a message's rows."},
     {NULL, NULL, 0, NULL},

@@ -11,7 +11,7 @@ from .settings import load_settings
 from .secrets import masked, reporter_secrets
 from .store import open_store
 from .store import tasks as rows
-from .text import clean_text
+from .text import CONTROL_CHARACTERS, clean_text
 
 MAX_ERROR_BYTES = 64 * 1024
 MAX_TASK_TYPE_CHARS = 200
@@ -36,10 +36,9 @@ def bound_error(text, limit=MAX_ERROR_BYTES):
     return head + marker + tail
 
 
-# Inside a task type (surrounding white space is stripped): C0 and C1 controls, line and paragraph
-# separators, and bidirectional overrides. A task type is printed in logs, terminals and chat messages,
-# where these forge lines, move the cursor or reorder what the reader sees.
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Inside a task type (surrounding white space is stripped): a task type is printed in logs, terminals and chat
+# messages, where these forge lines, move the cursor or reorder what the reader sees.
+_CONTROL_CHARACTER = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 def check_task_type(task_type):

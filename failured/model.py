@@ -84,7 +84,7 @@ DEFAULT_MIN_CONFIDENCE = 0.3  # [model] min_confidence when failured.toml does n
 # the model on 89.2 % of the same messages.
 DEFAULT_OVERRULE_CONFIDENCE = 0.7
 MAX_CHARS = 2000  # the head of a message says what went wrong
-# The trained table keeps each weight and likelihood as a 4-byte float ("f"), not a double: the table is
+# The trained table keeps each weight as a 4-byte float ("f"), not a double: the table is
 # most of the model's memory (19.6 MB for 183,786 rows of 49,306 messages in session 15, 9.8 MB as floats), and a
 # float's 24-bit mantissa is far finer than anything the weights mean: on the whole corpus, every category and every
 # confidence to three places came out as with doubles. Training learns in doubles; a prediction adds the stored

@@ -26,10 +26,11 @@ def _valid_utf8(value):
         return _SURROGATE.sub("\ufffd", text)
 
 
-# What a terminal acts on rather than shows (C0 controls but tab and line feed, DEL, C1 controls) and what
-# reorders the text after it (bidirectional overrides): a reporter's ANSI sequence could clear the operator's
-# screen, retitle the window or hide text.
-_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What a terminal, a log or a chat client acts on rather than shows (C0 and C1 controls, DEL, line and paragraph
+# separators) and what reorders the text after it (bidirectional overrides), as a regex character class: a
+# reporter's ANSI sequence could clear the operator's screen, retitle the window, forge a line or hide text.
+CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_TERMINAL_CONTROL = re.compile(f"(?![\t\n])[{CONTROL_CHARACTERS}]")  # tabs and line breaks print as they are
 
 
 def printable(text):
