@@ -9,14 +9,22 @@ alone 87.5 -> 87.9 % and rules-blind 85.5 -> 86.3 %; on 807 messages of four col
 corpus lacked, the whole pipeline 66.2 -> 69.5 %.
 
 English spellings match at a word start (so "throttl" covers throttled and throttling), in any case;
-Chinese ones anywhere. One RE2 set over the message: linear in its length.
+Chinese ones anywhere. One RE2 set over the message decides: linear in its length. Hyperscan, where
+installed, gives the same answer in a third of the time (RE2 builds its DFA as it reads, and every new
+message makes new states), for every text but the few RE2 alone can read.
 """
 
 import functools
+import threading
 
 import re2
 
 from .rules import re2_options
+
+try:  # an optional speed-up: the RE2 set gives the same answers
+    import hyperscan
+except ImportError:  # pragma: no cover - depends on the platform's wheels
+    hyperscan = None
 
 CONCEPTS = {
     'timeout': ('timeout', 'timed out', 'time out', '超时', '逾时'),
@@ -104,6 +112,15 @@ CONCEPTS = {
 }
 
 _NAMES = tuple(CONCEPTS)
+# RE2 folds case as Unicode's simple folding does: the Kelvin sign reads as "k" and the long s as "s" (no other
+# character folds into a letter of the spellings, and no Chinese character of them folds at all). Hyperscan,
+# reading bytes, folds ASCII letters only: a text holding either is RE2's to read.
+_KELVIN_SIGN, _LONG_S = "\u212a", "\u017f"
+# RE2's \b before an English spelling (each starts with a letter): the byte before is no ASCII word character,
+# or there is none. Hyperscan compiles that byte class in a third of the time \b takes (some 80 ms), over the text
+# after a space. Bytes past ASCII are no word characters for either engine.
+_NOT_WORD = "[^0-9A-Za-z_]"
+_local = threading.local()  # each thread's (database, scratch): a scratch serves one scan at a time
 
 
 def _alternation(spellings):
@@ -119,7 +136,50 @@ def _compiled():
     return concepts
 
 
+def _hyperscan_expression(spelling):
+    """``spelling`` as Hyperscan reads it in byte mode, every byte escaped: Chinese ones are their UTF-8 bytes."""
+    escaped = "".join(f"\\x{byte:02x}" for byte in spelling.encode("utf-8"))
+    return (_NOT_WORD + escaped if spelling.isascii() else escaped).encode("ascii")
+
+
+@functools.lru_cache(maxsize=1)
+def _database():
+    """Hyperscan's database of every spelling, each reporting its concept's index; None without Hyperscan."""
+    if hyperscan is None:
+        return None
+    ids = [index for index, name in enumerate(_NAMES) for _ in CONCEPTS[name]]
+    expressions = [_hyperscan_expression(spelling) for name in _NAMES for spelling in CONCEPTS[name]]
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        database.compile(expressions=expressions, ids=ids, elements=len(ids),
+                         flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH] * len(ids))
+    except hyperscan.error:  # pragma: no cover - a Hyperscan that refuses plain literals: RE2 reads every text
+        return None
+    return database
+
+
 def concepts_in(text):
     """The names of the concepts ``text`` mentions, in CONCEPTS' order."""
-    found = _compiled().Match(text.encode("utf-8", "replace"))
+    database = _database()
+    if database is None or _KELVIN_SIGN in text or _LONG_S in text:
+        return concepts_in_re2(text)
+    found = set()
+    database.scan(b" " + text.encode("utf-8", "replace"), match_event_handler=_collect, context=found,
+                  scratch=_scratch(database))
     return [_NAMES[i] for i in sorted(found)]
+
+
+def concepts_in_re2(text):
+    """``concepts_in`` read by the RE2 set alone, whatever is installed (the tests compare the two)."""
+    return [_NAMES[i] for i in sorted(_compiled().Match(text.encode("utf-8", "replace")))]
+
+
+def _scratch(database):
+    local = getattr(_local, "scratch", None)
+    if local is None or local[0] is not database:
+        local = _local.scratch = (database, hyperscan.Scratch(database))
+    return local[1]
+
+
+def _collect(index, start, end, flags, found):
+    found.add(index)

@@ -1,7 +1,15 @@
 """Concepts: one idea in English and Chinese, so what the model learns in one wording carries to the other."""
 
-from failured import model as learner
-from failured.concepts import CONCEPTS, concepts_in
+import random
+import threading
+
+import pytest
+
+from failured import concepts, corpus, model as learner
+from failured.classify import model_text
+from failured.concepts import CONCEPTS, concepts_in, concepts_in_re2
+
+needs_hyperscan = pytest.mark.skipif(concepts.hyperscan is None, reason="Hyperscan is not installed here")
 
 
 def test_english_and_chinese_spellings_name_the_same_concepts():
@@ -28,3 +36,84 @@ def test_what_the_model_learns_in_english_carries_to_chinese():
 def test_a_megabyte_of_hostile_text_is_read_in_one_pass():
     # RE2 (no backtracking): one pass whatever the text; the model reads only the head anyway
     assert concepts_in(("超时 余额 timeout " * 50000) + "a" * 200_000) == ["timeout", "balance"]
+
+
+# Pieces of text where Hyperscan's reading could part from RE2's: word characters and none around a spelling
+# (digits, "_", Chinese, accented letters), case, the Kelvin sign and long s RE2 folds into "k" and "s",
+# other letters that fold elsewhere (dotted and dotless i, sharp s, full-width letters), a Chinese spelling cut in
+# half, the vertical tab, a lone surrogate (encoded as "?").
+_PIECES = ["time", "TIMEOUT", "out", "port", "Port", "im", "x", "_", "9", "-", " ", "\n", "\x0b", ".", "中", "超",
+           "超时", "余额", "不足", "é", "É", "İ", "ı", "ß", "ẞ", "\u212a", "K", "k", "ill", "ILLED", "\u017f", "s", "ql",
+           "SQL", "ｔｉｍｅｏｕｔ", "\ud800", "utf-8", "e-mail", "x509", "api key", "apikey", "nil", "pay", "order", "连",
+           "接", "\u8d85", "\x00", "\xff", "Ω", "ω", "\u2126"]
+
+
+def _spelling_in_any_case(rng, spelling):
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in spelling)
+
+
+def _tricky_texts(count, seed):
+    rng = random.Random(seed)
+    spellings = [s for spellings in CONCEPTS.values() for s in spellings]
+    texts = []
+    for _ in range(count):
+        parts = [rng.choice(_PIECES) if rng.random() < 0.7 else _spelling_in_any_case(rng, rng.choice(spellings))
+                 for _ in range(rng.randint(0, 12))]
+        texts.append("".join(parts))
+    return texts
+
+
+@needs_hyperscan
+def test_hyperscan_is_what_reads_a_text_where_it_is_installed():
+    assert concepts._database() is not None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("x\u212aILLED", ["killed"]),  # RE2 folds the Kelvin sign into "k", and sees a word boundary after the x
+    (" \u212aILLED", []),  # ... but none between a space and the sign's first byte
+    ("x\u017fql", ["database"]),  # the long s folds into "s"
+    ("\u017fQL", []),
+    ("killed by \u212a", ["killed"]),
+    ("中timeout", ["timeout"]),  # bytes past ASCII are no word characters
+    ("étimeout", ["timeout"]),
+    ("_timeout 9timeout xtimeout", []),
+    ("ＴＩＭＥＯＵＴ", []),  # full-width letters fold to full-width ones only
+    ("超\ud800时", []),
+    ("", []),
+])
+def test_unicode_case_folding_and_word_boundaries_read_as_re2_reads_them(text, expected):
+    assert concepts_in(text) == concepts_in_re2(text) == expected
+
+
+def test_every_tricky_text_names_the_concepts_the_re2_set_names():
+    texts = _tricky_texts(30_000, seed=12)
+    assert [t for t in texts if concepts_in(t) != concepts_in_re2(t)] == []
+
+
+def test_every_corpus_message_names_the_concepts_the_re2_set_names():
+    texts = [model_text(message, error_type)[:learner.MAX_CHARS] for _, error_type, _, message in corpus.read_corpus()]
+    assert [t for t in texts if concepts_in(t) != concepts_in_re2(t)] == []
+
+
+def test_a_long_text_names_the_concepts_the_re2_set_names():
+    text = "x" * 100_000 + " 超时 " + "timeout" * 1000 + "\u212a" * 3 + " token"
+    assert concepts_in(text) == concepts_in_re2(text) == ["timeout", "token"]
+    assert concepts_in(text.replace("\u212a", "")) == ["timeout", "token"]
+
+
+def test_threads_reading_at_once_each_read_their_own_text():
+    texts = _tricky_texts(2000, seed=13)
+    expected = [concepts_in_re2(t) for t in texts]
+    wrong = []
+
+    def read(offset):
+        for text, names in zip(texts[offset:] + texts[:offset], expected[offset:] + expected[:offset]):
+            if concepts_in(text) != names:
+                wrong.append(text)
+
+    threads = [threading.Thread(target=read, args=(n * 500,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
