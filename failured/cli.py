@@ -95,7 +95,7 @@ def cmd_classify(args, settings):
 def cmd_check_config(args, settings):
     config_dir = Path(args.dir or settings.config_dir)
     try:
-        snapshot = load_config(config_dir, settings.lang, settings.log_dir)
+        snapshot = load_config(config_dir, settings.lang, settings.log_dir, model=False)
         problems = unset_variable_problems(snapshot, config_dir)
         if problems:
             raise ConfigErrors(problems)
@@ -258,7 +258,7 @@ def cmd_show(args, settings):
 def cmd_notify_test(args, settings):
     from .notify.channels import Message
 
-    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
+    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir, model=False)
     # Before any channel runs: at DEBUG, urllib3 logs the robot URL with its token.
     logmask.use_secrets(lambda: snapshot.secrets + ((settings.api_token,) if settings.api_token else ()))
     channel = snapshot.channels.get(args.channel)

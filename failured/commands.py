@@ -61,12 +61,12 @@ def report(settings, task_type, error, **fields):
 
 
 def recover(settings, task_id, force=False):
-    snapshot = load_config(settings.config_dir, settings.lang)
+    snapshot = load_config(settings.config_dir, settings.lang, model=False)
     return with_store(settings, manual.recover, snapshot, task_id, SystemClock().now(), force)
 
 
 def requeue(settings, dry_run=False, **filters):
-    snapshot = load_config(settings.config_dir, settings.lang)
+    snapshot = load_config(settings.config_dir, settings.lang, model=False)
     return with_store(settings, manual.requeue, snapshot, SystemClock().now(), dry_run, **filters)
 
 
@@ -76,7 +76,7 @@ def resolve(settings, task_id, note=None):
 
 def label(settings, task_id, category, note=None):
     """Label a task's category (recorded, course re-decided); returns the task as it is now."""
-    snapshot = load_config(settings.config_dir, settings.lang)
+    snapshot = load_config(settings.config_dir, settings.lang, model=False)  # a label decides, not the model
 
     def relabel(store):
         from .engine import Engine  # only labelling classifies: other commands skip its imports
@@ -93,7 +93,7 @@ def list_tasks(settings, task_filter):
     snapshot = None
     if task_filter.categories:
         try:
-            snapshot = load_config(settings.config_dir, settings.lang)
+            snapshot = load_config(settings.config_dir, settings.lang, model=False)
         except FailuredError:  # a broken configuration still lists: the categories stored tasks have are valid
             pass
 
@@ -119,7 +119,7 @@ def show(settings, task_id):
 def _handler_configured(settings, task_type):
     """Whether the config now names a handler for ``task_type`` (None when the config cannot be read)."""
     try:
-        snapshot = load_config(settings.config_dir, settings.lang)
+        snapshot = load_config(settings.config_dir, settings.lang, model=False)
     except FailuredError:
         return None
     return snapshot.task_type(task_type).handler is not None
@@ -225,7 +225,7 @@ def analyze(settings, days, write=False):
     from .analysis import analysis_report
     from .report_html import render_html
 
-    snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir)
+    snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir, model=False)
 
     def run(store):
         now = SystemClock().now()
@@ -244,7 +244,7 @@ def status(settings):
     from . import status as status_module
 
     try:
-        snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir)
+        snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir, model=False)
     except ConfigErrors:
         snapshot = None
     return with_store(settings, lambda store: status_module.collect(store, snapshot, SystemClock().now()))

@@ -189,12 +189,25 @@ def _check_categories_named(task_types, ruleset, path, errors):
                                           f"{', '.join(c.name for c in ruleset.categories)}"))
 
 
-def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
+class ModelNotLoaded:
+    """The model of a snapshot loaded for a command that never classifies (``load_config(model=False)``).
+
+    Such a command (status, show, recover, check-config) must not wait seconds for a model to train when
+    the cache is cold (another user's cache, an upgrade); classifying with its snapshot anyway is a bug,
+    and says so instead of answering without the model."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("this configuration was loaded without its model (load_config(model=False)): "
+                           "it cannot classify")
+
+
+def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem.
 
     ``labels``: operators' labelled examples ``[(category, error_type or None, message), ...]``,
     trained on with the shipped corpus (unless the model cache holds that model, the caller's thread waits
-    while a child process trains it: training.py).
+    while a child process trains it: training.py). ``model``: False for a caller that never classifies
+    (the snapshot's classifier then has a ModelNotLoaded).
     """
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
@@ -214,9 +227,13 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=()):
         names = frozenset(c.name for c in ruleset.categories)
         tables = load_code_tables(config_dir, names)
         labels = tuple(map(tuple, labels))
-        model = (modelcache.trained(names, labels, lambda: train_apart(names, labels))
-                 if model_settings.enabled else None)
-        classifier = Classifier(ruleset, lang, tables, model, model_settings.min_confidence,
+        if not model_settings.enabled:
+            learned = None
+        elif model:
+            learned = modelcache.trained(names, labels, lambda: train_apart(names, labels))
+        else:
+            learned = ModelNotLoaded()
+        classifier = Classifier(ruleset, lang, tables, learned, model_settings.min_confidence,
                                 overrule_confidence=model_settings.overrule_confidence)
     except ConfigErrors as exc:
         errors.extend(exc.errors)

@@ -258,7 +258,7 @@ def manual_recovery_task(task_id, force_retry=False):
     settings = load_settings()
     if not isinstance(target, StoreTarget):
         target = StoreTarget(settings.db, timeout=30.0)
-    snapshot = load_config(settings.config_dir, settings.lang)
+    snapshot = load_config(settings.config_dir, settings.lang, model=False)
     task = manual.recover(target.store(), snapshot, int(task_id), SystemClock().now(), bool(force_retry))
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
             "attempts": task.attempts, "next_retry_at": task.next_retry_at}

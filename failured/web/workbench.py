@@ -112,7 +112,7 @@ def _validate(config_dir, name, text, category, lang, log_dir):
             raise RefusedError(f"cannot check the pattern on a copy of {config_dir}: "
                                f"{str(exc).replace(str(trial), str(config_dir))}") from None
         try:
-            snapshot = load_config(trial, lang, log_dir)
+            snapshot = load_config(trial, lang, log_dir, model=False)
         except ConfigErrors as exc:
             raise RefusedError("; ".join(str(e).replace(str(trial), str(config_dir)) for e in exc.errors)) from None
         if category not in snapshot.ruleset.by_name:
