@@ -7,7 +7,7 @@
  *
  *   fingerprint.py  the uuid, quoted value, IPv4, Windows path, host, hex, id and number passes
  *   codes.py        the http, errno, sqlstate, grpc and token finders, and the known tokens in one scan
- *   classify.py     without_frames, exception_type_in, and model.spell_identifiers
+ *   classify.py     without_frames, exception_type_in, the opaque-token pass, and model.spell_identifiers
  *   model.py        features and _column_sums (the same set in the same order, the same sums),
  *                   feature_order / feature_probabilities: the same order, sums and
  *                   probabilities from the set's layout alone (CPython's set algorithm written out),
@@ -398,6 +398,28 @@ static int match_host(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, S
     return 0;
 }
 
+/* classify._OPAQUE: a whole run of [A-Za-z0-9+/=_-], 24 characters or more, holding three ASCII digits or more.
+ * A run that is shorter or has fewer digits is kept (the scan goes on after it: no match starts inside a run). */
+#define OPAQUE_MIN_CHARS 24
+#define OPAQUE_DIGITS 3
+
+static inline int is_opaque_char(Py_UCS4 c)
+{
+    return is_ascii_alnum(c) || c == '+' || c == '/' || c == '=' || c == '_' || c == '-';
+}
+
+static int match_opaque(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
+{
+    if (!is_opaque_char(AT(t, p)) || (p > 0 && is_opaque_char(AT(t, p - 1))))
+        return 0;
+    Py_ssize_t e = p, digits = 0;
+    for (; e < t->n && is_opaque_char(AT(t, e)); e++)
+        digits += AT(t, e) >= '0' && AT(t, e) <= '9';
+    *end = e;
+    *keep = e - p < OPAQUE_MIN_CHARS || digits < OPAQUE_DIGITS;
+    return 1;
+}
+
 /* The output: characters appended as UCS4, made a str at the end. */
 typedef struct {
     Py_UCS4 *buffer;
@@ -517,6 +539,7 @@ PASS(host_pass, match_host, "<host>")
 PASS(hex_pass, match_hex, "<hex>")
 PASS(id_pass, match_id, "<id>")
 PASS(number_pass, match_num, "<num>")
+PASS(opaque_pass, match_opaque, " 0x ")
 
 static int opens_a_quote(const Text *t, Py_ssize_t from, Py_ssize_t to)
 {
@@ -2669,6 +2692,7 @@ static PyMethodDef methods[] = {
     {"sqlstate_values", sqlstate_values, METH_O, "The first non-empty group of each codes._SQLSTATE match."},
     {"spell_identifiers", spell_identifiers, METH_O, "model.spell_identifiers(text)."},
     {"without_frames", without_frames, METH_O, "classify.without_frames(message)."},
+    {"opaque_pass", opaque_pass, METH_O, "classify.python_opaque_folded(text): each opaque token made \" 0x \"."},
     {"forget_words", forget_words, METH_NOARGS, "Empty the word caches features() and the layouts keep."},
     {"features", features, METH_O, "model.features(text): the same set, built in the same order."},
     {"feature_order", feature_order, METH_O, "list(model.features(text)) without the set (CPython's order)."},

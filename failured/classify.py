@@ -24,11 +24,13 @@ from .matcher import PatternSet, PatternTooLarge
 from .rules import UNKNOWN
 from .text import clean_text
 
-try:  # compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames and python_exception_type_in
-    from ._speedups import (exception_type_in as _compiled_exception_type_in,
+try:  # compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames, python_exception_type_in
+    # and python_opaque_folded
+    from ._speedups import (exception_type_in as _compiled_exception_type_in, opaque_pass as _compiled_opaque_folded,
                             spell_identifiers as _compiled_spell_identifiers, without_frames as _compiled_without_frames)
 except ImportError:  # pragma: no cover - no C compiler at install
     _compiled_exception_type_in = _compiled_spell_identifiers = _compiled_without_frames = None
+    _compiled_opaque_folded = None
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.
@@ -48,8 +50,10 @@ _TRACEBACK = "Traceback (most recent call last)"
 # Read as n-grams, a few hundred bytes of one outweighed every word around it (random strings resemble the keys and
 # signatures of configuration errors: "Connection reset by peer" with a response body attached read as a
 # configuration error at 0.99, over the rule). The model reads it as one "0x", as it reads a hex id.
-_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
-_OPAQUE_DIGITS = 3
+# A whole run of the characters, its digits counted ahead: ``re.sub`` with no Python call per token. The
+# look-behind starts no try inside a run (each would read the rest of the run again); only ASCII digits count
+# (``\d`` takes any script's).
+_OPAQUE = re.compile(r"(?<![A-Za-z0-9+/=_-])(?=(?:[A-Za-z+/=_-]*+[0-9]){3})[A-Za-z0-9+/=_-]{24,}")
 CACHE_SIZE = 4096
 CACHE_MAX_CHARS = 2048  # 4096 entries of at most 2 KiB: the cache never passes ~16 MB
 # Rule stages after the tag, in order. Patterns come before code tables: a pattern
@@ -158,13 +162,20 @@ def model_text(message, error_type=None):
     message, error_type = unpack(message or "", error_type)
     error_type = error_type or exception_type_in(message)
     core = without_frames(message) if "\n" in message else message
-    core = _OPAQUE.sub(_folded, core)
+    core = opaque_folded(core)
     return f"{error_type}: {core}" if error_type else core
 
 
-def _folded(match):
-    token = match.group(0)
-    return " 0x " if sum(c.isdigit() for c in token) >= _OPAQUE_DIGITS else token
+def python_opaque_folded(text):
+    """``text`` with each opaque token (``_OPAQUE``) made " 0x ".
+
+    ``opaque_folded`` is this function compiled where failured/_speedups.c is built
+    (tests/test_classify.py compares the two).
+    """
+    return _OPAQUE.sub(" 0x ", text)
+
+
+opaque_folded = _compiled_opaque_folded or python_opaque_folded
 
 
 @functools.lru_cache(maxsize=2)  # the model serving and the one a reload builds: a daemon's old label sets go

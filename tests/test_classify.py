@@ -1,6 +1,7 @@
 """Classification stages, priority and fingerprints on a small, known ruleset."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,59 @@ def test_an_attached_blob_does_not_change_what_a_message_is(shipped, message, si
     plain = shipped.classify_uncached(message)
     attached = shipped.classify_uncached(f"{message} body={blob}")
     assert attached.category == plain.category, attached.pattern
+
+
+def _opaque_folded_by_callback(text):
+    """The opaque-token pass as it was written first: every long run, then a Python call counting its digits."""
+    def folded(match):
+        token = match.group(0)
+        return " 0x " if sum(c.isdigit() for c in token) >= 3 else token
+    return re.sub(r"[A-Za-z0-9+/=_-]{24,}", folded, text)
+
+
+def _opaque_tricky_texts():
+    import random
+
+    from failured import corpus
+
+    rng = random.Random(11)
+    # Runs around 24 characters with around 3 digits, other scripts' digits (which \d and isdigit take), the run's
+    # punctuation and what ends a run.
+    pieces = ["a", "Z", "0", "7", "9", "+", "/", "=", "_", "-", "ab12", "x" * 10, "1" * 3, "٣", "１", "²", "é", "中", " ",
+              ".", ":", "\n", "\x0b", "\ud800", "550e8400-e29b-41d4-a716-446655440000", "eyJhbGciOiJIUzI1NiJ9"]
+    texts = [message for _, _, _, message in corpus.read_corpus()]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(40000)]
+    for length in (22, 23, 24, 25, 200):
+        for digits in (0, 2, 3, 4):
+            run = "".join(rng.choice("abcXYZ+/=_-") for _ in range(length - digits)) + "5" * digits
+            texts += [run, f"k={run}!", f"中{run}中", run + "٣٣٣", "é" + "".join(rng.sample(run, len(run)))]
+    return texts + ["", "a" * 100_000 + "1" * 3, ("a" * 23 + " ") * 2000]
+
+
+def test_opaque_tokens_fold_as_the_callback_folded_them():
+    from failured.classify import python_opaque_folded
+
+    texts = _opaque_tricky_texts()
+    assert [text for text in texts if python_opaque_folded(text) != _opaque_folded_by_callback(text)] == []
+
+
+@pytest.mark.skipif(__import__("failured.classify").classify._compiled_opaque_folded is None,
+                    reason="failured._speedups is not built (no C compiler at install)")
+def test_the_compiled_opaque_pass_folds_what_python_folds():
+    from failured.classify import _compiled_opaque_folded, opaque_folded, python_opaque_folded
+
+    assert opaque_folded is _compiled_opaque_folded
+    texts = _opaque_tricky_texts()
+    assert [text for text in texts if _compiled_opaque_folded(text) != python_opaque_folded(text)] == []
+    assert [text for text in texts if _compiled_opaque_folded(text) != _opaque_folded_by_callback(text)] == []
+
+
+def test_folding_a_long_run_with_too_few_digits_stays_linear():
+    import time
+
+    from failured.classify import opaque_folded, python_opaque_folded
+
+    text = "a" * 200_000 + "12"  # no token starts inside a run: each position would read the rest of the run again
+    start = time.perf_counter()
+    assert python_opaque_folded(text) == opaque_folded(text) == text
+    assert time.perf_counter() - start < 2.0
