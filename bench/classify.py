@@ -30,7 +30,7 @@ from common import REPO, emit
 
 import re2
 
-from failured import corpus, fingerprint as fingerprints
+from failured import concepts, corpus, fingerprint as fingerprints
 from failured.classify import OVERRULE_NEVER, exception_type_in, model_text, without_frames
 from failured.config import load_config
 from failured.fingerprint import fingerprint
@@ -118,6 +118,7 @@ def in_process(count):
     classifier = snapshot.classifier
     classifier.patterns.wait_ready()
     classifier.codes.wait_ready()
+    concepts.wait_ready()
     messages = cold_mix(count)
     assert len(set(messages)) == len(messages)
     patterns = len(classifier.patterns.patterns)

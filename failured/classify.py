@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 
-from . import corpus, model as learner
+from . import concepts, corpus, model as learner
 from .codes import CodeMatcher, describe as describe_code
 from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
@@ -210,6 +210,8 @@ class Classifier:
         self.lang = lang
         self.codes = CodeMatcher(code_tables, engine=engine)
         self.model = model
+        if model is not None:
+            concepts.prepare()  # what the model reads: Hyperscan compiles it in the background, once a process
         self.min_confidence = min_confidence
         self.overrule_confidence = overrule_confidence
         self.stages = stages
