@@ -210,7 +210,7 @@ class Classifier:
         self.lang = lang
         self.codes = CodeMatcher(code_tables, engine=engine)
         self.model = model
-        if model is not None:
+        if model is not None and not isinstance(model, learner.ModelNotLoaded):
             concepts.prepare()  # what the model reads: Hyperscan compiles it in the background, once a process
         self.min_confidence = min_confidence
         self.overrule_confidence = overrule_confidence

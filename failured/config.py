@@ -12,7 +12,7 @@ from pathlib import Path
 from . import modelcache
 from .classify import Classifier
 from .codes import code_files, load_code_tables
-from .model import parse_settings as parse_model_settings
+from .model import ModelNotLoaded, parse_settings as parse_model_settings
 from .errors import ConfigError, ConfigErrors
 from .handlers import parse_handler, unset_variables
 from .notify.channels import LogChannel, parse_channel, secret_values
@@ -187,18 +187,6 @@ def _check_categories_named(task_types, ruleset, path, errors):
                 errors.append(ConfigError(path, f"task_types.{config.name}.retry_by_category.{category}",
                                           f"no category named {category!r}: use one of "
                                           f"{', '.join(c.name for c in ruleset.categories)}"))
-
-
-class ModelNotLoaded:
-    """The model of a snapshot loaded for a command that never classifies (``load_config(model=False)``).
-
-    Such a command (status, show, recover, check-config) must not wait seconds for a model to train when
-    the cache is cold (another user's cache, an upgrade); classifying with its snapshot anyway is a bug,
-    and says so instead of answering without the model."""
-
-    def __getattr__(self, name):
-        raise RuntimeError("this configuration was loaded without its model (load_config(model=False)): "
-                           "it cannot classify")
 
 
 def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):

@@ -217,6 +217,18 @@ class Prediction:
     unknown: float = 0.0  # the probability the model puts on "unknown" (0 when it has no such class)
 
 
+class ModelNotLoaded:
+    """The model of a snapshot loaded for a command that never classifies (``load_config(model=False)``).
+
+    Such a command (status, show, recover, check-config) must not wait seconds for a model to train when
+    the cache is cold (another user's cache, an upgrade); classifying with its snapshot anyway is a bug,
+    and says so instead of answering without the model."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("this configuration was loaded without its model (load_config(model=False)): "
+                           "it cannot classify")
+
+
 class TextModel:
     """A trained model: immutable once built, safe to share between threads."""
 

@@ -8,7 +8,8 @@ busy machine) and only ``run`` and ``classify`` need the model.
 import pytest
 
 from conftest import run_cli
-from failured.config import ModelNotLoaded, load_config
+from failured.config import load_config
+from failured.model import ModelNotLoaded
 
 
 @pytest.fixture
