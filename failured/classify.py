@@ -166,6 +166,19 @@ def model_text(message, error_type=None):
     return f"{error_type}: {core}" if error_type else core
 
 
+def read_model_text(message, core, error_type):
+    """``model_text(message, error_type)`` for a message already unpacked, its type already read (``error_type or
+    exception_type_in(message)``) and its frames already dropped (``core``): none of it done again.
+
+    A message that unpacks once more (a JSON error inside the JSON error's message) goes the whole way
+    (tests/test_classify.py compares the two).
+    """
+    if unpack(message, error_type)[0] is not message:
+        return model_text(message, error_type)
+    core = opaque_folded(core)
+    return f"{error_type}: {core}" if error_type else core
+
+
 def python_opaque_folded(text):
     """``text`` with each opaque token (``_OPAQUE``) made " 0x ".
 
@@ -268,11 +281,12 @@ class Classifier:
         found, confidence = self._by_tag_stage(message), None
         if found is None:
             error_type = error_type or exception_type_in(message)
-            found = self.rules_only(message, error_type)
+            core = without_frames(message) if "\n" in message else message  # once: a traceback costs
+            found = self._rules_on(message, core, error_type)
             if found is None:
-                found, confidence = self._by_model(message, error_type)
+                found, confidence = self._by_model(message, core, error_type)
             elif self.overrule_confidence < 1:
-                found, confidence = self._overruled(found, message, error_type)
+                found, confidence = self._overruled(found, message, core, error_type)
         category, stage, matched = found or (self.ruleset.unknown, "none", None)
         matched_by = "code" if stage == "early_code" else stage
         template, digest = fingerprint(message)
@@ -285,38 +299,42 @@ class Classifier:
 
     def rules_only(self, message, error_type):
         """The first rule stage (after the tag) that decides, as (category, matched_by, what), or None."""
-        core = without_frames(message) if "\n" in message else message  # once: a traceback costs
+        return self._rules_on(message, without_frames(message) if "\n" in message else message, error_type)
+
+    def _rules_on(self, message, core, error_type):
+        """``rules_only`` given the message's ``core`` (without its stack frames)."""
+        typed = f"{error_type}: {core}" if error_type else core  # what the code tables and the patterns read
         for stage in self.stages:
             if stage == "exception_type":
                 found = self._by_type_stage(error_type)
             elif stage == "pattern":
-                found = self._patterns_of(message, core, error_type)
+                found = self._patterns_of(message, core, typed, error_type)
             elif stage == "spelled":
-                found = self._spelled_patterns_of(core, error_type)
+                found = self._spelled_patterns_of(typed)
             elif stage == "early_code":
-                found = self._by_code_stage(core, error_type, early=True, stage=stage)
+                found = self._by_code_stage(typed, early=True, stage=stage)
             else:
-                found = self._by_code_stage(core, error_type, early=False if "early_code" in self.stages else None)
+                found = self._by_code_stage(typed, early=False if "early_code" in self.stages else None)
             if found is not None:
                 return found
         return None
 
-    def _by_code_stage(self, core, error_type, early=None, stage="code"):
-        hit = self.codes.match(f"{error_type}: {core}" if error_type else core, early)
+    def _by_code_stage(self, typed, early=None, stage="code"):
+        hit = self.codes.match(typed, early)
         if hit is None:
             return None
         table, code, name = hit
         category = self.ruleset.category(name)
         return (category, stage, describe_code(table, code)) if category is not None else None
 
-    def _by_model(self, message, error_type):
+    def _by_model(self, message, core, error_type):
         """The model's answer when it is confident enough, else (None, None): the task stays unknown."""
-        category, confidence = self._model_says(message, error_type, self.min_confidence)
+        category, confidence = self._model_says(message, core, error_type, self.min_confidence)
         if category is None:
             return None, None
         return (category, "model", f"confidence {confidence:.2f}"), confidence
 
-    def _overruled(self, found, message, error_type):
+    def _overruled(self, found, message, core, error_type):
         """The model's answer instead of the rule's ``found`` when it disagrees at ``overrule_confidence`` or
         more: on messages from sources never seen, a rule written for other wording is wrong more often than
         a model that sure (the README's held-out figures). Else (found, None). A tag is never overruled, nor an
@@ -327,7 +345,7 @@ class Classifier:
         ClassCastException) whose trace holds a phrase some rule knows goes to the admins, not into retries."""
         if self.model is None or self.firm(found) or found[0].name not in self.model.classes:
             return found, None  # a category the model never learned (an operator's own) is not second-guessed
-        category, confidence = self._model_says(message, error_type, self.overrule_confidence, to_unknown=True)
+        category, confidence = self._model_says(message, core, error_type, self.overrule_confidence, to_unknown=True)
         if category is None or category is found[0]:
             return found, None
         _, stage, what = found
@@ -338,13 +356,13 @@ class Classifier:
         whose table says ``firm = true``."""
         return found[1] == "early_code" or (found[1] == "pattern" and found[2] in self._firm_patterns)
 
-    def _model_says(self, message, error_type, at_least, to_unknown=False):
+    def _model_says(self, message, core, error_type, at_least, to_unknown=False):
         """(category, rounded confidence) when the model names a category other than unknown with at least
         ``at_least`` and gives unknown no real chance (its ``max_unknown``), or, ``to_unknown``, names unknown
         itself with at least ``at_least``; else (None, None)."""
         if self.model is None:
             return None, None
-        prediction = self.model.predict(model_text(message, error_type))
+        prediction = self.model.predict(read_model_text(message, core, error_type))
         category = self.ruleset.category(prediction.category)
         if category is None or prediction.confidence < at_least:
             return None, None
@@ -379,19 +397,19 @@ class Classifier:
         priority, category = min(candidates, key=lambda pair: pair[0])
         return category, "exception_type", error_type.strip()
 
-    def _patterns_of(self, message, core, error_type):
-        """Patterns on ``core`` (the message without its stack frames); on the whole text if that finds nothing."""
-        prefix = f"{error_type}: " if error_type else ""
-        found = self._by_pattern_stage(prefix + core)
+    def _patterns_of(self, message, core, typed, error_type):
+        """Patterns on ``typed`` (the type, then ``core``: the message without its stack frames); on the whole
+        text if that finds nothing."""
+        found = self._by_pattern_stage(typed)
         if found is None and core != message:
-            found = self._by_pattern_stage(prefix + message)
+            found = self._by_pattern_stage(f"{error_type}: {message}" if error_type else message)
         return found
 
-    def _spelled_patterns_of(self, core, error_type):
-        """Patterns over ``core`` (type first) with CamelCase/snake_case identifiers spelled out as words."""
-        text = f"{error_type}: {core}" if error_type else core
-        spelled = _spell_identifiers(text[:SPELL_MAX_CHARS])
-        return self._by_pattern_stage(spelled) if spelled != text[:SPELL_MAX_CHARS] else None
+    def _spelled_patterns_of(self, typed):
+        """Patterns over ``typed`` (type, then core) with CamelCase/snake_case identifiers spelled out as words."""
+        text = typed[:SPELL_MAX_CHARS]
+        spelled = _spell_identifiers(text)
+        return self._by_pattern_stage(spelled) if spelled != text else None
 
     def _by_pattern_stage(self, text):
         index = self.patterns.best(text)

@@ -326,3 +326,36 @@ def test_folding_a_long_run_with_too_few_digits_stays_linear():
     start = time.perf_counter()
     assert python_opaque_folded(text) == opaque_folded(text) == text
     assert time.perf_counter() - start < 2.0
+
+
+def _model_text_tricky_cases():
+    import random
+
+    from failured import corpus
+
+    rng = random.Random(13)
+    inner = json.dumps({"error_message": "Connection refused", "error_type": "socket.error"})
+    pieces = ['{"error_message": "x"}', json.dumps({"error_message": inner}), '{"error_type": " ", "error_message": "y"}',
+              "Traceback (most recent call last):\n", '  File "/srv/a.py", line 3, in f\n', "    x = f()\n",
+              "ValueError: bad", "  at com.x.Y(Y.java:1)\n", "main.go:12\n", "token=eyJhbGciOiJIUzI1NiJ9abc123def456",
+              " ", "\n", "{", "}", "é", "中", "\ud800", "[NET] "]
+    cases = [(message, error_type) for _, error_type, _, message in corpus.read_corpus()]
+    cases += [(json.dumps({"error_message": message, "error_type": error_type or ""}), None) for message, error_type in cases[:300]]
+    cases += [("".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))), rng.choice([None, "", " ", "KeyError"]))
+              for _ in range(20000)]
+    return cases + [(inner, None), (json.dumps({"error_message": inner}), "RuntimeError"), ("", None), ("  ", "")]
+
+
+def test_the_model_reads_the_text_model_text_makes_from_the_work_the_rules_did():
+    """The classifier hands the model the unpacked message, type and core it already has (read_model_text): the
+    text is model_text's, also for a JSON error inside a JSON error's message."""
+    from failured.classify import exception_type_in, model_text, read_model_text, unpack, without_frames
+
+    differences = []
+    for given, given_type in _model_text_tricky_cases():
+        message, error_type = unpack(given, given_type)  # as Classifier._classify_text reads it
+        error_type = error_type or exception_type_in(message)
+        core = without_frames(message) if "\n" in message else message
+        if read_model_text(message, core, error_type) != model_text(message, error_type):
+            differences.append((given, given_type))
+    assert differences == []
