@@ -7,6 +7,14 @@ found, the install goes on without it and the same Python code runs (tests/test_
 test_codes_native.py and test_fingerprint.py compare each compiled function with it).
 """
 
+import hashlib
+from pathlib import Path
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("failured._speedups", sources=["failured/_speedups.c"], optional=True)])
+SOURCE = "failured/_speedups.c"
+# The build records its source's hash: failured/speedups.py leaves a build of another source unused.
+SOURCE_SHA256 = hashlib.sha256(Path(__file__).resolve().parent.joinpath(SOURCE).read_bytes()).hexdigest()
+
+setup(ext_modules=[Extension("failured._speedups", sources=[SOURCE], optional=True,
+                             define_macros=[("SOURCE_SHA256", f'"{SOURCE_SHA256}"')])])

@@ -2704,6 +2704,10 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 "" /* built without setup.py: failured/speedups.py leaves it unused where the source is present */
+#endif
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "failured._speedups",
     "Compiled replacement passes of the fingerprint, code finders and the model's features and sums.", -1, methods,
@@ -2719,5 +2723,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
     gram_cache = PyDict_New();
     if (gram_cache == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *created = PyModule_Create(&module);
+    if (created != NULL && PyModule_AddStringConstant(created, "source_sha256", SOURCE_SHA256) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
 }

@@ -22,15 +22,13 @@ from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
 from .matcher import PatternSet, PatternTooLarge
 from .rules import UNKNOWN
+from .speedups import compiled
 from .text import clean_text
 
-try:  # compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames, python_exception_type_in
-    # and python_opaque_folded
-    from ._speedups import (exception_type_in as _compiled_exception_type_in, opaque_pass as _compiled_opaque_folded,
-                            spell_identifiers as _compiled_spell_identifiers, without_frames as _compiled_without_frames)
-except ImportError:  # pragma: no cover - no C compiler at install
-    _compiled_exception_type_in = _compiled_spell_identifiers = _compiled_without_frames = None
-    _compiled_opaque_folded = None
+# Compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames, python_exception_type_in and
+# python_opaque_folded; each on its own, so that an extension built before one was added keeps the others.
+_compiled_exception_type_in, _compiled_opaque_folded, _compiled_spell_identifiers, _compiled_without_frames = (
+    compiled("exception_type_in", "opaque_pass", "spell_identifiers", "without_frames"))
 
 _TAG = re.compile(r"^\s*\[([^\W\d][\w-]*)\]\s*")
 # "pkg.mod.SomeError: message" — the last dotted part must look like a class name.

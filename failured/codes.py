@@ -27,10 +27,8 @@ from pathlib import Path
 import re2
 from re2 import _re2
 
-try:  # the compiled finders; without them (no compiler at install) these expressions give the same values
-    from . import _speedups
-except ImportError:  # pragma: no cover - depends on the build
-    _speedups = None
+# the compiled finders; without them (no compiler at install, or a stale build) these expressions give the same values
+from .speedups import speedups as _speedups
 
 from .errors import ConfigError, ConfigErrors
 from .matcher import PatternSet, PatternTooLarge, encode

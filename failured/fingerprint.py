@@ -32,10 +32,8 @@ import re
 
 import re2
 
-try:  # the compiled passes; without them (no compiler at install time) Python's re gives the same
-    from . import _speedups
-except ImportError:  # pragma: no cover - depends on the build
-    _speedups = None
+# the compiled passes; without them (no compiler at install, or a stale build) Python's re gives the same
+from .speedups import speedups as _speedups
 
 MAX_TEMPLATE_CHARS = 500
 # The template keeps its first 500 characters; replacing placeholders rarely shrinks

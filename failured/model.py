@@ -22,17 +22,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .concepts import concepts_in
+from .speedups import compiled
 
-try:  # features() and _column_sums() compiled (failured/_speedups.c): the same set in the same order, the same sums
-    from ._speedups import column_sums as _compiled_column_sums, features as _compiled_features
-    # probabilities() in one call: the features laid out as CPython's set lays them out, summed in that order,
-    # the same arithmetic on the same doubles (tests/test_speedups.py compares them bit for bit)
-    from ._speedups import feature_order as _compiled_order, feature_probabilities as _compiled_probabilities
-    from ._speedups import adam_batch as _compiled_step  # training's inner loop: the same weights, bit for bit
-    from ._speedups import forget_words as _compiled_forget_words
-except ImportError:  # pragma: no cover - no C compiler at install
-    _compiled_column_sums = _compiled_features = _compiled_order = _compiled_probabilities = _compiled_step = None
-    _compiled_forget_words = None
+# features() and _column_sums() compiled (failured/_speedups.c): the same set in the same order, the same sums;
+# probabilities() in one call: the features laid out as CPython's set lays them out, summed in that order,
+# the same arithmetic on the same doubles (tests/test_speedups.py compares them bit for bit); adam_batch:
+# training's inner loop, the same weights bit for bit.
+(_compiled_column_sums, _compiled_features, _compiled_order, _compiled_probabilities, _compiled_step,
+ _compiled_forget_words) = compiled("column_sums", "features", "feature_order", "feature_probabilities",
+                                    "adam_batch", "forget_words")
 
 
 def _sets_laid_out_as_compiled():
@@ -225,6 +223,8 @@ class ModelNotLoaded:
     and says so instead of answering without the model."""
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # copy, pickle and hasattr ask for these: not a use of the model
+            raise AttributeError(name)
         raise RuntimeError("this configuration was loaded without its model (load_config(model=False)): "
                            "it cannot classify")
 

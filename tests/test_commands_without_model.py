@@ -34,3 +34,11 @@ def test_a_snapshot_loaded_without_its_model_refuses_to_classify_rather_than_ans
     assert isinstance(snapshot.classifier.model, ModelNotLoaded)
     with pytest.raises(RuntimeError, match="loaded without its model"):
         snapshot.classifier.classify("something no rule of this small config knows")
+
+
+def test_copying_or_asking_after_a_model_not_loaded_is_no_use_of_it():
+    import copy
+
+    absent = ModelNotLoaded()
+    assert not hasattr(absent, "__deepcopy__")
+    assert isinstance(copy.deepcopy(absent), ModelNotLoaded)
