@@ -16,6 +16,7 @@ once a process, RE2 reading meanwhile.
 """
 
 import functools
+import hashlib
 import threading
 
 import re2
@@ -181,9 +182,43 @@ class _Compiling:
 
     def _compile(self):
         try:
-            self.database = _spellings_database()
+            self.database = _cached_database()
         finally:
             self.ready.set()
+
+
+KEEP_DATABASES = 2  # compiled databases of older spellings (or another Hyperscan) are removed beyond this many
+
+
+def _cached_database():
+    """The spellings' database read from the cache directory (the model's), else compiled and kept there:
+    compiling touches some 6 MB of Hyperscan's compiler and heap that a process reading it never holds."""
+    from . import modelcache  # here: modelcache imports the model, which imports this module
+
+    directory = modelcache.cache_dir()
+    path = None if directory is None else directory / f"concepts-{_cache_key()}.hs"
+    if path is not None and path.exists():
+        try:
+            database = hyperscan.loadb(path.read_bytes(), hyperscan.HS_MODE_BLOCK)
+            modelcache.touch(path)
+            return database
+        except (OSError, hyperscan.error):  # unreadable, or another platform's: compiled again
+            pass
+    database = _spellings_database()
+    if database is not None and path is not None:
+        try:
+            modelcache.write_cache_file(path, hyperscan.dumpb(database), "concepts-*.hs", KEEP_DATABASES)
+        except OSError:  # a read-only cache: this process compiled it, the next one will too
+            pass
+    return database
+
+
+def _cache_key():
+    digest = hashlib.sha256(f"{hyperscan.__version__}".encode())
+    for index, name in enumerate(_NAMES):
+        for spelling in CONCEPTS[name]:
+            digest.update(b"%d " % index + _hyperscan_expression(spelling) + b"\0")
+    return digest.hexdigest()[:24]
 
 
 _HYPERSCAN = _Compiling()
@@ -209,8 +244,11 @@ def concepts_in(text):
     if _KELVIN_SIGN in text or _LONG_S in text:
         return concepts_in_re2(text)
     found = set()
-    database.scan(b" " + text.encode("utf-8", "replace"), match_event_handler=_collect, context=found,
-                  scratch=_scratch(database))
+    try:
+        database.scan(b" " + text.encode("utf-8", "replace"), match_event_handler=_collect, context=found,
+                      scratch=_scratch(database))
+    except hyperscan.error:  # never seen; the RE2 set gives the same answer
+        return concepts_in_re2(text)
     return [_NAMES[i] for i in sorted(found)]
 
 

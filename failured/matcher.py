@@ -25,13 +25,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 import re2
 
-from .modelcache import cache_dir as model_cache_dir, touch
+from .modelcache import cache_dir as model_cache_dir, touch, write_cache_file
 from .rules import re2_options
 
 try:  # an optional speed-up: RE2 alone gives the same answers
@@ -221,14 +220,8 @@ class PatternSet:
         if path is None or isinstance(database, _NoDatabase) or database is None:
             return
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             blob = json.dumps(refused).encode() + b"\n" + hyperscan.dumpb(database)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".patterns-", delete=False) as handle:
-                handle.write(blob)
-            os.replace(handle.name, path)
-            old = sorted(path.parent.glob("patterns-*.hs"), key=lambda p: p.stat().st_mtime, reverse=True)
-            for stale in old[KEEP_DATABASES:]:  # least recently used: a load touches its file
-                stale.unlink(missing_ok=True)
+            write_cache_file(path, blob, "patterns-*.hs", KEEP_DATABASES)
         except OSError as exc:
             log.info("cannot cache the compiled pattern database in %s: %s", path.parent, exc)
 

@@ -102,17 +102,19 @@ def touch(path):
 
 def _store(directory, path, fitted):
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = marshal.dumps(fitted.packed_state())
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".model-", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
-        _prune(directory)
+        write_cache_file(path, marshal.dumps(fitted.packed_state()), "model-*.marshal", KEEP_FILES)
     except (OSError, ValueError) as exc:
         log.debug("model cache %s not written: %s", directory, exc)
 
 
-def _prune(directory):
-    models = sorted(directory.glob("model-*.marshal"), key=lambda p: p.stat().st_mtime, reverse=True)  # see touch
-    for old in models[KEEP_FILES:]:
+def write_cache_file(path, data, kind, keep):
+    """Write ``data`` as ``path`` in a cache directory (created only its owner may enter), whole or not at
+    all, then remove the least recently used files matching the glob ``kind`` beyond ``keep`` (see touch).
+    Raises OSError."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".cache-", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+    files = sorted(path.parent.glob(kind), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
         old.unlink(missing_ok=True)

@@ -123,3 +123,37 @@ def test_threads_reading_at_once_each_read_their_own_text():
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+@needs_hyperscan
+def test_a_process_reads_the_compiled_spellings_from_the_cache_instead_of_compiling_them(tmp_path, monkeypatch):
+    # compiling touches some 6 MB of Hyperscan's compiler that a daemon would hold for its whole life
+    monkeypatch.setenv("FAILURE_MODEL_CACHE", str(tmp_path))
+    first = concepts._cached_database()
+    assert [p.name for p in tmp_path.glob("concepts-*.hs")] == [f"concepts-{concepts._cache_key()}.hs"]
+
+    def compile_again():
+        raise AssertionError("compiled although the cache holds the database")
+
+    monkeypatch.setattr(concepts, "_spellings_database", compile_again)
+    second = concepts._cached_database()
+    assert second is not first
+    text = "connection timed out: 余额不足"
+    assert _scan(first, text) == _scan(second, text) == concepts_in_re2(text) != []
+
+
+@needs_hyperscan
+def test_a_cached_database_that_cannot_be_read_is_compiled_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAILURE_MODEL_CACHE", str(tmp_path))
+    (tmp_path / f"concepts-{concepts._cache_key()}.hs").write_bytes(b"not a database")
+    database = concepts._cached_database()
+    assert _scan(database, "request timed out") == concepts_in_re2("request timed out") == ["timeout"]
+    assert (tmp_path / f"concepts-{concepts._cache_key()}.hs").read_bytes() != b"not a database"
+
+
+def _scan(database, text):
+    """The concepts ``database`` finds in ``text``, read as concepts_in reads it."""
+    found = set()
+    database.scan(b" " + text.encode(), match_event_handler=concepts._collect, context=found,
+                  scratch=concepts.hyperscan.Scratch(database))
+    return [name for index, name in enumerate(CONCEPTS) if index in found]
