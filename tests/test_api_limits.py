@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import SMALL_PATTERNS, write_config
+from conftest import SMALL_PATTERNS, wait_for, write_config
 from failured.api import ApiServer
 from failured.backend import Backend
 from failured.config import load_config
@@ -107,7 +107,9 @@ def test_a_new_connection_beyond_the_cap_of_busy_ones_gets_503_at_once(serve):
     assert time.monotonic() - started < 5
     server.backend.release.set()
     assert [conn.getresponse().status for conn in held] == [200, 200, 200]
-    assert get(server.port, "/healthz", token=None)[0] == 200
+    # A client reads its answer a moment before the server's thread marks the connection idle (reclaimable):
+    # a new connection may meet that moment and be refused once.
+    assert wait_for(lambda: get(server.port, "/healthz", token=None)[0] == 200, 10)
 
 
 def test_healthz_answers_while_300_idle_connections_are_open_and_the_server_keeps_at_most_its_cap(serve):
