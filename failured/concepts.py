@@ -17,6 +17,7 @@ once a process, RE2 reading meanwhile.
 
 import functools
 import hashlib
+import os
 import threading
 
 import re2
@@ -167,6 +168,12 @@ class _Compiling:
         self.ready = threading.Event()
         self._started = False
         self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self):
+        """A child forked while the compiling thread ran has no such thread: it starts its own when asked."""
+        if not self.ready.is_set():
+            self.ready, self._started, self._lock = threading.Event(), False, threading.Lock()
 
     def start(self):
         if self._started:
@@ -178,11 +185,13 @@ class _Compiling:
         if hyperscan is None:
             self.ready.set()
         else:
-            threading.Thread(target=self._compile, name="concepts-compile", daemon=True).start()
+            from . import modelcache  # here, not in the thread: modelcache imports the model, which imports this module
 
-    def _compile(self):
+            threading.Thread(target=self._compile, args=(modelcache,), name="concepts-compile", daemon=True).start()
+
+    def _compile(self, modelcache):
         try:
-            self.database = _cached_database()
+            self.database = _cached_database(modelcache)
         finally:
             self.ready.set()
 
@@ -190,11 +199,9 @@ class _Compiling:
 KEEP_DATABASES = 2  # compiled databases of older spellings (or another Hyperscan) are removed beyond this many
 
 
-def _cached_database():
+def _cached_database(modelcache):
     """The spellings' database read from the cache directory (the model's), else compiled and kept there:
     compiling touches some 6 MB of Hyperscan's compiler and heap that a process reading it never holds."""
-    from . import modelcache  # here: modelcache imports the model, which imports this module
-
     directory = modelcache.cache_dir()
     path = None if directory is None else directory / f"concepts-{_cache_key()}.hs"
     if path is not None and path.exists():

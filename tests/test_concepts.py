@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from failured import concepts, corpus, model as learner
+from failured import concepts, corpus, model as learner, modelcache
 from failured.classify import model_text
 from failured.concepts import CONCEPTS, concepts_in, concepts_in_re2
 
@@ -129,14 +129,14 @@ def test_threads_reading_at_once_each_read_their_own_text():
 def test_a_process_reads_the_compiled_spellings_from_the_cache_instead_of_compiling_them(tmp_path, monkeypatch):
     # compiling touches some 6 MB of Hyperscan's compiler that a daemon would hold for its whole life
     monkeypatch.setenv("FAILURE_MODEL_CACHE", str(tmp_path))
-    first = concepts._cached_database()
+    first = concepts._cached_database(modelcache)
     assert [p.name for p in tmp_path.glob("concepts-*.hs")] == [f"concepts-{concepts._cache_key()}.hs"]
 
     def compile_again():
         raise AssertionError("compiled although the cache holds the database")
 
     monkeypatch.setattr(concepts, "_spellings_database", compile_again)
-    second = concepts._cached_database()
+    second = concepts._cached_database(modelcache)
     assert second is not first
     text = "connection timed out: 余额不足"
     assert _scan(first, text) == _scan(second, text) == concepts_in_re2(text) != []
@@ -146,7 +146,7 @@ def test_a_process_reads_the_compiled_spellings_from_the_cache_instead_of_compil
 def test_a_cached_database_that_cannot_be_read_is_compiled_again(tmp_path, monkeypatch):
     monkeypatch.setenv("FAILURE_MODEL_CACHE", str(tmp_path))
     (tmp_path / f"concepts-{concepts._cache_key()}.hs").write_bytes(b"not a database")
-    database = concepts._cached_database()
+    database = concepts._cached_database(modelcache)
     assert _scan(database, "request timed out") == concepts_in_re2("request timed out") == ["timeout"]
     assert (tmp_path / f"concepts-{concepts._cache_key()}.hs").read_bytes() != b"not a database"
 
@@ -157,3 +157,22 @@ def _scan(database, text):
     database.scan(b" " + text.encode(), match_event_handler=concepts._collect, context=found,
                   scratch=concepts.hyperscan.Scratch(database))
     return [name for index, name in enumerate(CONCEPTS) if index in found]
+
+
+@needs_hyperscan
+def test_a_child_forked_while_the_database_compiles_compiles_its_own():
+    # the child has no compiling thread: without its own it would read with RE2 for life
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, time\n"
+             "from failured import concepts\n"
+             "concepts._HYPERSCAN.start()\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    os._exit(0 if concepts.wait_ready(60) and concepts._HYPERSCAN.database is not None else 3)\n"
+             "print(os.waitpid(pid, 0)[1] >> 8)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FAILURE_MODEL_CACHE": "off"})
+    assert result.stdout.strip() == "0", result.stdout + result.stderr
