@@ -11,8 +11,8 @@ corpus lacked, the whole pipeline 66.2 -> 69.5 %.
 English spellings match at a word start (so "throttl" covers throttled and throttling), in any case;
 Chinese ones anywhere. One RE2 set over the message decides: linear in its length. Hyperscan, where
 installed, gives the same answer in a third of the time (RE2 builds its DFA as it reads, and every new
-message makes new states), for every text but the few RE2 alone can read; it compiles in the background
-once a process, RE2 reading meanwhile.
+message makes new states), for every text but the few RE2 alone can read; its database is read from the
+cache directory (or compiled there the first time) in the background once a process, RE2 reading meanwhile.
 """
 
 import functools
@@ -124,6 +124,7 @@ _KELVIN_SIGN, _LONG_S = "\u212a", "\u017f"
 # after a space. Bytes past ASCII are no word characters for either engine.
 _NOT_WORD = "[^0-9A-Za-z_]"
 _local = threading.local()  # each thread's (database, scratch): a scratch serves one scan at a time
+KEEP_DATABASES = 2  # compiled databases of older spellings (or another Hyperscan) are removed beyond this many
 
 
 def _alternation(spellings):
@@ -159,8 +160,8 @@ def _spellings_database():
 
 
 class _Compiling:
-    """Hyperscan's database of the spellings, compiled once a process in a background thread (some 80 ms of CPU;
-    Hyperscan releases the GIL) while the RE2 set serves. ``database`` is set once, by that thread, and stays None
+    """Hyperscan's database of the spellings, read from the cache or compiled (some 80 ms of CPU; Hyperscan releases
+    the GIL) once a process in a background thread while the RE2 set serves. ``database`` is set once, by that thread, and stays None
     without Hyperscan; ``_lock`` guards ``_started``."""
 
     def __init__(self):
@@ -194,9 +195,6 @@ class _Compiling:
             self.database = _cached_database(modelcache)
         finally:
             self.ready.set()
-
-
-KEEP_DATABASES = 2  # compiled databases of older spellings (or another Hyperscan) are removed beyond this many
 
 
 def _cached_database(modelcache):
