@@ -87,14 +87,14 @@ def events(store, task_id):
 @pytest.mark.parametrize("method, path", [("GET", "/v1/tasks?limit=1"), ("GET", "/v1/status"), ("GET", "/ui/"),
                                           ("POST", "/v1/tasks/1/recover"), ("GET", "/healthz")])
 def test_without_a_token_a_rebound_host_name_is_421_naming_it(serve, store, method, path):
-    record_failure(store, "sync", "secret payload inside", source="cli", payload='{"card": "4111"}')
+    record_failure(store, "sync", "secret payload inside", source="cli", payload='{"card": "4111-1111-1111-1111"}')
     server = serve()
     answer = send(server.port, method, path, b"" if method == "POST" else None, host=f"{REBOUND}:{server.port}")
     assert answer.status == 421, answer
     assert answer.data["error"] == "misdirected_request"
     assert f"'{REBOUND}:{server.port}'" in answer.data["detail"] and "FAILURE_API_TOKEN" in answer.data["detail"]
     assert "Set-Cookie" not in answer.headers  # no console session for the rebound page
-    assert b"4111" not in answer.raw and b"secret payload" not in answer.raw
+    assert b"4111-1111" not in answer.raw and b"secret payload" not in answer.raw
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LocalHost", "127.8.9.10:{port}",
