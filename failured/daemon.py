@@ -139,6 +139,7 @@ class Daemon:
             self._checkpoint_thread = threading.Thread(target=self._checkpoint_loop, name="checkpoint", daemon=True)
             self._checkpoint_thread.start()
         self._schedule_jobs()
+        self._beat()  # before READY=1: `systemctl start failured && failured status` finds it alive
         log.info("failured running: db %s, config %s (%d categories), %s%s",
                  self.store, s.config_dir, len(snapshot.ruleset.categories), self._status_line(),
                  "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")

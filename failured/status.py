@@ -28,13 +28,15 @@ def _epoch_state(store, key):
     return float(value.split()[0]) if value else None
 
 
-def daemon_status(store, now):
+def daemon_status(store, now, members=()):
     """Alive while the heartbeat is fresh; a daemon that stopped cleanly has deleted its heartbeat. A daemon
     that cannot write its heartbeat (a full disk) is alive still while it holds the database's daemon lock
-    (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help."""
+    (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help. On PostgreSQL a
+    daemon whose own row (``members``, see ``daemons``) is alive counts too: a daemon just started has its row
+    before its first shared heartbeat."""
     beat = _epoch_state(store, "heartbeat")
     age = None if beat is None else round(now - beat, 1)
-    fresh = age is not None and age <= STALE_HEARTBEAT_SECONDS
+    fresh = (age is not None and age <= STALE_HEARTBEAT_SECONDS) or any(m["alive"] for m in members)
     alive = fresh or store.daemon_lock_held() is True
     return {"alive": alive, "heartbeat_stale": alive and not fresh, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
@@ -127,8 +129,8 @@ def collect(store, snapshot, now):
     breakers = [{"task_type": task_type, "state": state, "consecutive_failures": failures,
                  "open_until": _when(until)} for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
-    daemon = daemon_status(store, now)
     members = daemons(store)
+    daemon = daemon_status(store, now, members)
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
     free = store.free_bytes()

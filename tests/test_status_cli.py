@@ -34,6 +34,15 @@ def test_status_is_healthy_with_a_live_daemon_and_exit_1_without(daemon_factory,
     assert stale.returncode == 1 and "NOT running" in stale.stdout
 
 
+def test_a_daemon_is_alive_to_status_as_soon_as_it_says_ready(daemon_factory, cli):
+    # systemd's start returns at READY=1: `systemctl start failured && failured status` must not say unhealthy
+    daemon = daemon_factory().start()
+    assert daemon.query("SELECT count(*) FROM daemon_state WHERE key = 'heartbeat'")[0][0] == 1
+    result = cli("status", "--json", env=daemon.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert daemon.stop() == 0
+
+
 def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path, cli):
     daemon = daemon_factory().start()
     (tmp_path / "config" / "patterns" / "50-bad.toml").write_text('[[category]]\nname = "x"\naction = "nope"\npriority = 1\n')
