@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 
-from . import concepts, corpus, model as learner
+from . import corpus, model as learner
 from .codes import CodeMatcher, describe as describe_code
 from .errors import ConfigError, ConfigErrors
 from .fingerprint import fingerprint
@@ -159,9 +159,13 @@ def model_text(message, error_type=None):
     its type."""
     message, error_type = unpack(message or "", error_type)
     error_type = error_type or exception_type_in(message)
-    core = without_frames(message) if "\n" in message else message
-    core = opaque_folded(core)
+    core = opaque_folded(core_of(message))
     return f"{error_type}: {core}" if error_type else core
+
+
+def core_of(message):
+    """``message`` without its stack frames: what the rules and the model read."""
+    return without_frames(message) if "\n" in message else message
 
 
 def read_model_text(message, core, error_type):
@@ -221,8 +225,6 @@ class Classifier:
         self.lang = lang
         self.codes = CodeMatcher(code_tables, engine=engine)
         self.model = model
-        if model is not None and not isinstance(model, learner.ModelNotLoaded):
-            concepts.prepare()  # what the model reads: Hyperscan compiles it in the background, once a process
         self.min_confidence = min_confidence
         self.overrule_confidence = overrule_confidence
         self.stages = stages
@@ -279,7 +281,7 @@ class Classifier:
         found, confidence = self._by_tag_stage(message), None
         if found is None:
             error_type = error_type or exception_type_in(message)
-            core = without_frames(message) if "\n" in message else message  # once: a traceback costs
+            core = core_of(message)  # once: a traceback costs
             found = self._rules_on(message, core, error_type)
             if found is None:
                 found, confidence = self._by_model(message, core, error_type)
@@ -297,7 +299,7 @@ class Classifier:
 
     def rules_only(self, message, error_type):
         """The first rule stage (after the tag) that decides, as (category, matched_by, what), or None."""
-        return self._rules_on(message, without_frames(message) if "\n" in message else message, error_type)
+        return self._rules_on(message, core_of(message), error_type)
 
     def _rules_on(self, message, core, error_type):
         """``rules_only`` given the message's ``core`` (without its stack frames)."""

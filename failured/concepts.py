@@ -229,11 +229,6 @@ def _cache_key():
 _HYPERSCAN = _Compiling()
 
 
-def prepare():
-    """Start compiling Hyperscan's database (once a process): the classifier calls this as its model loads."""
-    _HYPERSCAN.start()
-
-
 def wait_ready(timeout=None):
     """Block until Hyperscan reads what it can (or it is known that RE2 alone will read); True when so."""
     _HYPERSCAN.start()
