@@ -34,9 +34,12 @@ def daemon_status(store, now, members=()):
     (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help. On PostgreSQL a
     daemon whose own row (``members``, see ``daemons``) is alive counts too: a daemon just started has its row
     before its first shared heartbeat."""
-    beat = _epoch_state(store, "heartbeat")
-    age = None if beat is None else round(now - beat, 1)
-    fresh = (age is not None and age <= STALE_HEARTBEAT_SECONDS) or any(m["alive"] for m in members)
+    shared = _epoch_state(store, "heartbeat")
+    living = [m["heartbeat_age_seconds"] for m in members if m["alive"]]
+    ages = ([] if shared is None else [now - shared]) + living
+    age = round(min(ages), 1) if ages else None
+    beat = None if age is None else now - age
+    fresh = (age is not None and age <= STALE_HEARTBEAT_SECONDS) or bool(living)
     alive = fresh or store.daemon_lock_held() is True
     return {"alive": alive, "heartbeat_stale": alive and not fresh, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
