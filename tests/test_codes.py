@@ -198,7 +198,16 @@ def codes_only():
     ("UnauthorizedOperation.ServiceSuspendDueToArrears 欠费被停止服务", "phrases plan-or-balance-used-up",
      "unrecoverable_business"),
     ("550 5.4.1 Recipient address rejected: Access denied", "phrases recipient-refused", "unrecoverable_business"),
+    # Celery's NotRegistered against FCM's: the exception's module or the worker's line decides
+    ("celery.exceptions.NotRegistered: 'app.tasks.send_email'", "phrases task-not-registered", "unrecoverable_config"),
+    ("celery.exceptions.NotRegistered: worker-1  | [2024-01-17 06:55:00,309: ERROR/MainProcess] Received unregistered "
+     "task of type 'lead.tasks.remaining_lead_extract'.", "phrases task-not-registered", "unrecoverable_config"),
+    ("{\"multicast_id\":6531157188326161436,\"success\":0,\"failure\":1,\"results\":[{\"error\":\"NotRegistered\"}]}",
+     "phrases recipient-refused", "unrecoverable_business"),
+    ("[{'failure': 1, 'success': 0, 'results': [{u'error': u'NotRegistered'}]}]", "phrases recipient-refused",
+     "unrecoverable_business"),
     ("UnauthorizedOperation.OperationTooOften 操作过于频繁，请稍后重试", "phrases rate-limit", "recoverable_temporary"),
+    ('{"head":{"code":9999,"msg":"系统开小差了"}}', "phrases service-busy", "recoverable_temporary"),
     # errno: glibc's zh_TW catalogue, and the codes added with it
     ("curl: (7) Failed to connect to api.example.com port 443: 連線被拒絕", "errno ECONNREFUSED", "recoverable_network"),
     ("OSError: [Errno 28] 裝置上已無多餘空間", "errno ENOSPC", "recoverable_system"),
