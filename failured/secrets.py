@@ -9,25 +9,48 @@ module imports nothing heavy: every reporting process loads it.
 import functools
 import os
 import re
+import string
 import urllib.parse
 
 from .rules import read_config_bytes
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
-# Query values that look like credentials are masked whatever their value.
-_SECRET_PARAM = re.compile(r"(?i)(?<![A-Za-z0-9_])((?:access_token|api_?key|apikey|auth|key|sig|signature|sign|secret|"
-                           r"token|password)=)[^&\s'\"<>()]+")
-# A URL's password (scheme://user:PASSWORD@host), a bearer or basic credential, and a credential-named key's
-# quoted value in JSON or a Python dict: masked whatever the value. Each part is bounded: linear on any text.
-_URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,15}://[^\s:/@'\"<>]{0,128}:)[^\s@/'\"<>]{1,256}@")
-# After "Authorization:" any credential; after a bare "Bearer"/"Basic" only a token's shape (a digit or one of
-# ._~+/=-, or 20 characters): "Basic authentication failed" is an error's words, not a secret.
-_BEARER = re.compile(r"(?i)\b(authorization:\s*(?:bearer|basic|token)?\s*)[A-Za-z0-9._~+/=-]{8,}"
-                     r"|\b((?:bearer|basic)\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-]|[A-Za-z0-9._~+/=-]{20})"
-                     r"[A-Za-z0-9._~+/=-]{8,}")
-_QUOTED_CREDENTIAL = re.compile(r"(?i)([\"'](?:password|passwd|secret|client_secret|api_?key|access_token|token)[\"']"
-                                r"\s{0,8}:\s{0,8}[\"'])[^\"'\n]{1,512}(?=[\"'])")
+# Credential shapes are searched in the text lower-cased (ASCII only, so every offset stays the same) by
+# patterns that begin with a literal: Python's engine then skips in C to the next place one could start, where
+# a case-blind pattern is tried at every position (a long traceback's mask cost seven times as much).
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _on_its_own(word):
+    """``word`` where no letter, digit or _ comes before it (key, not monkey), still beginning with a literal."""
+    return f"{word[0]}(?<![a-z0-9_]{word[0]}){word[1:]}"
+
+
+# How a credential's name ends: a credential word after any prefix (client_secret, aws_secret_access_key,
+# PGPASSWORD, X-Api-Key, refresh_token; not max_tokens), or one of the short names on its own (not monkey).
+_NAME_END = ("(?:secret[_-]?key|secret|password|passwd|pwd|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+             "app[_-]?key|credentials?|" + "|".join(map(_on_its_own, ("key", "signature", "sign", "sig", "auth"))) + ")")
+# A token's shape: a digit or one of ._~+/=-, or 20 characters ("password: yes" and "token: expired" are words).
+_TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
+_TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
+_WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
+# Each shape's group 1 is what stays, its ``value`` what is masked. Every part is bounded: linear on any text.
+_CREDENTIAL_SHAPES = tuple(map(re.compile, (
+    # ``name=value`` (a query, a command line, an environment): whatever the value.
+    rf"({_NAME_END}=)(?P<value>[^&\s'\"<>(),;]+)",
+    # ``Name: value`` (a header, a YAML or log field) and ``--name value``: a token's shape only.
+    rf"({_NAME_END}:[ \t]{{0,8}})(?P<value>{_TOKEN})",
+    rf"(--[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}})(?P<value>{_TOKEN})",
+    # A credential-named key's quoted value in JSON or a Python dict: whatever the value.
+    rf"({_NAME_END}[\"']\s{{0,8}}:\s{{0,8}}[\"'])(?P<value>[^\"'\n]{{1,512}})(?=[\"'])",
+    # A URL's password (scheme://user:PASSWORD@host): whatever the value.
+    r"(://[^\s:/@'\"<>]{0,128}:)(?P<value>[^\s@/'\"<>]{1,256})@",
+    # After "Authorization:" any credential; after a bare "Bearer"/"Basic" a token's shape only ("Basic
+    # authentication failed" is an error's words, not a secret).
+    rf"(authorization:\s*(?:bearer|basic|token)?\s*|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}|"
+    rf"{_on_its_own('basic')}\s+{_TOKEN_SHAPE})(?P<value>[a-z0-9._~+/=-]{{8,}})",
+)))
 
 
 def expand_env(value: str) -> str:
@@ -40,22 +63,40 @@ def expand_env(value: str) -> str:
 
 
 def mask(text, secrets):
-    """``text`` with each secret (at least 4 characters) and each credential-looking value (a query's, a URL's
-    password, a bearer token, a quoted ``"password"`` key's) as ``***``."""
+    """``text`` with each secret (at least 4 characters) and each credential-looking value (a query's or a
+    command line's ``password=``, a header's ``X-Api-Key:``, a URL's password, a bearer token, a quoted
+    ``"password"`` key's) as ``***``; a token-shaped one wherever else in the text it appears too (an API key
+    given as ``api_key=`` and quoted again in "invalid api key ..."; ``auth=none`` leaves other "none"s be)."""
     if not text:
         return text
+    text = _replaced_everywhere(text, secrets)
+    spans = sorted(_credential_spans(text))
+    if not spans:
+        return text
+    shown = [text[start:end] for start, end in spans]
+    parts, done = [], 0
+    for start, end in spans:
+        if end > done:
+            parts += [text[done:max(start, done)], "***"]
+            done = end
+    text = "".join(parts) + text[done:]
+    return _replaced_everywhere(text, [value for value in shown if _WHOLE_TOKEN.match(value.translate(_ASCII_LOWER))])
+
+
+def _credential_spans(text):
+    lowered = text.translate(_ASCII_LOWER)
+    return ((match.start("value"), match.end("value")) for shape in _CREDENTIAL_SHAPES
+            for match in shape.finditer(lowered))
+
+
+def _replaced_everywhere(text, secrets):
     variants = set()
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET_CHARS:
             variants |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
-    text = _URL_PASSWORD.sub(r"\1***@", _SECRET_PARAM.sub(r"\1***", text))
-    return _QUOTED_CREDENTIAL.sub(r"\1***", _BEARER.sub(_masked_credential, text))
-
-
-def _masked_credential(match):
-    return f"{match.group(1) or match.group(2)}***"
+    return text
 
 
 def known_secrets(snapshot, settings):

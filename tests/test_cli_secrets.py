@@ -48,6 +48,19 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
     ("retrying with bearer tok_12345678", "bearer ***"),
     ('body {"password": "p@ss w0rd", "user": "x"}', '{"password": "***", "user": "x"}'),
     ("kwargs {'api_key': 'AKIA1234567890', 'n': 1}", "{'api_key': '***', 'n': 1}"),
+    # Any name that ends in a credential word, in a query, a command line or an environment.
+    ("POST /oauth/token client_secret=c1ient-S3cret: 401", "client_secret=*** 401"),
+    ("env secret_key=django-insecure-xyz failed", "secret_key=*** failed"),
+    ("appsecret=wx7f3a9c2b invalid", "appsecret=*** invalid"),
+    ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG rejected", "AWS_SECRET_ACCESS_KEY=*** rejected"),
+    ("PGPASSWORD=hunter22 psql -h db: auth failed", "PGPASSWORD=*** psql"),
+    ("refresh_token=abcd&grant_type=refresh_token", "refresh_token=***&grant_type"),
+    ('{"client_secret": "s3cr3t-value"}', '{"client_secret": "***"}'),
+    # A header or log field, and a long option, when the value has a token's shape.
+    ("403 with X-Api-Key: abc123def", "X-Api-Key: ***"),
+    ("access_token: tok_1234567 expired", "access_token: *** expired"),
+    ("mysqldump --password hunter22 orders", "--password *** orders"),
+    ("cli --db-password=hunter22 orders", "--db-password=*** orders"),
 ])
 def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_secret(text, masked):
     from failured.secrets import mask
@@ -58,11 +71,22 @@ def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_sec
 @pytest.mark.parametrize("text", ["Access denied for user 'root'@'localhost' (using password: YES)",
                                   "Unexpected token o in JSON at position 1", "see http://user@host/x",
                                   "bearer of bad news", "401 Unauthorized: HTTP Basic authentication failed",
-                                  "basic settings missing: set smtp.host", "ValueError: bearer malformatted header"])
+                                  "basic settings missing: set smtp.host", "ValueError: bearer malformatted header",
+                                  "max_tokens=4096 exceeds the context", "token: expired", "monkey=kept",
+                                  "forbearer AbC12345678", "KeyError: 'api_key'", "invalid password: abc"])
 def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
     from failured.secrets import mask
 
     assert mask(text, ()) == text
+
+
+def test_a_credential_the_text_shows_is_masked_wherever_else_it_appears():
+    from failured.secrets import mask
+
+    text = "POST /v1?api_key=sk_live_ABC123&n=1 failed: invalid api key sk_live_ABC123 (sk_live_ABC123)"
+    assert mask(text, ()) == "POST /v1?api_key=***&n=1 failed: invalid api key *** (***)"
+    # A value that is a word, not a token, is masked where it is given and nowhere else.
+    assert mask("auth=none; none of the hosts answered", ()) == "auth=***; none of the hosts answered"
 
 
 def test_the_database_url_s_password_is_a_known_secret():
