@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 BENCHES = ["classify.py", "generalize.py", "intake.py", "retry_timer.py", "reaction.py", "flood.py", "notify_burst.py",
-           "analysis.py", "startup.py", "api_ingest.py", "console.py",
+           "analysis.py", "startup.py", "api_ingest.py", "console.py", "mask.py",
            # These need the local services: Redis (the Celery round trip) and PostgreSQL.
            "celery_roundtrip.py", "intake_postgres.py", "analysis_postgres.py", "migrate_store.py", "scale.py"]
 

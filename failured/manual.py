@@ -6,11 +6,12 @@ import re
 
 from .errors import InputError, RefusedError, TaskNotFound, UnknownCategory
 from .rules import UNKNOWN
-from .text import clean_text
+from .secrets import masked_argv
 from .states import TaskStatus
 from .store import aggregates
 from .store import tasks as rows
 from .store.members import wake_daemons
+from .text import clean_text
 
 NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
 RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
@@ -185,12 +186,20 @@ def resolve(store, task_id, now, note=None):
     return rows.load_task(store, task_id)
 
 
+def _shown_handler(stored):
+    """A task's own handler (``failured exec``'s command) with credentials on its command line masked."""
+    handler = json.loads(stored) if stored else None
+    if handler and isinstance(handler.get("argv"), list):
+        handler["argv"] = masked_argv(handler["argv"])
+    return handler
+
+
 def show(store, task_id):
     """The task with its full history, as plain data."""
     task = _get(store, task_id)
     data = {name: getattr(task, name) for name in task._meta.sorted_field_names}
     data["payload"] = json.loads(task.payload) if task.payload else None
-    data["handler"] = json.loads(task.handler) if task.handler else None
+    data["handler"] = _shown_handler(task.handler)
     data["events"] = [
         {"at": at, "event": event, "status": status, "category": category, "attempt": attempt,
          "delay_seconds": delay, "error": error, "detail": json.loads(detail) if detail else None}

@@ -16,7 +16,7 @@ from .rules import read_config_bytes
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
-# Credential shapes are searched in the text lower-cased (ASCII only, so every offset stays the same) by
+# Credential shapes are searched in the text lower-cased (every offset staying the same) by
 # patterns that begin with a literal: Python's engine then skips in C to the next place one could start, where
 # a case-blind pattern is tried at every position (a long traceback's mask cost seven times as much).
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
@@ -35,21 +35,21 @@ _NAME_END = ("(?:secret[_-]?key|secret|password|passwd|pwd|token|api[_-]?key|acc
 _TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
 _TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
 _WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
-# Each shape's group 1 is what stays, its ``value`` what is masked. Every part is bounded: linear on any text.
+# Each shape's one named group is the value masked. Every part is bounded: linear on any text.
 _CREDENTIAL_SHAPES = tuple(map(re.compile, (
-    # ``name=value`` (a query, a command line, an environment): whatever the value.
-    rf"({_NAME_END}=)(?P<value>[^&\s'\"<>(),;]+)",
-    # ``Name: value`` (a header, a YAML or log field) and ``--name value``: a token's shape only.
-    rf"({_NAME_END}:[ \t]{{0,8}})(?P<value>{_TOKEN})",
-    rf"(--[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}})(?P<value>{_TOKEN})",
-    # A credential-named key's quoted value in JSON or a Python dict: whatever the value.
-    rf"({_NAME_END}[\"']\s{{0,8}}:\s{{0,8}}[\"'])(?P<value>[^\"'\n]{{1,512}})(?=[\"'])",
+    # After a credential's name (one pattern: each more costs a pass over the text), whatever the value in
+    # ``name=value`` (a query, a command line, an environment) and a quoted key's value in JSON or a Python
+    # dict; a token's shape only in ``Name: value`` (a header, a YAML or log field).
+    (rf"{_NAME_END}(?:=(?P<given>[^&\s'\"<>(),;]+)|[\"']\s{{0,8}}:\s{{0,8}}[\"'](?P<quoted>[^\"'\n]{{1,512}})(?=[\"'])"
+     rf"|:[ \t]{{0,8}}(?P<field>{_TOKEN}))"),
+    # ``--name value``: a token's shape only.
+    rf"--[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?P<value>{_TOKEN})",
     # A URL's password (scheme://user:PASSWORD@host): whatever the value.
-    r"(://[^\s:/@'\"<>]{0,128}:)(?P<value>[^\s@/'\"<>]{1,256})@",
+    r"://[^\s:/@'\"<>]{0,128}:(?P<value>[^\s@/'\"<>]{1,256})@",
     # After "Authorization:" any credential; after a bare "Bearer"/"Basic" a token's shape only ("Basic
     # authentication failed" is an error's words, not a secret).
-    rf"(authorization:\s*(?:bearer|basic|token)?\s*|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}|"
-    rf"{_on_its_own('basic')}\s+{_TOKEN_SHAPE})(?P<value>[a-z0-9._~+/=-]{{8,}})",
+    (rf"(?:authorization:\s*(?:bearer|basic|token)?\s*|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}|"
+     rf"{_on_its_own('basic')}\s+{_TOKEN_SHAPE})(?P<value>[a-z0-9._~+/=-]{{8,}})"),
 )))
 
 
@@ -84,9 +84,10 @@ def mask(text, secrets):
 
 
 def _credential_spans(text):
-    lowered = text.translate(_ASCII_LOWER)
-    return ((match.start("value"), match.end("value")) for shape in _CREDENTIAL_SHAPES
-            for match in shape.finditer(lowered))
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a letter that lowers to two (İ): offsets would shift; translate is 20x slower
+        lowered = text.translate(_ASCII_LOWER)
+    return (match.span(match.lastgroup) for shape in _CREDENTIAL_SHAPES for match in shape.finditer(lowered))
 
 
 def _replaced_everywhere(text, secrets):
@@ -97,6 +98,14 @@ def _replaced_everywhere(text, secrets):
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
     return text
+
+
+def masked_argv(argv):
+    """A command's arguments as shown (they stay stored as given: a retry runs them): each masked, and a value
+    one argument names a credential for (``--password hunter22``, ``PGPASSWORD=x``) masked in every other."""
+    joined = " ".join(argv)
+    given = [joined[start:end] for start, end in _credential_spans(joined)]
+    return [_replaced_everywhere(mask(arg, ()), given) for arg in argv]
 
 
 def known_secrets(snapshot, settings):

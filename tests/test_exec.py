@@ -33,6 +33,20 @@ def test_literal_braces_in_the_argv_stay_literal_in_the_handler(db_location):
     assert handler["argv"][-1] == "{{x}}"
 
 
+@pytest.mark.sqlite_suffices("what show prints of an exec task's argv")
+def test_credentials_on_the_command_line_are_stored_to_retry_but_shown_masked(db_location):
+    argv = [sys.executable, "-c", "import sys; sys.exit(1)", "--password", "hunter22", "PGPASSWORD=pw-9f2k",
+            "--url=https://u:s3cr3t@db/x", "--note", "hunter22 again"]
+    run_cli("exec", "--type", "t", "--", *argv, env=env_for(db_location))
+    [(task_id, stored)] = query(db_location, "SELECT id, handler FROM tasks")
+    assert json.loads(stored)["argv"] == argv  # a retry runs the command as it was given
+    shown = run_cli("show", "--json", str(task_id), env=env_for(db_location))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["handler"]["argv"][3:] == [
+        "--password", "***", "PGPASSWORD=***", "--url=https://u:***@db/x", "--note", "*** again"]
+    assert "hunter22" not in shown.stdout and "s3cr3t" not in shown.stdout and "pw-9f2k" not in shown.stdout
+
+
 def test_success_is_counted_for_the_failure_rate(db_location):
     result = run_cli("exec", "--type", "nightly", "--", sys.executable, "-c", "pass", env=env_for(db_location))
     assert result.returncode == 0
