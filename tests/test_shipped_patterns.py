@@ -308,6 +308,11 @@ def test_session_11_families(classifier, message, category):
      "KeyError: 'courier_code'", "unrecoverable_data"),
     ("('Error: ', KeyError('status',))", "unknown"),
     ("utils.py[line:26] - ERROR: KeyError: Caught exception: 'choices' in the reply", "unknown"),
+    # an environment variable's name (capitals) is configuration; a payload's field that merely ends in _id is not
+    ("KeyError: 'DATABASE_URL'", "unrecoverable_config"),
+    ("KeyError: 'order_id'", "unrecoverable_data"),
+    ("Traceback (most recent call last):\n  File \"t.py\", line 3, in run\n    x = payload['user_token']\n"
+     "KeyError: 'user_token'", "unrecoverable_data"),
     # java.net's ConnectException is network; Kafka Connect's, which wraps any connector failure, is not
     ("java.net.ConnectException: Connection refused (Connection refused)", "recoverable_network"),
     ("org.apache.kafka.connect.errors.ConnectException: Exiting WorkerSinkTask due to unrecoverable exception.",
