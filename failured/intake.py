@@ -1,9 +1,11 @@
 """Recording failures and successes: the one way tasks enter the store."""
 
 import json
+import logging
 import os
 import re
 import threading
+from pathlib import Path
 
 from .clock import SystemClock
 from .errors import InputError
@@ -19,6 +21,7 @@ MAX_NAME_BYTES = 1024  # error_type and ref: a class name, a reference; longer o
 MAX_PAYLOAD_BYTES = 1024 * 1024  # as JSON, the HTTP API's body limit: a retry's arguments, not its data
 SOURCES = ("python", "cli", "exec", "http")
 
+log = logging.getLogger(__name__)
 _default_stores = {}
 _default_lock = threading.Lock()
 _reporting = {}  # what the reporting settings were read from -> those settings (one entry)
@@ -131,6 +134,9 @@ def default_store(settings=None):
         store = _default_stores.get(path)
         if store is None:
             store = _default_stores[path] = open_store(path)
+            if store.created:  # an application started in another directory: its reports would go unseen
+                log.warning("failured: created a new database at %s: if a daemon should see these tasks, "
+                            "check FAILURE_DB", Path(path).absolute())
         return store
 
 

@@ -1,7 +1,9 @@
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +106,7 @@ def test_successes_are_tallied_per_type_and_hour(store, clock):
 # Plain interpreters, not multiprocessing's spawn: a spawned child imports pytest and this file again.
 WRITER = """
 import sys
+from pathlib import Path
 from failured.intake import record_failure
 from failured.store import open_store
 
@@ -170,3 +173,20 @@ def test_report_failure_reads_a_dotenv_written_after_its_first_call(tmp_path, mo
         con = sqlite3.connect(tmp_path / name)
         assert [row[0] for row in con.execute("SELECT error_message FROM tasks")] == [text]
         con.close()
+
+
+@pytest.mark.sqlite_suffices("a new SQLite file in the working directory")
+def test_report_failure_says_once_when_it_creates_a_database(tmp_path):
+    # An application started in another directory than the daemon's would otherwise fill a database no one reads.
+    code = ("from failured import report_failure\n"
+            "report_failure('sync', 'connection timeout a')\nreport_failure('sync', 'connection timeout b')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    first = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    created = tmp_path / "data" / "failured.db"
+    assert created.exists()
+    assert first.stderr.count(f"created a new database at {created}") == 1, first.stderr
+    assert "check FAILURE_DB" in first.stderr
+    again = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "created a new database" not in again.stderr, again.stderr
