@@ -168,6 +168,15 @@ def core_of(message):
     return without_frames(message) if "\n" in message else message
 
 
+def error_summary(message):
+    """The error as one reads it first: a Python traceback's raised exception (its last block, frames dropped)
+    rather than its first frames, which is all a one-line cut of the whole text would show."""
+    at = message.rfind(_TRACEBACK)
+    if at < 0:
+        return message
+    return core_of(message[at:]).strip() or message
+
+
 def read_model_text(message, core, error_type):
     """``model_text(message, error_type)`` for a message already unpacked, its type already read (``error_type or
     exception_type_in(message)``) and its frames already dropped (``core``): none of it done again.

@@ -15,6 +15,7 @@ from . import commands, logmask
 from .analysis import headline
 from .cliparser import build_parser
 from .config import load_config, unset_variable_problems
+from .classify import error_summary
 from .clock import iso
 from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
@@ -184,7 +185,7 @@ def cmd_requeue(args, settings):
         return EXIT_OK
     verb = "would requeue" if args.dry_run else "requeued"
     for task in requeued:
-        print(f"{verb} {task.id}\t{task.task_type}\t{task.status}\t{task.category}\t{messages.shorten(task.error_message, 80)}")
+        print(f"{verb} {task.id}\t{task.task_type}\t{task.status}\t{task.category}\t{messages.shorten(error_summary(task.error_message), 80)}")
     for task, why in skipped:
         print(f"skipped {task.id}\t{task.task_type}: {why}")
     print(f"{len(requeued)} task(s) {verb}, {len(skipped)} skipped")
@@ -246,7 +247,7 @@ def cmd_show(args, settings):
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
         extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
-        error = f": {messages.shorten(event['error'], 120)}" if event["error"] and event["event"] != "reported" else ""
+        error = f": {messages.shorten(error_summary(event['error']), 120)}" if event["error"] and event["event"] != "reported" else ""
         print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
     if "advice" in data:
         print(f"why manual: {data['advice']['why']}")

@@ -7,11 +7,12 @@ the last id it showed: the next page is everything older, whatever was added sin
 from dataclasses import dataclass
 
 from . import store as store_module
+from .classify import error_summary
 from .errors import InputError
 from .manual import parse_duration
 from .states import TaskStatus
 from .text import clean_text
-from .store import LIST_LIMIT_MAX, MAX_GREP_CHARS
+from .store import LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS
 
 STATUSES = tuple(TaskStatus)
 DEFAULT_LIMIT = 50
@@ -92,5 +93,15 @@ def list_page(task_filter, now, store=None):
                                    None if f.since is None else now - f.since, f.grep, f.cursor, f.limit + 1,
                                    store=store)
     more = len(rows) > f.limit
-    rows = rows[:f.limit]
+    rows = [_with_summary(row) for row in rows[:f.limit]]
     return rows, (str(rows[-1]["id"]) if more else None)
+
+
+def _with_summary(row):
+    """The row with its ``error`` as one reads it first (a traceback's exception line, not its first frames),
+    from the error's head and tail."""
+    head, tail = row["error"], row.pop("error_tail")
+    text = head if len(head) < LIST_ERROR_CHARS else f"{head}\n{tail.partition(chr(10))[2]}"  # the tail's lines whole
+    summary = error_summary(text)
+    row["error"] = head if summary is text else summary[:LIST_ERROR_CHARS]
+    return row

@@ -95,6 +95,28 @@ def test_bad_filters_are_input_errors(arguments):
         build_filter(**arguments)
 
 
+# A traceback of a task that failed in the courier's client: its first 300 characters are frames.
+TRACEBACK = ("Traceback (most recent call last):\n"
+             + "".join(f'  File "/srv/venv/lib/python3.11/site-packages/courier/client_{i}.py", line {100 + i}, in '
+                       f"call_{i}\n    return self.session.request(method, url, timeout=self.timeout)\n"
+                       for i in range(8))
+             + "requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='api.courier.example', port=443): "
+               "Read timed out. (read timeout=10)")
+
+
+@pytest.mark.parametrize("error, shown", [
+    (TRACEBACK, "requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='api.courier.example', port=443): "
+                "Read timed out. (read timeout=10)"),
+    ("Traceback (most recent call last):\n  File \"t.py\", line 3, in run\n    x()\nKeyError: 'order_id'",
+     "KeyError: 'order_id'"),
+    ("connection timeout " * 30, ("connection timeout " * 30)[:300]),  # no traceback: the head, as before
+])
+def test_a_listed_error_is_what_one_reads_first_a_traceback_s_exception_not_its_frames(store, error, shown):
+    add(store, "sync", error)
+    [row], _ = list_page(build_filter(), now=0)
+    assert row["error"] == shown and "error_tail" not in row
+
+
 # -- the command line --------------------------------------------------------------
 
 def test_failured_list_prints_rows_and_json(tmp_path, store, cli):
@@ -113,6 +135,9 @@ def test_failured_list_prints_rows_and_json(tmp_path, store, cli):
     assert json.loads(result.stdout)["next_cursor"] == str(second)
     result = cli("list", "--status", "nope", env=env)
     assert result.returncode == 2 and "not a task status" in result.stderr
+    add(store, "sync", TRACEBACK)
+    result = cli("list", "--limit", "1", env=env)
+    assert "\trequests.exceptions.ReadTimeout: HTTPSConnectionPool(" in result.stdout, result.stdout
 
 
 # -- the HTTP API ------------------------------------------------------------------

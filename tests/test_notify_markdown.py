@@ -112,6 +112,15 @@ def test_every_message_about_a_task_type_keeps_it_inert(make):
     assert_inert(body)
 
 
+def test_an_alert_about_a_traceback_shows_the_exception_raised_not_the_first_frames(clock):
+    error = ("Traceback (most recent call last):\n"
+             + '  File "/srv/venv/lib/python3.11/site-packages/courier/client.py", line 88, in call\n    x()\n' * 6
+             + "ConnectionResetError: [Errno 104] Connection reset by peer")
+    task = Task(id=7, task_type="sync", ref=None, error_message=error, error_type=None)
+    _, body = messages.task_message("en", "task", "admin", task, DEFAULT_UNKNOWN, clock.now())
+    assert "ConnectionResetError" in body and "Connection reset by peer" in body and "client.py" not in body
+
+
 def test_a_mention_in_a_message_from_elsewhere_never_pings_on_wecom(robots):
     _, _, deliver = robots
     # e.g. a row written before this version, or an error text in a config-reload alert

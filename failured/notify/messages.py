@@ -4,6 +4,7 @@ Whatever a reporter sent (task type, ref, error) goes through ``inert`` on its w
 texts as markdown, and a reporter must not be able to write failured's lines, links or mentions.
 """
 
+from ..classify import error_summary
 from ..clock import iso
 from .inert import inert
 
@@ -87,7 +88,7 @@ def task_message(lang, kind, audience, task, category, now, attempts=None, limit
         f"- {words['category']}: {label} (`{category.name}`)",
         f"- {words['task_type']}: {task_type}",
         f"- {words['task']}: #{task.id}{ref}",
-        f"- {words['error']}: {inert(task.error_message, MAX_ERROR_CHARS)}",
+        f"- {words['error']}: {inert(error_summary(task.error_message), MAX_ERROR_CHARS)}",
     ]
     if attempts is not None:
         lines.append(f"- {words['attempts']}: {attempts}" + (f"/{limit}" if limit else ""))

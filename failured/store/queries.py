@@ -12,9 +12,14 @@ from .schema import Task
 
 LIST_LIMIT_MAX = 500
 MAX_GREP_CHARS = 200
+LIST_ERROR_CHARS = 300  # of the error's head, and of its tail, a listed task carries
 LIST_COLUMNS = (Task.id, Task.task_type, Task.ref, Task.status, Task.category, Task.matched_by, Task.error_type,
                 Task.attempts, Task.max_attempts, Task.next_retry_at, Task.created_at, Task.updated_at,
-                pw.fn.substr(Task.error_message, 1, 300).alias("error"))
+                pw.fn.substr(Task.error_message, 1, LIST_ERROR_CHARS).alias("error"),
+                # The last characters too (a traceback's raised exception): substr from length - 299 is the whole
+                # text when it is shorter, in SQLite and PostgreSQL alike.
+                pw.fn.substr(Task.error_message, pw.fn.length(Task.error_message) - (LIST_ERROR_CHARS - 1))
+                .alias("error_tail"))
 
 
 def _bound(query, store):
