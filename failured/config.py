@@ -167,17 +167,20 @@ def _parse_task_type(name, table, path, errors):
 
 
 def unset_variable_problems(snapshot, config_dir, environ=os.environ):
-    """ConfigErrors for each ``${NAME}`` a task type's handler uses that this environment does not set.
+    """ConfigErrors for each ``${NAME}`` a task type's handler or a channel uses that this environment does not set.
 
-    Not fatal to the daemon (only that handler's retries fail, each saying which variable);
-    ``check-config`` reports them, to be run with the service's environment.
+    Not fatal to the daemon (only that handler's retries fail, or that channel's sends, each saying which
+    variable); ``check-config`` reports them, to be run with the service's environment.
     """
     main = Path(config_dir, MAIN_FILE)
-    return [ConfigError(main, f"task_types.{name}.handler.{field}",
-                        f"${{{variable}}} is not set in this environment: set it where the daemon runs "
-                        "(systemd EnvironmentFile=), and run check-config with that environment")
+    used = [(f"task_types.{name}.handler.{field}", variable)
             for name, task_type in snapshot.task_types.items() if task_type.handler is not None
             for field, variable in unset_variables(task_type.handler, environ)]
+    used += [(f"channels.{name}.{field}", variable) for name, channel in snapshot.channels.items()
+             for field, variable in channel.unset_variables(environ)]
+    return [ConfigError(main, key, f"${{{variable}}} is not set in this environment: set it where the daemon "
+                        "runs (systemd EnvironmentFile=), and run check-config with that environment")
+            for key, variable in used]
 
 
 def _check_categories_named(task_types, ruleset, path, errors):

@@ -69,3 +69,15 @@ def test_check_config_flags_a_handler_variable_that_is_not_set(tmp_path):
     assert "task_types.sync.handler.env.TOKEN" in result.stderr and "${FH_NEVER_SET} is not set" in result.stderr
     result = run_cli("check-config", str(config), env={"FH_NEVER_SET": "x"})
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_flags_a_channel_variable_that_is_not_set(tmp_path):
+    main = ('[channels.ops]\nkind = "dingtalk"\naccess_token = "${FH_DING_TOKEN}"\nsecret = "${FH_DING_SECRET}"\n'
+            '[[routes]]\naudience = "admin"\nchannels = ["ops"]\n')
+    config = write_config(tmp_path / "config", main=main)
+    result = run_cli("check-config", str(config), env={"FH_DING_TOKEN": "t0ken-value"})
+    assert result.returncode == 1
+    assert "channels.ops.secret: ${FH_DING_SECRET} is not set" in result.stderr, result.stderr
+    assert "FH_DING_TOKEN" not in result.stderr and "t0ken-value" not in result.stderr
+    result = run_cli("check-config", str(config), env={"FH_DING_TOKEN": "t0ken-value", "FH_DING_SECRET": "SECabc"})
+    assert result.returncode == 0, result.stderr

@@ -185,6 +185,11 @@ class Channel:
                     found.append(_shown(text))
         return [s for s in dict.fromkeys(found) if len(s) >= MIN_SECRET_CHARS and not ENV_REF.search(s)]
 
+    def unset_variables(self, environ=os.environ):
+        """[(field, NAME)] of the ``${NAME}``s this channel uses that ``environ`` does not set."""
+        return [(field, name) for field in self.fields for text in _strings(getattr(self, field))
+                for name in ENV_REF.findall(text) if name not in environ]
+
     def _send(self, message):
         raise NotImplementedError
 
