@@ -83,14 +83,23 @@ def config_files(config_dir):
 
 def content_digest(files):
     """A hash of the files' names and bytes: an unchanged directory is not reloaded."""
+    return digest_of((path, _bytes_or_marker(path)) for path in files)
+
+
+def digest_of(contents):
+    """``content_digest`` of ``[(path, bytes)]`` already read."""
     digest = hashlib.sha256()
-    for path in files:
+    for path, data in contents:
         digest.update(str(path).encode())
-        try:
-            digest.update(read_config_bytes(path))
-        except OSError:
-            digest.update(b"<unreadable>")
+        digest.update(data)
     return digest.hexdigest()[:16]
+
+
+def _bytes_or_marker(path):
+    try:
+        return read_config_bytes(path)
+    except OSError:
+        return b"<unreadable>"
 
 
 def _parse_breaker(table, path, errors):

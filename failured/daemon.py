@@ -101,9 +101,11 @@ class Daemon:
         self.members = membership_for(self.store, self.clock, self.owner, on_leadership=self._on_leadership).start()
         self._labels_seen = self.store.label_count()
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
-                                     on_restore=self._on_restore,
+                                     on_restore=self._on_restore, keep_last_good=True,
                                      clock=self.clock, log_dir=s.log_dir, labels=self.store.labelled_examples)
         snapshot = self.watcher.current
+        if self.watcher.started_on_last_good is not None:  # the directory is broken: the admins hear it at once
+            self._on_reject(self.watcher.last_rejected[1], last_good_saved_at=self.watcher.started_on_last_good)
         logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
         http_address = self._check_http(s)
         self._record_config(snapshot)
@@ -564,14 +566,25 @@ class Daemon:
     def _on_restore(self, snapshot):
         self.store.delete_state("config_rejected")  # the refused change was undone: the active config is on disk again
 
-    def _on_reject(self, errors):
-        self.metrics.reloads.labels("rejected").inc()
+    def _on_reject(self, errors, last_good_saved_at=None):
+        """A refused reload; or, with ``last_good_saved_at``, a start on a directory that does not validate,
+        running on the last good copy."""
+        if last_good_saved_at is None:
+            self.metrics.reloads.labels("rejected").inc()
         now = self.clock.now()
-        self.store.set_state("config_rejected", json.dumps({"at": iso(now), "errors": [str(e) for e in errors]},
-                                                           ensure_ascii=False), now)
+        rejected = {"at": iso(now), "errors": [str(e) for e in errors]}
+        if last_good_saved_at is not None:
+            rejected["last_good_saved_at"] = iso(last_good_saved_at)
+        self.store.set_state("config_rejected", json.dumps(rejected, ensure_ascii=False), now)
         lines = "\n".join(f"- {e}" for e in errors)
-        title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if self.settings.lang == "zh"
-                 else "[failured] Config reload rejected; the last good config stays active")
+        zh = self.settings.lang == "zh"
+        if last_good_saved_at is None:
+            title = ("[failured] 配置重新加载被拒绝，仍使用上一个有效配置" if zh
+                     else "[failured] Config reload rejected; the last good config stays active")
+        else:
+            title = (f"[failured] 启动时配置无效，正在使用 {iso(last_good_saved_at)} 保存的上一个有效配置" if zh
+                     else f"[failured] Config invalid at start; running on the last good config, kept at "
+                          f"{iso(last_good_saved_at)}")
         with self.store.transaction():
             enqueue(self.store, self.watcher.current, now, "admin", "config", title,
                     f"**{title}**\n\n{messages.shorten(lines, 3000)}")

@@ -73,7 +73,8 @@ _VARIABLES = {
                                      "HTTP API connections open at once; beyond it idle ones close, then 503"),
     "FAILURE_CONSOLE_PATTERN_WRITES": ("console_pattern_writes", "bool",
                                        "the web console may save pattern files into the config directory"),
-    "FAILURE_MODEL_CACHE": ("model_cache", "text", "where the trained model is kept between runs; off: train each time"),
+    "FAILURE_MODEL_CACHE": ("model_cache", "text", "where the trained model and the last good config are kept "
+                            "(unset: systemd's CacheDirectory, else ~/.cache/failured); off: neither is kept"),
     "FAILURE_API_TOKEN": ("api_token", "secret",
                           "bearer token for /v1/; required to listen on anything but loopback, and then at least "
                           "16 characters"),
@@ -86,7 +87,7 @@ def variables():
     rows = []
     for name, (attribute, kind, meaning) in _VARIABLES.items():
         value = getattr(defaults, attribute)
-        if kind == "secret" or value is None:
+        if kind == "secret" or value is None or value == "":
             default = "unset"
         elif kind == "bool":
             default = "true" if value else "false"

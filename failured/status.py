@@ -100,8 +100,12 @@ def problems(daemon, health, config, breached, free=None, read_only=None):
     if config["last_rejected"]:
         rejected = config["last_rejected"]
         first = (rejected.get("errors") or ["?"])[0]
-        found.append(f"config reload rejected at {rejected.get('at')}: {first} "
-                     "(the previous configuration is still in force)")
+        if rejected.get("last_good_saved_at"):
+            found.append(f"config invalid at start ({rejected.get('at')}): {first} (running on the last good "
+                         f"configuration, kept at {rejected['last_good_saved_at']}; the next good edit replaces it)")
+        else:
+            found.append(f"config reload rejected at {rejected.get('at')}: {first} "
+                         "(the previous configuration is still in force)")
     for check in breached:
         found.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
     return found

@@ -5,15 +5,18 @@ Editors save by writing a temp file and renaming it; watching the directory
 change, and never a half-written one.
 """
 
+import dataclasses
 import logging
 import os
 import threading
+from pathlib import Path
 
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from . import lastgood
 from .alertlog import append_line
-from .clock import SystemClock
+from .clock import SystemClock, iso
 from .config import config_files, content_digest, load_config
 from .errors import ConfigError, ConfigErrors
 
@@ -41,10 +44,12 @@ class ConfigWatcher:
     ``on_reload(snapshot)`` runs after a good change is swapped in;
     ``on_reject(errors)`` after a bad one was refused (the old snapshot stays);
     ``on_restore(snapshot)`` when a refused change was undone (the files are the active snapshot's again).
+    With ``keep_last_good`` (the daemon), every good snapshot is kept as the last good copy, and a directory
+    that does not validate at start is run on that copy (``started_on_last_good`` says when it was saved).
     """
 
     def __init__(self, config_dir, lang="zh", on_reload=None, on_reject=None, clock=None,
-                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: (), on_restore=None):
+                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: (), on_restore=None, keep_last_good=False):
         self.config_dir = config_dir
         self.labels = labels  # operators' labelled examples, read at each load: the model trains on them
         self.log_dir = log_dir
@@ -56,9 +61,11 @@ class ConfigWatcher:
         self.on_restore = on_restore or (lambda snapshot: None)
         self.clock = clock or SystemClock()
         self.debounce = debounce
-        self.current = self._load()  # the first load must succeed
-        self.loaded_at = self.clock.now()
+        self.keep_last_good = keep_last_good
         self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
+        self.started_on_last_good = None  # when the copy a start ran on was saved
+        self.current = self._first_load()
+        self.loaded_at = self.clock.now()
         self._changed = threading.Event()
         self._retrain = threading.Event()  # new labels: reload even though no file changed
         self._stopping = threading.Event()
@@ -131,8 +138,42 @@ class ConfigWatcher:
         self._retrain.set()
         self._changed.set()
 
-    def _load(self):
-        return load_config(self.config_dir, self.lang, self.log_dir or "logs", labels=self.labels())
+    def _load(self, config_dir=None):
+        return load_config(config_dir or self.config_dir, self.lang, self.log_dir or "logs", labels=self.labels())
+
+    def _first_load(self):
+        """The directory's snapshot; when it does not validate, the last good copy's (or the errors, raised)."""
+        try:
+            snapshot = self._load()
+        except ConfigErrors as exc:
+            if not self.keep_last_good:
+                raise
+            return self._load_last_good(exc)
+        self._keep(snapshot)
+        return snapshot
+
+    def _load_last_good(self, refused):
+        with lastgood.restored(self.config_dir) as found:
+            if found is None:
+                raise refused
+            copy_dir, saved_at = found
+            try:
+                snapshot = self._load(copy_dir)
+            except ConfigErrors:  # a copy this version no longer takes (an upgrade): the directory's errors count
+                raise refused from None
+        # Named as the directory's files: the digest stays the copy's, so any edit is read as a change.
+        snapshot = dataclasses.replace(snapshot, files=tuple(
+            str(Path(self.config_dir, Path(path).relative_to(copy_dir))) for path in snapshot.files))
+        log.error("config %s does not validate: %d problem(s)\n%s\nrunning on the last good configuration, kept "
+                  "when it was loaded at %s; the next good edit replaces it", self.config_dir, len(refused.errors),
+                  refused, iso(saved_at))
+        self.started_on_last_good = saved_at
+        self.last_rejected = (self.clock.now(), refused.errors)
+        return snapshot
+
+    def _keep(self, snapshot):
+        if self.keep_last_good:
+            lastgood.save(snapshot, self.config_dir, self.clock.now())
 
     def _loop(self):
         while not self._stopping.is_set():
@@ -178,6 +219,8 @@ class ConfigWatcher:
             return False
         self.current = snapshot
         self.loaded_at = self.clock.now()
+        self.started_on_last_good = None
+        self._keep(snapshot)
         log.info("config %s reloaded: %d categories, %d files", self.config_dir,
                  len(snapshot.ruleset.categories), len(snapshot.files))
         self._call(self.on_reload, snapshot)

@@ -412,6 +412,7 @@ class DaemonProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
         full_env.update(self.env, NOTIFY_SOCKET=self.notify_path)
         self._stderr = open(self.stderr_path, "ab")
+        self.messages.clear()  # a restart waits for its own READY=1, not the last run's
         self.proc = subprocess.Popen([sys.executable, "-m", "failured", "run"], env=full_env,
                                      cwd=self.workdir, stderr=self._stderr)
         self.wait_message("READY=1", ready_timeout)

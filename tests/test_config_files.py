@@ -81,3 +81,33 @@ def test_check_config_flags_a_channel_variable_that_is_not_set(tmp_path):
     assert "FH_DING_TOKEN" not in result.stderr and "t0ken-value" not in result.stderr
     result = run_cli("check-config", str(config), env={"FH_DING_TOKEN": "t0ken-value", "FH_DING_SECRET": "SECabc"})
     assert result.returncode == 0, result.stderr
+
+
+def test_a_restart_on_a_broken_directory_runs_on_the_last_good_copy_until_an_edit_fixes_it(daemon_factory, tmp_path):
+    # An operator drops a bad pattern file while the daemon is down (or it is restarted after a bad edit):
+    # the daemon still starts, on the configuration it last ran, and says so until the directory is right.
+    daemon = daemon_factory(FAILURE_MODEL_CACHE=str(tmp_path / "cache")).start()
+    assert daemon.stop() == 0
+    config = tmp_path / "config"
+    bad = config / "patterns" / "70-local.toml"
+    bad.write_text('[[category]]\nname = "recoverable_network"\npatterns = ["(unclosed"]\n', encoding="utf-8")
+    daemon.start()
+    assert "running on the last good configuration" in daemon.stderr() and "70-local.toml" in daemon.stderr()
+    status = daemon.cli("status")
+    assert status.returncode == 1 and "config invalid at start" in status.stdout + status.stderr, status.stdout
+    task = int(daemon.cli("report", "--type", "sync", "--error", "connection refused").stdout.strip())
+    daemon.wait_for("SELECT category FROM tasks WHERE id = ?", lambda rows: rows[0][0] == "recoverable_network",
+                    15, task)  # it classifies on the last good patterns meanwhile
+    alerts = (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8")
+    assert "启动时配置无效" in alerts  # the admins hear it (in the default language, Chinese)
+    bad.write_text('[[category]]\nname = "recoverable_network"\npatterns = ["gateway.*timeout"]\n', encoding="utf-8")
+    assert wait_for(lambda: daemon.cli("status").returncode == 0, timeout=30), daemon.cli("status").stdout
+    assert daemon.stop() == 0
+
+
+def test_without_a_last_good_copy_a_broken_directory_still_stops_the_start(tmp_path):
+    config = write_config(tmp_path / "config", main="[nonsense]\n")
+    result = run_cli("run", env={"FAILURE_CONFIG_DIR": str(config), "FAILURE_DB": str(tmp_path / "db.sqlite"),
+                                 "FAILURE_MODEL_CACHE": str(tmp_path / "cache"), "FAILURE_HTTP_ADDR": "off",
+                                 "FAILURE_LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path)
+    assert result.returncode != 0 and "nonsense" in result.stderr
