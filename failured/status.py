@@ -31,16 +31,20 @@ def _epoch_state(store, key):
 def daemon_status(store, now, members=()):
     """Alive while the heartbeat is fresh; a daemon that stopped cleanly has deleted its heartbeat. A daemon
     that cannot write its heartbeat (a full disk) is alive still while it holds the database's daemon lock
-    (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help. On PostgreSQL a
-    daemon whose own row (``members``, see ``daemons``) is alive counts too: a daemon just started has its row
-    before its first shared heartbeat."""
+    (SQLite: its lock file), and ``heartbeat_stale`` says so: restarting it would not help. On PostgreSQL the
+    daemons' own rows (``members``, see ``daemons``) decide: one is alive while its row is (a daemon just
+    started has its row before its first shared heartbeat; one killed loses it at once, while the shared
+    heartbeat it wrote would look fresh for STALE_HEARTBEAT_SECONDS more)."""
     shared = _epoch_state(store, "heartbeat")
     living = [m["heartbeat_age_seconds"] for m in members if m["alive"]]
-    ages = ([] if shared is None else [now - shared]) + living
+    ages = living or ([] if shared is None else [now - shared])
     age = round(min(ages), 1) if ages else None
     beat = None if age is None else now - age
-    fresh = (age is not None and age <= STALE_HEARTBEAT_SECONDS) or bool(living)
-    alive = fresh or store.daemon_lock_held() is True
+    if members:  # PostgreSQL: the rows say at once (a killed daemon's lock frees); the shared beat lags 15 s
+        fresh = alive = bool(living)
+    else:
+        fresh = age is not None and age <= STALE_HEARTBEAT_SECONDS
+        alive = fresh or store.daemon_lock_held() is True
     return {"alive": alive, "heartbeat_stale": alive and not fresh, "heartbeat_age_seconds": age,
             "heartbeat": _when(beat), "last_scan": _when(_epoch_state(store, "last_scan")),
             "last_analysis": _when(_epoch_state(store, "last_analysis"))}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_PATTERNS, set_schema_version, wait_for, write_config
+from conftest import SMALL_PATTERNS, run_cli, set_schema_version, wait_for, write_config
 from failured.clock import ManualClock
 from failured.breaker import REFRESH_SECONDS as REFRESH
 from failured.breaker import Breakers
@@ -623,6 +623,22 @@ def analysis_slots(tmp_path):
     return [int(line.split("analysis of slot ")[1].split(":")[0])
             for log in tmp_path.glob("d*/stderr") for line in log.read_text().splitlines()
             if "analysis of slot " in line]
+
+
+@wired
+def test_status_says_at_once_that_the_only_daemon_was_killed(run_daemons, pg_url, tmp_path):  # noqa: F811 (fixtures)
+    # The shared heartbeat it last wrote looks fresh for 15 s more; its own row (its lock) goes at once.
+    store = open_store(pg_url)
+    proc = run_daemons("d0")
+    assert wait_for(lambda: len(alive(store)) == 1, 60), alive(store)
+    env = {"FAILURE_DB": pg_url, "FAILURE_CONFIG_DIR": str(tmp_path / "config")}
+    assert wait_for(lambda: run_cli("status", env=env).returncode == 0, 30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    shown = run_cli("status", env=env)
+    assert shown.returncode == 1 and "not running" in shown.stdout + shown.stderr, shown.stdout
+    assert "gone" in shown.stdout
+    store.close()
 
 
 @wired
