@@ -306,10 +306,15 @@ def cmd_analyze(args, settings):
         for line in report["insights"]:
             print(f"- {line}")
         for template in report["unknown_templates"]:
-            print(f"unknown ×{template['count']}: {template['template']}\n  pattern: {template['suggested_pattern']}")
+            print(f"unknown ×{template['count']}: {template['template']}\n  pattern: {_suggested(template)}")
     if path:
         print(f"wrote {path} and {path.with_suffix('.html')}", file=sys.stderr)
     return EXIT_OK
+
+
+def _suggested(template):
+    return template["suggested_pattern"] or ("none suggested (every candidate missed one of its messages or caught "
+                                             "another category's): write one by hand, try it with failured classify")
 
 
 def cmd_status(args, settings):

@@ -140,3 +140,11 @@ def test_a_daemon_that_cannot_write_its_heartbeat_is_alive_while_it_holds_the_lo
         daemon.close()
     gone = daemon_status(sqlite_store, 2000.0)  # the lock went with it: now it is not running
     assert not gone["alive"] and not gone["heartbeat_stale"]
+
+
+def test_analyze_says_when_it_has_no_pattern_to_suggest_rather_than_none():
+    from failured.cli import _suggested
+
+    assert _suggested({"suggested_pattern": "disk\\s+quota"}) == "disk\\s+quota"
+    shown = _suggested({"suggested_pattern": None})
+    assert "None" not in shown and "write one by hand" in shown
