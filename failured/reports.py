@@ -8,6 +8,7 @@ too, not only the scan's own work, and each decision exactly once.
 """
 
 import calendar
+import itertools
 import json
 import os
 import time
@@ -136,13 +137,35 @@ def report_path(report_dir, kind, now):
 
 
 def write_report(report_dir, kind, report, now, html=None):
-    """Write the JSON (and its HTML view) atomically; returns the JSON path."""
+    """Write the JSON (and its HTML view) atomically, under a name no other report has; returns the JSON path."""
     path = report_path(report_dir, kind, now)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    path = _write_new(path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     if html is not None:
         _write_atomic(path.with_suffix(".html"), html)
     return path
+
+
+def _write_new(path, text):
+    """Write ``text`` whole as ``path``, or as ``<stem>_2``, ``_3``… when a report of the same second has the
+    name (a scan from the CLI while the daemon's runs): linked into place, so no report replaces another."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    try:
+        for number in itertools.count(1):
+            candidate = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
+            try:
+                os.link(temp, candidate)  # fails if the name is taken, whoever took it
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # a filesystem without hard links: check, then rename
+                if candidate.exists():
+                    continue
+                os.replace(temp, candidate)
+                return candidate
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _write_atomic(path, text):
@@ -155,7 +178,7 @@ def _write_atomic(path, text):
 def _stamp_of(path, kind):
     """The UTC time in a report's file name (not its mtime: a copied file keeps its age)."""
     try:
-        return calendar.timegm(time.strptime(path.stem[len(kind) + 1:], "%Y%m%d_%H%M%S"))
+        return calendar.timegm(time.strptime(path.stem[len(kind) + 1:][:15], "%Y%m%d_%H%M%S"))  # "_2" aside
     except ValueError:
         return None
 

@@ -242,6 +242,17 @@ def test_files_are_named_by_time_and_expire_after_retention(store, clock, histor
     assert not old.exists() and path.exists()
 
 
+def test_two_reports_of_the_same_second_both_stay_and_both_expire(clock, tmp_path):
+    # A scan from the command line in the second the daemon's scan ran: neither replaces the other.
+    made = [reports.write_report(tmp_path / "reports", reports.PROCESSING, {"n": n}, clock.now()) for n in range(3)]
+    assert [p.name for p in made] == ["failure_processing_20231114_221320.json",
+                                      "failure_processing_20231114_221320_2.json",
+                                      "failure_processing_20231114_221320_3.json"]
+    assert [json.loads(p.read_text())["n"] for p in made] == [0, 1, 2]
+    assert not list((tmp_path / "reports" / reports.PROCESSING).glob(".*"))  # no temporary file left
+    assert reports.purge_reports(tmp_path / "reports", clock.now() + 31 * 86400, 30) == 3
+
+
 def test_the_unknown_insight_counts_every_unknown_not_only_the_templates_listed(store, clock, history, monkeypatch):
     import failured.analysis as analysis_module
 
