@@ -51,6 +51,7 @@ def trained(category_names, labels, train):
     """The model for these categories and labels: from the cache, or ``train()`` and cached."""
     directory = cache_dir()
     if directory is None:
+        log.info("training the classification model (FAILURE_MODEL_CACHE=off: every start trains; about 10 CPU-s)")
         return train()
     try:
         path = directory / f"model-{cache_key(category_names, labels)}.marshal"
@@ -59,6 +60,9 @@ def trained(category_names, labels, train):
         found, path = None, None
     if found is not None:
         return found
+    # Said before the wait: a first `failured classify` would otherwise sit silent for seconds.
+    log.info("training the classification model: none cached for this corpus and these labels in %s yet "
+             "(about 10 CPU-s, once)", directory)
     fitted = train()
     if fitted is not None and path is not None:
         _store(directory, path, fitted)

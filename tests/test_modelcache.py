@@ -26,6 +26,18 @@ def test_a_second_load_reads_the_cache_instead_of_training(tmp_path, monkeypatch
     assert oct((tmp_path / "cache").stat().st_mode & 0o777) == "0o700"
 
 
+def test_training_says_so_before_the_wait_and_a_cached_model_says_nothing(tmp_path, monkeypatch, caplog):
+    # a first `failured classify` would otherwise sit silent for the seconds training takes
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    with caplog.at_level("INFO", logger="failured.model"):
+        modelcache.trained(NAMES, (), lambda: calls.append(len(caplog.records)) or learned_fallback(NAMES, ()))
+        assert calls == [1] and "training the classification model" in caplog.records[0].getMessage()
+        caplog.clear()
+        modelcache.trained(NAMES, (), train_counting(calls))
+        assert not caplog.records
+
+
 def test_other_labels_are_another_model(tmp_path, monkeypatch):
     monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
     calls = []
