@@ -242,12 +242,16 @@ def cmd_show(args, settings):
         return EXIT_OK
     print(f"task {data['id']} {data['task_type']} ref={data['ref'] or '-'}: {data['status']} "
           f"({data['category'] or 'unclassified'}), {data['attempts']} retries")
-    print(f"error: {data['error_message']}")
+    latest = data["attempts"] and any(e["event"] == "reported" and e["error"] != data["error_message"]
+                                      for e in data["events"])
+    print(f"error{' (the latest attempt; the first is on the reported line)' if latest else ''}: "
+          f"{data['error_message']}")
     width = max((len(event["event"]) for event in data["events"]), default=0)
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
         extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
-        error = f": {messages.shorten(error_summary(event['error']), 120)}" if event["error"] and event["event"] != "reported" else ""
+        said = event["error"] and (event["event"] != "reported" or event["error"] != data["error_message"])
+        error = f": {messages.shorten(error_summary(event['error']), 120)}" if said else ""
         print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
     if "advice" in data:
         print(f"why manual: {data['advice']['why']}")

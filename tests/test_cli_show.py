@@ -56,3 +56,17 @@ def test_show_and_list_print_a_reporter_s_control_characters_as_escapes(tmp_path
         assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\r" not in shown.stdout
         assert "\u202e" not in shown.stdout
         assert "boom \\x1b[2J\\x1b]0;pwned\\x07 hidden" in shown.stdout and "\\u202eevil" in shown.stdout
+
+
+def test_after_a_failed_retry_show_gives_the_latest_error_and_still_the_first(daemon_factory, cli):
+    code = "import sys; sys.stderr.write('ConnectionResetError: connection reset by peer\\n'); sys.exit(1)"
+    main = f'[task_types.sync.handler]\nkind = "command"\nargv = ["{sys.executable}", "-c", "{code}"]\n'
+    daemon = daemon_factory(main=main.replace("\\n'", "\\\\n'")).start()
+    assert cli("report", "--type", "sync", "--error", "connection timeout", env=daemon.env).returncode == 0
+    daemon.wait_for("SELECT count(*) FROM task_events WHERE task_id = 1 AND event = 'retry_failed'",
+                    lambda rows: rows[0][0] >= 1)
+    shown = cli("show", "1", env=daemon.env).stdout
+    assert "error (the latest attempt; the first is on the reported line): exit 1: ConnectionResetError" in shown, shown
+    [reported] = [line for line in _event_lines(shown) if " reported " in line]
+    assert reported.endswith(": connection timeout"), shown
+    daemon.stop()

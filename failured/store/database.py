@@ -907,6 +907,10 @@ class PostgresStore(Store):
     def release_daemon_lock(self):
         self._lock_wanted = False
         if self._lock_connection is not None:
+            try:  # unlocked before this returns: the server frees a closed session's locks a moment later
+                self._lock_connection.execute("SELECT pg_advisory_unlock_all()")
+            except Exception:  # a session already gone has no lock left to free
+                pass
             self._lock_connection.close()
             self._lock_connection = None
 
