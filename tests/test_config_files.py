@@ -1,6 +1,7 @@
 """Only regular config files of a sane size are read: a FIFO or a huge file is an error naming it, never a hang."""
 
 import os
+import shutil
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_check_config_flags_a_channel_variable_that_is_not_set(tmp_path):
 def test_a_restart_on_a_broken_directory_runs_on_the_last_good_copy_until_an_edit_fixes_it(daemon_factory, tmp_path):
     # An operator drops a bad pattern file while the daemon is down (or it is restarted after a bad edit):
     # the daemon still starts, on the configuration it last ran, and says so until the directory is right.
-    daemon = daemon_factory(FAILURE_MODEL_CACHE=str(tmp_path / "cache")).start()
+    daemon = daemon_factory(FAILURE_MODEL_CACHE=str(warm_cache_copy(tmp_path / "cache"))).start()
     assert daemon.stop() == 0
     config = tmp_path / "config"
     bad = config / "patterns" / "70-local.toml"
@@ -105,9 +106,20 @@ def test_a_restart_on_a_broken_directory_runs_on_the_last_good_copy_until_an_edi
     assert daemon.stop() == 0
 
 
+def warm_cache_copy(directory):
+    """A cache directory of the test's own holding the models the shared cache has: no training, no copy."""
+    from failured.modelcache import cache_dir
+
+    directory.mkdir(mode=0o700)
+    shared = cache_dir()
+    for kept in list(shared.glob("model-*.marshal")) + list(shared.glob("concepts-*.hs")) if shared else []:
+        shutil.copy(kept, directory / kept.name)
+    return directory
+
+
 def test_without_a_last_good_copy_a_broken_directory_still_stops_the_start(tmp_path):
-    config = write_config(tmp_path / "config", main="[nonsense]\n")
+    config = write_config(tmp_path / "config", '[[category]]\nname = "recoverable_network"\npatterns = ["(x"]\n')
     result = run_cli("run", env={"FAILURE_CONFIG_DIR": str(config), "FAILURE_DB": str(tmp_path / "db.sqlite"),
                                  "FAILURE_MODEL_CACHE": str(tmp_path / "cache"), "FAILURE_HTTP_ADDR": "off",
                                  "FAILURE_LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path)
-    assert result.returncode != 0 and "nonsense" in result.stderr
+    assert result.returncode != 0 and "10-test.toml" in result.stderr and "RE2 cannot compile" in result.stderr
