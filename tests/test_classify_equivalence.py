@@ -94,7 +94,13 @@ def python_code_only():
             setattr(classify, name, compiled)
 
 
-def test_every_corpus_message_gets_the_reference_answer(shipped):
+# The corpus is checked in shards, so that pytest-xdist's workers share it: whole, it was four and a half
+# minutes of one core, the longest test by far, and the suite waited for it.
+SHARDS = 8
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_every_corpus_message_gets_the_reference_answer(shipped, shard):
     """The whole answer of the fast path, on every corpus message as written and (a traceback) as
     one line with its line breaks escaped, as ``classify --json -`` reads it; and RE2 alone (as
     while Hyperscan compiles) on every text the pattern stage was given."""
@@ -104,6 +110,8 @@ def test_every_corpus_message_gets_the_reference_answer(shipped):
     cases = corpus_cases()
     assert len(cases) > 2000
     cases += [(message.replace("\n", "\\n"), error_type) for message, error_type in cases if "\n" in message]
+    cases = cases[shard::SHARDS]
+    reference.seen.clear()  # this shard's texts only: the fixture serves every shard a worker runs
     with python_code_only():
         answers = [reference.classify_uncached(message, error_type).to_dict() for message, error_type in cases]
     differences = []

@@ -100,14 +100,16 @@ def test_the_compiled_layout_iterates_as_the_models_set(many_texts):
     assert [text for text in many_texts if speedups.feature_order(text) != list(python_features(text))] == []
 
 
-def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained, many_texts, monkeypatch):
+@pytest.mark.parametrize("shard", range(4))  # a minute of one core whole: pytest-xdist's workers share it
+def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained, many_texts, monkeypatch, shard):
     learned, _ = trained
+    texts = many_texts[shard::4]
     monkeypatch.setattr(model, "features", python_features)
     monkeypatch.setattr(model, "_column_sums", python_column_sums)
     compiled = [speedups.feature_probabilities(learned._slots, learned._table, model.with_concepts(text), learned._bias)
-                for text in many_texts]
-    expected = [learned.probabilities(text) for text in many_texts]
-    assert [text for text, got, want in zip(many_texts, compiled, expected)
+                for text in texts]
+    expected = [learned.probabilities(text) for text in texts]
+    assert [text for text, got, want in zip(texts, compiled, expected)
             if list(map(repr, got)) != list(map(repr, want))] == []
 
 
