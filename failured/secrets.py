@@ -16,6 +16,9 @@ from .rules import read_config_bytes
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_SECRET_CHARS = 4  # shorter values ("1", "no") would garble the text if masked
+# Credentials a text gives that are also masked wherever else it repeats them: each is a pass over the text,
+# so a bounded number keeps a hostile text of thousands of "key=..." linear (each one given is masked anyway).
+MAX_SPREAD = 16
 # Credential shapes are searched in the text lower-cased (every offset staying the same) by
 # patterns that begin with a literal: Python's engine then skips in C to the next place one could start, where
 # a case-blind pattern is tried at every position (a long traceback's mask cost seven times as much).
@@ -36,6 +39,7 @@ _TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
 _TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
 _WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
 # Each shape's one named group is the value masked. Every part is bounded: linear on any text.
+_BLANKED = re.compile("\0+")
 _CREDENTIAL_SHAPES = tuple(map(re.compile, (
     # After a credential's name (one pattern: each more costs a pass over the text), whatever the value in
     # ``name=value`` (a query, a command line, an environment) and a quoted key's value in JSON or a Python
@@ -74,13 +78,24 @@ def mask(text, secrets):
     if not spans:
         return text
     shown = [text[start:end] for start, end in spans]
+    return _replaced_everywhere(_spans_replaced(text, spans, lambda length: "***"), _spreading(shown))
+
+
+def _spans_replaced(text, spans, fill):
+    """``text`` with each of the sorted ``spans`` (overlapping ones merged) as ``fill(its length)``."""
     parts, done = [], 0
     for start, end in spans:
         if end > done:
-            parts += [text[done:max(start, done)], "***"]
+            parts += [text[done:max(start, done)], fill(end - max(start, done))]
             done = end
-    text = "".join(parts) + text[done:]
-    return _replaced_everywhere(text, [value for value in shown if _WHOLE_TOKEN.match(value.translate(_ASCII_LOWER))])
+    return "".join(parts) + text[done:]
+
+
+def _spreading(shown):
+    """The credentials shown that are masked wherever else they appear: token-shaped ones, the first
+    MAX_SPREAD."""
+    tokens = dict.fromkeys(value for value in shown if _WHOLE_TOKEN.match(value.translate(_ASCII_LOWER)))
+    return list(tokens)[:MAX_SPREAD]
 
 
 def _credential_spans(text):
@@ -102,10 +117,18 @@ def _replaced_everywhere(text, secrets):
 
 def masked_argv(argv):
     """A command's arguments as shown (they stay stored as given: a retry runs them): each masked, and a value
-    one argument names a credential for (``--password hunter22``, ``PGPASSWORD=x``) masked in every other."""
-    joined = " ".join(argv)
-    given = [joined[start:end] for start, end in _credential_spans(joined)]
-    return [_replaced_everywhere(mask(arg, ()), given) for arg in argv]
+    one argument names a credential for (``--password hunter22``, ``PGPASSWORD=x``) masked where it stands
+    and, token-shaped, in every other argument. Linear in the arguments' length."""
+    joined = " ".join(argv)  # as a shell would show them: "--password" and its value side by side
+    spans = sorted(_credential_spans(joined))
+    tokens = _spreading([joined[start:end] for start, end in spans])
+    blanked = _spans_replaced(joined, spans, lambda length: "\0" * length)  # no argument holds a NUL: offsets stay
+    shown, at = [], 0
+    for arg in argv:
+        piece = _BLANKED.sub("***", blanked[at:at + len(arg)])
+        at += len(arg) + 1
+        shown.append(_replaced_everywhere(mask(piece, ()), tokens))
+    return shown
 
 
 def known_secrets(snapshot, settings):

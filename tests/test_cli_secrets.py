@@ -89,6 +89,17 @@ def test_a_credential_the_text_shows_is_masked_wherever_else_it_appears():
     assert mask("auth=none; none of the hosts answered", ()) == "auth=***; none of the hosts answered"
 
 
+def test_thousands_of_credentials_are_each_masked_and_only_the_first_spread():
+    # Each spread is a pass over the text: a hostile text of thousands must stay linear (bench/mask.py times it).
+    from failured.secrets import MAX_SPREAD, mask
+
+    values = [f"v{i:07d}x" for i in range(2000)]
+    masked = mask(" ".join(f"key={v}" for v in values) + " again " + " ".join(values), ())
+    given, again = masked.split(" again ")
+    assert given == " ".join(["key=***"] * len(values))
+    assert again.split(" ") == ["***"] * MAX_SPREAD + values[MAX_SPREAD:]
+
+
 def test_the_database_url_s_password_is_a_known_secret():
     from failured.secrets import database_passwords
 
