@@ -182,11 +182,17 @@ def render(status):
         delivering = {True: "delivering, ", False: "NOT delivering, "}.get(info.get("delivering"), "")
         lines.append(f"channel {channel}: {delivering}{info['pending']} pending"
                      + (f", oldest {info['oldest_pending']}" if info["oldest_pending"] else "")
-                     + (f", last error: {info['last_error']}" if info["last_error"] else ""))
+                     + (f", last error: {info['last_error']}" if _error_current(info) else ""))
     config = status["config"]
     if config["active"]:
         lines.append(f"config: {len(config['active']['files'])} files, loaded {config['active']['loaded_at']}")
     return "\n".join(lines)
+
+
+def _error_current(info):
+    """Whether a channel's last error still says something: not once it delivers again with nothing waiting
+    (the row it was written on went out later; the JSON keeps it)."""
+    return bool(info["last_error"]) and not (info.get("delivering") is True and not info["pending"])
 
 
 def _member_words(member):

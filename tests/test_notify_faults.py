@@ -270,4 +270,8 @@ def test_a_channel_paused_after_an_outage_says_paused_why_and_what_to_do(store, 
                         log_dir=tmp_path / "logs")
     dispatcher.config = lambda: fixed  # a config change lifts the pause
     ops.process()
-    assert channel_problems()[0] == [] and len(robot.received) == 1
+    problems, shown = channel_problems()
+    assert problems == [] and len(robot.received) == 1
+    # delivering again with nothing waiting: the old error is history (JSON), not a line of the status
+    [line] = [line for line in shown.splitlines() if line.startswith("channel ops:")]
+    assert line == "channel ops: delivering, 0 pending", line
