@@ -15,7 +15,8 @@ log = logging.getLogger("failured.notify")
 
 KEY_PREFIX = "channel:"
 REWRITE_SECONDS = 60.0  # a failing channel whose error text changes is rewritten at most this often
-PAUSED = "paused until its config changes"
+# A value read from the environment (${NAME}) changes only with a restart, which also lifts the pause.
+PAUSED = "paused until its config changes or the daemon restarts (for a ${NAME} from the environment)"
 DEFAULT_ADVICE = "fix the channel's settings in the config"
 
 
