@@ -242,15 +242,15 @@ def cmd_show(args, settings):
         return EXIT_OK
     print(f"task {data['id']} {data['task_type']} ref={data['ref'] or '-'}: {data['status']} "
           f"({data['category'] or 'unclassified'}), {data['attempts']} retries")
-    latest = data["attempts"] and any(e["event"] == "reported" and e["error"] != data["error_message"]
-                                      for e in data["events"])
-    print(f"error{' (the latest attempt; the first is on the reported line)' if latest else ''}: "
+    first = next((e["error"] for e in data["events"] if e["event"] == "reported"), None)
+    moved = first is not None and first != data["error_message"]  # a failed retry brought a new error
+    print(f"error{' (the latest attempt; the first is on the reported line)' if moved else ''}: "
           f"{data['error_message']}")
     width = max((len(event["event"]) for event in data["events"]), default=0)
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
         extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
-        said = event["error"] and (event["event"] != "reported" or event["error"] != data["error_message"])
+        said = event["error"] and (event["event"] != "reported" or moved)
         error = f": {messages.shorten(error_summary(event['error']), 120)}" if said else ""
         print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
     if "advice" in data:

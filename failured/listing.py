@@ -102,6 +102,6 @@ def _with_summary(row):
     from the error's head and tail."""
     head, tail = row["error"], row.pop("error_tail")
     text = head if len(head) < LIST_ERROR_CHARS else f"{head}\n{tail.partition(chr(10))[2]}"  # the tail's lines whole
-    summary = error_summary(text)
+    summary = error_summary(text)  # the text itself when it holds no traceback: then the head, as it was
     row["error"] = head if summary is text else summary[:LIST_ERROR_CHARS]
     return row

@@ -39,7 +39,6 @@ _TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
 _TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
 _WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
 # Each shape's one named group is the value masked. Every part is bounded: linear on any text.
-_BLANKED = re.compile("\0+")
 _CREDENTIAL_SHAPES = tuple(map(re.compile, (
     # After a credential's name (one pattern: each more costs a pass over the text), whatever the value in
     # ``name=value`` (a query, a command line, an environment) and a quoted key's value in JSON or a Python
@@ -113,6 +112,9 @@ def _replaced_everywhere(text, secrets):
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
     return text
+
+
+_BLANKED = re.compile("\0+")  # an argument's masked characters, blanked to keep every offset
 
 
 def masked_argv(argv):
