@@ -41,10 +41,19 @@ def cache_key(category_names, labels):
     digest = hashlib.sha256(sys.version.encode())
     for module in ("model.py", "concepts.py", "classify.py", "corpus.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
-    digest.update(corpus.PATH.read_bytes())
-    digest.update(repr(sorted(category_names)).encode())
+    shipped = corpus.PATH.read_bytes()
+    digest.update(shipped)
+    digest.update(repr(sorted(learned_categories(category_names, labels, shipped))).encode())
     digest.update(repr(tuple(labels)).encode())
     return digest.hexdigest()[:24]
+
+
+def learned_categories(category_names, labels, shipped):
+    """The categories of ``category_names`` the model learns: those with an example in the corpus (its bytes,
+    ``shipped``) or among the labels. A custom category nothing exemplifies yet trains the same model as the
+    configuration without it, so adding one to ``config/`` reuses the cached model instead of training again."""
+    labelled = {category for category, *_ in labels}
+    return {name for name in category_names if name in labelled or b"\n%s\t" % name.encode() in shipped}
 
 
 def trained(category_names, labels, train):

@@ -7,7 +7,8 @@ applied one after the other through RE2's and Python's ``sub`` on the whole
 text: the code as it was before Hyperscan, the byte-level RE2 passes, the compiled
 passes (failured/_speedups.c, where built) and the head-only template (cut at a line
 break or a space). Its code finders, identifier speller, frame filter and exception type
-reader are the Python ones, where the fast path uses the compiled ones.
+reader are the Python ones, where the fast path uses the compiled ones. The reference runs where no record
+vouches for its answers on these very inputs (tests/recorded.py).
 """
 
 import contextlib
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from re2 import _re2
+from recorded import assert_same_answers
 
 from failured import classify, codes, corpus, fingerprint as fingerprints, model
 from failured.classify import Classifier
@@ -94,6 +96,32 @@ def python_code_only():
             setattr(classify, name, compiled)
 
 
+class SeenPatterns:
+    """A pattern set that records each text it was given and the pattern it chose, as ``seen`` holds them
+    for the reference."""
+
+    def __init__(self, patterns):
+        self.patterns, self.seen = patterns, []
+
+    def best(self, text):
+        index = self.patterns.best(text)
+        self.seen.append((text, index))
+        return index
+
+    def __getattr__(self, name):
+        return getattr(self.patterns, name)
+
+
+def answers_of(classifier, seen, template):
+    """A case's whole answer: the classification, the template of its message and the texts the pattern stage
+    was given with the pattern it chose for each."""
+    def answer(case):
+        seen.clear()
+        found = classifier.classify_uncached(*case).to_dict()
+        return found, template(found["message"]), list(seen)
+    return answer
+
+
 # The corpus is checked in shards, so that pytest-xdist's workers share it: whole, it was four and a half
 # minutes of one core, the longest test by far, and the suite waited for it.
 SHARDS = 8
@@ -103,7 +131,9 @@ SHARDS = 8
 def test_every_corpus_message_gets_the_reference_answer(shipped, shard):
     """The whole answer of the fast path, on every corpus message as written and (a traceback) as
     one line with its line breaks escaped, as ``classify --json -`` reads it; and RE2 alone (as
-    while Hyperscan compiles) on every text the pattern stage was given."""
+    while Hyperscan compiles) on every text the pattern stage was given.
+
+    The reference runs where no record vouches for its answers (tests/recorded.py); RE2 alone always runs."""
     fast, re2_only, reference = shipped
     assert fast.patterns.engine in ("hyperscan", "re2")  # "re2" where Hyperscan cannot install
     assert re2_only.patterns.engine == "re2"
@@ -111,19 +141,24 @@ def test_every_corpus_message_gets_the_reference_answer(shipped, shard):
     assert len(cases) > 2000
     cases += [(message.replace("\n", "\\n"), error_type) for message, error_type in cases if "\n" in message]
     cases = cases[shard::SHARDS]
-    reference.seen.clear()  # this shard's texts only: the fixture serves every shard a worker runs
-    with python_code_only():
-        answers = [reference.classify_uncached(message, error_type).to_dict() for message, error_type in cases]
-    differences = []
-    for (message, error_type), expected in zip(cases, answers):
-        got = fast.classify_uncached(message, error_type).to_dict()
-        if got != expected:
-            differences.append((message[:120], fast.patterns.engine, got, expected))
-        assert template_of(expected["message"]) == reference_template(expected["message"])
-    assert sum(best is not None for _, best in reference.seen) > len(cases) // 4  # the check has teeth
-    differences += [(text[:120], "re2", got, best) for text, best in reference.seen
-                    if (got := re2_only.patterns.best(text)) != best]
-    assert differences == []
+    fast.patterns = seeing = SeenPatterns(fast.patterns)
+    try:
+        answers = assert_same_answers(f"classify_equivalence[{shard}]", cases,
+                                      answers_of(fast, seeing.seen, template_of), reference_answer(reference))
+    finally:
+        fast.patterns = seeing.patterns
+    seen = [pair for _, _, pairs in answers for pair in pairs]
+    assert sum(best is not None for _, best in seen) > len(cases) // 4  # the check has teeth
+    assert [(text[:120], got, best) for text, best in seen if (got := re2_only.patterns.best(text)) != best] == []
+
+
+def reference_answer(reference):
+    answer = answers_of(reference, reference.seen, reference_template)
+
+    def with_python_code(case):
+        with python_code_only():
+            return answer(case)
+    return with_python_code
 
 
 @pytest.mark.parametrize("passes", [

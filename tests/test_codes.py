@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from recorded import assert_same_answers
 
 from failured import corpus
 from failured.classify import Classifier
@@ -419,8 +420,12 @@ def test_the_gate_gives_the_same_answers_as_searching_each_table(codes_only):
     tables = codes_only.codes.tables
     gated, plain = CodeMatcher(tables), CodeMatcher(tables, gate=False)  # plain: every "when" and "texts" on its own
     messages = [m for _, _, _, m in corpus.read_corpus()]
-    for early in (None, True, False):
-        assert [gated.match(m, early) for m in messages] == [plain.match(m, early) for m in messages]
+    assert_same_answers("code_gate", messages, lambda m: _hits(gated, m), lambda m: _hits(plain, m))
+
+
+def _hits(matcher, text):
+    """What ``matcher`` finds in ``text`` for each value of ``early``, each table by its name."""
+    return [hit and (hit[0].name, hit[1], hit[2]) for hit in (matcher.match(text, early) for early in (None, True, False))]
 
 
 @functools.cache
@@ -468,5 +473,6 @@ def test_shared_extraction_answers_as_each_table_searching_on_its_own(codes_only
     tables = codes_only.codes.tables
     matcher = CodeMatcher(tables)
     messages = [f"{e}: {m}" if e else m for _, e, _, m in corpus.read_corpus()]  # as classify passes them
-    got = [matcher.match(m) for m in messages]
-    assert [hit and (hit[0].name, hit[1], hit[2]) for hit in got] == [_reference_match(tables, m) for m in messages]
+    assert_same_answers("code_extraction", messages,
+                        lambda m: (hit := matcher.match(m)) and (hit[0].name, hit[1], hit[2]),
+                        lambda m: _reference_match(tables, m))

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+from recorded import assert_same_answers
 
 from failured import codes, corpus
 from failured.codes import _speedups as speedups
@@ -61,7 +62,7 @@ def corpus_texts():
 def test_each_compiled_finder_finds_what_its_expression_finds(name, corpus_texts):
     python, native = PYTHON_FINDERS[name], NATIVE_FINDERS[name]
     texts = corpus_texts + generated_texts(30000, seed=sorted(PYTHON_FINDERS).index(name))
-    assert [text for text in texts if list(native(text)) != list(python(text))] == []
+    assert_same_answers(f"finder[{name}]", texts, lambda text: list(native(text)), lambda text: list(python(text)))
 
 
 def test_known_tokens_keeps_what_the_token_extractor_yields_that_is_known(corpus_texts):
@@ -78,11 +79,22 @@ def test_the_code_stage_answers_alike_with_either_finders(corpus_texts, monkeypa
     ruleset = load_ruleset(CONFIG)
     tables = load_code_tables(CONFIG, frozenset(c.name for c in ruleset.categories))
     texts = corpus_texts + generated_texts(3000, seed=99)
-    native = list(map(CodeMatcher(tables).match, texts))
-    monkeypatch.setattr(codes, "_FINDERS", PYTHON_FINDERS)
-    python = list(map(CodeMatcher(tables).match, texts))  # a matcher of its own: each keeps its last message's values
-    assert sum(hit is not None for hit in native) > 5000  # the comparison has teeth (7,970 of 32,613 texts in session 10)
-    assert [text for text, a, b in zip(texts, native, python) if a != b] == []
+    native = CodeMatcher(tables)  # a matcher each: each keeps its last message's values
+    with monkeypatch.context() as patched:
+        patched.setattr(codes, "_FINDERS", PYTHON_FINDERS)
+        python = CodeMatcher(tables)  # with the value gates a matcher of the Python finders keeps
+
+    def with_python_finders(text):
+        with monkeypatch.context() as patched:
+            patched.setattr(codes, "_FINDERS", PYTHON_FINDERS)
+            return _named(python.match(text))
+    hits = assert_same_answers("code_stage_finders", texts, lambda text: _named(native.match(text)), with_python_finders)
+    assert sum(hit is not None for hit in hits) > 5000  # the comparison has teeth (7,970 of 32,613 texts in session 10)
+
+
+def _named(hit):
+    """A code stage's hit with its table by name (a table's repr is its address)."""
+    return hit and (hit[0].name, hit[1], hit[2])
 
 
 # Each expression's own traps, 64 KiB long: linear code takes milliseconds.

@@ -46,6 +46,18 @@ def test_other_labels_are_another_model(tmp_path, monkeypatch):
     assert calls == [1, 1]
 
 
+def test_a_custom_category_nothing_exemplifies_reuses_the_model_and_a_labelled_one_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+    first = modelcache.trained(NAMES, (), train_counting(calls))
+    with_custom = NAMES | {"custom_customs_hold"}  # an operator's own category: no corpus example has it
+    assert modelcache.trained(with_custom, (), train_counting(calls)).predict("x") == first.predict("x")
+    assert calls == [1]
+    modelcache.trained(with_custom, (("custom_customs_hold", None, "held at customs"),), train_counting(calls))
+    modelcache.trained(NAMES - {"unrecoverable_data"}, (), train_counting(calls))  # a shipped one dropped
+    assert calls == [1, 1, 1]
+
+
 def test_a_damaged_cache_file_means_training_again(tmp_path, monkeypatch):
     monkeypatch.setenv(modelcache.CACHE_ENV, str(tmp_path / "cache"))
     calls = []

@@ -11,6 +11,7 @@ from array import array
 from pathlib import Path
 
 import pytest
+from recorded import assert_same_answers
 
 from failured import corpus, model
 from failured.classify import model_text
@@ -34,12 +35,15 @@ def trained():
 
 
 def test_the_model_rows_of_every_corpus_message_sum_as_in_python(trained):
+    """Each corpus message's features summed by the compiled code and by the Python code (the features
+    themselves are compared below)."""
     learned, texts = trained
     width = len(learned.classes)
-    cases = [python_features(text) for text in texts] + [set(), {0}, set(range(0, model.BUCKETS, 997))]
     rows = learned._slots, learned._table
-    assert [case for case in cases if speedups.column_sums(*rows, case, width)
-            != python_column_sums(*rows, case, width)] == []
+    assert_same_answers("model_rows", texts, lambda text: speedups.column_sums(*rows, speedups.features(text), width),
+                        lambda text: python_column_sums(*rows, python_features(text), width))
+    for case in (set(), {0}, set(range(0, model.BUCKETS, 997))):
+        assert speedups.column_sums(*rows, case, width) == python_column_sums(*rows, case, width)
 
 
 def test_values_where_the_order_and_compensation_matter_sum_as_in_python():
@@ -74,7 +78,8 @@ def test_features_are_the_models_set_in_the_models_order(trained):
               "TooManyConnectionsError", "ACCESS_TOO_FREQUENT", "\ud800"]
     texts = texts + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(20000)]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(300, 900))) for _ in range(100)]
-    assert [text for text in texts if list(speedups.features(text)) != list(python_features(text))] == []
+    assert_same_answers("features", texts, lambda text: list(speedups.features(text)),
+                        lambda text: list(python_features(text)))
 
 
 # feature_order and feature_probabilities lay the features out as CPython's set does
@@ -97,7 +102,7 @@ def many_texts(trained):
 
 
 def test_the_compiled_layout_iterates_as_the_models_set(many_texts):
-    assert [text for text in many_texts if speedups.feature_order(text) != list(python_features(text))] == []
+    assert_same_answers("feature_order", many_texts, speedups.feature_order, lambda text: list(python_features(text)))
 
 
 @pytest.mark.parametrize("shard", range(4))  # a minute of one core whole: pytest-xdist's workers share it
@@ -106,11 +111,10 @@ def test_feature_probabilities_are_the_models_probabilities_bit_for_bit(trained,
     texts = many_texts[shard::4]
     monkeypatch.setattr(model, "features", python_features)
     monkeypatch.setattr(model, "_column_sums", python_column_sums)
-    compiled = [speedups.feature_probabilities(learned._slots, learned._table, model.with_concepts(text), learned._bias)
-                for text in texts]
-    expected = [learned.probabilities(text) for text in texts]
-    assert [text for text, got, want in zip(texts, compiled, expected)
-            if list(map(repr, got)) != list(map(repr, want))] == []
+    assert_same_answers(f"feature_probabilities[{shard}]", texts,
+                        lambda text: list(speedups.feature_probabilities(learned._slots, learned._table,
+                                                                         model.with_concepts(text), learned._bias)),
+                        lambda text: list(learned.probabilities(text)))
 
 
 def test_the_word_layout_cache_starting_again_changes_nothing(trained):
@@ -133,9 +137,13 @@ def test_the_compiled_training_step_learns_the_same_weights_bit_for_bit(monkeypa
     sample = rows[::20] + [("unknown", "NullPointerException at Foo.bar")] * 5
     monkeypatch.setattr(model, "EPOCHS", 2)  # 82 steps of each: the Python step is slow, one step shows the same
     monkeypatch.setattr(model, "MIN_STEPS", 0)
-    compiled = model.train(sample)
-    monkeypatch.setattr(model, "_compiled_step", None)
-    assert model.train(sample).state() == compiled.state()
+
+    def trained_with(step):
+        def state(rows):
+            monkeypatch.setattr(model, "_compiled_step", step)
+            return model.train(rows).state()
+        return state
+    assert_same_answers("training_step", [sample], trained_with(model._compiled_step), trained_with(None))
 
 
 def _adam_step(batch, weights, first=None, second=None, marks=None, n=2):
