@@ -2,12 +2,17 @@
 
 Editors save by writing a temp file and renaming it; watching the directory
 (not the files) and reloading after a quiet moment sees every way a file can
-change, and never a half-written one.
+change. A tool that writes in place (``cp``, a shell's ``>``) empties the file
+first: a file found empty that was not when the active snapshot was read is a
+save still being written, and waits for its content (an empty ``failured.toml``
+is valid TOML, and would have meant every default: no handlers, every retry
+parked as manual).
 """
 
 import dataclasses
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -65,6 +70,7 @@ class ConfigWatcher:
         self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
         self.started_on_last_good = None  # when the copy a start ran on was saved
         self.current = self._first_load()
+        self._empty_when_loaded = _empty_files(self.current.files)
         self.loaded_at = self.clock.now()
         self._changed = threading.Event()
         self._retrain = threading.Event()  # new labels: reload even though no file changed
@@ -205,6 +211,12 @@ class ConfigWatcher:
                 log.info("config %s: back to the active configuration; the refused change is gone", self.config_dir)
                 self._call(self.on_restore, self.current)
             return False
+        being_written = sorted(path for path in _empty_files(config_files(self.config_dir))
+                               if path not in self._empty_when_loaded)
+        if being_written:
+            log.warning("config %s: empty, a save still being written? %s; the active configuration stays until it "
+                        "has content (to drop a file, delete it)", self.config_dir, ", ".join(being_written))
+            return False
         try:
             snapshot = self._load()
         except ConfigErrors as exc:
@@ -218,6 +230,7 @@ class ConfigWatcher:
                                                              "the daemon's log has the details")])
             return False
         self.current = snapshot
+        self._empty_when_loaded = _empty_files(snapshot.files)
         self.loaded_at = self.clock.now()
         self.started_on_last_good = None
         self._keep(snapshot)
@@ -245,3 +258,17 @@ class ConfigWatcher:
             callback(argument)
         except Exception:
             log.exception("config reload callback failed")
+
+
+def _empty_files(paths):
+    """The paths (as strings) among ``paths`` that are regular files, there and empty (a FIFO's size is 0 too: the
+    load refuses it, saying why)."""
+    empty = set()
+    for path in paths:
+        try:
+            status = os.stat(path)
+            if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+                empty.add(str(path))
+        except OSError:  # gone meanwhile: not empty, absent
+            pass
+    return empty

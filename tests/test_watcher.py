@@ -112,6 +112,29 @@ def test_burst_of_writes_is_debounced_into_one_reload(config_dir, tmp_path):
         watcher.stop()
 
 
+def test_a_file_emptied_by_a_save_in_place_waits_for_its_content(watcher, config_dir, caplog):
+    """``cp`` or a shell's ``>`` empty the file before writing it: an empty file is valid TOML (an empty
+    failured.toml is every default: no handlers, every retry parked as manual), and must not be read as meant."""
+    path = config_dir / "patterns" / "10-test.toml"
+    before, written = watcher.current, path.read_text(encoding="utf-8") + "\n# saved again\n"
+    with open(path, "w", encoding="utf-8") as handle, caplog.at_level("WARNING", logger="failured.config"):
+        assert wait_for(lambda: "a save still being written?" in caplog.text)  # the watcher looked while it was empty
+        assert watcher.current is before and not watcher.reloaded
+        handle.write(written)
+    assert wait_for(lambda: watcher.reloaded)
+    assert watcher.current.digest != before.digest
+
+
+def test_a_file_empty_when_loaded_does_not_hold_back_other_changes(config_dir, tmp_path):
+    (config_dir / "patterns" / "40-empty.toml").write_text("", encoding="utf-8")  # empty on purpose: valid, nothing
+    watcher = start_watcher(config_dir, tmp_path / "logs")
+    try:
+        (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+        assert wait_for(lambda: pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"))
+    finally:
+        watcher.stop()
+
+
 def test_unchanged_directory_is_not_reloaded(watcher, config_dir):
     path = config_dir / "patterns" / "10-test.toml"
     path.write_bytes(path.read_bytes())
