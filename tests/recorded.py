@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -49,6 +50,10 @@ def assert_same_answers(name, cases, fast, reference):
     assert differences == [], f"{len(differences)} of {len(cases)} cases differ; the first: {differences[:3]!r}"
     if os.environ.get(RECORD_ENV) == "1":
         write_record(name, {"key": key, "answers": answers_digest(expected)})
+    else:  # the suite's warnings summary says which records to refresh
+        why = "none recorded" if record is None else "recorded for other inputs" if record["key"] != key else \
+            "recorded answers differ in their repr"
+        warnings.warn(f"{name}: the reference ran ({why}): refresh with {RECORD_ENV}=1 (README)", stacklevel=2)
     return got
 
 

@@ -37,6 +37,13 @@ def test_a_fast_path_that_answers_otherwise_runs_the_reference_and_fails(records
     assert calls == CASES
 
 
+def test_a_reference_run_without_recording_says_to_refresh(records, monkeypatch):
+    monkeypatch.delenv(recorded.RECORD_ENV)
+    with pytest.warns(UserWarning, match=r"lengths: the reference ran \(none recorded\): refresh with "):
+        recorded.assert_same_answers("lengths", CASES, len, len)
+    assert not records.exists()
+
+
 def test_other_cases_or_a_changed_reference_file_are_not_vouched_for(records, monkeypatch):
     recorded.assert_same_answers("lengths", CASES, len, len)
     calls = []
