@@ -205,14 +205,14 @@ class ConfigWatcher:
 
     def reload(self, force=False):
         """Validate the directory and swap it in; returns True when a new snapshot is active."""
-        if not force and content_digest(config_files(self.config_dir)) == self.current.digest:
+        files = config_files(self.config_dir)
+        if not force and content_digest(files) == self.current.digest:
             if self.last_rejected is not None:  # the refused change was undone: nothing is wrong any more
                 self.last_rejected = None
                 log.info("config %s: back to the active configuration; the refused change is gone", self.config_dir)
                 self._call(self.on_restore, self.current)
             return False
-        being_written = sorted(path for path in _empty_files(config_files(self.config_dir))
-                               if path not in self._empty_when_loaded)
+        being_written = sorted(path for path in _empty_files(files) if path not in self._empty_when_loaded)
         if being_written:
             log.warning("config %s: empty, a save still being written? %s; the active configuration stays until it "
                         "has content (to drop a file, delete it)", self.config_dir, ", ".join(being_written))

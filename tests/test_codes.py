@@ -425,7 +425,12 @@ def test_the_gate_gives_the_same_answers_as_searching_each_table(codes_only):
 
 def _hits(matcher, text):
     """What ``matcher`` finds in ``text`` for each value of ``early``, each table by its name."""
-    return [hit and (hit[0].name, hit[1], hit[2]) for hit in (matcher.match(text, early) for early in (None, True, False))]
+    return [_named(matcher.match(text, early)) for early in (None, True, False)]
+
+
+def _named(hit):
+    """A code stage's hit with its table by name (a table's repr is its address)."""
+    return hit and (hit[0].name, hit[1], hit[2])
 
 
 @functools.cache
@@ -474,5 +479,5 @@ def test_shared_extraction_answers_as_each_table_searching_on_its_own(codes_only
     matcher = CodeMatcher(tables)
     messages = [f"{e}: {m}" if e else m for _, e, _, m in corpus.read_corpus()]  # as classify passes them
     assert_same_answers("code_extraction", messages,
-                        lambda m: (hit := matcher.match(m)) and (hit[0].name, hit[1], hit[2]),
+                        lambda m: _named(matcher.match(m)),
                         lambda m: _reference_match(tables, m))
