@@ -16,13 +16,17 @@ like, and it is the row the threshold and the guard are tuned on.
 sources instead (the learning curve). With ``--holdout FILE`` (corpus format, messages from sources the corpus does
 not hold), it also scores rules, code tables, the model (trained on the whole
 corpus) and the whole pipeline on that file: the figure for messages failured
-has never seen. ``--no-cv`` skips the cross-validation; ``-v`` lists misses.
+has never seen. ``--no-cv`` skips the cross-validation; ``-v`` lists misses. ``--log-heads FILE`` puts a real
+log line's head (timestamp, level, logger…) before every held-out message, as a failure copied from a log
+reads (tests/data/log-heads.tsv: 167 heads of 40 logging frameworks, from public issues).
 
     .venv/bin/python bench/generalize.py [--folds 10] [--threshold T] [--max-unknown U] [--holdout FILE]... [--no-cv] [-v]
+    .venv/bin/python bench/generalize.py --no-cv --log-heads tests/data/log-heads.tsv --holdout FILE...
     .venv/bin/python bench/generalize.py --curve --holdout FILE...
 """
 
 import argparse
+import csv
 import random
 import time
 from collections import Counter, defaultdict
@@ -32,6 +36,7 @@ from common import REPO
 from failured import corpus, model as learner
 from failured.classify import RULE_STAGES, Classifier, exception_type_in, model_text, unpack
 from failured.codes import load_code_tables
+from failured.loghead import without_log_head
 from failured.rules import load_ruleset
 
 
@@ -46,12 +51,19 @@ def grouped_folds(rows, k):
     return fold_of
 
 
+def read_text(message, error_type):
+    """What ``classify`` gives the model of a message: its text past its log head (the model trains on
+    ``model_text`` of the whole message)."""
+    return model_text(without_log_head(message), error_type)
+
+
 def rule_decision(classifier, message, error_type):
     """(category, stage) the rule stages give (tag first), or ("unknown", "none"); a firm pattern's stage is
     "firm" (the model never overrules it)."""
     message, error_type = unpack(message, error_type)
     found = classifier._by_tag_stage(message)
     if found is None:
+        message = without_log_head(message)
         found = classifier.rules_only(message, error_type or exception_type_in(message))
     if found is None:
         return ("unknown", "none")
@@ -121,6 +133,9 @@ def main():
                         help="the model overrules a rule at or above this confidence (1: never)")
     parser.add_argument("--no-cv", action="store_true", help="skip the grouped cross-validation")
     parser.add_argument("-v", action="store_true", help="list the whole pipeline's misses")
+    parser.add_argument("--log-heads", metavar="FILE",
+                        help="score each --holdout file with a real log line's head (from FILE, as "
+                             "tests/data/log-heads.tsv holds them) put before every message")
     parser.add_argument("--curve", action="store_true",
                         help="the learning curve instead: the whole pipeline on each --holdout file with the model "
                              "trained on 1/8, 1/4, 1/2 and all of the corpus's sources")
@@ -156,7 +171,7 @@ def learning_curve(args):
             trained = learner.train([(c, model_text(m, e)) for c, e, _, m in training if c in names or c == "unknown"])
             cells = []
             for path, held_rows in held.items():
-                final = [overruled(d, trained.predict(model_text(m, e)), args.threshold, args.overrule, args.max_unknown)
+                final = [overruled(d, trained.predict(read_text(m, e)), args.threshold, args.overrule, args.max_unknown)
                          for d, (_, e, _, m) in zip(decisions[path], held_rows)]
                 cells.append(f"{sum(a == row[0] for a, row in zip(final, held_rows)) / len(held_rows):.1%}")
             print(f"{share:>15.3f}  {len(training):>17}  " + "  ".join(cells), flush=True)
@@ -179,9 +194,21 @@ def read_holdout(path):
         return corpus.parse(handle)
 
 
+def with_log_heads(rows, heads_path):
+    """``rows`` with a real log line's head (a one-line one, drawn at random, the same draw every run) put before
+    each message: the messages as they arrive when copied from a log."""
+    with open(heads_path, encoding="utf-8", newline="") as handle:
+        lines = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    heads = [head for _, _, head, _ in lines if "\\n" not in head]
+    draw = random.Random(len(rows)).choice
+    return [(c, e, s, draw(heads) + m) for c, e, s, m in rows]
+
+
 def score_holdout(args, path):
     """Figures on a held-out file: the model is trained on the whole shipped corpus."""
     rows = read_holdout(path)
+    if args.log_heads:
+        rows = with_log_heads(rows, args.log_heads)
     names, rules, codes, both = classifiers()
     trained = learner.train([(c, model_text(m, e)) for c, e, _, m in corpus.read_corpus()
                              if c in names or c == "unknown"])
@@ -190,7 +217,7 @@ def score_holdout(args, path):
     code_answers = [rule_answer(codes, m, e) for _, e, _, m in rows]
     both_decisions = [rule_decision(both, m, e) for _, e, _, m in rows]
     both_answers = [name for name, _ in both_decisions]
-    predictions = [trained.predict(model_text(m, e)) for _, e, _, m in rows]
+    predictions = [trained.predict(read_text(m, e)) for _, e, _, m in rows]
     fallen_back = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(both_answers, predictions)]
     final = [overruled(d, p, args.threshold, args.overrule, args.max_unknown)
              for d, p in zip(both_decisions, predictions)]
@@ -202,7 +229,8 @@ def score_holdout(args, path):
     report(f"pipeline, no overruling ({args.threshold}, {args.max_unknown})", truth, fallen_back, results)
     report(f"whole pipeline (overrule {args.overrule})", truth, final, results)
     sources = len({s for _, _, s, _ in rows})
-    print(f"\nheld-out {path}: {len(rows)} messages from {sources} sources "
+    grafted = f", each after a log head from {args.log_heads}" if args.log_heads else ""
+    print(f"\nheld-out {path}: {len(rows)} messages from {sources} sources{grafted} "
           f"(model trained on the whole shipped corpus)")
     print_table(results, sorted(set(truth)))
     confusions = Counter((t, a) for t, a in zip(truth, final) if t != a)
@@ -246,7 +274,7 @@ def cross_validate(args):
         trained = learner.train(training)
         for i, (c, e, s, m) in enumerate(rows):
             if fold_of[s] == fold:
-                predictions[i] = trained.predict(model_text(m, e))
+                predictions[i] = trained.predict(read_text(m, e))
     train_seconds = (time.process_time() - started) / args.folds
 
     model_answers = [p.category for p in predictions]
