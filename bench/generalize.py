@@ -18,10 +18,13 @@ not hold), it also scores rules, code tables, the model (trained on the whole
 corpus) and the whole pipeline on that file: the figure for messages failured
 has never seen. ``--no-cv`` skips the cross-validation; ``-v`` lists misses. ``--log-heads FILE`` puts a real
 log line's head (timestamp, level, logger…) before every held-out message, as a failure copied from a log
-reads (tests/data/log-heads.tsv: 167 heads of 40 logging frameworks, from public issues).
+reads (tests/data/log-heads.tsv: 167 heads of 40 logging frameworks, from public issues); ``--wrappers FILE``
+puts each inside a real program's wrapper (``Task … failed: …``, ``任务执行失败：…``; tests/data/wrappers.tsv: 62
+that name no cause of their own, from public code and issues).
 
     .venv/bin/python bench/generalize.py [--folds 10] [--threshold T] [--max-unknown U] [--holdout FILE]... [--no-cv] [-v]
     .venv/bin/python bench/generalize.py --no-cv --log-heads tests/data/log-heads.tsv --holdout FILE...
+    .venv/bin/python bench/generalize.py --no-cv --wrappers tests/data/wrappers.tsv --holdout FILE...
     .venv/bin/python bench/generalize.py --curve --holdout FILE...
 """
 
@@ -136,6 +139,9 @@ def main():
     parser.add_argument("--log-heads", metavar="FILE",
                         help="score each --holdout file with a real log line's head (from FILE, as "
                              "tests/data/log-heads.tsv holds them) put before every message")
+    parser.add_argument("--wrappers", metavar="FILE",
+                        help="score each --holdout file with every message inside a real program's wrapper (from "
+                             "FILE, as tests/data/wrappers.tsv holds them: text before and after the error)")
     parser.add_argument("--curve", action="store_true",
                         help="the learning curve instead: the whole pipeline on each --holdout file with the model "
                              "trained on 1/8, 1/4, 1/2 and all of the corpus's sources")
@@ -194,14 +200,26 @@ def read_holdout(path):
         return corpus.parse(handle)
 
 
+def _read_tsv(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+
+
 def with_log_heads(rows, heads_path):
     """``rows`` with a real log line's head (a one-line one, drawn at random, the same draw every run) put before
     each message: the messages as they arrive when copied from a log."""
-    with open(heads_path, encoding="utf-8", newline="") as handle:
-        lines = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    heads = [head for _, _, head, _ in lines if "\\n" not in head]
+    heads = [head for _, _, head, _ in _read_tsv(heads_path) if "\\n" not in head]
     draw = random.Random(len(rows)).choice
     return [(c, e, s, draw(heads) + m) for c, e, s, m in rows]
+
+
+def with_wrappers(rows, wrappers_path):
+    """``rows`` with each message inside a real program's wrapper (its text before and after the error, drawn at
+    random, the same draw every run): the messages as an application reports a failure it caught."""
+    wrappers = [(before, after) for _, _, before, after in _read_tsv(wrappers_path)]
+    draw = random.Random(len(rows)).choice
+    return [(c, e, s, f"{before}{m}{after}") for (c, e, s, m), (before, after) in
+            zip(rows, (draw(wrappers) for _ in rows))]
 
 
 def score_holdout(args, path):
@@ -209,6 +227,8 @@ def score_holdout(args, path):
     rows = read_holdout(path)
     if args.log_heads:
         rows = with_log_heads(rows, args.log_heads)
+    if args.wrappers:
+        rows = with_wrappers(rows, args.wrappers)
     names, rules, codes, both = classifiers()
     trained = learner.train([(c, model_text(m, e)) for c, e, _, m in corpus.read_corpus()
                              if c in names or c == "unknown"])
@@ -229,7 +249,8 @@ def score_holdout(args, path):
     report(f"pipeline, no overruling ({args.threshold}, {args.max_unknown})", truth, fallen_back, results)
     report(f"whole pipeline (overrule {args.overrule})", truth, final, results)
     sources = len({s for _, _, s, _ in rows})
-    grafted = f", each after a log head from {args.log_heads}" if args.log_heads else ""
+    grafted = (f", each after a log head from {args.log_heads}" if args.log_heads else "") + (
+        f", each inside a wrapper from {args.wrappers}" if args.wrappers else "")
     print(f"\nheld-out {path}: {len(rows)} messages from {sources} sources{grafted} "
           f"(model trained on the whole shipped corpus)")
     print_table(results, sorted(set(truth)))
