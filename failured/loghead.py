@@ -31,7 +31,8 @@ _WEEKDAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _TIME = (r"\d{1,2}:\d{2}(?::\d{2})?(?:[.,:]\d{1,9})?(?:\s?[AaPp][Mm])?"
          r"(?:\s?(?:Z|[+-]\d{2}:?\d{2}|[A-Z]{1,4}T|UTC|GMT|MSK))?(?:\s\d{4}(?=\]))?")
 _DATE = (r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}|\d{1,2}-" + _MONTH + r"-\d{4}"
-         r"|(?:" + _WEEKDAY + r",?\s)?" + _MONTH + r"\s{1,2}\d{1,2}(?:,?\s\d{4})?|\d{1,2}\s" + _MONTH + r"(?:\s\d{4})?)")
+         r"|(?:" + _WEEKDAY + r",?\s)?" + _MONTH + r"\s{1,2}\d{1,2}(?:,?\s\d{4})?"
+         r"|\d{1,2}\s" + _MONTH + r"(?:\s\d{4})?)")
 _STAMP = r"\[?(?:" + _DATE + r"(?:,?[T\s]" + _TIME + r")?|" + _TIME + r")\]?(?=[\s|:\]-]|$)"
 _BRACKETED_LEVEL = r"\[\s?(?:" + _LEVELS + "|" + _LEVELS.lower() + r")\s{0,4}\]"
 _GLOG = r"[IWEF]\d{4}\s\d{2}:\d{2}:\d{2}\.\d{6}\s{1,9}\d{1,9}\s[\w./-]{1,120}:\d{1,6}\]"
@@ -67,10 +68,12 @@ _CELERY = re.compile(r"Task [\w.:-]{1,200}\[[\w-]{1,64}\] (?:raised unexpected|I
 
 # A logger's or a process's name, followed by the separator formats put after it (or by a level); never an
 # exception type.
-_NOT_AN_EXCEPTION = r"(?![\w$.:-]*(?:Error|Exception|Exc|Fault|Failure|Warning|Interrupt|Exit|\.exceptions?\.|\.errors?\.|\.exc\.))"
+_NOT_AN_EXCEPTION = (r"(?![\w$.:-]*(?:Error|Exception|Exc|Fault|Failure|Warning|Interrupt|Exit"
+                     r"|\.exceptions?\.|\.errors?\.|\.exc\.))")
 _SEPARATED = r"\s(?:-|:|\|)\s|\s{2,}:|\s?\||\[\d{1,9}\]:|\s{1,9}(?:" + _LEVELS + r")\b"
 _NAME = (_NOT_AN_EXCEPTION
-         + r"(?:[A-Za-z_][\w$-]{0,59}(?:(?:\.|::)[\w$-]{1,60}){0,12}(?:\[\d{1,9}\])?(?::\d{1,6})?(?=" + _SEPARATED + r")"
+         + r"(?:[A-Za-z_][\w$-]{0,59}(?:(?:\.|::)[\w$-]{1,60}){0,12}(?:\[\d{1,9}\])?(?::\d{1,6})?"
+         + r"(?=" + _SEPARATED + r")"
          # before a bare ": " only a name of lower-case parts (celery.app.trace, a Rust module): an exception's
          # last part is a class name (PG::ConnectionBad: …)
          + r"|[a-z_][\w$-]{0,59}(?:(?:\.|::)[a-z_][\w$-]{0,59}){1,12}(?::\d{1,6})?(?=:\s))")
