@@ -73,10 +73,11 @@ def cmd_classify(args, settings):
     if args.message == "-":
         write = sys.stdout.write  # block-buffered when piped: one write per line, flushed in large blocks
         for line in sys.stdin.buffer:  # bytes: a line that is not UTF-8 is read with U+FFFD, whatever the locale
-            message = line.decode("utf-8", "replace").rstrip("\n")
-            if message:
-                result = classifier.classify(message, args.error_type, args.type)
-                write(_json_line(result) if args.json else f"{result.category}\t{message}\n")
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            if text:
+                # one message a line: a multi-line message (a traceback) is written with \n, as the corpus writes it
+                result = classifier.classify(text.replace("\\n", "\n"), args.error_type, args.type)
+                write(_json_line(result) if args.json else f"{result.category}\t{text}\n")
         return EXIT_OK
     result = classifier.classify(args.message, args.error_type, args.type)
     if args.json:

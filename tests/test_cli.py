@@ -61,6 +61,20 @@ def test_classify_stdin_writes_one_json_object_per_line(tmp_path, config_dir):
     assert all(len(r["fingerprint"]) == 16 for r in rows)
 
 
+def test_classify_stdin_reads_a_written_line_break_as_one_as_the_corpus_writes_them(tmp_path, config_dir):
+    """One message a line: a traceback comes with its line breaks written as \\n (the corpus's and `labels
+    export`'s format) and is read as the multi-line message it is: its exception type is on its last line."""
+    traceback = ('Traceback (most recent call last):\\n  File "/srv/app/tasks.py", line 12, in sync\\n'
+                 '    fetch(order)\\nrequests.exceptions.ConnectionError: connection refused')
+    result = run_cli("classify", "--json", "-", input=traceback + "\n", env=env_for(tmp_path, config_dir))
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert (row["category"], row["error_type"]) == ("recoverable_network", "requests.exceptions.ConnectionError")
+    assert row["message"] == traceback.replace("\\n", "\n")
+    plain = run_cli("classify", "-", input=traceback + "\n", env=env_for(tmp_path, config_dir))
+    assert plain.stdout == f"recoverable_network\t{traceback}\n"  # still one line a message
+
+
 def test_check_config_summary_and_errors(tmp_path, config_dir):
     good = run_cli("check-config", str(config_dir), env=env_for(tmp_path))
     assert good.returncode == 0 and "recoverable_network" in good.stdout
