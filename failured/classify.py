@@ -2,6 +2,7 @@
 
 After the tag, every stage reads the message past its log line's head (loghead.py): a failure copied
 from a log is read from where its error begins.
+
 Within each rule stage the category with the lowest priority number (or the
 lowest-numbered code table) wins; a last rule stage runs the patterns over the
 message with its identifiers spelled out as words. When every rule stage says
