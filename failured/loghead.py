@@ -113,20 +113,25 @@ def error_start(text):
     """Where the error itself begins in ``text``: past a log record's head, else 0."""
     head = text[:MAX_HEAD]
     position = len(head) - len(head.lstrip())
-    celery = _CELERY.match(head, position)
-    if celery:
-        return celery.end()
-    start, parts = _STRONG_START.match(head, position), _PART
+    start, parts = _record_start(head, position)
     if start is None:
-        start, parts = _WEAK_START.match(head, position), _WEAK_PART
-    if start is None:
-        bare = _BARE_LEVEL.match(head, position)
-        after = _SEPARATOR.match(head, bare.end()).end() if bare else 0
-        if bare is None or not _STAMP_NEXT.match(head, after):
-            return 0
-        start, parts = bare, _WEAK_PART
-    position = _past_parts(head, _SEPARATOR.match(head, start.end()).end(), parts)
+        celery = _CELERY.match(head, position)
+        position = celery.end() if celery else 0
+    else:
+        position = _past_parts(head, _SEPARATOR.match(head, start).end(), parts)
     return position if position < len(text) and text[position:].strip() else 0
+
+
+def _record_start(head, position):
+    """(where the first part of a log record's head ends, the parts that may follow it), or (None, None)."""
+    for starts, parts in ((_STRONG_START, _PART), (_WEAK_START, _WEAK_PART)):
+        start = starts.match(head, position)
+        if start:
+            return start.end(), parts
+    bare = _BARE_LEVEL.match(head, position)
+    if bare and _STAMP_NEXT.match(head, _SEPARATOR.match(head, bare.end()).end()):
+        return bare.end(), _WEAK_PART
+    return None, None
 
 
 def _past_parts(head, position, parts):

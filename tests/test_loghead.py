@@ -52,6 +52,7 @@ KEPT_WHOLE = [
     "Connection refused",
     "订单12345不存在",
     "2024-03-18 14:02:11",  # a head and nothing after it: the whole text is what there is
+    "Task orders.sync[1f0c2d3e-aaaa-bbbb-cccc-0123456789ab] raised unexpected: ",
     "ERROR",
     "",
 ]
