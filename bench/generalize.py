@@ -20,16 +20,20 @@ has never seen. ``--no-cv`` skips the cross-validation; ``-v`` lists misses. ``-
 log line's head (timestamp, level, logger…) before every held-out message, as a failure copied from a log
 reads (tests/data/log-heads.tsv: 167 heads of 40 logging frameworks, from public issues); ``--wrappers FILE``
 puts each inside a real program's wrapper (``Task … failed: …``, ``任务执行失败：…``; tests/data/wrappers.tsv: 62
-that name no cause of their own, from public code and issues).
+that name no cause of their own, from public code and issues); ``--json-logs FILE`` puts each inside a JSON log
+record (tests/data/json-log-records.tsv: the records of 16 JSON loggers as their documentation shows them, the
+message where each puts it).
 
     .venv/bin/python bench/generalize.py [--folds 10] [--threshold T] [--max-unknown U] [--holdout FILE]... [--no-cv] [-v]
     .venv/bin/python bench/generalize.py --no-cv --log-heads tests/data/log-heads.tsv --holdout FILE...
     .venv/bin/python bench/generalize.py --no-cv --wrappers tests/data/wrappers.tsv --holdout FILE...
+    .venv/bin/python bench/generalize.py --no-cv --json-logs tests/data/json-log-records.tsv --holdout FILE...
     .venv/bin/python bench/generalize.py --curve --holdout FILE...
 """
 
 import argparse
 import csv
+import json
 import random
 import time
 from collections import Counter, defaultdict
@@ -142,6 +146,9 @@ def main():
     parser.add_argument("--wrappers", metavar="FILE",
                         help="score each --holdout file with every message inside a real program's wrapper (from "
                              "FILE, as tests/data/wrappers.tsv holds them: text before and after the error)")
+    parser.add_argument("--json-logs", metavar="FILE",
+                        help="score each --holdout file with every message inside a JSON log record (from FILE, as "
+                             "tests/data/json-log-records.tsv holds them: {error} marks where the message goes)")
     parser.add_argument("--curve", action="store_true",
                         help="the learning curve instead: the whole pipeline on each --holdout file with the model "
                              "trained on 1/8, 1/4, 1/2 and all of the corpus's sources")
@@ -222,6 +229,21 @@ def with_wrappers(rows, wrappers_path):
             zip(rows, (draw(wrappers) for _ in rows))]
 
 
+def in_json_records(rows, records_path):
+    """``rows`` with each message inside a JSON log record (drawn at random, the same draw every run), where its
+    logger puts it: the messages as a service that logs JSON reports them."""
+    records = [json.loads(record) for _, _, record in _read_tsv(records_path)]
+    draw = random.Random(len(rows)).choice
+    return [(c, e, s, json.dumps(_filled(draw(records), m), ensure_ascii=False, separators=(",", ":")))
+            for c, e, s, m in rows]
+
+
+def _filled(value, message):
+    if isinstance(value, dict):
+        return {key: _filled(item, message) for key, item in value.items()}
+    return value.replace("{error}", message) if isinstance(value, str) else value
+
+
 def score_holdout(args, path):
     """Figures on a held-out file: the model is trained on the whole shipped corpus."""
     rows = read_holdout(path)
@@ -229,6 +251,8 @@ def score_holdout(args, path):
         rows = with_log_heads(rows, args.log_heads)
     if args.wrappers:
         rows = with_wrappers(rows, args.wrappers)
+    if args.json_logs:
+        rows = in_json_records(rows, args.json_logs)
     names, rules, codes, both = classifiers()
     trained = learner.train([(c, model_text(m, e)) for c, e, _, m in corpus.read_corpus()
                              if c in names or c == "unknown"])
@@ -250,7 +274,8 @@ def score_holdout(args, path):
     report(f"whole pipeline (overrule {args.overrule})", truth, final, results)
     sources = len({s for _, _, s, _ in rows})
     grafted = (f", each after a log head from {args.log_heads}" if args.log_heads else "") + (
-        f", each inside a wrapper from {args.wrappers}" if args.wrappers else "")
+        f", each inside a wrapper from {args.wrappers}" if args.wrappers else "") + (
+        f", each inside a JSON log record from {args.json_logs}" if args.json_logs else "")
     print(f"\nheld-out {path}: {len(rows)} messages from {sources} sources{grafted} "
           f"(model trained on the whole shipped corpus)")
     print_table(results, sorted(set(truth)))

@@ -2,13 +2,14 @@
 past, the message's own words are not, and the classifier reads a logged failure as it reads the bare one."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from failured.config import load_config
-from failured.loghead import MAX_HEAD, error_start, without_log_head
+from failured.loghead import MAX_HEAD, error_start, record_text, without_log_head
 
 DATA = Path(__file__).resolve().parent / "data"
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -39,6 +40,15 @@ READ_PAST = [
     ("web-1    | ", "Internal Server Error: /orders/12"),
     ("npm ERR! ", "code ECONNRESET"),
     ("FATAL:  ", 'password authentication failed for user "tracking"'),
+    ("2024-03-18 14:02:11.532 | ERROR    | app.tasks:sync_orders:42 - ", "Connection refused"),  # loguru
+    ("2025-06-24 07:02:51.219 | ERROR    | PID:20 | TID:140228931271552 | app.tasks.vision:process_page:113 - ",
+     "CUDA out of memory."),
+    ("2024年03月18日 14:02:11 错误 ", "订单12345不存在"),
+    ("2024年3月8日 下午2:02:11 错误: ", "连接超时"),
+    ("三月 18, 2024 2:02:11 下午 org.apache.catalina.core.StandardWrapperValve invoke 严重: ",  # JUL, zh_CN
+     "Servlet.service() for servlet [dispatcherServlet] threw exception"),
+    ("Mar 18, 2024 2:02:11 PM org.apache.catalina.core.StandardWrapperValve invoke\nSEVERE: ",
+     "Servlet.service() for servlet [dispatcherServlet] threw exception"),
 ]
 
 # Messages whose first words are the error's own: never read past.
@@ -128,3 +138,58 @@ def test_a_logged_failure_is_classified_as_the_bare_one_and_keeps_its_whole_line
 def test_a_tag_before_a_log_head_still_decides(classifier):
     tagged = classifier.classify_uncached("[NETWORK] 2024-03-18 14:02:11 ERROR something odd")
     assert tagged.matched_by == "tag"
+
+
+ERROR = "dial tcp 10.0.0.5:5432: connect: connection refused"
+TRACEBACK = 'Traceback (most recent call last):\n  File "/app/tasks.py", line 3, in run\n    go()\nConnectionError: boom'
+
+# (record, what is read): JSON log records as their loggers write them.
+RECORDS = [
+    ({"level": "error", "ts": 1710770531.5, "caller": "sync/worker.go:88", "msg": "sync failed", "error": ERROR,
+      "stacktrace": "main.run\n\t/app/main.go:42"}, f"{ERROR}\nsync failed"),  # zap: its stacktrace is frames only
+    ({"level": 50, "time": 1710770531532, "pid": 12, "hostname": "web-3", "msg": ERROR}, ERROR),  # pino
+    ({"level": 50, "err": {"type": "FetchError", "message": "connect ETIMEDOUT", "stack":
+                           "FetchError: connect ETIMEDOUT\n    at Worker.run (/app/worker.js:88:11)"},
+      "msg": "connect ETIMEDOUT"}, "FetchError: connect ETIMEDOUT\n    at Worker.run (/app/worker.js:88:11)"),
+    ({"event": "sync failed", "level": "error", "exception": TRACEBACK}, f"sync failed\n{TRACEBACK}"),  # structlog
+    ({"levelname": "ERROR", "name": "app", "message": "余额不足"}, "余额不足"),  # python-json-logger
+    ({"@t": "2024-03-18T06:02:11Z", "@mt": "Sync failed for {OrderId}", "@l": "Error", "OrderId": 12,
+      "@x": "System.Net.Http.HttpRequestException: No such host is known."},
+     "System.Net.Http.HttpRequestException: No such host is known.\nSync failed for {OrderId}"),  # Serilog
+    ({"log.level": "error", "message": "charge failed", "error.type": "stripe.error.CardError",
+      "error.message": "Your card has insufficient funds."},
+     "stripe.error.CardError: Your card has insufficient funds.\ncharge failed"),  # ECS
+    ({"severity": "ERROR", "message": "quota exceeded"}, "quota exceeded"),  # Google Cloud
+    ({"log": "2024-03-18 14:02:11,532 ERROR [app] Connection refused\n", "stream": "stderr",
+      "time": "2024-03-18T06:02:11.532104573Z"}, "Connection refused"),  # Docker's json-file, a head inside
+]
+
+
+@pytest.mark.parametrize("record, error", RECORDS, ids=[str(r)[:40] for r, _ in RECORDS])
+def test_a_json_log_record_is_read_as_its_error_and_message(record, error):
+    assert without_log_head(json.dumps(record, ensure_ascii=False)) == error
+    assert without_log_head("web-1  | " + json.dumps(record)) == error  # after a text head too
+
+
+# JSON that is not a log record (an API's answer, a level that is no log level, nothing to read): kept whole.
+NOT_RECORDS = ['{"error":{"code":-32603,"message":"Abnormal access behavior detected by risk control"}}',
+               '{"code":30002,"level":"user","msg":"资源不存在","ok":false}',
+               '{"level":"error","ts":1710770531.5}', '{"level": "error", "msg": ""}', '[{"level": "error"}]',
+               '{"level": "error", "msg": "x"', "{}", "{" * 50_000 + "}" * 50_000]
+
+
+@pytest.mark.parametrize("text", NOT_RECORDS, ids=[t[:30] for t in NOT_RECORDS])
+def test_json_that_is_no_log_record_is_kept_whole(text):
+    assert record_text(text) is None
+    assert without_log_head(text) == text
+
+
+def test_a_logged_json_record_is_classified_as_the_bare_error_and_keeps_its_whole_line(classifier):
+    error = "requests.exceptions.ConnectTimeout: HTTPSConnectionPool(host='api.kuaidi100.com', port=443): " \
+            "Max retries exceeded (Caused by ConnectTimeoutError: Connection to api.kuaidi100.com timed out)"
+    record = json.dumps({"asctime": "2024-03-18 14:02:11,532", "levelname": "ERROR", "name": "app.tasks",
+                         "message": error})
+    bare, logged = classifier.classify_uncached(error), classifier.classify_uncached(record)
+    assert (logged.category, logged.error_type, logged.matched_by) == (bare.category, bare.error_type, bare.matched_by)
+    assert logged.category == "recoverable_network"
+    assert logged.message == record
