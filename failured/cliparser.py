@@ -20,6 +20,18 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(EXIT_USAGE)
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an argument no subcommand knows is that subcommand's error, naming its help."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            subcommand = self._subcommands().get(getattr(parsed, "command", None), self)
+            subcommand.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _subcommands(self):
+        return next((action.choices for action in self._actions if isinstance(action, argparse._SubParsersAction)),
+                    {})
+
 
 def positive_int(text):
     try:
@@ -28,6 +40,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds above 0")
     return value
 
 
@@ -100,7 +122,7 @@ def _exec(sub):
     p.add_argument("--type", required=True, help="task type to record the failure or success under")
     p.add_argument("--payload", help="JSON object stored with the failure")
     p.add_argument("--ref", help="your own reference (job id, date), shown in messages")
-    p.add_argument("--timeout", type=float, default=3600.0,
+    p.add_argument("--timeout", type=positive_seconds, default=3600.0,
                    help="seconds the daemon lets each retry of the command run (default 3600)")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the command and its arguments, after '--' so its options stay its own")

@@ -8,6 +8,7 @@ database that no daemon watches.
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import labels, manual, reports
@@ -208,16 +209,27 @@ def scan_report(settings):
     def write(store):
         now = SystemClock().now()
         for _ in range(3):  # None: a daemon reported up to here meanwhile; the next one starts where it ended
-            report = reports.processing_report(store, now, settings.lang)
+            with _report_dir_errors(settings, " (the next report covers what this one would have)"):
+                path, report = reports.write_processing_report(store, settings.report_dir, now, settings.lang)
             if report is not None:
                 break
         else:
             raise FailuredError("the processing report moved three times while this one was made: a daemon "
                                 "is writing it now; see its report directory, or try again")
-        path = reports.write_report(settings.report_dir, reports.PROCESSING, report, now)
         store.set_state("last_scan", f"{now:.3f}", now)  # as the daemon's scan: `failured status` shows it
         return path, report
     return with_store(settings, write)
+
+
+@contextmanager
+def _report_dir_errors(settings, kept=""):
+    """A report directory that cannot be written is a clear error, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise FailuredError(f"cannot write the report under {settings.report_dir}: {exc.strerror or exc} "
+                            f"({exc.filename}); set FAILURE_REPORT_DIR to a directory failured may create or "
+                            f"write{kept}") from None
 
 
 def analyze(settings, days, write=False):
@@ -232,8 +244,9 @@ def analyze(settings, days, write=False):
         report = analysis_report(store, snapshot, now, days, settings.lang)
         path = None
         if write:
-            path = reports.write_report(settings.report_dir, reports.ANALYSIS, report, now,
-                                        render_html(report, settings.lang))
+            with _report_dir_errors(settings):
+                path = reports.write_report(settings.report_dir, reports.ANALYSIS, report, now,
+                                            render_html(report, settings.lang))
             store.set_state("last_analysis", f"{now:.3f}", now)
         return path, report
     return with_store(settings, run)

@@ -489,10 +489,9 @@ class Daemon:
             self.queue.push(*item)
         if not self.members.is_leader():  # every daemon reconciles its own heap; the leader reports
             return None
-        report = reports.processing_report(self.store, now, self.settings.lang)
-        if report is None:  # the lead was moving and the other leader reported these events
+        path, _ = reports.write_processing_report(self.store, self.settings.report_dir, now, self.settings.lang)
+        if path is None:  # the lead was moving and the other leader reported these events
             return None
-        path = reports.write_report(self.settings.report_dir, reports.PROCESSING, report, now)
         self.store.set_state("last_scan", f"{now:.3f}", now)
         log.info("scan: %d new handled, %d leases taken back, %d retries re-queued; report %s",
                  len(handled), len(taken_back), len(missing), path)

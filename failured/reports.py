@@ -88,9 +88,20 @@ def _result(lang, task_id, event, category, delay, attempt, detail):
             "message": message, "retry_delay": retry_delay}
 
 
-def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
+def write_processing_report(store, report_dir, now, lang="zh"):
+    """Write the processing report, then move the watermark past its events: a report that cannot be written (a
+    full disk, a report directory that is a file) raises and leaves its events to the next one. Returns (path,
+    report), or (None, None) when another process reported these events meanwhile."""
+    written = []
+    report = processing_report(store, now, lang,
+                               publish=lambda made: written.append(write_report(report_dir, PROCESSING, made, now)))
+    return (written[0], report) if report is not None else (None, None)
+
+
+def processing_report(store, now, lang="zh", scan_errors=(), advance=True, publish=None):
     """The processing report over the events since the previous one; None when another process moved the
-    watermark past them meanwhile (it reports them: a report never repeats another's events)."""
+    watermark past them meanwhile (it reports them: a report never repeats another's events). ``publish`` is
+    called with the report inside the transaction that moves the watermark: if it raises, the watermark stays."""
     upto = aggregates.event_cut(store)
     watermark = store.get_state(WATERMARK_KEY)
     since = (int(watermark or 0), int(store.get_state(XACT_WATERMARK_KEY, "0")))
@@ -103,13 +114,7 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
                                   for task_id in stuck]
     results = [_result(lang, *row) for row in latest]
     total = sum(summary["by_decision"].values())
-    if advance:
-        with store.transaction():
-            if not swap_state(store, WATERMARK_KEY, watermark, str(upto[0]), now):
-                return None  # another process reported these events just now (the lead was moving)
-            if upto[1] is not None:
-                store.put_state(XACT_WATERMARK_KEY, str(upto[1]), now)
-    return {
+    report = {
         "success": not errors,
         "message": WORDS[lang]["done_errors"].format(count=len(errors)) if errors else WORDS[lang]["done"],
         "total_processed": total,
@@ -120,6 +125,15 @@ def processing_report(store, now, lang="zh", scan_errors=(), advance=True):
         "summary": summary,
         "processed_at": iso(now),
     }
+    if advance:
+        with store.transaction():
+            if not swap_state(store, WATERMARK_KEY, watermark, str(upto[0]), now):
+                return None  # another process reported these events just now (the lead was moving)
+            if upto[1] is not None:
+                store.put_state(XACT_WATERMARK_KEY, str(upto[1]), now)
+            if publish is not None:
+                publish(report)
+    return report
 
 
 def _summary(rows):

@@ -142,6 +142,17 @@ def test_check_config_names_a_celery_handlers_task_and_queue_never_its_broker(tm
     assert "broker-password" not in result.stdout
 
 
+@pytest.mark.parametrize("command", [("scan",), ("analyze", "--write")])
+def test_a_report_directory_that_cannot_be_written_is_one_clear_line(tmp_path, config_dir, cli, command):
+    (tmp_path / "a-file").write_text("")
+    env = {**env_for(tmp_path, config_dir), "FAILURE_REPORT_DIR": str(tmp_path / "a-file")}
+    assert cli("report", "--type", "sync", "--error", "connection timeout", env=env).returncode == 0
+    result = cli(*command, env=env)
+    assert result.returncode == 1
+    assert f"cannot write the report under {tmp_path / 'a-file'}: Not a directory" in result.stderr
+    assert "set FAILURE_REPORT_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_scan_from_the_cli_is_the_last_scan_status_shows(tmp_path, config_dir, cli):
     env = {**env_for(tmp_path, config_dir), "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
     assert cli("report", "--type", "sync", "--error", "connection timeout", env=env).returncode == 0

@@ -93,3 +93,22 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path, config_dir, args, sta
     proc = _failured(*args, env={"FAILURE_CONFIG_DIR": str(config_dir), "FAILURE_DB": str(tmp_path / "failured.db")})
     proc.stdout.close()  # the reader is gone before anything is written (`| true`)
     _assert_quiet_exit(proc, status)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("list", "--bogus"), "failured list: error: unrecognized arguments: --bogus (see 'failured list --help')"),
+    (("analyze", "--config", "/x"), "failured analyze: error: unrecognized arguments: --config /x"),
+    (("exec", "--type", "t", "--timeout", "-5", "--", "true"),
+     "failured exec: error: argument --timeout: '-5' must be a number of seconds above 0"),
+    (("exec", "--type", "t", "--timeout", "0", "--", "true"), "'0' must be a number of seconds above 0"),
+    (("exec", "--type", "t", "--timeout", "nan", "--", "true"), "'nan' must be a number of seconds above 0"),
+    (("exec", "--type", "t", "--timeout", "soon", "--", "true"), "'soon' is not a number of seconds"),
+])
+def test_a_usage_error_is_one_line_naming_the_subcommand_and_exit_2(args, expected, capsys):
+    from failured.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert expected in error and len(error.strip().splitlines()) == 1, error

@@ -91,6 +91,17 @@ def test_a_report_of_events_another_process_reported_meanwhile_is_dropped(store,
     assert reports.processing_report(store, clock.now())["total_processed"] == 0  # nothing was left behind
 
 
+def test_a_report_that_cannot_be_written_leaves_its_events_to_the_next_one(store, clock, history, tmp_path):
+    """A report directory that is a file (or a full disk) fails the write before the watermark moves."""
+    blocked = tmp_path / "reports-is-a-file"
+    blocked.write_text("")
+    with pytest.raises(NotADirectoryError):
+        reports.write_processing_report(store, blocked, clock.now(), "en")
+    path, report = reports.write_processing_report(store, tmp_path / "reports", clock.now(), "en")
+    assert report["total_processed"] == 12 and json.loads(path.read_text())["total_processed"] == 12
+    assert reports.write_processing_report(store, tmp_path / "reports", clock.now())[1]["total_processed"] == 0
+
+
 def test_next_processing_report_covers_only_what_came_after(store, clock, history):
     reports.processing_report(store, clock.now())
     assert reports.processing_report(store, clock.now())["total_processed"] == 0
