@@ -213,7 +213,11 @@ def cmd_labels(args, settings):
     lines = commands.export_labels(settings)
     text = "\n".join(lines) + "\n"
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write the labels to {args.output}: {exc.strerror or exc} (give a file in a "
+                             "directory that exists and failured may write)") from None
         print(f"{len(lines) - 1} label(s) written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import FailuredError
+from .errors import FailuredError, InputError
 
 INSTALLED_PREFIX = ("share", "failured", "config")
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -70,11 +70,21 @@ def write_shipped_config(target, force=False):
     files = shipped_config_files()
     if target.exists() and any(target.iterdir()) and not force:
         raise ExistingConfigError(target)
+    if any(_same_file(source, target / name) for name, source in files.items()):
+        raise InputError(f"{target} is the shipped configuration itself (this checkout's config/): there is no "
+                         "other copy to restore it from; git restores its files (git checkout -- config/)")
     for name, source in files.items():
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
     return list(files)
+
+
+def _same_file(source, destination):
+    try:
+        return destination.samefile(source)
+    except OSError:  # not there yet
+        return False
 
 
 class ExistingConfigError(FailuredError):

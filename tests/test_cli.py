@@ -161,3 +161,12 @@ def test_scan_from_the_cli_is_the_last_scan_status_shows(tmp_path, config_dir, c
     assert scanned.returncode == 0, scanned.stderr
     assert json.loads(cli("status", "--json", env=env).stdout)["daemon"]["last_scan"] is not None
     assert "last scan -" not in cli("status", env=env).stdout
+
+
+@pytest.mark.parametrize("output, reason", [("missing/labels.tsv", "No such file or directory"), (".", "Is a directory")])
+def test_labels_export_to_a_file_it_cannot_write_is_one_line_and_exit_2(tmp_path, config_dir, cli, output, reason):
+    env = env_for(tmp_path, config_dir)
+    assert cli("report", "--type", "sync", "--error", "connection timeout", env=env).returncode == 0
+    result = cli("labels", "export", "--output", output, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot write the labels to {output}: {reason}" in result.stderr

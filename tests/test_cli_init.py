@@ -41,6 +41,16 @@ def test_init_in_a_checkout_writes_only_the_tracked_files(checkout, tmp_path):
     assert run_cli("check-config", str(target)).returncode == 0
 
 
+def test_init_over_the_checkouts_own_config_says_it_is_the_shipped_copy_and_writes_nothing(checkout):
+    before = {p: p.read_bytes() for p in (checkout / "config").rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, "-m", "failured", "init", "./config", "--force"], cwd=checkout,
+                            env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "config is the shipped configuration itself" in result.stderr and "git checkout -- config/" in result.stderr
+    assert {p: p.read_bytes() for p in (checkout / "config").rglob("*") if p.is_file()} == before
+
+
 def test_init_refuses_a_directory_with_files_unless_forced(tmp_path):
     target = tmp_path / "etc"
     target.mkdir()
