@@ -265,7 +265,10 @@ class Engine:
             retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
                                                    self.settings.max_recovery_attempts)
             has_handler = self.handler_for(task, snapshot) is not None
-            decision = policy.decide(category, retry_policy, task.attempts, has_handler, task.max_attempts, self.rng)
+            # The task's own limit (one `recover --force` raised) holds while its error stays in the same category;
+            # a new category brings its own, lower or higher.
+            task_limit = task.max_attempts if result.category == task.category else None
+            decision = policy.decide(category, retry_policy, task.attempts, has_handler, task_limit, self.rng)
         except Exception as exc:
             log.exception("task %s %s: could not be classified; decided as unknown", task.id, task.task_type)
             result = _unclassifiable(snapshot, self.settings.lang, error, error_type, exc)

@@ -55,7 +55,8 @@ def decide(category, policy, attempts_done, has_handler, task_limit=None, rng=ra
     """Next step for a task whose latest error is in ``category``.
 
     ``attempts_done`` counts retries already run; ``task_limit`` is a per-task
-    limit raised by ``recover --force`` (the larger limit wins).
+    limit raised by ``recover --force`` (the larger limit wins), which the engine
+    passes only while the task's error stays in the category it was set for.
     """
     if category.action != RETRY or policy is None:
         return Decision(NOTIFY_USER if category.action == NOTIFY_USER else NOTIFY_ADMIN)

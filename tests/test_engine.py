@@ -86,6 +86,31 @@ def test_error_turning_into_a_data_error_stops_retrying_and_tells_admins(engine,
     assert "failured show" in note.body
 
 
+TWO_RETRY_CATEGORIES = SMALL_PATTERNS + """
+[[category]]
+name = "recoverable_temporary"
+label = "可恢复临时错误"
+action = "retry"
+priority = 40
+retry = { delays = [0.05], max_attempts = 2 }
+patterns = ['connection reset']
+"""
+
+
+def test_an_error_that_moves_to_a_category_with_fewer_attempts_takes_its_limit(store, clock, tmp_path):
+    """Network allows 3 attempts, temporary 2: the network limit recorded on the task does not carry over."""
+    snapshot = load_config(write_config(tmp_path / "cfg", TWO_RETRY_CATEGORIES, "[model]\nenabled = false\n" + HANDLER))
+    engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert Task.get_by_id(task_id).max_attempts == 3
+    run_retry(engine, clock, task_id, Outcome(False, "connection reset by peer"))
+    assert (Task.get_by_id(task_id).status, Task.get_by_id(task_id).max_attempts) == ("scheduled", 2)
+    run_retry(engine, clock, task_id, Outcome(False, "connection reset by peer"))
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.category, task.attempts, task.max_attempts) == ("exhausted", "recoverable_temporary", 2, 2)
+
+
 def test_attempts_used_up_is_exhausted_with_an_admin_notice(engine, store, clock):
     task_id = record_failure(store, "sync", "connection timeout", clock=clock)
     engine.handle_new()
