@@ -6,6 +6,7 @@ third-party debug output such as urllib3 printing a robot URL with its token.
 
 import logging
 import sys
+import time
 
 from .notify.channels import mask
 
@@ -19,6 +20,13 @@ def use_secrets(provider):
 
 
 class MaskingFormatter(logging.Formatter):
+    """Secrets masked; times in UTC, marked so (``2024-03-18T06:02:11.532Z``), as ``show``, the reports and the
+    database give them: a log line is compared with them, whatever zone the server is set to."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
     def format(self, record):
         return mask(super().format(record), _secrets())
 
