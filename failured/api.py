@@ -85,6 +85,15 @@ def parse_address(text, name="FAILURE_HTTP_ADDR"):
     return host, int(port)
 
 
+def listen_address(settings):
+    """The API's (host, port), or None when off; refuses (InputError) a bad address, or a non-loopback one without a
+    token."""
+    address = parse_address(settings.http_addr)
+    if address is not None:
+        check_exposure(address[0], settings.api_token, address[1])
+    return address
+
+
 MIN_EXPOSED_TOKEN_CHARS = 16  # a token guessable in a few million tries must not guard a network address
 
 

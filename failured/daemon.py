@@ -19,7 +19,7 @@ import threading
 
 from . import housekeeping, logmask, reports
 from .analysis import analysis_report
-from .api import ApiServer, check_exposure, parse_address
+from .api import ApiServer, listen_address
 from .backend import Backend
 from .breaker import Breakers
 from .clock import SystemClock, iso
@@ -95,6 +95,7 @@ class Daemon:
 
     def start(self):
         s = self.settings
+        http_address = listen_address(s)  # a bad address is refused before anything is created
         self.store = open_store(s.db)
         self._take_lock()
         # Several daemons on PostgreSQL: this one's row, heartbeat and locks (leader, channels); alone on SQLite.
@@ -107,7 +108,6 @@ class Daemon:
         if self.watcher.started_on_last_good is not None:  # the directory is broken: the admins hear it at once
             self._on_reject(self.watcher.last_rejected[1], last_good_saved_at=self.watcher.started_on_last_good)
         logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
-        http_address = self._check_http(s)
         self._record_config(snapshot)
         self.metrics = Metrics()
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
@@ -147,14 +147,6 @@ class Daemon:
                  "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")
         self.notifier.ready(self._status_line())
         return self
-
-    @staticmethod
-    def _check_http(settings):
-        """The API's (host, port), or None when off; refuses a non-loopback address without a token."""
-        address = parse_address(settings.http_addr)
-        if address is not None:
-            check_exposure(address[0], settings.api_token, address[1])
-        return address
 
     def _take_lock(self):
         self.store.take_daemon_lock()

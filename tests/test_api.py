@@ -11,6 +11,7 @@ import socket
 import time
 from dataclasses import fields as dataclass_fields
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
@@ -701,11 +702,15 @@ def test_fuzz_byte_bodies_are_4xx_and_store_nothing(remote, daemon, body, conten
 
 @wired
 @pytest.mark.sqlite_suffices("refused before the store is opened")
-def test_daemon_refuses_a_public_address_without_a_token(daemon_factory):
-    daemon = daemon_factory(FAILURE_HTTP_ADDR=f"0.0.0.0:{free_port()}")
+@pytest.mark.parametrize("address, error", [("0.0.0.0:{port}", "is not loopback and FAILURE_API_TOKEN is not set"),
+                                            ("bogus", "'bogus' is not host:port"),
+                                            ("127.0.0.1:99999", "the port must be a number from 1 to 65535")])
+def test_daemon_refuses_a_bad_or_public_address_before_it_creates_anything(daemon_factory, address, error):
+    daemon = daemon_factory(FAILURE_HTTP_ADDR=address.format(port=free_port()))
     result = daemon.cli("run", timeout=30)
     assert result.returncode == 2
-    assert "is not loopback and FAILURE_API_TOKEN is not set" in result.stderr
+    assert error in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not Path(daemon.db).exists()  # a failed start leaves nothing behind
 
 
 @wired
