@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import labels, manual, reports
-from .secrets import reporter_secrets
+from .secrets import masked_argv, reporter_secrets
 from .clock import SystemClock
 from .config import load_config
 from .errors import ConfigErrors, FailuredError, InputError
@@ -174,7 +174,7 @@ def describe_handler(handler, task_type=None):
     if handler is None:
         return None
     if handler.kind == "command":
-        return f"command {' '.join(handler.argv)}"
+        return f"command {' '.join(masked_argv(handler.argv))}"  # as `show` gives a task's: no password
     if handler.kind == "http":
         return f"http {handler.method} {handler.url.split('?', 1)[0]}"
     if handler.kind == "celery":

@@ -142,6 +142,18 @@ def test_check_config_names_a_celery_handlers_task_and_queue_never_its_broker(tm
     assert "broker-password" not in result.stdout
 
 
+def test_check_config_shows_a_command_handlers_argv_with_its_credentials_masked(tmp_path, cli):
+    config_dir = write_config(tmp_path / "config", main="""
+[task_types.dbjob.handler]
+kind = "command"
+argv = ["env", "PGPASSWORD=hunter2xyz", "psql", "--password", "s3cretpass1", "-c", "select 1"]
+""")
+    result = cli("check-config", str(config_dir), env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "task type dbjob: handler command env PGPASSWORD=*** psql --password *** -c select 1" in result.stdout
+    assert "hunter2xyz" not in result.stdout and "s3cretpass1" not in result.stdout
+
+
 @pytest.mark.parametrize("command", [("scan",), ("analyze", "--write")])
 def test_a_report_directory_that_cannot_be_written_is_one_clear_line(tmp_path, config_dir, cli, command):
     (tmp_path / "a-file").write_text("")
