@@ -11,7 +11,8 @@ import re2
 
 from .rules import pattern_problem, re2_options
 
-_PLACEHOLDER = re.compile(r"<(?:num|str|id|hex|uuid|ip|host|url|path|email)>")
+# The fingerprint's placeholders, and the mask a secret was replaced by: neither is the error's own wording.
+_PLACEHOLDER = re.compile(r"<(?:num|str|id|hex|uuid|ip|host|url|path|email)>|\*\*\*")
 _META = re.compile(r"([\\.^$|?*+()\[\]{}])")
 MIN_CHUNK = 3
 

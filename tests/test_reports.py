@@ -238,6 +238,12 @@ def test_suggestion_tightens_when_the_loose_pattern_would_steal():
     assert suggest("<num>", ["5"], []) == (None, False)
 
 
+def test_a_suggestion_never_keys_on_the_mask_a_secret_was_replaced_by():
+    sample = "psql: FATAL: password authentication failed, PGPASSWORD=*** user app"
+    pattern, verified = suggest("psql: FATAL: password authentication failed, PGPASSWORD=*** user <str>", [sample], [])
+    assert verified and r"\*" not in pattern and pattern == r"psql:\s+FATAL:\s+password\s+authentication\s+failed,\s+PGPASSWORD="
+
+
 def test_html_figures_equal_the_json(store, clock, history):
     snapshot, _ = history
     report = json.loads(json.dumps(analysis_report(store, snapshot, clock.now(), 7)))
