@@ -134,7 +134,8 @@ class Dispatcher:
         return row
 
     def alert_misconfigured(self, name, channel, error, now, advice=None):
-        """Tell the admins once per channel configuration that a channel rejected our messages.
+        """Tell the admins once per channel configuration that a channel cannot send as configured (the receiver
+        refused its credentials, or a variable it names is not set).
 
         A line of ``admin_alerts.log`` in the log channel's format (kind, audience, title, body), written
         directly: the channel's own rows wait, and the alert must not depend on any channel."""
@@ -143,7 +144,7 @@ class Dispatcher:
                 return
             self._alerted[name] = channel  # the object itself, not id(): a freed id can be reused
         advice = advice or DEFAULT_ADVICE
-        log.error("channel %s (%s) rejected our messages and is paused until its config changes: %s; %s",
+        log.error("channel %s (%s) is paused until its config changes: %s; %s",
                   name, channel.describe(), error, advice)
         title, body = messages.paused_message(self.settings.lang, name, channel.describe(), error, advice)
         try:

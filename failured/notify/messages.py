@@ -32,7 +32,7 @@ TEXTS = {
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
         "see_rest": "查看全部",
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
-        "paused_title": "[failured] 通道 {channel} 已暂停：消息被拒绝",
+        "paused_title": "[failured] 通道 {channel} 已暂停：其配置无法使用",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
         "undeliverable_title": "[failured] 通道 {channel} 无法发送通知 #{id}，已放弃",
         "notification": "通知", "channel": "通道",
@@ -60,7 +60,7 @@ TEXTS = {
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
         "see_rest": "See them all",
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
-        "paused_title": "[failured] Channel {channel} paused: it rejected our messages",
+        "paused_title": "[failured] Channel {channel} paused: its configuration does not work",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
         "undeliverable_title": "[failured] Channel {channel} cannot deliver notification #{id}: given up",
         "notification": "Notification", "channel": "Channel",
@@ -165,7 +165,8 @@ def threshold_message(lang, check, window_minutes):
 
 
 def paused_message(lang, channel, describe, error, advice):
-    """(title, body) of the admin alert about a channel that rejected our messages and is paused."""
+    """(title, body) of the admin alert about a channel paused until its configuration changes (the receiver
+    refused its credentials, or a variable it names is not set)."""
     words = TEXTS[lang]
     title = words["paused_title"].format(channel=channel)
     lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice}", "",
