@@ -258,7 +258,7 @@ def cmd_show(args, settings):
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
         extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
         said = event["error"] and (event["event"] != "reported" or moved)
-        error = f": {messages.shorten(error_summary(event['error']), 120)}" if said else ""
+        error = f"  {messages.shorten(error_summary(event['error']), 120)}" if said else ""
         print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
     if "advice" in data:
         print(f"why manual: {data['advice']['why']}")

@@ -74,7 +74,8 @@ def _schedule_in_transaction(store, task, now, event, force, note=None):
     limit = max(task.max_attempts or 0, task.attempts + 1) if force else task.max_attempts
     if not rows.schedule_now(store, task.id, task.status, now, limit):
         return False
-    rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts, force=force,
+    # the attempt it schedules, as a retry_scheduled event names it
+    rows.add_event(store, task.id, now, event, SCHEDULED, task.category, task.attempts + 1, force=force,
                    **({"note": note} if note else {}))
     return True
 

@@ -68,5 +68,5 @@ def test_after_a_failed_retry_show_gives_the_latest_error_and_still_the_first(da
     shown = cli("show", "1", env=daemon.env).stdout
     assert "error (the latest attempt; the first is on the reported line): exit 1: ConnectionResetError" in shown, shown
     [reported] = [line for line in _event_lines(shown) if " reported " in line]
-    assert reported.endswith(": connection timeout"), shown
+    assert reported.endswith("new         connection timeout"), shown
     daemon.stop()

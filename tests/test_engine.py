@@ -237,6 +237,8 @@ def test_forced_retry_of_an_exhausted_task_runs_once_more(engine, store, clock, 
     with pytest.raises(RefusedError, match="used all 3 of its retries"):
         recover(store, snapshot, task_id, clock.now())
     recover(store, snapshot, task_id, clock.now(), force=True)
+    [requested] = TaskEvent.select().where(TaskEvent.task == task_id, TaskEvent.event == "recover_requested")
+    assert requested.attempt == 4  # the attempt it schedules, as a retry_scheduled event names it
     run_retry(engine, clock, task_id, Outcome(False, "connection timeout"))
     assert Task.get_by_id(task_id).status == "exhausted" and Task.get_by_id(task_id).attempts == 4
 
