@@ -166,11 +166,11 @@ def render(status):
     daemon = status["daemon"]
     lines = [f"failured: {'healthy' if status['healthy'] else 'UNHEALTHY'}"]
     lines += [f"  problem: {problem}" for problem in status["problems"]]
-    lines += [f"daemon: {_daemon_words(daemon)}"
-              f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}",
-              f"tasks: {status['tasks']['total']}"]
-    for member in status.get("daemons", []):
+    lines.append(f"daemon: {_daemon_words(daemon)}"
+                 f", last scan {daemon['last_scan'] or '-'}, last analysis {daemon['last_analysis'] or '-'}")
+    for member in status.get("daemons", []):  # several daemons (PostgreSQL): each under the daemon line
         lines.append(f"  daemon {member['name']}: " + _member_words(member))
+    lines.append(f"tasks: {status['tasks']['total']}")
     for state, categories in sorted(status["tasks"]["by_status"].items()):
         detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
         lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")

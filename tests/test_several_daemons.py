@@ -470,6 +470,9 @@ def test_status_and_metrics_list_the_daemons_and_the_leader(pg_url):  # noqa: F8
         assert wait_for(lambda: group[0].is_leader(), 10)
         text = status.render(status.collect(stores[0], None, time.time()))
         assert "daemon host:0:0: alive, retries, leader" in text and "daemon host:1:0: gone" in text
+        lines = text.splitlines()  # each daemon under the daemon line, before the tasks
+        at = next(i for i, line in enumerate(lines) if line.startswith("daemon:"))
+        assert [line[:9] for line in lines[at + 1:at + 4]] == ["  daemon ", "  daemon ", "tasks: 0"], text
         metrics = Metrics()
         metrics.bind(stores[0], lambda: 0, ManualClock())
         metrics.members = group[0]
