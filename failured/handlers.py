@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .classify import exception_type_in
 from .errors import ConfigError, StoreError
 from .text import clean_text
 from .secrets import ENV_REF, expand_env
@@ -286,7 +287,9 @@ def _run_command(spec, task, on_start):
             return Outcome(True, pid=proc.pid)
         status = f"exit {code}" if code > 0 else f"signal {-code}"
         output = _file_tail(err) or _file_tail(out)
-        return Outcome(False, f"{status}: {output}", status, pid=proc.pid)
+        # The type is the exception the output names (a traceback's last line), as for a reported error; the
+        # status stays in the message, where the rules read it (exit 137, signal 9).
+        return Outcome(False, f"{status}: {output}", exception_type_in(output), pid=proc.pid)
 
 
 def _file_tail(f):

@@ -85,8 +85,19 @@ def test_command_failure_reports_exit_status_and_stderr_tail(script):
     outcome = run_handler(command(argv), task())
     assert not outcome.ok
     assert outcome.error.startswith("exit 3: ") and outcome.error.endswith("boom: database locked")
-    assert outcome.error_type == "exit 3"
+    assert outcome.error_type is None  # the output names no exception type (the status is in the error)
     assert len(outcome.error.encode()) <= 4096
+
+
+def test_a_command_failure_has_the_type_of_the_exception_its_output_names(script):
+    argv = script("""
+        import sys
+        sys.stderr.write("Traceback (most recent call last):\\n  File \\"job.py\\", line 1, in <module>\\n"
+                         "requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='api', port=443): Read timed out.\\n")
+        sys.exit(1)
+    """)
+    outcome = run_handler(command(argv), task())
+    assert outcome.error_type == "requests.exceptions.ReadTimeout" and outcome.error.startswith("exit 1: Traceback")
 
 
 def test_command_failure_without_stderr_uses_stdout(script):
