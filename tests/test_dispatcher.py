@@ -402,7 +402,20 @@ def test_a_rejected_channel_alert_line_has_the_documented_format(dispatcher, sna
     alert = json.loads(line)
     assert {"time", "kind", "audience", "title", "body"} <= set(alert)
     assert (alert["kind"], alert["audience"], alert["channel"]) == ("channel_misconfigured", "admin", "robot")
-    assert "robot" in alert["title"] and "310000" in alert["body"] and "config" in alert["body"]
+    assert "robot" in alert["title"] and "310000" in alert["body"]
+    assert "- 请修改配置中该通道的设置" in alert["body"] and alert["advice"] == "请修改配置中该通道的设置"  # Chinese, as the rest
+
+
+def test_a_paused_channels_advice_is_in_the_alerts_language():
+    from failured.notify.channels.robots import DINGTALK_REJECTED
+    from failured.notify.messages import paused_message
+
+    advice = DINGTALK_REJECTED[310000]
+    _, chinese = paused_message("zh", "ops", "dingtalk robot", "errcode 310000", advice)
+    _, english = paused_message("en", "ops", "dingtalk robot", "errcode 310000", advice)
+    assert "钉钉安全校验未通过" in chinese and advice not in chinese
+    assert advice in english
+    assert paused_message("zh", "ops", "x", "e", "an advice no table knows")[1].count("an advice no table knows") == 1
 
 
 def _with_extra_channels(snapshot, count):

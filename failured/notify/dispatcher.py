@@ -150,7 +150,8 @@ class Dispatcher:
         try:
             append_line(self.settings.log_dir, "admin", {
                 "kind": "channel_misconfigured", "audience": "admin", "title": title, "body": body,
-                "channel": name, "describe": channel.describe(), "error": error, "advice": advice,
+                "channel": name, "describe": channel.describe(), "error": error,
+                "advice": messages.advice_in(self.settings.lang, advice),
                 "message": f"channel {name} is paused until its configuration changes",
             }, now)
         except OSError as exc:

@@ -6,6 +6,9 @@ texts as markdown, and a reporter must not be able to write failured's lines, li
 
 from ..classify import error_summary
 from ..clock import iso
+from .channels.mail import REFUSED_ADVICE
+from .channels.robots import DINGTALK_REJECTED, WECOM_REJECTED
+from .health import DEFAULT_ADVICE
 from .inert import inert
 
 MAX_ERROR_CHARS = 300
@@ -164,13 +167,28 @@ def threshold_message(lang, check, window_minutes):
     return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)
 
 
+# What to fix on a paused channel, in Chinese: the channels give it in English (the log and `status` say it so).
+ADVICE_ZH = {
+    DINGTALK_REJECTED[310000]: "钉钉安全校验未通过（加签、时间戳、关键词或 IP 白名单）：请修改配置中该通道的 secret 或关键词，或机器人的安全设置",
+    DINGTALK_REJECTED[300001]: "钉钉拒绝了机器人的 access_token（填错了，或机器人已被移除）：请修改配置中该通道的 access_token",
+    WECOM_REJECTED[93000]: "企业微信拒绝了 webhook key（填错了，或机器人已被移除）：请修改配置中该通道的 key",
+    REFUSED_ADVICE: "邮件服务器拒绝了我们：请修改配置中该通道的用户名、密码、发件人或收件人（或其 ssl/starttls 设置）",
+    DEFAULT_ADVICE: "请修改配置中该通道的设置",
+}
+
+
+def advice_in(lang, advice):
+    """A channel's advice in ``lang`` (as given where no translation is known)."""
+    return ADVICE_ZH.get(advice, advice) if lang == "zh" else advice
+
+
 def paused_message(lang, channel, describe, error, advice):
     """(title, body) of the admin alert about a channel paused until its configuration changes (the receiver
     refused its credentials, or a variable it names is not set)."""
     words = TEXTS[lang]
     title = words["paused_title"].format(channel=channel)
-    lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice}", "",
-             words["paused_body"]]
+    lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice_in(lang, advice)}",
+             "", words["paused_body"]]
     return title, "\n".join(lines)
 
 

@@ -6,11 +6,13 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-
 from ..inert import one_line
 from .base import Channel, SendResult, _resolve, _shown
 
 log = logging.getLogger(__name__)
+
+REFUSED_ADVICE = ("the mail server refused us: fix the channel's username, password, sender or recipients (or its "
+                  "ssl/starttls) in the config")
 
 MAX_SUBJECT_CHARS = 200  # longer titles are cut; the header itself is folded by the email package
 
@@ -74,8 +76,7 @@ class EmailChannel(Channel):
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError, smtplib.SMTPSenderRefused,
                 smtplib.SMTPRecipientsRefused) as exc:  # fmt: skip
             return SendResult(False, misconfigured=True, error=f"{type(exc).__name__}: {exc}",
-                              advice="the mail server refused us: fix the channel's username, password, sender or "
-                                     "recipients (or its ssl/starttls) in the config")
+                              advice=REFUSED_ADVICE)
         except smtplib.SMTPDataError as exc:
             # 5xx after DATA: the server refuses this message (its size, its content), not us.
             return SendResult(False, error=f"{type(exc).__name__}: {exc}", message_fault=exc.smtp_code >= 500)
