@@ -228,8 +228,10 @@ def _text_of(value):
 def _error_of(value):
     """An error field as text: a string as it is; an object by its stack trace, else its type and message, else
     as JSON; nothing where it is empty."""
+    if isinstance(value, bool) or value is None:  # "error": false says nothing went wrong there
+        return None
     if not isinstance(value, dict):
-        return _text_of(value) if isinstance(value, str) or value is None else json.dumps(value, ensure_ascii=False)
+        return _text_of(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     if not value:
         return None
     stack = _text_of(_first(value, ("stack", "stack_trace", "stacktrace")))

@@ -160,6 +160,7 @@ RECORDS = [
       "error.message": "Your card has insufficient funds."},
      "stripe.error.CardError: Your card has insufficient funds.\ncharge failed"),  # ECS
     ({"severity": "ERROR", "message": "quota exceeded"}, "quota exceeded"),  # Google Cloud
+    ({"level": "error", "error": False, "msg": "quota exceeded"}, "quota exceeded"),
     ({"log": "2024-03-18 14:02:11,532 ERROR [app] Connection refused\n", "stream": "stderr",
       "time": "2024-03-18T06:02:11.532104573Z"}, "Connection refused"),  # Docker's json-file, a head inside
 ]
