@@ -524,9 +524,14 @@ def test_a_celery_retry_with_an_unset_broker_variable_fails_saying_which(monkeyp
     assert not outcome.ok and "NO_SUCH_BROKER_VAR" in outcome.error
 
 
-def test_a_celery_retry_with_the_broker_down_fails_without_showing_the_password():
+@pytest.mark.parametrize("environment_broker", [None, "amqp://guest:guest@127.0.0.1:5672//"])
+def test_a_celery_retry_with_the_broker_down_fails_without_showing_the_password(monkeypatch, environment_broker):
+    """The handler's broker, even where the daemon's environment names another (Celery reads CELERY_BROKER_URL
+    before the broker it is given)."""
+    if environment_broker:
+        monkeypatch.setenv("CELERY_BROKER_URL", environment_broker)
     outcome = run_handler(_spec("redis://:s3cr3t-pass@127.0.0.1:9/0"), _context())
-    assert not outcome.ok and "s3cr3t-pass" not in outcome.error and "127.0.0.1:9" in outcome.error
+    assert not outcome.ok and "s3cr3t-pass" not in outcome.error and "127.0.0.1:9" in outcome.error, outcome.error
 
 
 def test_a_payload_that_cannot_be_sent_again_fails_as_a_data_error_without_sending():

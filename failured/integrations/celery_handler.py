@@ -89,6 +89,9 @@ def _app_for(broker):
         app = _apps.get(broker)
         if app is None:
             app = Celery("failured-retries", broker=broker, set_as_current=False)
+            # Celery reads CELERY_BROKER_URL from the environment before its own broker setting: the handler's
+            # broker must win (the daemon's environment may name another), for publishing and for the replies.
+            app.conf.broker_read_url = app.conf.broker_write_url = broker
             app.conf.broker_connection_timeout = 4
             app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
                                                   "interval_max": 1}
