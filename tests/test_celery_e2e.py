@@ -79,6 +79,20 @@ def bulk(key):
     raise ConnectionRefusedError(111, "Connection refused")
 
 
+@app.task(name="t.dies")
+def dies(key):
+    run_number(key)
+    os.kill(os.getpid(), 9)  # as the OOM killer would: the prefork child is gone, the main process fails the task
+
+
+@app.task(name="t.outlives_its_limit", time_limit=2)
+def outlives_its_limit(key):
+    n = run_number(key)
+    if n == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    time.sleep(60)  # failured's retry: the hard time limit kills the child
+
+
 @app.task(name="t.hang_once")
 def hang_once(key):
     n = run_number(key)
@@ -98,6 +112,14 @@ timeout = 20
 [task_types."t.flaky".retry]
 delays = [0.1]
 max_attempts = 5
+
+[task_types."t.outlives_its_limit".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 60
+[task_types."t.outlives_its_limit".retry]
+delays = [0.1]
+max_attempts = 1
 
 [task_types."t.hang_once".handler]
 kind = "celery"
@@ -399,3 +421,40 @@ def test_a_prefork_pool_reports_every_failure_once_from_its_child_processes(setu
         worker.stop()
     rows = setup.daemon.query("SELECT ref FROM tasks WHERE ref IN (%s)" % ",".join("?" * len(refs)), *refs)
     assert sorted(r[0] for r in rows) == sorted(refs)
+
+
+@pytest.fixture
+def prefork(setup):
+    """A prefork worker on a queue of its own (its children run the tasks; its main process fails those that die)."""
+    queue = f"{setup.queue}-prefork-{uuid.uuid4().hex[:4]}"
+    worker = Worker(setup.root, {**setup.env, "T_QUEUE": queue}, queue, pool="prefork")
+    worker.launch()
+    try:
+        worker.wait_ready()
+        yield queue
+    finally:
+        worker.stop()
+
+
+def test_a_task_whose_prefork_child_is_killed_is_recorded_once_with_its_queue(setup, prefork):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.dies", key, queue=prefork)
+    rows = setup.daemon.wait_for("SELECT error_type, error_message, payload, category FROM tasks WHERE ref = ?",
+                                 lambda rows: rows and rows[0][3] is not None, 60, ref)
+    error_type, error, payload, category = rows[0]
+    assert error_type == "billiard.exceptions.WorkerLostError" and "signal 9 (SIGKILL)" in error
+    assert json.loads(payload)["queue"] == prefork  # a retry goes where the task ran
+    assert category == "recoverable_system"
+    assert len(setup.daemon.query("SELECT id FROM tasks WHERE ref = ?", ref)) == 1
+
+
+def test_a_failured_retry_killed_by_its_hard_time_limit_answers_its_attempt_and_is_no_new_task(setup, prefork):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.outlives_its_limit", key, queue=prefork)
+    task_id, status, attempts = setup.task_by_ref(ref, ("exhausted", "notified", "recovered"), timeout=90)
+    errors = [r[0] for r in setup.daemon.query(
+        "SELECT error_message FROM task_events WHERE task_id = ? AND event = 'retry_failed'", task_id)]
+    assert len(errors) == 1 and "TimeLimitExceeded" in errors[0], errors  # the answer, not the 60 s timeout
+    assert "no answer from Celery task" not in errors[0]
+    assert json.loads(setup.daemon.query("SELECT payload FROM tasks WHERE id = ?", task_id)[0][0])["queue"] == prefork
+    assert setup.tasks("t.outlives_its_limit") == [(task_id, status, ref, attempts)]  # no second task

@@ -22,10 +22,12 @@ import logging
 import math
 import os
 import socket
+import threading
 import traceback
 from pathlib import Path
 
 from celery import shared_task, signals
+from celery.app.task import Context
 
 from ..intake import bound_error
 from ..settings import load_settings
@@ -41,6 +43,10 @@ MAX_ERROR_BYTES = 64 * 1024  # failured's intake limit
 MAX_REPR_CHARS = 2000
 MAX_PAYLOAD_BYTES = 512 * 1024  # well under the API's 1 MiB body limit
 MANUAL_TASK = "failured.manual_recovery_task"
+# The worker's main process fails a task itself when its child died (WorkerLostError) or outlived its hard time
+# limit; the request is then not on the task's stack, so it remembers what it received (bounded: a task that ends
+# well is never heard of again there).
+REMEMBERED_REQUESTS = 10_000
 
 _installed = None  # the CeleryIntegration of this process, for manual_recovery_task
 
@@ -102,9 +108,12 @@ class CeleryIntegration:
         self.wanted = wanted
         self.count_successes = count_successes
         self.hostname = socket.gethostname()
+        self._received = Remembered(REMEMBERED_REQUESTS)  # main process: task id -> (failured headers, queue)
+        self._failed_here = Remembered(REMEMBERED_REQUESTS)  # main process: task ids it already reported
 
     def connect(self):
         # weak=False: the receivers are bound methods of this object, which nothing else keeps.
+        signals.task_received.connect(self.on_received, weak=False)
         signals.task_failure.connect(self.on_failure, weak=False)
         signals.task_success.connect(self.on_success, weak=False)
         signals.worker_process_init.connect(self.on_process_start, weak=False)
@@ -113,6 +122,7 @@ class CeleryIntegration:
         signals.worker_shutdown.connect(self.on_shutdown, weak=False)
 
     def disconnect(self):
+        signals.task_received.disconnect(self.on_received)
         signals.task_failure.disconnect(self.on_failure)
         signals.task_success.disconnect(self.on_success)
         signals.worker_process_init.disconnect(self.on_process_start)
@@ -123,17 +133,36 @@ class CeleryIntegration:
     def _ours(self, task):
         return task is not None and getattr(task, "app", None) is self.app
 
+    def on_received(self, request=None, **_):
+        """The main process: what a task's request says, kept for a failure this process may report itself."""
+        try:
+            if self._ours(getattr(request, "task", None)):
+                self._received.put(request.id, (protocol.failured_headers(Context(request.request_dict)),
+                                                (request.delivery_info or {}).get("routing_key")))
+        except Exception:
+            log.exception("failured: remembering the request of %s failed", getattr(request, "id", "?"))
+
     def on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
                    einfo=None, **_):
         if not self._ours(sender):
             return
         try:
-            rerun = protocol.failured_headers(sender.request)
+            on_stack = getattr(sender.request, "id", None) == task_id
+            if not on_stack or isinstance(traceback, str):  # the main process fails it: its child died or hung
+                if self._failed_here.get(task_id):
+                    return  # a hard time limit fails it twice there: when it strikes, and as the child dies
+                self._failed_here.put(task_id, True)
+            if on_stack:
+                rerun = protocol.failured_headers(sender.request)
+                queue = (getattr(sender.request, "delivery_info", None) or {}).get("routing_key")
+            else:
+                rerun, queue = self._received.get(task_id) or (None, None)
             error, error_type = error_text(exception, traceback, einfo), qualified_name(type(exception))
             if rerun is not None:  # failured's own retry: answer it, it is not a new failure
                 self.reply(rerun, False, error, error_type, task_id)
             elif self.wanted(sender.name):
-                self.reporter.report_failure(failure_record(sender, task_id, error, error_type, args, kwargs))
+                self.reporter.report_failure(failure_record(sender.name, task_id, error, error_type, args, kwargs,
+                                                            queue))
         except Exception:  # a receiver must never break the worker
             log.exception("failured: reporting the failure of %s %s failed", getattr(sender, "name", "?"), task_id)
 
@@ -182,6 +211,8 @@ def qualified_name(cls):
 
 def error_text(exception, tb=None, einfo=None):
     """The traceback's last frames and the error line, as Python prints them, within the intake limit."""
+    if isinstance(tb, str):  # formatted already: the main process failed the task (a child that died)
+        return bound_error(tb.rstrip(), MAX_ERROR_BYTES)
     if tb is None and einfo is not None:
         tb = getattr(einfo, "tb", None)
     lines = ["Traceback (most recent call last):\n", *_last_frames(tb)] if tb is not None else []
@@ -207,15 +238,31 @@ def _last_frames(tb):
     return lines
 
 
-def failure_record(task, celery_task_id, error, error_type, args, kwargs):
-    delivery = getattr(task.request, "delivery_info", None) or {}
+def failure_record(task_name, celery_task_id, error, error_type, args, kwargs, queue):
     payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
-               "celery_task_id": celery_task_id, "queue": delivery.get("routing_key")}
+               "celery_task_id": celery_task_id, "queue": queue}
     if len(protocol.json_bytes(payload)) > MAX_PAYLOAD_BYTES:  # in bytes as sent: a Chinese character is 3
         payload["args"] = _marked(payload["args"])
         payload["kwargs"] = _marked(payload["kwargs"])
-    return {"kind": "failure", "task_type": task.name, "error": error, "error_type": error_type,
+    return {"kind": "failure", "task_type": task_name, "error": error, "error_type": error_type,
             "payload": payload, "ref": celery_task_id}
+
+
+class Remembered:
+    """A bounded map, oldest forgotten first, shared by the threads of one process."""
+
+    def __init__(self, size):
+        self.size, self._items, self._lock = size, collections.OrderedDict(), threading.Lock()
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, key):
+        with self._lock:
+            return self._items.get(key)
 
 
 def json_safe(value):
