@@ -448,7 +448,7 @@ class Engine:
         if items and self.store.dialect == "postgresql":  # one round trip: see rows.settle_at_once
             claimed, recorded, items = self._claim_reading_nothing(finishes, items, now)
             finishes = []
-        claims = self._prepare_claims(items, now)
+        claims, without_handler = self._prepare_claims(items, now)
         if claims or finishes:
             with self._write_turn():
                 done, got = rows.run_together(self.store, [(rows.RECOVER, finishes), (rows.CLAIM, claims)])
@@ -466,6 +466,8 @@ class Engine:
             self.metrics.retry_ended(True)
             self.metrics.recovered(task.category)
             log.info("task %s %s: recovered on retry %s", task.id, task.task_type, claimed_one.attempt)
+        for task in without_handler:
+            self._handler_gone(task)
         dues = []
         for index, (claimed_one, outcome) in enumerate(results):
             try:
@@ -488,9 +490,10 @@ class Engine:
         return claimed, recorded, [item for item in items if item[0] not in taken]
 
     def _prepare_claims(self, items, now):
-        """[(Claimed, claim parameters, event row)] for the items that are due and have a handler."""
+        """([(Claimed, claim parameters, event row)] for the items that are due and have a handler, [the due tasks
+        whose handler was taken out of the configuration since they were scheduled])."""
         snapshot = self.config()
-        prepared = []
+        prepared, without_handler = [], []
         expected = dict(items)
         for task in rows.load_tasks(self.store, list(expected)):
             expected_due = expected[task.id]
@@ -501,14 +504,25 @@ class Engine:
                 due = abs(task.next_retry_at - expected_due) < 0.001
             else:
                 due = task.next_retry_at <= now + 0.001
-            if handler is None or not due:
+            if not due:
+                continue
+            if handler is None:
+                without_handler.append(task)
                 continue
             attempt = task.attempts + 1
             prepared.append((Claimed(task, handler, attempt),
                              rows.claim_params(attempt, self.owner, now + policy.lease_seconds(handler.timeout), now,
                                                task.id, task.next_retry_at),
                              event_row(task.id, now, "retry_started", RUNNING, task.category, attempt)))
-        return prepared
+        return prepared, without_handler
+
+    def _handler_gone(self, task):
+        """A due retry whose task type has no handler any more: decided again, it waits in ``manual`` (the admins
+        told once per task type), as a failure reported without one does."""
+        try:
+            self._decide(task, SCHEDULED, "reconsidered")
+        except _Moved:  # claimed or changed meanwhile
+            pass
 
     def _prepare_recovered(self, recovered, now):
         return [(claimed, rows.recover_params(now, claimed.task.id, self.owner),

@@ -149,6 +149,22 @@ def test_no_handler_is_manual_with_one_notice_per_task_type(engine, store, clock
     assert [n.kind for n in Notification.select()] == ["manual", "manual"]
 
 
+def test_a_due_retry_whose_handler_was_taken_out_of_the_config_waits_in_manual(store, clock, tmp_path, snapshot):
+    current = [snapshot]
+    engine = Engine(store, Settings(), clock, lambda: current[0], owner="test:1:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    assert Task.get_by_id(task_id).status == "scheduled"
+    current[0] = load_config(write_config(tmp_path / "no-handler", SMALL_PATTERNS))  # the handler's table deleted
+    clock.advance(100)
+    assert engine.claim(task_id) is None
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.attempts) == ("manual", 0)
+    assert events(task_id)[-1] == "manual"
+    assert [n.kind for n in Notification.select()] == ["manual"]
+    assert engine.claim(task_id) is None and events(task_id).count("manual") == 1  # once, not once a pass
+
+
 def test_expired_lease_goes_back_to_scheduled(engine, store, clock):
     task_id = record_failure(store, "sync", "connection timeout", clock=clock)
     engine.handle_new()
