@@ -253,11 +253,28 @@ def analyze(settings, days, write=False):
 
 
 def status(settings):
-    """``failured status`` data; a broken config still gives a status (without thresholds)."""
+    """``failured status`` data, its thresholds evaluated on the daemon's own configuration (the directory it
+    recorded), else on ``FAILURE_CONFIG_DIR``'s; where neither can be read, the status says so among its problems
+    rather than calling a system healthy whose thresholds it did not check."""
     from . import status as status_module
 
-    try:
-        snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir, model=False)
-    except ConfigErrors:
-        snapshot = None
-    return with_store(settings, lambda store: status_module.collect(store, snapshot, SystemClock().now()))
+    def collect(store):
+        recorded = (status_module.config_status(store)["active"] or {}).get("dir")
+        snapshot, unread = _readable_config([recorded, settings.config_dir], settings)
+        data = status_module.collect(store, snapshot, SystemClock().now())
+        if unread:
+            data["problems"].append(f"thresholds not checked: {unread}")
+            data["healthy"] = False
+        return data
+    return with_store(settings, collect)
+
+
+def _readable_config(directories, settings):
+    """(the first of ``directories`` that loads, None) or (None, why the last one did not)."""
+    why = None
+    for directory in dict.fromkeys(d for d in directories if d):
+        try:
+            return load_config(directory, settings.lang, settings.log_dir, model=False), None
+        except ConfigErrors as exc:
+            why = f"the configuration at {directory} cannot be read ({exc.errors[0]})"
+    return None, why

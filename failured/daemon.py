@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 
 from . import housekeeping, logmask, reports
 from .analysis import analysis_report
@@ -543,7 +544,8 @@ class Daemon:
 
     def _record_config(self, snapshot):
         now = self.clock.now()
-        self.store.set_state("config", json.dumps({"dir": str(self.settings.config_dir), "files": list(snapshot.files),
+        self.store.set_state("config", json.dumps({"dir": str(Path(self.settings.config_dir).resolve()),
+                                                   "files": list(snapshot.files),
                                                    "digest": snapshot.digest, "loaded_at": iso(now)}), now)
 
     def _on_reload(self, snapshot):

@@ -74,6 +74,20 @@ def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     daemon.wait_for("SELECT count(*) FROM tasks WHERE category = 'unknown'", lambda r: r[0][0] == 12)
     result = daemon.cli("status")
     assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+    # From a shell (cron, a monitor) that names no config directory: the daemon's own is checked.
+    elsewhere = {k: v for k, v in daemon.env.items() if k != "FAILURE_CONFIG_DIR"}
+    (daemon.workdir / "elsewhere").mkdir()
+    result = run_cli("status", env=elsewhere, cwd=daemon.workdir / "elsewhere")
+    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+
+
+def test_status_that_can_read_no_configuration_says_its_thresholds_were_not_checked(tmp_path):
+    nowhere = {"FAILURE_DB": str(tmp_path / "f.db"), "FAILURE_CONFIG_DIR": str(tmp_path / "no-such-config")}
+    assert run_cli("report", "--type", "sync", "--error", "x", env=nowhere, cwd=tmp_path).returncode == 0
+    result = run_cli("status", env=nowhere, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"problem: thresholds not checked: the configuration at {tmp_path / 'no-such-config'} cannot be read" \
+        in result.stdout
 
 
 def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factory, tmp_path):
