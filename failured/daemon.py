@@ -9,6 +9,7 @@ checkpoint:  SQLite only: copies the WAL into the database file every CHECKPOINT
 config:      watchdog observer + debounced reload
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ LOOP_SECONDS = 0.5  # the main loop's pace
 PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and the other threads' turn
 PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
 HOUSEKEEPING_SECONDS = 86400
+REJECTION_TOLD = "config_rejected_told"  # daemon_state: the digest of the refused change the admins were told of
 # How often the intake asks SQLite whether another connection committed (PRAGMA data_version:
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
 INTAKE_TICK_SECONDS = 0.01
@@ -552,12 +554,14 @@ class Daemon:
         self.metrics.reloads.labels("applied").inc()
         self._record_config(snapshot)
         self.store.delete_state("config_rejected")  # a good config is active again
+        self.store.delete_state(REJECTION_TOLD)  # the next refused change is news again
         self.breakers.config = snapshot.breaker
         self.dispatcher.sync_lanes()
         self.engine.forget_manual_notices(snapshot)
 
     def _on_restore(self, snapshot):
         self.store.delete_state("config_rejected")  # the refused change was undone: the active config is on disk again
+        self.store.delete_state(REJECTION_TOLD)
 
     def _on_reject(self, errors, last_good_saved_at=None):
         """A refused reload; or, with ``last_good_saved_at``, a start on a directory that does not validate,
@@ -578,9 +582,12 @@ class Daemon:
             title = (f"[failured] 启动时配置无效，正在使用 {iso(last_good_saved_at)} 保存的上一个有效配置" if zh
                      else f"[failured] Config invalid at start; running on the last good config, kept at "
                           f"{iso(last_good_saved_at)}")
+        told = hashlib.sha256(lines.encode("utf-8", "backslashreplace")).hexdigest()[:16]
         with self.store.transaction():
-            enqueue(self.store, self.watcher.current, now, "admin", "config", title,
-                    f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+            # Several daemons read one directory and each refuses the same change: the admins are told once.
+            if claim_state(self.store, REJECTION_TOLD, told, now):
+                enqueue(self.store, self.watcher.current, now, "admin", "config", title,
+                        f"**{title}**\n\n{messages.shorten(lines, 3000)}")
 
     # -- stop -----------------------------------------------------------------
 

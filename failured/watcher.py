@@ -81,6 +81,9 @@ class ConfigWatcher:
 
     def start(self):
         self._watch()
+        # An edit between the first load and now (a first start trains the model meanwhile) made no event: look
+        # once (the same digest is no reload).
+        self._changed.set()
         self._thread = threading.Thread(target=self._loop, name="config-watcher", daemon=True)
         self._thread.start()
         return self

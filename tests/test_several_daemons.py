@@ -706,3 +706,16 @@ def test_sessions_the_server_drops_under_three_daemons_neither_stop_nor_double_t
     assert sorted(key for what, _, key in runs if what == "start") == sorted(str(n) for n in range(count))  # once each
     assert all(proc.poll() is None for proc in procs), unfinished(store, log, tmp_path)
     store.close()
+
+
+def test_a_change_every_daemon_refuses_is_told_to_the_admins_once(run_daemons, pg_url, tmp_path):  # noqa: F811
+    store = open_store(pg_url)
+    for n in range(2):
+        run_daemons(f"d{n}")
+    logs = [tmp_path / f"d{n}" / "stderr" for n in range(2)]
+    assert wait_for(lambda: all("failured running" in log.read_text() for log in logs), 60)  # watching
+    (tmp_path / "config" / "patterns" / "95-bad.toml").write_text('[[category]]\nname = "unrecoverable_confg"\n')
+    assert wait_for(lambda: all("95-bad.toml" in log.read_text() for log in logs), 30), [log.read_text() for log in logs]
+    told = store.execute("SELECT count(*) FROM notifications WHERE kind = 'config' AND channel = 'log'").fetchone()[0]
+    assert told == 1  # each daemon refused it; one of them told the admins
+    store.close()

@@ -55,6 +55,19 @@ def test_added_file_is_picked_up_within_a_second(watcher, config_dir):
     assert len(watcher.reloaded) == 1
 
 
+def test_a_file_added_between_the_first_load_and_the_start_is_picked_up(config_dir, tmp_path):
+    """A first start trains the model between loading the directory and watching it: an edit then made no event."""
+    reloaded = []
+    w = ConfigWatcher(config_dir, on_reload=reloaded.append, log_dir=tmp_path / "logs", debounce=0.1)
+    (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+    w.start()
+    try:
+        assert wait_for(lambda: pattern_in_effect(w, "gateway.*timeout", "gateway timeout"), 10)
+        assert len(reloaded) == 1
+    finally:
+        w.stop()
+
+
 def test_editor_style_temp_file_and_rename_is_picked_up(watcher, config_dir):
     temp = config_dir / "patterns" / ".50-local.toml.swp"
     temp.write_text(NEW_FILE, encoding="utf-8")
