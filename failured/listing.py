@@ -4,6 +4,7 @@ The order is newest first by id (stable while tasks arrive), and a page's cursor
 the last id it showed: the next page is everything older, whatever was added since.
 """
 
+import re
 from dataclasses import dataclass
 
 from . import store as store_module
@@ -13,6 +14,8 @@ from .manual import parse_duration
 from .states import TaskStatus
 from .text import clean_text
 from .store import LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS
+
+_CUT_SOURCE = re.compile(r"\A(?:    [^\n]*\n)+")  # indented lines first in a traceback's cut tail
 
 STATUSES = tuple(TaskStatus)
 DEFAULT_LIMIT = 50
@@ -101,7 +104,8 @@ def _with_summary(row):
     """The row with its ``error`` as one reads it first (a traceback's exception line, not its first frames),
     from the error's head and tail."""
     head, tail = row["error"], row.pop("error_tail")
-    text = head if len(head) < LIST_ERROR_CHARS else f"{head}\n{tail.partition(chr(10))[2]}"  # the tail's lines whole
+    # the tail's lines whole, less a frame's source lines whose File line the cut took
+    text = head if len(head) < LIST_ERROR_CHARS else f"{head}\n{_CUT_SOURCE.sub('', tail.partition(chr(10))[2])}"
     summary = error_summary(text)  # the text itself when it holds no traceback: then the head, as it was
     row["error"] = head if summary is text else summary[:LIST_ERROR_CHARS]
     return row

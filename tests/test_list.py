@@ -110,6 +110,15 @@ TRACEBACK = ("Traceback (most recent call last):\n"
     ("Traceback (most recent call last):\n  File \"t.py\", line 3, in run\n    x()\nKeyError: 'order_id'",
      "KeyError: 'order_id'"),
     ("connection timeout " * 30, ("connection timeout " * 30)[:300]),  # no traceback: the head, as before
+    # a Celery traceback whose tail is cut inside a frame: its source line is no part of the error
+    (TRACEBACK.replace("requests.exceptions.ReadTimeout", "\n".join(
+        ['  File "/srv/venv/lib/python3.11/site-packages/celery/app/trace.py", line 453, in trace_task',
+         "    R = retval = fun(*args, **kwargs)",
+         '  File "/srv/venv/lib/python3.11/site-packages/celery/app/trace.py", line 736, in __protected_call__',
+         "    return self.run(*args, **kwargs)", "TimeoutError"]), 1).replace(
+        "TimeoutError: HTTPSConnectionPool(host='api.courier.example', port=443): Read timed out. (read timeout=10)",
+        "TimeoutError: timed out connecting to api.courier.example:443"),
+     "TimeoutError: timed out connecting to api.courier.example:443"),
 ])
 def test_a_listed_error_is_what_one_reads_first_a_traceback_s_exception_not_its_frames(store, error, shown):
     add(store, "sync", error)
