@@ -172,7 +172,17 @@ def test_workbench_refuses_what_the_loader_would_refuse(console):
         client.request("POST", "/ui/unknown/save", {"csrf": csrf, "pattern": pattern, "category": category})
         page = client.request("GET", "/ui/unknown")[2]
         assert 'class="flash bad"' in page, (pattern, category)
+        if category == "no_such_category":  # said as it is, naming no file that was never written
+            assert "no_such_category&#x27; to write a pattern for" in page
+            assert "60-console-" not in page
     assert not list((config / "patterns").glob("60-console-*"))
+
+
+def test_a_preview_for_a_category_the_configuration_lacks_says_so(console):
+    client, _, _ = console
+    logged_in(client)
+    status, _, page = client.request("GET", "/ui/unknown?" + urlencode({"pattern": "frob", "category": "nope"}))
+    assert status == 400 and "nope&#x27; to write a pattern for: choose one of" in page
 
 
 def test_pattern_writes_can_be_switched_off(tmp_path, store):

@@ -147,6 +147,7 @@ class Console:
         categories = self._categories()
         bench = {"pattern": _one(query, "pattern"),
                  "category": _one(query, "category") or next((c for c, _ in categories if c != "unknown"), "")}
+        self._pattern_category(bench["category"])
         result = (workbench.preview(self.backend.store, bench["pattern"], bench["category"], days, now)
                   if bench["pattern"] else None)
         templates = data.unknown_templates(self.backend.store, now, days)
@@ -158,6 +159,14 @@ class Console:
         if not settings.console_pattern_writes:
             return self.t["writes_off"]
         return workbench.write_problem(settings.config_dir)
+
+    def _pattern_category(self, category):
+        """Refuse (InputError) a category the workbench cannot write a pattern for: one the active configuration
+        lacks (a new one needs its action and priority, written by hand), or unknown."""
+        names = [name for name, _ in self._categories() if name != "unknown"]
+        if category not in names:
+            raise InputError(f"no category named {category[:60]!r} to write a pattern for: choose one of "
+                             f"{', '.join(names)}")
 
     def _categories(self):
         """[(name, label)] of the active configuration, unknown last."""
@@ -224,6 +233,7 @@ class Console:
             session.flash.append(("bad", self.t["writes_off"]))
         else:  # a directory it cannot write is found by trying: _save_failed says so, as the page did
             settings = self.backend.settings
+            self._pattern_category(form.get("category", ""))
             path = workbench.save(settings.config_dir, form.get("category", ""), form.get("pattern", ""),
                                   self.backend.clock.now(), settings.lang, settings.log_dir)
             session.flash.append(("ok", self.t["saved"].format(file=path.name)))
