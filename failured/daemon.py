@@ -526,7 +526,9 @@ class Daemon:
         """Old report files and daemons gone a day go now; the store's purge starts, a slice per main-loop tick."""
         now = self.clock.now()
         forget_stopped(self.store, now - 86400)  # daemons gone a day leave `failured status`
-        reports.purge_reports(self.settings.report_dir, now, self.settings.report_retention_days)
+        removed = reports.purge_reports(self.settings.report_dir, now, self.settings.report_retention_days)
+        log.info("housekeeping: removed %d report files older than %g days (by the time in their names)", removed,
+                 self.settings.report_retention_days)
         if self._purge is None:
             self._purge = housekeeping.Purge(self.store, now, self.settings.retention_days, self.clock)
             self._purge_next = 0.0

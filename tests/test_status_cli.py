@@ -93,6 +93,7 @@ def test_status_that_can_read_no_configuration_says_its_thresholds_were_not_chec
 def test_daemon_writes_processing_and_analysis_reports_on_schedule(daemon_factory, tmp_path):
     daemon = daemon_factory(FAILURE_SCAN_INTERVAL_MINUTES="0.01", FAILURE_ANALYSIS_INTERVAL_HOURS="0.0003").start()
     report(daemon, "sync", "订单不存在")
+    assert wait_for(lambda: "housekeeping: removed 0 report files older than 30 days" in daemon.stderr(), 15)
 
     def analysis_with_the_task():
         # A slot may pass before the task is reported, or before it is classified ("unclassified"): wait for
