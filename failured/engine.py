@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import policy
 from .classify import Classification
+from .config import config_files, content_digest
 from .fingerprint import fingerprint
 from .handlers import HandlerSpec
 from .intake import clean_text
@@ -507,7 +508,8 @@ class Engine:
             if not due:
                 continue
             if handler is None:
-                without_handler.append(task)
+                if self._config_on_disk_active(snapshot):  # else a reload is pending: it may bring the handler
+                    without_handler.append(task)
                 continue
             attempt = task.attempts + 1
             prepared.append((Claimed(task, handler, attempt),
@@ -515,6 +517,10 @@ class Engine:
                                                task.id, task.next_retry_at),
                              event_row(task.id, now, "retry_started", RUNNING, task.category, attempt)))
         return prepared, without_handler
+
+    def _config_on_disk_active(self, snapshot):
+        """Whether the configuration directory holds what ``snapshot`` was read from (no edit waits for a reload)."""
+        return content_digest(config_files(self.settings.config_dir)) == snapshot.digest
 
     def _handler_gone(self, task):
         """A due retry whose task type has no handler any more: decided again, it waits in ``manual`` (the admins

@@ -151,12 +151,18 @@ def test_no_handler_is_manual_with_one_notice_per_task_type(engine, store, clock
 
 def test_a_due_retry_whose_handler_was_taken_out_of_the_config_waits_in_manual(store, clock, tmp_path, snapshot):
     current = [snapshot]
-    engine = Engine(store, Settings(), clock, lambda: current[0], owner="test:1:0")
+    config = write_config(tmp_path / "config", SMALL_PATTERNS, HANDLER)
+    engine = Engine(store, Settings(config_dir=config), clock, lambda: current[0], owner="test:1:0")
     task_id = record_failure(store, "sync", "connection timeout", clock=clock)
     engine.handle_new()
     assert Task.get_by_id(task_id).status == "scheduled"
-    current[0] = load_config(write_config(tmp_path / "no-handler", SMALL_PATTERNS))  # the handler's table deleted
+    main = (config / "failured.toml").read_text()
+    (config / "failured.toml").unlink()  # the handler's table deleted, and the daemon reloaded
+    current[0] = load_config(config)
     clock.advance(100)
+    (config / "failured.toml").write_text(main)  # put back: while that waits for its reload, the task waits too
+    assert engine.claim(task_id) is None and Task.get_by_id(task_id).status == "scheduled"
+    (config / "failured.toml").unlink()  # gone for good: the active configuration is the directory's
     assert engine.claim(task_id) is None
     task = Task.get_by_id(task_id)
     assert (task.status, task.attempts) == ("manual", 0)
