@@ -69,6 +69,7 @@ class ConfigWatcher:
         self.keep_last_good = keep_last_good
         self.last_rejected = None  # (time, [ConfigError]) of the newest refused reload
         self.started_on_last_good = None  # when the copy a start ran on was saved
+        self._found_at_start = content_digest(config_files(config_dir))  # before the first load reads it
         self.current = self._first_load()
         self._empty_when_loaded = _empty_files(self.current.files)
         self.loaded_at = self.clock.now()
@@ -81,9 +82,9 @@ class ConfigWatcher:
 
     def start(self):
         self._watch()
-        # An edit between the first load and now (a first start trains the model meanwhile) made no event: look
-        # once (the same digest is no reload).
-        self._changed.set()
+        # An edit between the first load and now (a first start trains the model meanwhile) made no event.
+        if content_digest(config_files(self.config_dir)) != self._found_at_start:
+            self._changed.set()
         self._thread = threading.Thread(target=self._loop, name="config-watcher", daemon=True)
         self._thread.start()
         return self
