@@ -149,9 +149,8 @@ class CeleryIntegration:
         try:
             on_stack = getattr(sender.request, "id", None) == task_id
             if not on_stack or isinstance(traceback, str):  # the main process fails it: its child died or hung
-                if self._failed_here.get(task_id):
+                if not self._failed_here.first(task_id):
                     return  # a hard time limit fails it twice there: when it strikes, and as the child dies
-                self._failed_here.put(task_id, True)
             if on_stack:
                 rerun = protocol.failured_headers(sender.request)
                 queue = (getattr(sender.request, "delivery_info", None) or {}).get("routing_key")
@@ -256,9 +255,20 @@ class Remembered:
 
     def put(self, key, value):
         with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self._put(key, value)
+
+    def first(self, key):
+        """Remember ``key``; True only for the first caller (the check and the mark are one step)."""
+        with self._lock:
+            if key in self._items:
+                return False
+            self._put(key, True)
+            return True
+
+    def _put(self, key, value):
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
     def get(self, key):
         with self._lock:
