@@ -144,3 +144,17 @@ def test_two_leaders_at_once_alert_a_breach_once(store, clock, snapshot, monkeyp
     monkeypatch.setattr(thresholds, "swap_state", swap_after_the_other)
     assert alert_breaches(store, snapshot, clock.now(), "en") == []  # lost the swap: no second alert
     assert Notification.select().where(Notification.kind == "threshold").count() == 1
+
+
+def test_a_floor_alert_says_the_value_fell_below_it_and_a_ceiling_alert_that_it_was_passed():
+    from failured.notify.messages import threshold_message
+    from failured.thresholds import Check
+
+    floor = Check("recovery_rate_percent", "all", 0.0, 80, True)
+    ceiling = Check("unknown_errors", "all", 39, 10, True)
+    assert threshold_message("zh", floor, 60) == (
+        "[failured] 告警阈值：自动恢复成功率 % = 0.0（下限 80）",
+        "**[failured] 告警阈值：自动恢复成功率 % = 0.0（下限 80）**\n\n最近 60 分钟内低于下限；同一告警每个窗口只发送一次。")
+    assert "(at least 80 expected)" in threshold_message("en", floor, 60)[0]
+    assert "Below its floor" in threshold_message("en", floor, 60)[1]
+    assert "（阈值 10）" in threshold_message("zh", ceiling, 60)[0] and "超过阈值" in threshold_message("zh", ceiling, 60)[1]

@@ -23,6 +23,8 @@ TEXTS = {
         "category": "分类", "task_type": "任务类型", "task": "任务", "error": "错误",
         "attempts": "已重试", "suggestion": "建议", "time": "时间", "inspect": "查看",
         "threshold_title": "[failured] 告警阈值：{what} = {value}（阈值 {limit:g}）",
+        "floor_title": "[failured] 告警阈值：{what} = {value}（下限 {limit:g}）",
+        "floor_body": "最近 {minutes:g} 分钟内低于下限；同一告警每个窗口只发送一次。",
         "threshold_body": "最近 {minutes:g} 分钟内超过阈值；同一告警每个窗口只发送一次。",
         "thresholds": {
             "failure_rate_percent": "{key} 失败率 %", "consecutive_recovery_failures": "{key} 连续恢复失败次数",
@@ -51,6 +53,8 @@ TEXTS = {
         "category": "Category", "task_type": "Task type", "task": "Task", "error": "Error",
         "attempts": "Retries", "suggestion": "Suggestion", "time": "Time", "inspect": "Inspect",
         "threshold_title": "[failured] Alert threshold: {what} = {value} (limit {limit:g})",
+        "floor_title": "[failured] Alert threshold: {what} = {value} (at least {limit:g} expected)",
+        "floor_body": "Below its floor within the last {minutes:g} minutes; the same alert is sent once per window.",
         "threshold_body": "Breached within the last {minutes:g} minutes; the same alert is sent once per window.",
         "thresholds": {
             "failure_rate_percent": "{key} failure rate %", "consecutive_recovery_failures": "{key} failed recoveries in a row",
@@ -160,11 +164,15 @@ def digest_message(lang, rows, entries, db_path, digest_id):
     return title, "\n".join(lines)
 
 
+FLOORS = ("recovery_rate_percent",)  # thresholds that alert when the value falls under the limit
+
+
 def threshold_message(lang, check, window_minutes):
     words = TEXTS[lang]
     what = words["thresholds"][check.name].format(key=inert(check.key))  # a task type, or a channel
-    title = words["threshold_title"].format(what=what, value=check.value, limit=check.limit)
-    return title, f"**{title}**\n\n" + words["threshold_body"].format(minutes=window_minutes)
+    kind = "floor" if check.name in FLOORS else "threshold"  # a floor is breached from below
+    title = words[f"{kind}_title"].format(what=what, value=check.value, limit=check.limit)
+    return title, f"**{title}**\n\n" + words[f"{kind}_body"].format(minutes=window_minutes)
 
 
 # What to fix on a paused channel, in Chinese: the channels give it in English (the log and `status` say it so).
