@@ -81,6 +81,14 @@ def test_dingtalk_signed_markdown_is_accepted_with_at_fields_as_sent(env, robot_
     assert arrival.query["access_token"] == TOKEN and arrival.query["timestamp"].isdigit()
 
 
+def test_a_reporters_longer_number_does_not_take_the_place_of_a_configured_ping(env, robot_server):
+    robot = robot_server("dingtalk", token_or_key=TOKEN, secret=SECRET)
+    channel = make("dingtalk", access_token=TOKEN, secret=SECRET, at_mobiles=["13800000001"], url=robot.url)
+    sent = message(body="**t**\n- 错误: Invalid API key for account @138000000012")
+    assert channel.send(sent).ok
+    assert robot.received[0].payload["markdown"]["text"].endswith("\n\n@13800000001")
+
+
 def test_dingtalk_wrong_secret_is_misconfigured(env, robot_server):
     robot = robot_server("dingtalk", token_or_key=TOKEN, secret="SEC-the-robot-has-another-one")
     result = make("dingtalk", access_token=TOKEN, secret=SECRET, url=robot.url).send(message())

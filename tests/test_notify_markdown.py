@@ -149,6 +149,7 @@ def test_wecom_and_dingtalk_titles_are_one_line(robots):
     ("- item", "－ item"),
     ("1. item", "1． item"),
     ("a\u202eb\x00c\x1b[31m", "abc［31m"),  # a bidi override, NUL and an ANSI escape are dropped
+    ("mailto:admin@evil.example www.evil.example/login", "mailto：admin@evil.example www．evil.example/login"),
     (None, ""),
 ])
 def test_inert_text_keeps_the_words_and_loses_the_syntax(given, shown):

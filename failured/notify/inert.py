@@ -5,8 +5,8 @@ lists, ``<font>`` tags; WeCom also code spans and ``<@userid>`` mentions that pi
 documents backslash escapes, and DingTalk lists no code span, so neither escaping nor quoting can be
 trusted to hold. What holds on any renderer: a syntax cannot form without the character that starts it.
 Each such character in a reporter's text becomes its full-width twin (the form Chinese text writes it in,
-so it still reads naturally), and ``://`` becomes ``：//`` so that chat clients do not turn an address into
-a link. failured's own markup is written around the text and keeps working.
+so it still reads naturally), and ``://``, ``www.`` and ``mailto:`` become ``：//``, ``www．`` and ``mailto：`` so
+that chat clients do not turn an address into a link. failured's own markup is written around the text and keeps working.
 """
 
 import re
@@ -20,6 +20,8 @@ _EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 # A list marker where the text starts a line (a digest's "- {task type}: N") would nest a list.
 _LEADING_LIST_MARKER = re.compile(r"\A(?:[-+]|\d+[.)])(?=\s|\Z)")
 _MARKER_TWINS = {ord(c): chr(ord(c) + 0xFEE0) for c in "-+.)"}
+# What clients and GFM link without "://": "www.host" and "mailto:address".
+_AUTOLINK = re.compile(r"(?i)\bwww\.|\bmailto:")
 _INVISIBLE = ("Cc", "Cf")  # control characters; bidi overrides and zero-width marks that hide or reorder text
 
 
@@ -38,4 +40,9 @@ def inert(text, limit=None):
         text = text[: limit - 1] + "…"
     text = _LEADING_LIST_MARKER.sub(lambda m: m.group().translate(_MARKER_TWINS), text)
     text = text.translate(_SYNTAX_TWINS)
-    return _EDGE_UNDERSCORE.sub("＿", text).replace("://", "：//")
+    return _AUTOLINK.sub(_defused, _EDGE_UNDERSCORE.sub("＿", text).replace("://", "：//"))
+
+
+def _defused(match):
+    """``www.`` and ``mailto:`` as chat clients do not link them (their full-width dot and colon)."""
+    return match.group().replace(".", "．").replace(":", "：")

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import urllib.parse
 
 
@@ -94,7 +95,8 @@ class DingTalkChannel(Channel):
         keyword = _resolve(self.keyword) if self.keyword else ""
         title, core = robot_markdown(message)
         # DingTalk pings only mobiles that are both in atMobiles and written as @mobile in the text.
-        pings = " ".join(f"@{m}" for m in mobiles if f"@{m}" not in core)
+        # A reporter's longer number (@138000000001) holds "@13800000000" but pings no one: only a whole one counts.
+        pings = " ".join(f"@{m}" for m in mobiles if not re.search(rf"@{re.escape(m)}(?!\d)", core))
         limit = len(core.encode("utf-8"))
         while True:
             text = cut_utf8(core, limit)
