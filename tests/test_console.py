@@ -105,6 +105,14 @@ def test_values_from_a_failure_are_escaped(console):
         assert "<img src=x" not in text and "<script>alert" not in text and "&lt;img src=x" in text
 
 
+def test_times_on_the_task_pages_say_they_are_utc(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "connection timeout", source="cli")
+    logged_in(client)
+    for path in ("/ui/tasks", f"/ui/tasks/{task_id}"):
+        assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", client.request("GET", path)[2]), path
+
+
 def test_a_post_needs_the_sessions_csrf_token_and_its_own_origin(console):
     client, store, _ = console
     task_id = record_failure(store, "sync", "x", source="cli")

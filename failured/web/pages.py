@@ -19,7 +19,8 @@ def e(value):
 
 
 def when(epoch):
-    return iso(epoch).replace("T", " ").replace("Z", "") if isinstance(epoch, (int, float)) else ""
+    """A stored time as the console shows it: UTC, and saying so."""
+    return iso(epoch).replace("T", " ").replace("Z", " UTC") if isinstance(epoch, (int, float)) else ""
 
 
 def table(heads, rows, table_id=""):
