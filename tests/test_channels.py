@@ -215,9 +215,10 @@ def test_unset_variable_is_misconfigured_and_named(robot_server, monkeypatch):
     monkeypatch.setenv("DINGTALK_ACCESS_TOKEN", TOKEN)
     robot = robot_server("dingtalk", token_or_key=TOKEN)
     channel = make("dingtalk", access_token="${DINGTALK_ACCESS_TOKEN}", secret="${DINGTALK_SECRET}", url=robot.url)
-    assert channel.send(message()) == SendResult(
-        False, misconfigured=True, error="environment variable DINGTALK_SECRET is not set"
-    )
+    result = channel.send(message())
+    assert (result.ok, result.misconfigured, result.error) == (
+        False, True, "environment variable DINGTALK_SECRET is not set")
+    assert "set the variable in the daemon's environment" in result.advice and "restart" in result.advice
     assert robot.received == []
 
 

@@ -7,6 +7,7 @@ texts as markdown, and a reporter must not be able to write failured's lines, li
 from ..classify import error_summary
 from ..clock import iso
 from .channels.mail import REFUSED_ADVICE
+from .channels.base import UNSET_VARIABLE_ADVICE
 from .channels.robots import DINGTALK_REJECTED, WECOM_REJECTED
 from .health import DEFAULT_ADVICE
 from .inert import inert
@@ -182,6 +183,8 @@ ADVICE_ZH = {
     WECOM_REJECTED[93000]: "企业微信拒绝了 webhook key（填错了，或机器人已被移除）：请修改配置中该通道的 key",
     REFUSED_ADVICE: "邮件服务器拒绝了我们：请修改配置中该通道的用户名、密码、发件人或收件人（或其 ssl/starttls 设置）",
     DEFAULT_ADVICE: "请修改配置中该通道的设置",
+    UNSET_VARIABLE_ADVICE: "请在守护进程的环境中设置该变量（systemd 单元的 EnvironmentFile，或启动它的 shell），然后重启守护进程："
+                           "环境变量只在启动时读取",
 }
 
 

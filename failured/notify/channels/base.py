@@ -46,6 +46,10 @@ class SendResult:
     message_fault: bool = False
 
 
+UNSET_VARIABLE_ADVICE = ("set the variable in the daemon's environment (the unit's EnvironmentFile, or the shell that "
+                         "starts it), then restart the daemon: the environment is read at start")
+
+
 class _Misconfigured(Exception):
     """The channel cannot be used as configured (e.g. an unset variable); never leaves this module."""
 
@@ -96,7 +100,7 @@ def _resolve(value):
         if isinstance(value, dict):
             return {k: expand_env(v) for k, v in value.items()}
     except KeyError as exc:
-        raise _Misconfigured(f"environment variable {exc.args[0]} is not set") from None
+        raise _Misconfigured(f"environment variable {exc.args[0]} is not set", UNSET_VARIABLE_ADVICE) from None
     return value
 
 
@@ -160,7 +164,8 @@ class Channel:
         try:
             result = self._send(masked_message(message, secrets))
         except _Misconfigured as exc:
-            result = SendResult(False, misconfigured=True, error=str(exc))
+            advice = exc.args[1] if len(exc.args) > 1 else None
+            result = SendResult(False, misconfigured=True, error=str(exc.args[0]), advice=advice)
         except Exception as exc:  # a bug here must not stop the dispatcher
             # Raised while building or sending this one message (a header it cannot hold, a text the
             # receiver's library refuses): the message's fault, not a reason to hold back the others.
