@@ -120,6 +120,8 @@ def test_attempts_used_up_is_exhausted_with_an_admin_notice(engine, store, clock
     assert (task.status, task.attempts) == ("exhausted", 3)
     [note] = Notification.select()
     assert (note.audience, note.kind) == ("admin", "exhausted") and "3/3" in note.body
+    # not the category's "retried automatically": what to do now that it is not
+    assert "检查网络" not in note.body and f"failured recover {task_id} --force" in note.body
 
 
 def test_business_error_goes_to_users_with_the_suggestion(engine, store, clock):

@@ -18,6 +18,8 @@ TEXTS = {
     "zh": {
         "task_title": "[failured] {label}: {task_type} #{task_id}",
         "exhausted_title": "[failured] 重试次数已用完: {task_type} #{task_id}",
+        "exhausted_advice": "不会再自动重试：排查原因后执行 `failured recover {task_id} --force` 再试一次，"
+                            "或处理完后执行 `failured resolve {task_id}`",
         "manual_title": "[failured] 任务类型 {task_type} 没有配置重试处理器，需要人工处理",
         "breaker_open_title": "[failured] 熔断: {task_type} 连续 {failures} 次重试失败，暂停 {cooldown} 秒",
         "breaker_closed_title": "[failured] 熔断恢复: {task_type} 重试已恢复",
@@ -48,6 +50,8 @@ TEXTS = {
     "en": {
         "task_title": "[failured] {label}: {task_type} #{task_id}",
         "exhausted_title": "[failured] Retries used up: {task_type} #{task_id}",
+        "exhausted_advice": "no more automatic retries: fix the cause, then `failured recover {task_id} --force` to "
+                            "try once more, or `failured resolve {task_id}` once it is dealt with",
         "manual_title": "[failured] Task type {task_type} has no retry handler: needs a person",
         "breaker_open_title": "[failured] Breaker open: {task_type} failed {failures} retries in a row, pausing {cooldown}s",
         "breaker_closed_title": "[failured] Breaker closed: {task_type} retries resumed",
@@ -100,7 +104,8 @@ def task_message(lang, kind, audience, task, category, now, attempts=None, limit
     ]
     if attempts is not None:
         lines.append(f"- {words['attempts']}: {attempts}" + (f"/{limit}" if limit else ""))
-    suggestion = category.suggestion_in(lang)
+    # The category's suggestion says the task is retried: after the last retry that is no longer so.
+    suggestion = words["exhausted_advice"].format(task_id=task.id) if kind == "exhausted" else category.suggestion_in(lang)
     if suggestion:
         lines.append(f"- {words['suggestion']}: {suggestion}")
     lines.append(f"- {words['time']}: {iso(now)}")
