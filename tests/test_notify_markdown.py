@@ -99,6 +99,17 @@ def test_digest_lines_show_hostile_task_types_on_one_line(robots, clock):
     assert len(ding["text"].split("\n")) == len(body.split("\n"))
 
 
+def test_a_digest_of_many_task_types_lists_the_first_ten_and_keeps_its_entries_and_query_within_a_robots_cut():
+    rows = [Notification(category="unrecoverable_business", task_type=f"shop_order_sync_{i:03d}", audience="admin",
+                         title=f"[failured] 不可恢复业务错误: shop_order_sync_{i:03d} #{i}") for i in range(250)]
+    title, body = messages.digest_message("zh", rows, 5, "/var/lib/failured/failured.db", 7)
+    assert body.count("- shop_order_sync_") == 10 and body.count("- [failured]") == 5  # ten counts, five entries
+    assert "- 其余 240 种：240" in body and "merged_into = 7" in body
+    assert len(body.encode()) < 4096  # WeCom's limit: nothing a reader needs is cut
+    user_rows = [Notification(category="unrecoverable_business", task_type="t", audience="user", title="x")] * 30
+    assert "sqlite3" not in messages.digest_message("en", user_rows, 5, "/var/lib/failured/failured.db", 8)[1]
+
+
 @pytest.mark.parametrize("make", [
     lambda: messages.manual_message("zh", EVIL_TYPE),
     lambda: messages.breaker_message("zh", EVIL_TYPE, True, 5, 60),

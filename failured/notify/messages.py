@@ -38,7 +38,7 @@ TEXTS = {
         "digest_title": "[failured] 汇总：{count} 条通知",
         "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
-        "see_rest": "查看全部",
+        "see_rest": "查看全部", "others": "其余 {kinds} 种：{count}",
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
         "paused_title": "[failured] 通道 {channel} 已暂停：其配置无法使用",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
@@ -70,7 +70,7 @@ TEXTS = {
         "digest_title": "[failured] Digest: {count} notifications",
         "digest_intro": "Too many notifications at once; merged into one digest (robots take at most 20 a minute).",
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
-        "see_rest": "See them all",
+        "see_rest": "See them all", "others": "{kinds} more: {count}",
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
         "paused_title": "[failured] Channel {channel} paused: its configuration does not work",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
@@ -160,14 +160,27 @@ def digest_message(lang, rows, entries, db_path, digest_id):
     words = TEXTS[lang]
     title = words["digest_title"].format(count=len(rows))
     lines = [f"**{title}**", "", words["digest_intro"], "", f"**{words['by_category']}**"]
-    lines += [f"- {name}: {count}" for name, count in _counts(inert(row.category) for row in rows)]
+    lines += _count_lines(words, _counts(inert(row.category) for row in rows))
     lines += ["", f"**{words['by_task_type']}**"]
-    lines += [f"- {name}: {count}" for name, count in _counts(inert(row.task_type) for row in rows)]
+    lines += _count_lines(words, _counts(inert(row.task_type) for row in rows))
     lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
     lines += [f"- {shorten(row.title, 120)}" for row in rows[:entries]]
-    lines += ["", f"{words['see_rest']}: `{_query_command(db_path)} \"SELECT task_id, title FROM notifications "
-                  f"WHERE merged_into = {digest_id}\"`"]
+    if rows[0].audience != "user":  # the admins can query the database; the users' group cannot
+        lines += ["", f"{words['see_rest']}: `{_query_command(db_path)} \"SELECT task_id, title FROM notifications "
+                      f"WHERE merged_into = {digest_id}\"`"]
     return title, "\n".join(lines)
+
+
+DIGEST_COUNTS = 10  # lines of counts a digest lists: a robot cuts a long message, and the rest must fit
+
+
+def _count_lines(words, counts):
+    """The first DIGEST_COUNTS counts as lines, and one line for the others."""
+    lines = [f"- {name}: {count}" for name, count in counts[:DIGEST_COUNTS]]
+    others = counts[DIGEST_COUNTS:]
+    if others:
+        lines.append("- " + words["others"].format(kinds=len(others), count=sum(count for _, count in others)))
+    return lines
 
 
 FLOORS = ("recovery_rate_percent",)  # thresholds that alert when the value falls under the limit
