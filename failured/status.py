@@ -137,8 +137,11 @@ def collect(store, snapshot, now):
     for channel, outcome in health.items():
         channels.setdefault(channel, {"pending": 0, "oldest_pending": None, "last_error": None})["delivering"] = \
             bool(outcome.get("ok"))
-    breakers = [{"task_type": task_type, "state": state, "consecutive_failures": failures,
-                 "open_until": _when(until)} for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
+    # An open breaker whose cool-down has passed stays open until its type's next retry probes: "cooled", not open
+    # until a time already gone (the retry that exhausted a task may have opened it, and none may come soon).
+    breakers = [{"task_type": task_type, "state": "cooled" if state == "open" and until is not None and until <= now
+                 else state, "consecutive_failures": failures, "open_until": _when(until)}
+                for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
     members = daemons(store)
     daemon = daemon_status(store, now, members)
@@ -177,7 +180,10 @@ def render(status):
     for retry in status["next_retries"]:
         lines.append(f"next retry: task {retry['task_id']} {retry['task_type']} at {retry['due']}")
     for breaker in status["breakers_open"]:
-        lines.append(f"breaker {breaker['state']}: {breaker['task_type']} until {breaker['open_until']}")
+        if breaker["state"] == "cooled":
+            lines.append(f"breaker cooled down: {breaker['task_type']} (the next retry of this type probes)")
+        else:
+            lines.append(f"breaker {breaker['state']}: {breaker['task_type']} until {breaker['open_until']}")
     for channel, info in sorted(status["notifications"].items()):
         delivering = {True: "delivering, ", False: "NOT delivering, "}.get(info.get("delivering"), "")
         lines.append(f"channel {channel}: {delivering}{info['pending']} pending"

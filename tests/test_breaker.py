@@ -74,3 +74,16 @@ def test_concurrent_records_leave_the_last_state_in_the_table(store, clock):
     for thread in threads:
         thread.join()
     assert Breaker.get_by_id("sync").consecutive_failures == 800
+
+
+def test_status_shows_an_open_breaker_past_its_cooldown_as_cooled_not_open_until_a_time_gone(store, clock):
+    from failured import status
+
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), store, clock=clock)
+    assert breakers.record("sync", False) == "open"  # the retry that used up a task's attempts, say
+    [shown] = status.collect(store, None, clock.now())["breakers_open"]
+    assert shown["state"] == "open"
+    clock.advance(61)  # no retry of this type comes: nothing probes
+    data = status.collect(store, None, clock.now())
+    assert data["breakers_open"][0]["state"] == "cooled"
+    assert "breaker cooled down: sync (the next retry of this type probes)" in status.render(data)
