@@ -163,6 +163,12 @@ class Breakers:
                     give_probe_back(self.store, task_type, self.clock.now())
                     state.state, state.open_until = OPEN, self.clock.monotonic()
 
+    def failures(self, task_type):
+        """Consecutive failed retries of ``task_type``, as last recorded here."""
+        with self._lock:
+            state = self._states.get(task_type)
+            return state.failures if state is not None else 0
+
     def open_types(self):
         """{task type: wall-clock end of its cool-down} of the breakers not closed."""
         with self._lock:

@@ -620,7 +620,8 @@ class Engine:
     def breaker_changed(self, task, state, failures, cooldown):
         """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
         now = self.clock.now()
-        title, body = messages.breaker_message(self.settings.lang, task.task_type, state == "open", failures, cooldown)
+        title, body = messages.breaker_message(self.settings.lang, task.task_type, state == "open", failures, cooldown,
+                                               task_id=task.id)
         with self.store.transaction():
             rows.add_event(self.store, task.id, now, f"breaker_{state}", rows.task_status(self.store, task.id),
                            task.category, task.attempts, task_type=task.task_type)

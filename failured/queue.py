@@ -427,7 +427,7 @@ class Runner:
         try:
             change = self.breakers.record(task.task_type, outcome.ok)
             if change:
-                self.engine.breaker_changed(task, change, self.breakers.config.failures,
+                self.engine.breaker_changed(task, change, self.breakers.failures(task.task_type),
                                             self.breakers.config.cooldown_seconds)
             if due is not None:
                 self.queue.push(task.id, due, task.task_type)

@@ -87,3 +87,17 @@ def test_status_shows_an_open_breaker_past_its_cooldown_as_cooled_not_open_until
     data = status.collect(store, None, clock.now())
     assert data["breakers_open"][0]["state"] == "cooled"
     assert "breaker cooled down: sync (the next retry of this type probes)" in status.render(data)
+
+
+def test_a_breaker_that_opens_again_says_how_many_failed_in_a_row_and_which_task_tipped_it(store, clock):
+    from failured.notify.messages import breaker_message
+
+    breakers = Breakers(BreakerConfig(failures=3, cooldown_seconds=30), store, clock=clock)
+    for _ in range(3):
+        breakers.record("sync", False)
+    clock.advance(31)
+    assert breakers.allow("sync") == (True, None)  # the probe
+    assert breakers.record("sync", False) == "open"  # failed: open again, the fourth in a row
+    assert breakers.failures("sync") == 4
+    title, body = breaker_message("zh", "sync", True, breakers.failures("sync"), 30, task_id=9)
+    assert "连续 4 次" in title and "- 任务: #9 (`failured show 9`)" in body

@@ -121,11 +121,15 @@ def manual_message(lang, task_type):
     return title, f"**{title}**\n\n" + words["manual_body"].format(task_type=task_type)
 
 
-def breaker_message(lang, task_type, opened, failures=0, cooldown=0):
+def breaker_message(lang, task_type, opened, failures=0, cooldown=0, task_id=None):
+    """(title, body) of a breaker's opening (``failures`` in a row, the latest ``task_id``'s) or closing."""
     words = TEXTS[lang]
     key = "breaker_open_title" if opened else "breaker_closed_title"
     title = words[key].format(task_type=inert(task_type), failures=failures, cooldown=f"{cooldown:g}")
-    return title, f"**{title}**"
+    lines = [f"**{title}**"]
+    if task_id is not None:
+        lines.append(f"- {words['task']}: #{task_id}" + (f" (`failured show {task_id}`)" if opened else ""))
+    return title, "\n".join(lines)
 
 
 def repeat_message(lang, rows, window_seconds):
