@@ -144,7 +144,7 @@ def test_same_error_is_sent_once_then_counted(store, dispatcher, snapshot, clock
     robot.process()
     [first] = recorder.SENT
     assert "×3" in first["title"]
-    assert first["title"].endswith("×3（10 分钟内）)"), first["title"]
+    assert first["title"].endswith(" — 同类错误 ×3（10 分钟内）"), first["title"]
     clock.advance(60)
     notify(store, snapshot, clock, 4, fingerprint="same")
     robot.process()
@@ -485,5 +485,6 @@ def test_a_repeat_says_its_window_as_people_write_it(window, zh, en):
 
     from failured.notify.messages import repeat_message
 
-    rows = [SimpleNamespace(title="t", body="b")] * 2  # two outbox rows of the same error
-    assert repeat_message("zh", rows, window)[0] == f"t ({zh})" and repeat_message("en", rows, window)[0] == f"t ({en})"
+    rows = [SimpleNamespace(title="t", body="**t**\n- b", task_id=n) for n in (1, 2)]  # two rows of the same error
+    assert repeat_message("zh", rows, window)[0] == f"t — {zh}" and repeat_message("en", rows, window)[0] == f"t — {en}"
+    assert repeat_message("en", rows, window)[1] == f"**t — {en}**\n- b\n- {en}\n- Also in: #2"  # its title once

@@ -34,7 +34,7 @@ TEXTS = {
             "notification_delay_minutes": "通道 {key} 通知延迟（分钟）", "unknown_errors": "未知错误数",
             "recovery_rate_percent": "自动恢复成功率 %", "recent_failures": "最近失败任务数",
         },
-        "repeat": "同类错误 ×{count}（{span}内）", "seconds": "{n:g} 秒", "minutes": "{n:g} 分钟",
+        "repeat": "同类错误 ×{count}（{span}内）", "repeat_tasks": "同类任务", "seconds": "{n:g} 秒", "minutes": "{n:g} 分钟",
         "digest_title": "[failured] 汇总：{count} 条通知",
         "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
@@ -66,7 +66,7 @@ TEXTS = {
             "notification_delay_minutes": "channel {key} notification delay (min)", "unknown_errors": "unknown errors",
             "recovery_rate_percent": "automatic recovery rate %", "recent_failures": "recent failures",
         },
-        "repeat": "Same error ×{count} (within {span})", "seconds": "{n:g} s", "minutes": "{n:g} min",
+        "repeat": "Same error ×{count} (within {span})", "repeat_tasks": "Also in", "seconds": "{n:g} s", "minutes": "{n:g} min",
         "digest_title": "[failured] Digest: {count} notifications",
         "digest_intro": "Too many notifications at once; merged into one digest (robots take at most 20 a minute).",
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
@@ -140,7 +140,16 @@ def repeat_message(lang, rows, window_seconds):
             else words["seconds"].format(n=window_seconds))
     note = words["repeat"].format(count=len(rows), span=span)
     first = rows[0]
-    return f"{first.title} ({note})", f"{first.body}\n- {note}"
+    title = f"{first.title} — {note}"
+    # The first's body under the repeat's own title (a robot would show both, one above the other), and the others
+    others = [f"#{row.task_id}" for row in rows[1:] if row.task_id is not None]
+    lines = [f"**{title}**", *first.body.split("\n")[1:], f"- {note}"]
+    if others:
+        lines.append(f"- {words['repeat_tasks']}: {', '.join(others[:REPEAT_IDS])}" + (" …" if len(others) > REPEAT_IDS else ""))
+    return title, "\n".join(lines)
+
+
+REPEAT_IDS = 10  # the other tasks a repeat names
 
 
 def _counts(values):
