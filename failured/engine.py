@@ -320,7 +320,7 @@ class Engine:
                       decision.delay, **matched)
         elif decision.action == policy.MANUAL:
             rows.add_event(self.store, task.id, now, "manual", MANUAL, result.category, **matched)
-            self._notify_manual_once(task.task_type, now)
+            self._notify_manual_once(task, now)
         else:
             audience = "user" if decision.action == policy.NOTIFY_USER else "admin"
             kind = "exhausted" if decision.action == policy.EXHAUSTED else "task"
@@ -334,12 +334,13 @@ class Engine:
             self._notified.set()
         return due
 
-    def _notify_manual_once(self, task_type, now):
+    def _notify_manual_once(self, task, now):
         # Claimed in the database with the notice: once per task type among all daemons.
+        task_type = task.task_type
         with self.store.transaction():
             if not claim_state(self.store, f"manual_notified:{task_type}", "1", now):
                 return
-            title, body = messages.manual_message(self.settings.lang, task_type)
+            title, body = messages.manual_message(self.settings.lang, task_type, task)
             enqueue(self.store, self.config(), now, "admin", "manual", title, body, task_type=task_type)
         self._notified.set()
 

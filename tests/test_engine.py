@@ -143,6 +143,9 @@ def test_no_handler_is_manual_with_one_notice_per_task_type(engine, store, clock
     engine.handle_new()
     assert {Task.get_by_id(i).status for i in ids} == {"manual"}
     assert [n.kind for n in Notification.select()] == ["manual"]
+    body = Notification.get().body  # the first task, and how to find the others
+    assert f"#{ids[0]}" in body and "connection timeout" in body
+    assert f"failured show {ids[0]}" in body and "failured list --status manual --type nohandler" in body
     engine.forget_manual_notices(load_config(write_config(
         snapshot.files[0].rsplit("/", 1)[0], SMALL_PATTERNS, HANDLER.replace("sync", "nohandler"))))
     record_failure(store, "nohandler", "connection timeout", clock=clock)

@@ -114,11 +114,20 @@ def task_message(lang, kind, audience, task, category, now, attempts=None, limit
     return title, "\n".join(lines)
 
 
-def manual_message(lang, task_type):
+def manual_message(lang, task_type, first=None):
+    """(title, body) of the one notice for a task type whose recoverable failures wait in manual: the ``first``
+    task's id, ref and error, and how to list the others (they are not notified one by one)."""
     words = TEXTS[lang]
     task_type = inert(task_type)
     title = words["manual_title"].format(task_type=task_type)
-    return title, f"**{title}**\n\n" + words["manual_body"].format(task_type=task_type)
+    lines = [f"**{title}**", "", words["manual_body"].format(task_type=task_type)]
+    if first is not None:
+        ref = f" (ref {inert(first.ref)})" if first.ref else ""
+        lines += ["", f"- {words['task']}: #{first.id}{ref}",
+                  f"- {words['error']}: {inert(error_summary(first.error_message), MAX_ERROR_CHARS)}",
+                  f"- {words['inspect']}: `failured show {first.id}`, "
+                  f"`failured list --status manual --type {task_type}`"]
+    return title, "\n".join(lines)
 
 
 def breaker_message(lang, task_type, opened, failures=0, cooldown=0, task_id=None):
