@@ -113,7 +113,7 @@ def test_over_budget_becomes_one_digest_with_counts(store, dispatcher, snapshot,
     lane(dispatcher, "robot", clock).process()
     [digest] = recorder.SENT
     assert digest["kind"] == "digest" and "25" in digest["title"]
-    assert "unrecoverable_data: 25" in digest["body"] and "sync: 25" in digest["body"]
+    assert "- 不可恢复数据错误: 25" in digest["body"] and "sync: 25" in digest["body"]  # the category by its label
     assert statuses("robot") == {"sent": 1, "merged": 25}
     merged_into = {r.merged_into for r in Notification.select().where(Notification.status == "merged")}
     [digest_row] = Notification.select().where(Notification.kind == "digest")

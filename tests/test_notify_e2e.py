@@ -85,7 +85,7 @@ def test_burst_never_exceeds_20_a_minute_and_ends_sent_or_merged(daemon_factory,
     assert daemon.query("SELECT count(*) FROM notifications "
                         "WHERE channel = 'log' AND status = 'sent' AND kind = 'task'")[0][0] == BURST
     digest = [a for a in robot.received if "汇总" in a.payload["markdown"]["title"]]
-    assert digest and "unrecoverable_data" in digest[0].payload["markdown"]["text"]
+    assert digest and "- 不可恢复数据错误: " in digest[0].payload["markdown"]["text"]  # by its label
 
 
 def test_outage_then_back_everything_arrives_once(daemon_factory, robot_server):

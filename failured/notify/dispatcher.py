@@ -120,8 +120,14 @@ class Dispatcher:
 
     def make_digest(self, channel_name, rows, now, snapshot):
         """One digest row standing for everything waiting on this channel."""
+        lang = self.settings.lang
+
+        def label(name):  # a category taken out of the configuration keeps its name
+            category = snapshot.ruleset.category(name)
+            return category.label_in(lang) if category is not None else name
+
         return self._merge(channel_name, rows, now, "digest", None, lambda row_id: messages.digest_message(
-            self.settings.lang, rows, snapshot.notify.digest_entries, str(self.store), row_id))
+            lang, rows, snapshot.notify.digest_entries, str(self.store), row_id, label))
 
     def _merge(self, channel_name, merged, now, kind, fingerprint, text):
         first = merged[0]

@@ -177,12 +177,13 @@ def _query_command(db_path):
     return f"sqlite3 {location}"
 
 
-def digest_message(lang, rows, entries, db_path, digest_id):
-    """One summary of many notifications: counts by category and task type, the first few, where the rest are."""
+def digest_message(lang, rows, entries, db_path, digest_id, label=lambda name: name):
+    """One summary of many notifications: counts by category (by ``label``, the category's name in ``lang``) and
+    task type, the first few, where the rest are."""
     words = TEXTS[lang]
     title = words["digest_title"].format(count=len(rows))
     lines = [f"**{title}**", "", words["digest_intro"], "", f"**{words['by_category']}**"]
-    lines += _count_lines(words, _counts(inert(row.category) for row in rows))
+    lines += _count_lines(words, _counts(inert(label(row.category)) if row.category else None for row in rows))
     lines += ["", f"**{words['by_task_type']}**"]
     lines += _count_lines(words, _counts(inert(row.task_type) for row in rows))
     lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
