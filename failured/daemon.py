@@ -587,9 +587,11 @@ class Daemon:
         told = hashlib.sha256(lines.encode("utf-8", "backslashreplace")).hexdigest()[:16]
         with self.store.transaction():
             # Several daemons read one directory and each refuses the same change: the admins are told once.
-            if claim_state(self.store, REJECTION_TOLD, told, now):
+            first = claim_state(self.store, REJECTION_TOLD, told, now)
+            if first:
                 enqueue(self.store, self.watcher.current, now, "admin", "config", title,
                         f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+        log.info("config refused: %s", "the admins are told" if first else "the admins were told of it already")
 
     # -- stop -----------------------------------------------------------------
 

@@ -715,7 +715,11 @@ def test_a_change_every_daemon_refuses_is_told_to_the_admins_once(run_daemons, p
     logs = [tmp_path / f"d{n}" / "stderr" for n in range(2)]
     assert wait_for(lambda: all("failured running" in log.read_text() for log in logs), 60)  # watching
     (tmp_path / "config" / "patterns" / "95-bad.toml").write_text('[[category]]\nname = "unrecoverable_confg"\n')
-    assert wait_for(lambda: all("95-bad.toml" in log.read_text() for log in logs), 30), [log.read_text() for log in logs]
+    assert wait_for(lambda: all("config refused: " in log.read_text() for log in logs), 30), [
+        log.read_text() for log in logs]
+    said = "".join(log.read_text() for log in logs)
+    assert said.count("config refused: the admins are told") == 1  # each daemon refused it; one told the admins
+    assert said.count("config refused: the admins were told of it already") == 1
     told = store.execute("SELECT count(*) FROM notifications WHERE kind = 'config' AND channel = 'log'").fetchone()[0]
-    assert told == 1  # each daemon refused it; one of them told the admins
+    assert told == 1
     store.close()
