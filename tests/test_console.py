@@ -113,6 +113,15 @@ def test_times_on_the_task_pages_say_they_are_utc(console):
         assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", client.request("GET", path)[2]), path
 
 
+def test_the_task_list_names_a_category_by_its_label(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "malformed json", source="cli")
+    Task.update(status="notified", category="unrecoverable_data").where(Task.id == task_id).execute()
+    logged_in(client)
+    page = client.request("GET", "/ui/tasks")[2]
+    assert '<td title="unrecoverable_data">不可恢复数据错误</td>' in page
+
+
 def test_a_post_needs_the_sessions_csrf_token_and_its_own_origin(console):
     client, store, _ = console
     task_id = record_failure(store, "sync", "x", source="cli")

@@ -167,10 +167,11 @@ def tasks(t, session, query, rows, next_cursor, categories):
             f'value="{e(query["type"])}"></label><label>{e(t["since"])}<input name="since" value="{e(query["since"])}" '
             f'size="6"></label><label>{e(t["grep"])}<input type="search" name="grep" value="{e(query["grep"])}"></label>'
             f'<button type="submit">{e(t["filter"])}</button></form>')
+    labels = dict(categories)  # a category by its label in the console's language (one taken out keeps its name)
     body = [f'<tr data-task-id="{r["id"]}"><td><a href="/ui/tasks/{r["id"]}">{r["id"]}</a></td>'
             f'<td>{e(when(r["created_at"]))}</td><td>{e(r["task_type"])}</td><td class="st {e(r["status"])}">'
-            f'{e(r["status"])}</td><td>{e(r["category"])}</td><td class="n">{r["attempts"]}</td>'
-            f'<td class="err">{e(r["error"])}</td></tr>' for r in rows]
+            f'{e(r["status"])}</td><td title="{e(r["category"])}">{e(labels.get(r["category"], r["category"]))}</td>'
+            f'<td class="n">{r["attempts"]}</td><td class="err">{e(r["error"])}</td></tr>' for r in rows]
     listing = (table(["#", t["created"], t["type"], t["status"], t["category"], t["attempts"], t["error"]], body,
                      "task-table") if rows else f'<p class="none" id="no-tasks">{e(t["no_tasks"])}</p>')
     pages = ""
