@@ -509,14 +509,15 @@ class Engine:
             if not due:
                 continue
             if handler is None:
-                if self._config_on_disk_active(snapshot):  # else a reload is pending: it may bring the handler
-                    without_handler.append(task)
+                without_handler.append(task)
                 continue
             attempt = task.attempts + 1
             prepared.append((Claimed(task, handler, attempt),
                              rows.claim_params(attempt, self.owner, now + policy.lease_seconds(handler.timeout), now,
                                                task.id, task.next_retry_at),
                              event_row(task.id, now, "retry_started", RUNNING, task.category, attempt)))
+        if without_handler and not self._config_on_disk_active(snapshot):
+            without_handler = []  # a reload is pending: it may bring the handler back
         return prepared, without_handler
 
     def _config_on_disk_active(self, snapshot):
