@@ -41,10 +41,12 @@ from collections import Counter, defaultdict
 from common import REPO
 
 from failured import corpus, model as learner
-from failured.classify import RULE_STAGES, Classifier, exception_type_in, model_text, unpack
+from failured.classify import (RULE_STAGES, WRAPPED_MAX_UNKNOWN, WRAPPERS_READ, Classifier, exception_type_in,
+                               model_text, unpack)
 from failured.codes import load_code_tables
 from failured.loghead import without_log_head
 from failured.rules import load_ruleset
+from failured.wrapper import wrapped_error
 
 
 def grouped_folds(rows, k):
@@ -101,6 +103,32 @@ def overruled(decision, prediction, threshold, overrule, max_unknown=learner.MAX
         if prediction.unknown <= max_unknown and prediction.category != rule:
             return prediction.category
     return fallback(rule, prediction, threshold, max_unknown)
+
+
+def inside_wrapper(message, error_type, decision, prediction, answer):
+    """The error inside a program's wrapper that ``classify`` reads next (the message being left unknown by every
+    rule and the model, the model giving unknown little chance), or None."""
+    if decision != ("unknown", "none") or answer != "unknown" or prediction.unknown >= WRAPPED_MAX_UNKNOWN:
+        return None
+    text = without_log_head(unpack(message, error_type)[0])
+    return wrapped_error(text) if exception_type_in(text) is None else None
+
+
+def pipeline_answer(classifier, trained, message, error_type, args, wrappers=WRAPPERS_READ):
+    """The whole pipeline's answer (``overruled``), reading the error inside a wrapper as ``classify`` does."""
+    decision = rule_decision(classifier, message, error_type)
+    prediction = trained.predict(read_text(message, error_type))
+    answer = overruled(decision, prediction, args.threshold, args.overrule, args.max_unknown)
+    return wrapped_answer(classifier, trained, message, error_type, args, decision, prediction, answer, wrappers)
+
+
+def wrapped_answer(classifier, trained, message, error_type, args, decision, prediction, answer,
+                   wrappers=WRAPPERS_READ):
+    """``answer``, or the answer for the error inside the message's wrapper where ``classify`` reads one."""
+    inner = inside_wrapper(message, error_type, decision, prediction, answer) if wrappers else None
+    if inner is None:
+        return answer
+    return pipeline_answer(classifier, trained, inner, error_type, args, wrappers - 1)
 
 
 def report(name, truth, answers, out):
@@ -263,8 +291,9 @@ def score_holdout(args, path):
     both_answers = [name for name, _ in both_decisions]
     predictions = [trained.predict(read_text(m, e)) for _, e, _, m in rows]
     fallen_back = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(both_answers, predictions)]
-    final = [overruled(d, p, args.threshold, args.overrule, args.max_unknown)
-             for d, p in zip(both_decisions, predictions)]
+    final = [wrapped_answer(both, trained, m, e, args, d, p, overruled(d, p, args.threshold, args.overrule,
+                                                                      args.max_unknown))
+             for (_, e, _, m), d, p in zip(rows, both_decisions, predictions)]
     results = []
     report("rules alone (type + patterns + spelled)", truth, rule_answers, results)
     report("code tables alone", truth, code_answers, results)
@@ -312,15 +341,18 @@ def cross_validate(args):
     code_answers = [rule_answer(codes, m, e) for _, e, _, m in rows]
     order_answers = {label: [rule_answer(c, m, e) for _, e, _, m in rows] for label, c in ordered.items()}
 
+    shipped = [rule_decision(ordered[SHIPPED_ORDER], m, e) for _, e, _, m in rows]
     fold_of = grouped_folds(rows, args.folds)
-    predictions = [None] * len(rows)
+    predictions, final = [None] * len(rows), [None] * len(rows)
     started = time.process_time()
     for fold in range(args.folds):
         training = [(c, model_text(m, e)) for c, e, s, m in rows if fold_of[s] != fold and (c in names or c == "unknown")]
         trained = learner.train(training)
         for i, (c, e, s, m) in enumerate(rows):
             if fold_of[s] == fold:
-                predictions[i] = trained.predict(read_text(m, e))
+                predictions[i] = p = trained.predict(read_text(m, e))
+                answer = overruled(shipped[i], p, args.threshold, args.overrule, args.max_unknown)
+                final[i] = wrapped_answer(ordered[SHIPPED_ORDER], trained, m, e, args, shipped[i], p, answer)
     train_seconds = (time.process_time() - started) / args.folds
 
     model_answers = [p.category for p in predictions]
@@ -334,10 +366,10 @@ def cross_validate(args):
     for label, answers in order_answers.items():
         pipelines[label] = [fallback(a, p, args.threshold, args.max_unknown) for a, p in zip(answers, predictions)]
         report(f"pipeline: {label} + model", truth, pipelines[label], results)
-    shipped = [rule_decision(ordered[SHIPPED_ORDER], m, e) for _, e, _, m in rows]
     pipelines["overruling"] = [overruled(d, p, args.threshold, args.overrule, args.max_unknown)
                                for d, p in zip(shipped, predictions)]
     report(f"pipeline: shipped order + model, overrule {args.overrule}", truth, pipelines["overruling"], results)
+    report("whole pipeline (wrappers read past)", truth, final, results)
     blind = [fallback("unknown", p, args.threshold, args.max_unknown) for p in predictions]
     report("rules-blind: model, threshold+guard", truth, blind, results)
 
@@ -365,7 +397,6 @@ def cross_validate(args):
             cells.append(f"u{guard:<4} {right:5.1%} {recall.get('unknown', 0):4.0%} {min(recall.values()):4.0%}")
         print(f"  t {threshold:.1f}: " + " | ".join(cells))
 
-    final = pipelines["overruling"]
     confusions = Counter((t, a) for t, a in zip(truth, final) if t != a)
     print("\ntop confusions of the whole pipeline (truth -> answer):")
     for (t, a), n in confusions.most_common(12):
