@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from . import __version__
+from .handlers import MAX_HANDLER_TIMEOUT
 from .settings import variables
 
 EXIT_USAGE = 2
@@ -50,6 +51,15 @@ def positive_seconds(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value < float("inf"):  # NaN fails too
         raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds above 0")
+    return value
+
+
+def handler_seconds(text):
+    """``positive_seconds`` that a handler may run: at most MAX_HANDLER_TIMEOUT (7 days)."""
+    value = positive_seconds(text)
+    if value > MAX_HANDLER_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_HANDLER_TIMEOUT} seconds (7 days), the "
+                                         "longest a handler may run")
     return value
 
 
@@ -122,7 +132,7 @@ def _exec(sub):
     p.add_argument("--type", required=True, help="task type to record the failure or success under")
     p.add_argument("--payload", help="JSON object stored with the failure")
     p.add_argument("--ref", help="your own reference (job id, date), shown in messages")
-    p.add_argument("--timeout", type=positive_seconds, default=3600.0,
+    p.add_argument("--timeout", type=handler_seconds, default=3600.0,
                    help="seconds the daemon lets each retry of the command run (default 3600)")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the command and its arguments, after '--' so its options stay its own")

@@ -25,6 +25,11 @@ from .errors import ConfigError, StoreError
 from .text import clean_text
 from .secrets import ENV_REF, expand_env
 
+# The longest a handler may run: a retry's lease lasts twice that (policy.lease_seconds), and the database keeps
+# times to the year 9999. A timeout of 1e12 seconds made every claim of a batch fail, so one task stopped every
+# retry; refused in configuration and by ``exec --timeout``.
+MAX_HANDLER_TIMEOUT = 7 * 86400
+
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BYTES = 4096
@@ -106,8 +111,9 @@ def parse_handler(table: dict, path, key: str) -> HandlerSpec:
             allowed = ", ".join(_FIELDS[kind])
             raise ConfigError(path, f"{key}.{name}", f"unknown key for a {kind} handler; allowed: {allowed}")
     timeout = table.get("timeout", 60.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-        raise ConfigError(path, f"{key}.timeout", "must be a positive number of seconds, e.g. timeout = 60")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_HANDLER_TIMEOUT:
+        raise ConfigError(path, f"{key}.timeout", f"must be a number of seconds above 0 and at most "
+                                                   f"{MAX_HANDLER_TIMEOUT} (7 days), e.g. timeout = 60")
     fields = {"kind": kind, "timeout": float(timeout)}
     parse = {"command": _parse_command, "http": _parse_http, "python": _parse_python, "celery": _parse_celery}[kind]
     fields.update(parse(table, path, key))

@@ -6,13 +6,19 @@ Nothing here touches the database or the clock; every function is a table test.
 import random
 from dataclasses import dataclass
 
-from .rules import RetryPolicy
+from .handlers import MAX_HANDLER_TIMEOUT
+from .rules import MAX_RETRY_DELAY, RetryPolicy
 from .states import DecisionAction
 
 # What the engine does with a task after a (re)classification.
 RETRY, NOTIFY_ADMIN, NOTIFY_USER, EXHAUSTED, MANUAL = (DecisionAction.RETRY, DecisionAction.NOTIFY_ADMIN,
                                                       DecisionAction.NOTIFY_USER, DecisionAction.EXHAUSTED,
                                                       DecisionAction.MANUAL)
+
+
+# A computed delay (the last one doubling past the list) stops at the longest a configured one may be
+# (MAX_RETRY_DELAY, rules.py).
+_MAX_DOUBLINGS = 64
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,10 @@ def retry_delay(policy, attempt, rng=random):
     if attempt <= len(delays):
         delay = delays[attempt - 1]
     else:
-        delay = delays[-1] * 2 ** (attempt - len(delays))
+        delay = delays[-1] * 2 ** min(attempt - len(delays), _MAX_DOUBLINGS)
     if policy.jitter:
         delay *= 1 + rng.uniform(-policy.jitter, policy.jitter)
-    return max(0.0, delay)
+    return min(max(0.0, delay), MAX_RETRY_DELAY)
 
 
 def decide(category, policy, attempts_done, has_handler, task_limit=None, rng=random):
@@ -73,6 +79,7 @@ def lease_seconds(handler_timeout):
     """How long a claimed retry may run before the scan takes it back.
 
     Twice the handler's timeout: the handler is killed at its timeout, so a
-    lease that still runs out means the daemon died, not a slow handler.
+    lease that still runs out means the daemon died, not a slow handler. A timeout
+    past ``MAX_HANDLER_TIMEOUT`` (stored before it was refused) counts as that.
     """
-    return 2 * handler_timeout + 30
+    return 2 * min(handler_timeout, MAX_HANDLER_TIMEOUT) + 30

@@ -284,12 +284,13 @@ class Runner:
         for claimed, _ in results:
             self._kept_since.setdefault(claimed.task.id, now)
         self._unrecorded = results
-        if results and self._failing_now("settle"):
-            ids = " ".join(str(claimed.task.id) for claimed, _ in results)
+        if self._failing_now("settle"):  # the claims alone may have failed: said too, never retried in silence
+            what = (f"outcomes (tasks {' '.join(str(claimed.task.id) for claimed, _ in results)}) not recorded yet"
+                    if results else "due retries not claimed")
             if isinstance(exc, StoreError):  # the store layer logs the lost connection itself
-                log.warning("retry timer: outcomes (tasks %s) not recorded yet: %s; trying again", ids, exc)
+                log.warning("retry timer: %s: %s; trying again", what, exc)
             else:
-                log.error("retry timer: outcomes (tasks %s) not recorded yet; trying again", ids, exc_info=exc)
+                log.error("retry timer: %s; trying again", what, exc_info=exc)
         time.sleep(SETTLE_AGAIN_SECONDS)  # not the stop event: stopping, the timer still tries to record them
 
     def _still_ours(self, kept):

@@ -23,6 +23,9 @@ LIST_KEYS = ("patterns", "exception_types", "tags")
 SCALAR_KEYS = ("label", "label_en", "action", "priority", "suggestion", "suggestion_en")
 CATEGORY_KEYS = {"name", "replace", "retry", "firm", *LIST_KEYS, *SCALAR_KEYS}
 RETRY_KEYS = {"delays", "max_attempts", "jitter"}
+# The longest a retry may wait: the database keeps times to the year 9999, and a delay of 1e12 seconds made
+# every decision of an intake batch fail, so one task type's setting stopped all intake.
+MAX_RETRY_DELAY = 365 * 86400
 MAX_PATTERN_CHARS = 2000
 
 
@@ -186,8 +189,9 @@ def parse_retry(table, path, key, errors):
             for i, delay in enumerate(delays):
                 if not check_type(delay, (int, float), path, f"{key}.delays[{i}]", errors, "a number of seconds"):
                     continue
-                if delay < 0:
-                    errors.append(ConfigError(path, f"{key}.delays[{i}]", f"is {delay}: a delay cannot be negative"))
+                if not 0 <= delay <= MAX_RETRY_DELAY:  # NaN fails too
+                    errors.append(ConfigError(path, f"{key}.delays[{i}]", f"is {delay}: a delay is 0 to "
+                                              f"{MAX_RETRY_DELAY} seconds (365 days)"))
             out["delays"] = tuple(float(d) for d in delays if isinstance(d, (int, float)) and not isinstance(d, bool))
     if "max_attempts" in table:
         value = table["max_attempts"]

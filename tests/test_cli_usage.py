@@ -103,6 +103,8 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path, config_dir, args, sta
     (("exec", "--type", "t", "--timeout", "0", "--", "true"), "'0' must be a number of seconds above 0"),
     (("exec", "--type", "t", "--timeout", "nan", "--", "true"), "'nan' must be a number of seconds above 0"),
     (("exec", "--type", "t", "--timeout", "soon", "--", "true"), "'soon' is not a number of seconds"),
+    (("exec", "--type", "t", "--timeout", "1e12", "--", "true"),
+     "'1e12' is more than 604800 seconds (7 days), the longest a handler may run"),
 ])
 def test_a_usage_error_is_one_line_naming_the_subcommand_and_exit_2(args, expected, capsys):
     from failured.cli import main

@@ -7,7 +7,8 @@ import pytest
 from failured.config import TaskTypeConfig
 from failured.policy import (EXHAUSTED, MANUAL, NOTIFY_ADMIN, NOTIFY_USER, RETRY, decide, effective_policy,
                              lease_seconds, retry_delay)
-from failured.rules import Category, RetryPolicy
+from failured.handlers import MAX_HANDLER_TIMEOUT
+from failured.rules import MAX_RETRY_DELAY, Category, RetryPolicy
 
 NETWORK = Category("recoverable_network", "网络", "net", "retry", 10,
                    retry=RetryPolicy((30, 60, 120, 240), 5))
@@ -30,6 +31,14 @@ def test_seed_schedules(category, expected):
 def test_past_the_list_the_last_delay_doubles():
     policy = RetryPolicy((1.5, 2.5), 10)
     assert [retry_delay(policy, n) for n in range(1, 6)] == [1.5, 2.5, 5.0, 10.0, 20.0]
+
+
+def test_doubling_stops_at_the_longest_delay_a_retry_may_wait():
+    """``recover --force`` can raise a task's limit into the thousands: its delays stay within what the database
+    stores (a delay of 1e12 seconds stopped all intake)."""
+    policy = RetryPolicy((3600,), 10_000)
+    assert [retry_delay(policy, n) for n in (14, 15, 100, 10_000)] == [3600 * 2 ** 13, MAX_RETRY_DELAY,
+                                                                        MAX_RETRY_DELAY, MAX_RETRY_DELAY]
 
 
 def test_jitter_stays_within_its_fraction():
@@ -70,3 +79,7 @@ def test_decide(category, attempts, has_handler, task_limit, action, attempt, de
 
 def test_lease_outlives_the_handler_timeout_twice():
     assert lease_seconds(60) == 150
+
+
+def test_a_timeout_stored_before_it_was_refused_leases_for_the_longest_timeout():
+    assert lease_seconds(1e12) == lease_seconds(MAX_HANDLER_TIMEOUT) == 2 * 7 * 86400 + 30

@@ -55,7 +55,10 @@ def test_new_name_is_a_custom_category(config_dir):
     ('[[category]]\nname = "x"\naction = "explode"\npriority = 1\n', 'category "x".action', "unknown action 'explode'"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = "high"\n', 'category "x".priority', "must be a whole number"),
     ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\nretry = { delays = [] }\n', 'category "x".retry.delays', "is empty"),
-    ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\nretry = { delays = [5, -1] }\n', 'category "x".retry.delays[1]', "cannot be negative"),
+    ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\nretry = { delays = [5, -1] }\n', 'category "x".retry.delays[1]', "a delay is 0 to 31536000 seconds"),
+    # a delay past the year 9999 stopped all intake (every decision of a batch failed)
+    ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\nretry = { delays = [1e12] }\n', 'category "x".retry.delays[0]', "is 1000000000000.0: a delay is 0 to 31536000 seconds (365 days)"),
+    ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\nretry = { delays = [nan] }\n', 'category "x".retry.delays[0]', "a delay is 0 to"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["a(?=b)"]\n', 'category "x".patterns[0]', "RE2 cannot compile it: invalid perl operator: (?="),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["(unclosed"]\n', 'category "x".patterns[0]', "missing )"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = [".*"]\n', 'category "x".patterns[0]', "matches the empty string"),
