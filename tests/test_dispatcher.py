@@ -121,6 +121,40 @@ def test_over_budget_becomes_one_digest_with_counts(store, dispatcher, snapshot,
     assert f"merged_into = {digest_row.id}" in digest["body"]
 
 
+def test_a_digest_the_channel_could_not_send_is_carried_whole_by_the_next(store, dispatcher, snapshot, clock,
+                                                                          recorder):
+    """During an outage a digest is built at every interval and the one before stays unsent: the next one counts
+    what that one stood for, not "1", and its query lists every notification (a 10-minute outage had sent
+    "479 notifications" for 6,723)."""
+    robot = lane(dispatcher, "robot", clock)
+    recorder.FAIL.append("gateway down")
+    for _ in range(5):  # five digest intervals of the outage, 25 notifications each
+        notify(store, snapshot, clock, 25)
+        robot.process()
+        clock.advance(60)
+    recorder.FAIL.clear()
+    clock.advance(600)
+    robot.process()
+    [digest] = recorder.SENT
+    assert "125" in digest["title"] and "- 不可恢复数据错误: 125" in digest["body"] and "sync: 125" in digest["body"]
+    [sent] = Notification.select().where(Notification.channel == "robot", Notification.status == "sent")
+    task_rows = Notification.select().where(Notification.channel == "robot", Notification.kind == "task")
+    assert {row.merged_into for row in task_rows} == {sent.id}  # the digest's query lists all 125
+
+
+def test_alerts_in_a_digest_are_named_by_their_titles_before_the_counts(store, dispatcher, snapshot, clock, recorder):
+    notify(store, snapshot, clock, 25)
+    enqueue(store, snapshot, clock.now(), "admin", "breaker", "Breaker open: order_sync failed 5 retries in a row",
+            "body", task_type="order_sync")
+    enqueue(store, snapshot, clock.now(), "admin", "config", "Config reload rejected", "body")
+    lane(dispatcher, "robot", clock).process()
+    [digest] = recorder.SENT
+    body = digest["body"]
+    assert "- Breaker open: order_sync failed 5 retries in a row" in body and "- Config reload rejected" in body
+    assert body.index("Config reload rejected") < body.index("不可恢复数据错误: 25")
+    assert "- -:" not in body  # an alert is no category's count
+
+
 def test_never_more_than_the_rate_in_any_sliding_minute(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
     sent_at = []

@@ -39,6 +39,7 @@ TEXTS = {
         "digest_intro": "通知过多，已合并为一条汇总（机器人每分钟最多 20 条）。",
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
         "see_rest": "查看全部", "others": "其余 {kinds} 种：{count}",
+        "alerts": "运维告警", "more_alerts": "另有 {count} 条告警",
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
         "paused_title": "[failured] 通道 {channel} 已暂停：其配置无法使用",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
@@ -71,6 +72,7 @@ TEXTS = {
         "digest_intro": "Too many notifications at once; merged into one digest (robots take at most 20 a minute).",
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
         "see_rest": "See them all", "others": "{kinds} more: {count}",
+        "alerts": "Alerts", "more_alerts": "{count} more alerts",
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
         "paused_title": "[failured] Channel {channel} paused: its configuration does not work",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
@@ -182,10 +184,18 @@ def digest_message(lang, rows, entries, db_path, digest_id, label=lambda name: n
     task type, the first few, where the rest are."""
     words = TEXTS[lang]
     title = words["digest_title"].format(count=len(rows))
-    lines = [f"**{title}**", "", words["digest_intro"], "", f"**{words['by_category']}**"]
-    lines += _count_lines(words, _counts(inert(label(row.category)) if row.category else None for row in rows))
-    lines += ["", f"**{words['by_task_type']}**"]
-    lines += _count_lines(words, _counts(inert(row.task_type) for row in rows))
+    lines = [f"**{title}**", "", words["digest_intro"]]
+    alerts = [row for row in rows if row.category is None]
+    if alerts:  # a breaker, a threshold, a refused config (no category): first, by their titles, never as a count
+        lines += ["", f"**{words['alerts']}**"] + [f"- {shorten(row.title, 120)}" for row in alerts[:DIGEST_COUNTS]]
+        if len(alerts) > DIGEST_COUNTS:
+            lines.append("- " + words["more_alerts"].format(count=len(alerts) - DIGEST_COUNTS))
+    tasks = [row for row in rows if row.category is not None]
+    if tasks:
+        lines += ["", f"**{words['by_category']}**"]
+        lines += _count_lines(words, _counts(inert(label(row.category)) for row in tasks))
+        lines += ["", f"**{words['by_task_type']}**"]
+        lines += _count_lines(words, _counts(inert(row.task_type) for row in tasks))
     lines += ["", f"**{words['first'].format(n=min(entries, len(rows)))}**"]
     lines += [f"- {shorten(row.title, 120)}" for row in rows[:entries]]
     if rows[0].audience != "user":  # the admins can query the database; the users' group cannot
@@ -194,7 +204,7 @@ def digest_message(lang, rows, entries, db_path, digest_id, label=lambda name: n
     return title, "\n".join(lines)
 
 
-DIGEST_COUNTS = 10  # lines of counts a digest lists: a robot cuts a long message, and the rest must fit
+DIGEST_COUNTS = 10  # lines of counts (and of alerts) a digest lists: a robot cuts a long message, and the rest must fit
 
 
 def _count_lines(words, counts):

@@ -172,6 +172,25 @@ def end_pending(store, channel, status, reason):
             .where(Notification.channel == channel, Notification.status == PENDING).bind(store.db).execute())
 
 
+MERGING_KINDS = ("digest", "repeat")  # rows that stand for others merged into them
+
+
+def merged_under(store, ids):
+    """(every row merged into the rows ``ids``, however deep, that stands for no other, the ids of those that do):
+    what an unsent digest or "×N" row carries. Only the columns a digest reads."""
+    leaves, containers, level = [], [], list(ids)
+    while level:
+        below = []
+        for start in range(0, len(level), 500):
+            below.extend(Notification.select(Notification.id, Notification.kind, Notification.category,
+                                             Notification.task_type, Notification.title, Notification.audience)
+                         .where(Notification.merged_into.in_(level[start:start + 500])).bind(store.db))
+        level = [row.id for row in below if row.kind in MERGING_KINDS]
+        containers += level
+        leaves += [row for row in below if row.kind not in MERGING_KINDS]
+    return leaves, containers
+
+
 def merge_rows(store, ids, now, channel, audience, kind, category, task_type, fingerprint, text):
     """A pending row standing for the rows ``ids``, which become merged into it; ``text(row id)`` gives its
     (title, body). Returns the new row (in the caller's transaction)."""
