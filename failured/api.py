@@ -588,7 +588,7 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = data
         else:
             body, content_type = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"), "application/json"
-        linger = not self._discard_unread_body()
+        linger = not self._keeps_connection(status)
         self.close_connection = self.close_connection or linger
         self.connection.settimeout(self.server.slots.deadlines.write)
         self.send_response(status, reason)
@@ -603,6 +603,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         if linger:
             self._linger()
+
+    def _keeps_connection(self, status):
+        """Whether the connection can go on after this answer. A body the answer did not need is read first, but
+        never an unauthorized client's: it would hold a slot for the body's whole deadline (300 connections
+        sending a head and no body kept /healthz answering 503 with no token at all)."""
+        if status == 401 and not self._body_read and ("Transfer-Encoding" in self.headers
+                                                      or self.headers.get("Content-Length", "0").strip() != "0"):
+            return False
+        return self._discard_unread_body()
 
     def _discard_unread_body(self):
         """Read a body the answer did not need, so the connection can go on; False when it cannot be."""
@@ -622,6 +631,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _linger(self):
         # The client may still be sending the body we refused: closing at once would reset the connection
         # and could destroy our answer before it is read. Drop what comes, briefly (nginx's lingering close).
+        self.server.slots.enter(self.slot, IDLE)  # answered: a slot the cap may take back while it drains
         try:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)

@@ -450,10 +450,16 @@ def test_errors_keep_the_connection_alive(client, harness):
     assert client.call("POST", "/v1/failures", b"[]").status == 400
     assert client.call("GET", "/v1/nothing").status == 404
     assert client.call("POST", "/v1/failures", b"{}", headers={"Content-Type": "text/plain"}).status == 415
-    assert client.call("POST", "/v1/failures", {"x": 1}, token="wrong").status == 401
+    assert client.call("GET", "/v1/status", token="wrong").status == 401  # no body to wait for
     sock = client.conn.sock
     assert client.report().status == 201
     assert client.conn.sock is sock  # same connection all along
+
+
+def test_an_unauthorized_request_with_a_body_is_answered_and_its_connection_closed(client):
+    """Its body is never waited for (a client without the token could hold a slot for the body's deadline)."""
+    response = client.call("POST", "/v1/failures", {"x": 1}, token="wrong")
+    assert (response.status, response.headers["Connection"]) == (401, "close")
 
 
 def test_garbage_requests_get_json_errors(client):

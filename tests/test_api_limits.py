@@ -129,6 +129,28 @@ def test_healthz_answers_while_300_idle_connections_are_open_and_the_server_keep
             sock.close()
 
 
+@pytest.mark.parametrize("authorization", ["", "Authorization: Bearer wrong\r\n"])
+def test_clients_without_the_token_that_never_send_their_body_cannot_hold_every_slot(serve, authorization):
+    """An unauthorized request's body is never waited for: its 401 goes out at once, and the connection, answered,
+    is one the cap may take back (300 such connections had kept /healthz answering 503 with no token at all)."""
+    server = serve(max_connections=8)
+    head = (f"POST /v1/failures HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Content-Type: application/json\r\n"
+            f"Content-Length: 1000\r\n\r\n{{").encode()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(40)]
+    try:
+        for sock in held:
+            sock.sendall(head)
+        for sock in held[-8:]:  # the newest keep their slots until the cap takes them: each was answered 401
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 401
+        status, _, data = get(server.port, "/healthz", token=None, timeout=10)
+        assert (status, data["ok"]) == (200, True)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_head_sent_one_line_at_a_time_is_cut_off_at_the_head_deadline(serve):
     server = serve(deadlines=Deadlines(head=1.0))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
