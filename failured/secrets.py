@@ -45,8 +45,9 @@ _CREDENTIAL_SHAPES = tuple(map(re.compile, (
     # dict; a token's shape only in ``Name: value`` (a header, a YAML or log field).
     (rf"{_NAME_END}(?:=(?P<given>[^&\s'\"<>(),;]+)|[\"']\s{{0,8}}:\s{{0,8}}[\"'](?P<quoted>[^\"'\n]{{1,512}})(?=[\"'])"
      rf"|:[ \t]{{0,8}}(?P<field>{_TOKEN}))"),
-    # ``--name value``: a token's shape only.
-    rf"--[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?P<value>{_TOKEN})",
+    # ``--name value``: a token's shape only. The name starts with a letter or digit, and a run of dashes is tried
+    # once: a megabyte of "--" cost a second here (forty tries at every dash).
+    rf"--(?<!---)(?=[a-z0-9])[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?P<value>{_TOKEN})",
     # A URL's password (scheme://user:PASSWORD@host): whatever the value.
     r"://[^\s:/@'\"<>]{0,128}:(?P<value>[^\s@/'\"<>]{1,256})@",
     # After "Authorization:" any credential; after a bare "Bearer"/"Basic" a token's shape only ("Basic

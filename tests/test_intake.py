@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from failured.errors import InputError
-from failured.intake import MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, record_failure, record_success
+from failured.intake import (MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, bound_error, record_failure,
+                             record_success)
+from failured.secrets import masked
 from failured.store import SuccessCount, Task, TaskEvent, open_store
 
 
@@ -28,6 +30,19 @@ def test_long_error_is_cut_with_a_visible_marker_keeping_head_and_tail(store):
     assert len(task.error_message.encode()) <= MAX_ERROR_BYTES
     assert task.error_message.startswith("HEAD ") and task.error_message.endswith(" TAIL")
     assert "bytes cut" in task.error_message
+
+
+def test_a_huge_error_is_masked_only_where_the_cut_keeps_it_and_the_same_as_masked_whole(store):
+    """Past a megabyte only the head and tail the cut keeps (and MASK_REACH around them) are masked: what is
+    stored is what masking the whole text and cutting it gives, its marker counting every byte cut."""
+    secret = "tok_SUPERSECRET_0123456789"
+    message = (f"HEAD password=hunter2hunter2 {secret} " + "é" * 3_000_000
+               + f" api_key=AKIA1234567890ABCDEF {secret} TAIL")
+    expected = bound_error(masked(message, [secret]), MAX_ERROR_BYTES)
+    stored = Task.get_by_id(record_failure(store, "t", message, secrets=[secret])).error_message
+    assert stored == expected
+    assert "hunter2" not in stored and "AKIA" not in stored and secret not in stored
+    assert "bytes cut]" in stored  # the same count as the whole text's (the assertion above)
 
 
 def test_a_long_error_type_or_reference_is_cut_and_secrets_in_them_masked(store):
