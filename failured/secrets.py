@@ -105,11 +105,23 @@ def _credential_spans(text):
     return (match.span(match.lastgroup) for shape in _CREDENTIAL_SHAPES for match in shape.finditer(lowered))
 
 
+# What requests leaves unquoted when it re-quotes a URL (requests.utils.requote_uri): a secret put into a URL
+# comes back in its errors quoted this way ("a b%2F" as "a%20b%2F").
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def _variants(secret):
+    """How a secret may come back: as given, percent-quoted three ways, and each lower-cased (a host name is)."""
+    quoted = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+              urllib.parse.quote(secret, safe=_URL_SAFE)}
+    return quoted | {variant.lower() for variant in quoted}
+
+
 def _replaced_everywhere(text, secrets):
     variants = set()
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET_CHARS:
-            variants |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+            variants |= _variants(secret)
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, "***")
     return text

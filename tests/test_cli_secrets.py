@@ -68,6 +68,18 @@ def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_sec
     assert masked in mask(text, ())
 
 
+@pytest.mark.parametrize(("secret", "shown", "masked"), [
+    ("QTOKsecretAAAA1111", "host='qtoksecretaaaa1111.invalid'", "host='***.invalid'"),  # requests lower-cases a host
+    ("ab+cd/ef=gh&ij secretHHHH8888", "/hook?k=ab+cd/ef=gh&ij%20secretHHHH8888", "/hook?k=***"),  # re-quoted URL
+    ("PTOK%2Fsecret IIII9999", "/p/PTOK%2Fsecret%20IIII9999/x", "/p/***/x"),
+    ("p@ss w/rd:99", "password=p%40ss+w%2Frd%3A99 refused", "password=*** refused"),  # a form's quoting
+])
+def test_a_known_secret_is_masked_as_urls_and_hosts_give_it_back(secret, shown, masked):
+    from failured.secrets import mask
+
+    assert mask(f"error: {shown}", [secret]) == f"error: {masked}"
+
+
 @pytest.mark.parametrize("text", ["Access denied for user 'root'@'localhost' (using password: YES)",
                                   "Unexpected token o in JSON at position 1", "see http://user@host/x",
                                   "bearer of bad news", "401 Unauthorized: HTTP Basic authentication failed",
