@@ -15,6 +15,7 @@ from conftest import write_config
 from failured.api import ApiServer
 from failured.backend import Backend
 from failured.config import load_config
+from failured.web import workbench
 from failured.intake import record_failure
 from failured.settings import load_settings
 from failured.store import Task
@@ -178,6 +179,18 @@ def test_workbench_previews_and_saves_a_valid_pattern_file(console):
     assert len(saved) == 1
     snapshot = load_config(config, "en")
     assert snapshot.classifier.classify("frobnicator exploded in bay 7", None, "sync").category == "unrecoverable_data"
+
+
+def test_a_preview_stops_at_its_time_budget_and_says_how_many_it_looked_at(console, monkeypatch):
+    """A pattern RE2 matches slowly (".{1000}x.{1000}y": a second on a 60 KB message) cannot hold a request for
+    long: what the budget leaves is not looked at, and the page says it checked the newest 0 of 3."""
+    client, store, _ = console
+    seed_unknown(store)
+    logged_in(client)
+    monkeypatch.setattr(workbench, "PREVIEW_SECONDS", 0.0)
+    text = client.request("GET", "/ui/unknown?" + urlencode({"pattern": "frobnicator", "category": "unrecoverable_data"}))[2]
+    assert re.search(r'id="matched-count">0</span> / 0<', text)
+    assert "只检查了最近 7 天中最新的 0 条（共 3 条）" in text
 
 
 def test_workbench_refuses_what_the_loader_would_refuse(console):

@@ -26,6 +26,9 @@ SCANNED = 2000  # newest unknown and classified messages a preview looks at (the
 UNCLASSIFIED = "unclassified"  # failure_counts' word for a task not yet classified
 SHOWN = 20
 MAX_DAYS = 90
+# CPU a preview may take: RE2 is linear, but a pattern such as ".{1000}x.{1000}y" costs about a second on a 60 KB
+# message, and 4,000 of them would have held a request for an hour. What is left is not looked at (the page says so).
+PREVIEW_SECONDS = 2.0
 
 
 def check_days(text, default=7):
@@ -52,10 +55,10 @@ def preview(store, pattern, category, days, now):
         return {"problem": f"pattern {problem}"}
     compiled = re2.compile(pattern, options=re2_options())
     start = now - days * DAY
-    unknown = store_module.recent_messages(start, True, SCANNED, store=store)
-    classified = store_module.recent_messages(start, False, SCANNED, store=store)
-    matched = [row for row in unknown if compiled.search(row[3])]
-    stolen = [row for row in classified if row[2] != category and compiled.search(row[3])]
+    deadline = time.monotonic() + PREVIEW_SECONDS
+    unknown, matched = _matching(store_module.recent_messages(start, True, SCANNED, store=store), compiled, deadline)
+    classified, stolen = _matching(store_module.recent_messages(start, False, SCANNED, store=store), compiled,
+                                   deadline, lambda row: row[2] != category)
     totals = store_module.aggregates.failures_since(store, start)
     unknown_total = totals.get(UNKNOWN, 0)
     classified_total = sum(n for name, n in totals.items() if name not in (UNKNOWN, UNCLASSIFIED))
@@ -63,6 +66,18 @@ def preview(store, pattern, category, days, now):
     return {"problem": None, "matched": matched[:SHOWN], "matched_count": len(matched), "unknown_count": len(unknown),
             "stolen": stolen[:SHOWN], "stolen_count": len(stolen), "classified_count": len(classified),
             "unknown_total": max(unknown_total, len(unknown)), "classified_total": max(classified_total, len(classified))}
+
+
+def _matching(rows, compiled, deadline, wanted=lambda row: True):
+    """(the rows looked at before ``deadline``, those of them ``wanted`` keeps whose message ``compiled`` finds)."""
+    looked, found = [], []
+    for row in rows:
+        if time.monotonic() >= deadline:
+            break
+        looked.append(row)
+        if wanted(row) and compiled.search(row[3]):
+            found.append(row)
+    return looked, found
 
 
 def file_text(category, pattern, now):
