@@ -86,12 +86,18 @@ def parse_payload(payload):
     if not isinstance(payload, dict):
         raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it, e.g. '{{\"value\": ...}}'")
     try:
-        text = json.dumps(payload, ensure_ascii=False, default=str)
-    except ValueError as exc:  # circular references
-        raise InputError(f"payload cannot be stored as JSON: {exc}") from None
+        # NaN and Infinity are no JSON: stored, they made every answer that shows the task invalid JSON.
+        text = json.dumps(payload, ensure_ascii=False, default=str, allow_nan=False)
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("payload holds a lone surrogate (\\ud800-\\udfff), which is not text: send valid "
+                         "UTF-8") from None
+    except ValueError as exc:  # circular references, NaN or Infinity
+        advice = " (JSON has no NaN or Infinity: send null or a string)" if "float" in str(exc) else ""
+        raise InputError(f"payload cannot be stored as JSON: {exc}{advice}") from None
     except RecursionError:
         raise InputError(_NESTED_TOO_DEEPLY) from None
-    size = len(text.encode("utf-8"))
+    size = len(data)
     if size > MAX_PAYLOAD_BYTES:
         raise InputError(f"payload is {size:,} bytes as JSON, more than the {MAX_PAYLOAD_BYTES:,} a task may carry: "
                          "keep large data elsewhere and pass its id or path")

@@ -75,6 +75,11 @@ def _nested(depth):
     ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     (_nested(100_000), "nested too deeply"),
     ({"order": "x" * MAX_PAYLOAD_BYTES}, "more than the 1,048,576 a task may carry"),
+    # stored, these made every answer that shows the task invalid JSON (JSON.parse and jq refuse NaN)
+    ('{"a": NaN}', "JSON has no NaN or Infinity"),
+    ({"a": float("inf")}, "JSON has no NaN or Infinity"),
+    ('{"a": 1e999}', "JSON has no NaN or Infinity"),
+    ('{"a": "\\ud800"}', "lone surrogate"),
 ])
 def test_bad_payload_is_refused_and_nothing_is_written(store, payload, reason):
     with pytest.raises(InputError, match=reason):
