@@ -44,6 +44,25 @@ def positive_int(text):
     return value
 
 
+MAX_TASK_ID = 2 ** 63 - 1  # the database's largest integer
+MAX_ANALYSIS_DAYS = 3660  # as FAILURE_ANALYSIS_DAYS: ten years
+
+
+def task_id(text):
+    """A task id: a whole number from 1 to the database's largest (a larger one was an OverflowError)."""
+    value = positive_int(text)
+    if value > MAX_TASK_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id: ids go from 1 to {MAX_TASK_ID}")
+    return value
+
+
+def analysis_days(text):
+    value = positive_int(text)
+    if value > MAX_ANALYSIS_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_ANALYSIS_DAYS} days (ten years)")
+    return value
+
+
 def positive_seconds(text):
     try:
         value = float(text)
@@ -141,7 +160,7 @@ def _exec(sub):
 def _recover(sub):
     p = _add(sub, "recover", "retry one task now", _examples(
         "failured recover 123", "failured recover 123 --force    # even if unrecoverable or out of attempts"))
-    p.add_argument("id", type=int, help="task id (as printed by report, or in a notification)")
+    p.add_argument("id", type=task_id, help="task id (as printed by report, or in a notification)")
     p.add_argument("--force", action="store_true", help="retry even if unrecoverable or out of attempts")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -162,7 +181,7 @@ def _requeue(sub):
 def _resolve(sub):
     p = _add(sub, "resolve", "close a task by hand", _examples(
         "failured resolve 123", "failured resolve 123 --note 'refunded by hand'"))
-    p.add_argument("id", type=int, help="task id")
+    p.add_argument("id", type=task_id, help="task id")
     p.add_argument("--note", help="why, kept in the task's history")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -171,7 +190,7 @@ def _label(sub):
     p = _add(sub, "label", "say which category a task really belongs to; its course follows and the model learns it",
              _examples("failured label 123 unrecoverable_data --note 'the payload was truncated'",
                        "failured label 124 recoverable_network    # it was retried too little: schedule it"))
-    p.add_argument("id", type=int, help="task id")
+    p.add_argument("id", type=task_id, help="task id")
     p.add_argument("category", help="the right category name, e.g. recoverable_network (see check-config)")
     p.add_argument("--note", help="why, kept with the label")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -200,7 +219,7 @@ def _list(sub):
 
 def _show(sub):
     p = _add(sub, "show", "a task and its full history", _examples("failured show 123", "failured show 123 --json"))
-    p.add_argument("id", type=int, help="task id")
+    p.add_argument("id", type=task_id, help="task id")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
@@ -223,7 +242,7 @@ def _scan(sub):
 def _analyze(sub):
     p = _add(sub, "analyze", "the failure-pattern analysis report", _examples(
         "failured analyze --days 1", "failured analyze --write    # also the JSON and HTML files in FAILURE_REPORT_DIR"))
-    p.add_argument("--days", type=positive_int, help="period in days (default FAILURE_ANALYSIS_DAYS)")
+    p.add_argument("--days", type=analysis_days, help="period in days (default FAILURE_ANALYSIS_DAYS)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--write", action="store_true", help="also write the JSON and HTML report files")
 

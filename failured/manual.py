@@ -24,12 +24,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+MAX_DURATION_DAYS = 36600  # a hundred years: a longer "since" went past the earliest time Python can write
+
+
 def parse_duration(text):
     """'90s', '30m', '2h', '7d' -> seconds."""
     match = _DURATION.match(text or "")
     if not match:
         raise InputError(f"duration {text!r} is not understood: use a number and s, m, h or d, e.g. 2h")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise InputError(f"duration {text!r} is longer than {MAX_DURATION_DAYS} days: give a shorter one")
+    return seconds
 
 
 def _get(store, task_id):

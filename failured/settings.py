@@ -1,5 +1,6 @@
 """Process-wide settings from the environment (and a ``.env`` file), validated once at start."""
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,23 @@ def variables():
     return rows
 
 
+# The largest value each number may take, in its own unit: past these, times overflowed the database's range or
+# Python's (FAILURE_RETENTION_DAYS=99999999 looped on "year -271764 is out of range", FAILURE_POLL_SECONDS=1e308
+# failed every poll).
+_MAXIMUM = {
+    "FAILURE_SCAN_INTERVAL_MINUTES": 7 * 24 * 60,  # a week
+    "FAILURE_ANALYSIS_INTERVAL_HOURS": 31 * 24,  # a month
+    "FAILURE_ANALYSIS_DAYS": 3660,  # ten years
+    "FAILURE_MAX_RECOVERY_ATTEMPTS": 1000,
+    "FAILURE_RETRY_CONCURRENCY": 1024,
+    "FAILURE_RETENTION_DAYS": 36600,  # a hundred years
+    "FAILURE_REPORT_RETENTION_DAYS": 36600,
+    "FAILURE_SHUTDOWN_GRACE_SECONDS": 86400,  # a day
+    "FAILURE_POLL_SECONDS": 3600,
+    "FAILURE_HTTP_MAX_CONNECTIONS": 65536,
+}
+
+
 def _parse(kind, name, raw):
     value = raw.strip()
     if kind == "text":
@@ -123,8 +141,12 @@ def _parse(kind, name, raw):
             number = number_type(value)
         except ValueError:
             raise InputError(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(number):
+            raise InputError(f"{name}={raw!r} is not a finite number")
         if number < 0 or (number == 0 and kind != "non_negative_float"):
             raise InputError(f"{name}={raw!r} must be greater than 0")
+        if number > _MAXIMUM.get(name, math.inf):
+            raise InputError(f"{name}={raw!r} is more than {_MAXIMUM[name]:,}, the most it may be")
         return number
     if kind == "lang":
         if value.lower() not in LANGUAGES:

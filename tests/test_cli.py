@@ -110,6 +110,19 @@ def test_bad_environment_value_is_a_clear_error(tmp_path):
     assert "FAILURE_RETRY_CONCURRENCY='lots' is not a number" in result.stderr
 
 
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("FAILURE_RETENTION_DAYS", "99999999", "is more than 36,600, the most it may be"),
+    ("FAILURE_POLL_SECONDS", "1e308", "is more than 3,600"),
+    ("FAILURE_POLL_SECONDS", "nan", "is not a finite number"),
+    ("FAILURE_SHUTDOWN_GRACE_SECONDS", "nan", "is not a finite number"),
+    ("FAILURE_SCAN_INTERVAL_MINUTES", "inf", "is not a finite number"),
+])
+def test_an_environment_number_out_of_range_is_refused_before_anything_runs(tmp_path, name, value, said):
+    """Accepted, these looped on "year -271764 is out of range" or failed every poll of a daemon that said it ran."""
+    result = run_cli("report", "--type", "t", "--error", "e", env={**env_for(tmp_path), name: value})
+    assert result.returncode == 2 and f"{name}={value!r} {said}" in result.stderr
+
+
 def test_re2_prints_nothing_of_its_own_for_a_bad_pattern(tmp_path, config_dir):
     (config_dir / "patterns" / "20-bad.toml").write_text(
         '[[category]]\nname = "x"\naction = "notify_user"\npriority = 2\npatterns = ["a(?=b)", "(unclosed"]\n')

@@ -105,6 +105,13 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path, config_dir, args, sta
     (("exec", "--type", "t", "--timeout", "soon", "--", "true"), "'soon' is not a number of seconds"),
     (("exec", "--type", "t", "--timeout", "1e12", "--", "true"),
      "'1e12' is more than 604800 seconds (7 days), the longest a handler may run"),
+    # each was an OverflowError or a ValueError's traceback
+    (("show", "99999999999999999999999"), "failured show: error: argument id: '99999999999999999999999' is not a "
+                                          "task id: ids go from 1 to 9223372036854775807"),
+    (("recover", "9223372036854775808"), "is not a task id"),
+    (("resolve", "9223372036854775808"), "is not a task id"),
+    (("label", "9223372036854775808", "unknown"), "is not a task id"),
+    (("analyze", "--days", "99999999999"), "'99999999999' is more than 3660 days (ten years)"),
 ])
 def test_a_usage_error_is_one_line_naming_the_subcommand_and_exit_2(args, expected, capsys):
     from failured.cli import main

@@ -88,7 +88,7 @@ def test_since_counts_back_from_now(store):
 
 @pytest.mark.parametrize("arguments", [
     {"statuses": ["bogus"]}, {"since": "two hours"}, {"limit": "0"}, {"limit": "501"}, {"cursor": "abc"},
-    {"cursor": "1" * 19}, {"grep": "x" * 201},
+    {"cursor": "1" * 19}, {"grep": "x" * 201}, {"since": "9999999999999999d"},  # the last: an OverflowError before
 ])
 def test_bad_filters_are_input_errors(arguments):
     with pytest.raises(InputError):
