@@ -59,6 +59,10 @@ def check_task_type(task_type):
     Refused when it has no other character, holds a control character, or is over MAX_TASK_TYPE_CHARS as
     given (so the HTTP API's schema, maxLength 200 and its patterns, says the same).
     """
+    raw = task_type if isinstance(task_type, str) else ""
+    if "\x00" in raw.strip():  # clean_text makes NUL U+FFFD: a type no handler's name would match
+        raise InputError(f"task type has a control character (U+0000 at character {raw.strip().index(chr(0)) + 1}): "
+                         "a task type is one line of printable text, e.g. tracking_update")
     given = clean_text(task_type if task_type is not None else "")
     if len(given) > MAX_TASK_TYPE_CHARS:
         raise InputError(f"task type is {len(given)} characters long: at most {MAX_TASK_TYPE_CHARS}")

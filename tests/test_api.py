@@ -324,7 +324,7 @@ def test_without_a_token_a_rebound_host_or_a_foreign_origin_is_refused_as_docume
 
 @pytest.mark.parametrize("task_type, accepted", [
     ("sync", True), (" \t sync \n", True), ("\u2028sync\u2029", True), ("sy nc", True), ("sy\u00a0nc", True),
-    ("sy\x00nc", True),  # stored as sy\ufffdnc: text both stores hold, nothing a terminal acts on
+    ("sy\x00nc", False),  # a C0 control: stored as sy\ufffdnc it was a type no handler's name matched
     ("sy\x1b[2Jnc", False), ("sy\nnc", False), ("sy\tnc", False), ("sy\x85nc", False), ("sy\x9bnc", False),
     ("sy\u2028nc", False), ("sy\u202enc", False), ("sy\u2066nc", False), ("sy\x7fnc", False), (" \n ", False),
 ])

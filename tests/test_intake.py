@@ -95,7 +95,8 @@ def test_empty_task_type_is_refused(store, task_type):
 
 
 @pytest.mark.parametrize("task_type", ["poison\nline", "a\rb", "ansi\x1b[31mRED", "bell\x07", "del\x7f",
-                                       "c1\x85next", "line\u2028sep", "bidi\u202eevil"])
+                                       "c1\x85next", "line\u2028sep", "bidi\u202eevil",
+                                       "u\x00x"])  # NUL was stored as U+FFFD: a type no handler matched
 def test_a_task_type_with_a_control_character_is_refused_and_nothing_is_written(store, task_type):
     with pytest.raises(InputError, match=r"task type has a control character \(U\+[0-9A-F]{4} at character \d+\)"):
         record_failure(store, task_type, "boom")
