@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import labels, manual, reports
+from . import labels, lastgood, manual, reports
 from .secrets import masked_argv, reporter_secrets
 from .clock import SystemClock
 from .config import load_config
@@ -270,11 +270,27 @@ def status(settings):
 
 
 def _readable_config(directories, settings):
-    """(the first of ``directories`` that loads, None) or (None, why the last one did not)."""
+    """(the first of ``directories`` that loads, None) or (None, why the last one did not). A directory whose
+    files are refused counts as its last good copy (lastgood.py): the daemon runs on that meanwhile, and its
+    thresholds are the ones in force (an edit being fixed had hidden every breach)."""
     why = None
     for directory in dict.fromkeys(d for d in directories if d):
         try:
             return load_config(directory, settings.lang, settings.log_dir, model=False), None
         except ConfigErrors as exc:
             why = f"the configuration at {directory} cannot be read ({exc.errors[0]})"
+            last_good = _last_good_config(directory, settings)
+            if last_good is not None:
+                return last_good, None
     return None, why
+
+
+def _last_good_config(directory, settings):
+    """The last good copy of ``directory``'s configuration, or None where none is kept or it does not load."""
+    with lastgood.restored(directory) as found:
+        if found is None:
+            return None
+        try:
+            return load_config(found[0], settings.lang, settings.log_dir, model=False)
+        except ConfigErrors:
+            return None
