@@ -9,6 +9,7 @@ checkpoint:  SQLite only: copies the WAL into the database file every CHECKPOINT
 config:      watchdog observer + debounced reload
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from .sdnotify import Notifier
 from .store import DISK_FLOOR_BYTES, StoreUnavailableError, aggregates, open_store
 from .store.members import claim_state, forget_stopped
 from .store.state import is_busy, set_state_soon
+from .status import REPORTS_FAILING
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -484,13 +486,28 @@ class Daemon:
             self.queue.push(*item)
         if not self.members.is_leader():  # every daemon reconciles its own heap; the leader reports
             return None
-        path, _ = reports.write_processing_report(self.store, self.settings.report_dir, now, self.settings.lang)
+        with self._writing_reports(now):
+            path, _ = reports.write_processing_report(self.store, self.settings.report_dir, now, self.settings.lang)
         if path is None:  # the lead was moving and the other leader reported these events
             return None
         self.store.set_state("last_scan", f"{now:.3f}", now)
         log.info("scan: %d new handled, %d leases taken back, %d retries re-queued; report %s",
                  len(handled), len(taken_back), len(missing), path)
         return path
+
+    @contextlib.contextmanager
+    def _writing_reports(self, now):
+        """Report files that cannot be written (a full disk, a directory gone) are a problem ``status`` shows until
+        one is written again: only the log had said so, at every scan."""
+        try:
+            yield
+        except OSError as exc:
+            failing = {"at": iso(now), "error": f"{exc.strerror or exc} ({self.settings.report_dir})"}
+            self.store.set_state(REPORTS_FAILING, json.dumps(failing), now)
+            raise
+        if self.store.get_state(REPORTS_FAILING) is not None:
+            self.store.delete_state(REPORTS_FAILING)
+            log.info("reports are written again in %s", self.settings.report_dir)
 
     def take_back_from_the_gone(self):
         """Several daemons: the retries leased to a daemon that died go back to scheduled, due now, and run here
@@ -507,7 +524,8 @@ class Daemon:
             if not claim_state(self.store, "analysis_slot", str(slot), now):
                 return None
         report = analysis_report(self.store, self.watcher.current, now, s.analysis_days, s.lang)
-        path = reports.write_report(s.report_dir, reports.ANALYSIS, report, now, render_html(report, s.lang))
+        with self._writing_reports(now):
+            path = reports.write_report(s.report_dir, reports.ANALYSIS, report, now, render_html(report, s.lang))
         self.store.set_state("last_analysis", f"{now:.3f}", now)
         log.info("analysis of slot %d: %d failures over %d days; report %s", slot, report["total_failures"],
                  s.analysis_days, path)

@@ -8,6 +8,7 @@ too, not only the scan's own work, and each decision exactly once.
 """
 
 import calendar
+import contextlib
 import itertools
 import json
 import os
@@ -164,7 +165,7 @@ def _write_new(path, text):
     """Write ``text`` whole as ``path``, or as ``<stem>_2``, ``_3``… when a report of the same second has the
     name (a scan from the CLI while the daemon's runs): linked into place, so no report replaces another."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text, encoding="utf-8")
+    _write_or_remove(temp, text)
     try:
         for number in itertools.count(1):
             candidate = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
@@ -185,8 +186,18 @@ def _write_new(path, text):
 def _write_atomic(path, text):
     # A reader (or a `tail`) never sees half a report: write aside, then rename.
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
+    _write_or_remove(temp, text)
     os.replace(temp, path)
+
+
+def _write_or_remove(temp, text):
+    """Write ``temp`` whole, or leave no part of it (a full disk had left an empty file at every scan)."""
+    try:
+        temp.write_text(text, encoding="utf-8")
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
 
 
 def _stamp_of(path, kind):

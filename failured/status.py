@@ -19,6 +19,8 @@ NEXT_RETRIES = 5
 CHANNEL_KEY_PREFIX = "channel:"  # daemon_state rows the dispatcher writes: {"ok", "error", "at"}
 
 
+REPORTS_FAILING = "reports_failing"  # daemon_state: {"at", "error"} of a report file the daemon could not write
+
 def _when(epoch):
     return iso(epoch) if epoch is not None else None
 
@@ -80,10 +82,11 @@ def channel_health(store, configured=None):
 
 
 
-def problems(daemon, health, config, breached, free=None, read_only=None):
+def problems(daemon, health, config, breached, free=None, read_only=None, reports_failing=None):
     """Why the system is unhealthy, one short line each (empty when healthy).
 
-    ``read_only``: the store could only be opened read-only, and this error says why.
+    ``read_only``: the store could only be opened read-only, and this error says why. ``reports_failing``: when
+    and why the daemon last failed to write a report file, if none was written since.
     """
     found = []
     if free is not None and free < DISK_FLOOR_BYTES:
@@ -110,6 +113,9 @@ def problems(daemon, health, config, breached, free=None, read_only=None):
         else:
             found.append(f"config reload rejected at {rejected.get('at')}: {first} "
                          "(the previous configuration is still in force)")
+    if reports_failing:
+        found.append(f"report files not written since {reports_failing.get('at')}: {reports_failing.get('error')} "
+                     "(the next scan writes what they missed once the directory takes files again)")
     for check in breached:
         found.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
     return found
@@ -148,7 +154,8 @@ def collect(store, snapshot, now):
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
     free = store.free_bytes()
-    found = problems(daemon, health, config, breached, free, store.read_only)
+    failing = store.get_state(REPORTS_FAILING)
+    found = problems(daemon, health, config, breached, free, store.read_only, json.loads(failing) if failing else None)
     return {
         "healthy": not found,
         "disk_free_bytes": free,

@@ -41,3 +41,26 @@ def test_daemon_survives_a_full_disk_says_so_and_resumes_when_space_returns(daem
     finally:
         daemon.stop()
     assert daemon.proc.returncode == 0
+
+
+def test_reports_that_cannot_be_written_are_a_problem_in_status_and_leave_no_partial_files(daemon_factory,
+                                                                                           small_disk):
+    """A full report directory: status says so (only the log had, at every scan), no empty temporary file is left
+    behind, and once space returns the next report covers the tasks the failed ones missed."""
+    from conftest import wait_for
+
+    filler = fill(small_disk)
+    daemon = daemon_factory(FAILURE_REPORT_DIR=str(small_disk), FAILURE_SCAN_INTERVAL_MINUTES="0.01").start()
+    try:
+        assert daemon.cli("report", "--type", "sync", "--error", "connection timeout").returncode == 0
+        daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'reports_failing'", lambda r: r[0][0] == 1)
+        status = daemon.cli("status")
+        assert status.returncode == 1 and "problem: report files not written since" in status.stdout, status.stdout
+        assert "No space left on device" in status.stdout
+        assert [p.name for p in small_disk.rglob("*") if p.is_file() and p != filler] == []
+        filler.unlink()
+        daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'reports_failing'", lambda r: r[0][0] == 0)
+        written = list(small_disk.rglob("failure_processing_*.json"))
+        assert wait_for(lambda: any(json.loads(p.read_text())["total_processed"] for p in written), 10)
+    finally:
+        daemon.stop()
