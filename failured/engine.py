@@ -619,11 +619,13 @@ class Engine:
         """[(id, due, type)] of scheduled tasks, for rebuilding the heap."""
         return rows.scheduled(self.store, self.clock.now(), due_before)
 
-    def breaker_changed(self, task, state, failures, cooldown):
-        """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice."""
+    def breaker_changed(self, task, state, failures, cooldown, error=None):
+        """Record a breaker opening or closing: an event on the task that tipped it, and an admin notice naming
+        ``error``, the failure that tipped it (masked: it is a handler's output)."""
         now = self.clock.now()
+        error = masked(error, known_secrets(self.config(), self.settings))
         title, body = messages.breaker_message(self.settings.lang, task.task_type, state == "open", failures, cooldown,
-                                               task_id=task.id)
+                                               task_id=task.id, error=error)
         with self.store.transaction():
             rows.add_event(self.store, task.id, now, f"breaker_{state}", rows.task_status(self.store, task.id),
                            task.category, task.attempts, task_type=task.task_type)

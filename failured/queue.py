@@ -429,7 +429,7 @@ class Runner:
             change = self.breakers.record(task.task_type, outcome.ok)
             if change:
                 self.engine.breaker_changed(task, change, self.breakers.failures(task.task_type),
-                                            self.breakers.config.cooldown_seconds)
+                                            self.breakers.config.cooldown_seconds, None if outcome.ok else outcome.error)
             if due is not None:
                 self.queue.push(task.id, due, task.task_type)
         except Exception:

@@ -15,7 +15,7 @@ from failured.engine import Engine
 from failured.intake import record_failure
 from failured.queue import RetryQueue, Runner
 from failured.settings import Settings
-from failured.store import Task, TaskEvent
+from failured.store import Notification, Task, TaskEvent
 
 TIMEOUT = 5
 
@@ -173,3 +173,21 @@ def test_a_failure_not_decided_while_the_database_was_away_is_decided_later_and_
         runner.stop(5)
     assert refused == [failing] and events(failing).count("retry_failed") == 1
     assert [events(task_id).count("recovered") for task_id in (first, second)] == [1, 1]
+
+
+def test_a_breaker_that_opens_names_the_failure_that_tipped_it(engine, store, clock, pymod):
+    """The admins read what failed, not only that something did (a breaker re-opened every cool-down had said
+    only "Task: #14")."""
+    queue = RetryQueue()
+    record_failure(store, "py", "connection timeout", clock=clock, payload={"n": 2})  # its handler raises again
+    for task_id, _, task_type in engine.handle_new():
+        queue.push(task_id, 0.0, task_type)
+        Task.update(next_retry_at=0.0).where(Task.id == task_id).execute()
+    breakers = Breakers(BreakerConfig(failures=1, cooldown_seconds=60), persist=False, clock=clock)
+    runner = Runner(engine, queue, breakers, clock, concurrency=1).start()
+    try:
+        assert wait_for(lambda: Notification.select().where(Notification.kind == "breaker").count() >= 1)
+    finally:
+        runner.stop(5)
+    body = Notification.select().where(Notification.kind == "breaker").first().body
+    assert "- 错误: connection timeout" in body, body

@@ -132,14 +132,17 @@ def manual_message(lang, task_type, first=None):
     return title, "\n".join(lines)
 
 
-def breaker_message(lang, task_type, opened, failures=0, cooldown=0, task_id=None):
-    """(title, body) of a breaker's opening (``failures`` in a row, the latest ``task_id``'s) or closing."""
+def breaker_message(lang, task_type, opened, failures=0, cooldown=0, task_id=None, error=None):
+    """(title, body) of a breaker's opening (``failures`` in a row, the latest ``task_id``'s, which failed with
+    ``error``) or closing."""
     words = TEXTS[lang]
     key = "breaker_open_title" if opened else "breaker_closed_title"
     title = words[key].format(task_type=inert(task_type), failures=failures, cooldown=f"{cooldown:g}")
     lines = [f"**{title}**"]
     if task_id is not None:
         lines.append(f"- {words['task']}: #{task_id}" + (f" (`failured show {task_id}`)" if opened else ""))
+    if opened and error:  # what the people reading it fix first: the failure itself, as one reads it
+        lines.append(f"- {words['error']}: {inert(error_summary(error), MAX_ERROR_CHARS)}")
     return title, "\n".join(lines)
 
 
