@@ -189,6 +189,25 @@ def test_same_error_is_sent_once_then_counted(store, dispatcher, snapshot, clock
     assert statuses("robot") == {"sent": 2, "merged": 7}
 
 
+def test_a_repeat_counted_across_passes_names_the_other_tasks(store, dispatcher, snapshot, clock, recorder,
+                                                               monkeypatch):
+    """A storm larger than one pass reads (BATCH rows) counts a repeat from every waiting row: those rows' tasks
+    are named too (read with only their ids and times, the message had said "×2298" naming one order)."""
+    from failured.intake import record_failure
+    from failured.notify import lane as lane_module
+    from failured.store import Task
+
+    monkeypatch.setattr(lane_module, "BATCH", 3)
+    tasks = [Task.get_by_id(record_failure(store, "sync", f"订单{i}不存在")) for i in range(5)]
+    for task in tasks:
+        enqueue(store, snapshot, clock.now(), "admin", "task", "订单不存在", "body", task=task,
+                category="unrecoverable_business", fingerprint="same")
+    lane(dispatcher, "robot", clock).process()
+    [first] = recorder.SENT
+    assert "×5" in first["title"]
+    assert f"#{tasks[1].id}, #{tasks[2].id}, #{tasks[3].id}, #{tasks[4].id}" in first["body"], first["body"]
+
+
 def test_failed_send_backs_off_and_is_retried(store, dispatcher, snapshot, clock, recorder):
     robot = lane(dispatcher, "robot", clock)
     recorder.FAIL.append("gateway down")

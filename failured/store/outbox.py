@@ -104,10 +104,11 @@ def waiting_rows(store, channel):
 def waiting_repeats(store, channel, fingerprint, task_type, kinds):
     """Every pending row of a channel with this fingerprint and task type, of ``kinds``, oldest first: one error's
     repeats, however many passes it took to read them. The first is whole; of the others, which a "×N" message
-    stands for, only the id and creation time are read (a storm's tens of thousands stay small)."""
+    stands for, only the id, creation time and task are read (a storm's tens of thousands stay small; the task,
+    for the message's list of the other tasks)."""
     where = (Notification.channel == channel, Notification.status == PENDING, Notification.fingerprint == fingerprint,
              Notification.task_type == task_type, Notification.kind.in_(list(kinds)))
-    rows = list(Notification.select(Notification.id, Notification.created_at).where(*where)
+    rows = list(Notification.select(Notification.id, Notification.created_at, Notification.task_id).where(*where)
                 .order_by(Notification.id).bind(store.db))
     if rows:
         rows[0] = Notification.select().where(Notification.id == rows[0].id).bind(store.db).get()
