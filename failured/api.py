@@ -36,6 +36,7 @@ log = logging.getLogger("failured.api")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_SUCCESS_COUNT = 1_000_000_000  # far above any real batch, far below SQLite's integer limit
+SINGLE_HEADERS = ("Host", "Authorization", "Origin", "Content-Type")  # headers the checks read: one value each
 LINGER_SECONDS, LINGER_BYTES = 2.0, 16 * MAX_BODY_BYTES  # draining a refused body before closing
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[^:]*)$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -496,11 +497,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(error.status, data, error.headers)
 
     def _check_framing(self):
-        """Refuse a request whose body length is ambiguous (a request-smuggling shape)."""
-        lengths = {value.strip() for value in self.headers.get_all("Content-Length", ())}
-        if len(lengths) > 1:
-            self.close_connection = True
-            raise ApiError(400, "bad_request", f"{len(lengths)} different Content-Length headers: send one")
+        """Refuse a request whose body length is ambiguous (a request-smuggling shape), or that gives two different
+        values of a header a check reads (the first had won, silently: the checks and a proxy may read others)."""
+        for name in ("Content-Length", *SINGLE_HEADERS):
+            values = {value.strip() for value in self.headers.get_all(name, ())}
+            if len(values) > 1:
+                self.close_connection = True
+                raise ApiError(400, "bad_request", f"{len(values)} different {name} headers: send one")
 
     def _check_host(self, hosts):
         """Without a token, a name other than loopback's is a page whose DNS name was rebound to us."""

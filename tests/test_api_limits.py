@@ -223,6 +223,22 @@ def test_two_different_content_lengths_are_400_and_close_the_connection(serve, s
     assert status == 201
 
 
+@pytest.mark.parametrize("twice", ["Host: x\r\nHost: evil.example\r\n",
+                                   f"Host: x\r\n{AUTH}Authorization: Bearer other\r\n",
+                                   "Host: x\r\nOrigin: http://127.0.0.1\r\nOrigin: http://evil.example\r\n",
+                                   "Host: x\r\nContent-Type: text/plain\r\n"])
+def test_two_different_values_of_a_header_a_check_reads_are_400(serve, store, twice):
+    """The first value had won silently: a check and a proxy in front of failured could read different ones."""
+    server = serve()
+    body = b'{"task_type": "sync", "error": "x"}'
+    auth = "" if "Authorization" in twice else AUTH
+    status, headers, data = exchange(server.port, (
+        f"POST /v1/failures HTTP/1.1\r\n{twice}{auth}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    assert (status, data["error"], headers["Connection"]) == (400, "bad_request", "close")
+    assert "different" in data["detail"] and store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("method, path, allow", [("TRACE", "/v1/failures", "POST"), ("TRACE", "/healthz", "GET"),
                                                  ("BREW", "/v1/status", "GET"), ("CONNECT", "/metrics", "GET"),
                                                  ("PROPFIND", "/v1/tasks/1", "GET")])
