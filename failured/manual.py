@@ -28,14 +28,11 @@ MAX_DURATION_DAYS = 36600  # a hundred years: a longer "since" went past the ear
 
 
 def parse_duration(text):
-    """'90s', '30m', '2h', '7d' -> seconds."""
+    """'90s', '30m', '2h', '7d' -> seconds; longer than MAX_DURATION_DAYS is that long (it means "all of them")."""
     match = _DURATION.match(text or "")
     if not match:
         raise InputError(f"duration {text!r} is not understood: use a number and s, m, h or d, e.g. 2h")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds > MAX_DURATION_DAYS * 86400:
-        raise InputError(f"duration {text!r} is longer than {MAX_DURATION_DAYS} days: give a shorter one")
-    return seconds
+    return min(float(match.group(1)) * _UNITS[match.group(2)], MAX_DURATION_DAYS * 86400.0)
 
 
 def _get(store, task_id):
