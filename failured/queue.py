@@ -284,9 +284,9 @@ class Runner:
         for claimed, _ in results:
             self._kept_since.setdefault(claimed.task.id, now)
         self._unrecorded = results
-        if self._failing_now("settle"):  # the claims alone may have failed: said too, never retried in silence
+        if self._failing_now("settle"):
             what = (f"outcomes (tasks {' '.join(str(claimed.task.id) for claimed, _ in results)}) not recorded yet"
-                    if results else "due retries not claimed")
+                    if results else "due retries not claimed")  # the claims alone failed: said too, not in silence
             if isinstance(exc, StoreError):  # the store layer logs the lost connection itself
                 log.warning("retry timer: %s: %s; trying again", what, exc)
             else:

@@ -65,3 +65,31 @@ def test_the_open_breaker_postpones_a_due_retry_once_and_its_early_claims_write_
         assert TaskEvent.select().where(TaskEvent.task == task_id, TaskEvent.event == "retry_started").count() == 1
     finally:
         runner.stop(5)
+
+
+def test_claims_that_fail_with_no_outcome_to_record_are_logged_and_stay_on_the_heap(engine, store, clock, caplog,
+                                                                                   monkeypatch):
+    """A claim batch the store refuses (a lease past the year 9999 did) had gone back to the heap in silence, at
+    every step, for ever: it is said once, and the retries stay due."""
+    breakers = Breakers(BreakerConfig(), store, clock=clock)
+    queue = RetryQueue(clock)
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    for item in engine.handle_new():
+        queue.push(*item)
+
+    def refused(results, claims):
+        raise ValueError("year 33715 is out of range")
+
+    monkeypatch.setattr(engine, "settle", refused)
+    monkeypatch.setattr("failured.queue.SETTLE_AGAIN_SECONDS", 0)
+    runner = Runner(engine, queue, breakers, clock, concurrency=1)
+    try:
+        clock.advance(1)
+        with caplog.at_level("ERROR", logger="failured.queue"):
+            runner._step()
+            runner._step()
+        said = [r for r in caplog.records if "due retries not claimed" in r.getMessage()]
+        assert len(said) == 1 and "year 33715" in caplog.text
+        assert queue.contains(task_id)
+    finally:
+        runner.stop(5)
