@@ -460,6 +460,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
+            # http.server reads the request line as Latin-1: a query's raw UTF-8 (not percent-encoded) came back
+            # in errors as mojibake ("Ù¡" for "١"). Every character it gives is a byte, so this is lossless.
+            self.path = self.path.encode("latin-1").decode("utf-8", "replace")
             self._check_framing()
             self._check_host(api.hosts)
             path = urlsplit(self.path).path

@@ -473,6 +473,13 @@ def test_garbage_requests_get_json_errors(client):
     assert (status, data["error"], headers["Allow"]) == (405, "method_not_allowed", "POST")
 
 
+def test_a_query_sent_as_raw_utf8_is_read_as_utf8_in_errors(client):
+    """http.server reads the request line as Latin-1: the error named "Ã©" for "é"."""
+    status, _, data = raw_exchange(client.port, "GET /v1/tasks?status=café HTTP/1.1\r\nHost: x\r\n"
+                                   f"Authorization: Bearer {TOKEN}\r\n\r\n".encode("utf-8"))
+    assert status == 400 and "café" in data["detail"], data
+
+
 def test_an_unexpected_backend_error_is_500_logged_and_the_server_goes_on(harness, caplog):
     class BrokenStatus(Backend):
         def status(self):
