@@ -52,6 +52,39 @@ def test_exec_says_when_it_created_a_new_database(tmp_path):
     assert f"created a new database at {db}" in result.stderr
 
 
+def test_a_new_database_and_its_wal_take_the_mode_the_umask_allows(tmp_path):
+    """Under the unit's UMask=0007 the group (the reporting applications) may write the database: SQLite alone
+    made it 0640 whatever the umask, and every report from a member of the group was refused."""
+    db = tmp_path / "failured.db"
+    script = ("import os, sys; os.umask(0o007); from failured.intake import record_failure; "
+              "from failured.store import open_store; store = open_store(sys.argv[1]); "
+              "record_failure(store, 't', 'boom'); print(oct(os.stat(sys.argv[1] + '-wal').st_mode & 0o777))")
+    result = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert oct(db.stat().st_mode & 0o777) == "0o660" and result.stdout.strip() == "0o660"
+
+
+def test_exec_keeps_its_commands_status_when_the_database_directory_cannot_be_entered(tmp_path, cli, monkeypatch):
+    """A user not (yet) in the service's group: the job's status is exec's, and one line says why nothing was
+    recorded (a PermissionError's traceback and exit 1 had told cron the job failed)."""
+    from pathlib import Path
+
+    db = tmp_path / "state" / "failured.db"
+    real_exists = Path.exists
+
+    def exists(path, *args, **kwargs):  # as root nothing is refused: refuse this one path as the kernel would
+        if str(path) == str(db):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    result = cli("exec", "--type", "t", "--", sys.executable, "-c", "raise SystemExit(5)", env={"FAILURE_DB": db})
+    assert result.returncode == 5 and "NOT recorded" in result.stderr and "may not enter its directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    report = cli("report", "--type", "t", "--error", "boom", env={"FAILURE_DB": db})
+    assert report.returncode == 1 and "usermod -aG failured" in report.stderr and "Traceback" not in report.stderr
+
+
 def test_bad_report_input_creates_no_database(tmp_path):
     db = tmp_path / "failured.db"
     result = run_cli("report", "--type", "t", "--error", "x", "--payload", "[1]", env={"FAILURE_DB": str(db)})

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..clock import to_db_time
@@ -241,12 +241,14 @@ class Store:
         says so. Without ``create`` (the commands that do not record anything new) it is opened read-only
         then, where SQLite can read it so: ``status``, ``list`` and ``show`` work, and a write says why not.
         """
-        if not self.path.exists():
+        if not self._exists():
             if not create:
                 raise MissingStoreError(self.path)
             self.created = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.created:
+                self._create_file()
             self._connect_and_migrate(create)
         except (pw.DatabaseError, sqlite3.DatabaseError, OSError, StoreError) as exc:
             self.close()
@@ -255,6 +257,21 @@ class Store:
                 raise error from None
             self._open_read_only(error)
         return self
+
+    def _exists(self):
+        try:
+            return self.path.exists()
+        except PermissionError:  # a directory on the way this user may not enter: a traceback had said so
+            raise StoreReadOnlyError(self.path, "this user may not enter its directory",
+                                     "run as a user of the database's group (usermod -aG failured USER, then "
+                                     "log in again), or set FAILURE_DB to a database this user may use") from None
+
+    def _create_file(self):
+        """Create the empty file SQLite makes its database of, with the mode the umask allows: SQLite creates one
+        0644 whatever the umask, so the group the service's unit lets write (UMask=0007) could not; its -wal and
+        -shm files take the database's mode."""
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
 
     def _open_error(self, exc):
         """The StoreError a failed open means: a full disk or a read-only filesystem named as such (SQLite says
@@ -271,6 +288,11 @@ class Store:
                 return StoreFullError(self.path, f"{exc}; {free:,} bytes free on its filesystem")
             if not all(os.access(p, os.W_OK) for p in (self.path, self.path.parent) if p.exists()):
                 return StoreReadOnlyError(self.path, str(exc))
+            for side in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):  # another user's, left by a reporter
+                if side.exists() and not os.access(side, os.R_OK | os.W_OK):
+                    return StoreReadOnlyError(self.path, f"{side} is not this user's to write ({exc})",
+                                              f"let the database's group write it (chmod g+rw {side}), or remove "
+                                              "it once no process has the database open")
         return translate_error(self.path, exc) or StoreError(f"cannot open database {self.path}: {exc}")
 
     def _filesystem_read_only(self):
