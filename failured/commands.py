@@ -14,7 +14,7 @@ from pathlib import Path
 from . import labels, lastgood, manual, reports
 from .secrets import masked_argv, reporter_secrets
 from .clock import SystemClock
-from .config import load_config
+from .config import load_config, unreadable_dirs
 from .errors import ConfigErrors, FailuredError, InputError
 from .intake import check_task_type, parse_payload, record_failure
 from .store import open_store
@@ -154,6 +154,8 @@ def check_config_dir(settings):
         raise InputError(f"no config directory at FAILURE_CONFIG_DIR={settings.config_dir} (working directory "
                          f"{os.getcwd()}): run failured where its config/ is, set FAILURE_CONFIG_DIR, or create one "
                          "with 'failured init DIR'")
+    if unreadable := unreadable_dirs(settings.config_dir):  # before anything is created
+        raise ConfigErrors(unreadable)
 
 
 def check_writable_dirs(settings):

@@ -76,9 +76,30 @@ class Snapshot:
         return self.task_types.get(name) or TaskTypeConfig(name)
 
 
+def unreadable_dirs(config_dir):
+    """ConfigErrors for the config directory, or its patterns/ or codes/, that this process may not list: an
+    unreadable directory had been a traceback, or read as empty (24 code tables dropped without a word, and
+    "no pattern files" for a directory full of them)."""
+    errors = []
+    for directory in (Path(config_dir), Path(config_dir, "patterns"), Path(config_dir, "codes")):
+        try:
+            os.listdir(directory)
+        except PermissionError:
+            errors.append(ConfigError(directory, None, f"cannot be read by this user (uid {os.getuid()}): let "
+                                                       "it read and enter the directory (chmod o+rx, or chgrp "
+                                                       "to the service's group and chmod g+rx)"))
+        except OSError:  # missing (patterns/ is reported as such below), or not a directory
+            continue
+    return errors
+
+
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
-    return ([main] if main.exists() else []) + pattern_files(config_dir) + code_files(config_dir)
+    try:
+        has_main = main.exists()
+    except PermissionError:  # a directory this user may not enter: load_config says so (unreadable_dirs)
+        has_main = False
+    return ([main] if has_main else []) + pattern_files(config_dir) + code_files(config_dir)
 
 
 def content_digest(files):
@@ -212,6 +233,8 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
         raise ConfigErrors([ConfigError(config_dir, None, "not a directory: create it with 'failured init DIR'")])
+    if unreadable := unreadable_dirs(config_dir):
+        raise ConfigErrors(unreadable)
     # Hashed before anything is read: a file changed while the snapshot builds (a model's training takes
     # seconds) leaves the snapshot's digest behind the directory's, so the next look reloads it.
     files = config_files(config_dir)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from conftest import run_cli, wait_for, write_config
 from failured.config import load_config
 from failured.errors import ConfigErrors
 from failured.rules import MAX_CONFIG_FILE_BYTES
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 NEW_FILE = '[[category]]\nname = "recoverable_network"\npatterns = ["gateway.*timeout"]\n'
 
@@ -123,3 +126,49 @@ def test_without_a_last_good_copy_a_broken_directory_still_stops_the_start(tmp_p
                                  "FAILURE_MODEL_CACHE": str(tmp_path / "cache"), "FAILURE_HTTP_ADDR": "off",
                                  "FAILURE_LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path)
     assert result.returncode != 0 and "10-test.toml" in result.stderr and "RE2 cannot compile" in result.stderr
+
+
+def _as_nobody(function, *args):
+    """``function(*args)`` in a forked child that has become user nobody: what the service's user meets where the
+    configuration is not its to read (as root, nothing is refused). Its result, or the error it raised, as text."""
+    import multiprocessing
+
+    def child(queue):
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            queue.put(repr(function(*args)))
+        except BaseException as exc:  # noqa: BLE001 - everything the child met goes back to the test
+            queue.put(f"{type(exc).__name__}: {exc}")
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    try:
+        return queue.get(timeout=60)
+    finally:
+        process.join(10)
+
+
+@pytest.mark.parametrize("locked", [".", "codes", "patterns"])
+def test_a_config_directory_this_user_may_not_read_is_a_configuration_error_naming_it(locked):
+    """It had been a traceback (the directory itself), or read as empty: every code table dropped without a word,
+    or "no pattern files" for a directory full of them."""
+    import tempfile
+
+    if os.getuid() != 0:
+        pytest.skip("needs root, to become another user")
+    top = Path(tempfile.mkdtemp(prefix="failured-perm-"))  # under /tmp, which every user may enter
+    try:
+        os.chmod(top, 0o755)
+        config = top / "config"
+        shutil.copytree(CONFIG, config)
+        for path in [config, *config.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chmod(config / locked, 0o700)
+        said = _as_nobody(lambda: load_config(config, model=False) and "loaded")
+        assert said.startswith("ConfigErrors") and str(config / locked) in said, said
+        assert "cannot be read by this user (uid 65534)" in said, said
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
