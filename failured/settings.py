@@ -125,6 +125,10 @@ def _parse(kind, name, raw):
         return value or None
     if kind == "db" and value.startswith(("postgresql://", "postgres://")):
         return value
+    if kind == "db" and "://" in value:  # a path would have been made of it: ./mysql:/x/y, and a new database there
+        scheme = value.split("://", 1)[0]
+        raise InputError(f"{name} has the scheme {scheme!r}: failured stores in SQLite (a file path) or PostgreSQL "
+                         "(postgresql://user@host:5432/dbname, no driver suffix such as +psycopg)")
     if kind in ("path", "db"):
         if not value:
             raise InputError(f"{name} is empty: set it to a path or unset it")

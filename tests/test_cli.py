@@ -123,6 +123,14 @@ def test_an_environment_number_out_of_range_is_refused_before_anything_runs(tmp_
     assert result.returncode == 2 and f"{name}={value!r} {said}" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["postgresql+psycopg://root@127.0.0.1:5432/x", "mysql://x/y"])
+def test_a_database_url_of_another_scheme_is_refused_not_made_a_path(tmp_path, url):
+    result = run_cli("report", "--type", "t", "--error", "e", env={**env_for(tmp_path), "FAILURE_DB": url},
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "failured stores in SQLite (a file path) or PostgreSQL" in result.stderr
+    assert not (tmp_path / (url.split("://")[0] + ":")).exists()  # the path it had been made into
+
+
 def test_re2_prints_nothing_of_its_own_for_a_bad_pattern(tmp_path, config_dir):
     (config_dir / "patterns" / "20-bad.toml").write_text(
         '[[category]]\nname = "x"\naction = "notify_user"\npriority = 2\npatterns = ["a(?=b)", "(unclosed"]\n')
