@@ -436,6 +436,21 @@ def test_the_http_target_reconnects_when_failured_closes_the_connection(stub_fac
     assert [body["ref"] for _, _, body in stub.got] == ["c-0", "c-1", "c-2"]
 
 
+def test_workers_sending_to_two_failureds_keep_a_spool_each(tmp_path, monkeypatch, integration):
+    """Workers of one user, two apps, two failureds: a shared default spool had let one's sender take the other's
+    reports to the wrong database. The same failured, however named, keeps one spool."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    first = integration.default_spool_dir(StoreTarget(tmp_path / "a" / "failured.db"))
+    second = integration.default_spool_dir(StoreTarget(tmp_path / "b" / "failured.db"))
+    api = integration.default_spool_dir(HttpTarget("http://127.0.0.1:8649"))
+    assert len({first, second, api}) == 3
+    assert all(path.parent == tmp_path / "failured" / "celery-spool" for path in (first, second, api))
+    monkeypatch.chdir(tmp_path)
+    assert integration.default_spool_dir(StoreTarget("a/failured.db")) == first  # relative, the same file
+    postgres = integration.default_spool_dir(StoreTarget("postgresql://app:s3cret@db/failured"))
+    assert "s3cret" not in str(postgres)
+
+
 def test_an_api_url_that_is_not_http_is_refused_saying_so():
     with pytest.raises(InputError, match="is not http://HOST:PORT"):
         HttpTarget("127.0.0.1:8080")

@@ -17,6 +17,7 @@ Celery is imported here, so this module needs ``pip install 'failured[celery]'``
 
 import collections
 import fnmatch
+import hashlib
 import linecache
 import logging
 import math
@@ -51,9 +52,12 @@ REMEMBERED_REQUESTS = 10_000
 _installed = None  # the CeleryIntegration of this process, for manual_recovery_task
 
 
-def default_spool_dir():
+def default_spool_dir(target=None):
+    """The user's spool directory; one of its own for each failured a report goes to (``target``'s identity):
+    workers of one user sending to two failureds had taken each other's reports from a shared spool."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "failured" / "celery-spool"
+    spool = Path(base) / "failured" / "celery-spool"
+    return spool if target is None else spool / hashlib.sha256(target.identity().encode()).hexdigest()[:16]
 
 
 def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=None, exclude=None,
@@ -75,7 +79,7 @@ def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=N
         target = HttpTarget(api_url, token if token is not None else os.environ.get("FAILURE_API_TOKEN"), timeout)
     else:
         target = StoreTarget(db or load_settings().db, timeout)
-    spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir(), durable=fsync)
+    spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir(target), durable=fsync)
     reporter = Reporter(target, spool, flush_interval=flush_interval)
     integration = CeleryIntegration(app, reporter, TaskFilter(include, exclude), count_successes)
     integration.connect()

@@ -81,6 +81,10 @@ class HttpTarget:
     def describe(self):
         return self.url
 
+    def identity(self):
+        """Which failured this is, for the spool a worker keeps for it."""
+        return f"http {self.url}"
+
     def _connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is not None and (self._local.pid != os.getpid() or _dropped(conn)):
@@ -201,6 +205,10 @@ class StoreTarget:
 
     def describe(self):
         return self.path
+
+    def identity(self):
+        """Which failured this is, for the spool a worker keeps for it (hashed there: the password never shows)."""
+        return f"store {self._location if is_url(self._location) else os.path.abspath(self._location)}"
 
     def store(self):
         with self._lock:
