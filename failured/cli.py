@@ -20,7 +20,7 @@ from .clock import iso
 from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
 from .notify import messages
-from .settings import load_settings
+from .settings import load_settings, misspelt_variables
 from .text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -429,6 +429,8 @@ def _closed_pipe():
 def _run_command(args):
     try:
         settings = load_settings()
+        for line in misspelt_variables():
+            print(f"failured: warning: {line}", file=sys.stderr)
         logmask.setup(settings.log_level)
         return COMMANDS[args.command](args, settings)
     except ConfigErrors as exc:

@@ -1,5 +1,6 @@
 """Process-wide settings from the environment (and a ``.env`` file), validated once at start."""
 
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -161,6 +162,23 @@ def _parse(kind, name, raw):
             raise InputError(f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}")
         return value.upper()
     raise AssertionError(kind)
+
+
+# FAILURE_* variables read elsewhere: the Celery integration's, and the test suite's.
+OTHER_VARIABLES = ("FAILURE_API_URL", "FAILURE_SPOOL_DIR", "FAILURE_TEST_POSTGRES_URL")
+
+
+def misspelt_variables(environ=None):
+    """One line for each FAILURE_* variable that failured reads nowhere but whose name is close to one it does
+    (``FAILURE_API_TOKN``): it had been ignored without a word, the daemon open to anyone on loopback."""
+    environ = os.environ if environ is None else environ
+    known = [*_VARIABLES, *OTHER_VARIABLES]
+    lines = []
+    for name in sorted(n for n in environ if n.startswith("FAILURE_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            lines.append(f"{name} is not a failured variable and is ignored: did you mean {close[0]}?")
+    return lines
 
 
 def load_settings(environ=None, dotenv_path=".env"):

@@ -131,6 +131,18 @@ def test_a_database_url_of_another_scheme_is_refused_not_made_a_path(tmp_path, u
     assert not (tmp_path / (url.split("://")[0] + ":")).exists()  # the path it had been made into
 
 
+def test_a_misspelt_variable_is_said_with_the_name_it_is_close_to(tmp_path):
+    """FAILURE_API_TOKN had been ignored without a word (the API left open on loopback)."""
+    env = {**env_for(tmp_path), "FAILURE_API_TOKN": "x" * 32, "FAILURE_LOG_LEVL": "DEBUG",
+           "FAILURE_TEST_POSTGRES_URL": "postgresql://x@y/z", "FAILURE_SOMETHING_ELSE": "1"}
+    result = run_cli("report", "--type", "t", "--error", "e", env=env)
+    assert result.returncode == 0
+    assert ("failured: warning: FAILURE_API_TOKN is not a failured variable and is ignored: did you mean "
+            "FAILURE_API_TOKEN?") in result.stderr
+    assert "did you mean FAILURE_LOG_LEVEL?" in result.stderr
+    assert "FAILURE_TEST_POSTGRES_URL" not in result.stderr and "FAILURE_SOMETHING_ELSE" not in result.stderr
+
+
 def test_re2_prints_nothing_of_its_own_for_a_bad_pattern(tmp_path, config_dir):
     (config_dir / "patterns" / "20-bad.toml").write_text(
         '[[category]]\nname = "x"\naction = "notify_user"\npriority = 2\npatterns = ["a(?=b)", "(unclosed"]\n')
