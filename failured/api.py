@@ -95,6 +95,31 @@ def listen_address(settings):
     return address
 
 
+def check_free(address):
+    """Refuse (FailuredError) an address something else listens on, before anything is created (the database,
+    the lock file and the directories had been made before the API found its port taken). The API's own bind
+    says the same if the port is taken in between."""
+    if address is None or address[1] == 0:
+        return
+    host, port = address
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        probe = socket.socket(server_class.address_family, socket.SOCK_STREAM)
+    except OSError:
+        return  # no such address family here: the API's own bind says so
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise FailuredError(_cannot_listen(host, port, exc)) from None
+
+
+def _cannot_listen(host, port, exc):
+    return (f"cannot listen on {host or '*'}:{port} (FAILURE_HTTP_ADDR): {exc.strerror or exc}: stop what uses it, "
+            "or set FAILURE_HTTP_ADDR to another address or off")
+
+
 MIN_EXPOSED_TOKEN_CHARS = 16  # a token guessable in a few million tries must not guard a network address
 
 
@@ -222,9 +247,7 @@ class ApiServer:
         try:
             self._server = server_class((self.host, self._requested_port), _Handler)
         except OSError as exc:
-            raise FailuredError(f"cannot listen on {self.host or '*'}:{self._requested_port} (FAILURE_HTTP_ADDR): "
-                                f"{exc.strerror or exc}: stop what uses it, or set FAILURE_HTTP_ADDR to another "
-                                "address or off") from None
+            raise FailuredError(_cannot_listen(self.host, self._requested_port, exc)) from None
         self._server.api = self
         limit = connection_cap(self.max_connections)
         if limit < self.max_connections:

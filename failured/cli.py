@@ -140,10 +140,10 @@ def cmd_init(args, settings):
 
 
 def cmd_run(args, settings):
-    from .api import listen_address
+    from .api import check_free, listen_address
     from .daemon import run
 
-    listen_address(settings)  # before anything is created: a bad address leaves nothing behind
+    check_free(listen_address(settings))  # before anything is created: a bad or taken address leaves nothing behind
     commands.check_config_dir(settings)  # a run in the wrong directory leaves nothing
     commands.check_writable_dirs(settings)
     return run(settings)

@@ -737,6 +737,7 @@ def test_daemon_exits_clearly_when_its_port_is_taken(daemon_factory):
         result = daemon.cli("run", timeout=30)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (FAILURE_HTTP_ADDR): Address already in use" in result.stderr
+    assert not Path(daemon.db).exists()  # found before anything is created (the database had been, and its lock)
 
 
 @wired
