@@ -261,8 +261,8 @@ def status(settings):
     from . import status as status_module
 
     def collect(store):
-        recorded = (status_module.config_status(store)["active"] or {}).get("dir")
-        snapshot, unread = _readable_config([recorded, settings.config_dir], settings)
+        active = status_module.config_status(store)["active"] or {}
+        snapshot, unread = _readable_config([active.get("dir"), settings.config_dir], settings, active.get("cache"))
         data = status_module.collect(store, snapshot, SystemClock().now())
         if unread:
             data["problems"].append(f"thresholds not checked: {unread}")
@@ -271,25 +271,27 @@ def status(settings):
     return with_store(settings, collect)
 
 
-def _readable_config(directories, settings):
+def _readable_config(directories, settings, cache=None):
     """(the first of ``directories`` that loads, None) or (None, why the last one did not). A directory whose
-    files are refused counts as its last good copy (lastgood.py): the daemon runs on that meanwhile, and its
-    thresholds are the ones in force (an edit being fixed had hidden every breach)."""
+    files are refused counts as its last good copy (lastgood.py), in the daemon's ``cache`` directory: the daemon
+    runs on that meanwhile, and its thresholds are the ones in force (an edit being fixed had hidden every
+    breach)."""
     why = None
     for directory in dict.fromkeys(d for d in directories if d):
         try:
             return load_config(directory, settings.lang, settings.log_dir, model=False), None
         except ConfigErrors as exc:
             why = f"the configuration at {directory} cannot be read ({exc.errors[0]})"
-            last_good = _last_good_config(directory, settings)
+            last_good = _last_good_config(directory, settings, cache)
             if last_good is not None:
                 return last_good, None
     return None, why
 
 
-def _last_good_config(directory, settings):
-    """The last good copy of ``directory``'s configuration, or None where none is kept or it does not load."""
-    with lastgood.restored(directory) as found:
+def _last_good_config(directory, settings, cache=None):
+    """The last good copy of ``directory``'s configuration (in the daemon's cache, ``cache``, else this process's),
+    or None where none is kept or it does not load."""
+    with lastgood.restored(directory, cache) as found:
         if found is None:
             return None
         try:

@@ -32,6 +32,7 @@ from .errors import StoreError, StoreFullError
 from .jobs import Schedule, first_delay
 from .notify import messages
 from .metrics import Metrics
+from .modelcache import cache_dir
 from .notify.dispatcher import Dispatcher
 from .notify.outbox import enqueue
 from .thresholds import alert_breaches
@@ -566,7 +567,9 @@ class Daemon:
 
     def _record_config(self, snapshot):
         now = self.clock.now()
+        cache = cache_dir()  # where its last good copy is kept, for a status run from another environment
         self.store.set_state("config", json.dumps({"dir": str(Path(self.settings.config_dir).resolve()),
+                                                   "cache": str(cache.resolve()) if cache else None,
                                                    "files": list(snapshot.files),
                                                    "digest": snapshot.digest, "loaded_at": iso(now)}), now)
 

@@ -47,10 +47,11 @@ def save(snapshot, config_dir, now):
 
 
 @contextlib.contextmanager
-def restored(config_dir):
+def restored(config_dir, directory=None):
     """Yields (a temporary directory holding the last good copy of ``config_dir``, when it was saved), or None
-    when there is no copy; the directory is removed afterwards."""
-    directory = cache_dir()
+    when there is no copy; the directory is removed afterwards. ``directory``: the cache to look in (default this
+    process's)."""
+    directory = Path(directory) if directory else cache_dir()
     copy = _read(_copy_path(config_dir, directory)) if directory is not None else None
     if copy is None:
         yield None

@@ -85,6 +85,9 @@ def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     result = daemon.cli("status")
     assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
     assert "thresholds not checked" not in result.stdout
+    # From a shell that knows nothing of the daemon's cache (the unit's CacheDirectory=): the one it recorded.
+    result = run_cli("status", env={**elsewhere, "FAILURE_MODEL_CACHE": "off"}, cwd=daemon.workdir / "elsewhere")
+    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
 
 
 def test_status_that_can_read_no_configuration_says_its_thresholds_were_not_checked(tmp_path):
