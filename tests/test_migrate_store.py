@@ -148,6 +148,11 @@ def test_a_database_filled_by_the_daemon_moves_to_postgresql_and_the_daemon_carr
     assert all(summary["tables"][table]["how"] == "rebuilt" for table in derived)
     assert _table_rows(target) == sqlite_rows  # every row of every table, ids and times kept
     assert {task_id: _show(cli, daemon, task_id, FAILURE_DB=target) for task_id in ids} == before
+    # A reporter still pointed at the SQLite file is refused, saying where the database went (it had written
+    # there without a word, and no daemon would ever handle what it wrote).
+    stale = daemon.cli("report", "--type", "sync", "--error", "connection timeout into the old file")
+    assert stale.returncode == 1 and "was moved into postgresql://" in stale.stderr, stale.stderr
+    assert "set FAILURE_DB to that URL" in stale.stderr and "Traceback" not in stale.stderr
 
     daemon = daemon_factory(main, FAILURE_DB=target).start()
     _cli_ok(cli, daemon, "recover", str(data_error), "--force")
@@ -177,8 +182,11 @@ def test_a_target_that_is_not_empty_is_refused_and_never_doubled(target, tmp_pat
     assert first.returncode == 0, first.stderr
     assert f"FAILURE_DB={target}" in first.stdout
     again = run_cli("migrate-store", "--from", source, "--to", target, cwd=tmp_path)
-    assert again.returncode == 2, again.stderr
-    assert "is not empty (" in again.stderr and "tasks 20" in again.stderr and "TRUNCATE" in again.stderr
+    assert again.returncode == 2 and f"was moved into {target}" in again.stderr, again.stderr  # copied already
+    other = _filled_sqlite(tmp_path / "other")
+    into_full = run_cli("migrate-store", "--from", other, "--to", target, cwd=tmp_path)
+    assert into_full.returncode == 2, into_full.stderr
+    assert "is not empty (" in into_full.stderr and "tasks 20" in into_full.stderr and "TRUNCATE" in into_full.stderr
     assert _pg(target, "SELECT count(*) FROM tasks") == [(20,)]
 
 

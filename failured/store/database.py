@@ -8,6 +8,7 @@ driver's own.
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -109,6 +110,18 @@ class OlderSchemaError(StoreOpenError):
 
 class StoreUnavailableError(StoreError):
     """The PostgreSQL server stopped answering while failured ran; the next statement connects again."""
+
+
+MOVED_KEY = "moved_to"  # daemon_state of a SQLite database migrate-store copied: {"to": masked URL, "at"}
+
+
+class StoreMovedError(StoreError):
+    """The SQLite database was moved into PostgreSQL by ``migrate-store``."""
+
+    def __init__(self, path, moved):
+        super().__init__(f"database {path} was moved into {moved.get('to')} by migrate-store at {moved.get('at')}: "
+                         "set FAILURE_DB to that URL here too (the SQLite file is kept only as a backup; to use it "
+                         f"again, sqlite3 {path} \"DELETE FROM daemon_state WHERE key = '{MOVED_KEY}'\")")
 
 
 class MissingStoreError(InputError):
@@ -256,7 +269,16 @@ class Store:
             if create or not isinstance(error, (StoreFullError, StoreReadOnlyError)):
                 raise error from None
             self._open_read_only(error)
+        self._refuse_if_moved()
         return self
+
+    def _refuse_if_moved(self):
+        """A SQLite database ``migrate-store`` copied into PostgreSQL is read and written by no daemon any more:
+        a reporter still pointed at it had written there without a word, and its failures were never handled."""
+        moved = self.get_state(MOVED_KEY)
+        if moved:
+            self.close()
+            raise StoreMovedError(self.path, json.loads(moved))
 
     def _exists(self):
         try:

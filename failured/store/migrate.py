@@ -11,6 +11,7 @@ snapshot while its daemon lock is held: a running daemon on it is refused (its l
 lost), and no daemon can start on it during the copy.
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..clock import iso
 from ..errors import InputError, StoreError
 from ._peewee import pw
-from .database import PostgresStore, Store, is_url, mask_url
+from .database import MOVED_KEY, PostgresStore, Store, is_url, mask_url
 from .schema import MODELS, SchemaInfo
 
 BATCH_ROWS = 5000  # read from SQLite and handed to COPY this many rows at a time
@@ -104,6 +105,10 @@ def migrate(source_path, target_url, clock=time.time, progress=None):
                 _drop_marker(target)
                 raise
             result.late = _late_rows(source, snapshot)
+            # Reporters still pointed at the file are refused from now on, saying where the database went.
+            with source.transaction():  # plain SQL: the models are bound to the target while it is open
+                source.execute("INSERT OR REPLACE INTO daemon_state (key, value, updated_at) VALUES (?, ?, ?)",
+                               (MOVED_KEY, json.dumps({"to": str(target), "at": iso(clock())}), source.time(clock())))
         finally:
             target.close()
     finally:
