@@ -97,6 +97,13 @@ class _Unusable(Exception):
     """``(error, error_type)``: the handler cannot even start; never leaves this module."""
 
 
+# The tag (config/patterns/10-config.toml) an unusable handler's error starts with: a program not found, a working
+# directory the daemon's user may not enter (an `exec` from a home directory), an unset variable, a payload key
+# the argv names. Classified by its words, `cannot run 'sh' in cwd …: Permission denied` had been a system error,
+# retried for half an hour.
+UNUSABLE_TAG = "[CONFIG]"
+
+
 
 def parse_handler(table: dict, path, key: str) -> HandlerSpec:
     """Validate one ``[...handler]`` TOML table; raise ConfigError naming ``key.<field>``."""
@@ -174,8 +181,9 @@ def run_handler(spec: HandlerSpec, task: TaskContext, *, on_start=None) -> Outco
         if runner is None:
             raise _Unusable(f"unknown handler kind {spec.kind!r}", "ValueError")
         outcome = runner(spec, task, on_start)
-    except _Unusable as exc:
-        outcome = Outcome(False, *exc.args)
+    except _Unusable as exc:  # as configured, the handler cannot run: no retry will do better until it changes
+        error, error_type = exc.args
+        outcome = Outcome(False, f"{UNUSABLE_TAG} {error}", error_type)
     except Exception as exc:  # a bug here must not kill the executor thread
         log.exception("task %s: handler %s crashed", task.id, spec.kind)
         outcome = Outcome(False, f"handler crashed: {exc!r}", type(exc).__name__)

@@ -120,14 +120,14 @@ def test_placeholders_are_substituted_per_argument(script, tmp_path):
 def test_missing_payload_key_is_an_outcome_error(script):
     argv = script("pass\n") + ("--order", "{payload[order_id]}")
     outcome = run_handler(command(argv), task({"other": 1}))
-    assert (outcome.ok, outcome.error) == (False, "argv[3]: payload has no key 'order_id'")
+    assert (outcome.ok, outcome.error) == (False, "[CONFIG] argv[3]: payload has no key 'order_id'")
 
 
 @pytest.mark.parametrize("template", ["{payload.__class__}", "{payload[a].__class__}", "{task_id!r}", "{0}", "{}",
                                       "{task_id:>99999}", "{__import__}", "unbalanced {"])  # fmt: skip
 def test_attribute_access_and_other_placeholders_are_rejected(script, template):
     outcome = run_handler(command(script("pass\n") + (template,)), task({"a": "x"}))
-    assert not outcome.ok and outcome.error.startswith("argv[2]: ")
+    assert not outcome.ok and outcome.error.startswith("[CONFIG] argv[2]: ")
     assert outcome.error_type == "ValueError"
 
 
@@ -177,7 +177,7 @@ def test_child_dies_when_the_daemon_is_killed(script, tmp_path):
 def test_command_not_found_names_the_command():
     outcome = run_handler(command(["no-such-command-xyz", "arg"]), task())
     assert not outcome.ok and outcome.error_type == "FileNotFoundError"
-    assert "cannot run 'no-such-command-xyz'" in outcome.error
+    assert outcome.error.startswith("[CONFIG] cannot run 'no-such-command-xyz'")
 
 
 def test_command_not_executable(tmp_path):
@@ -207,7 +207,7 @@ def test_missing_env_variable_is_named_without_values(script, monkeypatch):
     monkeypatch.delenv("FH_UNSET", raising=False)
     spec = command(script("pass\n"), env=(("TOKEN", "${FH_SET}${FH_UNSET}"),))
     outcome = run_handler(spec, task())
-    assert outcome.error == "env TOKEN: environment variable 'FH_UNSET' is not set"
+    assert outcome.error == "[CONFIG] env TOKEN: environment variable 'FH_UNSET' is not set"
 
 
 def test_expand_env(monkeypatch):
@@ -300,7 +300,7 @@ def test_http_read_timeout(server):
 def test_http_missing_header_variable(monkeypatch):
     monkeypatch.delenv("FH_UNSET", raising=False)
     outcome = run_handler(http_spec("http://127.0.0.1:9/", headers=(("Authorization", "${FH_UNSET}"),)), task())
-    assert outcome.error == "header Authorization: environment variable 'FH_UNSET' is not set"
+    assert outcome.error == "[CONFIG] header Authorization: environment variable 'FH_UNSET' is not set"
 
 
 # --- python ----------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_python_timeout_abandons_the_call(pymod):
 
 def test_unknown_kind_is_an_outcome_error():
     outcome = run_handler(HandlerSpec(kind="shell"), task())
-    assert (outcome.ok, outcome.error) == (False, "unknown handler kind 'shell'")
+    assert (outcome.ok, outcome.error) == (False, "[CONFIG] unknown handler kind 'shell'")
 
 
 # --- parse_handler ---------------------------------------------------------
@@ -428,3 +428,18 @@ def test_parse_handler_rejects_a_non_table():
     with pytest.raises(ConfigError) as info:
         parse_handler("python3 x.py", "f.toml", KEY)
     assert info.value.key == KEY and "must be a table" in info.value.reason
+
+
+def test_a_handler_that_cannot_start_is_a_configuration_error_not_retried_as_a_system_one(tmp_path):
+    """`exec` from a home directory the daemon's user may not enter: `cannot run 'sh' in cwd …: Permission denied`
+    was read as a system error by its words and retried for half an hour."""
+    from pathlib import Path
+
+    from failured.config import load_config
+
+    spec = parse_handler({"kind": "command", "argv": ["sh", "-c", "true"], "cwd": str(tmp_path / "gone")},
+                         "config/failured.toml", KEY)
+    outcome = run_handler(spec, task())
+    assert outcome.error.startswith("[CONFIG] cannot run 'sh' in cwd")
+    classifier = load_config(Path(__file__).resolve().parent.parent / "config", model=False).classifier
+    assert classifier.classify(outcome.error, outcome.error_type).category == "unrecoverable_config"
