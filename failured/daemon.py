@@ -48,6 +48,7 @@ from .watcher import ConfigWatcher
 log = logging.getLogger("failured.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+START_EXTEND_EVERY = 10.0  # while starting, systemd is asked for three times this more, this often
 # The longest the heartbeat waits for SQLite's write lock. Another process can hold it for minutes (a VACUUM):
 # the main loop, which pings systemd's watchdog, must not wait out the store's 30 s busy timeout.
 HEARTBEAT_LOCK_WAIT_SECONDS = 5.0
@@ -100,6 +101,22 @@ class Daemon:
     # -- start ----------------------------------------------------------------
 
     def start(self):
+        self._started = threading.Event()
+        threading.Thread(target=self._extend_start_until_started, name="start-timeout", daemon=True).start()
+        try:
+            return self._start()
+        finally:
+            self._started.set()
+
+    def _extend_start_until_started(self):
+        """Until the daemon is ready, ask systemd for more time every START_EXTEND_EVERY seconds: training the
+        model on a first start or after an upgrade takes half a minute here, more on a slow machine, and the
+        unit's TimeoutStartSec (90 s) would kill the start and begin it again, for ever."""
+        while not self._started.is_set():
+            self.notifier.extend_start(3 * START_EXTEND_EVERY, "starting: loading the configuration and its model")
+            self._started.wait(START_EXTEND_EVERY)
+
+    def _start(self):
         s = self.settings
         http_address = listen_address(s)  # a bad address is refused before anything is created
         self.store = open_store(s.db)
@@ -151,6 +168,7 @@ class Daemon:
         log.info("failured running: db %s, config %s (%d categories), %s%s",
                  self.store, s.config_dir, len(snapshot.ruleset.categories), self._status_line(),
                  "" if s.recovery_enabled else ", automatic retries OFF (FAILURE_RECOVERY_ENABLED=false)")
+        self._started.set()  # no more time asked for once ready
         self.notifier.ready(self._status_line())
         return self
 

@@ -41,6 +41,10 @@ class Notifier:
             return None
         return self._watchdog_usec / 2 / 1_000_000
 
+    def extend_start(self, seconds, status):
+        """Ask systemd for ``seconds`` more to start (TimeoutStartSec runs otherwise), saying what takes them."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}\nSTATUS={status}")
+
     def ready(self, status=None):
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 

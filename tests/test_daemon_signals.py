@@ -53,3 +53,18 @@ def test_sigterm_during_start_up_stops_cleanly(daemon_factory):
     lock.execute("ROLLBACK")
     assert daemon.proc.wait(40) == 0, daemon.stderr()
     assert "stopped" in daemon.stderr()
+
+
+@pytest.mark.sqlite_only("holds SQLite's write lock to keep the daemon in its start-up")
+def test_a_long_start_up_asks_systemd_for_more_time_and_stops_asking_once_ready(daemon_factory):
+    """Training the model on a first start takes half a minute, more on a slow machine: past the unit's
+    TimeoutStartSec (90 s) systemd would kill the start and begin it again, for ever."""
+    daemon = daemon_factory()
+    lock, starting = start_held(daemon)
+    daemon.wait_message("EXTEND_TIMEOUT_USEC=30000000", 20)
+    assert any("STATUS=starting: loading the configuration and its model" in m for m in daemon.messages)
+    lock.execute("ROLLBACK")
+    daemon.wait_message("READY=1", 40)
+    ready_at = next(i for i, m in enumerate(daemon.messages) if "READY=1" in m)
+    assert not any("EXTEND_TIMEOUT_USEC" in m for m in daemon.messages[ready_at + 1:])
+    starting.join(5)
