@@ -6,6 +6,7 @@ the database; every other command refuses a missing one, because a mistyped
 database that no daemon watches.
 """
 
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -207,8 +208,12 @@ def config_summary(snapshot):
 
 
 def scan_report(settings):
-    """Write a processing report of what was handled since the previous one; returns (path, report)."""
+    """Write a processing report of what was handled since the previous one; returns (path, report). Without
+    FAILURE_REPORT_DIR it goes where the daemon writes its own (recorded at each load): from an operator's shell
+    it had gone under the working directory, and the events it covered were then missing from the daemon's."""
     def write(store):
+        nonlocal settings
+        settings = _with_daemon_reports(store, settings)
         now = SystemClock().now()
         for _ in range(3):  # None: a daemon reported up to here meanwhile; the next one starts where it ended
             with _report_dir_errors(settings, " (the next report covers what this one would have)"):
@@ -221,6 +226,17 @@ def scan_report(settings):
         store.set_state("last_scan", f"{now:.3f}", now)  # as the daemon's scan: `failured status` shows it
         return path, report
     return with_store(settings, write)
+
+
+def _with_daemon_reports(store, settings):
+    """``settings`` with the daemon's report directory, where FAILURE_REPORT_DIR is not set and a daemon recorded
+    one."""
+    from . import status as status_module
+
+    recorded = (status_module.config_status(store)["active"] or {}).get("reports")
+    if "FAILURE_REPORT_DIR" in settings.given or not recorded:
+        return settings
+    return dataclasses.replace(settings, report_dir=Path(recorded))
 
 
 @contextmanager
@@ -242,6 +258,8 @@ def analyze(settings, days, write=False):
     snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir, model=False)
 
     def run(store):
+        nonlocal settings
+        settings = _with_daemon_reports(store, settings)
         now = SystemClock().now()
         report = analysis_report(store, snapshot, now, days, settings.lang)
         path = None

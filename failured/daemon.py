@@ -588,6 +588,7 @@ class Daemon:
         cache = cache_dir()  # where its last good copy is kept, for a status run from another environment
         self.store.set_state("config", json.dumps({"dir": str(Path(self.settings.config_dir).resolve()),
                                                    "cache": str(cache.resolve()) if cache else None,
+                                                   "reports": str(Path(self.settings.report_dir).resolve()),
                                                    "files": list(snapshot.files),
                                                    "digest": snapshot.digest, "loaded_at": iso(now)}), now)
 

@@ -46,6 +46,7 @@ class Settings:
     console_pattern_writes: bool = True  # the console may save pattern files into the config directory
     model_cache: str = ""  # empty: systemd's CacheDirectory, else ~/.cache/failured (read by modelcache)
     api_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    given: frozenset = field(default=frozenset(), repr=False)  # the variables set (environment or .env)
 
 
 # env name -> (Settings attribute, parser name, meaning); the parser checks the value and its range.
@@ -207,5 +208,5 @@ def load_settings(environ=None, dotenv_path=".env"):
                     raise
                 # A .env in the working directory is easy to forget: say where the value came from.
                 raise InputError(f"{exc} (set in {Path(dotenv_path).resolve()}: fix or remove that line)") from None
-    return Settings(**values)
+    return Settings(**values, given=frozenset(name for name in _VARIABLES if name in environ))
 

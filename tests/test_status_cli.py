@@ -172,3 +172,18 @@ def test_analyze_says_when_it_has_no_pattern_to_suggest_rather_than_none():
     assert _suggested({"suggested_pattern": "disk\\s+quota"}) == "disk\\s+quota"
     shown = _suggested({"suggested_pattern": None})
     assert "None" not in shown and "write one by hand" in shown
+
+
+def test_scan_from_a_shell_without_a_report_directory_writes_where_the_daemon_does(daemon_factory):
+    """From an operator's shell that sets only FAILURE_DB and FAILURE_CONFIG_DIR the report had gone under the
+    working directory, and the events it covered were missing from the daemon's reports."""
+    daemon = daemon_factory().start()
+    report(daemon, "sync", "malformed json")
+    daemon.wait_for("SELECT count(*) FROM tasks WHERE status = 'notified'", lambda r: r[0][0] == 1)
+    assert daemon.stop() == 0
+    shell = {k: v for k, v in daemon.env.items() if k != "FAILURE_REPORT_DIR"}
+    (daemon.workdir / "elsewhere").mkdir()
+    result = run_cli("scan", env=shell, cwd=daemon.workdir / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert list((daemon.workdir / "reports" / "failure_processing").glob("*.json"))
+    assert not (daemon.workdir / "elsewhere" / "reports").exists()
