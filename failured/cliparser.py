@@ -9,7 +9,7 @@ import textwrap
 
 from . import __version__
 from .handlers import MAX_HANDLER_TIMEOUT
-from .settings import variables
+from .settings import MAX_ANALYSIS_DAYS, variables
 
 EXIT_USAGE = 2
 
@@ -45,7 +45,6 @@ def positive_int(text):
 
 
 MAX_TASK_ID = 2 ** 63 - 1  # the database's largest integer
-MAX_ANALYSIS_DAYS = 3660  # as FAILURE_ANALYSIS_DAYS: ten years
 
 
 def task_id(text):

@@ -212,12 +212,11 @@ def scan_report(settings):
     FAILURE_REPORT_DIR it goes where the daemon writes its own (recorded at each load): from an operator's shell
     it had gone under the working directory, and the events it covered were then missing from the daemon's."""
     def write(store):
-        nonlocal settings
-        settings = _with_daemon_reports(store, settings)
+        reporting = _with_daemon_reports(store, settings)
         now = SystemClock().now()
         for _ in range(3):  # None: a daemon reported up to here meanwhile; the next one starts where it ended
-            with _report_dir_errors(settings, " (the next report covers what this one would have)"):
-                path, report = reports.write_processing_report(store, settings.report_dir, now, settings.lang)
+            with _report_dir_errors(reporting, " (the next report covers what this one would have)"):
+                path, report = reports.write_processing_report(store, reporting.report_dir, now, settings.lang)
             if report is not None:
                 break
         else:
@@ -258,14 +257,13 @@ def analyze(settings, days, write=False):
     snapshot = load_config(settings.config_dir, settings.lang, settings.log_dir, model=False)
 
     def run(store):
-        nonlocal settings
-        settings = _with_daemon_reports(store, settings)
         now = SystemClock().now()
         report = analysis_report(store, snapshot, now, days, settings.lang)
         path = None
         if write:
-            with _report_dir_errors(settings):
-                path = reports.write_report(settings.report_dir, reports.ANALYSIS, report, now,
+            reporting = _with_daemon_reports(store, settings)
+            with _report_dir_errors(reporting):
+                path = reports.write_report(reporting.report_dir, reports.ANALYSIS, report, now,
                                             render_html(report, settings.lang))
             store.set_state("last_analysis", f"{now:.3f}", now)
         return path, report

@@ -104,7 +104,6 @@ class _Unusable(Exception):
 UNUSABLE_TAG = "[CONFIG]"
 
 
-
 def parse_handler(table: dict, path, key: str) -> HandlerSpec:
     """Validate one ``[...handler]`` TOML table; raise ConfigError naming ``key.<field>``."""
     if not isinstance(table, dict):

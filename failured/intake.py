@@ -59,21 +59,19 @@ def check_task_type(task_type):
     Refused when it has no other character, holds a control character, or is over MAX_TASK_TYPE_CHARS as
     given (so the HTTP API's schema, maxLength 200 and its patterns, says the same).
     """
-    raw = task_type if isinstance(task_type, str) else ""
-    if "\x00" in raw.strip():  # clean_text makes NUL U+FFFD: a type no handler's name would match
-        raise InputError(f"task type has a control character (U+0000 at character {raw.strip().index(chr(0)) + 1}): "
-                         "a task type is one line of printable text, e.g. tracking_update")
     given = clean_text(task_type if task_type is not None else "")
     if len(given) > MAX_TASK_TYPE_CHARS:
         raise InputError(f"task type is {len(given)} characters long: at most {MAX_TASK_TYPE_CHARS}")
-    task_type = given.strip()
-    if not task_type:
+    cleaned = given.strip()
+    if not cleaned:
         raise InputError("task type is empty: give the kind of task that failed, e.g. --type tracking_update")
-    control = _CONTROL_CHARACTER.search(task_type)
+    # Looked for in the text as given: clean_text makes a NUL U+FFFD (one character for one), which had been
+    # stored as a type no handler's name matched.
+    control = _CONTROL_CHARACTER.search(task_type.strip() if isinstance(task_type, str) else cleaned)
     if control:
         raise InputError(f"task type has a control character (U+{ord(control.group()):04X} at character "
                          f"{control.start() + 1}): a task type is one line of printable text, e.g. tracking_update")
-    return task_type
+    return cleaned
 
 
 def parse_payload(payload):

@@ -102,13 +102,14 @@ def variables():
     return rows
 
 
+MAX_ANALYSIS_DAYS = 3660  # ten years: also the most `analyze --days` takes
 # The largest value each number may take, in its own unit: past these, times overflowed the database's range or
 # Python's (FAILURE_RETENTION_DAYS=99999999 looped on "year -271764 is out of range", FAILURE_POLL_SECONDS=1e308
 # failed every poll).
 _MAXIMUM = {
     "FAILURE_SCAN_INTERVAL_MINUTES": 7 * 24 * 60,  # a week
     "FAILURE_ANALYSIS_INTERVAL_HOURS": 31 * 24,  # a month
-    "FAILURE_ANALYSIS_DAYS": 3660,  # ten years
+    "FAILURE_ANALYSIS_DAYS": MAX_ANALYSIS_DAYS,
     "FAILURE_MAX_RECOVERY_ATTEMPTS": 1000,
     "FAILURE_RETRY_CONCURRENCY": 1024,
     "FAILURE_RETENTION_DAYS": 36600,  # a hundred years

@@ -17,9 +17,8 @@ from .thresholds import evaluate
 STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 5 s)
 NEXT_RETRIES = 5
 CHANNEL_KEY_PREFIX = "channel:"  # daemon_state rows the dispatcher writes: {"ok", "error", "at"}
-
-
 REPORTS_FAILING = "reports_failing"  # daemon_state: {"at", "error"} of a report file the daemon could not write
+
 
 def _when(epoch):
     return iso(epoch) if epoch is not None else None
