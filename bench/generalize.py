@@ -137,7 +137,7 @@ def report(name, truth, answers, out):
     for t, a in zip(truth, answers):
         by_category[t][1] += 1
         by_category[t][0] += t == a
-    out.append((name, right / len(truth), {c: r / n for c, (r, n) in by_category.items()}))
+    out.append((name, right, len(truth), {c: r / n for c, (r, n) in by_category.items()}))
 
 
 def _recalls(truth, answers):
@@ -150,10 +150,10 @@ def _recalls(truth, answers):
 
 def print_table(results, categories):
     short = {c: c.replace("recoverable_", "r_").replace("unrecoverable_", "u_") for c in categories}
-    print(f"{'':34} {'accuracy':>8} " + " ".join(f"{short[c]:>12}" for c in categories))
-    for name, accuracy, recalls in results:
+    print(f"{'':34} {'accuracy':>8} " + " ".join(f"{short[c]:>12}" for c in categories) + "  right")
+    for name, right, count, recalls in results:
         cells = " ".join(f"{recalls.get(c, 0):>12.1%}" for c in categories)
-        print(f"{name:34} {accuracy:>8.1%} {cells}")
+        print(f"{name:34} {right / count:>8.1%} {cells}  {right:,} of {count:,}")
 
 
 def main():

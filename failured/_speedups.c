@@ -1161,10 +1161,65 @@ static PyObject *http_statuses(PyObject *self, PyObject *text)
 
 /* \bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b (IGNORECASE); the second alternative,
  * \bSQL state\s*[:=]?\s*\[?([0-9A-Z]{5})\b, matches nothing the first does not. */
+/* ((?=[A-Z]{0,4}[0-9])[0-9A-Z]{5}) followed by ``close`` at i, ignoring case: its end, or -1. */
+static Py_ssize_t coded_state_end(const Text *t, Py_ssize_t i, Py_UCS4 close)
+{
+    int digits = 0;
+    for (Py_ssize_t j = i; j < i + 5; j++) {
+        Py_UCS4 c = j < t->n ? fold(AT(t, j)) : 0;
+        if (c >= '0' && c <= '9')
+            digits++;
+        else if (!(c >= 'a' && c <= 'z'))
+            return -1;
+    }
+    return digits && i + 5 < t->n && AT(t, i + 5) == close ? i + 5 : -1;
+}
+
+/* MySQL's "ERROR 1062 (23000):" and "1045 (28000)": \b[0-9]{4,5} \((state)\) at p. */
+static int mysql_state_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    Py_ssize_t i = p;
+    while (i < t->n && i - p < 6 && AT(t, i) >= '0' && AT(t, i) <= '9')
+        i++;
+    if (i - p < 4 || i - p > 5 || !boundary(t, p) || !starts_with(t, i, " ("))
+        return 0;
+    Py_ssize_t close = coded_state_end(t, i + 2, ')');
+    if (close < 0)
+        return 0;
+    *start = i + 2, *stop = close, *end = close + 1;
+    return 1;
+}
+
+/* Npgsql's "PostgresException (0x80004005): 23505:": \bPostgresException(?: \(0x[0-9A-F]{8}\))?: (state): */
+static int npgsql_state_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
+{
+    if (!starts_with_folded(t, p, "postgresexception") || !boundary(t, p))
+        return 0;
+    Py_ssize_t i = p + 17, j;
+    if (starts_with_folded(t, i, " (0x")) {
+        for (j = i + 4; j < i + 12 && j < t->n && is_hex(AT(t, j)); j++)
+            ;
+        if (j == i + 12 && j < t->n && AT(t, j) == ')')
+            i = j + 1;
+    }
+    if (!starts_with(t, i, ": "))
+        return 0;
+    Py_ssize_t close = coded_state_end(t, i + 2, ':');
+    if (close < 0)
+        return 0;
+    *start = i + 2, *stop = close, *end = close + 1;
+    return 1;
+}
+
 static int sqlstate_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
 {
     Py_ssize_t n = t->n, i, j;
-    if (fold(AT(t, p)) != 's' || !starts_with_folded(t, p, "sql") || !boundary(t, p))
+    Py_UCS4 first = fold(AT(t, p));
+    if (first >= '0' && first <= '9')
+        return mysql_state_at(t, p, start, stop, end);
+    if (first == 'p')
+        return npgsql_state_at(t, p, start, stop, end);
+    if (first != 's' || !starts_with_folded(t, p, "sql") || !boundary(t, p))
         return 0;
     i = p + 3;
     if (starts_with_folded(t, i, "state"))

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import commands, logmask
 from .analysis import headline
 from .cliparser import build_parser
-from .config import load_config, unset_variable_problems
+from .config import ignored_files, load_config, unset_variable_problems
 from .classify import error_summary
 from .clock import iso
 from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
@@ -111,10 +111,13 @@ def cmd_check_config(args, settings):
                 print(f"  {error}", file=sys.stderr)
         return EXIT_FAILED
     summary = commands.config_summary(snapshot)
+    notes = [*snapshot.ruleset.overrides, *ignored_files(config_dir)]
     if args.json:
-        _print_json({"ok": True, **summary})
+        _print_json({"ok": True, **summary, "notes": notes})
         return EXIT_OK
     print(f"{config_dir}: ok, {len(summary['files'])} files")
+    for note in notes:
+        print(f"  note: {note}")
     for category in summary["categories"]:
         retry = category["retry"] or "-"
         print(f"  {category['priority']:>5}  {category['name']:<28} {category['action']:<13} "

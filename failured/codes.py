@@ -32,7 +32,7 @@ from .speedups import speedups as _speedups
 
 from .errors import ConfigError, ConfigErrors
 from .matcher import PatternSet, PatternTooLarge, encode
-from .rules import check_type, pattern_problem, re2_options, read_toml
+from .rules import check_type, pattern_problem, re2_options, read_toml, toml_files
 
 TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
 MAX_SCAN_CHARS = 4000  # codes sit near the start of a message or its last lines
@@ -65,8 +65,12 @@ _ERRNO = re.compile(
     r"\[Errno\s+(-?\d+)\]|\berrno\s*[=:]?\s*(-?\d+)|\bos error (\d+)|\b[A-Z]\w*Error\((-?\d+),"
     r"|\[(WinError\s+\d+)\]|\b(E[A-Z][A-Z0-9_]{1,18}|WSAE[A-Z]{2,18})\b"
 )
-_SQLSTATE = re.compile(r"\bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b|\bSQL state\s*[:=]?\s*\[?([0-9A-Z]{5})\b",
-                       re.IGNORECASE)
+_SQLSTATE = re.compile(
+    r"\bSQL\s?STATE\s*[\[:=]?\s*\[?\s*([0-9A-Z]{5})\b|\bSQL state\s*[:=]?\s*\[?([0-9A-Z]{5})\b"
+    r"|\b[0-9]{4,5} \(((?=[A-Z]{0,4}[0-9])[0-9A-Z]{5})\)"  # MySQL: "ERROR 1062 (23000): Duplicate entry"
+    r"|\bPostgresException(?: \(0x[0-9A-F]{8}\))?: ((?=[A-Z]{0,4}[0-9])[0-9A-Z]{5}):",  # Npgsql: "...: 23505: ..."
+    re.IGNORECASE,
+)
 _GRPC = re.compile(
     r"\bcode\s*=\s*([A-Z][A-Za-z]{3,})\b|StatusCode\.([A-Z_]{5,})\b|StatusCode=\"([A-Za-z]{5,})\""
     r"|\b\d{1,2} ([A-Z][A-Z_]{4,})\b|(?:StatusRuntimeException|StatusException|RpcException|RpcError)\W{1,3}([A-Z][A-Z_]{4,})\b"
@@ -267,7 +271,7 @@ def _build_table(settings, category_names, errors):
 
 def code_files(config_dir):
     """The code table files of a config directory, in the order they merge."""
-    return sorted(Path(config_dir, "codes").glob("*.toml"))
+    return toml_files(Path(config_dir, "codes"))
 
 
 def load_code_tables(config_dir, category_names=None):

@@ -93,6 +93,31 @@ def unreadable_dirs(config_dir):
     return errors
 
 
+_CONFIG_DIRS = ("patterns", "codes")
+
+
+def ignored_files(config_dir):
+    """Notes on files an operator may think are read but are not: a pattern file at the top level or in a
+    misspelt directory, a ``.TOML`` or ``.tml`` name, a hidden file (an editor's lock file)."""
+    config_dir = Path(config_dir)
+    notes = []
+    for path in sorted(config_dir.iterdir()) if config_dir.is_dir() else ():
+        lowered = path.name.lower()
+        if path.is_dir() and path.name not in _CONFIG_DIRS and lowered.rstrip("s") in ("pattern", "code"):
+            notes.append(f"{path}: not read: the directories read are patterns/ and codes/")
+        elif path.is_file() and lowered.endswith((".toml", ".tml")) and path.name != MAIN_FILE:
+            notes.append(f"{path}: not read: pattern files go in patterns/, code tables in codes/")
+    for directory in _CONFIG_DIRS:
+        inside = config_dir / directory
+        for path in sorted(inside.iterdir()) if inside.is_dir() else ():
+            if path.name.startswith("."):
+                if path.name.endswith(".toml"):
+                    notes.append(f"{path}: not read: a hidden file (an editor's lock file or a copy's metadata)")
+            elif path.name.lower().endswith((".toml", ".tml")) and not path.name.endswith(".toml"):
+                notes.append(f"{path}: not read: only names ending in .toml are")
+    return notes
+
+
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
     try:
@@ -242,6 +267,9 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     errors = []
     ruleset = classifier = None
     main = config_dir / MAIN_FILE
+    if main.is_symlink() and not main.exists():
+        errors.append(ConfigError(main, None, f"a link to {os.readlink(main)}, which does not exist: point it at "
+                                              "the file, or remove it to run on every default"))
     document = read_toml(main, errors) if main.exists() else {}
     document = document or {}
     model_settings = parse_model_settings(document.get("model", {}), main, errors)

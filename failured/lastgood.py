@@ -64,6 +64,13 @@ def restored(config_dir, directory=None):
         yield Path(temporary), copy["saved_at"]
 
 
+def holds(config_dir, name, directory=None):
+    """Whether the last good copy of ``config_dir`` has a file ``name`` (relative, as ``failured.toml``)."""
+    directory = Path(directory) if directory else cache_dir()
+    copy = _read(_copy_path(config_dir, directory)) if directory is not None else None
+    return copy is not None and name in copy["files"]
+
+
 def _read(path):
     try:
         copy = marshal.loads(path.read_bytes())

@@ -82,6 +82,7 @@ class Ruleset:
     unknown: Category = DEFAULT_UNKNOWN
     files: tuple = ()
     by_name: dict = field(default_factory=dict, compare=False)
+    overrides: tuple = ()  # "what a later file replaced" notes, for check-config
 
     def category(self, name):
         return self.unknown if name == UNKNOWN else self.by_name.get(name)
@@ -151,7 +152,12 @@ def read_config_bytes(path, limit=MAX_CONFIG_FILE_BYTES):
 
 def read_toml(path, errors):
     try:
-        return tomllib.loads(read_config_bytes(path).decode("utf-8"))
+        data = read_config_bytes(path)
+        return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows' editors write one) is no error
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        errors.append(ConfigError(path, None, f"not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): save the file "
+                                              "as UTF-8 (a GBK file: iconv -f gbk -t utf-8)"))
     except NotARegularFile as exc:
         errors.append(ConfigError(path, None, str(exc)))
     except tomllib.TOMLDecodeError as exc:
@@ -159,7 +165,7 @@ def read_toml(path, errors):
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
         errors.append(ConfigError(path, None, "arrays or inline tables nested too deeply to read: "
                                               "no failured setting nests more than a few levels"))
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         errors.append(ConfigError(path, None, f"cannot read file: {exc}"))
     return None
 
@@ -249,19 +255,26 @@ def _parse_category(table, path, key, errors):
     return out
 
 
-def _merge(base, update):
-    """Merge one file's settings for a category into what earlier files said."""
+def _merge(base, update, name, overrides):
+    """Merge one file's settings for category ``name`` into what earlier files said; each setting an earlier
+    file gave another value is noted in ``overrides`` (files merge in name order, so a local file that sorts
+    before a shipped one loses its settings: check-config shows it)."""
     merged = dict(base)
     replace = update.get("replace", False)
-    for name, value in update.items():
-        if name in ("replace", "file"):
+    for key, value in update.items():
+        if key in ("replace", "file"):
             continue
-        if name in LIST_KEYS:
-            merged[name] = list(value) if replace else _extend_unique(base.get(name, []), value)
-        elif name == "retry":
-            merged["retry"] = {**base.get("retry", {}), **value}
-        else:
-            merged[name] = value
+        if key in LIST_KEYS:
+            merged[key] = list(value) if replace else _extend_unique(base.get(key, []), value)
+            continue
+        if key == "retry":
+            value = {**base.get("retry", {}), **value}
+        if key in base and base[key] != value:
+            overrides.append(f'{update["file"]} replaces {key} of category "{name}" that '
+                             f'{Path(base["files"][-1]).name} set (files merge in name order)')
+        merged[key] = value
+    if replace and base.get("files"):
+        overrides.append(f'{update["file"]} replaces the lists of category "{name}" (replace = true)')
     merged["files"] = base.get("files", []) + [update["file"]]
     return merged
 
@@ -321,9 +334,15 @@ def _check_ambiguity(categories, errors):
                                           f"tag [{tag}] is also a tag of \"{other.name}\": a tag must name one category"))
 
 
+def toml_files(directory):
+    """The ``*.toml`` files of ``directory`` in name order, without hidden ones: an editor's lock file
+    (Emacs' ``.#name``, a dangling link) or macOS's ``._name`` copy is not configuration."""
+    return sorted(path for path in Path(directory).glob("*.toml") if not path.name.startswith("."))
+
+
 def pattern_files(config_dir):
     """The pattern files of a config directory, in the order they merge."""
-    return sorted(Path(config_dir, "patterns").glob("*.toml"))
+    return toml_files(Path(config_dir, "patterns"))
 
 
 def load_ruleset(config_dir):
@@ -333,7 +352,7 @@ def load_ruleset(config_dir):
     if not files:
         raise ConfigErrors([ConfigError(Path(config_dir, "patterns"), None,
                                         "no pattern files (*.toml): run 'failured init DIR' for a starter set")])
-    merged = {}
+    merged, overrides = {}, []
     for path in files:
         document = read_toml(path, errors)
         if document is None:
@@ -353,7 +372,7 @@ def load_ruleset(config_dir):
                 continue
             key = f'category "{name}"'
             settings = _parse_category(table, path, key, errors)
-            merged[name] = _merge(merged.get(name, {"files": []}), settings)
+            merged[name] = _merge(merged.get(name, {"files": []}), settings, name, overrides)
     categories = [_build_category(name, settings, errors) for name, settings in merged.items()]
     unknown = next((c for c in categories if c.name == UNKNOWN), DEFAULT_UNKNOWN)
     categories = sorted((c for c in categories if c.name != UNKNOWN), key=lambda c: c.priority)
@@ -361,4 +380,4 @@ def load_ruleset(config_dir):
     if errors:
         raise ConfigErrors(errors)
     return Ruleset(categories=tuple(categories), unknown=unknown, files=tuple(str(f) for f in files),
-                   by_name={c.name: c for c in categories})
+                   by_name={c.name: c for c in categories}, overrides=tuple(overrides))

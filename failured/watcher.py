@@ -22,7 +22,7 @@ from watchdog.observers import Observer
 from . import lastgood
 from .alertlog import append_line
 from .clock import SystemClock, iso
-from .config import config_files, content_digest, load_config
+from .config import MAIN_FILE, config_files, content_digest, load_config
 from .errors import ConfigError, ConfigErrors
 
 log = logging.getLogger("failured.config")
@@ -152,8 +152,11 @@ class ConfigWatcher:
         return load_config(config_dir or self.config_dir, self.lang, self.log_dir or "logs", labels=self.labels())
 
     def _first_load(self):
-        """The directory's snapshot; when it does not validate, the last good copy's (or the errors, raised)."""
+        """The directory's snapshot; when it does not validate, or lost the failured.toml its last good copy
+        has, the last good copy's (or the errors, raised)."""
         try:
+            if self.keep_last_good and lastgood.holds(self.config_dir, MAIN_FILE):
+                self._refuse_lost_main_file()
             snapshot = self._load()
         except ConfigErrors as exc:
             if not self.keep_last_good:
@@ -161,6 +164,17 @@ class ConfigWatcher:
             return self._load_last_good(exc)
         self._keep(snapshot)
         return snapshot
+
+    def _refuse_lost_main_file(self):
+        """ConfigErrors when failured.toml, which the active (or last good) configuration had, is gone or a link
+        to nothing: every default would drop the task types' handlers and the channels without a word."""
+        main = Path(self.config_dir, MAIN_FILE)
+        if main.exists():
+            return
+        what = f"a link to {os.readlink(main)}, which does not exist" if main.is_symlink() else "missing"
+        raise ConfigErrors([ConfigError(main, None, f"{what}: it holds the task types' handlers, the channels and the "
+                                                    "routes the daemon runs on; restore it (an empty file means "
+                                                    "every default)")])
 
     def _load_last_good(self, refused):
         with lastgood.restored(self.config_dir) as found:
@@ -215,6 +229,13 @@ class ConfigWatcher:
                 self.last_rejected = None
                 log.info("config %s: back to the active configuration; the refused change is gone", self.config_dir)
                 self._call(self.on_restore, self.current)
+            return False
+        try:
+            if str(Path(self.config_dir, MAIN_FILE)) in self.current.files:
+                self._refuse_lost_main_file()
+        except ConfigErrors as exc:
+            log.error("config %s rejected, keeping the last good one:\n%s", self.config_dir, exc)
+            self._reject(exc.errors)
             return False
         being_written = sorted(path for path in _empty_files(files) if path not in self._empty_when_loaded)
         if being_written:

@@ -55,11 +55,24 @@ def codes_only():
     ("[WinError 10061] 由于目标计算机积极拒绝，无法连接。", "errno WSAECONNREFUSED", "recoverable_network"),
     ("FileNotFoundError: [WinError 3] 系统找不到指定的路径。", "errno ERROR_PATH_NOT_FOUND", "unrecoverable_config"),
     ("socket.gaierror: [Errno -3] 域名解析暂时失败", "errno EAI_AGAIN", "recoverable_network"),
+    # musl's (Alpine) and the BSDs' / macOS's own strerror texts
+    ("php_network_getaddresses: getaddrinfo failed: Name does not resolve", "errno EAI_NONAME", "recoverable_network"),
+    ("nginx: [emerg] bind() to 10.0.0.8:80 failed (49: Can't assign requested address)", "errno EADDRNOTAVAIL",
+     "recoverable_network"),
+    ("accept4: No file descriptors available", "errno EMFILE", "recoverable_system"),
     # SQLSTATE: exact code, then class
     ("ERROR: duplicate key value violates unique constraint (SQLSTATE 23505)", "sqlstate 23", "unrecoverable_data"),
     ("SQLSTATE[40001]: Serialization failure: 1213 Deadlock found", "sqlstate 40001", "recoverable_temporary"),
     ("SQLSTATE[08006] [7] could not connect to server", "sqlstate 08", "recoverable_temporary"),
     ("failed SASL auth (FATAL: password authentication failed (SQLSTATE 28P01))", "sqlstate 28", "unrecoverable_config"),
+    # MySQL's client and connectors ("ERROR nnnn (state)") and Npgsql ("PostgresException (0x…): state:"), in any language
+    ("ERROR 1062 (23000): Entrée dupliquée '5' pour la clé 'PRIMARY'", "sqlstate 23", "unrecoverable_data"),
+    ("mysql.connector.errors.ProgrammingError: 1045 (28000): Zugriff verweigert für Benutzer 'shop'@'localhost'",
+     "sqlstate 28", "unrecoverable_config"),
+    ('Npgsql.PostgresException (0x80004005): 23505: повторяющееся значение ключа нарушает ограничение уникальности '
+     '"PK_Materials"', "sqlstate 23", "unrecoverable_data"),
+    ('Npgsql.PostgresException: 57P01: terminating connection due to administrator command', "sqlstate 57P01",
+     "recoverable_temporary"),
     # gRPC in Go, Python, Java, Node and .NET spellings
     ("rpc error: code = DeadlineExceeded desc = context deadline exceeded", "grpc DEADLINE_EXCEEDED", "recoverable_network"),
     ("grpc._channel._InactiveRpcError: status = StatusCode.UNAUTHENTICATED", "grpc UNAUTHENTICATED", "unrecoverable_config"),
@@ -304,6 +317,7 @@ def test_shipped_table_reads_a_real_message(codes_only, message, table, category
 @pytest.mark.parametrize("message", [
     "exit status 1", "job 5 finished with status 3", "HTTP 503 from the api",  # no mail words: not SMTP
     "Process finished with exit code 1", "SQLSTATE[HY000]: General error",
+    "release 1234 (build) failed", "PostgresException: Error: boom",  # a state has a digit among its five
     # a version number is no enhanced status code
     "Redis version needs to be greater or equal than 5.0.0 Current: 4.0.14",
     "error: Failed dependencies: libatomic is needed by emqx-5.7.0-el8-amd64.rpm",

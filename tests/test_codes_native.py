@@ -34,6 +34,8 @@ PIECES = [
     "500", "503", "404", "200", "4040", "50.3",
     # SQLSTATE
     "SQLSTATE", "sqlstate", "SQL STATE", "SQL state", "Sql State:", "08006", "HY000", "57P01",
+    "ERROR 1062 (", "12345 (", "(23000)", "(28P01)", "(build)", "PostgresException", "postgresexception: ",
+    " (0x80004005)", " (0x8000400)", "23505:", "P0001:",
     # errno
     "[Errno", "[Errno ", "[WinError ", "errno", "errno=", "errno: ", "os error ", "Error(", "IOError(", "XError(-",
     "ECONNREFUSED", "EAGAIN", "WSAECONNRESET", "E" + "A" * 20,

@@ -172,3 +172,64 @@ def test_a_config_directory_this_user_may_not_read_is_a_configuration_error_nami
         assert "cannot be read by this user (uid 65534)" in said, said
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_hidden_files_are_never_read_and_check_config_notes_what_it_skips_or_overrides(config_dir):
+    # Emacs' lock file is a dangling link; macOS's AppleDouble copy is binary: neither is configuration.
+    os.symlink("root@host.4242:1733100000", config_dir / "patterns" / ".#50-local.toml")
+    (config_dir / "patterns" / "._50-local.toml").write_bytes(b"\x00\x05\x16\x07 not toml")
+    (config_dir / "50-stray.toml").write_text(NEW_FILE, encoding="utf-8")  # a pattern file at the top level
+    (config_dir / "pattern").mkdir()  # a misspelt directory
+    (config_dir / "patterns" / "60-upper.TOML").write_text(NEW_FILE, encoding="utf-8")
+    # A local file that sorts before the one defining the category loses its setting to it.
+    (config_dir / "patterns" / "05-local.toml").write_text(
+        '[[category]]\nname = "recoverable_network"\nretry = { delays = [1, 2], max_attempts = 2 }\n', encoding="utf-8")
+    load_config(config_dir, model=False)
+    result = run_cli("check-config", str(config_dir), timeout=60)
+    assert result.returncode == 0, result.stderr
+    notes = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("note:")]
+    assert any("10-test.toml replaces retry of category \"recoverable_network\" that 05-local.toml set" in n
+               for n in notes), notes
+    for name in (".#50-local.toml", "._50-local.toml", "50-stray.toml", "pattern:", "60-upper.TOML"):
+        assert any(name in note and "not read" in note for note in notes), (name, notes)
+
+
+def test_a_byte_order_mark_is_accepted_and_another_encoding_is_refused_with_its_line(config_dir):
+    rule = '[[category]]\nname = "unrecoverable_business"\npatterns = [\'海关扣留\']\n'
+    (config_dir / "patterns" / "50-bom.toml").write_bytes(b"\xef\xbb\xbf" + rule.encode("utf-8"))
+    business = load_config(config_dir, model=False).ruleset.category("unrecoverable_business")
+    assert "海关扣留" in [pattern.text for pattern in business.patterns]
+    (config_dir / "patterns" / "60-gbk.toml").write_bytes(rule.encode("gbk"))
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(config_dir, model=False)
+    [error] = caught.value.errors
+    assert error.path.endswith("60-gbk.toml") and "not UTF-8" in error.reason and "line 3" in error.reason
+
+
+def test_a_failured_toml_linking_to_nothing_is_an_error_not_every_default(config_dir, tmp_path):
+    os.symlink(tmp_path / "moved-away.toml", config_dir / "failured.toml")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(config_dir, model=False)
+    assert "moved-away.toml, which does not exist" in str(caught.value)
+
+
+def test_a_removed_failured_toml_is_refused_while_running_and_at_start(tmp_path, monkeypatch):
+    from failured.watcher import ConfigWatcher
+
+    monkeypatch.setenv("FAILURE_MODEL_CACHE", str(tmp_path / "cache"))
+    config = write_config(tmp_path / "config", main='[task_types.sync.handler]\nkind = "python"\n'
+                                                    'target = "json:dumps"\n')
+    watcher = ConfigWatcher(config, log_dir=tmp_path / "logs", debounce=0.05, keep_last_good=True).start()
+    try:
+        assert "sync" in watcher.current.task_types
+        (config / "failured.toml").rename(tmp_path / "failured.toml.bak")  # an operator's mv, by mistake
+        watcher.request_reload()
+        assert wait_for(lambda: watcher.last_rejected is not None, 30)
+        assert "failured.toml" in str(watcher.last_rejected[1][0]) and "sync" in watcher.current.task_types
+    finally:
+        watcher.stop()
+    restarted = ConfigWatcher(config, log_dir=tmp_path / "logs", keep_last_good=True).start()
+    try:  # a start without it runs on the last good copy, which had it
+        assert "sync" in restarted.current.task_types and restarted.started_on_last_good is not None
+    finally:
+        restarted.stop()
