@@ -56,6 +56,9 @@ class SoloMembership:
     def holds_channel(self, channel):
         return True
 
+    def still_holds(self, channel):
+        return True
+
     def listen(self, on_wake):
         return None  # SQLite: the daemon notices commits by PRAGMA data_version
 
@@ -187,6 +190,22 @@ class Membership:
             if taken:
                 self._channels.add(channel)
             return taken
+
+    def still_holds(self, channel):
+        """Whether this daemon's session still holds ``channel``, asked before each send: a session the server
+        ended (pg_terminate_backend, a failover) took its locks along, and another daemon may deliver by now,
+        long before the heartbeat notices."""
+        with self._lock:
+            if channel not in self._channels:
+                return False
+            try:
+                held = self._connection is not None and rows.holds_channel_lock(self._connection, channel)
+            except Exception as exc:
+                log.warning("membership: channel %s: the session's lock cannot be confirmed: %s", channel, exc)
+                held = False
+            if not held:
+                self._channels.discard(channel)
+            return held
 
     def living_owners(self):
         """Names of the daemons whose leases stand: alive, or whose session ended less than LOCK_GRACE_SECONDS

@@ -24,6 +24,7 @@ from .alertlog import append_line
 from .clock import SystemClock, iso
 from .config import MAIN_FILE, config_files, content_digest, load_config
 from .errors import ConfigError, ConfigErrors
+from .store import StoreUnavailableError
 
 log = logging.getLogger("failured.config")
 
@@ -32,6 +33,7 @@ DEBOUNCE_SECONDS = 0.3
 # a deploy that replaces the whole directory (or turns a symlink to a new release) leaves the old
 # watch on a directory no one edits any more.
 IDENTITY_CHECK_SECONDS = 1.0
+STORE_RETRY_SECONDS = 5.0  # a reload that could not read the labels (the database dropped us) is tried again
 
 
 class _Poke(FileSystemEventHandler):
@@ -165,6 +167,16 @@ class ConfigWatcher:
         self._keep(snapshot)
         return snapshot
 
+    def _retry_later(self, force):
+        def again():
+            if force:
+                self._retrain.set()
+            self._changed.set()
+
+        timer = threading.Timer(STORE_RETRY_SECONDS, again)
+        timer.daemon = True
+        timer.start()
+
     def _refuse_lost_main_file(self):
         """ConfigErrors when failured.toml, which the active (or last good) configuration had, is gone or a link
         to nothing: every default would drop the task types' handlers and the channels without a word."""
@@ -248,6 +260,11 @@ class ConfigWatcher:
             log.error("config %s rejected, keeping the last good one: %d problem(s)\n%s",
                       self.config_dir, len(exc.errors), exc)
             self._reject(exc.errors)
+            return False
+        except StoreUnavailableError as exc:  # the labels could not be read: a dropped session is no bad config
+            log.warning("config %s: reload waits for the database (%s); trying again in %gs", self.config_dir, exc,
+                        STORE_RETRY_SECONDS)
+            self._retry_later(force)
             return False
         except Exception as exc:  # never let a reload bug take the watcher down; the admins hear of it all the same
             log.exception("config %s: reload failed, keeping the last good one", self.config_dir)

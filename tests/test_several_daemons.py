@@ -271,6 +271,18 @@ def test_one_daemon_delivers_a_channel_at_a_time(pg_url):  # noqa: F811 (fixture
         assert wait_for(lambda: b.holds_channel("ops"), 10)
 
 
+def test_a_daemon_whose_session_the_server_ends_stops_delivering_before_its_next_send(pg_url):  # noqa: F811
+    """pg_terminate_backend of the delivering daemon's session frees the channel's lock at once: the other daemon
+    may take it within a pass, long before the heartbeat notices. Each send asks first, so only one sends."""
+    with memberships(pg_url, 2, heartbeat_seconds=3600) as (stores, (a, b)):  # no heartbeat to notice it
+        assert wait_for(lambda: a.holds_channel("ops"), 10) and a.still_holds("ops")
+        stores[1].scalar("SELECT pg_terminate_backend(?)", a._connection.info.backend_pid)
+        assert wait_for(lambda: b.holds_channel("ops"), 10)
+        assert a.holds_channel("ops")  # what a believes until it asks its session
+        assert not a.still_holds("ops") and b.still_holds("ops")
+        assert not a.holds_channel("ops")  # and it no longer believes it
+
+
 def test_kill_9_of_the_leader_moves_the_lead_and_marks_its_leases_takeable(daemons, pg_url):  # noqa: F811 (fixtures)
     store = open_store(pg_url)
     procs = {name: daemons("members", name) for name in ("a:1:0", "b:2:0", "c:3:0")}

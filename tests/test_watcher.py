@@ -220,3 +220,27 @@ def test_a_reload_that_fails_unexpectedly_is_a_rejection_the_admins_hear_of(watc
     [error] = watcher.last_rejected[1]
     assert "reload failed (RuntimeError: a bug in reading rules)" in error.reason
     assert pattern_in_effect(watcher, "connection.*timeout", "connection timeout")  # the last good config serves
+
+
+def test_a_reload_the_database_interrupted_is_tried_again_not_rejected(config_dir, tmp_path, monkeypatch):
+    """The labels come from the database: a session the server dropped (pg_terminate_backend) is no bad config."""
+    import failured.watcher as watcher_module
+    from failured.store import StoreUnavailableError
+
+    monkeypatch.setattr(watcher_module, "STORE_RETRY_SECONDS", 0.1)
+    calls = []
+
+    def labels():
+        calls.append(True)
+        if len(calls) == 2:  # the first reload's read (the first load's was call 1)
+            raise StoreUnavailableError("lost the connection: terminating connection due to administrator command")
+        return ()
+
+    watcher = ConfigWatcher(config_dir, log_dir=tmp_path / "logs", debounce=0.05, labels=labels).start()
+    try:
+        (config_dir / "patterns" / "50-local.toml").write_text(NEW_FILE, encoding="utf-8")
+        assert wait_for(lambda: pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout"), 30)
+        assert len(calls) >= 3 and watcher.last_rejected is None
+        assert not (tmp_path / "logs" / "admin_alerts.log").exists()
+    finally:
+        watcher.stop()

@@ -47,6 +47,7 @@ IDLE_SECONDS = 0.5
 STORE_RETRY_SECONDS = 5.0  # the database cannot be written (disk full): look again this often
 JUMP_SECONDS = 2.0  # a wall clock that moved this much more (or less) than the monotonic one jumped
 NEVER = float("-inf")
+TAKEOVER_PAUSE_SECONDS = 3.0  # members.LOCK_GRACE_SECONDS: the time a dropped daemon takes to come back
 
 
 def backoff(attempts, first=BACKOFF_FIRST):
@@ -180,6 +181,9 @@ class Lane:
         self.last_digest = self.storm_until = NEVER
         self._offset = self._last_pass = None
         self._load_history(now)
+        # A daemon whose session the server ended may have sent rows it could not mark yet: it marks them as soon
+        # as it reaches the database again, before this lane reads what is due.
+        self.paused_until = self.dispatcher.monotonic() + TAKEOVER_PAUSE_SECONDS
         log.info("channel %s: delivered by this daemon from now on", self.name)
 
     def process(self):
@@ -301,6 +305,10 @@ class Lane:
             except StoreError:
                 self._sent(sent, covered, now)  # what already went out must not go out again
                 raise
+            if not d.members.still_holds(self.name):  # another daemon delivers the channel now
+                self._holding = False
+                self._sent(sent, covered, now)
+                return IDLE_SECONDS
             result = channel.send(d.message_for(row))
             now, mono = d.clock.now(), d.monotonic()
             if send_id is not None:
@@ -327,8 +335,8 @@ class Lane:
             return
         try:
             self._write(ids, status=SENT, sent_at=now)
-        except StoreError:
-            # Sent, but not recorded: remember it, or the next pass would send it again.
+        except Exception:
+            # Sent, but not recorded (a full disk, a lost session): remember it, or the next pass would send it again.
             self.unrecorded.update((row_id, now) for row_id in ids)
             raise
         metrics = self.dispatcher.metrics
@@ -361,7 +369,7 @@ class Lane:
         """Move the record to the send's end (the robot counted it in between): the window errs on the safe side."""
         try:
             outbox.send_ended(self.dispatcher.store, send_id, now)
-        except StoreError as exc:  # the start time stays: never a reason to send anything again
+        except Exception as exc:  # the start time stays (a lost session too): never a reason to send anything again
             log.debug("channel %s: send end not recorded: %s", self.name, exc)
 
     def _remember(self, channel, row, mono):
