@@ -244,12 +244,23 @@ def test_notifications_disabled_are_suppressed_but_logged(store, clock, snapshot
     assert recorder.SENT == []
 
 
-def test_rows_of_a_removed_channel_fail_with_the_reason(store, dispatcher, snapshot, clock):
-    notify(store, snapshot, clock, 1)
-    Notification.update(channel="gone").where(Notification.channel == "robot").execute()
-    lane(dispatcher, "gone", clock).process()
+def test_rows_of_a_channel_taken_out_of_the_config_wait_for_it_and_the_admins_hear_once(store, dispatcher, snapshot,
+                                                                                         clock, tmp_path):
+    alerts = []
+    dispatcher.alert_direct = lambda title, body: alerts.append(title)
+    notify(store, snapshot, clock, 2)
+    Notification.update(channel="gone").where(Notification.channel == "robot").execute()  # renamed by an edit
+    gone = lane(dispatcher, "gone", clock)
+    gone.process()
+    gone.process()
+    assert statuses("gone") == {"pending": 2}  # a rename taken back (or a channel gone for a moment) loses nothing
+    assert alerts == ["[failured] Channel gone is no longer configured: 2 notifications wait for it"] or \
+        alerts == ["[failured] 通道 gone 已不在配置中：2 条通知等待它恢复"]
+    for _ in range(30):  # until the retry horizon: then they fail, saying why
+        gone.process()
+        clock.advance(3600)
     row = Notification.get(Notification.channel == "gone")
-    assert row.status == "failed" and "no longer configured" in row.last_error
+    assert row.status == "failed" and "not delivered within 24 h" in row.last_error
 
 
 def test_log_files_survive_logrotate_move_and_copytruncate(store, dispatcher, snapshot, clock, tmp_path):

@@ -30,6 +30,7 @@ from collections import deque
 from ..errors import StoreError, StoreFullError
 from ..store import StoreUnavailableError, outbox
 from ..store.state import is_busy
+from . import messages
 from .channels import mask
 from .health import ChannelHealth
 from .outbox import FAILED, SENT, SUPPRESSED, UNDELIVERABLE_KIND
@@ -96,6 +97,7 @@ class Lane:
         self._sends_pruned = NEVER  # wall time channel_sends was last pruned
         self._deliveries = 0  # messages the channel took since the daemon started
         self._refused_after = {}  # row id -> deliveries when the channel first refused it on its own
+        self._unconfigured_said = False  # whether the admins heard that the channel left the configuration
 
     # -- the loop ---------------------------------------------------------------
 
@@ -198,11 +200,10 @@ class Lane:
         if not self._delivering(now):
             return IDLE_SECONDS
         self._follow_wall_jump(now, mono)
-        if channel is None:
-            self._fail_all(f"channel {self.name!r} is no longer configured")
-            self.health.forget()
-            return IDLE_SECONDS
         self._expire(now, snapshot.notify.max_retry_hours * 3600)
+        if channel is None:
+            return self._wait_for_channel(snapshot.notify.max_retry_hours)
+        self._unconfigured_said = False
         if not d.settings.notification_enabled and self.name != LOG_CHANNEL:
             self._suppress_all()
             return IDLE_SECONDS
@@ -483,7 +484,16 @@ class Lane:
             count = outbox.end_pending(store, self.name, SUPPRESSED, "FAILURE_NOTIFICATION_ENABLED=false")
         self.dispatcher.metrics.notifications.labels(self.name, SUPPRESSED).inc(count)
 
-    def _fail_all(self, reason):
-        with self.dispatcher.store.transaction():
-            count = outbox.end_pending(self.dispatcher.store, self.name, FAILED, reason)
-        self.dispatcher.metrics.notifications.labels(self.name, FAILED).inc(count)
+    def _wait_for_channel(self, hours):
+        """The channel was taken out of the configuration (renamed, or gone for a moment): its rows wait for it, as
+        for a channel that is down, until the retry horizon; the admins hear once per absence."""
+        waiting = outbox.pending_count(self.dispatcher.store, self.name)
+        if not waiting:
+            self.health.forget()
+        elif not self._unconfigured_said:
+            self._unconfigured_said = True
+            log.warning("channel %s is no longer configured: %d notifications wait for it (up to %g h)", self.name,
+                        waiting, hours)
+            self.dispatcher.alert_direct(*messages.unconfigured_message(self.dispatcher.settings.lang, self.name,
+                                                                        waiting, hours))
+        return IDLE_SECONDS

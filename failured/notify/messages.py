@@ -43,6 +43,8 @@ TEXTS = {
         "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
         "paused_title": "[failured] 通道 {channel} 已暂停：其配置无法使用",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
+        "unconfigured_title": "[failured] 通道 {channel} 已不在配置中：{count} 条通知等待它恢复",
+        "unconfigured_body": "通道恢复配置（同名）后自动发送；{hours:g} 小时内仍未恢复的通知将放弃。",
         "undeliverable_title": "[failured] 通道 {channel} 无法发送通知 #{id}，已放弃",
         "notification": "通知", "channel": "通道",
         "undeliverable_body": "该通知被拒绝 {attempts} 次（只拒绝这一条，该通道的其他通知照常发送）。"
@@ -76,6 +78,9 @@ TEXTS = {
         "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
         "paused_title": "[failured] Channel {channel} paused: its configuration does not work",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
+        "unconfigured_title": "[failured] Channel {channel} is no longer configured: {count} notifications wait for it",
+        "unconfigured_body": "They go out once a channel of that name is configured again; those still waiting after "
+                             "{hours:g} h are given up.",
         "undeliverable_title": "[failured] Channel {channel} cannot deliver notification #{id}: given up",
         "notification": "Notification", "channel": "Channel",
         "undeliverable_body": "It was refused {attempts} times (this one alone: the channel's other notifications "
@@ -255,6 +260,13 @@ def paused_message(lang, channel, describe, error, advice):
     lines = [f"**{title}**", f"- {describe}", f"- {words['error']}: {shorten(error)}", f"- {advice_in(lang, advice)}",
              "", words["paused_body"]]
     return title, "\n".join(lines)
+
+
+def unconfigured_message(lang, channel, count, hours):
+    """(title, body) of the admin alert about a channel taken out of the configuration while rows wait for it."""
+    words = TEXTS[lang]
+    title = words["unconfigured_title"].format(channel=channel, count=count)
+    return title, "\n".join([f"**{title}**", "", words["unconfigured_body"].format(hours=hours)])
 
 
 def undeliverable_message(lang, channel, describe, row, error, attempts):

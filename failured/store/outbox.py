@@ -77,6 +77,12 @@ def channels_with_pending(store):
     return {row.channel for row in query.bind(store.db) if row.channel}
 
 
+def pending_count(store, channel):
+    """How many rows of ``channel`` wait to be sent."""
+    return (Notification.select().where(Notification.channel == channel, Notification.status == PENDING)
+            .bind(store.db).count())
+
+
 def sent_since(store, channel, since):
     """[Notification (sent_at, fingerprint, task_type, kind)] a channel sent since ``since``, oldest first."""
     return list(Notification.select(Notification.sent_at, Notification.fingerprint, Notification.task_type,
