@@ -68,7 +68,8 @@ def _json_line(result):
 
 
 def cmd_classify(args, settings):
-    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir)
+    snapshot = load_config(args.config or settings.config_dir, settings.lang, settings.log_dir,
+                           labels=commands.operators_labels(settings))  # the daemon's answer, labels learned
     classifier = snapshot.classifier
     if args.message == "-":
         write = sys.stdout.write  # block-buffered when piped: one write per line, flushed in large blocks

@@ -16,9 +16,9 @@ from . import labels, lastgood, manual, reports
 from .secrets import masked_argv, reporter_secrets
 from .clock import SystemClock
 from .config import load_config, unreadable_dirs
-from .errors import ConfigErrors, FailuredError, InputError
+from .errors import ConfigErrors, FailuredError, InputError, StoreError
 from .intake import check_task_type, parse_payload, record_failure
-from .store import open_store
+from .store import MissingStoreError, open_store
 
 
 def with_store(settings, function, *args, create=False, **kwargs):
@@ -35,6 +35,18 @@ def with_store(settings, function, *args, create=False, **kwargs):
         return function(store, *args, **kwargs)
     finally:
         store.close()
+
+
+def operators_labels(settings):
+    """The labels the daemon's model learns from, for ``classify`` to answer as the daemon does; none where the
+    database is missing or cannot be read now (said on stderr)."""
+    try:
+        return with_store(settings, lambda store: store.labelled_examples())
+    except MissingStoreError:
+        return []
+    except (StoreError, OSError) as exc:
+        print(f"failured: labels not read ({exc}): answering without operators' labels", file=sys.stderr)
+        return []
 
 
 def _missing_parents(path):

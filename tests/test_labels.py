@@ -102,6 +102,13 @@ def test_label_changes_a_tasks_course_end_to_end_and_is_exported(daemon_factory)
         assert events.index("labelled") < events.index("retry_started") and events[-1] == "recovered"
         from conftest import wait_for
         assert wait_for(lambda: "reloaded" in daemon.stderr(), timeout=60)  # the model retrains with the label
+        # classify answers as the daemon does now: with the model that learned the label
+        assert daemon.cli("report", "--type", "sync", "--error", "upstream went away mid-request").returncode == 0
+        daemon.wait_for("SELECT matched_by FROM tasks WHERE id = 2", lambda r: r and r[0][0])
+        [decided] = daemon.query("SELECT category, matched_by, matched_pattern FROM tasks WHERE id = 2")
+        import json
+        explained = json.loads(daemon.cli("classify", "--json", "upstream went away mid-request").stdout)
+        assert (explained["category"], explained["matched_by"], explained["pattern"]) == decided
         exported = daemon.cli("labels", "export")
         assert exported.returncode == 0
         lines = exported.stdout.splitlines()
@@ -157,3 +164,29 @@ def test_the_analysis_report_shows_where_labels_differ_by_category_pair(engine, 
     assert report["label_disagreements"] == [
         {"decided": "recoverable_network", "labelled": "unrecoverable_data", "count": 2}]
     assert 'data-figure="labels:recoverable_network&gt;unrecoverable_data">2<' in render_html(report, "en")
+
+
+def test_classify_answers_with_the_labels_the_daemon_learns(engine, store, clock, db_location, tmp_path, monkeypatch):
+    """``failured classify`` explains the daemon's answer: its model learns the operators' labels, so classify's
+    must too (without them a labelled wording got another answer than the daemon gives)."""
+    from failured import cli
+
+    task_id = record_failure(store, "sync", "gizmo melted down", clock=clock)
+    engine.handle_new()
+    engine.relabel(task_id, "unrecoverable_business")
+    learned = []
+
+    def load_config_noting_labels(*args, labels=(), **kwargs):
+        learned.extend(labels)
+        raise SystemExit(0)  # what it classifies after is not this test's
+
+    monkeypatch.setattr(cli, "load_config", load_config_noting_labels)
+    with pytest.raises(SystemExit):
+        cli.cmd_classify(type("Args", (), {"config": str(tmp_path / "cfg"), "message": "gizmo melted down"})(),
+                         Settings(db=db_location))
+    assert learned == [("unrecoverable_business", None, "gizmo melted down")]
+    learned.clear()
+    with pytest.raises(SystemExit):  # no database (a laptop, a shell without FAILURE_DB): no labels, no error
+        cli.cmd_classify(type("Args", (), {"config": str(tmp_path / "cfg"), "message": "x"})(),
+                         Settings(db=str(tmp_path / "none" / "failured.db")))
+    assert learned == []
