@@ -80,6 +80,7 @@ class ConfigWatcher:
         self._stopping = threading.Event()
         self._observer = None
         self._watched = None  # the identity of the directory the observer watches
+        self._linked_digest = None  # the last digest a look found behind links (see _rewatch_if_replaced)
         self._thread = None
 
     def start(self):
@@ -124,8 +125,15 @@ class ConfigWatcher:
             self._observer = None
 
     def _rewatch_if_replaced(self):
-        """A directory replaced at the configured path is watched from now on, and read at once."""
+        """A directory replaced at the configured path is watched from now on, and read at once. Where a config
+        file or its directory is a link (a file kept in git elsewhere, a mounted ConfigMap), an edit of its target
+        makes no event here: such a directory is compared with the active snapshot at each look instead."""
         if self._identity() == self._watched:
+            if _has_links(self.config_dir):
+                digest = content_digest(config_files(self.config_dir))
+                if digest not in (self.current.digest, self._linked_digest):  # a refused edit is not read again
+                    self._linked_digest = digest
+                    self._changed.set()
             return
         log.warning("config %s was replaced (a new directory at that path): watching the new one", self.config_dir)
         self._watch()
@@ -300,6 +308,12 @@ class ConfigWatcher:
             callback(argument)
         except Exception:
             log.exception("config reload callback failed")
+
+
+def _has_links(config_dir):
+    """Whether a config file, or patterns/ or codes/, is a symbolic link."""
+    paths = [Path(config_dir, "patterns"), Path(config_dir, "codes"), *config_files(config_dir)]
+    return any(path.is_symlink() for path in paths)
 
 
 def _empty_files(paths):

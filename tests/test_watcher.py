@@ -244,3 +244,24 @@ def test_a_reload_the_database_interrupted_is_tried_again_not_rejected(config_di
         assert not (tmp_path / "logs" / "admin_alerts.log").exists()
     finally:
         watcher.stop()
+
+
+def test_an_edit_of_a_linked_pattern_files_target_is_picked_up(config_dir, tmp_path):
+    """A pattern file kept elsewhere (a git checkout) and linked in: editing its target makes no event in the
+    config directory, and the daemon must not keep the old rules while classify shows the new ones."""
+    kept = tmp_path / "git" / "50-local.toml"
+    kept.parent.mkdir()
+    kept.write_text(NEW_FILE, encoding="utf-8")
+    (config_dir / "patterns" / "50-local.toml").symlink_to(kept)
+    watcher = start_watcher(config_dir, tmp_path / "logs")
+    try:
+        assert pattern_in_effect(watcher, "gateway.*timeout", "gateway timeout")
+        kept.write_text(NEW_FILE.replace("gateway.*timeout", "pulley.*seized"), encoding="utf-8")
+        assert wait_for(lambda: pattern_in_effect(watcher, "pulley.*seized", "pulley seized"), 30)
+        kept.write_text("[[category]\\n", encoding="utf-8")  # a bad edit: refused once, not at every look
+        assert wait_for(lambda: watcher.last_rejected is not None, 30)
+        checks = len(watcher.checks)
+        kept.parent.joinpath("other").write_text("x")  # time passes: several looks
+        assert not wait_for(lambda: len(watcher.checks) > checks + 1, 3)
+    finally:
+        watcher.stop()
