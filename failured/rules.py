@@ -108,16 +108,20 @@ def pattern_problem(text):
         compiled = re2.compile(text, options=re2_options())
     except re2.error as exc:
         reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        return f"RE2 cannot compile it: {reason} (RE2 has no lookaround or backreferences)"
+        lookaround = "perl operator" in reason or "escape sequence: \\" in reason and reason[-1:].isdigit()
+        return f"RE2 cannot compile it: {reason}" + (" (RE2 has no lookaround or backreferences)" if lookaround else "")
     if compiled.search("") is not None:
         return "matches the empty string, so it would match every message"
-    if all(compiled.search(probe) is not None for probe in UNRELATED_MESSAGES):
-        return "matches every one of several unrelated messages (a catch-all such as '.'): it would decide every failure"
+    if any(all(compiled.search(probe) is not None for probe in probes) for probes in UNRELATED_MESSAGES):
+        return "matches every one of several unrelated messages (a catch-all such as '.' or '\\w'): it would decide " \
+               "every failure"
     return None
 
 
-# Messages with nothing in common: a pattern that matches all of them (".", "[^!]", "(?s).+") says nothing of a cause.
-UNRELATED_MESSAGES = ("x", "0", "中", "frobnicator exploded in bay 7", "Connection timed out", "订单12345不存在")
+# Messages with nothing in common, English and Chinese apart: a pattern that matches all of one set (".", "[^!]",
+# "(?s).+", or "\w" and "\b", which RE2 reads as ASCII) says nothing of a cause.
+UNRELATED_MESSAGES = (("x", "0", "frobnicator exploded in bay 7", "Connection timed out"),
+                      ("中", "订单12345不存在", "数据库连接失败"))
 
 
 MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024  # 25 times the shipped config: a bigger file is a mistake

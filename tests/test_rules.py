@@ -63,6 +63,12 @@ def test_new_name_is_a_custom_category(config_dir):
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["(unclosed"]\n', 'category "x".patterns[0]', "missing )"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = [".*"]\n', 'category "x".patterns[0]', "matches the empty string"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["."]\n', 'category "x".patterns[0]', "a catch-all such as"),
+    # RE2's \\w and \\b are ASCII: they miss a Chinese probe but match every English message
+    ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["\\\\w"]\n', 'category "x".patterns[0]', "a catch-all such as"),
+    ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["\\\\b"]\n', 'category "x".patterns[0]', "a catch-all such as"),
+    ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["[一-龥]"]\n', 'category "x".patterns[0]', "a catch-all such as"),
+    # the hint on lookaround only where RE2 refused one
+    ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\npatterns = ["gizmo(melted"]\n', 'category "x".patterns[0]', "missing ): gizmo(melted"),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 30\n', 'category "x".priority', 'also used by "recoverable_network"'),
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\ntags = ["NETWORK"]\n', 'category "recoverable_network".tags', "tag [NETWORK] is also a tag of \"x\""),
     ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\n', 'category "x".retry.delays', 'action "retry" needs'),
