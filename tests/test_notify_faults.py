@@ -163,7 +163,7 @@ def test_robot_health_is_written_when_the_outcome_changes_not_per_message(store,
     assert health(store, "ops")["ok"] is True and len(robot.received) == 6
 
 
-def test_a_removed_channel_drops_its_health(store, clock, tmp_path, robot_server):
+def test_a_removed_channel_keeps_its_health_while_its_rows_wait_then_drops_it(store, clock, tmp_path, robot_server):
     robot = robot_server("dingtalk", TOKEN, clock=clock.now)
     main = (f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "{TOKEN}"\n\n'
             '[[routes]]\nchannels = ["ops"]\n')
@@ -174,7 +174,11 @@ def test_a_removed_channel_drops_its_health(store, clock, tmp_path, robot_server
     assert health(store, "ops")["ok"] is False
     without = load_config(write_config(tmp_path / "cfg2", SMALL_PATTERNS), log_dir=tmp_path / "logs")
     dispatcher.config = lambda: without
-    lane(dispatcher, "ops", clock).process()
+    gone = lane(dispatcher, "ops", clock)
+    gone.process()
+    assert health(store, "ops")["ok"] is False  # its row waits for it: status goes on listing it
+    clock.advance(25 * 3600)
+    gone.process()  # the row expires at the retry horizon, and nothing is left to wait
     assert health(store, "ops") is None
 
 

@@ -98,10 +98,12 @@ class Lane:
         self._deliveries = 0  # messages the channel took since the daemon started
         self._refused_after = {}  # row id -> deliveries when the channel first refused it on its own
         self._unconfigured_said = False  # whether the admins heard that the channel left the configuration
+        self._started_at = NEVER  # monotonic time the lane's thread started
 
     # -- the loop ---------------------------------------------------------------
 
     def start(self, now):
+        self._started_at = self.dispatcher.monotonic()
         self._load_history(now)
         self.thread = threading.Thread(target=self._loop, name=f"notify-{self.name}", daemon=True)
         self.thread.start()
@@ -184,8 +186,11 @@ class Lane:
         self._offset = self._last_pass = None
         self._load_history(now)
         # A daemon whose session the server ended may have sent rows it could not mark yet: it marks them as soon
-        # as it reaches the database again, before this lane reads what is due.
-        self.paused_until = self.dispatcher.monotonic() + TAKEOVER_PAUSE_SECONDS
+        # as it reaches the database again, before this lane reads what is due. Not at start (nothing to wait
+        # for that a start would not wait for anyway), nor for the log channel (a line twice harms no one).
+        mono = self.dispatcher.monotonic()
+        if self.name != LOG_CHANNEL and mono - self._started_at > TAKEOVER_PAUSE_SECONDS:
+            self.paused_until = mono + TAKEOVER_PAUSE_SECONDS
         log.info("channel %s: delivered by this daemon from now on", self.name)
 
     def process(self):
