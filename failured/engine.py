@@ -18,7 +18,7 @@ from . import policy
 from .classify import Classification
 from .config import config_files, content_digest
 from .fingerprint import fingerprint
-from .handlers import HandlerSpec
+from .handlers import RUNS_ELSEWHERE, HandlerSpec
 from .intake import clean_text
 from .members import SoloMembership
 from .metrics import Metrics
@@ -81,6 +81,8 @@ def handler_alive(pid):
     """Whether a process of the command handler's process group still runs. Each handler leads a session of its
     own (its pid is its group's id), and what it starts (``sh -c 'work &'``) may outlive it and its daemon: the
     task must not run again beside them. A group id is not reused while any process of the group lives."""
+    if pid == RUNS_ELSEWHERE:
+        return True
     if not pid:
         return False
     try:
@@ -602,16 +604,20 @@ class Engine:
         now = self.clock.now()
         released = []
         for task in rows.running_tasks(self.store, owner=self.owner):
-            if handler_alive(task.handler_pid):
+            due, reason = now, "daemon stopping"
+            if task.handler_pid == RUNS_ELSEWHERE:  # a Celery task runs on in its worker: sent again once it is over
+                due = max(now, task.lease_until or now)
+                reason = "daemon stopping; its Celery task may still run, so it is sent again when its lease ends"
+            elif handler_alive(task.handler_pid):
                 try:
                     os.killpg(task.handler_pid, signal.SIGKILL)
                 except OSError:
                     pass
             with self.store.transaction():
-                updated = rows.take_back(self.store, task.id, self.owner, now, uncount=True)
+                updated = rows.take_back(self.store, task.id, self.owner, now, uncount=True, due=due)
                 if updated:
                     rows.add_event(self.store, task.id, now, "interrupted", SCHEDULED, task.category,
-                                   task.attempts - 1, reason="daemon stopping")
+                                   task.attempts - 1, reason=reason)
                     released.append(task.id)
         return released
 
@@ -639,7 +645,7 @@ def _handler_may_run(task, shared):
     the database, it ran on another host, where no one here can tell (its lease, the handler's timeout,
     bounds the wait)."""
     if shared and task.handler_pid and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname():
-        return True
+        return True  # RUNS_ELSEWHERE included
     return handler_alive(task.handler_pid)
 
 

@@ -425,10 +425,15 @@ def _parse_celery(table, path, key):
     return parse_celery(table, path, key)
 
 
+# The handler pid of a retry that runs where no one here can see or stop it (a Celery worker): only its lease,
+# which the handler's timeout bounds, says when it is surely over.
+RUNS_ELSEWHERE = -1
+
+
 def _run_celery(spec, task, on_start):
     from .integrations.celery_handler import run_celery
 
-    return run_celery(spec, task)
+    return run_celery(spec, task, on_start)
 
 
 def _call_target(target, payload, result):

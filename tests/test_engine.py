@@ -228,6 +228,31 @@ def test_an_orphan_waits_while_a_process_its_handler_started_still_runs(engine, 
     assert Task.get_by_id(task_id).status == "scheduled"
 
 
+def test_a_retry_running_in_a_celery_worker_is_never_sent_again_beside_itself(engine, store, clock, snapshot):
+    """The daemon cannot stop a task a Celery worker runs: a daemon's death or stop leaves it running, so the task
+    waits for its lease (twice the handler's timeout and 30 s) before it is sent again."""
+    from failured.handlers import RUNS_ELSEWHERE
+
+    dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    dead.claim(task_id)
+    dead.record_pid(task_id, RUNS_ELSEWHERE)  # as the celery handler does before it sends the task
+    lease_until = Task.get_by_id(task_id).lease_until
+    assert engine.take_back_leases(orphans_only=True) == ([], [task_id])  # its daemon died: it waits all the same
+    clock.advance(lease_until - clock.now() + 1)
+    assert [q[0] for q in engine.take_back_leases(orphans_only=True)[0]] == [task_id]
+    # A daemon that stops while its Celery retry runs puts the task back due when the lease ends, not now.
+    engine.claim(task_id)
+    engine.record_pid(task_id, RUNS_ELSEWHERE)
+    lease_until = Task.get_by_id(task_id).lease_until
+    assert engine.release_own_leases() == [task_id]
+    task = Task.get_by_id(task_id)
+    assert (task.status, task.next_retry_at) == ("scheduled", lease_until)
+    assert "its Celery task may still run" in TaskEvent.select().order_by(TaskEvent.id.desc()).first().detail
+
+
 def test_a_success_after_its_lease_was_taken_back_is_neither_recorded_nor_counted(store, clock, snapshot):
     metrics = Metrics()
     engine = Engine(store, Settings(), clock, lambda: snapshot, owner="test:1:0", metrics=metrics)

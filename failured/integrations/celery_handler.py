@@ -7,15 +7,17 @@ queue of this attempt's own, which this thread waits on. No answer within
 """
 
 import importlib.util
+import logging
 import socket
 import threading
 import time
 
 from ..errors import ConfigError
-from ..handlers import Outcome, expand_env
+from ..handlers import RUNS_ELSEWHERE, Outcome, expand_env
 from . import protocol
 
 FIELDS = ("kind", "broker", "task", "queue", "countdown", "timeout")
+log = logging.getLogger("failured.handlers")
 REPLY_QUEUE_GRACE = 60  # RabbitMQ drops a reply queue this long after its wait is over (x-expires)
 
 _apps = {}  # broker URL -> Celery app used for sending; guarded by _apps_lock
@@ -99,8 +101,10 @@ def _app_for(broker):
         return app
 
 
-def run_celery(spec, task):
-    """One retry through Celery; returns an Outcome (the caller turns exceptions into one too)."""
+def run_celery(spec, task, on_start=None):
+    """One retry through Celery; returns an Outcome (the caller turns exceptions into one too). ``on_start`` is
+    told RUNS_ELSEWHERE before the task is sent: the daemon cannot stop it, so a stop or a takeover waits for its
+    lease rather than send it again beside it."""
     options = dict(spec.options)
     try:
         broker = expand_env(options["broker"])
@@ -115,7 +119,7 @@ def run_celery(spec, task):
     queue = options.get("queue") or (task.payload.get("queue") if "args" in task.payload else None)
     try:
         return _send_and_wait(_app_for(broker), spec, task, name, queue, args, kwargs,
-                              options.get("countdown") or None)
+                              options.get("countdown") or None, on_start)
     except Exception as exc:  # broker down, refused login, ...: a failed attempt, retried as usual
         from kombu.utils.url import maybe_sanitize_url
 
@@ -124,7 +128,16 @@ def run_celery(spec, task):
                        type(exc).__name__)
 
 
-def _send_and_wait(app, spec, task, name, queue, args, kwargs, countdown):
+def _note_runs_elsewhere(on_start, task):
+    if on_start is None:
+        return
+    try:
+        on_start(RUNS_ELSEWHERE)
+    except Exception:  # the lease then ends as a command handler's would: logged, the retry goes on
+        log.exception("task %s: the retry's lease not marked as running in a worker", task.id)
+
+
+def _send_and_wait(app, spec, task, name, queue, args, kwargs, countdown, on_start=None):
     from kombu import Consumer, Queue
 
     reply_to = protocol.reply_queue_name(task.id, task.attempt)
@@ -136,7 +149,11 @@ def _send_and_wait(app, spec, task, name, queue, args, kwargs, countdown):
         # The reply queue exists before the task is sent: an answer cannot come too early.
         with Consumer(conn, [reply_queue], callbacks=[lambda body, message: answers.append(body)],
                       accept=["json"], no_ack=True):
+            _note_runs_elsewhere(on_start, task)
+            # A message no worker took within the wait is dropped (expires): it never starts beside the next
+            # attempt. (The task's own time_limit, not ours, bounds a run: the app knows its work.)
             sent = app.send_task(name, args=args, kwargs=kwargs, queue=queue, countdown=countdown,
+                                 expires=spec.timeout,
                                  headers=protocol.headers(task.id, task.attempt, reply_to))
             while not answers and time.monotonic() < deadline:
                 try:

@@ -567,14 +567,15 @@ def running_tasks(store, owner=None, not_owner=None, lease_before=None, not_of_o
     return [_task_of(row) for row in store.execute(sql + " ORDER BY id", tuple(params)).fetchall()]
 
 
-def take_back(store, task_id, owner, now, uncount=False):
-    """A running task of ``owner`` back to scheduled, due now (``uncount``: its attempt not counted)."""
+def take_back(store, task_id, owner, now, uncount=False, due=None):
+    """A running task of ``owner`` back to scheduled, due now or at ``due`` (``uncount``: its attempt not
+    counted)."""
     attempts = ", attempts = attempts - 1" if uncount else ""
     whose, params = ("lease_owner IS NULL", ()) if owner is None else ("lease_owner = ?", (owner,))
     return store.execute(
         f"UPDATE tasks SET status = '{SCHEDULED}', next_retry_at = ?, lease_owner = NULL, lease_until = NULL,"
         f" handler_pid = NULL, updated_at = ?{attempts} WHERE id = ? AND status = '{RUNNING}' AND {whose}",
-        (stamp(now), stamp(now), task_id, *params)).rowcount == 1
+        (stamp(now if due is None else due), stamp(now), task_id, *params)).rowcount == 1
 
 
 # -- manual control -------------------------------------------------------------------
