@@ -259,20 +259,24 @@ static inline int in_id_class(Py_UCS4 c)
     return is_ascii_alnum(c) || c == '_' || c == '-';
 }
 
-/* \b[A-Za-z0-9_-]{6,}\b with _id_or_keep: replaced by <id> when it holds three digits
+/* (?:\b|(?<=[^\x00-\x7f]))[A-Za-z0-9_-]{6,}(?:\b|(?=[^\x00-\x7f])) with _id_or_keep: replaced by <id> when it holds three digits
  * or more and a letter. Greedy to the run's end, then back to the last boundary that
  * leaves six characters or more. */
 static int match_id(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
 {
     Py_ssize_t n = t->n, r, e;
-    if (!in_id_class(AT(t, p)) || !boundary(t, p))
+    /* (?:\b|(?<=[^\x00-\x7f])) before, (?:\b|(?=[^\x00-\x7f])) after: beside a Chinese character too */
+    if (!in_id_class(AT(t, p)) || !(boundary(t, p) || (p > 0 && AT(t, p - 1) > 0x7f)))
         return 0;
     for (r = p; r < n && in_id_class(AT(t, r)); r++)
         ;
     if (r - p < 6)
         return 0;
-    for (e = r; e >= p + 6 && !boundary(t, e); e--)
-        ;
+    if (r < n && AT(t, r) > 0x7f)
+        e = r;
+    else
+        for (e = r; e >= p + 6 && !boundary(t, e); e--)
+            ;
     if (e < p + 6)
         return 0;
     int digits = 0, letter = 0;

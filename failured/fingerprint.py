@@ -80,7 +80,9 @@ _REPLACEMENTS = [
     (re2, ".", rf"\b(?:[a-z0-9-]+\.)+(?:{_TLDS})(?::\d+)?\b(?P<more>\.[A-Za-z_])?|\blocalhost(?::\d+)?\b(?P<x>)",
      _host_or_keep),
     (re, None, r"\b0x[0-9a-fA-F]+\b|\b[0-9a-f]{8,}\b", _hex_or_keep),
-    (re, None, r"\b[A-Za-z0-9_-]{6,}\b", _id_or_keep),  # greedy to the run's end: never rescans
+    # Greedy to the run's end: never rescans. Beside a Chinese character (a word character to \b, so
+    # "运单号SF1234567890不存在" had no boundary) a run starts and ends as beside a space.
+    (re, None, r"(?:\b|(?<=[^\x00-\x7f]))[A-Za-z0-9_-]{6,}(?:\b|(?=[^\x00-\x7f]))", _id_or_keep),
     # A number is replaced whole, never its tail: "order_12" -> "order_<num>", "utf8" stays.
     (re, None, r"(?<![A-Za-z0-9<])[-+]?\d+(?:\.\d+)?", "<num>"),
     (re, None, r"\s+", " "),
