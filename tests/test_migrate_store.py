@@ -255,3 +255,22 @@ def test_an_interrupted_copy_is_refused_with_how_to_clear_it(target, tmp_path):
     done = run_cli("migrate-store", "--to", target, env={"FAILURE_DB": source}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _pg(target, "SELECT count(*), max(id) FROM tasks") == [(20, 20)]
+
+
+def test_a_worker_that_opened_the_file_before_the_move_is_refused_after_it(target, tmp_path):
+    """A Celery worker's reporter keeps its store open: after migrate-store its writes had gone on into the moved
+    file, where no daemon reads them. Each write asks first; the refused report stays the worker's to spool."""
+    from failured.integrations.targets import DeliveryError, StoreTarget
+
+    source = _filled_sqlite(tmp_path)
+    reporter = StoreTarget(source)
+    record = {"kind": "failure", "task_type": "sync", "error": "connection refused"}
+    assert reporter.send(record)  # opened and written before the move
+    moved = run_cli("migrate-store", "--to", target, env={"FAILURE_DB": source}, cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr
+    with pytest.raises(DeliveryError) as refused:
+        reporter.send(record)
+    assert "was moved into postgresql://" in str(refused.value)
+    outcomes, error = reporter.send_many([record])
+    assert outcomes == [] and "was moved into" in str(error)
+    assert _pg(target, "SELECT count(*) FROM tasks") == [(21,)]  # the copy holds the first write, nothing after

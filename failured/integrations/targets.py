@@ -234,8 +234,14 @@ class StoreTarget:
 
     def _open(self):
         try:
-            return self.store()  # a missing or unreadable database: not yet, rather than never
+            store = self.store()  # a missing or unreadable database: not yet, rather than never
+            if not is_url(self._location):
+                # migrate-store may have moved it since this worker opened it: every write would be lost
+                store.refuse_if_moved()
+            return store
         except self._errors as exc:
+            with self._lock:
+                self._store = None  # a moved store was closed: opening again says so too
             raise self._error(exc) from None
 
     def _failed(self, exc):

@@ -269,12 +269,13 @@ class Store:
             if create or not isinstance(error, (StoreFullError, StoreReadOnlyError)):
                 raise error from None
             self._open_read_only(error)
-        self._refuse_if_moved()
+        self.refuse_if_moved()
         return self
 
-    def _refuse_if_moved(self):
+    def refuse_if_moved(self):
         """A SQLite database ``migrate-store`` copied into PostgreSQL is read and written by no daemon any more:
-        a reporter still pointed at it had written there without a word, and its failures were never handled."""
+        a reporter still pointed at it had written there without a word, and its failures were never handled.
+        Asked at open, and by a worker's reporter before each write (it may have opened it before the move)."""
         moved = self.get_state(MOVED_KEY)
         if moved:
             self.close()
