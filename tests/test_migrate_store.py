@@ -274,3 +274,26 @@ def test_a_worker_that_opened_the_file_before_the_move_is_refused_after_it(targe
     outcomes, error = reporter.send_many([record])
     assert outcomes == [] and "was moved into" in str(error)
     assert _pg(target, "SELECT count(*) FROM tasks") == [(21,)]  # the copy holds the first write, nothing after
+
+
+def test_reports_spooled_for_the_moved_file_are_sent_to_where_it_moved(target, tmp_path, monkeypatch):
+    """A worker refused by the moved file spools its reports under that file's own spool; restarted with
+    FAILURE_DB set to the new URL, it had a spool of its own and the old reports waited forever."""
+    from failured.integrations.celery import adopt_moved_spools, default_spool_dir
+    from failured.integrations.spool import Spool
+    from failured.integrations.targets import StoreTarget
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    source, other = _filled_sqlite(tmp_path), _filled_sqlite(tmp_path / "other")
+    spools = {}
+    for path in (source, other):  # the workers' start: each SQLite spool notes its file
+        spools[path] = Spool(default_spool_dir(StoreTarget(path)))
+        adopt_moved_spools(spools[path], StoreTarget(path))
+        spools[path].put({"kind": "failure", "task_type": "sync", "error": f"refused while moved ({path})"})
+    assert run_cli("migrate-store", "--to", target, env={"FAILURE_DB": source}, cwd=tmp_path).returncode == 0
+    moved_to = StoreTarget(target)
+    here = Spool(default_spool_dir(moved_to))
+    adopt_moved_spools(here, moved_to)  # the worker restarted with FAILURE_DB set to the URL
+    [report] = here.pending()
+    assert source in Spool.read(report)["error"]
+    assert spools[source].pending() == [] and len(spools[other].pending()) == 1  # not moved: not taken

@@ -16,6 +16,7 @@ Celery is imported here, so this module needs ``pip install 'failured[celery]'``
 """
 
 import collections
+import contextlib
 import fnmatch
 import hashlib
 import linecache
@@ -32,6 +33,7 @@ from celery.app.task import Context
 
 from ..intake import bound_error
 from ..settings import load_settings
+from ..store import is_url, moved_into
 from . import protocol
 from .reporter import Reporter
 from .spool import Spool
@@ -60,6 +62,30 @@ def default_spool_dir(target=None):
     return spool if target is None else spool / hashlib.sha256(target.identity().encode()).hexdigest()[:16]
 
 
+TARGET_FILE = "target"  # in a SQLite store's spool directory: the database's path
+
+
+def adopt_moved_spools(spool, target):
+    """Reports spooled for a SQLite database that migrate-store has since moved into ``target`` (a worker refused
+    by the moved file spools them under that file's own directory): delivered from ``spool``, not left forever.
+    A SQLite target's spool notes its path so that the one it moved into knows it."""
+    if isinstance(target, StoreTarget) and not is_url(target.location):
+        with contextlib.suppress(OSError):
+            spool.dir.mkdir(parents=True, exist_ok=True)
+            (spool.dir / TARGET_FILE).write_text(os.path.abspath(target.location), encoding="utf-8")
+        return
+    for other in sorted(spool.dir.parent.glob(f"*/{TARGET_FILE}")) if spool.dir.parent.is_dir() else ():
+        try:
+            moved_to = moved_into(other.read_text(encoding="utf-8"))
+        except OSError:
+            continue
+        if moved_to is not None and moved_to == target.describe() and other.parent != spool.dir:
+            count = spool.adopt(other.parent)
+            if count:
+                log.warning("failured: %d reports spooled for %s, which was moved into %s, are sent there", count,
+                            other.read_text(encoding="utf-8"), moved_to)
+
+
 def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=None, exclude=None,
             timeout=2.0, flush_interval=5.0, count_successes=True, fsync=False):
     """Report ``app``'s failed tasks to failured; returns the installed integration.
@@ -80,6 +106,8 @@ def install(app, *, api_url=None, token=None, db=None, spool_dir=None, include=N
     else:
         target = StoreTarget(db or load_settings().db, timeout)
     spool = Spool(spool_dir or os.environ.get("FAILURE_SPOOL_DIR") or default_spool_dir(target), durable=fsync)
+    if not (spool_dir or os.environ.get("FAILURE_SPOOL_DIR")):
+        adopt_moved_spools(spool, target)
     reporter = Reporter(target, spool, flush_interval=flush_interval)
     integration = CeleryIntegration(app, reporter, TaskFilter(include, exclude), count_successes)
     integration.connect()

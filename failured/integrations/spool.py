@@ -247,6 +247,21 @@ class Spool:
     def is_empty(self):
         return not self.pending()
 
+    def adopt(self, other):
+        """Move the waiting reports of spool directory ``other`` here: its files, and the slots holding a report
+        whose writer is gone (a living writer's slots stay: it may write them yet). Returns how many."""
+        moved = 0
+        for path in Spool(other).pending():
+            if path.name.endswith(SLOT_SUFFIX) and _writer_alive(path.name):
+                continue
+            self._ensure_dir()
+            try:
+                os.rename(path, self.dir / path.name)
+                moved += 1
+            except FileNotFoundError:  # its sender got to it first
+                pass
+        return moved
+
     def drain(self, deliver, batch=1, stop=None):
         """Send records oldest first, ``batch`` at a time; stop at the first batch that fails or when ``stop()``.
 

@@ -206,6 +206,11 @@ class StoreTarget:
     def describe(self):
         return self.path
 
+    @property
+    def location(self):
+        """FAILURE_DB as given: a SQLite path or a URL (with its password: never shown)."""
+        return self._location
+
     def identity(self):
         """Which failured this is, for the spool a worker keeps for it (hashed there: the password never shows)."""
         return f"store {self._location if is_url(self._location) else os.path.abspath(self._location)}"

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..clock import to_db_time
-from ..errors import InputError, StoreError, StoreFullError, StoreReadOnlyError
+from ..errors import FailuredError, InputError, StoreError, StoreFullError, StoreReadOnlyError
 from ._peewee import Psycopg3Adapter, pw
 from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo,
                      create_counters, views)
@@ -119,6 +119,7 @@ class StoreMovedError(StoreError):
     """The SQLite database was moved into PostgreSQL by ``migrate-store``."""
 
     def __init__(self, path, moved):
+        self.moved = moved
         super().__init__(f"database {path} was moved into {moved.get('to')} by migrate-store at {moved.get('at')}: "
                          "set FAILURE_DB to that URL here too (the SQLite file is kept only as a backup; to use it "
                          f"again, sqlite3 {path} \"DELETE FROM daemon_state WHERE key = '{MOVED_KEY}'\")")
@@ -994,6 +995,18 @@ def _first_line(exc, url):
     if password and password.group(1):
         text = text.replace(password.group(1), "***")
     return mask_url(text)
+
+
+def moved_into(path):
+    """Where ``migrate-store`` moved the SQLite database at ``path`` (its masked URL), or None: not moved, or not
+    there any more."""
+    try:
+        Store(path).open(create=False).close()
+    except StoreMovedError as moved:
+        return moved.moved.get("to")
+    except (FailuredError, OSError, pw.DatabaseError):
+        pass
+    return None
 
 
 def open_store(location, create=True):
