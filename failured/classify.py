@@ -27,7 +27,7 @@ from .loghead import without_log_head
 from .matcher import PatternSet, PatternTooLarge
 from .rules import UNKNOWN
 from .speedups import compiled
-from .text import clean_text
+from .text import clean_text, quoted
 from .wrapper import wrapped_error
 
 # Compiled (failured/_speedups.c): model.spell_identifiers, python_without_frames, python_exception_type_in and
@@ -266,7 +266,7 @@ class Classifier:
         except PatternTooLarge as exc:
             _, text, category, path = self._pattern_owner[exc.index]
             raise ConfigErrors([ConfigError(path, f"category {category.name!r}",
-                                            f"pattern {text!r} is too large for RE2's memory budget: "
+                                            f"pattern {quoted(text)} is too large for RE2's memory budget: "
                                             "simplify it (smaller repetition counts, fewer alternatives)")]) from None
         # The API classifies a failure for its answer and the engine again a moment later,
         # and error storms repeat messages: a small cache halves the work. Results are frozen.
@@ -395,7 +395,7 @@ class Classifier:
         if category is None or category is found[0]:
             return found, None
         _, stage, what = found
-        return (category, "model", f"confidence {confidence:.2f}, over {stage} {what!r}"), confidence
+        return (category, "model", f"confidence {confidence:.2f}, over {stage} {quoted(what)}"), confidence
 
     def firm(self, found):
         """Whether the model may never overrule ``found`` (a rule stage's answer): an early code, or a pattern

@@ -21,7 +21,7 @@ from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
 from .notify import messages
 from .settings import load_settings, misspelt_variables
-from .text import printable
+from .text import printable, quoted
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports for a tool that SIGPIPE ended
@@ -84,7 +84,7 @@ def cmd_classify(args, settings):
     if args.json:
         _print_json(result.to_dict())
         return EXIT_OK
-    matched = f"{result.matched_by} {result.pattern!r}" if result.pattern else result.matched_by
+    matched = f"{result.matched_by} {quoted(result.pattern)}" if result.pattern else result.matched_by
     print(f"category:    {result.category} ({result.label})\n"
           f"action:      {result.action}\n"
           f"matched by:  {matched}\n"

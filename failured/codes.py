@@ -33,6 +33,7 @@ from .speedups import speedups as _speedups
 from .errors import ConfigError, ConfigErrors
 from .matcher import PatternSet, PatternTooLarge, encode
 from .rules import check_type, pattern_problem, re2_options, read_toml, toml_files
+from .text import quoted
 
 TABLE_KEYS = {"name", "kind", "priority", "keys", "when", "codes", "aliases", "texts", "replace", "early"}
 MAX_SCAN_CHARS = 4000  # codes sit near the start of a message or its last lines
@@ -216,7 +217,7 @@ def _parse_table(document, path, errors):
     if "when" in document and check_type(document["when"], str, path, "when", errors, "an RE2 pattern"):
         problem = pattern_problem(document["when"])
         if problem:
-            errors.append(ConfigError(path, "when", f"pattern {document['when']!r} {problem}"))
+            errors.append(ConfigError(path, "when", f"pattern {quoted(document['when'])} {problem}"))
         out["when"] = document["when"]
     for section in ("codes", "aliases", "texts"):
         table = document.get(section, {})

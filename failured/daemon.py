@@ -57,6 +57,7 @@ PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and 
 PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
 HOUSEKEEPING_SECONDS = 86400
 REJECTION_TOLD = "config_rejected_told"  # daemon_state: the digest of the refused change the admins were told of
+MAX_LISTED_PROBLEMS = 10  # problems of a refused config an admin alert lists, one bullet each
 # How often the intake asks SQLite whether another connection committed (PRAGMA data_version:
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
 INTAKE_TICK_SECONDS = 0.01
@@ -629,8 +630,10 @@ class Daemon:
             # Several daemons read one directory and each refuses the same change: the admins are told once.
             first = claim_state(self.store, REJECTION_TOLD, told, now)
             if first:
-                enqueue(self.store, self.watcher.current, now, "admin", "config", title,
-                        f"**{title}**\n\n{messages.shorten(lines, 3000)}")
+                listed = "\n".join(messages.shorten(f"- {e}", 600) for e in errors[:MAX_LISTED_PROBLEMS])
+                if len(errors) > MAX_LISTED_PROBLEMS:  # one bullet a problem: a chat renders each on its line
+                    listed += f"\n- … {len(errors) - MAX_LISTED_PROBLEMS} more (failured check-config lists them)"
+                enqueue(self.store, self.watcher.current, now, "admin", "config", title, f"**{title}**\n\n{listed}")
         log.info("config refused: %s", "the admins are told" if first else "the admins were told of it already")
 
     # -- stop -----------------------------------------------------------------

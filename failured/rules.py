@@ -16,6 +16,7 @@ from pathlib import Path
 import re2
 
 from .errors import ConfigError, ConfigErrors
+from .text import quoted
 
 ACTIONS = ("retry", "notify_admin", "notify_user")
 UNKNOWN = "unknown"
@@ -248,7 +249,7 @@ def _parse_category(table, path, key, errors):
                 if name == "patterns":
                     problem = pattern_problem(item)
                     if problem:
-                        errors.append(ConfigError(path, f"{key}.{name}[{i}]", f"pattern {item!r} {problem}"))
+                        errors.append(ConfigError(path, f"{key}.{name}[{i}]", f"pattern {quoted(item)} {problem}"))
                         continue
                     items.append(Pattern(item, str(path), firm))
                 elif name == "tags":

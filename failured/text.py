@@ -38,6 +38,12 @@ def printable(text):
     return _TERMINAL_CONTROL.sub(_escaped, text)
 
 
+def quoted(text):
+    """``text`` (a pattern) in single quotes as it is written, to be copied back into a file: no doubled
+    backslashes as repr() writes them, only control characters escaped."""
+    return "'" + printable(text).replace("\n", "\\n").replace("\t", "\\t") + "'"
+
+
 def _escaped(match):
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

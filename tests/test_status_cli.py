@@ -45,12 +45,15 @@ def test_a_daemon_is_alive_to_status_as_soon_as_it_says_ready(daemon_factory, cl
 
 def test_status_shows_a_rejected_reload_and_why(daemon_factory, tmp_path, cli):
     daemon = daemon_factory().start()
-    (tmp_path / "config" / "patterns" / "50-bad.toml").write_text('[[category]]\nname = "x"\naction = "nope"\npriority = 1\n')
+    (tmp_path / "config" / "patterns" / "50-bad.toml").write_text(
+        '[[category]]\nname = "x"\naction = "nope"\npriority = 1\npatterns = ["(unclosed"]\n')
     daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 1)
     status = json.loads(cli("status", "--json", env=daemon.env).stdout)
-    assert "unknown action 'nope'" in status["config"]["last_rejected"]["errors"][0]
-    rows = daemon.wait_for("SELECT title FROM notifications WHERE kind = 'config'", lambda r: len(r) >= 1)
+    assert any("unknown action 'nope'" in error for error in status["config"]["last_rejected"]["errors"])
+    rows = daemon.wait_for("SELECT title, body FROM notifications WHERE kind = 'config'", lambda r: len(r) >= 1)
     assert "配置" in rows[0][0]
+    bullets = [line for line in rows[0][1].splitlines() if line.startswith("- ")]
+    assert len(bullets) == 2, rows[0][1]  # one bullet a problem: a chat shows each on its own line
 
 
 def test_undoing_a_refused_change_makes_status_healthy_again(daemon_factory, tmp_path, cli):
