@@ -128,6 +128,10 @@ def parse_handler(table: dict, path, key: str) -> HandlerSpec:
 
 def _parse_command(table, path, key):
     argv = table.get("argv")
+    if isinstance(argv, str):  # no shell splits it: which words are the program's is the operator's to say
+        words = ", ".join(f'"{word}"' for word in argv.split()) or '"program"'
+        raise ConfigError(path, f"{key}.argv", f"is a string; it must be a list of the program and its arguments: "
+                                               f"argv = [{words}]")
     if not isinstance(argv, list) or not argv:
         raise ConfigError(path, f"{key}.argv", 'missing or empty; set argv = ["program", "arg", ...]')
     for i, arg in enumerate(argv):

@@ -395,7 +395,7 @@ def test_parse_handler_builds_specs():
     ({"kind": "python", "target": "a:b", "url": "http://x"}, "url", "unknown key for a python handler"),
     ({"kind": "command"}, "argv", "missing or empty; set argv = ["),
     ({"kind": "command", "argv": []}, "argv", "missing or empty"),
-    ({"kind": "command", "argv": "python3 x.py"}, "argv", "missing or empty"),
+    ({"kind": "command", "argv": "python3 retry.py"}, "argv", 'is a string; it must be a list of the program and its arguments: argv = ["python3", "retry.py"]'),
     ({"kind": "command", "argv": ["x", 3]}, "argv[1]", "must be a string; quote it"),
     ({"kind": "command", "argv": ["x", "{payload.__class__}"]}, "argv[1]", "unsupported placeholder {payload.__class__}"),
     ({"kind": "command", "argv": ["x", "{attempt!r}"]}, "argv[1]", "may not have a conversion or format spec"),
