@@ -42,6 +42,7 @@ EXEC_HANDLER_TIMEOUT = 3600.0
 NEW_BATCH = 500
 DECIDE_PER_TRANSACTION = 50
 SHARED_BATCH = 50  # several daemons: new tasks each claims at once (locked while it classifies them)
+POSTPONE_SLACK_SECONDS = 1.0  # a retry already postponed to within this of a breaker's reopening is not postponed again
 
 
 @dataclass(frozen=True)
@@ -553,13 +554,16 @@ class Engine:
         return due
 
     def postpone(self, task_id, until, reason):
-        """Move a due retry later without running it (breaker open); it stays scheduled."""
+        """Move a due retry later without running it (breaker open); it stays scheduled. True while it is
+        scheduled: another daemon whose breaker is open too may have postponed it already (one event, not one a
+        daemon: their ``until``s differ by the milliseconds between their looks)."""
         now = self.clock.now()
         with self.store.transaction():
-            updated = rows.postpone(self.store, task_id, until, now)
+            updated = rows.postpone(self.store, task_id, until, now, slack=POSTPONE_SLACK_SECONDS)
             if updated:
                 rows.add_event(self.store, task_id, now, "postponed", SCHEDULED, delay=until - now, reason=reason)
-        return bool(updated)
+                return True
+            return rows.task_status(self.store, task_id) == SCHEDULED
 
     # -- taking back --------------------------------------------------------
 

@@ -67,6 +67,21 @@ def test_the_open_breaker_postpones_a_due_retry_once_and_its_early_claims_write_
         runner.stop(5)
 
 
+def test_a_retry_another_daemon_postponed_already_is_postponed_once(engine, store, clock):
+    """Several daemons each see the shared breaker open and each postponed the retry: one event a daemon,
+    each to its own reading of the cool-down's end, milliseconds apart."""
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    until = clock.now() + COOLDOWN
+    assert engine.postpone(task_id, until, "breaker open")  # the first daemon
+    assert engine.postpone(task_id, until + 0.003, "breaker open")  # the second: still scheduled, nothing written
+    assert postponements(task_id) == [COOLDOWN]
+    assert Task.get_by_id(task_id).next_retry_at == pytest.approx(until)
+    assert engine.postpone(task_id, until + COOLDOWN, "breaker open")  # opened again later: postponed again
+    assert len(postponements(task_id)) == 2
+
+
 def test_claims_that_fail_with_no_outcome_to_record_are_logged_and_stay_on_the_heap(engine, store, clock, caplog,
                                                                                    monkeypatch):
     """A claim batch the store refuses (a lease past the year 9999 did) had gone back to the heap in silence, at

@@ -543,10 +543,10 @@ def record_pid(store, task_id, owner, pid):
     store.execute("UPDATE tasks SET handler_pid = ? WHERE id = ? AND lease_owner = ?", (pid, task_id, owner))
 
 
-def postpone(store, task_id, until, now):
-    """A scheduled retry moved to ``until``; True when it was still scheduled."""
-    return store.execute(f"UPDATE tasks SET next_retry_at = ?, updated_at = ? WHERE id = ? AND status = '{SCHEDULED}'",
-                         (stamp(until), stamp(now), task_id)).rowcount == 1
+def postpone(store, task_id, until, now, slack=0.0):
+    """A scheduled retry moved to ``until``, unless already due within ``slack`` of it or later; True when it moved."""
+    return store.execute(f"UPDATE tasks SET next_retry_at = ?, updated_at = ? WHERE id = ? AND status = '{SCHEDULED}'"
+                         " AND next_retry_at < ?", (stamp(until), stamp(now), task_id, stamp(until - slack))).rowcount == 1
 
 
 def running_tasks(store, owner=None, not_owner=None, lease_before=None, not_of_or_lease_before=None):
