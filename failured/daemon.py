@@ -57,6 +57,7 @@ PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and 
 PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
 HOUSEKEEPING_SECONDS = 86400
 REJECTION_TOLD = "config_rejected_told"  # daemon_state: the digest of the refused change the admins were told of
+LEAD_SCAN_GAP_SECONDS = 60.0  # a lead gained this soon after this daemon's own report needs no report at once
 MAX_LISTED_PROBLEMS = 10  # problems of a refused config an admin alert lists, one bullet each
 # How often the intake asks SQLite whether another connection committed (PRAGMA data_version:
 # no I/O). A report is decided within this of its commit, without any signal from the reporter.
@@ -98,6 +99,7 @@ class Daemon:
         self._outage_quiet = False  # this loss is the last outage reaching another thread's connection
         self._checkpoint_thread = None
         self._became_leader = threading.Event()  # set by the membership thread; the main loop runs the jobs at once
+        self._reported_at = float("-inf")  # monotonic time of this daemon's last processing report
 
     # -- start ----------------------------------------------------------------
 
@@ -263,7 +265,8 @@ class Daemon:
         self.scheduler.run_pending(held=lambda: self._busy_since is not None)
         if self._became_leader.is_set():  # the lead moved here: the leader's jobs carry on now
             self._became_leader.clear()
-            self._guarded(self.scan)
+            if self.clock.monotonic() - self._reported_at >= LEAD_SCAN_GAP_SECONDS:  # not twice at a first start
+                self._guarded(self.scan)
             self._led(self.check_thresholds)
         if self._purge is not None and self.clock.monotonic() >= self._purge_next:
             self._guarded(self._purge_slice)
@@ -511,6 +514,7 @@ class Daemon:
         if path is None:  # the lead was moving and the other leader reported these events
             return None
         self.store.set_state("last_scan", f"{now:.3f}", now)
+        self._reported_at = self.clock.monotonic()
         log.info("scan: %d new handled, %d leases taken back, %d retries re-queued; report %s",
                  len(handled), len(taken_back), len(missing), path)
         return path

@@ -190,3 +190,14 @@ def test_scan_from_a_shell_without_a_report_directory_writes_where_the_daemon_do
     assert result.returncode == 0, result.stderr
     assert list((daemon.workdir / "reports" / "failure_processing").glob("*.json"))
     assert not (daemon.workdir / "elsewhere" / "reports").exists()
+
+
+def test_a_first_start_writes_one_processing_report_not_two(daemon_factory, tmp_path):
+    """At a first start the scheduled scan reports, and the lead this daemon gains at once had reported again in
+    the same second: two empty reports, ``…_181936.json`` and ``…_181936_2.json``."""
+    daemon = daemon_factory().start()
+    reports = tmp_path / "reports" / "failure_processing"
+    assert wait_for(lambda: list(reports.glob("*.json")), 30), daemon.stderr()
+    report(daemon, "sync", "订单不存在")  # handled on a later pass of the loop than both scans would be
+    daemon.wait_for("SELECT status FROM tasks", lambda rows: rows and rows[0][0] == "notified")
+    assert len(list(reports.glob("*.json"))) == 1, daemon.stderr()
