@@ -241,10 +241,11 @@ def scan_report(settings):
 
 def _with_daemon_reports(store, settings):
     """``settings`` with the daemon's report directory, where FAILURE_REPORT_DIR is not set and a daemon recorded
-    one."""
+    one: the one that wrote the last processing report (several daemons: the leader), else the last to load its
+    configuration."""
     from . import status as status_module
 
-    recorded = (status_module.config_status(store)["active"] or {}).get("reports")
+    recorded = store.get_state(reports.WRITTEN_IN_KEY) or (status_module.config_status(store)["active"] or {}).get("reports")
     if "FAILURE_REPORT_DIR" in settings.given or not recorded:
         return settings
     return dataclasses.replace(settings, report_dir=Path(recorded))

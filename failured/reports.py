@@ -57,6 +57,9 @@ WORDS = {
 }
 
 
+WRITTEN_IN_KEY = "reports_written_in"  # daemon_state: the directory of the daemon that wrote the last processing report
+
+
 def _number(value):
     """30.0 -> 30, 0.25 -> 0.25: delays read as people write them."""
     if value is None:
