@@ -190,6 +190,18 @@ def test_scan_from_a_shell_without_a_report_directory_writes_where_the_daemon_do
     assert result.returncode == 0, result.stderr
     assert list((daemon.workdir / "reports" / "failure_processing").glob("*.json"))
     assert not (daemon.workdir / "elsewhere" / "reports").exists()
+    # Several daemons load the configuration, each with its own directory; the one that reports is the leader.
+    other = daemon.workdir / "other-daemon"
+    from failured import reports
+    from failured.store import open_store
+    store = open_store(daemon.env["FAILURE_DB"], create=False)
+    try:
+        store.set_state("config", json.dumps({"active": {"reports": str(other)}}), 0.0)  # the last to load
+        assert store.get_state(reports.WRITTEN_IN_KEY) == str(daemon.workdir / "reports")
+    finally:
+        store.close()
+    assert run_cli("scan", env=shell, cwd=daemon.workdir / "elsewhere").returncode == 0
+    assert len(list((daemon.workdir / "reports" / "failure_processing").glob("*.json"))) >= 2 and not other.exists()
 
 
 def test_a_first_start_writes_one_processing_report_not_two(daemon_factory, tmp_path):
