@@ -93,6 +93,17 @@ def outlives_its_limit(key):
     time.sleep(60)  # failured's retry: the hard time limit kills the child
 
 
+@app.task(name="t.answers_late")
+def answers_late(key):
+    n = run_number(key)
+    if n == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    go = STATE / (key + ".go")  # the test creates it once failured has stopped waiting for this answer
+    while not go.exists():
+        time.sleep(0.01)
+    return n
+
+
 @app.task(name="t.hang_once")
 def hang_once(key):
     n = run_number(key)
@@ -118,6 +129,14 @@ kind = "celery"
 broker = "${CELERY_BROKER_URL}"
 timeout = 60
 [task_types."t.outlives_its_limit".retry]
+delays = [0.1]
+max_attempts = 1
+
+[task_types."t.answers_late".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 2
+[task_types."t.answers_late".retry]
 delays = [0.1]
 max_attempts = 1
 
@@ -458,3 +477,18 @@ def test_a_failured_retry_killed_by_its_hard_time_limit_answers_its_attempt_and_
     assert "no answer from Celery task" not in errors[0]
     assert json.loads(setup.daemon.query("SELECT payload FROM tasks WHERE id = ?", task_id)[0][0])["queue"] == prefork
     assert setup.tasks("t.outlives_its_limit") == [(task_id, status, ref, attempts)]  # no second task
+
+
+def test_an_answer_that_comes_after_the_wait_does_not_stay_in_redis_for_ever(setup):
+    import redis
+
+    client = redis.Redis.from_url(BROKERS["redis"][2])
+    before = set(client.keys("failured.reply.*"))  # other runs' (task ids repeat from one database to the next)
+    key = uuid.uuid4().hex
+    ref = setup.send("t.answers_late", key)
+    task_id, _, _ = setup.task_by_ref(ref, ("exhausted", "notified", "manual"), timeout=90)  # the wait timed out
+    (setup.state / (key + ".go")).write_text("")
+    wait_until(lambda: set(client.keys(f"failured.reply.{task_id}.*")) - before, 60, "the late answer")
+    [reply] = set(client.keys(f"failured.reply.{task_id}.*")) - before
+    wait_until(lambda: client.ttl(reply) > 0, 60, "the reply's expiry (set just after the answer)")
+    assert client.ttl(reply) <= 3600

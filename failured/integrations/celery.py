@@ -232,7 +232,19 @@ class CeleryIntegration:
             producer.publish(body, exchange="", routing_key=reply_to, serializer="json", retry=True,
                              retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
                                            "interval_max": 1})
+            _expire_on_redis(producer, reply_to)
         log.info("failured task %s attempt %s: %s", task_id, attempt, "succeeded" if ok else f"failed: {error_type}")
+
+
+def _expire_on_redis(producer, reply_to):
+    """On Redis a queue is a key that lives until read: an answer that came after the daemon stopped waiting (a
+    timeout, a daemon killed) stayed for ever, one key each. RabbitMQ drops such a queue itself (x-expires)."""
+    if producer.connection.transport.driver_type != "redis":
+        return
+    try:
+        producer.channel.client.expire(reply_to, protocol.REPLY_TTL_SECONDS)
+    except Exception as exc:  # the answer is out; a key left behind is the lesser harm
+        log.warning("failured reply %s: expiry not set: %s", reply_to, exc)
 
 
 def qualified_name(cls):

@@ -15,6 +15,7 @@ TASK_ID = "failured_task_id"
 ATTEMPT = "failured_attempt"
 REPLY_TO = "failured_reply_to"
 REPLY_PREFIX = "failured.reply"
+REPLY_TTL_SECONDS = 3600  # a reply nobody waits for any more is dropped after this (Redis; RabbitMQ: x-expires)
 # Payload values that were not JSON when reported are stored as {REPR_MARK: repr(value)}.
 REPR_MARK = "__failured_repr__"
 
