@@ -1179,6 +1179,17 @@ static Py_ssize_t coded_state_end(const Text *t, Py_ssize_t i, Py_UCS4 close)
     return digits && i + 5 < t->n && AT(t, i + 5) == close ? i + 5 : -1;
 }
 
+/* A state at i followed by ``close``: the match (``close`` included in it), or 0. */
+static int state_found(const Text *t, Py_ssize_t i, Py_UCS4 close, Py_ssize_t *start, Py_ssize_t *stop,
+                       Py_ssize_t *end)
+{
+    Py_ssize_t closing = coded_state_end(t, i, close);
+    if (closing < 0)
+        return 0;
+    *start = i, *stop = closing, *end = closing + 1;
+    return 1;
+}
+
 /* MySQL's "ERROR 1062 (23000):" and "1045 (28000)": \b[0-9]{4,5} \((state)\) at p. */
 static int mysql_state_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
 {
@@ -1187,11 +1198,7 @@ static int mysql_state_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssi
         i++;
     if (i - p < 4 || i - p > 5 || !boundary(t, p) || !starts_with(t, i, " ("))
         return 0;
-    Py_ssize_t close = coded_state_end(t, i + 2, ')');
-    if (close < 0)
-        return 0;
-    *start = i + 2, *stop = close, *end = close + 1;
-    return 1;
+    return state_found(t, i + 2, ')', start, stop, end);
 }
 
 /* Npgsql's "PostgresException (0x80004005): 23505:": \bPostgresException(?: \(0x[0-9A-F]{8}\))?: (state): */
@@ -1208,11 +1215,7 @@ static int npgsql_state_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ss
     }
     if (!starts_with(t, i, ": "))
         return 0;
-    Py_ssize_t close = coded_state_end(t, i + 2, ':');
-    if (close < 0)
-        return 0;
-    *start = i + 2, *stop = close, *end = close + 1;
-    return 1;
+    return state_found(t, i + 2, ':', start, stop, end);
 }
 
 static int sqlstate_at(const Text *t, Py_ssize_t p, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *end)
