@@ -259,8 +259,8 @@ static inline int in_id_class(Py_UCS4 c)
     return is_ascii_alnum(c) || c == '_' || c == '-';
 }
 
-/* (?:\b|(?<=[^\x00-\x7f]))[A-Za-z0-9_-]{6,}(?:\b|(?=[^\x00-\x7f])) with _id_or_keep: replaced by <id> when it holds three digits
- * or more and a letter. Greedy to the run's end, then back to the last boundary that
+/* (?:\b|(?<=[^\x00-\x7f]))[A-Za-z0-9_-]{6,}(?:\b|(?=[^\x00-\x7f])) with _id_or_keep: replaced by <id>
+ * when it holds three digits or more and a letter. Greedy to the run's end, then back to the last boundary that
  * leaves six characters or more. */
 static int match_id(const Text *t, Py_ssize_t p, Py_ssize_t *end, int *keep, ScanState *state)
 {

@@ -245,7 +245,8 @@ def _with_daemon_reports(store, settings):
     configuration."""
     from . import status as status_module
 
-    recorded = store.get_state(reports.WRITTEN_IN_KEY) or (status_module.config_status(store)["active"] or {}).get("reports")
+    recorded = (store.get_state(reports.WRITTEN_IN_KEY)
+                or (status_module.config_status(store)["active"] or {}).get("reports"))
     if "FAILURE_REPORT_DIR" in settings.given or not recorded:
         return settings
     return dataclasses.replace(settings, report_dir=Path(recorded))

@@ -514,7 +514,8 @@ class Daemon:
         if path is None:  # the lead was moving and the other leader reported these events
             return None
         self.store.set_state("last_scan", f"{now:.3f}", now)
-        self.store.set_state(reports.WRITTEN_IN_KEY, str(Path(self.settings.report_dir).resolve()), now)  # scan from a shell
+        # where `failured scan` from a shell writes too
+        self.store.set_state(reports.WRITTEN_IN_KEY, str(Path(self.settings.report_dir).resolve()), now)
         self._reported_at = self.clock.monotonic()
         log.info("scan: %d new handled, %d leases taken back, %d retries re-queued; report %s",
                  len(handled), len(taken_back), len(missing), path)

@@ -42,7 +42,7 @@ EXEC_HANDLER_TIMEOUT = 3600.0
 NEW_BATCH = 500
 DECIDE_PER_TRANSACTION = 50
 SHARED_BATCH = 50  # several daemons: new tasks each claims at once (locked while it classifies them)
-POSTPONE_SLACK_SECONDS = 1.0  # a retry already postponed to within this of a breaker's reopening is not postponed again
+POSTPONE_SLACK_SECONDS = 1.0  # a retry postponed to within this of a breaker's reopening is not postponed again
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ WORDS = {
 }
 
 
-WRITTEN_IN_KEY = "reports_written_in"  # daemon_state: the directory of the daemon that wrote the last processing report
+WRITTEN_IN_KEY = "reports_written_in"  # daemon_state: where the daemon that wrote the last processing report writes
 
 
 def _number(value):

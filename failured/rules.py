@@ -110,7 +110,8 @@ def pattern_problem(text):
     except re2.error as exc:
         reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         lookaround = "perl operator" in reason or "escape sequence: \\" in reason and reason[-1:].isdigit()
-        return f"RE2 cannot compile it: {reason}" + (" (RE2 has no lookaround or backreferences)" if lookaround else "")
+        hint = " (RE2 has no lookaround or backreferences)" if lookaround else ""
+        return f"RE2 cannot compile it: {reason}{hint}"
     if compiled.search("") is not None:
         return "matches the empty string, so it would match every message"
     if any(all(compiled.search(probe) is not None for probe in probes) for probes in UNRELATED_MESSAGES):
@@ -161,8 +162,8 @@ def read_toml(path, errors):
         return tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows' editors write one) is no error
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
-        errors.append(ConfigError(path, None, f"not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): save the file "
-                                              "as UTF-8 (a GBK file: iconv -f gbk -t utf-8)"))
+        errors.append(ConfigError(path, None, f"not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): save the "
+                                              "file as UTF-8 (a GBK file: iconv -f gbk -t utf-8)"))
     except NotARegularFile as exc:
         errors.append(ConfigError(path, None, str(exc)))
     except tomllib.TOMLDecodeError as exc:

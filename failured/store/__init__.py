@@ -7,7 +7,8 @@ statements, each taking the store it runs on.
 
 from ..states import FINAL_STATUSES, TaskStatus
 from .database import (BUSY_TIMEOUT_SECONDS, DISK_FLOOR_BYTES, PRAGMAS, MissingStoreError, PostgresStore, Store,
-                       StoreOpenError, StoreUnavailableError, is_url, mask_url, moved_into, open_store, translate_error)
+                       StoreOpenError, StoreUnavailableError, is_url, mask_url, moved_into, open_store,
+                       translate_error)
 from .outbox import outbox_counts, outbox_rows, send_again
 from .queries import (LIST_COLUMNS, LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS, failures_by_period, fingerprint_samples,
                       like_literal, list_tasks, recent_messages, unknown_groups)

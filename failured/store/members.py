@@ -104,7 +104,8 @@ def holds_channel_lock(connection, channel):
     """Whether ``connection``'s session still holds ``channel``'s lock (a session the server ended lost it)."""
     return connection.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
-        f" AND objsubid = 2 AND classid = ({_CHANNEL_KEY})::oid AND objid = hashtext(%s)::oid)", (channel,)).fetchone()[0]
+        f" AND objsubid = 2 AND classid = ({_CHANNEL_KEY})::oid AND objid = hashtext(%s)::oid)",
+        (channel,)).fetchone()[0]
 
 
 def release_channel(connection, channel):
