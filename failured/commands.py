@@ -19,6 +19,7 @@ from .config import load_config, unreadable_dirs
 from .errors import ConfigErrors, FailuredError, InputError, StoreError
 from .intake import check_task_type, parse_payload, record_failure
 from .store import MissingStoreError, open_store
+from .text import shell_word, toml_key
 
 
 def with_store(settings, function, *args, create=False, **kwargs):
@@ -144,12 +145,11 @@ def manual_advice(task, handler_now):
     task_id, task_type = task["id"], task["task_type"]
     why = (f"its error can recover, but task type {task_type!r} had no handler to retry it with "
            "when it was classified")
+    requeue = f"failured requeue --type {shell_word(task_type)} --status manual"
     if handler_now:
-        todo = [f"a handler is configured now: failured recover {task_id}",
-                f"or retry every such task: failured requeue --type {task_type} --status manual"]
+        todo = [f"a handler is configured now: failured recover {task_id}", f"or retry every such task: {requeue}"]
     else:
-        todo = [f"configure [task_types.{task_type}.handler] in failured.toml, "
-                f"then: failured requeue --type {task_type} --status manual",
+        todo = [f"configure [task_types.{toml_key(task_type)}.handler] in failured.toml, then: {requeue}",
                 f"or, when it was dealt with by hand: failured resolve {task_id} --note '...'"]
     return {"why": why, "what_to_do": todo}
 

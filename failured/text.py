@@ -1,6 +1,8 @@
 """Text both stores can hold, whatever a reporter, a handler or a command line sends."""
 
+import json
 import re
+import shlex
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -42,6 +44,20 @@ def quoted(text):
     """``text`` (a pattern) in single quotes as it is written, to be copied back into a file: no doubled
     backslashes as repr() writes them, only control characters escaped."""
     return "'" + printable(text).replace("\n", "\\n").replace("\t", "\\t") + "'"
+
+
+def shell_word(value):
+    """``value`` as one word of a shell command failured suggests: quoted when a shell would split it or act
+    on it (a reporter's task type ``x;reboot`` must not run ``reboot`` when the command is pasted)."""
+    return shlex.quote(str(value))
+
+
+_TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(name):
+    """``name`` as one key of a TOML table header: bare when TOML allows it, else a quoted string."""
+    return name if _TOML_BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
 
 
 def _escaped(match):

@@ -70,3 +70,11 @@ def test_after_a_failed_retry_show_gives_the_latest_error_and_still_the_first(da
     [reported] = [line for line in _event_lines(shown) if " reported " in line]
     assert reported.endswith("new         connection timeout"), shown
     daemon.stop()
+
+
+def test_the_advice_for_a_celery_task_name_quotes_it_for_toml_and_the_shell():
+    from failured.commands import manual_advice
+
+    todo = manual_advice({"id": 4, "task_type": "shop.tasks.sync order"}, handler_now=False)["what_to_do"]
+    assert todo[0] == ('configure [task_types."shop.tasks.sync order".handler] in failured.toml, '
+                       "then: failured requeue --type 'shop.tasks.sync order' --status manual")

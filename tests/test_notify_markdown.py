@@ -1,6 +1,7 @@
 """Reporter text in robot markdown is inert: no fake lines, links, images, headings, font tags or mentions."""
 
 import re
+import subprocess
 
 import pytest
 from conftest import SMALL_PATTERNS, write_config
@@ -171,3 +172,22 @@ def test_inert_text_is_cut_to_its_limit_and_stays_inert_when_made_inert_again():
     text = inert("[x](y) " * 100, 50)
     assert len(text) == 50 and text.endswith("…") and inert(text) == text
 
+
+
+@pytest.mark.parametrize("task_type", ["shop.tasks.sync_order", "sync; touch PWNED", "$(touch PWNED)", "it's"])
+def test_a_command_in_a_notice_pasted_into_a_shell_gets_the_task_type_as_one_word(task_type, tmp_path):
+    _, body = messages.manual_message("en", task_type, Task(id=3, task_type=task_type, ref=None,
+                                                            error_message="timeout", error_type=None))
+    commands = re.findall(r"`(failured (?:requeue|list) [^`]*)`", body)
+    assert len(commands) == 2
+    for command in commands:  # a real shell prints the words it was given instead of running failured
+        words = subprocess.run(["sh", "-c", "printf '%s\\n' " + command.split(" ", 1)[1]], cwd=tmp_path,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        assert words[words.index("--type") + 1] == task_type, command
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_query_in_a_digest_quotes_a_masked_database_url_for_the_shell():
+    command = messages._query_command("postgresql://failured:***@db.example/failured?sslmode=require")
+    assert command == "psql 'postgresql://failured:***@db.example/failured?sslmode=require' -c"
+    assert messages._query_command("/var/lib/failured/failured.db") == "sqlite3 /var/lib/failured/failured.db"

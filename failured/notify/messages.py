@@ -6,6 +6,7 @@ texts as markdown, and a reporter must not be able to write failured's lines, li
 
 from ..classify import error_summary
 from ..clock import iso
+from ..text import shell_word
 from .channels.mail import REFUSED_ADVICE
 from .channels.base import UNSET_VARIABLE_ADVICE
 from .channels.robots import DINGTALK_REJECTED, WECOM_REJECTED
@@ -40,7 +41,7 @@ TEXTS = {
         "by_category": "按分类", "by_task_type": "按任务类型", "first": "最早的 {n} 条",
         "see_rest": "查看全部", "others": "其余 {kinds} 种：{count}",
         "alerts": "运维告警", "more_alerts": "另有 {count} 条告警",
-        "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {task_type} --status manual`。",
+        "manual_body": "可恢复的失败任务无法自动重试：请在 failured.toml 中为 {task_type} 配置 handler，然后执行 `failured requeue --type {type_word} --status manual`。",
         "paused_title": "[failured] 通道 {channel} 已暂停：其配置无法使用",
         "paused_body": "修改该通道的配置后自动恢复发送；在此之前通知保留在发件箱中。",
         "unconfigured_title": "[failured] 通道 {channel} 已不在配置中：{count} 条通知等待它恢复",
@@ -75,7 +76,7 @@ TEXTS = {
         "by_category": "By category", "by_task_type": "By task type", "first": "First {n}",
         "see_rest": "See them all", "others": "{kinds} more: {count}",
         "alerts": "Alerts", "more_alerts": "{count} more alerts",
-        "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {task_type} --status manual`.",
+        "manual_body": "Recoverable failures cannot be retried automatically: configure a handler for {task_type} in failured.toml, then run `failured requeue --type {type_word} --status manual`.",
         "paused_title": "[failured] Channel {channel} paused: its configuration does not work",
         "paused_body": "It sends again once its config changes; until then its notifications wait in the outbox.",
         "unconfigured_title": "[failured] Channel {channel} is no longer configured: {count} notifications wait for it",
@@ -126,14 +127,15 @@ def manual_message(lang, task_type, first=None):
     task's id, ref and error, and how to list the others (they are not notified one by one)."""
     words = TEXTS[lang]
     task_type = inert(task_type)
+    type_word = shell_word(task_type)  # pasted into a shell: a task type "x;reboot" must stay one word
     title = words["manual_title"].format(task_type=task_type)
-    lines = [f"**{title}**", "", words["manual_body"].format(task_type=task_type)]
+    lines = [f"**{title}**", "", words["manual_body"].format(task_type=task_type, type_word=type_word)]
     if first is not None:
         ref = f" (ref {inert(first.ref)})" if first.ref else ""
         lines += ["", f"- {words['task']}: #{first.id}{ref}",
                   f"- {words['error']}: {inert(error_summary(first.error_message), MAX_ERROR_CHARS)}",
                   f"- {words['inspect']}: `failured show {first.id}`, "
-                  f"`failured list --status manual --type {task_type}`"]
+                  f"`failured list --status manual --type {type_word}`"]
     return title, "\n".join(lines)
 
 
@@ -181,10 +183,8 @@ def _counts(values):
 def _query_command(db_path):
     """The shell command that queries the database: sqlite3 on a file; psql on a URL (shown masked, quoted:
     a URL may carry ``?`` and ``&``)."""
-    location = str(db_path)
-    if location.startswith(("postgresql://", "postgres://")):
-        return f"psql '{location}' -c"
-    return f"sqlite3 {location}"
+    client = "psql" if str(db_path).startswith(("postgresql://", "postgres://")) else "sqlite3"
+    return f"{client} {shell_word(db_path)}" + (" -c" if client == "psql" else "")
 
 
 def digest_message(lang, rows, entries, db_path, digest_id, label=lambda name: name):
