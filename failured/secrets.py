@@ -54,7 +54,22 @@ _CREDENTIAL_SHAPES = tuple(map(re.compile, (
     # authentication failed" is an error's words, not a secret).
     (rf"(?:authorization:\s*(?:bearer|basic|token)?\s*|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}|"
      rf"{_on_its_own('basic')}\s+{_TOKEN_SHAPE})(?P<value>[a-z0-9._~+/=-]{{8,}})"),
+    # A command line's password: curl's "-u user:password" (or --user), and mysql's "-pPASSWORD" (attached).
+    r"-(?<![^\s]-)(?:u|-user)[ \t=]{0,8}['\"]?[^\s:'\"]{1,128}:(?P<value>[^\s'\"]{1,256})",
+    r"(?:mysql|mariadb)[a-z-]{0,12}[ \t][^\n]{0,200}?(?<=[ \t])-p(?P<value>[^\s'\"]{1,256})",
 )))
+
+
+# A key by its vendor's published prefix, wherever it stands (an SDK quotes it back: "Invalid API Key provided:
+# sk_live_..."): Stripe's secret, restricted and webhook keys, OpenAI-style "sk-", GitHub, GitLab, Slack, Google
+# API keys and AWS access key ids. Searched only in a text that holds one of the prefixes: most hold none, and
+# the pattern alone tripled the cost of masking a typical error.
+_VENDOR_KEY_PREFIXES = ("k_live_", "k_test_", "whsec_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+                        "glpat-", "xox", "akia", "asia", "aiza")
+_VENDOR_KEY = re.compile(
+    r"(?<![a-z0-9_-])(?P<value>[sr]k_(?:live|test)_[a-z0-9]{6,}|whsec_[a-z0-9]{16,}|sk-[a-z0-9_-]{20,}|"
+    r"gh[pousr]_[a-z0-9]{30,}|github_pat_[a-z0-9_]{30,}|glpat-[a-z0-9_-]{20,}|xox[abprs]-[a-z0-9-]{10,}|"
+    r"a[ks]ia[0-9a-z]{16}(?![0-9a-z])|aiza[0-9a-z_-]{35})")
 
 
 def expand_env(value: str) -> str:
@@ -66,19 +81,22 @@ def expand_env(value: str) -> str:
     return ENV_REF.sub(sub, value)
 
 
-def mask(text, secrets):
+MASK = "***"
+
+
+def mask(text, secrets, fill=MASK):
     """``text`` with each secret (at least 4 characters) and each credential-looking value (a query's or a
     command line's ``password=``, a header's ``X-Api-Key:``, a URL's password, a bearer token, a quoted
     ``"password"`` key's) as ``***``; a token-shaped one wherever else in the text it appears too (an API key
     given as ``api_key=`` and quoted again in "invalid api key ..."; ``auth=none`` leaves other "none"s be)."""
     if not text:
         return text
-    text = _replaced_everywhere(text, secrets)
+    text = _replaced_everywhere(text, secrets, fill)
     spans = sorted(_credential_spans(text))
     if not spans:
         return text
     shown = [text[start:end] for start, end in spans]
-    return _replaced_everywhere(_spans_replaced(text, spans, lambda length: "***"), _spreading(shown))
+    return _replaced_everywhere(_spans_replaced(text, spans, lambda length: fill), _spreading(shown), fill)
 
 
 def _spans_replaced(text, spans, fill):
@@ -102,7 +120,10 @@ def _credential_spans(text):
     lowered = text.lower()
     if len(lowered) != len(text):  # a letter that lowers to two (İ): offsets would shift; translate is 20x slower
         lowered = text.translate(_ASCII_LOWER)
-    return (match.span(match.lastgroup) for shape in _CREDENTIAL_SHAPES for match in shape.finditer(lowered))
+    shapes = _CREDENTIAL_SHAPES
+    if any(prefix in lowered for prefix in _VENDOR_KEY_PREFIXES):
+        shapes += (_VENDOR_KEY,)
+    return (match.span(match.lastgroup) for shape in shapes for match in shape.finditer(lowered))
 
 
 # What requests leaves unquoted when it re-quotes a URL (requests.utils.requote_uri): a secret put into a URL
@@ -117,13 +138,13 @@ def _variants(secret):
     return quoted | {variant.lower() for variant in quoted}
 
 
-def _replaced_everywhere(text, secrets):
+def _replaced_everywhere(text, secrets, fill=MASK):
     variants = set()
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET_CHARS:
             variants |= _variants(secret)
     for variant in sorted(variants, key=len, reverse=True):
-        text = text.replace(variant, "***")
+        text = text.replace(variant, fill)
     return text
 
 

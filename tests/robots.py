@@ -102,6 +102,7 @@ class _HttpFake(_Served):
     def __init__(self):
         self.port = 0
         self.mode = "up"
+        self.answer_delay = 0.0
         self._server = None
         self._release = threading.Event()
 
@@ -113,6 +114,10 @@ class _HttpFake(_Served):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if fake.mode == "hang":
                     fake._release.wait(10)
+                if fake.answer_delay:  # a robot that posts the message, then answers late
+                    status, body, headers = fake.handle(self.path, dict(self.headers), raw)
+                    time.sleep(fake.answer_delay)
+                    return self._reply(status, body, "application/json", headers)
                 if fake.mode in ("502", "hang"):
                     return self._reply(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
                 status, body, headers = fake.handle(self.path, dict(self.headers), raw)

@@ -200,6 +200,7 @@ def test_outage_is_a_retryable_failure_without_secrets(env, robot_server, kind, 
     robot = robot_server(kind, token_or_key=TOKEN, secret=SECRET if kind == "dingtalk" else None)
     fields = {"access_token": TOKEN, "secret": SECRET} if kind == "dingtalk" else {"key": TOKEN}
     channel = make(kind, url=robot.url, timeout=0.5, **fields)
+    channel.answer_wait = 0.5  # a hung robot is given up on within the test's patience, not after 30 s
     robot.down(outage)
     result = channel.send(message())
     assert (result.ok, result.misconfigured, result.retry_after) == (False, False, None)
@@ -208,6 +209,27 @@ def test_outage_is_a_retryable_failure_without_secrets(env, robot_server, kind, 
     assert "sign=" not in result.error or "sign=***" in result.error
     robot.up()
     assert channel.send(message()).ok
+
+
+@pytest.mark.parametrize("kind", ["dingtalk", "wecom"])
+def test_a_robot_that_answers_after_the_connect_timeout_is_sent_the_message_once(env, robot_server, kind):
+    robot = robot_server(kind, token_or_key=TOKEN)
+    robot.answer_delay = 1.0  # posted at once, answered a second later: five times the channel's timeout
+    fields = {"access_token": TOKEN} if kind == "dingtalk" else {"key": TOKEN}
+    result = make(kind, url=robot.url, timeout=0.2, **fields).send(message())
+    assert result.ok, result.error
+    assert len(robot.received) == 1
+
+
+def test_a_request_sent_but_never_answered_says_it_may_have_arrived(env, robot_server):
+    robot = robot_server("wecom", token_or_key=TOKEN)
+    robot.answer_delay = 2.0
+    channel = make("wecom", key=TOKEN, url=robot.url, timeout=0.2)
+    channel.answer_wait = 0.3
+    result = channel.send(message())
+    assert not result.ok and not result.message_fault
+    assert result.error == "sent, but no answer within 0.3s: it may have arrived and is sent again (ReadTimeout)"
+    assert_no_secret(result, TOKEN)
 
 
 def test_unset_variable_is_misconfigured_and_named(robot_server, monkeypatch):

@@ -61,6 +61,17 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
     ("access_token: tok_1234567 expired", "access_token: *** expired"),
     ("mysqldump --password hunter22 orders", "--password *** orders"),
     ("cli --db-password=hunter22 orders", "--db-password=*** orders"),
+    # A key by its vendor's prefix, wherever the SDK quotes it back.
+    ("stripe.error.AuthenticationError: Invalid API Key provided: sk_live_51HxQ2abcDEF", "provided: ***"),
+    ("openai.AuthenticationError: Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwx.", "provided: ***."),
+    ("Bad credentials for ghp_abcdefghijklmnopqrstuvwxyz0123456789", "for ***"),
+    ("InvalidAccessKeyId: AKIAIOSFODNN7EXAMPLE does not exist", "InvalidAccessKeyId: *** does"),
+    ("slack_sdk: invalid_auth for xoxb-1234-5678-abcdefgh", "for ***"),
+    # A command line's password: curl's user:password, mysql's attached -p.
+    ("curl -u admin:S3cret! https://x/api failed: 401", "curl -u admin:*** https"),
+    ("curl --user 'deploy:S3cret' https://x", "--user 'deploy:***'"),
+    ("mysql -h db -uroot -pHunter22 orders: ERROR 1045 (28000)", "-uroot -p*** orders"),
+    ("mysqldump --single-transaction -pS3cr3t shop", "--single-transaction -p*** shop"),
 ])
 def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_secret(text, masked):
     from failured.secrets import mask
@@ -85,7 +96,10 @@ def test_a_known_secret_is_masked_as_urls_and_hosts_give_it_back(secret, shown, 
                                   "bearer of bad news", "401 Unauthorized: HTTP Basic authentication failed",
                                   "basic settings missing: set smtp.host", "ValueError: bearer malformatted header",
                                   "max_tokens=4096 exceeds the context", "token: expired", "monkey=kept",
-                                  "forbearer AbC12345678", "KeyError: 'api_key'", "invalid password: abc"])
+                                  "forbearer AbC12345678", "KeyError: 'api_key'", "invalid password: abc",
+                                  "sudo -u postgres psql -c 'select 1'", "mkdir -p /data/x: Permission denied",
+                                  "ssh -p 22 deploy@host: Connection refused", "task-sk-1 failed: skipped",
+                                  "mysql -h db -u app orders: Access denied"])
 def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
     from failured.secrets import mask
 

@@ -421,7 +421,9 @@ def test_every_known_secret_is_masked_in_what_a_robot_receives(store, clock, tmp
     sent = arrival.raw.decode("utf-8") + (tmp_path / "logs" / "admin_alerts.log").read_text(encoding="utf-8")
     for value in (secret, api_token, ROBOT_TOKEN):
         assert value not in sent
-    assert "***" in arrival.payload["markdown"]["text"]
+    # masked as full-width stars: ASCII "***" would open bold-italic in the robot's markdown
+    text = arrival.payload["markdown"]["text"]
+    assert text.endswith("handler said: secret=＊＊＊ token ＊＊＊ robot ＊＊＊") and "***" not in text
 
 
 def test_alert_direct_reaches_the_admin_channels_without_outbox_rows(dispatcher, recorder, tmp_path):

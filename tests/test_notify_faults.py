@@ -279,3 +279,19 @@ def test_a_channel_paused_after_an_outage_says_paused_why_and_what_to_do(store, 
     # delivering again with nothing waiting: the old error is history (JSON), not a line of the status
     [line] = [line for line in shown.splitlines() if line.startswith("channel ops:")]
     assert line == "channel ops: delivering, 0 pending", line
+
+
+def test_a_wecom_mention_the_robot_throttles_is_logged_on_the_row_and_pauses_the_lane(store, clock, tmp_path,
+                                                                                      robot_server, caplog):
+    robot = robot_server("wecom", TOKEN, clock=clock.now, limit_per_minute=1)  # the markdown fills the minute
+    main = (f'[channels.ops]\nkind = "wecom"\nurl = "{robot.url}"\nkey = "{TOKEN}"\n'
+            'mentioned_mobile_list = ["13800001111"]\n\n[[routes]]\nchannels = ["ops"]\n')
+    snapshot, dispatcher = make_dispatcher(store, clock, tmp_path, tmp_path / "logs", main)
+    ops = lane(dispatcher, "ops", clock)
+    notify(store, snapshot, clock, 2)
+    assert ops.process() > 0  # paused: the robot said "too fast"
+    first, second = Notification.select().where(Notification.channel == "ops").order_by(Notification.id)
+    assert first.status == "sent" and "@mention message failed: wecom errcode 45009" in first.last_error
+    assert second.status == "pending" and [a.payload["msgtype"] for a in robot.received] == ["markdown"]
+    assert any(f"notification {first.id} sent, but the @mention message failed" in r.getMessage() for r in caplog.records)
+    assert TOKEN not in caplog.text

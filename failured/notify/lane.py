@@ -327,14 +327,27 @@ class Lane:
             if not result.ok:
                 self._sent(sent, covered, now)
                 return self._failed_send(channel, row, result, now, mono)
+            if result.error:  # sent, but part of it was not (WeCom's @mention message): said, not dropped silently
+                self._note_partly_sent(row, result.error)
             sent.append(row.id)
             covered.extend(stands_for or group)
             self._remember(channel, row, mono)
             self._deliveries += 1
             self._refused_after.pop(row.id, None)
             self.health.record(True, None, now, mono)
+            if result.retry_after:  # sent, but the robot throttles its follow-up: the next would be refused too
+                self.paused_until = mono + result.retry_after
+                break
         self._sent(sent, covered, now)
-        return 0.0
+        return max(0.0, self.paused_until - self.dispatcher.monotonic())
+
+    def _note_partly_sent(self, row, error):
+        error = mask(error, self.dispatcher.secrets())
+        log.warning("channel %s: notification %s %s", self.name, row.id, error)
+        try:
+            self._write([row.id], last_error=error)
+        except Exception as exc:  # the log line stays; never a reason to lose the fact that it was sent
+            log.debug("channel %s: note on notification %s not recorded: %s", self.name, row.id, exc)
 
     def _sent(self, ids, covered, now):
         if not ids:

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 TRUNCATED = "\n…(truncated)"
 THROTTLED_SECONDS = 60.0
 MAX_TEXT_CHARS = 1000  # of an error or answer
+# Once a request is sent, its answer is waited for at least this long, whatever the channel's `timeout` (which
+# bounds connecting): a robot that posts the message and answers late would otherwise be sent it again.
+ANSWER_WAIT_SECONDS = 30.0
 
 
 
@@ -68,11 +71,16 @@ def cut_utf8(text, limit, marker=TRUNCATED):
     return data[:room].decode("utf-8", "ignore") + marker  # "ignore" drops only a cut last character
 
 
+# A secret masked in a title or body (markdown): "***" would open bold-italic there; the full-width stars are
+# what a reporter's masked text already reads as once made inert.
+MARKDOWN_MASK = "＊＊＊"
+
+
 def masked_message(message, secrets):
     """``message`` with every secret masked in its title, body and record texts (what leaves must not leak)."""
     record = {k: mask(v, secrets) if isinstance(v, str) else v for k, v in message.record.items()}
-    return Message(mask(message.title, secrets), mask(message.body, secrets), message.audience, message.kind,
-                   record)
+    return Message(mask(message.title, secrets, MARKDOWN_MASK), mask(message.body, secrets, MARKDOWN_MASK),
+                   message.audience, message.kind, record)
 
 
 def notification_dict(message):
@@ -144,6 +152,17 @@ def _retry_after(header, now):
         return THROTTLED_SECONDS
 
 
+def request_failed(exc, answer_wait):
+    """The SendResult of a request that got no answer; one sent but not answered within ``answer_wait`` seconds
+    may have arrived, and the error says so (it is sent again: a notification is never dropped on a guess)."""
+    import requests
+
+    if isinstance(exc, requests.ReadTimeout):
+        return SendResult(False, error=f"sent, but no answer within {answer_wait:g}s: it may have arrived and is "
+                                       f"sent again ({type(exc).__name__})")
+    return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+
+
 class Channel:
     """One configured destination. Subclasses implement ``_send``; ``send`` never raises."""
 
@@ -151,6 +170,7 @@ class Channel:
     default_rate = None  # messages per minute the dispatcher may send; None = unlimited
     fields = ()  # config fields, as attributes holding the values as written
     secret_fields = ()
+    answer_wait = ANSWER_WAIT_SECONDS
 
     def __init__(self, name, *, rate_per_minute=None, timeout=5.0, clock=None):
         self.name = name
@@ -198,6 +218,11 @@ class Channel:
     def _send(self, message):
         raise NotImplementedError
 
+    def http_timeout(self):
+        """requests' (connect, read) timeout: ``timeout`` to connect, then at least ANSWER_WAIT_SECONDS for the
+        answer."""
+        return self.timeout, max(self.timeout, self.answer_wait)
+
     def _post_json(self, url, payload, headers=None):
         """POST ``payload`` as UTF-8 JSON; the response, or a SendResult when the request failed."""
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -205,9 +230,9 @@ class Channel:
         import requests  # imported here: ~0.1 CPU-s that every `failured` command would pay at start
 
         try:
-            return requests.post(url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
+            return requests.post(url, data=body, headers=headers, timeout=self.http_timeout(), allow_redirects=False)
         except requests.RequestException as exc:
-            return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+            return request_failed(exc, self.http_timeout()[1])
 
     def _robot_answer(self, resp, throttled, rejected, refused=()):
         """Turn a DingTalk or WeCom answer (HTTP 200 with errcode/errmsg) into a SendResult; ``rejected``: {errcode:

@@ -151,8 +151,9 @@ class WeComChannel(Channel):
         second = self._robot_answer(self._post_json(url, mention), WECOM_THROTTLED, WECOM_REJECTED)
         if second.ok:
             return result
-        # The notification itself went out; sending it again would duplicate it.
-        return SendResult(True, error=f"sent, but the @mention message failed: {second.error}", answer=result.answer)
+        # The notification itself went out; sending it again would duplicate it. A throttled mention pauses the lane.
+        return SendResult(True, error=f"sent, but the @mention message failed: {second.error}", answer=result.answer,
+                          retry_after=second.retry_after)
 
     def payloads(self, message):
         """(markdown message, text message with mentions or None)."""

@@ -6,7 +6,7 @@ import json
 import logging
 import urllib.parse
 
-from .base import Channel, SendResult, _host, _resolve, _retry_after, _shown, notification_dict
+from .base import Channel, SendResult, _host, _resolve, _retry_after, _shown, notification_dict, request_failed
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ class WebhookChannel(Channel):
         import requests  # imported here: ~0.1 CPU-s that every `failured` command would pay at start
 
         try:
-            resp = requests.post(_resolve(self.url), data=body, headers=headers, timeout=self.timeout,
+            resp = requests.post(_resolve(self.url), data=body, headers=headers, timeout=self.http_timeout(),
                                  allow_redirects=False)  # fmt: skip
         except requests.RequestException as exc:
-            return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+            return request_failed(exc, self.http_timeout()[1])
         text = resp.text.strip()
         if 200 <= resp.status_code < 300:
             return SendResult(True, answer=f"HTTP {resp.status_code}: {text}".strip())
