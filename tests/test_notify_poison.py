@@ -190,6 +190,20 @@ def test_the_admins_hear_once_when_a_refused_notification_is_given_up(store, clo
     assert [row.status for row in rows("hook") if "evil" in row.body or row.kind == "undeliverable"] == ["failed"] * 2
 
 
+def test_a_refused_notification_is_given_up_after_a_restart_without_waiting_for_a_new_message(store, clock,
+                                                                                             tmp_path, waf):
+    hook = waf()
+    snapshot, dispatcher = setup(store, clock, tmp_path, HOOK.format(url=hook.url))
+    notify(store, snapshot, clock, "[failured] evil #1")
+    notify(store, snapshot, clock, "[failured] fine #2")  # the channel takes it: the refusal is the message's
+    before_restart = lane(dispatcher, "hook", clock)
+    before_restart.process()
+    assert [row.status for row in rows("hook")] == ["pending", "sent"]
+    after_restart = lane(dispatcher, "hook", clock)  # a new daemon: nothing in memory, no new message
+    run_until_ended(after_restart, clock, "hook")
+    assert rows("hook")[0].status == "failed"
+
+
 def test_the_same_refusal_of_every_message_loses_none_of_them(store, clock, tmp_path, hook_server):
     """A receiver that refuses everything with a 403 (a revoked token, an address allow-list) is down, not a
     channel of bad messages: its rows wait, and go out when it takes them again."""

@@ -405,7 +405,7 @@ class Lane:
         if channel.rate_per_minute is not None:
             self.sent_times.append(mono)  # the receiver counted the request, refused or not
         attempts = row.attempts + 1
-        refused_after = self._refused_after.setdefault(row.id, self._deliveries)
+        refused_after = self._refused_after.setdefault(row.id, self._first_refusal_baseline(row))
         self.health.record(False, error, now, mono)
         if attempts >= MESSAGE_ATTEMPTS and (self._deliveries > refused_after or row.kind == UNDELIVERABLE_KIND):
             self._refused_after.pop(row.id, None)
@@ -419,6 +419,14 @@ class Lane:
         self._write([row.id], attempts=attempts, next_attempt_at=now + wait, last_error=error)
         log.warning("channel %s: notification %s refused on its own (try %d of %d, next in %gs); the others go on: "
                     "%s", self.name, row.id, attempts, MESSAGE_ATTEMPTS, wait, error)
+
+    def _first_refusal_baseline(self, row):
+        """The deliveries count the channel had when it first refused ``row``: now, unless it was refused before this
+        daemon started; then one less if the channel took a message since the row was made (the database says so
+        across a restart, which would otherwise wait for a new message before giving it up)."""
+        if row.attempts and outbox.sent_any_since(self.dispatcher.store, self.name, row.created_at):
+            return self._deliveries - 1
+        return self._deliveries
 
     def _failed_send(self, channel, row, result, now, mono):
         """The channel failed as a whole (down, 5xx, throttled, rejected): it pauses, this row first when

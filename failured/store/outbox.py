@@ -92,6 +92,14 @@ def sent_since(store, channel, since):
                 .order_by(Notification.sent_at).bind(store.db))
 
 
+def sent_any_since(store, channel, since):
+    """Whether the channel sent any notification at or after ``since``."""
+    return (Notification.select(Notification.id)
+            .where(Notification.channel == channel, Notification.status == NotificationStatus.SENT,
+                   Notification.sent_at >= since)
+            .bind(store.db).exists())
+
+
 def due_rows(store, channel, now, limit=None):
     """A channel's pending rows due by ``now``, oldest first. Oldest first cannot starve the others: a row the
     channel refused on its own is set aside on its own ``next_attempt_at`` and the lane goes on past it;
