@@ -283,7 +283,7 @@ def cmd_notify_test(args, settings):
     title = "[failured] 测试消息 / test message"
     message = Message(title=title, body=f"**{title}**\n\n{channel.describe()}", audience=args.audience,
                       kind="test", record={"test": True})
-    result = channel.send(message)
+    result = commands.send_test(settings, channel, message)
     data = {"channel": args.channel, "describe": channel.describe(), "ok": result.ok, "answer": result.answer,
             "error": result.error, "retry_after": result.retry_after, "misconfigured": result.misconfigured}
     if args.json:

@@ -50,6 +50,45 @@ def operators_labels(settings):
         return []
 
 
+def send_test(settings, channel, message):
+    """Send a test ``message`` through ``channel`` as one of the channel's messages this minute: not sent (a
+    SendResult saying when to try) while the channel's rate is used up, and recorded for the daemon's window."""
+    if channel.rate_per_minute is None:
+        return channel.send(message)
+    try:
+        return with_store(settings, _send_counted, channel, message)
+    except MissingStoreError:  # no daemon ever ran on this database: no minute to share
+        return channel.send(message)
+    except (StoreError, OSError) as exc:
+        print(f"failured: the channel's recent sends not read ({exc}): sending anyway", file=sys.stderr)
+        return channel.send(message)
+
+
+def _send_counted(store, channel, message):
+    from .notify.channels import SendResult
+    from .notify.lane import WINDOW_SECONDS
+    from .store import outbox
+
+    now = SystemClock().now()
+    since = now - WINDOW_SECONDS
+    # One daemon's sends are its sent rows (and earlier tests); several daemons record every send, tests too.
+    own = sorted([row.sent_at for row in outbox.sent_since(store, channel.name, since)]
+                 + [at for _, at in outbox.test_sends_since(store, channel.name, since)])
+    recorded = outbox.sends_since(store, channel.name, since)
+    times = own if len(own) >= len(recorded) else recorded
+    limit = max(1, int(channel.rate_per_minute))
+    if len(times) >= limit:
+        wait = max(1.0, times[len(times) - limit] + WINDOW_SECONDS - now)
+        return SendResult(False, retry_after=wait, error=(
+            f"not sent: channel {channel.name} sent {len(times)} messages within the last minute and takes "
+            f"{limit} a minute (a robot sent more blocks for 10 minutes): try again in {wait:.0f} s"))
+    outbox.forget_sends(store, channel.name, now - 2 * WINDOW_SECONDS)
+    send_id = outbox.record_send(store, channel.name, now)
+    result = channel.send(message)
+    outbox.send_ended(store, send_id, SystemClock().now())
+    return result
+
+
 def _missing_parents(path):
     """The directories above ``path`` that do not exist yet, outermost first."""
     missing = []

@@ -64,3 +64,50 @@ def test_notify_test_prints_the_robots_answer(tmp_path, robot_server):
     assert bad.returncode == 1 and "310000" in bad.stdout and "SECwrong-wrong-wrong" not in bad.stdout + bad.stderr
     missing = run_cli("notify-test", "nope", env=env)
     assert missing.returncode == 2 and "no channel named 'nope'" in missing.stderr
+
+
+def _robot_channel(tmp_path, robot, store):
+    main = f'[channels.ops]\nkind = "dingtalk"\nurl = "{robot.url}"\naccess_token = "tok-0123456789abcdef"\n'
+    config = write_config(tmp_path / "c", SMALL_PATTERNS, main)
+    return config, {"FAILURE_CONFIG_DIR": str(config), "FAILURE_DB": str(store.path)}
+
+
+def test_notify_test_keeps_to_the_robots_minute_the_daemon_used(tmp_path, robot_server, store):
+    """A robot sent more than 20 messages a minute blocks for 10 minutes: a test does not make the 21st."""
+    import time
+
+    from failured.store import outbox
+
+    robot = robot_server("dingtalk", "tok-0123456789abcdef")
+    config, env = _robot_channel(tmp_path, robot, store)
+    snapshot = load_config(config)
+    now = time.time()
+    with store.transaction():  # the daemon sent 20 within the last minute
+        [outbox.insert_pending(store, now, None, "admin", "task", None, "sync", None, f"t{i}", "b", ["ops"])
+         for i in range(20)]
+    store.execute("UPDATE notifications SET status = 'sent', sent_at = ? WHERE channel = 'ops'", (store.time(now),))
+    refused = run_cli("notify-test", "ops", env=env)
+    assert refused.returncode == 1 and "NOT sent" in refused.stdout, refused.stdout + refused.stderr
+    assert "sent 20 messages within the last minute and takes 20 a minute" in refused.stdout
+    assert "try again in" in refused.stdout and robot.received == []
+    assert snapshot.channels["ops"].rate_per_minute == 20
+
+
+def test_a_notify_test_message_counts_in_the_daemons_window(tmp_path, robot_server, store):
+    import time
+
+    from failured.clock import ManualClock
+    from failured.notify.dispatcher import Dispatcher, Lane
+    from failured.settings import Settings
+
+    robot = robot_server("dingtalk", "tok-0123456789abcdef")
+    config, env = _robot_channel(tmp_path, robot, store)
+    sent = run_cli("notify-test", "ops", env=env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    snapshot = load_config(config)
+    clock = ManualClock(time.time())  # the daemon's wall clock where the command's was
+    dispatcher = Dispatcher(store, Settings(db=store.path, log_dir=tmp_path / "logs"), clock, lambda: snapshot)
+    lane = Lane("ops", dispatcher)
+    lane._load_history(clock.now())
+    assert lane._room(snapshot.channels["ops"], dispatcher.monotonic()) == 19
+    assert lane._room(snapshot.channels["ops"], dispatcher.monotonic()) == 19  # counted once

@@ -157,6 +157,13 @@ def sends_since(store, channel, since):
                                                channel, store.time(since))]
 
 
+def test_sends_since(store, channel, since):
+    """[(record id, wall time)] of the test messages (``failured notify-test``) ``channel`` sent since ``since``."""
+    return [(send_id, epoch(at)) for send_id, at in store.rows(
+        "SELECT id, at FROM channel_sends WHERE channel = ? AND at >= ? AND notification_id IS NULL",
+        channel, store.time(since))]
+
+
 def forget_sends(store, channel, before):
     """Drop a channel's send records older than ``before`` (the window never looks that far back)."""
     with store.transaction():
