@@ -98,11 +98,15 @@ def test_dingtalk_wrong_secret_is_misconfigured(env, robot_server):
     assert_no_secret(result, TOKEN, SECRET)
 
 
-def test_dingtalk_timestamp_over_an_hour_old_is_rejected(env, robot_server):
-    clock = ManualClock()
-    robot = robot_server("dingtalk", token_or_key=TOKEN, secret=SECRET, clock=lambda: clock.now() + 3601)
-    result = make("dingtalk", clock=clock, access_token=TOKEN, secret=SECRET, url=robot.url).send(message())
-    assert result.misconfigured and "310000: invalid timestamp" in result.error
+def test_dingtalk_timestamp_over_an_hour_old_is_this_servers_clock_and_retried_not_a_paused_config(env, robot_server):
+    clock, dingtalk_ahead = ManualClock(), [3601.0]
+    robot = robot_server("dingtalk", token_or_key=TOKEN, secret=SECRET, clock=lambda: clock.now() + dingtalk_ahead[0])
+    channel = make("dingtalk", clock=clock, access_token=TOKEN, secret=SECRET, url=robot.url)
+    result = channel.send(message())
+    assert not result.ok and not result.misconfigured and not result.message_fault
+    assert "310000: invalid timestamp" in result.error and "this server's clock is more than an hour off" in result.error
+    dingtalk_ahead[0] = 0.0  # the clock set right: the same channel, unchanged, sends
+    assert channel.send(message()).ok
 
 
 def test_dingtalk_unknown_token_is_misconfigured(env, robot_server):

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import urllib.parse
-
+from dataclasses import replace
 
 from ..inert import one_line
 from .base import Channel, SendResult, _host, _resolve, _tail, cut_utf8
@@ -28,6 +28,9 @@ DINGTALK_REJECTED = {
              "secret or keyword in the config, or the robot's security settings"),
     300001: _DINGTALK_TOKEN, 300005: _DINGTALK_TOKEN, 400013: _DINGTALK_TOKEN,
 }
+# DingTalk's 310000 "invalid timestamp": the signed timestamp is over an hour from DingTalk's time.
+CLOCK_ADVICE = ("this server's clock is more than an hour off DingTalk's: set it right (timedatectl, chrony); "
+                "the notifications wait and go out by themselves once it is")
 WECOM_THROTTLED = {45009}  # api freq out of limit
 WECOM_REJECTED = {93000: ("WeCom refuses the webhook key (wrong, or the robot was removed): "
                           "fix the channel's key in the config")}
@@ -87,7 +90,11 @@ class DingTalkChannel(Channel):
         url = _resolve(self.url)
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)  # quote_plus, as DingTalk's sample
         resp = self._post_json(url, self.payload(message))
-        return self._robot_answer(resp, DINGTALK_THROTTLED, DINGTALK_REJECTED, DINGTALK_MESSAGE_REFUSED)
+        result = self._robot_answer(resp, DINGTALK_THROTTLED, DINGTALK_REJECTED, DINGTALK_MESSAGE_REFUSED)
+        if result.misconfigured and "timestamp" in (result.error or ""):
+            # Not the config: this server's clock. Retried on the backoff, it goes out once the clock is right.
+            return replace(result, misconfigured=False, advice=None, error=f"{result.error} ({CLOCK_ADVICE})")
+        return result
 
     def payload(self, message):
         """The robot's JSON: markdown with the keyword and @mobiles in the text, cut to 20000 bytes."""
