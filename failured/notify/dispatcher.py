@@ -38,6 +38,13 @@ def monotonic_source(clock):
     return time.monotonic if isinstance(clock, SystemClock) else clock.now
 
 
+def _late_since(row):
+    """Since when ``row`` could have gone out (as ``outbox.oldest_deliverable`` counts): its creation once it was
+    tried, else the end of the hold or slot it waited for. A row merging others carries the earliest, so an outage
+    that merges digest into digest still shows how late the first notification is."""
+    return row.created_at if row.last_error else row.next_attempt_at
+
+
 class Dispatcher:
     """Starts a lane per configured channel (and for rows of channels since removed)."""
 
@@ -146,7 +153,8 @@ class Dispatcher:
         with self.store.transaction():
             row = outbox_rows.merge_rows(self.store, [row.id for row in merged] + list(also), now, channel_name,
                                          first.audience, kind, first.category if same else None,
-                                         first.task_type if same else None, fingerprint, text)
+                                         first.task_type if same else None, fingerprint, text,
+                                         min([now] + [_late_since(row) for row in merged]))
         self.metrics.notifications.labels(channel_name, MERGED).inc(len(merged))
         return row
 

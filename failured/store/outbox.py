@@ -118,11 +118,12 @@ def waiting_rows(store, channel):
 def waiting_repeats(store, channel, fingerprint, task_type, kinds):
     """Every pending row of a channel with this fingerprint and task type, of ``kinds``, oldest first: one error's
     repeats, however many passes it took to read them. The first is whole; of the others, which a "×N" message
-    stands for, only the id, creation time and task are read (a storm's tens of thousands stay small; the task,
-    for the message's list of the other tasks)."""
+    stands for, only the id, the times (from when it is late) and task are read (a storm's tens of thousands stay
+    small; the task, for the message's list of the other tasks)."""
     where = (Notification.channel == channel, Notification.status == PENDING, Notification.fingerprint == fingerprint,
              Notification.task_type == task_type, Notification.kind.in_(list(kinds)))
-    rows = list(Notification.select(Notification.id, Notification.created_at, Notification.task_id).where(*where)
+    rows = list(Notification.select(Notification.id, Notification.created_at, Notification.next_attempt_at,
+                                    Notification.last_error, Notification.task_id).where(*where)
                 .order_by(Notification.id).bind(store.db))
     if rows:
         rows[0] = Notification.select().where(Notification.id == rows[0].id).bind(store.db).get()
@@ -213,10 +214,11 @@ def merged_under(store, ids):
     return leaves, containers
 
 
-def merge_rows(store, ids, now, channel, audience, kind, category, task_type, fingerprint, text):
+def merge_rows(store, ids, now, channel, audience, kind, category, task_type, fingerprint, text, oldest):
     """A pending row standing for the rows ``ids``, which become merged into it; ``text(row id)`` gives its
-    (title, body). Returns the new row (in the caller's transaction)."""
-    row_id = (Notification.insert(created_at=now, audience=audience, kind=kind, category=category,
+    (title, body); its ``created_at`` is ``oldest``, since when the first of them could have gone out (a delay, and
+    the retry horizon, count from there). Returns the new row (in the caller's transaction)."""
+    row_id = (Notification.insert(created_at=oldest, audience=audience, kind=kind, category=category,
                                   task_type=task_type, fingerprint=fingerprint, title="", body="", status=PENDING,
                                   channel=channel, next_attempt_at=now).bind(store.db).execute())
     title, body = text(row_id)
