@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import commands, logmask
+from . import commands, corpus, logmask
 from .analysis import headline
 from .cliparser import build_parser
 from .config import ignored_files, load_config, unset_variable_problems
@@ -77,7 +77,7 @@ def cmd_classify(args, settings):
             text = line.decode("utf-8", "replace").rstrip("\n")
             if text:
                 # one message a line: a multi-line message (a traceback) is written with \n, as the corpus writes it
-                result = classifier.classify(text.replace("\\n", "\n"), args.error_type, args.type)
+                result = classifier.classify(corpus.unescaped(text), args.error_type, args.type)
                 write(_json_line(result) if args.json else f"{result.category}\t{text}\n")
         return EXIT_OK
     result = classifier.classify(args.message, args.error_type, args.type)

@@ -190,3 +190,16 @@ def test_classify_answers_with_the_labels_the_daemon_learns(engine, store, clock
         cli.cmd_classify(type("Args", (), {"config": str(tmp_path / "cfg"), "message": "x"})(),
                          Settings(db=str(tmp_path / "none" / "failured.db")))
     assert learned == []
+
+
+@pytest.mark.parametrize("message", ["FileNotFoundError: C:\\new\\notes.txt", "trailing backslash \\",
+                                     "line one\\\nline two", "literal \\\\n and a real\nnewline",
+                                     "GuzzleHttp\\Exception\\ConnectException: refused"])
+def test_an_exported_label_reads_back_as_the_message_it_was_given_for(message):
+    from failured.corpus import COLUMNS, format_row, parse
+
+    line = format_row("unrecoverable_config", "App\\notify\\Error", "operator-label", message)
+    [(category, error_type, source, read)] = parse(["\t".join(COLUMNS), line])
+    assert (category, error_type, source, read) == ("unrecoverable_config", "App\\notify\\Error", "operator-label",
+                                                    message)
+    assert "\n" not in line
