@@ -1,4 +1,4 @@
-"""The labelled corpus that ships with failured: real error messages, each with its category and source.
+r"""The labelled corpus that ships with failured: real error messages, each with its category and source.
 
 ``failured/data/corpus.tsv`` has four tab-separated columns: ``category``,
 ``error_type`` (may be empty), ``source`` (the library, vendor or project the

@@ -56,6 +56,7 @@ LOOP_SECONDS = 0.5  # the main loop's pace
 PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and the other threads' turn
 PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
 HOUSEKEEPING_SECONDS = 86400
+CONFIG_WAITING = "config_waiting"  # daemon_state: {"files", "since"} while a reload waits for an emptied file
 REJECTION_TOLD = "config_rejected_told"  # daemon_state: the digest of the refused change the admins were told of
 LEAD_SCAN_GAP_SECONDS = 60.0  # a lead gained this soon after this daemon's own report needs no report at once
 MAX_LISTED_PROBLEMS = 10  # problems of a refused config an admin alert lists, one bullet each
@@ -128,13 +129,14 @@ class Daemon:
         self.members = membership_for(self.store, self.clock, self.owner, on_leadership=self._on_leadership).start()
         self._labels_seen = self.store.label_count()
         self.watcher = ConfigWatcher(s.config_dir, s.lang, on_reload=self._on_reload, on_reject=self._on_reject,
-                                     on_restore=self._on_restore, keep_last_good=True,
+                                     on_restore=self._on_restore, on_wait=self._on_config_wait, keep_last_good=True,
                                      clock=self.clock, log_dir=s.log_dir, labels=self.store.labelled_examples)
         snapshot = self.watcher.current
         if self.watcher.started_on_last_good is not None:  # the directory is broken: the admins hear it at once
             self._on_reject(self.watcher.last_rejected[1], last_good_saved_at=self.watcher.started_on_last_good)
         logmask.use_secrets(lambda: self.watcher.current.secrets + ((s.api_token,) if s.api_token else ()))
         self._record_config(snapshot)
+        self._on_config_wait(())  # what an earlier run waited for is gone with it
         self.metrics = Metrics()
         self.engine = Engine(self.store, s, self.clock, lambda: self.watcher.current, self.owner,
                              metrics=self.metrics, members=self.members)
@@ -611,6 +613,14 @@ class Daemon:
     def _on_restore(self, snapshot):
         self.store.delete_state("config_rejected")  # the refused change was undone: the active config is on disk again
         self.store.delete_state(REJECTION_TOLD)
+
+    def _on_config_wait(self, paths):
+        """Files a reload waits to have content again (emptied, a save still being written): ``status`` says so."""
+        if paths:
+            now = self.clock.now()
+            self.store.set_state(CONFIG_WAITING, json.dumps({"files": list(paths), "since": iso(now)}), now)
+        else:
+            self.store.delete_state(CONFIG_WAITING)
 
     def _on_reject(self, errors, last_good_saved_at=None):
         """A refused reload; or, with ``last_good_saved_at``, a start on a directory that does not validate,

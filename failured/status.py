@@ -112,6 +112,11 @@ def problems(daemon, health, config, breached, free=None, read_only=None, report
         else:
             found.append(f"config reload rejected at {rejected.get('at')}: {first} "
                          "(the previous configuration is still in force)")
+    if config.get("waiting"):
+        waiting = config["waiting"]
+        found.append(f"config reload waits since {waiting.get('since')}: {', '.join(waiting.get('files') or [])} "
+                     "emptied (a save still being written?); the active configuration stays until it has content "
+                     "again (to drop a file, delete it)")
     if reports_failing:
         found.append(f"report files not written since {reports_failing.get('at')}: {reports_failing.get('error')} "
                      "(the next scan writes what they missed once the directory takes files again)")
@@ -122,7 +127,8 @@ def problems(daemon, health, config, breached, free=None, read_only=None, report
 
 def config_status(store):
     active, rejected = store.get_state("config"), store.get_state("config_rejected")
-    return {"active": json.loads(active) if active else None,
+    waiting = store.get_state("config_waiting")
+    return {"active": json.loads(active) if active else None, "waiting": json.loads(waiting) if waiting else None,
             "last_rejected": json.loads(rejected) if rejected else None}
 
 

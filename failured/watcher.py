@@ -50,13 +50,16 @@ class ConfigWatcher:
 
     ``on_reload(snapshot)`` runs after a good change is swapped in;
     ``on_reject(errors)`` after a bad one was refused (the old snapshot stays);
-    ``on_restore(snapshot)`` when a refused change was undone (the files are the active snapshot's again).
+    ``on_restore(snapshot)`` when a refused change was undone (the files are the active snapshot's again);
+    ``on_wait(paths)`` when the files a reload waits for (found emptied: a save still being written) change, ``()``
+    when it waits no more.
     With ``keep_last_good`` (the daemon), every good snapshot is kept as the last good copy, and a directory
     that does not validate at start is run on that copy (``started_on_last_good`` says when it was saved).
     """
 
     def __init__(self, config_dir, lang="zh", on_reload=None, on_reject=None, clock=None,
-                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: (), on_restore=None, keep_last_good=False):
+                 debounce=DEBOUNCE_SECONDS, log_dir=None, labels=lambda: (), on_restore=None, keep_last_good=False,
+                 on_wait=None):
         self.config_dir = config_dir
         self.labels = labels  # operators' labelled examples, read at each load: the model trains on them
         self.log_dir = log_dir
@@ -66,6 +69,8 @@ class ConfigWatcher:
         # callback queues it in the outbox instead, whose log channel writes it (once).
         self.on_reject = on_reject or self._alert
         self.on_restore = on_restore or (lambda snapshot: None)
+        self.on_wait = on_wait or (lambda paths: None)
+        self.waiting_on = ()  # emptied files a reload waits to have content again
         self.clock = clock or SystemClock()
         self.debounce = debounce
         self.keep_last_good = keep_last_good
@@ -245,6 +250,7 @@ class ConfigWatcher:
         """Validate the directory and swap it in; returns True when a new snapshot is active."""
         files = config_files(self.config_dir)
         if not force and content_digest(files) == self.current.digest:
+            self._wait_for(())
             if self.last_rejected is not None:  # the refused change was undone: nothing is wrong any more
                 self.last_rejected = None
                 log.info("config %s: back to the active configuration; the refused change is gone", self.config_dir)
@@ -258,6 +264,7 @@ class ConfigWatcher:
             self._reject(exc.errors)
             return False
         being_written = sorted(path for path in _empty_files(files) if path not in self._empty_when_loaded)
+        self._wait_for(being_written)
         if being_written:
             log.warning("config %s: empty, a save still being written? %s; the active configuration stays until it "
                         "has content (to drop a file, delete it)", self.config_dir, ", ".join(being_written))
@@ -288,6 +295,11 @@ class ConfigWatcher:
                  len(snapshot.ruleset.categories), len(snapshot.files))
         self._call(self.on_reload, snapshot)
         return True
+
+    def _wait_for(self, paths):
+        if tuple(paths) != self.waiting_on:
+            self.waiting_on = tuple(paths)
+            self._call(self.on_wait, self.waiting_on)
 
     def _reject(self, errors):
         self.last_rejected = (self.clock.now(), errors)

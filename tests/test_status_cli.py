@@ -68,6 +68,21 @@ def test_undoing_a_refused_change_makes_status_healthy_again(daemon_factory, tmp
     assert status.returncode == 0 and json.loads(status.stdout)["config"]["last_rejected"] is None, status.stdout
 
 
+def test_status_says_a_reload_waits_for_an_emptied_file_and_is_healthy_once_it_has_content(daemon_factory, tmp_path,
+                                                                                               cli):
+    daemon = daemon_factory().start()
+    path = next((tmp_path / "config" / "patterns").glob("*.toml"))
+    content = path.read_text(encoding="utf-8")
+    path.write_text("", encoding="utf-8")  # `>` emptied it, and the rest of the save never came
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_waiting'", lambda r: r[0][0] == 1)
+    waiting = cli("status", env=daemon.env)
+    assert waiting.returncode == 1 and f"config reload waits since" in waiting.stdout
+    assert f"{path} emptied (a save still being written?)" in waiting.stdout
+    path.write_text(content + "\n# saved again\n", encoding="utf-8")
+    daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_waiting'", lambda r: r[0][0] == 0)
+    assert cli("status", env=daemon.env).returncode == 0
+
+
 def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     daemon = daemon_factory().start()
     store = open_store(daemon.db)
