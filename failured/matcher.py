@@ -23,7 +23,6 @@ sooner) and the answer is still exactly RE2's.
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 from pathlib import Path

@@ -76,7 +76,7 @@ def test_status_says_a_reload_waits_for_an_emptied_file_and_is_healthy_once_it_h
     path.write_text("", encoding="utf-8")  # `>` emptied it, and the rest of the save never came
     daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_waiting'", lambda r: r[0][0] == 1)
     waiting = cli("status", env=daemon.env)
-    assert waiting.returncode == 1 and f"config reload waits since" in waiting.stdout
+    assert waiting.returncode == 1 and "config reload waits since" in waiting.stdout
     assert f"{path} emptied (a save still being written?)" in waiting.stdout
     path.write_text(content + "\n# saved again\n", encoding="utf-8")
     daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_waiting'", lambda r: r[0][0] == 0)
