@@ -247,6 +247,27 @@ def _check_categories_named(task_types, ruleset, path, errors):
                                           f"{', '.join(c.name for c in ruleset.categories)}"))
 
 
+def _checked(errors, build, *args):
+    """``build(*args)``, or None with its ConfigErrors added to ``errors``."""
+    try:
+        return build(*args)
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def _classifier(ruleset, tables, lang, model_settings, labels, model):
+    names = frozenset(c.name for c in ruleset.categories)
+    if not model_settings.enabled:
+        learned = None
+    elif model:
+        learned = modelcache.trained(names, labels, lambda: train_apart(names, labels))
+    else:
+        learned = ModelNotLoaded()
+    return Classifier(ruleset, lang, tables, learned, model_settings.min_confidence,
+                      overrule_confidence=model_settings.overrule_confidence)
+
+
 def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem.
 
@@ -265,7 +286,7 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     files = config_files(config_dir)
     digest = content_digest(files)
     errors = []
-    ruleset = classifier = None
+    classifier = None
     main = config_dir / MAIN_FILE
     if main.is_symlink() and not main.exists():
         errors.append(ConfigError(main, None, f"a link to {os.readlink(main)}, which does not exist: point it at "
@@ -273,21 +294,13 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     document = read_toml(main, errors) if main.exists() else {}
     document = document or {}
     model_settings = parse_model_settings(document.get("model", {}), main, errors)
-    try:
-        ruleset = load_ruleset(config_dir)
-        names = frozenset(c.name for c in ruleset.categories)
-        tables = load_code_tables(config_dir, names)
-        labels = tuple(map(tuple, labels))
-        if not model_settings.enabled:
-            learned = None
-        elif model:
-            learned = modelcache.trained(names, labels, lambda: train_apart(names, labels))
-        else:
-            learned = ModelNotLoaded()
-        classifier = Classifier(ruleset, lang, tables, learned, model_settings.min_confidence,
-                                overrule_confidence=model_settings.overrule_confidence)
-    except ConfigErrors as exc:
-        errors.extend(exc.errors)
+    ruleset = _checked(errors, load_ruleset, config_dir)
+    # The code tables are checked whatever the patterns' state: every problem in one pass (their categories'
+    # names only against patterns that load).
+    tables = _checked(errors, load_code_tables, config_dir, ruleset and frozenset(c.name for c in ruleset.categories))
+    if ruleset is not None and tables is not None:
+        classifier = _checked(errors, _classifier, ruleset, tables, lang, model_settings, tuple(map(tuple, labels)),
+                              model)
     for name in sorted(set(document) - TOP_KEYS):
         errors.append(ConfigError(main, name, f"unknown top-level key: use one of {', '.join(sorted(TOP_KEYS))}"))
     breaker = _parse_breaker(document.get("breaker", {}), main, errors)

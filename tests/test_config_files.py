@@ -233,3 +233,18 @@ def test_a_removed_failured_toml_is_refused_while_running_and_at_start(tmp_path,
         assert "sync" in restarted.current.task_types and restarted.started_on_last_good is not None
     finally:
         restarted.stop()
+
+
+def test_check_config_lists_the_problems_of_patterns_code_tables_and_failured_toml_in_one_pass(config_dir):
+    (config_dir / "patterns" / "50-bad.toml").write_text(
+        '[[category]]\nname = "x"\naction = "nope"\npriority = 1\npatterns = ["(unclosed"]\n', encoding="utf-8")
+    (config_dir / "codes").mkdir(exist_ok=True)
+    (config_dir / "codes" / "95-bad.toml").write_text('kind = "keyed"\nkeys = ["errcode"]\n[codes]\n"1" = "x"\n',
+                                                      encoding="utf-8")
+    with open(config_dir / "failured.toml", "a", encoding="utf-8") as main:
+        main.write('\n[channels.x]\nkind = "pigeon"\n')
+    checked = run_cli("check-config", str(config_dir))
+    assert checked.returncode == 1
+    for problem in ("50-bad.toml: category \"x\".action: unknown action 'nope'", "(unclosed",
+                    '95-bad.toml: table "bad".priority: missing', "failured.toml: channels.x.kind: is 'pigeon'"):
+        assert problem in checked.stdout + checked.stderr, checked.stdout + checked.stderr
