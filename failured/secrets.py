@@ -31,45 +31,89 @@ def _on_its_own(word):
 
 
 # How a credential's name ends: a credential word after any prefix (client_secret, aws_secret_access_key,
-# PGPASSWORD, X-Api-Key, refresh_token; not max_tokens), or one of the short names on its own (not monkey).
+# PGPASSWORD, X-Api-Key, refresh_token; not max_tokens), a "pass" after a word's end (DB_PASS, not bypass), or one
+# of the short names on its own (not monkey).
 _NAME_END = ("(?:secret[_-]?key|secret|password|passwd|pwd|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-             "app[_-]?key|credentials?|" + "|".join(map(_on_its_own, ("key", "signature", "sign", "sig", "auth"))) + ")")
+             "app[_-]?key|credentials?|p(?<![a-z0-9]p)ass|"
+             + "|".join(map(_on_its_own, ("key", "signature", "sign", "sig", "auth"))) + ")")
 # A token's shape: a digit or one of ._~+/=-, or 20 characters ("password: yes" and "token: expired" are words).
 _TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
 _TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
 _WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
-# Each shape's one named group is the value masked. Every part is bounded: linear on any text.
+
+
+def _quoted(group):
+    """A value in single or double quotes (the quote left in place), as group ``group``."""
+    return rf"[\"'](?P<{group}>[^\"'\n]{{1,512}})(?=[\"'])"
+
+
+# The schemes whose credential after "Authorization:" is one word (the scheme itself is shown), and those whose
+# credential is a list of parameters (the rest of the line is masked).
+_ONE_WORD_SCHEMES = ("bearer|basic|token|negotiate|ntlm|apikey|api-key|api_key|sharedkey|sharedkeylite|ssws|key|"
+                     "sso-key|jwt|splunk|genieKey|mac|hoba|mutual|scram-sha-1|scram-sha-256|vapid|dsn").lower()
+_PARAMETER_SCHEMES = "digest|oauth|aws4-hmac-sha256|hmac-sha256|hmac|signature"
+# Each shape's named group that matched is the value masked. Every part is bounded: linear on any text.
 _CREDENTIAL_SHAPES = tuple(map(re.compile, (
-    # After a credential's name (one pattern: each more costs a pass over the text), whatever the value in
-    # ``name=value`` (a query, a command line, an environment) and a quoted key's value in JSON or a Python
-    # dict; a token's shape only in ``Name: value`` (a header, a YAML or log field).
-    (rf"{_NAME_END}(?:=(?P<given>[^&\s'\"<>(),;]+)|[\"']\s{{0,8}}:\s{{0,8}}[\"'](?P<quoted>[^\"'\n]{{1,512}})(?=[\"'])"
-     rf"|:[ \t]{{0,8}}(?P<field>{_TOKEN}))"),
-    # ``--name value``: a token's shape only. The name starts with a letter or digit, and a run of dashes is tried
-    # once: a megabyte of "--" cost a second here (forty tries at every dash).
-    rf"--(?<!---)(?=[a-z0-9])[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?P<value>{_TOKEN})",
+    # After a credential's name (one pattern: each more costs a pass over the text): whatever the value in
+    # ``name=value`` (a query, a command line, an environment); a quoted value in ``name="value"``, ``name =
+    # 'value'``, a JSON or Python dict's quoted key and ``Name: "value"``; a token's shape only in ``name = value``
+    # (a source line a traceback quotes) and ``Name: value`` (a header, a YAML or log field).
+    (rf"{_NAME_END}(?:=(?P<given>[^&\s'\"<>(),;]+)|[ \t]{{0,8}}=[ \t]{{0,8}}(?:{_quoted('assigned')}"
+     rf"|(?P<spaced>{_TOKEN}))|[\"']\s{{0,8}}:\s{{0,8}}{_quoted('quoted')}"
+     rf"|:[ \t]{{0,8}}(?:{_quoted('quotedfield')}|(?P<field>{_TOKEN})))"),
+    # ``--name value``: a quoted value or a token's shape. The name starts with a letter or digit, and a run of
+    # dashes is tried once: a megabyte of "--" cost a second here (forty tries at every dash).
+    (rf"--(?<!---)(?=[a-z0-9])[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?:{_quoted('quotedvalue')}"
+     rf"|(?P<value>{_TOKEN}))"),
     # A URL's password (scheme://user:PASSWORD@host): whatever the value.
     r"://[^\s:/@'\"<>]{0,128}:(?P<value>[^\s@/'\"<>]{1,256})@",
-    # After "Authorization:" any credential; after a bare "Bearer"/"Basic" a token's shape only ("Basic
-    # authentication failed" is an error's words, not a secret).
-    (rf"(?:authorization:\s*(?:bearer|basic|token)?\s*|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}|"
-     rf"{_on_its_own('basic')}\s+{_TOKEN_SHAPE})(?P<value>[a-z0-9._~+/=-]{{8,}})"),
-    # A command line's password: curl's "-u user:password" (or --user), and mysql's "-pPASSWORD" (attached).
+    # After "Authorization:" (a header; a JSON or dict key) any credential, its scheme shown; after a bare
+    # "Bearer"/"Basic" a token's shape only ("Basic authentication failed" is an error's words, not a secret).
+    (rf"(?:authorization[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}}[\"']?(?:(?:{_PARAMETER_SCHEMES})[ \t]+"
+     rf"(?P<parameters>[^\r\n]{{1,1024}})|(?:(?:{_ONE_WORD_SCHEMES})[ \t]+)?(?P<credential>[^\s\"',;]{{4,2048}}))"
+     rf"|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}(?P<bearer>[a-z0-9._~+/=-]{{8,}})"
+     rf"|{_on_its_own('basic')}\s+{_TOKEN_SHAPE}(?P<basic>[a-z0-9._~+/=-]{{8,}}))"),
+    # A command line's password: curl's "-u user:password" (or --user), mysql's "-pPASSWORD" (attached, quoted
+    # or not), sshpass's "-p PASSWORD", and SQL's "IDENTIFIED BY 'password'".
     r"-(?<![^\s]-)(?:u|-user)[ \t=]{0,8}['\"]?[^\s:'\"]{1,128}:(?P<value>[^\s'\"]{1,256})",
-    r"(?:mysql|mariadb)[a-z-]{0,12}[ \t][^\n]{0,200}?(?<=[ \t])-p(?P<value>[^\s'\"]{1,256})",
+    (r"(?:mysql|mariadb)[a-z-]{0,12}[ \t][^\n]{0,200}?(?<=[ \t])-p"
+     r"(?:'(?P<single>[^'\n]{1,256})(?=')|\"(?P<double>[^\"\n]{1,256})(?=\")|(?P<value>[^\s'\"]{1,256}))"),
+    r"sshpass[ \t]{1,8}-p[ \t]{0,8}(?P<value>[^\s'\"]{1,256})",
+    r"identified[ \t]{1,8}by[ \t]{1,8}'(?P<value>[^'\n]{1,256})(?=')",
+    # A cookie header's value (name=value pairs; Set-Cookie's too): a session is a credential. "cookie: invalid
+    # format" stays.
+    r"cookie[\"']?[ \t]{0,8}:[ \t]{0,8}[\"']?(?P<value>[^\s=;\"']{1,256}=[^\r\n\"']{0,4096})",
 )))
 
 
 # A key by its vendor's published prefix, wherever it stands (an SDK quotes it back: "Invalid API Key provided:
 # sk_live_..."): Stripe's secret, restricted and webhook keys, OpenAI-style "sk-", GitHub, GitLab, Slack, Google
-# API keys and AWS access key ids. Searched only in a text that holds one of the prefixes: most hold none, and
-# the pattern alone tripled the cost of masking a typical error.
-_VENDOR_KEY_PREFIXES = ("k_live_", "k_test_", "whsec_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-                        "glpat-", "xox", "akia", "asia", "aiza")
-_VENDOR_KEY = re.compile(
-    r"(?<![a-z0-9_-])(?P<value>[sr]k_(?:live|test)_[a-z0-9]{6,}|whsec_[a-z0-9]{16,}|sk-[a-z0-9_-]{20,}|"
-    r"gh[pousr]_[a-z0-9]{30,}|github_pat_[a-z0-9_]{30,}|glpat-[a-z0-9_-]{20,}|xox[abprs]-[a-z0-9-]{10,}|"
-    r"a[ks]ia[0-9a-z]{16}(?![0-9a-z])|aiza[0-9a-z_-]{35})")
+# API keys, AWS access key ids and JSON web tokens; and a Slack webhook's path. Each is searched only in a text
+# that holds one of its prefixes: most hold none, and these patterns alone tripled the cost of masking a typical
+# error.
+_GATED_SHAPES = (
+    (("k_live_", "k_test_", "whsec_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox",
+      "akia", "asia", "aiza", "eyj"), re.compile(
+        r"(?<![a-z0-9_-])(?P<value>[sr]k_(?:live|test)_[a-z0-9]{6,}|whsec_[a-z0-9]{16,}|sk-[a-z0-9_-]{20,}|"
+        r"gh[pousr]_[a-z0-9]{30,}|github_pat_[a-z0-9_]{30,}|glpat-[a-z0-9_-]{20,}|xox[abprs]-[a-z0-9-]{10,}|"
+        r"a[ks]ia[0-9a-z]{16}(?![0-9a-z])|aiza[0-9a-z_-]{35}|eyj[a-z0-9_-]{8,}\.eyj[a-z0-9_-]{8,}\.[a-z0-9_-]{0,2048})")),
+    (("hooks.slack.com/",), re.compile(r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<value>[a-z0-9/]{8,})")),
+)
+_PEM_KEY_OPENS = "private key-----"  # -----BEGIN [RSA |EC |OPENSSH |ENCRYPTED ]PRIVATE KEY-----
+_PEM_KEY_CLOSES = "-----end"
+
+
+def _private_key_spans(lowered):
+    """The body of each PEM private key block (to its END line, or the text's end when cut): one pass of
+    str.find, however many blocks a hostile text opens."""
+    at = lowered.find(_PEM_KEY_OPENS)
+    while at >= 0:
+        start = at + len(_PEM_KEY_OPENS)
+        end = lowered.find(_PEM_KEY_CLOSES, start)
+        end = len(lowered) if end < 0 else end
+        if end > start:
+            yield start, end
+        at = lowered.find(_PEM_KEY_OPENS, end)
 
 
 def expand_env(value: str) -> str:
@@ -120,10 +164,10 @@ def _credential_spans(text):
     lowered = text.lower()
     if len(lowered) != len(text):  # a letter that lowers to two (İ): offsets would shift; translate is 20x slower
         lowered = text.translate(_ASCII_LOWER)
-    shapes = _CREDENTIAL_SHAPES
-    if any(prefix in lowered for prefix in _VENDOR_KEY_PREFIXES):
-        shapes += (_VENDOR_KEY,)
-    return (match.span(match.lastgroup) for shape in shapes for match in shape.finditer(lowered))
+    shapes = _CREDENTIAL_SHAPES + tuple(shape for prefixes, shape in _GATED_SHAPES
+                                        if any(prefix in lowered for prefix in prefixes))
+    yield from (match.span(match.lastgroup) for shape in shapes for match in shape.finditer(lowered))
+    yield from _private_key_spans(lowered)
 
 
 # What requests leaves unquoted when it re-quotes a URL (requests.utils.requote_uri): a secret put into a URL
@@ -132,10 +176,11 @@ _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 def _variants(secret):
-    """How a secret may come back: as given, percent-quoted three ways, and each lower-cased (a host name is)."""
+    """How a secret may come back: as given, percent-quoted three ways, and each lower-cased (a host name is) and
+    upper-cased (an error that shouts)."""
     quoted = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
               urllib.parse.quote(secret, safe=_URL_SAFE)}
-    return quoted | {variant.lower() for variant in quoted}
+    return quoted | {variant.lower() for variant in quoted} | {variant.upper() for variant in quoted}
 
 
 def _replaced_everywhere(text, secrets, fill=MASK):

@@ -72,6 +72,25 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
     ("curl --user 'deploy:S3cret' https://x", "--user 'deploy:***'"),
     ("mysql -h db -uroot -pHunter22 orders: ERROR 1045 (28000)", "-uroot -p*** orders"),
     ("mysqldump --single-transaction -pS3cr3t shop", "--single-transaction -p*** shop"),
+    # Quoted and spaced assignments, as a traceback quotes a source line; quoted field and option values.
+    ('    conn = psycopg2.connect(host="db", password="hunter2x")', 'host="db", password="***")'),
+    ("AWS_SECRET_ACCESS_KEY='abc/def+ghi' aws s3 ls", "AWS_SECRET_ACCESS_KEY='***' aws"),
+    ('settings: password = "x1y2z3" and secret_key = abc123def', 'password = "***" and secret_key = ***'),
+    ('config password: "hunter2x1"', 'password: "***"'), ('deploy --password "two words"', '--password "***"'),
+    ("mysql -u root -p'S3cret x' shop", "-p'***' shop"), ("sshpass -p S3cret ssh deploy@host", "sshpass -p *** ssh"),
+    ("DB_PASS=S3cret SMTP_PASS=x", "DB_PASS=*** SMTP_PASS=***"),
+    ("ALTER USER app IDENTIFIED BY 'S3cret';", "IDENTIFIED BY '***';"),
+    # Any Authorization scheme: the scheme shown, its credential masked; a parameter list to the line's end.
+    ("request headers: Authorization: Negotiate YIIabcdef==", "Authorization: Negotiate ***"),
+    ("Authorization: ApiKey abcdef123456 refused", "Authorization: ApiKey *** refused"),
+    ("Authorization: SharedKey account:c2lnbmF0dXJl", "Authorization: SharedKey ***"),
+    ('Authorization: Digest username="bob", response="6629fae49393a053"', "Authorization: Digest ***"),
+    ('{"Authorization": "Bearer abcdef123456", "Host": "a"}', '{"Authorization": "Bearer ***", "Host": "a"}'),
+    ("Cookie: sessionid=abc123; csrftoken=def", "Cookie: ***"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl expired", "jwt *** expired"),
+    ("POST https://hooks.slack.com/services/T000/B000/XXXXXXXX: 404", "https://hooks.slack.com/services/***: 404"),
+    ("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+     "-----BEGIN RSA PRIVATE KEY-----***-----END RSA PRIVATE KEY-----"),
 ])
 def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_secret(text, masked):
     from failured.secrets import mask
@@ -81,6 +100,7 @@ def test_credentials_in_urls_headers_and_quoted_keys_are_masked_whatever_the_sec
 
 @pytest.mark.parametrize(("secret", "shown", "masked"), [
     ("QTOKsecretAAAA1111", "host='qtoksecretaaaa1111.invalid'", "host='***.invalid'"),  # requests lower-cases a host
+    ("UpperCaseMe5ecret", "ERROR: UPPERCASEME5ECRET REJECTED", "ERROR: *** REJECTED"),  # an error that shouts
     ("ab+cd/ef=gh&ij secretHHHH8888", "/hook?k=ab+cd/ef=gh&ij%20secretHHHH8888", "/hook?k=***"),  # re-quoted URL
     ("PTOK%2Fsecret IIII9999", "/p/PTOK%2Fsecret%20IIII9999/x", "/p/***/x"),
     ("p@ss w/rd:99", "password=p%40ss+w%2Frd%3A99 refused", "password=*** refused"),  # a form's quoting
@@ -99,7 +119,9 @@ def test_a_known_secret_is_masked_as_urls_and_hosts_give_it_back(secret, shown, 
                                   "forbearer AbC12345678", "KeyError: 'api_key'", "invalid password: abc",
                                   "sudo -u postgres psql -c 'select 1'", "mkdir -p /data/x: Permission denied",
                                   "ssh -p 22 deploy@host: Connection refused", "task-sk-1 failed: skipped",
-                                  "mysql -h db -u app orders: Access denied"])
+                                  "mysql -h db -u app orders: Access denied",
+                                  "error reading cookie: invalid format", "compass = 12345 ok", "bypass=1",
+                                  "Authorization header missing", "x = password = None"])
 def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
     from failured.secrets import mask
 
