@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -163,6 +164,7 @@ def cmd_exec(args, settings):
     check_task_type(args.type)
     parse_payload(args.payload)  # refuse bad input before running anything
     status, error, error_type = run_command(argv)  # the job runs, and ends as it ends, whatever failured's state
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal that hung up must not stop its end being recorded
     try:
         task_id = commands.with_store(settings, record_outcome, argv, args.type, status, error, error_type,
                                       payload=args.payload, ref=args.ref, timeout=args.timeout, create=True)

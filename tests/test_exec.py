@@ -93,3 +93,55 @@ def test_the_job_runs_and_ends_with_its_own_status_when_failured_cannot_record_i
     assert marker.exists() and result.returncode == status, result.stderr
     what = "success" if status == 0 else "failure"
     assert f"exited {status}; its {what} was NOT recorded: " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.sqlite_suffices("exec's own process handling")
+def test_exec_ends_with_its_command_while_a_background_process_holds_stderr(tmp_path):
+    """``sleep 600 &`` keeps the stderr pipe open: exec records and exits when the command ends, and what the
+    background process writes later still reaches exec's stderr."""
+    import os
+    import signal
+    import subprocess
+
+    from conftest import wait_for
+
+    go, err = tmp_path / "go", tmp_path / "stderr.txt"
+    script = (f"(while [ ! -e {go} ]; do sleep 0.05; done; echo later-from-background >&2) & echo $! > {tmp_path}/bg; "
+              "echo 'Connection refused' >&2; exit 1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
+    with open(err, "wb") as stderr:
+        done = subprocess.run([sys.executable, "-m", "failured", "exec", "--type", "bg", "--", "sh", "-c", script],
+                              env={**env, "FAILURE_DB": str(tmp_path / "f.db")}, stderr=stderr, timeout=60)
+    try:
+        assert done.returncode == 1
+        assert query(str(tmp_path / "f.db"), "SELECT error_message FROM tasks") == [("Connection refused",)]
+        go.touch()
+        assert wait_for(lambda: "later-from-background" in err.read_text(), timeout=30), err.read_text()
+    finally:
+        go.touch()
+        try:
+            os.kill(int((tmp_path / "bg").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.mark.sqlite_suffices("exec's own process handling")
+def test_a_hang_up_reaches_the_command_and_its_end_is_recorded(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from conftest import wait_for
+
+    ready = tmp_path / "ready"
+    code = f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(600)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILURE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "failured", "exec", "--type", "hup", "--", sys.executable, "-c",
+                             code], env={**env, "FAILURE_DB": str(tmp_path / "f.db")}, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(ready.exists, timeout=30)
+        proc.send_signal(signal.SIGHUP)  # the ssh session that ran it closed
+        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+        assert query(str(tmp_path / "f.db"), "SELECT error_type FROM tasks") == [("signal 1",)]
+    finally:
+        proc.kill()
