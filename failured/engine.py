@@ -589,6 +589,7 @@ class Engine:
             if _handler_may_run(task, self.members.shared) and (task.lease_until or 0) > now:
                 waiting.append(task.id)  # never run a task twice at the same time
                 continue
+            _stop_overdue_handler(task, self.members.shared)
             with self.store.transaction():
                 updated = rows.take_back(self.store, task.id, task.lease_owner, now)
                 if updated:
@@ -651,6 +652,21 @@ def _handler_may_run(task, shared):
     if shared and task.handler_pid and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname():
         return True  # RUNS_ELSEWHERE included
     return handler_alive(task.handler_pid)
+
+
+def _stop_overdue_handler(task, shared):
+    """The lease (twice the handler's timeout, and more) ended while processes of its handler still run here: their
+    daemon died (``kill -9``) and what the handler started outlived it. Killed, as its timeout would have killed it,
+    before the task runs again; never beside itself."""
+    ran_elsewhere = shared and (task.lease_owner or "").split(":", 1)[0] != socket.gethostname()
+    if task.handler_pid == RUNS_ELSEWHERE or ran_elsewhere or not handler_alive(task.handler_pid):
+        return
+    try:
+        os.killpg(task.handler_pid, signal.SIGKILL)
+    except OSError:
+        return
+    log.warning("task %s %s: the handler of retry %s (process group %s) outlived its lease; killed before it runs "
+                "again", task.id, task.task_type, task.attempts, task.handler_pid)
 
 
 def _mask_names(task, secrets):

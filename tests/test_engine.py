@@ -9,7 +9,7 @@ import pytest
 
 from conftest import SMALL_PATTERNS, SYNC_HANDLER, wait_for, write_config
 from failured.config import load_config
-from failured.engine import Engine
+from failured.engine import Engine, handler_alive
 from failured.errors import RefusedError
 from failured.handlers import Outcome
 from failured.intake import record_failure
@@ -331,3 +331,27 @@ def test_messages_are_chinese_by_default_and_english_with_failure_lang_en(store,
     zh.handle_new()
     body = Notification.get(Notification.task == zh_id).body
     assert "分类: 不可恢复数据错误" in body and f"查看: `failured show {zh_id}`" in body
+
+
+def test_a_handler_group_that_outlives_its_lease_is_killed_before_the_task_runs_again(engine, store, clock, snapshot):
+    """``kill -9`` of the daemon reached the handler's own process only: a process it started lived on past the
+    timeout. Once the lease ends, the task runs again, and never beside that one."""
+    dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
+    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
+    engine.handle_new()
+    clock.advance(1)
+    dead.claim(task_id)
+    handler = subprocess.Popen(["sh", "-c", "sleep 600 & exit 0"], start_new_session=True)  # as handlers start
+    assert handler.wait(30) == 0
+    try:
+        dead.record_pid(task_id, handler.pid)
+        assert engine.take_back_leases(orphans_only=True) == ([], [task_id])
+        clock.advance(3600)  # far past the lease
+        queued, waiting = engine.take_back_leases(orphans_only=True)
+        assert [q[0] for q in queued] == [task_id] and waiting == []
+        assert wait_for(lambda: not handler_alive(handler.pid), timeout=30)
+    finally:
+        try:
+            os.killpg(handler.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
