@@ -426,9 +426,10 @@ class Daemon:
     def _keep_daemon_lock(self):
         try:
             if self.store.keep_daemon_lock():
-                log.info("daemon lock on %s taken again: the server had dropped its session", self.store.path)
+                log.warning("daemon lock on %s taken again: it was lost (the server dropped its session, or its "
+                            "lock file was removed)", self.store.path)
         except StoreError as exc:  # not the heartbeat's failure: it was written
-            log.warning("daemon lock on %s not taken again yet: %s", self.store.path, exc)
+            log.error("daemon lock on %s not taken again yet: %s", self.store.path, exc)
 
     def _retrain_on_new_labels(self):
         """An operator labelled a task (CLI or API): the next snapshot's model learns it."""

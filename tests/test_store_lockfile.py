@@ -95,3 +95,26 @@ os._exit(0)
            "FAILURE_LOG_DIR": str(logs), "FAILURE_REPORT_DIR": str(tmp_path / "reports")}
     code, stderr = run_daemon(env)
     assert_one_line_refusal(code, stderr, f"database {db} is read-only", "read-only")
+
+
+def test_one_daemon_lock_whatever_path_names_the_database_and_a_removed_lock_file_is_taken_again(tmp_path):
+    from failured.errors import StoreError
+
+    real = tmp_path / "f.db"
+    open_store(real, create=True).close()
+    (tmp_path / "link.db").symlink_to(real)
+    first = open_store(real)
+    first.take_daemon_lock()
+    through_link = open_store(tmp_path / "link.db")
+    try:
+        with pytest.raises(StoreError, match="another failured daemon"):
+            through_link.take_daemon_lock()
+        assert first.keep_daemon_lock() is False  # held: nothing to do
+        Path(f"{real}.lock").unlink()  # "a stale lock" cleared by hand while the daemon runs
+        assert first.keep_daemon_lock() is True  # the next heartbeat takes it again
+        with pytest.raises(StoreError, match="another failured daemon"):
+            through_link.take_daemon_lock()
+        assert through_link.daemon_lock_held() is True
+    finally:
+        through_link.close()
+        first.close()

@@ -552,7 +552,7 @@ class Store:
     def take_daemon_lock(self, exclusive=True):
         """Hold this database's daemon lock until ``close``; StoreError when another daemon holds it (a SQLite
         database has one daemon: the lock is always its alone)."""
-        path = f"{self.path}.lock"
+        path = self._lock_path()
         try:
             self._lock_file = open(path, "a+")
         except OSError as exc:
@@ -583,15 +583,39 @@ class Store:
                                       "(one left by root: chown it to that user)")
         return StoreError(f"cannot open the lock file {path} of database {self}: {exc.strerror or exc}")
 
+    def _lock_path(self):
+        """The lock file beside the database file itself: a database reached through a symbolic link has the one
+        lock its daemon holds, whatever path a second daemon names it by."""
+        return f"{os.path.realpath(self.path)}.lock"
+
     def keep_daemon_lock(self):
-        """Nothing to take again (False): a file lock cannot be lost while the process lives."""
-        return False
+        """Take the lock again when its file was removed or replaced (an operator clearing a "stale" lock at 3 a.m.:
+        a second daemon could then start beside this one); True when it did. A StoreError when another process holds
+        the new file's lock."""
+        if self._lock_file is None or self._holds_lock_file():
+            return False
+        held, self._lock_file = self._lock_file, None
+        try:
+            self.take_daemon_lock()
+        except StoreError as exc:
+            self._lock_file = held  # still ours; the next heartbeat looks again
+            raise StoreError(f"the lock file {self._lock_path()} was removed, and {exc}") from None
+        held.close()
+        return True
+
+    def _holds_lock_file(self):
+        try:
+            there = os.stat(self._lock_path())
+        except OSError:
+            return False
+        ours = os.fstat(self._lock_file.fileno())
+        return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
 
     def daemon_lock_held(self):
         """True while a process (a daemon, migrate-store) holds this database's daemon lock; read-only: it
         creates nothing, and works on a full disk."""
         try:
-            fd = os.open(f"{self.path}.lock", os.O_RDONLY)
+            fd = os.open(self._lock_path(), os.O_RDONLY)
         except OSError:
             return False  # no lock file: no daemon ever ran here, or it cannot be read
         try:
