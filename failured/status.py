@@ -96,8 +96,11 @@ def problems(daemon, health, config, breached, free=None, read_only=None, report
         found.append("daemon not running" if daemon["heartbeat"] is None
                      else f"daemon not running: last heartbeat {daemon['heartbeat']}")
     elif daemon["heartbeat_stale"]:
+        why = ("see the problem above: restarting it will not help" if found else
+               "another process holding SQLite's write lock (a VACUUM, a sqlite3 shell in a transaction) stops it "
+               "writing; if none does, it is hung: restart it (systemctl restart failured)")
         found.append(f"daemon running but not writing: last heartbeat {daemon['heartbeat'] or '-'} (it holds the "
-                     "database's lock; see the other problems, restarting it will not help)")
+                     f"database's lock; {why})")
     for name, outcome in sorted(health.items()):
         if outcome.get("paused"):  # its words say it is paused, why and what to fix
             found.append(f"channel {name} since {outcome.get('at') or '?'}: {outcome.get('error')}")

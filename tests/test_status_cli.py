@@ -178,6 +178,9 @@ def test_a_daemon_that_cannot_write_its_heartbeat_is_alive_while_it_holds_the_lo
         assert running["alive"] and running["heartbeat_stale"]
         [problem] = problems(running, {}, {"last_rejected": None}, [])
         assert problem.startswith("daemon running but not writing: last heartbeat 1970-01-01T00:16:40Z")
+        assert "if none does, it is hung: restart it" in problem  # nothing else explains it: a hung daemon
+        full, stale = problems(running, {}, {"last_rejected": None}, [], free=0)
+        assert full.startswith("disk full") and "see the problem above: restarting it will not help" in stale
     finally:
         daemon.close()
     gone = daemon_status(sqlite_store, 2000.0)  # the lock went with it: now it is not running
