@@ -28,6 +28,7 @@ from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreF
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap, read_fields
 from .intake import MAX_TASK_TYPE_CHARS, check_task_type
 from .listing import build_filter, since_seconds
+from .text import without_surrogates
 from .manual import REQUEUE_PAGE, REQUEUE_STATUSES, check_categories
 from .web import Console
 from .web.hosts import Hosts, is_loopback
@@ -166,6 +167,27 @@ def _json_type(value):
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _object(pairs):
+    """A JSON object, refusing a key given twice (the last would win silently, and a check may read the first)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {twice[:100]!r} is given twice: send it once")
+    return value
+
+
+def _storable(value, keep=("payload",)):
+    """``value`` (a parsed body) with each lone surrogate escape in its strings read as U+FFFD, as every other
+    intake stores it (a JavaScript reporter's JSON.stringify sends them); a top-level ``keep`` field stays as sent,
+    for intake to refuse (a payload is a retry's arguments: it is not changed)."""
+    if isinstance(value, dict):
+        return {without_surrogates(k): v if k in keep else _storable(v, ()) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(item, ()) for item in value]
+    return without_surrogates(value) if isinstance(value, str) else value
 
 
 def _finite_float(text):
@@ -454,6 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
     """One connection: its requests one after another (keep-alive), each read within its deadlines."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: every answer carries a Content-Length
+    default_request_version = "HTTP/1.0"  # what an answer before the version was read (HTTP/2.0: 505) is written in
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall between them
 
     def setup(self):
@@ -532,9 +555,22 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "bad_request", f"{len(values)} different {name} headers: send one")
 
     def _check_host(self, hosts):
-        """Without a token, a name other than loopback's is a page whose DNS name was rebound to us."""
-        if refusal := hosts.host_refusal(self.headers.get("Host")):
+        """Without a token, a name other than loopback's is a page whose DNS name was rebound to us; a request
+        target in absolute form names the host it is for in place of Host (RFC 9112 3.2.2)."""
+        target = urlsplit(self.path) if self.path.lower().startswith(("http://", "https://")) else None
+        if refusal := hosts.host_refusal(target.netloc if target else self.headers.get("Host")):
             raise ApiError(421, "misdirected_request", refusal)
+
+    def parse_request(self):
+        """The standard library answers HTTP/0.9 without a status line: a client could not tell 201 from 400, so
+        anything older than HTTP/1.0 is refused (505), in a 1.0 answer it can read."""
+        if not super().parse_request():
+            return False
+        if self.request_version in ("HTTP/1.0", "HTTP/1.1") and len(self.requestline.split()) == 3:
+            return True  # a request line of two words is HTTP/0.9's, whatever version the default says
+        self.request_version = "HTTP/1.0"
+        self.send_error(505, "HTTP/1.0 or HTTP/1.1 only")
+        return False
 
     def _check_origin(self, hosts):
         """Without a token, a /v1 request from another web page is refused: a form there posts with no preflight."""
@@ -583,14 +619,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body(length)
         try:
             text = body.decode("utf-8")
-            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                               object_pairs_hook=_object)
             if "\\u" in text:  # a lone surrogate is a valid JSON escape but not storable text
-                json.dumps(value, ensure_ascii=False).encode("utf-8")
+                value = _storable(value)
         except UnicodeDecodeError as exc:
             raise ApiError(400, "bad_request", f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-        except UnicodeEncodeError:
-            raise ApiError(400, "bad_request", "the body is not valid JSON text: it escapes a lone surrogate "
-                           "(\\ud800-\\udfff)") from None
         except ValueError as exc:
             raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
         except RecursionError:

@@ -13,6 +13,11 @@ def clean_text(value):
     return _valid_utf8(value).replace("\x00", "\ufffd")
 
 
+def without_surrogates(text):
+    """``text`` with each lone surrogate (a JSON ``\\ud800`` escape) as U+FFFD; nothing else changed."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _valid_utf8(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

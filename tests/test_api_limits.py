@@ -279,3 +279,34 @@ def test_the_daemon_answers_healthz_and_decides_tasks_while_300_connections_are_
             sock.close()
     assert daemon.proc.poll() is None
     assert "Too many open files" not in daemon.stderr()
+
+
+def _post_failure(port, body, host="x", target="/v1/failures", version="HTTP/1.1"):
+    body = body.encode() if isinstance(body, str) else body
+    return exchange(port, (f"POST {target} {version}\r\nHost: {host}\r\nContent-Type: application/json\r\n{AUTH}"
+                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+
+
+def test_a_key_given_twice_is_400_naming_it(serve, store):
+    status, _, data = _post_failure(serve().port, '{"task_type": "a", "task_type": "b", "error": "x"}')
+    assert (status, data["error"]) == (400, "bad_request") and "key 'task_type' is given twice" in data["detail"]
+    assert store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_a_lone_surrogate_in_the_error_is_stored_as_a_replacement_character_and_in_a_payload_refused(serve, store):
+    server = serve()
+    status, _, data = _post_failure(server.port, '{"task_type": "js\\ud800", "error": "x\\udc00y", "ref": "r\\ud83d"}')
+    assert status == 201, data
+    assert store.db.execute_sql("SELECT task_type, error_message, ref FROM tasks").fetchall() == [
+        ("js\ufffd", "x\ufffdy", "r\ufffd")]
+    status, _, data = _post_failure(server.port, '{"task_type": "js", "error": "x", "payload": {"a": "\\ud800"}}')
+    assert status == 400 and "lone surrogate" in data["detail"]
+
+
+@pytest.mark.parametrize("request_line", ["GET /healthz\r\n\r\n", "GET /healthz HTTP/0.9\r\n\r\n",
+                                          "POST /v1/failures HTTP/0.9\r\nContent-Length: 2\r\n\r\n{}",
+                                          "GET /healthz HTTP/2.0\r\n\r\n"])
+def test_a_version_before_http_1_0_or_after_1_1_gets_a_505_with_a_status_line(serve, store, request_line):
+    status, _, data = exchange(serve().port, request_line.encode())
+    assert status == 505 and data["error"] == "http_version_not_supported"
+    assert store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0
