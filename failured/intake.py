@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .clock import SystemClock
 from .errors import InputError
+from .exceptiontext import exception_text, qualified_name
+from .integrations.protocol import marked_repr
 from .settings import load_settings
 from .secrets import masked, reporter_secrets
 from .store import open_store
@@ -89,13 +91,16 @@ def parse_payload(payload):
         raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it, e.g. '{{\"value\": ...}}'")
     try:
         # NaN and Infinity are no JSON: stored, they made every answer that shows the task invalid JSON.
-        text = json.dumps(payload, ensure_ascii=False, default=str, allow_nan=False)
+        # A value JSON cannot hold (a set, an object) is kept as its repr, marked as such: never passed as a string
+        # a retry would take for the value.
+        text = json.dumps(payload, ensure_ascii=False, default=marked_repr, allow_nan=False)
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError("payload holds a lone surrogate (\\ud800-\\udfff), which is not text: send valid "
                          "UTF-8") from None
-    except ValueError as exc:  # circular references, NaN or Infinity
-        advice = " (JSON has no NaN or Infinity: send null or a string)" if "float" in str(exc) else ""
+    except (ValueError, TypeError) as exc:  # circular references, NaN or Infinity; a key that is not text
+        advice = (" (JSON has no NaN or Infinity: send null or a string)"
+                  if isinstance(exc, ValueError) and "float" in str(exc) else "")
         raise InputError(f"payload cannot be stored as JSON: {exc}{advice}") from None
     except RecursionError:
         raise InputError(_NESTED_TOO_DEEPLY) from None
@@ -136,13 +141,29 @@ def record_failure(store, task_type, error, *, error_type=None, payload=None, re
     task_type = masked(check_task_type(task_type), secrets)
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    message = stored_text(error if error is not None else "", secrets)
+    error, error_type = _error_given(error, error_type)
+    for name, value in (("error_type", error_type), ("ref", ref)):
+        if value is not None and not isinstance(value, (str, bytes)):
+            raise InputError(f"{name} must be text, not {type(value).__name__}: pass str({name})")
+    message = stored_text(error, secrets)
     error_type = bound_name(error_type, secrets).strip() or None if error_type is not None else None
     ref = bound_name(ref, secrets) if ref is not None else None
     payload_json = parse_payload(payload)
     handler_json = json.dumps(handler) if handler is not None else None
     now = (clock or SystemClock()).now()
     return rows.insert_task(store, task_type, ref, source, error_type, message, payload_json, handler_json, now)
+
+
+def _error_given(error, error_type):
+    """(error text, error type): an exception given as the error (``report_failure("sync", exc)`` in an ``except``
+    block) is its traceback's last frames and error line, its type its qualified name unless one was given."""
+    if isinstance(error, BaseException):
+        name = error_type if error_type is not None else qualified_name(type(error))
+        return exception_text(error, error.__traceback__), name
+    if not isinstance(error, (str, bytes)):
+        raise InputError(f"error must be text or an exception, not {type(error).__name__}: pass str(error) or the "
+                         "exception itself")
+    return error, error_type
 
 
 def record_success(store, task_type, count=1, *, clock=None):

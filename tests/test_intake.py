@@ -80,6 +80,7 @@ def _nested(depth):
     ({"a": float("inf")}, "JSON has no NaN or Infinity"),
     ('{"a": 1e999}', "JSON has no NaN or Infinity"),
     ('{"a": "\\ud800"}', "lone surrogate"),
+    ({(1, 2): "a tuple key"}, "keys must be str"),
 ])
 def test_bad_payload_is_refused_and_nothing_is_written(store, payload, reason):
     with pytest.raises(InputError, match=reason):
@@ -211,3 +212,32 @@ def test_report_failure_says_once_when_it_creates_a_database(tmp_path):
     assert "check FAILURE_DB" in first.stderr
     again = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "created a new database" not in again.stderr, again.stderr
+
+
+def test_an_exception_given_as_the_error_is_its_traceback_and_its_type(store):
+    def fail():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    try:
+        fail()
+    except OSError as exc:
+        task_id = record_failure(store, "sync", exc)
+    task = Task.get_by_id(task_id)
+    assert task.error_type == "ConnectionResetError"
+    assert task.error_message.startswith("Traceback (most recent call last):\n  File ")
+    assert "in fail\n" in task.error_message and task.error_message.endswith("[Errno 104] Connection reset by peer")
+
+
+@pytest.mark.parametrize("fields, reason", [({"error": None}, "error must be text or an exception, not NoneType"),
+                                            ({"error": 5}, "error must be text or an exception, not int"),
+                                            ({"error": "x", "error_type": 3}, "error_type must be text, not int"),
+                                            ({"error": "x", "ref": 42}, "ref must be text, not int")])
+def test_an_error_type_or_ref_that_is_not_text_is_a_clear_input_error(store, fields, reason):
+    with pytest.raises(InputError, match=reason):
+        record_failure(store, "t", **fields)
+    assert Task.select().count() == 0
+
+
+def test_payload_values_json_cannot_hold_are_kept_as_marked_reprs_not_as_plain_strings(store):
+    task_id = record_failure(store, "t", "boom", payload={"ids": {7}, "ok": [1, "a"]})
+    assert json.loads(Task.get_by_id(task_id).payload) == {"ids": {"__failured_repr__": "{7}"}, "ok": [1, "a"]}

@@ -19,18 +19,17 @@ import collections
 import contextlib
 import fnmatch
 import hashlib
-import linecache
 import logging
 import math
 import os
 import socket
 import threading
-import traceback
 from pathlib import Path
 
 from celery import shared_task, signals
 from celery.app.task import Context
 
+from ..exceptiontext import exception_text, qualified_name  # noqa: F401 - qualified_name: used below, and by tests
 from ..intake import bound_error
 from ..settings import load_settings
 from ..store import is_url, moved_into
@@ -41,9 +40,7 @@ from .targets import HttpTarget, StoreTarget
 
 log = logging.getLogger(__name__)
 
-TRACEBACK_FRAMES = 8
 MAX_ERROR_BYTES = 64 * 1024  # failured's intake limit
-MAX_REPR_CHARS = 2000
 MAX_PAYLOAD_BYTES = 512 * 1024  # well under the API's 1 MiB body limit
 MANUAL_TASK = "failured.manual_recovery_task"
 # The worker's main process fails a task itself when its child died (WorkerLostError) or outlived its hard time
@@ -247,46 +244,21 @@ def _expire_on_redis(producer, reply_to):
         log.warning("failured reply %s: expiry not set: %s", reply_to, exc)
 
 
-def qualified_name(cls):
-    module = getattr(cls, "__module__", "builtins")
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
 def error_text(exception, tb=None, einfo=None):
     """The traceback's last frames and the error line, as Python prints them, within the intake limit."""
     if isinstance(tb, str):  # formatted already: the main process failed the task (a child that died)
         return bound_error(tb.rstrip(), MAX_ERROR_BYTES)
     if tb is None and einfo is not None:
         tb = getattr(einfo, "tb", None)
-    lines = ["Traceback (most recent call last):\n", *_last_frames(tb)] if tb is not None else []
-    lines += traceback.format_exception_only(type(exception), exception)
-    return bound_error("".join(lines).rstrip(), MAX_ERROR_BYTES)
-
-
-def _last_frames(tb):
-    # Formatted here rather than by traceback.format_exception, which works out the ^^^
-    # markers of every frame (the whole stack, not just the last ones): that was most of
-    # what a report cost the failing task. The text is Python's, without those markers.
-    frames = collections.deque(maxlen=TRACEBACK_FRAMES)
-    while tb is not None:
-        frames.append((tb.tb_frame, tb.tb_lineno))
-        tb = tb.tb_next
-    lines = []
-    for frame, lineno in frames:
-        code = frame.f_code
-        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
-        source = linecache.getline(code.co_filename, lineno or 0, frame.f_globals).strip()
-        if source:
-            lines.append(f"    {source}\n")
-    return lines
+    return bound_error(exception_text(exception, tb), MAX_ERROR_BYTES)
 
 
 def failure_record(task_name, celery_task_id, error, error_type, args, kwargs, queue):
     payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
                "celery_task_id": celery_task_id, "queue": queue}
     if len(protocol.json_bytes(payload)) > MAX_PAYLOAD_BYTES:  # in bytes as sent: a Chinese character is 3
-        payload["args"] = _marked(payload["args"])
-        payload["kwargs"] = _marked(payload["kwargs"])
+        payload["args"] = protocol.marked_repr(payload["args"])
+        payload["kwargs"] = protocol.marked_repr(payload["kwargs"])
     return {"kind": "failure", "task_type": task_name, "error": error, "error_type": error_type,
             "payload": payload, "ref": celery_task_id}
 
@@ -324,20 +296,14 @@ def json_safe(value):
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else _marked(value)
+        return value if math.isfinite(value) else protocol.marked_repr(value)
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: json_safe(v) for k, v in value.items()}
-    return _marked(value)
+    return protocol.marked_repr(value)
 
 
-def _marked(value):
-    try:
-        text = repr(value)
-    except Exception as exc:  # a broken __repr__ must not lose the report
-        text = f"<{type(value).__name__}: repr failed: {exc!r}>"
-    return {protocol.REPR_MARK: text[:MAX_REPR_CHARS]}
 
 
 @shared_task(name=MANUAL_TASK)

@@ -18,6 +18,16 @@ REPLY_PREFIX = "failured.reply"
 REPLY_TTL_SECONDS = 3600  # a reply nobody waits for any more is dropped after this (Redis; RabbitMQ: x-expires)
 # Payload values that were not JSON when reported are stored as {REPR_MARK: repr(value)}.
 REPR_MARK = "__failured_repr__"
+MAX_REPR_CHARS = 2000
+
+
+def marked_repr(value):
+    """``{REPR_MARK: repr(value)}``: a value JSON cannot hold, kept as its repr and marked as such."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not lose the report
+        text = f"<{type(value).__name__}: repr failed: {exc!r}>"
+    return {REPR_MARK: text[:MAX_REPR_CHARS]}
 
 
 def reply_queue_name(task_id, attempt):
