@@ -7,6 +7,7 @@ database that no daemon watches.
 """
 
 import dataclasses
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -297,9 +298,11 @@ def _report_dir_errors(settings, kept=""):
     try:
         yield
     except OSError as exc:
-        raise FailuredError(f"cannot write the report under {settings.report_dir}: {exc.strerror or exc} "
-                            f"({exc.filename}); set FAILURE_REPORT_DIR to a directory failured may create or "
-                            f"write{kept}") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        advice = ("free space on its filesystem" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+                  "set FAILURE_REPORT_DIR to a directory failured may create or write")
+        raise FailuredError(f"cannot write the report under {settings.report_dir}: {exc.strerror or exc}{where}; "
+                            f"{advice}{kept}") from None
 
 
 def analyze(settings, days, write=False):

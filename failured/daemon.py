@@ -79,6 +79,10 @@ STORE_RETRY_MAX_SECONDS = 5.0  # while PostgreSQL does not answer, intake tries 
 SAME_OUTAGE_SECONDS = 10.0  # a thread losing its connection this soon after the database came back: the same outage
 
 
+
+class ReportNotWritten(Exception):
+    """A report file could not be written (a full disk, a directory gone): said in one line, and by ``status``."""
+
 class Daemon:
     def __init__(self, settings, clock=None, notifier=None):
         self.settings = settings
@@ -217,6 +221,8 @@ class Daemon:
         except StoreFullError as exc:  # the heartbeat says so and alerts once; the job's next slot tries again
             self._disk_full(exc)
             log.warning("scheduled job %s skipped: %s", job.__name__, exc)
+        except ReportNotWritten as exc:  # status says so too; one line a slot, not a traceback
+            log.error("scheduled job %s: %s; it runs again at its next slot", job.__name__, exc)
         except Exception as exc:
             if not is_busy(exc):
                 log.exception("scheduled job %s failed; it runs again at its next slot", job.__name__)
@@ -533,7 +539,7 @@ class Daemon:
         except OSError as exc:
             failing = {"at": iso(now), "error": f"{exc.strerror or exc} ({self.settings.report_dir})"}
             self.store.set_state(REPORTS_FAILING, json.dumps(failing), now)
-            raise
+            raise ReportNotWritten(f"report not written: {failing['error']}") from None
         if self.store.get_state(REPORTS_FAILING) is not None:
             self.store.delete_state(REPORTS_FAILING)
             log.info("reports are written again in %s", self.settings.report_dir)

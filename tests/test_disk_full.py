@@ -57,6 +57,8 @@ def test_reports_that_cannot_be_written_are_a_problem_in_status_and_leave_no_par
         status = daemon.cli("status")
         assert status.returncode == 1 and "problem: report files not written since" in status.stdout, status.stdout
         assert "No space left on device" in status.stdout
+        assert "report not written: No space left on device" in daemon.stderr()  # one line a slot
+        assert "Traceback" not in daemon.stderr()
         assert [p.name for p in small_disk.rglob("*") if p.is_file() and p != filler] == []
         filler.unlink()
         daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'reports_failing'", lambda r: r[0][0] == 0)
@@ -64,3 +66,18 @@ def test_reports_that_cannot_be_written_are_a_problem_in_status_and_leave_no_par
         assert wait_for(lambda: any(json.loads(p.read_text())["total_processed"] for p in written), 10)
     finally:
         daemon.stop()
+
+
+def test_scan_from_a_shell_on_a_full_report_disk_says_to_free_space_and_names_no_none():
+    import errno
+
+    import pytest
+
+    from failured.commands import _report_dir_errors
+    from failured.errors import FailuredError
+    from failured.settings import Settings
+
+    with pytest.raises(FailuredError) as info, _report_dir_errors(Settings(report_dir="/srv/reports")):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(info.value) == ("cannot write the report under /srv/reports: No space left on device; "
+                               "free space on its filesystem")
