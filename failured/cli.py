@@ -22,7 +22,7 @@ from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
 from .manual import parse_duration
 from .notify import messages
 from .settings import load_settings, misspelt_variables
-from .text import printable, quoted
+from .text import printable, quoted, shell_word
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports for a tool that SIGPIPE ended
@@ -244,8 +244,20 @@ def cmd_list(args, settings):
         print(f"{row['id']}\t{iso(row['created_at'])}\t{row['task_type']}\t{row['status']}\t{row['category'] or '-'}"
               f"\t{row['attempts']}\t{messages.shorten(row['error'], 80)}")
     if cursor:
-        print(f"more: failured list ... --cursor {cursor}", file=sys.stderr)
+        print(f"more: {_next_page_command(args, cursor)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _next_page_command(args, cursor):
+    """The ``failured list`` that prints the next page: the same filters, quoted for the shell."""
+    words = ["failured", "list"]
+    for option in ("status", "category", "type"):
+        for value in getattr(args, option) or ():
+            words += [f"--{option}", value]
+    words += [word for option in ("since", "grep") if getattr(args, option) for word in (f"--{option}",
+                                                                                        getattr(args, option))]
+    words += ["--limit", str(args.limit), "--cursor", str(cursor)]
+    return " ".join(shell_word(word) for word in words)
 
 
 def cmd_show(args, settings):

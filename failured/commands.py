@@ -184,7 +184,7 @@ def manual_advice(task, handler_now):
     """Why a task waits in ``manual`` and the commands that move it on."""
     task_id, task_type = task["id"], task["task_type"]
     why = (f"its error can recover, but task type {task_type!r} had no handler to retry it with "
-           "when it was classified")
+           "when its retry was due (at its classification, or later: a handler taken out of the configuration)")
     requeue = f"failured requeue --type {shell_word(task_type)} --status manual"
     if handler_now:
         todo = [f"a handler is configured now: failured recover {task_id}", f"or retry every such task: {requeue}"]

@@ -11,7 +11,7 @@ from .states import TaskStatus
 from .store import aggregates
 from .store import tasks as rows
 from .store.members import wake_daemons
-from .text import clean_text
+from .text import clean_text, toml_key
 
 NEW, SCHEDULED, RUNNING = TaskStatus.NEW, TaskStatus.SCHEDULED, TaskStatus.RUNNING
 RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskStatus.NOTIFIED, TaskStatus.EXHAUSTED,
@@ -46,9 +46,11 @@ def refusal(task, force, has_handler):
     """Why ``recover`` without/with --force must not retry this task now, or None."""
     if task.status == RUNNING:
         return f"task {task.id} is running a retry right now: wait for it to finish"
+    if not force and task.status in (RECOVERED, RESOLVED):  # over: that comes before any handler
+        return f"task {task.id} {'is already recovered' if task.status == RECOVERED else 'was resolved by hand'}"
     if not has_handler:
         return (f"task {task.id}: task type {task.task_type!r} has no handler: configure one in "
-                "failured.toml under [task_types.<type>.handler]")
+                f"failured.toml under [task_types.{toml_key(task.task_type)}.handler]")
     if force:
         return None
     reasons = {

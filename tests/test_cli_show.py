@@ -78,3 +78,19 @@ def test_the_advice_for_a_celery_task_name_quotes_it_for_toml_and_the_shell():
     todo = manual_advice({"id": 4, "task_type": "shop.tasks.sync order"}, handler_now=False)["what_to_do"]
     assert todo[0] == ('configure [task_types."shop.tasks.sync order".handler] in failured.toml, '
                        "then: failured requeue --type 'shop.tasks.sync order' --status manual")
+
+
+def test_list_prints_the_next_page_s_command_with_the_same_filters_ready_to_paste(tmp_path):
+    import shlex
+
+    from conftest import run_cli
+
+    env = {"FAILURE_DB": str(tmp_path / "f.db")}
+    for i in range(3):
+        assert run_cli("report", "--type", "a b", "--error", f"timed out {i}", env=env, cwd=tmp_path).returncode == 0
+    first = run_cli("list", "--type", "a b", "--grep", "timed out", "--limit", "2", env=env, cwd=tmp_path)
+    [more] = [line for line in first.stderr.splitlines() if line.startswith("more: ")]
+    words = shlex.split(more.removeprefix("more: "))
+    assert words == ["failured", "list", "--type", "a b", "--grep", "timed out", "--limit", "2", "--cursor", "2"]
+    rest = run_cli(*words[1:], env=env, cwd=tmp_path)
+    assert [line.split("\t")[0] for line in rest.stdout.splitlines()] == ["1"]

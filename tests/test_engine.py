@@ -277,8 +277,12 @@ def test_recover_refuses_with_reasons_and_force_overrides(engine, store, clock, 
     assert task.status == "scheduled" and task.next_retry_at == clock.now()
     no_handler = record_failure(store, "nohandler", "malformed json", clock=clock)
     engine.handle_new()
-    with pytest.raises(RefusedError, match="has no handler"):
+    with pytest.raises(RefusedError, match=r"has no handler: configure one in failured.toml under "
+                                           r"\[task_types.nohandler.handler\]"):
         recover(store, snapshot, no_handler, clock.now(), force=True)
+    resolve(store, no_handler, clock.now())
+    with pytest.raises(RefusedError, match=f"task {no_handler} was resolved by hand"):  # over, handler or not
+        recover(store, snapshot, no_handler, clock.now())
 
 
 def test_forced_retry_of_an_exhausted_task_runs_once_more(engine, store, clock, snapshot):
