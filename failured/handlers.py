@@ -306,7 +306,7 @@ def _run_command(spec, task, on_start):
         output = _file_tail(err) or _file_tail(out)
         # The type is the exception the output names (a traceback's last line), as for a reported error; the
         # status stays in the message, where the rules read it (exit 137, signal 9).
-        return Outcome(False, f"{status}: {output}", exception_type_in(output), pid=proc.pid)
+        return Outcome(False, f"{status}: {output}" if output else status, exception_type_in(output), pid=proc.pid)
 
 
 def _file_tail(f):
@@ -316,8 +316,13 @@ def _file_tail(f):
 
 
 def _tail(text, limit):
+    """The last ``limit`` bytes of ``text``; when cut, from the first whole line in them, after a "…" line."""
     data = text.encode("utf-8")
-    return text if len(data) <= limit else data[-limit:].decode("utf-8", "ignore")
+    if len(data) <= limit:
+        return text
+    kept = data[-limit:].decode("utf-8", "ignore")
+    line_start = kept.find("\n") + 1
+    return "…\n" + (kept[line_start:] if 0 < line_start < len(kept) else kept)
 
 
 def _run_http(spec, task, on_start):

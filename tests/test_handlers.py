@@ -100,6 +100,19 @@ def test_a_command_failure_has_the_type_of_the_exception_its_output_names(script
     assert outcome.error_type == "requests.exceptions.ReadTimeout" and outcome.error.startswith("exit 1: Traceback")
 
 
+def test_a_long_output_is_cut_at_a_line_start_after_a_marker_and_no_output_is_the_status_alone(script):
+    argv = script("""
+        import sys
+        for i in range(3000):
+            print(f"line {i} of a loud handler")
+        sys.exit(3)
+    """)
+    outcome = run_handler(command(argv), task())
+    assert outcome.error.startswith("exit 3: …\nline ") and outcome.error.endswith("line 2999 of a loud handler")
+    killed = run_handler(command(script("import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n")), task())
+    assert killed.error == "signal 9"
+
+
 def test_command_failure_without_stderr_uses_stdout(script):
     outcome = run_handler(command(script("print('only on stdout'); raise SystemExit(1)\n")), task())
     assert outcome.error == "exit 1: only on stdout"
