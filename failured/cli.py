@@ -148,6 +148,7 @@ def cmd_run(args, settings):
     from .api import check_free, listen_address
     from .daemon import run
 
+    commands.refuse_second_daemon(settings)
     check_free(listen_address(settings))  # before anything is created: a bad or taken address leaves nothing behind
     commands.check_config_dir(settings)  # a run in the wrong directory leaves nothing
     commands.check_writable_dirs(settings)
