@@ -272,10 +272,12 @@ def cmd_show(args, settings):
     moved = first is not None and first != data["error_message"]  # a failed retry brought a new error
     print(f"error{' (the latest attempt; the first is on the reported line)' if moved else ''}: "
           f"{data['error_message']}")
+    if (data.get("handler") or {}).get("argv"):  # an exec task's own command, credentials masked
+        print(f"handler: {' '.join(shell_word(word) for word in data['handler']['argv'])}")
     width = max((len(event["event"]) for event in data["events"]), default=0)
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""
-        extra += f" in {event['delay_seconds']:g}s" if event["delay_seconds"] is not None else ""
+        extra += f" in {_seconds(event['delay_seconds'])}s" if event["delay_seconds"] is not None else ""
         said = event["error"] and (event["event"] != "reported" or moved)
         error = f"  {messages.shorten(error_summary(event['error']), 120)}" if said else ""
         print(f"  {iso(event['at'])}  {event['event']:<{width}}  {event['status']:<10}{extra}{error}".rstrip())
@@ -284,6 +286,11 @@ def cmd_show(args, settings):
         for step in data["advice"]["what_to_do"]:
             print(f"to do: {step}")
     return EXIT_OK
+
+
+def _seconds(value):
+    """A delay as people read it: whole seconds from 10 s up (293, not 292.974), tenths below."""
+    return f"{value:.0f}" if value >= 10 else f"{round(value, 1):g}"
 
 
 def cmd_notify_test(args, settings):

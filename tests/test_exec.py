@@ -45,6 +45,8 @@ def test_credentials_on_the_command_line_are_stored_to_retry_but_shown_masked(db
     assert json.loads(shown.stdout)["handler"]["argv"][3:] == [
         "--password", "***", "PGPASSWORD=***", "--url=https://u:***@db/x", "--note", "*** again"]
     assert "hunter22" not in shown.stdout and "s3cr3t" not in shown.stdout and "pw-9f2k" not in shown.stdout
+    text = run_cli("show", str(task_id), env=env_for(db_location)).stdout  # the text says the command too, masked
+    assert "handler: " in text and "--password '***' 'PGPASSWORD=***'" in text and "hunter22" not in text
 
 
 def test_success_is_counted_for_the_failure_rate(db_location):
