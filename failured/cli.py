@@ -15,7 +15,7 @@ from pathlib import Path
 from . import commands, corpus, logmask
 from .analysis import headline
 from .cliparser import build_parser
-from .config import ignored_files, load_config, unset_variable_problems
+from .config import empty_files, ignored_files, load_config, unset_variable_problems
 from .classify import error_summary
 from .clock import iso
 from .errors import ConfigErrors, FailuredError, InputError, StoreFullError
@@ -113,7 +113,7 @@ def cmd_check_config(args, settings):
                 print(f"  {error}", file=sys.stderr)
         return EXIT_FAILED
     summary = commands.config_summary(snapshot)
-    notes = [*snapshot.ruleset.overrides, *ignored_files(config_dir)]
+    notes = [*snapshot.ruleset.overrides, *ignored_files(config_dir), *empty_files(snapshot.files)]
     if args.json:
         _print_json({"ok": True, **summary, "notes": notes})
         return EXIT_OK

@@ -118,6 +118,20 @@ def ignored_files(config_dir):
     return notes
 
 
+def empty_files(paths):
+    """Notes on the files among ``paths`` that are empty: valid, and holding nothing (a running daemon that read
+    one with content waits for it to have content again, as for a save still being written)."""
+    notes = []
+    for path in map(Path, paths):
+        try:
+            if path.is_file() and path.stat().st_size == 0:
+                notes.append(f"{path}: empty: it adds nothing (a running daemon that read it with content waits "
+                             "for it to have content again; to drop a file, delete it)")
+        except OSError:
+            pass
+    return notes
+
+
 def config_files(config_dir):
     main = Path(config_dir, MAIN_FILE)
     try:

@@ -248,3 +248,10 @@ def test_check_config_lists_the_problems_of_patterns_code_tables_and_failured_to
     for problem in ("50-bad.toml: category \"x\".action: unknown action 'nope'", "(unclosed",
                     '95-bad.toml: table "bad".priority: missing', "failured.toml: channels.x.kind: is 'pigeon'"):
         assert problem in checked.stdout + checked.stderr, checked.stdout + checked.stderr
+
+
+def test_check_config_notes_an_empty_file_that_a_running_daemon_would_wait_on(config_dir):
+    (config_dir / "patterns" / "95-local.toml").write_text("", encoding="utf-8")
+    checked = run_cli("check-config", str(config_dir))
+    assert checked.returncode == 0
+    assert f"note: {config_dir / 'patterns' / '95-local.toml'}: empty: it adds nothing" in checked.stdout
