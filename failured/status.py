@@ -192,8 +192,11 @@ def render(status):
     for state, categories in sorted(status["tasks"]["by_status"].items()):
         detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
         lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")
+    held = {b["task_type"]: b["open_until"] for b in status["breakers_open"] if b["state"] == "open"}
     for retry in status["next_retries"]:
-        lines.append(f"next retry: task {retry['task_id']} {retry['task_type']} at {retry['due']}")
+        until = held.get(retry["task_type"])
+        wait = f" (its type's breaker holds it until {until})" if until and until > (retry["due"] or "") else ""
+        lines.append(f"next retry: task {retry['task_id']} {retry['task_type']} at {retry['due']}{wait}")
     for breaker in status["breakers_open"]:
         if breaker["state"] == "cooled":
             lines.append(f"breaker cooled down: {breaker['task_type']} (the next retry of this type probes)")

@@ -231,3 +231,19 @@ def test_a_first_start_writes_one_processing_report_not_two(daemon_factory, tmp_
     report(daemon, "sync", "订单不存在")  # handled on a later pass of the loop than both scans would be
     daemon.wait_for("SELECT status FROM tasks", lambda rows: rows and rows[0][0] == "notified")
     assert len(list(reports.glob("*.json"))) == 1, daemon.stderr()
+
+
+def test_a_next_retry_held_by_its_types_open_breaker_says_until_when():
+    from failured.status import render
+
+    status = {"healthy": True, "problems": [], "daemon": {"alive": True, "heartbeat": "x", "heartbeat_stale": False,
+                                                          "heartbeat_age_seconds": 1.0, "last_scan": None, "last_analysis": None},
+              "tasks": {"total": 1, "by_status": {"scheduled": {"recoverable_network": 1}}},
+              "next_retries": [{"task_id": 12, "task_type": "slow", "category": "recoverable_network",
+                                "due": "2026-12-03T07:33:41Z"}],
+              "breakers_open": [{"task_type": "slow", "state": "open", "consecutive_failures": 5,
+                                 "open_until": "2026-12-03T07:34:42Z"}],
+              "notifications": {}, "config": {"active": None, "last_rejected": None, "waiting": None},
+              "thresholds_breached": []}
+    assert ("next retry: task 12 slow at 2026-12-03T07:33:41Z (its type's breaker holds it until "
+            "2026-12-03T07:34:42Z)") in render(status)
