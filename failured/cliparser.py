@@ -4,6 +4,7 @@ Only the grammar lives here; ``cli.py`` runs the chosen command.
 """
 
 import argparse
+import re
 import sys
 import textwrap
 
@@ -18,6 +19,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2."""
 
     def error(self, message):
+        option = re.match(r"argument (--[\w-]+)(?:/[\w/-]+)?: expected one argument", message)
+        if option:  # the value began with "-" ("-bash: x: command not found"), or none was given
+            message += f" (for a value that begins with '-', write {option.group(1)}=VALUE)"
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(EXIT_USAGE)
 

@@ -121,3 +121,11 @@ def test_a_usage_error_is_one_line_naming_the_subcommand_and_exit_2(args, expect
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert expected in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_a_value_that_begins_with_a_dash_gets_the_way_to_write_it():
+    from conftest import run_cli
+
+    refused = run_cli("report", "--type", "t", "--error", "-x")
+    assert refused.returncode == 2
+    assert "(for a value that begins with '-', write --error=VALUE)" in refused.stderr
