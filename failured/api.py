@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from .errors import (FailuredError, InputError, RefusedError, StoreError, StoreFullError, TaskNotFound,
                      UnknownCategory)
 from .httplimits import BUSY, DEFAULT_MAX_CONNECTIONS, IDLE, Deadlines, Slots, connection_cap, read_fields
-from .intake import MAX_TASK_TYPE_CHARS, check_task_type
+from .intake import MAX_TASK_TYPE_CHARS, check_task_type, json_int
 from .listing import build_filter, since_seconds
 from .text import without_surrogates
 from .manual import REQUEUE_PAGE, REQUEUE_STATUSES, check_categories
@@ -620,7 +620,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             text = body.decode("utf-8")
             value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                               object_pairs_hook=_object)
+                               parse_int=json_int, object_pairs_hook=_object)
             if "\\u" in text:  # a lone surrogate is a valid JSON escape but not storable text
                 value = _storable(value)
         except UnicodeDecodeError as exc:

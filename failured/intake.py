@@ -82,7 +82,7 @@ def parse_payload(payload):
         return None
     if isinstance(payload, (str, bytes)):
         try:
-            payload = json.loads(payload)
+            payload = json.loads(payload, parse_int=json_int)
         except ValueError as exc:
             raise InputError(f"payload is not valid JSON ({exc}): give a JSON object such as '{{\"order_id\": 1}}'") from None
         except RecursionError:
@@ -109,6 +109,16 @@ def parse_payload(payload):
         raise InputError(f"payload is {size:,} bytes as JSON, more than the {MAX_PAYLOAD_BYTES:,} a task may carry: "
                          "keep large data elsewhere and pass its id or path")
     return text
+
+
+MAX_INT_DIGITS = 4300  # Python's own limit on converting digits to an int
+
+
+def json_int(text):
+    """A JSON integer; one too long to read is refused in JSON's words, not Python's."""
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"a number of {len(text):,} digits is too long: send it as a string")
+    return int(text)
 
 
 _NESTED_TOO_DEEPLY = "payload is nested too deeply to store: give a flatter JSON object (a retry's arguments)"

@@ -310,3 +310,9 @@ def test_a_version_before_http_1_0_or_after_1_1_gets_a_505_with_a_status_line(se
     status, _, data = exchange(serve().port, request_line.encode())
     assert status == 505 and data["error"] == "http_version_not_supported"
     assert store.db.execute_sql("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_a_number_too_long_to_read_is_refused_in_json_s_words(serve, store):
+    status, _, data = _post_failure(serve().port, '{"task_type": "a", "error": "x", "payload": {"n": ' + "9" * 5000 + "}}")
+    assert status == 400 and "a number of 5,000 digits is too long: send it as a string" in data["detail"]
+    assert "sys." not in data["detail"]
