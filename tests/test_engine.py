@@ -209,16 +209,23 @@ def test_orphans_of_a_dead_daemon_are_taken_back_at_once_unless_their_handler_li
     assert [q[0] for q in queued] == [b] and waiting == []
 
 
-def test_an_orphan_waits_while_a_process_its_handler_started_still_runs(engine, store, clock, snapshot):
-    """The handler's own process died with its daemon, but ``sh -c 'work &'`` left work running in its
-    process group: the task must not run again beside it."""
+def _claimed_by_a_dead_daemon_whose_handler_left(engine, store, clock, snapshot, seconds):
+    """(the dead daemon's engine, its task, the handler it started): the handler's own process is gone, and a
+    ``sleep seconds`` it started lives on in its process group."""
     dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
     task_id = record_failure(store, "sync", "connection timeout", clock=clock)
     engine.handle_new()
     clock.advance(1)
     dead.claim(task_id)
-    handler = subprocess.Popen(["sh", "-c", "sleep 30 & exit 0"], start_new_session=True)  # as handlers start
-    assert handler.wait(30) == 0  # the handler's own process is gone; its sleep lives on in its group
+    handler = subprocess.Popen(["sh", "-c", f"sleep {seconds} & exit 0"], start_new_session=True)  # as handlers start
+    assert handler.wait(30) == 0
+    return dead, task_id, handler
+
+
+def test_an_orphan_waits_while_a_process_its_handler_started_still_runs(engine, store, clock, snapshot):
+    """The handler's own process died with its daemon, but ``sh -c 'work &'`` left work running in its
+    process group: the task must not run again beside it."""
+    dead, task_id, handler = _claimed_by_a_dead_daemon_whose_handler_left(engine, store, clock, snapshot, 30)
     try:
         dead.record_pid(task_id, handler.pid)
         assert engine.take_back_leases(orphans_only=True) == ([], [task_id])
@@ -340,13 +347,7 @@ def test_messages_are_chinese_by_default_and_english_with_failure_lang_en(store,
 def test_a_handler_group_that_outlives_its_lease_is_killed_before_the_task_runs_again(engine, store, clock, snapshot):
     """``kill -9`` of the daemon reached the handler's own process only: a process it started lived on past the
     timeout. Once the lease ends, the task runs again, and never beside that one."""
-    dead = Engine(store, Settings(), clock, lambda: snapshot, owner="dead:2:0")
-    task_id = record_failure(store, "sync", "connection timeout", clock=clock)
-    engine.handle_new()
-    clock.advance(1)
-    dead.claim(task_id)
-    handler = subprocess.Popen(["sh", "-c", "sleep 600 & exit 0"], start_new_session=True)  # as handlers start
-    assert handler.wait(30) == 0
+    dead, task_id, handler = _claimed_by_a_dead_daemon_whose_handler_left(engine, store, clock, snapshot, 600)
     try:
         dead.record_pid(task_id, handler.pid)
         assert engine.take_back_leases(orphans_only=True) == ([], [task_id])
