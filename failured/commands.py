@@ -19,7 +19,7 @@ from .clock import SystemClock
 from .config import load_config, unreadable_dirs
 from .errors import ConfigErrors, FailuredError, InputError, StoreError
 from .intake import check_task_type, parse_payload, record_failure
-from .store import MissingStoreError, is_url, open_store
+from .store import MissingStoreError, open_store, refuse_if_a_daemon_runs
 from .text import shell_word, toml_key
 
 
@@ -42,18 +42,7 @@ def with_store(settings, function, *args, create=False, **kwargs):
 def refuse_second_daemon(settings):
     """StoreError when a daemon already runs on this SQLite database: the first thing to say to a second one (its
     port is taken too, by that daemon, and that advice was given first). Nothing is created."""
-    if is_url(settings.db):
-        return  # PostgreSQL: daemons share the database
-    try:
-        store = open_store(settings.db)
-    except (StoreError, OSError):
-        return  # missing or unreadable: the start says so
-    try:
-        if store.daemon_lock_held():
-            store.take_daemon_lock()  # refused, naming the running daemon's pid
-            store.release_daemon_lock()
-    finally:
-        store.close()
+    refuse_if_a_daemon_runs(settings.db)
 
 
 def operators_labels(settings):

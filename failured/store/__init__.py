@@ -8,7 +8,7 @@ statements, each taking the store it runs on.
 from ..states import FINAL_STATUSES, TaskStatus
 from .database import (BUSY_TIMEOUT_SECONDS, DISK_FLOOR_BYTES, PRAGMAS, MissingStoreError, PostgresStore, Store,
                        StoreOpenError, StoreUnavailableError, is_url, mask_url, moved_into, open_store,
-                       translate_error)
+                       refuse_if_a_daemon_runs, translate_error)
 from .outbox import outbox_counts, outbox_rows, send_again
 from .queries import (LIST_COLUMNS, LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS, failures_by_period, fingerprint_samples,
                       like_literal, list_tasks, recent_messages, unknown_groups)
@@ -23,7 +23,7 @@ RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskSt
 __all__ = [
     "BUSY_TIMEOUT_SECONDS", "DISK_FLOOR_BYTES", "PRAGMAS", "MissingStoreError", "PostgresStore", "Store",
     "StoreOpenError", "StoreUnavailableError", "is_url", "moved_into",
-    "mask_url", "open_store", "translate_error", "outbox_counts", "outbox_rows", "send_again", "LIST_COLUMNS", "LIST_ERROR_CHARS",
+    "mask_url", "open_store", "refuse_if_a_daemon_runs", "translate_error", "outbox_counts", "outbox_rows", "send_again", "LIST_COLUMNS", "LIST_ERROR_CHARS",
     "LIST_LIMIT_MAX", "MAX_GREP_CHARS", "failures_by_period", "fingerprint_samples", "like_literal", "list_tasks",
     "recent_messages", "unknown_groups", "MIGRATIONS", "MODELS", "SCHEMA_VERSION", "BaseModel", "Breaker",
     "DaemonState", "Label", "Notification", "SchemaInfo", "SuccessCount", "Task", "TaskEvent", "UtcTimeField", "epoch",

@@ -1033,6 +1033,17 @@ def moved_into(path):
     return None
 
 
+def refuse_if_a_daemon_runs(location):
+    """StoreError naming the running daemon's pid when one holds this SQLite database's lock; creates nothing, opens
+    no database (PostgreSQL: daemons share it)."""
+    if is_url(location):
+        return
+    store = Store(location)
+    if store.daemon_lock_held():
+        store.take_daemon_lock()  # refused: it names the daemon's pid
+        store.release_daemon_lock()  # it ended in the instant between
+
+
 def open_store(location, create=True):
     """Open (creating when ``create``, migrating) the database at ``location``: a SQLite path, or a
     ``postgresql://`` URL. ``store.created`` says if a SQLite file is new."""
