@@ -126,7 +126,8 @@ def cmd_check_config(args, settings):
               f"{category['patterns']:>4} patterns {category['exception_types']:>3} types "
               f"{category['tags']:>2} tags  retry {retry}")
     for name, handler in summary["task_types"].items():
-        print(f"  task type {name}: handler {handler or '-'}")
+        retry = summary["retry_overrides"].get(name)
+        print(f"  task type {name}: handler {handler or '-'}" + (f", retry {retry}" if retry else ""))
     return EXIT_OK
 
 

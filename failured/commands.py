@@ -262,7 +262,23 @@ def config_summary(snapshot):
         "digest": snapshot.digest,
         "categories": categories,
         "task_types": {name: describe_handler(t.handler, name) for name, t in snapshot.task_types.items()},
+        "retry_overrides": {name: overrides for name, t in snapshot.task_types.items()
+                            if (overrides := _retry_overrides(t))},
     }
+
+
+def _retry_overrides(task_type):
+    """A task type's ``[retry]`` and ``[retry_by_category]`` as one line, or None when it has neither."""
+    parts = [_retry_words(task_type.retry)] if task_type.retry else []
+    parts += [f"{category}: {_retry_words(policy)}" for category, policy in sorted(task_type.retry_by_category.items())]
+    return "; ".join(parts) or None
+
+
+def _retry_words(policy):
+    words = [f"{'/'.join(f'{d:g}' for d in policy['delays'])}s"] if "delays" in policy else []
+    words += [f"max {policy['max_attempts']}"] if "max_attempts" in policy else []
+    words += [f"jitter {policy['jitter']:g}"] if "jitter" in policy else []
+    return " ".join(words)
 
 
 def scan_report(settings):

@@ -255,3 +255,13 @@ def test_check_config_notes_an_empty_file_that_a_running_daemon_would_wait_on(co
     checked = run_cli("check-config", str(config_dir))
     assert checked.returncode == 0
     assert f"note: {config_dir / 'patterns' / '95-local.toml'}: empty: it adds nothing" in checked.stdout
+
+
+def test_check_config_shows_a_task_type_s_retry_overrides(config_dir):
+    with open(config_dir / "failured.toml", "a", encoding="utf-8") as main:
+        main.write('\n[task_types.sync.handler]\nkind = "command"\nargv = ["true"]\n[task_types.sync.retry]\n'
+                   'delays = [5, 10]\nmax_attempts = 4\n[task_types.sync.retry_by_category.recoverable_network]\n'
+                   'delays = [1]\n')
+    checked = run_cli("check-config", str(config_dir))
+    assert checked.returncode == 0, checked.stderr
+    assert "task type sync: handler command true, retry 5/10s max 4; recoverable_network: 1s" in checked.stdout
