@@ -32,54 +32,62 @@ def _on_its_own(word):
 
 # How a credential's name ends: a credential word after any prefix (client_secret, aws_secret_access_key,
 # PGPASSWORD, X-Api-Key, refresh_token; not max_tokens), a "pass" after a word's end (DB_PASS, not bypass), or one
-# of the short names on its own (not monkey).
-_NAME_END = ("(?:secret[_-]?key|secret|password|passwd|pwd|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-             "app[_-]?key|credentials?|p(?<![a-z0-9]p)ass|"
-             + "|".join(map(_on_its_own, ("key", "signature", "sign", "sig", "auth"))) + ")")
+# of the short names on its own (not monkey). The short names (a Go validator's "Key: 'User.Name'", a Kafka
+# record's "key: '1'") name a credential only in the plainest forms.
+_LONG_NAME_END = ("(?:secret[_-]?key|secret|password|passwd|pwd|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+                  "app[_-]?key|credentials?|p(?<![a-z0-9]p)ass)")
+_SHORT_NAME = "(?:" + "|".join(map(_on_its_own, ("key", "signature", "sign", "sig", "auth"))) + ")"
+_NAME_END = f"(?:{_LONG_NAME_END}|{_SHORT_NAME})"
 # A token's shape: a digit or one of ._~+/=-, or 20 characters ("password: yes" and "token: expired" are words).
 _TOKEN_SHAPE = r"(?=[a-z0-9._~+/=-]*[0-9._~+/=-]|[a-z0-9._~+/=-]{20})"
 _TOKEN = _TOKEN_SHAPE + r"[a-z0-9._~+/=-]{6,}"
 _WHOLE_TOKEN = re.compile(rf"{_TOKEN}\Z")
+# In a spaced assignment a value needs a digit: a source line's "api_key = os.environ['API_KEY']" names no secret.
+_SECRET_WITH_A_DIGIT = r"(?=[a-z0-9._~+/=-]*[0-9])[a-z0-9._~+/=-]{6,}(?![\[(])"
 
 
 def _quoted(group):
-    """A value in single or double quotes (the quote left in place), as group ``group``."""
-    return rf"[\"'](?P<{group}>[^\"'\n]{{1,512}})(?=[\"'])"
+    """A value between two of the same quote (left in place), as group ``group``: "can't grant" is no value."""
+    return rf"(?P<{group}_quote>[\"'])(?P<{group}>[^\"'\n]{{1,512}})(?P={group}_quote)"
 
 
 # The schemes whose credential after "Authorization:" is one word (the scheme itself is shown), and those whose
 # credential is a list of parameters (the rest of the line is masked).
 _ONE_WORD_SCHEMES = ("bearer|basic|token|negotiate|ntlm|apikey|api-key|api_key|sharedkey|sharedkeylite|ssws|key|"
-                     "sso-key|jwt|splunk|genieKey|mac|hoba|mutual|scram-sha-1|scram-sha-256|vapid|dsn").lower()
+                     "sso-key|jwt|splunk|geniekey|mac|hoba|mutual|scram-sha-1|scram-sha-256|vapid|dsn")
 _PARAMETER_SCHEMES = "digest|oauth|aws4-hmac-sha256|hmac-sha256|hmac|signature"
+# A credential's shape after a scheme: a digit or a symbol ("token does not have access" is words).
+_CREDENTIAL_SHAPE = r"(?=[^\s\"',;]*[0-9._~+/=:-])"
 # Each shape's named group that matched is the value masked. Every part is bounded: linear on any text.
 _CREDENTIAL_SHAPES = tuple(map(re.compile, (
     # After a credential's name (one pattern: each more costs a pass over the text): whatever the value in
-    # ``name=value`` (a query, a command line, an environment); a quoted value in ``name="value"``, ``name =
-    # 'value'``, a JSON or Python dict's quoted key and ``Name: "value"``; a token's shape only in ``name = value``
-    # (a source line a traceback quotes) and ``Name: value`` (a header, a YAML or log field).
-    (rf"{_NAME_END}(?:=(?P<given>[^&\s'\"<>(),;]+)|[ \t]{{0,8}}=[ \t]{{0,8}}(?:{_quoted('assigned')}"
-     rf"|(?P<spaced>{_TOKEN}))|[\"']\s{{0,8}}:\s{{0,8}}{_quoted('quoted')}"
-     rf"|:[ \t]{{0,8}}(?:{_quoted('quotedfield')}|(?P<field>{_TOKEN})))"),
+    # ``name=value`` (a query, a command line, an environment), a JSON or Python dict's quoted key's value, and a
+    # token's shape in ``Name: value`` (a header, a YAML or log field); after a long name also a quoted value in
+    # ``name="value"``, ``name = 'value'`` and ``Name: "value"``, and one with a digit in ``name = value`` (a
+    # source line a traceback quotes).
+    (rf"(?:(?P<long_name>{_LONG_NAME_END})|{_SHORT_NAME})"
+     rf"(?:=(?P<given>[^&\s'\"<>(),;]+)|[\"']\s{{0,8}}:\s{{0,8}}[\"'](?P<quoted>[^\"'\n]{{1,512}})(?=[\"'])"
+     rf"|:[ \t]{{0,8}}(?P<field>{_TOKEN})"
+     rf"|(?(long_name)(?:[ \t]{{0,8}}=[ \t]{{0,8}}{_quoted('assigned')}|(?:[ \t]{{1,8}}=[ \t]{{0,8}}|=[ \t]{{1,8}})"
+     rf"(?P<spaced>{_SECRET_WITH_A_DIGIT})|:[ \t]{{0,8}}{_quoted('quotedfield')})|(?!)))"),
     # ``--name value``: a quoted value or a token's shape. The name starts with a letter or digit, and a run of
     # dashes is tried once: a megabyte of "--" cost a second here (forty tries at every dash).
     (rf"--(?<!---)(?=[a-z0-9])[a-z0-9-]{{0,40}}?{_NAME_END}[ \t]{{1,8}}(?:{_quoted('quotedvalue')}"
      rf"|(?P<value>{_TOKEN}))"),
     # A URL's password (scheme://user:PASSWORD@host): whatever the value.
     r"://[^\s:/@'\"<>]{0,128}:(?P<value>[^\s@/'\"<>]{1,256})@",
-    # After "Authorization:" (a header; a JSON or dict key) any credential, its scheme shown; after a bare
+    # After "Authorization:" (a header; a JSON or dict key) a credential, its scheme shown; after a bare
     # "Bearer"/"Basic" a token's shape only ("Basic authentication failed" is an error's words, not a secret).
     (rf"(?:authorization[\"']?[ \t]{{0,8}}[:=][ \t]{{0,8}}[\"']?(?:(?:{_PARAMETER_SCHEMES})[ \t]+"
-     rf"(?P<parameters>[^\r\n]{{1,1024}})|(?:(?:{_ONE_WORD_SCHEMES})[ \t]+)?(?P<credential>[^\s\"',;]{{4,2048}}))"
+     rf"(?P<parameters>[^\r\n]{{1,1024}})|(?:{_ONE_WORD_SCHEMES})[ \t]+{_CREDENTIAL_SHAPE}"
+     rf"(?P<credential>[^\s\"',;]{{4,2048}})|{_TOKEN_SHAPE}(?P<bare>[a-z0-9._~+/=-]{{8,2048}}))"
      rf"|{_on_its_own('bearer')}\s+{_TOKEN_SHAPE}(?P<bearer>[a-z0-9._~+/=-]{{8,}})"
      rf"|{_on_its_own('basic')}\s+{_TOKEN_SHAPE}(?P<basic>[a-z0-9._~+/=-]{{8,}}))"),
-    # A command line's password: curl's "-u user:password" (or --user), mysql's "-pPASSWORD" (attached, quoted
-    # or not), sshpass's "-p PASSWORD", and SQL's "IDENTIFIED BY 'password'".
+    # A command line's password: curl's "-u user:password" (or --user), and mysql's "-pPASSWORD" (attached, quoted
+    # or not; all digits is "-P3306", a port, as the text is searched lower-cased).
     r"-(?<![^\s]-)(?:u|-user)[ \t=]{0,8}['\"]?[^\s:'\"]{1,128}:(?P<value>[^\s'\"]{1,256})",
     (r"(?:mysql|mariadb)[a-z-]{0,12}[ \t][^\n]{0,200}?(?<=[ \t])-p"
-     r"(?:'(?P<single>[^'\n]{1,256})(?=')|\"(?P<double>[^\"\n]{1,256})(?=\")|(?P<value>[^\s'\"]{1,256}))"),
-    r"sshpass[ \t]{1,8}-p[ \t]{0,8}(?P<value>[^\s'\"]{1,256})",
-    r"identified[ \t]{1,8}by[ \t]{1,8}'(?P<value>[^'\n]{1,256})(?=')",
+     r"(?:'(?P<single>[^'\n]{1,256})(?=')|\"(?P<double>[^\"\n]{1,256})(?=\")|(?![0-9]+\b)(?P<value>[^\s'\"]{1,256}))"),
     # A cookie header's value (name=value pairs; Set-Cookie's too): a session is a credential. "cookie: invalid
     # format" stays.
     r"cookie[\"']?[ \t]{0,8}:[ \t]{0,8}[\"']?(?P<value>[^\s=;\"']{1,256}=[^\r\n\"']{0,4096})",
@@ -98,6 +106,10 @@ _GATED_SHAPES = (
         r"gh[pousr]_[a-z0-9]{30,}|github_pat_[a-z0-9_]{30,}|glpat-[a-z0-9_-]{20,}|xox[abprs]-[a-z0-9-]{10,}|"
         r"a[ks]ia[0-9a-z]{16}(?![0-9a-z])|aiza[0-9a-z_-]{35}|eyj[a-z0-9_-]{8,}\.eyj[a-z0-9_-]{8,}\.[a-z0-9_-]{0,2048})")),
     (("hooks.slack.com/",), re.compile(r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<value>[a-z0-9/]{8,})")),
+    (("sshpass",), re.compile(r"sshpass[ \t]{1,8}-p[ \t]{0,8}(?P<value>[^\s'\"]{1,256})")),
+    # SQL's "CREATE USER app IDENTIFIED BY 'password'" (not alembic's "revision identified by 'ae1027a6acf'").
+    (("identified",), re.compile(r"(?:user|role|login)[ \t][^\n;]{0,160}?identified[ \t]{1,8}by[ \t]{1,8}"
+                                 r"'(?P<value>[^'\n]{1,256})(?=')")),
 )
 _PEM_KEY_OPENS = "private key-----"  # -----BEGIN [RSA |EC |OPENSSH |ENCRYPTED ]PRIVATE KEY-----
 _PEM_KEY_CLOSES = "-----end"

@@ -80,6 +80,7 @@ def test_credential_looking_query_values_are_masked_whatever_the_secret(tmp_path
     ("mysql -u root -p'S3cret x' shop", "-p'***' shop"), ("sshpass -p S3cret ssh deploy@host", "sshpass -p *** ssh"),
     ("DB_PASS=S3cret SMTP_PASS=x", "DB_PASS=*** SMTP_PASS=***"),
     ("ALTER USER app IDENTIFIED BY 'S3cret';", "IDENTIFIED BY '***';"),
+    ("CREATE USER 'app'@'%' IDENTIFIED BY 'S3cret'", "IDENTIFIED BY '***'"),
     # Any Authorization scheme: the scheme shown, its credential masked; a parameter list to the line's end.
     ("request headers: Authorization: Negotiate YIIabcdef==", "Authorization: Negotiate ***"),
     ("Authorization: ApiKey abcdef123456 refused", "Authorization: ApiKey *** refused"),
@@ -121,7 +122,14 @@ def test_a_known_secret_is_masked_as_urls_and_hosts_give_it_back(secret, shown, 
                                   "ssh -p 22 deploy@host: Connection refused", "task-sk-1 failed: skipped",
                                   "mysql -h db -u app orders: Access denied",
                                   "error reading cookie: invalid format", "compass = 12345 ok", "bypass=1",
-                                  "Authorization header missing", "x = password = None"])
+                                  "Authorization header missing", "x = password = None",
+                                  "Key: 'LoginParam.Age' Error:Field validation for 'Age' failed",
+                                  "sending to topic 'views' with key: '1', and value: 'x'",
+                                  "    api_key = os.environ['API_KEY']", "    token = self.acquirer.do(text)",
+                                  "Couldn't issue the token: \"can't grant access to the vault\"",
+                                  "status 403: Authorization: token does not have access to vault",
+                                  "Can't locate revision identified by 'ae1027a6acf'",
+                                  "mysql -utest -p -h127.0.0.1 -P3306: ERROR 1040 (08004): Too many connections"])
 def test_texts_that_only_mention_credentials_are_left_as_they_are(text):
     from failured.secrets import mask
 
