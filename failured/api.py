@@ -171,11 +171,11 @@ def _reject_constant(name):
 
 def _object(pairs):
     """A JSON object, refusing a key given twice (the last would win silently, and a check may read the first)."""
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        seen = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"key {twice[:100]!r} is given twice: send it once")
+    value = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"key {key[:100]!r} is given twice: send it once")
+        value[key] = item
     return value
 
 

@@ -148,8 +148,9 @@ def cmd_init(args, settings):
 def cmd_run(args, settings):
     from .api import check_free, listen_address
     from .daemon import run
+    from .store import refuse_if_a_daemon_runs
 
-    commands.refuse_second_daemon(settings)
+    refuse_if_a_daemon_runs(settings.db)  # said first: its port is taken too, by that daemon
     check_free(listen_address(settings))  # before anything is created: a bad or taken address leaves nothing behind
     commands.check_config_dir(settings)  # a run in the wrong directory leaves nothing
     commands.check_writable_dirs(settings)
@@ -256,8 +257,9 @@ def _next_page_command(args, cursor):
     for option in ("status", "category", "type"):
         for value in getattr(args, option) or ():
             words += [f"--{option}", value]
-    words += [word for option in ("since", "grep") if getattr(args, option) for word in (f"--{option}",
-                                                                                        getattr(args, option))]
+    for option in ("since", "grep"):
+        if getattr(args, option):
+            words += [f"--{option}", getattr(args, option)]
     words += ["--limit", str(args.limit), "--cursor", str(cursor)]
     return " ".join(shell_word(word) for word in words)
 

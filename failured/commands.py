@@ -19,7 +19,7 @@ from .clock import SystemClock
 from .config import load_config, unreadable_dirs
 from .errors import ConfigErrors, FailuredError, InputError, StoreError
 from .intake import check_task_type, parse_payload, record_failure
-from .store import MissingStoreError, open_store, refuse_if_a_daemon_runs
+from .store import MissingStoreError, open_store
 from .text import shell_word, toml_key
 
 
@@ -37,12 +37,6 @@ def with_store(settings, function, *args, create=False, **kwargs):
         return function(store, *args, **kwargs)
     finally:
         store.close()
-
-
-def refuse_second_daemon(settings):
-    """StoreError when a daemon already runs on this SQLite database: the first thing to say to a second one (its
-    port is taken too, by that daemon, and that advice was given first). Nothing is created."""
-    refuse_if_a_daemon_runs(settings.db)
 
 
 def operators_labels(settings):

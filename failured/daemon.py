@@ -42,7 +42,7 @@ from .sdnotify import Notifier
 from .store import DISK_FLOOR_BYTES, StoreUnavailableError, aggregates, open_store
 from .store.members import claim_state, forget_stopped
 from .store.state import is_busy, set_state_soon
-from .status import REPORTS_FAILING
+from .status import CONFIG_WAITING, REPORTS_FAILING
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("failured.daemon")
@@ -56,7 +56,6 @@ LOOP_SECONDS = 0.5  # the main loop's pace
 PURGE_PAUSE_SECONDS = 0.05  # between two slices of a purge: the reporters' and the other threads' turn
 PURGE_RETRY_SECONDS = 5.0  # after a slice that failed
 HOUSEKEEPING_SECONDS = 86400
-CONFIG_WAITING = "config_waiting"  # daemon_state: {"files", "since"} while a reload waits for an emptied file
 REJECTION_TOLD = "config_rejected_told"  # daemon_state: the digest of the refused change the admins were told of
 LEAD_SCAN_GAP_SECONDS = 60.0  # a lead gained this soon after this daemon's own report needs no report at once
 MAX_LISTED_PROBLEMS = 10  # problems of a refused config an admin alert lists, one bullet each

@@ -18,6 +18,7 @@ STALE_HEARTBEAT_SECONDS = 15  # three missed beats (the daemon writes one every 
 NEXT_RETRIES = 5
 CHANNEL_KEY_PREFIX = "channel:"  # daemon_state rows the dispatcher writes: {"ok", "error", "at"}
 REPORTS_FAILING = "reports_failing"  # daemon_state: {"at", "error"} of a report file the daemon could not write
+CONFIG_WAITING = "config_waiting"  # daemon_state: {"files", "since"} while a reload waits for an emptied file
 
 
 def _when(epoch):
@@ -130,7 +131,7 @@ def problems(daemon, health, config, breached, free=None, read_only=None, report
 
 def config_status(store):
     active, rejected = store.get_state("config"), store.get_state("config_rejected")
-    waiting = store.get_state("config_waiting")
+    waiting = store.get_state(CONFIG_WAITING)
     return {"active": json.loads(active) if active else None, "waiting": json.loads(waiting) if waiting else None,
             "last_rejected": json.loads(rejected) if rejected else None}
 
