@@ -253,7 +253,7 @@ def test_describe_and_errors_never_show_secrets(env, monkeypatch):
     channels = [
         make("dingtalk", access_token="${DINGTALK_ACCESS_TOKEN}", secret="${DINGTALK_SECRET}", keyword="告警"),
         make("wecom", key="${WECOM_KEY}"),
-        make("webhook", url="https://hooks.example/services/T0001/B0001/abcdefgh", secret="${DINGTALK_SECRET}",
+        make("webhook", url="https://hooks.example/services/T0001/B0001/Xa9kQ2mZ7pL4rT8vN1cW3eYb", secret="${DINGTALK_SECRET}",
              headers={"Authorization": "Bearer ${WECOM_KEY}"}),
         make("email", host="smtp.example.com", sender="f@example.com", to=["ops@example.com"], username="alerts",
              password="${SMTP_PASSWORD}"),
@@ -264,11 +264,23 @@ def test_describe_and_errors_never_show_secrets(env, monkeypatch):
     assert descriptions[2] == "webhook https://hooks.example, signed"
     assert descriptions[3] == "email via smtp.example.com:587 to ops@example.com"
     values = secret_values(channels)
-    for secret in (TOKEN, SECRET, KEY, "smtp-password-42", "Bearer " + KEY, "/services/T0001/B0001/abcdefgh"):
+    for secret in (TOKEN, SECRET, KEY, "smtp-password-42", "Bearer " + KEY, "Xa9kQ2mZ7pL4rT8vN1cW3eYb"):
         assert secret in values
         assert all(secret not in d for d in descriptions)
     leaked = f"POST /robot/send?access_token=other&timestamp=1&sign=a%2Bb%3D failed: {SECRET} {urllib.parse.quote_plus(KEY)}"
     assert mask(leaked, values) == "POST /robot/send?access_token=***&timestamp=1&sign=*** failed: *** ***"
+
+
+def test_a_hook_url_masks_its_token_not_its_plain_path():
+    plain = make("webhook", url="https://hooks.example.com/failured?channel=ops")
+    assert plain.secret_values() == []  # else "/failured" went masked in every stored error and file name
+    error = "cannot open /var/lib/failured/spool: config/failured.toml"
+    assert mask(error, plain.secret_values()) == error
+    discord = "https://discord.com/api/webhooks/1234567890123456789/AbCdEfGhIjKlMnOpQrStUvWxYz012345-_abc"
+    feishu = "https://open.feishu.cn/open-apis/bot/v2/hook/2f1e7c2a-9b3d-4e5f-8a6b-1c2d3e4f5a6b"
+    assert make("webhook", url=discord).secret_values() == ["AbCdEfGhIjKlMnOpQrStUvWxYz012345-_abc"]
+    assert make("webhook", url=feishu).secret_values() == ["2f1e7c2a-9b3d-4e5f-8a6b-1c2d3e4f5a6b"]
+    assert make("webhook", url="https://in.example/hook?token=abc1&x=1").secret_values() == ["abc1"]
 
 
 def test_a_crashing_channel_returns_a_masked_result(env):

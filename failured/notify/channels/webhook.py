@@ -4,8 +4,10 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import urllib.parse
 
+from ...secrets import MIN_SECRET_CHARS
 from .base import Channel, SendResult, _host, _resolve, _retry_after, _shown, notification_dict, request_failed
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,30 @@ log = logging.getLogger(__name__)
 # A receiver that refuses a bad token with 403 (not 401) is told apart only by its words, so it is taken
 # as the body's: each notification then fails after its tries and the admins hear; none stays silent.
 CHANNEL_4XX = {401, 404, 405, 407, 408, 410, 421, 426}
+
+
+# A query parameter of these names carries a credential whatever its value looks like.
+_SECRET_PARAMETER = re.compile(r"(?i)(?:token|key|secret|sign|signature|sig|auth|password|code)\Z|_(?:token|key|secret)\Z")
+
+
+def url_tokens(url):
+    """The parts of a hook's URL that carry its credential (Slack's, Discord's, Feishu's tokens live in the path).
+
+    Only parts that read as a token: a whole path would also mask ``/failured`` or ``/api/alerts`` wherever
+    they occur, in stored errors and file names."""
+    parts = urllib.parse.urlsplit(url)
+    found = [segment for segment in parts.path.split("/") if _token_like(segment)]
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if _token_like(value) or (_SECRET_PARAMETER.search(name) and len(value) >= MIN_SECRET_CHARS):
+            found.append(value)
+    return found
+
+
+def _token_like(part):
+    """Long and mixing letters with digits (a key, a UUID), or long enough to be random letters."""
+    if len(part) >= 24:
+        return True
+    return len(part) >= 16 and any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
 
 
 class WebhookChannel(Channel):
@@ -37,9 +63,7 @@ class WebhookChannel(Channel):
         return f"webhook {_host(self.url)}" + (", signed" if self.secret else "")
 
     def secret_values(self):
-        found = super().secret_values()
-        path = urllib.parse.urlsplit(_shown(self.url))  # some hooks carry their token in the path
-        return found + [p for p in (path.path, path.query) if len(p) >= 8]
+        return super().secret_values() + url_tokens(_shown(self.url))
 
     def _send(self, message):
         body = json.dumps(notification_dict(message), ensure_ascii=False, default=str).encode("utf-8")
