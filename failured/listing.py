@@ -13,7 +13,7 @@ from .errors import InputError
 from .manual import parse_duration
 from .states import TaskStatus
 from .text import clean_text
-from .store import LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS
+from .store import LIST_ERROR_CHARS, LIST_LIMIT_MAX, LIST_TAIL_CHARS, MAX_GREP_CHARS
 
 _CUT_SOURCE = re.compile(r"\A(?:    [^\n]*\n)+")  # indented lines first in a traceback's cut tail
 
@@ -104,8 +104,10 @@ def _with_summary(row):
     """The row with its ``error`` as one reads it first (a traceback's exception line, not its first frames),
     from the error's head and tail."""
     head, tail = row["error"], row.pop("error_tail")
-    # the tail's lines whole, less a frame's source lines whose File line the cut took
-    text = head if len(head) < LIST_ERROR_CHARS else f"{head}\n{_CUT_SOURCE.sub('', tail.partition(chr(10))[2])}"
+    if len(tail) < LIST_TAIL_CHARS:
+        text = tail  # the whole error
+    else:  # the tail's lines whole, less a frame's source lines whose File line the cut took
+        text = f"{head}\n{_CUT_SOURCE.sub('', tail.partition(chr(10))[2])}"
     summary = error_summary(text)  # the text itself when it holds no traceback: then the head, as it was
     row["error"] = head if summary is text else summary[:LIST_ERROR_CHARS]
     return row

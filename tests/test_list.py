@@ -125,6 +125,12 @@ TRACEBACK = ("Traceback (most recent call last):\n"
         "TimeoutError: HTTPSConnectionPool(host='api.courier.example', port=443): Read timed out. (read timeout=10)",
         "TimeoutError: timed out connecting to api.courier.example:443"),
      "TimeoutError: timed out connecting to api.courier.example:443"),
+    # an exception whose words run long (an HTTP body quoted): its line, not its first 20 characters
+    (TRACEBACK.split("requests.")[0] + "RuntimeError: upstream refused the order: HTTP 400 " + "{\"code\": 1}" * 60,
+     ("RuntimeError: upstream refused the order: HTTP 400 " + "{\"code\": 1}" * 60)[:300]),
+    # ... after 200 frames, the tail holding no frame's end
+    ("Traceback (most recent call last):\n" + '  File "/srv/app/m.py", line 1, in f\n    g()\n' * 200
+     + "ValueError: " + "bad row " * 100, ("ValueError: " + "bad row " * 100)[:300]),
 ])
 def test_a_listed_error_is_what_one_reads_first_a_traceback_s_exception_not_its_frames(store, error, shown):
     add(store, "sync", error)

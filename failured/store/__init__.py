@@ -10,7 +10,7 @@ from .database import (BUSY_TIMEOUT_SECONDS, DISK_FLOOR_BYTES, PRAGMAS, MissingS
                        StoreOpenError, StoreUnavailableError, is_url, mask_url, moved_into, open_store,
                        refuse_if_a_daemon_runs, translate_error)
 from .outbox import outbox_counts, outbox_rows, send_again
-from .queries import (LIST_COLUMNS, LIST_ERROR_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS, failures_by_period, fingerprint_samples,
+from .queries import (LIST_COLUMNS, LIST_ERROR_CHARS, LIST_TAIL_CHARS, LIST_LIMIT_MAX, MAX_GREP_CHARS, failures_by_period, fingerprint_samples,
                       like_literal, list_tasks, recent_messages, unknown_groups)
 from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, BaseModel, Breaker, DaemonState, Label, Notification,
                      SchemaInfo, SuccessCount, Task, TaskEvent, UtcTimeField, epoch)
@@ -23,7 +23,7 @@ RECOVERED, NOTIFIED, EXHAUSTED, MANUAL, RESOLVED = (TaskStatus.RECOVERED, TaskSt
 __all__ = [
     "BUSY_TIMEOUT_SECONDS", "DISK_FLOOR_BYTES", "PRAGMAS", "MissingStoreError", "PostgresStore", "Store",
     "StoreOpenError", "StoreUnavailableError", "is_url", "moved_into",
-    "mask_url", "open_store", "refuse_if_a_daemon_runs", "translate_error", "outbox_counts", "outbox_rows", "send_again", "LIST_COLUMNS", "LIST_ERROR_CHARS",
+    "mask_url", "open_store", "refuse_if_a_daemon_runs", "translate_error", "outbox_counts", "outbox_rows", "send_again", "LIST_COLUMNS", "LIST_ERROR_CHARS", "LIST_TAIL_CHARS",
     "LIST_LIMIT_MAX", "MAX_GREP_CHARS", "failures_by_period", "fingerprint_samples", "like_literal", "list_tasks",
     "recent_messages", "unknown_groups", "MIGRATIONS", "MODELS", "SCHEMA_VERSION", "BaseModel", "Breaker",
     "DaemonState", "Label", "Notification", "SchemaInfo", "SuccessCount", "Task", "TaskEvent", "UtcTimeField", "epoch",

@@ -12,13 +12,16 @@ from .schema import Task
 
 LIST_LIMIT_MAX = 500
 MAX_GREP_CHARS = 200
-LIST_ERROR_CHARS = 300  # of the error's head, and of its tail, a listed task carries
+LIST_ERROR_CHARS = 300  # of the error's head a listed task carries, and at most of its summary
+# ... and of its tail: enough for a traceback's raised exception whose words run long (an HTTP body quoted)
+LIST_TAIL_CHARS = 2000
 LIST_COLUMNS = (Task.id, Task.task_type, Task.ref, Task.status, Task.category, Task.matched_by, Task.error_type,
                 Task.attempts, Task.max_attempts, Task.next_retry_at, Task.created_at, Task.updated_at,
                 pw.fn.substr(Task.error_message, 1, LIST_ERROR_CHARS).alias("error"),
-                # The last characters too (a traceback's raised exception): substr from length - 299 is the whole
-                # text when it is shorter, in SQLite and PostgreSQL alike.
-                pw.fn.substr(Task.error_message, pw.fn.length(Task.error_message) - (LIST_ERROR_CHARS - 1))
+                # The last characters too (a traceback's raised exception), or the whole text when it is shorter
+                # (a CASE: SQLite counts a negative substr start from the end, PostgreSQL from before the start).
+                pw.Case(None, [(pw.fn.length(Task.error_message) <= LIST_TAIL_CHARS, Task.error_message)],
+                        pw.fn.substr(Task.error_message, pw.fn.length(Task.error_message) - (LIST_TAIL_CHARS - 1)))
                 .alias("error_tail"))
 
 
