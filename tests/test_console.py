@@ -310,7 +310,24 @@ def test_a_label_says_the_category_chosen_even_when_the_task_keeps_its_course(co
     status, _, _ = client.request("POST", f"/ui/tasks/{task_id}/label",
                                   {"csrf": client.csrf(), "category": "recoverable_network"})
     page = client.request("GET", f"/ui/tasks/{task_id}")[2]
-    assert status == 303 and ("已标注为 recoverable_network" in page or "Labelled recoverable_network" in page)
+    assert status == 303 and ("已标注为 可恢复网络错误 (recoverable_network)" in page
+                              or "Labelled Recoverable network error (recoverable_network)" in page)
+
+
+def test_the_label_form_starts_with_no_category_chosen(console):
+    """A click on Label without a choice must not teach the model the category the task has now."""
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "frobnicator exploded", source="cli")
+    logged_in(client)
+    page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+    form = page[page.index('id="label-form"'):]
+    form = form[:form.index("</form>")]
+    assert '<option value="" selected disabled>' in form and form.count("selected") == 1
+    assert '<select name="category" required>' in form
+    status, _, _ = client.request("POST", f"/ui/tasks/{task_id}/label", {"csrf": client.csrf(), "category": ""})
+    page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+    assert "choose the task&#x27;s right category" in page
+    assert store.db.execute_sql("SELECT count(*) FROM labels").fetchone() == (0,)
 
 
 def test_a_finished_task_offers_no_resolve(console):

@@ -224,8 +224,11 @@ class Console:
             session.flash.append(("ok", self.t["resolved_now"]) if resolved else ("bad", refused[0][1]))
         else:
             category = form.get("category", "")
+            if not category:
+                raise InputError("choose the task's right category before labelling it")
             self.backend.label(task_id, category, note)  # a finished task keeps its course: the label teaches
-            session.flash.append(("ok", self.t["labelled"].format(category=category)))
+            shown = dict(self._categories()).get(category, category)
+            session.flash.append(("ok", self.t["labelled"].format(category=f"{shown} ({category})")))
 
     def _save_pattern(self, form, session):
         days = workbench.check_days(form.get("days"))

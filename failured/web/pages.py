@@ -224,14 +224,15 @@ def _detail(detail):
 
 def _actions(t, session, task_id, data, categories):
     base = f"/ui/tasks/{task_id}"
-    options = "".join(f'<option value="{e(c)}"{" selected" if c == data["category"] else ""}>{e(label)}</option>'
-                      for c, label in categories)
+    # Nothing chosen at first: a click on Label without a choice would teach the model the category as it stands.
+    options = f'<option value="" selected disabled>{e(t["choose_category"])}</option>' + "".join(
+        f'<option value="{e(c)}">{e(label)}{" ✓" if c == data["category"] else ""}</option>' for c, label in categories)
     return (f'<div class="actions"><form method="post" action="{base}/recover" id="recover-form">{csrf_field(session)}'
             f'<label class="chk"><input type="checkbox" name="force" value="1"> {e(t["force"])}</label>'
             f'<button type="submit" id="recover">{e(t["recover"])}</button></form>'
             + _resolve_form(t, session, base, data["status"]) +
             f'<form method="post" action="{base}/label" id="label-form">{csrf_field(session)}'
-            f'<label>{e(t["category"])}<select name="category">{options}</select></label>'
+            f'<label>{e(t["category"])}<select name="category" required>{options}</select></label>'
             f'<label>{e(t["note"])}<input name="note" maxlength="2000"></label>'
             f'<button type="submit" id="label">{e(t["label"])}</button></form></div>')
 
