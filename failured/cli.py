@@ -305,6 +305,7 @@ def cmd_notify_test(args, settings):
     channel = snapshot.channels.get(args.channel)
     if channel is None:
         raise InputError(f"no channel named {args.channel!r}: configured are {', '.join(sorted(snapshot.channels))}")
+    _refuse_unset_variables(args.channel, channel)
     title = "[failured] 测试消息 / test message"
     message = Message(title=title, body=f"**{title}**\n\n{channel.describe()}", audience=args.audience,
                       kind="test", record={"test": True})
@@ -319,8 +320,18 @@ def cmd_notify_test(args, settings):
             if data[key]:
                 print(f"  {key}: {data[key]}")
         if result.misconfigured:
-            print("  the channel rejected the message: check its token, key, secret or keyword")
+            print(f"  to fix: {result.advice or 'the channel rejected the message: check its token, key, secret or keyword'}")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _refuse_unset_variables(name, channel):
+    """A channel whose ``${NAME}``s this shell lacks cannot be tried from here: say so, not that the robot refused."""
+    unset = sorted({variable for _, variable in channel.unset_variables()})
+    if unset:
+        shown = ", ".join(f"${{{variable}}}" for variable in unset)
+        raise InputError(f"channel {name!r} uses {shown}, which this shell does not set: notify-test sends from here, "
+                         "with this shell's environment. Export it and try again (the systemd unit's variables: "
+                         "set -a; . /etc/failured/failured.env; set +a)")
 
 
 def cmd_scan(args, settings):

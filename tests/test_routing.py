@@ -64,6 +64,10 @@ def test_notify_test_prints_the_robots_answer(tmp_path, robot_server):
     assert bad.returncode == 1 and "310000" in bad.stdout and "SECwrong-wrong-wrong" not in bad.stdout + bad.stderr
     missing = run_cli("notify-test", "nope", env=env)
     assert missing.returncode == 2 and "no channel named 'nope'" in missing.stderr
+    received = len(robot.received)
+    unset = run_cli("notify-test", "ops", env={k: v for k, v in env.items() if k != "SEC"})
+    assert unset.returncode == 2 and "uses ${SEC}, which this shell does not set" in unset.stderr
+    assert "rejected" not in unset.stdout + unset.stderr and len(robot.received) == received  # nothing sent
 
 
 def _robot_channel(tmp_path, robot, store):
