@@ -135,13 +135,15 @@ def cmd_init(args, settings):
     from .shipped import write_shipped_config
 
     try:
-        names = write_shipped_config(args.dir, force=args.force)
+        names, edited = write_shipped_config(args.dir, force=args.force)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename and str(exc.filename) != str(args.dir) else ""
         raise InputError(f"cannot write the configuration to {args.dir}: {where}{exc.strerror or exc} "
                          "(give a directory failured may create, or an empty one it can write)") from None
     print(f"wrote the shipped configuration ({len(names)} files) to {args.dir}; "
           f"check it with 'failured check-config {args.dir}'")
+    if edited:
+        print(f"edited in this checkout, written as committed instead: {', '.join(edited)}")
     return EXIT_OK
 
 

@@ -1,6 +1,7 @@
 """The real ``failured`` command in subprocesses."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -94,6 +95,28 @@ def test_init_writes_a_starter_config_that_passes_check(tmp_path):
     assert run_cli("check-config", str(target), env=env_for(tmp_path)).returncode == 0
     again = run_cli("init", str(target), env=env_for(tmp_path))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_init_from_a_checkout_writes_the_committed_text_of_a_file_edited_in_place(tmp_path, monkeypatch):
+    """The Quick start runs the daemon on the checkout's config/: the channels and handlers added there are the
+    operator's, and init must not hand them (or their secrets) to the next daemon as the shipped configuration."""
+    from failured import shipped
+
+    checkout = tmp_path / "checkout"
+    (checkout / "config" / "patterns").mkdir(parents=True)
+    (checkout / "config" / "failured.toml").write_text("# shipped\n")
+    (checkout / "config" / "patterns" / "10-x.toml").write_text("# patterns\n")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", "config"], ["commit", "-qm", "shipped"]):
+        subprocess.run(git + command, check=True, capture_output=True)
+    (checkout / "config" / "failured.toml").write_text('[channels.mine]\nkind = "webhook"\nurl = "https://x/1"\n')
+    (checkout / "config" / "patterns" / "50-local.toml").write_text("# local, never shipped\n")
+    monkeypatch.setattr(shipped, "CHECKOUT", checkout.resolve())
+    monkeypatch.setattr(shipped, "_installed_files", dict)
+    names, edited = shipped.write_shipped_config(tmp_path / "target")
+    assert sorted(names) == ["failured.toml", "patterns/10-x.toml"] and edited == ["failured.toml"]
+    assert (tmp_path / "target" / "failured.toml").read_text() == "# shipped\n"
+    assert not (tmp_path / "target" / "patterns" / "50-local.toml").exists()
 
 
 def test_python_dash_m_and_dotenv_are_honoured(tmp_path):
