@@ -40,6 +40,11 @@ CONTROL_CHARACTERS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _TERMINAL_CONTROL = re.compile(f"(?![\t\n])[{CONTROL_CHARACTERS}]")  # tabs and line breaks print as they are
 
 
+def clipped(text, limit):
+    """``text`` cut to ``limit`` characters, the cut marked with "…" (None and shorter texts as they are)."""
+    return text if text is None or len(text) <= limit else text[:limit - 1] + "…"
+
+
 def printable(text):
     """``text`` as a terminal should show it: each control character as a visible escape (``\\x1b``)."""
     return _TERMINAL_CONTROL.sub(_escaped, text)

@@ -314,6 +314,17 @@ def test_a_label_says_the_category_chosen_even_when_the_task_keeps_its_course(co
                               or "Labelled Recoverable network error (recoverable_network)" in page)
 
 
+def test_a_long_traceback_comes_after_the_classification_and_actions_and_only_once(console):
+    client, store, _ = console
+    frames = '  File "/srv/app/m.py", line 1, in f\n    g()\n' * 200
+    task_id = record_failure(store, "sync", f"Traceback (most recent call last):\n{frames}ValueError: bad row",
+                             source="cli")
+    logged_in(client)
+    page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+    assert page.index('id="label-form"') < page.index('id="error-text"')
+    assert 200 <= page.count('line 1, in f') < 210  # the error's box holds it whole; the reported event a clip
+
+
 def test_the_label_form_starts_with_no_category_chosen(console):
     """A click on Label without a choice must not teach the model the category the task has now."""
     client, store, _ = console

@@ -12,6 +12,7 @@ from ..clock import iso
 from ..report_html import _daily_chart, category_order, colour  # the analysis report's chart, live
 from ..listing import STATUSES
 from ..states import TaskStatus
+from ..text import clipped
 
 
 def e(value):
@@ -203,19 +204,24 @@ def task(t, session, data, categories):
                       (t["template"], data["error_template"])]
     cl = "".join(f"<dt>{e(k)}</dt><dd><code>{e(v)}</code></dd>" for k, v in classification if v)
     events = [f'<tr><td>{e(when(ev["at"]))}</td><td>{e(ev["event"])}</td><td>{e(ev["status"])}</td>'
-              f'<td>{e(ev["category"])}</td><td class="n">{e(ev["attempt"])}</td><td class="err">{e(ev["error"])}'
-              f'{_detail(ev["detail"])}</td></tr>' for ev in data["events"]]
+              f'<td>{e(ev["category"])}</td><td class="n">{e(ev["attempt"])}</td><td class="err">'
+              f'{e(clipped(ev["error"], EVENT_ERROR_CHARS))}{_detail(ev["detail"])}</td></tr>' for ev in data["events"]]
+    # What failured decided and what one can do come before the error, which may be a traceback of pages
+    # (it scrolls in its own box); an event's copy of it is clipped, the whole text being above.
     body = "".join([
         f'<dl class="facts" data-status="{e(data["status"])}" id="facts">{dl}</dl>',
-        section(t["error"], f'<pre id="error-text">{e(data["error_message"])}</pre>'),
         section(t["classification"], f'<dl class="facts">{cl}</dl>'),
         section(t["actions"], _actions(t, session, task_id, data, categories), "actions"),
+        section(t["error"], f'<pre id="error-text">{e(data["error_message"])}</pre>'),
         section(t["events"], table([t["at"], t["event"], t["status"], t["category"], t["attempts"], t["error"]],
                                    events, "events")),
         section(t["payload"], f'<pre id="payload">{e(json.dumps(data["payload"], ensure_ascii=False, indent=2))}</pre>'),
     ] + ([section(t["handler"], f'<pre>{e(json.dumps(data["handler"], ensure_ascii=False, indent=2))}</pre>')]
          if data.get("handler") else []))
     return layout(t, f'{t["task"]} {task_id}', body, session, "tasks")
+
+
+EVENT_ERROR_CHARS = 300  # of an event's error on the task page, whose whole error is shown above
 
 
 def _detail(detail):

@@ -9,6 +9,7 @@ from email.utils import parsedate_to_datetime
 
 from ...clock import SystemClock
 from ...secrets import ENV_REF, MIN_SECRET_CHARS, expand_env, mask  # noqa: F401 - mask is re-exported
+from ...text import clipped
 
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _tail(value):
 
 
 def _clip(text):
-    return text if text is None or len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+    return clipped(text, MAX_TEXT_CHARS)
 
 
 def _host(url):
