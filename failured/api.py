@@ -364,6 +364,10 @@ class ApiServer:
     def console_page(self, handler, match):
         return self.console.handle(handler, match.group(1) or "/")
 
+    def get_root(self, handler, match):
+        """A browser pointed at the daemon's address finds the console."""
+        return 302, (b"", "text/plain"), (("Location", "/ui/"),)
+
     def get_status(self, handler, match):
         return 200, self.backend.status()
 
@@ -398,6 +402,7 @@ ROUTES = [(re.compile(path), methods) for path, methods in (
     (r"/healthz", {"GET": "get_health"}),
     (r"/metrics", {"GET": "get_metrics"}),
     (r"/ui(/.*)?", {"GET": "console_page", "POST": "console_page"}),
+    (r"/", {"GET": "get_root"}),
 )]
 
 

@@ -223,11 +223,18 @@ def test_recover_without_a_handler_is_refused_even_with_force(client):
 @pytest.mark.parametrize("method, path", [("GET", "/v1/tasks/999"), ("POST", "/v1/tasks/999/recover"),
                                           ("GET", "/v1/tasks/abc"), ("GET", "/v1/tasks/-1"),
                                           ("GET", "/v1/tasks/99999999999999999999999"), ("GET", "/v1/nothing"),
-                                          ("GET", "/"), ("GET", "/v1/tasks/1/")])
+                                          ("GET", "/v1/tasks/1/"), ("GET", "/ui.php")])
 def test_unknown_tasks_and_paths_are_404(client, method, path):
     answer = client.call(method, path)
     assert answer.status == 404
     assert answer.data["error"] == "not_found"
+
+
+def test_the_daemon_s_root_sends_a_browser_to_the_console(client):
+    client.conn.request("GET", "/")
+    response = client.conn.getresponse()
+    response.read()
+    assert response.status == 302 and response.headers["Location"] == "/ui/"
 
 
 def test_status_is_the_cli_status(client, harness):
