@@ -6,6 +6,7 @@ names; ``replace = true`` replaces the lists instead. Every problem is
 collected with its file and key, so one run of ``check-config`` shows them all.
 """
 
+import difflib
 import functools
 import os
 import stat
@@ -290,12 +291,16 @@ def _extend_unique(items, more):
     return list(items) + [item for item in more if not (item in seen or seen.add(item))]
 
 
-def _build_category(name, settings, errors):
+def _build_category(name, settings, errors, names=()):
     path = settings["files"][-1]
     where = f'category "{name}"'
-    for required in ("action", "priority"):
-        if required not in settings and name != UNKNOWN:
-            errors.append(ConfigError(path, f"{where}.{required}", f"missing: a new category needs {required}"))
+    missing = [key for key in ("action", "priority") if key not in settings and name != UNKNOWN]
+    near = difflib.get_close_matches(name, [other for other in names if other != name], n=1, cutoff=0.8)
+    if len(missing) == 2 and near:  # a name misspelt, not a category meant to be new
+        errors.append(ConfigError(path, f"{where}.name", f'no category is named "{name}": did you mean "{near[0]}"? '
+                                  "(a new category would need action and priority)"))
+    else:
+        errors += [ConfigError(path, f"{where}.{key}", f"missing: a new category needs {key}") for key in missing]
     if name == UNKNOWN:
         for listed in LIST_KEYS:
             if settings.get(listed):
@@ -379,7 +384,7 @@ def load_ruleset(config_dir):
             key = f'category "{name}"'
             settings = _parse_category(table, path, key, errors)
             merged[name] = _merge(merged.get(name, {"files": []}), settings, name, overrides)
-    categories = [_build_category(name, settings, errors) for name, settings in merged.items()]
+    categories = [_build_category(name, settings, errors, merged) for name, settings in merged.items()]
     unknown = next((c for c in categories if c.name == UNKNOWN), DEFAULT_UNKNOWN)
     categories = sorted((c for c in categories if c.name != UNKNOWN), key=lambda c: c.priority)
     _check_ambiguity(categories, errors)

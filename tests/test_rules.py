@@ -73,6 +73,10 @@ def test_new_name_is_a_custom_category(config_dir):
     ('[[category]]\nname = "x"\naction = "notify_user"\npriority = 1\ntags = ["NETWORK"]\n', 'category "recoverable_network".tags', "tag [NETWORK] is also a tag of \"x\""),
     ('[[category]]\nname = "x"\naction = "retry"\npriority = 1\n', 'category "x".retry.delays', 'action "retry" needs'),
     ('[[category]]\nname = "unknown"\npatterns = ["zzz"]\n', 'category "unknown".patterns', "cannot have patterns"),
+    # a misspelt name is not a new category missing its action and priority
+    ('[[category]]\nname = "unrecoverable_busines"\npatterns = ["zzz"]\n', 'category "unrecoverable_busines".name',
+     'no category is named "unrecoverable_busines": did you mean "unrecoverable_business"?'),
+    ('[[category]]\nname = "gizmo_faults"\npatterns = ["zzz"]\n', 'category "gizmo_faults".action', "a new category needs action"),
 ])
 def test_bad_pattern_file_names_file_key_and_reason(config_dir, text, key, reason):
     (config_dir / "patterns" / "70-bad.toml").write_text(text, encoding="utf-8")
