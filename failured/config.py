@@ -282,6 +282,13 @@ def _classifier(ruleset, tables, lang, model_settings, labels, model):
                       overrule_confidence=model_settings.overrule_confidence)
 
 
+def _not_a_config_dir(config_dir):
+    if config_dir.exists():
+        return "not a directory: give the config directory (FAILURE_CONFIG_DIR), or create one with 'failured init DIR'"
+    return (f"no such directory (looked at {config_dir.absolute()}): run failured where its config/ is, set "
+            f"FAILURE_CONFIG_DIR, or create it with 'failured init {config_dir}'")
+
+
 def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     """Validate the whole directory; return a Snapshot or raise ConfigErrors listing every problem.
 
@@ -292,7 +299,7 @@ def load_config(config_dir, lang="zh", log_dir="logs", labels=(), model=True):
     """
     config_dir = Path(config_dir)
     if not config_dir.is_dir():
-        raise ConfigErrors([ConfigError(config_dir, None, "not a directory: create it with 'failured init DIR'")])
+        raise ConfigErrors([ConfigError(config_dir, None, _not_a_config_dir(config_dir))])
     if unreadable := unreadable_dirs(config_dir):
         raise ConfigErrors(unreadable)
     # Hashed before anything is read: a file changed while the snapshot builds (a model's training takes

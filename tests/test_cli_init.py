@@ -76,6 +76,15 @@ def test_run_without_a_config_directory_creates_nothing_and_says_where_it_looked
     assert list(tmp_path.iterdir()) == []  # no database, logs or reports left behind to catch later reports
 
 
+def test_a_command_without_its_config_directory_says_where_it_looked(tmp_path):
+    result = run_cli("check-config", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"no such directory (looked at {tmp_path / 'config'}): run failured where its config/ is" in result.stderr
+    (tmp_path / "afile").write_text("")
+    result = run_cli("check-config", "afile", cwd=tmp_path)
+    assert "afile: not a directory: give the config directory" in result.stderr
+
+
 def test_a_bad_value_in_dotenv_names_the_file(tmp_path):
     (tmp_path / ".env").write_text("FAILURE_POLL_SECONDS=abc\n")
     result = run_cli("report", "--type", "sync", "--error", "boom", cwd=tmp_path)
