@@ -262,7 +262,7 @@ class Daemon:
             self.reload_requested.clear()
             self.notifier.reloading()
             try:
-                self.watcher.reload(force=True)
+                self.watcher.reload(force=True, why="asked for")
             finally:
                 self.notifier.reloaded()
 

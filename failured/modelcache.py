@@ -71,7 +71,7 @@ def trained(category_names, labels, train):
         return found
     # Said before the wait: a first `failured classify` would otherwise sit silent for seconds.
     log.info("training the classification model: none cached for this corpus and these labels in %s yet "
-             "(about 10 CPU-s, once)", directory)
+             "(about 10 CPU-s; cached, so later starts with the same labels load it)", directory)
     fitted = train()
     if fitted is not None and path is not None:
         _store(directory, path, fitted)

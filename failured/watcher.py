@@ -244,10 +244,11 @@ class ConfigWatcher:
         if not self._stopping.is_set():
             force = self._retrain.is_set()
             self._retrain.clear()
-            self.reload(force=force)
+            self.reload(force=force, why="the model learns the operators' labels" if force else None)
 
-    def reload(self, force=False):
-        """Validate the directory and swap it in; returns True when a new snapshot is active."""
+    def reload(self, force=False, why=None):
+        """Validate the directory and swap it in; returns True when a new snapshot is active. ``why``: the reason
+        of a forced reload, for the log."""
         files = config_files(self.config_dir)
         if not force and content_digest(files) == self.current.digest:
             self._wait_for(())
@@ -291,7 +292,7 @@ class ConfigWatcher:
         self.loaded_at = self.clock.now()
         self.started_on_last_good = None
         self._keep(snapshot)
-        log.info("config %s reloaded: %d categories, %d files", self.config_dir,
+        log.info("config %s reloaded%s: %d categories, %d files", self.config_dir, f" ({why})" if why else "",
                  len(snapshot.ruleset.categories), len(snapshot.files))
         self._call(self.on_reload, snapshot)
         return True

@@ -101,7 +101,7 @@ def test_label_changes_a_tasks_course_end_to_end_and_is_exported(daemon_factory)
         events = [e for (e,) in daemon.query("SELECT event FROM task_events WHERE task_id = 1 ORDER BY id")]
         assert events.index("labelled") < events.index("retry_started") and events[-1] == "recovered"
         from conftest import wait_for
-        assert wait_for(lambda: "reloaded" in daemon.stderr(), timeout=60)  # the model retrains with the label
+        assert wait_for(lambda: "reloaded (the model learns the operators' labels)" in daemon.stderr(), timeout=60)
         # classify answers as the daemon does now: with the model that learned the label
         assert daemon.cli("report", "--type", "sync", "--error", "upstream went away mid-request").returncode == 0
         daemon.wait_for("SELECT matched_by FROM tasks WHERE id = 2", lambda r: r and r[0][0])

@@ -20,8 +20,8 @@ def start_watcher(config_dir, log_dir, debounce=0.1):
     w = ConfigWatcher(config_dir, on_reload=reloaded.append, log_dir=log_dir, debounce=debounce)
     real_reload = w.reload
 
-    def noted_reload(force=False):
-        result = real_reload(force)
+    def noted_reload(force=False, why=None):
+        result = real_reload(force, why)
         checks.append(result)
         return result
 
