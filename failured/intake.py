@@ -148,6 +148,7 @@ def record_failure(store, task_type, error, *, error_type=None, payload=None, re
     daemon masks the error again with every secret it knows when it decides the task). The payload is
     stored as given: a retry needs it as it was.
     """
+    secrets = (*secrets, *store.secrets)  # the reporter's own database password, even where no daemon knows it
     task_type = masked(check_task_type(task_type), secrets)
     if source not in SOURCES:
         raise InputError(f"source {source!r} is not one of {', '.join(SOURCES)}")

@@ -225,9 +225,18 @@ def masked_argv(argv):
 
 
 def known_secrets(snapshot, settings):
-    """The secret values in force: the snapshot's, the API token and the database URL's password."""
+    """The secret values in force: the snapshot's, the API token and the database's passwords."""
     token = getattr(settings, "api_token", None)
-    return tuple(snapshot.secrets) + ((token,) if token else ()) + database_passwords(getattr(settings, "db", ""))
+    return tuple(snapshot.secrets) + ((token,) if token else ()) + database_secrets(getattr(settings, "db", ""))
+
+
+def database_secrets(location, environ=os.environ):
+    """The passwords a process connects to ``location`` with: the URL's, and for PostgreSQL libpq's PGPASSWORD."""
+    found = database_passwords(location)
+    password = environ.get("PGPASSWORD", "")
+    if "://" in str(location or "") and len(password) >= MIN_SECRET_CHARS:
+        found += (password,)
+    return found
 
 
 def database_passwords(location):

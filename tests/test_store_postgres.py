@@ -482,6 +482,27 @@ def test_an_unreachable_server_is_exit_2_at_start_with_the_password_masked(tmp_p
     assert "hunter2secret" not in result.stderr + result.stdout
 
 
+def test_a_reporter_masks_its_own_database_password_and_pgpassword(tmp_path, pg_url, monkeypatch):
+    """A reporter knows the password it connects with even where no daemon does (its URL has none)."""
+    from conftest import run_cli
+
+    with_password = pg_url.replace("postgresql://root@", "postgresql://root:Pw0rdXyz77@", 1)
+    assert with_password != pg_url
+    env = {"FAILURE_DB": with_password, "PGPASSWORD": "EnvPw5566x"}
+    error = "login failed using Pw0rdXyz77 for root; connect failed: password EnvPw5566x"
+    result = run_cli("report", "--type", "t", "--error", error, "--ref", "ref-Pw0rdXyz77", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("PGPASSWORD", "EnvPw5566x")
+    store = open_store(with_password)
+    try:
+        record_failure(store, "t", "python api: password Pw0rdXyz77 rejected, EnvPw5566x too")
+    finally:
+        store.close()
+    stored = _pg_query(pg_url, "SELECT error_message, ref FROM tasks ORDER BY id")
+    assert stored == [("login failed using *** for root; connect failed: password ***", "ref-***"),
+                      ("python api: password *** rejected, *** too", None)]
+
+
 def test_without_the_postgresql_driver_a_report_says_what_to_install(tmp_path):
     """Where psycopg is not installed (the plain install), one line says so: no traceback, exit 2."""
     no_driver = ("import sys; sys.modules['psycopg'] = None; from failured.cli import main; "  # import fails as if absent

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..clock import to_db_time
 from ..errors import FailuredError, InputError, StoreError, StoreFullError, StoreReadOnlyError
+from ..secrets import database_secrets
 from ._peewee import Psycopg3Adapter, pw
 from .schema import (MIGRATIONS, MODELS, SCHEMA_VERSION, TIME_TYPE, DaemonState, Label, SchemaInfo,
                      create_counters, views)
@@ -167,6 +168,7 @@ class Store:
     created = False  # True when open() made a new database
     read_only = None  # opened read-only: the StoreError that says why (a full disk, a read-only filesystem)
     driver_errors = (sqlite3.DatabaseError,)
+    secrets = ()  # a file has no password
     # SQLite uses an index it should not for some aggregates; a unary + on a column keeps it off (see aggregates).
     no_index = "+"
 
@@ -814,6 +816,7 @@ class PostgresStore(Store):
 
         self.url = "postgresql://" + str(url).split("://", 1)[1]
         self.path = mask_url(self.url)
+        self.secrets = database_secrets(self.url)  # masked in what a report stores, whoever reports it
         self.driver_errors = (psycopg.Error,)
         self.db = _PostgresDatabase(self.url, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                     field_types={TIME_TYPE: "TIMESTAMPTZ"}, autorollback=False,
