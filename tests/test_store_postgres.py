@@ -482,6 +482,28 @@ def test_an_unreachable_server_is_exit_2_at_start_with_the_password_masked(tmp_p
     assert "hunter2secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("command", ["report", "run"])
+@pytest.mark.parametrize("url, said", [
+    ("postgresql://root:hunter2secret@127.0.0.1:5432/?sslmode=disable", "names no database: say which one"),
+    ("postgresql://root:hunter2secret@127.0.0.1:5432/test?connect_timeout=abc",
+     "connect_timeout='abc' is not a whole number of seconds"),
+])
+def test_a_url_every_connection_would_fail_on_is_one_line_and_exit_2_for_every_command(tmp_path, pg_unavailable,
+                                                                                      command, url, said):
+    """``run`` died in a traceback on connect_timeout=abc (its members' connection reads it) while ``report``
+    wrote tasks no daemon could start for; a URL without a database put the tables in libpq's default one."""
+    from conftest import SMALL_PATTERNS, run_cli, write_config
+
+    if pg_unavailable:
+        pytest.skip(pg_unavailable)
+    arguments = ["report", "--type", "t", "--error", "e"] if command == "report" else ["run"]
+    env = {"FAILURE_DB": url, "FAILURE_HTTP_ADDR": "off", "PGDATABASE": "",
+           "FAILURE_CONFIG_DIR": str(write_config(tmp_path / "c", SMALL_PATTERNS))}
+    result = run_cli(*arguments, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert said in result.stderr and "hunter2secret" not in result.stderr
+
+
 def test_a_reporter_masks_its_own_database_password_and_pgpassword(tmp_path, pg_url, monkeypatch):
     """A reporter knows the password it connects with even where no daemon does (its URL has none)."""
     from conftest import run_cli

@@ -800,6 +800,24 @@ class _PostgresDatabase(pw.PostgresqlDatabase):
             self.execute_sql(f"SET lock_timeout = {int(milliseconds)}")
 
 
+def check_url(url):
+    """Refuse (StoreOpenError), before any connection, a URL every connection would fail on, or one naming no
+    database (libpq's defaults would pick one: failured's tables in a database shared with everything else)."""
+    import psycopg
+
+    shown = mask_url(url)
+    try:
+        options = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreOpenError(f"cannot open database {shown}: {_first_line(exc, url)}") from None
+    if not options.get("dbname") and not os.environ.get("PGDATABASE"):
+        raise StoreOpenError(f"database URL {shown} names no database: say which one, e.g. "
+                             "postgresql://failured@db.internal/failured (libpq's defaults would pick one)")
+    timeout = options.get("connect_timeout")
+    if timeout is not None and not str(timeout).strip().lstrip("-").isdigit():
+        raise StoreOpenError(f"database URL {shown}: connect_timeout={timeout!r} is not a whole number of seconds")
+
+
 class PostgresStore(Store):
     """A PostgreSQL database, through peewee and psycopg 3. ``path`` is the URL with its password masked."""
 
@@ -816,6 +834,7 @@ class PostgresStore(Store):
 
         self.url = "postgresql://" + str(url).split("://", 1)[1]
         self.path = mask_url(self.url)
+        check_url(self.url)
         self.secrets = database_secrets(self.url)  # masked in what a report stores, whoever reports it
         self.driver_errors = (psycopg.Error,)
         self.db = _PostgresDatabase(self.url, prefer_psycopg3=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,

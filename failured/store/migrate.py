@@ -15,12 +15,11 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
 from ..clock import iso
 from ..errors import InputError, StoreError
 from ._peewee import pw
-from .database import MOVED_KEY, PostgresStore, Store, is_url, mask_url
+from .database import MOVED_KEY, PostgresStore, Store, StoreOpenError, check_url, is_url, mask_url
 from .schema import MODELS, SchemaInfo
 
 BATCH_ROWS = 5000  # read from SQLite and handed to COPY this many rows at a time
@@ -86,9 +85,10 @@ def migrate(source_path, target_url, clock=time.time, progress=None):
                                "migrate-store copies SQLite into PostgreSQL")
     if not is_url(target_url):
         raise MigrationRefused(f"--to must be a postgresql:// URL, not {target_url!r}")
-    if not _names_database(target_url):
-        raise MigrationRefused(f"--to {mask_url(target_url)} names no database: say which one, e.g. "
-                               "postgresql://failured@db.internal/failured (libpq's defaults would pick one)")
+    try:
+        check_url(target_url)
+    except StoreOpenError as exc:
+        raise MigrationRefused(f"--to: {exc}") from None
     started = time.monotonic()
     source = _open_source(source_path)
     try:
@@ -115,12 +115,6 @@ def migrate(source_path, target_url, clock=time.time, progress=None):
         source.close()
     result.seconds = time.monotonic() - started
     return result
-
-
-def _names_database(url):
-    """Whether the URL says which database (its path, or a dbname= option)."""
-    parts = urlsplit(url)
-    return bool(parts.path.strip("/")) or "dbname" in parse_qs(parts.query)
 
 
 def _open_source(path):
