@@ -42,7 +42,8 @@ def daemon_status(store, now, members=()):
     ages = living or ([] if shared is None else [now - shared])
     age = round(min(ages), 1) if ages else None
     beat = None if age is None else now - age
-    if members:  # PostgreSQL: the rows say at once (a killed daemon's lock frees); the shared beat lags 15 s
+    if store.dialect == "postgresql":  # the rows say at once (a killed daemon's lock frees); the shared beat lags
+        # 15 s, and one migrate-store copied from SQLite is the SQLite daemon's: no row, no daemon
         fresh = alive = bool(living)
     else:
         fresh = age is not None and age <= STALE_HEARTBEAT_SECONDS

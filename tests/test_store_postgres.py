@@ -504,6 +504,20 @@ def test_a_url_every_connection_would_fail_on_is_one_line_and_exit_2_for_every_c
     assert said in result.stderr and "hunter2secret" not in result.stderr
 
 
+def test_a_heartbeat_without_a_daemon_row_is_no_daemon(pg_url):
+    """migrate-store copies the SQLite daemon's last heartbeat: on PostgreSQL only the daemons' rows say one runs
+    (status said "healthy, heartbeat 12.7s ago" with no daemon started)."""
+    from failured.status import daemon_status
+
+    store = open_store(pg_url)
+    try:
+        now = time.time()
+        store.set_state("heartbeat", f"{now:.3f} pid=1", now)
+        assert daemon_status(store, now)["alive"] is False
+    finally:
+        store.close()
+
+
 def test_a_reporter_masks_its_own_database_password_and_pgpassword(tmp_path, pg_url, monkeypatch):
     """A reporter knows the password it connects with even where no daemon does (its URL has none)."""
     from conftest import run_cli
