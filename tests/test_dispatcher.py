@@ -189,6 +189,17 @@ def test_same_error_is_sent_once_then_counted(store, dispatcher, snapshot, clock
     assert statuses("robot") == {"sent": 2, "merged": 7}
 
 
+def test_one_fingerprint_decided_two_ways_is_two_errors_not_one_repeat(store, dispatcher, snapshot, clock, recorder):
+    """Tasks of one fingerprint the model decided differently: a business error is never counted into a
+    configuration error's "×N" (nor held by its dedup window)."""
+    robot = lane(dispatcher, "robot", clock)
+    notify(store, snapshot, clock, 3, fingerprint="same", category="unrecoverable_config")
+    notify(store, snapshot, clock, 2, fingerprint="same", category="unrecoverable_business")
+    robot.process()
+    titles = sorted(message["title"] for message in recorder.SENT)
+    assert len(titles) == 2 and any("×3" in t for t in titles) and any("×2" in t for t in titles), titles
+
+
 def test_a_repeat_counted_across_passes_names_the_other_tasks(store, dispatcher, snapshot, clock, recorder,
                                                                monkeypatch):
     """A storm larger than one pass reads (BATCH rows) counts a repeat from every waiting row: those rows' tasks

@@ -66,10 +66,14 @@ REPEATABLE_KINDS = ("task", "exhausted")  # the notices the dedup window holds a
 
 
 def hold_key(row):
-    """What makes two rows "the same error": fingerprint and task type (task notices only)."""
-    if row.fingerprint and row.kind in REPEATABLE_KINDS:
-        return (row.fingerprint, row.task_type)
-    return None
+    """What makes two task notices "the same error" (None for other rows): see ``same_error``."""
+    return same_error(row) if row.fingerprint and row.kind in REPEATABLE_KINDS else None
+
+
+def same_error(row):
+    """Fingerprint, task type, category and audience. One fingerprint may be decided two ways (the model, a
+    label): a user's business error is never sent to the admins as a configuration error's "×N"."""
+    return (row.fingerprint, row.task_type, row.category, row.audience)
 
 
 class Lane:
@@ -168,7 +172,7 @@ class Lane:
                 if row.kind == "digest":
                     self.last_digest, self.storm_until = at, at + WINDOW_SECONDS
             if row.fingerprint:
-                self.recent[(row.fingerprint, row.task_type)] = at
+                self.recent[same_error(row)] = at
 
     def _delivering(self, now):
         """Whether this daemon delivers the channel now. Several daemons on one database take turns by a lock
@@ -280,8 +284,8 @@ class Lane:
         """Each same-error group with every row of that error waiting, not only those this pass read (BATCH):
         a storm's repeats go out as one message with their true count, none held for another window."""
         store = self.dispatcher.store
-        return [(outbox.waiting_repeats(store, self.name, group[0].fingerprint, group[0].task_type, REPEATABLE_KINDS)
-                 or group) if hold_key(group[0]) else group for group in groups]
+        return [(outbox.waiting_repeats(store, self.name, hold_key(group[0]), REPEATABLE_KINDS) or group)
+                if hold_key(group[0]) else group for group in groups]
 
     def _postpone(self, held, now, mono, slot):
         """Hold rows until their dedup window ends, or in a storm only until the next digest ``slot``."""
@@ -414,8 +418,8 @@ class Lane:
     def _remember(self, channel, row, mono):
         if channel.rate_per_minute is not None:
             self.sent_times.append(mono)
-        if row.fingerprint:
-            self.recent[(row.fingerprint, row.task_type)] = mono
+        if row.fingerprint:  # a task notice, or the "×N" message standing for several
+            self.recent[same_error(row)] = mono
 
     def _set_aside(self, channel, row, result, now, mono):
         """The channel refused this one message: retry it alone on its own backoff while the channel goes on

@@ -84,9 +84,10 @@ def pending_count(store, channel):
 
 
 def sent_since(store, channel, since):
-    """[Notification (sent_at, fingerprint, task_type, kind)] a channel sent since ``since``, oldest first."""
+    """[Notification (sent_at, fingerprint, task_type, category, audience, kind)] a channel sent since ``since``,
+    oldest first."""
     return list(Notification.select(Notification.sent_at, Notification.fingerprint, Notification.task_type,
-                                    Notification.kind)
+                                    Notification.category, Notification.audience, Notification.kind)
                 .where(Notification.channel == channel, Notification.status == NotificationStatus.SENT,
                        Notification.sent_at >= since)
                 .order_by(Notification.sent_at).bind(store.db))
@@ -115,19 +116,26 @@ def waiting_rows(store, channel):
                 .order_by(Notification.id).bind(store.db))
 
 
-def waiting_repeats(store, channel, fingerprint, task_type, kinds):
-    """Every pending row of a channel with this fingerprint and task type, of ``kinds``, oldest first: one error's
-    repeats, however many passes it took to read them. The first is whole; of the others, which a "×N" message
-    stands for, only the id, the times (from when it is late) and task are read (a storm's tens of thousands stay
-    small; the task, for the message's list of the other tasks)."""
+def waiting_repeats(store, channel, same, kinds):
+    """Every pending row of a channel that is the ``same`` error (fingerprint, task type, category, audience), of
+    ``kinds``, oldest first: one error's repeats, however many passes it took to read them. The first is whole; of
+    the others, which a "×N" message stands for, only the id, the times (from when it is late) and task are read
+    (a storm's tens of thousands stay small; the task, for the message's list of the other tasks)."""
+    fingerprint, task_type, category, audience = same
     where = (Notification.channel == channel, Notification.status == PENDING, Notification.fingerprint == fingerprint,
-             Notification.task_type == task_type, Notification.kind.in_(list(kinds)))
+             Notification.task_type == task_type, _is(Notification.category, category),
+             Notification.audience == audience, Notification.kind.in_(list(kinds)))
     rows = list(Notification.select(Notification.id, Notification.created_at, Notification.next_attempt_at,
                                     Notification.last_error, Notification.task_id).where(*where)
                 .order_by(Notification.id).bind(store.db))
     if rows:
         rows[0] = Notification.select().where(Notification.id == rows[0].id).bind(store.db).get()
     return rows
+
+
+def _is(column, value):
+    """``column`` equals ``value``, NULL included (a notice may have no category)."""
+    return column.is_null() if value is None else column == value
 
 
 def postponed_rows(store, channel, after, created_by):
