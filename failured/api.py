@@ -47,6 +47,9 @@ SUCCESS_FIELDS = {"task_type": str, "count": int}
 RECOVER_FIELDS = {"force": bool}
 LABEL_FIELDS = {"category": str, "note": str}
 MAX_NOTE_CHARS = 2000
+# Connections whose threads keep their database session between requests; any other ends it after each request.
+# On PostgreSQL a session is the server's (max_connections 100 by default): 60 keep-alive clients held 60.
+SESSION_KEEPERS = 8
 _TYPE_NAMES = {str: "a string", dict: "an object", int: "a whole number", bool: "true or false", list: "an array"}
 MAX_QUERY_FIELDS = 200
 LIST_PARAMETERS = {"status": True, "category": True, "type": True, "since": False, "grep": False, "limit": False,
@@ -276,6 +279,7 @@ class ApiServer:
             log.warning("HTTP API: FAILURE_HTTP_MAX_CONNECTIONS=%d is over half the open-file limit; allowing %d "
                         "(raise LimitNOFILE to allow more)", self.max_connections, limit)
         self._server.slots = Slots(limit, self.deadlines)
+        self._server.session_keepers = threading.BoundedSemaphore(SESSION_KEEPERS)
         self.openapi = importlib.resources.files("failured").joinpath("openapi.json").read_bytes()
         self.console = Console(self.backend, self.token, self.hosts)
         self._server.wake_reader, self._wake_writer = socket.socketpair()
@@ -496,7 +500,27 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.slots.enter(self.slot, IDLE):
             self.close_connection = True
             return
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        finally:
+            self._after_request()
+
+    keeps_session = False  # this connection's thread holds one of the server's SESSION_KEEPERS
+
+    def _after_request(self):
+        if not self.keeps_session and not self.close_connection:
+            self.keeps_session = self.server.session_keepers.acquire(blocking=False)
+        if not self.keeps_session:
+            self.server.api.backend.store.end_thread_session()
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            if self.keeps_session:
+                self.keeps_session = False
+                self.server.session_keepers.release()
+                self.server.api.backend.store.end_thread_session()
 
     def __getattr__(self, name):
         # Every method reaches the router, which answers 405 with Allow (not the standard library's 501).

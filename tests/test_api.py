@@ -5,6 +5,7 @@ Every JSON answer any test receives is validated against failured/openapi.json, 
 
 import http.client
 import json
+import os
 import logging
 import re
 import socket
@@ -19,6 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from test_store_postgres import pg_unavailable, pg_url  # noqa: F401 (fixtures)
 from conftest import SMALL_PATTERNS, STORES, DaemonProcess, daemon_env, store_location, write_config
 from failured.api import MAX_BODY_BYTES, ApiServer, check_exposure, parse_address
 from failured.backend import Backend
@@ -235,6 +237,34 @@ def test_the_daemon_s_root_sends_a_browser_to_the_console(client):
     response = client.conn.getresponse()
     response.read()
     assert response.status == 302 and response.headers["Location"] == "/ui/"
+
+
+def test_keep_alive_clients_hold_a_few_database_sessions_not_one_each(tmp_path, pg_url):  # noqa: F811 (fixture)
+    """A PostgreSQL session is the server's (max_connections): keep-alive clients between their requests
+    hold at most SESSION_KEEPERS (8) of them (60 clients held 60 sessions, and reporters were refused)."""
+    import psycopg
+
+    from failured.api import SESSION_KEEPERS
+    from failured.store import open_store
+
+    store = open_store(pg_url)
+    harness = Harness(store, load_config(write_config(tmp_path / "config", SMALL_PATTERNS, HANDLERS), "en"))
+    clients = []
+    try:
+        port = harness.serve().port
+        clients = [Client(port) for _ in range(SESSION_KEEPERS + 6)]
+        for _ in range(2):
+            assert all(c.call("GET", "/v1/tasks?limit=1").status == 200 for c in clients)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            sessions = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                     (f"failured:{os.getpid()}",)).fetchone()[0]
+        assert sessions <= SESSION_KEEPERS + 1  # the test's own, and those the keepers hold
+    finally:
+        for c in clients:
+            c.close()
+        for server in harness.servers:
+            server.stop()
+        store.close()
 
 
 def test_status_is_the_cli_status(client, harness):

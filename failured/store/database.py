@@ -375,6 +375,10 @@ class Store:
         if not self.db.is_closed():
             self.db.close()
 
+    def end_thread_session(self):
+        """End the calling thread's own database session, if it holds one outside a transaction. A SQLite
+        connection is a file handle: kept."""
+
     # -- transactions -----------------------------------------------------------
 
     def _translated(self, exc):
@@ -904,6 +908,11 @@ class PostgresStore(Store):
                 raise known from None
             raise StoreOpenError(f"cannot open database {self.path}: {_first_line(exc, self.url)}") from None
         return self
+
+    def end_thread_session(self):
+        """A server session is the server's (max_connections): one a thread no longer needs goes back."""
+        if not self.db.is_closed() and not self.db.in_transaction():
+            self.db.close()
 
     def _translated(self, exc):
         return translate_error(self.path, exc)
