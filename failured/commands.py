@@ -350,7 +350,10 @@ def status(settings):
 
     def collect(store):
         active = status_module.config_status(store)["active"] or {}
-        snapshot, unread = _readable_config([active.get("dir"), settings.config_dir], settings, active.get("cache"))
+        # Several daemons: the leader's directory (it checks the thresholds), not the last one to reload.
+        leader = status_module.leader_config_dir(status_module.daemons(store))
+        snapshot, unread = _readable_config([leader, active.get("dir"), settings.config_dir], settings,
+                                            active.get("cache"))
         data = status_module.collect(store, snapshot, SystemClock().now())
         if unread:
             data["problems"].append(f"thresholds not checked: {unread}")

@@ -601,7 +601,9 @@ class Daemon:
     def _record_config(self, snapshot):
         now = self.clock.now()
         cache = cache_dir()  # where its last good copy is kept, for a status run from another environment
-        self.store.set_state("config", json.dumps({"dir": str(Path(self.settings.config_dir).resolve()),
+        directory = str(Path(self.settings.config_dir).resolve())
+        self.members.config = {"digest": snapshot.digest, "dir": directory}  # several daemons: each says its own
+        self.store.set_state("config", json.dumps({"dir": directory,
                                                    "cache": str(cache.resolve()) if cache else None,
                                                    "reports": str(Path(self.settings.report_dir).resolve()),
                                                    "files": list(snapshot.files),

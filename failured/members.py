@@ -79,6 +79,7 @@ class Membership:
         self.heartbeat_seconds = heartbeat_seconds
         self.stale_seconds = stale_seconds
         self.on_leadership = on_leadership  # called with True / False when this daemon gains / loses the lead
+        self.config = None  # {"digest", "dir"} of the configuration in force here, in every heartbeat
         self.member_id = None
         self._connection = None  # the membership session: its locks live and die with it
         self._lock = threading.Lock()  # the session is used by the heartbeat thread and the lanes
@@ -151,7 +152,7 @@ class Membership:
             if self._connection is None or self._connection.closed:
                 raise ConnectionError("the membership session is closed")
             leader = rows.try_leader(self._connection) if not self._leader else True
-            runs = {"channels": sorted(self._channels)}
+            runs = {"channels": sorted(self._channels), **({"config": self.config} if self.config else {})}
             if not rows.beat(self._connection, self.member_id, leader, runs):
                 raise LookupError(f"daemon row {self.member_id} is gone")
         self._set_leader(leader)

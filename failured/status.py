@@ -59,7 +59,26 @@ def daemons(store):
     return [{"name": m["name"], "host": m["host"], "pid": m["pid"], "alive": m["alive"], "leader": m["leader"],
              "heartbeat": _when(m["heartbeat"]), "heartbeat_age_seconds": m["heartbeat_age"],
              "started": _when(m["started"]), "stopped": _when(m["stopped"]),
-             "channels": m["runs"].get("channels", [])} for m in member_rows.members(store, STALE_SECONDS)]
+             "channels": m["runs"].get("channels", []), "config": m["runs"].get("config")}
+            for m in member_rows.members(store, STALE_SECONDS)]
+
+
+def leader_config_dir(members):
+    """The configuration directory the leading daemon runs on (its thresholds are the ones checked), or None."""
+    return next(((m["config"] or {}).get("dir") for m in members if m["leader"] and m["config"]), None)
+
+
+def config_divergence(members):
+    """A problem line when the living daemons run on different configurations, else None."""
+    by_digest = {}
+    for m in members:
+        if m["alive"] and m["config"]:
+            by_digest.setdefault(m["config"]["digest"], []).append(f'{m["name"]} ({m["config"]["dir"]})')
+    if len(by_digest) < 2:
+        return None
+    listed = "; ".join(", ".join(names) for names in by_digest.values())
+    return (f"daemons run different configurations: {listed} — each handles, routes and notifies the tasks it "
+            "takes by its own, and the leader's thresholds decide alerts: give every daemon the same files")
 
 
 def channel_health(store, configured=None):
@@ -166,6 +185,8 @@ def collect(store, snapshot, now):
     free = store.free_bytes()
     failing = store.get_state(REPORTS_FAILING)
     found = problems(daemon, health, config, breached, free, store.read_only, json.loads(failing) if failing else None)
+    if divergence := config_divergence(members):
+        found.append(divergence)
     return {
         "healthy": not found,
         "disk_free_bytes": free,

@@ -493,6 +493,25 @@ def test_status_and_metrics_list_the_daemons_and_the_leader(pg_url):  # noqa: F8
         assert 'failured_daemons{state="alive"} 1.0' in exposed and 'failured_daemons{state="gone"} 1.0' in exposed
 
 
+def test_daemons_on_different_configurations_are_a_problem_and_status_checks_the_leaders(pg_url):  # noqa: F811
+    """Each daemon handles and routes the tasks it takes by its own files: different files gave 13 tasks "manual"
+    and 7 recovered, silently; and status checked the thresholds of whichever daemon reloaded last."""
+    from failured import status
+
+    with memberships(pg_url, 2, heartbeat_seconds=0.1) as (stores, group):
+        assert wait_for(lambda: sum(m.is_leader() for m in group) == 1, 10)
+        leader = next(n for n, m in enumerate(group) if m.is_leader())
+        for n, member in enumerate(group):
+            member.config = {"digest": "same", "dir": f"/etc/failured-{n}"}
+        assert wait_for(lambda: all(d["config"] for d in status.daemons(stores[0])), 10)
+        assert not any("different configurations" in p for p in status.collect(stores[0], None, time.time())["problems"])
+        group[1].config = {"digest": "other", "dir": "/etc/failured-1"}
+        assert wait_for(lambda: any("daemons run different configurations: host:0:0 (/etc/failured-0); host:1:0 "
+                                    "(/etc/failured-1)" in p
+                                    for p in status.collect(stores[0], None, time.time())["problems"]), 10)
+        assert status.leader_config_dir(status.daemons(stores[0])) == f"/etc/failured-{leader}"
+
+
 def test_a_committed_wake_up_reaches_the_listening_daemon(pg_url):  # noqa: F811 (fixtures)
     stores = [open_store(pg_url) for _ in range(2)]
     members = Membership(stores[0], ManualClock(), "host:0:0").start()
