@@ -85,7 +85,9 @@ def cmd_classify(args, settings):
     if args.json:
         _print_json(result.to_dict())
         return EXIT_OK
-    matched = f"{result.matched_by} {quoted(result.pattern)}" if result.pattern else result.matched_by
+    matched = result.matched_by
+    if result.pattern:  # the model's "pattern" is its confidence, and the rule it overruled: no quotes around it
+        matched += f" ({result.pattern})" if result.matched_by == "model" else f" {quoted(result.pattern)}"
     print(f"category:    {result.category} ({result.label})\n"
           f"action:      {result.action}\n"
           f"matched by:  {matched}\n"
@@ -272,7 +274,7 @@ def cmd_show(args, settings):
         _print_json(data)
         return EXIT_OK
     print(f"task {data['id']} {data['task_type']} ref={data['ref'] or '-'}: {data['status']} "
-          f"({data['category'] or 'unclassified'}), {data['attempts']} retries")
+          f"({data['category'] or 'unclassified'}), {data['attempts']} {'retry' if data['attempts'] == 1 else 'retries'}")
     first = next((e["error"] for e in data["events"] if e["event"] == "reported"), None)
     moved = first is not None and first != data["error_message"]  # a failed retry brought a new error
     print(f"error{' (the latest attempt; the first is on the reported line)' if moved else ''}: "

@@ -88,7 +88,8 @@ def parse_payload(payload):
         except RecursionError:
             raise InputError(_NESTED_TOO_DEEPLY) from None
     if not isinstance(payload, dict):
-        raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it, e.g. '{{\"value\": ...}}'")
+        raise InputError(f"payload must be a JSON object, not {type(payload).__name__}: wrap it in one, e.g. "
+                         "{\"value\": ...} (a dict from Python)")
     try:
         # NaN and Infinity are no JSON: stored, they made every answer that shows the task invalid JSON.
         # A value JSON cannot hold (a set, an object) is kept as its repr, marked as such: never passed as a string

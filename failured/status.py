@@ -145,7 +145,8 @@ def problems(daemon, health, config, breached, free=None, read_only=None, report
         found.append(f"report files not written since {reports_failing.get('at')}: {reports_failing.get('error')} "
                      "(the next scan writes what they missed once the directory takes files again)")
     for check in breached:
-        found.append(f"threshold breached: {check['name']} {check['key']} = {check['value']} (limit {check['limit']})")
+        key = "(all task types)" if check["key"] == "all" else check["key"]
+        found.append(f"threshold breached: {check['name']} {key} = {check['value']} (limit {check['limit']})")
     return found
 
 
@@ -213,7 +214,8 @@ def render(status):
         lines.append(f"  daemon {member['name']}: " + _member_words(member))
     lines.append(f"tasks: {status['tasks']['total']}")
     for state, categories in sorted(status["tasks"]["by_status"].items()):
-        detail = ", ".join(f"{c} {n}" for c, n in sorted(categories.items(), key=lambda i: -i[1]))
+        detail = ", ".join(f"{'not classified yet' if c == '-' else c} {n}"
+                           for c, n in sorted(categories.items(), key=lambda i: -i[1]))
         lines.append(f"  {state:<10} {sum(categories.values()):>7}  ({detail})")
     held = {b["task_type"]: b["open_until"] for b in status["breakers_open"] if b["state"] == "open"}
     for retry in status["next_retries"]:

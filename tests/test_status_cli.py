@@ -91,21 +91,21 @@ def test_status_exit_1_when_a_threshold_is_breached(daemon_factory):
     store.close()
     daemon.wait_for("SELECT count(*) FROM tasks WHERE category = 'unknown'", lambda r: r[0][0] == 12)
     result = daemon.cli("status")
-    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+    assert result.returncode == 1 and "threshold breached: unknown_errors (all task types) = 12 (limit 10" in result.stdout
     # From a shell (cron, a monitor) that names no config directory: the daemon's own is checked.
     elsewhere = {k: v for k, v in daemon.env.items() if k != "FAILURE_CONFIG_DIR"}
     (daemon.workdir / "elsewhere").mkdir()
     result = run_cli("status", env=elsewhere, cwd=daemon.workdir / "elsewhere")
-    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+    assert result.returncode == 1 and "threshold breached: unknown_errors (all task types) = 12 (limit 10" in result.stdout
     # An edit the daemon refuses: it runs on its last good configuration, whose thresholds still count.
     (daemon.workdir / "config" / "patterns" / "50-local.toml").write_text("[[category]]\npatterns = ['x'\n")
     daemon.wait_for("SELECT count(*) FROM daemon_state WHERE key = 'config_rejected'", lambda r: r[0][0] == 1)
     result = daemon.cli("status")
-    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+    assert result.returncode == 1 and "threshold breached: unknown_errors (all task types) = 12 (limit 10" in result.stdout
     assert "thresholds not checked" not in result.stdout
     # From a shell that knows nothing of the daemon's cache (the unit's CacheDirectory=): the one it recorded.
     result = run_cli("status", env={**elsewhere, "FAILURE_MODEL_CACHE": "off"}, cwd=daemon.workdir / "elsewhere")
-    assert result.returncode == 1 and "threshold breached: unknown_errors all = 12 (limit 10" in result.stdout
+    assert result.returncode == 1 and "threshold breached: unknown_errors (all task types) = 12 (limit 10" in result.stdout
 
 
 def test_status_that_can_read_no_configuration_says_its_thresholds_were_not_checked(tmp_path):
