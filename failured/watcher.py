@@ -265,6 +265,10 @@ class ConfigWatcher:
             self._reject(exc.errors)
             return False
         being_written = sorted(path for path in _empty_files(files) if path not in self._empty_when_loaded)
+        if being_written and self.last_rejected is not None and all(
+                str(error.path) in being_written for error in self.last_rejected[1]):
+            self.last_rejected = None  # the refused text is gone from every file it was in: no problem any more
+            self._call(self.on_restore, self.current)
         self._wait_for(being_written)
         if being_written:
             log.warning("config %s: empty, a save still being written? %s; the active configuration stays until it "

@@ -138,6 +138,16 @@ def test_a_file_emptied_by_a_save_in_place_waits_for_its_content(watcher, config
     assert watcher.current.digest != before.digest
 
 
+def test_a_refused_edit_emptied_is_no_longer_a_rejection(watcher, config_dir):
+    """status showed the refused text of a file that had since been emptied, beside "waits … emptied"."""
+    path = config_dir / "patterns" / "95-local.toml"
+    path.write_text('[[category]]\nname = "recoverable_network"\npatterns = ["(unclosed"]\n', encoding="utf-8")
+    assert wait_for(lambda: watcher.last_rejected is not None)
+    path.write_text("", encoding="utf-8")
+    assert wait_for(lambda: watcher.waiting_on == (str(path),))
+    assert watcher.last_rejected is None
+
+
 def test_a_file_empty_when_loaded_does_not_hold_back_other_changes(config_dir, tmp_path):
     (config_dir / "patterns" / "40-empty.toml").write_text("", encoding="utf-8")  # empty on purpose: valid, nothing
     watcher = start_watcher(config_dir, tmp_path / "logs")
