@@ -287,6 +287,27 @@ def test_a_category_filter_no_task_can_have_shows_why_not_an_empty_list(console)
     assert client.request("GET", "/ui/tasks?category=unrecoverable_data")[0] == 200
 
 
+def test_the_chinese_console_names_states_and_categories_in_chinese(console):
+    client, store, _ = console
+    task_id = record_failure(store, "sync", "x", source="cli")
+    store.execute("UPDATE tasks SET status = 'notified', category = 'unrecoverable_data' WHERE id = ?", (task_id,))
+    logged_in(client)
+    page = client.request("GET", f"/ui/tasks/{task_id}")[2]
+    assert '<dd id="task-2">已通知</dd>' in page and "不可恢复数据错误 (unrecoverable_data)" in page
+    assert ">error_type<" not in page
+    listing = client.request("GET", "/ui/tasks")[2]
+    assert 'value="notified"> 已通知</label>' in listing and '">已通知</td>' in listing
+
+
+def test_a_filter_it_cannot_read_is_said_on_the_tasks_page_with_the_form_as_typed(console):
+    client, store, _ = console
+    logged_in(client)
+    status, _, page = client.request("GET", "/ui/tasks?since=2x&type=sync")
+    assert status == 400 and 'id="filter-error"' in page and "2x" in page
+    assert 'id="filters"' in page and 'name="since" value="2x"' in page and 'name="type" value="sync"' in page
+    assert '<a href="/ui/tasks" class="on">' in page  # the tab it is on, not the overview
+
+
 def test_send_again_puts_a_failed_notification_back_to_pending(console):
     client, store, _ = console
     store.db.execute_sql("INSERT INTO notifications (created_at, audience, kind, title, body, status, channel, "

@@ -105,7 +105,7 @@ class Console:
             if path in ("/", ""):
                 return self._page(self._overview(session))
             if path == "/tasks":
-                return self._page(self._tasks(session, query))
+                return self._tasks_page(session, query)
             if task := _TASK.fullmatch(path):
                 data_ = self.backend.task(int(task.group(1)))
                 return self._page(pages.task(self.t, session, data_, self._categories()))
@@ -130,16 +130,21 @@ class Console:
         return pages.overview(self.t, session, status, hourly, daily, data.recovery_rate(self.backend.store, now),
                               dict(self._categories()), counts)
 
-    def _tasks(self, session, query):
+    def _tasks_page(self, session, query):
+        """The task list; a filter it cannot read is said above the form, kept as typed, to be corrected."""
         wanted = {"status": query.get("status", []), "category": [c for c in query.get("category", []) if c],
                   "type": _one(query, "type"), "since": _one(query, "since"), "grep": _one(query, "grep"),
                   "cursor": _one(query, "cursor")}
-        task_filter = listing.build_filter(wanted["status"], wanted["category"],
-                                           [wanted["type"]] if wanted["type"] else [], wanted["since"] or None,
-                                           wanted["grep"] or None, None, wanted["cursor"] or None)
-        check_categories(task_filter.categories, self.backend.config(), self.backend.store)  # a typo: say so
-        rows, cursor = listing.list_page(task_filter, self.backend.clock.now(), self.backend.store)
-        return pages.tasks(self.t, session, wanted, rows, cursor, self._categories())
+        try:
+            task_filter = listing.build_filter(wanted["status"], wanted["category"],
+                                               [wanted["type"]] if wanted["type"] else [], wanted["since"] or None,
+                                               wanted["grep"] or None, None, wanted["cursor"] or None)
+            check_categories(task_filter.categories, self.backend.config(), self.backend.store)  # a typo: say so
+            rows, cursor = listing.list_page(task_filter, self.backend.clock.now(), self.backend.store)
+        except InputError as exc:
+            html = pages.tasks(self.t, session, wanted, [], None, self._categories(), f'{self.t["refused"]}: {exc}')
+            return self._page(html, 400)
+        return self._page(pages.tasks(self.t, session, wanted, rows, cursor, self._categories()))
 
     def _unknown(self, session, query):
         days = workbench.check_days(_one(query, "days"))

@@ -24,6 +24,11 @@ def when(epoch):
     return iso(epoch).replace("T", " ").replace("Z", " UTC") if isinstance(epoch, (int, float)) else ""
 
 
+def state(t, name):
+    """A task's, notification's or breaker's state in the console's language (the stored name where it has none)."""
+    return t["states"].get(name, name)
+
+
 def table(heads, rows, table_id=""):
     head = "".join(f"<th>{e(h)}</th>" for h in heads)
     ident = f' id="{e(table_id)}"' if table_id else ""
@@ -39,7 +44,7 @@ def csrf_field(session):
     return f'<input type="hidden" name="csrf" value="{e(session.csrf)}">'
 
 
-def layout(t, title, body, session=None, active="", show_nav=True, logout=True):
+def layout(t, title, body, session=None, active=None, show_nav=True, logout=True):
     nav = ""
     if show_nav:
         on = ' class="on"'
@@ -90,7 +95,7 @@ def overview(t, session, status, hourly, daily, rate, labels, outbox_counts):
               f'<div class="flash bad" id="health"><b>{e(t["unhealthy"])}</b><ul>'
               + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul></div>")
     by_status = status["tasks"]["by_status"]
-    rows = [f'<tr><td><a href="/ui/tasks?{e(urlencode({"status": s}))}">{e(s)}</a></td><td>'
+    rows = [f'<tr><td><a href="/ui/tasks?{e(urlencode({"status": s}))}" title="{e(s)}">{e(state(t, s))}</a></td><td>'
             f'<a href="/ui/tasks?{e(urlencode({"status": s, "category": c}))}">{e(labels.get(c, c))}</a></td>'
             f'<td class="n">{n}</td></tr>'
             for s in sorted(by_status) for c, n in sorted(by_status[s].items(), key=lambda i: -i[1])]
@@ -104,7 +109,7 @@ def overview(t, session, status, hourly, daily, rate, labels, outbox_counts):
         section(t["per_hour"], chart(hourly, t, labels, "per_hour", "hour")),
         section(t["per_day"], chart(daily, t, labels, "per_day", "date")),
         section(t["by_status"], table([t["status"], t["category"], t["count"]], rows, "by-status")),
-        section(t["next_retries"], _next_retries(t, status["next_retries"])),
+        section(t["next_retries"], _next_retries(t, status["next_retries"], labels)),
         section(t["breakers"], _breakers(t, status["breakers_open"])),
         section(t["channels"], _channels(t, status["notifications"], outbox_counts)),
         section(t["config"], _config(t, status["config"])),
@@ -112,19 +117,19 @@ def overview(t, session, status, hourly, daily, rate, labels, outbox_counts):
     return layout(t, t["overview"], body, session, "")
 
 
-def _next_retries(t, retries):
+def _next_retries(t, retries, labels):
     if not retries:
         return f'<p class="none">{e(t["none"])}</p>'
     return table([t["task"], t["type"], t["category"], t["due"]],
                  [f'<tr><td><a href="/ui/tasks/{r["task_id"]}">{r["task_id"]}</a></td><td>{e(r["task_type"])}</td>'
-                  f'<td>{e(r["category"])}</td><td>{e(r["due"])}</td></tr>' for r in retries])
+                  f'<td>{e(labels.get(r["category"], r["category"]))}</td><td>{e(r["due"])}</td></tr>' for r in retries])
 
 
 def _breakers(t, breakers):
     if not breakers:
         return f'<p class="none">{e(t["open_breakers"])}</p>'
     return table([t["type"], t["status"], t["attempts"], t["due"]],
-                 [f'<tr><td>{e(b["task_type"])}</td><td>{e(b["state"])}</td><td class="n">{b["consecutive_failures"]}'
+                 [f'<tr><td>{e(b["task_type"])}</td><td>{e(state(t, b["state"]))}</td><td class="n">{b["consecutive_failures"]}'
                   f'</td><td>{e(b["open_until"])}</td></tr>' for b in breakers])
 
 
@@ -146,7 +151,8 @@ def _channels(t, channels, counts):
 def _config(t, config):
     active, rejected = config.get("active") or {}, config.get("last_rejected")
     files = "".join(f"<li><code>{e(f)}</code></li>" for f in active.get("files", []))
-    text = (f'<p>{e(t["loaded_at"])} {e(active.get("loaded_at", "—"))} · {len(active.get("files", []))} '
+    loaded = active.get("loaded_at", "—").replace("T", " ").replace("Z", " UTC")  # as when() shows a time
+    text = (f'<p>{e(t["loaded_at"])} {e(loaded)} · {len(active.get("files", []))} '
             f'{e(t["files"])}</p><ul class="files">{files}</ul>')
     if rejected:
         errors = "".join(f"<li>{e(x)}</li>" for x in rejected.get("errors") or [])
@@ -157,9 +163,9 @@ def _config(t, config):
 
 # -- tasks --------------------------------------------------------------------------
 
-def tasks(t, session, query, rows, next_cursor, categories):
+def tasks(t, session, query, rows, next_cursor, categories, error=None):
     checks = "".join(f'<label class="chk"><input type="checkbox" name="status" value="{s}"'
-                     f'{" checked" if s in query["status"] else ""}> {s}</label>' for s in STATUSES)
+                     f'{" checked" if s in query["status"] else ""}> {e(state(t, s))}</label>' for s in STATUSES)
     options = "".join(f'<option value="{e(c)}"{" selected" if c in query["category"] else ""}>{e(label)}</option>'
                       for c, label in categories)
     form = (f'<form method="get" action="/ui/tasks" class="filters" id="filters"><fieldset><legend>{e(t["status"])}'
@@ -171,10 +177,12 @@ def tasks(t, session, query, rows, next_cursor, categories):
     labels = dict(categories)  # a category by its label in the console's language (one taken out keeps its name)
     body = [f'<tr data-task-id="{r["id"]}"><td><a href="/ui/tasks/{r["id"]}">{r["id"]}</a></td>'
             f'<td>{e(when(r["created_at"]))}</td><td>{e(r["task_type"])}</td><td class="st {e(r["status"])}">'
-            f'{e(r["status"])}</td><td title="{e(r["category"])}">{e(labels.get(r["category"], r["category"]))}</td>'
+            f'{e(state(t, r["status"]))}</td><td title="{e(r["category"])}">{e(labels.get(r["category"], r["category"]))}</td>'
             f'<td class="n">{r["attempts"]}</td><td class="err">{e(r["error"])}</td></tr>' for r in rows]
     listing = (table(["#", t["created"], t["type"], t["status"], t["category"], t["attempts"], t["error"]], body,
                      "task-table") if rows else f'<p class="none" id="no-tasks">{e(t["no_tasks"])}</p>')
+    if error:
+        listing = f'<p class="flash bad" id="filter-error">{e(error)}</p>'
     pages = ""
     if next_cursor:
         pages += f'<a id="next-page" href="/ui/tasks?{e(_query_string(query, next_cursor))}">{e(t["next_page"])} →</a>'
@@ -191,20 +199,24 @@ def _query_string(query, cursor):
 
 def task(t, session, data, categories):
     task_id = data["id"]
-    facts = [(t["type"], data["task_type"]), (t["ref"], data["ref"]), (t["status"], data["status"]),
+    facts = [(t["type"], data["task_type"]), (t["ref"], data["ref"]), (t["status"], state(t, data["status"])),
              (t["attempts"], f'{data["attempts"]} / {data["max_attempts"] or "—"}'),
              (t["next_retry"], when(data["next_retry_at"])), (t["created"], when(data["created_at"])),
              (t["note"], data["note"])]
     dl = "".join(f'<dt>{e(k)}</dt><dd id="task-{i}">{e(v)}</dd>' for i, (k, v) in enumerate(facts))
     pattern = data["matched_pattern"] or ""
     confidence = pattern.split(" ", 1)[1] if data["matched_by"] == "model" and pattern.startswith("confidence ") else ""
-    classification = [(t["category"], data["category"]), (t["matched_by"], data["matched_by"]),
+    labels = dict(categories)
+    category = data["category"]
+    shown_category = f'{labels[category]} ({category})' if category in labels else category
+    classification = [(t["category"], shown_category), (t["matched_by"], data["matched_by"]),
                       (t["pattern"], "" if confidence else pattern), (t["confidence"], confidence),
-                      ("error_type", data["error_type"]), (t["fingerprint"], data["fingerprint"]),
+                      (t["error_type"], data["error_type"]), (t["fingerprint"], data["fingerprint"]),
                       (t["template"], data["error_template"])]
     cl = "".join(f"<dt>{e(k)}</dt><dd><code>{e(v)}</code></dd>" for k, v in classification if v)
-    events = [f'<tr><td>{e(when(ev["at"]))}</td><td>{e(ev["event"])}</td><td>{e(ev["status"])}</td>'
-              f'<td>{e(ev["category"])}</td><td class="n">{e(ev["attempt"])}</td><td class="err">'
+    events = [f'<tr><td>{e(when(ev["at"]))}</td><td>{e(ev["event"])}</td><td>{e(state(t, ev["status"]))}</td>'
+              f'<td title="{e(ev["category"])}">{e(labels.get(ev["category"], ev["category"]))}</td>'
+              f'<td class="n">{e(ev["attempt"])}</td><td class="err">'
               f'{e(clipped(ev["error"], EVENT_ERROR_CHARS))}{_detail(ev["detail"])}</td></tr>' for ev in data["events"]]
     # What failured decided and what one can do come before the error, which may be a traceback of pages
     # (it scrolls in its own box); an event's copy of it is clipped, the whole text being above.
@@ -319,7 +331,7 @@ def notifications(t, session, counts, rows, channel):
     count_rows = [f'<tr><td><a href="/ui/notifications?{e(urlencode({"channel": name}))}">{e(name)}</a></td>'
                   + "".join(f'<td class="n">{by.get(s, 0)}</td>' for s in statuses) + "</tr>"
                   for name, by in sorted(counts.items())]
-    outbox = table([t["channel"], *statuses], count_rows, "outbox") if counts else f'<p class="none">{e(t["none"])}</p>'
+    outbox = table([t["channel"], *(state(t, s) for s in statuses)], count_rows, "outbox") if counts else f'<p class="none">{e(t["none"])}</p>'
     items = []
     for row in rows:
         again = (f'<form method="post" action="/ui/notifications/{row["id"]}/resend">{csrf_field(session)}'
@@ -327,7 +339,7 @@ def notifications(t, session, counts, rows, channel):
                  if row["status"] == "failed" else "")
         task_link = f'<a href="/ui/tasks/{row["task"]}">{row["task"]}</a>' if row["task"] else ""
         items.append(f'<tr data-notification-id="{row["id"]}"><td>{row["id"]}</td><td>{e(when(row["created_at"]))}</td>'
-                     f'<td>{e(row["channel"])}</td><td class="st {e(row["status"])}">{e(row["status"])}</td>'
+                     f'<td>{e(row["channel"])}</td><td class="st {e(row["status"])}">{e(state(t, row["status"]))}</td>'
                      f'<td>{task_link}</td><td>{e(row["title"])}</td><td class="n">{row["attempts"]}</td>'
                      f'<td class="err">{e(row["last_error"])}</td><td>{again}</td></tr>')
     heads = ["#", t["created"], t["channel"], t["status"], t["task"], t["title_col"], t["attempts"], t["last_error"], ""]

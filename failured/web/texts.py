@@ -30,6 +30,11 @@ TEXTS = {
         "labelled": "已标注为 {category}", "choose_category": "选择正确的类别", "recovered_now": "已安排立即重试", "resolved_now": "已标记为已解决",
         "sent_again": "通知 {id} 已重新排队", "daemon": "守护进程",
         "not_failed": "通知 {id} 没有重新排队：只有发送失败的通知才能重新发送",
+        "error_type": "异常类型",
+        "states": {"new": "新建", "scheduled": "待重试", "running": "重试中", "recovered": "已恢复",
+                   "manual": "待人工处理", "notified": "已通知", "exhausted": "重试用尽", "resolved": "已解决",
+                   "pending": "待发送", "sent": "已发送", "merged": "已合并", "failed": "发送失败",
+                   "open": "打开", "cooled": "冷却结束", "half_open": "试探中"},
     },
     "en": {
         "html_lang": "en", "title": "failured console", "overview": "Overview", "tasks": "Tasks", "unknown": "Unknown errors",
@@ -63,6 +68,7 @@ TEXTS = {
         "labelled": "Labelled {category}", "choose_category": "Choose the right category", "recovered_now": "Retry scheduled now", "resolved_now": "Resolved",
         "sent_again": "Notification {id} queued again", "daemon": "Daemon",
         "not_failed": "Notification {id} not queued again: only a notification that failed can be sent again",
+        "error_type": "Exception type", "states": {},
     },
 }
 
