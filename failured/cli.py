@@ -268,6 +268,9 @@ def _next_page_command(args, cursor):
     return " ".join(shell_word(word) for word in words)
 
 
+SHOWN_PAYLOAD_CHARS = 300  # of a task's payload in ``show``; ``show --json`` gives it whole
+
+
 def cmd_show(args, settings):
     data = commands.show(settings, args.id)
     if args.json:
@@ -281,6 +284,9 @@ def cmd_show(args, settings):
           f"{data['error_message']}")
     if (data.get("handler") or {}).get("argv"):  # an exec task's own command, credentials masked
         print(f"handler: {' '.join(shell_word(word) for word in data['handler']['argv'])}")
+    if data.get("payload"):  # what a retry passes (a Celery task's args and kwargs): one line, --json has it whole
+        shown = json.dumps(data["payload"], ensure_ascii=False, default=str)
+        print(f"payload: {messages.shorten(shown, SHOWN_PAYLOAD_CHARS)}")
     width = max((len(event["event"]) for event in data["events"]), default=0)
     for event in data["events"]:
         extra = f" attempt {event['attempt']}" if event["attempt"] else ""

@@ -48,14 +48,15 @@ def test_show_and_list_print_a_reporter_s_control_characters_as_escapes(tmp_path
 
     env = {"FAILURE_DB": str(tmp_path / "f.db")}
     hostile = "boom \x1b[2J\x1b]0;pwned\x07 hidden\rover \u202eevil"
-    assert run_cli("report", "--type", "sync", "--error", hostile, "--ref", "r\x1b[31m", env=env,
-                   cwd=tmp_path).returncode == 0
+    assert run_cli("report", "--type", "sync", "--error", hostile, "--ref", "r\x1b[31m", "--payload",
+                   '{"order": 7, "note": "\u202eevil"}', env=env, cwd=tmp_path).returncode == 0
     for command in (["show", "1"], ["list"]):
         shown = run_cli(*command, env=env, cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
         assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\r" not in shown.stdout
         assert "\u202e" not in shown.stdout
         assert "boom \\x1b[2J\\x1b]0;pwned\\x07 hidden" in shown.stdout and "\\u202eevil" in shown.stdout
+    assert 'payload: {"order": 7, "note": "\\u202eevil"}' in run_cli("show", "1", env=env, cwd=tmp_path).stdout
 
 
 def test_after_a_failed_retry_show_gives_the_latest_error_and_still_the_first(daemon_factory, cli):
