@@ -20,7 +20,7 @@ CHANNEL_4XX = {401, 404, 405, 407, 408, 410, 421, 426}
 
 
 # A query parameter of these names carries a credential whatever its value looks like.
-_SECRET_PARAMETER = re.compile(r"(?i)(?:token|key|secret|sign|signature|sig|auth|password|code)\Z|_(?:token|key|secret)\Z")
+_SECRET_PARAMETER = re.compile(r"(?i)(?:\A|[_-]|api)(?:token|key|secret|sign|signature|sig|auth|password|code)\Z")
 
 
 def url_tokens(url):
