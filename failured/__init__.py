@@ -1,7 +1,7 @@
 """failured: classify failed tasks, retry what can recover, tell people about the rest."""
 
 __all__ = ["report_failure", "report_success"]
-__version__ = "0.26.0"  # raised with every release: pip upgrades only to a version it has not installed
+__version__ = "0.27.0"  # raised with every release: pip upgrades only to a version it has not installed
 
 
 def __getattr__(name):
