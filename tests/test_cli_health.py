@@ -11,11 +11,18 @@ from conftest import run_cli
 from failured.store import open_store
 
 
+_MEMBERS = {}  # FAILURE_DB -> (store, Membership): a daemon's row and lock on PostgreSQL, ended with the test
+
+
 @pytest.fixture
 def env(db_location, config_dir):
     store = open_store(db_location)
     store.close()
-    return {"FAILURE_DB": db_location, "FAILURE_CONFIG_DIR": str(config_dir)}
+    yield {"FAILURE_DB": db_location, "FAILURE_CONFIG_DIR": str(config_dir)}
+    if db_location in _MEMBERS:
+        store, member = _MEMBERS.pop(db_location)
+        member.stop()
+        store.close()
 
 
 def _set(env, key, value):
@@ -30,7 +37,15 @@ def _set(env, key, value):
 
 
 def _beat(env):
+    """A live daemon, as ``status`` sees one: a fresh heartbeat; on PostgreSQL, a daemon's row whose lock is held."""
     _set(env, "heartbeat", f"{time.time():.3f} pid=1")
+    location = env["FAILURE_DB"]
+    if location.startswith("postgresql") and location not in _MEMBERS:
+        from failured.clock import SystemClock
+        from failured.members import Membership
+
+        store = open_store(location, create=False)
+        _MEMBERS[location] = (store, Membership(store, SystemClock(), "host:1:0").start())
 
 
 def test_a_live_daemon_with_nothing_wrong_is_healthy(env, cli):
@@ -68,7 +83,9 @@ def test_a_rejected_reload_is_unhealthy_until_a_good_config_is_applied(env, cli)
 def test_no_heartbeat_after_a_clean_stop_means_not_running(env, cli):
     _beat(env)
     assert "daemon: alive" in cli("status", env=env).stdout
-    _set(env, "heartbeat", None)  # a clean stop deletes it
+    _set(env, "heartbeat", None)  # a clean stop deletes it, and marks its daemon row stopped (PostgreSQL)
+    if env["FAILURE_DB"] in _MEMBERS:
+        _MEMBERS[env["FAILURE_DB"]][1].stop()
     result = cli("status", env=env)
     assert result.returncode == 1
     assert "alive" not in result.stdout and "daemon: NOT running (no heartbeat" in result.stdout
