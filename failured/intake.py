@@ -39,8 +39,13 @@ MASK_REACH = 16 * 1024
 
 def bound_error(text, limit=MAX_ERROR_BYTES, cut_before=0):
     """Cut text over ``limit`` UTF-8 bytes, keeping head and tail (a traceback's last line matters);
-    ``cut_before``: bytes of its middle already cut (``stored_text``)."""
-    data = text.encode("utf-8")
+    ``cut_before``: bytes of its middle already cut (``stored_text``). A lone surrogate (undecodable bytes a
+    ``surrogateescape`` decoding kept) becomes U+FFFD: UTF-8 has no form for it, and a report must never fail on it."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = clean_text(text)
+        data = text.encode("utf-8")
     if len(data) <= limit:
         return text
     keep = (limit - 64) // 2

@@ -73,6 +73,12 @@ def autoretry(key):
     raise ConnectionRefusedError(111, "Connection refused")
 
 
+@app.task(name="t.surrogate")
+def surrogate(key, text):
+    run_number(key)
+    raise ValueError("bad bytes: " + b"\\xff\\xfe".decode("utf-8", "surrogateescape"))
+
+
 @app.task(name="t.bulk")
 def bulk(key):
     run_number(key)
@@ -375,6 +381,16 @@ def test_data_error_is_reported_once_not_retried_and_admins_are_told(setup):
     error = setup.daemon.query("SELECT error_message FROM tasks WHERE id = ?", task_id)[0][0]
     assert error.startswith("Traceback (most recent call last)") and error.rstrip().endswith(
         "ValueError: invalid literal for int() with base 10: 'abc'")
+
+
+def test_an_error_and_arguments_holding_lone_surrogates_are_recorded_not_lost(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.surrogate", key, "name: " + b"\xe9".decode("utf-8", "surrogateescape"))
+    task_id, _, _ = setup.task_by_ref(ref, ("notified", "manual", "scheduled", "exhausted"))
+    error, payload = setup.daemon.query("SELECT error_message, payload FROM tasks WHERE id = ?", task_id)[0]
+    assert error.endswith("ValueError: bad bytes: \ufffd\ufffd")
+    assert json.loads(payload)["args"] == [key, {"__failured_repr__": "'name: \\udce9'"}]  # not text: kept as repr
+    assert not list(setup.root.glob("spool/*.rejected"))
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):

@@ -466,6 +466,19 @@ def test_payload_values_json_cannot_hold_are_kept_as_marked_reprs(integration):
         "ids": [1, 2], "by_int": {protocol.REPR_MARK: "{1: 'a'}"}}
 
 
+def test_text_without_a_utf8_form_never_stops_a_report(integration, tmp_path):
+    undecodable = b"\xff\xfe".decode("utf-8", "surrogateescape")  # as os.fsdecode or a log file read so gives it
+    error = integration.error_text(ValueError("bad bytes: " + undecodable))
+    assert error == "ValueError: bad bytes: \ufffd\ufffd"
+    record = integration.failure_record("t.x", "c-1", error, "ValueError", ["a" + undecodable],
+                                        {"k": 1, undecodable: 2}, "celery")
+    assert record["payload"]["args"] == [{protocol.REPR_MARK: "'a\\udcff\\udcfe'"}]
+    assert record["payload"]["kwargs"] == {protocol.REPR_MARK: "{'k': 1, '\\udcff\\udcfe': 2}"}
+    store = open_store(tmp_path / "f.db")
+    assert StoreTarget(tmp_path / "f.db").send_many([record]) == ([SENT], None)  # taken, not set aside
+    assert store.db.execute_sql("SELECT error_message FROM tasks").fetchone()[0].endswith("\ufffd\ufffd")
+
+
 def _fails_deep(depth):
     if depth == 0:
         raise ConnectionRefusedError(111, "Connection refused")

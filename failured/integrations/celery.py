@@ -33,6 +33,7 @@ from ..exceptiontext import exception_text, qualified_name  # noqa: F401 - quali
 from ..intake import bound_error
 from ..settings import load_settings
 from ..store import is_url, moved_into
+from ..text import clean_text
 from . import protocol
 from .reporter import Reporter
 from .spool import Spool
@@ -245,17 +246,20 @@ def _expire_on_redis(producer, reply_to):
 
 
 def error_text(exception, tb=None, einfo=None):
-    """The traceback's last frames and the error line, as Python prints them, within the intake limit."""
+    """The traceback's last frames and the error line, as Python prints them, within the intake limit, as text
+    the store holds (undecodable bytes a ``surrogateescape`` kept become U+FFFD, as intake would make them)."""
     if isinstance(tb, str):  # formatted already: the main process failed the task (a child that died)
-        return bound_error(tb.rstrip(), MAX_ERROR_BYTES)
-    if tb is None and einfo is not None:
-        tb = getattr(einfo, "tb", None)
-    return bound_error(exception_text(exception, tb), MAX_ERROR_BYTES)
+        text = tb.rstrip()
+    else:
+        if tb is None and einfo is not None:
+            tb = getattr(einfo, "tb", None)
+        text = exception_text(exception, tb)
+    return bound_error(clean_text(text), MAX_ERROR_BYTES)
 
 
 def failure_record(task_name, celery_task_id, error, error_type, args, kwargs, queue):
     payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
-               "celery_task_id": celery_task_id, "queue": queue}
+               "celery_task_id": _text(celery_task_id), "queue": _text(queue)}
     if len(protocol.json_bytes(payload)) > MAX_PAYLOAD_BYTES:  # in bytes as sent: a Chinese character is 3
         payload["args"] = protocol.marked_repr(payload["args"])
         payload["kwargs"] = protocol.marked_repr(payload["kwargs"])
@@ -291,15 +295,33 @@ class Remembered:
             return self._items.get(key)
 
 
+def _text(value):
+    return clean_text(value) if isinstance(value, str) else value
+
+
+def _utf8(text):
+    """Whether ``text`` has a UTF-8 form (no lone surrogate): only such text can be stored as itself."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def json_safe(value):
-    """``value`` as JSON data; what JSON cannot hold faithfully becomes ``{"__failured_repr__": repr}``."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """``value`` as JSON data; what JSON cannot hold faithfully becomes ``{"__failured_repr__": repr}``: a
+    text with a lone surrogate too (a store would refuse it, and losing the report to it is worse)."""
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return value if _utf8(value) else protocol.marked_repr(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else protocol.marked_repr(value)
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+    if isinstance(value, dict) and all(isinstance(k, str) and _utf8(k) for k in value):
         return {k: json_safe(v) for k, v in value.items()}
     return protocol.marked_repr(value)
 
