@@ -5,9 +5,16 @@ Shared by the Python API (``report_failure(task_type, exc)``) and the Celery int
 
 import collections
 import linecache
+import re
 import traceback
 
-TRACEBACK_FRAMES = 8
+TRACEBACK_FRAMES = 8  # of each exception in a chain
+CHAINED = 10  # exceptions of a chain shown at most (the last ones: the one raised and its nearest causes)
+CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+# Python 3.11's position markers under a frame's source line ("    ^^^^^^", "    ~~~~^^^^~~"): noise to a reader
+# of a stored error, and words to the classifier.
+_MARKER_LINE = re.compile(r"^[ \t]*[\^~]+[ \t]*\n?", re.MULTILINE)
 
 
 def qualified_name(cls):
@@ -16,10 +23,37 @@ def qualified_name(cls):
 
 
 def exception_text(exception, tb):
-    """The last frames of traceback ``tb`` (none when None) and the error line, as Python prints them."""
+    """The exception as Python prints it, its causes and contexts first, each with the last frames of its
+    traceback (``tb`` for ``exception`` itself; none when None) and its error line."""
+    parts, seen = [], set()
+    while True:
+        parts.append(_one(exception, tb))
+        seen.add(id(exception))
+        earlier, link = _earlier(exception)
+        if earlier is None or id(earlier) in seen or len(seen) == CHAINED:
+            return "".join(reversed(parts)).rstrip()
+        parts.append(link)
+        exception, tb = earlier, earlier.__traceback__
+
+
+def _earlier(exception):
+    """(the exception ``exception`` was raised from or while handling, the line between them), or (None, None)."""
+    if exception.__cause__ is not None:
+        return exception.__cause__, CAUSE
+    if exception.__context__ is not None and not exception.__suppress_context__:
+        return exception.__context__, CONTEXT
+    return None, None
+
+
+def without_markers(text):
+    """A traceback Python formatted (Celery's for a task its worker failed itself) without the ``^^^`` lines."""
+    return _MARKER_LINE.sub("", text)
+
+
+def _one(exception, tb):
     lines = ["Traceback (most recent call last):\n", *_last_frames(tb)] if tb is not None else []
     lines += traceback.format_exception_only(type(exception), exception)
-    return "".join(lines).rstrip()
+    return "".join(lines)
 
 
 def _last_frames(tb):

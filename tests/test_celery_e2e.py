@@ -79,6 +79,12 @@ def surrogate(key, text):
     raise ValueError("bad bytes: " + b"\\xff\\xfe".decode("utf-8", "surrogateescape"))
 
 
+@app.task(name="t.chained")
+def chained(key):
+    run_number(key)
+    raise RuntimeError("sync step failed") from ConnectionResetError(104, "Connection reset by peer")
+
+
 @app.task(name="t.bulk")
 def bulk(key):
     run_number(key)
@@ -391,6 +397,18 @@ def test_an_error_and_arguments_holding_lone_surrogates_are_recorded_not_lost(se
     assert error.endswith("ValueError: bad bytes: \ufffd\ufffd")
     assert json.loads(payload)["args"] == [key, {"__failured_repr__": "'name: \\udce9'"}]  # not text: kept as repr
     assert not list(setup.root.glob("spool/*.rejected"))
+
+
+def test_a_chained_exception_is_stored_with_its_cause_and_classified_by_it(setup):
+    ref = setup.send("t.chained", uuid.uuid4().hex)
+    rows = setup.daemon.wait_for("SELECT error_message, error_type, category FROM tasks WHERE ref = ?",
+                                 lambda rows: rows and rows[0][2] is not None, 60, ref)
+    error, error_type, category = rows[0]
+    assert error.startswith("ConnectionResetError: [Errno 104] Connection reset by peer\n\n"
+                            "The above exception was the direct cause of the following exception:\n\n"
+                            "Traceback (most recent call last):")
+    assert error.endswith("RuntimeError: sync step failed") and "^^^" not in error
+    assert (error_type, category) == ("RuntimeError", "recoverable_network")
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):

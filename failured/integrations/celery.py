@@ -2,7 +2,7 @@
 
 * A task that fails for good (Celery's ``task_failure``: after its own retries are
   used up; ``Retry``, ``Ignore`` and ``Reject`` never get there) is reported with
-  task type = the task's name, the traceback's last frames and error line, error type
+  task type = the task's name, the exception as Python prints it (its causes first), error type
   = the exception's qualified name, payload = ``{"args", "kwargs", "celery_task_id",
   "queue"}`` made JSON-safe, ref = the Celery task id.
 * A run that failured itself started (its message carries ``protocol`` headers) is
@@ -29,7 +29,7 @@ from pathlib import Path
 from celery import shared_task, signals
 from celery.app.task import Context
 
-from ..exceptiontext import exception_text, qualified_name  # noqa: F401 - qualified_name: used below, and by tests
+from ..exceptiontext import exception_text, qualified_name, without_markers
 from ..intake import bound_error
 from ..settings import load_settings
 from ..store import is_url, moved_into
@@ -246,10 +246,10 @@ def _expire_on_redis(producer, reply_to):
 
 
 def error_text(exception, tb=None, einfo=None):
-    """The traceback's last frames and the error line, as Python prints them, within the intake limit, as text
+    """The exception as Python prints it (its causes first; the last frames of each), within the intake limit, as text
     the store holds (undecodable bytes a ``surrogateescape`` kept become U+FFFD, as intake would make them)."""
-    if isinstance(tb, str):  # formatted already: the main process failed the task (a child that died)
-        text = tb.rstrip()
+    if isinstance(tb, str):  # formatted already (with Python's ^^^ lines): the main process failed the task
+        text = without_markers(tb).rstrip()
     else:
         if tb is None and einfo is not None:
             tb = getattr(einfo, "tb", None)
