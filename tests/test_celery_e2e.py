@@ -34,6 +34,7 @@ TOKEN = "celery-test-token-0123456789"
 WORKER_APP = '''
 import os, pathlib, time
 from celery import Celery
+from celery.exceptions import Ignore, Reject
 from celery.utils.log import get_task_logger
 from failured.integrations import celery as failured_celery
 
@@ -83,6 +84,34 @@ def surrogate(key, text):
 def chained(key):
     run_number(key)
     raise RuntimeError("sync step failed") from ConnectionResetError(104, "Connection reset by peer")
+
+
+@app.task(name="t.rejects")
+def rejects(key):
+    run_number(key)
+    raise Reject("poison message", requeue=False)
+
+
+@app.task(name="t.ignored_on_retry")
+def ignored_on_retry(key):
+    if run_number(key) == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    raise Ignore("already synced")
+
+
+@app.task(name="t.rejected_on_retry")
+def rejected_on_retry(key):
+    if run_number(key) == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    raise Reject("poison message", requeue=False)
+
+
+@app.task(name="t.revoked_on_retry", bind=True)
+def revoked_on_retry(self, key):
+    if run_number(key) == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    (STATE / (key + ".running")).write_text(self.request.id)
+    time.sleep(600)  # the test revokes it
 
 
 @app.task(name="t.bulk")
@@ -151,6 +180,30 @@ timeout = 2
 [task_types."t.answers_late".retry]
 delays = [0.1]
 max_attempts = 1
+
+[task_types."t.ignored_on_retry".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.ignored_on_retry".retry]
+delays = [0.1]
+max_attempts = 3
+
+[task_types."t.rejected_on_retry".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.rejected_on_retry".retry]
+delays = [0.1]
+max_attempts = 3
+
+[task_types."t.revoked_on_retry".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.revoked_on_retry".retry]
+delays = [0.1]
+max_attempts = 3
 
 [task_types."t.hang_once".handler]
 kind = "celery"
@@ -409,6 +462,53 @@ def test_a_chained_exception_is_stored_with_its_cause_and_classified_by_it(setup
                             "Traceback (most recent call last):")
     assert error.endswith("RuntimeError: sync step failed") and "^^^" not in error
     assert (error_type, category) == ("RuntimeError", "recoverable_network")
+
+
+def test_a_task_that_rejects_its_message_is_not_a_failure(setup):
+    rejected = setup.send("t.rejects", uuid.uuid4().hex)
+    after = setup.send("t.bad_data", uuid.uuid4().hex)  # the same worker runs it next: its report comes after
+    setup.task_by_ref(after, ("notified",))
+    assert setup.daemon.query("SELECT id FROM tasks WHERE ref = ?", rejected) == []
+
+
+def _retry_events(setup, task_id):
+    return setup.daemon.query("SELECT event, error_message FROM task_events WHERE task_id = ? "
+                              "AND event IN ('recovered', 'retry_failed') ORDER BY id", task_id)
+
+
+def test_a_retry_that_ends_in_ignore_is_done_at_once(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.ignored_on_retry", key)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts, setup.runs(key)) == ("recovered", 1, 2)
+    assert [event for event, _ in _retry_events(setup, task_id)] == ["recovered"]  # not waited out
+    assert "ended in Ignore: already synced: done" in setup.worker.log_text()
+
+
+def test_a_retry_that_rejects_its_message_is_a_data_error_at_once(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.rejected_on_retry", key)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts, setup.runs(key)) == ("notified", 1, 2)
+    [(_, error)] = _retry_events(setup, task_id)
+    assert error.startswith("[DATA] Celery task t.rejected_on_retry rejected its message (Reject, requeue=False): "
+                            "poison message")
+    assert setup.daemon.query("SELECT category, error_type FROM tasks WHERE id = ?", task_id) == [
+        ("unrecoverable_data", "celery.exceptions.Reject")]
+
+
+def test_a_retry_revoked_in_celery_is_answered_as_revoked_and_a_person_is_told(setup, prefork):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.revoked_on_retry", key, queue=prefork)
+    running = setup.state / (key + ".running")
+    wait_until(running.exists, 60, "the failured-driven run to start")
+    setup.app.control.revoke(running.read_text(), terminate=True)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts) == ("notified", 1)
+    [(_, error)] = _retry_events(setup, task_id)
+    assert error == "Celery task t.revoked_on_retry was revoked in Celery (terminated by signal 15): stopped on purpose"
+    assert setup.daemon.query("SELECT category, error_type FROM tasks WHERE id = ?", task_id) == [
+        ("unknown", "celery.exceptions.TaskRevokedError")]
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):

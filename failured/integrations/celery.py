@@ -7,7 +7,8 @@
   "queue"}`` made JSON-safe, ref = the Celery task id.
 * A run that failured itself started (its message carries ``protocol`` headers) is
   not a new failure: its success or failure is published back through the broker
-  to the queue the daemon waits on (see ``celery_handler``).
+  to the queue the daemon waits on (see ``celery_handler``); so is a re-run that
+  ends in ``Ignore`` (done), ``Reject`` without requeueing, or is revoked (both failures).
 * A report costs the task only its hand-off to the local spool; a sender thread of
   each worker process delivers it (``reporter``), and sends what a killed worker left.
 * Successful runs are counted and sent in batches (the failure-rate denominator).
@@ -26,14 +27,15 @@ import socket
 import threading
 from pathlib import Path
 
-from celery import shared_task, signals
+from celery import shared_task, signals, states
 from celery.app.task import Context
+from celery.exceptions import Ignore, Reject, Retry
 
 from ..exceptiontext import exception_text, qualified_name, without_markers
 from ..intake import bound_error
 from ..settings import load_settings
 from ..store import is_url, moved_into
-from ..text import clean_text
+from ..text import clean_text, clipped
 from . import protocol
 from .reporter import Reporter
 from .spool import Spool
@@ -48,6 +50,9 @@ MANUAL_TASK = "failured.manual_recovery_task"
 # limit; the request is then not on the task's stack, so it remembers what it received (bounded: a task that ends
 # well is never heard of again there).
 REMEMBERED_REQUESTS = 10_000
+# Not failures (README): Celery 5.7 sends task_failure for a Reject(requeue=False) all the same (celery#4222).
+NOT_FAILURES = (Ignore, Reject, Retry)
+MAX_REASON_CHARS = 2000  # of an Ignore's or a Reject's reason in a re-run's answer
 
 _installed = None  # the CeleryIntegration of this process, for manual_recovery_task
 
@@ -146,6 +151,8 @@ class CeleryIntegration:
         signals.task_received.connect(self.on_received, weak=False)
         signals.task_failure.connect(self.on_failure, weak=False)
         signals.task_success.connect(self.on_success, weak=False)
+        signals.task_postrun.connect(self.on_postrun, weak=False)
+        signals.task_revoked.connect(self.on_revoked, weak=False)
         signals.worker_process_init.connect(self.on_process_start, weak=False)
         signals.worker_ready.connect(self.on_worker_ready, weak=False)
         signals.worker_process_shutdown.connect(self.on_shutdown, weak=False)
@@ -155,6 +162,8 @@ class CeleryIntegration:
         signals.task_received.disconnect(self.on_received)
         signals.task_failure.disconnect(self.on_failure)
         signals.task_success.disconnect(self.on_success)
+        signals.task_postrun.disconnect(self.on_postrun)
+        signals.task_revoked.disconnect(self.on_revoked)
         signals.worker_process_init.disconnect(self.on_process_start)
         signals.worker_ready.disconnect(self.on_worker_ready)
         signals.worker_process_shutdown.disconnect(self.on_shutdown)
@@ -174,8 +183,8 @@ class CeleryIntegration:
 
     def on_failure(self, sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
                    einfo=None, **_):
-        if not self._ours(sender):
-            return
+        if not self._ours(sender) or isinstance(exception, NOT_FAILURES):
+            return  # a re-run's Reject is answered by on_postrun, where its request is at hand
         try:
             on_stack = getattr(sender.request, "id", None) == task_id
             if not on_stack or isinstance(traceback, str):  # the main process fails it: its child died or hung
@@ -207,6 +216,40 @@ class CeleryIntegration:
         except Exception:
             log.exception("failured: recording the success of %s failed", getattr(sender, "name", "?"))
 
+    def on_postrun(self, sender=None, task_id=None, state=None, retval=None, **_):
+        """A re-run that ended in Ignore or Reject: neither task_success nor (in this process) task_failure tells
+        of it, and the daemon would wait for its answer until it timed out."""
+        if state not in (states.IGNORED, states.REJECTED) or not self._ours(sender):
+            return
+        try:
+            rerun = protocol.failured_headers(sender.request)
+            if rerun is None:
+                return
+            if state == states.IGNORED:
+                note = f"Celery task {sender.name} ended in Ignore{_reason(retval)}: done, nothing more to retry"
+                self.reply(rerun, True, None, None, task_id, note)
+            elif not getattr(retval, "requeue", False):  # requeued, it runs again and answers then
+                error = (f"[DATA] Celery task {sender.name} rejected its message (Reject, requeue=False)"
+                         f"{_reason(getattr(retval, 'reason', None))}: a new run would reject it too")
+                self.reply(rerun, False, error, qualified_name(Reject), task_id)
+        except Exception:
+            log.exception("failured: answering the re-run %s of %s failed", task_id, getattr(sender, "name", "?"))
+
+    def on_revoked(self, sender=None, request=None, terminated=False, signum=None, expired=False, **_):
+        """A re-run revoked (by a person, or expired before a worker took it): answered, not waited out."""
+        if not self._ours(sender):
+            return
+        try:
+            rerun = protocol.failured_headers(request)
+            if rerun is None:
+                return
+            how = (f"terminated by signal {int(signum)}" if terminated and signum else "terminated" if terminated
+                   else "expired before a worker started it" if expired else "before it started")
+            error = f"Celery task {sender.name} was revoked in Celery ({how}): stopped on purpose"
+            self.reply(rerun, False, error, "celery.exceptions.TaskRevokedError", getattr(request, "id", None))
+        except Exception:
+            log.exception("failured: answering the revoked re-run of %s failed", getattr(sender, "name", "?"))
+
     def on_process_start(self, **_):
         # A process that runs tasks (a prefork child, the solo pool's worker): its sender
         # starts now, so what a killed worker left in the spool goes without waiting for a task.
@@ -222,16 +265,23 @@ class CeleryIntegration:
     def on_shutdown(self, **_):
         self.reporter.close()
 
-    def reply(self, rerun, ok, error, error_type, celery_task_id):
+    def reply(self, rerun, ok, error, error_type, celery_task_id, note=None):
         """Publish a re-run's outcome to the reply queue the daemon is waiting on."""
         task_id, attempt, reply_to = rerun
-        body = protocol.reply_body(task_id, attempt, ok, error, error_type, celery_task_id, self.hostname)
+        body = protocol.reply_body(task_id, attempt, ok, error, error_type, celery_task_id, self.hostname, note)
         with self.app.producer_or_acquire() as producer:
             producer.publish(body, exchange="", routing_key=reply_to, serializer="json", retry=True,
                              retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
                                            "interval_max": 1})
             _expire_on_redis(producer, reply_to)
-        log.info("failured task %s attempt %s: %s", task_id, attempt, "succeeded" if ok else f"failed: {error_type}")
+        log.info("failured task %s attempt %s: %s", task_id, attempt,
+                 note or ("succeeded" if ok else f"failed: {error_type}"))
+
+
+def _reason(reason):
+    """``": reason"`` for a reason given (an Ignore's or a Reject's), else nothing."""
+    text = clipped(clean_text(str(reason)), MAX_REASON_CHARS) if reason is not None else ""
+    return f": {text}" if text else ""
 
 
 def _expire_on_redis(producer, reply_to):

@@ -170,5 +170,7 @@ def _send_and_wait(app, spec, task, name, queue, args, kwargs, countdown, on_sta
                               "died; workers must call failured.integrations.celery.install(app))", "TimeoutError")
     answer = answers[0]
     if answer.get("ok"):
+        if answer.get("note"):
+            log.info("task %s %s: %s", task.id, task.task_type, answer["note"])
         return Outcome(True)
     return Outcome(False, answer.get("error") or f"Celery task {name} failed", answer.get("error_type"))

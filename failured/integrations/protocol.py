@@ -39,9 +39,10 @@ def headers(task_id, attempt, reply_to):
     return {TASK_ID: int(task_id), ATTEMPT: int(attempt), REPLY_TO: reply_to}
 
 
-def reply_body(task_id, attempt, ok, error=None, error_type=None, celery_task_id=None, hostname=None):
+def reply_body(task_id, attempt, ok, error=None, error_type=None, celery_task_id=None, hostname=None, note=None):
+    """``note``: how a run that counts as done ended when it did not simply succeed (an Ignore), for the log."""
     return {"task_id": task_id, "attempt": attempt, "ok": bool(ok), "error": error, "error_type": error_type,
-            "celery_task_id": celery_task_id, "hostname": hostname}
+            "celery_task_id": celery_task_id, "hostname": hostname, "note": note}
 
 
 def failured_headers(request):
