@@ -5,6 +5,8 @@ does not answer skips its tests with the reason. One daemon and one worker per
 broker are shared by the tests of this module; each test uses keys of its own.
 """
 
+import datetime
+import decimal
 import json
 import os
 import shutil
@@ -114,6 +116,13 @@ def revoked_on_retry(self, key):
     time.sleep(600)  # the test revokes it
 
 
+@app.task(name="t.typed")
+def typed(key, *values):
+    if run_number(key) == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+    (STATE / (key + ".values")).write_text(repr(values))
+
+
 @app.task(name="t.bulk")
 def bulk(key):
     run_number(key)
@@ -202,6 +211,14 @@ kind = "celery"
 broker = "${CELERY_BROKER_URL}"
 timeout = 20
 [task_types."t.revoked_on_retry".retry]
+delays = [0.1]
+max_attempts = 3
+
+[task_types."t.typed".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.typed".retry]
 delays = [0.1]
 max_attempts = 3
 
@@ -509,6 +526,20 @@ def test_a_retry_revoked_in_celery_is_answered_as_revoked_and_a_person_is_told(s
     assert error == "Celery task t.revoked_on_retry was revoked in Celery (terminated by signal 15): stopped on purpose"
     assert setup.daemon.query("SELECT category, error_type FROM tasks WHERE id = ?", task_id) == [
         ("unknown", "celery.exceptions.TaskRevokedError")]
+
+
+def test_arguments_kombus_json_carries_are_sent_again_as_the_same_values(setup):
+    values = (datetime.datetime(2024, 3, 18, 14, 2, 11, 532000, tzinfo=datetime.timezone.utc),
+              datetime.date(2024, 3, 18), datetime.time(14, 2), decimal.Decimal("19.90"),
+              uuid.UUID("12345678-1234-5678-1234-567812345678"), b"raw", b"\xff\x00")
+    key = uuid.uuid4().hex
+    ref = setup.send("t.typed", key, *values)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts) == ("recovered", 1)
+    assert (setup.state / (key + ".values")).read_text() == repr(values)  # what the retry's worker was given
+    args = json.loads(setup.daemon.query("SELECT payload FROM tasks WHERE id = ?", task_id)[0][0])["args"]
+    assert args[1:3] == [{"__type__": "datetime", "__value__": "2024-03-18T14:02:11.532000+00:00"},
+                         {"__type__": "date", "__value__": "2024-03-18"}]
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):

@@ -466,6 +466,22 @@ def test_payload_values_json_cannot_hold_are_kept_as_marked_reprs(integration):
         "ids": [1, 2], "by_int": {protocol.REPR_MARK: "{1: 'a'}"}}
 
 
+def test_values_kombus_json_carries_are_kept_in_its_form_and_read_back_as_themselves(integration):
+    import datetime
+    import decimal
+    import uuid
+
+    from kombu.utils import json as kombu_json
+
+    values = [datetime.datetime(2024, 3, 18, 14, 2, tzinfo=datetime.timezone.utc), datetime.date(2024, 3, 18),
+              datetime.time(14, 2), decimal.Decimal("19.90"), uuid.uuid4(), b"raw", b"\xff"]
+    kept = integration.json_safe(values)
+    assert kept[0] == {"__type__": "datetime", "__value__": "2024-03-18T14:02:00+00:00"}
+    args, _ = call_arguments({"args": json.loads(json.dumps(kept)), "kwargs": {}})  # as stored, then re-sent
+    assert kombu_json.loads(kombu_json.dumps(args)) == values  # what the worker's kombu gives the task
+    assert integration.json_safe(decimal.Decimal("NaN")) == {protocol.REPR_MARK: "Decimal('NaN')"}  # not equal to itself
+
+
 def test_text_without_a_utf8_form_never_stops_a_report(integration, tmp_path):
     undecodable = b"\xff\xfe".decode("utf-8", "surrogateescape")  # as os.fsdecode or a log file read so gives it
     error = integration.error_text(ValueError("bad bytes: " + undecodable))

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import fnmatch
 import hashlib
+import json
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from celery import shared_task, signals, states
 from celery.app.task import Context
 from celery.exceptions import Ignore, Reject, Retry
+from kombu.utils import json as kombu_json
 
 from ..exceptiontext import exception_text, qualified_name, without_markers
 from ..intake import bound_error
@@ -361,8 +363,11 @@ def _utf8(text):
 
 
 def json_safe(value):
-    """``value`` as JSON data; what JSON cannot hold faithfully becomes ``{"__failured_repr__": repr}``: a
-    text with a lone surrogate too (a store would refuse it, and losing the report to it is worse)."""
+    """``value`` as JSON data. A value kombu's JSON carries (a datetime, a Decimal, a UUID, bytes, ...) is kept
+    in kombu's own form, ``{"__type__": ..., "__value__": ...}``, which a worker's kombu reads back as that value
+    when failured sends the task again. What else JSON cannot hold faithfully becomes
+    ``{"__failured_repr__": repr}``: a text with a lone surrogate too (a store would refuse it, and losing the
+    report to it is worse)."""
     if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, str):
@@ -373,7 +378,22 @@ def json_safe(value):
         return [json_safe(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) and _utf8(k) for k in value):
         return {k: json_safe(v) for k, v in value.items()}
-    return protocol.marked_repr(value)
+    return _kombu_form(value) or protocol.marked_repr(value)
+
+
+def _kombu_form(value):
+    """``value`` in kombu's ``{"__type__", "__value__"}`` form, when kombu reads that back as the same value (of
+    the same type) and it is text a store holds; else None."""
+    try:
+        text = kombu_json.dumps(value)
+        back = kombu_json.loads(text)
+        form = json.loads(text)
+        if (type(back) is type(value) and back == value and isinstance(form, dict)
+                and form.keys() == {"__type__", "__value__"} and _utf8(json.dumps(form, ensure_ascii=False))):
+            return form
+    except Exception:  # not kombu's either (TypeError), or a value that does not compare (a NaN Decimal)
+        pass
+    return None
 
 
 
