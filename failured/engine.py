@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import policy
 from .classify import Classification
@@ -20,6 +20,7 @@ from .config import config_files, content_digest
 from .fingerprint import fingerprint
 from .handlers import RUNS_ELSEWHERE, HandlerSpec
 from .intake import clean_text
+from .integrations.protocol import REPR_MARK
 from .members import SoloMembership
 from .metrics import Metrics
 from .notify import messages
@@ -57,6 +58,7 @@ class Plan:
     new_error: str | None
     error_type: str | None
     decided_at: float | None = None  # when classifying it ended: a flood's due times spread as it was decided
+    reported_error: str | None = None  # the reported error with the secrets only the daemon knows masked, if it had any
 
 
 @dataclass(frozen=True)
@@ -268,11 +270,18 @@ class Engine:
             category = snapshot.ruleset.category(result.category)
             retry_policy = policy.effective_policy(category, snapshot.task_types.get(task.task_type),
                                                    self.settings.max_recovery_attempts)
-            has_handler = self.handler_for(task, snapshot) is not None
+            handler = self.handler_for(task, snapshot)
             # The task's own limit (one `recover --force` raised) holds while its error stays in the same category;
             # a new category brings its own, lower or higher.
             task_limit = task.max_attempts if result.category == task.category else None
-            decision = policy.decide(category, retry_policy, task.attempts, has_handler, task_limit, self.rng)
+            decision = policy.decide(category, retry_policy, task.attempts, handler is not None, task_limit, self.rng)
+            unsendable = _unsendable(handler, task) if decision.action == policy.RETRY else None
+            if unsendable and unsendable != new_error:
+                # Sent, the retry could only fail, and count against its task type's breaker although it says
+                # nothing of that type's health: it is decided now as that failure, never run.
+                plan = self._plan(task, expected_status, unsendable, "ValueError")
+                masked_report = new_error is None and error != task.error_message
+                return replace(plan, reported_error=error if masked_report else None)
         except Exception as exc:
             log.exception("task %s %s: could not be classified; decided as unknown", task.id, task.task_type)
             result = _unclassifiable(snapshot, self.settings.lang, error, error_type, exc)
@@ -286,17 +295,17 @@ class Engine:
         elif error != task.error_message:
             fields.update(error_message=error)  # a secret the reporter could not mask
         return Plan(task, result, category, decision, fields, error if new_error is not None else None,
-                    error_type, self.clock.now())
+                    error_type, self.clock.now(), fields.get("error_message") if new_error is None else None)
 
     def _write(self, plan, expected_status, event):
         """The plan's task update, events and notifications; the caller holds the transaction."""
         now = self.clock.now()
         plan.fields["updated_at"] = now
         if plan.new_error is not None:
-            rows.add_event(self.store, plan.task.id, now, event, RUNNING, plan.result.category, plan.task.attempts,
-                      error=plan.new_error, error_type=plan.error_type)
-        if plan.new_error is None and "error_message" in plan.fields:
-            rows.mask_reported_error(self.store, plan.task.id, plan.fields["error_message"])
+            rows.add_event(self.store, plan.task.id, now, event, expected_status, plan.result.category,
+                           plan.task.attempts, error=plan.new_error, error_type=plan.error_type)
+        if plan.reported_error is not None:
+            rows.mask_reported_error(self.store, plan.task.id, plan.reported_error)
         return self._apply(plan.task, expected_status, plan.decision, plan.category, plan.result, plan.fields, now)
 
     def _after_write(self, plan, event):
@@ -700,6 +709,19 @@ def _labelled(task, category, lang):
         category=category.name, label=category.label_in(lang), action=category.action, matched_by="label",
         pattern=None, fingerprint=task.fingerprint or "", template=task.error_template or "",
         error_type=task.error_type, message=task.error_message, suggestion=category.suggestion_in(lang))
+
+
+def _unsendable(handler, task):
+    """Why ``handler`` can never send ``task``'s payload (a Celery task's argument kept only as its repr), or None."""
+    if handler is None or handler.kind != "celery" or not task.payload or REPR_MARK not in task.payload:
+        return None  # the mark's text first: a flood's payloads are not parsed for nothing
+    from .integrations.celery_handler import call_arguments  # Celery is optional: only a celery handler needs this
+
+    try:
+        call_arguments(json.loads(task.payload))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _plain_retry(plan):

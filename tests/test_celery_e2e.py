@@ -123,6 +123,12 @@ def typed(key, *values):
     (STATE / (key + ".values")).write_text(repr(values))
 
 
+@app.task(name="t.unsendable")
+def unsendable(key, value):
+    run_number(key)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
 @app.task(name="t.bulk")
 def bulk(key):
     run_number(key)
@@ -219,6 +225,14 @@ kind = "celery"
 broker = "${CELERY_BROKER_URL}"
 timeout = 20
 [task_types."t.typed".retry]
+delays = [0.1]
+max_attempts = 3
+
+[task_types."t.unsendable".handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types."t.unsendable".retry]
 delays = [0.1]
 max_attempts = 3
 
@@ -540,6 +554,20 @@ def test_arguments_kombus_json_carries_are_sent_again_as_the_same_values(setup):
     args = json.loads(setup.daemon.query("SELECT payload FROM tasks WHERE id = ?", task_id)[0][0])["args"]
     assert args[1:3] == [{"__type__": "datetime", "__value__": "2024-03-18T14:02:11.532000+00:00"},
                          {"__type__": "date", "__value__": "2024-03-18"}]
+
+
+def test_a_payload_that_cannot_be_sent_again_is_told_at_once_and_never_counts_against_the_breaker(setup):
+    key = uuid.uuid4().hex
+    ref = setup.send("t.unsendable", key, float("nan"))  # kombu carries NaN; JSON cannot hold it: kept as its repr
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts, setup.runs(key)) == ("notified", 0, 1)  # no retry was made
+    error, category = setup.daemon.query("SELECT error_message, category FROM tasks WHERE id = ?", task_id)[0]
+    assert error.startswith("[DATA] payload args[1] was kept only as its repr") and category == "unrecoverable_data"
+    assert setup.daemon.query("SELECT consecutive_failures FROM breakers WHERE task_type = 't.unsendable' "
+                              "AND consecutive_failures > 0") == []
+    reported = setup.daemon.query("SELECT error_message FROM task_events WHERE task_id = ? AND event = 'reported'",
+                                  task_id)
+    assert reported[0][0].endswith("ConnectionRefusedError: [Errno 111] Connection refused")
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):
