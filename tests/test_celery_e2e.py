@@ -25,6 +25,7 @@ celery = pytest.importorskip("celery", reason="Celery is not installed: pip inst
 
 from conftest import REPO, DaemonProcess  # noqa: E402
 from failured.integrations.spool import Spool  # noqa: E402
+from failured.text import toml_key  # noqa: E402
 
 BROKERS = {
     "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379/0"),
@@ -129,6 +130,18 @@ def unsendable(key, value):
     raise ConnectionRefusedError(111, "Connection refused")
 
 
+@app.task(name="t.long_" + "x" * 250)
+def long_name(key):
+    run_number(key)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+@app.task(name="t.escape\\x1b[31m_red")
+def escape_in_name(key):
+    if run_number(key) == 1:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
 @app.task(name="t.bulk")
 def bulk(key):
     run_number(key)
@@ -171,6 +184,7 @@ def hang_once(key):
     return n
 '''
 
+LONG_NAME, ESCAPE_NAME = "t.long_" + "x" * 250, "t.escape\x1b[31m_red"  # Celery takes both; failured refuses both
 FAILURED_TOML = '''
 [task_types."t.flaky".handler]
 kind = "celery"
@@ -236,6 +250,14 @@ timeout = 20
 delays = [0.1]
 max_attempts = 3
 
+[task_types.{escape_type}.handler]
+kind = "celery"
+broker = "${CELERY_BROKER_URL}"
+timeout = 20
+[task_types.{escape_type}.retry]
+delays = [0.1]
+max_attempts = 3
+
 [task_types."t.hang_once".handler]
 kind = "celery"
 broker = "${CELERY_BROKER_URL}"
@@ -244,6 +266,12 @@ timeout = 3
 delays = [0.1]
 max_attempts = 5
 '''
+
+
+def task_type_for(name):
+    from failured.integrations.celery import task_type_for  # Celery's app machinery: loaded by the tests that run
+
+    return task_type_for(name)
 
 
 def broker_answers(host, port):
@@ -325,7 +353,8 @@ class Setup:
         (root / "tapp.py").write_text(WORKER_APP)
         config = root / "config"
         shutil.copytree(REPO / "config" / "patterns", config / "patterns")
-        (config / "failured.toml").write_text(textwrap.dedent(FAILURED_TOML))
+        (config / "failured.toml").write_text(textwrap.dedent(FAILURED_TOML).replace(
+            "{escape_type}", toml_key(task_type_for(ESCAPE_NAME))))
         port = free_port()
         self.daemon = DaemonProcess(root, {
             "FAILURE_DB": str(root / "data" / "failured.db"), "FAILURE_CONFIG_DIR": str(config),
@@ -568,6 +597,20 @@ def test_a_payload_that_cannot_be_sent_again_is_told_at_once_and_never_counts_ag
     reported = setup.daemon.query("SELECT error_message FROM task_events WHERE task_id = ? AND event = 'reported'",
                                   task_id)
     assert reported[0][0].endswith("ConnectionRefusedError: [Errno 111] Connection refused")
+
+
+def test_task_names_failured_would_refuse_are_recorded_under_a_type_of_their_own_and_retried_by_name(setup):
+    ref = setup.send(LONG_NAME, uuid.uuid4().hex)
+    task_id, _, _ = setup.task_by_ref(ref, ("manual", "notified"))  # recorded; no handler for it here
+    task_type, payload = setup.daemon.query("SELECT task_type, payload FROM tasks WHERE id = ?", task_id)[0]
+    assert len(task_type) == 200 and task_type.startswith("t.long_xxx") and task_type == task_type_for(LONG_NAME)
+    assert json.loads(payload)["celery_task"] == LONG_NAME
+    key = uuid.uuid4().hex
+    ref = setup.send(ESCAPE_NAME, key)
+    task_id, status, attempts = setup.task_by_ref(ref, ("recovered", "exhausted", "notified"))
+    assert (status, attempts, setup.runs(key)) == ("recovered", 1, 2)  # the retry sent the task by its own name
+    assert setup.daemon.query("SELECT task_type FROM tasks WHERE id = ?", task_id)[0][0].startswith(
+        "t.escape\\x1b[31m_red#")
 
 
 def test_celery_autoretry_reaches_failured_only_when_used_up(setup):

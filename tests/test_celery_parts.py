@@ -515,6 +515,20 @@ def test_error_text_is_the_last_frames_and_the_error_line_within_the_intake_limi
     assert len(integration.error_text(huge).encode()) <= integration.MAX_ERROR_BYTES
 
 
+def test_a_task_name_failured_would_refuse_becomes_a_task_type_of_its_own(integration):
+    from failured.intake import check_task_type
+
+    assert integration.task_type_for("shop.tasks.sync") == "shop.tasks.sync"
+    long, escape = "shop." + "x" * 300, "shop.\x1b[2Jsync\n"
+    for name in (long, escape, " shop.sync", "shop." + "x" * 300 + "y"):
+        task_type = integration.task_type_for(name)
+        assert check_task_type(task_type) == task_type and len(task_type) <= 200
+    assert integration.task_type_for(escape) == "shop.\\x1b[2Jsync#" + integration.task_type_for(escape)[-8:]
+    assert integration.task_type_for(long) != integration.task_type_for(long + "y")  # the hash tells them apart
+    record = integration.failure_record(escape, "c-1", "boom", "ValueError", [1], {}, "celery")
+    assert record["task_type"] != escape and record["payload"]["celery_task"] == escape
+
+
 def test_include_and_exclude_take_names_and_globs_and_never_report_the_recovery_task(integration):
     wanted = integration.TaskFilter(include=["shop.*"], exclude=["shop.tasks.noisy"])
     assert wanted("shop.tasks.sync") and not wanted("shop.tasks.noisy") and not wanted("other.task")

@@ -19,6 +19,7 @@ Celery is imported here, so this module needs ``pip install 'failured[celery]'``
 import collections
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -34,10 +35,11 @@ from celery.exceptions import Ignore, Reject, Retry
 from kombu.utils import json as kombu_json
 
 from ..exceptiontext import exception_text, qualified_name, without_markers
-from ..intake import bound_error
+from ..errors import InputError
+from ..intake import MAX_TASK_TYPE_CHARS, bound_error, check_task_type
 from ..settings import load_settings
 from ..store import is_url, moved_into
-from ..text import clean_text, clipped
+from ..text import clean_text, clipped, printable
 from . import protocol
 from .reporter import Reporter
 from .spool import Spool
@@ -214,7 +216,7 @@ class CeleryIntegration:
             if rerun is not None:
                 self.reply(rerun, True, None, None, sender.request.id)
             elif self.count_successes and self.wanted(sender.name):
-                self.reporter.count_success(sender.name)
+                self.reporter.count_success(task_type_for(sender.name))
         except Exception:
             log.exception("failured: recording the success of %s failed", getattr(sender, "name", "?"))
 
@@ -312,11 +314,36 @@ def error_text(exception, tb=None, einfo=None):
 def failure_record(task_name, celery_task_id, error, error_type, args, kwargs, queue):
     payload = {"args": json_safe(list(args or ())), "kwargs": json_safe(dict(kwargs or {})),
                "celery_task_id": _text(celery_task_id), "queue": _text(queue)}
+    task_type = task_type_for(task_name)
+    if task_type != task_name:  # the name a retry sends
+        payload[protocol.CELERY_TASK] = task_name
     if len(protocol.json_bytes(payload)) > MAX_PAYLOAD_BYTES:  # in bytes as sent: a Chinese character is 3
         payload["args"] = protocol.marked_repr(payload["args"])
         payload["kwargs"] = protocol.marked_repr(payload["kwargs"])
-    return {"kind": "failure", "task_type": task_name, "error": error, "error_type": error_type,
+    return {"kind": "failure", "task_type": task_type, "error": error, "error_type": error_type,
             "payload": payload, "ref": celery_task_id}
+
+
+TASK_TYPE_HASH_CHARS = 8
+
+
+@functools.lru_cache(maxsize=1024)
+def task_type_for(task_name):
+    """The task type a Celery task is recorded under: its name, unless failured would refuse it or change it
+    (over MAX_TASK_TYPE_CHARS characters, a control character, white space around it; Celery takes them all).
+    Then it is the name with each control character written as an escape, cut to fit, and ``#`` with
+    TASK_TYPE_HASH_CHARS hex digits of the name's hash: a type of its own, recorded rather than refused."""
+    try:
+        if check_task_type(task_name) == task_name:
+            return task_name
+    except InputError:
+        pass
+    digest = hashlib.sha256(task_name.encode("utf-8", "surrogatepass")).hexdigest()[:TASK_TYPE_HASH_CHARS]
+    shown = printable(clean_text(task_name).strip()).replace("\n", "\\n").replace("\t", "\\t")
+    task_type = f"{shown[:MAX_TASK_TYPE_CHARS - TASK_TYPE_HASH_CHARS - 1]}#{digest}"
+    log.warning("failured: Celery task %s is no task type failured takes; recorded as task type %s",
+                printable(repr(task_name))[:300], task_type)
+    return task_type
 
 
 class Remembered:

@@ -114,9 +114,10 @@ def run_celery(spec, task, on_start=None):
         args, kwargs = call_arguments(task.payload)
     except ValueError as exc:
         return Outcome(False, str(exc), "ValueError")
-    name = options.get("task") or task.task_type
+    reported = "args" in task.payload  # by the integration: it names the queue, and a name not the task type
+    name = options.get("task") or (task.payload.get(protocol.CELERY_TASK) if reported else None) or task.task_type
     # The queue the task first ran on, unless the handler names one.
-    queue = options.get("queue") or (task.payload.get("queue") if "args" in task.payload else None)
+    queue = options.get("queue") or (task.payload.get("queue") if reported else None)
     try:
         return _send_and_wait(_app_for(broker), spec, task, name, queue, args, kwargs,
                               options.get("countdown") or None, on_start)

@@ -19,6 +19,9 @@ REPLY_TTL_SECONDS = 3600  # a reply nobody waits for any more is dropped after t
 # Payload values that were not JSON when reported are stored as {REPR_MARK: repr(value)}.
 REPR_MARK = "__failured_repr__"
 MAX_REPR_CHARS = 2000
+# In the payload of a Celery task recorded under another task type than its name (see celery.task_type_for): the
+# name, which a retry sends.
+CELERY_TASK = "celery_task"
 
 
 def marked_repr(value):
