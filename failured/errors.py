@@ -2,9 +2,18 @@
 
 
 class FailuredError(Exception):
-    """Base of every error failured raises on purpose."""
+    """Base of every error failured raises on purpose.
+
+    Its ``args`` are what its constructor was given, so ``type(exc)(*exc.args)`` makes it again: pickle does that
+    (a prefork worker's child hands a task's exception to its parent so), and Celery rebuilds a task's exception so
+    from a JSON result. ``str(exc)`` is its message (``message``, for the errors whose args are not just that).
+    """
 
     exit_code = 1
+    message = None
+
+    def __str__(self):
+        return self.message if self.message is not None else super().__str__()
 
 
 class InputError(FailuredError):
@@ -27,17 +36,19 @@ class ConfigError(FailuredError):
         self.key = key
         self.reason = reason
         where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {reason}")
+        self.message = f"{where}: {reason}"
+        super().__init__(self.path, key, reason)
 
 
 class ConfigErrors(FailuredError):
-    """Several configuration errors found in one validation pass."""
+    """Several configuration errors found in one validation pass (rebuilt, their messages; or one message)."""
 
     exit_code = 1
 
     def __init__(self, errors):
-        self.errors = list(errors)
-        super().__init__("\n".join(str(e) for e in self.errors))
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.message = "\n".join(str(e) for e in self.errors)
+        super().__init__([str(e) for e in self.errors])  # text: a JSON result holds it
 
 
 class StoreError(FailuredError):
@@ -49,7 +60,8 @@ class TaskNotFound(InputError):
 
     def __init__(self, task_id):
         self.task_id = task_id
-        super().__init__(f"task {task_id} not found")
+        self.message = f"task {task_id} not found"
+        super().__init__(task_id)
 
 
 class RefusedError(FailuredError):
@@ -67,7 +79,8 @@ class StoreFullError(StoreError):
 
     def __init__(self, path, detail="database or disk is full"):
         self.path = str(path)
-        super().__init__(f"disk full: cannot write {self.path} ({detail}): free space on its filesystem")
+        self.message = f"disk full: cannot write {self.path} ({detail}): free space on its filesystem"
+        super().__init__(self.path, detail)
 
 
 class StoreReadOnlyError(StoreError):
@@ -78,7 +91,8 @@ class StoreReadOnlyError(StoreError):
 
     def __init__(self, path, detail, fix="check the permissions of the file and of its directory"):
         self.path = str(path)
-        super().__init__(f"database {self.path} is read-only ({detail}): {fix}")
+        self.message = f"database {self.path} is read-only ({detail}): {fix}"
+        super().__init__(self.path, detail, fix)
 
 
 class UnknownCategory(InputError):
@@ -86,7 +100,9 @@ class UnknownCategory(InputError):
 
     def __init__(self, name, known):
         self.name = name
-        super().__init__(f"no category {name!r}: use one of {', '.join(known)}")
+        known = list(known)
+        self.message = f"no category {name!r}: use one of {', '.join(known)}"
+        super().__init__(name, known)
 
 
 class ConfigNotWritable(FailuredError):
@@ -94,5 +110,6 @@ class ConfigNotWritable(FailuredError):
 
     def __init__(self, path, reason):
         self.path = str(path)
-        super().__init__(f"cannot write {self.path}: {reason} — the daemon's user needs write access to the "
-                         "config directory, or set FAILURE_CONSOLE_PATTERN_WRITES=false")
+        self.message = (f"cannot write {self.path}: {reason} — the daemon's user needs write access to the "
+                        "config directory, or set FAILURE_CONSOLE_PATTERN_WRITES=false")
+        super().__init__(self.path, reason)

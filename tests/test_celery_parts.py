@@ -626,3 +626,31 @@ def test_manual_recovery_task_does_what_recover_does(tmp_path, monkeypatch, inte
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _rebuilt_by_celery(exc):
+    """``exc`` as a Celery client gets it back from a JSON result, and as a prefork child hands it over (pickle)."""
+    import pickle
+
+    from celery import Celery
+
+    backend = Celery("results", set_as_current=False).backend
+    return backend.exception_to_python(json.loads(json.dumps(backend.prepare_exception(exc)))), \
+        pickle.loads(pickle.dumps(exc))
+
+
+def test_failured_errors_come_back_from_celery_with_their_messages_and_types():
+    from failured.errors import ConfigErrors, StoreFullError, TaskNotFound, UnknownCategory
+
+    errors = [ConfigErrors([ConfigError("/etc/failured", None, "no config directory here"),
+                            ConfigError("/etc/failured/failured.toml", "retry.delays", "is empty")]),
+              ConfigError("/etc/failured/x.toml", "k", "bad"), TaskNotFound(5), RefusedError("task 5 is recovered"),
+              StoreFullError("/var/lib/failured/failured.db"), UnknownCategory("netwrk", ["network", "data"]),
+              DeliveryError("http://failured: HTTP 400: no", permanent=True), InputError("bad input")]
+    for exc in errors:
+        for again in _rebuilt_by_celery(exc):
+            assert (type(again), str(again)) == (type(exc), str(exc))
+    from_json, from_pickle = _rebuilt_by_celery(errors[0])
+    assert [e.key for e in from_pickle.errors] == [None, "retry.delays"]  # pickle keeps the errors themselves
+    assert from_json.errors == [str(e) for e in errors[0].errors]
+    assert str(ConfigErrors("one message\nas text")) == "one message\nas text"  # not one error per character

@@ -429,9 +429,9 @@ def _kombu_form(value):
 def manual_recovery_task(task_id, force_retry=False):
     """Retry failured task ``task_id`` now: ``failured recover ID [--force]`` as a Celery task.
 
-    Through the API when ``install`` was given one, else through the store (``FAILURE_DB``).
-    A refusal (recovered, unrecoverable, out of attempts without ``force_retry``) raises
-    ``RefusedError`` with the reason.
+    Through the API when ``install`` was given one, else through the store (``FAILURE_DB``), which needs the
+    daemon's config directory too (``FAILURE_CONFIG_DIR``: which task types have a handler). A refusal (recovered,
+    unrecoverable, out of attempts without ``force_retry``) raises ``RefusedError`` with the reason.
     """
     target = _installed.reporter.target if _installed is not None else None
     if isinstance(target, HttpTarget):
@@ -445,6 +445,6 @@ def manual_recovery_task(task_id, force_retry=False):
     if not isinstance(target, StoreTarget):
         target = StoreTarget(settings.db, timeout=30.0)
     snapshot = load_config(settings.config_dir, settings.lang, model=False)
-    task = manual.recover(target.store(), snapshot, int(task_id), SystemClock().now(), bool(force_retry))
+    task = manual.recover(target.open(), snapshot, int(task_id), SystemClock().now(), bool(force_retry))
     return {"task_id": task.id, "task_type": task.task_type, "status": task.status, "category": task.category,
             "attempts": task.attempts, "next_retry_at": task.next_retry_at}

@@ -33,7 +33,8 @@ class DeliveryError(FailuredError):
 
     def __init__(self, message, permanent=False):
         self.permanent = permanent
-        super().__init__(message)
+        self.message = message
+        super().__init__(message, permanent)
 
 
 def malformed(record):
@@ -237,7 +238,8 @@ class StoreTarget:
             text = text.replace(password, "***")
         return DeliveryError(f"{self.path}: {mask_url(text)}", permanent)
 
-    def _open(self):
+    def open(self):
+        """The store, ready to write to; a DeliveryError (of Celery's and pickle's liking) when it is not."""
         try:
             store = self.store()  # a missing or unreadable database: not yet, rather than never
             if not is_url(self._location):
@@ -264,7 +266,7 @@ class StoreTarget:
                                      ref=record.get("ref"), source="python")
 
     def send(self, record):
-        store = self._open()
+        store = self.open()
         try:
             return self._write(store, record)
         except InputError as exc:
@@ -275,7 +277,7 @@ class StoreTarget:
     def send_many(self, records):
         """All of ``records`` in one transaction (each in a savepoint of its own), or none of them."""
         try:
-            store = self._open()
+            store = self.open()
         except DeliveryError as exc:
             return [], exc
         outcomes = []
