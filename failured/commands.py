@@ -351,10 +351,10 @@ def status(settings):
     def collect(store):
         active = status_module.config_status(store)["active"] or {}
         # Several daemons: the leader's directory (it checks the thresholds), not the last one to reload.
-        leader = status_module.leader_config_dir(status_module.daemons(store))
-        snapshot, unread = _readable_config([leader, active.get("dir"), settings.config_dir], settings,
-                                            active.get("cache"))
-        data = status_module.collect(store, snapshot, SystemClock().now())
+        members = status_module.daemons(store)
+        snapshot, unread = _readable_config([status_module.leader_config_dir(members), active.get("dir"),
+                                             settings.config_dir], settings, active.get("cache"))
+        data = status_module.collect(store, snapshot, SystemClock().now(), members)
         if unread:
             data["problems"].append(f"thresholds not checked: {unread}")
             data["healthy"] = False

@@ -157,8 +157,8 @@ def config_status(store):
             "last_rejected": json.loads(rejected) if rejected else None}
 
 
-def collect(store, snapshot, now):
-    """Everything ``failured status`` shows, as plain data."""
+def collect(store, snapshot, now, members=None):
+    """Everything ``failured status`` shows, as plain data. ``members``: ``daemons(store)``, when the caller has it."""
     tasks = {}
     for status, category, count in aggregates.tasks_by_status(store):
         tasks.setdefault(status, {})[category] = count
@@ -179,7 +179,7 @@ def collect(store, snapshot, now):
                  else state, "consecutive_failures": failures, "open_until": _when(until)}
                 for task_type, state, failures, until in aggregates.breakers_not_closed(store)]
     thresholds = [c.to_dict() for c in evaluate(store, now, snapshot.thresholds)] if snapshot else []
-    members = daemons(store)
+    members = daemons(store) if members is None else members
     daemon = daemon_status(store, now, members)
     breached = [t for t in thresholds if t["breached"]]
     config = config_status(store)
